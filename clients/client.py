@@ -1,0 +1,434 @@
+"""Typed async Python client for Loomwork's gRPC services.
+
+    async with LoomworkClient("127.0.0.1:50051", token="dev") as client:
+        thread = await client.create_thread(resource_id="user-1", title="Support")
+        await client.append_messages(thread.id, [text_message("user", "hi")])
+        async for message in client.iter_messages(thread.id):
+            ...
+
+Every call carries `authorization: Bearer <token>` and a deadline (`timeout` seconds, per client,
+overridable per call). Calls that fail with UNAVAILABLE are retried by gRPC itself (exponential
+backoff from the channel's service config), so a server that comes up a moment late is reached.
+Errors are the plain `grpc.aio.AioRpcError`; `error_details()` extracts the field violations of
+an INVALID_ARGUMENT status.
+"""
+
+# `timeout=` on the async methods is the gRPC deadline of the call, as in grpc's own API.
+# ruff: noqa: ASYNC109
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+from google.protobuf import field_mask_pb2, json_format, struct_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from protos.loomwork.v1 import memory_pb2, memory_pb2_grpc, message_pb2
+
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "RETRY_SERVICE_CONFIG",
+    "LoomworkClient",
+    "error_details",
+    "parse_role",
+    "rich_status",
+    "role_name",
+    "text_message",
+    "tool_call_message",
+    "tool_result_message",
+]
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_TIMEOUT = 10.0
+_DETAILS_KEY = "grpc-status-details-bin"
+
+# gRPC's built-in retries (gRFC A6): a call that fails with UNAVAILABLE before the server answered
+# is retried with exponential backoff, up to 5 attempts in all. `name: [{}]` applies the policy to
+# every method of every service on the channel.
+RETRY_SERVICE_CONFIG: dict[str, Any] = {
+    "methodConfig": [
+        {
+            "name": [{}],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
+
+_ROLES: dict[str, message_pb2.Role] = {
+    "system": message_pb2.ROLE_SYSTEM,
+    "user": message_pb2.ROLE_USER,
+    "assistant": message_pb2.ROLE_ASSISTANT,
+    "tool": message_pb2.ROLE_TOOL,
+}
+
+
+# -- message builders
+
+
+def parse_role(role: str | int) -> message_pb2.Role:
+    """`"user"`, `"ROLE_USER"` or the enum number -> `message_pb2.Role`; ValueError otherwise."""
+    if isinstance(role, int):
+        for value in _ROLES.values():
+            if value == role:
+                return value
+        raise ValueError(f"unknown role number {role}")
+    key = role.strip().lower().removeprefix("role_")
+    if key not in _ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {', '.join(_ROLES)}")
+    return _ROLES[key]
+
+
+def role_name(role: int) -> str:
+    """`message_pb2.ROLE_USER` -> `"user"` (`"unspecified"` for 0 or an unknown number)."""
+    for name, value in _ROLES.items():
+        if value == role:
+            return name
+    return "unspecified"
+
+
+def _struct(data: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
+    if data is None:
+        return None
+    struct = struct_pb2.Struct()
+    struct.update(dict(data))
+    return struct
+
+
+def _message(
+    role: message_pb2.Role,
+    parts: Sequence[message_pb2.Part],
+    *,
+    id: str,
+    metadata: Mapping[str, Any] | None,
+) -> message_pb2.Message:
+    message = message_pb2.Message(id=id, role=role, parts=parts)
+    if metadata is not None:
+        message.metadata.update(dict(metadata))
+    return message
+
+
+def text_message(
+    role: str | int,
+    text: str,
+    *,
+    id: str = "",
+    metadata: Mapping[str, Any] | None = None,
+) -> message_pb2.Message:
+    """A message with one text part. `role` is "system", "user", "assistant" or "tool".
+
+    A non-empty `id` makes the append idempotent: appending the same id again stores it once.
+    """
+    part = message_pb2.Part(text=message_pb2.TextPart(text=text))
+    return _message(parse_role(role), [part], id=id, metadata=metadata)
+
+
+def tool_call_message(
+    tool_call_id: str,
+    tool_name: str,
+    arguments: Mapping[str, Any] | None = None,
+    *,
+    text: str = "",
+    id: str = "",
+    metadata: Mapping[str, Any] | None = None,
+) -> message_pb2.Message:
+    """An assistant message asking for one tool call, after an optional text part."""
+    parts = []
+    if text:
+        parts.append(message_pb2.Part(text=message_pb2.TextPart(text=text)))
+    call = message_pb2.ToolCallPart(tool_call_id=tool_call_id, tool_name=tool_name)
+    if arguments is not None:
+        call.arguments.update(dict(arguments))
+    parts.append(message_pb2.Part(tool_call=call))
+    return _message(message_pb2.ROLE_ASSISTANT, parts, id=id, metadata=metadata)
+
+
+def tool_result_message(
+    tool_call_id: str,
+    result: Any,
+    *,
+    tool_name: str = "",
+    is_error: bool = False,
+    id: str = "",
+    metadata: Mapping[str, Any] | None = None,
+) -> message_pb2.Message:
+    """A tool message answering `tool_call_id`; `result` is any JSON-compatible value."""
+    value = struct_pb2.Value()
+    json_format.Parse(json.dumps(result), value)
+    part = message_pb2.ToolResultPart(
+        tool_call_id=tool_call_id, tool_name=tool_name, result=value, is_error=is_error
+    )
+    return _message(
+        message_pb2.ROLE_TOOL, [message_pb2.Part(tool_result=part)], id=id, metadata=metadata
+    )
+
+
+# -- errors
+
+
+def rich_status(err: grpc.RpcError) -> status_pb2.Status | None:
+    """The `google.rpc.Status` a server attached to an error (`grpc-status-details-bin`), if any.
+
+    Works for `grpc.aio.AioRpcError` and for sync `grpc.Call` errors alike.
+    """
+    trailing = getattr(err, "trailing_metadata", None)
+    metadata = trailing() if callable(trailing) else None
+    for key, value in metadata or ():
+        if key == _DETAILS_KEY and isinstance(value, bytes):
+            try:
+                return status_pb2.Status.FromString(value)
+            except Exception:  # a malformed trailer is "no details", not a new error
+                return None
+    return None
+
+
+def error_details(err: grpc.RpcError) -> list[tuple[str, str]]:
+    """`(field, description)` of each google.rpc.BadRequest field violation of an error.
+
+    Empty when the error carries no BadRequest details (e.g. NOT_FOUND, or a connection error).
+    """
+    status = rich_status(err)
+    if status is None:
+        return []
+    violations: list[tuple[str, str]] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            violations.extend((v.field, v.description) for v in bad_request.field_violations)
+    return violations
+
+
+# -- the client
+
+
+class LoomworkClient:
+    """Async client of Loomwork's gRPC services; use as `async with LoomworkClient(...) as c:`.
+
+    `timeout` is the default deadline of each call in seconds (None: no deadline); every method
+    takes `timeout=` to override it for that call. `credentials` switches to a TLS channel.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        token: str | None = None,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        wait_for_ready: bool = False,
+        credentials: grpc.ChannelCredentials | None = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.wait_for_ready = wait_for_ready
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
+        channel_options: list[tuple[str, Any]] = [
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", json.dumps(RETRY_SERVICE_CONFIG)),
+            # Reconnect quickly to a server that was not up yet (the defaults back off to 120 s).
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            *options,
+        ]
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(address, options=channel_options)
+        else:
+            self._channel = grpc.aio.secure_channel(address, credentials, options=channel_options)
+        self._memory = memory_pb2_grpc.MemoryServiceStub(self._channel)
+
+    # -- lifecycle
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self, grace: float | None = None) -> None:
+        """Closes the channel; calls in flight are cancelled (after `grace` seconds if given)."""
+        await self._channel.close(grace)
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The underlying channel, to build stubs of services this client has no methods for."""
+        return self._channel
+
+    def call_options(self, timeout: float | None = None) -> dict[str, Any]:
+        """Keyword arguments for a stub call: auth metadata, deadline, wait_for_ready."""
+        return {
+            "metadata": self._metadata,
+            "timeout": self.timeout if timeout is None else timeout,
+            "wait_for_ready": self.wait_for_ready,
+        }
+
+    # -- MemoryService: threads
+
+    async def create_thread(
+        self,
+        *,
+        resource_id: str = "",
+        title: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        thread_id: str = "",
+        timeout: float | None = None,
+    ) -> memory_pb2.Thread:
+        """Creates a thread; `thread_id` picks its id (ALREADY_EXISTS if taken)."""
+        thread = memory_pb2.Thread(resource_id=resource_id, title=title, metadata=_struct(metadata))
+        request = memory_pb2.CreateThreadRequest(thread=thread, thread_id=thread_id)
+        response: memory_pb2.CreateThreadResponse = await self._memory.CreateThread(
+            request, **self.call_options(timeout)
+        )
+        return response.thread
+
+    async def get_thread(
+        self, thread_id: str, *, timeout: float | None = None
+    ) -> memory_pb2.Thread:
+        request = memory_pb2.GetThreadRequest(thread_id=thread_id)
+        response: memory_pb2.GetThreadResponse = await self._memory.GetThread(
+            request, **self.call_options(timeout)
+        )
+        return response.thread
+
+    async def list_threads(
+        self,
+        *,
+        resource_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> memory_pb2.ListThreadsResponse:
+        """One page of threads, most recently created first."""
+        request = memory_pb2.ListThreadsRequest(
+            resource_id=resource_id, page_size=page_size, page_token=page_token
+        )
+        response: memory_pb2.ListThreadsResponse = await self._memory.ListThreads(
+            request, **self.call_options(timeout)
+        )
+        return response
+
+    async def iter_threads(
+        self,
+        *,
+        resource_id: str = "",
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[memory_pb2.Thread]:
+        """Every thread (of `resource_id` when set), fetching page after page."""
+        page_token = ""
+        while True:
+            page = await self.list_threads(
+                resource_id=resource_id, page_size=page_size, page_token=page_token, timeout=timeout
+            )
+            for thread in page.threads:
+                yield thread
+            if not page.next_page_token:
+                return
+            page_token = page.next_page_token
+
+    async def update_thread(
+        self,
+        thread_id: str,
+        *,
+        title: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> memory_pb2.Thread:
+        """Sets the given fields (None leaves a field as it is; `metadata={}` clears it)."""
+        thread = memory_pb2.Thread(id=thread_id)
+        paths = []
+        if title is not None:
+            thread.title = title
+            paths.append("title")
+        if metadata is not None:
+            thread.metadata.update(dict(metadata))
+            paths.append("metadata")
+        request = memory_pb2.UpdateThreadRequest(
+            thread=thread, update_mask=field_mask_pb2.FieldMask(paths=paths)
+        )
+        response: memory_pb2.UpdateThreadResponse = await self._memory.UpdateThread(
+            request, **self.call_options(timeout)
+        )
+        return response.thread
+
+    async def delete_thread(self, thread_id: str, *, timeout: float | None = None) -> None:
+        """Deletes a thread and all its messages."""
+        request = memory_pb2.DeleteThreadRequest(thread_id=thread_id)
+        await self._memory.DeleteThread(request, **self.call_options(timeout))
+
+    # -- MemoryService: messages
+
+    async def append_messages(
+        self,
+        thread_id: str,
+        messages: Iterable[message_pb2.Message],
+        *,
+        timeout: float | None = None,
+    ) -> list[message_pb2.Message]:
+        """Appends messages (all or none) and returns them as stored, in request order.
+
+        Build messages with `text_message`, `tool_call_message`, `tool_result_message`, or as
+        `message_pb2.Message` directly. A message id stored before returns the stored message.
+        """
+        request = memory_pb2.AppendMessagesRequest(thread_id=thread_id, messages=list(messages))
+        response: memory_pb2.AppendMessagesResponse = await self._memory.AppendMessages(
+            request, **self.call_options(timeout)
+        )
+        return list(response.messages)
+
+    async def list_messages(
+        self,
+        thread_id: str,
+        *,
+        last_n: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> memory_pb2.ListMessagesResponse:
+        """The newest `last_n` messages (chronological), or one page of all, oldest first."""
+        request = memory_pb2.ListMessagesRequest(
+            thread_id=thread_id, last_n=last_n, page_size=page_size, page_token=page_token
+        )
+        response: memory_pb2.ListMessagesResponse = await self._memory.ListMessages(
+            request, **self.call_options(timeout)
+        )
+        return response
+
+    async def iter_messages(
+        self,
+        thread_id: str,
+        *,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[message_pb2.Message]:
+        """Every message of a thread, oldest first, fetching page after page."""
+        page_token = ""
+        while True:
+            page = await self.list_messages(
+                thread_id, page_size=page_size, page_token=page_token, timeout=timeout
+            )
+            for message in page.messages:
+                yield message
+            if not page.next_page_token:
+                return
+            page_token = page.next_page_token

@@ -1,0 +1,53 @@
+"""Settings, read once from the environment and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from loomwork.errors import FailedPrecondition
+
+DEFAULT_TOKENS = "dev=default"
+TASK_QUEUE = "loomwork"
+
+
+class Settings(BaseSettings):
+    """Every knob of a Loomwork process; unset service URLs mean 'embedded'."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+
+    home: Path = Field(default=Path(".loomwork"), alias="LOOMWORK_HOME")
+    grpc_address: str = Field(default="127.0.0.1:50051", alias="LOOMWORK_GRPC_ADDRESS")
+    http_address: str = Field(default="127.0.0.1:8080", alias="LOOMWORK_HTTP_ADDRESS")
+    tokens: str | None = Field(default=None, alias="LOOMWORK_TOKENS")
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    redis_url: str | None = Field(default=None, alias="REDIS_URL")
+    temporal_address: str | None = Field(default=None, alias="TEMPORAL_ADDRESS")
+    temporal_namespace: str = Field(default="default", alias="TEMPORAL_NAMESPACE")
+    task_queue: str = Field(default=TASK_QUEUE, alias="LOOMWORK_TASK_QUEUE")
+    openai_base_url: str | None = Field(default=None, alias="OPENAI_BASE_URL")
+    openai_api_key: str | None = Field(default=None, alias="OPENAI_API_KEY")
+    chat_model: str = Field(default="gpt-4o-mini", alias="LOOMWORK_CHAT_MODEL")
+    embedding_model: str = Field(default="all-MiniLM-L6-v2", alias="LOOMWORK_EMBEDDING_MODEL")
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, alias="LOOMWORK_MAX_MESSAGE_BYTES")
+
+    def token_map(self) -> dict[str, str]:
+        """`LOOMWORK_TOKENS` parsed as {token: tenant}."""
+        return parse_tokens(self.tokens or "")
+
+
+def parse_tokens(spec: str) -> dict[str, str]:
+    """Parse `token=tenant,token2=tenant2`; a malformed pair is a clear error."""
+    tokens: dict[str, str] = {}
+    for pair in (p.strip() for p in spec.split(",")):
+        if not pair:
+            continue
+        token, sep, tenant = pair.partition("=")
+        if not sep or not token.strip() or not tenant.strip():
+            raise FailedPrecondition(
+                f"LOOMWORK_TOKENS: expected token=tenant pairs separated by commas, got {pair!r}"
+            )
+        tokens[token.strip()] = tenant.strip()
+    return tokens

@@ -1,0 +1,223 @@
+"""The PostgreSQL storage adapter: plain SQL over psycopg 3, one transaction per write."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from loomwork.errors import AlreadyExists, NotFound
+from loomwork.ids import new_id
+from loomwork.memory.models import Message, NewMessage, NewThread, Thread, ThreadUpdate
+from loomwork.storage import codec
+from loomwork.storage.database import Database
+
+_THREAD_COLUMNS = "id, seq, resource_id, title, metadata, message_count, create_time, update_time"
+_MESSAGE_COLUMNS = "id, thread_id, seq, role, content, create_time"
+
+
+def _thread(row: dict[str, Any]) -> Thread:
+    return Thread(
+        id=row["id"],
+        resource_id=row["resource_id"],
+        title=row["title"],
+        metadata=row["metadata"],
+        message_count=row["message_count"],
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+    )
+
+
+def _message(row: dict[str, Any]) -> Message:
+    content = codec.decode(row["content"])
+    return Message(
+        id=row["id"],
+        thread_id=row["thread_id"],
+        role=row["role"],
+        parts=content["parts"],
+        metadata=content.get("metadata", {}),
+        create_time=row["create_time"],
+    )
+
+
+class PostgresMemoryStorage:
+    """`MemoryStorage` on PostgreSQL (tables from migration 0001)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create_thread(self, tenant: str, thread: NewThread) -> Thread:
+        async with self.db.connection() as conn:
+            try:
+                cur = await conn.execute(
+                    f"""
+                    insert into threads (tenant_id, id, resource_id, title, metadata)
+                    values (%s, %s, %s, %s, %s)
+                    returning {_THREAD_COLUMNS}
+                    """,
+                    (tenant, thread.id, thread.resource_id, thread.title, Jsonb(thread.metadata)),
+                )
+            except psycopg.errors.UniqueViolation as exc:
+                raise AlreadyExists(f"thread {thread.id!r} already exists") from exc
+            row = await cur.fetchone()
+            assert row is not None
+            return _thread(row)
+
+    async def get_thread(self, tenant: str, thread_id: str) -> Thread:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                f"select {_THREAD_COLUMNS} from threads where tenant_id = %s and id = %s",
+                (tenant, thread_id),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"thread {thread_id!r} not found")
+        return _thread(row)
+
+    async def list_threads(
+        self, tenant: str, *, resource_id: str | None, limit: int, before_seq: int | None
+    ) -> list[tuple[int, Thread]]:
+        clauses = ["tenant_id = %s"]
+        params: list[Any] = [tenant]
+        if resource_id is not None:
+            clauses.append("resource_id = %s")
+            params.append(resource_id)
+        if before_seq is not None:
+            clauses.append("seq < %s")
+            params.append(before_seq)
+        params.append(limit)
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                f"select {_THREAD_COLUMNS} from threads where {' and '.join(clauses)}"
+                " order by seq desc limit %s",
+                params,
+            )
+            rows = await cur.fetchall()
+        return [(row["seq"], _thread(row)) for row in rows]
+
+    async def update_thread(self, tenant: str, thread_id: str, update: ThreadUpdate) -> Thread:
+        sets = ["update_time = now()"]
+        params: list[Any] = []
+        if update.title is not None:
+            sets.append("title = %s")
+            params.append(update.title)
+        if update.metadata is not None:
+            sets.append("metadata = %s")
+            params.append(Jsonb(update.metadata))
+        params += [tenant, thread_id]
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                f"update threads set {', '.join(sets)} where tenant_id = %s and id = %s"
+                f" returning {_THREAD_COLUMNS}",
+                params,
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"thread {thread_id!r} not found")
+        return _thread(row)
+
+    async def delete_thread(self, tenant: str, thread_id: str) -> None:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                "delete from threads where tenant_id = %s and id = %s", (tenant, thread_id)
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"thread {thread_id!r} not found")
+
+    async def append_messages(
+        self, tenant: str, thread_id: str, messages: list[NewMessage]
+    ) -> list[Message]:
+        stored: list[Message] = []
+        async with self.db.connection() as conn, conn.transaction():
+            # Locking the thread row serializes appends to one thread, so message
+            # seq order equals commit order and oldest-first paging never skips.
+            cur = await conn.execute(
+                "select id from threads where tenant_id = %s and id = %s for update",
+                (tenant, thread_id),
+            )
+            if await cur.fetchone() is None:
+                raise NotFound(f"thread {thread_id!r} not found")
+            inserted = 0
+            for index, message in enumerate(messages):
+                message_id = message.id or new_id("msg")
+                content = codec.encode(
+                    {
+                        "parts": [p.model_dump(mode="json") for p in message.parts],
+                        "metadata": message.metadata,
+                    }
+                )
+                cur = await conn.execute(
+                    f"""
+                    insert into messages (tenant_id, id, thread_id, role, content)
+                    values (%s, %s, %s, %s, %s)
+                    on conflict (tenant_id, id) do nothing
+                    returning {_MESSAGE_COLUMNS}
+                    """,
+                    (tenant, message_id, thread_id, message.role.value, content),
+                )
+                row = await cur.fetchone()
+                if row is None:
+                    cur = await conn.execute(
+                        f"select {_MESSAGE_COLUMNS} from messages where tenant_id = %s and id = %s",
+                        (tenant, message_id),
+                    )
+                    row = await cur.fetchone()
+                    assert row is not None
+                    if row["thread_id"] != thread_id:
+                        raise AlreadyExists(
+                            f"messages[{index}].id {message_id!r} is already used in another thread"
+                        )
+                else:
+                    inserted += 1
+                stored.append(_message(row))
+            if inserted:
+                await conn.execute(
+                    "update threads set message_count = message_count + %s, update_time = now()"
+                    " where tenant_id = %s and id = %s",
+                    (inserted, tenant, thread_id),
+                )
+        return stored
+
+    async def _require_thread(
+        self, conn: psycopg.AsyncConnection[Any], tenant: str, thread_id: str
+    ) -> None:
+        cur = await conn.execute(
+            "select 1 from threads where tenant_id = %s and id = %s", (tenant, thread_id)
+        )
+        if await cur.fetchone() is None:
+            raise NotFound(f"thread {thread_id!r} not found")
+
+    async def last_messages(self, tenant: str, thread_id: str, n: int) -> list[Message]:
+        async with self.db.connection() as conn:
+            await self._require_thread(conn, tenant, thread_id)
+            cur = await conn.execute(
+                f"""
+                select * from (
+                    select {_MESSAGE_COLUMNS} from messages
+                    where tenant_id = %s and thread_id = %s order by seq desc limit %s
+                ) newest order by seq
+                """,
+                (tenant, thread_id, n),
+            )
+            rows = await cur.fetchall()
+        return [_message(row) for row in rows]
+
+    async def list_messages(
+        self, tenant: str, thread_id: str, *, limit: int, after_seq: int | None
+    ) -> list[tuple[int, Message]]:
+        async with self.db.connection() as conn:
+            await self._require_thread(conn, tenant, thread_id)
+            cur = await conn.execute(
+                f"""
+                select {_MESSAGE_COLUMNS} from messages
+                where tenant_id = %s and thread_id = %s and seq > %s
+                order by seq limit %s
+                """,
+                (tenant, thread_id, after_seq or 0, limit),
+            )
+            rows = await cur.fetchall()
+        return [(row["seq"], _message(row)) for row in rows]
+
+    async def ping(self) -> bool:
+        return await self.db.ping()

@@ -1,0 +1,112 @@
+"""The grpc.aio server: servicers, interceptors, health, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from protos.loomwork.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    memory_pb2,
+    memory_pb2_grpc,
+    rag_pb2,
+    rag_pb2_grpc,
+    workflow_pb2,
+    workflow_pb2_grpc,
+)
+from server.health import HealthMonitor
+from server.interceptors import AuthInterceptor, ErrorInterceptor
+from server.runtime import Runtime
+from server.servicers.memory import MemoryServicer
+from server.servicers.unimplemented import unimplemented_servicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = [
+    memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name,
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    rag_pb2.DESCRIPTOR.services_by_name["RagService"].full_name,
+    workflow_pb2.DESCRIPTOR.services_by_name["WorkflowService"].full_name,
+]
+
+
+@dataclass
+class GrpcApp:
+    server: grpc.aio.Server
+    health: HealthMonitor
+    port: int
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.health.start()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Report NOT_SERVING, refuse new calls, let in-flight ones finish within `grace`."""
+        await self.health.stop()
+        await self.server.stop(grace)
+
+
+def build_grpc_app(runtime: Runtime, address: str, *, health_interval: float = 2.0) -> GrpcApp:
+    """A server bound to `address` (port 0 picks a free one), not yet started."""
+    settings = runtime.settings
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor(), AuthInterceptor(settings.token_map())],
+        options=options,
+    )
+    memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(runtime.memory), server)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(
+        unimplemented_servicer(
+            agent_pb2_grpc.AgentServiceServicer,
+            agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
+            issue=4,
+        ),
+        server,
+    )
+    rag_pb2_grpc.add_RagServiceServicer_to_server(
+        unimplemented_servicer(
+            rag_pb2_grpc.RagServiceServicer,
+            rag_pb2.DESCRIPTOR.services_by_name["RagService"],
+            issue=7,
+        ),
+        server,
+    )
+    workflow_pb2_grpc.add_WorkflowServiceServicer_to_server(
+        unimplemented_servicer(
+            workflow_pb2_grpc.WorkflowServiceServicer,
+            workflow_pb2.DESCRIPTOR.services_by_name["WorkflowService"],
+            issue=6,
+        ),
+        server,
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}: address in use or not available")
+    monitor = HealthMonitor(
+        health_servicer,
+        SERVICE_NAMES,
+        db=runtime.db,
+        redis=runtime.redis,
+        temporal=runtime.temporal,
+        interval=health_interval,
+    )
+    return GrpcApp(server=server, health=monitor, port=port)

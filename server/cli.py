@@ -1,0 +1,196 @@
+"""The `loomwork` command: run the stack (`up`, `server`, `worker`) and the client commands."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from loomwork.config import DEFAULT_TOKENS, Settings
+from loomwork.errors import LoomworkError
+from server.embedded import EmbeddedError, EmbeddedStack
+from server.process import Running, serve
+
+app = typer.Typer(
+    name="loomwork",
+    help="Durable AI agents, memory, RAG and workflows over gRPC, run on Temporal.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+    for noisy in ("temporalio", "httpx", "psycopg.pool"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+def _port_free(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host or "127.0.0.1", int(port)))
+        except OSError:
+            return False
+    return True
+
+
+@app.command()
+def up(
+    demo: bool = typer.Option(False, "--demo", help="Run `loomwork demo` once everything is up."),
+    ui: bool = typer.Option(True, "--ui/--no-ui", help="Serve the Temporal UI."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Start everything in the foreground: embedded servers not configured externally,
+    migrations, search attributes, the worker and the gRPC server. Ctrl-C stops all."""
+    _setup_logging(verbose)
+    settings = Settings()
+    if settings.tokens is None:
+        settings.tokens = DEFAULT_TOKENS
+        os.environ.setdefault("LOOMWORK_TOKENS", DEFAULT_TOKENS)
+    try:
+        tokens = settings.token_map()
+    except LoomworkError as exc:
+        _fail(exc.message)
+    if not _port_free(settings.grpc_address):
+        _fail(
+            f"{settings.grpc_address} is already in use (another `loomwork up`?). "
+            "Stop it, or set LOOMWORK_GRPC_ADDRESS=127.0.0.1:<port>."
+        )
+    home = settings.home.resolve()
+    stack = EmbeddedStack(
+        home,
+        postgres=not settings.database_url,
+        redis=not settings.redis_url,
+        temporal=not settings.temporal_address,
+        temporal_ui=ui,
+        on_progress=lambda line: console.print(f"[dim]•[/] {line}"),
+    )
+    started = time.perf_counter()
+    try:
+        endpoints = stack.start()
+    except EmbeddedError as exc:
+        _fail(str(exc))
+    settings.database_url = settings.database_url or endpoints.database_url
+    settings.redis_url = settings.redis_url or endpoints.redis_url
+    settings.temporal_address = settings.temporal_address or endpoints.temporal_address
+
+    async def ready(running: Running) -> None:
+        console.print()
+        console.print(f"[bold green]Loomwork is up[/] in {time.perf_counter() - started:.1f}s")
+        console.print(f"  gRPC          {running.grpc_address}   (reflection + health on)")
+        if endpoints.temporal_ui_url:
+            console.print(f"  Temporal UI   {endpoints.temporal_ui_url}")
+        console.print(
+            f"  Temporal      {settings.temporal_address}  namespace {settings.temporal_namespace}"
+        )
+        console.print(f"  PostgreSQL    {_redact(settings.database_url or '')}")
+        console.print(f"  Redis         {_redact(settings.redis_url or '')}")
+        console.print(f"  home          {home}")
+        for token, tenant in tokens.items():
+            console.print(f"  token         [bold]{token}[/] → tenant {tenant}")
+        console.print("Press Ctrl-C to stop.\n")
+        if demo and running.grpc_address:
+            from clients.cli import run_demo
+
+            token = next(iter(tokens))
+            try:
+                await run_demo(running.grpc_address, token)
+            except Exception as exc:  # the demo failing must not take the stack down
+                console.print(f"[bold red]demo failed:[/] {exc}")
+
+    try:
+        asyncio.run(serve(settings, register_attributes=True, on_ready=ready))
+    except LoomworkError as exc:
+        _fail(exc.message)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        console.print("stopping embedded servers…")
+        stack.stop()
+        console.print("stopped.")
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}@{host}"
+    return url
+
+
+def _external_settings(role: str) -> Settings:
+    settings = Settings()
+    missing = [
+        name
+        for name, value in (
+            ("DATABASE_URL", settings.database_url),
+            ("REDIS_URL", settings.redis_url),
+            ("TEMPORAL_ADDRESS", settings.temporal_address),
+        )
+        if not value
+    ]
+    if missing:
+        _fail(
+            f"`loomwork {role}` needs {', '.join(missing)} set "
+            "(use `loomwork up` for the embedded stack)."
+        )
+    if role == "server" and not settings.tokens:
+        _fail("`loomwork server` needs LOOMWORK_TOKENS (token=tenant pairs, comma-separated).")
+    return settings
+
+
+@app.command()
+def server(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Run the gRPC server alone (production: several behind a load balancer)."""
+    _setup_logging(verbose)
+    settings = _external_settings("server")
+    try:
+        asyncio.run(serve(settings, grpc=True, worker=False, register_attributes=True))
+    except LoomworkError as exc:
+        _fail(exc.message)
+
+
+@app.command()
+def worker(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Run a Temporal worker alone (production: as many as the load needs)."""
+    _setup_logging(verbose)
+    settings = _external_settings("worker")
+    try:
+        asyncio.run(serve(settings, grpc=False, worker=True, register_attributes=True))
+    except LoomworkError as exc:
+        _fail(exc.message)
+
+
+def _register_client_commands() -> None:
+    from clients.cli import register
+
+    register(app)
+
+
+def main() -> None:
+    _register_client_commands()
+    app()
+
+
+if __name__ == "__main__":
+    main()

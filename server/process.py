@@ -1,0 +1,82 @@
+"""Running Loomwork's long-lived pieces (gRPC server, worker) until asked to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from loomwork.config import Settings
+from server.app import GrpcApp, build_grpc_app
+from server.runtime import Runtime
+from server.temporal import register_search_attributes
+from server.worker import build_worker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Running:
+    """What `serve` started, handed to `on_ready`."""
+
+    runtime: Runtime
+    grpc: GrpcApp | None
+    grpc_address: str | None
+
+
+async def serve(
+    settings: Settings,
+    *,
+    grpc: bool = True,
+    worker: bool = True,
+    register_attributes: bool = False,
+    on_ready: Callable[[Running], Awaitable[None]] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Open the runtime, start the requested pieces, run until SIGINT/SIGTERM or `stop`."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    runtime = await Runtime.open(settings)
+    app: GrpcApp | None = None
+    worker_task: asyncio.Task[None] | None = None
+    temporal_worker = None
+    try:
+        if register_attributes:
+            await register_search_attributes(runtime.temporal, settings.temporal_namespace)
+        if worker:
+            temporal_worker = build_worker(runtime)
+            worker_task = asyncio.create_task(temporal_worker.run(), name="temporal-worker")
+        address = None
+        if grpc:
+            app = build_grpc_app(runtime, settings.grpc_address)
+            await app.start()
+            host = settings.grpc_address.rsplit(":", 1)[0]
+            address = f"{host}:{app.port}"
+            log.info("gRPC server listening on %s", address)
+        if on_ready:
+            await on_ready(Running(runtime, app, address))
+        waiter = asyncio.create_task(stop.wait())
+        watch = {waiter} | ({worker_task} if worker_task else set())
+        done, _ = await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
+        if worker_task in done and worker_task is not None:
+            worker_task.result()  # surfaces why the worker died
+        waiter.cancel()
+    finally:
+        log.info("shutting down: draining in-flight calls")
+        if app:
+            await app.stop(grace=10.0)
+        if temporal_worker is not None and worker_task and not worker_task.done():
+            with contextlib.suppress(Exception):
+                await temporal_worker.shutdown()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await worker_task
+        await runtime.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)

@@ -1,0 +1,115 @@
+"""MemoryService: threads and messages over `loomwork.memory.Memory`."""
+
+from __future__ import annotations
+
+import grpc
+
+from loomwork.errors import InvalidArgument
+from loomwork.memory.memory import Memory
+from loomwork.memory.models import NewThread, ThreadUpdate
+from protos.loomwork.v1 import memory_pb2, memory_pb2_grpc
+from server import convert
+from server.interceptors import tenant
+from server.servicers.unimplemented import abort_unimplemented
+
+_UPDATABLE = ("title", "metadata")
+
+
+class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
+    def __init__(self, memory: Memory) -> None:
+        self.memory = memory
+
+    async def CreateThread(
+        self, request: memory_pb2.CreateThreadRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.CreateThreadResponse:
+        new = NewThread(
+            id=request.thread_id,
+            resource_id=request.thread.resource_id,
+            title=request.thread.title,
+            metadata=convert.struct_to_dict(request.thread.metadata),
+        )
+        thread = await self.memory.create_thread(tenant(), new)
+        return memory_pb2.CreateThreadResponse(thread=convert.thread_to_proto(thread))
+
+    async def GetThread(
+        self, request: memory_pb2.GetThreadRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.GetThreadResponse:
+        thread = await self.memory.get_thread(tenant(), request.thread_id)
+        return memory_pb2.GetThreadResponse(thread=convert.thread_to_proto(thread))
+
+    async def ListThreads(
+        self, request: memory_pb2.ListThreadsRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.ListThreadsResponse:
+        page = await self.memory.list_threads(
+            tenant(),
+            resource_id=request.resource_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return memory_pb2.ListThreadsResponse(
+            threads=[convert.thread_to_proto(t) for t in page.threads],
+            next_page_token=page.next_page_token,
+        )
+
+    async def UpdateThread(
+        self, request: memory_pb2.UpdateThreadRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.UpdateThreadResponse:
+        paths = list(request.update_mask.paths)
+        unknown = [p for p in paths if p not in _UPDATABLE]
+        if unknown:
+            raise InvalidArgument.field(
+                "update_mask", f"cannot update {', '.join(unknown)}; updatable: title, metadata"
+            )
+        if not paths:  # AIP-134: no mask means every field that is set
+            paths = [p for p in _UPDATABLE if p == "title" and request.thread.title]
+            if request.thread.HasField("metadata"):
+                paths.append("metadata")
+            if not paths:
+                raise InvalidArgument.field("update_mask", "names no field and thread sets none")
+        update = ThreadUpdate(
+            title=request.thread.title if "title" in paths else None,
+            metadata=convert.struct_to_dict(request.thread.metadata)
+            if "metadata" in paths
+            else None,
+        )
+        thread = await self.memory.update_thread(tenant(), request.thread.id, update)
+        return memory_pb2.UpdateThreadResponse(thread=convert.thread_to_proto(thread))
+
+    async def DeleteThread(
+        self, request: memory_pb2.DeleteThreadRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.DeleteThreadResponse:
+        await self.memory.delete_thread(tenant(), request.thread_id)
+        return memory_pb2.DeleteThreadResponse()
+
+    async def AppendMessages(
+        self, request: memory_pb2.AppendMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.AppendMessagesResponse:
+        messages = convert.new_messages_from_proto(request.messages)
+        stored = await self.memory.append_messages(tenant(), request.thread_id, messages)
+        return memory_pb2.AppendMessagesResponse(
+            messages=[convert.message_to_proto(m) for m in stored]
+        )
+
+    async def ListMessages(
+        self, request: memory_pb2.ListMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.ListMessagesResponse:
+        page = await self.memory.list_messages(
+            tenant(),
+            request.thread_id,
+            last_n=request.last_n,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return memory_pb2.ListMessagesResponse(
+            messages=[convert.message_to_proto(m) for m in page.messages],
+            next_page_token=page.next_page_token,
+        )
+
+    async def SearchMessages(self, request, context):
+        await abort_unimplemented(context, "MemoryService.SearchMessages", issue=5)
+
+    async def GetWorkingMemory(self, request, context):
+        await abort_unimplemented(context, "MemoryService.GetWorkingMemory", issue=5)
+
+    async def UpdateWorkingMemory(self, request, context):
+        await abort_unimplemented(context, "MemoryService.UpdateWorkingMemory", issue=5)

@@ -1,0 +1,128 @@
+"""Session fixtures: real embedded servers, a real gRPC server and Temporal worker.
+
+Set DATABASE_URL / REDIS_URL / TEMPORAL_ADDRESS to run against external servers
+instead; whatever is unset is started embedded, once per test session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from loomwork.config import Settings
+from protos.loomwork.v1 import memory_pb2_grpc
+from server.app import GrpcApp, build_grpc_app
+from server.embedded import EmbeddedStack
+from server.runtime import Runtime
+from server.temporal import register_search_attributes
+from server.worker import build_worker
+
+TOKENS = "t-alpha=alpha,t-beta=beta"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """URLs of Postgres, Redis and Temporal: external ones from the environment, else embedded."""
+    home = tmp_path_factory.mktemp("loomwork-home")
+    stack = EmbeddedStack(
+        home,
+        postgres=not os.environ.get("DATABASE_URL"),
+        redis=not os.environ.get("REDIS_URL"),
+        temporal=not os.environ.get("TEMPORAL_ADDRESS"),
+        temporal_ui=False,
+    )
+    endpoints = stack.start()
+    try:
+        yield {
+            "DATABASE_URL": os.environ.get("DATABASE_URL") or endpoints.database_url or "",
+            "REDIS_URL": os.environ.get("REDIS_URL") or endpoints.redis_url or "",
+            "TEMPORAL_ADDRESS": os.environ.get("TEMPORAL_ADDRESS")
+            or endpoints.temporal_address
+            or "",
+            "LOOMWORK_HOME": str(home),
+        }
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(embedded: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(
+        LOOMWORK_HOME=Path(embedded["LOOMWORK_HOME"]),
+        DATABASE_URL=embedded["DATABASE_URL"],
+        REDIS_URL=embedded["REDIS_URL"],
+        TEMPORAL_ADDRESS=embedded["TEMPORAL_ADDRESS"],
+        LOOMWORK_TOKENS=TOKENS,
+        LOOMWORK_GRPC_ADDRESS="127.0.0.1:0",
+        LOOMWORK_TASK_QUEUE="loomwork-test",
+    )
+
+
+@pytest.fixture(scope="session")
+async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    rt = await Runtime.open(settings)
+    await register_search_attributes(rt.temporal, settings.temporal_namespace)
+    try:
+        yield rt
+    finally:
+        await rt.close()
+
+
+@pytest.fixture(scope="session")
+async def worker(runtime: Runtime) -> AsyncIterator[None]:
+    """A real Temporal worker polling the test task queue for the whole session."""
+    temporal_worker = build_worker(runtime, identity="pytest-worker")
+    task = asyncio.create_task(temporal_worker.run())
+    try:
+        yield None
+    finally:
+        await temporal_worker.shutdown()
+        await task
+
+
+@pytest.fixture(scope="session")
+async def grpc_app(runtime: Runtime, worker: None) -> AsyncIterator[GrpcApp]:
+    app = build_grpc_app(runtime, "127.0.0.1:0", health_interval=0.3)
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop(grace=2.0)
+
+
+@pytest.fixture(scope="session")
+def grpc_address(grpc_app: GrpcApp) -> str:
+    return f"127.0.0.1:{grpc_app.port}"
+
+
+@pytest.fixture(scope="session")
+def token() -> str:
+    return "t-alpha"
+
+
+@pytest.fixture(scope="session")
+def other_token() -> str:
+    return "t-beta"
+
+
+@pytest.fixture(scope="session")
+async def channel(grpc_address: str) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(grpc_address) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="session")
+def memory_stub(channel: grpc.aio.Channel) -> memory_pb2_grpc.MemoryServiceStub:
+    return memory_pb2_grpc.MemoryServiceStub(channel)

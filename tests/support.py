@@ -1,0 +1,30 @@
+"""Small helpers shared by tests."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+
+def auth(token: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying a bearer token."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    """{field: description} from the google.rpc.BadRequest details of a failed call."""
+    raw = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
+    assert raw is not None, f"no rich status details on {error.code()}: {error.details()}"
+    status = status_pb2.Status.FromString(raw)
+    out: dict[str, str] = {}
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            out.update({v.field: v.description for v in bad.field_violations})
+    return out

@@ -1,0 +1,243 @@
+"""The client commands of the `loomwork` CLI (clients/cli.py) against the real server.
+
+The server runs in the session's event loop, so each CLI invocation (which runs its own
+`asyncio.run`) happens in a worker thread while the loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import uuid
+from typing import Any
+
+import pytest
+import typer
+from click.testing import Result
+from typer.testing import CliRunner
+
+from clients.cli import message_from_json, register
+from protos.loomwork.v1 import message_pb2
+
+app = typer.Typer()
+register(app)
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="module")
+def env(grpc_address: str, token: str) -> dict[str, str]:
+    return {"LOOMWORK_GRPC_ADDRESS": grpc_address, "LOOMWORK_TOKEN": token, "COLUMNS": "200"}
+
+
+async def _cli(env: dict[str, str], *args: str, input: str | None = None) -> Result:
+    runner = CliRunner(env=env)
+    return await asyncio.to_thread(runner.invoke, app, list(args), input=input)
+
+
+def _ok(result: Result) -> Result:
+    assert result.exit_code == 0, result.output
+    assert result.exception is None, result.output
+    return result
+
+
+def _json(result: Result) -> Any:
+    return json.loads(_ok(result).stdout)
+
+
+def _failed(result: Result) -> str:
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    return result.output
+
+
+async def test_threads_create_get_list_update_delete(env: dict[str, str]) -> None:
+    resource = _unique("res")
+    created = _json(
+        await _cli(
+            env,
+            *("threads", "create", "--resource", resource, "--title", "CLI thread"),
+            *("--metadata", '{"team": "cli", "n": 2}', "--json"),
+        )
+    )
+    thread_id = created["id"]
+    assert thread_id.startswith("thr_")
+    assert created["resource_id"] == resource
+    assert created["metadata"] == {"team": "cli", "n": 2}
+    assert created["message_count"] == 0
+
+    got = _json(await _cli(env, "threads", "get", thread_id, "--json"))
+    assert (got["id"], got["title"]) == (thread_id, "CLI thread")
+    table = _ok(await _cli(env, "threads", "get", thread_id)).stdout
+    assert thread_id in table and "CLI thread" in table
+
+    chosen = _unique("my-thread")
+    _ok(await _cli(env, "threads", "create", "--resource", resource, "--id", chosen))
+
+    listed = _json(await _cli(env, "threads", "list", "--resource", resource, "--json"))
+    assert [t["id"] for t in listed["threads"]] == [chosen, thread_id]
+    one = _json(await _cli(env, "threads", "list", "--resource", resource, "-n", "1", "--json"))
+    assert len(one["threads"]) == 1 and one["next_page_token"]
+    every = _json(
+        await _cli(env, "threads", "list", "--resource", resource, "-n", "1", "--all", "--json")
+    )
+    assert [t["id"] for t in every["threads"]] == [chosen, thread_id]
+    table = _ok(await _cli(env, "threads", "list", "--resource", resource)).stdout
+    assert thread_id in table and chosen in table
+
+    updated = _json(await _cli(env, "threads", "update", thread_id, "--title", "renamed", "--json"))
+    assert updated["title"] == "renamed"
+    assert updated["metadata"] == {"team": "cli", "n": 2}
+
+    for tid in (thread_id, chosen):
+        assert tid in _ok(await _cli(env, "threads", "delete", tid)).stdout
+    output = _failed(await _cli(env, "threads", "get", thread_id))
+    assert "error: NOT_FOUND" in output
+
+
+async def test_messages_append_and_list(env: dict[str, str]) -> None:
+    thread_id = _json(await _cli(env, "threads", "create", "--json"))["id"]
+    message_id = _unique("m")
+
+    appended = _json(
+        await _cli(
+            env,
+            *("messages", "append", thread_id, "--role", "system", "--text", "be brief"),
+            *("--id", message_id, "--json"),
+        )
+    )
+    assert [(m["id"], m["role"]) for m in appended["messages"]] == [(message_id, "ROLE_SYSTEM")]
+
+    batch = [
+        {"role": "user", "text": "weather in Paris?"},
+        {
+            "role": "ROLE_ASSISTANT",
+            "parts": [
+                {
+                    "tool_call": {
+                        "tool_call_id": "c1",
+                        "tool_name": "get_weather",
+                        "arguments": {"city": "Paris"},
+                    }
+                }
+            ],
+        },
+        {
+            "role": "tool",
+            "parts": [{"tool_result": {"tool_call_id": "c1", "result": {"temp": 18}}}],
+        },
+    ]
+    out = _json(
+        await _cli(
+            env, "messages", "append", thread_id, "--file", "-", "--json", input=json.dumps(batch)
+        )
+    )
+    assert [m["role"] for m in out["messages"]] == ["ROLE_USER", "ROLE_ASSISTANT", "ROLE_TOOL"]
+
+    # appending the same id again stores nothing new
+    _ok(
+        await _cli(
+            env,
+            "messages",
+            "append",
+            thread_id,
+            "--role",
+            "system",
+            "--text",
+            "be brief",
+            "--id",
+            message_id,
+        )
+    )
+    listed = _json(await _cli(env, "messages", "list", thread_id, "--json"))
+    messages = listed["messages"]
+    assert len(messages) == 4
+    assert messages[0]["id"] == message_id
+    assert messages[1]["parts"] == [{"text": {"text": "weather in Paris?"}}]
+    assert messages[2]["parts"][0]["tool_call"]["arguments"] == {"city": "Paris"}
+    assert messages[3]["parts"][0]["tool_result"]["result"] == {"temp": 18}
+    assert listed["next_page_token"] == ""
+
+    last = _json(await _cli(env, "messages", "list", thread_id, "--last", "2", "--json"))
+    assert [m["id"] for m in last["messages"]] == [m["id"] for m in messages[2:]]
+    page = _json(await _cli(env, "messages", "list", thread_id, "--limit", "3", "--json"))
+    assert len(page["messages"]) == 3 and page["next_page_token"]
+
+    table = _ok(await _cli(env, "messages", "list", thread_id)).stdout
+    assert "weather in Paris?" in table and "get_weather" in table and message_id in table
+    _ok(await _cli(env, "threads", "delete", thread_id))
+
+
+async def test_bad_call_names_the_field_without_traceback(env: dict[str, str]) -> None:
+    thread_id = _json(await _cli(env, "threads", "create", "--json"))["id"]
+    no_role = json.dumps([{"text": "who am I?"}])
+    output = _failed(await _cli(env, "messages", "append", thread_id, "--file", "-", input=no_role))
+    assert "error: INVALID_ARGUMENT" in output
+    assert "messages[0].role" in output
+
+    output = _failed(await _cli(env, "threads", "create", "--id", "no spaces allowed"))
+    assert "error: INVALID_ARGUMENT" in output
+    _ok(await _cli(env, "threads", "delete", thread_id))
+
+
+async def test_client_side_bad_parameters_exit_2(env: dict[str, str]) -> None:
+    for args in (
+        ("threads", "create", "--metadata", "[1, 2]"),
+        ("threads", "create", "--metadata", "{not json"),
+        ("messages", "append", "thr_x", "--role", "robot", "--text", "hi"),
+        ("messages", "append", "thr_x"),
+        ("threads", "update", "thr_x"),
+    ):
+        result = await _cli(env, *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Traceback" not in result.output
+
+
+async def test_wrong_token_and_unreachable_server(env: dict[str, str]) -> None:
+    output = _failed(await _cli(env, "threads", "--token", "nope", "list"))
+    assert "error: UNAUTHENTICATED" in output
+    assert "LOOMWORK_TOKEN" in output
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    output = _failed(await _cli(env, "threads", "--address", f"127.0.0.1:{port}", "list"))
+    assert "error: UNAVAILABLE" in output
+    assert "loomwork up" in output
+
+
+async def test_other_tenant_cannot_read(env: dict[str, str], other_token: str) -> None:
+    thread_id = _json(await _cli(env, "threads", "create", "--json"))["id"]
+    output = _failed(await _cli(env, "threads", "--token", other_token, "get", thread_id))
+    assert "error: NOT_FOUND" in output
+    _ok(await _cli(env, "threads", "delete", thread_id))
+
+
+async def test_demo_runs_to_completion(env: dict[str, str], other_token: str) -> None:
+    result = _ok(await _cli(env, "demo", "--other-token", other_token))
+    output = result.stdout
+    assert "idempotent" in output
+    assert "INVALID_ARGUMENT" in output and "messages[0].role" in output
+    assert "✗" not in output, output  # every expectation of the demo held
+    assert "demo finished" in output
+
+
+def test_message_from_json_forms() -> None:
+    short = message_from_json({"role": "assistant", "text": "hi", "id": "m1"})
+    assert (short.role, short.id, short.parts[0].text.text) == (
+        message_pb2.ROLE_ASSISTANT,
+        "m1",
+        "hi",
+    )
+    full = message_from_json(
+        {"role": "ROLE_TOOL", "parts": [{"tool_result": {"tool_call_id": "c"}}]}
+    )
+    assert full.role == message_pb2.ROLE_TOOL
+    with pytest.raises(ValueError, match="message 3"):
+        message_from_json({"role": "user", "parts": [{"nope": {}}]}, 3)
+    with pytest.raises(ValueError, match="unknown role"):
+        message_from_json({"role": "robot", "text": "x"})

