@@ -144,6 +144,12 @@ def _child_preexec(parent_pid: int) -> Callable[[], None]:
     return preexec
 
 
+# util-linux's setpriv sets the parent-death signal and then execs the server. Preferred over
+# a Python preexec_fn: that forces a plain fork(), and in a process where gRPC is running,
+# gRPC's fork handlers can abort the child before it reaches exec.
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+
+
 class _Spawner:
     """Starts child processes from one long-lived daemon thread.
 
@@ -175,12 +181,19 @@ class _Spawner:
         while True:
             args, kwargs, fut = cls._queue.get()
             try:
-                proc = subprocess.Popen(
-                    args,
-                    process_group=0,
-                    preexec_fn=_child_preexec(os.getpid()),
-                    **kwargs,
-                )
+                if _SETPRIV:
+                    proc = subprocess.Popen(
+                        [_SETPRIV, "--pdeathsig", "TERM", "--", *args],
+                        process_group=0,
+                        **kwargs,
+                    )
+                else:
+                    proc = subprocess.Popen(
+                        args,
+                        process_group=0,
+                        preexec_fn=_child_preexec(os.getpid()),
+                        **kwargs,
+                    )
             except BaseException as exc:
                 fut.set_exception(exc)
             else:
