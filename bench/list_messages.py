@@ -41,6 +41,23 @@ class EchoMemory(memory_pb2_grpc.MemoryServiceServicer):
         return self.response
 
 
+async def _measure_sql(runtime: Runtime, thread_id: str, calls: int) -> list[float]:
+    """The floor: the same newest-50 query straight through psycopg, no decoding."""
+    sql = (
+        "select * from (select id, thread_id, seq, role, content, create_time from messages"
+        " where tenant_id = %s and thread_id = %s order by seq desc limit 50) m order by seq"
+    )
+    samples = []
+    for i in range(calls + 50):
+        started = time.perf_counter()
+        async with runtime.db.connection() as conn:
+            cur = await conn.execute(sql, ("bench", thread_id))
+            await cur.fetchall()
+        if i >= 50:
+            samples.append((time.perf_counter() - started) * 1e6)
+    return samples
+
+
 async def _measure(stub: memory_pb2_grpc.MemoryServiceStub, request, calls: int) -> list[float]:
     for _ in range(50):  # warm-up
         await stub.ListMessages(request, metadata=AUTH)
@@ -93,9 +110,11 @@ async def run(settings: Settings, calls: int) -> None:
             # Interleave rounds so drift on the machine hits both alike.
             base: list[float] = []
             ours: list[float] = []
+            sql: list[float] = []
             for _ in range(4):
                 base += await _measure(echo, request, calls // 4)
                 ours += await _measure(stub, request, calls // 4)
+                sql += await _measure_sql(runtime, thread.id, calls // 4)
         await echo_server.stop(0)
     await app.stop(0)
     await runtime.close()
@@ -105,6 +124,7 @@ async def run(settings: Settings, calls: int) -> None:
     print(f"ListMessages, 50 messages, {len(ours)} sequential calls each, same process and loop")
     print(f"  bare grpc.aio echo   p50 {b50:8.0f} µs   p99 {b99:8.0f} µs")
     print(f"  loomwork             p50 {o50:8.0f} µs   p99 {o99:8.0f} µs")
+    print(f"  (raw psycopg query   p50 {_pct(sql, 50):8.0f} µs   p99 {_pct(sql, 99):8.0f} µs)")
     print(
         f"  ratio                p50 {o50 / b50:8.2f}×    p99 {o99 / b99:8.2f}×"
         "   (goal ≤ 2× / ≤ 3×)"

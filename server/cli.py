@@ -82,7 +82,6 @@ def up(
         redis=not settings.redis_url,
         temporal=not settings.temporal_address,
         temporal_ui=ui,
-        on_progress=lambda line: console.print(f"[dim]•[/] {line}"),
     )
     started = time.perf_counter()
     try:
@@ -116,6 +115,12 @@ def up(
                 await run_demo(running.grpc_address, token)
             except Exception as exc:  # the demo failing must not take the stack down
                 console.print(f"[bold red]demo failed:[/] {exc}")
+            console.print(
+                "\nThe stack keeps running. Try:\n"
+                f"  LOOMWORK_GRPC_ADDRESS={running.grpc_address} loomwork threads list\n"
+                f"  grpcurl -plaintext {running.grpc_address} list\n"
+                "Press Ctrl-C to stop."
+            )
 
     try:
         asyncio.run(serve(settings, register_attributes=True, on_ready=ready))

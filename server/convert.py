@@ -32,56 +32,73 @@ def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
 
 def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value)
+    set_timestamp(out, value)
     return out
 
 
+def set_timestamp(target: timestamp_pb2.Timestamp, value: datetime) -> None:
+    """Faster than Timestamp.FromDatetime for the aware datetimes storage returns."""
+    seconds = value.timestamp()
+    target.seconds = int(seconds // 1)
+    target.nanos = value.microsecond * 1000
+
+
 def thread_to_proto(thread: models.Thread) -> memory_pb2.Thread:
-    return memory_pb2.Thread(
+    out = memory_pb2.Thread(
         id=thread.id,
         resource_id=thread.resource_id,
         title=thread.title,
-        metadata=dict_to_struct(thread.metadata),
-        create_time=timestamp(thread.create_time),
-        update_time=timestamp(thread.update_time),
         message_count=thread.message_count,
     )
+    out.metadata.update(thread.metadata)
+    set_timestamp(out.create_time, thread.create_time)
+    set_timestamp(out.update_time, thread.update_time)
+    return out
+
+
+def _fill_part(
+    target: message_pb2.Part, part: models.TextPart | models.ToolCallPart | models.ToolResultPart
+) -> None:
+    if isinstance(part, models.TextPart):
+        target.text.text = part.text
+    elif isinstance(part, models.ToolCallPart):
+        call = target.tool_call
+        call.tool_call_id = part.tool_call_id
+        call.tool_name = part.tool_name
+        call.arguments.update(part.arguments)
+    else:
+        result = target.tool_result
+        result.tool_call_id = part.tool_call_id
+        result.tool_name = part.tool_name
+        result.is_error = part.is_error
+        if part.result is not None:
+            json_format.ParseDict(part.result, result.result)
 
 
 def part_to_proto(
     part: models.TextPart | models.ToolCallPart | models.ToolResultPart,
 ) -> message_pb2.Part:
-    if isinstance(part, models.TextPart):
-        return message_pb2.Part(text=message_pb2.TextPart(text=part.text))
-    if isinstance(part, models.ToolCallPart):
-        return message_pb2.Part(
-            tool_call=message_pb2.ToolCallPart(
-                tool_call_id=part.tool_call_id,
-                tool_name=part.tool_name,
-                arguments=dict_to_struct(part.arguments),
-            )
-        )
-    result = struct_pb2.Value()
-    json_format.ParseDict(part.result, result)
-    return message_pb2.Part(
-        tool_result=message_pb2.ToolResultPart(
-            tool_call_id=part.tool_call_id,
-            tool_name=part.tool_name,
-            result=result,
-            is_error=part.is_error,
-        )
-    )
+    out = message_pb2.Part()
+    _fill_part(out, part)
+    return out
+
+
+def fill_message(target: message_pb2.Message, message: models.Message) -> None:
+    """Write `message` into `target` in place (no nested-message copies)."""
+    target.id = message.id
+    target.thread_id = message.thread_id
+    target.role = _ROLE_TO_PROTO[message.role]
+    for part in message.parts:
+        _fill_part(target.parts.add(), part)
+    if message.metadata:
+        target.metadata.update(message.metadata)
+    set_timestamp(target.create_time, message.create_time)
 
 
 def message_to_proto(message: models.Message) -> message_pb2.Message:
-    return message_pb2.Message(
-        id=message.id,
-        thread_id=message.thread_id,
-        role=_ROLE_TO_PROTO[message.role],
-        parts=[part_to_proto(p) for p in message.parts],
-        metadata=dict_to_struct(message.metadata),
-        create_time=timestamp(message.create_time),
-    )
+    out = message_pb2.Message()
+    fill_message(out, message)
+    return out
 
 
 def new_messages_from_proto(messages: Any) -> list[models.NewMessage]:

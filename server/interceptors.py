@@ -26,132 +26,129 @@ PUBLIC_SERVICES = (
     "grpc.reflection.v1.ServerReflection",
 )
 
-Behavior = Callable[..., Any]
-Wrapper = Callable[[Behavior, str], Behavior]
-
 
 def tenant() -> str:
     """The tenant of the RPC being served (set by the auth interceptor)."""
     return current_tenant.get()
 
 
-def _wrap_handler(
-    handler: grpc.RpcMethodHandler, wrap: Wrapper, method: str
-) -> grpc.RpcMethodHandler:
-    """The same handler with its behavior wrapped, whatever its streaming kind."""
-    if handler.request_streaming and handler.response_streaming:
-        factory, behavior = grpc.stream_stream_rpc_method_handler, handler.stream_stream
-    elif handler.request_streaming:
-        factory, behavior = grpc.stream_unary_rpc_method_handler, handler.stream_unary
-    elif handler.response_streaming:
-        factory, behavior = grpc.unary_stream_rpc_method_handler, handler.unary_stream
-    else:
-        factory, behavior = grpc.unary_unary_rpc_method_handler, handler.unary_unary
-    return factory(
-        wrap(behavior, method),
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+class WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps each method's behavior once (cached per method) with `before` and `on_error`."""
 
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-def _around(
-    behavior: Behavior,
-    before: Callable[[Any], Awaitable[None]],
-    on_error: Callable[..., Awaitable[None]],
-) -> Behavior:
-    """Run `before(context)` then the behavior; route exceptions through `on_error`."""
-    if inspect.isasyncgenfunction(behavior):
+    def applies_to(self, method: str) -> bool:
+        return True
 
-        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+    async def before(self, context: grpc.aio.ServicerContext) -> None:
+        """Runs before the behavior; may abort the call."""
+
+    async def on_error(
+        self, exc: Exception, context: grpc.aio.ServicerContext, method: str
+    ) -> None:
+        """Handles an exception of the behavior; the default re-raises it."""
+        raise exc
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or not self.applies_to(method):
+            return handler
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = (handler, self._wrap_handler(handler, method))
+            self._wrapped[method] = cached
+        return cached[1]
+
+    def _wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if handler.request_streaming and handler.response_streaming:
+            factory, behavior = grpc.stream_stream_rpc_method_handler, handler.stream_stream
+        elif handler.request_streaming:
+            factory, behavior = grpc.stream_unary_rpc_method_handler, handler.stream_unary
+        elif handler.response_streaming:
+            factory, behavior = grpc.unary_stream_rpc_method_handler, handler.unary_stream
+        else:
+            factory, behavior = grpc.unary_unary_rpc_method_handler, handler.unary_unary
+        return factory(
+            self._wrap_behavior(behavior, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap_behavior(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        before, on_error = self.before, self.on_error
+        if inspect.isasyncgenfunction(behavior):
+
+            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                try:
+                    await before(context)
+                    async for item in behavior(request, context):
+                        yield item
+                except Exception as exc:
+                    await on_error(exc, context, method)
+
+            return stream
+
+        async def unary(request: Any, context: Any) -> Any:
             try:
                 await before(context)
-                async for item in behavior(request, context):
-                    yield item
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
             except Exception as exc:
-                await on_error(exc, context)
+                await on_error(exc, context, method)
 
-        return stream
-
-    async def unary(request: Any, context: Any) -> Any:
-        try:
-            await before(context)
-            result = behavior(request, context)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
-        except Exception as exc:
-            await on_error(exc, context)
-
-    return unary
+        return unary
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(WrappingInterceptor):
     """`authorization: Bearer <token>` → tenant; a missing or unknown token is UNAUTHENTICATED."""
 
     def __init__(self, tokens: dict[str, str]) -> None:
+        super().__init__()
         self.tokens = dict(tokens)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.lstrip("/").startswith(PUBLIC_SERVICES):
-            return handler
+    def applies_to(self, method: str) -> bool:
+        return not method.lstrip("/").startswith(PUBLIC_SERVICES)
 
-        async def authenticate(context: grpc.aio.ServicerContext) -> None:
-            metadata = dict(context.invocation_metadata() or ())
-            header = metadata.get("authorization", "")
-            scheme, _, token = str(header).partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                await context.abort(
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    "missing credentials: send metadata 'authorization: Bearer <token>'",
-                )
-            tenant_id = self.tokens.get(token.strip())
-            if tenant_id is None:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown token")
-            current_tenant.set(tenant_id)  # type: ignore[arg-type]
-
-        async def reraise(exc: Exception, context: Any) -> None:
-            raise exc
-
-        return _wrap_handler(handler, lambda b, m: _around(b, authenticate, reraise), method)
+    async def before(self, context: grpc.aio.ServicerContext) -> None:
+        header = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                header = str(value)
+                break
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing credentials: send metadata 'authorization: Bearer <token>'",
+            )
+        tenant_id = self.tokens.get(token)
+        if tenant_id is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown token")
+        current_tenant.set(tenant_id)  # type: ignore[arg-type]
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+class ErrorInterceptor(WrappingInterceptor):
     """Domain errors → their status; anything unexpected → INTERNAL with a logged incident id."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-
-        async def nothing(context: Any) -> None:
-            return None
-
-        async def map_error(exc: Exception, context: grpc.aio.ServicerContext) -> None:
-            if isinstance(exc, pydantic.ValidationError):
-                exc = InvalidArgument(pydantic_violations(exc))
-            if isinstance(exc, LoomworkError):
-                log.info("%s -> %s", method, exc.message)
-                await context.abort_with_status(to_rpc_status(exc))
-            if _is_abort(exc):
-                raise exc
-            incident = uuid.uuid4().hex[:12]
-            log.exception("%s failed unexpectedly (incident %s)", method, incident)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident})")
-
-        return _wrap_handler(handler, lambda b, m: _around(b, nothing, map_error), method)
-
-
-def _is_abort(exc: BaseException) -> bool:
-    """grpc.aio signals `context.abort` with an AbortError; it must pass through untouched."""
-    return isinstance(exc, grpc.aio.AbortError)
+    async def on_error(
+        self, exc: Exception, context: grpc.aio.ServicerContext, method: str
+    ) -> None:
+        if isinstance(exc, grpc.aio.AbortError):  # context.abort(): already a status
+            raise exc
+        if isinstance(exc, pydantic.ValidationError):
+            exc = InvalidArgument(pydantic_violations(exc))
+        if isinstance(exc, LoomworkError):
+            log.debug("%s -> %s", method, exc.message)
+            await context.abort_with_status(to_rpc_status(exc))
+        incident = uuid.uuid4().hex[:12]
+        log.exception("%s failed unexpectedly (incident %s)", method, incident, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident})")

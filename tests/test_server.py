@@ -19,6 +19,8 @@ from protos.loomwork.v1 import (
     agent_pb2,
     agent_pb2_grpc,
     memory_pb2,
+    memory_pb2_grpc,
+    message_pb2,
     rag_pb2,
     rag_pb2_grpc,
     workflow_pb2_grpc,
@@ -135,8 +137,6 @@ async def test_oversized_request_is_refused_not_crashing(grpc_address, token, ru
     async with grpc.aio.insecure_channel(
         grpc_address, options=[("grpc.max_send_message_length", limit * 2)]
     ) as ch:
-        from protos.loomwork.v1 import memory_pb2_grpc
-
         stub = memory_pb2_grpc.MemoryServiceStub(ch)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.CreateThread(
@@ -144,3 +144,44 @@ async def test_oversized_request_is_refused_not_crashing(grpc_address, token, ru
                 metadata=auth(token),
             )
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_shutdown_drains_in_flight_calls(runtime: Runtime, token) -> None:
+    """A call in flight when the server stops still completes; new calls are refused."""
+    app = build_grpc_app(runtime, "127.0.0.1:0", health_interval=5)
+    await app.start()
+    address = f"127.0.0.1:{app.port}"
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = memory_pb2_grpc.MemoryServiceStub(ch)
+        thread = (
+            await stub.CreateThread(memory_pb2.CreateThreadRequest(), metadata=auth(token))
+        ).thread
+        hello = message_pb2.Message(
+            role=message_pb2.ROLE_USER,
+            parts=[message_pb2.Part(text=message_pb2.TextPart(text="in flight"))],
+        )
+        # Hold the thread's row lock so AppendMessages blocks inside the server.
+        async with runtime.db.connection() as conn, conn.transaction():
+            await conn.execute(
+                "select 1 from threads where tenant_id = 'alpha' and id = %s for update",
+                (thread.id,),
+            )
+            in_flight = asyncio.ensure_future(
+                stub.AppendMessages(
+                    memory_pb2.AppendMessagesRequest(thread_id=thread.id, messages=[hello]),
+                    metadata=auth(token),
+                )
+            )
+            await asyncio.sleep(0.3)
+            stopping = asyncio.ensure_future(app.stop(grace=10))
+            await asyncio.sleep(0.3)
+            assert not in_flight.done()
+        response = await in_flight
+        await stopping
+    assert response.messages[0].parts[0].text.text == "in flight"
+    async with grpc.aio.insecure_channel(address) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await memory_pb2_grpc.MemoryServiceStub(ch).GetThread(
+                memory_pb2.GetThreadRequest(thread_id=thread.id), metadata=auth(token), timeout=2
+            )
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -1,14 +1,16 @@
 """The storage write/read path's serialization: JSON, zstd-compressed above a threshold.
 
+JSON goes through pydantic-core (Rust), several times faster than the json module here.
+
 Encoded values start with one format byte so both forms can be read back, and
 the threshold can change without rewriting stored data.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import pydantic_core
 import zstandard
 
 COMPRESSION_THRESHOLD = 1024
@@ -20,7 +22,7 @@ _decompressor = zstandard.ZstdDecompressor()
 
 def encode(value: Any, *, threshold: int = COMPRESSION_THRESHOLD) -> bytes:
     """JSON-encode `value`; compress with zstd when the JSON is longer than `threshold` bytes."""
-    raw = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    raw = pydantic_core.to_json(value)
     if len(raw) > threshold:
         return _ZSTD + _compressor.compress(raw)
     return _PLAIN + raw
@@ -33,4 +35,4 @@ def decode(data: bytes) -> Any:
         body = _decompressor.decompress(body)
     elif head != _PLAIN:
         raise ValueError(f"unknown stored value format {head!r}")
-    return json.loads(body)
+    return pydantic_core.from_json(body)

@@ -26,7 +26,6 @@ class Database:
             max_size=max_size,
             kwargs={"row_factory": dict_row, "autocommit": True},
             open=False,
-            check=AsyncConnectionPool.check_connection,
             name="loomwork",
         )
 

@@ -190,7 +190,6 @@ class PostgresMemoryStorage:
 
     async def last_messages(self, tenant: str, thread_id: str, n: int) -> list[Message]:
         async with self.db.connection() as conn:
-            await self._require_thread(conn, tenant, thread_id)
             cur = await conn.execute(
                 f"""
                 select * from (
@@ -201,13 +200,14 @@ class PostgresMemoryStorage:
                 (tenant, thread_id, n),
             )
             rows = await cur.fetchall()
+            if not rows:  # only an empty answer needs telling "no messages" from "no thread"
+                await self._require_thread(conn, tenant, thread_id)
         return [_message(row) for row in rows]
 
     async def list_messages(
         self, tenant: str, thread_id: str, *, limit: int, after_seq: int | None
     ) -> list[tuple[int, Message]]:
         async with self.db.connection() as conn:
-            await self._require_thread(conn, tenant, thread_id)
             cur = await conn.execute(
                 f"""
                 select {_MESSAGE_COLUMNS} from messages
@@ -217,6 +217,8 @@ class PostgresMemoryStorage:
                 (tenant, thread_id, after_seq or 0, limit),
             )
             rows = await cur.fetchall()
+            if not rows:
+                await self._require_thread(conn, tenant, thread_id)
         return [(row["seq"], _message(row)) for row in rows]
 
     async def ping(self) -> bool:

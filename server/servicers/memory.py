@@ -86,9 +86,10 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.AppendMessagesResponse:
         messages = convert.new_messages_from_proto(request.messages)
         stored = await self.memory.append_messages(tenant(), request.thread_id, messages)
-        return memory_pb2.AppendMessagesResponse(
-            messages=[convert.message_to_proto(m) for m in stored]
-        )
+        response = memory_pb2.AppendMessagesResponse()
+        for message in stored:
+            convert.fill_message(response.messages.add(), message)
+        return response
 
     async def ListMessages(
         self, request: memory_pb2.ListMessagesRequest, context: grpc.aio.ServicerContext
@@ -100,10 +101,10 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             page_size=request.page_size,
             page_token=request.page_token,
         )
-        return memory_pb2.ListMessagesResponse(
-            messages=[convert.message_to_proto(m) for m in page.messages],
-            next_page_token=page.next_page_token,
-        )
+        response = memory_pb2.ListMessagesResponse(next_page_token=page.next_page_token)
+        for message in page.messages:
+            convert.fill_message(response.messages.add(), message)
+        return response
 
     async def SearchMessages(self, request, context):
         await abort_unimplemented(context, "MemoryService.SearchMessages", issue=5)
