@@ -12,8 +12,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
+from temporalio.client import Client
 
 from loomwork.memory.memory import Memory
+from loomwork.storage.database import Database
 from loomwork.storage.postgres import PostgresMemoryStorage
 from protos.loomwork.v1 import (
     agent_pb2,
@@ -81,26 +83,38 @@ async def test_health_serving_when_all_dependencies_answer(channel) -> None:
         assert response.status == health_pb2.HealthCheckResponse.SERVING, service
 
 
-async def test_health_not_serving_when_redis_is_unreachable(runtime: Runtime) -> None:
-    dead_redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+@pytest.mark.parametrize("dead", ["postgres", "redis", "temporal"])
+async def test_health_not_serving_when_a_dependency_is_unreachable(
+    runtime: Runtime, dead: str
+) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    db, redis, temporal = runtime.db, runtime.redis, runtime.temporal
+    if dead == "postgres":
+        db = Database(f"postgresql://postgres@{nowhere}/loomwork")  # never opened
+    elif dead == "redis":
+        redis = Redis.from_url(f"redis://{nowhere}/0", socket_connect_timeout=0.5)
+    else:
+        temporal = await Client.connect(nowhere, lazy=True)
     broken = Runtime(
         settings=runtime.settings,
-        db=runtime.db,
-        redis=dead_redis,
-        temporal=runtime.temporal,
-        memory=Memory(PostgresMemoryStorage(runtime.db)),
+        db=db,
+        redis=redis,
+        temporal=temporal,
+        memory=Memory(PostgresMemoryStorage(db)),
     )
     app = build_grpc_app(broken, "127.0.0.1:0", health_interval=0.2)
     await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
             stub = health_pb2_grpc.HealthStub(ch)
-            response = await stub.Check(health_pb2.HealthCheckRequest(service=""))
-            assert response.status == health_pb2.HealthCheckResponse.NOT_SERVING
-            assert "redis" in " ".join(app.health.last_problems or [])
+            for service in ["", *SERVICE_NAMES]:
+                response = await stub.Check(health_pb2.HealthCheckRequest(service=service))
+                assert response.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert [p.split(":")[0] for p in app.health.last_problems or []] == [dead]
     finally:
         await app.stop(grace=1)
-        await dead_redis.aclose()
+        if dead == "redis":
+            await redis.aclose()
 
 
 async def test_later_rpcs_answer_unimplemented_naming_the_issue(channel, token) -> None:
