@@ -61,7 +61,8 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
                 "update_mask", f"cannot update {', '.join(unknown)}; updatable: title, metadata"
             )
         if not paths:  # AIP-134: no mask means every field that is set
-            paths = [p for p in _UPDATABLE if p == "title" and request.thread.title]
+            if request.thread.title:
+                paths.append("title")
             if request.thread.HasField("metadata"):
                 paths.append("metadata")
             if not paths:
