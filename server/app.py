@@ -72,7 +72,10 @@ def build_grpc_app(runtime: Runtime, address: str, *, health_interval: float = 2
         interceptors=[ErrorInterceptor(), AuthInterceptor(settings.token_map())],
         options=options,
     )
-    memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(runtime.memory), server)
+    memory_pb2_grpc.add_MemoryServiceServicer_to_server(
+        MemoryServicer(runtime.memory, runtime.recall, runtime.temporal, settings.task_queue),
+        server,
+    )
     for module, grpc_module, name, issue in _LATER_SERVICES:
         add = getattr(grpc_module, f"add_{name}Servicer_to_server")
         base = getattr(grpc_module, f"{name}Servicer")

@@ -9,7 +9,9 @@ from redis.asyncio import Redis
 from temporalio.client import Client
 
 from loomwork.config import Settings
+from loomwork.embeddings import embedding_provider, resolve_dimension
 from loomwork.memory.memory import Memory
+from loomwork.memory.recall import MessageRecall
 from loomwork.storage.database import Database
 from loomwork.storage.migrations import apply_migrations
 from loomwork.storage.postgres import PostgresMemoryStorage
@@ -25,6 +27,7 @@ class Runtime:
     redis: Redis
     temporal: Client
     memory: Memory
+    recall: MessageRecall
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -42,10 +45,19 @@ class Runtime:
             temporal = await connect_temporal(
                 settings.temporal_address, settings.temporal_namespace
             )
+            provider = embedding_provider(
+                settings.embedding_model,
+                base_url=settings.openai_base_url,
+                api_key=settings.openai_api_key,
+            )
+            await resolve_dimension(provider)
+            recall = MessageRecall(db, provider)
+            if migrate:
+                await recall.ensure_space()
         except BaseException:
             await db.close()
             raise
-        return cls(settings, db, redis, temporal, Memory(PostgresMemoryStorage(db)))
+        return cls(settings, db, redis, temporal, Memory(PostgresMemoryStorage(db)), recall)
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -101,6 +101,7 @@ async def test_health_not_serving_when_a_dependency_is_unreachable(
         redis=redis,
         temporal=temporal,
         memory=Memory(PostgresMemoryStorage(db)),
+        recall=runtime.recall,
     )
     app = build_grpc_app(broken, "127.0.0.1:0", health_interval=0.2)
     await app.start()

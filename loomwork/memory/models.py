@@ -107,3 +107,34 @@ class ThreadPage(BaseModel):
 class MessagePage(BaseModel):
     messages: list[Message]
     next_page_token: str = ""
+
+
+class RecallScope(StrEnum):
+    THREAD = "thread"
+    RESOURCE = "resource"
+
+
+class RecallQuery(BaseModel):
+    """A semantic search over a thread's or a resource's messages."""
+
+    query: str
+    scope: RecallScope
+    thread_id: str = ""
+    resource_id: str = ""
+    top_k: int = 5
+    message_range: int = 0
+    min_score: float = 0.0
+
+
+class RecallHit(BaseModel):
+    message: Message
+    score: float
+    context: list[Message] = Field(default_factory=list)
+
+
+class MessagesToIndex(BaseModel):
+    """Stored messages whose embeddings should be (re)computed."""
+
+    tenant: str
+    thread_id: str
+    message_ids: list[str]

@@ -14,7 +14,7 @@ from loomwork.storage import codec
 from loomwork.storage.database import Database
 
 _THREAD_COLUMNS = "id, seq, resource_id, title, metadata, message_count, create_time, update_time"
-_MESSAGE_COLUMNS = "id, thread_id, seq, role, content, create_time"
+MESSAGE_COLUMNS = "m.id, m.thread_id, m.seq, m.role, m.content, m.create_time"
 
 
 def _thread(row: dict[str, Any]) -> Thread:
@@ -29,7 +29,7 @@ def _thread(row: dict[str, Any]) -> Thread:
     )
 
 
-def _message(row: dict[str, Any]) -> Message:
+def message_from_row(row: dict[str, Any]) -> Message:
     content = codec.decode(row["content"])
     return Message(
         id=row["id"],
@@ -149,17 +149,18 @@ class PostgresMemoryStorage:
                 )
                 cur = await conn.execute(
                     f"""
-                    insert into messages (tenant_id, id, thread_id, role, content)
+                    insert into messages as m (tenant_id, id, thread_id, role, content)
                     values (%s, %s, %s, %s, %s)
                     on conflict (tenant_id, id) do nothing
-                    returning {_MESSAGE_COLUMNS}
+                    returning {MESSAGE_COLUMNS}
                     """,
                     (tenant, message_id, thread_id, message.role.value, content),
                 )
                 row = await cur.fetchone()
                 if row is None:
                     cur = await conn.execute(
-                        f"select {_MESSAGE_COLUMNS} from messages where tenant_id = %s and id = %s",
+                        f"select {MESSAGE_COLUMNS} from messages m"
+                        " where tenant_id = %s and id = %s",
                         (tenant, message_id),
                     )
                     row = await cur.fetchone()
@@ -170,7 +171,7 @@ class PostgresMemoryStorage:
                         )
                 else:
                     inserted += 1
-                stored.append(_message(row))
+                stored.append(message_from_row(row))
             if inserted:
                 await conn.execute(
                     "update threads set message_count = message_count + %s, update_time = now()"
@@ -193,7 +194,7 @@ class PostgresMemoryStorage:
             cur = await conn.execute(
                 f"""
                 select * from (
-                    select {_MESSAGE_COLUMNS} from messages
+                    select {MESSAGE_COLUMNS} from messages m
                     where tenant_id = %s and thread_id = %s order by seq desc limit %s
                 ) newest order by seq
                 """,
@@ -202,7 +203,7 @@ class PostgresMemoryStorage:
             rows = await cur.fetchall()
             if not rows:  # only an empty answer needs telling "no messages" from "no thread"
                 await self._require_thread(conn, tenant, thread_id)
-        return [_message(row) for row in rows]
+        return [message_from_row(row) for row in rows]
 
     async def list_messages(
         self, tenant: str, thread_id: str, *, limit: int, after_seq: int | None
@@ -210,7 +211,7 @@ class PostgresMemoryStorage:
         async with self.db.connection() as conn:
             cur = await conn.execute(
                 f"""
-                select {_MESSAGE_COLUMNS} from messages
+                select {MESSAGE_COLUMNS} from messages m
                 where tenant_id = %s and thread_id = %s and seq > %s
                 order by seq limit %s
                 """,
@@ -219,7 +220,7 @@ class PostgresMemoryStorage:
             rows = await cur.fetchall()
             if not rows:
                 await self._require_thread(conn, tenant, thread_id)
-        return [(row["seq"], _message(row)) for row in rows]
+        return [(row["seq"], message_from_row(row)) for row in rows]
 
     async def ping(self) -> bool:
         return await self.db.ping()

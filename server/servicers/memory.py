@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import grpc
+from temporalio.client import Client
 
 from loomwork.errors import InvalidArgument
 from loomwork.memory.memory import Memory
-from loomwork.memory.models import NewThread, ThreadUpdate
+from loomwork.memory.models import NewThread, RecallQuery, RecallScope, ThreadUpdate
+from loomwork.memory.recall import MessageRecall
 from protos.loomwork.v1 import memory_pb2, memory_pb2_grpc
 from server import convert
+from server.indexing import start_indexing
 from server.interceptors import tenant
 from server.servicers.unimplemented import abort_unimplemented
 
 _UPDATABLE = ("title", "metadata")
+_SCOPES = {
+    memory_pb2.MEMORY_SCOPE_THREAD: RecallScope.THREAD,
+    memory_pb2.MEMORY_SCOPE_RESOURCE: RecallScope.RESOURCE,
+}
 
 
 class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
-    def __init__(self, memory: Memory) -> None:
+    def __init__(
+        self, memory: Memory, recall: MessageRecall, temporal: Client, task_queue: str
+    ) -> None:
         self.memory = memory
+        self.recall = recall
+        self.temporal = temporal
+        self.task_queue = task_queue
 
     async def CreateThread(
         self, request: memory_pb2.CreateThreadRequest, context: grpc.aio.ServicerContext
@@ -86,7 +98,9 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self, request: memory_pb2.AppendMessagesRequest, context: grpc.aio.ServicerContext
     ) -> memory_pb2.AppendMessagesResponse:
         messages = convert.new_messages_from_proto(request.messages)
-        stored = await self.memory.append_messages(tenant(), request.thread_id, messages)
+        tenant_id = tenant()
+        stored = await self.memory.append_messages(tenant_id, request.thread_id, messages)
+        await start_indexing(self.temporal, self.task_queue, tenant_id, request.thread_id, stored)
         response = memory_pb2.AppendMessagesResponse()
         for message in stored:
             convert.fill_message(response.messages.add(), message)
@@ -107,8 +121,29 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             convert.fill_message(response.messages.add(), message)
         return response
 
-    async def SearchMessages(self, request, context):
-        await abort_unimplemented(context, "MemoryService.SearchMessages", issue=5)
+    async def SearchMessages(
+        self, request: memory_pb2.SearchMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.SearchMessagesResponse:
+        scope = _SCOPES.get(request.scope)
+        if scope is None:
+            raise InvalidArgument.field("scope", "must be THREAD or RESOURCE")
+        query = RecallQuery(
+            query=request.query,
+            scope=scope,
+            thread_id=request.thread_id,
+            resource_id=request.resource_id,
+            top_k=request.top_k or 5,
+            message_range=request.message_range,
+            min_score=request.min_score,
+        )
+        hits = await self.recall.search(tenant(), query)
+        response = memory_pb2.SearchMessagesResponse()
+        for hit in hits:
+            out = response.hits.add(score=hit.score)
+            convert.fill_message(out.message, hit.message)
+            for neighbour in hit.context:
+                convert.fill_message(out.context.add(), neighbour)
+        return response
 
     async def GetWorkingMemory(self, request, context):
         await abort_unimplemented(context, "MemoryService.GetWorkingMemory", issue=5)

@@ -1,0 +1,199 @@
+"""Semantic recall: appended messages are embedded (by the IndexMessages workflow, with the real
+local model) and SearchMessages finds them by meaning, within scope and tenant."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from loomwork.embeddings.provider import EmbeddingProvider
+from loomwork.errors import FailedPrecondition
+from loomwork.memory.recall import MessageRecall
+from protos.loomwork.v1 import memory_pb2, message_pb2
+from server.runtime import Runtime
+from tests.support import auth, field_violations, unique
+
+DISTRACTORS = [
+    "Can you recommend a good pasta recipe for dinner?",
+    "The quarterly sales report is due on Friday.",
+    "My favourite football team lost again last night.",
+    "Please remind me to water the plants tomorrow.",
+    "What is the capital city of Australia?",
+]
+TARGET = "My daughter is allergic to peanuts, so never suggest snacks with nuts."
+
+
+def _text(role: int, text: str) -> message_pb2.Message:
+    return message_pb2.Message(
+        role=role, parts=[message_pb2.Part(text=message_pb2.TextPart(text=text))]
+    )
+
+
+async def _thread_with(stub, token: str, resource: str, texts: list[str]) -> tuple[str, list[str]]:
+    thread = (
+        await stub.CreateThread(
+            memory_pb2.CreateThreadRequest(thread=memory_pb2.Thread(resource_id=resource)),
+            metadata=auth(token),
+        )
+    ).thread
+    stored = await stub.AppendMessages(
+        memory_pb2.AppendMessagesRequest(
+            thread_id=thread.id,
+            messages=[
+                _text(message_pb2.ROLE_USER if i % 2 == 0 else message_pb2.ROLE_ASSISTANT, t)
+                for i, t in enumerate(texts)
+            ],
+        ),
+        metadata=auth(token),
+    )
+    return thread.id, [m.id for m in stored.messages]
+
+
+async def _search(stub, token: str, **fields) -> memory_pb2.SearchMessagesResponse:
+    return await stub.SearchMessages(
+        memory_pb2.SearchMessagesRequest(**fields), metadata=auth(token)
+    )
+
+
+async def _wait_indexed(
+    stub, token: str, expect: int, **fields
+) -> memory_pb2.SearchMessagesResponse:
+    """Indexing runs in the background; poll until `expect` messages are searchable."""
+    for _ in range(150):
+        response = await _search(stub, token, top_k=100, **fields)
+        if len(response.hits) >= expect:
+            return response
+        await asyncio.sleep(0.1)
+    pytest.fail(f"only {len(response.hits)} of {expect} messages became searchable")
+
+
+async def test_recall_finds_the_right_message_among_distractors(memory_stub, token) -> None:
+    resource = unique("family")
+    texts = [*DISTRACTORS[:3], TARGET, *DISTRACTORS[3:]]
+    thread_id, ids = await _thread_with(memory_stub, token, resource, texts)
+    scope = {"scope": memory_pb2.MEMORY_SCOPE_THREAD, "thread_id": thread_id}
+    await _wait_indexed(memory_stub, token, len(texts), query="anything", **scope)
+
+    response = await _search(
+        memory_stub,
+        token,
+        query="which foods cause an allergic reaction for the kid?",
+        top_k=3,
+        message_range=1,
+        **scope,
+    )
+    assert len(response.hits) == 3
+    best = response.hits[0]
+    assert best.message.id == ids[3]
+    assert best.message.parts[0].text.text == TARGET
+    assert 0 < response.hits[1].score <= best.score <= 1
+    # One neighbour on each side, in time order.
+    assert [m.id for m in best.context] == [ids[2], ids[4]]
+
+    strict = await _search(
+        memory_stub,
+        token,
+        query="which foods cause an allergic reaction for the kid?",
+        min_score=best.score - 1e-4,
+        **scope,
+    )
+    assert [h.message.id for h in strict.hits] == [ids[3]]
+
+
+async def test_resource_scope_spans_threads_and_never_crosses_tenants(
+    memory_stub, token, other_token
+) -> None:
+    resource = unique("customer")
+    first, _ = await _thread_with(memory_stub, token, resource, DISTRACTORS[:2])
+    second, second_ids = await _thread_with(memory_stub, token, resource, [TARGET])
+    # The other tenant uses the very same resource id, with the same sentence.
+    theirs, _ = await _thread_with(memory_stub, other_token, resource, [TARGET])
+    scope = {"scope": memory_pb2.MEMORY_SCOPE_RESOURCE, "resource_id": resource}
+    await _wait_indexed(memory_stub, token, 3, query="anything", **scope)
+    await _wait_indexed(memory_stub, other_token, 1, query="anything", **scope)
+
+    mine = await _search(memory_stub, token, query="peanut allergy", top_k=10, **scope)
+    assert mine.hits[0].message.id == second_ids[0]
+    assert {h.message.thread_id for h in mine.hits} == {first, second}
+    assert theirs not in {h.message.thread_id for h in mine.hits}
+
+    only_first = await _search(
+        memory_stub,
+        token,
+        query="peanut allergy",
+        top_k=10,
+        scope=memory_pb2.MEMORY_SCOPE_THREAD,
+        thread_id=first,
+    )
+    assert {h.message.thread_id for h in only_first.hits} == {first}
+
+
+async def test_search_validates_input_and_scope(memory_stub, token, other_token) -> None:
+    cases = [
+        ({"scope": memory_pb2.MEMORY_SCOPE_THREAD, "thread_id": "x"}, "query"),
+        ({"query": "q"}, "scope"),
+        ({"query": "q", "scope": memory_pb2.MEMORY_SCOPE_THREAD}, "thread_id"),
+        ({"query": "q", "scope": memory_pb2.MEMORY_SCOPE_RESOURCE}, "resource_id"),
+        (
+            {
+                "query": "q",
+                "scope": memory_pb2.MEMORY_SCOPE_RESOURCE,
+                "resource_id": "r",
+                "top_k": 500,
+            },
+            "top_k",
+        ),
+        (
+            {
+                "query": "q",
+                "scope": memory_pb2.MEMORY_SCOPE_RESOURCE,
+                "resource_id": "r",
+                "message_range": 21,
+            },
+            "message_range",
+        ),
+        (
+            {
+                "query": "q",
+                "scope": memory_pb2.MEMORY_SCOPE_RESOURCE,
+                "resource_id": "r",
+                "min_score": 1.5,
+            },
+            "min_score",
+        ),
+    ]
+    for fields, field in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _search(memory_stub, token, **fields)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, fields
+        assert field in field_violations(err.value), fields
+
+    thread_id, _ = await _thread_with(memory_stub, token, unique("r"), ["hello"])
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _search(
+            memory_stub,
+            other_token,
+            query="hello",
+            scope=memory_pb2.MEMORY_SCOPE_THREAD,
+            thread_id=thread_id,
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+class _OtherModel:
+    model = "text-embedding-3-small"
+    dimension = 1536
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        raise AssertionError("never called")
+
+
+async def test_switching_embedding_model_on_existing_data_is_refused(runtime: Runtime) -> None:
+    other: EmbeddingProvider = _OtherModel()
+    with pytest.raises(FailedPrecondition) as err:
+        await MessageRecall(runtime.db, other).ensure_space()
+    assert "all-MiniLM-L6-v2" in err.value.message
+    assert "text-embedding-3-small" in err.value.message
+    await runtime.recall.ensure_space()  # the configured model is still fine
