@@ -615,6 +615,25 @@ async def _demo_reading(ctx: DemoContext) -> None:
         page_token = page.next_page_token
 
 
+async def _demo_recall(ctx: DemoContext) -> None:
+    query = "is it sunny in the French capital?"
+    ctx.note(f"searching the thread by meaning: {query!r}")
+    for _ in range(100):  # indexing runs on the worker a moment after the append
+        found = await ctx.client.search_messages(
+            query, thread_id=ctx.thread_id, top_k=2, message_range=1
+        )
+        if len(found.hits) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    if not found.hits:
+        ctx.console.print("  [red]✗ nothing found: is the worker running?[/]")
+        return
+    for hit in found.hits:
+        text = " ".join(p.text.text for p in hit.message.parts if p.HasField("text"))
+        ctx.ok(f"{hit.score:.2f}  {escape(text or hit.message.id)}")
+    ctx.note(f"the best hit came with {len(found.hits[0].context)} neighbouring message(s)")
+
+
 async def _demo_update(ctx: DemoContext) -> None:
     thread = await ctx.client.update_thread(
         ctx.thread_id,
@@ -664,6 +683,7 @@ DEMO_SECTIONS: list[DemoSection] = [
     DemoSection("Memory: a thread and its messages", _demo_threads_and_messages),
     DemoSection("Memory: idempotent appends", _demo_idempotency),
     DemoSection("Memory: reading messages back", _demo_reading),
+    DemoSection("Memory: semantic recall", _demo_recall),
     DemoSection("Memory: updating a thread", _demo_update),
     DemoSection("Errors: bad input names the field", _demo_bad_input),
     DemoSection("Tenants: isolation", _demo_tenants),

@@ -414,6 +414,36 @@ class LoomworkClient:
         )
         return response
 
+    async def search_messages(
+        self,
+        query: str,
+        *,
+        thread_id: str = "",
+        resource_id: str = "",
+        top_k: int = 0,
+        message_range: int = 0,
+        min_score: float = 0.0,
+        timeout: float | None = None,
+    ) -> memory_pb2.SearchMessagesResponse:
+        """Messages closest in meaning to `query`, in one thread or (without it) a resource.
+
+        Messages become searchable a moment after they are appended (indexing runs in the
+        background on the worker)."""
+        scope = memory_pb2.MEMORY_SCOPE_THREAD if thread_id else memory_pb2.MEMORY_SCOPE_RESOURCE
+        request = memory_pb2.SearchMessagesRequest(
+            query=query,
+            scope=scope,
+            thread_id=thread_id,
+            resource_id=resource_id,
+            top_k=top_k,
+            message_range=message_range,
+            min_score=min_score,
+        )
+        response: memory_pb2.SearchMessagesResponse = await self._memory.SearchMessages(
+            request, **self.call_options(timeout)
+        )
+        return response
+
     async def iter_messages(
         self,
         thread_id: str,

@@ -223,6 +223,7 @@ async def test_demo_runs_to_completion(env: dict[str, str], other_token: str) ->
     assert "idempotent" in output
     assert "INVALID_ARGUMENT" in output and "messages[0].role" in output
     assert "✗" not in output, output  # every expectation of the demo held
+    assert "semantic recall" in output and "neighbouring message" in output
     assert "demo finished" in output
 
 
