@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     openai_api_key: str | None = Field(default=None, alias="OPENAI_API_KEY")
     chat_model: str = Field(default="gpt-4o-mini", alias="LOOMWORK_CHAT_MODEL")
     embedding_model: str = Field(default="all-MiniLM-L6-v2", alias="LOOMWORK_EMBEDDING_MODEL")
+    cache_enabled: bool = Field(default=True, alias="LOOMWORK_CACHE")
     max_message_bytes: int = Field(default=16 * 1024 * 1024, alias="LOOMWORK_MAX_MESSAGE_BYTES")
 
     def token_map(self) -> dict[str, str]:

@@ -60,6 +60,14 @@ class ResourceExhausted(LoomworkError):
     """A quota or limit was hit."""
 
 
+class OutOfRange(LoomworkError):
+    """A position (an event id, an offset) lies beyond what exists."""
+
+
+class DeadlineExceeded(LoomworkError):
+    """Waiting for something took longer than allowed."""
+
+
 class Unavailable(LoomworkError):
     """A dependency (database, cache, Temporal, model) cannot be reached right now."""
 

@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from temporalio.client import Client
 
+from loomwork.cache.versioned import VersionedCache
 from loomwork.config import Settings
 from loomwork.embeddings import embedding_provider, resolve_dimension
 from loomwork.memory.memory import Memory
 from loomwork.memory.recall import MessageRecall
+from loomwork.storage.adapter import MemoryStorage
+from loomwork.storage.cached import CachedMemoryStorage
 from loomwork.storage.database import Database
 from loomwork.storage.migrations import apply_migrations
 from loomwork.storage.postgres import PostgresMemoryStorage
@@ -28,6 +31,7 @@ class Runtime:
     temporal: Client
     memory: Memory
     recall: MessageRecall
+    cache: VersionedCache | None = None
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -54,11 +58,22 @@ class Runtime:
             recall = MessageRecall(db, provider)
             if migrate:
                 await recall.ensure_space()
+            storage: MemoryStorage = PostgresMemoryStorage(db)
+            cache = None
+            if settings.cache_enabled:
+                cache = VersionedCache(
+                    Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=0.5)
+                )
+                await cache.start()
+                storage = CachedMemoryStorage(storage, cache)
         except BaseException:
             await db.close()
             raise
-        return cls(settings, db, redis, temporal, Memory(PostgresMemoryStorage(db)), recall)
+        return cls(settings, db, redis, temporal, Memory(storage), recall, cache)
 
     async def close(self) -> None:
+        if self.cache is not None:
+            await self.cache.stop()
+            await self.cache.redis.aclose()
         await self.redis.aclose()
         await self.db.close()

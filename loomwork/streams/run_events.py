@@ -1,0 +1,278 @@
+"""Numbered, resumable event logs of durable runs, on Redis streams.
+
+One log per run, shared by agent runs, RAG answers, ingestions and workflow
+runs: payloads are opaque bytes (callers serialize their own event models).
+
+Storage, per run (the `{run_id}` hash tag keeps both keys on one cluster slot):
+
+- `<prefix>:{<run_id>}:meta`: a hash; `last` is the highest event id published,
+  `finished` (present once the run ended) the id of its terminal event.
+- `<prefix>:{<run_id>}:events`: a stream; event `n` is the entry with the explicit
+  id `n-0` and fields `p` (payload) and `t` (`1` for the terminal event).
+
+Event ids are the stream ids' millisecond part, so they start at 1, are dense,
+order like the stream, and "resume after event k" is plain `XREAD ... k-0`
+(exclusive), with no lookup table. One Lua script assigns the id and writes
+the entry, so concurrent appenders to one run still produce 1..N with no gap
+and no duplicate; the script writes nothing when it fails (XADD runs before
+the counter moves). The terminal append marks the run finished and sets the
+retention TTL on both keys together; appending after it is FailedPrecondition.
+
+While a run is active its keys have no TTL. `max_events` caps a stream with
+approximate trimming (`MAXLEN ~`, so at least `max_events` are kept); a reader
+asking for trimmed events gets `EventsExpired` rather than a silent gap. Once
+a finished run's keys have expired the log looks like a run that never
+published (`last_id` 0): the service layer answers from the run record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from loomwork.errors import FailedPrecondition, InvalidArgument
+from loomwork.streams.errors import EventsExpired, FollowIdle, OutOfRange
+
+_FINISHED_ERROR = "LOOMWORK_RUN_FINISHED"
+
+# KEYS[1] meta hash, KEYS[2] stream.
+# ARGV[1] payload, ARGV[2] terminal ("0"/"1"), ARGV[3] retention seconds, ARGV[4] max events.
+_APPEND_LUA = """
+local finished = redis.call('HGET', KEYS[1], 'finished')
+if finished then
+  return redis.error_reply('LOOMWORK_RUN_FINISHED ' .. finished)
+end
+local n = tonumber(redis.call('HGET', KEYS[1], 'last') or '0') + 1
+local id = string.format('%d-0', n)
+local maxlen = tonumber(ARGV[4])
+if maxlen > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, id, 'p', ARGV[1], 't', ARGV[2])
+else
+  redis.call('XADD', KEYS[2], id, 'p', ARGV[1], 't', ARGV[2])
+end
+redis.call('HSET', KEYS[1], 'last', n)
+if ARGV[2] == '1' then
+  redis.call('HSET', KEYS[1], 'finished', n)
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+return n
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    """One published event: its id in the run (1, 2, 3, ...), opaque payload, terminal flag."""
+
+    event_id: int
+    payload: bytes
+    terminal: bool
+
+
+class RunEventLog:
+    """Append, read and follow the numbered event logs of runs.
+
+    `redis` must return bytes (`decode_responses=False`, the default). Blocking
+    reads (`follow`) take a connection of `blocking_redis` (default: `redis`)
+    for each XREAD BLOCK, so followers never stall other commands; give a
+    separate client when many followers could exhaust the main pool. A wait is
+    cut to below the client's `socket_timeout`, if it has one.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        blocking_redis: Redis | None = None,
+        prefix: str = "loomwork:run",
+        retention_seconds: int = 86400,
+        max_events: int = 100_000,
+    ) -> None:
+        for client in (redis, blocking_redis):
+            if client is not None and client.connection_pool.connection_kwargs.get(
+                "decode_responses"
+            ):
+                raise ValueError("RunEventLog needs a Redis client with decode_responses=False")
+        if retention_seconds <= 0:
+            raise ValueError("retention_seconds must be positive")
+        if max_events < 0:
+            raise ValueError("max_events must be >= 0 (0: no cap)")
+        self.redis = redis
+        self.blocking_redis = blocking_redis or redis
+        self.prefix = prefix
+        self.retention_seconds = retention_seconds
+        self.max_events = max_events
+        self._append_script = redis.register_script(_APPEND_LUA)
+
+    # keys ---------------------------------------------------------------
+
+    def meta_key(self, run_id: str) -> str:
+        return f"{self.prefix}:{{{run_id}}}:meta"
+
+    def stream_key(self, run_id: str) -> str:
+        return f"{self.prefix}:{{{run_id}}}:events"
+
+    # writing ------------------------------------------------------------
+
+    async def append(self, run_id: str, payload: bytes, *, terminal: bool = False) -> int:
+        """Publish one event and return its id; `terminal` ends the run's log."""
+        _check_run_id(run_id)
+        try:
+            result = await self._append_script(
+                keys=[self.meta_key(run_id), self.stream_key(run_id)],
+                args=[
+                    payload,
+                    "1" if terminal else "0",
+                    self.retention_seconds,
+                    self.max_events,
+                ],
+            )
+        except ResponseError as exc:
+            if _FINISHED_ERROR in str(exc):
+                raise FailedPrecondition(
+                    f"run {run_id!r} has finished; its event log takes no more events"
+                ) from exc
+            raise
+        return int(result)
+
+    # reading ------------------------------------------------------------
+
+    async def last_id(self, run_id: str) -> int:
+        """The highest event id published for the run (0: none, or expired)."""
+        last, _ = await self._meta(run_id)
+        return last
+
+    async def is_finished(self, run_id: str) -> bool:
+        """Whether the run's terminal event was published (and has not expired)."""
+        _, finished = await self._meta(run_id)
+        return finished is not None
+
+    async def read(self, run_id: str, after_id: int, *, count: int = 500) -> list[RunEvent]:
+        """Up to `count` events with ids > `after_id`, in order, without waiting.
+
+        Empty when `after_id` is the last id; OutOfRange when above it.
+        """
+        _check_run_id(run_id)
+        _check_after(after_id)
+        if count <= 0:
+            raise InvalidArgument.field("count", "must be positive")
+        entries: Any = await self.redis.xrange(
+            self.stream_key(run_id), min=f"{after_id + 1}-0", max="+", count=count
+        )
+        events = [_event(entry_id, fields) for entry_id, fields in entries]
+        if events:
+            if events[0].event_id != after_id + 1:
+                raise EventsExpired(run_id, after_id, events[0].event_id)
+            return events
+        last, _ = await self._meta(run_id)
+        if after_id > last:
+            raise OutOfRange(run_id, after_id, last)
+        return []
+
+    async def follow(
+        self,
+        run_id: str,
+        after_id: int = 0,
+        *,
+        block_ms: int = 5000,
+        idle_timeout: float | None = None,
+        count: int = 500,
+    ) -> AsyncIterator[RunEvent]:
+        """Every event with id > `after_id`, in order, then live ones, until the terminal one.
+
+        Ends at once, with nothing, when the run finished at or before
+        `after_id`. OutOfRange when `after_id` is above the run's last id.
+        A run without events yet is waited for. With `idle_timeout` (seconds),
+        going that long without an event raises `FollowIdle` (the log is not
+        finished, so returning quietly would look like a complete stream);
+        `None` waits for ever. To resume, call again with the last id seen.
+        """
+        _check_run_id(run_id)
+        _check_after(after_id)
+        if block_ms <= 0:
+            raise InvalidArgument.field("block_ms", "must be positive")
+        last, finished = await self._meta(run_id)
+        if after_id > last:
+            raise OutOfRange(run_id, after_id, last)
+        if finished is not None and after_id >= finished:
+            return
+        stream = self.stream_key(run_id)
+        block_cap = self._block_cap(block_ms)
+        loop = asyncio.get_running_loop()
+        cursor = after_id
+        deadline = None if idle_timeout is None else loop.time() + idle_timeout
+        while True:
+            block = block_cap
+            if deadline is not None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise FollowIdle(run_id, cursor, idle_timeout or 0.0)
+                block = max(1, min(block, int(remaining * 1000)))
+            response: Any = await self.blocking_redis.xread(
+                {stream: f"{cursor}-0"}, count=count, block=block
+            )
+            entries = _stream_entries(response)
+            if not entries:
+                # Nothing new: a finished log whose events expired meanwhile ends here.
+                _, finished = await self._meta(run_id)
+                if finished is not None and cursor >= finished:
+                    return
+                continue
+            for entry_id, fields in entries:
+                event = _event(entry_id, fields)
+                if event.event_id != cursor + 1:
+                    raise EventsExpired(run_id, cursor, event.event_id)
+                yield event
+                cursor = event.event_id
+                if event.terminal:
+                    return
+            if idle_timeout is not None:
+                deadline = loop.time() + idle_timeout
+
+    # internals ----------------------------------------------------------
+
+    async def _meta(self, run_id: str) -> tuple[int, int | None]:
+        last, finished = await self.redis.hmget(self.meta_key(run_id), ["last", "finished"])
+        return int(last or 0), (int(finished) if finished is not None else None)
+
+    def _block_cap(self, block_ms: int) -> int:
+        timeout = self.blocking_redis.connection_pool.connection_kwargs.get("socket_timeout")
+        if timeout:
+            # Leave the reply time to arrive before the socket gives up; the server
+            # times blocked clients out on its cron tick (100 ms at hz 10), not exactly.
+            limit = timeout * 1000
+            return max(1, min(block_ms, int(max(limit - 500, limit / 2))))
+        return block_ms
+
+
+def _event(entry_id: Any, fields: dict[bytes, bytes]) -> RunEvent:
+    raw = entry_id if isinstance(entry_id, bytes) else str(entry_id).encode()
+    return RunEvent(
+        event_id=int(raw.partition(b"-")[0]),
+        payload=fields.get(b"p", b""),
+        terminal=fields.get(b"t") == b"1",
+    )
+
+
+def _stream_entries(response: Any) -> list[Any]:
+    """The entries of a one-stream XREAD reply (RESP2: a list, RESP3: a dict)."""
+    if not response:
+        return []
+    if isinstance(response, dict):
+        return list(next(iter(response.values()))[0])
+    return list(response[0][1])
+
+
+def _check_run_id(run_id: str) -> None:
+    if not run_id:
+        raise InvalidArgument.field("run_id", "must not be empty")
+
+
+def _check_after(after_id: int) -> None:
+    if after_id < 0:
+        raise InvalidArgument.field("after_event_id", "must be >= 0")
