@@ -73,7 +73,7 @@ def build_grpc_app(runtime: Runtime, address: str, *, health_interval: float = 2
         options=options,
     )
     memory_pb2_grpc.add_MemoryServiceServicer_to_server(
-        MemoryServicer(runtime.memory, runtime.recall, runtime.temporal, settings.task_queue),
+        MemoryServicer(runtime),
         server,
     )
     for module, grpc_module, name, issue in _LATER_SERVICES:

@@ -149,3 +149,23 @@ def new_messages_from_proto(messages: Any) -> list[models.NewMessage]:
             )
     violations.raise_if_any()
     return out
+
+
+_SCOPE_TO_PROTO = {
+    models.RecallScope.THREAD: memory_pb2.MEMORY_SCOPE_THREAD,
+    models.RecallScope.RESOURCE: memory_pb2.MEMORY_SCOPE_RESOURCE,
+}
+
+
+def working_memory_to_proto(memory: models.WorkingMemory) -> memory_pb2.WorkingMemory:
+    out = memory_pb2.WorkingMemory(
+        scope=_SCOPE_TO_PROTO[memory.scope],
+        thread_id=memory.thread_id,
+        resource_id=memory.resource_id,
+        markdown=memory.markdown,
+    )
+    if memory.data is not None:
+        out.data.update(memory.data)
+    if memory.update_time is not None:
+        set_timestamp(out.update_time, memory.update_time)
+    return out

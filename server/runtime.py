@@ -13,6 +13,7 @@ from loomwork.config import Settings
 from loomwork.embeddings import embedding_provider, resolve_dimension
 from loomwork.memory.memory import Memory
 from loomwork.memory.recall import MessageRecall
+from loomwork.memory.working import WorkingMemoryStore
 from loomwork.storage.adapter import MemoryStorage
 from loomwork.storage.cached import CachedMemoryStorage
 from loomwork.storage.database import Database
@@ -31,6 +32,7 @@ class Runtime:
     temporal: Client
     memory: Memory
     recall: MessageRecall
+    working_memory: WorkingMemoryStore
     cache: VersionedCache | None = None
 
     @classmethod
@@ -69,7 +71,16 @@ class Runtime:
         except BaseException:
             await db.close()
             raise
-        return cls(settings, db, redis, temporal, Memory(storage), recall, cache)
+        return cls(
+            settings,
+            db,
+            redis,
+            temporal,
+            Memory(storage),
+            recall,
+            WorkingMemoryStore(db),
+            cache,
+        )
 
     async def close(self) -> None:
         if self.cache is not None:

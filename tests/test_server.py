@@ -102,6 +102,7 @@ async def test_health_not_serving_when_a_dependency_is_unreachable(
         temporal=temporal,
         memory=Memory(PostgresMemoryStorage(db)),
         recall=runtime.recall,
+        working_memory=runtime.working_memory,
     )
     app = build_grpc_app(broken, "127.0.0.1:0", health_interval=0.2)
     await app.start()

@@ -138,3 +138,14 @@ class MessagesToIndex(BaseModel):
     tenant: str
     thread_id: str
     message_ids: list[str]
+
+
+class WorkingMemory(BaseModel):
+    """Facts an agent keeps about a thread or a resource: markdown, or structured data."""
+
+    scope: RecallScope
+    thread_id: str = ""
+    resource_id: str = ""
+    markdown: str = ""
+    data: dict[str, Any] | None = None
+    update_time: datetime | None = None

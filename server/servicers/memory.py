@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import grpc
-from temporalio.client import Client
 
 from loomwork.errors import InvalidArgument
-from loomwork.memory.memory import Memory
-from loomwork.memory.models import NewThread, RecallQuery, RecallScope, ThreadUpdate
-from loomwork.memory.recall import MessageRecall
+from loomwork.memory.models import (
+    NewThread,
+    RecallQuery,
+    RecallScope,
+    ThreadUpdate,
+    WorkingMemory,
+)
 from protos.loomwork.v1 import memory_pb2, memory_pb2_grpc
 from server import convert
 from server.indexing import start_indexing
 from server.interceptors import tenant
-from server.servicers.unimplemented import abort_unimplemented
+from server.runtime import Runtime
 
 _UPDATABLE = ("title", "metadata")
 _SCOPES = {
@@ -23,13 +26,12 @@ _SCOPES = {
 
 
 class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
-    def __init__(
-        self, memory: Memory, recall: MessageRecall, temporal: Client, task_queue: str
-    ) -> None:
-        self.memory = memory
-        self.recall = recall
-        self.temporal = temporal
-        self.task_queue = task_queue
+    def __init__(self, runtime: Runtime) -> None:
+        self.memory = runtime.memory
+        self.recall = runtime.recall
+        self.working_memory = runtime.working_memory
+        self.temporal = runtime.temporal
+        self.task_queue = runtime.settings.task_queue
 
     async def CreateThread(
         self, request: memory_pb2.CreateThreadRequest, context: grpc.aio.ServicerContext
@@ -145,8 +147,36 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
                 convert.fill_message(out.context.add(), neighbour)
         return response
 
-    async def GetWorkingMemory(self, request, context):
-        await abort_unimplemented(context, "MemoryService.GetWorkingMemory", issue=5)
+    async def GetWorkingMemory(
+        self, request: memory_pb2.GetWorkingMemoryRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.GetWorkingMemoryResponse:
+        memory = await self.working_memory.get(
+            tenant(),
+            _SCOPES.get(request.scope),
+            thread_id=request.thread_id,
+            resource_id=request.resource_id,
+        )
+        return memory_pb2.GetWorkingMemoryResponse(
+            working_memory=convert.working_memory_to_proto(memory)
+        )
 
-    async def UpdateWorkingMemory(self, request, context):
-        await abort_unimplemented(context, "MemoryService.UpdateWorkingMemory", issue=5)
+    async def UpdateWorkingMemory(
+        self, request: memory_pb2.UpdateWorkingMemoryRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.UpdateWorkingMemoryResponse:
+        given = request.working_memory
+        scope = _SCOPES.get(given.scope)
+        if scope is None:
+            raise InvalidArgument.field("working_memory.scope", "must be THREAD or RESOURCE")
+        memory = await self.working_memory.replace(
+            tenant(),
+            WorkingMemory(
+                scope=scope,
+                thread_id=given.thread_id,
+                resource_id=given.resource_id,
+                markdown=given.markdown,
+                data=convert.struct_to_dict(given.data) if given.HasField("data") else None,
+            ),
+        )
+        return memory_pb2.UpdateWorkingMemoryResponse(
+            working_memory=convert.working_memory_to_proto(memory)
+        )
