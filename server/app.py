@@ -23,6 +23,7 @@ from protos.loomwork.v1 import (
 from server.health import HealthMonitor
 from server.interceptors import AuthInterceptor, ErrorInterceptor
 from server.runtime import Runtime
+from server.servicers.agent import AgentServicer
 from server.servicers.memory import MemoryServicer
 from server.servicers.unimplemented import unimplemented_servicer
 
@@ -38,7 +39,6 @@ SERVICE_NAMES = [
 # Services whose issue has not landed yet: (pb2, pb2_grpc, service, issue). Each RPC answers
 # UNIMPLEMENTED naming its issue, while reflection already shows the whole contract.
 _LATER_SERVICES: list[tuple[Any, Any, str, int]] = [
-    (agent_pb2, agent_pb2_grpc, "AgentService", 4),
     (rag_pb2, rag_pb2_grpc, "RagService", 7),
     (workflow_pb2, workflow_pb2_grpc, "WorkflowService", 6),
 ]
@@ -72,6 +72,7 @@ def build_grpc_app(runtime: Runtime, address: str, *, health_interval: float = 2
         interceptors=[ErrorInterceptor(), AuthInterceptor(settings.token_map())],
         options=options,
     )
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(runtime), server)
     memory_pb2_grpc.add_MemoryServiceServicer_to_server(
         MemoryServicer(runtime),
         server,

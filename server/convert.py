@@ -17,7 +17,7 @@ _ROLE_TO_DOMAIN = {
     message_pb2.ROLE_ASSISTANT: models.Role.ASSISTANT,
     message_pb2.ROLE_TOOL: models.Role.TOOL,
 }
-_ROLE_TO_PROTO = {v: k for k, v in _ROLE_TO_DOMAIN.items()}
+ROLE_TO_PROTO = {v: k for k, v in _ROLE_TO_DOMAIN.items()}
 
 
 def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
@@ -56,7 +56,7 @@ def thread_to_proto(thread: models.Thread) -> memory_pb2.Thread:
     return out
 
 
-def _fill_part(
+def fill_part(
     target: message_pb2.Part, part: models.TextPart | models.ToolCallPart | models.ToolResultPart
 ) -> None:
     if isinstance(part, models.TextPart):
@@ -79,7 +79,7 @@ def part_to_proto(
     part: models.TextPart | models.ToolCallPart | models.ToolResultPart,
 ) -> message_pb2.Part:
     out = message_pb2.Part()
-    _fill_part(out, part)
+    fill_part(out, part)
     return out
 
 
@@ -87,9 +87,9 @@ def fill_message(target: message_pb2.Message, message: models.Message) -> None:
     """Write `message` into `target` in place (no nested-message copies)."""
     target.id = message.id
     target.thread_id = message.thread_id
-    target.role = _ROLE_TO_PROTO[message.role]
+    target.role = ROLE_TO_PROTO[message.role]
     for part in message.parts:
-        _fill_part(target.parts.add(), part)
+        fill_part(target.parts.add(), part)
     if message.metadata:
         target.metadata.update(message.metadata)
     set_timestamp(target.create_time, message.create_time)

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from temporalio.client import Client
 
+from loomwork.agents.builtin import builtin_agents, builtin_tools
+from loomwork.agents.definitions import AgentRegistry
+from loomwork.agents.tools import ToolRegistry
 from loomwork.cache.versioned import VersionedCache
 from loomwork.config import Settings
 from loomwork.embeddings import embedding_provider, resolve_dimension
@@ -19,6 +22,7 @@ from loomwork.storage.cached import CachedMemoryStorage
 from loomwork.storage.database import Database
 from loomwork.storage.migrations import apply_migrations
 from loomwork.storage.postgres import PostgresMemoryStorage
+from loomwork.streams.run_events import RunEventLog
 from server.temporal import connect_temporal
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,9 @@ class Runtime:
     memory: Memory
     recall: MessageRecall
     working_memory: WorkingMemoryStore
+    events: RunEventLog
+    agents: AgentRegistry
+    tools: ToolRegistry
     cache: VersionedCache | None = None
 
     @classmethod
@@ -79,6 +86,9 @@ class Runtime:
             Memory(storage),
             recall,
             WorkingMemoryStore(db),
+            RunEventLog(redis),
+            builtin_agents(),
+            builtin_tools(),
             cache,
         )
 

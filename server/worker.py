@@ -6,23 +6,48 @@ from datetime import timedelta
 
 from temporalio.worker import Worker
 
+from activities.agents import AgentActivities
 from activities.diagnostics import DiagnosticsActivities
 from activities.memory import MemoryActivities
+from loomwork.agents.steps import AgentSteps
+from loomwork.llm.chat import ChatModel
 from server.runtime import Runtime
+from workflows.agent_run import AgentRunWorkflow
 from workflows.index_messages import IndexMessagesWorkflow
 from workflows.stack_check import StackCheckWorkflow
 
-WORKFLOWS = [StackCheckWorkflow, IndexMessagesWorkflow]
+WORKFLOWS = [StackCheckWorkflow, IndexMessagesWorkflow, AgentRunWorkflow]
 
 
 def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
     diagnostics = DiagnosticsActivities(runtime.db, runtime.redis)
     memory = MemoryActivities(runtime.recall)
+    settings = runtime.settings
+    agents = AgentActivities(
+        AgentSteps(
+            runtime.agents,
+            runtime.tools,
+            runtime.memory,
+            runtime.events,
+            lambda model: ChatModel(
+                model, base_url=settings.openai_base_url, api_key=settings.openai_api_key
+            ),
+            settings.chat_model,
+        )
+    )
     return Worker(
         runtime.temporal,
         task_queue=runtime.settings.task_queue,
         workflows=WORKFLOWS,
-        activities=[diagnostics.check_dependencies, memory.embed_messages],
+        activities=[
+            diagnostics.check_dependencies,
+            memory.embed_messages,
+            agents.start,
+            agents.model_step,
+            agents.tool_call,
+            agents.step_finished,
+            agents.finish,
+        ],
         # A killed worker's sticky tasks move to another worker quickly.
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
         graceful_shutdown_timeout=timedelta(seconds=10),

@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from loomwork.config import Settings
+from loomwork.llm.scripted_server import ScriptedModelServer
 from protos.loomwork.v1 import memory_pb2_grpc
 from server.app import GrpcApp, build_grpc_app
 from server.embedded import EmbeddedStack
@@ -58,8 +59,22 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
 
 
 @pytest.fixture(scope="session")
-def settings(embedded: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def model_server() -> Iterator[ScriptedModelServer]:
+    """The scripted OpenAI-compatible model every test's agents talk to (the one seam)."""
+    server = ScriptedModelServer()
+    server.start_in_thread()
+    try:
+        yield server
+    finally:
+        server.stop_in_thread()
+
+
+@pytest.fixture(scope="session")
+def settings(embedded: dict[str, str], model_server: ScriptedModelServer) -> Settings:
     return Settings(
+        OPENAI_BASE_URL=model_server.base_url,
+        OPENAI_API_KEY="test-key",
+        LOOMWORK_CHAT_MODEL="scripted",
         LOOMWORK_HOME=Path(embedded["LOOMWORK_HOME"]),
         DATABASE_URL=embedded["DATABASE_URL"],
         REDIS_URL=embedded["REDIS_URL"],

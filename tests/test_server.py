@@ -103,6 +103,9 @@ async def test_health_not_serving_when_a_dependency_is_unreachable(
         memory=Memory(PostgresMemoryStorage(db)),
         recall=runtime.recall,
         working_memory=runtime.working_memory,
+        events=runtime.events,
+        agents=runtime.agents,
+        tools=runtime.tools,
     )
     app = build_grpc_app(broken, "127.0.0.1:0", health_interval=0.2)
     await app.start()
@@ -122,8 +125,8 @@ async def test_health_not_serving_when_a_dependency_is_unreachable(
 async def test_later_rpcs_answer_unimplemented_naming_the_issue(channel, token) -> None:
     calls = [
         (
-            agent_pb2_grpc.AgentServiceStub(channel).ListAgents(
-                agent_pb2.ListAgentsRequest(), metadata=auth(token)
+            agent_pb2_grpc.AgentServiceStub(channel).GetRun(
+                agent_pb2.AgentServiceGetRunRequest(run_id="x"), metadata=auth(token)
             ),
             "#4",
         ),

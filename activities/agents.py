@@ -1,0 +1,66 @@
+"""Activities of an agent run: thin wrappers over loomwork.agents.steps."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from loomwork.agents.run import (
+    AgentRunRequest,
+    FinishInput,
+    RunOutcome,
+    RunPlan,
+    StepInput,
+    StepOutput,
+    ToolInput,
+)
+from loomwork.agents.steps import AgentSteps
+from loomwork.errors import LoomworkError
+from loomwork.llm.errors import ModelError
+from loomwork.memory.models import ToolResultPart
+
+
+def _application_error(error: LoomworkError) -> ApplicationError:
+    """Domain errors as Temporal sees them: retryable unless they say otherwise."""
+    if isinstance(error, ModelError):
+        return ApplicationError(
+            error.message,
+            type=type(error).__name__,
+            non_retryable=not error.retryable,
+            next_retry_delay=timedelta(seconds=error.retry_after) if error.retry_after else None,
+        )
+    retryable = type(error).__name__ in {"Unavailable", "ResourceExhausted"}
+    return ApplicationError(error.message, type=type(error).__name__, non_retryable=not retryable)
+
+
+class AgentActivities:
+    def __init__(self, steps: AgentSteps) -> None:
+        self.steps = steps
+
+    @activity.defn(name="agent_start")
+    async def start(self, request: AgentRunRequest) -> RunPlan:
+        try:
+            return await self.steps.start(request)
+        except LoomworkError as error:
+            raise _application_error(error) from error
+
+    @activity.defn(name="agent_model_step")
+    async def model_step(self, step: StepInput) -> StepOutput:
+        try:
+            return await self.steps.model_step(step, attempt=activity.info().attempt)
+        except LoomworkError as error:
+            raise _application_error(error) from error
+
+    @activity.defn(name="agent_tool_call")
+    async def tool_call(self, call: ToolInput) -> ToolResultPart:
+        return await self.steps.tool_call(call)
+
+    @activity.defn(name="agent_step_finished")
+    async def step_finished(self, request: AgentRunRequest, step: int, output: StepOutput) -> None:
+        await self.steps.step_finished(request, step, output)
+
+    @activity.defn(name="agent_finish")
+    async def finish(self, finish: FinishInput) -> RunOutcome:
+        return await self.steps.finish(finish.request, finish.outcome)

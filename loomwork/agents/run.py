@@ -1,0 +1,157 @@
+"""The payloads of an agent run (workflow and activities) and the events it publishes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+from loomwork.llm.chat import ChatMessage, ChatUsage
+from loomwork.memory.models import NewMessage, ToolCallPart, ToolResultPart
+
+
+class AgentRunRequest(BaseModel):
+    """Everything a run needs to start; the workflow's input."""
+
+    tenant: str
+    run_id: str
+    agent_name: str
+    input_messages: list[NewMessage]
+    thread_id: str = ""
+    resource_id: str = ""
+    max_steps: int = 0  # 0: the agent's own
+
+
+class RunPlan(BaseModel):
+    """What the start activity resolved: the model, the step limit, the conversation so far."""
+
+    model: str
+    max_steps: int
+    conversation: list[ChatMessage]
+
+
+class StepInput(BaseModel):
+    request: AgentRunRequest
+    plan_model: str
+    step: int
+    conversation: list[ChatMessage]
+
+
+class StepOutput(BaseModel):
+    text: str = ""
+    tool_calls: list[ToolCallPart] = Field(default_factory=list)
+    argument_errors: dict[str, str] = Field(default_factory=dict)
+    finish_reason: str = ""
+    usage: ChatUsage = Field(default_factory=ChatUsage)
+
+    def message(self) -> ChatMessage:
+        return ChatMessage.assistant(self.text, self.tool_calls)
+
+
+class ToolInput(BaseModel):
+    request: AgentRunRequest
+    step: int
+    call: ToolCallPart
+    argument_error: str | None = None
+
+
+RunStatus = Literal["succeeded", "failed"]
+FinishReason = Literal["stop", "max_steps", "error"]
+
+
+class RunOutcome(BaseModel):
+    """How a run ended; the workflow's result."""
+
+    run_id: str
+    agent_name: str
+    thread_id: str = ""
+    model: str = ""
+    status: RunStatus
+    finish_reason: FinishReason
+    text: str = ""
+    messages: list[ChatMessage] = Field(default_factory=list)
+    usage: ChatUsage = Field(default_factory=ChatUsage)
+    steps: int = 0
+    error: str = ""
+    error_type: str = ""
+
+
+class FinishInput(BaseModel):
+    request: AgentRunRequest
+    outcome: RunOutcome
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Event(BaseModel):
+    time: datetime = Field(default_factory=_now)
+    step: int = 0
+
+
+class RunStarted(_Event):
+    type: Literal["run_started"] = "run_started"
+    agent_name: str
+    thread_id: str = ""
+    model: str
+    max_steps: int
+
+
+class TextDeltaEvent(_Event):
+    type: Literal["text_delta"] = "text_delta"
+    delta: str
+
+
+class ToolCallEvent(_Event):
+    type: Literal["tool_call"] = "tool_call"
+    call: ToolCallPart
+
+
+class ToolResultEvent(_Event):
+    type: Literal["tool_result"] = "tool_result"
+    result: ToolResultPart
+
+
+class UsageEvent(_Event):
+    type: Literal["usage"] = "usage"
+    usage: ChatUsage
+
+
+class StepRetrying(_Event):
+    type: Literal["step_retrying"] = "step_retrying"
+    attempt: int
+
+
+class StepFinished(_Event):
+    type: Literal["step_finished"] = "step_finished"
+    finish_reason: str
+    usage: ChatUsage
+
+
+class RunFinished(_Event):
+    type: Literal["run_finished"] = "run_finished"
+    outcome: RunOutcome
+
+
+AgentEvent = Annotated[
+    RunStarted
+    | TextDeltaEvent
+    | ToolCallEvent
+    | ToolResultEvent
+    | UsageEvent
+    | StepRetrying
+    | StepFinished
+    | RunFinished,
+    Field(discriminator="type"),
+]
+_EVENT = TypeAdapter(AgentEvent)
+
+
+def encode_event(event: AgentEvent) -> bytes:
+    return _EVENT.dump_json(event)
+
+
+def decode_event(payload: bytes) -> AgentEvent:
+    return _EVENT.validate_json(payload)

@@ -1,0 +1,224 @@
+"""Agent runs end to end: gRPC → Temporal workflow → model (scripted, over real HTTP with the
+real openai client) → tool activities → memory, streamed live through Redis."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from loomwork.llm.scripted_server import Failure, ScriptedModelServer, ScriptedToolCall, Turn
+from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, memory_pb2, message_pb2, run_pb2
+from tests.support import auth, field_violations, unique
+
+
+@pytest.fixture(scope="session")
+def agents(channel) -> agent_pb2_grpc.AgentServiceStub:
+    return agent_pb2_grpc.AgentServiceStub(channel)
+
+
+@pytest.fixture
+def model(model_server: ScriptedModelServer) -> ScriptedModelServer:
+    model_server.requests.clear()
+    yield model_server
+    model_server.set_script(None)
+
+
+def _texts(message: message_pb2.Message) -> str:
+    return "".join(p.text.text for p in message.parts if p.HasField("text"))
+
+
+async def test_code_agents_and_tools_are_listed(agents, token) -> None:
+    listed = await agents.ListAgents(agent_pb2.ListAgentsRequest(), metadata=auth(token))
+    assistant = next(a for a in listed.agents if a.name == "assistant")
+    assert assistant.source == agent_pb2.AGENT_SOURCE_CODE
+    assert set(assistant.tool_names) == {"add", "word_count"}
+    tools = await agents.ListTools(agent_pb2.ListToolsRequest(), metadata=auth(token))
+    add = next(t for t in tools.tools if t.name == "add")
+    assert "numbers" in add.parameters_schema["properties"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await agents.GetAgent(agent_pb2.GetAgentRequest(agent_name="nope"), metadata=auth(token))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_generate_calls_a_tool_and_answers(agents, token, model) -> None:
+    model.set_script(
+        [
+            Turn(tool_calls=[ScriptedToolCall("add", {"numbers": [2, 3.5]})]),
+            Turn(text="The sum is 5.5."),
+        ]
+    )
+    response = await agents.Generate(
+        agent_pb2.GenerateRequest(agent_name="assistant", prompt="What is 2 + 3.5?"),
+        metadata=auth(token),
+    )
+    run = response.run
+    assert run.status == run_pb2.RUN_STATUS_SUCCEEDED
+    assert run.output.text == "The sum is 5.5."
+    assert run.output.finish_reason == agent_pb2.AGENT_FINISH_REASON_STOP
+    assert run.output.steps == 2
+    assert run.output.usage.total_tokens > 0
+    assert run.temporal_workflow_id.startswith("agent/assistant/alpha/run_")
+    roles = [m.role for m in run.output.messages]
+    assert roles == [message_pb2.ROLE_ASSISTANT, message_pb2.ROLE_TOOL, message_pb2.ROLE_ASSISTANT]
+    result = run.output.messages[1].parts[0].tool_result
+    assert not result.is_error and result.result.struct_value["sum"] == 5.5
+
+    first, second = model.requests
+    assert {"add", "word_count"} <= set(first.tool_names)
+    assert first.messages[0]["role"] == "system"
+    assert first.messages[-1] == {"role": "user", "content": "What is 2 + 3.5?"}
+    assert second.messages[-1]["role"] == "tool" and "5.5" in second.messages[-1]["content"]
+
+
+async def test_invalid_tool_arguments_go_back_to_the_model(agents, token, model) -> None:
+    model.set_script(
+        [
+            Turn(tool_calls=[ScriptedToolCall("add", {"numbers": "two and three"})]),
+            Turn(tool_calls=[ScriptedToolCall("subtract", {"a": 1})]),
+            Turn(text="Sorry, I could not add those."),
+        ]
+    )
+    response = await agents.Generate(
+        agent_pb2.GenerateRequest(agent_name="assistant", prompt="add two and three"),
+        metadata=auth(token),
+    )
+    run = response.run
+    assert run.status == run_pb2.RUN_STATUS_SUCCEEDED
+    bad_args, unknown = (run.output.messages[1].parts[0], run.output.messages[3].parts[0])
+    assert bad_args.tool_result.is_error and "numbers" in bad_args.tool_result.result.string_value
+    assert (
+        unknown.tool_result.is_error and "unknown tool" in unknown.tool_result.result.string_value
+    )
+    assert "invalid arguments" in model.requests[1].messages[-1]["content"]
+
+
+async def test_stream_sends_numbered_events_live_and_watch_resumes(
+    agents, token, other_token, model
+) -> None:
+    model.set_script([Turn(text="Streaming is fun to watch, token by token.", chunk_size=5)])
+    events = []
+    async for response in agents.Stream(
+        agent_pb2.StreamRequest(agent_name="assistant", prompt="Say something"),
+        metadata=auth(token),
+    ):
+        events.append(response.event)
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
+    assert kinds.count("text_delta") >= 5
+    assert [e.event_id for e in events] == list(range(1, len(events) + 1))
+    streamed = "".join(e.text_delta.text for e in events if e.HasField("text_delta"))
+    assert streamed == "Streaming is fun to watch, token by token."
+    assert events[-1].run_finished.output.text == streamed
+
+    run_id = events[0].run_id
+    watched = [
+        r.event
+        async for r in agents.WatchRun(
+            agent_pb2.AgentServiceWatchRunRequest(run_id=run_id, after_event_id=3),
+            metadata=auth(token),
+        )
+    ]
+    assert [e.event_id for e in watched] == [e.event_id for e in events[3:]]
+    assert watched == events[3:]
+
+    for bad_token, bad_run in ((other_token, run_id), (token, "run_unknown")):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in agents.WatchRun(
+                agent_pb2.AgentServiceWatchRunRequest(run_id=bad_run), metadata=auth(bad_token)
+            ):
+                pass
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_runs_read_and_save_thread_memory(agents, memory_stub, token, model) -> None:
+    thread_id = unique("chat")
+    model.set_script([Turn(text="Nice to meet you, Ada."), Turn(text="Your name is Ada.")])
+    for prompt in ("My name is Ada.", "What is my name?"):
+        await agents.Generate(
+            agent_pb2.GenerateRequest(agent_name="assistant", prompt=prompt, thread_id=thread_id),
+            metadata=auth(token),
+        )
+    # The second call's model request carried the first exchange from memory.
+    contents = [m.get("content") for m in model.requests[1].messages]
+    assert contents[1:] == [
+        "My name is Ada.",
+        "Nice to meet you, Ada.",
+        "What is my name?",
+    ]
+    stored = await memory_stub.ListMessages(
+        memory_pb2.ListMessagesRequest(thread_id=thread_id), metadata=auth(token)
+    )
+    assert [_texts(m) for m in stored.messages] == [
+        "My name is Ada.",
+        "Nice to meet you, Ada.",
+        "What is my name?",
+        "Your name is Ada.",
+    ]
+
+
+async def test_client_run_id_makes_generate_idempotent(agents, token, model) -> None:
+    model.set_script([Turn(text="Once.")])
+    request = agent_pb2.GenerateRequest(
+        agent_name="assistant", prompt="hi", client_run_id=unique("job")
+    )
+    first = await agents.Generate(request, metadata=auth(token))
+    again = await agents.Generate(request, metadata=auth(token))
+    assert again.run.id == first.run.id == request.client_run_id
+    assert again.run.output.text == "Once."
+    assert len(model.requests) == 1
+
+
+async def test_model_rejection_fails_the_run_with_the_models_message(agents, token, model) -> None:
+    model.set_script([Failure(status=400, message="context length exceeded")])
+    response = await agents.Generate(
+        agent_pb2.GenerateRequest(agent_name="assistant", prompt="hi"), metadata=auth(token)
+    )
+    run = response.run
+    assert run.status == run_pb2.RUN_STATUS_FAILED
+    assert run.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert run.error.reason == "MODEL_REQUEST_REJECTED"
+    assert "context length exceeded" in run.error.message
+    assert len(model.requests) == 1, "a 400 is not retried"
+
+
+async def test_rate_limit_is_retried_by_temporal(agents, token, model) -> None:
+    model.set_script([Failure(status=429, message="slow down", retry_after=0.2), Turn(text="ok")])
+    response = await agents.Generate(
+        agent_pb2.GenerateRequest(agent_name="assistant", prompt="hi"), metadata=auth(token)
+    )
+    assert response.run.status == run_pb2.RUN_STATUS_SUCCEEDED
+    assert response.run.output.text == "ok"
+    assert len(model.requests) == 2
+
+
+async def test_generate_validates_its_input(agents, token) -> None:
+    cases = [
+        (agent_pb2.GenerateRequest(prompt="hi"), "agent_name"),
+        (agent_pb2.GenerateRequest(agent_name="assistant"), "prompt"),
+        (
+            agent_pb2.GenerateRequest(
+                agent_name="assistant",
+                prompt="hi",
+                messages=[message_pb2.Message(role=message_pb2.ROLE_USER)],
+            ),
+            "prompt",
+        ),
+        (
+            agent_pb2.GenerateRequest(agent_name="assistant", prompt="hi", max_steps=500),
+            "max_steps",
+        ),
+        (
+            agent_pb2.GenerateRequest(agent_name="assistant", prompt="hi", client_run_id="a b"),
+            "client_run_id",
+        ),
+    ]
+    for request, field in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await agents.Generate(request, metadata=auth(token))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert field in field_violations(err.value), field
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await agents.Generate(
+            agent_pb2.GenerateRequest(agent_name="ghost", prompt="hi"), metadata=auth(token)
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
