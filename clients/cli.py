@@ -634,6 +634,36 @@ async def _demo_recall(ctx: DemoContext) -> None:
     ctx.note(f"the best hit came with {len(found.hits[0].context)} neighbouring message(s)")
 
 
+async def _demo_agent(ctx: DemoContext) -> None:
+    prompt = "What is 17 + 25?"
+    ctx.note(f"streaming agent 'assistant' on {prompt!r} (a durable Temporal run):")
+    text: list[str] = []
+    run_id, last_event = "", 0
+    async for event in ctx.client.stream("assistant", prompt):
+        run_id, last_event = event.run_id, event.event_id
+        kind = event.WhichOneof("event")
+        if kind == "text_delta":
+            text.append(event.text_delta.text)
+        elif kind == "tool_call":
+            args = json.dumps(json_format.MessageToDict(event.tool_call.arguments))
+            ctx.ok(f"#{event.event_id} model calls tool {event.tool_call.tool_name}({args})")
+        elif kind == "tool_result":
+            result = json.dumps(json_format.MessageToDict(event.tool_result.result))
+            ctx.ok(f"#{event.event_id} tool result: {escape(result)}")
+        elif kind == "run_finished":
+            ctx.ok(f"#{event.event_id} answer streamed: {escape(''.join(text))}")
+        elif kind == "run_failed":
+            ctx.console.print(f"  [red]✗ run failed: {escape(event.run_failed.message)}[/]")
+    replay = [e.event_id async for e in ctx.client.watch_run(run_id, after_event_id=2)]
+    ctx.ok(
+        f"run {escape(run_id)}: {last_event} numbered events; WatchRun after #2 replays "
+        f"{len(replay)} (#{replay[0]}..#{replay[-1]})"
+        if replay
+        else f"run {run_id}"
+    )
+    ctx.note(f"find it in the Temporal UI as workflow agent/assistant/<tenant>/{run_id}")
+
+
 async def _demo_update(ctx: DemoContext) -> None:
     thread = await ctx.client.update_thread(
         ctx.thread_id,
@@ -685,6 +715,7 @@ DEMO_SECTIONS: list[DemoSection] = [
     DemoSection("Memory: reading messages back", _demo_reading),
     DemoSection("Memory: semantic recall", _demo_recall),
     DemoSection("Memory: updating a thread", _demo_update),
+    DemoSection("Agents: a durable run with a tool, streamed", _demo_agent),
     DemoSection("Errors: bad input names the field", _demo_bad_input),
     DemoSection("Tenants: isolation", _demo_tenants),
     DemoSection("Memory: deleting the thread", _demo_delete),

@@ -27,7 +27,13 @@ import grpc
 from google.protobuf import field_mask_pb2, json_format, struct_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from protos.loomwork.v1 import memory_pb2, memory_pb2_grpc, message_pb2
+from protos.loomwork.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    memory_pb2,
+    memory_pb2_grpc,
+    message_pb2,
+)
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -251,6 +257,7 @@ class LoomworkClient:
         else:
             self._channel = grpc.aio.secure_channel(address, credentials, options=channel_options)
         self._memory = memory_pb2_grpc.MemoryServiceStub(self._channel)
+        self._agents = agent_pb2_grpc.AgentServiceStub(self._channel)
 
     # -- lifecycle
 
@@ -462,3 +469,60 @@ class LoomworkClient:
             if not page.next_page_token:
                 return
             page_token = page.next_page_token
+
+    # -- AgentService
+
+    async def generate(
+        self,
+        agent_name: str,
+        prompt: str,
+        *,
+        thread_id: str = "",
+        resource_id: str = "",
+        client_run_id: str = "",
+        timeout: float | None = 120.0,
+    ) -> agent_pb2.AgentRun:
+        """Run an agent to the end and return the run (its output, usage, status)."""
+        request = agent_pb2.GenerateRequest(
+            agent_name=agent_name,
+            prompt=prompt,
+            thread_id=thread_id,
+            resource_id=resource_id,
+            client_run_id=client_run_id,
+        )
+        response: agent_pb2.GenerateResponse = await self._agents.Generate(
+            request, **self.call_options(timeout)
+        )
+        return response.run
+
+    async def stream(
+        self,
+        agent_name: str,
+        prompt: str,
+        *,
+        thread_id: str = "",
+        resource_id: str = "",
+        client_run_id: str = "",
+        timeout: float | None = 300.0,
+    ) -> AsyncIterator[agent_pb2.AgentRunEvent]:
+        """Run an agent and yield its events as they happen (text deltas, tool calls, …).
+        If the stream breaks, `watch_run(run_id, after_event_id=last seen)` continues it."""
+        request = agent_pb2.StreamRequest(
+            agent_name=agent_name,
+            prompt=prompt,
+            thread_id=thread_id,
+            resource_id=resource_id,
+            client_run_id=client_run_id,
+        )
+        async for response in self._agents.Stream(request, **self.call_options(timeout)):
+            yield response.event
+
+    async def watch_run(
+        self, run_id: str, *, after_event_id: int = 0, timeout: float | None = 300.0
+    ) -> AsyncIterator[agent_pb2.AgentRunEvent]:
+        """The events of a run after `after_event_id`, then live until it ends."""
+        request = agent_pb2.AgentServiceWatchRunRequest(
+            run_id=run_id, after_event_id=after_event_id
+        )
+        async for response in self._agents.WatchRun(request, **self.call_options(timeout)):
+            yield response.event

@@ -14,6 +14,8 @@ from rich.logging import RichHandler
 
 from loomwork.config import DEFAULT_TOKENS, Settings
 from loomwork.errors import LoomworkError
+from loomwork.llm.offline import offline_turn
+from loomwork.llm.scripted_server import ScriptedModelServer
 from server.embedded import EmbeddedError, EmbeddedStack
 from server.process import Running, serve
 
@@ -33,7 +35,15 @@ def _setup_logging(verbose: bool) -> None:
         handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
         force=True,
     )
-    for noisy in ("temporalio", "httpx", "psycopg.pool"):
+    for noisy in (
+        "temporalio",
+        "httpx",
+        "httpx2",
+        "openai",
+        "uvicorn",
+        "uvicorn.access",
+        "psycopg.pool",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -88,6 +98,12 @@ def up(
         endpoints = stack.start()
     except EmbeddedError as exc:
         _fail(str(exc))
+    offline_model: ScriptedModelServer | None = None
+    if not settings.openai_api_key and not settings.openai_base_url:
+        offline_model = ScriptedModelServer(offline_turn, model="offline")
+        settings.openai_base_url = offline_model.start_in_thread()
+        settings.openai_api_key = "offline"
+        settings.chat_model = "offline"
     settings.database_url = settings.database_url or endpoints.database_url
     settings.redis_url = settings.redis_url or endpoints.redis_url
     settings.temporal_address = settings.temporal_address or endpoints.temporal_address
@@ -104,6 +120,15 @@ def up(
         console.print(f"  PostgreSQL    {_redact(settings.database_url or '')}")
         console.print(f"  Redis         {_redact(settings.redis_url or '')}")
         console.print(f"  home          {home}")
+        if offline_model is not None:
+            console.print(
+                "  model         offline scripted model (set OPENAI_API_KEY or OPENAI_BASE_URL"
+                " for a real one)"
+            )
+        else:
+            console.print(
+                f"  model         {settings.chat_model} at {settings.openai_base_url or 'OpenAI'}"
+            )
         for token, tenant in tokens.items():
             console.print(f"  token         [bold]{token}[/] → tenant {tenant}")
         console.print("Press Ctrl-C to stop.\n")
@@ -130,6 +155,8 @@ def up(
         pass
     finally:
         console.print("stopping embedded servers…")
+        if offline_model is not None:
+            offline_model.stop_in_thread()
         stack.stop()
         console.print("stopped.")
 

@@ -18,6 +18,8 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from clients.cli import message_from_json, register
+from loomwork.llm.offline import offline_turn
+from loomwork.llm.scripted_server import ScriptedModelServer
 from protos.loomwork.v1 import message_pb2
 
 app = typer.Typer()
@@ -217,13 +219,20 @@ async def test_other_tenant_cannot_read(env: dict[str, str], other_token: str) -
     _ok(await _cli(env, "threads", "delete", thread_id))
 
 
-async def test_demo_runs_to_completion(env: dict[str, str], other_token: str) -> None:
-    result = _ok(await _cli(env, "demo", "--other-token", other_token))
+async def test_demo_runs_to_completion(
+    env: dict[str, str], other_token: str, model_server: ScriptedModelServer
+) -> None:
+    model_server.set_script(offline_turn)  # what `loomwork up` uses without an API key
+    try:
+        result = _ok(await _cli(env, "demo", "--other-token", other_token))
+    finally:
+        model_server.set_script(None)
     output = result.stdout
     assert "idempotent" in output
     assert "INVALID_ARGUMENT" in output and "messages[0].role" in output
     assert "✗" not in output, output  # every expectation of the demo held
     assert "semantic recall" in output and "neighbouring message" in output
+    assert "model calls tool add" in output and "The sum is 42." in output
     assert "demo finished" in output
 
 

@@ -1,0 +1,36 @@
+"""The offline model: a small rule-based script for the scripted server, so `loomwork up`
+and its demo work with no API key and no network. It is not a language model: it adds
+numbers with the `add` tool, counts words with `word_count`, and otherwise echoes."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from loomwork.llm.scripted_server import ChatRequest, ScriptedToolCall, Turn
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def offline_turn(request: ChatRequest) -> Turn:
+    """Answer one chat request: call a tool when the question needs one, then use its result."""
+    last = request.messages[-1] if request.messages else {}
+    if last.get("role") == "tool":
+        result = last.get("content") or ""
+        try:
+            value = json.loads(result)
+        except ValueError:
+            value = result
+        if isinstance(value, dict) and "sum" in value:
+            return Turn(text=f"The sum is {value['sum']:g}.", chunk_size=4)
+        if isinstance(value, dict) and "words" in value:
+            return Turn(text=f"That text has {value['words']} words.", chunk_size=4)
+        return Turn(text=f"The tool answered: {result}", chunk_size=4)
+    prompt = request.last_user_text
+    numbers = [float(n) for n in _NUMBER.findall(prompt)]
+    if "add" in request.tool_names and len(numbers) >= 2:
+        return Turn(tool_calls=[ScriptedToolCall("add", {"numbers": numbers})])
+    if "word_count" in request.tool_names and "count" in prompt.lower() and ":" in prompt:
+        text = prompt.split(":", 1)[1].strip()
+        return Turn(tool_calls=[ScriptedToolCall("word_count", {"text": text})])
+    return Turn(text=f"(offline model) You said: {prompt}", chunk_size=4)
