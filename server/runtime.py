@@ -88,7 +88,7 @@ class Runtime:
             WorkingMemoryStore(db),
             RunEventLog(redis),
             builtin_agents(),
-            builtin_tools(),
+            builtin_tools(db),
             cache,
         )
 

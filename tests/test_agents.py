@@ -6,7 +6,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from loomwork.agents.tools import ToolContext
 from loomwork.llm.scripted_server import Failure, ScriptedModelServer, ScriptedToolCall, Turn
+from loomwork.memory.models import ToolCallPart
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, memory_pb2, message_pb2, run_pb2
 from tests.support import auth, field_violations, unique
 
@@ -31,7 +33,7 @@ async def test_code_agents_and_tools_are_listed(agents, token) -> None:
     listed = await agents.ListAgents(agent_pb2.ListAgentsRequest(), metadata=auth(token))
     assistant = next(a for a in listed.agents if a.name == "assistant")
     assert assistant.source == agent_pb2.AGENT_SOURCE_CODE
-    assert set(assistant.tool_names) == {"add", "word_count"}
+    assert set(assistant.tool_names) == {"add", "word_count", "save_note"}
     tools = await agents.ListTools(agent_pb2.ListToolsRequest(), metadata=auth(token))
     add = next(t for t in tools.tools if t.name == "add")
     assert "numbers" in add.parameters_schema["properties"]
@@ -222,3 +224,43 @@ async def test_generate_validates_its_input(agents, token) -> None:
             agent_pb2.GenerateRequest(agent_name="ghost", prompt="hi"), metadata=auth(token)
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_tool_writes_happen_once_per_call_even_when_retried(
+    agents, token, model, runtime
+) -> None:
+    model.set_script(
+        [
+            Turn(tool_calls=[ScriptedToolCall("save_note", {"title": "milk", "body": "buy 2"})]),
+            Turn(text="Saved."),
+        ]
+    )
+    run = (
+        await agents.Generate(
+            agent_pb2.GenerateRequest(agent_name="assistant", prompt="note: buy 2 milk"),
+            metadata=auth(token),
+        )
+    ).run
+    assert run.output.text == "Saved."
+    note_id = run.output.messages[1].parts[0].tool_result.result.struct_value["note_id"]
+    call = run.output.messages[0].parts[0].tool_call
+
+    # A retried activity (e.g. the worker died after the insert) runs the tool again with the
+    # same run id and tool call id: it must find the first write, not make a second.
+    context = ToolContext(tenant="alpha", run_id=run.id, tool_call_id=call.tool_call_id)
+    again = await runtime.tools.call(
+        ToolCallPart(
+            tool_call_id=call.tool_call_id,
+            tool_name="save_note",
+            arguments={"title": "milk", "body": "buy 2"},
+        ),
+        context,
+        allowed=["save_note"],
+    )
+    assert again.result["note_id"] == note_id
+    async with runtime.db.connection() as conn:
+        cur = await conn.execute(
+            "select count(*) as n from notes where tenant_id = 'alpha' and idempotency_key = %s",
+            (context.idempotency_key,),
+        )
+        assert (await cur.fetchone())["n"] == 1

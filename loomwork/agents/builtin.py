@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field
 
 from loomwork.agents.definitions import AgentDefinition, AgentRegistry
 from loomwork.agents.tools import Tool, ToolContext, ToolRegistry
+from loomwork.storage.database import Database
 
 
 class AddArgs(BaseModel):
@@ -24,13 +25,43 @@ async def word_count(args: WordCountArgs, ctx: ToolContext) -> dict[str, int]:
     return {"words": len(args.text.split())}
 
 
-def builtin_tools() -> ToolRegistry:
-    return ToolRegistry(
-        [
-            Tool("add", "Add numbers exactly.", AddArgs, add),
-            Tool("word_count", "Count the words of a text.", WordCountArgs, word_count),
-        ]
-    )
+class SaveNoteArgs(BaseModel):
+    title: str = Field(description="A short title", min_length=1, max_length=200)
+    body: str = Field(description="The note itself", max_length=20_000)
+
+
+class NoteTool:
+    """Stores a note in Postgres exactly once per tool call, however often it is retried."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def save(self, args: SaveNoteArgs, ctx: ToolContext) -> dict[str, object]:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                """
+                insert into notes (tenant_id, idempotency_key, thread_id, title, body)
+                values (%s, %s, %s, %s, %s)
+                on conflict (tenant_id, idempotency_key) do update set title = notes.title
+                returning id
+                """,
+                (ctx.tenant, ctx.idempotency_key, ctx.thread_id, args.title, args.body),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return {"note_id": row["id"], "saved": True}
+
+
+def builtin_tools(db: Database | None = None) -> ToolRegistry:
+    tools = [
+        Tool("add", "Add numbers exactly.", AddArgs, add),
+        Tool("word_count", "Count the words of a text.", WordCountArgs, word_count),
+    ]
+    if db is not None:
+        tools.append(
+            Tool("save_note", "Save a note for the user.", SaveNoteArgs, NoteTool(db).save)
+        )
+    return ToolRegistry(tools)
 
 
 def builtin_agents() -> AgentRegistry:
@@ -38,12 +69,12 @@ def builtin_agents() -> AgentRegistry:
         [
             AgentDefinition(
                 name="assistant",
-                description="A helpful assistant that can add numbers and count words.",
+                description="A helpful assistant that adds numbers, counts words, saves notes.",
                 instructions=(
                     "You are a concise, helpful assistant. Use the tools for arithmetic "
                     "and counting instead of guessing."
                 ),
-                tool_names=["add", "word_count"],
+                tool_names=["add", "word_count", "save_note"],
             )
         ]
     )
