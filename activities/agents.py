@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Coroutine
 from datetime import timedelta
+from typing import Any, TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -10,6 +14,7 @@ from temporalio.exceptions import ApplicationError
 from loomwork.agents.run import (
     AgentRunRequest,
     FinishInput,
+    PublishInput,
     RunOutcome,
     RunPlan,
     StepInput,
@@ -20,6 +25,8 @@ from loomwork.agents.steps import AgentSteps
 from loomwork.errors import LoomworkError
 from loomwork.llm.errors import ModelError
 from loomwork.memory.models import ToolResultPart
+
+T = TypeVar("T")
 
 
 def _application_error(error: LoomworkError) -> ApplicationError:
@@ -33,6 +40,23 @@ def _application_error(error: LoomworkError) -> ApplicationError:
         )
     retryable = type(error).__name__ in {"Unavailable", "ResourceExhausted"}
     return ApplicationError(error.message, type=type(error).__name__, non_retryable=not retryable)
+
+
+async def _heartbeating(work: Coroutine[Any, Any, T], every: float = 1.0) -> T:
+    """Run `work`, heartbeating meanwhile: Temporal delivers a cancel (CancelRun) through
+    heartbeats, and cancelling `work` aborts the in-flight model HTTP call."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=every)
+            if done:
+                return task.result()
+            activity.heartbeat()
+    except asyncio.CancelledError:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise
 
 
 class AgentActivities:
@@ -49,7 +73,11 @@ class AgentActivities:
     @activity.defn(name="agent_model_step")
     async def model_step(self, step: StepInput) -> StepOutput:
         try:
-            return await self.steps.model_step(step, attempt=activity.info().attempt)
+            return await _heartbeating(
+                self.steps.model_step(
+                    step, attempt=activity.info().attempt, heartbeat=activity.heartbeat
+                )
+            )
         except LoomworkError as error:
             raise _application_error(error) from error
 
@@ -60,6 +88,10 @@ class AgentActivities:
     @activity.defn(name="agent_step_finished")
     async def step_finished(self, request: AgentRunRequest, step: int, output: StepOutput) -> None:
         await self.steps.step_finished(request, step, output)
+
+    @activity.defn(name="agent_publish")
+    async def publish(self, publish: PublishInput) -> None:
+        await self.steps.publish(publish.request, publish.event)
 
     @activity.defn(name="agent_finish")
     async def finish(self, finish: FinishInput) -> RunOutcome:

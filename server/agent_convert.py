@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from google.protobuf import json_format
 from google.rpc import code_pb2
 
 from loomwork.agents import run as events
 from loomwork.agents.definitions import AgentDefinition
 from loomwork.agents.tools import Tool
+from loomwork.errors import Violations
 from loomwork.llm.chat import ChatMessage, ChatUsage
 from protos.loomwork.v1 import agent_pb2, message_pb2, run_pb2
 from server import convert
 
+_STATUS = {
+    "running": run_pb2.RUN_STATUS_RUNNING,
+    "waiting": run_pb2.RUN_STATUS_WAITING,
+    "succeeded": run_pb2.RUN_STATUS_SUCCEEDED,
+    "failed": run_pb2.RUN_STATUS_FAILED,
+    "canceled": run_pb2.RUN_STATUS_CANCELED,
+}
 _FINISH = {
+    "canceled": agent_pb2.AGENT_FINISH_REASON_CANCELED,
     "stop": agent_pb2.AGENT_FINISH_REASON_STOP,
     "max_steps": agent_pb2.AGENT_FINISH_REASON_MAX_STEPS,
     "error": agent_pb2.AGENT_FINISH_REASON_ERROR,
@@ -78,9 +89,7 @@ def run_to_proto(outcome: events.RunOutcome, workflow_id: str) -> agent_pb2.Agen
         agent_name=outcome.agent_name,
         thread_id=outcome.thread_id,
         model=outcome.model,
-        status=run_pb2.RUN_STATUS_SUCCEEDED
-        if outcome.status == "succeeded"
-        else run_pb2.RUN_STATUS_FAILED,
+        status=_STATUS[outcome.status],
         temporal_workflow_id=workflow_id,
     )
     output = run.output
@@ -92,7 +101,62 @@ def run_to_proto(outcome: events.RunOutcome, workflow_id: str) -> agent_pb2.Agen
     output.steps = outcome.steps
     if outcome.status == "failed":
         run.error.CopyFrom(run_error(outcome))
+    elif outcome.status == "canceled":
+        run.error.CopyFrom(
+            run_pb2.RunError(code=code_pb2.CANCELLED, reason="CANCELED", message=outcome.error)
+        )
     return run
+
+
+def pending_to_proto(pending: events.PendingApproval) -> agent_pb2.PendingApproval:
+    out = agent_pb2.PendingApproval(
+        tool_call_id=pending.tool_call_id, tool_name=pending.tool_name, step=pending.step
+    )
+    out.arguments.update(pending.arguments)
+    convert.set_timestamp(out.request_time, pending.request_time)
+    return out
+
+
+def state_to_proto(
+    run_id: str, agent_name: str, state: events.RunState, workflow_id: str
+) -> agent_pb2.AgentRun:
+    run = agent_pb2.AgentRun(
+        id=run_id,
+        agent_name=agent_name,
+        status=_STATUS[state.status],
+        temporal_workflow_id=workflow_id,
+    )
+    run.output.steps = state.steps
+    for pending in state.pending:
+        run.pending_approvals.append(pending_to_proto(pending))
+    return run
+
+
+def decisions_from_proto(
+    decisions: Iterable[agent_pb2.ApprovalDecision],
+) -> list[events.Decision]:
+    out: list[events.Decision] = []
+    violations = Violations()
+    for i, decision in enumerate(decisions):
+        kind = decision.WhichOneof("decision")
+        if not decision.tool_call_id:
+            violations.add(f"decisions[{i}].tool_call_id", "is required")
+        if kind is None:
+            violations.add(f"decisions[{i}]", "set approve or reject")
+            continue
+        edited = None
+        if kind == "approve" and decision.approve.HasField("edited_arguments"):
+            edited = json_format.MessageToDict(decision.approve.edited_arguments)
+        out.append(
+            events.Decision(
+                tool_call_id=decision.tool_call_id,
+                approve=kind == "approve",
+                reason=decision.reject.reason if kind == "reject" else "",
+                edited_arguments=edited,
+            )
+        )
+    violations.raise_if_any()
+    return out
 
 
 def event_to_proto(
@@ -131,9 +195,19 @@ def event_to_proto(
             event.finish_reason, agent_pb2.AGENT_FINISH_REASON_UNSPECIFIED
         )
         out.step_finished.usage.CopyFrom(usage_to_proto(event.usage))
+    elif isinstance(event, events.ApprovalRequested):
+        out.approval_requested.CopyFrom(pending_to_proto(event.approval))
+    elif isinstance(event, events.ApprovalResolved):
+        resolved = out.approval_resolved
+        resolved.tool_call_id = event.tool_call_id
+        resolved.tool_name = event.tool_name
+        resolved.approved = event.approved
+        resolved.reason = event.reason
+        resolved.arguments.update(event.arguments)
+        resolved.arguments_edited = event.arguments_edited
     elif isinstance(event, events.RunFinished):
-        if event.outcome.status == "succeeded":
-            out.run_finished.status = run_pb2.RUN_STATUS_SUCCEEDED
+        if event.outcome.status in ("succeeded", "canceled"):
+            out.run_finished.status = _STATUS[event.outcome.status]
             out.run_finished.output.CopyFrom(run_to_proto(event.outcome, workflow_id).output)
         else:
             out.run_failed.CopyFrom(run_error(event.outcome))

@@ -46,10 +46,13 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
             agents.model_step,
             agents.tool_call,
             agents.step_finished,
+            agents.publish,
             agents.finish,
         ],
         # A killed worker's sticky tasks move to another worker quickly.
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
         graceful_shutdown_timeout=timedelta(seconds=10),
+        # Heartbeats carry cancellation to activities: send them promptly.
+        max_heartbeat_throttle_interval=timedelta(seconds=1),
         identity=identity,
     )

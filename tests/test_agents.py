@@ -3,11 +3,17 @@ real openai client) → tool activities → memory, streamed live through Redis.
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import sys
+from pathlib import Path
+
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 
 from loomwork.agents.tools import ToolContext
-from loomwork.llm.scripted_server import Failure, ScriptedModelServer, ScriptedToolCall, Turn
+from loomwork.llm.scripted_server import Delay, Failure, ScriptedModelServer, ScriptedToolCall, Turn
 from loomwork.memory.models import ToolCallPart
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, memory_pb2, message_pb2, run_pb2
 from tests.support import auth, field_violations, unique
@@ -33,7 +39,12 @@ async def test_code_agents_and_tools_are_listed(agents, token) -> None:
     listed = await agents.ListAgents(agent_pb2.ListAgentsRequest(), metadata=auth(token))
     assistant = next(a for a in listed.agents if a.name == "assistant")
     assert assistant.source == agent_pb2.AGENT_SOURCE_CODE
-    assert set(assistant.tool_names) == {"add", "word_count", "save_note"}
+    assert set(assistant.tool_names) == {"add", "word_count", "save_note", "send_email"}
+    assert next(
+        t
+        for t in (await agents.ListTools(agent_pb2.ListToolsRequest(), metadata=auth(token))).tools
+        if t.name == "send_email"
+    ).requires_approval
     tools = await agents.ListTools(agent_pb2.ListToolsRequest(), metadata=auth(token))
     add = next(t for t in tools.tools if t.name == "add")
     assert "numbers" in add.parameters_schema["properties"]
@@ -264,3 +275,167 @@ async def test_tool_writes_happen_once_per_call_even_when_retried(
             (context.idempotency_key,),
         )
         assert (await cur.fetchone())["n"] == 1
+
+
+async def _wait_waiting(agents, token, run_id: str) -> agent_pb2.AgentRun:
+    for _ in range(200):
+        try:
+            run = (
+                await agents.GetRun(
+                    agent_pb2.AgentServiceGetRunRequest(run_id=run_id), metadata=auth(token)
+                )
+            ).run
+        except grpc.aio.AioRpcError as err:  # the run may not be recorded yet
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+        else:
+            if run.status == run_pb2.RUN_STATUS_WAITING:
+                return run
+        await asyncio.sleep(0.05)
+    pytest.fail("the run never waited for approval")
+
+
+_EMAIL = {"to": "ada@example.com", "subject": "Hi", "body": "Hello Ada"}
+
+
+async def test_approval_by_resume_run_with_edited_arguments(agents, token, model) -> None:
+    model.set_script(
+        [
+            Turn(tool_calls=[ScriptedToolCall("send_email", _EMAIL, id="call_mail")]),
+            Turn(text="Sent."),
+        ]
+    )
+    run_id = unique("mail")
+    stream = agents.Stream(
+        agent_pb2.StreamRequest(agent_name="assistant", prompt="mail Ada", client_run_id=run_id),
+        metadata=auth(token),
+    )
+    collected = asyncio.ensure_future(_collect(stream))
+    waiting = await _wait_waiting(agents, token, run_id)
+    [pending] = waiting.pending_approvals
+    assert (pending.tool_call_id, pending.tool_name) == ("call_mail", "send_email")
+    assert pending.arguments["to"] == "ada@example.com"
+
+    async def resume(*decisions: agent_pb2.ApprovalDecision):
+        return await agents.ResumeRun(
+            agent_pb2.AgentServiceResumeRunRequest(run_id=run_id, decisions=decisions),
+            metadata=auth(token),
+        )
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await resume(agent_pb2.ApprovalDecision(tool_call_id="call_other", approve={}))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    bad = struct_pb2.Struct()
+    bad.update({**_EMAIL, "to": "not-an-address"})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await resume(
+            agent_pb2.ApprovalDecision(
+                tool_call_id="call_mail", approve=agent_pb2.ToolCallApproval(edited_arguments=bad)
+            )
+        )
+    assert "decisions[0].approve.edited_arguments" in field_violations(err.value)
+
+    edited = struct_pb2.Struct()
+    edited.update({**_EMAIL, "to": "bob@example.com"})
+    answer = await resume(
+        agent_pb2.ApprovalDecision(
+            tool_call_id="call_mail", approve=agent_pb2.ToolCallApproval(edited_arguments=edited)
+        )
+    )
+    assert answer.run.status != run_pb2.RUN_STATUS_WAITING
+    events = await collected
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds.index("approval_requested") < kinds.index("approval_resolved")
+    resolved = next(e.approval_resolved for e in events if e.HasField("approval_resolved"))
+    assert resolved.approved and resolved.arguments_edited
+    result = next(e.tool_result for e in events if e.HasField("tool_result"))
+    assert not result.is_error and result.result.struct_value["to"] == "bob@example.com"
+    assert events[-1].run_finished.output.text == "Sent."
+
+
+async def test_rejection_by_plain_temporal_signal(agents, token, model, runtime, settings) -> None:
+    model.set_script(
+        [
+            Turn(tool_calls=[ScriptedToolCall("send_email", _EMAIL, id="call_x")]),
+            Turn(text="Understood, I did not send it."),
+        ]
+    )
+    run_id = unique("mail")
+    generate = asyncio.ensure_future(
+        agents.Generate(
+            agent_pb2.GenerateRequest(agent_name="assistant", prompt="mail", client_run_id=run_id),
+            metadata=auth(token),
+        )
+    )
+    waiting = await _wait_waiting(agents, token, run_id)
+    payload = '{"decisions": [{"tool_call_id": "call_x", "approve": false, "reason": "not now"}]}'
+    proc = await asyncio.create_subprocess_exec(
+        _temporal_cli(),
+        "workflow",
+        "signal",
+        "--address",
+        settings.temporal_address,
+        "--workflow-id",
+        waiting.temporal_workflow_id,
+        "--name",
+        "resume",
+        "--input",
+        payload,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    run = (await generate).run
+    assert run.status == run_pb2.RUN_STATUS_SUCCEEDED
+    rejected = run.output.messages[1].parts[0].tool_result
+    assert rejected.is_error and "not now" in rejected.result.string_value
+    assert run.output.text == "Understood, I did not send it."
+
+
+async def test_cancel_run_stops_the_model_call(agents, token, model) -> None:
+    model.set_script([Delay(30, then=Turn(text="too late"))])
+    run_id = unique("long")
+    stream = agents.Stream(
+        agent_pb2.StreamRequest(agent_name="assistant", prompt="think", client_run_id=run_id),
+        metadata=auth(token),
+    )
+    collected = asyncio.ensure_future(_collect(stream))
+    for _ in range(200):
+        if model.requests:
+            break
+        await asyncio.sleep(0.05)
+    cancelled = await agents.CancelRun(
+        agent_pb2.AgentServiceCancelRunRequest(run_id=run_id, reason="user left"),
+        metadata=auth(token),
+    )
+    assert cancelled.run.id == run_id
+    events = await asyncio.wait_for(collected, 20)
+    assert events[-1].run_finished.status == run_pb2.RUN_STATUS_CANCELED
+    final = (
+        await agents.GetRun(
+            agent_pb2.AgentServiceGetRunRequest(run_id=run_id), metadata=auth(token)
+        )
+    ).run
+    assert final.status == run_pb2.RUN_STATUS_CANCELED
+    assert final.output.finish_reason == agent_pb2.AGENT_FINISH_REASON_CANCELED
+    for _ in range(100):  # the in-flight HTTP call was aborted, not left to finish
+        if model.requests[0].disconnected:
+            break
+        await asyncio.sleep(0.05)
+    assert model.requests[0].disconnected
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await agents.CancelRun(
+            agent_pb2.AgentServiceCancelRunRequest(run_id=run_id), metadata=auth(token)
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def _collect(stream) -> list[agent_pb2.AgentRunEvent]:
+    return [response.event async for response in stream]
+
+
+def _temporal_cli() -> str:
+    found = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
+    assert Path(found).exists()
+    return found

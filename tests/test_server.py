@@ -125,8 +125,8 @@ async def test_health_not_serving_when_a_dependency_is_unreachable(
 async def test_later_rpcs_answer_unimplemented_naming_the_issue(channel, token) -> None:
     calls = [
         (
-            agent_pb2_grpc.AgentServiceStub(channel).GetRun(
-                agent_pb2.AgentServiceGetRunRequest(run_id="x"), metadata=auth(token)
+            agent_pb2_grpc.AgentServiceStub(channel).ListRuns(
+                agent_pb2.AgentServiceListRunsRequest(), metadata=auth(token)
             ),
             "#4",
         ),

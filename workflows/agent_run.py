@@ -1,7 +1,10 @@
 """AgentRun: one agent call as a durable run — start, then model step → tool calls → … → finish.
 
 The workflow only orders activities (each model call and each tool call is its own
-activity with its own retries) and keeps the conversation in its state.
+activity with its own retries) and keeps the conversation in its state. Tools that need
+approval suspend the run (status waiting) until a decision arrives, by the `resume_run`
+Update (validated, answered synchronously: what ResumeRun uses) or by the `resume` signal
+with the same JSON payload (`temporal workflow signal --name resume --input '{...}'`).
 """
 
 from __future__ import annotations
@@ -11,25 +14,34 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from loomwork.agents.run import (
         AgentRunRequest,
+        ApprovalRequested,
+        ApprovalResolved,
+        Decision,
         FinishInput,
+        PendingApproval,
+        PublishInput,
+        ResumeInput,
         RunOutcome,
+        RunPhase,
         RunPlan,
+        RunState,
         StepInput,
         StepOutput,
         ToolInput,
     )
     from loomwork.llm.chat import ChatMessage, ChatUsage
-    from loomwork.memory.models import ToolResultPart
+    from loomwork.memory.models import ToolCallPart, ToolResultPart
 
 START = "agent_start"
 MODEL_STEP = "agent_model_step"
 TOOL_CALL = "agent_tool_call"
 STEP_FINISHED = "agent_step_finished"
+PUBLISH = "agent_publish"
 FINISH = "agent_finish"
 
 _QUICK = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=5)
@@ -50,14 +62,68 @@ def _cause(error: BaseException) -> tuple[str, str]:
     return str(error), type(error).__name__
 
 
+def _is_cancellation(error: BaseException) -> bool:
+    return isinstance(error, asyncio.CancelledError | CancelledError) or (
+        isinstance(error, ActivityError) and isinstance(error.cause, CancelledError)
+    )
+
+
 @workflow.defn(name="AgentRun")
 class AgentRunWorkflow:
+    def __init__(self) -> None:
+        self._phase: RunPhase = "running"
+        self._pending: dict[str, PendingApproval] = {}
+        self._decisions: dict[str, Decision] = {}
+        self._steps = 0
+
+    # -- messages
+
+    @workflow.query(name="state")
+    def state(self) -> RunState:
+        undecided = [p for p in self._pending.values() if p.tool_call_id not in self._decisions]
+        return RunState(status=self._phase, pending=undecided, steps=self._steps)
+
+    @workflow.update(name="resume_run")
+    async def resume_run(self, resume: ResumeInput) -> RunState:
+        """Apply decisions on pending tool calls (all validated first, all or none)."""
+        for decision in resume.decisions:
+            self._decisions[decision.tool_call_id] = decision
+        # Answer once the run moved on, or at once if other calls still wait for a decision.
+        await workflow.wait_condition(
+            lambda: self._phase != "waiting" or any(i not in self._decisions for i in self._pending)
+        )
+        return self.state()
+
+    @resume_run.validator
+    def _validate_resume(self, resume: ResumeInput) -> None:
+        if not resume.decisions:
+            raise ValueError("decisions: give at least one decision")
+        seen: set[str] = set()
+        for i, decision in enumerate(resume.decisions):
+            call_id = decision.tool_call_id
+            if call_id in seen:
+                raise ValueError(f"decisions[{i}].tool_call_id: {call_id!r} is decided twice")
+            seen.add(call_id)
+            if call_id not in self._pending or call_id in self._decisions:
+                raise ValueError(
+                    f"decisions[{i}].tool_call_id: {call_id!r} is not waiting for approval"
+                )
+
+    @workflow.signal(name="resume")
+    def resume(self, resume: ResumeInput) -> None:
+        """The same decisions as a plain signal; decisions that do not apply are ignored."""
+        for decision in resume.decisions:
+            if decision.tool_call_id in self._pending:
+                self._decisions.setdefault(decision.tool_call_id, decision)
+
+    # -- the run
+
     @workflow.run
     async def run(self, request: AgentRunRequest) -> RunOutcome:
         usage = ChatUsage()
         produced: list[ChatMessage] = []
         outcome: RunOutcome
-        steps = 0
+        model = ""
         try:
             plan = await workflow.execute_activity(
                 START,
@@ -67,21 +133,20 @@ class AgentRunWorkflow:
                 retry_policy=_QUICK,
                 summary=f"load context for {request.agent_name}",
             )
+            model = plan.model
             conversation = list(plan.conversation)
             finish_reason = "max_steps"
             text = ""
             for step in range(1, plan.max_steps + 1):
-                steps = step
+                self._steps = step
                 output = await workflow.execute_activity(
                     MODEL_STEP,
                     StepInput(
-                        request=request,
-                        plan_model=plan.model,
-                        step=step,
-                        conversation=conversation,
+                        request=request, plan_model=plan.model, step=step, conversation=conversation
                     ),
                     result_type=StepOutput,
                     start_to_close_timeout=timedelta(minutes=5),
+                    heartbeat_timeout=timedelta(seconds=20),
                     retry_policy=_MODEL,
                     summary=f"model {plan.model}, step {step}",
                 )
@@ -95,24 +160,7 @@ class AgentRunWorkflow:
                 produced.append(assistant)
                 text = output.text
                 if output.tool_calls:
-                    results = await asyncio.gather(
-                        *(
-                            workflow.execute_activity(
-                                TOOL_CALL,
-                                ToolInput(
-                                    request=request,
-                                    step=step,
-                                    call=call,
-                                    argument_error=output.argument_errors.get(call.tool_call_id),
-                                ),
-                                result_type=ToolResultPart,
-                                start_to_close_timeout=timedelta(minutes=2),
-                                retry_policy=_QUICK,
-                                summary=f"tool {call.tool_name}",
-                            )
-                            for call in output.tool_calls
-                        )
-                    )
+                    results = await self._tool_calls(request, step, output)
                     tool_message = ChatMessage.tool(*results)
                     conversation.append(tool_message)
                     produced.append(tool_message)
@@ -125,32 +173,19 @@ class AgentRunWorkflow:
                 if not output.tool_calls:
                     finish_reason = "stop"
                     break
-            outcome = RunOutcome(
-                run_id=request.run_id,
-                agent_name=request.agent_name,
-                thread_id=request.thread_id,
-                model=plan.model,
-                status="succeeded",
-                finish_reason=finish_reason,
-                text=text,
-                messages=produced,
-                usage=usage,
-                steps=steps,
-            )
-        except ActivityError as error:
-            message, error_type = _cause(error)
-            outcome = RunOutcome(
-                run_id=request.run_id,
-                agent_name=request.agent_name,
-                thread_id=request.thread_id,
-                status="failed",
-                finish_reason="error",
-                messages=produced,
-                usage=usage,
-                steps=steps,
-                error=message,
-                error_type=error_type,
-            )
+            outcome = self._outcome(request, model, "succeeded", finish_reason, produced, usage)
+            outcome.text = text
+        except (ActivityError, asyncio.CancelledError, CancelledError) as error:
+            if _is_cancellation(error):
+                outcome = self._outcome(request, model, "canceled", "canceled", produced, usage)
+                outcome.error = "canceled by CancelRun"
+                outcome.error_type = "Canceled"
+            else:
+                message, error_type = _cause(error)
+                outcome = self._outcome(request, model, "failed", "error", produced, usage)
+                outcome.error, outcome.error_type = message, error_type
+        self._phase = outcome.status
+        self._pending.clear()
         return await workflow.execute_activity(
             FINISH,
             FinishInput(request=request, outcome=outcome),
@@ -158,4 +193,107 @@ class AgentRunWorkflow:
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_QUICK,
             summary=f"save and finish ({outcome.status})",
+        )
+
+    def _outcome(
+        self,
+        request: AgentRunRequest,
+        model: str,
+        status: str,
+        finish_reason: str,
+        produced: list[ChatMessage],
+        usage: ChatUsage,
+    ) -> RunOutcome:
+        return RunOutcome.model_validate(
+            {
+                "run_id": request.run_id,
+                "agent_name": request.agent_name,
+                "thread_id": request.thread_id,
+                "model": model,
+                "status": status,
+                "finish_reason": finish_reason,
+                "messages": produced,
+                "usage": usage,
+                "steps": self._steps,
+            }
+        )
+
+    async def _publish(self, request: AgentRunRequest, event: object) -> None:
+        await workflow.execute_activity(
+            PUBLISH,
+            PublishInput.model_validate({"request": request, "event": event}),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_QUICK,
+        )
+
+    async def _tool_calls(
+        self, request: AgentRunRequest, step: int, output: StepOutput
+    ) -> list[ToolResultPart]:
+        needs_approval = [
+            c for c in output.tool_calls if c.tool_call_id in output.approval_required
+        ]
+        for call in needs_approval:
+            pending = PendingApproval(
+                tool_call_id=call.tool_call_id,
+                tool_name=call.tool_name,
+                arguments=dict(call.arguments),
+                step=step,
+                request_time=workflow.now(),
+            )
+            self._pending[call.tool_call_id] = pending
+            await self._publish(request, ApprovalRequested(step=step, approval=pending))
+        decisions: dict[str, Decision] = {}
+        if needs_approval:
+            ids = [c.tool_call_id for c in needs_approval]
+            self._phase = "waiting"
+            await workflow.wait_condition(lambda: all(i in self._decisions for i in ids))
+            self._phase = "running"
+            for call in needs_approval:
+                decision = self._decisions[call.tool_call_id]
+                decisions[call.tool_call_id] = decision
+                del self._pending[call.tool_call_id]
+                edited = decision.approve and decision.edited_arguments is not None
+                await self._publish(
+                    request,
+                    ApprovalResolved(
+                        step=step,
+                        tool_call_id=call.tool_call_id,
+                        tool_name=call.tool_name,
+                        approved=decision.approve,
+                        reason=decision.reason,
+                        arguments=dict(
+                            decision.edited_arguments
+                            if edited and decision.edited_arguments
+                            else call.arguments
+                        ),
+                        arguments_edited=edited,
+                    ),
+                )
+
+        def tool_input(call: ToolCallPart) -> ToolInput:
+            decision = decisions.get(call.tool_call_id)
+            if decision is not None and decision.approve and decision.edited_arguments is not None:
+                call = call.model_copy(update={"arguments": dict(decision.edited_arguments)})
+            return ToolInput(
+                request=request,
+                step=step,
+                call=call,
+                argument_error=output.argument_errors.get(call.tool_call_id),
+                rejection=(decision.reason or "") if decision and not decision.approve else None,
+            )
+
+        return list(
+            await asyncio.gather(
+                *(
+                    workflow.execute_activity(
+                        TOOL_CALL,
+                        tool_input(call),
+                        result_type=ToolResultPart,
+                        start_to_close_timeout=timedelta(minutes=2),
+                        retry_policy=_QUICK,
+                        summary=f"tool {call.tool_name}",
+                    )
+                    for call in output.tool_calls
+                )
+            )
         )

@@ -52,10 +52,28 @@ class NoteTool:
         return {"note_id": row["id"], "saved": True}
 
 
+class SendEmailArgs(BaseModel):
+    to: str = Field(description="Recipient address", pattern=r"^[^@\s]+@[^@\s]+$")
+    subject: str = Field(max_length=200)
+    body: str = Field(max_length=20_000)
+
+
+async def send_email(args: SendEmailArgs, ctx: ToolContext) -> dict[str, object]:
+    # A stand-in for an outbound integration: it needs a person's approval first.
+    return {"sent": True, "to": args.to, "subject": args.subject}
+
+
 def builtin_tools(db: Database | None = None) -> ToolRegistry:
     tools = [
         Tool("add", "Add numbers exactly.", AddArgs, add),
         Tool("word_count", "Count the words of a text.", WordCountArgs, word_count),
+        Tool(
+            "send_email",
+            "Send an email (a person approves each one first).",
+            SendEmailArgs,
+            send_email,
+            requires_approval=True,
+        ),
     ]
     if db is not None:
         tools.append(
@@ -74,7 +92,7 @@ def builtin_agents() -> AgentRegistry:
                     "You are a concise, helpful assistant. Use the tools for arithmetic "
                     "and counting instead of guessing."
                 ),
-                tool_names=["add", "word_count", "save_note"],
+                tool_names=["add", "word_count", "save_note", "send_email"],
             )
         ]
     )

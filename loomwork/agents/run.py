@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
@@ -41,6 +41,7 @@ class StepInput(BaseModel):
 class StepOutput(BaseModel):
     text: str = ""
     tool_calls: list[ToolCallPart] = Field(default_factory=list)
+    approval_required: list[str] = Field(default_factory=list)  # tool call ids
     argument_errors: dict[str, str] = Field(default_factory=dict)
     finish_reason: str = ""
     usage: ChatUsage = Field(default_factory=ChatUsage)
@@ -54,10 +55,45 @@ class ToolInput(BaseModel):
     step: int
     call: ToolCallPart
     argument_error: str | None = None
+    rejection: str | None = None  # a person rejected the call: it does not run
 
 
-RunStatus = Literal["succeeded", "failed"]
-FinishReason = Literal["stop", "max_steps", "error"]
+class PendingApproval(BaseModel):
+    tool_call_id: str
+    tool_name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    step: int
+    request_time: datetime
+
+
+class Decision(BaseModel):
+    """A person's decision on one pending tool call."""
+
+    tool_call_id: str
+    approve: bool
+    reason: str = ""
+    edited_arguments: dict[str, Any] | None = None
+
+
+class ResumeInput(BaseModel):
+    """The payload of the `resume_run` Update and of the `resume` signal."""
+
+    decisions: list[Decision]
+
+
+RunPhase = Literal["running", "waiting", "succeeded", "failed", "canceled"]
+
+
+class RunState(BaseModel):
+    """A run as its workflow sees it now (the `state` query, and ResumeRun's answer)."""
+
+    status: RunPhase
+    pending: list[PendingApproval] = Field(default_factory=list)
+    steps: int = 0
+
+
+RunStatus = Literal["succeeded", "failed", "canceled"]
+FinishReason = Literal["stop", "max_steps", "error", "canceled"]
 
 
 class RunOutcome(BaseModel):
@@ -130,6 +166,21 @@ class StepFinished(_Event):
     usage: ChatUsage
 
 
+class ApprovalRequested(_Event):
+    type: Literal["approval_requested"] = "approval_requested"
+    approval: PendingApproval
+
+
+class ApprovalResolved(_Event):
+    type: Literal["approval_resolved"] = "approval_resolved"
+    tool_call_id: str
+    tool_name: str
+    approved: bool
+    reason: str = ""
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    arguments_edited: bool = False
+
+
 class RunFinished(_Event):
     type: Literal["run_finished"] = "run_finished"
     outcome: RunOutcome
@@ -143,6 +194,8 @@ AgentEvent = Annotated[
     | UsageEvent
     | StepRetrying
     | StepFinished
+    | ApprovalRequested
+    | ApprovalResolved
     | RunFinished,
     Field(discriminator="type"),
 ]
@@ -155,3 +208,8 @@ def encode_event(event: AgentEvent) -> bytes:
 
 def decode_event(payload: bytes) -> AgentEvent:
     return _EVENT.validate_json(payload)
+
+
+class PublishInput(BaseModel):
+    request: AgentRunRequest
+    event: AgentEvent

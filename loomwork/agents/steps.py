@@ -102,14 +102,21 @@ class AgentSteps:
         conversation = [ChatMessage.system(agent.instructions), *history]
         return RunPlan(model=model, max_steps=max_steps, conversation=conversation)
 
-    async def model_step(self, step: StepInput, attempt: int = 1) -> StepOutput:
-        """One model call, streamed: text deltas are published as they arrive."""
+    async def model_step(
+        self, step: StepInput, attempt: int = 1, heartbeat: Callable[[], None] | None = None
+    ) -> StepOutput:
+        """One model call, streamed: text deltas are published as they arrive.
+
+        `heartbeat` is called on every streamed event, so a cancelled run stops the model
+        call promptly (Temporal delivers cancellation to activities through heartbeats)."""
         request = step.request
         agent = self.agents.get(request.agent_name)
         if attempt > 1:
             await self.publish(request, StepRetrying(step=step.step, attempt=attempt))
 
         async def on_event(event: TextDelta | ToolCallDelta | ToolCallDone) -> None:
+            if heartbeat is not None:
+                heartbeat()
             if isinstance(event, TextDelta):
                 await self.publish(request, TextDeltaEvent(step=step.step, delta=event.delta))
             elif isinstance(event, ToolCallDone):
@@ -127,6 +134,11 @@ class AgentSteps:
             text=result.text,
             tool_calls=result.tool_calls,
             argument_errors=result.argument_errors,
+            approval_required=[
+                c.tool_call_id
+                for c in result.tool_calls
+                if c.tool_name in agent.tool_names and self.tools.requires_approval(c.tool_name)
+            ],
             finish_reason=result.finish_reason,
             usage=result.usage,
         )
@@ -135,7 +147,14 @@ class AgentSteps:
         """Run one tool call; every problem becomes an error result the model will read."""
         request = call.request
         agent = self.agents.get(request.agent_name)
-        if call.argument_error:
+        if call.rejection is not None:
+            result = ToolResultPart(
+                tool_call_id=call.call.tool_call_id,
+                tool_name=call.call.tool_name,
+                result=f"a person rejected this call: {call.rejection or 'no reason given'}",
+                is_error=True,
+            )
+        elif call.argument_error:
             result = ToolResultPart(
                 tool_call_id=call.call.tool_call_id,
                 tool_name=call.call.tool_name,

@@ -67,6 +67,19 @@ class ToolRegistry:
             raise NotFound(f"tool {name!r} is not registered")
         return tool
 
+    def requires_approval(self, name: str) -> bool:
+        tool = self._tools.get(name)
+        return bool(tool and tool.requires_approval)
+
+    def check_arguments(self, name: str, arguments: dict[str, Any], field: str) -> None:
+        """InvalidArgument (on `field`) unless `arguments` validate against the tool's schema."""
+        try:
+            self.get(name).args.model_validate(arguments)
+        except ValidationError as exc:
+            raise InvalidArgument.field(
+                field, f"invalid for {name}: {exc.errors()[0]['msg']}"
+            ) from exc
+
     def all(self) -> list[Tool]:
         return sorted(self._tools.values(), key=lambda t: t.name)
 

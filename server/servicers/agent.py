@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
-from temporalio.client import WorkflowHandle
+from temporalio.client import (
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import (
     SearchAttributeKey,
     SearchAttributePair,
@@ -14,11 +19,25 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from loomwork.agents.directory import RunDirectory
-from loomwork.agents.run import AgentRunRequest, RunOutcome, decode_event
+from loomwork.agents.run import (
+    AgentRunRequest,
+    ResumeInput,
+    RunOutcome,
+    RunState,
+    decode_event,
+)
 from loomwork.agents.steps import event_log_key
-from loomwork.errors import AlreadyExists, InvalidArgument, NotFound, Violations
+from loomwork.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    Violations,
+)
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id, new_id
 from loomwork.memory.models import NewMessage, NewThread, Role, TextPart
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
@@ -39,6 +58,17 @@ _DEFAULT_RESOLUTIONS = (
     agent_pb2.THREAD_RESOLUTION_NEW,
 )
 _INPUT_ROLES = {Role.USER, Role.ASSISTANT, Role.TOOL}
+
+
+async def _describe(
+    handle: WorkflowHandle[AgentRunWorkflow, RunOutcome], run_id: str
+) -> WorkflowExecutionDescription:
+    try:
+        return await handle.describe()
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:  # recorded, not started (or expired)
+            raise NotFound(f"run {run_id!r} not found") from error
+        raise Unavailable(f"Temporal: {error.message}") from error
 
 
 def workflow_id_for(agent: str, tenant_id: str, run_id: str) -> str:
@@ -240,14 +270,79 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def StreamObject(self, request, context):
         await abort_unimplemented(context, "AgentService.StreamObject", issue=4)
 
-    async def GetRun(self, request, context):
-        await abort_unimplemented(context, "AgentService.GetRun", issue=4)
+    async def _handle(
+        self, run_id: str
+    ) -> tuple[WorkflowHandle[AgentRunWorkflow, RunOutcome], str, str]:
+        if not run_id:
+            raise InvalidArgument.field("run_id", "is required")
+        workflow_id = await self.directory.workflow_id(tenant(), run_id)
+        if workflow_id is None:
+            raise NotFound(f"run {run_id!r} not found")
+        handle = self.runtime.temporal.get_workflow_handle_for(AgentRunWorkflow.run, workflow_id)
+        agent_name = workflow_id.split("/")[1]
+        return handle, workflow_id, agent_name
+
+    async def _current(self, run_id: str) -> agent_pb2.AgentRun:
+        handle, workflow_id, agent_name = await self._handle(run_id)
+        description = await _describe(handle, run_id)
+        if description.status == WorkflowExecutionStatus.RUNNING:
+            state = await handle.query(AgentRunWorkflow.state)
+            if state.status in ("running", "waiting"):
+                return agent_convert.state_to_proto(run_id, agent_name, state, workflow_id)
+            # Decided, only saving its messages: the result is a moment away.
+            return agent_convert.run_to_proto(await handle.result(), workflow_id)
+        if description.status == WorkflowExecutionStatus.COMPLETED:
+            return agent_convert.run_to_proto(await handle.result(), workflow_id)
+        status = description.status.name if description.status else "UNKNOWN"
+        raise FailedPrecondition(f"run {run_id!r} ended abnormally ({status}); see the Temporal UI")
+
+    async def GetRun(
+        self, request: agent_pb2.AgentServiceGetRunRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.AgentServiceGetRunResponse:
+        return agent_pb2.AgentServiceGetRunResponse(run=await self._current(request.run_id))
+
+    async def CancelRun(
+        self, request: agent_pb2.AgentServiceCancelRunRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.AgentServiceCancelRunResponse:
+        handle, _, _ = await self._handle(request.run_id)
+        description = await _describe(handle, request.run_id)
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            raise FailedPrecondition(f"run {request.run_id!r} has already ended")
+        await handle.cancel()
+        return agent_pb2.AgentServiceCancelRunResponse(run=await self._current(request.run_id))
+
+    async def ResumeRun(
+        self, request: agent_pb2.AgentServiceResumeRunRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.AgentServiceResumeRunResponse:
+        decisions = agent_convert.decisions_from_proto(request.decisions)
+        if not decisions:
+            raise InvalidArgument.field("decisions", "give at least one decision")
+        handle, workflow_id, agent_name = await self._handle(request.run_id)
+        state = await handle.query(AgentRunWorkflow.state)
+        pending = {p.tool_call_id: p for p in state.pending}
+        for i, decision in enumerate(decisions):
+            if decision.edited_arguments is not None and decision.tool_call_id in pending:
+                self.runtime.tools.check_arguments(
+                    pending[decision.tool_call_id].tool_name,
+                    decision.edited_arguments,
+                    f"decisions[{i}].approve.edited_arguments",
+                )
+        try:
+            state = await handle.execute_update(
+                "resume_run", ResumeInput(decisions=decisions), result_type=RunState
+            )
+        except WorkflowUpdateFailedError as error:
+            cause = error.cause
+            message = getattr(cause, "message", None) or str(cause or error)
+            field, _, description = message.partition(": ")
+            if field.startswith("decisions") and description:
+                if "not waiting" in description:
+                    raise FailedPrecondition(message) from error
+                raise InvalidArgument.field(field, description) from error
+            raise FailedPrecondition(message) from error
+        return agent_pb2.AgentServiceResumeRunResponse(
+            run=agent_convert.state_to_proto(request.run_id, agent_name, state, workflow_id)
+        )
 
     async def ListRuns(self, request, context):
         await abort_unimplemented(context, "AgentService.ListRuns", issue=4)
-
-    async def CancelRun(self, request, context):
-        await abort_unimplemented(context, "AgentService.CancelRun", issue=4)
-
-    async def ResumeRun(self, request, context):
-        await abort_unimplemented(context, "AgentService.ResumeRun", issue=4)
