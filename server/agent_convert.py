@@ -99,6 +99,10 @@ def run_to_proto(outcome: events.RunOutcome, workflow_id: str) -> agent_pb2.Agen
     output.usage.CopyFrom(usage_to_proto(outcome.usage))
     output.finish_reason = _FINISH[outcome.finish_reason]
     output.steps = outcome.steps
+    output.context.tokens_in_context = outcome.context.tokens_in_context
+    output.context.messages_recalled = outcome.context.messages_recalled
+    output.context.messages_trimmed = outcome.context.messages_trimmed
+    output.context.tokens_trimmed = outcome.context.tokens_trimmed
     if outcome.status == "failed":
         run.error.CopyFrom(run_error(outcome))
     elif outcome.status == "canceled":

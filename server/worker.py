@@ -28,6 +28,8 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
             runtime.agents,
             runtime.tools,
             runtime.memory,
+            runtime.recall,
+            runtime.working_memory,
             runtime.events,
             lambda model: ChatModel(
                 model, base_url=settings.openai_base_url, api_key=settings.openai_api_key

@@ -12,9 +12,16 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
+from loomwork.agents.definitions import AgentDefinition
 from loomwork.agents.tools import ToolContext
+from loomwork.errors import NotFound
 from loomwork.llm.scripted_server import Delay, Failure, ScriptedModelServer, ScriptedToolCall, Turn
-from loomwork.memory.models import ToolCallPart
+from loomwork.memory.models import RecallScope, ToolCallPart
+from loomwork.memory.settings import (
+    MemorySettings,
+    SemanticRecallSettings,
+    WorkingMemorySettings,
+)
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, memory_pb2, message_pb2, run_pb2
 from tests.support import auth, field_violations, unique
 
@@ -439,3 +446,96 @@ def _temporal_cli() -> str:
     found = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
     assert Path(found).exists()
     return found
+
+
+def _register(runtime, agent: AgentDefinition) -> None:
+    try:
+        runtime.agents.get(agent.name)
+    except NotFound:
+        runtime.agents.register(agent)
+
+
+async def test_memory_settings_shape_the_context(agents, token, model, runtime) -> None:
+    """Working memory (kept through the built-in tool) and semantic recall across a resource's
+    threads reach the model; the run reports how its context was assembled."""
+    _register(
+        runtime,
+        AgentDefinition(
+            name="rememberer",
+            instructions="You remember users.",
+            memory=MemorySettings(
+                last_messages=4,
+                semantic_recall=SemanticRecallSettings(
+                    top_k=3, message_range=0, scope=RecallScope.RESOURCE
+                ),
+                working_memory=WorkingMemorySettings(
+                    template="# User\n- favourite colour:\n", scope=RecallScope.RESOURCE
+                ),
+            ),
+        ),
+    )
+    resource = unique("person")
+    model.set_script(
+        [
+            Turn(
+                tool_calls=[
+                    ScriptedToolCall(
+                        "update_working_memory", {"markdown": "# User\n- favourite colour: teal"}
+                    )
+                ]
+            ),
+            Turn(text="Noted."),
+            Turn(text="You like teal."),
+        ]
+    )
+    first = await agents.Generate(
+        agent_pb2.GenerateRequest(
+            agent_name="rememberer", prompt="My favourite colour is teal.", resource_id=resource
+        ),
+        metadata=auth(token),
+    )
+    assert first.run.output.messages[1].parts[0].tool_result.result.struct_value["updated"]
+    assert "update_working_memory" in model.requests[0].tool_names
+    assert "favourite colour:\n" in model.requests[0].messages[0]["content"]  # the template
+
+    second = await agents.Generate(
+        agent_pb2.GenerateRequest(
+            agent_name="rememberer", prompt="Which colour do I like best?", resource_id=resource
+        ),
+        metadata=auth(token),
+    )
+    assert second.run.thread_id != first.run.thread_id  # a new thread of the same resource
+    sent = model.requests[2].messages
+    assert "favourite colour: teal" in sent[0]["content"]  # working memory, resource-scoped
+    assert any(m.get("content") == "My favourite colour is teal." for m in sent[1:])  # recalled
+    context = second.run.output.context
+    assert context.messages_recalled >= 1 and context.tokens_in_context > 0
+
+
+async def test_context_token_limit_trims_oldest_messages(agents, token, model, runtime) -> None:
+    _register(
+        runtime,
+        AgentDefinition(
+            name="forgetful",
+            instructions="Be brief.",
+            memory=MemorySettings(last_messages=50, context_token_limit=60),
+        ),
+    )
+    thread_id = unique("long-chat")
+    model.set_script([Turn(text=f"answer {i}") for i in range(4)])
+    for i in range(4):
+        run = (
+            await agents.Generate(
+                agent_pb2.GenerateRequest(
+                    agent_name="forgetful",
+                    prompt=f"question number {i} with a few more words in it",
+                    thread_id=thread_id,
+                ),
+                metadata=auth(token),
+            )
+        ).run
+    assert run.output.context.messages_trimmed > 0
+    assert run.output.context.tokens_in_context <= 60
+    last_request = model.requests[-1].messages
+    assert last_request[-1]["content"] == "question number 3 with a few more words in it"
+    assert len(last_request) < 1 + 7  # system + fewer than all 7 earlier messages + the new one

@@ -115,10 +115,19 @@ def test_start_all_three_and_use_them(tmp_path: Path, progress: list[str]) -> No
     stack = EmbeddedStack(home, on_progress=progress.append)
     # start from a short-lived thread: the servers must outlive it (PR_SET_PDEATHSIG is per thread)
     box: list[EmbeddedEndpoints] = []
-    t = threading.Thread(target=lambda: box.append(stack.start()))
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            box.append(stack.start())
+        except BaseException as exc:  # surfaced below, with the servers' own words
+            errors.append(exc)
+
+    t = threading.Thread(target=start)
     t.start()
     t.join()
     try:
+        assert not errors, f"start failed: {errors[0]!r}"
         (ep,) = box
         assert stack.start() == ep  # idempotent
         assert ep.database_url is not None and ep.redis_url is not None

@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
         AgentRunRequest,
         ApprovalRequested,
         ApprovalResolved,
+        ContextUsage,
         Decision,
         FinishInput,
         PendingApproval,
@@ -124,6 +125,7 @@ class AgentRunWorkflow:
         produced: list[ChatMessage] = []
         outcome: RunOutcome
         model = ""
+        context = ContextUsage()
         try:
             plan = await workflow.execute_activity(
                 START,
@@ -133,7 +135,7 @@ class AgentRunWorkflow:
                 retry_policy=_QUICK,
                 summary=f"load context for {request.agent_name}",
             )
-            model = plan.model
+            model, context = plan.model, plan.context
             conversation = list(plan.conversation)
             finish_reason = "max_steps"
             text = ""
@@ -184,6 +186,7 @@ class AgentRunWorkflow:
                 message, error_type = _cause(error)
                 outcome = self._outcome(request, model, "failed", "error", produced, usage)
                 outcome.error, outcome.error_type = message, error_type
+        outcome.context = context
         self._phase = outcome.status
         self._pending.clear()
         return await workflow.execute_activity(

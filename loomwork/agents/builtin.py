@@ -5,7 +5,9 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from loomwork.agents.definitions import AgentDefinition, AgentRegistry
+from loomwork.agents.memory_tool import working_memory_tool
 from loomwork.agents.tools import Tool, ToolContext, ToolRegistry
+from loomwork.memory.working import WorkingMemoryStore
 from loomwork.storage.database import Database
 
 
@@ -79,6 +81,7 @@ def builtin_tools(db: Database | None = None) -> ToolRegistry:
         tools.append(
             Tool("save_note", "Save a note for the user.", SaveNoteArgs, NoteTool(db).save)
         )
+        tools.append(working_memory_tool(WorkingMemoryStore(db)))
     return ToolRegistry(tools)
 
 

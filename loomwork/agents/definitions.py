@@ -7,6 +7,7 @@ import re
 from pydantic import BaseModel, Field, field_validator
 
 from loomwork.errors import NotFound
+from loomwork.memory.settings import MemorySettings
 
 AGENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
@@ -19,7 +20,7 @@ class AgentDefinition(BaseModel):
     instructions: str
     model: str = ""  # empty: the server's LOOMWORK_CHAT_MODEL
     tool_names: list[str] = Field(default_factory=list)
-    last_messages: int = Field(default=20, ge=0, le=1000)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
     max_steps: int = Field(default=5, ge=1, le=100)
 
     @field_validator("name")

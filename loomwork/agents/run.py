@@ -23,12 +23,22 @@ class AgentRunRequest(BaseModel):
     max_steps: int = 0  # 0: the agent's own
 
 
+class ContextUsage(BaseModel):
+    """How the run's context was assembled from memory."""
+
+    tokens_in_context: int = 0
+    messages_recalled: int = 0
+    messages_trimmed: int = 0
+    tokens_trimmed: int = 0
+
+
 class RunPlan(BaseModel):
     """What the start activity resolved: the model, the step limit, the conversation so far."""
 
     model: str
     max_steps: int
     conversation: list[ChatMessage]
+    context: ContextUsage = Field(default_factory=ContextUsage)
 
 
 class StepInput(BaseModel):
@@ -109,6 +119,7 @@ class RunOutcome(BaseModel):
     messages: list[ChatMessage] = Field(default_factory=list)
     usage: ChatUsage = Field(default_factory=ChatUsage)
     steps: int = 0
+    context: ContextUsage = Field(default_factory=ContextUsage)
     error: str = ""
     error_type: str = ""
 

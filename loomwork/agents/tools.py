@@ -24,6 +24,8 @@ class ToolContext(BaseModel):
     run_id: str
     tool_call_id: str
     thread_id: str = ""
+    resource_id: str = ""
+    memory_scope: str = "thread"  # where working memory lives for this agent
 
     @property
     def idempotency_key(self) -> str:

@@ -178,20 +178,21 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     raise InvalidArgument.field(
                         f"messages[{i}].role", "must be user, assistant or tool"
                     )
-        thread_id = await self._resolve_thread(tenant_id, request)
+        thread_id, resource_id = await self._resolve_thread(tenant_id, request)
         return AgentRunRequest(
             tenant=tenant_id,
             run_id=request.client_run_id or new_id("run"),
             agent_name=agent.name,
             input_messages=messages,
             thread_id=thread_id,
-            resource_id=request.resource_id,
+            resource_id=resource_id,
             max_steps=request.max_steps,
         )
 
     async def _resolve_thread(
         self, tenant_id: str, request: agent_pb2.GenerateRequest | agent_pb2.StreamRequest
-    ) -> str:
+    ) -> tuple[str, str]:
+        """The run's thread id and its resource id (both empty for a stateless run)."""
         memory = self.runtime.memory
         resolution = request.thread_resolution
         if resolution == agent_pb2.THREAD_RESOLUTION_NEW or (
@@ -202,20 +203,24 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             created = await memory.create_thread(
                 tenant_id, NewThread(resource_id=request.resource_id)
             )
-            return created.id
+            return created.id, created.resource_id
         if not request.thread_id:
             if resolution == agent_pb2.THREAD_RESOLUTION_EXISTING:
                 raise InvalidArgument.field("thread_id", "is required with EXISTING")
-            return ""
+            return "", ""
         try:
-            await memory.get_thread(tenant_id, request.thread_id)
+            thread = await memory.get_thread(tenant_id, request.thread_id)
         except NotFound:
             if resolution == agent_pb2.THREAD_RESOLUTION_EXISTING:
                 raise
-            await memory.create_thread(
+            thread = await memory.create_thread(
                 tenant_id, NewThread(id=request.thread_id, resource_id=request.resource_id)
             )
-        return request.thread_id
+        if request.resource_id and thread.resource_id and request.resource_id != thread.resource_id:
+            raise InvalidArgument.field(
+                "resource_id", f"thread {thread.id!r} belongs to resource {thread.resource_id!r}"
+            )
+        return thread.id, thread.resource_id
 
     async def Generate(
         self, request: agent_pb2.GenerateRequest, context: grpc.aio.ServicerContext

@@ -366,20 +366,34 @@ class AgentRun(_message.Message):
     def __init__(self, id: _Optional[str] = ..., agent_name: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., status: _Optional[_Union[_run_pb2.RunStatus, str]] = ..., model: _Optional[str] = ..., input_messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., output: _Optional[_Union[AgentRunOutput, _Mapping]] = ..., pending_approvals: _Optional[_Iterable[_Union[PendingApproval, _Mapping]]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[int] = ..., temporal_workflow_id: _Optional[str] = ..., temporal_run_id: _Optional[str] = ...) -> None: ...
 
 class AgentRunOutput(_message.Message):
-    __slots__ = ("messages", "text", "object", "usage", "finish_reason", "steps")
+    __slots__ = ("messages", "text", "object", "usage", "finish_reason", "steps", "context")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     OBJECT_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
     text: str
     object: _struct_pb2.Struct
     usage: _message_pb2.Usage
     finish_reason: AgentFinishReason
     steps: int
-    def __init__(self, messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., text: _Optional[str] = ..., object: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[AgentFinishReason, str]] = ..., steps: _Optional[int] = ...) -> None: ...
+    context: ContextUsage
+    def __init__(self, messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., text: _Optional[str] = ..., object: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[AgentFinishReason, str]] = ..., steps: _Optional[int] = ..., context: _Optional[_Union[ContextUsage, _Mapping]] = ...) -> None: ...
+
+class ContextUsage(_message.Message):
+    __slots__ = ("tokens_in_context", "messages_recalled", "messages_trimmed", "tokens_trimmed")
+    TOKENS_IN_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_RECALLED_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_TRIMMED_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_TRIMMED_FIELD_NUMBER: _ClassVar[int]
+    tokens_in_context: int
+    messages_recalled: int
+    messages_trimmed: int
+    tokens_trimmed: int
+    def __init__(self, tokens_in_context: _Optional[int] = ..., messages_recalled: _Optional[int] = ..., messages_trimmed: _Optional[int] = ..., tokens_trimmed: _Optional[int] = ...) -> None: ...
 
 class PendingApproval(_message.Message):
     __slots__ = ("tool_call_id", "tool_name", "arguments", "step", "request_time")

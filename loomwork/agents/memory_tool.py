@@ -1,0 +1,51 @@
+"""The built-in tool through which an agent keeps its working memory up to date."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from loomwork.agents.tools import Tool, ToolContext
+from loomwork.errors import InvalidArgument
+from loomwork.memory.models import RecallScope, WorkingMemory
+from loomwork.memory.working import WorkingMemoryStore
+
+UPDATE_WORKING_MEMORY = "update_working_memory"
+
+
+class UpdateWorkingMemoryArgs(BaseModel):
+    markdown: str | None = Field(
+        default=None, description="The whole new working memory, following its template"
+    )
+    data: dict[str, Any] | None = Field(
+        default=None, description="The whole new working memory, following its JSON schema"
+    )
+
+
+def working_memory_tool(store: WorkingMemoryStore) -> Tool:
+    async def update(args: UpdateWorkingMemoryArgs, ctx: ToolContext) -> dict[str, Any]:
+        if args.markdown is None and args.data is None:
+            raise InvalidArgument.field("markdown", "give markdown or data")
+        scope = RecallScope(ctx.memory_scope)
+        if scope is RecallScope.RESOURCE and not ctx.resource_id:
+            scope = RecallScope.THREAD  # a thread without a resource keeps its own
+        stored = await store.replace(
+            ctx.tenant,
+            WorkingMemory(
+                scope=scope,
+                thread_id=ctx.thread_id,
+                resource_id=ctx.resource_id,
+                markdown=args.markdown or "",
+                data=args.data,
+            ),
+        )
+        return {"updated": True, "scope": stored.scope.value}
+
+    return Tool(
+        UPDATE_WORKING_MEMORY,
+        "Replace your working memory (persistent notes about the user and the conversation) "
+        "with an updated version. Send the whole memory, not a diff.",
+        UpdateWorkingMemoryArgs,
+        update,
+    )
