@@ -38,7 +38,7 @@ from clients.client import (
     tool_call_message,
     tool_result_message,
 )
-from protos.loomwork.v1 import memory_pb2, message_pb2
+from protos.loomwork.v1 import memory_pb2, message_pb2, run_pb2
 
 __all__ = [
     "DEMO_SECTIONS",
@@ -664,6 +664,38 @@ async def _demo_agent(ctx: DemoContext) -> None:
     ctx.note(f"find it in the Temporal UI as workflow agent/assistant/<tenant>/{run_id}")
 
 
+async def _demo_approval(ctx: DemoContext) -> None:
+    prompt = "Please email ada@example.com: the report is ready"
+    ctx.note(f"send_email needs a person's approval; streaming {prompt!r}:")
+    text: list[str] = []
+    async for event in ctx.client.stream("assistant", prompt):
+        kind = event.WhichOneof("event")
+        if kind == "approval_requested":
+            pending = event.approval_requested
+            to = pending.arguments["to"] if "to" in pending.arguments else "?"  # noqa: SIM401
+            ctx.ok(f"#{event.event_id} run is WAITING: {pending.tool_name} to {escape(str(to))}")
+            run = await ctx.client.get_run(event.run_id)
+            ctx.ok(
+                f"GetRun: status {run_pb2.RunStatus.Name(run.status)}, "
+                f"{len(run.pending_approvals)} pending approval"
+            )
+            await ctx.client.approve(event.run_id, pending.tool_call_id)
+            ctx.ok("approved by ResumeRun (a Temporal Update; a `resume` signal works too)")
+        elif kind == "approval_resolved":
+            ctx.ok(
+                f"#{event.event_id} approval resolved: approved={event.approval_resolved.approved}"
+            )
+        elif kind == "tool_result":
+            result = json.dumps(json_format.MessageToDict(event.tool_result.result))
+            ctx.ok(f"#{event.event_id} tool result: {escape(result)}")
+        elif kind == "text_delta":
+            text.append(event.text_delta.text)
+        elif kind == "run_finished":
+            ctx.ok(f"#{event.event_id} answer: {escape(''.join(text))}")
+        elif kind == "run_failed":
+            ctx.console.print(f"  [red]✗ run failed: {escape(event.run_failed.message)}[/]")
+
+
 async def _demo_update(ctx: DemoContext) -> None:
     thread = await ctx.client.update_thread(
         ctx.thread_id,
@@ -716,6 +748,7 @@ DEMO_SECTIONS: list[DemoSection] = [
     DemoSection("Memory: semantic recall", _demo_recall),
     DemoSection("Memory: updating a thread", _demo_update),
     DemoSection("Agents: a durable run with a tool, streamed", _demo_agent),
+    DemoSection("Agents: a tool call waits for approval", _demo_approval),
     DemoSection("Errors: bad input names the field", _demo_bad_input),
     DemoSection("Tenants: isolation", _demo_tenants),
     DemoSection("Memory: deleting the thread", _demo_delete),

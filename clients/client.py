@@ -526,3 +526,40 @@ class LoomworkClient:
         )
         async for response in self._agents.WatchRun(request, **self.call_options(timeout)):
             yield response.event
+
+    async def get_run(self, run_id: str, *, timeout: float | None = None) -> agent_pb2.AgentRun:
+        """A run as it stands: status, pending approvals, output once finished."""
+        response: agent_pb2.AgentServiceGetRunResponse = await self._agents.GetRun(
+            agent_pb2.AgentServiceGetRunRequest(run_id=run_id), **self.call_options(timeout)
+        )
+        return response.run
+
+    async def approve(
+        self,
+        run_id: str,
+        tool_call_id: str,
+        *,
+        edited_arguments: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> agent_pb2.AgentRun:
+        """Approve a pending tool call (optionally with edited arguments)."""
+        approval = agent_pb2.ToolCallApproval(edited_arguments=_struct(edited_arguments))
+        decision = agent_pb2.ApprovalDecision(tool_call_id=tool_call_id, approve=approval)
+        return await self._resume(run_id, decision, timeout)
+
+    async def reject(
+        self, run_id: str, tool_call_id: str, reason: str = "", *, timeout: float | None = None
+    ) -> agent_pb2.AgentRun:
+        """Reject a pending tool call; the model is told why."""
+        rejection = agent_pb2.ToolCallRejection(reason=reason)
+        decision = agent_pb2.ApprovalDecision(tool_call_id=tool_call_id, reject=rejection)
+        return await self._resume(run_id, decision, timeout)
+
+    async def _resume(
+        self, run_id: str, decision: agent_pb2.ApprovalDecision, timeout: float | None
+    ) -> agent_pb2.AgentRun:
+        response: agent_pb2.AgentServiceResumeRunResponse = await self._agents.ResumeRun(
+            agent_pb2.AgentServiceResumeRunRequest(run_id=run_id, decisions=[decision]),
+            **self.call_options(timeout),
+        )
+        return response.run

@@ -539,3 +539,16 @@ async def test_context_token_limit_trims_oldest_messages(agents, token, model, r
     last_request = model.requests[-1].messages
     assert last_request[-1]["content"] == "question number 3 with a few more words in it"
     assert len(last_request) < 1 + 7  # system + fewer than all 7 earlier messages + the new one
+
+
+async def test_max_steps_ends_the_run(agents, token, model) -> None:
+    model.set_script([Turn(tool_calls=[ScriptedToolCall("add", {"numbers": [1, 1]})])] * 2)
+    run = (
+        await agents.Generate(
+            agent_pb2.GenerateRequest(agent_name="assistant", prompt="loop", max_steps=2),
+            metadata=auth(token),
+        )
+    ).run
+    assert run.status == run_pb2.RUN_STATUS_SUCCEEDED
+    assert run.output.finish_reason == agent_pb2.AGENT_FINISH_REASON_MAX_STEPS
+    assert run.output.steps == 2 and len(model.requests) == 2

@@ -233,6 +233,8 @@ async def test_demo_runs_to_completion(
     assert "✗" not in output, output  # every expectation of the demo held
     assert "semantic recall" in output and "neighbouring message" in output
     assert "model calls tool add" in output and "The sum is 42." in output
+    assert "run is WAITING: send_email" in output and "RUN_STATUS_WAITING" in output
+    assert "email to ada@example.com is sent" in output
     assert "demo finished" in output
 
 

@@ -10,6 +10,7 @@ import re
 from loomwork.llm.scripted_server import ChatRequest, ScriptedToolCall, Turn
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
 
 
 def offline_turn(request: ChatRequest) -> Turn:
@@ -23,10 +24,19 @@ def offline_turn(request: ChatRequest) -> Turn:
             value = result
         if isinstance(value, dict) and "sum" in value:
             return Turn(text=f"The sum is {value['sum']:g}.", chunk_size=4)
+        if isinstance(value, dict) and value.get("sent"):
+            return Turn(text=f"Done: the email to {value.get('to')} is sent.", chunk_size=4)
+        if "rejected" in str(value):
+            return Turn(text="Understood, I did not send it.", chunk_size=4)
         if isinstance(value, dict) and "words" in value:
             return Turn(text=f"That text has {value['words']} words.", chunk_size=4)
         return Turn(text=f"The tool answered: {result}", chunk_size=4)
     prompt = request.last_user_text
+    address = _EMAIL.search(prompt)
+    if "send_email" in request.tool_names and address and "email" in prompt.lower():
+        body = prompt.split(":", 1)[1].strip() if ":" in prompt else prompt
+        arguments = {"to": address.group(0), "subject": "A note from Loomwork", "body": body}
+        return Turn(tool_calls=[ScriptedToolCall("send_email", arguments)])
     numbers = [float(n) for n in _NUMBER.findall(prompt)]
     if "add" in request.tool_names and len(numbers) >= 2:
         return Turn(tool_calls=[ScriptedToolCall("add", {"numbers": numbers})])
