@@ -1,0 +1,245 @@
+"""Agent run overhead: Generate, time to first delta and stream relay rate, each against a
+bare baseline measured in the same run, with the scripted model answering instantly.
+
+    .venv/bin/python bench/agent_generate.py [--runs 40]
+
+- Generate p50 over a bare Temporal workflow whose one activity calls the same model
+  through the same `ChatModel` (goal ≤ 1.5×).
+- Time to first text delta through `Stream`, over the model's own first delta plus one
+  bare workflow start (goal: ≤ one bare workflow start more than the model's own).
+- Relay rate: text deltas/s through `Stream` over a raw grpc.aio server stream sending
+  the same number of messages (goal ≥ 0.5×).
+
+Starts embedded Postgres, Valkey and Temporal in a temporary home.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+from temporalio import activity, workflow
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from loomwork.config import Settings
+from loomwork.llm.chat import ChatMessage, ChatModel
+from loomwork.llm.scripted_server import ScriptedModelServer, Turn
+from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
+from server.app import build_grpc_app
+from server.embedded import EmbeddedStack
+from server.runtime import Runtime
+from server.temporal import register_search_attributes
+from server.worker import build_worker
+
+AUTH = (("authorization", "Bearer bench"),)
+BARE_QUEUE = "bench-bare"
+
+
+@activity.defn(name="bare_model_call")
+async def bare_model_call(base_url: str) -> str:
+    async with ChatModel("scripted", base_url=base_url, api_key="x") as model:
+        result = await model.stream([ChatMessage.user("hi")])
+    return result.text
+
+
+@workflow.defn(name="BareModelCall")
+class BareModelCall:
+    @workflow.run
+    async def run(self, base_url: str) -> str:
+        return await workflow.execute_activity(
+            bare_model_call, base_url, start_to_close_timeout=timedelta(seconds=30)
+        )
+
+
+@workflow.defn(name="BareNothing")
+class BareNothing:
+    @workflow.run
+    async def run(self) -> None:
+        return None
+
+
+def _p50(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+async def run(settings: Settings, model: ScriptedModelServer, runs: int) -> None:
+    runtime = await Runtime.open(settings)
+    await register_search_attributes(runtime.temporal, settings.temporal_namespace)
+    worker = build_worker(runtime)
+    bare_worker = Worker(
+        runtime.temporal,
+        task_queue=BARE_QUEUE,
+        workflows=[BareModelCall, BareNothing],
+        activities=[bare_model_call],
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    )
+    app = build_grpc_app(runtime, "127.0.0.1:0")
+    await app.start()
+    async with worker, bare_worker, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+        agents = agent_pb2_grpc.AgentServiceStub(ch)
+        model.set_script(lambda request: Turn(text="ok", chunk_size=2))
+
+        async def generate() -> None:
+            await agents.Generate(
+                agent_pb2.GenerateRequest(agent_name="assistant", prompt="hi"), metadata=AUTH
+            )
+
+        async def bare() -> None:
+            await runtime.temporal.execute_workflow(
+                BareModelCall.run, model.base_url, id=f"bare-{uuid.uuid4()}", task_queue=BARE_QUEUE
+            )
+
+        async def bare_start() -> None:
+            await runtime.temporal.execute_workflow(
+                BareNothing.run, id=f"nothing-{uuid.uuid4()}", task_queue=BARE_QUEUE
+            )
+
+        async def timed(fn, n: int) -> list[float]:  # type: ignore[no-untyped-def]
+            await fn()
+            out = []
+            for _ in range(n):
+                started = time.perf_counter()
+                await fn()
+                out.append((time.perf_counter() - started) * 1000)
+            return out
+
+        gen, base, start = [], [], []
+        for _ in range(2):  # interleaved rounds
+            gen += await timed(generate, runs // 2)
+            base += await timed(bare, runs // 2)
+            start += await timed(bare_start, runs // 2)
+
+        # time to first delta
+        async def first_delta_stream() -> float:
+            started = time.perf_counter()
+            async for response in agents.Stream(
+                agent_pb2.StreamRequest(agent_name="assistant", prompt="hi"), metadata=AUTH
+            ):
+                if response.event.HasField("text_delta"):
+                    first = time.perf_counter()
+                    break
+            return (first - started) * 1000
+
+        async def first_delta_model() -> float:
+            started = time.perf_counter()
+            seen: list[float] = []
+
+            async def on_event(event: object) -> None:
+                if not seen:
+                    seen.append(time.perf_counter())
+
+            async with ChatModel("scripted", base_url=model.base_url, api_key="x") as chat:
+                await chat.stream([ChatMessage.user("hi")], on_event=on_event)  # type: ignore[arg-type]
+            return (seen[0] - started) * 1000
+
+        ttfd = [await first_delta_stream() for _ in range(runs // 2)]
+        model_ttfd = [await first_delta_model() for _ in range(runs // 2)]
+
+        # relay rate
+        n = 1000
+        model.set_script(lambda request: Turn(text="x" * n, chunk_size=1))
+        started = time.perf_counter()
+        deltas = 0
+        async for response in agents.Stream(
+            agent_pb2.StreamRequest(agent_name="assistant", prompt="long"), metadata=AUTH
+        ):
+            deltas += response.event.HasField("text_delta")
+        relay = deltas / (time.perf_counter() - started)
+
+        raw_rate = await _raw_stream_rate(n)
+
+    await app.stop(0)
+    await runtime.close()
+
+    print(f"agent runs with the scripted model answering at once; {runs} runs each")
+    g, b, s = _p50(gen), _p50(base), _p50(start)
+    print(
+        f"  Generate p50            {g:7.1f} ms   bare workflow+activity p50 {b:7.1f} ms"
+        f"   ratio {g / b:4.2f}×  (goal ≤ 1.5×)"
+    )
+    t, m = _p50(ttfd), _p50(model_ttfd)
+    print(
+        f"  first delta p50         {t:7.1f} ms   model's own {m:6.1f} ms + bare start {s:6.1f}"
+        f" ms = {m + s:6.1f} ms   extra {t - m - s:+6.1f} ms  (goal ≤ +{s:.1f} ms)"
+    )
+    print(
+        f"  relay rate              {relay:7.0f} deltas/s   raw grpc.aio stream {raw_rate:7.0f}/s"
+        f"   ratio {relay / raw_rate:4.2f}×  (goal ≥ 0.5×)"
+    )
+
+
+async def _raw_stream_rate(n: int) -> float:
+    """A bare grpc.aio server-streaming handler sending `n` AgentRunEvent-sized messages."""
+
+    async def handler(request: bytes, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        for i in range(n):
+            event = agent_pb2.AgentRunEvent(event_id=i + 1, run_id="run_x")
+            event.text_delta.text = "x"
+            yield agent_pb2.StreamResponse(event=event)
+
+    generic = grpc.method_handlers_generic_handler(
+        "bench.Raw",
+        {
+            "Stream": grpc.unary_stream_rpc_method_handler(
+                handler,
+                request_deserializer=lambda b: b,
+                response_serializer=agent_pb2.StreamResponse.SerializeToString,
+            )
+        },
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((generic,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        call = ch.unary_stream(
+            "/bench.Raw/Stream",
+            request_serializer=lambda b: b,
+            response_deserializer=agent_pb2.StreamResponse.FromString,
+        )
+        started = time.perf_counter()
+        count = 0
+        async for _ in call(b""):
+            count += 1
+        rate = count / (time.perf_counter() - started)
+    await server.stop(0)
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=40)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="loomwork-bench-") as tmp:
+        stack = EmbeddedStack(Path(tmp), temporal_ui=False)
+        endpoints = stack.start()
+        model = ScriptedModelServer()
+        model.start_in_thread()
+        try:
+            settings = Settings(
+                DATABASE_URL=endpoints.database_url,
+                REDIS_URL=endpoints.redis_url,
+                TEMPORAL_ADDRESS=endpoints.temporal_address,
+                LOOMWORK_TOKENS="bench=bench",
+                OPENAI_BASE_URL=model.base_url,
+                OPENAI_API_KEY="x",
+                LOOMWORK_CHAT_MODEL="scripted",
+            )
+            asyncio.run(run(settings, model, args.runs))
+        finally:
+            model.stop_in_thread()
+            stack.stop()
+
+
+if __name__ == "__main__":
+    main()
