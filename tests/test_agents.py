@@ -552,3 +552,20 @@ async def test_max_steps_ends_the_run(agents, token, model) -> None:
     assert run.status == run_pb2.RUN_STATUS_SUCCEEDED
     assert run.output.finish_reason == agent_pb2.AGENT_FINISH_REASON_MAX_STEPS
     assert run.output.steps == 2 and len(model.requests) == 2
+
+
+async def test_repeated_client_run_id_creates_no_second_thread(
+    agents, memory_stub, token, model
+) -> None:
+    model.set_script([Turn(text="Hello.")])
+    resource = unique("who")
+    request = agent_pb2.GenerateRequest(
+        agent_name="assistant", prompt="hi", resource_id=resource, client_run_id=unique("job")
+    )
+    first = await agents.Generate(request, metadata=auth(token))
+    again = await agents.Generate(request, metadata=auth(token))
+    assert again.run.thread_id == first.run.thread_id != ""
+    threads = await memory_stub.ListThreads(
+        memory_pb2.ListThreadsRequest(resource_id=resource), metadata=auth(token)
+    )
+    assert [t.id for t in threads.threads] == [first.run.thread_id]

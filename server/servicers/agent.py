@@ -112,9 +112,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.GenerateRequest | agent_pb2.StreamRequest
     ) -> tuple[AgentRunRequest, WorkflowHandle[AgentRunWorkflow, RunOutcome], str]:
         tenant_id = tenant()
-        run_request = await self._run_request(tenant_id, request)
+        existing = None
+        if request.client_run_id:
+            existing = await self.directory.workflow_id(tenant_id, request.client_run_id)
+        # A repeated client run id joins its run: no thread is resolved (or created) again.
+        run_request = await self._run_request(tenant_id, request, resolve=existing is None)
         workflow_id = workflow_id_for(run_request.agent_name, tenant_id, run_request.run_id)
-        existing = await self.directory.workflow_id(tenant_id, run_request.run_id)
         if existing is not None and existing != workflow_id:
             raise AlreadyExists(f"client_run_id {run_request.run_id!r} is a run of another agent")
         pairs = [
@@ -145,7 +148,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         return run_request, handle, workflow_id
 
     async def _run_request(
-        self, tenant_id: str, request: agent_pb2.GenerateRequest | agent_pb2.StreamRequest
+        self,
+        tenant_id: str,
+        request: agent_pb2.GenerateRequest | agent_pb2.StreamRequest,
+        *,
+        resolve: bool = True,
     ) -> AgentRunRequest:
         violations = Violations()
         if not request.agent_name:
@@ -178,7 +185,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     raise InvalidArgument.field(
                         f"messages[{i}].role", "must be user, assistant or tool"
                     )
-        thread_id, resource_id = await self._resolve_thread(tenant_id, request)
+        thread_id, resource_id = "", ""
+        if resolve:
+            thread_id, resource_id = await self._resolve_thread(tenant_id, request)
         return AgentRunRequest(
             tenant=tenant_id,
             run_id=request.client_run_id or new_id("run"),
