@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from google.protobuf import json_format
 from google.rpc import code_pb2
@@ -10,9 +11,10 @@ from google.rpc import code_pb2
 from loomwork.agents import run as events
 from loomwork.agents.definitions import AgentDefinition
 from loomwork.agents.tools import Tool
-from loomwork.errors import Violations
+from loomwork.errors import InvalidArgument, Violations
 from loomwork.llm.chat import ChatMessage, ChatUsage
-from protos.loomwork.v1 import agent_pb2, message_pb2, run_pb2
+from loomwork.memory.settings import MemorySettings, parse_memory_settings
+from protos.loomwork.v1 import agent_pb2, memory_pb2, message_pb2, run_pb2
 from server import convert
 
 _STATUS = {
@@ -22,6 +24,8 @@ _STATUS = {
     "failed": run_pb2.RUN_STATUS_FAILED,
     "canceled": run_pb2.RUN_STATUS_CANCELED,
 }
+DEFAULT_WORKING_MEMORY_TEMPLATE = "# User\n- name:\n- preferences:\n- facts:\n"
+
 _FINISH = {
     "canceled": agent_pb2.AGENT_FINISH_REASON_CANCELED,
     "stop": agent_pb2.AGENT_FINISH_REASON_STOP,
@@ -216,3 +220,49 @@ def event_to_proto(
         else:
             out.run_failed.CopyFrom(run_error(event.outcome))
     return out
+
+
+_SCOPES = {
+    memory_pb2.MEMORY_SCOPE_THREAD: "thread",
+    memory_pb2.MEMORY_SCOPE_RESOURCE: "resource",
+    # UNSPECIFIED: the resource when the run has one (the run falls back to its thread).
+    memory_pb2.MEMORY_SCOPE_UNSPECIFIED: "resource",
+}
+
+
+def memory_override_from_proto(memory: agent_pb2.AgentMemorySettings) -> MemorySettings:
+    """A per-call override holding exactly the fields the caller set."""
+    if memory.HasField("read_only") and memory.read_only:
+        raise InvalidArgument.field("memory.read_only", "is not supported yet (issue #4)")
+    data: dict[str, Any] = {}
+    if memory.HasField("last_messages"):
+        data["last_messages"] = memory.last_messages
+    if memory.HasField("max_context_tokens"):
+        data["context_token_limit"] = memory.max_context_tokens
+    if memory.HasField("semantic_recall"):
+        recall = memory.semantic_recall
+        if recall.HasField("enabled") and not recall.enabled:
+            data["semantic_recall"] = None
+        else:
+            data["semantic_recall"] = {
+                "scope": _SCOPES[recall.scope],
+                **{
+                    name: getattr(recall, name)
+                    for name in ("top_k", "message_range", "min_score")
+                    if recall.HasField(name)
+                },
+            }
+    if memory.HasField("working_memory"):
+        wm = memory.working_memory
+        if wm.HasField("enabled") and not wm.enabled:
+            data["working_memory"] = None
+        else:
+            form = wm.WhichOneof("format")
+            data["working_memory"] = {
+                "scope": _SCOPES[wm.scope],
+                "template": wm.template if form == "template" else None,
+                "json_schema": json_format.MessageToDict(wm.schema) if form == "schema" else None,
+            }
+            if form is None:
+                data["working_memory"]["template"] = DEFAULT_WORKING_MEMORY_TEMPLATE
+    return parse_memory_settings(data, field="memory")

@@ -569,3 +569,41 @@ async def test_repeated_client_run_id_creates_no_second_thread(
         memory_pb2.ListThreadsRequest(resource_id=resource), metadata=auth(token)
     )
     assert [t.id for t in threads.threads] == [first.run.thread_id]
+
+
+async def test_per_call_memory_override(agents, token, model) -> None:
+    """A call can switch memory features for itself: here last_messages=0 hides the history
+    and working memory is turned on with a template of the caller's choosing."""
+    thread_id = unique("override")
+    model.set_script([Turn(text="first answer"), Turn(text="second answer")])
+    await agents.Generate(
+        agent_pb2.GenerateRequest(agent_name="assistant", prompt="first", thread_id=thread_id),
+        metadata=auth(token),
+    )
+    override = agent_pb2.AgentMemorySettings(
+        last_messages=0,
+        working_memory=agent_pb2.WorkingMemorySettings(
+            enabled=True, scope=memory_pb2.MEMORY_SCOPE_THREAD, template="# Trip\n- city:\n"
+        ),
+    )
+    await agents.Generate(
+        agent_pb2.GenerateRequest(
+            agent_name="assistant", prompt="second", thread_id=thread_id, memory=override
+        ),
+        metadata=auth(token),
+    )
+    sent = model.requests[1]
+    assert [m.get("content") for m in sent.messages[1:]] == ["second"]  # no history
+    assert "# Trip\n- city:" in sent.messages[0]["content"]
+    assert "update_working_memory" in sent.tool_names
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await agents.Generate(
+            agent_pb2.GenerateRequest(
+                agent_name="assistant",
+                prompt="x",
+                memory=agent_pb2.AgentMemorySettings(last_messages=5000),
+            ),
+            metadata=auth(token),
+        )
+    assert "memory.last_messages" in field_violations(err.value)

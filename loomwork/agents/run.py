@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 from loomwork.llm.chat import ChatMessage, ChatUsage
 from loomwork.memory.models import NewMessage, ToolCallPart, ToolResultPart
+from loomwork.memory.settings import MemorySettings
 
 
 class AgentRunRequest(BaseModel):
@@ -21,6 +22,7 @@ class AgentRunRequest(BaseModel):
     thread_id: str = ""
     resource_id: str = ""
     max_steps: int = 0  # 0: the agent's own
+    memory: MemorySettings | None = None  # None: the agent's own (merged with a per-call override)
 
 
 class ContextUsage(BaseModel):

@@ -113,7 +113,7 @@ class AgentSteps:
                 model=model, max_steps=max_steps, conversation=conversation, context=usage
             )
 
-        settings = agent.memory
+        settings = request.memory or agent.memory
         stored = await self.memory.append_messages(
             request.tenant,
             request.thread_id,
@@ -186,10 +186,11 @@ class AgentSteps:
             )
         return f"{instructions}\n\n{how}", text
 
-    def tool_names(self, agent: AgentDefinition) -> list[str]:
-        """The agent's tools, plus the working memory tool when it keeps working memory."""
+    def tool_names(self, agent: AgentDefinition, request: AgentRunRequest) -> list[str]:
+        """The agent's tools, plus the working memory tool when the run keeps working memory."""
         names = list(agent.tool_names)
-        if agent.memory.working_memory is not None and UPDATE_WORKING_MEMORY not in names:
+        memory = request.memory or agent.memory
+        if memory.working_memory is not None and UPDATE_WORKING_MEMORY not in names:
             names.append(UPDATE_WORKING_MEMORY)
         return names
 
@@ -216,7 +217,9 @@ class AgentSteps:
         model = self.chat_model(step.plan_model)
         try:
             result = await model.stream(
-                step.conversation, tools=self.tools.specs(self.tool_names(agent)), on_event=on_event
+                step.conversation,
+                tools=self.tools.specs(self.tool_names(agent, request)),
+                on_event=on_event,
             )
         finally:
             await model.aclose()
@@ -228,7 +231,7 @@ class AgentSteps:
             approval_required=[
                 c.tool_call_id
                 for c in result.tool_calls
-                if c.tool_name in self.tool_names(agent)
+                if c.tool_name in self.tool_names(agent, request)
                 and self.tools.requires_approval(c.tool_name)
             ],
             finish_reason=result.finish_reason,
@@ -254,7 +257,7 @@ class AgentSteps:
                 is_error=True,
             )
         else:
-            wm = agent.memory.working_memory
+            wm = (request.memory or agent.memory).working_memory
             context = ToolContext(
                 tenant=request.tenant,
                 run_id=request.run_id,
@@ -263,7 +266,9 @@ class AgentSteps:
                 resource_id=request.resource_id,
                 memory_scope=wm.scope.value if wm is not None else "thread",
             )
-            result = await self.tools.call(call.call, context, allowed=self.tool_names(agent))
+            result = await self.tools.call(
+                call.call, context, allowed=self.tool_names(agent, request)
+            )
         await self.publish(request, ToolResultEvent(step=call.step, result=result))
         return result
 

@@ -40,6 +40,7 @@ from loomwork.errors import (
 )
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id, new_id
 from loomwork.memory.models import NewMessage, NewThread, Role, TextPart
+from loomwork.memory.settings import merge
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
 from server import agent_convert, convert
 from server.interceptors import tenant
@@ -170,11 +171,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             raise InvalidArgument.field(
                 "thread_resolution", "LATEST and SESSION are not supported yet (issue #4)"
             )
-        if request.HasField("output_schema") or request.HasField("memory"):
+        if request.HasField("output_schema"):
             raise InvalidArgument.field(
-                "output_schema" if request.HasField("output_schema") else "memory",
-                "per-call overrides are not supported yet (issue #4)",
+                "output_schema", "structured output is not supported yet (issue #4)"
             )
+        override = None
+        if request.HasField("memory"):
+            override = agent_convert.memory_override_from_proto(request.memory)
         agent = self.runtime.agents.get(request.agent_name)
         if request.prompt:
             messages = [NewMessage(role=Role.USER, parts=[TextPart(text=request.prompt)])]
@@ -196,6 +199,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             thread_id=thread_id,
             resource_id=resource_id,
             max_steps=request.max_steps,
+            memory=merge(agent.memory, override) if override is not None else None,
         )
 
     async def _resolve_thread(
