@@ -191,26 +191,30 @@ def _external_settings(role: str) -> Settings:
     return settings
 
 
+def _run_alone(role: str, verbose: bool) -> None:
+    """`loomwork server` / `loomwork worker`: one process of one role, external services."""
+    _setup_logging(verbose)
+    settings = _external_settings(role)
+    try:
+        asyncio.run(
+            serve(
+                settings, grpc=role == "server", worker=role == "worker", register_attributes=True
+            )
+        )
+    except LoomworkError as exc:
+        _fail(exc.message)
+
+
 @app.command()
 def server(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run the gRPC server alone (production: several behind a load balancer)."""
-    _setup_logging(verbose)
-    settings = _external_settings("server")
-    try:
-        asyncio.run(serve(settings, grpc=True, worker=False, register_attributes=True))
-    except LoomworkError as exc:
-        _fail(exc.message)
+    _run_alone("server", verbose)
 
 
 @app.command()
 def worker(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run a Temporal worker alone (production: as many as the load needs)."""
-    _setup_logging(verbose)
-    settings = _external_settings("worker")
-    try:
-        asyncio.run(serve(settings, grpc=False, worker=True, register_attributes=True))
-    except LoomworkError as exc:
-        _fail(exc.message)
+    _run_alone("worker", verbose)
 
 
 def _register_client_commands() -> None:

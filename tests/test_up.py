@@ -127,3 +127,78 @@ def test_up_with_taken_grpc_port_fails_with_a_clear_message(tmp_path: Path) -> N
     assert result.returncode == 1
     assert "already in use" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_server_and_worker_processes_against_external_services(embedded, tmp_path: Path) -> None:
+    """The production entry points: `loomwork server` and `loomwork worker`, configured only by
+    DATABASE_URL / REDIS_URL / TEMPORAL_ADDRESS (here: the session's servers)."""
+    address = f"127.0.0.1:{free_port()}"
+    env = dict(
+        os.environ,
+        DATABASE_URL=embedded["DATABASE_URL"],
+        REDIS_URL=embedded["REDIS_URL"],
+        TEMPORAL_ADDRESS=embedded["TEMPORAL_ADDRESS"],
+        LOOMWORK_TOKENS="ops=ops-tenant",
+        LOOMWORK_GRPC_ADDRESS=address,
+        LOOMWORK_TASK_QUEUE="loomwork-process-test",
+    )
+    logs = {role: tmp_path / f"{role}.log" for role in ("server", "worker")}
+    procs = {
+        role: subprocess.Popen(
+            [sys.executable, "-m", "server.cli", role],
+            cwd=ROOT,
+            env=env,
+            stdout=logs[role].open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        for role in ("server", "worker")
+    }
+    try:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline:
+            try:
+                with grpc.insecure_channel(address) as channel:
+                    status = (
+                        health_pb2_grpc.HealthStub(channel)
+                        .Check(health_pb2.HealthCheckRequest(), timeout=2)
+                        .status
+                    )
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            except grpc.RpcError:
+                pass
+            assert procs["server"].poll() is None, logs["server"].read_text()
+            time.sleep(0.3)
+        assert status == health_pb2.HealthCheckResponse.SERVING, logs["server"].read_text()
+        with grpc.insecure_channel(address) as channel:
+            stub = memory_pb2_grpc.MemoryServiceStub(channel)
+            created = stub.CreateThread(memory_pb2.CreateThreadRequest(), metadata=auth("ops"))
+            assert created.thread.id.startswith("thr_")
+        assert procs["worker"].poll() is None, logs["worker"].read_text()
+    finally:
+        for role, proc in procs.items():
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+            assert proc.returncode == 0, f"{role}: {logs[role].read_text()}"
+
+
+def test_server_without_external_services_says_what_is_missing(tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "TEMPORAL_ADDRESS"}
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "worker"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "DATABASE_URL" in output and "loomwork up" in output and "Traceback" not in output
