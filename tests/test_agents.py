@@ -202,13 +202,30 @@ async def test_model_rejection_fails_the_run_with_the_models_message(agents, tok
 
 
 async def test_rate_limit_is_retried_by_temporal(agents, token, model) -> None:
-    model.set_script([Failure(status=429, message="slow down", retry_after=0.2), Turn(text="ok")])
-    response = await agents.Generate(
-        agent_pb2.GenerateRequest(agent_name="assistant", prompt="hi"), metadata=auth(token)
+    model.set_script(
+        [
+            Turn(text="partial", abort_after_chunks=1),  # the stream breaks mid-way
+            Failure(status=429, message="slow down", retry_after=0.2),
+            Turn(text="ok"),
+        ]
     )
-    assert response.run.status == run_pb2.RUN_STATUS_SUCCEEDED
-    assert response.run.output.text == "ok"
-    assert len(model.requests) == 2
+    events = [
+        r.event
+        async for r in agents.Stream(
+            agent_pb2.StreamRequest(agent_name="assistant", prompt="hi"), metadata=auth(token)
+        )
+    ]
+    kinds = [e.WhichOneof("event") for e in events]
+    # Each retry is announced, so a client drops the deltas it got from the failed attempt.
+    assert [e.step_retrying.attempt for e in events if e.HasField("step_retrying")] == [2, 3]
+    after_last_retry = kinds[len(kinds) - 1 - kinds[::-1].index("step_retrying") :]
+    text = "".join(
+        e.text_delta.text
+        for e in events[len(events) - len(after_last_retry) :]
+        if e.HasField("text_delta")
+    )
+    assert text == "ok" and events[-1].run_finished.output.text == "ok"
+    assert len(model.requests) == 3
 
 
 async def test_generate_validates_its_input(agents, token) -> None:
