@@ -246,7 +246,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, tenant_id: str, run_id: str, after_event_id: int, workflow_id: str
     ) -> AsyncIterator[agent_pb2.AgentRunEvent]:
         key = event_log_key(tenant_id, run_id)
-        async for event in self.runtime.events.follow(key, after_event_id, idle_timeout=600):
+        # No idle limit: a run may wait hours for an approval; the caller's deadline governs.
+        async for event in self.runtime.events.follow(key, after_event_id):
             yield agent_convert.event_to_proto(
                 run_id, event.event_id, decode_event(event.payload), workflow_id
             )
