@@ -63,6 +63,11 @@ def _cause(error: BaseException) -> tuple[str, str]:
     return str(error), type(error).__name__
 
 
+def _rejected(error_type: str, field: str, description: str) -> ApplicationError:
+    """An Update rejection: `type` names the domain error, the details hold the field."""
+    return ApplicationError(f"{field}: {description}", field, description, type=error_type)
+
+
 def _is_cancellation(error: BaseException) -> bool:
     return isinstance(error, asyncio.CancelledError | CancelledError) or (
         isinstance(error, ActivityError) and isinstance(error.cause, CancelledError)
@@ -97,17 +102,19 @@ class AgentRunWorkflow:
 
     @resume_run.validator
     def _validate_resume(self, resume: ResumeInput) -> None:
+        # Rejections carry the domain error type and the field, so callers map them as is.
         if not resume.decisions:
-            raise ValueError("decisions: give at least one decision")
+            raise _rejected("InvalidArgument", "decisions", "give at least one decision")
         seen: set[str] = set()
         for i, decision in enumerate(resume.decisions):
             call_id = decision.tool_call_id
+            field = f"decisions[{i}].tool_call_id"
             if call_id in seen:
-                raise ValueError(f"decisions[{i}].tool_call_id: {call_id!r} is decided twice")
+                raise _rejected("InvalidArgument", field, f"{call_id!r} is decided twice")
             seen.add(call_id)
             if call_id not in self._pending or call_id in self._decisions:
-                raise ValueError(
-                    f"decisions[{i}].tool_call_id: {call_id!r} is not waiting for approval"
+                raise _rejected(
+                    "FailedPrecondition", field, f"{call_id!r} is not waiting for approval"
                 )
 
     @workflow.signal(name="resume")

@@ -18,7 +18,7 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from loomwork.agents.directory import RunDirectory
@@ -352,12 +352,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             )
         except WorkflowUpdateFailedError as error:
             cause = error.cause
+            if isinstance(cause, ApplicationError) and cause.type == "InvalidArgument":
+                field, description = cause.details
+                raise InvalidArgument.field(str(field), str(description)) from error
             message = getattr(cause, "message", None) or str(cause or error)
-            field, _, description = message.partition(": ")
-            if field.startswith("decisions") and description:
-                if "not waiting" in description:
-                    raise FailedPrecondition(message) from error
-                raise InvalidArgument.field(field, description) from error
             raise FailedPrecondition(message) from error
         return agent_pb2.AgentServiceResumeRunResponse(
             run=agent_convert.state_to_proto(request.run_id, agent_name, state, workflow_id)
