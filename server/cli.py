@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import time
 
@@ -223,7 +224,17 @@ def _register_client_commands() -> None:
     register(app)
 
 
+def _exit_on_early_sigterm() -> None:
+    """A SIGTERM before `serve` installs its handlers (still starting) exits cleanly too."""
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 def main() -> None:
+    _exit_on_early_sigterm()
     _register_client_commands()
     app()
 

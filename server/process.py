@@ -52,6 +52,7 @@ async def serve(
         if worker:
             temporal_worker = build_worker(runtime)
             worker_task = asyncio.create_task(temporal_worker.run(), name="temporal-worker")
+            log.info("worker polling task queue %s", settings.task_queue)
         address = None
         if grpc:
             app = build_grpc_app(runtime, settings.grpc_address)

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
 import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
 
 from protos.loomwork.v1 import memory_pb2, memory_pb2_grpc, message_pb2
 from tests.conftest import free_port
 from tests.support import auth
+from workflows.stack_check import StackCheckInput, StackCheckResult, StackCheckWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -177,12 +183,27 @@ def test_server_and_worker_processes_against_external_services(embedded, tmp_pat
             stub = memory_pb2_grpc.MemoryServiceStub(channel)
             created = stub.CreateThread(memory_pb2.CreateThreadRequest(), metadata=auth("ops"))
             assert created.thread.id.startswith("thr_")
+        # The worker process serves its task queue: a workflow sent there completes.
+        result = asyncio.run(_stack_check(embedded["TEMPORAL_ADDRESS"], "loomwork-process-test"))
+        assert result.report.schema_version >= 1
         assert procs["worker"].poll() is None, logs["worker"].read_text()
     finally:
         for role, proc in procs.items():
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
             assert proc.returncode == 0, f"{role}: {logs[role].read_text()}"
+
+
+async def _stack_check(temporal_address: str, task_queue: str) -> StackCheckResult:
+    client = await Client.connect(temporal_address, data_converter=pydantic_data_converter)
+    return await client.execute_workflow(
+        StackCheckWorkflow.run,
+        StackCheckInput(requested_by="test_up"),
+        id=f"stack-check/{uuid.uuid4().hex[:8]}",
+        task_queue=task_queue,
+        result_type=StackCheckResult,
+        execution_timeout=timedelta(seconds=60),
+    )
 
 
 def test_server_without_external_services_says_what_is_missing(tmp_path: Path) -> None:
