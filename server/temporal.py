@@ -24,6 +24,10 @@ SEARCH_ATTRIBUTES = (
     "LoomworkThread",
     "LoomworkResource",
     "LoomworkWorkflow",
+    # The run's id as users know it (agent run, workflow run, ingestion), and its status in
+    # Loomwork's terms (e.g. SUSPENDED, WAITING), which Temporal's own status cannot express.
+    "LoomworkRun",
+    "LoomworkStatus",
 )
 
 
