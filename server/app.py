@@ -26,6 +26,7 @@ from server.runtime import Runtime
 from server.servicers.agent import AgentServicer
 from server.servicers.memory import MemoryServicer
 from server.servicers.unimplemented import unimplemented_servicer
+from server.servicers.workflow import WorkflowServicer
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ SERVICE_NAMES = [
 # UNIMPLEMENTED naming its issue, while reflection already shows the whole contract.
 _LATER_SERVICES: list[tuple[Any, Any, str, int]] = [
     (rag_pb2, rag_pb2_grpc, "RagService", 7),
-    (workflow_pb2, workflow_pb2_grpc, "WorkflowService", 6),
 ]
 
 
@@ -77,6 +77,7 @@ def build_grpc_app(runtime: Runtime, address: str, *, health_interval: float = 2
         MemoryServicer(runtime),
         server,
     )
+    workflow_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(runtime), server)
     for module, grpc_module, name, issue in _LATER_SERVICES:
         add = getattr(grpc_module, f"add_{name}Servicer_to_server")
         base = getattr(grpc_module, f"{name}Servicer")

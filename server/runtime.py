@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 from temporalio.client import Client
@@ -13,6 +13,8 @@ from loomwork.agents.definitions import AgentRegistry
 from loomwork.agents.tools import ToolRegistry
 from loomwork.cache.versioned import VersionedCache
 from loomwork.config import Settings
+from loomwork.flows.examples import register_examples
+from loomwork.flows.registry import WorkflowRegistry, default_registry
 from loomwork.embeddings import embedding_provider, resolve_dimension
 from loomwork.memory.memory import Memory
 from loomwork.memory.recall import MessageRecall
@@ -41,6 +43,7 @@ class Runtime:
     agents: AgentRegistry
     tools: ToolRegistry
     cache: VersionedCache | None = None
+    flows: WorkflowRegistry = field(default_factory=lambda: default_registry)
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -90,6 +93,15 @@ class Runtime:
             builtin_agents(),
             builtin_tools(db),
             cache,
+        )
+
+    def __post_init__(self) -> None:
+        # Workflow definitions are checked at start-up: the seed examples, and whatever the
+        # application registered on `default_registry` before starting.
+        register_examples(self.flows)
+        self.flows.check_references(
+            {tool.name: tool.args for tool in self.tools.all()},
+            {agent.name for agent in self.agents.all()},
         )
 
     async def close(self) -> None:

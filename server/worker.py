@@ -9,14 +9,17 @@ from temporalio.worker import Worker
 from activities.agents import AgentActivities
 from activities.diagnostics import DiagnosticsActivities
 from activities.memory import MemoryActivities
+from activities.workflow_steps import WorkflowStepActivities
 from loomwork.agents.steps import AgentSteps
+from loomwork.flows.execution import StepRunner, WorkflowEvents
 from loomwork.llm.chat import ChatModel
 from server.runtime import Runtime
 from workflows.agent_run import AgentRunWorkflow
+from workflows.dsl_run import DslRunWorkflow
 from workflows.index_messages import IndexMessagesWorkflow
 from workflows.stack_check import StackCheckWorkflow
 
-WORKFLOWS = [StackCheckWorkflow, IndexMessagesWorkflow, AgentRunWorkflow]
+WORKFLOWS = [StackCheckWorkflow, IndexMessagesWorkflow, AgentRunWorkflow, DslRunWorkflow]
 
 
 def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
@@ -37,6 +40,16 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
             settings.chat_model,
         )
     )
+    workflow_events = WorkflowEvents(runtime.events)
+    workflow_steps = WorkflowStepActivities(
+        StepRunner(
+            runtime.flows,
+            workflow_events,
+            runtime.tools,
+            services={"db": runtime.db, "redis": runtime.redis},
+        ),
+        workflow_events,
+    )
     return Worker(
         runtime.temporal,
         task_queue=runtime.settings.task_queue,
@@ -50,6 +63,8 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
             agents.step_finished,
             agents.publish,
             agents.finish,
+            workflow_steps.run_step,
+            workflow_steps.publish,
         ],
         # A killed worker's sticky tasks move to another worker quickly.
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),

@@ -1,0 +1,31 @@
+"""User workflows: a step-graph DSL, checked at registration, run by one generic workflow."""
+
+from loomwork.flows.context import StepContext, StepSuspended
+from loomwork.flows.definition import (
+    AgentStepInput,
+    AgentStepOutput,
+    InvalidDefinition,
+    RetryPolicy,
+    ToolStepOutput,
+    Workflow,
+    agent_step,
+    step,
+    tool_step,
+)
+from loomwork.flows.registry import WorkflowRegistry, default_registry
+
+__all__ = [
+    "AgentStepInput",
+    "AgentStepOutput",
+    "InvalidDefinition",
+    "RetryPolicy",
+    "StepContext",
+    "StepSuspended",
+    "ToolStepOutput",
+    "Workflow",
+    "WorkflowRegistry",
+    "agent_step",
+    "default_registry",
+    "step",
+    "tool_step",
+]

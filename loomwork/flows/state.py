@@ -1,0 +1,149 @@
+"""A workflow run's state and events: what GetRun returns and WatchRun streams."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+from loomwork.flows.definition import StepKind
+
+RunStatus = Literal["pending", "running", "suspended", "waiting", "succeeded", "failed", "canceled"]
+StepStatus = Literal[
+    "pending", "running", "succeeded", "failed", "suspended", "waiting", "skipped", "canceled"
+]
+_ACTIVE = ("pending", "running", "suspended", "waiting")
+TERMINAL_RUN: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+
+
+class RunError(BaseModel):
+    """Why a step or run failed: the error type (e.g. the exception class) and message."""
+
+    type: str
+    message: str
+    retryable: bool = False
+
+
+class StepRun(BaseModel):
+    """One execution of a step within a run (a foreach item or loop iteration is its own)."""
+
+    step_id: str
+    path: str
+    iteration: int = 0
+    kind: StepKind
+    status: StepStatus = "pending"
+    input: Any = None
+    output: Any = None
+    error: RunError | None = None
+    attempts: int = 0
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    next_attempt_time: datetime | None = None
+    suspend_payload: dict[str, Any] | None = None
+    resume_data: dict[str, Any] | None = None
+    suspend_time: datetime | None = None
+    resume_time: datetime | None = None
+    wake_time: datetime | None = None
+
+
+class RunState(BaseModel):
+    """Everything about one run; kept by its workflow, answered by its `state` query."""
+
+    tenant: str
+    run_id: str
+    workflow_id: str
+    workflow_version: str
+    status: RunStatus = "pending"
+    input: dict[str, Any] = Field(default_factory=dict)
+    output: dict[str, Any] | None = None
+    error: RunError | None = None
+    steps: list[StepRun] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    create_time: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+    def step(self, path: str) -> StepRun | None:
+        for step_run in self.steps:
+            if step_run.path == path:
+                return step_run
+        return None
+
+    def suspended_matching(self, step_id_or_path: str) -> list[StepRun]:
+        """Suspended executions whose path, or step id, is `step_id_or_path`."""
+        exact = [s for s in self.steps if s.status == "suspended" and s.path == step_id_or_path]
+        if exact:
+            return exact
+        return [s for s in self.steps if s.status == "suspended" and s.step_id == step_id_or_path]
+
+    def derived_status(self) -> RunStatus:
+        """Status from the steps, for a run that has not ended."""
+        active = [
+            s for s in self.steps if s.status in ("running", "suspended", "waiting", "pending")
+        ]
+        if any(s.status == "suspended" for s in active):
+            return "suspended"
+        if active and all(s.status == "waiting" for s in active):
+            return "waiting"
+        return "running"
+
+
+class RunStarted(BaseModel):
+    time: datetime | None = None  # when published
+    type: Literal["run_started"] = "run_started"
+    workflow_id: str
+    workflow_version: str
+    input: dict[str, Any]
+
+
+class StepEvent(BaseModel):
+    time: datetime | None = None  # when published
+    type: Literal[
+        "step_started",
+        "step_succeeded",
+        "step_failed",
+        "step_suspended",
+        "step_resumed",
+        "step_retrying",
+        "step_waiting",
+        "step_skipped",
+    ]
+    step: StepRun
+
+
+class RunFinished(BaseModel):
+    time: datetime | None = None  # when published
+    type: Literal["run_finished"] = "run_finished"
+    status: Literal["succeeded", "canceled"]
+    output: dict[str, Any] | None = None
+    error: RunError | None = None
+
+
+class RunFailed(BaseModel):
+    time: datetime | None = None  # when published
+    type: Literal["run_failed"] = "run_failed"
+    error: RunError
+
+
+WorkflowEvent = Annotated[
+    RunStarted | StepEvent | RunFinished | RunFailed, Field(discriminator="type")
+]
+_EVENT: TypeAdapter[WorkflowEvent] = TypeAdapter(WorkflowEvent)
+
+
+def is_terminal(event: WorkflowEvent) -> bool:
+    return isinstance(event, RunFinished | RunFailed)
+
+
+def encode_event(event: WorkflowEvent) -> bytes:
+    return _EVENT.dump_json(event)
+
+
+def decode_event(payload: bytes) -> WorkflowEvent:
+    return _EVENT.validate_json(payload)
+
+
+def event_log_key(tenant: str, run_id: str) -> str:
+    """The run's event log; workflow runs have their own namespace beside agent runs."""
+    return f"{tenant}/wf/{run_id}"

@@ -1,0 +1,551 @@
+"""WorkflowService: registered workflow definitions and their runs on Temporal."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC
+from typing import Any, cast
+
+import grpc
+from pydantic import ValidationError
+from temporalio.api.enums.v1 import WorkflowExecutionStatus as RawStatus
+from temporalio.api.workflowservice.v1 import ListWorkflowExecutionsRequest
+from temporalio.client import (
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.converter import DataConverter
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from loomwork.agents.directory import RunDirectory
+from loomwork.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    Violations,
+)
+from loomwork.flows.definition import Workflow
+from loomwork.flows.state import RunError, RunState, RunStatus, decode_event, event_log_key
+from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id, new_id
+from loomwork.paging import decode_page_token, encode_page_token
+from protos.loomwork.v1 import workflow_pb2, workflow_pb2_grpc
+from server import workflow_convert
+from server.convert import struct_to_dict
+from server.interceptors import tenant
+from server.runtime import Runtime
+from workflows.dsl_run import DslRunInput, DslRunWorkflow, ResumeRequest
+
+log = logging.getLogger(__name__)
+
+MAX_DATA_BYTES = 2 * 1024 * 1024
+MAX_METADATA_BYTES = 16 * 1024
+MAX_REASON = 1024
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+TENANT = SearchAttributeKey.for_keyword("LoomworkTenant")
+WORKFLOW = SearchAttributeKey.for_keyword("LoomworkWorkflow")
+RUN = SearchAttributeKey.for_keyword("LoomworkRun")
+STATUS = SearchAttributeKey.for_keyword("LoomworkStatus")
+
+_TERMINAL_STATUS = {
+    RawStatus.WORKFLOW_EXECUTION_STATUS_COMPLETED: "succeeded",
+    RawStatus.WORKFLOW_EXECUTION_STATUS_FAILED: "failed",
+    RawStatus.WORKFLOW_EXECUTION_STATUS_TERMINATED: "failed",
+    RawStatus.WORKFLOW_EXECUTION_STATUS_TIMED_OUT: "failed",
+    RawStatus.WORKFLOW_EXECUTION_STATUS_CANCELED: "canceled",
+}
+
+
+def temporal_workflow_id(workflow_id: str, tenant_id: str, run_id: str) -> str:
+    """`wf/<workflow>/<tenant>/<run>`: readable in the Temporal UI, unique per tenant."""
+    return f"wf/{workflow_id}/{tenant_id}/{run_id}"
+
+
+def _page_size(value: int) -> int:
+    if value < 0 or value > MAX_PAGE_SIZE:
+        raise InvalidArgument.field("page_size", f"must be 0..{MAX_PAGE_SIZE}")
+    return value or DEFAULT_PAGE_SIZE
+
+
+def _validation_violations(prefix: str, error: ValidationError) -> list[FieldViolation]:
+    return [
+        FieldViolation(".".join([prefix, *(str(p) for p in err["loc"])]), err["msg"])
+        for err in error.errors()
+    ]
+
+
+class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.registry = runtime.flows
+        self.directory = RunDirectory(runtime.redis, prefix="loomwork:workflow-run")
+
+    # -- definitions ---------------------------------------------------------------------
+
+    async def ListWorkflows(
+        self, request: workflow_pb2.ListWorkflowsRequest, context: grpc.aio.ServicerContext
+    ) -> workflow_pb2.ListWorkflowsResponse:
+        size = _page_size(request.page_size)
+        start = decode_page_token(request.page_token, "workflows") or 0
+        workflows = self.registry.newest()
+        page = workflows[start : start + size]
+        more = start + size < len(workflows)
+        return workflow_pb2.ListWorkflowsResponse(
+            workflows=[workflow_convert.workflow_to_proto(w.describe()) for w in page],
+            next_page_token=encode_page_token(start + size, "workflows") if more else "",
+        )
+
+    async def GetWorkflow(
+        self, request: workflow_pb2.GetWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> workflow_pb2.GetWorkflowResponse:
+        workflow = self._definition(request.workflow_id)
+        return workflow_pb2.GetWorkflowResponse(
+            workflow=workflow_convert.workflow_to_proto(workflow.describe())
+        )
+
+    def _definition(self, workflow_id: str) -> Workflow:
+        if not workflow_id:
+            raise InvalidArgument.field("workflow_id", "is required")
+        try:
+            return self.registry.latest(workflow_id)
+        except NotFound:
+            raise NotFound(f"workflow {workflow_id!r} is not registered") from None
+
+    # -- runs ----------------------------------------------------------------------------
+
+    async def StartRun(
+        self,
+        request: workflow_pb2.WorkflowServiceStartRunRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> workflow_pb2.WorkflowServiceStartRunResponse:
+        tenant_id = tenant()
+        violations = Violations()
+        if request.client_run_id and not is_valid_client_id(request.client_run_id):
+            violations.add("client_run_id", CLIENT_ID_RULE)
+        if request.input.ByteSize() > MAX_DATA_BYTES:
+            violations.add("input", "must be at most 2 MiB serialized")
+        if request.metadata.ByteSize() > MAX_METADATA_BYTES:
+            violations.add("metadata", "must be at most 16 KiB serialized")
+        if not request.workflow_id:
+            violations.add("workflow_id", "is required")
+        violations.raise_if_any()
+        definition = self._definition(request.workflow_id)
+        try:
+            run_input = definition.input_model.model_validate(struct_to_dict(request.input))
+        except ValidationError as exc:
+            raise InvalidArgument(
+                _validation_violations("input", exc),
+                f"input does not match the input schema of {definition.id!r}",
+            ) from None
+        run_id = request.client_run_id or new_id("wfr")
+        if request.client_run_id:
+            existing = await self._find(tenant_id, run_id)
+            if existing is not None:
+                if existing.split("/")[1] != definition.id:
+                    raise AlreadyExists(
+                        f"run {run_id!r} already exists for workflow {existing.split('/')[1]!r}"
+                    )
+                return workflow_pb2.WorkflowServiceStartRunResponse(
+                    run=await self._run(tenant_id, run_id, existing)
+                )
+        workflow_id = temporal_workflow_id(definition.id, tenant_id, run_id)
+        start = DslRunInput(
+            tenant=tenant_id,
+            run_id=run_id,
+            workflow_id=definition.id,
+            workflow_version=definition.version,
+            input=run_input.model_dump(mode="json"),
+            metadata=struct_to_dict(request.metadata),
+        )
+        await self.directory.record(tenant_id, run_id, workflow_id)
+        try:
+            handle = await self.runtime.temporal.start_workflow(
+                DslRunWorkflow.run,
+                start,
+                id=workflow_id,
+                task_queue=self.runtime.settings.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(TENANT, tenant_id),
+                        SearchAttributePair(WORKFLOW, definition.id),
+                        SearchAttributePair(RUN, run_id),
+                        SearchAttributePair(STATUS, "PENDING"),
+                    ]
+                ),
+                memo=start.metadata or None,
+                static_summary=f"workflow {definition.id} v{definition.version}, run {run_id}",
+            )
+        except WorkflowAlreadyStartedError:
+            return workflow_pb2.WorkflowServiceStartRunResponse(
+                run=await self._run(tenant_id, run_id, workflow_id)
+            )
+        except RPCError as error:
+            raise Unavailable(f"Temporal: {error.message}") from error
+        state = RunState(
+            tenant=tenant_id,
+            run_id=run_id,
+            workflow_id=definition.id,
+            workflow_version=definition.version,
+            input=start.input,
+            metadata=start.metadata,
+        )
+        return workflow_pb2.WorkflowServiceStartRunResponse(
+            run=workflow_convert.run_to_proto(
+                state,
+                temporal_workflow_id=workflow_id,
+                temporal_run_id=handle.result_run_id or "",
+            )
+        )
+
+    async def GetRun(
+        self,
+        request: workflow_pb2.WorkflowServiceGetRunRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> workflow_pb2.WorkflowServiceGetRunResponse:
+        tenant_id = tenant()
+        workflow_id = await self._require(tenant_id, request.run_id)
+        return workflow_pb2.WorkflowServiceGetRunResponse(
+            run=await self._run(tenant_id, request.run_id, workflow_id)
+        )
+
+    async def ListRuns(
+        self,
+        request: workflow_pb2.WorkflowServiceListRunsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> workflow_pb2.WorkflowServiceListRunsResponse:
+        tenant_id = tenant()
+        size = _page_size(request.page_size)
+        clauses = ["WorkflowType = 'DslRun'", f"LoomworkTenant = '{tenant_id}'"]
+        if request.workflow_id:
+            self._definition(request.workflow_id)
+            clauses.append(f"LoomworkWorkflow = '{request.workflow_id}'")
+        statuses = []
+        for i, wanted in enumerate(request.statuses):
+            status_name = workflow_convert.RUN_STATUS_NAMES.get(wanted)
+            if status_name is None:
+                raise InvalidArgument.field(f"statuses[{i}]", "is not a run status")
+            statuses.append(status_name.upper())
+        if statuses:
+            clauses.append("LoomworkStatus IN (" + ", ".join(f"'{s}'" for s in statuses) + ")")
+        query = " AND ".join(clauses) + " ORDER BY StartTime DESC"
+        token = b""
+        if request.page_token:
+            token = _decode_visibility_token(request.page_token, query)
+        response = await self.runtime.temporal.workflow_service.list_workflow_executions(
+            ListWorkflowExecutionsRequest(
+                namespace=self.runtime.temporal.namespace,
+                page_size=size,
+                next_page_token=token,
+                query=query,
+            )
+        )
+        converter: DataConverter = self.runtime.temporal.data_converter
+        runs = []
+        for execution in response.executions:
+            attributes = execution.search_attributes.indexed_fields
+            values: dict[str, Any] = {}
+            for key in ("LoomworkRun", "LoomworkWorkflow", "LoomworkStatus"):
+                if key in attributes:
+                    decoded = converter.payload_converter.from_payload(attributes[key])
+                    values[key] = decoded[0] if isinstance(decoded, list) else decoded
+            run_status = (
+                _TERMINAL_STATUS.get(execution.status)
+                or str(values.get("LoomworkStatus", "RUNNING")).lower()
+            )
+            state = RunState.model_construct(
+                tenant=tenant_id,
+                run_id=str(values.get("LoomworkRun", "")),
+                workflow_id=str(values.get("LoomworkWorkflow", "")),
+                workflow_version="",
+                status=cast(RunStatus, run_status),
+                input={},
+                output=None,
+                error=None,
+                steps=[],
+                metadata={},
+                create_time=execution.start_time.ToDatetime(UTC),
+                start_time=execution.execution_time.ToDatetime(UTC)
+                if execution.HasField("execution_time")
+                else None,
+                end_time=execution.close_time.ToDatetime(UTC)
+                if execution.HasField("close_time")
+                else None,
+            )
+            runs.append(
+                workflow_convert.run_to_proto(
+                    state,
+                    temporal_workflow_id=execution.execution.workflow_id,
+                    temporal_run_id=execution.execution.run_id,
+                    summary=True,
+                )
+            )
+        next_token = ""
+        if response.next_page_token:
+            next_token = _encode_visibility_token(response.next_page_token, query)
+        return workflow_pb2.WorkflowServiceListRunsResponse(runs=runs, next_page_token=next_token)
+
+    async def ResumeRun(
+        self,
+        request: workflow_pb2.WorkflowServiceResumeRunRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> workflow_pb2.WorkflowServiceResumeRunResponse:
+        tenant_id = tenant()
+        violations = Violations()
+        if not request.run_id:
+            violations.add("run_id", "is required")
+        if not request.step_id:
+            violations.add("step_id", "is required")
+        if request.resume_data.ByteSize() > MAX_DATA_BYTES:
+            violations.add("resume_data", "must be at most 2 MiB serialized")
+        if request.request_id and not is_valid_client_id(request.request_id):
+            violations.add("request_id", CLIENT_ID_RULE)
+        violations.raise_if_any()
+        workflow_id = await self._require(tenant_id, request.run_id)
+        handle = self._handle(workflow_id)
+        await self._require_open(handle, request.run_id, "resume")
+        try:
+            state = await handle.execute_update(
+                "resume_run",
+                ResumeRequest(
+                    step_id=request.step_id,
+                    resume_data=struct_to_dict(request.resume_data),
+                    request_id=request.request_id,
+                ),
+                result_type=RunState,
+            )
+        except WorkflowUpdateFailedError as error:
+            raise _update_rejection(error) from error
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                raise FailedPrecondition(f"run {request.run_id!r} has ended") from error
+            raise Unavailable(f"Temporal: {error.message}") from error
+        return workflow_pb2.WorkflowServiceResumeRunResponse(
+            run=await self._to_proto(state, handle)
+        )
+
+    async def CancelRun(
+        self,
+        request: workflow_pb2.WorkflowServiceCancelRunRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> workflow_pb2.WorkflowServiceCancelRunResponse:
+        tenant_id = tenant()
+        if len(request.reason) > MAX_REASON:
+            raise InvalidArgument.field("reason", f"must be at most {MAX_REASON} characters")
+        workflow_id = await self._require(tenant_id, request.run_id)
+        handle = self._handle(workflow_id)
+        state = await self._state(handle, request.run_id)
+        if state.status in ("succeeded", "failed"):
+            raise FailedPrecondition(f"run {request.run_id!r} already {state.status}")
+        if state.status != "canceled":
+            try:
+                await handle.signal(DslRunWorkflow.cancel_reason, request.reason or "canceled")
+                await handle.cancel()
+            except RPCError as error:
+                if error.status != RPCStatusCode.NOT_FOUND:
+                    raise Unavailable(f"Temporal: {error.message}") from error
+        return workflow_pb2.WorkflowServiceCancelRunResponse(
+            run=await self._run(tenant_id, request.run_id, workflow_id)
+        )
+
+    async def WatchRun(
+        self,
+        request: workflow_pb2.WorkflowServiceWatchRunRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[workflow_pb2.WorkflowServiceWatchRunResponse]:
+        tenant_id = tenant()
+        if request.after_event_id < 0:
+            raise InvalidArgument.field("after_event_id", "must be 0 or more")
+        await self._require(tenant_id, request.run_id)
+        key = event_log_key(tenant_id, request.run_id)
+        # No idle limit: a run may stay suspended for days; the caller's deadline governs.
+        async for event in self.runtime.events.follow(key, request.after_event_id):
+            yield workflow_pb2.WorkflowServiceWatchRunResponse(
+                event=workflow_convert.event_to_proto(
+                    request.run_id, event.event_id, decode_event(event.payload)
+                )
+            )
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _handle(self, workflow_id: str) -> WorkflowHandle[DslRunWorkflow, RunState]:
+        return self.runtime.temporal.get_workflow_handle_for(DslRunWorkflow.run, workflow_id)
+
+    async def _require(self, tenant_id: str, run_id: str) -> str:
+        if not run_id:
+            raise InvalidArgument.field("run_id", "is required")
+        workflow_id = await self._find(tenant_id, run_id)
+        if workflow_id is None:
+            raise NotFound(f"run {run_id!r} not found")
+        return workflow_id
+
+    async def _find(self, tenant_id: str, run_id: str) -> str | None:
+        """The run's Temporal workflow id: from the directory, else from visibility."""
+        workflow_id = await self.directory.workflow_id(tenant_id, run_id)
+        if workflow_id is not None:
+            return workflow_id
+        if not is_valid_client_id(run_id):
+            return None
+        query = (
+            f"WorkflowType = 'DslRun' AND LoomworkTenant = '{tenant_id}' "
+            f"AND LoomworkRun = '{run_id}'"
+        )
+        async for execution in self.runtime.temporal.list_workflows(query, limit=1):
+            await self.directory.record(tenant_id, run_id, execution.id)
+            return execution.id
+        return None
+
+    async def _state(
+        self, handle: WorkflowHandle[DslRunWorkflow, RunState], run_id: str
+    ) -> RunState:
+        try:
+            return await handle.query(DslRunWorkflow.state)
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                raise NotFound(f"run {run_id!r} not found") from error
+            raise Unavailable(f"Temporal: {error.message}") from error
+
+    async def _require_open(
+        self, handle: WorkflowHandle[DslRunWorkflow, RunState], run_id: str, action: str
+    ) -> None:
+        try:
+            description = await handle.describe()
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                raise NotFound(f"run {run_id!r} not found") from error
+            raise Unavailable(f"Temporal: {error.message}") from error
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            status = description.status.name.lower() if description.status else "ended"
+            raise FailedPrecondition(f"cannot {action} run {run_id!r}: it is {status}")
+
+    async def _run(self, tenant_id: str, run_id: str, workflow_id: str) -> workflow_pb2.WorkflowRun:
+        handle = self._handle(workflow_id)
+        try:
+            description = await handle.describe()
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                raise NotFound(f"run {run_id!r} not found") from error
+            raise Unavailable(f"Temporal: {error.message}") from error
+        if (
+            description.history_length <= 2
+            and description.status == WorkflowExecutionStatus.RUNNING
+        ):
+            # Accepted, no worker has picked it up yet: nothing to query.
+            start = await _start_input(handle, self.runtime.temporal.data_converter)
+            state = RunState(
+                tenant=tenant_id,
+                run_id=run_id,
+                workflow_id=start.workflow_id if start else workflow_id.split("/")[1],
+                workflow_version=start.workflow_version if start else "",
+                input=start.input if start else {},
+                metadata=start.metadata if start else {},
+                create_time=description.start_time,
+            )
+        else:
+            state = await self._state(handle, run_id)
+            if description.status in _RAW_ENDED and state.status not in (
+                "succeeded",
+                "failed",
+                "canceled",
+            ):
+                state.status = "failed"  # terminated or timed out from outside
+            _merge_pending_attempts(state, description.raw_description.pending_activities)
+        return await self._to_proto(state, handle, run_id=description.run_id)
+
+    async def _to_proto(
+        self,
+        state: RunState,
+        handle: WorkflowHandle[DslRunWorkflow, RunState],
+        *,
+        run_id: str = "",
+    ) -> workflow_pb2.WorkflowRun:
+        last = await self.runtime.events.last_id(event_log_key(state.tenant, state.run_id))
+        return workflow_convert.run_to_proto(
+            state,
+            temporal_workflow_id=handle.id,
+            temporal_run_id=run_id or handle.run_id or "",
+            last_event_id=last,
+        )
+
+
+_RAW_ENDED = {
+    WorkflowExecutionStatus.TERMINATED,
+    WorkflowExecutionStatus.TIMED_OUT,
+}
+
+
+async def _start_input(
+    handle: WorkflowHandle[DslRunWorkflow, RunState], converter: DataConverter
+) -> DslRunInput | None:
+    """The run's input, read from its first history event."""
+    async for event in handle.fetch_history_events():
+        if event.HasField("workflow_execution_started_event_attributes"):
+            payloads = event.workflow_execution_started_event_attributes.input.payloads
+            values = await converter.decode(payloads, [DslRunInput])
+            start = values[0]
+            return start if isinstance(start, DslRunInput) else None
+    return None
+
+
+def _merge_pending_attempts(state: RunState, pending: Any) -> None:
+    """Fill attempts, the last error and the next attempt time of steps between retries."""
+    for activity in pending:
+        path = activity.activity_id.split("#", 1)[0]
+        step = state.step(path)
+        if step is None or step.status != "running":
+            continue
+        step.attempts = max(step.attempts, activity.attempt)
+        if activity.HasField("last_failure") and activity.last_failure.message:
+            failure = activity.last_failure
+            cause = failure.application_failure_info.type or "ActivityError"
+            step.error = RunError(type=cause, message=failure.message, retryable=True)
+        if activity.HasField("next_attempt_schedule_time"):
+            step.next_attempt_time = activity.next_attempt_schedule_time.ToDatetime(UTC)
+
+
+def _update_rejection(error: WorkflowUpdateFailedError) -> Exception:
+    cause = error.cause
+    if isinstance(cause, ApplicationError):
+        violations = [
+            FieldViolation(str(d.get("field", "")), str(d.get("description", "")))
+            for d in cause.details
+            if isinstance(d, dict)
+        ]
+        if cause.type == "InvalidArgument":
+            return InvalidArgument(violations, cause.message)
+        if cause.type == "FailedPrecondition":
+            return FailedPrecondition(cause.message)
+    message = getattr(cause, "message", None) or str(cause or error)
+    return FailedPrecondition(message)
+
+
+def _encode_visibility_token(token: bytes, query: str) -> str:
+    payload = base64.urlsafe_b64encode(token).decode().rstrip("=")
+    return encode_page_token(0, query) + "." + payload
+
+
+def _decode_visibility_token(token: str, query: str) -> bytes:
+    scope, _, payload = token.partition(".")
+    decode_page_token(scope, query)
+    if not payload:
+        raise InvalidArgument.field("page_token", "is not a token this call returned")
+    try:
+        return base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    except ValueError:
+        raise InvalidArgument.field("page_token", "is not a token this call returned") from None
