@@ -13,9 +13,9 @@ from loomwork.agents.definitions import AgentRegistry
 from loomwork.agents.tools import ToolRegistry
 from loomwork.cache.versioned import VersionedCache
 from loomwork.config import Settings
+from loomwork.embeddings import embedding_provider, resolve_dimension
 from loomwork.flows.examples import register_examples
 from loomwork.flows.registry import WorkflowRegistry, default_registry
-from loomwork.embeddings import embedding_provider, resolve_dimension
 from loomwork.memory.memory import Memory
 from loomwork.memory.recall import MessageRecall
 from loomwork.memory.working import WorkingMemoryStore

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
-from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -63,9 +63,9 @@ async def _get(workflows, token: str, run_id: str) -> S.WorkflowRun:
 
 
 async def _wait(
-    workflows, token: str, run_id: str, done: Callable[[S.WorkflowRun], bool], timeout: float = 30
+    workflows, token: str, run_id: str, done: Callable[[S.WorkflowRun], bool]
 ) -> S.WorkflowRun:
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + 30
     while True:
         run = await _get(workflows, token, run_id)
         if done(run):
@@ -88,14 +88,15 @@ async def _events(workflows, token: str, run_id: str, after: int = 0) -> list[S.
 
 
 def _steps(run: S.WorkflowRun) -> dict[str, S.WorkflowStepRun]:
-    return {step.path: step for step in run.steps}
+    return {execution.path: execution for execution in run.steps}
 
 
 # -- definitions and examples ------------------------------------------------------------
 
 
 async def test_list_workflows_shows_the_examples_with_their_schemas(workflows, token) -> None:
-    listed = (await workflows.ListWorkflows(S.ListWorkflowsRequest(), metadata=auth(token))).workflows
+    response = await workflows.ListWorkflows(S.ListWorkflowsRequest(), metadata=auth(token))
+    listed = response.workflows
     by_id = {w.id: w for w in listed}
     assert {"order-pipeline", "ticket-triage", "expense-approval"} <= set(by_id)
     order = by_id["order-pipeline"]
@@ -229,9 +230,539 @@ async def test_branch_takes_the_first_condition_or_the_default(
     done = await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_SUCCEEDED))
     steps = _steps(done)
     for path in ("escalate", "billing", "general"):
-        expected = S.WORKFLOW_STEP_STATUS_SUCCEEDED if path == taken else S.WORKFLOW_STEP_STATUS_SKIPPED
-        assert steps[path].status == expected, path
+        expected = "SUCCEEDED" if path == taken else "SKIPPED"
+        assert S.WorkflowStepStatus.Name(steps[path].status).endswith(expected), path
     # The paths merge: the reply step got what the taken path produced.
     queue = {"escalate": "on-call", "billing": "billing", "general": "support"}[taken]
     assert _dict(done.output)["queue"] == queue
     assert steps["reply"].status == S.WORKFLOW_STEP_STATUS_SUCCEEDED
+
+
+# -- every composition primitive ----------------------------------------------------------
+
+
+class Item(BaseModel):
+    n: int
+
+
+class Numbers(BaseModel):
+    values: list[Item]
+
+
+class Squared(BaseModel):
+    n: int
+
+
+class Squares(BaseModel):
+    results: list[Squared]
+
+
+class Total(BaseModel):
+    total: int
+    rounds: int = 0
+
+
+class Half(BaseModel):
+    half: float
+
+
+class Text(BaseModel):
+    text: str
+
+
+class Fanout(BaseModel):
+    half: Half
+    wordy: ToolStepOutput
+
+
+class Final(BaseModel):
+    total: int
+    rounds: int
+    half: float
+    words: int
+
+
+@step("square", input=Item, output=Squared)
+async def square(item: Item, ctx: StepContext) -> Squared:
+    return Squared(n=item.n * item.n)
+
+
+@step("double", input=Total, output=Total)
+async def double(data: Total, ctx: StepContext) -> Total:
+    return Total(total=data.total * 2, rounds=data.rounds + 1)
+
+
+@step("increment", input=Total, output=Total)
+async def increment(data: Total, ctx: StepContext) -> Total:
+    return Total(total=data.total + 1, rounds=data.rounds + 1)
+
+
+@step("half", input=Total, output=Half)
+async def half(data: Total, ctx: StepContext) -> Half:
+    return Half(half=data.total / 2)
+
+
+@step("textify", input=Total, output=Text)
+async def textify(data: Total, ctx: StepContext) -> Text:
+    return Text(text=f"the total is {data.total}")
+
+
+def _sum(squares: Squares) -> Total:
+    return Total(total=sum(s.n for s in squares.results))
+
+
+def _finish(fanout: Fanout) -> Final:
+    return Final(
+        total=int(fanout.half.half * 2),
+        rounds=0,
+        half=fanout.half.half,
+        words=fanout.wordy.result["words"],
+    )
+
+
+WORDY = (
+    Workflow("wordy", input=Total, output=ToolStepOutput, description="Count the words")
+    .then(textify)
+    .then(tool_step("count", tool="word_count", args=WordCountArgs))
+)
+
+PRIMITIVES = (
+    Workflow("dsl-primitives", input=Numbers, output=Final, description="Every primitive once")
+    .foreach("squares", square, over="values", concurrency=2)
+    .map("sum", _sum, output=Total)
+    .dowhile("doubling", double, lambda t: t.total < 100)
+    .dountil("counting", increment, lambda t: t.total % 7 == 0)
+    .sleep("pause", timedelta(milliseconds=50))
+    .sleep_until("until", lambda t: datetime(2000, 1, 1, tzinfo=UTC))
+    .parallel("fanout", [half, WORDY])
+    .map("finish", _finish, output=Final)
+)
+default_registry.register(PRIMITIVES)
+
+
+async def test_every_composition_primitive(workflows, token) -> None:
+    run = await _start(
+        workflows, token, "dsl-primitives", {"values": [{"n": 1}, {"n": 2}, {"n": 3}]}
+    )
+    done = await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_SUCCEEDED))
+    # squares 1+4+9 = 14; doubled while < 100: 112; incremented until divisible by 7: 119.
+    assert _dict(done.output) == {"total": 119, "rounds": 0, "half": 59.5, "words": 4}
+    steps = _steps(done)
+    assert [_dict(steps[f"square[{i}]"].output)["n"] for i in range(3)] == [1, 4, 9]
+    assert steps["square[1]"].iteration == 1
+    assert [p for p in steps if p.startswith("double[")] == ["double[0]", "double[1]", "double[2]"]
+    assert len([p for p in steps if p.startswith("increment[")]) == 7
+    assert steps["pause"].HasField("wake_time")
+    assert steps["wordy/textify"].status == S.WORKFLOW_STEP_STATUS_SUCCEEDED
+    assert _dict(steps["wordy/count"].output) == {"result": {"words": 4}}
+    assert steps["wordy"].kind == S.WORKFLOW_STEP_KIND_WORKFLOW
+    assert steps["fanout"].kind == S.WORKFLOW_STEP_KIND_PARALLEL
+    assert all(s.status == S.WORKFLOW_STEP_STATUS_SUCCEEDED for s in done.steps)
+    events = await _events(workflows, token, run.id)
+    assert any(e.HasField("step_waiting") and e.step_waiting.step_id == "pause" for e in events)
+
+
+def test_wrong_wiring_is_refused_at_registration() -> None:
+    with pytest.raises(InvalidDefinition, match=r"needs 'total'.*Squares"):
+        Workflow("bad-wiring", input=Numbers, output=Total).foreach(
+            "squares", square, over="values"
+        ).then(double).commit()
+    with pytest.raises(InvalidDefinition, match="needs 'n', which Text does not have"):
+        Workflow("bad-missing", input=Text, output=Squared).then(square).commit()
+
+    class TextN(BaseModel):
+        n: str
+
+    with pytest.raises(InvalidDefinition, match="needs 'n' as int, TextN has str"):
+        Workflow("bad-types", input=TextN, output=Squared).then(square).commit()
+    with pytest.raises(InvalidDefinition, match="not a list"):
+        Workflow("bad-foreach", input=Total, output=Squares).foreach(
+            "each", square, over="total"
+        ).commit()
+    with pytest.raises(InvalidDefinition, match="used twice"):
+        Workflow("twice", input=Total, output=Total).then(double).then(double).commit()
+    with pytest.raises(InvalidDefinition, match="output"):
+        Workflow("bad-output", input=Total, output=Squared).then(double).commit()
+
+
+# -- retries -----------------------------------------------------------------------------
+
+
+class Flaky(Exception):
+    pass
+
+
+class Fatal(Exception):
+    pass
+
+
+@step(
+    "flaky",
+    input=Total,
+    output=Total,
+    retry=RetryPolicy(
+        max_attempts=4,
+        initial_interval=timedelta(milliseconds=50),
+        non_retryable_error_types=("Fatal",),
+    ),
+)
+async def flaky(data: Total, ctx: StepContext) -> Total:
+    if data.rounds < 0:
+        raise Fatal("cannot continue")
+    if ctx.attempt < 3:
+        raise Flaky(f"attempt {ctx.attempt} failed")
+    return Total(total=data.total, rounds=ctx.attempt)
+
+
+default_registry.register(Workflow("flaky", input=Total, output=Total).then(flaky))
+
+
+async def test_step_retries_then_succeeds(workflows, token) -> None:
+    run = await _start(workflows, token, "flaky", {"total": 5})
+    done = await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_SUCCEEDED))
+    assert _dict(done.output) == {"total": 5, "rounds": 3}
+    assert _steps(done)["flaky"].attempts == 3
+    events = await _events(workflows, token, run.id)
+    retrying = [e.step_retrying for e in events if e.HasField("step_retrying")]
+    assert [r.attempts for r in retrying] == [1, 2]
+    assert retrying[0].error.reason == "Flaky"
+
+
+async def test_non_retryable_error_fails_at_once(workflows, token) -> None:
+    run = await _start(workflows, token, "flaky", {"total": 5, "rounds": -1})
+    failed = await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_FAILED))
+    step_run = _steps(failed)["flaky"]
+    assert (step_run.attempts, step_run.error.reason) == (1, "Fatal")
+    assert failed.error.message == "cannot continue"
+
+
+# -- suspend / resume --------------------------------------------------------------------
+
+_EXPENSE = {"employee": "Grace", "amount": 250.0, "reason": "conference"}
+
+
+async def test_suspend_then_resume_by_rpc(workflows, token) -> None:
+    run = await _start(workflows, token, "expense-approval", _EXPENSE)
+    suspended = await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_SUSPENDED))
+    approve = _steps(suspended)["approve"]
+    assert approve.status == S.WORKFLOW_STEP_STATUS_SUSPENDED
+    assert _dict(approve.suspend_payload)["amount"] == 250.0
+    assert "settle" not in _steps(suspended)
+
+    # Bad resume data: INVALID_ARGUMENT naming the field, and the run is unharmed.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await workflows.ResumeRun(
+            S.WorkflowServiceResumeRunRequest(
+                run_id=run.id, step_id="approve", resume_data=_struct({"approved": "maybe"})
+            ),
+            metadata=auth(token),
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert {"resume_data.approved", "resume_data.approver"} <= set(field_violations(err.value))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await workflows.ResumeRun(
+            S.WorkflowServiceResumeRunRequest(run_id=run.id, step_id="settle"),
+            metadata=auth(token),
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    still = await _get(workflows, token, run.id)
+    assert still.status == S.WORKFLOW_RUN_STATUS_SUSPENDED
+
+    decision = {"approved": True, "approver": "Linus", "comment": "ok"}
+    resumed = await workflows.ResumeRun(
+        S.WorkflowServiceResumeRunRequest(
+            run_id=run.id, step_id="approve", resume_data=_struct(decision), request_id="r-1"
+        ),
+        metadata=auth(token),
+    )
+    assert resumed.run.status != S.WORKFLOW_RUN_STATUS_SUSPENDED
+    # The same request id again answers with the run instead of FAILED_PRECONDITION.
+    await workflows.ResumeRun(
+        S.WorkflowServiceResumeRunRequest(
+            run_id=run.id, step_id="approve", resume_data=_struct(decision), request_id="r-1"
+        ),
+        metadata=auth(token),
+    )
+    done = await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_SUCCEEDED))
+    assert _dict(done.output)["message"].endswith("paid by Linus")
+    approve = _steps(done)["approve"]
+    assert _dict(approve.resume_data)["approver"] == "Linus"
+    assert approve.HasField("resume_time") and approve.HasField("suspend_time")
+    kinds = [e.WhichOneof("event") for e in await _events(workflows, token, run.id)]
+    assert kinds.count("step_suspended") == 1 and kinds.count("step_resumed") == 1
+
+
+async def test_resume_by_plain_temporal_signal(workflows, token, settings) -> None:
+    run = await _start(workflows, token, "expense-approval", _EXPENSE)
+    suspended = await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_SUSPENDED))
+    payload = '{"step_id": "approve", "resume_data": {"approved": false, "approver": "Ken"}}'
+    proc = await asyncio.create_subprocess_exec(
+        _temporal_cli(),
+        "workflow",
+        "signal",
+        "--address",
+        settings.temporal_address,
+        "--workflow-id",
+        suspended.temporal_workflow_id,
+        "--name",
+        "resume",
+        "--input",
+        payload,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    done = await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_SUCCEEDED))
+    assert _dict(done.output) == {
+        "reference": f"exp-{run.id}",
+        "approved": False,
+        "approver": "Ken",
+        "paid": 0.0,
+        "message": f"exp-{run.id} rejected by Ken",
+    }
+
+
+def _temporal_cli() -> str:
+    found = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
+    assert Path(found).exists()
+    return found
+
+
+class Review(BaseModel):
+    document: str
+
+
+class Verdict(BaseModel):
+    ok: bool
+
+
+class Reviewed(BaseModel):
+    reviewer: str
+    ok: bool
+
+
+class BothReviews(BaseModel):
+    legal: Reviewed
+    finance: Reviewed
+
+
+def _reviewer(name: str):
+    @step(name, input=Review, output=Reviewed, suspend=Review, resume=Verdict)
+    async def review(data: Review, ctx: StepContext) -> Reviewed:
+        if not isinstance(ctx.resume_data, Verdict):
+            ctx.suspend(data)
+        return Reviewed(reviewer=name, ok=ctx.resume_data.ok)
+
+    return review
+
+
+default_registry.register(
+    Workflow("two-reviews", input=Review, output=BothReviews).parallel(
+        "reviews", [_reviewer("legal"), _reviewer("finance")]
+    )
+)
+
+
+async def test_parallel_suspends_resume_independently(workflows, token) -> None:
+    run = await _start(workflows, token, "two-reviews", {"document": "contract"})
+
+    def both_suspended(r: S.WorkflowRun) -> bool:
+        return sum(s.status == S.WORKFLOW_STEP_STATUS_SUSPENDED for s in r.steps) == 2
+
+    await _wait(workflows, token, run.id, both_suspended)
+    await workflows.ResumeRun(
+        S.WorkflowServiceResumeRunRequest(
+            run_id=run.id, step_id="finance", resume_data=_struct({"ok": False})
+        ),
+        metadata=auth(token),
+    )
+    half = await _get(workflows, token, run.id)
+    assert half.status == S.WORKFLOW_RUN_STATUS_SUSPENDED
+    assert _steps(half)["legal"].status == S.WORKFLOW_STEP_STATUS_SUSPENDED
+    await workflows.ResumeRun(
+        S.WorkflowServiceResumeRunRequest(
+            run_id=run.id, step_id="legal", resume_data=_struct({"ok": True})
+        ),
+        metadata=auth(token),
+    )
+    done = await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_SUCCEEDED))
+    assert _dict(done.output) == {
+        "legal": {"reviewer": "legal", "ok": True},
+        "finance": {"reviewer": "finance", "ok": False},
+    }
+
+
+# -- cancel, list, versions -----------------------------------------------------------------
+
+
+default_registry.register(
+    Workflow("long-sleep", input=Total, output=Total).sleep("nap", timedelta(hours=1))
+)
+
+
+async def test_cancel_run(workflows, token) -> None:
+    run = await _start(workflows, token, "long-sleep", {"total": 1})
+    waiting = await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_WAITING))
+    assert _steps(waiting)["nap"].status == S.WORKFLOW_STEP_STATUS_WAITING
+    canceled = await workflows.CancelRun(
+        S.WorkflowServiceCancelRunRequest(run_id=run.id, reason="not needed"),
+        metadata=auth(token),
+    )
+    assert canceled.run.id == run.id
+    done = await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_CANCELED))
+    assert done.error.reason == "CANCELED" and done.error.message == "not needed"
+    assert _steps(done)["nap"].status == S.WORKFLOW_STEP_STATUS_CANCELED
+    events = await _events(workflows, token, run.id)
+    assert events[-1].run_finished.status == S.WORKFLOW_RUN_STATUS_CANCELED
+    # Canceling again is a no-op; a succeeded run cannot be canceled.
+    await workflows.CancelRun(
+        S.WorkflowServiceCancelRunRequest(run_id=run.id), metadata=auth(token)
+    )
+    finished = await _start(workflows, token, "flaky", {"total": 1, "rounds": 5})
+    await _wait(workflows, token, finished.id, _status(S.WORKFLOW_RUN_STATUS_SUCCEEDED))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await workflows.CancelRun(
+            S.WorkflowServiceCancelRunRequest(run_id=finished.id), metadata=auth(token)
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_list_runs_filters_by_workflow_and_status(workflows, token, other_token) -> None:
+    run = await _start(workflows, token, "expense-approval", _EXPENSE)
+    await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_SUSPENDED))
+
+    async def listed(tok: str, **kw) -> list[S.WorkflowRun]:
+        response = await workflows.ListRuns(
+            S.WorkflowServiceListRunsRequest(**kw), metadata=auth(tok)
+        )
+        return list(response.runs)
+
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:  # visibility catches up a moment after the run changes
+        found = await listed(
+            token,
+            workflow_id="expense-approval",
+            statuses=[S.WORKFLOW_RUN_STATUS_SUSPENDED],
+            page_size=1000,
+        )
+        if any(r.id == run.id for r in found):
+            break
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.2)
+    assert all(r.status == S.WORKFLOW_RUN_STATUS_SUSPENDED for r in found)
+    assert all(r.workflow_id == "expense-approval" and not r.steps for r in found)
+    assert run.id not in {r.id for r in await listed(other_token, page_size=1000)}
+    succeeded = await listed(token, statuses=[S.WORKFLOW_RUN_STATUS_SUCCEEDED], page_size=1000)
+    assert run.id not in {r.id for r in succeeded}
+    page = await workflows.ListRuns(
+        S.WorkflowServiceListRunsRequest(page_size=1), metadata=auth(token)
+    )
+    assert len(page.runs) == 1 and page.next_page_token
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await workflows.ListRuns(
+            S.WorkflowServiceListRunsRequest(
+                page_size=1, page_token=page.next_page_token, workflow_id="flaky"
+            ),
+            metadata=auth(token),
+        )
+    assert "page_token" in field_violations(err.value)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await listed(token, page_size=5000)
+    assert "page_size" in field_violations(err.value)
+
+
+class Doc(BaseModel):
+    text: str
+
+
+class Out(BaseModel):
+    text: str
+    version: str
+
+
+def _versioned(version: str, steps: list[str]) -> Workflow:
+    @step("hold", input=Doc, output=Doc, suspend=Doc, resume=Doc)
+    async def hold(data: Doc, ctx: StepContext) -> Doc:
+        if ctx.resume_data is None:
+            ctx.suspend(data)
+        return Doc(text=data.text + "+resumed")
+
+    def stamp(doc: Doc) -> Out:
+        return Out(text=doc.text, version=version)
+
+    workflow = Workflow("evolving", input=Doc, output=Out, version=version).then(hold)
+    for name in steps:
+        workflow = workflow.map(name, stamp, output=Out)
+    return workflow
+
+
+async def test_changing_a_definition_does_not_break_runs_in_flight(workflows, token) -> None:
+    default_registry.register(_versioned("1", ["stamp"]))
+    old = await _start(workflows, token, "evolving", {"text": "a"})
+    await _wait(workflows, token, old.id, _status(S.WORKFLOW_RUN_STATUS_SUSPENDED))
+    # A new definition with other steps is deployed while the old run is suspended.
+    default_registry.register(_versioned("2", ["stamp-v2"]))
+    latest = await workflows.GetWorkflow(
+        S.GetWorkflowRequest(workflow_id="evolving"), metadata=auth(token)
+    )
+    assert latest.workflow.version == "2"
+    new = await _start(workflows, token, "evolving", {"text": "b"})
+    assert new.workflow_version == "2"
+    for run in (old, new):
+        await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_SUSPENDED))
+        await workflows.ResumeRun(
+            S.WorkflowServiceResumeRunRequest(
+                run_id=run.id, step_id="hold", resume_data=_struct({"text": "x"})
+            ),
+            metadata=auth(token),
+        )
+    old_done = await _wait(workflows, token, old.id, _status(S.WORKFLOW_RUN_STATUS_SUCCEEDED))
+    new_done = await _wait(workflows, token, new.id, _status(S.WORKFLOW_RUN_STATUS_SUCCEEDED))
+    assert old_done.workflow_version == "1" and "stamp" in _steps(old_done)
+    assert _dict(old_done.output) == {"text": "a+resumed", "version": "1"}
+    assert "stamp-v2" in _steps(new_done)
+    assert _dict(new_done.output) == {"text": "b+resumed", "version": "2"}
+
+
+async def test_run_rpcs_validate_their_input(workflows, token, other_token) -> None:
+    run = await _start(workflows, token, "expense-approval", _EXPENSE)
+    calls = [
+        workflows.GetRun(S.WorkflowServiceGetRunRequest(), metadata=auth(token)),
+        workflows.ResumeRun(S.WorkflowServiceResumeRunRequest(), metadata=auth(token)),
+        workflows.CancelRun(S.WorkflowServiceCancelRunRequest(), metadata=auth(token)),
+        workflows.CancelRun(
+            S.WorkflowServiceCancelRunRequest(run_id=run.id, reason="x" * 2000),
+            metadata=auth(token),
+        ),
+        workflows.ListWorkflows(S.ListWorkflowsRequest(page_token="garbage"), metadata=auth(token)),
+        workflows.ListRuns(S.WorkflowServiceListRunsRequest(statuses=[99]), metadata=auth(token)),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert field_violations(err.value)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await anext(
+            aiter(
+                workflows.WatchRun(
+                    S.WorkflowServiceWatchRunRequest(run_id=run.id, after_event_id=-1),
+                    metadata=auth(token),
+                )
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for call in (
+        workflows.GetRun(S.WorkflowServiceGetRunRequest(run_id=run.id), metadata=auth(other_token)),
+        workflows.ResumeRun(
+            S.WorkflowServiceResumeRunRequest(run_id=run.id, step_id="approve"),
+            metadata=auth(other_token),
+        ),
+        workflows.CancelRun(
+            S.WorkflowServiceCancelRunRequest(run_id=run.id), metadata=auth(other_token)
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND

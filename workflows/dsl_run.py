@@ -252,7 +252,7 @@ class DslRunWorkflow:
         state = self._state
         state.create_time = state.start_time = workflow.now()
         state.status = "running"
-        await self._set_status("running")
+        self._set_status("running")
         await self._publish(
             RunStarted(
                 workflow_id=start.workflow_id,
@@ -281,13 +281,13 @@ class DslRunWorkflow:
             state.status = "canceled"
             state.end_time = now
             state.error = RunError(type="CANCELED", message=self._cancel_reason or "canceled")
-            await self._set_status("canceled")
+            self._set_status("canceled")
             await self._publish(RunFinished(status="canceled", error=state.error))
             raise
         state.output = output
         state.status = "succeeded"
         state.end_time = workflow.now()
-        await self._set_status("succeeded")
+        self._set_status("succeeded")
         await self._publish(RunFinished(status="succeeded", output=output))
         return state
 
@@ -295,7 +295,7 @@ class DslRunWorkflow:
         self._state.status = "failed"
         self._state.error = error
         self._state.end_time = workflow.now()
-        await self._set_status("failed")
+        self._set_status("failed")
         await self._publish(RunFailed(error=error))
 
     async def _chain(
@@ -531,11 +531,12 @@ class DslRunWorkflow:
         return step_run
 
     async def _changed(self, *events: WorkflowEvent) -> None:
+        # The status first: an Update waiting on this change answers with a current run.
+        self._set_status(self._state.derived_status())
         if events:
             await self._publish(*events)
-        await self._set_status(self._state.derived_status())
 
-    async def _set_status(self, status: str) -> None:
+    def _set_status(self, status: str) -> None:
         if self._state.status not in ("succeeded", "failed", "canceled"):
             self._state.status = status  # type: ignore[assignment]
         if status != self._published_status:

@@ -244,7 +244,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             statuses.append(status_name.upper())
         if statuses:
             clauses.append("LoomworkStatus IN (" + ", ".join(f"'{s}'" for s in statuses) + ")")
-        query = " AND ".join(clauses) + " ORDER BY StartTime DESC"
+        query = " AND ".join(clauses)  # visibility lists newest first
         token = b""
         if request.page_token:
             token = _decode_visibility_token(request.page_token, query)
