@@ -696,6 +696,12 @@ async def _demo_approval(ctx: DemoContext) -> None:
             ctx.console.print(f"  [red]✗ run failed: {escape(event.run_failed.message)}[/]")
 
 
+async def _demo_workflows(ctx: DemoContext) -> None:
+    from clients.workflow_cli import demo_workflows  # it builds on this module
+
+    await demo_workflows(ctx)
+
+
 async def _demo_update(ctx: DemoContext) -> None:
     thread = await ctx.client.update_thread(
         ctx.thread_id,
@@ -749,6 +755,7 @@ DEMO_SECTIONS: list[DemoSection] = [
     DemoSection("Memory: updating a thread", _demo_update),
     DemoSection("Agents: a durable run with a tool, streamed", _demo_agent),
     DemoSection("Agents: a tool call waits for approval", _demo_approval),
+    DemoSection("Workflows: linear, branching, suspend/resume", _demo_workflows),
     DemoSection("Errors: bad input names the field", _demo_bad_input),
     DemoSection("Tenants: isolation", _demo_tenants),
     DemoSection("Memory: deleting the thread", _demo_delete),
@@ -806,4 +813,7 @@ def register(app: typer.Typer) -> None:
     """Adds the client commands (threads, messages, demo) to the main `loomwork` app."""
     app.add_typer(threads_app, name="threads")
     app.add_typer(messages_app, name="messages")
+    from clients.workflow_cli import workflows_app  # it builds on this module
+
+    app.add_typer(workflows_app, name="workflows")
     app.command("demo")(demo)

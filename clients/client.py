@@ -33,6 +33,8 @@ from protos.loomwork.v1 import (
     memory_pb2,
     memory_pb2_grpc,
     message_pb2,
+    workflow_pb2,
+    workflow_pb2_grpc,
 )
 
 __all__ = [
@@ -258,6 +260,7 @@ class LoomworkClient:
             self._channel = grpc.aio.secure_channel(address, credentials, options=channel_options)
         self._memory = memory_pb2_grpc.MemoryServiceStub(self._channel)
         self._agents = agent_pb2_grpc.AgentServiceStub(self._channel)
+        self._workflows = workflow_pb2_grpc.WorkflowServiceStub(self._channel)
 
     # -- lifecycle
 
@@ -563,3 +566,118 @@ class LoomworkClient:
             **self.call_options(timeout),
         )
         return response.run
+
+    # -- WorkflowService: definitions and runs
+
+    async def list_workflows(self, *, timeout: float | None = None) -> list[workflow_pb2.Workflow]:
+        """Every registered workflow definition, with its schemas and steps."""
+        workflows: list[workflow_pb2.Workflow] = []
+        token = ""
+        while True:
+            response: workflow_pb2.ListWorkflowsResponse = await self._workflows.ListWorkflows(
+                workflow_pb2.ListWorkflowsRequest(page_size=1000, page_token=token),
+                **self.call_options(timeout),
+            )
+            workflows.extend(response.workflows)
+            token = response.next_page_token
+            if not token:
+                return workflows
+
+    async def get_workflow(
+        self, workflow_id: str, *, timeout: float | None = None
+    ) -> workflow_pb2.Workflow:
+        response: workflow_pb2.GetWorkflowResponse = await self._workflows.GetWorkflow(
+            workflow_pb2.GetWorkflowRequest(workflow_id=workflow_id), **self.call_options(timeout)
+        )
+        return response.workflow
+
+    async def start_workflow_run(
+        self,
+        workflow_id: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        client_run_id: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> workflow_pb2.WorkflowRun:
+        """Start a run (idempotent by `client_run_id`); follow it with watch_workflow_run."""
+        response: workflow_pb2.WorkflowServiceStartRunResponse = await self._workflows.StartRun(
+            workflow_pb2.WorkflowServiceStartRunRequest(
+                workflow_id=workflow_id,
+                input=_struct(data),
+                client_run_id=client_run_id,
+                metadata=_struct(metadata),
+            ),
+            **self.call_options(timeout),
+        )
+        return response.run
+
+    async def get_workflow_run(
+        self, run_id: str, *, timeout: float | None = None
+    ) -> workflow_pb2.WorkflowRun:
+        """A run as it stands: status, every step execution, output once finished."""
+        response: workflow_pb2.WorkflowServiceGetRunResponse = await self._workflows.GetRun(
+            workflow_pb2.WorkflowServiceGetRunRequest(run_id=run_id), **self.call_options(timeout)
+        )
+        return response.run
+
+    async def list_workflow_runs(
+        self,
+        *,
+        workflow_id: str = "",
+        statuses: Sequence[workflow_pb2.WorkflowRunStatus] = (),
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> workflow_pb2.WorkflowServiceListRunsResponse:
+        """One page of runs, newest first, filtered by workflow and statuses."""
+        response: workflow_pb2.WorkflowServiceListRunsResponse = await self._workflows.ListRuns(
+            workflow_pb2.WorkflowServiceListRunsRequest(
+                workflow_id=workflow_id,
+                statuses=list(statuses),
+                page_size=page_size,
+                page_token=page_token,
+            ),
+            **self.call_options(timeout),
+        )
+        return response
+
+    async def resume_workflow_run(
+        self,
+        run_id: str,
+        step_id: str,
+        resume_data: Mapping[str, Any] | None = None,
+        *,
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> workflow_pb2.WorkflowRun:
+        """Resume a suspended step with data validated against its resume schema."""
+        response: workflow_pb2.WorkflowServiceResumeRunResponse = await self._workflows.ResumeRun(
+            workflow_pb2.WorkflowServiceResumeRunRequest(
+                run_id=run_id,
+                step_id=step_id,
+                resume_data=_struct(resume_data),
+                request_id=request_id,
+            ),
+            **self.call_options(timeout),
+        )
+        return response.run
+
+    async def cancel_workflow_run(
+        self, run_id: str, reason: str = "", *, timeout: float | None = None
+    ) -> workflow_pb2.WorkflowRun:
+        response: workflow_pb2.WorkflowServiceCancelRunResponse = await self._workflows.CancelRun(
+            workflow_pb2.WorkflowServiceCancelRunRequest(run_id=run_id, reason=reason),
+            **self.call_options(timeout),
+        )
+        return response.run
+
+    async def watch_workflow_run(
+        self, run_id: str, *, after_event_id: int = 0, timeout: float | None = 300.0
+    ) -> AsyncIterator[workflow_pb2.WorkflowRunEvent]:
+        """The run's step events after `after_event_id`, then live until it ends."""
+        request = workflow_pb2.WorkflowServiceWatchRunRequest(
+            run_id=run_id, after_event_id=after_event_id
+        )
+        async for response in self._workflows.WatchRun(request, **self.call_options(timeout)):
+            yield response.event

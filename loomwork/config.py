@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     temporal_address: str | None = Field(default=None, alias="TEMPORAL_ADDRESS")
     temporal_namespace: str = Field(default="default", alias="TEMPORAL_NAMESPACE")
     task_queue: str = Field(default=TASK_QUEUE, alias="LOOMWORK_TASK_QUEUE")
+    # Comma-separated Python modules that register workflow definitions on import.
+    workflow_modules: str = Field(default="", alias="LOOMWORK_WORKFLOW_MODULES")
     openai_base_url: str | None = Field(default=None, alias="OPENAI_BASE_URL")
     openai_api_key: str | None = Field(default=None, alias="OPENAI_API_KEY")
     chat_model: str = Field(default="gpt-4o-mini", alias="LOOMWORK_CHAT_MODEL")

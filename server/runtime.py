@@ -15,7 +15,11 @@ from loomwork.cache.versioned import VersionedCache
 from loomwork.config import Settings
 from loomwork.embeddings import embedding_provider, resolve_dimension
 from loomwork.flows.examples import register_examples
-from loomwork.flows.registry import WorkflowRegistry, default_registry
+from loomwork.flows.registry import (
+    WorkflowRegistry,
+    default_registry,
+    import_workflow_modules,
+)
 from loomwork.memory.memory import Memory
 from loomwork.memory.recall import MessageRecall
 from loomwork.memory.working import WorkingMemoryStore
@@ -98,6 +102,7 @@ class Runtime:
     def __post_init__(self) -> None:
         # Workflow definitions are checked at start-up: the seed examples, and whatever the
         # application registered on `default_registry` before starting.
+        import_workflow_modules(self.settings.workflow_modules)
         register_examples(self.flows)
         self.flows.check_references(
             {tool.name: tool.args for tool in self.tools.all()},

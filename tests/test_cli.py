@@ -235,6 +235,9 @@ async def test_demo_runs_to_completion(
     assert "model calls tool add" in output and "The sum is 42." in output
     assert "run is WAITING: send_email" in output and "RUN_STATUS_WAITING" in output
     assert "email to ada@example.com is sent" in output
+    assert "succeeded notify" in output and "confirmation for ord-" in output
+    assert "skipped escalate" in output and "skipped general" in output
+    assert "suspended approve waiting for:" in output and "paid by Linus" in output
     assert "demo finished" in output
 
 
@@ -253,3 +256,39 @@ def test_message_from_json_forms() -> None:
         message_from_json({"role": "user", "parts": [{"nope": {}}]}, 3)
     with pytest.raises(ValueError, match="unknown role"):
         message_from_json({"role": "robot", "text": "x"})
+
+
+async def test_workflow_commands(env: dict[str, str]) -> None:
+    listed = _ok(await _cli(env, "workflows", "list")).stdout
+    assert "order-pipeline" in listed and "validate → process → store → notify" in listed
+    shown = _ok(await _cli(env, "workflows", "show", "expense-approval")).stdout
+    assert "approve" in shown and "can suspend" in shown
+    expense = '{"employee": "Grace", "amount": 500, "reason": "laptop"}'
+    run = _json(
+        await _cli(env, "workflows", "start", "expense-approval", "--input", expense, "--json")
+    )
+    run_id = run["id"]
+    for _ in range(100):
+        got = _json(await _cli(env, "workflows", "get", run_id, "--json"))
+        if got["status"] == "WORKFLOW_RUN_STATUS_SUSPENDED":
+            break
+        await asyncio.sleep(0.1)
+    assert got["status"] == "WORKFLOW_RUN_STATUS_SUSPENDED"
+    bad = _failed(await _cli(env, "workflows", "resume", run_id, "approve", "--data", "{}"))
+    assert "INVALID_ARGUMENT" in bad and "resume_data.approved" in bad
+    resumed = _ok(
+        await _cli(
+            env,
+            "workflows",
+            "resume",
+            run_id,
+            "approve",
+            "--data",
+            '{"approved": true, "approver": "Linus"}',
+        )
+    ).stdout
+    assert "resumed approve" in resumed
+    watched = _ok(await _cli(env, "workflows", "watch", run_id)).stdout
+    assert "suspended approve" in watched and "run finished SUCCEEDED" in watched
+    shown = _ok(await _cli(env, "workflows", "get", run_id)).stdout
+    assert "SUCCEEDED" in shown and "paid by Linus" in shown

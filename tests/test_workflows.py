@@ -4,7 +4,10 @@ Temporal, driven through gRPC as a client service would."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -17,17 +20,24 @@ from pydantic import BaseModel
 
 from loomwork.agents.builtin import WordCountArgs
 from loomwork.flows import (
+    AgentStepInput,
+    AgentStepOutput,
     InvalidDefinition,
     RetryPolicy,
     StepContext,
     ToolStepOutput,
     Workflow,
+    agent_step,
     default_registry,
     step,
     tool_step,
 )
+from loomwork.llm.scripted_server import Turn
 from protos.loomwork.v1 import workflow_pb2, workflow_pb2_grpc
 from tests.support import auth, field_violations, unique
+from workflows.dsl_run import DslRunInput, DslRunWorkflow
+
+ROOT = Path(__file__).resolve().parent.parent
 
 S = workflow_pb2
 
@@ -766,3 +776,144 @@ async def test_run_rpcs_validate_their_input(workflows, token, other_token) -> N
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# -- worker killed mid-step -----------------------------------------------------------------
+
+
+def _worker_process(embedded: dict[str, str], task_queue: str, log: Path) -> subprocess.Popen:
+    env = dict(
+        os.environ,
+        DATABASE_URL=embedded["DATABASE_URL"],
+        REDIS_URL=embedded["REDIS_URL"],
+        TEMPORAL_ADDRESS=embedded["TEMPORAL_ADDRESS"],
+        LOOMWORK_TASK_QUEUE=task_queue,
+        LOOMWORK_WORKFLOW_MODULES="tests.workflow_fixtures",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "worker"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def test_worker_killed_mid_step_and_the_run_completes(
+    embedded, runtime, tmp_path: Path
+) -> None:
+    from tests.workflow_fixtures import KILLABLE
+
+    queue = unique("wf-kill")
+    run_id = unique("kill")
+    log = tmp_path / "workers.log"
+    first = _worker_process(embedded, queue, log)
+    second = None
+    try:
+        handle = await runtime.temporal.start_workflow(
+            DslRunWorkflow.run,
+            DslRunInput(
+                tenant="alpha",
+                run_id=run_id,
+                workflow_id="killable",
+                workflow_version=KILLABLE.version,
+                input={"name": "rebuild"},
+            ),
+            id=f"wf/killable/alpha/{run_id}",
+            task_queue=queue,
+        )
+        marker = f"test:wf-kill:{run_id}"
+        deadline = asyncio.get_running_loop().time() + 60
+        while await runtime.redis.get(marker) is None:
+            assert first.poll() is None, log.read_text()
+            assert asyncio.get_running_loop().time() < deadline, log.read_text()
+            await asyncio.sleep(0.1)
+        first.send_signal(signal.SIGKILL)  # mid-step, no chance to clean up
+        first.wait(10)
+        second = _worker_process(embedded, queue, log)
+        state = await asyncio.wait_for(handle.result(), 60)
+        assert state.status == "succeeded"
+        assert state.output == {"name": "rebuild", "attempt": 2}
+        assert state.step("work").attempts == 2
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+
+
+# -- agents as steps, the Temporal UI, resumable streams --------------------------------------
+
+
+class Topic(BaseModel):
+    topic: str
+
+
+class Summary(BaseModel):
+    topic: str
+    summary: str
+
+
+def _ask(topic: Topic) -> AgentStepInput:
+    return AgentStepInput(prompt=f"Summarize {topic.topic} in one line.")
+
+
+def _summary(answer: AgentStepOutput) -> Summary:
+    return Summary(topic="", summary=answer.text)
+
+
+default_registry.register(
+    Workflow("summarize", input=Topic, output=Summary)
+    .map("ask", _ask, output=AgentStepInput)
+    .then(agent_step("assistant-step", agent="assistant"))
+    .map("shape", _summary, output=Summary)
+)
+
+
+async def test_agent_as_a_step(workflows, token, model_server, runtime) -> None:
+    model_server.set_script([Turn(text="Looms weave threads into cloth.")])
+    try:
+        run = await _start(workflows, token, "summarize", {"topic": "looms"})
+        done = await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_SUCCEEDED))
+    finally:
+        model_server.set_script(None)
+    assert _dict(done.output)["summary"] == "Looms weave threads into cloth."
+    step_run = _steps(done)["assistant-step"]
+    assert step_run.kind == S.WORKFLOW_STEP_KIND_AGENT
+    assert _dict(step_run.output)["run_id"] == f"{run.id}.assistant-step"
+    # The agent ran as a child workflow, visible in the Temporal UI under the run's id.
+    child = runtime.temporal.get_workflow_handle(f"{done.temporal_workflow_id}/assistant-step")
+    assert (await child.describe()).status.name == "COMPLETED"
+
+
+async def test_steps_are_named_in_the_temporal_ui(workflows, token, runtime) -> None:
+    run = await _start(workflows, token, "ticket-triage", {"subject": "Wrong invoice"})
+    await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_SUCCEEDED))
+    handle = runtime.temporal.get_workflow_handle(run.temporal_workflow_id)
+    summaries = []
+    converter = runtime.temporal.data_converter.payload_converter
+    async for event in handle.fetch_history_events():
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            summary = event.user_metadata.summary
+            summaries.append(converter.from_payload(summary, str))
+    assert summaries == [
+        "classify: Sort the ticket by keywords.",
+        "billing: Hand over to the billing team.",
+        "reply: Answer the customer with what happens next (every path merges here).",
+    ]
+    described = await handle.describe()
+    attributes = {k.name: v for k, v in described.typed_search_attributes}
+    assert attributes["LoomworkTenant"] == "alpha"
+    assert attributes["LoomworkWorkflow"] == "ticket-triage"
+    assert attributes["LoomworkRun"] == run.id
+    assert attributes["LoomworkStatus"] == "SUCCEEDED"
+
+
+async def test_watch_run_resumes_after_the_last_event_seen(workflows, token) -> None:
+    run = await _start(workflows, token, "order-pipeline", _ORDER)
+    every = await _events(workflows, token, run.id)
+    for cut in (1, 3, len(every) - 1):
+        rest = await _events(workflows, token, run.id, after=cut)
+        assert [e.event_id for e in rest] == [e.event_id for e in every[cut:]]
+        assert rest == every[cut:]
+    assert await _events(workflows, token, run.id, after=len(every)) == []

@@ -7,6 +7,7 @@ finished (README: "Changing a workflow under runs in flight").
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 
 from pydantic import BaseModel
@@ -100,6 +101,23 @@ def _check_nodes(
         inner = getattr(node, "workflow", None)
         if isinstance(inner, Workflow):
             _check_nodes(inner, inner.nodes, tools, agents)
+
+
+def import_workflow_modules(names: str) -> list[str]:
+    """Import the comma-separated modules (LOOMWORK_WORKFLOW_MODULES) that register the
+    application's workflows on `default_registry`; return the ones imported."""
+    imported = []
+    for name in (n.strip() for n in names.split(",")):
+        if not name:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise InvalidDefinition(
+                f"LOOMWORK_WORKFLOW_MODULES names {name!r}, which cannot be imported: {exc}"
+            ) from exc
+        imported.append(name)
+    return imported
 
 
 # The worker's workflow code reaches definitions through this one registry (the module is
