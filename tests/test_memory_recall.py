@@ -130,6 +130,31 @@ async def test_resource_scope_spans_threads_and_never_crosses_tenants(
     assert {h.message.thread_id for h in only_first.hits} == {first}
 
 
+async def test_every_hit_carries_its_own_neighbours(memory_stub, token) -> None:
+    """Neighbours of all hits come back in one query; each hit gets those of its own thread."""
+    resource = unique("household")
+    first, first_ids = await _thread_with(memory_stub, token, resource, DISTRACTORS[:3])
+    second, second_ids = await _thread_with(
+        memory_stub, token, resource, [TARGET, *DISTRACTORS[3:]]
+    )
+    scope = {"scope": memory_pb2.MEMORY_SCOPE_RESOURCE, "resource_id": resource}
+    await _wait_indexed(memory_stub, token, 6, query="anything", **scope)
+
+    response = await _search(
+        memory_stub, token, query="nut allergy", top_k=6, message_range=1, **scope
+    )
+    assert response.hits[0].message.id == second_ids[0]
+    assert [h.score for h in response.hits] == sorted(
+        (h.score for h in response.hits), reverse=True
+    )
+    threads = {first: first_ids, second: second_ids}
+    for hit in response.hits:
+        ids = threads[hit.message.thread_id]
+        at = ids.index(hit.message.id)
+        assert [m.id for m in hit.context] == ids[max(0, at - 1) : at] + ids[at + 1 : at + 2]
+    assert {h.message.id for h in response.hits} == {*first_ids, *second_ids}
+
+
 async def test_search_validates_input_and_scope(memory_stub, token, other_token) -> None:
     cases = [
         ({"scope": memory_pb2.MEMORY_SCOPE_THREAD, "thread_id": "x"}, "query"),

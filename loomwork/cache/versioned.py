@@ -10,6 +10,13 @@ version's key, which no reader that saw the write will ask for.
 Staleness bound: if a replica misses an invalidation message (Redis restarted, connection
 lost), its L1 still forgets scope versions after `version_ttl` seconds. When Redis cannot be
 reached at all, reads go straight to the loader: the database stays the source of truth.
+
+Redis restarts: value keys carry the Redis server's `run_id` (the "epoch"), which changes on
+every start, so a Redis that reloads old versions and values from its append-only file never
+serves them: writes made while it was down could not bump those versions. A write whose
+invalidation fails keeps its scope *pending*: this replica reads that scope from the loader and
+retries the invalidation until Redis takes it, so other replicas are stale at most until then
+(or, should this replica die first, until the values' `value_ttl`).
 """
 
 from __future__ import annotations
@@ -64,6 +71,9 @@ class VersionedCache:
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._redis_down_until = 0.0
+        self._epoch: str | None = None
+        self._pending: set[str] = set()
+        self._flusher: asyncio.Task[None] | None = None
 
     def _redis_usable(self) -> bool:
         return asyncio.get_running_loop().time() >= self._redis_down_until
@@ -72,7 +82,14 @@ class VersionedCache:
         # Skip Redis for a second rather than paying a connect timeout on every read.
         log.warning("cache: Redis unavailable (%s); reading through to storage", exc)
         self._redis_down_until = asyncio.get_running_loop().time() + 1.0
+        self._epoch = None  # it may be another Redis (restarted) when it answers again
         self.stats.bypasses += 1
+
+    async def _current_epoch(self) -> str:
+        if self._epoch is None:
+            info = await self.redis.info("server")
+            self._epoch = str(info["run_id"])
+        return self._epoch
 
     # -- lifecycle
 
@@ -84,6 +101,11 @@ class VersionedCache:
                 await asyncio.wait_for(self._subscribed.wait(), 5)
 
     async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -95,9 +117,11 @@ class VersionedCache:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
-                self._subscribed.set()
-                # Anything published while we were not listening is lost: start clean.
+                # Anything published while we were not listening is lost, and Redis may have
+                # restarted: start clean.
+                self._epoch = None
                 self.local.clear()
+                self._subscribed.set()
                 async for message in pubsub.listen():
                     if message.get("type") != "message":
                         continue
@@ -109,6 +133,7 @@ class VersionedCache:
                 raise
             except (RedisError, OSError) as exc:
                 log.warning("cache invalidation listener lost Redis (%s); retrying", exc)
+                self._epoch = None
                 self.local.clear()
                 await asyncio.sleep(1.0)
             finally:
@@ -141,15 +166,16 @@ class VersionedCache:
     ) -> T:
         """The value of `key` in `scope`: from L1, else Redis, else `load()` (once per key
         and version in this process, however many callers miss at the same time)."""
-        if not self._redis_usable():
+        if not self._redis_usable() or scope in self._pending:
             self.stats.bypasses += 1
             return await load()
         try:
+            epoch = await self._current_epoch()
             version = await self._version(scope)
         except (RedisError, OSError) as exc:
             self._redis_failed(exc)
             return await load()
-        full_key = f"{self.namespace}:val:{scope}:{version}:{key}"
+        full_key = f"{self.namespace}:val:{epoch}:{scope}:{version}:{key}"
         hit = self.local.get(full_key)
         if hit is not None:
             self.stats.l1_hits += 1
@@ -197,13 +223,30 @@ class VersionedCache:
 
     async def invalidate(self, scope: str) -> None:
         """Call after the write is committed: every replica reads the scope afresh."""
-        key = self._version_key(scope)
-        self.local.delete(key)
+        self.local.delete(self._version_key(scope))
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.incr(key)
-                pipe.publish(self.channel, scope)
-                await pipe.execute()
+            await self._publish(scope)
         except (RedisError, OSError) as exc:
-            # The write itself succeeded; other replicas converge within version_ttl.
+            # The write itself succeeded: read this scope from storage until Redis has it.
             log.warning("could not publish cache invalidation of %s: %s", scope, exc)
+            self._pending.add(scope)
+            if self._flusher is None or self._flusher.done():
+                self._flusher = asyncio.create_task(self._flush(), name="cache-pending")
+
+    async def _publish(self, scope: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.incr(self._version_key(scope))
+            pipe.publish(self.channel, scope)
+            await pipe.execute()
+
+    async def _flush(self) -> None:
+        """Retry the invalidations that failed until Redis takes them."""
+        while self._pending:
+            await asyncio.sleep(0.5)
+            for scope in list(self._pending):
+                try:
+                    await self._publish(scope)
+                except (RedisError, OSError):
+                    break
+                self._pending.discard(scope)
+                self.local.delete(self._version_key(scope))

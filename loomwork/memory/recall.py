@@ -12,7 +12,8 @@ import json
 from typing import Any
 
 from pgvector import Vector
-from pgvector.psycopg import register_vector_async
+from pgvector.psycopg.vector import register_vector_info
+from psycopg.types import TypeInfo
 
 from loomwork.embeddings.provider import EmbeddingProvider
 from loomwork.errors import FailedPrecondition, NotFound, Violations
@@ -54,6 +55,16 @@ class MessageRecall:
     def __init__(self, db: Database, provider: EmbeddingProvider) -> None:
         self.db = db
         self.provider = provider
+        self._vector_type: TypeInfo | None = None
+
+    async def _use_vectors(self, conn: Any) -> None:
+        """Teach `conn` the pgvector type; the type is looked up once, not per call
+        (pgvector's `register_vector_async` costs four queries every time)."""
+        if conn.adapters.types.get("vector") is not None:
+            return
+        if self._vector_type is None:
+            self._vector_type = await TypeInfo.fetch(conn, "vector")
+        register_vector_info(conn, self._vector_type)
 
     async def ensure_space(self) -> None:
         """Create the vector table for the provider's model, or refuse a different model."""
@@ -119,7 +130,7 @@ class MessageRecall:
             return 0
         vectors = await self.provider.embed([text for _, text in pending])
         async with self.db.connection() as conn:
-            await register_vector_async(conn)
+            await self._use_vectors(conn)
             async with conn.transaction(), conn.cursor() as cur:
                 await cur.executemany(
                     f"""
@@ -135,16 +146,11 @@ class MessageRecall:
         return len(pending)
 
     async def search(self, tenant: str, query: RecallQuery) -> list[RecallHit]:
-        """The `top_k` messages closest in meaning, scored 0..1, each with its neighbours."""
+        """The `top_k` messages closest in meaning, scored 0..1, each with its neighbours.
+
+        One statement finds the hits and all their neighbours (one round trip, whatever
+        `top_k`); the scope's thread is looked up only when nothing was found."""
         _validate(query)
-        async with self.db.connection() as conn:
-            if query.scope is RecallScope.THREAD:
-                cur = await conn.execute(
-                    "select 1 from threads where tenant_id = %s and id = %s",
-                    (tenant, query.thread_id),
-                )
-                if await cur.fetchone() is None:
-                    raise NotFound(f"thread {query.thread_id!r} not found")
         [vector] = await self.provider.embed([query.query])
         column, owner = (
             ("thread_id", query.thread_id)
@@ -152,57 +158,73 @@ class MessageRecall:
             else ("resource_id", query.resource_id)
         )
         async with self.db.connection() as conn:
-            await register_vector_async(conn)
+            await self._use_vectors(conn)
             async with conn.transaction():
                 # Filtered HNSW scans keep going until enough rows pass the filter (pgvector 0.8).
                 await conn.execute("set local hnsw.iterative_scan = relaxed_order")
                 cur = await conn.execute(
                     f"""
-                    select message_id, 1 - (embedding <=> %(v)s) as similarity
-                    from {SPACE}
-                    where tenant_id = %(tenant)s and {column} = %(owner)s
-                    order by embedding <=> %(v)s
-                    limit %(k)s
+                    with knn as materialized (
+                        select message_id, 1 - (embedding <=> %(v)s) as similarity
+                        from {SPACE}
+                        where tenant_id = %(t)s and {column} = %(owner)s
+                        order by embedding <=> %(v)s
+                        limit %(k)s
+                    ), hits as (
+                        select knn.message_id as hit_id,
+                               greatest(0.0, least(1.0, knn.similarity)) as score,
+                               h.thread_id as hit_thread, h.seq as hit_seq
+                        from knn join messages h on h.tenant_id = %(t)s and h.id = knn.message_id
+                        where greatest(0.0, least(1.0, knn.similarity)) >= %(min)s
+                    )
+                    select hits.hit_id, hits.score, x.* from hits cross join lateral (
+                        (select {MESSAGE_COLUMNS} from messages m
+                          where m.tenant_id = %(t)s and m.thread_id = hits.hit_thread
+                            and m.seq < hits.hit_seq
+                          order by m.seq desc limit %(n)s)
+                        union all
+                        (select {MESSAGE_COLUMNS} from messages m
+                          where m.tenant_id = %(t)s and m.thread_id = hits.hit_thread
+                            and m.seq >= hits.hit_seq
+                          order by m.seq limit %(n1)s)
+                    ) x
                     """,
-                    {"v": _vec(vector), "tenant": tenant, "owner": owner, "k": query.top_k},
+                    {
+                        "v": _vec(vector),
+                        "t": tenant,
+                        "owner": owner,
+                        "k": query.top_k,
+                        "min": query.min_score,
+                        "n": query.message_range,
+                        "n1": query.message_range + 1,
+                    },
                 )
-                scored = [
-                    (row["message_id"], max(0.0, min(1.0, float(row["similarity"]))))
-                    for row in await cur.fetchall()
-                ]
-            scored = [(mid, s) for mid, s in scored if s >= query.min_score]
-            scored.sort(key=lambda item: -item[1])
-            hits: list[RecallHit] = []
-            for message_id, score in scored:
-                message, context = await self._with_neighbours(
-                    conn, tenant, message_id, query.message_range
+                rows = await cur.fetchall()
+            if not rows and query.scope is RecallScope.THREAD:
+                cur = await conn.execute(
+                    "select 1 from threads where tenant_id = %s and id = %s",
+                    (tenant, query.thread_id),
                 )
-                if message is not None:
-                    hits.append(RecallHit(message=message, score=score, context=context))
-        return hits
+                if await cur.fetchone() is None:
+                    raise NotFound(f"thread {query.thread_id!r} not found")
+        return _hits(rows)
 
-    async def _with_neighbours(
-        self, conn: Any, tenant: str, message_id: str, span: int
-    ) -> tuple[Message | None, list[Message]]:
-        cur = await conn.execute(
-            f"""
-            with hit as (
-                select thread_id, seq from messages where tenant_id = %(t)s and id = %(id)s
-            )
-            (select {MESSAGE_COLUMNS} from messages m, hit
-              where m.tenant_id = %(t)s and m.thread_id = hit.thread_id and m.seq < hit.seq
-              order by m.seq desc limit %(n)s)
-            union all
-            (select {MESSAGE_COLUMNS} from messages m, hit
-              where m.tenant_id = %(t)s and m.thread_id = hit.thread_id and m.seq >= hit.seq
-              order by m.seq limit %(n1)s)
-            """,
-            {"t": tenant, "id": message_id, "n": span, "n1": span + 1},
-        )
-        rows = sorted(await cur.fetchall(), key=lambda r: r["seq"])
-        messages = [message_from_row(r) for r in rows]
-        hit = next((m for m in messages if m.id == message_id), None)
-        return hit, [m for m in messages if m.id != message_id]
+
+def _hits(rows: list[dict[str, Any]]) -> list[RecallHit]:
+    """Group (hit id, score, message row) rows into hits, best first, neighbours in time order."""
+    decoded: dict[str, Message] = {}
+    groups: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+    for row in rows:
+        if row["id"] not in decoded:
+            decoded[row["id"]] = message_from_row(row)
+        groups.setdefault(row["hit_id"], (float(row["score"]), []))[1].append(row)
+    hits: list[RecallHit] = []
+    for hit_id, (score, members) in groups.items():
+        members.sort(key=lambda r: r["seq"])
+        context = [decoded[r["id"]] for r in members if r["id"] != hit_id]
+        hits.append(RecallHit(message=decoded[hit_id], score=score, context=context))
+    hits.sort(key=lambda hit: -hit.score)
+    return hits
 
 
 def _vec(values: list[float]) -> Vector:

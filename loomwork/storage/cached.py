@@ -36,8 +36,8 @@ class CachedMemoryStorage:
             _scope(tenant, thread_id),
             "thread",
             lambda: self.storage.get_thread(tenant, thread_id),
-            encode=lambda t: codec.encode(t.model_dump(mode="json")),
-            decode=lambda raw: Thread.model_validate(codec.decode(raw)),
+            encode=lambda t: codec.encode_json(t.model_dump_json().encode()),
+            decode=lambda raw: Thread.model_validate_json(codec.decode_json(raw)),
         )
 
     async def last_messages(self, tenant: str, thread_id: str, n: int) -> list[Message]:
@@ -45,8 +45,8 @@ class CachedMemoryStorage:
             _scope(tenant, thread_id),
             f"last:{n}",
             lambda: self.storage.last_messages(tenant, thread_id, n),
-            encode=lambda ms: codec.encode(_MESSAGES.dump_python(ms, mode="json")),
-            decode=lambda raw: _MESSAGES.validate_python(codec.decode(raw)),
+            encode=lambda ms: codec.encode_json(_MESSAGES.dump_json(ms)),
+            decode=lambda raw: _MESSAGES.validate_json(codec.decode_json(raw)),
         )
 
     async def list_messages(
@@ -56,8 +56,8 @@ class CachedMemoryStorage:
             _scope(tenant, thread_id),
             f"page:{after_seq or 0}:{limit}",
             lambda: self.storage.list_messages(tenant, thread_id, limit=limit, after_seq=after_seq),
-            encode=lambda rows: codec.encode(_PAGE.dump_python(rows, mode="json")),
-            decode=lambda raw: _PAGE.validate_python(codec.decode(raw)),
+            encode=lambda rows: codec.encode_json(_PAGE.dump_json(rows)),
+            decode=lambda raw: _PAGE.validate_json(codec.decode_json(raw)),
         )
 
     # -- writes: through to the adapter, then invalidate

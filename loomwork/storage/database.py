@@ -42,7 +42,7 @@ class Database:
         self, timeout: float | None = None
     ) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
         """`async with db.connection() as conn:`; use `conn.transaction()` for writes."""
-        return self.pool.connection(timeout=timeout)
+        return _Lease(self.pool, timeout)
 
     async def ping(self) -> bool:
         """True when a trivial query answers."""
@@ -52,3 +52,28 @@ class Database:
             return True
         except (psycopg.Error, OSError, Exception):  # any failure means 'not reachable'
             return False
+
+
+class _Lease:
+    """Borrow a pool connection for one `async with`.
+
+    Leaner than `pool.connection()`: connections are in autocommit mode, so there is nothing
+    to commit on the way out (`conn.transaction()` blocks end their own transactions), and
+    `putconn` already discards broken connections and rolls back any left in a transaction.
+    """
+
+    __slots__ = ("_conn", "_pool", "_timeout")
+
+    def __init__(self, pool: AsyncConnectionPool, timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def __aenter__(self) -> psycopg.AsyncConnection[Any]:
+        self._conn = await self._pool.getconn(self._timeout)
+        return self._conn
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._pool.putconn(conn)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+import pydantic_core
 from psycopg.types.json import Jsonb
 
 from loomwork.errors import AlreadyExists, NotFound
@@ -17,28 +18,23 @@ _THREAD_COLUMNS = "id, seq, resource_id, title, metadata, message_count, create_
 MESSAGE_COLUMNS = "m.id, m.thread_id, m.seq, m.role, m.content, m.create_time"
 
 
+# Rows become models in one pydantic-core pass each. Measured: validating a row dict in Rust
+# (~2 µs a thread, ~3.6 µs a message with its parsed content) is faster than
+# `model_construct` (~4-5 µs), which skips validation but runs in Python.
+
+
 def _thread(row: dict[str, Any]) -> Thread:
-    return Thread(
-        id=row["id"],
-        resource_id=row["resource_id"],
-        title=row["title"],
-        metadata=row["metadata"],
-        message_count=row["message_count"],
-        create_time=row["create_time"],
-        update_time=row["update_time"],
-    )
+    return Thread.model_validate(row)  # the extra `seq` column is ignored
 
 
 def message_from_row(row: dict[str, Any]) -> Message:
-    content = codec.decode(row["content"])
-    return Message(
-        id=row["id"],
-        thread_id=row["thread_id"],
-        role=row["role"],
-        parts=content["parts"],
-        metadata=content.get("metadata", {}),
-        create_time=row["create_time"],
-    )
+    """A `Message` from a `MESSAGE_COLUMNS` row (`content` holds its parts and metadata)."""
+    fields = pydantic_core.from_json(codec.decode_json(row["content"]))
+    fields["id"] = row["id"]
+    fields["thread_id"] = row["thread_id"]
+    fields["role"] = row["role"]
+    fields["create_time"] = row["create_time"]
+    return Message.model_validate(fields)
 
 
 class PostgresMemoryStorage:
