@@ -14,9 +14,9 @@ from temporalio.exceptions import ApplicationError
 from loomwork.agents.run import (
     AgentRunRequest,
     FinishInput,
+    FirstStep,
     PublishInput,
     RunOutcome,
-    RunPlan,
     StepInput,
     StepOutput,
     ToolInput,
@@ -63,10 +63,14 @@ class AgentActivities:
     def __init__(self, steps: AgentSteps) -> None:
         self.steps = steps
 
-    @activity.defn(name="agent_start")
-    async def start(self, request: AgentRunRequest) -> RunPlan:
+    @activity.defn(name="agent_start_and_step")
+    async def start_and_step(self, request: AgentRunRequest) -> FirstStep:
         try:
-            return await self.steps.start(request)
+            return await _heartbeating(
+                self.steps.start_and_step(
+                    request, attempt=activity.info().attempt, heartbeat=activity.heartbeat
+                )
+            )
         except LoomworkError as error:
             raise _application_error(error) from error
 
@@ -83,11 +87,7 @@ class AgentActivities:
 
     @activity.defn(name="agent_tool_call")
     async def tool_call(self, call: ToolInput) -> ToolResultPart:
-        return await self.steps.tool_call(call)
-
-    @activity.defn(name="agent_step_finished")
-    async def step_finished(self, request: AgentRunRequest, step: int, output: StepOutput) -> None:
-        await self.steps.step_finished(request, step, output)
+        return await _heartbeating(self.steps.tool_call(call))
 
     @activity.defn(name="agent_publish")
     async def publish(self, publish: PublishInput) -> None:
@@ -95,4 +95,6 @@ class AgentActivities:
 
     @activity.defn(name="agent_finish")
     async def finish(self, finish: FinishInput) -> RunOutcome:
-        return await self.steps.finish(finish.request, finish.outcome)
+        return await self.steps.finish(
+            finish.request, finish.outcome, last_step=finish.last_step, read_only=finish.read_only
+        )

@@ -816,4 +816,7 @@ def register(app: typer.Typer) -> None:
     from clients.workflow_cli import workflows_app  # it builds on this module
 
     app.add_typer(workflows_app, name="workflows")
+    from clients.rag_cli import rag_app
+
+    app.add_typer(rag_app, name="rag")
     app.command("demo")(demo)

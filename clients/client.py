@@ -30,9 +30,13 @@ from google.rpc import error_details_pb2, status_pb2
 from protos.loomwork.v1 import (
     agent_pb2,
     agent_pb2_grpc,
+    integration_pb2,
+    integration_pb2_grpc,
     memory_pb2,
     memory_pb2_grpc,
     message_pb2,
+    rag_pb2,
+    rag_pb2_grpc,
     workflow_pb2,
     workflow_pb2_grpc,
 )
@@ -260,7 +264,9 @@ class LoomworkClient:
             self._channel = grpc.aio.secure_channel(address, credentials, options=channel_options)
         self._memory = memory_pb2_grpc.MemoryServiceStub(self._channel)
         self._agents = agent_pb2_grpc.AgentServiceStub(self._channel)
+        self._integrations = integration_pb2_grpc.IntegrationServiceStub(self._channel)
         self._workflows = workflow_pb2_grpc.WorkflowServiceStub(self._channel)
+        self._rag = rag_pb2_grpc.RagServiceStub(self._channel)
 
     # -- lifecycle
 
@@ -567,6 +573,105 @@ class LoomworkClient:
         )
         return response.run
 
+    async def stream_object(
+        self,
+        agent_name: str,
+        prompt: str,
+        *,
+        output_schema: Mapping[str, Any] | None = None,
+        thread_id: str = "",
+        resource_id: str = "",
+        client_run_id: str = "",
+        timeout: float | None = 300.0,
+    ) -> AsyncIterator[agent_pb2.AgentRunEvent]:
+        """Run an agent for structured output: object_partial events, then object_final
+        (validated against `output_schema`, or the agent's own schema)."""
+        request = agent_pb2.StreamObjectRequest(
+            agent_name=agent_name,
+            prompt=prompt,
+            output_schema=_struct(output_schema),
+            thread_id=thread_id,
+            resource_id=resource_id,
+            client_run_id=client_run_id,
+        )
+        async for response in self._agents.StreamObject(request, **self.call_options(timeout)):
+            yield response.event
+
+    async def list_runs(
+        self,
+        *,
+        agent_name: str = "",
+        thread_id: str = "",
+        resource_id: str = "",
+        statuses: Iterable[Any] = (),  # run_pb2.RunStatus values
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> agent_pb2.AgentServiceListRunsResponse:
+        """One page of agent runs (from Temporal visibility), filtered."""
+        response: agent_pb2.AgentServiceListRunsResponse = await self._agents.ListRuns(
+            agent_pb2.AgentServiceListRunsRequest(
+                agent_name=agent_name,
+                thread_id=thread_id,
+                resource_id=resource_id,
+                statuses=list(statuses),
+                page_size=page_size,
+                page_token=page_token,
+            ),
+            **self.call_options(timeout),
+        )
+        return response
+
+    async def create_agent(
+        self, agent: agent_pb2.Agent, *, timeout: float | None = None
+    ) -> agent_pb2.Agent:
+        """Store an agent for this tenant (instructions, model, tool names, memory, schema)."""
+        response: agent_pb2.CreateAgentResponse = await self._agents.CreateAgent(
+            agent_pb2.CreateAgentRequest(agent=agent), **self.call_options(timeout)
+        )
+        return response.agent
+
+    async def get_agent(self, name: str, *, timeout: float | None = None) -> agent_pb2.Agent:
+        response: agent_pb2.GetAgentResponse = await self._agents.GetAgent(
+            agent_pb2.GetAgentRequest(agent_name=name), **self.call_options(timeout)
+        )
+        return response.agent
+
+    async def list_agents(self, *, timeout: float | None = None) -> list[agent_pb2.Agent]:
+        """Every agent the tenant can run: defined in code and stored by it."""
+        agents: list[agent_pb2.Agent] = []
+        page_token = ""
+        while True:
+            page: agent_pb2.ListAgentsResponse = await self._agents.ListAgents(
+                agent_pb2.ListAgentsRequest(page_size=1000, page_token=page_token),
+                **self.call_options(timeout),
+            )
+            agents.extend(page.agents)
+            if not page.next_page_token:
+                return agents
+            page_token = page.next_page_token
+
+    async def update_agent(
+        self,
+        agent: agent_pb2.Agent,
+        *,
+        fields: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> agent_pb2.Agent:
+        """Update a stored agent: the `fields` paths, or every field set in `agent`."""
+        response: agent_pb2.UpdateAgentResponse = await self._agents.UpdateAgent(
+            agent_pb2.UpdateAgentRequest(
+                agent=agent, update_mask=field_mask_pb2.FieldMask(paths=list(fields))
+            ),
+            **self.call_options(timeout),
+        )
+        return response.agent
+
+    async def delete_agent(self, name: str, *, timeout: float | None = None) -> None:
+        await self._agents.DeleteAgent(
+            agent_pb2.DeleteAgentRequest(agent_name=name), **self.call_options(timeout)
+        )
+
     # -- WorkflowService: definitions and runs
 
     async def list_workflows(self, *, timeout: float | None = None) -> list[workflow_pb2.Workflow]:
@@ -680,4 +785,301 @@ class LoomworkClient:
             run_id=run_id, after_event_id=after_event_id
         )
         async for response in self._workflows.WatchRun(request, **self.call_options(timeout)):
+            yield response.event
+
+    # -- integrations: webhooks and OAuth connections
+
+    async def create_webhook_source(
+        self,
+        secret: str,
+        *,
+        routes: Sequence[integration_pb2.WebhookRoute] = (),
+        display_name: str = "",
+        timeout: float | None = None,
+    ) -> integration_pb2.WebhookSource:
+        """A webhook source; POST signed events to its `path` on the HTTP endpoint."""
+        source = integration_pb2.WebhookSource(
+            secret=secret, routes=list(routes), display_name=display_name
+        )
+        response: integration_pb2.CreateWebhookSourceResponse = (
+            await self._integrations.CreateWebhookSource(
+                integration_pb2.CreateWebhookSourceRequest(webhook_source=source),
+                **self.call_options(timeout),
+            )
+        )
+        return response.webhook_source
+
+    async def list_webhook_deliveries(
+        self,
+        webhook_source_id: str = "",
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> integration_pb2.ListWebhookDeliveriesResponse:
+        response: integration_pb2.ListWebhookDeliveriesResponse = (
+            await self._integrations.ListWebhookDeliveries(
+                integration_pb2.ListWebhookDeliveriesRequest(
+                    webhook_source_id=webhook_source_id, page_size=page_size, page_token=page_token
+                ),
+                **self.call_options(timeout),
+            )
+        )
+        return response
+
+    async def create_oauth_provider(
+        self, provider: integration_pb2.OAuthProvider, *, timeout: float | None = None
+    ) -> integration_pb2.OAuthProvider:
+        response: integration_pb2.CreateOAuthProviderResponse = (
+            await self._integrations.CreateOAuthProvider(
+                integration_pb2.CreateOAuthProviderRequest(oauth_provider=provider),
+                **self.call_options(timeout),
+            )
+        )
+        return response.oauth_provider
+
+    async def start_authorization(
+        self,
+        oauth_provider_id: str,
+        *,
+        scopes: Sequence[str] = (),
+        label: str = "",
+        timeout: float | None = None,
+    ) -> integration_pb2.StartAuthorizationResponse:
+        """The URL to send the user to; the connection exists once they come back."""
+        response: integration_pb2.StartAuthorizationResponse = (
+            await self._integrations.StartAuthorization(
+                integration_pb2.StartAuthorizationRequest(
+                    oauth_provider_id=oauth_provider_id, scopes=list(scopes), label=label
+                ),
+                **self.call_options(timeout),
+            )
+        )
+        return response
+
+    async def list_connections(
+        self,
+        oauth_provider_id: str = "",
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> integration_pb2.ListConnectionsResponse:
+        response: integration_pb2.ListConnectionsResponse = (
+            await self._integrations.ListConnections(
+                integration_pb2.ListConnectionsRequest(
+                    oauth_provider_id=oauth_provider_id, page_size=page_size, page_token=page_token
+                ),
+                **self.call_options(timeout),
+            )
+        )
+        return response
+
+    async def get_connection(
+        self, connection_id: str, *, timeout: float | None = None
+    ) -> integration_pb2.Connection:
+        response: integration_pb2.GetConnectionResponse = await self._integrations.GetConnection(
+            integration_pb2.GetConnectionRequest(connection_id=connection_id),
+            **self.call_options(timeout),
+        )
+        return response.connection
+
+    async def delete_connection(self, connection_id: str, *, timeout: float | None = None) -> None:
+        await self._integrations.DeleteConnection(
+            integration_pb2.DeleteConnectionRequest(connection_id=connection_id),
+            **self.call_options(timeout),
+        )
+
+    # -- RagService
+
+    async def create_index(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        embedding_model: str = "",
+        dimension: int = 0,
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> rag_pb2.Index:
+        """Creates a vector index (embedding model and dimension default to the server's)."""
+        index = rag_pb2.Index(
+            name=name,
+            description=description,
+            embedding_model=embedding_model,
+            dimension=dimension,
+            metadata=_struct(metadata),
+        )
+        response: rag_pb2.CreateIndexResponse = await self._rag.CreateIndex(
+            rag_pb2.CreateIndexRequest(index=index), **self.call_options(timeout)
+        )
+        return response.index
+
+    async def get_index(self, name: str, *, timeout: float | None = None) -> rag_pb2.Index:
+        response: rag_pb2.GetIndexResponse = await self._rag.GetIndex(
+            rag_pb2.GetIndexRequest(index_name=name), **self.call_options(timeout)
+        )
+        return response.index
+
+    async def list_indexes(self, *, timeout: float | None = None) -> list[rag_pb2.Index]:
+        """Every index of the tenant, by name."""
+        indexes: list[rag_pb2.Index] = []
+        token = ""
+        while True:
+            response: rag_pb2.ListIndexesResponse = await self._rag.ListIndexes(
+                rag_pb2.ListIndexesRequest(page_size=1000, page_token=token),
+                **self.call_options(timeout),
+            )
+            indexes.extend(response.indexes)
+            token = response.next_page_token
+            if not token:
+                return indexes
+
+    async def delete_index(self, name: str, *, timeout: float | None = None) -> None:
+        await self._rag.DeleteIndex(
+            rag_pb2.DeleteIndexRequest(index_name=name), **self.call_options(timeout)
+        )
+
+    async def ingest_documents(
+        self,
+        index_name: str,
+        documents: Sequence[rag_pb2.DocumentInput],
+        *,
+        chunking: rag_pb2.ChunkingOptions | None = None,
+        client_ingestion_id: str = "",
+        timeout: float | None = None,
+    ) -> rag_pb2.Ingestion:
+        """Starts an ingestion of inline documents; follow it with `watch_ingestion`."""
+        response: rag_pb2.IngestDocumentsResponse = await self._rag.IngestDocuments(
+            rag_pb2.IngestDocumentsRequest(
+                index_name=index_name,
+                documents=documents,
+                chunking=chunking,
+                client_ingestion_id=client_ingestion_id,
+            ),
+            **self.call_options(timeout),
+        )
+        return response.ingestion
+
+    async def upload_document(
+        self,
+        index_name: str,
+        data: bytes,
+        document: rag_pb2.DocumentInput | None = None,
+        *,
+        chunking: rag_pb2.ChunkingOptions | None = None,
+        piece_bytes: int = 1024 * 1024,
+        timeout: float | None = None,
+    ) -> rag_pb2.Ingestion:
+        """Uploads one large document as a client stream (header, then 1 MiB pieces)."""
+        import hashlib
+
+        async def requests() -> AsyncIterator[rag_pb2.UploadDocumentRequest]:
+            yield rag_pb2.UploadDocumentRequest(
+                header=rag_pb2.UploadDocumentHeader(
+                    index_name=index_name,
+                    document=document,
+                    chunking=chunking,
+                    size_bytes=len(data),
+                    sha256=hashlib.sha256(data).hexdigest(),
+                )
+            )
+            for start in range(0, len(data), piece_bytes):
+                yield rag_pb2.UploadDocumentRequest(chunk=data[start : start + piece_bytes])
+
+        response: rag_pb2.UploadDocumentResponse = await self._rag.UploadDocument(
+            requests(), **self.call_options(timeout)
+        )
+        return response.ingestion
+
+    async def get_ingestion(
+        self, ingestion_id: str, *, timeout: float | None = None
+    ) -> rag_pb2.Ingestion:
+        response: rag_pb2.GetIngestionResponse = await self._rag.GetIngestion(
+            rag_pb2.GetIngestionRequest(ingestion_id=ingestion_id), **self.call_options(timeout)
+        )
+        return response.ingestion
+
+    async def watch_ingestion(
+        self, ingestion_id: str, after_event_id: int = 0
+    ) -> AsyncIterator[rag_pb2.IngestionEvent]:
+        """The ingestion's progress events until its `finished` event (no deadline)."""
+        options = self.call_options()
+        options["timeout"] = None
+        async for response in self._rag.WatchIngestion(
+            rag_pb2.WatchIngestionRequest(ingestion_id=ingestion_id, after_event_id=after_event_id),
+            **options,
+        ):
+            yield response.event
+
+    async def cancel_ingestion(
+        self, ingestion_id: str, *, timeout: float | None = None
+    ) -> rag_pb2.Ingestion:
+        response: rag_pb2.CancelIngestionResponse = await self._rag.CancelIngestion(
+            rag_pb2.CancelIngestionRequest(ingestion_id=ingestion_id), **self.call_options(timeout)
+        )
+        return response.ingestion
+
+    async def list_documents(
+        self, index_name: str, *, timeout: float | None = None
+    ) -> list[rag_pb2.Document]:
+        documents: list[rag_pb2.Document] = []
+        token = ""
+        while True:
+            response: rag_pb2.ListDocumentsResponse = await self._rag.ListDocuments(
+                rag_pb2.ListDocumentsRequest(
+                    index_name=index_name, page_size=1000, page_token=token
+                ),
+                **self.call_options(timeout),
+            )
+            documents.extend(response.documents)
+            token = response.next_page_token
+            if not token:
+                return documents
+
+    async def delete_document(
+        self, index_name: str, document_id: str, *, timeout: float | None = None
+    ) -> None:
+        await self._rag.DeleteDocument(
+            rag_pb2.DeleteDocumentRequest(index_name=index_name, document_id=document_id),
+            **self.call_options(timeout),
+        )
+
+    async def query(
+        self,
+        index_name: str,
+        query: str,
+        retrieval: rag_pb2.RetrievalOptions | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> list[rag_pb2.ScoredChunk]:
+        """The best chunks for `query`, best first."""
+        response: rag_pb2.QueryResponse = await self._rag.Query(
+            rag_pb2.QueryRequest(index_name=index_name, query=query, retrieval=retrieval),
+            **self.call_options(timeout),
+        )
+        return list(response.results)
+
+    async def answer(
+        self,
+        index_name: str,
+        query: str,
+        retrieval: rag_pb2.RetrievalOptions | None = None,
+        *,
+        model: str = "",
+        client_answer_id: str = "",
+    ) -> AsyncIterator[rag_pb2.AnswerEvent]:
+        """Streams an answer's events (retrieval, text deltas, citations, finished)."""
+        options = self.call_options()
+        options["timeout"] = None
+        async for response in self._rag.Answer(
+            rag_pb2.AnswerRequest(
+                index_name=index_name,
+                query=query,
+                retrieval=retrieval,
+                model=model,
+                client_answer_id=client_answer_id,
+            ),
+            **options,
+        ):
             yield response.event

@@ -21,6 +21,12 @@ class Settings(BaseSettings):
     home: Path = Field(default=Path(".loomwork"), alias="LOOMWORK_HOME")
     grpc_address: str = Field(default="127.0.0.1:50051", alias="LOOMWORK_GRPC_ADDRESS")
     http_address: str = Field(default="127.0.0.1:8080", alias="LOOMWORK_HTTP_ADDRESS")
+    # Base URL the outside world reaches the HTTP endpoint at (OAuth redirect URIs);
+    # unset means http://<LOOMWORK_HTTP_ADDRESS>.
+    public_url: str | None = Field(default=None, alias="LOOMWORK_PUBLIC_URL")
+    # Encrypts webhook secrets and OAuth tokens at rest (a Fernet key or any passphrase of
+    # 16+ characters). Unset: a development key kept in LOOMWORK_HOME/secret.key.
+    secret_key: str | None = Field(default=None, alias="LOOMWORK_SECRET_KEY", repr=False)
     tokens: str | None = Field(default=None, alias="LOOMWORK_TOKENS")
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
     redis_url: str | None = Field(default=None, alias="REDIS_URL")

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 from google.rpc import code_pb2
 
 from loomwork.agents import run as events
-from loomwork.agents.definitions import AgentDefinition
+from loomwork.agents.definitions import AgentDefinition, AgentSource
+from loomwork.agents.output_schema import check_output_schema
 from loomwork.agents.tools import Tool
-from loomwork.errors import InvalidArgument, Violations
+from loomwork.errors import Violations
 from loomwork.llm.chat import ChatMessage, ChatUsage
 from loomwork.memory.settings import MemorySettings, parse_memory_settings
 from protos.loomwork.v1 import agent_pb2, memory_pb2, message_pb2, run_pb2
@@ -45,19 +46,110 @@ _ERROR_CODES = {
     "ModelUnavailable": (code_pb2.UNAVAILABLE, "RETRIES_EXHAUSTED"),
     "NotFound": (code_pb2.NOT_FOUND, "NOT_FOUND"),
     "InvalidArgument": (code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+    # The model's structured answer does not validate against the output schema.
+    "OutputSchemaMismatch": (code_pb2.FAILED_PRECONDITION, "OUTPUT_SCHEMA_MISMATCH"),
 }
 
 
+_SOURCES = {"code": agent_pb2.AGENT_SOURCE_CODE, "api": agent_pb2.AGENT_SOURCE_API}
+SOURCE_FROM_PROTO: dict[int, AgentSource | None] = {
+    agent_pb2.AGENT_SOURCE_UNSPECIFIED: None,
+    agent_pb2.AGENT_SOURCE_CODE: "code",
+    agent_pb2.AGENT_SOURCE_API: "api",
+}
+_SCOPE_TO_PROTO = {
+    "thread": memory_pb2.MEMORY_SCOPE_THREAD,
+    "resource": memory_pb2.MEMORY_SCOPE_RESOURCE,
+}
+
+
+def memory_to_proto(memory: MemorySettings, read_only: bool) -> agent_pb2.AgentMemorySettings:
+    out = agent_pb2.AgentMemorySettings(last_messages=memory.last_messages, read_only=read_only)
+    if memory.context_token_limit is not None:
+        out.max_context_tokens = memory.context_token_limit
+    recall = memory.semantic_recall
+    if recall is not None:
+        out.semantic_recall.CopyFrom(
+            agent_pb2.SemanticRecallSettings(
+                enabled=True,
+                top_k=recall.top_k,
+                message_range=recall.message_range,
+                scope=_SCOPE_TO_PROTO[recall.scope.value],
+                min_score=recall.min_score,
+            )
+        )
+    wm = memory.working_memory
+    if wm is not None:
+        out.working_memory.enabled = True
+        out.working_memory.scope = _SCOPE_TO_PROTO[wm.scope.value]
+        if wm.template is not None:
+            out.working_memory.template = wm.template
+        elif wm.json_schema is not None:
+            out.working_memory.schema.update(wm.json_schema)
+    return out
+
+
 def agent_to_proto(agent: AgentDefinition) -> agent_pb2.Agent:
-    return agent_pb2.Agent(
+    out = agent_pb2.Agent(
         name=agent.name,
         description=agent.description,
         instructions=agent.instructions,
         model=agent.model,
         tool_names=agent.tool_names,
+        memory=memory_to_proto(agent.memory, agent.memory_read_only),
         max_steps=agent.max_steps,
-        source=agent_pb2.AGENT_SOURCE_CODE,
+        source=_SOURCES[agent.source],
     )
+    settings = agent.model_settings
+    if settings.temperature is not None:
+        out.model_settings.temperature = settings.temperature
+    if settings.top_p is not None:
+        out.model_settings.top_p = settings.top_p
+    if settings.max_output_tokens is not None:
+        out.model_settings.max_output_tokens = settings.max_output_tokens
+    if agent.output_schema is not None:
+        out.output_schema.update(agent.output_schema)
+    if agent.metadata:
+        out.metadata.update(agent.metadata)
+    if agent.create_time is not None:
+        convert.set_timestamp(out.create_time, agent.create_time)
+    if agent.update_time is not None:
+        convert.set_timestamp(out.update_time, agent.update_time)
+    return out
+
+
+def agent_data_from_proto(agent: agent_pb2.Agent) -> dict[str, Any]:
+    """An agent definition's fields from the message (output-only fields ignored), to be
+    validated by the catalog; fields left unset keep their defaults."""
+    data: dict[str, Any] = {
+        "name": agent.name,
+        "description": agent.description,
+        "instructions": agent.instructions,
+        "model": agent.model,
+        "tool_names": list(agent.tool_names),
+    }
+    settings = agent.model_settings
+    data["model_settings"] = {
+        name: getattr(settings, name)
+        for name in ("temperature", "top_p", "max_output_tokens")
+        if settings.HasField(name)
+    }
+    if agent.HasField("memory"):
+        data["memory"] = memory_override_from_proto(agent.memory, field="agent.memory")
+        data["memory_read_only"] = agent.memory.read_only
+    if agent.max_steps:
+        data["max_steps"] = agent.max_steps
+    if agent.HasField("output_schema"):
+        data["output_schema"] = output_schema_from_proto(agent.output_schema, "agent.output_schema")
+    if agent.HasField("metadata"):
+        data["metadata"] = json_format.MessageToDict(agent.metadata)
+    return data
+
+
+def output_schema_from_proto(schema: struct_pb2.Struct, field: str) -> dict[str, Any]:
+    value = json_format.MessageToDict(schema)
+    check_output_schema(value, field)
+    return value
 
 
 def tool_to_proto(tool: Tool) -> agent_pb2.Tool:
@@ -84,7 +176,12 @@ def _chat_message(target: message_pb2.Message, message: ChatMessage) -> None:
 
 def run_error(outcome: events.RunOutcome) -> run_pb2.RunError:
     code, reason = _ERROR_CODES.get(outcome.error_type, (code_pb2.INTERNAL, "RUN_FAILED"))
-    return run_pb2.RunError(code=code, reason=reason, message=outcome.error)
+    error = run_pb2.RunError(code=code, reason=reason, message=outcome.error)
+    for violation in outcome.violations:
+        error.violations.add(field=violation.field, description=violation.description)
+    if outcome.error_details:
+        error.details.update(outcome.error_details)
+    return error
 
 
 def run_to_proto(outcome: events.RunOutcome, workflow_id: str) -> agent_pb2.AgentRun:
@@ -92,6 +189,7 @@ def run_to_proto(outcome: events.RunOutcome, workflow_id: str) -> agent_pb2.Agen
         id=outcome.run_id,
         agent_name=outcome.agent_name,
         thread_id=outcome.thread_id,
+        resource_id=outcome.resource_id,
         model=outcome.model,
         status=_STATUS[outcome.status],
         temporal_workflow_id=workflow_id,
@@ -100,6 +198,8 @@ def run_to_proto(outcome: events.RunOutcome, workflow_id: str) -> agent_pb2.Agen
     for message in outcome.messages:
         _chat_message(output.messages.add(), message)
     output.text = outcome.text
+    if outcome.object is not None:
+        output.object.update(outcome.object)
     output.usage.CopyFrom(usage_to_proto(outcome.usage))
     output.finish_reason = _FINISH[outcome.finish_reason]
     output.steps = outcome.steps
@@ -177,8 +277,10 @@ def event_to_proto(
             agent_pb2.AgentRunStarted(
                 agent_name=event.agent_name,
                 thread_id=event.thread_id,
+                resource_id=event.resource_id,
                 model=event.model,
                 max_steps=event.max_steps,
+                structured_output=event.structured_output,
             )
         )
     elif isinstance(event, events.TextDeltaEvent):
@@ -194,6 +296,10 @@ def event_to_proto(
         result.is_error = event.result.is_error
         if event.result.result is not None:
             json_format.ParseDict(event.result.result, result.result)
+    elif isinstance(event, events.ObjectPartialEvent):
+        out.object_partial.object.update(event.object)
+    elif isinstance(event, events.ObjectFinalEvent):
+        out.object_final.object.update(event.object)
     elif isinstance(event, events.UsageEvent):
         out.usage.CopyFrom(usage_to_proto(event.usage))
     elif isinstance(event, events.StepRetrying):
@@ -230,10 +336,11 @@ _SCOPES = {
 }
 
 
-def memory_override_from_proto(memory: agent_pb2.AgentMemorySettings) -> MemorySettings:
-    """A per-call override holding exactly the fields the caller set."""
-    if memory.HasField("read_only") and memory.read_only:
-        raise InvalidArgument.field("memory.read_only", "is not supported yet (issue #4)")
+def memory_override_from_proto(
+    memory: agent_pb2.AgentMemorySettings, *, field: str = "memory"
+) -> MemorySettings:
+    """A per-call override holding exactly the fields the caller set (`read_only` is read
+    on its own: see `read_only_from_proto`)."""
     data: dict[str, Any] = {}
     if memory.HasField("last_messages"):
         data["last_messages"] = memory.last_messages
@@ -265,4 +372,8 @@ def memory_override_from_proto(memory: agent_pb2.AgentMemorySettings) -> MemoryS
             }
             if form is None:
                 data["working_memory"]["template"] = DEFAULT_WORKING_MEMORY_TEMPLATE
-    return parse_memory_settings(data, field="memory")
+    return parse_memory_settings(data, field=field)
+
+
+def read_only_from_proto(memory: agent_pb2.AgentMemorySettings) -> bool | None:
+    return memory.read_only if memory.HasField("read_only") else None

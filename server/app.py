@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,6 +12,8 @@ from grpc_reflection.v1alpha import reflection
 from protos.loomwork.v1 import (
     agent_pb2,
     agent_pb2_grpc,
+    integration_pb2,
+    integration_pb2_grpc,
     memory_pb2,
     memory_pb2_grpc,
     rag_pb2,
@@ -24,8 +25,9 @@ from server.health import HealthMonitor
 from server.interceptors import AuthInterceptor, ErrorInterceptor
 from server.runtime import Runtime
 from server.servicers.agent import AgentServicer
+from server.servicers.integration import IntegrationServicer
 from server.servicers.memory import MemoryServicer
-from server.servicers.unimplemented import unimplemented_servicer
+from server.servicers.rag import RagServicer
 from server.servicers.workflow import WorkflowServicer
 
 log = logging.getLogger(__name__)
@@ -35,12 +37,7 @@ SERVICE_NAMES = [
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     rag_pb2.DESCRIPTOR.services_by_name["RagService"].full_name,
     workflow_pb2.DESCRIPTOR.services_by_name["WorkflowService"].full_name,
-]
-
-# Services whose issue has not landed yet: (pb2, pb2_grpc, service, issue). Each RPC answers
-# UNIMPLEMENTED naming its issue, while reflection already shows the whole contract.
-_LATER_SERVICES: list[tuple[Any, Any, str, int]] = [
-    (rag_pb2, rag_pb2_grpc, "RagService", 7),
+    integration_pb2.DESCRIPTOR.services_by_name["IntegrationService"].full_name,
 ]
 
 
@@ -77,14 +74,11 @@ def build_grpc_app(runtime: Runtime, address: str, *, health_interval: float = 2
         MemoryServicer(runtime),
         server,
     )
+    integration_pb2_grpc.add_IntegrationServiceServicer_to_server(
+        IntegrationServicer(runtime), server
+    )
     workflow_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(runtime), server)
-    for module, grpc_module, name, issue in _LATER_SERVICES:
-        add = getattr(grpc_module, f"add_{name}Servicer_to_server")
-        base = getattr(grpc_module, f"{name}Servicer")
-        add(
-            unimplemented_servicer(base, module.DESCRIPTOR.services_by_name[name], issue=issue),
-            server,
-        )
+    rag_pb2_grpc.add_RagServiceServicer_to_server(RagServicer(runtime), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

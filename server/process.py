@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from loomwork.config import Settings
 from server.app import GrpcApp, build_grpc_app
+from server.http import HttpServer, open_http_server
 from server.runtime import Runtime
 from server.temporal import register_search_attributes
 from server.worker import build_worker
@@ -25,6 +26,7 @@ class Running:
     runtime: Runtime
     grpc: GrpcApp | None
     grpc_address: str | None
+    http_address: str | None = None
 
 
 async def serve(
@@ -44,6 +46,7 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     runtime = await Runtime.open(settings)
     app: GrpcApp | None = None
+    http: HttpServer | None = None
     worker_task: asyncio.Task[None] | None = None
     temporal_worker = None
     try:
@@ -60,8 +63,12 @@ async def serve(
             host = settings.grpc_address.rsplit(":", 1)[0]
             address = f"{host}:{app.port}"
             log.info("gRPC server listening on %s", address)
+            # Webhooks and OAuth callbacks: every gRPC server also serves HTTP.
+            http = open_http_server(runtime)
+            await http.start()
+            log.info("HTTP endpoint (webhooks, OAuth callbacks) listening on %s", http.address)
         if on_ready:
-            await on_ready(Running(runtime, app, address))
+            await on_ready(Running(runtime, app, address, http.address if http else None))
         waiter = asyncio.create_task(stop.wait())
         watch = {waiter} | ({worker_task} if worker_task else set())
         done, _ = await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
@@ -70,6 +77,8 @@ async def serve(
         waiter.cancel()
     finally:
         log.info("shutting down: draining in-flight calls")
+        if http:
+            await http.stop()
         if app:
             await app.stop(grace=10.0)
         if temporal_worker is not None and worker_task and not worker_task.done():

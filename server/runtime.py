@@ -20,9 +20,13 @@ from loomwork.flows.registry import (
     default_registry,
     import_workflow_modules,
 )
+from loomwork.integrations.integrations import Integrations
+from loomwork.llm.chat import ChatModel
 from loomwork.memory.memory import Memory
 from loomwork.memory.recall import MessageRecall
 from loomwork.memory.working import WorkingMemoryStore
+from loomwork.rag.system import RagSystem
+from loomwork.rag.tool import RAG_QUERY_TOOL, rag_query_tool
 from loomwork.storage.adapter import MemoryStorage
 from loomwork.storage.cached import CachedMemoryStorage
 from loomwork.storage.database import Database
@@ -47,7 +51,9 @@ class Runtime:
     agents: AgentRegistry
     tools: ToolRegistry
     cache: VersionedCache | None = None
+    integrations: Integrations | None = None
     flows: WorkflowRegistry = field(default_factory=lambda: default_registry)
+    rag: RagSystem | None = None
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -97,9 +103,29 @@ class Runtime:
             builtin_agents(),
             builtin_tools(db),
             cache,
+            integrations=Integrations.build(
+                db,
+                redis,
+                secret_key=settings.secret_key,
+                home=settings.home,
+                public_url=settings.public_url or f"http://{settings.http_address}",
+            ),
+            rag=RagSystem.build(
+                db,
+                RunEventLog(redis),
+                embedding_model=settings.embedding_model,
+                chat_model=lambda model: ChatModel(
+                    model, base_url=settings.openai_base_url, api_key=settings.openai_api_key
+                ),
+                default_chat_model=settings.chat_model,
+                base_url=settings.openai_base_url,
+                api_key=settings.openai_api_key,
+            ),
         )
 
     def __post_init__(self) -> None:
+        if self.rag is not None and RAG_QUERY_TOOL not in {t.name for t in self.tools.all()}:
+            self.tools.register(rag_query_tool(self.rag.retriever))
         # Workflow definitions are checked at start-up: the seed examples, and whatever the
         # application registered on `default_registry` before starting.
         import_workflow_modules(self.settings.workflow_modules)
@@ -113,5 +139,7 @@ class Runtime:
         if self.cache is not None:
             await self.cache.stop()
             await self.cache.redis.aclose()
+        if self.integrations is not None:
+            await self.integrations.close()
         await self.redis.aclose()
         await self.db.close()

@@ -2,24 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from temporalio.worker import Worker
 
 from activities.agents import AgentActivities
 from activities.diagnostics import DiagnosticsActivities
+from activities.integrations import IntegrationActivities, TemporalRouteTargets
 from activities.memory import MemoryActivities
+from activities.rag import RagActivities
 from activities.workflow_steps import WorkflowStepActivities
+from loomwork.agents.catalog import AgentCatalog
+from loomwork.agents.directory import RunDirectory
+from loomwork.agents.models import SharedChatModels
 from loomwork.agents.steps import AgentSteps
+from loomwork.agents.store import AgentStore
 from loomwork.flows.execution import StepRunner, WorkflowEvents
-from loomwork.llm.chat import ChatModel
 from server.runtime import Runtime
 from workflows.agent_run import AgentRunWorkflow
 from workflows.dsl_run import DslRunWorkflow
 from workflows.index_messages import IndexMessagesWorkflow
+from workflows.ingestion import IngestionWorkflow
+from workflows.rag_answer import RagAnswerWorkflow
 from workflows.stack_check import StackCheckWorkflow
+from workflows.webhook_delivery import WebhookDeliveryWorkflow
 
-WORKFLOWS = [StackCheckWorkflow, IndexMessagesWorkflow, AgentRunWorkflow, DslRunWorkflow]
+WORKFLOWS = [
+    StackCheckWorkflow,
+    IndexMessagesWorkflow,
+    AgentRunWorkflow,
+    DslRunWorkflow,
+    WebhookDeliveryWorkflow,
+    IngestionWorkflow,
+    RagAnswerWorkflow,
+]
 
 
 def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
@@ -28,15 +46,13 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
     settings = runtime.settings
     agents = AgentActivities(
         AgentSteps(
-            runtime.agents,
+            AgentCatalog(runtime.agents, AgentStore(runtime.db), runtime.tools),
             runtime.tools,
             runtime.memory,
             runtime.recall,
             runtime.working_memory,
             runtime.events,
-            lambda model: ChatModel(
-                model, base_url=settings.openai_base_url, api_key=settings.openai_api_key
-            ),
+            SharedChatModels(base_url=settings.openai_base_url, api_key=settings.openai_api_key),
             settings.chat_model,
         )
     )
@@ -57,14 +73,15 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
         activities=[
             diagnostics.check_dependencies,
             memory.embed_messages,
-            agents.start,
+            agents.start_and_step,
             agents.model_step,
             agents.tool_call,
-            agents.step_finished,
             agents.publish,
             agents.finish,
+            *_rag_activities(runtime),
             workflow_steps.run_step,
             workflow_steps.publish,
+            _integration_activities(runtime).route,
         ],
         # A killed worker's sticky tasks move to another worker quickly.
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
@@ -73,3 +90,21 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
         max_heartbeat_throttle_interval=timedelta(seconds=1),
         identity=identity,
     )
+
+
+def _integration_activities(runtime: Runtime) -> IntegrationActivities:
+    integrations = runtime.integrations
+    assert integrations is not None
+    targets = TemporalRouteTargets(
+        runtime.temporal,
+        RunDirectory(runtime.redis),
+        workflows=runtime.flows,
+        task_queue=runtime.settings.task_queue,
+    )
+    return IntegrationActivities(integrations.sources, integrations.deliveries, targets)
+
+
+def _rag_activities(runtime: Runtime) -> list[Callable[..., Any]]:
+    if runtime.rag is None:
+        return []
+    return RagActivities(runtime.rag.ingestion, runtime.rag.answers).all()

@@ -115,7 +115,10 @@ async def test_invalid_tool_arguments_go_back_to_the_model(agents, token, model)
 async def test_stream_sends_numbered_events_live_and_watch_resumes(
     agents, token, other_token, model
 ) -> None:
-    model.set_script([Turn(text="Streaming is fun to watch, token by token.", chunk_size=5)])
+    # Chunks that arrive apart are published apart (ones that arrive together may be merged).
+    model.set_script(
+        [Turn(text="Streaming is fun to watch, token by token.", chunk_size=5, chunk_delay=0.02)]
+    )
     events = []
     async for response in agents.Stream(
         agent_pb2.StreamRequest(agent_name="assistant", prompt="Say something"),

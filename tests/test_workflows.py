@@ -32,10 +32,11 @@ from loomwork.flows import (
     step,
     tool_step,
 )
+from loomwork.flows.state import DslRunInput
 from loomwork.llm.scripted_server import Turn
 from protos.loomwork.v1 import workflow_pb2, workflow_pb2_grpc
 from tests.support import auth, field_violations, unique
-from workflows.dsl_run import DslRunInput, DslRunWorkflow
+from workflows.dsl_run import DslRunWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -917,3 +918,45 @@ async def test_watch_run_resumes_after_the_last_event_seen(workflows, token) -> 
         assert [e.event_id for e in rest] == [e.event_id for e in every[cut:]]
         assert rest == every[cut:]
     assert await _events(workflows, token, run.id, after=len(every)) == []
+
+
+class Documents(BaseModel):
+    documents: list[Review]
+
+
+class Reviews(BaseModel):
+    results: list[Reviewed]
+
+
+default_registry.register(
+    Workflow("review-each", input=Documents, output=Reviews).foreach(
+        "each", _reviewer("item-review"), over="documents", concurrency=2
+    )
+)
+
+
+async def test_suspended_foreach_items_resume_by_path(workflows, token) -> None:
+    docs = {"documents": [{"document": "a"}, {"document": "b"}]}
+    run = await _start(workflows, token, "review-each", docs)
+
+    def both_suspended(r: S.WorkflowRun) -> bool:
+        return sum(s.status == S.WORKFLOW_STEP_STATUS_SUSPENDED for s in r.steps) == 2
+
+    await _wait(workflows, token, run.id, both_suspended)
+
+    async def resume(step_id: str, ok: bool) -> None:
+        await workflows.ResumeRun(
+            S.WorkflowServiceResumeRunRequest(
+                run_id=run.id, step_id=step_id, resume_data=_struct({"ok": ok})
+            ),
+            metadata=auth(token),
+        )
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await resume("item-review", True)  # two executions match: the path is needed
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "item-review[0]" in err.value.details() and "item-review[1]" in err.value.details()
+    await resume("item-review[1]", False)
+    await resume("item-review[0]", True)
+    done = await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_SUCCEEDED))
+    assert [r["ok"] for r in _dict(done.output)["results"]] == [True, False]

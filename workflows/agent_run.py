@@ -13,7 +13,7 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         ContextUsage,
         Decision,
         FinishInput,
+        FirstStep,
         PendingApproval,
         PublishInput,
         ResumeInput,
@@ -31,17 +32,18 @@ with workflow.unsafe.imports_passed_through():
         RunPhase,
         RunPlan,
         RunState,
+        StepFinished,
         StepInput,
         StepOutput,
         ToolInput,
+        Violation,
     )
     from loomwork.llm.chat import ChatMessage, ChatUsage
     from loomwork.memory.models import ToolCallPart, ToolResultPart
 
-START = "agent_start"
+START_AND_STEP = "agent_start_and_step"
 MODEL_STEP = "agent_model_step"
 TOOL_CALL = "agent_tool_call"
-STEP_FINISHED = "agent_step_finished"
 PUBLISH = "agent_publish"
 FINISH = "agent_finish"
 
@@ -53,6 +55,10 @@ _MODEL = RetryPolicy(
     maximum_attempts=6,
     non_retryable_error_types=["ModelRequestRejected", "NotFound", "InvalidArgument"],
 )
+
+
+# The run's status in Loomwork's terms, kept current for ListRuns (Temporal visibility).
+STATUS = SearchAttributeKey.for_keyword("LoomworkStatus")
 
 
 def _cause(error: BaseException) -> tuple[str, str]:
@@ -133,32 +139,49 @@ class AgentRunWorkflow:
         outcome: RunOutcome
         model = ""
         context = ContextUsage()
+        unfinished: StepFinished | None = None  # a step with tool calls, not yet announced
+        read_only = False
+        workflow.upsert_search_attributes([STATUS.value_set("RUNNING")])
         try:
-            plan = await workflow.execute_activity(
-                START,
+            # Loading the context and the first model call share one activity.
+            first = await workflow.execute_activity(
+                START_AND_STEP,
                 request,
-                result_type=RunPlan,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=_QUICK,
-                summary=f"load context for {request.agent_name}",
+                result_type=FirstStep,
+                start_to_close_timeout=timedelta(minutes=5),
+                heartbeat_timeout=timedelta(seconds=20),
+                retry_policy=_MODEL,
+                summary=f"load context for {request.agent_name}, model step 1",
             )
+            plan = first.plan
             model, context = plan.model, plan.context
+            read_only = plan.agent.memory_read_only
             conversation = list(plan.conversation)
             finish_reason = "max_steps"
             text = ""
+            answer: dict[str, object] | None = None
+            mismatch: list[Violation] = []
             for step in range(1, plan.max_steps + 1):
                 self._steps = step
-                output = await workflow.execute_activity(
-                    MODEL_STEP,
-                    StepInput(
-                        request=request, plan_model=plan.model, step=step, conversation=conversation
-                    ),
-                    result_type=StepOutput,
-                    start_to_close_timeout=timedelta(minutes=5),
-                    heartbeat_timeout=timedelta(seconds=20),
-                    retry_policy=_MODEL,
-                    summary=f"model {plan.model}, step {step}",
-                )
+                output = first.output
+                if step > 1:
+                    output = await workflow.execute_activity(
+                        MODEL_STEP,
+                        StepInput(
+                            request=request,
+                            agent=plan.agent,
+                            plan_model=plan.model,
+                            step=step,
+                            conversation=conversation,
+                            previous_step=unfinished,
+                        ),
+                        result_type=StepOutput,
+                        start_to_close_timeout=timedelta(minutes=5),
+                        heartbeat_timeout=timedelta(seconds=20),
+                        retry_policy=_MODEL,
+                        summary=f"model {plan.model}, step {step}",
+                    )
+                unfinished = None
                 usage = ChatUsage(
                     prompt_tokens=usage.prompt_tokens + output.usage.prompt_tokens,
                     completion_tokens=usage.completion_tokens + output.usage.completion_tokens,
@@ -168,22 +191,30 @@ class AgentRunWorkflow:
                 conversation.append(assistant)
                 produced.append(assistant)
                 text = output.text
-                if output.tool_calls:
-                    results = await self._tool_calls(request, step, output)
-                    tool_message = ChatMessage.tool(*results)
-                    conversation.append(tool_message)
-                    produced.append(tool_message)
-                await workflow.execute_activity(
-                    STEP_FINISHED,
-                    args=[request, step, output],
-                    start_to_close_timeout=timedelta(seconds=30),
-                    retry_policy=_QUICK,
-                )
                 if not output.tool_calls:
                     finish_reason = "stop"
+                    answer, mismatch = output.object, output.object_violations
                     break
-            outcome = self._outcome(request, model, "succeeded", finish_reason, produced, usage)
-            outcome.text = text
+                results = await self._tool_calls(request, plan, step, output)
+                tool_message = ChatMessage.tool(*results)
+                conversation.append(tool_message)
+                produced.append(tool_message)
+                unfinished = StepFinished(
+                    time=workflow.now(),
+                    step=step,
+                    finish_reason=output.finish_reason,
+                    usage=output.usage,
+                )
+            if mismatch:
+                outcome = self._outcome(request, model, "failed", "error", produced, usage)
+                outcome.error = "the model's answer does not match the output schema"
+                outcome.error_type = "OutputSchemaMismatch"
+                outcome.violations = mismatch
+                outcome.error_details = {"output": text[:10_000]}
+            else:
+                outcome = self._outcome(request, model, "succeeded", finish_reason, produced, usage)
+                outcome.object = answer
+                outcome.text = "" if answer is not None else text
         except (ActivityError, asyncio.CancelledError, CancelledError) as error:
             if _is_cancellation(error):
                 outcome = self._outcome(request, model, "canceled", "canceled", produced, usage)
@@ -196,14 +227,18 @@ class AgentRunWorkflow:
         outcome.context = context
         self._phase = outcome.status
         self._pending.clear()
-        return await workflow.execute_activity(
+        finished = await workflow.execute_activity(
             FINISH,
-            FinishInput(request=request, outcome=outcome),
+            FinishInput(
+                request=request, outcome=outcome, last_step=unfinished, read_only=read_only
+            ),
             result_type=RunOutcome,
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_QUICK,
             summary=f"save and finish ({outcome.status})",
         )
+        workflow.upsert_search_attributes([STATUS.value_set(outcome.status.upper())])
+        return finished
 
     def _outcome(
         self,
@@ -219,6 +254,7 @@ class AgentRunWorkflow:
                 "run_id": request.run_id,
                 "agent_name": request.agent_name,
                 "thread_id": request.thread_id,
+                "resource_id": request.resource_id,
                 "model": model,
                 "status": status,
                 "finish_reason": finish_reason,
@@ -237,27 +273,31 @@ class AgentRunWorkflow:
         )
 
     async def _tool_calls(
-        self, request: AgentRunRequest, step: int, output: StepOutput
+        self, request: AgentRunRequest, plan: RunPlan, step: int, output: StepOutput
     ) -> list[ToolResultPart]:
         needs_approval = [
             c for c in output.tool_calls if c.tool_call_id in output.approval_required
         ]
         for call in needs_approval:
-            pending = PendingApproval(
+            self._pending[call.tool_call_id] = PendingApproval(
                 tool_call_id=call.tool_call_id,
                 tool_name=call.tool_name,
                 arguments=dict(call.arguments),
                 step=step,
                 request_time=workflow.now(),
             )
-            self._pending[call.tool_call_id] = pending
-            await self._publish(request, ApprovalRequested(step=step, approval=pending))
         decisions: dict[str, Decision] = {}
         if needs_approval:
-            ids = [c.tool_call_id for c in needs_approval]
+            # Waiting (with every pending call known) before the first event says so.
             self._phase = "waiting"
+            workflow.upsert_search_attributes([STATUS.value_set("WAITING")])
+            for call in needs_approval:
+                approval = self._pending[call.tool_call_id]
+                await self._publish(request, ApprovalRequested(step=step, approval=approval))
+            ids = [c.tool_call_id for c in needs_approval]
             await workflow.wait_condition(lambda: all(i in self._decisions for i in ids))
             self._phase = "running"
+            workflow.upsert_search_attributes([STATUS.value_set("RUNNING")])
             for call in needs_approval:
                 decision = self._decisions[call.tool_call_id]
                 decisions[call.tool_call_id] = decision
@@ -286,6 +326,7 @@ class AgentRunWorkflow:
                 call = call.model_copy(update={"arguments": dict(decision.edited_arguments)})
             return ToolInput(
                 request=request,
+                agent=plan.agent,
                 step=step,
                 call=call,
                 argument_error=output.argument_errors.get(call.tool_call_id),
@@ -300,6 +341,9 @@ class AgentRunWorkflow:
                         tool_input(call),
                         result_type=ToolResultPart,
                         start_to_close_timeout=timedelta(minutes=2),
+                        # The activity heartbeats while the tool runs: a worker that dies
+                        # mid-call is noticed within seconds and the call moves on.
+                        heartbeat_timeout=timedelta(seconds=5),
                         retry_policy=_QUICK,
                         summary=f"tool {call.tool_name}",
                     )

@@ -20,7 +20,7 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
@@ -47,6 +47,8 @@ with workflow.unsafe.imports_passed_through():
     from loomwork.flows.execution import PublishInput, StepCall, StepOutcome
     from loomwork.flows.registry import default_registry
     from loomwork.flows.state import (
+        DslRunInput,
+        ResumeRequest,
         RunError,
         RunFailed,
         RunFinished,
@@ -60,6 +62,7 @@ with workflow.unsafe.imports_passed_through():
 
 RUN_STEP = "workflow_run_step"
 PUBLISH = "workflow_publish"
+_RUN_STARTED_BY_STEP = "run-started-published-by-first-step"
 
 STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("LoomworkStatus")
 _PUBLISH_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=5)
@@ -72,26 +75,6 @@ _NEVER_RETRIED = (
     "InvalidSuspendPayload",
     "SuspendNotDeclared",
 )
-
-
-class DslRunInput(BaseModel):
-    """What StartRun hands the workflow."""
-
-    tenant: str
-    run_id: str
-    workflow_id: str
-    workflow_version: str
-    input: dict[str, Any]
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-class ResumeRequest(BaseModel):
-    """Resume data for one suspended step: the Update's and the signal's payload."""
-
-    step_id: str
-    resume_data: dict[str, Any] = Field(default_factory=dict)
-    request_id: str = ""
-    run_id: str = ""  # accepted (the RPC's JSON form carries it) and ignored
 
 
 class _StepFailed(Exception):
@@ -154,6 +137,8 @@ class DslRunWorkflow:
         self._resume_requests: set[str] = set()
         self._cancel_reason = ""
         self._published_status = ""
+        # Events the next step activity publishes before its own (see StepCall.events).
+        self._lead_events: list[WorkflowEvent] = []
 
     # -- messages ------------------------------------------------------------------------
 
@@ -253,13 +238,18 @@ class DslRunWorkflow:
         state.create_time = state.start_time = workflow.now()
         state.status = "running"
         self._set_status("running")
-        await self._publish(
-            RunStarted(
-                workflow_id=start.workflow_id,
-                workflow_version=start.workflow_version,
-                input=start.input,
-            )
+        run_started = RunStarted(
+            workflow_id=start.workflow_id,
+            workflow_version=start.workflow_version,
+            input=start.input,
         )
+        # A first step's activity publishes run_started before its own events: one local
+        # activity less per run. Runs started before this change keep the local activity.
+        first = self._definition.nodes[0] if self._definition.nodes else None
+        if isinstance(first, Step | ToolStep) and workflow.patched(_RUN_STARTED_BY_STEP):
+            self._lead_events.append(run_started)  # nothing else runs before that step
+        else:
+            await self._publish(run_started)
         try:
             produced = await self._chain(self._definition.nodes, start.input, "", [], "")
             output = self._definition.output_model.model_validate(produced).model_dump(mode="json")
@@ -430,6 +420,7 @@ class DslRunWorkflow:
     ) -> dict[str, Any]:
         step_run = self._record(node, path, suffix, data)
         resume_data: dict[str, Any] | None = None
+        lead, self._lead_events = self._lead_events, []
         executions = 0
         while True:
             executions += 1
@@ -446,6 +437,7 @@ class DslRunWorkflow:
                         iteration=step_run.iteration,
                         input=data,
                         resume_data=resume_data,
+                        events=lead if executions == 1 else [],
                     ),
                     result_type=StepOutcome,
                     activity_id=path if executions == 1 else f"{path}#{executions}",

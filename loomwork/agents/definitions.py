@@ -3,31 +3,72 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from loomwork.errors import NotFound
+from loomwork.agents.output_schema import check_output_schema
+from loomwork.errors import InvalidArgument, NotFound
 from loomwork.memory.settings import MemorySettings
 
 AGENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+MAX_TOOLS = 128
+
+AgentSource = Literal["code", "api"]
+
+
+class ModelSettings(BaseModel):
+    """Sampling settings of the agent's model calls; None uses the provider's default."""
+
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=200_000)
 
 
 class AgentDefinition(BaseModel):
-    """What an agent is: instructions, a model, the tools it may call, a step limit."""
+    """What an agent is: instructions, a model, the tools it may call, memory, a step limit,
+    and optionally the JSON schema of its structured answer."""
 
     name: str
-    description: str = ""
-    instructions: str
-    model: str = ""  # empty: the server's LOOMWORK_CHAT_MODEL
-    tool_names: list[str] = Field(default_factory=list)
+    description: str = Field(default="", max_length=1024)
+    instructions: str = Field(min_length=1, max_length=100_000)
+    model: str = Field(default="", max_length=256)  # empty: the server's LOOMWORK_CHAT_MODEL
+    model_settings: ModelSettings = Field(default_factory=ModelSettings)
+    tool_names: list[str] = Field(default_factory=list, max_length=MAX_TOOLS)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    # When true a run reads memory but saves nothing (no messages, no working memory updates).
+    memory_read_only: bool = False
     max_steps: int = Field(default=5, ge=1, le=100)
+    output_schema: dict[str, Any] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    source: AgentSource = "code"
+    create_time: datetime | None = None
+    update_time: datetime | None = None
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         if not AGENT_NAME.match(value):
             raise ValueError("1..64 characters of [A-Za-z0-9_-], starting with a letter")
+        return value
+
+    @field_validator("tool_names")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        repeated = sorted({n for n in value if value.count(n) > 1})
+        if repeated:
+            raise ValueError(f"names a tool more than once: {', '.join(repeated)}")
+        return value
+
+    @field_validator("output_schema")
+    @classmethod
+    def _schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                check_output_schema(value, "output_schema")
+            except InvalidArgument as error:
+                raise ValueError(error.violations[0].description) from None
         return value
 
 
@@ -40,7 +81,10 @@ class AgentRegistry:
     def register(self, agent: AgentDefinition) -> None:
         if agent.name in self._agents:
             raise ValueError(f"agent {agent.name!r} is defined twice")
-        self._agents[agent.name] = agent
+        self._agents[agent.name] = agent.model_copy(update={"source": "code"})
+
+    def find(self, name: str) -> AgentDefinition | None:
+        return self._agents.get(name)
 
     def get(self, name: str) -> AgentDefinition:
         agent = self._agents.get(name)

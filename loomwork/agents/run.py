@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
+from loomwork.agents.definitions import AgentDefinition
 from loomwork.llm.chat import ChatMessage, ChatUsage
 from loomwork.memory.models import NewMessage, ToolCallPart, ToolResultPart
 from loomwork.memory.settings import MemorySettings
@@ -23,6 +24,8 @@ class AgentRunRequest(BaseModel):
     resource_id: str = ""
     max_steps: int = 0  # 0: the agent's own
     memory: MemorySettings | None = None  # None: the agent's own (merged with a per-call override)
+    memory_read_only: bool | None = None  # None: the agent's own
+    output_schema: dict[str, Any] | None = None  # None: the agent's own
 
 
 class ContextUsage(BaseModel):
@@ -34,9 +37,18 @@ class ContextUsage(BaseModel):
     tokens_trimmed: int = 0
 
 
-class RunPlan(BaseModel):
-    """What the start activity resolved: the model, the step limit, the conversation so far."""
+class Violation(BaseModel):
+    """One problem of a validated value: a JSON path and what is wrong there."""
 
+    field: str
+    description: str
+
+
+class RunPlan(BaseModel):
+    """What the start activity resolved: the agent as this run uses it (the definition it
+    started with, per-call overrides applied), the model, the step limit, the conversation."""
+
+    agent: AgentDefinition
     model: str
     max_steps: int
     conversation: list[ChatMessage]
@@ -45,9 +57,12 @@ class RunPlan(BaseModel):
 
 class StepInput(BaseModel):
     request: AgentRunRequest
+    agent: AgentDefinition
     plan_model: str
     step: int
     conversation: list[ChatMessage]
+    # The previous step ended with tool calls: its step_finished event is published first.
+    previous_step: StepFinished | None = None
 
 
 class StepOutput(BaseModel):
@@ -57,13 +72,24 @@ class StepOutput(BaseModel):
     argument_errors: dict[str, str] = Field(default_factory=dict)
     finish_reason: str = ""
     usage: ChatUsage = Field(default_factory=ChatUsage)
+    # Structured output (the agent has an output schema and the step answered).
+    object: dict[str, Any] | None = None
+    object_violations: list[Violation] = Field(default_factory=list)
 
     def message(self) -> ChatMessage:
         return ChatMessage.assistant(self.text, self.tool_calls)
 
 
+class FirstStep(BaseModel):
+    """The start activity's answer when it also ran the first model step."""
+
+    plan: RunPlan
+    output: StepOutput
+
+
 class ToolInput(BaseModel):
     request: AgentRunRequest
+    agent: AgentDefinition
     step: int
     call: ToolCallPart
     argument_error: str | None = None
@@ -114,21 +140,28 @@ class RunOutcome(BaseModel):
     run_id: str
     agent_name: str
     thread_id: str = ""
+    resource_id: str = ""
     model: str = ""
     status: RunStatus
     finish_reason: FinishReason
     text: str = ""
+    object: dict[str, Any] | None = None
     messages: list[ChatMessage] = Field(default_factory=list)
     usage: ChatUsage = Field(default_factory=ChatUsage)
     steps: int = 0
     context: ContextUsage = Field(default_factory=ContextUsage)
     error: str = ""
     error_type: str = ""
+    violations: list[Violation] = Field(default_factory=list)
+    error_details: dict[str, Any] = Field(default_factory=dict)
 
 
 class FinishInput(BaseModel):
     request: AgentRunRequest
     outcome: RunOutcome
+    # The last step ended with tool calls and no model step followed: its step_finished.
+    last_step: StepFinished | None = None
+    read_only: bool = False
 
 
 def _now() -> datetime:
@@ -144,8 +177,10 @@ class RunStarted(_Event):
     type: Literal["run_started"] = "run_started"
     agent_name: str
     thread_id: str = ""
+    resource_id: str = ""
     model: str
     max_steps: int
+    structured_output: bool = False
 
 
 class TextDeltaEvent(_Event):
@@ -161,6 +196,16 @@ class ToolCallEvent(_Event):
 class ToolResultEvent(_Event):
     type: Literal["tool_result"] = "tool_result"
     result: ToolResultPart
+
+
+class ObjectPartialEvent(_Event):
+    type: Literal["object_partial"] = "object_partial"
+    object: dict[str, Any]
+
+
+class ObjectFinalEvent(_Event):
+    type: Literal["object_final"] = "object_final"
+    object: dict[str, Any]
 
 
 class UsageEvent(_Event):
@@ -204,6 +249,8 @@ AgentEvent = Annotated[
     | TextDeltaEvent
     | ToolCallEvent
     | ToolResultEvent
+    | ObjectPartialEvent
+    | ObjectFinalEvent
     | UsageEvent
     | StepRetrying
     | StepFinished
@@ -226,3 +273,8 @@ def decode_event(payload: bytes) -> AgentEvent:
 class PublishInput(BaseModel):
     request: AgentRunRequest
     event: AgentEvent
+
+
+# Inputs that name events defined after them.
+StepInput.model_rebuild()
+FinishInput.model_rebuild()

@@ -2,6 +2,8 @@
 
 Each is one Temporal activity (see activities/agents.py); the workflow only orders them.
 Events go to the run's event log as they happen, so streams leave the worker live.
+The start step resolves the agent by tenant and name (code or stored) and the run keeps
+that definition, with the call's overrides applied, for all its later steps.
 """
 
 from __future__ import annotations
@@ -9,13 +11,20 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 
-from loomwork.agents.definitions import AgentDefinition, AgentRegistry
+from loomwork.agents.batching import DeltaBatcher
+from loomwork.agents.catalog import AgentCatalog
+from loomwork.agents.definitions import AgentDefinition
 from loomwork.agents.memory_tool import UPDATE_WORKING_MEMORY
+from loomwork.agents.output_schema import parse_final, partial_object, validate_object
 from loomwork.agents.run import (
     AgentEvent,
     AgentRunRequest,
     ContextUsage,
+    FirstStep,
+    ObjectFinalEvent,
+    ObjectPartialEvent,
     RunFinished,
     RunOutcome,
     RunPlan,
@@ -29,14 +38,23 @@ from loomwork.agents.run import (
     ToolInput,
     ToolResultEvent,
     UsageEvent,
+    Violation,
     encode_event,
 )
 from loomwork.agents.tools import ToolContext, ToolRegistry
 from loomwork.errors import FailedPrecondition
-from loomwork.llm.chat import ChatMessage, ChatModel, TextDelta, ToolCallDelta, ToolCallDone
+from loomwork.llm.chat import (
+    ChatMessage,
+    ChatModel,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallDone,
+    json_schema_format,
+)
 from loomwork.memory.context import assemble_context
 from loomwork.memory.memory import Memory
 from loomwork.memory.models import (
+    Message,
     NewMessage,
     RecallHit,
     RecallQuery,
@@ -58,10 +76,34 @@ def event_log_key(tenant: str, run_id: str) -> str:
     return f"{tenant}/{run_id}"
 
 
+def effective_agent(agent: AgentDefinition, request: AgentRunRequest) -> AgentDefinition:
+    """The agent as this run uses it: the call's overrides (memory, read-only, output schema,
+    step limit) applied over the stored or coded definition."""
+    update: dict[str, object] = {}
+    if request.memory is not None:
+        update["memory"] = request.memory
+    if request.memory_read_only is not None:
+        update["memory_read_only"] = request.memory_read_only
+    if request.output_schema is not None:
+        update["output_schema"] = request.output_schema
+    if request.max_steps:
+        update["max_steps"] = request.max_steps
+    return agent.model_copy(update=update)
+
+
+def tool_names(agent: AgentDefinition) -> list[str]:
+    """The agent's tools, plus the working memory tool when the run keeps working memory."""
+    names = list(agent.tool_names)
+    keeps = agent.memory.working_memory is not None and not agent.memory_read_only
+    if keeps and UPDATE_WORKING_MEMORY not in names:
+        names.append(UPDATE_WORKING_MEMORY)
+    return names
+
+
 class AgentSteps:
     def __init__(
         self,
-        agents: AgentRegistry,
+        agents: AgentCatalog,
         tools: ToolRegistry,
         memory: Memory,
         recall: MessageRecall,
@@ -88,43 +130,73 @@ class AgentSteps:
             # A retried activity after the run already finished: nothing more to say.
             log.info("run %s already finished; dropping %s", request.run_id, event.type)
 
-    async def start(self, request: AgentRunRequest) -> RunPlan:
+    async def start(self, request: AgentRunRequest, attempt: int = 1) -> RunPlan:
         """Resolve the agent, save the input to the thread, assemble the context from memory:
         working memory, recalled messages and recent ones, trimmed to the token limit."""
-        agent = self.agents.get(request.agent_name)
+        agent = effective_agent(await self.agents.get(request.tenant, request.agent_name), request)
         model = agent.model or self.default_model
-        max_steps = request.max_steps or agent.max_steps
-        await self.publish(
-            request,
-            RunStarted(
-                agent_name=agent.name,
-                thread_id=request.thread_id,
+        if attempt == 1:  # a retry has announced the run already
+            await self.publish(
+                request,
+                RunStarted(
+                    agent_name=agent.name,
+                    thread_id=request.thread_id,
+                    resource_id=request.resource_id,
+                    model=model,
+                    max_steps=agent.max_steps,
+                    structured_output=agent.output_schema is not None,
+                ),
+            )
+
+        def plan(conversation: list[ChatMessage], usage: ContextUsage) -> RunPlan:
+            return RunPlan(
+                agent=agent,
                 model=model,
-                max_steps=max_steps,
-            ),
-        )
+                max_steps=agent.max_steps,
+                conversation=conversation,
+                context=usage,
+            )
+
         if not request.thread_id:  # stateless: no memory read or written
             conversation = [
                 ChatMessage.system(agent.instructions),
                 *(ChatMessage(role=m.role, parts=m.parts) for m in request.input_messages),
             ]
-            usage = ContextUsage(tokens_in_context=count_context_tokens(conversation))
-            return RunPlan(
-                model=model, max_steps=max_steps, conversation=conversation, context=usage
+            return plan(
+                conversation, ContextUsage(tokens_in_context=count_context_tokens(conversation))
             )
 
-        settings = request.memory or agent.memory
-        stored = await self.memory.append_messages(
-            request.tenant,
-            request.thread_id,
-            [
-                m.model_copy(update={"id": m.id or f"{request.run_id}.in.{i}"})
-                for i, m in enumerate(request.input_messages)
-            ],
-        )
-        page = await self.memory.list_messages(
-            request.tenant, request.thread_id, last_n=max(settings.last_messages, len(stored))
-        )
+        settings = agent.memory
+        inputs = [
+            m.model_copy(update={"id": m.id or f"{request.run_id}.in.{i}"})
+            for i, m in enumerate(request.input_messages)
+        ]
+        if agent.memory_read_only:
+            page = (
+                await self.memory.list_messages(
+                    request.tenant, request.thread_id, last_n=settings.last_messages
+                )
+                if settings.last_messages
+                else None
+            )
+            now = datetime.now(UTC)
+            stored = [
+                Message(
+                    id=m.id,
+                    thread_id=request.thread_id,
+                    role=m.role,
+                    parts=m.parts,
+                    create_time=now,
+                )
+                for m in inputs
+            ]
+            recent = [*(page.messages if page else []), *stored]
+        else:
+            stored = await self.memory.append_messages(request.tenant, request.thread_id, inputs)
+            page = await self.memory.list_messages(
+                request.tenant, request.thread_id, last_n=max(settings.last_messages, len(stored))
+            )
+            recent = page.messages
         recalled: list[RecallHit] = []
         query = "\n".join(m.text for m in stored if m.role is Role.USER).strip()
         if settings.semantic_recall is not None and query:
@@ -142,16 +214,17 @@ class AgentSteps:
                     min_score=recall.min_score,
                 ),
             )
-        # Indexed after the search, so the input does not recall itself.
-        await self.recall.index_messages(request.tenant, [m.id for m in stored])
+        if not agent.memory_read_only:
+            # Indexed after the search, so the input does not recall itself.
+            await self.recall.index_messages(request.tenant, [m.id for m in stored])
         system, working = agent.instructions, None
         if settings.working_memory is not None:
-            system, working = await self._working_memory(request, agent.instructions, settings)
+            system, working = await self._working_memory(request, agent, settings)
         context = assemble_context(
             system=system,
             working_memory=working,
             recalled=recalled,
-            recent=page.messages,
+            recent=recent,
             token_limit=settings.context_token_limit,
         )
         conversation = [ChatMessage(role=m.role, parts=m.parts) for m in context.messages]
@@ -161,10 +234,32 @@ class AgentSteps:
             messages_trimmed=context.messages_trimmed,
             tokens_trimmed=context.tokens_trimmed,
         )
-        return RunPlan(model=model, max_steps=max_steps, conversation=conversation, context=usage)
+        return plan(conversation, usage)
+
+    async def start_and_step(
+        self,
+        request: AgentRunRequest,
+        attempt: int = 1,
+        heartbeat: Callable[[], None] | None = None,
+    ) -> FirstStep:
+        """`start`, then the first model step in the same activity: one Temporal round trip
+        less before the first token. Both are safe to repeat (message ids, event guards)."""
+        plan = await self.start(request, attempt)
+        output = await self.model_step(
+            StepInput(
+                request=request,
+                agent=plan.agent,
+                plan_model=plan.model,
+                step=1,
+                conversation=plan.conversation,
+            ),
+            attempt,
+            heartbeat,
+        )
+        return FirstStep(plan=plan, output=output)
 
     async def _working_memory(
-        self, request: AgentRunRequest, instructions: str, settings: MemorySettings
+        self, request: AgentRunRequest, agent: AgentDefinition, settings: MemorySettings
     ) -> tuple[str, str]:
         wm = settings.working_memory
         assert wm is not None
@@ -175,7 +270,10 @@ class AgentSteps:
             thread_id=request.thread_id,
             resource_id=request.resource_id,
         )
-        if wm.template is not None:
+        if agent.memory_read_only:
+            how = "This is your working memory (read-only in this conversation)."
+            text = current.markdown or wm.template or json.dumps(current.data or {})
+        elif wm.template is not None:
             text = current.markdown or wm.template
             how = "Keep it current with the update_working_memory tool (send `markdown`)."
         else:
@@ -184,64 +282,98 @@ class AgentSteps:
                 "Keep it current with the update_working_memory tool (send `data` matching "
                 f"this JSON schema: {json.dumps(wm.json_schema)})."
             )
-        return f"{instructions}\n\n{how}", text
-
-    def tool_names(self, agent: AgentDefinition, request: AgentRunRequest) -> list[str]:
-        """The agent's tools, plus the working memory tool when the run keeps working memory."""
-        names = list(agent.tool_names)
-        memory = request.memory or agent.memory
-        if memory.working_memory is not None and UPDATE_WORKING_MEMORY not in names:
-            names.append(UPDATE_WORKING_MEMORY)
-        return names
+        return f"{agent.instructions}\n\n{how}", text
 
     async def model_step(
         self, step: StepInput, attempt: int = 1, heartbeat: Callable[[], None] | None = None
     ) -> StepOutput:
-        """One model call, streamed: text deltas are published as they arrive.
+        """One model call, streamed: text deltas (or partial objects, for an agent with an
+        output schema) are published as they arrive.
 
         `heartbeat` is called on every streamed event, so a cancelled run stops the model
         call promptly (Temporal delivers cancellation to activities through heartbeats)."""
-        request = step.request
-        agent = self.agents.get(request.agent_name)
+        request, agent = step.request, step.agent
+        if step.previous_step is not None and attempt == 1:
+            await self.publish(request, step.previous_step)
         if attempt > 1:
             await self.publish(request, StepRetrying(step=step.step, attempt=attempt))
+        schema = agent.output_schema
+        written: list[str] = []
+        last_partial: dict[str, object] | None = None
+
+        async def publish_text(text: str) -> None:
+            await self.publish(request, TextDeltaEvent(step=step.step, delta=text))
+
+        deltas = DeltaBatcher(publish_text)
 
         async def on_event(event: TextDelta | ToolCallDelta | ToolCallDone) -> None:
+            nonlocal last_partial
             if heartbeat is not None:
                 heartbeat()
             if isinstance(event, TextDelta):
-                await self.publish(request, TextDeltaEvent(step=step.step, delta=event.delta))
+                if schema is None:
+                    deltas.add(event.delta)
+                    return
+                written.append(event.delta)
+                partial = partial_object("".join(written))
+                if partial is not None and partial != last_partial:
+                    last_partial = partial
+                    await self.publish(request, ObjectPartialEvent(step=step.step, object=partial))
             elif isinstance(event, ToolCallDone):
+                await deltas.flush()
                 await self.publish(request, ToolCallEvent(step=step.step, call=event.call))
 
+        names = tool_names(agent)
         model = self.chat_model(step.plan_model)
+        settings = agent.model_settings
         try:
             result = await model.stream(
                 step.conversation,
-                tools=self.tools.specs(self.tool_names(agent, request)),
+                tools=self.tools.specs(names),
+                response_format=json_schema_format(schema, name=agent.name) if schema else None,
+                temperature=settings.temperature,
+                max_tokens=settings.max_output_tokens,
                 on_event=on_event,
             )
+            await deltas.flush()
         finally:
+            await deltas.cancel()
             await model.aclose()
         await self.publish(request, UsageEvent(step=step.step, usage=result.usage))
-        return StepOutput(
+        output = StepOutput(
             text=result.text,
             tool_calls=result.tool_calls,
             argument_errors=result.argument_errors,
             approval_required=[
                 c.tool_call_id
                 for c in result.tool_calls
-                if c.tool_name in self.tool_names(agent, request)
-                and self.tools.requires_approval(c.tool_name)
+                if c.tool_name in names and self.tools.requires_approval(c.tool_name)
             ],
             finish_reason=result.finish_reason,
             usage=result.usage,
         )
+        if output.tool_calls:
+            return output  # the step finishes once its tools ran
+        if schema is not None:
+            value, problems = parse_final(result.text)
+            if not problems:
+                problems = validate_object(schema, value)
+            output.object_violations = [
+                Violation(field=p.field, description=p.description) for p in problems
+            ]
+            if not problems and isinstance(value, dict):
+                output.object = value
+                await self.publish(request, ObjectFinalEvent(step=step.step, object=value))
+        await self.publish(request, self.step_finished(step.step, output))
+        return output
+
+    @staticmethod
+    def step_finished(step: int, output: StepOutput) -> StepFinished:
+        return StepFinished(step=step, finish_reason=output.finish_reason, usage=output.usage)
 
     async def tool_call(self, call: ToolInput) -> ToolResultPart:
         """Run one tool call; every problem becomes an error result the model will read."""
-        request = call.request
-        agent = self.agents.get(request.agent_name)
+        request, agent = call.request, call.agent
         if call.rejection is not None:
             result = ToolResultPart(
                 tool_call_id=call.call.tool_call_id,
@@ -257,7 +389,7 @@ class AgentSteps:
                 is_error=True,
             )
         else:
-            wm = (request.memory or agent.memory).working_memory
+            wm = agent.memory.working_memory
             context = ToolContext(
                 tenant=request.tenant,
                 run_id=request.run_id,
@@ -266,21 +398,22 @@ class AgentSteps:
                 resource_id=request.resource_id,
                 memory_scope=wm.scope.value if wm is not None else "thread",
             )
-            result = await self.tools.call(
-                call.call, context, allowed=self.tool_names(agent, request)
-            )
+            result = await self.tools.call(call.call, context, allowed=tool_names(agent))
         await self.publish(request, ToolResultEvent(step=call.step, result=result))
         return result
 
-    async def step_finished(self, request: AgentRunRequest, step: int, output: StepOutput) -> None:
-        await self.publish(
-            request,
-            StepFinished(step=step, finish_reason=output.finish_reason, usage=output.usage),
-        )
-
-    async def finish(self, request: AgentRunRequest, outcome: RunOutcome) -> RunOutcome:
+    async def finish(
+        self,
+        request: AgentRunRequest,
+        outcome: RunOutcome,
+        *,
+        last_step: StepFinished | None = None,
+        read_only: bool = False,
+    ) -> RunOutcome:
         """Save what the run produced (idempotently, by message id) and publish the end."""
-        if request.thread_id and outcome.messages:
+        if last_step is not None:
+            await self.publish(request, last_step)
+        if request.thread_id and outcome.messages and not read_only:
             saved = await self.memory.append_messages(
                 request.tenant,
                 request.thread_id,

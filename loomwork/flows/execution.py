@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from loomwork.agents.tools import ToolContext, ToolRegistry
 from loomwork.errors import FailedPrecondition, LoomworkError
@@ -48,6 +48,10 @@ class StepCall(BaseModel):
     iteration: int = 0
     input: dict[str, Any]
     resume_data: dict[str, Any] | None = None
+    # Run events the workflow hands over instead of publishing them itself (run_started, to
+    # the first step): the first attempt publishes them before its own, which saves the
+    # workflow a local activity, and with it a round trip, before the step.
+    events: list[WorkflowEvent] = Field(default_factory=list)
 
 
 class StepOutcome(BaseModel):
@@ -98,6 +102,8 @@ class StepRunner:
         self.services = services or {}
 
     async def run(self, call: StepCall, *, attempt: int) -> StepOutcome:
+        if attempt == 1 and call.events:
+            await self._publish(call, *call.events)
         node = self.registry.get(call.workflow_id, call.workflow_version).find(call.node_ids)
         if not isinstance(node, Step | ToolStep):
             raise StepFailure("NotAStep", f"{call.path} is a {node.kind}, not a step")
@@ -182,11 +188,12 @@ class StepRunner:
             result = result.model_dump(mode="json")
         return StepOutcome(status="succeeded", output={"result": result})
 
-    async def _publish(self, call: StepCall, event: StepEvent) -> None:
+    async def _publish(self, call: StepCall, *events: WorkflowEvent) -> None:
         try:
-            await self.events.publish(call.tenant, call.run_id, [event])
+            await self.events.publish(call.tenant, call.run_id, list(events))
         except Exception:  # the step's work matters more than its progress report
-            log.warning("could not publish %s for %s", event.type, call.path, exc_info=True)
+            kinds = ", ".join(event.type for event in events)
+            log.warning("could not publish %s for %s", kinds, call.path, exc_info=True)
 
 
 def _validate(model: type[BaseModel], data: Any, error_type: str, what: str) -> BaseModel:

@@ -17,6 +17,41 @@ _ACTIVE = ("pending", "running", "suspended", "waiting")
 TERMINAL_RUN: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 
 
+class DslRunInput(BaseModel):
+    """What StartRun hands the workflow."""
+
+    tenant: str
+    run_id: str
+    workflow_id: str
+    workflow_version: str
+    input: dict[str, Any]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ResumeRequest(BaseModel):
+    """Resume data for one suspended step: the Update's and the signal's payload."""
+
+    step_id: str
+    resume_data: dict[str, Any] = Field(default_factory=dict)
+    request_id: str = ""
+    run_id: str = ""  # accepted (the RPC's JSON form carries it) and ignored
+
+
+def temporal_workflow_id(workflow_id: str, tenant: str, run_id: str) -> str:
+    """`wf/<workflow>/<tenant>/<run>`: readable in the Temporal UI, unique per tenant."""
+    return f"wf/{workflow_id}/{tenant}/{run_id}"
+
+
+def run_search_attributes(tenant: str, workflow_id: str, run_id: str) -> dict[str, str]:
+    """The Keyword search attributes a run starts with (LoomworkStatus then follows it)."""
+    return {
+        "LoomworkTenant": tenant,
+        "LoomworkWorkflow": workflow_id,
+        "LoomworkRun": run_id,
+        "LoomworkStatus": "PENDING",
+    }
+
+
 class RunError(BaseModel):
     """Why a step or run failed: the error type (e.g. the exception class) and message."""
 

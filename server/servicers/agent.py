@@ -1,11 +1,17 @@
-"""AgentService: code-defined agents run as durable AgentRun workflows, streamed live."""
+"""AgentService: agents (defined in code or stored per tenant) run as durable AgentRun
+workflows, streamed live; runs are listed through Temporal visibility."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from temporalio.client import (
+    WorkflowExecution,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowHandle,
@@ -21,6 +27,8 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from loomwork.agents.catalog import AgentCatalog, decode_name_token, encode_name_token
+from loomwork.agents.definitions import AGENT_NAME
 from loomwork.agents.directory import RunDirectory
 from loomwork.agents.run import (
     AgentRunRequest,
@@ -30,6 +38,7 @@ from loomwork.agents.run import (
     decode_event,
 )
 from loomwork.agents.steps import event_log_key
+from loomwork.agents.store import AgentStore
 from loomwork.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -41,24 +50,81 @@ from loomwork.errors import (
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id, new_id
 from loomwork.memory.models import NewMessage, NewThread, Role, TextPart
 from loomwork.memory.settings import merge
-from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
+from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server import agent_convert, convert
 from server.interceptors import tenant
 from server.runtime import Runtime
-from server.servicers.unimplemented import abort_unimplemented
-from workflows.agent_run import AgentRunWorkflow
+from workflows.agent_run import STATUS, AgentRunWorkflow
 
 TENANT = SearchAttributeKey.for_keyword("LoomworkTenant")
 AGENT = SearchAttributeKey.for_keyword("LoomworkAgent")
 THREAD = SearchAttributeKey.for_keyword("LoomworkThread")
 RESOURCE = SearchAttributeKey.for_keyword("LoomworkResource")
-_DEFAULT_RESOLUTIONS = (
-    agent_pb2.THREAD_RESOLUTION_UNSPECIFIED,
-    agent_pb2.THREAD_RESOLUTION_CREATE_IF_MISSING,
-    agent_pb2.THREAD_RESOLUTION_EXISTING,
-    agent_pb2.THREAD_RESOLUTION_NEW,
-)
+RUN = SearchAttributeKey.for_keyword("LoomworkRun")
 _INPUT_ROLES = {Role.USER, Role.ASSISTANT, Role.TOOL}
+MAX_RESOURCE_ID = 256
+MAX_SESSION_KEY = 128
+# Scanned to find a resource's most recently updated thread (THREAD_RESOLUTION_LATEST).
+LATEST_SCAN = 1000
+_UPDATABLE = (
+    "description",
+    "instructions",
+    "model",
+    "model_settings",
+    "tool_names",
+    "memory",
+    "max_steps",
+    "output_schema",
+    "metadata",
+)
+_RUN_STATUS_NAMES = {
+    run_pb2.RUN_STATUS_PENDING: "PENDING",
+    run_pb2.RUN_STATUS_RUNNING: "RUNNING",
+    run_pb2.RUN_STATUS_WAITING: "WAITING",
+    run_pb2.RUN_STATUS_SUCCEEDED: "SUCCEEDED",
+    run_pb2.RUN_STATUS_FAILED: "FAILED",
+    run_pb2.RUN_STATUS_CANCELED: "CANCELED",
+}
+_RUN_STATUS_FROM_NAME = {name: value for value, name in _RUN_STATUS_NAMES.items()}
+# Runs whose workflow ended without the workflow saying so (terminated, timed out...).
+_ABNORMAL_END = {
+    WorkflowExecutionStatus.FAILED,
+    WorkflowExecutionStatus.TERMINATED,
+    WorkflowExecutionStatus.TIMED_OUT,
+}
+RunRequest = agent_pb2.GenerateRequest | agent_pb2.StreamRequest | agent_pb2.StreamObjectRequest
+
+
+def session_thread_id(resource_id: str, session_key: str) -> str:
+    """The one thread of a resource and session key: a stable id derived from both."""
+    digest = hashlib.sha256(f"{resource_id}\x00{session_key}".encode()).hexdigest()[:32]
+    return f"ses_{digest}"
+
+
+def _quoted(value: str) -> str:
+    """A string literal of Temporal's visibility query language."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _encode_runs_token(token: bytes, scope: str) -> str:
+    digest = hashlib.sha256(scope.encode()).hexdigest()[:16]
+    raw = json.dumps({"t": base64.b64encode(token).decode(), "s": digest})
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_runs_token(token: str, scope: str) -> bytes | None:
+    if not token:
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode((token + "=" * (-len(token) % 4)).encode()))
+        raw, digest = base64.b64decode(data["t"]), data["s"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidArgument.field("page_token", "is not a token from a previous call") from exc
+    if digest != hashlib.sha256(scope.encode()).hexdigest()[:16]:
+        raise InvalidArgument.field(
+            "page_token", "belongs to a different query: pass the same filters"
+        )
+    return bytes(raw)
 
 
 async def _describe(
@@ -80,50 +146,117 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.directory = RunDirectory(runtime.redis)
+        self.catalog = AgentCatalog(runtime.agents, AgentStore(runtime.db), runtime.tools)
 
     # -- definitions
 
-    async def ListAgents(
-        self, request: agent_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
-    ) -> agent_pb2.ListAgentsResponse:
-        if request.source == agent_pb2.AGENT_SOURCE_API:
-            return agent_pb2.ListAgentsResponse()
-        return agent_pb2.ListAgentsResponse(
-            agents=[agent_convert.agent_to_proto(a) for a in self.runtime.agents.all()]
+    async def CreateAgent(
+        self, request: agent_pb2.CreateAgentRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.CreateAgentResponse:
+        if not request.HasField("agent"):
+            raise InvalidArgument.field("agent", "is required")
+        created = await self.catalog.create(
+            tenant(), agent_convert.agent_data_from_proto(request.agent)
         )
+        return agent_pb2.CreateAgentResponse(agent=agent_convert.agent_to_proto(created))
 
     async def GetAgent(
         self, request: agent_pb2.GetAgentRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.GetAgentResponse:
         if not request.agent_name:
             raise InvalidArgument.field("agent_name", "is required")
-        agent = self.runtime.agents.get(request.agent_name)
+        agent = await self.catalog.get(tenant(), request.agent_name)
         return agent_pb2.GetAgentResponse(agent=agent_convert.agent_to_proto(agent))
+
+    async def ListAgents(
+        self, request: agent_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.ListAgentsResponse:
+        if request.source not in agent_convert.SOURCE_FROM_PROTO:
+            raise InvalidArgument.field("source", "is not an AgentSource value")
+        agents, token = await self.catalog.list(
+            tenant(),
+            page_size=request.page_size,
+            page_token=request.page_token,
+            source=agent_convert.SOURCE_FROM_PROTO[request.source],
+        )
+        return agent_pb2.ListAgentsResponse(
+            agents=[agent_convert.agent_to_proto(a) for a in agents], next_page_token=token
+        )
+
+    async def UpdateAgent(
+        self, request: agent_pb2.UpdateAgentRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.UpdateAgentResponse:
+        if not request.agent.name:
+            raise InvalidArgument.field("agent.name", "is required")
+        paths = list(request.update_mask.paths)
+        for i, path in enumerate(paths):
+            if path.split(".")[0] not in _UPDATABLE:
+                raise InvalidArgument.field(
+                    f"update_mask.paths[{i}]", f"{path!r} is not an updatable field"
+                )
+        descriptor: Any = agent_pb2.Agent.DESCRIPTOR
+        if paths and not request.update_mask.IsValidForDescriptor(descriptor):
+            raise InvalidArgument.field("update_mask", "names a field that Agent does not have")
+        tenant_id = tenant()
+        current = await self.catalog.stored(tenant_id, request.agent.name)
+        merged = agent_convert.agent_to_proto(current)
+        mask = request.update_mask
+        if not paths:  # every updatable field that is set in `agent`
+            mask = type(request.update_mask)(
+                paths=[f.name for f, _ in request.agent.ListFields() if f.name in _UPDATABLE]
+            )
+        try:
+            mask.MergeMessage(
+                request.agent, merged, replace_message_field=True, replace_repeated_field=True
+            )
+        except ValueError as error:
+            raise InvalidArgument.field("update_mask", str(error)) from None
+        updated = await self.catalog.replace(tenant_id, agent_convert.agent_data_from_proto(merged))
+        return agent_pb2.UpdateAgentResponse(agent=agent_convert.agent_to_proto(updated))
+
+    async def DeleteAgent(
+        self, request: agent_pb2.DeleteAgentRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.DeleteAgentResponse:
+        if not request.agent_name:
+            raise InvalidArgument.field("agent_name", "is required")
+        await self.catalog.delete(tenant(), request.agent_name)
+        return agent_pb2.DeleteAgentResponse()
 
     async def ListTools(
         self, request: agent_pb2.ListToolsRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.ListToolsResponse:
+        if not 0 <= request.page_size <= 1000:
+            raise InvalidArgument.field("page_size", "must be between 0 and 1000")
+        after = decode_name_token(request.page_token, "tools")
+        rest = [t for t in self.runtime.tools.all() if t.name > after]
+        page = rest[: request.page_size or 100]
+        more = len(rest) > len(page)
         return agent_pb2.ListToolsResponse(
-            tools=[agent_convert.tool_to_proto(t) for t in self.runtime.tools.all()]
+            tools=[agent_convert.tool_to_proto(t) for t in page],
+            next_page_token=encode_name_token(page[-1].name, "tools") if more else "",
         )
 
     # -- runs
 
     async def _start(
-        self, request: agent_pb2.GenerateRequest | agent_pb2.StreamRequest
+        self, request: RunRequest, *, require_schema: bool = False
     ) -> tuple[AgentRunRequest, WorkflowHandle[AgentRunWorkflow, RunOutcome], str]:
         tenant_id = tenant()
         existing = None
         if request.client_run_id:
             existing = await self.directory.workflow_id(tenant_id, request.client_run_id)
         # A repeated client run id joins its run: no thread is resolved (or created) again.
-        run_request = await self._run_request(tenant_id, request, resolve=existing is None)
+        run_request = await self._run_request(
+            tenant_id, request, resolve=existing is None, require_schema=require_schema
+        )
         workflow_id = workflow_id_for(run_request.agent_name, tenant_id, run_request.run_id)
         if existing is not None and existing != workflow_id:
             raise AlreadyExists(f"client_run_id {run_request.run_id!r} is a run of another agent")
         pairs = [
             SearchAttributePair(TENANT, tenant_id),
             SearchAttributePair(AGENT, run_request.agent_name),
+            SearchAttributePair(RUN, run_request.run_id),
+            SearchAttributePair(STATUS, "PENDING"),
         ]
         if run_request.thread_id:
             pairs.append(SearchAttributePair(THREAD, run_request.thread_id))
@@ -151,9 +284,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def _run_request(
         self,
         tenant_id: str,
-        request: agent_pb2.GenerateRequest | agent_pb2.StreamRequest,
+        request: RunRequest,
         *,
         resolve: bool = True,
+        require_schema: bool = False,
     ) -> AgentRunRequest:
         violations = Violations()
         if not request.agent_name:
@@ -166,19 +300,27 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             violations.add("max_steps", "must be between 0 and 100")
         if request.thread_id and not is_valid_client_id(request.thread_id):
             violations.add("thread_id", f"must be {CLIENT_ID_RULE}")
+        if len(request.resource_id) > MAX_RESOURCE_ID:
+            violations.add("resource_id", f"must be at most {MAX_RESOURCE_ID} characters")
+        if len(request.session_key) > MAX_SESSION_KEY:
+            violations.add("session_key", f"must be at most {MAX_SESSION_KEY} characters")
+        if request.thread_resolution not in agent_pb2.ThreadResolution.values():
+            violations.add("thread_resolution", "is not a ThreadResolution value")
         violations.raise_if_any()
-        if request.thread_resolution not in _DEFAULT_RESOLUTIONS:
-            raise InvalidArgument.field(
-                "thread_resolution", "LATEST and SESSION are not supported yet (issue #4)"
-            )
+        output_schema = None
         if request.HasField("output_schema"):
-            raise InvalidArgument.field(
-                "output_schema", "structured output is not supported yet (issue #4)"
+            output_schema = agent_convert.output_schema_from_proto(
+                request.output_schema, "output_schema"
             )
-        override = None
+        override, read_only = None, None
         if request.HasField("memory"):
             override = agent_convert.memory_override_from_proto(request.memory)
-        agent = self.runtime.agents.get(request.agent_name)
+            read_only = agent_convert.read_only_from_proto(request.memory)
+        agent = await self.catalog.get(tenant_id, request.agent_name)
+        if require_schema and output_schema is None and agent.output_schema is None:
+            raise FailedPrecondition(
+                f"agent {agent.name!r} has no output schema: give output_schema for this call"
+            )
         if request.prompt:
             messages = [NewMessage(role=Role.USER, parts=[TextPart(text=request.prompt)])]
         else:
@@ -200,36 +342,64 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             resource_id=resource_id,
             max_steps=request.max_steps,
             memory=merge(agent.memory, override) if override is not None else None,
+            memory_read_only=read_only,
+            output_schema=output_schema,
         )
 
-    async def _resolve_thread(
-        self, tenant_id: str, request: agent_pb2.GenerateRequest | agent_pb2.StreamRequest
-    ) -> tuple[str, str]:
+    async def _resolve_thread(self, tenant_id: str, request: RunRequest) -> tuple[str, str]:
         """The run's thread id and its resource id (both empty for a stateless run)."""
         memory = self.runtime.memory
         resolution = request.thread_resolution
-        if resolution == agent_pb2.THREAD_RESOLUTION_NEW or (
-            not request.thread_id and request.resource_id
+        thread_id, resource_id = request.thread_id, request.resource_id
+        if request.session_key and resolution != agent_pb2.THREAD_RESOLUTION_SESSION:
+            raise InvalidArgument.field("session_key", "is only used with SESSION")
+        if resolution in (
+            agent_pb2.THREAD_RESOLUTION_NEW,
+            agent_pb2.THREAD_RESOLUTION_LATEST,
+            agent_pb2.THREAD_RESOLUTION_SESSION,
         ):
-            if request.thread_id:
-                raise InvalidArgument.field("thread_id", "must be empty with NEW")
-            created = await memory.create_thread(
-                tenant_id, NewThread(resource_id=request.resource_id)
+            name = agent_pb2.ThreadResolution.Name(resolution).removeprefix("THREAD_RESOLUTION_")
+            violations = Violations()
+            if thread_id:
+                violations.add("thread_id", f"must be empty with {name}")
+            if resolution != agent_pb2.THREAD_RESOLUTION_NEW and not resource_id:
+                violations.add("resource_id", f"is required with {name}")
+            if resolution == agent_pb2.THREAD_RESOLUTION_SESSION and not request.session_key:
+                violations.add("session_key", "is required with SESSION")
+            violations.raise_if_any()
+        if resolution == agent_pb2.THREAD_RESOLUTION_LATEST:
+            page = await memory.list_threads(
+                tenant_id, resource_id=resource_id, page_size=LATEST_SCAN
             )
+            if page.threads:
+                latest = max(page.threads, key=lambda t: (t.update_time, t.create_time))
+                return latest.id, latest.resource_id
+            resolution = agent_pb2.THREAD_RESOLUTION_NEW
+        if resolution == agent_pb2.THREAD_RESOLUTION_SESSION:
+            thread_id = session_thread_id(resource_id, request.session_key)
+        elif resolution == agent_pb2.THREAD_RESOLUTION_NEW or (not thread_id and resource_id):
+            created = await memory.create_thread(tenant_id, NewThread(resource_id=resource_id))
             return created.id, created.resource_id
-        if not request.thread_id:
-            if resolution == agent_pb2.THREAD_RESOLUTION_EXISTING:
-                raise InvalidArgument.field("thread_id", "is required with EXISTING")
+        if not thread_id:
+            if resolution in (
+                agent_pb2.THREAD_RESOLUTION_EXISTING,
+                agent_pb2.THREAD_RESOLUTION_CREATE_IF_MISSING,
+            ):
+                name = agent_pb2.ThreadResolution.Name(resolution)
+                raise InvalidArgument.field("thread_id", f"is required with {name}")
             return "", ""
         try:
-            thread = await memory.get_thread(tenant_id, request.thread_id)
+            thread = await memory.get_thread(tenant_id, thread_id)
         except NotFound:
             if resolution == agent_pb2.THREAD_RESOLUTION_EXISTING:
                 raise
-            thread = await memory.create_thread(
-                tenant_id, NewThread(id=request.thread_id, resource_id=request.resource_id)
-            )
-        if request.resource_id and thread.resource_id and request.resource_id != thread.resource_id:
+            try:
+                thread = await memory.create_thread(
+                    tenant_id, NewThread(id=thread_id, resource_id=resource_id)
+                )
+            except AlreadyExists:  # created by a concurrent call meanwhile
+                thread = await memory.get_thread(tenant_id, thread_id)
+        if resource_id and thread.resource_id and resource_id != thread.resource_id:
             raise InvalidArgument.field(
                 "resource_id", f"thread {thread.id!r} belongs to resource {thread.resource_id!r}"
             )
@@ -238,6 +408,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def Generate(
         self, request: agent_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.GenerateResponse:
+        # Waits for the end, approvals included (the proto's "answer on WAITING" is not
+        # done yet: callers in the tree rely on Generate returning the finished run).
         _, handle, workflow_id = await self._start(request)
         outcome = await handle.result()
         return agent_pb2.GenerateResponse(run=agent_convert.run_to_proto(outcome, workflow_id))
@@ -259,6 +431,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         async for event in self._events(run_request.tenant, run_request.run_id, 0, workflow_id):
             yield agent_pb2.StreamResponse(event=event)
 
+    async def StreamObject(
+        self, request: agent_pb2.StreamObjectRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[agent_pb2.StreamObjectResponse]:
+        run_request, _, workflow_id = await self._start(request, require_schema=True)
+        async for event in self._events(run_request.tenant, run_request.run_id, 0, workflow_id):
+            if not event.HasField("text_delta"):
+                yield agent_pb2.StreamObjectResponse(event=event)
+
     async def WatchRun(
         self, request: agent_pb2.AgentServiceWatchRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.AgentServiceWatchRunResponse]:
@@ -274,20 +454,6 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             tenant_id, request.run_id, request.after_event_id, workflow_id
         ):
             yield agent_pb2.AgentServiceWatchRunResponse(event=event)
-
-    # -- later slices of issue #4
-
-    async def CreateAgent(self, request, context):
-        await abort_unimplemented(context, "AgentService.CreateAgent", issue=4)
-
-    async def UpdateAgent(self, request, context):
-        await abort_unimplemented(context, "AgentService.UpdateAgent", issue=4)
-
-    async def DeleteAgent(self, request, context):
-        await abort_unimplemented(context, "AgentService.DeleteAgent", issue=4)
-
-    async def StreamObject(self, request, context):
-        await abort_unimplemented(context, "AgentService.StreamObject", issue=4)
 
     async def _handle(
         self, run_id: str
@@ -361,5 +527,73 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             run=agent_convert.state_to_proto(request.run_id, agent_name, state, workflow_id)
         )
 
-    async def ListRuns(self, request, context):
-        await abort_unimplemented(context, "AgentService.ListRuns", issue=4)
+    async def ListRuns(
+        self, request: agent_pb2.AgentServiceListRunsRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.AgentServiceListRunsResponse:
+        violations = Violations()
+        if not 0 <= request.page_size <= 1000:
+            violations.add("page_size", "must be between 0 and 1000")
+        if request.agent_name and not AGENT_NAME.match(request.agent_name):
+            violations.add("agent_name", "is not an agent name")
+        if request.thread_id and not is_valid_client_id(request.thread_id):
+            violations.add("thread_id", f"must be {CLIENT_ID_RULE}")
+        if len(request.resource_id) > MAX_RESOURCE_ID:
+            violations.add("resource_id", f"must be at most {MAX_RESOURCE_ID} characters")
+        for i, status in enumerate(request.statuses):
+            if status not in _RUN_STATUS_NAMES:
+                violations.add(f"statuses[{i}]", "is not a run status")
+        violations.raise_if_any()
+        clauses = [
+            "WorkflowType = 'AgentRun'",
+            f"LoomworkTenant = {_quoted(tenant())}",
+        ]
+        for attribute, value in (
+            ("LoomworkAgent", request.agent_name),
+            ("LoomworkThread", request.thread_id),
+            ("LoomworkResource", request.resource_id),
+        ):
+            if value:
+                clauses.append(f"{attribute} = {_quoted(value)}")
+        if request.statuses:
+            names = sorted({_RUN_STATUS_NAMES[s] for s in request.statuses})
+            clauses.append(f"LoomworkStatus IN ({', '.join(_quoted(n) for n in names)})")
+        query = " AND ".join(clauses)
+        page_token = _decode_runs_token(request.page_token, query)
+        listing = self.runtime.temporal.list_workflows(
+            query, page_size=request.page_size or 50, next_page_token=page_token
+        )
+        try:
+            await listing.fetch_next_page()
+        except RPCError as error:
+            raise Unavailable(f"Temporal visibility: {error.message}") from error
+        token = listing.next_page_token
+        return agent_pb2.AgentServiceListRunsResponse(
+            runs=[_listed_run(execution) for execution in listing.current_page or []],
+            next_page_token=_encode_runs_token(token, query) if token else "",
+        )
+
+
+def _listed_run(execution: WorkflowExecution) -> agent_pb2.AgentRun:
+    """A run as visibility knows it: ids, agent, thread, status and times (no messages)."""
+    attributes = execution.typed_search_attributes
+    status_name = attributes.get(STATUS) or "RUNNING"
+    status = _RUN_STATUS_FROM_NAME.get(status_name, run_pb2.RUN_STATUS_RUNNING)
+    if execution.status in _ABNORMAL_END:
+        status = run_pb2.RUN_STATUS_FAILED
+    elif execution.status == WorkflowExecutionStatus.CANCELED:
+        status = run_pb2.RUN_STATUS_CANCELED
+    run = agent_pb2.AgentRun(
+        id=attributes.get(RUN) or execution.id.rsplit("/", 1)[-1],
+        agent_name=attributes.get(AGENT) or "",
+        thread_id=attributes.get(THREAD) or "",
+        resource_id=attributes.get(RESOURCE) or "",
+        status=status,
+        temporal_workflow_id=execution.id,
+        temporal_run_id=execution.run_id,
+    )
+    convert.set_timestamp(run.create_time, execution.start_time)
+    if execution.execution_time is not None:
+        convert.set_timestamp(run.start_time, execution.execution_time)
+    if execution.close_time is not None:
+        convert.set_timestamp(run.end_time, execution.close_time)
+    return run

@@ -39,7 +39,17 @@ from loomwork.errors import (
     Violations,
 )
 from loomwork.flows.definition import Workflow
-from loomwork.flows.state import RunError, RunState, RunStatus, decode_event, event_log_key
+from loomwork.flows.state import (
+    DslRunInput,
+    ResumeRequest,
+    RunError,
+    RunState,
+    RunStatus,
+    decode_event,
+    event_log_key,
+    run_search_attributes,
+    temporal_workflow_id,
+)
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id, new_id
 from loomwork.paging import decode_page_token, encode_page_token
 from protos.loomwork.v1 import workflow_pb2, workflow_pb2_grpc
@@ -47,7 +57,7 @@ from server import workflow_convert
 from server.convert import struct_to_dict
 from server.interceptors import tenant
 from server.runtime import Runtime
-from workflows.dsl_run import DslRunInput, DslRunWorkflow, ResumeRequest
+from workflows.dsl_run import DslRunWorkflow
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +67,6 @@ MAX_REASON = 1024
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 
-TENANT = SearchAttributeKey.for_keyword("LoomworkTenant")
-WORKFLOW = SearchAttributeKey.for_keyword("LoomworkWorkflow")
-RUN = SearchAttributeKey.for_keyword("LoomworkRun")
-STATUS = SearchAttributeKey.for_keyword("LoomworkStatus")
-
 _TERMINAL_STATUS = {
     RawStatus.WORKFLOW_EXECUTION_STATUS_COMPLETED: "succeeded",
     RawStatus.WORKFLOW_EXECUTION_STATUS_FAILED: "failed",
@@ -69,11 +74,6 @@ _TERMINAL_STATUS = {
     RawStatus.WORKFLOW_EXECUTION_STATUS_TIMED_OUT: "failed",
     RawStatus.WORKFLOW_EXECUTION_STATUS_CANCELED: "canceled",
 }
-
-
-def temporal_workflow_id(workflow_id: str, tenant_id: str, run_id: str) -> str:
-    """`wf/<workflow>/<tenant>/<run>`: readable in the Temporal UI, unique per tenant."""
-    return f"wf/{workflow_id}/{tenant_id}/{run_id}"
 
 
 def _page_size(value: int) -> int:
@@ -183,10 +183,10 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=TypedSearchAttributes(
                     [
-                        SearchAttributePair(TENANT, tenant_id),
-                        SearchAttributePair(WORKFLOW, definition.id),
-                        SearchAttributePair(RUN, run_id),
-                        SearchAttributePair(STATUS, "PENDING"),
+                        SearchAttributePair(SearchAttributeKey.for_keyword(name), value)
+                        for name, value in run_search_attributes(
+                            tenant_id, definition.id, run_id
+                        ).items()
                     ]
                 ),
                 memo=start.metadata or None,

@@ -28,7 +28,7 @@ if _version_not_supported:
 class RagServiceStub:
     """Retrieval-augmented generation: vector indexes, durable document ingestion
     (extract -> chunk -> embed in batches -> upsert, one Temporal workflow per
-    ingestion, `rag-ingest/<index>/<ingestion>`), search and streamed answers
+    ingestion, `rag/<index>/<tenant>/<ingestion>`), search and streamed answers
     with citations. Every call is scoped to the tenant of the caller's bearer
     token; other tenants' indexes, documents, ingestions and answers are
     NOT_FOUND.
@@ -144,7 +144,7 @@ class RagServiceStub:
 class RagServiceServicer:
     """Retrieval-augmented generation: vector indexes, durable document ingestion
     (extract -> chunk -> embed in batches -> upsert, one Temporal workflow per
-    ingestion, `rag-ingest/<index>/<ingestion>`), search and streamed answers
+    ingestion, `rag/<index>/<tenant>/<ingestion>`), search and streamed answers
     with citations. Every call is scoped to the tenant of the caller's bearer
     token; other tenants' indexes, documents, ingestions and answers are
     NOT_FOUND.
@@ -413,7 +413,7 @@ def add_RagServiceServicer_to_server(servicer, server):
 class RagService:
     """Retrieval-augmented generation: vector indexes, durable document ingestion
     (extract -> chunk -> embed in batches -> upsert, one Temporal workflow per
-    ingestion, `rag-ingest/<index>/<ingestion>`), search and streamed answers
+    ingestion, `rag/<index>/<tenant>/<ingestion>`), search and streamed answers
     with citations. Every call is scoped to the tenant of the caller's bearer
     token; other tenants' indexes, documents, ingestions and answers are
     NOT_FOUND.

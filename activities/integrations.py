@@ -1,0 +1,234 @@
+"""Webhook routing as an activity, and the Temporal-backed targets routes land on."""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import ValidationError
+from temporalio import activity
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from loomwork.agents.directory import RunDirectory
+from loomwork.agents.run import ResumeInput, RunState
+from loomwork.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from loomwork.flows.registry import WorkflowRegistry
+from loomwork.flows.state import (
+    DslRunInput,
+    ResumeRequest,
+    run_search_attributes,
+    temporal_workflow_id,
+)
+from loomwork.flows.state import RunState as WorkflowRunState
+from loomwork.ids import is_valid_client_id
+from loomwork.integrations.deliveries import DeliveryStore
+from loomwork.integrations.routing import (
+    AgentApprovalResume,
+    DocumentIngest,
+    RouteOutcome,
+    RouteTargets,
+    WebhookEvent,
+    WorkflowStart,
+    WorkflowStepResume,
+    route_event,
+)
+from loomwork.integrations.sources import WebhookSourceStore
+
+
+def _temporal_error(error: RPCError, what: str) -> Exception:
+    if error.status == RPCStatusCode.NOT_FOUND:
+        return NotFound(f"{what} not found")
+    return Unavailable(f"Temporal: {error.message}")
+
+
+def _workflow_update_rejection(error: WorkflowUpdateFailedError) -> Exception:
+    """DslRun's rejections carry the domain error type and (field, description) details."""
+    cause = error.cause
+    if isinstance(cause, ApplicationError):
+        violations = [
+            FieldViolation(str(d.get("field", "")), str(d.get("description", "")))
+            for d in cause.details
+            if isinstance(d, dict)
+        ]
+        if cause.type == "InvalidArgument" and violations:
+            return InvalidArgument(violations)  # its message names every field
+        return FailedPrecondition(cause.message)
+    return FailedPrecondition(str(cause or error))
+
+
+class TemporalRouteTargets:
+    """`RouteTargets` over Temporal: the same Update as ResumeRun, the workflow `resume` signal."""
+
+    def __init__(
+        self,
+        client: Client,
+        directory: RunDirectory,
+        *,
+        workflows: WorkflowRegistry | None = None,
+        task_queue: str = "",
+    ) -> None:
+        self.client = client
+        self.directory = directory
+        self.workflows = workflows
+        self.task_queue = task_queue
+        self.workflow_runs = RunDirectory(directory.redis, prefix="loomwork:workflow-run")
+
+    async def resume_agent_approval(self, tenant: str, action: AgentApprovalResume) -> str:
+        workflow_id = await self.directory.workflow_id(tenant, action.run_id)
+        if workflow_id is None:
+            raise NotFound(f"agent run {action.run_id!r} not found")
+        handle = self.client.get_workflow_handle(workflow_id)
+        try:
+            state = await handle.execute_update(
+                "resume_run",
+                ResumeInput(decisions=action.decisions),
+                id=action.idempotency_key,
+                result_type=RunState,
+            )
+        except WorkflowUpdateFailedError as error:
+            cause = error.cause
+            if isinstance(cause, ApplicationError) and cause.type == "InvalidArgument":
+                field, description = cause.details
+                raise InvalidArgument.field(str(field), str(description)) from error
+            raise FailedPrecondition(getattr(cause, "message", None) or str(error)) from error
+        except RPCError as error:
+            raise _temporal_error(error, f"agent run {action.run_id!r}") from error
+        decided = len(action.decisions)
+        return f"agent run {action.run_id} resumed ({decided} decision(s)), now {state.status}"
+
+    async def resume_workflow_step(self, tenant: str, action: WorkflowStepResume) -> str:
+        """The `resume_run` Update WorkflowService.ResumeRun sends: validated, answered."""
+        workflow_id = await self._workflow_run(tenant, action.run_id)
+        request = ResumeRequest(
+            run_id=action.run_id,
+            step_id=action.step_id,
+            resume_data=action.resume_data,
+            # DslRun answers a resume it has seen with the run (a retried routing).
+            request_id=action.idempotency_key,
+        )
+        try:
+            state = await self.client.get_workflow_handle(workflow_id).execute_update(
+                "resume_run", request, result_type=WorkflowRunState
+            )
+        except WorkflowUpdateFailedError as error:
+            raise _workflow_update_rejection(error) from error
+        except RPCError as error:
+            raise _temporal_error(error, f"workflow run {action.run_id!r}") from error
+        data = json.dumps(action.resume_data)[:200]
+        return (
+            f"workflow run {action.run_id} step {action.step_id} resumed with {data}, "
+            f"now {state.status}"
+        )
+
+    async def _workflow_run(self, tenant: str, run_id: str) -> str:
+        if not is_valid_client_id(run_id) or not is_valid_client_id(tenant):
+            raise InvalidArgument.field("payload.run_id", "is not a run id")
+        known = await self.workflow_runs.workflow_id(tenant, run_id)
+        if known is not None:
+            return known
+        query = (
+            f"LoomworkTenant = '{tenant}' AND LoomworkRun = '{run_id}' AND WorkflowType = 'DslRun'"
+        )
+        try:
+            async for execution in self.client.list_workflows(query, limit=1):
+                return execution.id
+        except RPCError as error:
+            raise _temporal_error(error, f"workflow run {run_id!r}") from error
+        raise NotFound(f"workflow run {run_id!r} not found")
+
+    async def start_workflow(self, tenant: str, action: WorkflowStart) -> str:
+        """A DslRun of the workflow's newest version; one per delivery (its idempotency key
+        is the run id)."""
+        if self.workflows is None:
+            raise FailedPrecondition("this worker has no workflow registry")
+        definition = self.workflows.latest(action.workflow_name)
+        try:
+            data = definition.input_model.model_validate(action.input)
+        except ValidationError as exc:
+            raise InvalidArgument(  # the message names each field of the workflow's input
+                [
+                    FieldViolation(".".join(["input", *(str(p) for p in e["loc"])]), e["msg"])
+                    for e in exc.errors()
+                ]
+            ) from exc
+        run_id = action.idempotency_key
+        workflow_id = temporal_workflow_id(definition.id, tenant, run_id)
+        await self.workflow_runs.record(tenant, run_id, workflow_id)
+        try:
+            await self.client.start_workflow(
+                "DslRun",
+                DslRunInput(
+                    tenant=tenant,
+                    run_id=run_id,
+                    workflow_id=definition.id,
+                    workflow_version=definition.version,
+                    input=data.model_dump(mode="json"),
+                ),
+                id=workflow_id,
+                task_queue=self.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(SearchAttributeKey.for_keyword(name), value)
+                        for name, value in run_search_attributes(
+                            tenant, definition.id, run_id
+                        ).items()
+                    ]
+                ),
+                static_summary=f"workflow {definition.id} started by a webhook, run {run_id}",
+            )
+        except RPCError as error:
+            raise _temporal_error(error, f"workflow {definition.id!r}") from error
+        return f"started workflow {definition.id} run {run_id}"
+
+    async def ingest_document(self, tenant: str, action: DocumentIngest) -> str:
+        raise FailedPrecondition(
+            "ingesting documents from a webhook is not available yet (RagService, issue #7)"
+        )
+
+
+class IntegrationActivities:
+    def __init__(
+        self, sources: WebhookSourceStore, deliveries: DeliveryStore, targets: RouteTargets
+    ) -> None:
+        self.sources = sources
+        self.deliveries = deliveries
+        self.targets = targets
+
+    @activity.defn(name="webhook_route")
+    async def route(self, event: WebhookEvent) -> RouteOutcome:
+        """Route by the source's current rules and record the outcome (once)."""
+        try:
+            source = await self.sources.get(event.tenant, event.source_id)
+        except NotFound as exc:
+            outcome = RouteOutcome(status="failed", result=exc.message)
+        else:
+            outcome = await route_event(event, source.routes, self.targets)
+        delivery = await self.deliveries.finish(
+            event.tenant, event.source_id, event.delivery_id, outcome
+        )
+        activity.logger.info(
+            "webhook %s/%s routed: %s %s",
+            event.source_id,
+            event.delivery_id,
+            delivery.status,
+            delivery.result,
+        )
+        return RouteOutcome(
+            status=delivery.status if delivery.status != "received" else outcome.status,
+            route_name=delivery.route_name,
+            result=delivery.result,
+        )

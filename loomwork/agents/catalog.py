@@ -1,0 +1,124 @@
+"""The agents a tenant sees: those defined in code (read-only, shared) and its own stored ones."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from loomwork.agents.definitions import AgentDefinition, AgentRegistry, AgentSource
+from loomwork.agents.store import AgentStore
+from loomwork.agents.tools import ToolRegistry
+from loomwork.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from loomwork.memory.settings import invalid_argument_from
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 1000
+
+
+def _digest(scope: str) -> str:
+    return hashlib.sha256(scope.encode()).hexdigest()[:16]
+
+
+def encode_name_token(after: str, scope: str) -> str:
+    raw = json.dumps({"a": after, "s": _digest(scope)}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_name_token(token: str, scope: str, field: str = "page_token") -> str:
+    """The name to continue after ('' for no token); InvalidArgument for a foreign token."""
+    if not token:
+        return ""
+    try:
+        data = json.loads(base64.urlsafe_b64decode((token + "=" * (-len(token) % 4)).encode()))
+        after, digest = data["a"], data["s"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidArgument.field(field, "is not a token returned by a previous call") from exc
+    if not isinstance(after, str) or digest != _digest(scope):
+        raise InvalidArgument.field(field, "belongs to a different query: pass the same filters")
+    return after
+
+
+class AgentCatalog:
+    """Looks agents up by tenant and name; creates, updates and deletes stored ones."""
+
+    def __init__(self, code: AgentRegistry, store: AgentStore, tools: ToolRegistry) -> None:
+        self.code = code
+        self.store = store
+        self.tools = tools
+
+    async def get(self, tenant: str, name: str) -> AgentDefinition:
+        agent = self.code.find(name) or await self.store.find(tenant, name)
+        if agent is None:
+            raise NotFound(f"agent {name!r} not found")
+        return agent
+
+    async def list(
+        self,
+        tenant: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        source: AgentSource | None = None,
+    ) -> tuple[list[AgentDefinition], str]:
+        """One page of agents ordered by name, and the token of the next page ('' at the end)."""
+        if not 0 <= page_size <= MAX_PAGE:
+            raise InvalidArgument.field("page_size", f"must be between 0 and {MAX_PAGE}")
+        limit = page_size or DEFAULT_PAGE
+        scope = f"agents\x00{source or ''}"
+        after = decode_name_token(page_token, scope)
+        found: list[AgentDefinition] = []
+        if source in (None, "code"):
+            found += [a for a in self.code.all() if a.name > after][: limit + 1]
+        if source in (None, "api"):
+            found += await self.store.list(tenant, after=after, limit=limit + 1)
+        found.sort(key=lambda a: a.name)
+        page = found[:limit]
+        token = encode_name_token(page[-1].name, scope) if len(found) > limit else ""
+        return page, token
+
+    def _validated(self, data: Mapping[str, Any]) -> AgentDefinition:
+        try:
+            agent = AgentDefinition.model_validate({**data, "source": "api"})
+        except ValidationError as exc:
+            raise invalid_argument_from(exc, prefix="agent") from None
+        for i, name in enumerate(agent.tool_names):
+            try:
+                self.tools.get(name)
+            except NotFound:
+                raise InvalidArgument.field(
+                    f"agent.tool_names[{i}]", f"{name!r} is not a registered tool (see ListTools)"
+                ) from None
+        return agent
+
+    async def create(self, tenant: str, data: Mapping[str, Any]) -> AgentDefinition:
+        agent = self._validated(data)
+        if self.code.find(agent.name) is not None:
+            raise AlreadyExists(f"agent {agent.name!r} is defined in code")
+        return await self.store.create(tenant, agent)
+
+    async def _stored(self, tenant: str, name: str, verb: str) -> AgentDefinition:
+        if self.code.find(name) is not None:
+            raise FailedPrecondition(f"agent {name!r} is defined in code and cannot be {verb}")
+        agent = await self.store.find(tenant, name)
+        if agent is None:
+            raise NotFound(f"agent {name!r} not found")
+        return agent
+
+    async def stored(self, tenant: str, name: str) -> AgentDefinition:
+        """A stored agent, to be updated; FailedPrecondition for an agent defined in code."""
+        return await self._stored(tenant, name, "updated")
+
+    async def replace(self, tenant: str, data: Mapping[str, Any]) -> AgentDefinition:
+        """Store a whole new definition of an existing stored agent."""
+        agent = self._validated(data)
+        await self._stored(tenant, agent.name, "updated")
+        return await self.store.replace(tenant, agent)
+
+    async def delete(self, tenant: str, name: str) -> None:
+        await self._stored(tenant, name, "deleted")
+        await self.store.delete(tenant, name)

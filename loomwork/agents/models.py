@@ -1,0 +1,36 @@
+"""The chat models an agent worker calls, sharing one HTTP client (and its connections)."""
+
+from __future__ import annotations
+
+import openai
+
+from loomwork.llm.chat import NO_KEY, ChatModel
+
+
+class SharedChatModels:
+    """`ChatModel`s for any model name over one `openai` client created on first use, so
+    steps reuse kept-alive connections instead of opening one per model call. The client's
+    own retries are off (Temporal retries); cancelling a call still aborts its request."""
+
+    def __init__(
+        self, *, base_url: str | None, api_key: str | None, timeout: float = 120.0
+    ) -> None:
+        self.base_url = base_url
+        self.api_key = api_key
+        self.timeout = timeout
+        self._client: openai.AsyncOpenAI | None = None
+
+    def __call__(self, model: str) -> ChatModel:
+        if self._client is None:
+            self._client = openai.AsyncOpenAI(
+                base_url=self.base_url or None,
+                api_key=self.api_key or NO_KEY,
+                timeout=self.timeout,
+                max_retries=0,
+            )
+        return ChatModel(model, client=self._client)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

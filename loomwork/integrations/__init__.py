@@ -1,0 +1,1 @@
+"""Integrations: signed webhooks routed to runs, OAuth connections with fresh tokens."""

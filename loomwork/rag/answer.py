@@ -1,0 +1,315 @@
+"""Answer runs: retrieve, assemble the context, stream the model's answer with `[n]`
+citations. Steps (one Temporal activity each) over the domain; events go to the
+answer's RunEventLog like an agent run's, and the record is kept in Postgres."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from loomwork.errors import FailedPrecondition, NotFound
+from loomwork.llm.chat import ChatMessage, ChatModel, ChatUsage, TextDelta
+from loomwork.rag.context import ContextOrder, assemble_rag_context, render_context
+from loomwork.rag.models import RetrievalOptions, ScoredChunk
+from loomwork.rag.query import Retriever
+from loomwork.storage.database import Database
+from loomwork.streams.run_events import RunEventLog
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INSTRUCTIONS = (
+    "Answer the question using only the numbered context below. Cite every statement "
+    "with the number of its source in square brackets, e.g. [1] or [2][3]. If the "
+    "context does not contain the answer, say that you do not know."
+)
+_MARKER = re.compile(r"\[(\d+)\]")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def answer_log_key(tenant: str, answer_id: str) -> str:
+    return f"answer/{tenant}/{answer_id}"
+
+
+class CitationInfo(BaseModel):
+    number: int
+    chunk_id: str
+    document_id: str
+    title: str = ""
+    source_uri: str = ""
+    page: int = 0
+    heading_path: list[str] = Field(default_factory=list)
+    position: int = 0
+    snippet: str = ""
+
+
+def citation_for(number: int, chunk: ScoredChunk) -> CitationInfo:
+    return CitationInfo(
+        number=number,
+        chunk_id=chunk.chunk.id,
+        document_id=chunk.chunk.document_id,
+        title=chunk.title,
+        source_uri=chunk.source_uri,
+        page=chunk.chunk.page,
+        heading_path=list(chunk.chunk.heading_path),
+        position=chunk.chunk.position,
+        snippet=chunk.chunk.text[:300],
+    )
+
+
+class AnswerRequest(BaseModel):
+    tenant: str
+    answer_id: str
+    index_name: str
+    query: str
+    retrieval: RetrievalOptions = Field(default_factory=RetrievalOptions)
+    max_context_tokens: int = 4000
+    order: ContextOrder = ContextOrder.SCORE
+    model: str = ""
+    instructions: str = ""
+    temperature: float | None = None
+    max_output_tokens: int | None = None
+
+
+AnswerStatus = Literal["pending", "running", "succeeded", "failed", "canceled"]
+
+
+class AnswerError(BaseModel):
+    code: int
+    reason: str
+    message: str
+
+
+class AnswerRecord(BaseModel):
+    id: str
+    index_name: str
+    query: str
+    status: AnswerStatus = "pending"
+    text: str = ""
+    citations: list[CitationInfo] = Field(default_factory=list)
+    context: list[ScoredChunk] = Field(default_factory=list)
+    usage: ChatUsage = Field(default_factory=ChatUsage)
+    model: str = ""
+    error: AnswerError | None = None
+    create_time: datetime = Field(default_factory=_now)
+    end_time: datetime | None = None
+    workflow_id: str = ""
+
+
+class AnswerEvent(BaseModel):
+    type: Literal[
+        "started", "retrieval", "text_delta", "citation", "usage", "retrying", "finished", "failed"
+    ]
+    time: datetime = Field(default_factory=_now)
+    index_name: str = ""
+    query: str = ""
+    model: str = ""
+    chunks: list[ScoredChunk] = Field(default_factory=list)
+    retrieved_count: int = 0
+    context_tokens: int = 0
+    text: str = ""
+    citation: CitationInfo | None = None
+    usage: ChatUsage | None = None
+    attempt: int = 0
+    error: AnswerError | None = None
+    record: AnswerRecord | None = None
+
+
+class RetrievedContext(BaseModel):
+    chunks: list[ScoredChunk]
+    usage: ChatUsage = Field(default_factory=ChatUsage)
+
+
+class GeneratedAnswer(BaseModel):
+    text: str
+    citations: list[CitationInfo]
+    usage: ChatUsage
+    model: str
+
+
+class AnswerSteps:
+    def __init__(
+        self,
+        db: Database,
+        retriever: Retriever,
+        events: RunEventLog,
+        chat_model: Callable[[str], ChatModel],
+        default_model: str,
+    ) -> None:
+        self.db = db
+        self.retriever = retriever
+        self.events = events
+        self.chat_model = chat_model
+        self.default_model = default_model
+
+    # -- records
+
+    async def create(self, tenant: str, record: AnswerRecord) -> tuple[AnswerRecord, bool]:
+        """Store a new answer record; (stored record, created?)."""
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                "insert into rag_answers (tenant_id, id, index_name, record)"
+                " values (%s, %s, %s, %s) on conflict do nothing returning id",
+                (tenant, record.id, record.index_name, record.model_dump_json()),
+            )
+            created = await cur.fetchone() is not None
+        if not created:
+            return await self.get(tenant, record.id), False
+        return record, True
+
+    async def get(self, tenant: str, answer_id: str) -> AnswerRecord:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                "select record from rag_answers where tenant_id = %s and id = %s",
+                (tenant, answer_id),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"answer {answer_id!r} not found")
+        return AnswerRecord.model_validate(row["record"])
+
+    async def _save(self, tenant: str, record: AnswerRecord) -> None:
+        async with self.db.connection() as conn:
+            await conn.execute(
+                "update rag_answers set record = %s where tenant_id = %s and id = %s",
+                (record.model_dump_json(), tenant, record.id),
+            )
+
+    async def publish(self, request: AnswerRequest, event: AnswerEvent) -> None:
+        terminal = event.type in ("finished", "failed")
+        try:
+            await self.events.append(
+                answer_log_key(request.tenant, request.answer_id),
+                event.model_dump_json().encode(),
+                terminal=terminal,
+            )
+        except FailedPrecondition:
+            log.info("answer %s already finished; dropping %s", request.answer_id, event.type)
+
+    # -- steps
+
+    def model_name(self, request: AnswerRequest) -> str:
+        return request.model or self.default_model
+
+    async def retrieve(self, request: AnswerRequest) -> RetrievedContext:
+        record = await self.get(request.tenant, request.answer_id)
+        if record.status == "pending":
+            record.status = "running"
+            record.model = self.model_name(request)
+            await self._save(request.tenant, record)
+            await self.publish(
+                request,
+                AnswerEvent(
+                    type="started",
+                    index_name=request.index_name,
+                    query=request.query,
+                    model=record.model,
+                ),
+            )
+        results, usage = await self.retriever.search(
+            request.tenant, request.index_name, request.query, request.retrieval
+        )
+        assembled = assemble_rag_context(
+            results, max_tokens=request.max_context_tokens, order=request.order
+        )
+        record.context = assembled.chunks
+        await self._save(request.tenant, record)
+        await self.publish(
+            request,
+            AnswerEvent(
+                type="retrieval",
+                chunks=assembled.chunks,
+                retrieved_count=assembled.retrieved_count,
+                context_tokens=assembled.context_tokens,
+            ),
+        )
+        return RetrievedContext(chunks=assembled.chunks, usage=usage)
+
+    async def generate(
+        self,
+        request: AnswerRequest,
+        context: RetrievedContext,
+        attempt: int = 1,
+        heartbeat: Callable[[], None] | None = None,
+    ) -> GeneratedAnswer:
+        """Stream the model's answer; each `[n]` cited for the first time sends a citation."""
+        if attempt > 1:
+            await self.publish(request, AnswerEvent(type="retrying", attempt=attempt))
+        system = (request.instructions or DEFAULT_INSTRUCTIONS) + "\n\nContext:\n\n"
+        system += render_context(context.chunks) if context.chunks else "(no context found)"
+        text: list[str] = []
+        cited: dict[int, CitationInfo] = {}
+
+        async def on_event(event: object) -> None:
+            if heartbeat is not None:
+                heartbeat()
+            if not isinstance(event, TextDelta):
+                return
+            text.append(event.delta)
+            await self.publish(request, AnswerEvent(type="text_delta", text=event.delta))
+            for match in _MARKER.finditer("".join(text)):
+                number = int(match.group(1))
+                if 1 <= number <= len(context.chunks) and number not in cited:
+                    cited[number] = citation_for(number, context.chunks[number - 1])
+                    await self.publish(
+                        request, AnswerEvent(type="citation", citation=cited[number])
+                    )
+
+        name = self.model_name(request)
+        model = self.chat_model(name)
+        try:
+            result = await model.stream(
+                [ChatMessage.system(system), ChatMessage.user(request.query)],
+                on_event=on_event,
+                temperature=request.temperature,
+                max_tokens=request.max_output_tokens,
+            )
+        finally:
+            await model.aclose()
+        usage = ChatUsage(
+            prompt_tokens=result.usage.prompt_tokens + context.usage.prompt_tokens,
+            completion_tokens=result.usage.completion_tokens + context.usage.completion_tokens,
+            total_tokens=result.usage.total_tokens + context.usage.total_tokens,
+        )
+        await self.publish(request, AnswerEvent(type="usage", usage=usage))
+        return GeneratedAnswer(
+            text=result.text,
+            citations=[cited[n] for n in sorted(cited)],
+            usage=usage,
+            model=name,
+        )
+
+    async def finish(
+        self,
+        request: AnswerRequest,
+        answer: GeneratedAnswer | None,
+        status: AnswerStatus,
+        error: AnswerError | None = None,
+    ) -> AnswerRecord:
+        record = await self.get(request.tenant, request.answer_id)
+        if record.status in ("succeeded", "failed", "canceled"):
+            return record
+        if answer is not None:
+            record.text, record.citations, record.usage = (
+                answer.text,
+                answer.citations,
+                answer.usage,
+            )
+            record.model = answer.model
+        record.status = status
+        record.error = error
+        record.end_time = _now()
+        record.model = record.model or self.model_name(request)
+        await self._save(request.tenant, record)
+        if status == "failed":
+            await self.publish(request, AnswerEvent(type="failed", error=error, record=record))
+        else:
+            await self.publish(request, AnswerEvent(type="finished", record=record))
+        return record

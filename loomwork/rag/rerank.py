@@ -1,0 +1,134 @@
+"""Second-stage reranking: weighted signals (semantic, lexical, position) or the LLM.
+
+Cross-encoder weights are not on PyPI, so the semantic signal is the embedding
+similarity of query and chunk; the lexical signal is the share of the query's terms
+found in the chunk; the position signal is the first-stage rank (1 for the first).
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, Field
+
+from loomwork.llm.chat import ChatMessage, ChatModel, ChatUsage
+from loomwork.rag.models import RerankOptions, ScoredChunk
+
+__all__ = ["llm_rerank", "query_terms", "signal_rerank", "signal_weights"]
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_STOP = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "for",
+        "from",
+        "has",
+        "have",
+        "how",
+        "i",
+        "in",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "that",
+        "the",
+        "this",
+        "to",
+        "was",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "you",
+        "your",
+        "do",
+        "does",
+        "did",
+        "can",
+    ]
+)
+
+
+def query_terms(text: str) -> set[str]:
+    """Lowercased words of `text` without common English stop words."""
+    return {w for w in (m.lower() for m in _WORD.findall(text)) if w not in _STOP}
+
+
+def signal_weights(options: RerankOptions) -> tuple[float, float, float]:
+    """(semantic, lexical, position), normalized to sum to 1; all 0 means 0.5/0.3/0.2."""
+    weights = (options.semantic_weight, options.lexical_weight, options.position_weight)
+    total = sum(weights)
+    if total <= 0:
+        return 0.5, 0.3, 0.2
+    return weights[0] / total, weights[1] / total, weights[2] / total
+
+
+def signal_rerank(
+    query: str, candidates: list[ScoredChunk], options: RerankOptions
+) -> list[ScoredChunk]:
+    """Candidates (in first-stage order, `details.vector_score` filled) rescored and sorted."""
+    semantic_w, lexical_w, position_w = signal_weights(options)
+    terms = query_terms(query)
+    n = len(candidates)
+    out: list[ScoredChunk] = []
+    for rank, candidate in enumerate(candidates):
+        words = query_terms(candidate.chunk.text + " " + " ".join(candidate.chunk.heading_path))
+        lexical = len(terms & words) / len(terms) if terms else 0.0
+        position = 1.0 - rank / n if n else 0.0
+        semantic = max(0.0, min(1.0, candidate.details.vector_score))
+        score = semantic_w * semantic + lexical_w * lexical + position_w * position
+        details = candidate.details.model_copy(update={"rerank_score": score})
+        out.append(candidate.model_copy(update={"score": score, "details": details}))
+    out.sort(key=lambda c: -c.score)
+    return out
+
+
+class _Scores(BaseModel):
+    scores: list[float] = Field(description="Relevance 0..1 of each passage, in order")
+
+
+async def llm_rerank(
+    model: ChatModel, query: str, candidates: list[ScoredChunk]
+) -> tuple[list[ScoredChunk], ChatUsage]:
+    """The chat model scores each candidate's relevance 0..1 (one call, JSON output)."""
+    if not candidates:
+        return [], ChatUsage()
+    passages = "\n\n".join(f"[{i + 1}] {c.chunk.text[:2000]}" for i, c in enumerate(candidates))
+    result = await model.complete(
+        [
+            ChatMessage.system(
+                "Rate how relevant each numbered passage is to the question, from 0 (not at "
+                'all) to 1 (answers it). Reply with JSON {"scores": [...]}, one number per '
+                "passage, in passage order."
+            ),
+            ChatMessage.user(f"Question: {query}\n\nPassages:\n{passages}"),
+        ],
+        response_format=_Scores,
+        temperature=0,
+    )
+    try:
+        scores = _Scores.model_validate_json(result.text).scores
+    except ValueError:
+        scores = []
+    out: list[ScoredChunk] = []
+    for i, candidate in enumerate(candidates):
+        score = max(0.0, min(1.0, float(scores[i]))) if i < len(scores) else 0.0
+        details = candidate.details.model_copy(update={"rerank_score": score})
+        out.append(candidate.model_copy(update={"score": score, "details": details}))
+    out.sort(key=lambda c: -c.score)
+    return out, result.usage
