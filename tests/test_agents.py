@@ -627,3 +627,65 @@ async def test_per_call_memory_override(agents, token, model) -> None:
             metadata=auth(token),
         )
     assert "memory.last_messages" in field_violations(err.value)
+
+
+async def test_structured_working_memory_follows_its_json_schema(
+    agents, token, model, runtime, memory_stub
+) -> None:
+    """Data that breaks the agent's working-memory schema goes back to the model as an error
+    naming the field, and is not stored; data that fits is."""
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0}},
+        "required": ["name"],
+    }
+    _register(
+        runtime,
+        AgentDefinition(
+            name="profiler",
+            instructions="Keep a profile of the user.",
+            memory=MemorySettings(
+                working_memory=WorkingMemorySettings(json_schema=schema, scope=RecallScope.THREAD)
+            ),
+        ),
+    )
+    model.set_script(
+        [
+            Turn(tool_calls=[ScriptedToolCall("update_working_memory", {"data": {"age": -3}})]),
+            Turn(
+                tool_calls=[
+                    ScriptedToolCall("update_working_memory", {"data": {"name": "Ada", "age": 36}})
+                ]
+            ),
+            Turn(text="Saved."),
+        ]
+    )
+    thread = (
+        await memory_stub.CreateThread(memory_pb2.CreateThreadRequest(), metadata=auth(token))
+    ).thread
+    run = (
+        await agents.Generate(
+            agent_pb2.GenerateRequest(
+                agent_name="profiler", prompt="I am Ada, 36.", thread_id=thread.id
+            ),
+            metadata=auth(token),
+        )
+    ).run
+    results = [
+        part.tool_result
+        for message in run.output.messages
+        for part in message.parts
+        if part.HasField("tool_result")
+    ]
+    rejected = results[0]
+    assert rejected.is_error
+    text = rejected.result.string_value
+    assert "data.age" in text and "data" in text and "'name' is a required property" in text
+    assert not results[1].is_error
+    stored = await memory_stub.GetWorkingMemory(
+        memory_pb2.GetWorkingMemoryRequest(
+            scope=memory_pb2.MEMORY_SCOPE_THREAD, thread_id=thread.id
+        ),
+        metadata=auth(token),
+    )
+    assert dict(stored.working_memory.data) == {"name": "Ada", "age": 36}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from jsonschema import Draft202012Validator
 from pydantic import BaseModel, Field
 
 from loomwork.agents.tools import Tool, ToolContext
-from loomwork.errors import InvalidArgument
+from loomwork.errors import FieldViolation, InvalidArgument
 from loomwork.memory.models import RecallScope, WorkingMemory
 from loomwork.memory.working import WorkingMemoryStore
 
@@ -23,10 +24,31 @@ class UpdateWorkingMemoryArgs(BaseModel):
     )
 
 
+def _check_against_schema(data: dict[str, Any] | None, schema: dict[str, Any]) -> None:
+    """Structured working memory must follow the agent's JSON schema; the model is told
+    which field is wrong (the error goes back to it as the tool's result)."""
+    if data is None:
+        raise InvalidArgument.field("data", "this agent keeps structured working memory: send data")
+    errors = sorted(
+        Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.absolute_path)
+    )
+    if errors:
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    ".".join(["data", *(str(p) for p in error.absolute_path)]), error.message
+                )
+                for error in errors
+            ]
+        )
+
+
 def working_memory_tool(store: WorkingMemoryStore) -> Tool:
     async def update(args: UpdateWorkingMemoryArgs, ctx: ToolContext) -> dict[str, Any]:
         if args.markdown is None and args.data is None:
             raise InvalidArgument.field("markdown", "give markdown or data")
+        if ctx.working_memory_schema is not None:
+            _check_against_schema(args.data, ctx.working_memory_schema)
         scope = RecallScope(ctx.memory_scope)
         if scope is RecallScope.RESOURCE and not ctx.resource_id:
             scope = RecallScope.THREAD  # a thread without a resource keeps its own

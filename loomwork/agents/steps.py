@@ -397,6 +397,7 @@ class AgentSteps:
                 thread_id=request.thread_id,
                 resource_id=request.resource_id,
                 memory_scope=wm.scope.value if wm is not None else "thread",
+                working_memory_schema=wm.json_schema if wm is not None else None,
             )
             result = await self.tools.call(call.call, context, allowed=tool_names(agent))
         await self.publish(request, ToolResultEvent(step=call.step, result=result))

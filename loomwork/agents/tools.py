@@ -26,6 +26,8 @@ class ToolContext(BaseModel):
     thread_id: str = ""
     resource_id: str = ""
     memory_scope: str = "thread"  # where working memory lives for this agent
+    # The agent's working-memory JSON schema, when it keeps structured working memory.
+    working_memory_schema: dict[str, Any] | None = None
 
     @property
     def idempotency_key(self) -> str:
