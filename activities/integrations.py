@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 
 from pydantic import ValidationError
 from temporalio import activity
@@ -13,7 +15,7 @@ from temporalio.common import (
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
 )
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from loomwork.agents.directory import RunDirectory
@@ -46,6 +48,16 @@ from loomwork.integrations.routing import (
     route_event,
 )
 from loomwork.integrations.sources import WebhookSourceStore
+from loomwork.rag.ingestion import (
+    IngestionRequest,
+    SourceDocument,
+    derived_document_id,
+    new_ingestion,
+)
+from loomwork.rag.models import ChunkingOptions, DocumentFormat
+from loomwork.rag.system import RagSystem
+
+_DOCUMENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def _temporal_error(error: RPCError, what: str) -> Exception:
@@ -78,11 +90,13 @@ class TemporalRouteTargets:
         directory: RunDirectory,
         *,
         workflows: WorkflowRegistry | None = None,
+        rag: RagSystem | None = None,
         task_queue: str = "",
     ) -> None:
         self.client = client
         self.directory = directory
         self.workflows = workflows
+        self.rag = rag
         self.task_queue = task_queue
         self.workflow_runs = RunDirectory(directory.redis, prefix="loomwork:workflow-run")
 
@@ -195,9 +209,56 @@ class TemporalRouteTargets:
         return f"started workflow {definition.id} run {run_id}"
 
     async def ingest_document(self, tenant: str, action: DocumentIngest) -> str:
-        raise FailedPrecondition(
-            "ingesting documents from a webhook is not available yet (RagService, issue #7)"
+        """A durable RAG ingestion of the payload's text into the index (`collection_id`);
+        one ingestion per delivery (its idempotency key is the ingestion id)."""
+        if self.rag is None:
+            raise FailedPrecondition("this worker has no RAG system")
+        await self.rag.store.get_index(tenant, action.collection_id)
+        data = action.text.encode("utf-8")
+        if not data:
+            raise InvalidArgument.field("payload.text", "must not be empty")
+        document_id = action.document_id
+        if not _DOCUMENT_ID.match(document_id):
+            document_id = derived_document_id(data)
+        source = SourceDocument(
+            document_id=document_id,
+            format=DocumentFormat.PLAIN_TEXT,
+            size_bytes=len(data),
+            content_hash=hashlib.sha256(data).hexdigest(),
         )
+        record = new_ingestion(
+            tenant, action.collection_id, action.idempotency_key, [source], ChunkingOptions()
+        )
+        stored = await self.rag.ingestion.create(record, [data])
+        try:
+            await self.client.start_workflow(
+                "RagIngestion",
+                IngestionRequest(
+                    tenant=tenant,
+                    ingestion_id=stored.id,
+                    index_name=stored.index_name,
+                    document_count=len(stored.documents),
+                ),
+                id=stored.workflow_id,
+                task_queue=self.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(SearchAttributeKey.for_keyword(name), value)
+                        for name, value in (
+                            ("LoomworkTenant", tenant),
+                            ("LoomworkRun", stored.id),
+                            ("LoomworkStatus", "PENDING"),
+                        )
+                    ]
+                ),
+                static_summary=f"ingest a webhook's document into {stored.index_name}",
+            )
+        except WorkflowAlreadyStartedError:
+            pass  # a retried routing of the same delivery
+        except RPCError as error:
+            raise _temporal_error(error, f"ingestion {stored.id!r}") from error
+        return f"ingesting document {document_id} into {stored.index_name}, ingestion {stored.id}"
 
 
 class IntegrationActivities:

@@ -99,6 +99,7 @@ def _integration_activities(runtime: Runtime) -> IntegrationActivities:
         runtime.temporal,
         RunDirectory(runtime.redis),
         workflows=runtime.flows,
+        rag=runtime.rag,
         task_queue=runtime.settings.task_queue,
     )
     return IntegrationActivities(integrations.sources, integrations.deliveries, targets)

@@ -22,6 +22,8 @@ from protos.loomwork.v1 import (
     agent_pb2,
     agent_pb2_grpc,
     integration_pb2,
+    rag_pb2,
+    rag_pb2_grpc,
     run_pb2,
     workflow_pb2,
     workflow_pb2_grpc,
@@ -314,7 +316,7 @@ async def test_routing_failures_are_recorded_not_retried_forever(http, integrati
     assert "payload.data.decisions" in second.result
     third = await _routed(integrations, token, source.id, "f-3")
     assert third.status == integration_pb2.WEBHOOK_DELIVERY_STATUS_FAILED
-    assert "not available yet" in third.result
+    assert "NotFound" in third.result and "kb" in third.result  # no such index
 
 
 async def test_sources_are_per_tenant_and_secrets_never_leave(
@@ -657,3 +659,44 @@ async def test_webhook_starts_a_workflow_once_per_delivery(
     failed = await _routed(integrations, token, source.id, "t-2")
     assert failed.status == integration_pb2.WEBHOOK_DELIVERY_STATUS_FAILED
     assert "input.subject" in failed.result
+
+
+async def test_webhook_ingests_a_document_into_an_index(http, integrations, channel, token) -> None:
+    rag = rag_pb2_grpc.RagServiceStub(channel)
+    index = unique("hooked").replace("-", "_")
+    await rag.CreateIndex(
+        rag_pb2.CreateIndexRequest(index=rag_pb2.Index(name=index)), metadata=auth(token)
+    )
+    route = integration_pb2.WebhookRoute(
+        name="kb articles",
+        event_type="article.published",
+        ingest_document=integration_pb2.IngestDocumentAction(collection_id=index),
+    )
+    source = await _source(integrations, token, route)
+    article = {
+        "type": "article.published",
+        "data": {
+            "id": "kb-42",
+            "text": "Reset a stuck loom by holding the red lever for ten seconds.",
+        },
+    }
+    raw, headers = _signed(article, "a-1")
+    assert (await http.post(source.path, content=raw, headers=headers)).status_code == 202
+    delivery = await _routed(integrations, token, source.id, "a-1")
+    assert delivery.status == integration_pb2.WEBHOOK_DELIVERY_STATUS_ROUTED, delivery.result
+    ingestion_id = delivery.result.rsplit("ingestion ", 1)[1]
+    for _ in range(600):
+        ingestion = (
+            await rag.GetIngestion(
+                rag_pb2.GetIngestionRequest(ingestion_id=ingestion_id), metadata=auth(token)
+            )
+        ).ingestion
+        if ingestion.status == rag_pb2.INGESTION_STATUS_SUCCEEDED:
+            break
+        await asyncio.sleep(0.1)
+    assert ingestion.status == rag_pb2.INGESTION_STATUS_SUCCEEDED
+    found = await rag.Query(
+        rag_pb2.QueryRequest(index_name=index, query="How do I reset a stuck loom?"),
+        metadata=auth(token),
+    )
+    assert found.results[0].chunk.document_id == "kb-42"

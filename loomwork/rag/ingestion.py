@@ -9,6 +9,7 @@ Every change publishes an event to the ingestion's RunEventLog.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 from datetime import UTC, datetime
@@ -46,6 +47,17 @@ EMBED_BATCH = 64
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def ingestion_workflow_id(index_name: str, tenant: str, ingestion_id: str) -> str:
+    """`rag/<index>/<tenant>/<ingestion>`: the ingestion's Temporal workflow id."""
+    return f"rag/{index_name}/{tenant}/{ingestion_id}"
+
+
+def derived_document_id(data: bytes) -> str:
+    """A document id from the content, for documents given without one."""
+    digest = hashlib.sha256(data).digest()
+    return "doc_" + base64.b32encode(digest).decode().rstrip("=")[:26]
 
 
 def ingestion_log_key(tenant: str, ingestion_id: str) -> str:
@@ -118,6 +130,30 @@ class IngestionEvent(BaseModel):
     document_id: str = ""
     document: IngestionDocumentState | None = None
     record: IngestionRecord | None = None
+
+
+def new_ingestion(
+    tenant: str,
+    index_name: str,
+    ingestion_id: str,
+    sources: list[SourceDocument],
+    chunking: ChunkingOptions,
+) -> IngestionRecord:
+    """The record of an ingestion about to start (stored with `IngestionSteps.create`)."""
+    record = IngestionRecord(
+        id=ingestion_id,
+        tenant=tenant,
+        index_name=index_name,
+        documents=[
+            IngestionDocumentState(document_id=s.document_id, file_name=s.file_name)
+            for s in sources
+        ],
+        sources=sources,
+        chunking=chunking,
+        workflow_id=ingestion_workflow_id(index_name, tenant, ingestion_id),
+    )
+    record.recount()
+    return record
 
 
 class IngestionRequest(BaseModel):

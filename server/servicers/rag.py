@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
@@ -29,12 +28,13 @@ from loomwork.rag.answer import AnswerEvent, AnswerRecord, AnswerRequest, answer
 from loomwork.rag.chunking import validate_chunking
 from loomwork.rag.ingestion import (
     TERMINAL,
-    IngestionDocumentState,
     IngestionEvent,
     IngestionRecord,
     IngestionRequest,
     SourceDocument,
+    derived_document_id,
     ingestion_log_key,
+    new_ingestion,
 )
 from loomwork.rag.models import ChunkingOptions, DocumentFormat
 from loomwork.rag.query import MAX_QUERY_CHARS, validate_retrieval
@@ -58,17 +58,8 @@ MAX_UPLOAD_CHUNK = 3 * 1024 * 1024
 MAX_METADATA_BYTES = 16 * 1024
 
 
-def ingestion_workflow_id(index_name: str, tenant_id: str, ingestion_id: str) -> str:
-    return f"rag/{index_name}/{tenant_id}/{ingestion_id}"
-
-
 def answer_workflow_id(index_name: str, tenant_id: str, answer_id: str) -> str:
     return f"rag-answer/{index_name}/{tenant_id}/{answer_id}"
-
-
-def derived_document_id(data: bytes) -> str:
-    digest = hashlib.sha256(data).digest()
-    return "doc_" + base64.b32encode(digest).decode().rstrip("=")[:26]
 
 
 def _page_size(value: int, field: str = "page_size") -> int:
@@ -190,20 +181,8 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
         tenant_id = tenant()
         await self.rag.store.get_index(tenant_id, index_name)
         ingestion_id = client_id or new_id("ing")
-        workflow_id = ingestion_workflow_id(index_name, tenant_id, ingestion_id)
-        record = IngestionRecord(
-            id=ingestion_id,
-            tenant=tenant_id,
-            index_name=index_name,
-            documents=[
-                IngestionDocumentState(document_id=s.document_id, file_name=s.file_name)
-                for s in sources
-            ],
-            sources=sources,
-            chunking=chunking,
-            workflow_id=workflow_id,
-        )
-        record.recount()
+        record = new_ingestion(tenant_id, index_name, ingestion_id, sources, chunking)
+        workflow_id = record.workflow_id
         stored = await self.rag.ingestion.create(record, contents)
         if stored.workflow_id != workflow_id:
             # The id names an ingestion into another index: return that one as it is.
