@@ -702,6 +702,12 @@ async def _demo_workflows(ctx: DemoContext) -> None:
     await demo_workflows(ctx)
 
 
+async def _demo_rag(ctx: DemoContext) -> None:
+    from clients.rag_cli import demo_rag  # it builds on this module
+
+    await demo_rag(ctx)
+
+
 async def _demo_update(ctx: DemoContext) -> None:
     thread = await ctx.client.update_thread(
         ctx.thread_id,
@@ -756,6 +762,7 @@ DEMO_SECTIONS: list[DemoSection] = [
     DemoSection("Agents: a durable run with a tool, streamed", _demo_agent),
     DemoSection("Agents: a tool call waits for approval", _demo_approval),
     DemoSection("Workflows: linear, branching, suspend/resume", _demo_workflows),
+    DemoSection("RAG: ingest, search, a cited answer", _demo_rag),
     DemoSection("Errors: bad input names the field", _demo_bad_input),
     DemoSection("Tenants: isolation", _demo_tenants),
     DemoSection("Memory: deleting the thread", _demo_delete),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import typer
@@ -9,7 +10,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from clients.cli import _connection, _connection_callback, _out, _print_json, _run, to_dict
+from clients.cli import (
+    DemoContext,
+    _connection,
+    _connection_callback,
+    _out,
+    _print_json,
+    _run,
+    to_dict,
+)
 from clients.client import LoomworkClient
 from protos.loomwork.v1 import rag_pb2
 
@@ -223,3 +232,55 @@ def answer(ctx: typer.Context, index: str, question: str, top_k: int = typer.Opt
             out.print(f"[{c.number}] {escape(c.title)}{page} ({c.chunk_id})")
 
     _run(_connection(ctx), work)
+
+
+_DEMO_DOCUMENTS = {
+    "looms.md": "# Looms\n\nA loom weaves thread into cloth. The warp threads run lengthwise "
+    "and the weft crosses them.\n\n## Care\n\nOil the shuttle race every spring.",
+    "temporal.txt": "Temporal keeps the state of every durable run. When a worker "
+    "crashes, another worker retries the activity and the run goes on.",
+    "pgvector.txt": "pgvector stores embeddings in PostgreSQL and finds the nearest ones "
+    "with an HNSW index, filtered by tenant.",
+}
+
+
+async def demo_rag(ctx: DemoContext) -> None:
+    """An index, a durable ingestion with progress, a hybrid query and a cited answer."""
+    client = ctx.client
+    index = f"demo_{uuid.uuid4().hex[:8]}"
+    await client.create_index(index, description="loomwork demo")
+    ctx.ok(f"created index [cyan]{index}[/] (all-MiniLM-L6-v2, 384 dimensions, cosine)")
+    try:
+        documents = [
+            rag_pb2.DocumentInput(document_id=name.split(".")[0], file_name=name, text=text)
+            for name, text in _DEMO_DOCUMENTS.items()
+        ]
+        ingestion = await client.ingest_documents(index, documents)
+        async for event in client.watch_ingestion(ingestion.id):
+            if event.HasField("finished"):
+                done = event.finished
+                ctx.ok(
+                    f"ingestion {escape(done.id)} {_status(done.status)}: "
+                    f"{done.progress.documents_done} documents, "
+                    f"{done.progress.chunks_done} chunks embedded and stored"
+                )
+        retrieval = rag_pb2.RetrievalOptions(top_k=2, mode=rag_pb2.SEARCH_MODE_HYBRID)
+        question = "What happens when a worker crashes?"
+        results = await client.query(index, question, retrieval)
+        best = results[0]
+        ctx.ok(
+            f"query {escape(repr(question))}: best match {escape(best.chunk.document_id)} "
+            f"(score {best.score:.2f})"
+        )
+        text: list[str] = []
+        async for answer_event in client.answer(index, "What does a loom do?", retrieval):
+            if answer_event.HasField("text_delta"):
+                text.append(answer_event.text_delta.text)
+            elif answer_event.HasField("citation"):
+                citation = answer_event.citation
+                ctx.ok(f"citation [{citation.number}] → {escape(citation.document_id)}")
+            elif answer_event.HasField("finished"):
+                ctx.ok(f"answer: {escape(''.join(text))}")
+    finally:
+        await client.delete_index(index)
+        ctx.note(f"deleted index {index}")

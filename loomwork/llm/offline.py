@@ -13,6 +13,25 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
 
 
+_FIRST_SOURCE = re.compile(r"\n\[1\] \([^\n]*\)\n(.+?)(?:\n\n\[\d+\] \(|\Z)", re.DOTALL)
+_SENTENCE = re.compile(r"^(.+?[.!?])(?:\s|$)", re.DOTALL)
+
+
+def _answer_from_context(request: ChatRequest) -> str | None:
+    """A retrieval-augmented question (numbered context in the system message): answer with
+    the first sentence of the best source, cited, as a real model is asked to."""
+    system = request.messages[0] if request.messages else {}
+    content = system.get("content") if system.get("role") == "system" else None
+    if not isinstance(content, str) or "Context:" not in content:
+        return None
+    found = _FIRST_SOURCE.search(content)
+    if found is None:
+        return "I do not know: the context does not say."
+    source = " ".join(found.group(1).split())
+    sentence = _SENTENCE.match(source)
+    return f"{(sentence.group(1) if sentence else source)} [1]"
+
+
 def offline_turn(request: ChatRequest) -> Turn:
     """Answer one chat request: call a tool when the question needs one, then use its result."""
     last = request.messages[-1] if request.messages else {}
@@ -31,6 +50,9 @@ def offline_turn(request: ChatRequest) -> Turn:
         if isinstance(value, dict) and "words" in value:
             return Turn(text=f"That text has {value['words']} words.", chunk_size=4)
         return Turn(text=f"The tool answered: {result}", chunk_size=4)
+    cited = _answer_from_context(request)
+    if cited is not None:
+        return Turn(text=cited, chunk_size=4)
     prompt = request.last_user_text
     address = _EMAIL.search(prompt)
     if "send_email" in request.tool_names and address and "email" in prompt.lower():
