@@ -388,13 +388,15 @@ async def test_rejection_by_plain_temporal_signal(agents, token, model, runtime,
         ]
     )
     run_id = unique("mail")
-    generate = asyncio.ensure_future(
-        agents.Generate(
+    # Generate answers as soon as the run stops for approval.
+    waiting = (
+        await agents.Generate(
             agent_pb2.GenerateRequest(agent_name="assistant", prompt="mail", client_run_id=run_id),
             metadata=auth(token),
         )
-    )
-    waiting = await _wait_waiting(agents, token, run_id)
+    ).run
+    assert waiting.status == run_pb2.RUN_STATUS_WAITING
+    assert [p.tool_call_id for p in waiting.pending_approvals] == ["call_x"]
     payload = '{"decisions": [{"tool_call_id": "call_x", "approve": false, "reason": "not now"}]}'
     proc = await asyncio.create_subprocess_exec(
         _temporal_cli(),
@@ -413,7 +415,7 @@ async def test_rejection_by_plain_temporal_signal(agents, token, model, runtime,
     )
     _, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
-    run = (await generate).run
+    run = await _wait_finished(agents, token, run_id)
     assert run.status == run_pb2.RUN_STATUS_SUCCEEDED
     rejected = run.output.messages[1].parts[0].tool_result
     assert rejected.is_error and "not now" in rejected.result.string_value
@@ -689,3 +691,20 @@ async def test_structured_working_memory_follows_its_json_schema(
         metadata=auth(token),
     )
     assert dict(stored.working_memory.data) == {"name": "Ada", "age": 36}
+
+
+async def _wait_finished(agents, token: str, run_id: str) -> agent_pb2.AgentRun:
+    for _ in range(600):
+        run = (
+            await agents.GetRun(
+                agent_pb2.AgentServiceGetRunRequest(run_id=run_id), metadata=auth(token)
+            )
+        ).run
+        if run.status not in (
+            run_pb2.RUN_STATUS_PENDING,
+            run_pb2.RUN_STATUS_RUNNING,
+            run_pb2.RUN_STATUS_WAITING,
+        ):
+            return run
+        await asyncio.sleep(0.05)
+    pytest.fail(f"run {run_id} never finished")

@@ -226,24 +226,6 @@ async def test_bad_bodies_are_400(http, integrations, token) -> None:
 _EMAIL = {"to": "ada@example.com", "subject": "Hi", "body": "Hello Ada"}
 
 
-async def _wait_waiting(agents, token: str, run_id: str) -> agent_pb2.AgentRun:
-    for _ in range(300):
-        try:
-            run = (
-                await agents.GetRun(
-                    agent_pb2.AgentServiceGetRunRequest(run_id=run_id), metadata=auth(token)
-                )
-            ).run
-        except grpc.aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-        else:
-            if run.status == run_pb2.RUN_STATUS_WAITING:
-                return run
-        await asyncio.sleep(0.05)
-    pytest.fail("the run never waited for approval")
-
-
 async def test_webhook_resumes_a_suspended_agent_approval(
     http, integrations, agents, token, model
 ) -> None:
@@ -260,13 +242,15 @@ async def test_webhook_resumes_a_suspended_agent_approval(
         ]
     )
     run_id = unique("hook")
-    generate = asyncio.ensure_future(
-        agents.Generate(
+    # Generate answers as soon as the run stops for approval.
+    waiting = (
+        await agents.Generate(
             agent_pb2.GenerateRequest(agent_name="assistant", prompt="mail", client_run_id=run_id),
             metadata=auth(token),
         )
-    )
-    await _wait_waiting(agents, token, run_id)
+    ).run
+    assert waiting.status == run_pb2.RUN_STATUS_WAITING
+    assert [p.tool_call_id for p in waiting.pending_approvals] == ["call_hook"]
     event = {
         "type": "approval.decided",
         "data": {"run_id": run_id, "decisions": [{"tool_call_id": "call_hook", "approve": True}]},
@@ -274,7 +258,7 @@ async def test_webhook_resumes_a_suspended_agent_approval(
     raw, headers = _signed(event, f"appr-{run_id}")
     response = await http.post(source.path, content=raw, headers=headers)
     assert response.status_code == 202, response.text
-    run = (await asyncio.wait_for(generate, 60)).run
+    run = await _wait_finished(agents, token, run_id)
     assert run.status == run_pb2.RUN_STATUS_SUCCEEDED
     sent = run.output.messages[1].parts[0].tool_result
     assert not sent.is_error and sent.result.struct_value["to"] == "ada@example.com"
@@ -700,3 +684,20 @@ async def test_webhook_ingests_a_document_into_an_index(http, integrations, chan
         metadata=auth(token),
     )
     assert found.results[0].chunk.document_id == "kb-42"
+
+
+async def _wait_finished(agents, token: str, run_id: str) -> agent_pb2.AgentRun:
+    for _ in range(600):
+        run = (
+            await agents.GetRun(
+                agent_pb2.AgentServiceGetRunRequest(run_id=run_id), metadata=auth(token)
+            )
+        ).run
+        if run.status not in (
+            run_pb2.RUN_STATUS_PENDING,
+            run_pb2.RUN_STATUS_RUNNING,
+            run_pb2.RUN_STATUS_WAITING,
+        ):
+            return run
+        await asyncio.sleep(0.05)
+    pytest.fail(f"run {run_id} never finished")

@@ -3,6 +3,7 @@ workflows, streamed live; runs are listed through Temporal visibility."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -32,6 +33,7 @@ from loomwork.agents.definitions import AGENT_NAME
 from loomwork.agents.directory import RunDirectory
 from loomwork.agents.run import (
     AgentRunRequest,
+    ApprovalRequested,
     ResumeInput,
     RunOutcome,
     RunState,
@@ -408,11 +410,31 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def Generate(
         self, request: agent_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.GenerateResponse:
-        # Waits for the end, approvals included (the proto's "answer on WAITING" is not
-        # done yet: callers in the tree rely on Generate returning the finished run).
-        _, handle, workflow_id = await self._start(request)
+        run_request, handle, workflow_id = await self._start(request)
+        key = event_log_key(run_request.tenant, run_request.run_id)
+        async for event in self.runtime.events.follow(key, 0):
+            if isinstance(decode_event(event.payload), ApprovalRequested):
+                # Stopped for a person: answer with the run and its pending approvals.
+                waiting = await self._when_waiting(handle, run_request.run_id)
+                if waiting is not None:
+                    return agent_pb2.GenerateResponse(run=waiting)
+                break
         outcome = await handle.result()
         return agent_pb2.GenerateResponse(run=agent_convert.run_to_proto(outcome, workflow_id))
+
+    async def _when_waiting(
+        self, handle: WorkflowHandle[AgentRunWorkflow, RunOutcome], run_id: str
+    ) -> agent_pb2.AgentRun | None:
+        """The run once its state says WAITING (every approval of the step recorded), or None
+        if it moved on meanwhile (decided at once: its result is what to answer)."""
+        for _ in range(100):
+            state = await handle.query(AgentRunWorkflow.state)
+            if state.status == "waiting":
+                return await self._current(run_id)
+            if state.status != "running":
+                return None
+            await asyncio.sleep(0.05)
+        return None
 
     async def _events(
         self, tenant_id: str, run_id: str, after_event_id: int, workflow_id: str
