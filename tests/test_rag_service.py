@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -665,11 +669,29 @@ async def test_llm_rerank_and_client_ingestion_id(
     assert response.results[0].details.vector_rank == 4
 
 
+def _worker_process(embedded: dict[str, str], queue: str, log: Path) -> subprocess.Popen[bytes]:
+    """`loomwork worker` as its own process on `queue`, against the session's servers."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "worker"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=dict(
+            os.environ,
+            DATABASE_URL=embedded["DATABASE_URL"],
+            REDIS_URL=embedded["REDIS_URL"],
+            TEMPORAL_ADDRESS=embedded["TEMPORAL_ADDRESS"],
+            LOOMWORK_TASK_QUEUE=queue,
+        ),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
 async def test_worker_killed_mid_ingestion_finishes_with_every_chunk_once(
-    rag, token, runtime
+    rag, token, runtime, embedded, tmp_path
 ) -> None:
-    """A worker stopped in the middle of an ingestion (its activities cancelled) is replaced
-    by another; the run resumes at its step and ends with each chunk stored exactly once."""
+    """A worker process SIGKILLed in the middle of an ingestion is replaced by another; the run
+    resumes at its batch and ends with each chunk stored exactly once."""
+    import signal
     from datetime import timedelta
 
     from temporalio.worker import Worker
@@ -702,42 +724,44 @@ async def test_worker_killed_mid_ingestion_finishes_with_every_chunk_once(
     record.chunking.chunk_size = 60
     await system.ingestion.create(record, [t.encode() for t in texts])
 
-    def worker(identity: str) -> Worker:
-        return Worker(
-            runtime.temporal,
+    doomed = _worker_process(embedded, queue, tmp_path / "doomed-worker.log")
+    log = tmp_path / "doomed-worker.log"
+    try:
+        handle = await runtime.temporal.start_workflow(
+            IngestionWorkflow.run,
+            IngestionRequest(
+                tenant="alpha",
+                ingestion_id=ingestion_id,
+                index_name=index,
+                document_count=4,
+                batch_size=16,
+            ),
+            id=record.workflow_id,
             task_queue=queue,
-            workflows=[IngestionWorkflow],
-            activities=RagActivities(system.ingestion, system.answers).all(),
-            sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
-            graceful_shutdown_timeout=timedelta(milliseconds=1),
-            identity=identity,
         )
-
-    first = worker("doomed")
-    first_task = asyncio.create_task(first.run())
-    handle = await runtime.temporal.start_workflow(
-        IngestionWorkflow.run,
-        IngestionRequest(
-            tenant="alpha",
-            ingestion_id=ingestion_id,
-            index_name=index,
-            document_count=4,
-            batch_size=16,
-        ),
-        id=record.workflow_id,
-        task_queue=queue,
-    )
-    for _ in range(600):  # until some, not all, chunks are embedded
-        current = await system.ingestion.get("alpha", ingestion_id)
-        if current.progress.chunks_done >= 32:
-            break
-        await asyncio.sleep(0.05)
-    await first.shutdown()
-    await first_task
+        for _ in range(1200):  # until some, not all, chunks are embedded
+            assert doomed.poll() is None, log.read_text()
+            current = await system.ingestion.get("alpha", ingestion_id)
+            if current.progress.chunks_done >= 32:
+                break
+            await asyncio.sleep(0.05)
+        doomed.send_signal(signal.SIGKILL)  # mid-batch, no chance to clean up
+        doomed.wait(10)
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
     stopped = await system.ingestion.get("alpha", ingestion_id)
     assert stopped.status == "running"
+    assert 0 < stopped.progress.chunks_done < stopped.progress.chunks_total
 
-    second = worker("replacement")
+    second = Worker(
+        runtime.temporal,
+        task_queue=queue,
+        workflows=[IngestionWorkflow],
+        activities=RagActivities(system.ingestion, system.answers).all(),
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
+        identity="replacement",
+    )
     second_task = asyncio.create_task(second.run())
     try:
         final = await asyncio.wait_for(handle.result(), timeout=180)

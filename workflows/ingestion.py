@@ -48,6 +48,10 @@ def _cause(error: BaseException) -> str:
     return str(error)
 
 
+# The activities heartbeat every second: a worker that dies mid-batch is noticed within this.
+_HEARTBEAT = timedelta(seconds=10)
+
+
 @workflow.defn(name="RagIngestion")
 class IngestionWorkflow:
     def __init__(self) -> None:
@@ -91,6 +95,7 @@ class IngestionWorkflow:
             args=[request, ordinal],
             result_type=PreparedDocument,
             start_to_close_timeout=timedelta(minutes=10),
+            heartbeat_timeout=_HEARTBEAT,
             retry_policy=_RETRY,
             summary=f"extract and chunk document {ordinal + 1}",
         )
@@ -104,7 +109,7 @@ class IngestionWorkflow:
                 args=[request, ordinal, start, end],
                 result_type=int,
                 start_to_close_timeout=timedelta(minutes=5),
-                heartbeat_timeout=timedelta(seconds=30),
+                heartbeat_timeout=_HEARTBEAT,
                 retry_policy=_RETRY,
                 summary=f"embed chunks {start}..{end - 1} of document {ordinal + 1}",
             )
