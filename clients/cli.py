@@ -820,8 +820,10 @@ def register(app: typer.Typer) -> None:
     """Adds the client commands (threads, messages, demo) to the main `loomwork` app."""
     app.add_typer(threads_app, name="threads")
     app.add_typer(messages_app, name="messages")
-    from clients.workflow_cli import workflows_app  # it builds on this module
+    from clients.agent_cli import agents_app  # these build on this module
+    from clients.workflow_cli import workflows_app
 
+    app.add_typer(agents_app, name="agents")
     app.add_typer(workflows_app, name="workflows")
     from clients.rag_cli import rag_app
 

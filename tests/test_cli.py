@@ -12,6 +12,7 @@ import socket
 import uuid
 from typing import Any
 
+import grpc
 import pytest
 import typer
 from click.testing import Result
@@ -294,3 +295,51 @@ async def test_workflow_commands(env: dict[str, str]) -> None:
     assert "suspended approve" in watched and "run finished SUCCEEDED" in watched
     shown = _ok(await _cli(env, "workflows", "get", run_id)).stdout
     assert "SUCCEEDED" in shown and "paid by Linus" in shown
+
+
+async def test_agent_commands(
+    env: dict[str, str], model_server: ScriptedModelServer, channel, token: str
+) -> None:
+    from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
+    from tests.support import auth
+
+    listed = _ok(await _cli(env, "agents", "list")).stdout
+    assert "assistant" in listed and "send_email" in listed
+    model_server.set_script(offline_turn)
+    try:
+        ran = _ok(await _cli(env, "agents", "run", "assistant", "Please add 2 and 40")).stdout
+        assert "tool call add" in ran and "The sum is 42." in ran and "SUCCEEDED" in ran
+
+        # A run that needs approval streams until a person decides (here: by RPC).
+        run_id = f"cli-{uuid.uuid4().hex[:8]}"
+        running = asyncio.ensure_future(
+            _cli(env, "agents", "run", "assistant", "Email ada@example.com: hi", "--id", run_id)
+        )
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        call_id = ""
+        for _ in range(200):  # by RPC: a second CLI call would fight the first for stdout
+            try:
+                got = await stub.GetRun(
+                    agent_pb2.AgentServiceGetRunRequest(run_id=run_id), metadata=auth(token)
+                )
+            except grpc.aio.AioRpcError:
+                got = None  # not recorded yet
+            if got is not None and got.run.status == run_pb2.RUN_STATUS_WAITING:
+                call_id = got.run.pending_approvals[0].tool_call_id
+                break
+            await asyncio.sleep(0.1)
+        assert call_id
+        await stub.ResumeRun(
+            agent_pb2.AgentServiceResumeRunRequest(
+                run_id=run_id,
+                decisions=[agent_pb2.ApprovalDecision(tool_call_id=call_id, approve={})],
+            ),
+            metadata=auth(token),
+        )
+        streamed = _ok(await running).stdout
+        assert "waiting for approval of send_email" in streamed
+        assert "email to ada@example.com is sent" in streamed
+        shown = _ok(await _cli(env, "agents", "get", run_id)).stdout
+        assert "SUCCEEDED" in shown and "is sent" in shown
+    finally:
+        model_server.set_script(None)
