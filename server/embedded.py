@@ -83,6 +83,10 @@ TEMPORAL_DYNAMIC_CONFIG: dict[str, str] = {
     "frontend.enableUpdateWorkflowExecution": "true",
     "frontend.enableUpdateWorkflowExecutionAsyncAccepted": "true",
     "system.forceSearchAttributesCacheRefreshOnRead": "true",
+    # A worker in the same process as the starter takes the first workflow task and the
+    # first activities directly, skipping a task-queue round trip each (agent runs).
+    "system.enableEagerWorkflowStart": "true",
+    "system.enableActivityEagerExecution": "true",
 }
 
 # Keys in home/config.json.

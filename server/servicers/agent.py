@@ -275,6 +275,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=TypedSearchAttributes(pairs),
+                # The first workflow task goes straight to a worker of this process, if any.
+                request_eager_start=True,
                 static_summary=f"agent {run_request.agent_name}, run {run_request.run_id}",
             )
         except WorkflowAlreadyStartedError:
