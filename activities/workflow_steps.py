@@ -42,5 +42,6 @@ class WorkflowStepActivities:
             raise ApplicationError(str(error), attempt, type=type(error).__name__) from error
 
     @activity.defn(name="workflow_publish")
-    async def publish(self, request: PublishInput) -> None:
-        await self.events.publish(request.tenant, request.run_id, request.events)
+    async def publish(self, request: PublishInput) -> int:
+        """The events the workflow itself publishes; returns the last one's id."""
+        return await self.events.publish(request.tenant, request.run_id, request.events)

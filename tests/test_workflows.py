@@ -960,3 +960,23 @@ async def test_suspended_foreach_items_resume_by_path(workflows, token) -> None:
     await resume("item-review[0]", True)
     done = await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_SUCCEEDED))
     assert [r["ok"] for r in _dict(done.output)["results"]] == [True, False]
+
+
+async def test_watch_after_events_expired_sends_the_terminal_event(
+    workflows, token, runtime
+) -> None:
+    from loomwork.flows.state import event_log_key
+
+    run = await _start(workflows, token, "ticket-triage", {"subject": "Wrong invoice"})
+    every = await _events(workflows, token, run.id)
+    terminal = every[-1]
+    assert terminal.HasField("run_finished")
+    # What the retention TTL does a day after the run ended.
+    key = event_log_key("alpha", run.id)
+    await runtime.redis.delete(runtime.events.meta_key(key), runtime.events.stream_key(key))
+
+    rebuilt = await _events(workflows, token, run.id)
+    assert [e.event_id for e in rebuilt] == [terminal.event_id]
+    assert rebuilt[0].run_finished == terminal.run_finished
+    assert await _events(workflows, token, run.id, after=terminal.event_id) == []
+    assert (await _get(workflows, token, run.id)).last_event_id == terminal.event_id

@@ -272,13 +272,17 @@ class DslRunWorkflow:
             state.end_time = now
             state.error = RunError(type="CANCELED", message=self._cancel_reason or "canceled")
             self._set_status("canceled")
-            await self._publish(RunFinished(status="canceled", error=state.error))
+            state.terminal_event_id = await self._publish(
+                RunFinished(status="canceled", error=state.error)
+            )
             raise
         state.output = output
         state.status = "succeeded"
         state.end_time = workflow.now()
         self._set_status("succeeded")
-        await self._publish(RunFinished(status="succeeded", output=output))
+        state.terminal_event_id = await self._publish(
+            RunFinished(status="succeeded", output=output)
+        )
         return state
 
     async def _finish_failed(self, error: RunError) -> None:
@@ -286,7 +290,7 @@ class DslRunWorkflow:
         self._state.error = error
         self._state.end_time = workflow.now()
         self._set_status("failed")
-        await self._publish(RunFailed(error=error))
+        self._state.terminal_event_id = await self._publish(RunFailed(error=error))
 
     async def _chain(
         self, nodes: list[Node], data: dict[str, Any], prefix: str, ids: list[str], suffix: str
@@ -535,10 +539,12 @@ class DslRunWorkflow:
             self._published_status = status
             workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set(status.upper())])
 
-    async def _publish(self, *events: WorkflowEvent) -> None:
-        await workflow.execute_local_activity(
+    async def _publish(self, *events: WorkflowEvent) -> int:
+        """Publish events (a local activity); the last one's id, 0 when unknown."""
+        last = await workflow.execute_local_activity(
             PUBLISH,
             PublishInput(tenant=self._state.tenant, run_id=self._state.run_id, events=list(events)),
             start_to_close_timeout=timedelta(seconds=10),
             retry_policy=_PUBLISH_RETRY,
         )
+        return last if isinstance(last, int) else 0  # runs recorded before it returned ids

@@ -75,15 +75,20 @@ class WorkflowEvents:
     def __init__(self, events: RunEventLog) -> None:
         self.events = events
 
-    async def publish(self, tenant: str, run_id: str, events: list[WorkflowEvent]) -> None:
+    async def publish(self, tenant: str, run_id: str, events: list[WorkflowEvent]) -> int:
+        """Append `events` in order; return the id of the last one appended (0 if none)."""
         key = event_log_key(tenant, run_id)
+        last = 0
         for event in events:
             if event.time is None:
                 event.time = datetime.now(UTC)
             try:
-                await self.events.append(key, encode_event(event), terminal=is_terminal(event))
+                last = await self.events.append(
+                    key, encode_event(event), terminal=is_terminal(event)
+                )
             except FailedPrecondition:
                 log.info("workflow run %s already finished; dropping %s", run_id, event.type)
+        return last
 
 
 class StepRunner:

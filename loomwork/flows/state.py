@@ -98,6 +98,9 @@ class RunState(BaseModel):
     create_time: datetime | None = None
     start_time: datetime | None = None
     end_time: datetime | None = None
+    # Id of the run's terminal event: WatchRun rebuilds that event with it once the run's
+    # events have expired from Redis.
+    terminal_event_id: int = 0
 
     def step(self, path: str) -> StepRun | None:
         for step_run in self.steps:
@@ -169,6 +172,17 @@ _EVENT: TypeAdapter[WorkflowEvent] = TypeAdapter(WorkflowEvent)
 
 def is_terminal(event: WorkflowEvent) -> bool:
     return isinstance(event, RunFinished | RunFailed)
+
+
+def terminal_event(state: RunState) -> WorkflowEvent:
+    """The terminal event of an ended run, rebuilt from its state."""
+    if state.status == "failed":
+        error = state.error or RunError(type="Failed", message="the run failed")
+        return RunFailed(time=state.end_time, error=error)
+    status: Literal["succeeded", "canceled"] = (
+        "canceled" if state.status == "canceled" else "succeeded"
+    )
+    return RunFinished(time=state.end_time, status=status, output=state.output, error=state.error)
 
 
 def encode_event(event: WorkflowEvent) -> bytes:

@@ -40,6 +40,7 @@ from loomwork.errors import (
 )
 from loomwork.flows.definition import Workflow
 from loomwork.flows.state import (
+    TERMINAL_RUN,
     DslRunInput,
     ResumeRequest,
     RunError,
@@ -49,6 +50,7 @@ from loomwork.flows.state import (
     event_log_key,
     run_search_attributes,
     temporal_workflow_id,
+    terminal_event,
 )
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id, new_id
 from loomwork.paging import decode_page_token, encode_page_token
@@ -372,8 +374,20 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         tenant_id = tenant()
         if request.after_event_id < 0:
             raise InvalidArgument.field("after_event_id", "must be 0 or more")
-        await self._require(tenant_id, request.run_id)
+        workflow_id = await self._require(tenant_id, request.run_id)
         key = event_log_key(tenant_id, request.run_id)
+        if await self.runtime.events.last_id(key) == 0:
+            # Nothing in Redis: not started yet, or finished long enough ago that its events
+            # expired; then only the terminal event, rebuilt with its original id.
+            state = await self._state(self._handle(workflow_id), request.run_id)
+            if state.status in TERMINAL_RUN and state.terminal_event_id:
+                if state.terminal_event_id > request.after_event_id:
+                    yield workflow_pb2.WorkflowServiceWatchRunResponse(
+                        event=workflow_convert.event_to_proto(
+                            request.run_id, state.terminal_event_id, terminal_event(state)
+                        )
+                    )
+                return
         # No idle limit: a run may stay suspended for days; the caller's deadline governs.
         async for event in self.runtime.events.follow(key, request.after_event_id):
             yield workflow_pb2.WorkflowServiceWatchRunResponse(
@@ -476,6 +490,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         run_id: str = "",
     ) -> workflow_pb2.WorkflowRun:
         last = await self.runtime.events.last_id(event_log_key(state.tenant, state.run_id))
+        last = max(last, state.terminal_event_id)  # its events may have expired
         return workflow_convert.run_to_proto(
             state,
             temporal_workflow_id=handle.id,
