@@ -708,3 +708,36 @@ async def _wait_finished(agents, token: str, run_id: str) -> agent_pb2.AgentRun:
             return run
         await asyncio.sleep(0.05)
     pytest.fail(f"run {run_id} never finished")
+
+
+async def test_watch_after_events_expired_sends_the_terminal_event(
+    agents, token, model, runtime
+) -> None:
+    from loomwork.agents.steps import event_log_key
+
+    model.set_script([Turn(text="Short answer.")])
+    run = (
+        await agents.Generate(
+            agent_pb2.GenerateRequest(agent_name="assistant", prompt="hi"), metadata=auth(token)
+        )
+    ).run
+    every = await _collect(
+        agents.WatchRun(agent_pb2.AgentServiceWatchRunRequest(run_id=run.id), metadata=auth(token))
+    )
+    terminal = every[-1]
+    assert terminal.HasField("run_finished")
+    # What the retention TTL does a day after the run ended.
+    key = event_log_key("alpha", run.id)
+    await runtime.redis.delete(runtime.events.meta_key(key), runtime.events.stream_key(key))
+    rebuilt = await asyncio.wait_for(
+        _collect(
+            agents.WatchRun(
+                agent_pb2.AgentServiceWatchRunRequest(run_id=run.id), metadata=auth(token)
+            )
+        ),
+        30,
+    )
+    assert [e.event_id for e in rebuilt] == [terminal.event_id]
+    assert rebuilt[0].run_finished == terminal.run_finished
+    after = agent_pb2.AgentServiceWatchRunRequest(run_id=run.id, after_event_id=terminal.event_id)
+    assert await _collect(agents.WatchRun(after, metadata=auth(token))) == []

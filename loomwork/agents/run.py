@@ -150,6 +150,7 @@ class RunOutcome(BaseModel):
     usage: ChatUsage = Field(default_factory=ChatUsage)
     steps: int = 0
     context: ContextUsage = Field(default_factory=ContextUsage)
+    terminal_event_id: int = 0  # id of its run_finished event
     error: str = ""
     error_type: str = ""
     violations: list[Violation] = Field(default_factory=list)

@@ -121,14 +121,16 @@ class AgentSteps:
         self.chat_model = chat_model
         self.default_model = default_model
 
-    async def publish(self, request: AgentRunRequest, event: AgentEvent) -> None:
+    async def publish(self, request: AgentRunRequest, event: AgentEvent) -> int:
+        """Append one event; its id (for a retried terminal event: the one stored first)."""
         terminal = isinstance(event, RunFinished)
         key = event_log_key(request.tenant, request.run_id)
         try:
-            await self.events.append(key, encode_event(event), terminal=terminal)
+            return await self.events.append(key, encode_event(event), terminal=terminal)
         except FailedPrecondition:
             # A retried activity after the run already finished: nothing more to say.
             log.info("run %s already finished; dropping %s", request.run_id, event.type)
+            return await self.events.last_id(key) if terminal else 0
 
     async def start(self, request: AgentRunRequest, attempt: int = 1) -> RunPlan:
         """Resolve the agent, save the input to the thread, assemble the context from memory:
@@ -425,5 +427,6 @@ class AgentSteps:
                 ],
             )
             await self.recall.index_messages(request.tenant, [m.id for m in saved])
-        await self.publish(request, RunFinished(outcome=outcome))
+        # Kept with the result: once the run's events expire, WatchRun rebuilds this one.
+        outcome.terminal_event_id = await self.publish(request, RunFinished(outcome=outcome))
         return outcome

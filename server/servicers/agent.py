@@ -35,6 +35,7 @@ from loomwork.agents.run import (
     AgentRunRequest,
     ApprovalRequested,
     ResumeInput,
+    RunFinished,
     RunOutcome,
     RunState,
     decode_event,
@@ -442,6 +443,23 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, tenant_id: str, run_id: str, after_event_id: int, workflow_id: str
     ) -> AsyncIterator[agent_pb2.AgentRunEvent]:
         key = event_log_key(tenant_id, run_id)
+        if await self.runtime.events.last_id(key) == 0:
+            # Nothing in Redis: not started yet, or ended long enough ago that its events
+            # expired; then only its terminal event, rebuilt from the result with its id.
+            handle = self.runtime.temporal.get_workflow_handle_for(
+                AgentRunWorkflow.run, workflow_id
+            )
+            description = await _describe(handle, run_id)
+            if description.status == WorkflowExecutionStatus.COMPLETED:
+                outcome = await handle.result()
+                if outcome.terminal_event_id > after_event_id:
+                    yield agent_convert.event_to_proto(
+                        run_id,
+                        outcome.terminal_event_id,
+                        RunFinished(outcome=outcome),
+                        workflow_id,
+                    )
+                return
         # No idle limit: a run may wait hours for an approval; the caller's deadline governs.
         async for event in self.runtime.events.follow(key, after_event_id):
             yield agent_convert.event_to_proto(
