@@ -741,3 +741,7 @@ async def test_watch_after_events_expired_sends_the_terminal_event(
     assert rebuilt[0].run_finished == terminal.run_finished
     after = agent_pb2.AgentServiceWatchRunRequest(run_id=run.id, after_event_id=terminal.event_id)
     assert await _collect(agents.WatchRun(after, metadata=auth(token))) == []
+    got = await agents.GetRun(
+        agent_pb2.AgentServiceGetRunRequest(run_id=run.id), metadata=auth(token)
+    )
+    assert got.run.last_event_id == terminal.event_id == run.last_event_id

@@ -423,7 +423,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     return agent_pb2.GenerateResponse(run=waiting)
                 break
         outcome = await handle.result()
-        return agent_pb2.GenerateResponse(run=agent_convert.run_to_proto(outcome, workflow_id))
+        run = agent_convert.run_to_proto(outcome, workflow_id)
+        return agent_pb2.GenerateResponse(
+            run=await self._with_last_event(run, outcome.terminal_event_id)
+        )
 
     async def _when_waiting(
         self, handle: WorkflowHandle[AgentRunWorkflow, RunOutcome], run_id: str
@@ -515,11 +518,17 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if description.status == WorkflowExecutionStatus.RUNNING:
             state = await handle.query(AgentRunWorkflow.state)
             if state.status in ("running", "waiting"):
-                return agent_convert.state_to_proto(run_id, agent_name, state, workflow_id)
-            # Decided, only saving its messages: the result is a moment away.
-            return agent_convert.run_to_proto(await handle.result(), workflow_id)
-        if description.status == WorkflowExecutionStatus.COMPLETED:
-            return agent_convert.run_to_proto(await handle.result(), workflow_id)
+                return await self._with_last_event(
+                    agent_convert.state_to_proto(run_id, agent_name, state, workflow_id)
+                )
+        if description.status in (
+            WorkflowExecutionStatus.RUNNING,  # decided, only saving: the result is a moment away
+            WorkflowExecutionStatus.COMPLETED,
+        ):
+            outcome = await handle.result()
+            return await self._with_last_event(
+                agent_convert.run_to_proto(outcome, workflow_id), outcome.terminal_event_id
+            )
         status = description.status.name if description.status else "UNKNOWN"
         raise FailedPrecondition(f"run {run_id!r} ended abnormally ({status}); see the Temporal UI")
 
@@ -565,9 +574,16 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 raise InvalidArgument.field(str(field), str(description)) from error
             message = getattr(cause, "message", None) or str(cause or error)
             raise FailedPrecondition(message) from error
-        return agent_pb2.AgentServiceResumeRunResponse(
-            run=agent_convert.state_to_proto(request.run_id, agent_name, state, workflow_id)
-        )
+        run = agent_convert.state_to_proto(request.run_id, agent_name, state, workflow_id)
+        return agent_pb2.AgentServiceResumeRunResponse(run=await self._with_last_event(run))
+
+    async def _with_last_event(
+        self, run: agent_pb2.AgentRun, terminal_event_id: int = 0
+    ) -> agent_pb2.AgentRun:
+        """Fill `last_event_id` (kept by the result once the run's events have expired)."""
+        last = await self.runtime.events.last_id(event_log_key(tenant(), run.id))
+        run.last_event_id = max(last, terminal_event_id)
+        return run
 
     async def ListRuns(
         self, request: agent_pb2.AgentServiceListRunsRequest, context: grpc.aio.ServicerContext
