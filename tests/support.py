@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+
+from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 
 
 def auth(token: str) -> tuple[tuple[str, str], ...]:
@@ -28,3 +31,20 @@ def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
         if detail.Unpack(bad):
             out.update({v.field: v.description for v in bad.field_violations})
     return out
+
+
+async def wait_agent_run_finished(
+    agents: agent_pb2_grpc.AgentServiceStub, token: str, run_id: str
+) -> agent_pb2.AgentRun:
+    """Poll GetRun until the agent run has ended; the run."""
+    running = (run_pb2.RUN_STATUS_PENDING, run_pb2.RUN_STATUS_RUNNING, run_pb2.RUN_STATUS_WAITING)
+    for _ in range(600):
+        run = (
+            await agents.GetRun(
+                agent_pb2.AgentServiceGetRunRequest(run_id=run_id), metadata=auth(token)
+            )
+        ).run
+        if run.status not in running:
+            return run
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"run {run_id} never finished")

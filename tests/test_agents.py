@@ -23,7 +23,7 @@ from loomwork.memory.settings import (
     WorkingMemorySettings,
 )
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, memory_pb2, message_pb2, run_pb2
-from tests.support import auth, field_violations, unique
+from tests.support import auth, field_violations, unique, wait_agent_run_finished
 
 
 @pytest.fixture(scope="session")
@@ -415,7 +415,7 @@ async def test_rejection_by_plain_temporal_signal(agents, token, model, runtime,
     )
     _, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
-    run = await _wait_finished(agents, token, run_id)
+    run = await wait_agent_run_finished(agents, token, run_id)
     assert run.status == run_pb2.RUN_STATUS_SUCCEEDED
     rejected = run.output.messages[1].parts[0].tool_result
     assert rejected.is_error and "not now" in rejected.result.string_value
@@ -691,23 +691,6 @@ async def test_structured_working_memory_follows_its_json_schema(
         metadata=auth(token),
     )
     assert dict(stored.working_memory.data) == {"name": "Ada", "age": 36}
-
-
-async def _wait_finished(agents, token: str, run_id: str) -> agent_pb2.AgentRun:
-    for _ in range(600):
-        run = (
-            await agents.GetRun(
-                agent_pb2.AgentServiceGetRunRequest(run_id=run_id), metadata=auth(token)
-            )
-        ).run
-        if run.status not in (
-            run_pb2.RUN_STATUS_PENDING,
-            run_pb2.RUN_STATUS_RUNNING,
-            run_pb2.RUN_STATUS_WAITING,
-        ):
-            return run
-        await asyncio.sleep(0.05)
-    pytest.fail(f"run {run_id} never finished")
 
 
 async def test_watch_after_events_expired_sends_the_terminal_event(

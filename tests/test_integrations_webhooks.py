@@ -30,7 +30,7 @@ from protos.loomwork.v1 import (
 )
 from protos.loomwork.v1 import integration_pb2_grpc as integration_grpc
 from server.http import HttpServer, build_http_app
-from tests.support import auth, field_violations, unique
+from tests.support import auth, field_violations, unique, wait_agent_run_finished
 
 SECRET = "whsec-0123456789abcdef"
 
@@ -258,7 +258,7 @@ async def test_webhook_resumes_a_suspended_agent_approval(
     raw, headers = _signed(event, f"appr-{run_id}")
     response = await http.post(source.path, content=raw, headers=headers)
     assert response.status_code == 202, response.text
-    run = await _wait_finished(agents, token, run_id)
+    run = await wait_agent_run_finished(agents, token, run_id)
     assert run.status == run_pb2.RUN_STATUS_SUCCEEDED
     sent = run.output.messages[1].parts[0].tool_result
     assert not sent.is_error and sent.result.struct_value["to"] == "ada@example.com"
@@ -684,20 +684,3 @@ async def test_webhook_ingests_a_document_into_an_index(http, integrations, chan
         metadata=auth(token),
     )
     assert found.results[0].chunk.document_id == "kb-42"
-
-
-async def _wait_finished(agents, token: str, run_id: str) -> agent_pb2.AgentRun:
-    for _ in range(600):
-        run = (
-            await agents.GetRun(
-                agent_pb2.AgentServiceGetRunRequest(run_id=run_id), metadata=auth(token)
-            )
-        ).run
-        if run.status not in (
-            run_pb2.RUN_STATUS_PENDING,
-            run_pb2.RUN_STATUS_RUNNING,
-            run_pb2.RUN_STATUS_WAITING,
-        ):
-            return run
-        await asyncio.sleep(0.05)
-    pytest.fail(f"run {run_id} never finished")
