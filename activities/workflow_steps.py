@@ -5,6 +5,7 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.agents import _heartbeating
 from loomwork.errors import InvalidArgument, LoomworkError, NotFound
 from loomwork.flows.execution import (
     PublishInput,
@@ -27,7 +28,8 @@ class WorkflowStepActivities:
         and the error's class name as their type (what non_retryable_error_types names)."""
         attempt = activity.info().attempt
         try:
-            return await self.runner.run(call, attempt=attempt)
+            # Heartbeats carry CancelRun to a step in flight (its function is cancelled).
+            return await _heartbeating(self.runner.run(call, attempt=attempt))
         except StepFailure as failure:
             raise ApplicationError(
                 failure.message, attempt, type=failure.error_type, non_retryable=True

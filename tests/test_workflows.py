@@ -980,3 +980,28 @@ async def test_watch_after_events_expired_sends_the_terminal_event(
     assert rebuilt[0].run_finished == terminal.run_finished
     assert await _events(workflows, token, run.id, after=terminal.event_id) == []
     assert (await _get(workflows, token, run.id)).last_event_id == terminal.event_id
+
+
+@step("linger", input=Total, output=Total, retry=RetryPolicy(timeout=timedelta(minutes=5)))
+async def linger(data: Total, ctx: StepContext) -> Total:
+    await asyncio.sleep(300)
+    return data
+
+
+default_registry.register(Workflow("lingering", input=Total, output=Total).then(linger))
+
+
+async def test_cancel_run_while_a_step_runs(workflows, token) -> None:
+    run = await _start(workflows, token, "lingering", {"total": 1})
+
+    def step_running(r: S.WorkflowRun) -> bool:
+        return any(s.status == S.WORKFLOW_STEP_STATUS_RUNNING for s in r.steps)
+
+    await _wait(workflows, token, run.id, step_running)
+    await workflows.CancelRun(
+        S.WorkflowServiceCancelRunRequest(run_id=run.id, reason="changed my mind"),
+        metadata=auth(token),
+    )
+    done = await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_CANCELED))
+    assert _steps(done)["linger"].status == S.WORKFLOW_STEP_STATUS_CANCELED
+    assert done.error.message == "changed my mind"

@@ -23,7 +23,12 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+)
 
 with workflow.unsafe.imports_passed_through():
     from loomwork.agents.run import AgentRunRequest, RunOutcome
@@ -450,6 +455,8 @@ class DslRunWorkflow:
                     retry_policy=_retry_policy(node.retry),
                 )
             except ActivityError as exc:
+                if isinstance(exc.cause, CancelledError):  # CancelRun reached the step
+                    raise asyncio.CancelledError() from exc
                 error = _activity_error(exc)
                 step_run.status = "failed"
                 step_run.error = error
