@@ -31,6 +31,7 @@ from loomwork.flows.registry import WorkflowRegistry
 from loomwork.flows.state import (
     DslRunInput,
     ResumeRequest,
+    resume_rejection,
     run_search_attributes,
     temporal_workflow_id,
 )
@@ -67,17 +68,12 @@ def _temporal_error(error: RPCError, what: str) -> Exception:
 
 
 def _workflow_update_rejection(error: WorkflowUpdateFailedError) -> Exception:
-    """DslRun's rejections carry the domain error type and (field, description) details."""
     cause = error.cause
     if isinstance(cause, ApplicationError):
-        violations = [
-            FieldViolation(str(d.get("field", "")), str(d.get("description", "")))
-            for d in cause.details
-            if isinstance(d, dict)
-        ]
-        if cause.type == "InvalidArgument" and violations:
-            return InvalidArgument(violations)  # its message names every field
-        return FailedPrecondition(cause.message)
+        rejection = resume_rejection(cause.type, cause.message, cause.details)
+        if isinstance(rejection, InvalidArgument):  # a delivery's result: name every field
+            return InvalidArgument(rejection.violations)
+        return rejection
     return FailedPrecondition(str(cause or error))
 
 

@@ -48,6 +48,7 @@ from loomwork.flows.state import (
     RunStatus,
     decode_event,
     event_log_key,
+    resume_rejection,
     run_search_attributes,
     temporal_workflow_id,
     terminal_event,
@@ -537,17 +538,8 @@ def _merge_pending_attempts(state: RunState, pending: Any) -> None:
 def _update_rejection(error: WorkflowUpdateFailedError) -> Exception:
     cause = error.cause
     if isinstance(cause, ApplicationError):
-        violations = [
-            FieldViolation(str(d.get("field", "")), str(d.get("description", "")))
-            for d in cause.details
-            if isinstance(d, dict)
-        ]
-        if cause.type == "InvalidArgument":
-            return InvalidArgument(violations, cause.message)
-        if cause.type == "FailedPrecondition":
-            return FailedPrecondition(cause.message)
-    message = getattr(cause, "message", None) or str(cause or error)
-    return FailedPrecondition(message)
+        return resume_rejection(cause.type, cause.message, cause.details)
+    return FailedPrecondition(getattr(cause, "message", None) or str(cause or error))
 
 
 def _encode_visibility_token(token: bytes, query: str) -> str:
