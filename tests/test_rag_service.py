@@ -773,3 +773,76 @@ async def test_worker_killed_mid_ingestion_finishes_with_every_chunk_once(
     info = await rag.GetIndex(rag_pb2.GetIndexRequest(index_name=index), metadata=auth(token))
     assert info.index.chunk_count == final.progress.chunks_total
     assert info.index.document_count == 4
+
+
+async def test_watch_after_events_expired_sends_the_finished_event(rag, token, runtime) -> None:
+    from loomwork.rag.ingestion import ingestion_log_key
+
+    index = await create_index(rag, token)
+    response = await rag.IngestDocuments(
+        rag_pb2.IngestDocumentsRequest(
+            index_name=index, documents=[rag_pb2.DocumentInput(text=ANIMALS[0])]
+        ),
+        metadata=auth(token),
+    )
+    ingestion_id = response.ingestion.id
+    every = [
+        r.event
+        async for r in rag.WatchIngestion(
+            rag_pb2.WatchIngestionRequest(ingestion_id=ingestion_id), metadata=auth(token)
+        )
+    ]
+    finished = every[-1]
+    assert finished.HasField("finished")
+    # What the retention TTL does a day after the ingestion ended.
+    key = ingestion_log_key("alpha", ingestion_id)
+    await runtime.redis.delete(runtime.events.meta_key(key), runtime.events.stream_key(key))
+    rebuilt = [
+        r.event
+        async for r in rag.WatchIngestion(
+            rag_pb2.WatchIngestionRequest(ingestion_id=ingestion_id), metadata=auth(token)
+        )
+    ]
+    assert [e.event_id for e in rebuilt] == [finished.event_id]
+    assert rebuilt[0].finished.status == rag_pb2.INGESTION_STATUS_SUCCEEDED
+    assert rebuilt[0].progress == finished.progress
+    got = await rag.GetIngestion(
+        rag_pb2.GetIngestionRequest(ingestion_id=ingestion_id), metadata=auth(token)
+    )
+    assert got.ingestion.last_event_id == finished.event_id
+
+
+async def test_watch_answer_after_events_expired_sends_the_terminal_event(
+    rag, token, runtime, model_server: ScriptedModelServer
+) -> None:
+    from loomwork.rag.answer import answer_log_key
+
+    index = await create_index(rag, token)
+    await ingest(rag, token, index, [rag_pb2.DocumentInput(document_id="d", text=ANIMALS[1])])
+    model_server.push(Turn(text="Dolphins live in the sea [1]."))
+    answer_id = unique("ans")
+    events = [
+        r.event
+        async for r in rag.Answer(
+            rag_pb2.AnswerRequest(index_name=index, query="sea?", client_answer_id=answer_id),
+            metadata=auth(token),
+        )
+    ]
+    terminal = events[-1]
+    assert terminal.HasField("finished")
+    key = answer_log_key("alpha", answer_id)
+    await runtime.redis.delete(runtime.events.meta_key(key), runtime.events.stream_key(key))
+
+    async def watch(after: int) -> list[rag_pb2.AnswerEvent]:
+        stream = rag.WatchAnswer(
+            rag_pb2.WatchAnswerRequest(answer_id=answer_id, after_event_id=after),
+            metadata=auth(token),
+        )
+        return [r.event async for r in stream]
+
+    rebuilt = await asyncio.wait_for(watch(0), 30)
+    assert [e.event_id for e in rebuilt] == [terminal.event_id]
+    assert rebuilt[0].finished.text == "Dolphins live in the sea [1]."
+    assert await asyncio.wait_for(watch(terminal.event_id), 30) == []
+    got = await rag.GetAnswer(rag_pb2.GetAnswerRequest(answer_id=answer_id), metadata=auth(token))
+    assert got.answer.last_event_id == terminal.event_id

@@ -101,6 +101,9 @@ class AnswerRecord(BaseModel):
     create_time: datetime = Field(default_factory=_now)
     end_time: datetime | None = None
     workflow_id: str = ""
+    # Id of the terminal event (finished / failed): WatchAnswer rebuilds that event with it
+    # once the answer's events have expired from Redis.
+    terminal_event_id: int = 0
 
 
 class AnswerEvent(BaseModel):
@@ -182,16 +185,18 @@ class AnswerSteps:
                 (record.model_dump_json(), tenant, record.id),
             )
 
-    async def publish(self, request: AnswerRequest, event: AnswerEvent) -> None:
+    async def publish(self, request: AnswerRequest, event: AnswerEvent) -> int:
+        """Append one event; its id (0 when dropped: the answer had already ended)."""
         terminal = event.type in ("finished", "failed")
         try:
-            await self.events.append(
+            return await self.events.append(
                 answer_log_key(request.tenant, request.answer_id),
                 event.model_dump_json().encode(),
                 terminal=terminal,
             )
         except FailedPrecondition:
             log.info("answer %s already finished; dropping %s", request.answer_id, event.type)
+            return 0
 
     # -- steps
 
@@ -309,7 +314,10 @@ class AnswerSteps:
         record.model = record.model or self.model_name(request)
         await self._save(request.tenant, record)
         if status == "failed":
-            await self.publish(request, AnswerEvent(type="failed", error=error, record=record))
+            event = AnswerEvent(type="failed", error=error, record=record)
         else:
-            await self.publish(request, AnswerEvent(type="finished", record=record))
+            event = AnswerEvent(type="finished", record=record)
+        record.terminal_event_id = await self.publish(request, event)
+        if record.terminal_event_id:
+            await self._save(request.tenant, record)
         return record

@@ -109,6 +109,9 @@ class IngestionRecord(BaseModel):
     start_time: datetime | None = None
     end_time: datetime | None = None
     workflow_id: str = ""
+    # Id of the `finished` event: WatchIngestion rebuilds that event with it once the
+    # ingestion's events have expired from Redis.
+    terminal_event_id: int = 0
 
     def recount(self) -> None:
         docs = self.documents
@@ -286,13 +289,21 @@ class IngestionSteps:
             record=record if event == "finished" else None,
         )
         try:
-            await self.events.append(
+            event_id = await self.events.append(
                 ingestion_log_key(tenant, ingestion_id),
                 payload.model_dump_json().encode(),
                 terminal=event == "finished",
             )
         except FailedPrecondition:
             log.info("ingestion %s already finished; dropping a %s event", ingestion_id, event)
+            return record
+        if event == "finished":
+            record.terminal_event_id = event_id
+            async with self.db.connection() as conn:
+                await conn.execute(
+                    "update rag_ingestions set record = %s where tenant_id = %s and id = %s",
+                    (record.model_dump_json(), tenant, ingestion_id),
+                )
         return record
 
     async def _set_doc(self, request: IngestionRequest, ordinal: int, **changes: Any) -> None:

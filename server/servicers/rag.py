@@ -212,7 +212,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
 
     async def _ingestion_proto(self, record: IngestionRecord) -> rag_pb2.Ingestion:
         last = await self.runtime.events.last_id(ingestion_log_key(record.tenant, record.id))
-        return convert.ingestion_to_proto(record, last)
+        return convert.ingestion_to_proto(record, max(last, record.terminal_event_id))
 
     async def IngestDocuments(
         self, request: rag_pb2.IngestDocumentsRequest, context: grpc.aio.ServicerContext
@@ -350,7 +350,20 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
         key = ingestion_log_key(record.tenant, record.id)
         last = await self.runtime.events.last_id(key)
         if last == 0 and record.status in TERMINAL:
-            return  # events expired: nothing more to say
+            # Its events expired: only the `finished` event, rebuilt with its original id.
+            if record.terminal_event_id > request.after_event_id:
+                finished = IngestionEvent(
+                    type="finished",
+                    time=record.end_time or record.create_time,
+                    progress=record.progress,
+                    record=record,
+                )
+                yield rag_pb2.WatchIngestionResponse(
+                    event=convert.ingestion_event_to_proto(
+                        record.id, record.terminal_event_id, finished
+                    )
+                )
+            return
         async for event in self.runtime.events.follow(key, request.after_event_id):
             payload = IngestionEvent.model_validate_json(event.payload)
             yield rag_pb2.WatchIngestionResponse(
@@ -521,6 +534,16 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
         self, tenant_id: str, record: AnswerRecord, after: int
     ) -> AsyncIterator[rag_pb2.AnswerEvent]:
         key = answer_log_key(tenant_id, record.id)
+        if record.terminal_event_id and await self.runtime.events.last_id(key) == 0:
+            # Its events expired: only the terminal event, rebuilt with its original id.
+            if record.terminal_event_id > after:
+                if record.status == "failed":
+                    payload = AnswerEvent(type="failed", error=record.error, record=record)
+                else:
+                    payload = AnswerEvent(type="finished", record=record)
+                payload.time = record.end_time or record.create_time
+                yield convert.answer_event_to_proto(record.id, record.terminal_event_id, payload)
+            return
         async for event in self.runtime.events.follow(key, after):
             payload = AnswerEvent.model_validate_json(event.payload)
             yield convert.answer_event_to_proto(record.id, event.event_id, payload)
@@ -535,6 +558,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
     ) -> rag_pb2.GetAnswerResponse:
         record = await self._answer(request.answer_id)
         last = await self.runtime.events.last_id(answer_log_key(tenant(), record.id))
+        last = max(last, record.terminal_event_id)  # its events may have expired
         return rag_pb2.GetAnswerResponse(answer=convert.answer_to_proto(record, last))
 
     async def WatchAnswer(
