@@ -15,6 +15,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from loomwork.llm.scripted_server import ScriptedModelServer, Turn
+from loomwork.rag.ingestion import derived_document_id
 from protos.loomwork.v1 import rag_pb2, rag_pb2_grpc, run_pb2
 from tests.support import auth, field_violations, unique
 from tests.test_rag_extract import minimal_pdf
@@ -846,3 +847,39 @@ async def test_watch_answer_after_events_expired_sends_the_terminal_event(
     assert await asyncio.wait_for(watch(terminal.event_id), 30) == []
     got = await rag.GetAnswer(rag_pb2.GetAnswerRequest(answer_id=answer_id), metadata=auth(token))
     assert got.answer.last_event_id == terminal.event_id
+
+
+async def test_upload_is_assembled_in_postgres_and_leaves_no_parts(rag, token, runtime) -> None:
+    """Parts are stored as they arrive and assembled byte-exact; a rejected upload's parts
+    are dropped."""
+    index = await create_index(rag, token)
+    data = ("\n\n".join(f"Line {i}: tides and currents." for i in range(300))).encode()
+
+    def upload(header: rag_pb2.UploadDocumentHeader):
+        async def requests():
+            yield rag_pb2.UploadDocumentRequest(header=header)
+            for start in range(0, len(data), 777):
+                yield rag_pb2.UploadDocumentRequest(chunk=data[start : start + 777])
+
+        return rag.UploadDocument(requests(), metadata=auth(token))
+
+    started = await upload(
+        rag_pb2.UploadDocumentHeader(
+            index_name=index, document=rag_pb2.DocumentInput(file_name="tides.txt")
+        )
+    )
+    done = await wait_ingestion(rag, token, started.ingestion.id)
+    assert done.status == rag_pb2.INGESTION_STATUS_SUCCEEDED
+    document = done.documents[0]
+    assert document.document_id == derived_document_id(data)  # the digest of every part
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await upload(
+            rag_pb2.UploadDocumentHeader(index_name=index, sha256=hashlib.sha256(b"x").hexdigest())
+        )
+    assert "header.sha256" in field_violations(err.value)
+    async with runtime.db.connection() as conn:
+        cur = await conn.execute(
+            "select count(*) as n from rag_upload_parts where tenant_id = 'alpha'"
+        )
+        assert (await cur.fetchone())["n"] == 0

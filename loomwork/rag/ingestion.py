@@ -56,8 +56,12 @@ def ingestion_workflow_id(index_name: str, tenant: str, ingestion_id: str) -> st
 
 def derived_document_id(data: bytes) -> str:
     """A document id from the content, for documents given without one."""
-    digest = hashlib.sha256(data).digest()
-    return "doc_" + base64.b32encode(digest).decode().rstrip("=")[:26]
+    return document_id_from_digest(hashlib.sha256(data).digest())
+
+
+def document_id_from_digest(sha256: bytes) -> str:
+    """`derived_document_id` from the content's SHA-256 (for content read in parts)."""
+    return "doc_" + base64.b32encode(sha256).decode().rstrip("=")[:26]
 
 
 def ingestion_log_key(tenant: str, ingestion_id: str) -> str:
@@ -187,8 +191,11 @@ class IngestionSteps:
 
     # -- records
 
-    async def create(self, record: IngestionRecord, contents: list[bytes]) -> IngestionRecord:
-        """Store a new ingestion and its sources; an existing id returns the stored one."""
+    async def create(
+        self, record: IngestionRecord, contents: list[bytes], *, upload_id: str = ""
+    ) -> IngestionRecord:
+        """Store a new ingestion and its sources (`contents`, or the parts of an upload,
+        assembled inside Postgres); an existing id returns the stored one."""
         async with self.db.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 """
@@ -205,6 +212,21 @@ class IngestionSteps:
             )
             if await cur.fetchone() is None:
                 return await self.get(record.tenant, record.id)
+            if upload_id:
+                await conn.execute(
+                    """
+                    insert into rag_sources (tenant_id, ingestion_id, ordinal, content)
+                    select tenant_id, %s, 0, string_agg(content, ''::bytea order by seq)
+                    from rag_upload_parts where tenant_id = %s and upload_id = %s
+                    group by tenant_id
+                    """,
+                    (record.id, record.tenant, upload_id),
+                )
+                await conn.execute(
+                    "delete from rag_upload_parts where tenant_id = %s and upload_id = %s",
+                    (record.tenant, upload_id),
+                )
+                return record
             async with conn.cursor() as c:
                 await c.executemany(
                     "insert into rag_sources (tenant_id, ingestion_id, ordinal, content)"
@@ -212,6 +234,23 @@ class IngestionSteps:
                     [(record.tenant, record.id, i, data) for i, data in enumerate(contents)],
                 )
         return record
+
+    async def add_upload_part(self, tenant: str, upload_id: str, seq: int, part: bytes) -> None:
+        """Store one part of an upload in progress."""
+        async with self.db.connection() as conn:
+            await conn.execute(
+                "insert into rag_upload_parts (tenant_id, upload_id, seq, content)"
+                " values (%s, %s, %s, %s)",
+                (tenant, upload_id, seq, part),
+            )
+
+    async def discard_upload(self, tenant: str, upload_id: str) -> None:
+        """Drop the parts of an upload that will not complete."""
+        async with self.db.connection() as conn:
+            await conn.execute(
+                "delete from rag_upload_parts where tenant_id = %s and upload_id = %s",
+                (tenant, upload_id),
+            )
 
     async def get(self, tenant: str, ingestion_id: str) -> IngestionRecord:
         async with self.db.connection() as conn:

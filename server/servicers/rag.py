@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -32,7 +33,7 @@ from loomwork.rag.ingestion import (
     IngestionRecord,
     IngestionRequest,
     SourceDocument,
-    derived_document_id,
+    document_id_from_digest,
     ingestion_log_key,
     new_ingestion,
 )
@@ -139,7 +140,12 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
             await handle.cancel()
 
     def _source(
-        self, document: rag_pb2.DocumentInput, data: bytes, field: str, problems: Violations
+        self,
+        document: rag_pb2.DocumentInput,
+        size: int,
+        sha256: bytes,
+        field: str,
+        problems: Violations,
     ) -> SourceDocument:
         if document.document_id and not DOCUMENT_ID.match(document.document_id):
             problems.add(f"{field}.document_id", "must be 1..128 characters of [A-Za-z0-9._:-]")
@@ -157,14 +163,14 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
             if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
                 problems.add(f"{field}.metadata", "at most 16 KiB serialized")
         return SourceDocument(
-            document_id=document.document_id or derived_document_id(data),
+            document_id=document.document_id or document_id_from_digest(sha256),
             file_name=document.file_name,
             title=document.title,
             source_uri=document.source_uri,
             format=convert.FORMAT_FROM.get(document.format, DocumentFormat.UNSPECIFIED),
             metadata=metadata,
-            size_bytes=len(data),
-            content_hash=hashlib.sha256(data).hexdigest(),
+            size_bytes=size,
+            content_hash=sha256.hex(),
         )
 
     def _chunking(self, request: Any) -> ChunkingOptions:
@@ -177,13 +183,15 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
         contents: list[bytes],
         chunking: ChunkingOptions,
         client_id: str,
+        *,
+        upload_id: str = "",
     ) -> rag_pb2.Ingestion:
         tenant_id = tenant()
         await self.rag.store.get_index(tenant_id, index_name)
         ingestion_id = client_id or new_id("ing")
         record = new_ingestion(tenant_id, index_name, ingestion_id, sources, chunking)
         workflow_id = record.workflow_id
-        stored = await self.rag.ingestion.create(record, contents)
+        stored = await self.rag.ingestion.create(record, contents, upload_id=upload_id)
         if stored.workflow_id != workflow_id:
             # The id names an ingestion into another index: return that one as it is.
             return await self._ingestion_proto(stored)
@@ -238,7 +246,8 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
                 continue
             if len(data) > MAX_INLINE_BYTES:
                 problems.add(f"{field}.{kind}", "at most 16 MiB inline; use UploadDocument")
-            sources.append(self._source(document, data, field, problems))
+            digest = hashlib.sha256(data).digest()
+            sources.append(self._source(document, len(data), digest, field, problems))
             contents.append(data)
         seen: dict[str, int] = {}
         for i, source in enumerate(sources):
@@ -261,48 +270,67 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
         request_iterator: AsyncIterator[rag_pb2.UploadDocumentRequest],
         context: grpc.aio.ServicerContext,
     ) -> rag_pb2.UploadDocumentResponse:
+        # Parts go to Postgres as they arrive: the server holds one part at a time, and the
+        # document is assembled inside Postgres when the ingestion is created.
+        tenant_id = tenant()
+        upload_id = new_id("upl")
         header: rag_pb2.UploadDocumentHeader | None = None
-        parts: list[bytes] = []
+        sha256 = hashlib.sha256()
         total = 0
-        async for message in request_iterator:
-            kind = message.WhichOneof("payload")
+        parts = 0
+        try:
+            async for message in request_iterator:
+                kind = message.WhichOneof("payload")
+                if header is None:
+                    if kind != "header":
+                        raise InvalidArgument.field("header", "the first message must be a header")
+                    header = message.header
+                    continue
+                if kind != "chunk":
+                    raise InvalidArgument.field("header", "only the first message may be a header")
+                if not 1 <= len(message.chunk) <= MAX_UPLOAD_CHUNK:
+                    raise InvalidArgument.field("chunk", "each chunk must be 1 byte..3 MiB")
+                total += len(message.chunk)
+                if total > MAX_UPLOAD_BYTES:
+                    raise InvalidArgument.field("chunk", "an upload is at most 1 GiB")
+                sha256.update(message.chunk)
+                await self.rag.ingestion.add_upload_part(tenant_id, upload_id, parts, message.chunk)
+                parts += 1
             if header is None:
-                if kind != "header":
-                    raise InvalidArgument.field("header", "the first message must be a header")
-                header = message.header
-                continue
-            if kind != "chunk":
-                raise InvalidArgument.field("header", "only the first message may be a header")
-            if not 1 <= len(message.chunk) <= MAX_UPLOAD_CHUNK:
-                raise InvalidArgument.field("chunk", "each chunk must be 1 byte..3 MiB")
-            total += len(message.chunk)
-            if total > MAX_UPLOAD_BYTES:
-                raise InvalidArgument.field("chunk", "an upload is at most 1 GiB")
-            parts.append(message.chunk)
-        if header is None:
-            raise InvalidArgument.field("header", "is required")
-        data = b"".join(parts)
-        problems = Violations()
-        if not header.index_name:
-            problems.add("header.index_name", "is required")
-        if header.document.WhichOneof("content") is not None:
-            problems.add("header.document.data", "must be empty: the bytes follow as chunks")
-        if not data:
-            problems.add("chunk", "send the document's bytes after the header")
-        if header.size_bytes and header.size_bytes != len(data):
-            problems.add("header.size_bytes", f"is {header.size_bytes}, received {len(data)}")
-        if header.sha256 and header.sha256 != hashlib.sha256(data).hexdigest():
-            problems.add("header.sha256", "does not match the received bytes")
-        if header.client_ingestion_id and not is_valid_client_id(header.client_ingestion_id):
-            problems.add("header.client_ingestion_id", f"must be {CLIENT_ID_RULE}")
-        source = self._source(header.document, data, "header.document", problems)
-        problems.raise_if_any()
-        validate_index_name(header.index_name, "header.index_name")
-        chunking = self._chunking(header)
-        ingestion = await self._start_ingestion(
-            header.index_name, [source], [data], chunking, header.client_ingestion_id
-        )
-        return rag_pb2.UploadDocumentResponse(ingestion=ingestion)
+                raise InvalidArgument.field("header", "is required")
+            problems = Violations()
+            if not header.index_name:
+                problems.add("header.index_name", "is required")
+            if header.document.WhichOneof("content") is not None:
+                problems.add("header.document.data", "must be empty: the bytes follow as chunks")
+            if not total:
+                problems.add("chunk", "send the document's bytes after the header")
+            if header.size_bytes and header.size_bytes != total:
+                problems.add("header.size_bytes", f"is {header.size_bytes}, received {total}")
+            if header.sha256 and header.sha256 != sha256.hexdigest():
+                problems.add("header.sha256", "does not match the received bytes")
+            if header.client_ingestion_id and not is_valid_client_id(header.client_ingestion_id):
+                problems.add("header.client_ingestion_id", f"must be {CLIENT_ID_RULE}")
+            source = self._source(
+                header.document, total, sha256.digest(), "header.document", problems
+            )
+            problems.raise_if_any()
+            validate_index_name(header.index_name, "header.index_name")
+            chunking = self._chunking(header)
+            ingestion = await self._start_ingestion(
+                header.index_name,
+                [source],
+                [],
+                chunking,
+                header.client_ingestion_id,
+                upload_id=upload_id,
+            )
+            return rag_pb2.UploadDocumentResponse(ingestion=ingestion)
+        finally:
+            # Parts not taken by a new ingestion (bad input, a repeated client id, the client
+            # gone): nothing will use them. After a successful create this deletes nothing.
+            if parts:
+                await asyncio.shield(self.rag.ingestion.discard_upload(tenant_id, upload_id))
 
     async def _ingestion(self, ingestion_id: str) -> IngestionRecord:
         if not ingestion_id:
