@@ -728,3 +728,23 @@ async def test_watch_after_events_expired_sends_the_terminal_event(
         agent_pb2.AgentServiceGetRunRequest(run_id=run.id), metadata=auth(token)
     )
     assert got.run.last_event_id == terminal.event_id == run.last_event_id
+
+
+async def test_a_run_without_a_thread_is_not_offered_the_working_memory_tool(
+    agents, token, model, runtime
+) -> None:
+    _register(
+        runtime,
+        AgentDefinition(
+            name="noter",
+            instructions="Keep notes.",
+            memory=MemorySettings(
+                working_memory=WorkingMemorySettings(template="# Notes\n", scope=RecallScope.THREAD)
+            ),
+        ),
+    )
+    model.set_script([Turn(text="ok")])
+    await agents.Generate(
+        agent_pb2.GenerateRequest(agent_name="noter", prompt="hi"), metadata=auth(token)
+    )
+    assert "update_working_memory" not in model.requests[-1].tool_names  # nowhere to keep it

@@ -91,10 +91,15 @@ def effective_agent(agent: AgentDefinition, request: AgentRunRequest) -> AgentDe
     return agent.model_copy(update=update)
 
 
-def tool_names(agent: AgentDefinition) -> list[str]:
-    """The agent's tools, plus the working memory tool when the run keeps working memory."""
+def tool_names(agent: AgentDefinition, request: AgentRunRequest) -> list[str]:
+    """The agent's tools, plus the working memory tool when the run keeps working memory:
+    not read-only, and with a thread (or a resource, for resource-scoped memory) to keep it."""
     names = list(agent.tool_names)
-    keeps = agent.memory.working_memory is not None and not agent.memory_read_only
+    wm = agent.memory.working_memory
+    has_home = bool(request.thread_id) or (
+        wm is not None and wm.scope is RecallScope.RESOURCE and bool(request.resource_id)
+    )
+    keeps = wm is not None and not agent.memory_read_only and has_home
     if keeps and UPDATE_WORKING_MEMORY not in names:
         names.append(UPDATE_WORKING_MEMORY)
     return names
@@ -325,7 +330,7 @@ class AgentSteps:
                 await deltas.flush()
                 await self.publish(request, ToolCallEvent(step=step.step, call=event.call))
 
-        names = tool_names(agent)
+        names = tool_names(agent, request)
         model = self.chat_model(step.plan_model)
         settings = agent.model_settings
         try:
@@ -401,7 +406,7 @@ class AgentSteps:
                 memory_scope=wm.scope.value if wm is not None else "thread",
                 working_memory_schema=wm.json_schema if wm is not None else None,
             )
-            result = await self.tools.call(call.call, context, allowed=tool_names(agent))
+            result = await self.tools.call(call.call, context, allowed=tool_names(agent, request))
         await self.publish(request, ToolResultEvent(step=call.step, result=result))
         return result
 
