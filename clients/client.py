@@ -19,7 +19,7 @@ an INVALID_ARGUMENT status.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -185,6 +185,18 @@ def tool_result_message(
 
 
 # -- errors
+
+
+async def _every_page(fetch: Callable[[str], Awaitable[Any]], field: str) -> list[Any]:
+    """The items of every page of a List call: `fetch(page_token)` gets one page."""
+    items: list[Any] = []
+    token = ""
+    while True:
+        page = await fetch(token)
+        items.extend(getattr(page, field))
+        token = page.next_page_token
+        if not token:
+            return items
 
 
 def rich_status(err: grpc.RpcError) -> status_pb2.Status | None:
@@ -639,17 +651,13 @@ class LoomworkClient:
 
     async def list_agents(self, *, timeout: float | None = None) -> list[agent_pb2.Agent]:
         """Every agent the tenant can run: defined in code and stored by it."""
-        agents: list[agent_pb2.Agent] = []
-        page_token = ""
-        while True:
-            page: agent_pb2.ListAgentsResponse = await self._agents.ListAgents(
-                agent_pb2.ListAgentsRequest(page_size=1000, page_token=page_token),
+        return await _every_page(
+            lambda token: self._agents.ListAgents(
+                agent_pb2.ListAgentsRequest(page_size=1000, page_token=token),
                 **self.call_options(timeout),
-            )
-            agents.extend(page.agents)
-            if not page.next_page_token:
-                return agents
-            page_token = page.next_page_token
+            ),
+            "agents",
+        )
 
     async def update_agent(
         self,
@@ -676,17 +684,13 @@ class LoomworkClient:
 
     async def list_workflows(self, *, timeout: float | None = None) -> list[workflow_pb2.Workflow]:
         """Every registered workflow definition, with its schemas and steps."""
-        workflows: list[workflow_pb2.Workflow] = []
-        token = ""
-        while True:
-            response: workflow_pb2.ListWorkflowsResponse = await self._workflows.ListWorkflows(
+        return await _every_page(
+            lambda token: self._workflows.ListWorkflows(
                 workflow_pb2.ListWorkflowsRequest(page_size=1000, page_token=token),
                 **self.call_options(timeout),
-            )
-            workflows.extend(response.workflows)
-            token = response.next_page_token
-            if not token:
-                return workflows
+            ),
+            "workflows",
+        )
 
     async def get_workflow(
         self, workflow_id: str, *, timeout: float | None = None
@@ -923,17 +927,13 @@ class LoomworkClient:
 
     async def list_indexes(self, *, timeout: float | None = None) -> list[rag_pb2.Index]:
         """Every index of the tenant, by name."""
-        indexes: list[rag_pb2.Index] = []
-        token = ""
-        while True:
-            response: rag_pb2.ListIndexesResponse = await self._rag.ListIndexes(
+        return await _every_page(
+            lambda token: self._rag.ListIndexes(
                 rag_pb2.ListIndexesRequest(page_size=1000, page_token=token),
                 **self.call_options(timeout),
-            )
-            indexes.extend(response.indexes)
-            token = response.next_page_token
-            if not token:
-                return indexes
+            ),
+            "indexes",
+        )
 
     async def delete_index(self, name: str, *, timeout: float | None = None) -> None:
         await self._rag.DeleteIndex(
@@ -1023,19 +1023,16 @@ class LoomworkClient:
     async def list_documents(
         self, index_name: str, *, timeout: float | None = None
     ) -> list[rag_pb2.Document]:
-        documents: list[rag_pb2.Document] = []
-        token = ""
-        while True:
-            response: rag_pb2.ListDocumentsResponse = await self._rag.ListDocuments(
+        """Every document of an index."""
+        return await _every_page(
+            lambda token: self._rag.ListDocuments(
                 rag_pb2.ListDocumentsRequest(
                     index_name=index_name, page_size=1000, page_token=token
                 ),
                 **self.call_options(timeout),
-            )
-            documents.extend(response.documents)
-            token = response.next_page_token
-            if not token:
-                return documents
+            ),
+            "documents",
+        )
 
     async def delete_document(
         self, index_name: str, document_id: str, *, timeout: float | None = None
