@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,32 +12,10 @@ from loomwork.agents.store import AgentStore
 from loomwork.agents.tools import ToolRegistry
 from loomwork.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from loomwork.memory.settings import invalid_argument_from
+from loomwork.paging import decode_text_token, encode_text_token
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
-
-
-def _digest(scope: str) -> str:
-    return hashlib.sha256(scope.encode()).hexdigest()[:16]
-
-
-def encode_name_token(after: str, scope: str) -> str:
-    raw = json.dumps({"a": after, "s": _digest(scope)}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_name_token(token: str, scope: str, field: str = "page_token") -> str:
-    """The name to continue after ('' for no token); InvalidArgument for a foreign token."""
-    if not token:
-        return ""
-    try:
-        data = json.loads(base64.urlsafe_b64decode((token + "=" * (-len(token) % 4)).encode()))
-        after, digest = data["a"], data["s"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument.field(field, "is not a token returned by a previous call") from exc
-    if not isinstance(after, str) or digest != _digest(scope):
-        raise InvalidArgument.field(field, "belongs to a different query: pass the same filters")
-    return after
 
 
 class AgentCatalog:
@@ -70,7 +45,7 @@ class AgentCatalog:
             raise InvalidArgument.field("page_size", f"must be between 0 and {MAX_PAGE}")
         limit = page_size or DEFAULT_PAGE
         scope = f"agents\x00{source or ''}"
-        after = decode_name_token(page_token, scope)
+        after = decode_text_token(page_token, scope)
         found: list[AgentDefinition] = []
         if source in (None, "code"):
             found += [a for a in self.code.all() if a.name > after][: limit + 1]
@@ -78,7 +53,7 @@ class AgentCatalog:
             found += await self.store.list(tenant, after=after, limit=limit + 1)
         found.sort(key=lambda a: a.name)
         page = found[:limit]
-        token = encode_name_token(page[-1].name, scope) if len(found) > limit else ""
+        token = encode_text_token(page[-1].name, scope) if len(found) > limit else ""
         return page, token
 
     def _validated(self, data: Mapping[str, Any]) -> AgentDefinition:

@@ -4,9 +4,7 @@ workflows, streamed live; runs are listed through Temporal visibility."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,7 +26,7 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from loomwork.agents.catalog import AgentCatalog, decode_name_token, encode_name_token
+from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.definitions import AGENT_NAME
 from loomwork.agents.directory import RunDirectory
 from loomwork.agents.run import (
@@ -53,6 +51,12 @@ from loomwork.errors import (
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id, new_id
 from loomwork.memory.models import NewMessage, NewThread, Role, TextPart
 from loomwork.memory.settings import merge
+from loomwork.paging import (
+    decode_bytes_token,
+    decode_text_token,
+    encode_bytes_token,
+    encode_text_token,
+)
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server import agent_convert, convert
 from server.interceptors import tenant
@@ -107,27 +111,6 @@ def session_thread_id(resource_id: str, session_key: str) -> str:
 def _quoted(value: str) -> str:
     """A string literal of Temporal's visibility query language."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _encode_runs_token(token: bytes, scope: str) -> str:
-    digest = hashlib.sha256(scope.encode()).hexdigest()[:16]
-    raw = json.dumps({"t": base64.b64encode(token).decode(), "s": digest})
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_runs_token(token: str, scope: str) -> bytes | None:
-    if not token:
-        return None
-    try:
-        data = json.loads(base64.urlsafe_b64decode((token + "=" * (-len(token) % 4)).encode()))
-        raw, digest = base64.b64decode(data["t"]), data["s"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument.field("page_token", "is not a token from a previous call") from exc
-    if digest != hashlib.sha256(scope.encode()).hexdigest()[:16]:
-        raise InvalidArgument.field(
-            "page_token", "belongs to a different query: pass the same filters"
-        )
-    return bytes(raw)
 
 
 async def _describe(
@@ -230,13 +213,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.ListToolsResponse:
         if not 0 <= request.page_size <= 1000:
             raise InvalidArgument.field("page_size", "must be between 0 and 1000")
-        after = decode_name_token(request.page_token, "tools")
+        after = decode_text_token(request.page_token, "tools")
         rest = [t for t in self.runtime.tools.all() if t.name > after]
         page = rest[: request.page_size or 100]
         more = len(rest) > len(page)
         return agent_pb2.ListToolsResponse(
             tools=[agent_convert.tool_to_proto(t) for t in page],
-            next_page_token=encode_name_token(page[-1].name, "tools") if more else "",
+            next_page_token=encode_text_token(page[-1].name, "tools") if more else "",
         )
 
     # -- runs
@@ -616,7 +599,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             names = sorted({_RUN_STATUS_NAMES[s] for s in request.statuses})
             clauses.append(f"LoomworkStatus IN ({', '.join(_quoted(n) for n in names)})")
         query = " AND ".join(clauses)
-        page_token = _decode_runs_token(request.page_token, query)
+        page_token = decode_bytes_token(request.page_token, query) or None
         listing = self.runtime.temporal.list_workflows(
             query, page_size=request.page_size or 50, next_page_token=page_token
         )
@@ -627,7 +610,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         token = listing.next_page_token
         return agent_pb2.AgentServiceListRunsResponse(
             runs=[_listed_run(execution) for execution in listing.current_page or []],
-            next_page_token=_encode_runs_token(token, query) if token else "",
+            next_page_token=encode_bytes_token(token, query) if token else "",
         )
 
 

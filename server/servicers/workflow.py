@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC
@@ -54,7 +53,12 @@ from loomwork.flows.state import (
     terminal_event,
 )
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id, new_id
-from loomwork.paging import decode_page_token, encode_page_token
+from loomwork.paging import (
+    decode_bytes_token,
+    decode_page_token,
+    encode_bytes_token,
+    encode_page_token,
+)
 from protos.loomwork.v1 import workflow_pb2, workflow_pb2_grpc
 from server import workflow_convert
 from server.convert import struct_to_dict
@@ -248,9 +252,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         if statuses:
             clauses.append("LoomworkStatus IN (" + ", ".join(f"'{s}'" for s in statuses) + ")")
         query = " AND ".join(clauses)  # visibility lists newest first
-        token = b""
-        if request.page_token:
-            token = _decode_visibility_token(request.page_token, query)
+        token = decode_bytes_token(request.page_token, query)
         response = await self.runtime.temporal.workflow_service.list_workflow_executions(
             ListWorkflowExecutionsRequest(
                 namespace=self.runtime.temporal.namespace,
@@ -301,7 +303,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             )
         next_token = ""
         if response.next_page_token:
-            next_token = _encode_visibility_token(response.next_page_token, query)
+            next_token = encode_bytes_token(response.next_page_token, query)
         return workflow_pb2.WorkflowServiceListRunsResponse(runs=runs, next_page_token=next_token)
 
     async def ResumeRun(
@@ -540,19 +542,3 @@ def _update_rejection(error: WorkflowUpdateFailedError) -> Exception:
     if isinstance(cause, ApplicationError):
         return resume_rejection(cause.type, cause.message, cause.details)
     return FailedPrecondition(getattr(cause, "message", None) or str(cause or error))
-
-
-def _encode_visibility_token(token: bytes, query: str) -> str:
-    payload = base64.urlsafe_b64encode(token).decode().rstrip("=")
-    return encode_page_token(0, query) + "." + payload
-
-
-def _decode_visibility_token(token: str, query: str) -> bytes:
-    scope, _, payload = token.partition(".")
-    decode_page_token(scope, query)
-    if not payload:
-        raise InvalidArgument.field("page_token", "is not a token this call returned")
-    try:
-        return base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-    except ValueError:
-        raise InvalidArgument.field("page_token", "is not a token this call returned") from None
