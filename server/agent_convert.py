@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -14,6 +15,7 @@ from loomwork.agents.output_schema import check_output_schema
 from loomwork.agents.tools import Tool
 from loomwork.errors import Violations
 from loomwork.llm.chat import ChatMessage, ChatUsage
+from loomwork.memory.models import NewMessage
 from loomwork.memory.settings import MemorySettings, parse_memory_settings
 from protos.loomwork.v1 import agent_pb2, memory_pb2, message_pb2, run_pb2
 from server import convert
@@ -184,16 +186,46 @@ def run_error(outcome: events.RunOutcome) -> run_pb2.RunError:
     return error
 
 
+def _input_message(
+    target: message_pb2.Message, message: NewMessage, thread_id: str, saved: datetime | None
+) -> None:
+    target.id = message.id
+    target.thread_id = thread_id
+    target.role = convert.ROLE_TO_PROTO[message.role]
+    for part in message.parts:
+        convert.fill_part(target.parts.add(), part)
+    if message.metadata:
+        target.metadata.update(message.metadata)
+    if saved is not None:
+        convert.set_timestamp(target.create_time, saved)
+
+
+def _fill_record(run: agent_pb2.AgentRun, record: events.RunRecord) -> None:
+    """The fields a run has from its start: thread, model, input, metadata, times."""
+    run.thread_id = record.thread_id
+    run.resource_id = record.resource_id
+    run.model = record.model
+    for message in record.input_messages:
+        # Saved as the run started (a stateless run keeps them in the run only).
+        _input_message(run.input_messages.add(), message, record.thread_id, record.start_time)
+    if record.metadata:
+        run.metadata.update(record.metadata)
+    if record.create_time is not None:
+        convert.set_timestamp(run.create_time, record.create_time)
+    if record.start_time is not None:
+        convert.set_timestamp(run.start_time, record.start_time)
+
+
 def run_to_proto(outcome: events.RunOutcome, workflow_id: str) -> agent_pb2.AgentRun:
     run = agent_pb2.AgentRun(
         id=outcome.run_id,
         agent_name=outcome.agent_name,
-        thread_id=outcome.thread_id,
-        resource_id=outcome.resource_id,
-        model=outcome.model,
         status=_STATUS[outcome.status],
         temporal_workflow_id=workflow_id,
     )
+    _fill_record(run, outcome)
+    if outcome.end_time is not None:
+        convert.set_timestamp(run.end_time, outcome.end_time)
     output = run.output
     for message in outcome.messages:
         _chat_message(output.messages.add(), message)
@@ -234,6 +266,7 @@ def state_to_proto(
         status=_STATUS[state.status],
         temporal_workflow_id=workflow_id,
     )
+    _fill_record(run, state)
     run.output.steps = state.steps
     for pending in state.pending:
         run.pending_approvals.append(pending_to_proto(pending))
@@ -283,6 +316,10 @@ def event_to_proto(
                 structured_output=event.structured_output,
             )
         )
+        for message in event.input_messages:
+            _input_message(
+                out.run_started.input_messages.add(), message, event.thread_id, event.time
+            )
     elif isinstance(event, events.TextDeltaEvent):
         out.text_delta.text = event.delta
     elif isinstance(event, events.ToolCallEvent):

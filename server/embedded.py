@@ -89,6 +89,13 @@ TEMPORAL_DYNAMIC_CONFIG: dict[str, str] = {
     "system.enableActivityEagerExecution": "true",
 }
 
+#: SQLite settings of the dev server's file database. WAL with synchronous=NORMAL syncs at
+#: checkpoints instead of on every commit: the database survives the server being killed
+#: (what the embedded stack meets), and each Temporal call is markedly faster (a workflow
+#: start ~10 -> ~7 ms, an eager activity dispatch ~16 -> ~9 ms on the reference machine); an
+#: OS crash may lose the last commits. External Temporal servers are unaffected.
+TEMPORAL_SQLITE_PRAGMAS: dict[str, str] = {"journal_mode": "wal", "synchronous": "normal"}
+
 # Keys in home/config.json.
 _PORT_KEYS = {
     "postgres": "postgres_port",
@@ -1199,6 +1206,8 @@ class EmbeddedStack:
             args.append("--headless")
         for key, value in TEMPORAL_DYNAMIC_CONFIG.items():
             args += ["--dynamic-config-value", f"{key}={value}"]
+        for key, value in TEMPORAL_SQLITE_PRAGMAS.items():
+            args += ["--sqlite-pragma", f"{key}={value}"]
         self._temporal_log_offset = _log_size(self._temporal_log)
         with self._temporal_log.open("ab") as log:
             self._temporal = _Spawner.popen(

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from temporalio.worker import Worker
+from temporalio.worker import Worker, WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.agents import AgentActivities
 from activities.diagnostics import DiagnosticsActivities
@@ -38,6 +39,14 @@ WORKFLOWS = [
     IngestionWorkflow,
     RagAnswerWorkflow,
 ]
+
+
+def workflow_runner(sandbox: str) -> WorkflowRunner:
+    """The sandbox for workflow code (see Settings.workflow_sandbox)."""
+    restrictions = SandboxRestrictions.default
+    if sandbox == "passthrough":
+        restrictions = restrictions.with_passthrough_modules("workflows")
+    return SandboxedWorkflowRunner(restrictions=restrictions)
 
 
 def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
@@ -89,6 +98,7 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
         # Heartbeats carry cancellation to activities: send them promptly.
         max_heartbeat_throttle_interval=timedelta(seconds=1),
         identity=identity,
+        workflow_runner=workflow_runner(settings.workflow_sandbox),
     )
 
 

@@ -82,6 +82,8 @@ def settings(embedded: dict[str, str], model_server: ScriptedModelServer) -> Set
         LOOMWORK_TOKENS=TOKENS,
         LOOMWORK_GRPC_ADDRESS="127.0.0.1:0",
         LOOMWORK_TASK_QUEUE="loomwork-test",
+        # Workflow code runs in the strict sandbox here: a non-deterministic call fails.
+        LOOMWORK_WORKFLOW_SANDBOX="strict",
     )
 
 

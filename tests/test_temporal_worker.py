@@ -6,9 +6,11 @@ import uuid
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from server.runtime import Runtime
 from server.temporal import SEARCH_ATTRIBUTES, register_search_attributes
+from server.worker import workflow_runner
 from workflows.stack_check import StackCheckInput, StackCheckResult, StackCheckWorkflow
 
 
@@ -45,3 +47,15 @@ async def test_search_attributes_are_registered_once(runtime: Runtime) -> None:
     )
     for name in SEARCH_ATTRIBUTES:
         assert listed.custom_attributes[name] == IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+
+
+def test_workflow_sandbox_modes() -> None:
+    """`strict` re-imports workflow modules per run (restrictions apply in them);
+    `passthrough` shares Loomwork's own and keeps the rest of the sandbox."""
+    strict = workflow_runner("strict")
+    shared = workflow_runner("passthrough")
+    assert isinstance(strict, SandboxedWorkflowRunner)
+    assert isinstance(shared, SandboxedWorkflowRunner)
+    assert "workflows" not in strict.restrictions.passthrough_modules
+    assert "workflows" in shared.restrictions.passthrough_modules
+    assert shared.restrictions.invalid_module_members == strict.restrictions.invalid_module_members

@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         RunOutcome,
         RunPhase,
         RunPlan,
+        RunRecord,
         RunState,
         StepFinished,
         StepInput,
@@ -87,13 +88,16 @@ class AgentRunWorkflow:
         self._pending: dict[str, PendingApproval] = {}
         self._decisions: dict[str, Decision] = {}
         self._steps = 0
+        self._record = RunRecord()
 
     # -- messages
 
     @workflow.query(name="state")
     def state(self) -> RunState:
         undecided = [p for p in self._pending.values() if p.tool_call_id not in self._decisions]
-        return RunState(status=self._phase, pending=undecided, steps=self._steps)
+        return RunState(
+            **dict(self._record), status=self._phase, pending=undecided, steps=self._steps
+        )
 
     @workflow.update(name="resume_run")
     async def resume_run(self, resume: ResumeInput) -> RunState:
@@ -141,6 +145,14 @@ class AgentRunWorkflow:
         context = ContextUsage()
         unfinished: StepFinished | None = None  # a step with tool calls, not yet announced
         read_only = False
+        self._record = RunRecord(
+            thread_id=request.thread_id,
+            resource_id=request.resource_id,
+            input_messages=request.identified_inputs(),
+            metadata=request.metadata,
+            create_time=request.create_time or workflow.info().start_time,
+            start_time=workflow.now(),
+        )
         workflow.upsert_search_attributes([STATUS.value_set("RUNNING")])
         try:
             # Loading the context and the first model call share one activity.
@@ -155,6 +167,7 @@ class AgentRunWorkflow:
             )
             plan = first.plan
             model, context = plan.model, plan.context
+            self._record.model = model
             read_only = plan.agent.memory_read_only
             conversation = list(plan.conversation)
             finish_reason = "max_steps"
@@ -227,7 +240,9 @@ class AgentRunWorkflow:
         outcome.context = context
         self._phase = outcome.status
         self._pending.clear()
-        finished = await workflow.execute_activity(
+        # Local: saving the output and publishing the end are short, and a local activity
+        # spares the run a round trip through the server before it completes.
+        finished = await workflow.execute_local_activity(
             FINISH,
             FinishInput(
                 request=request, outcome=outcome, last_step=unfinished, read_only=read_only
@@ -251,21 +266,21 @@ class AgentRunWorkflow:
     ) -> RunOutcome:
         return RunOutcome.model_validate(
             {
+                **dict(self._record),
                 "run_id": request.run_id,
                 "agent_name": request.agent_name,
-                "thread_id": request.thread_id,
-                "resource_id": request.resource_id,
                 "model": model,
                 "status": status,
                 "finish_reason": finish_reason,
                 "messages": produced,
                 "usage": usage,
                 "steps": self._steps,
+                "end_time": workflow.now(),
             }
         )
 
     async def _publish(self, request: AgentRunRequest, event: object) -> None:
-        await workflow.execute_activity(
+        await workflow.execute_local_activity(
             PUBLISH,
             PublishInput.model_validate({"request": request, "event": event}),
             start_to_close_timeout=timedelta(seconds=30),

@@ -18,13 +18,16 @@ class DeltaBatcher:
         self._buffer: list[str] = []
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, text: str) -> None:
+    async def add(self, text: str) -> None:
         self._buffer.append(text)
         if self._task is not None and self._task.done():
             task, self._task = self._task, None
             task.result()  # a failed append fails the step
         if self._task is None:
             self._task = asyncio.ensure_future(self._drain())
+            # Let the append go out now: a model whose chunks are already buffered would
+            # otherwise be read to the end before the first delta is sent.
+            await asyncio.sleep(0)
 
     async def _drain(self) -> None:
         while self._buffer:

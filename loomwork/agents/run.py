@@ -26,6 +26,18 @@ class AgentRunRequest(BaseModel):
     memory: MemorySettings | None = None  # None: the agent's own (merged with a per-call override)
     memory_read_only: bool | None = None  # None: the agent's own
     output_schema: dict[str, Any] | None = None  # None: the agent's own
+    metadata: dict[str, Any] = Field(default_factory=dict)  # the caller's, passed to tools
+    create_time: datetime | None = None  # when the service accepted the call
+    # The starter published run_started already (the server does, as it accepts the run).
+    announced: bool = False
+
+    def identified_inputs(self) -> list[NewMessage]:
+        """The input messages with the ids they are saved under (`<run>.in.<i>` unless the
+        caller chose one): the same in run_started, in memory and in the run's record."""
+        return [
+            m if m.id else m.model_copy(update={"id": f"{self.run_id}.in.{i}"})
+            for i, m in enumerate(self.input_messages)
+        ]
 
 
 class ContextUsage(BaseModel):
@@ -122,7 +134,19 @@ class ResumeInput(BaseModel):
 RunPhase = Literal["running", "waiting", "succeeded", "failed", "canceled"]
 
 
-class RunState(BaseModel):
+class RunRecord(BaseModel):
+    """What a run is about, the same while it runs and once it ended."""
+
+    thread_id: str = ""
+    resource_id: str = ""
+    model: str = ""  # empty until the run resolved its agent
+    input_messages: list[NewMessage] = Field(default_factory=list)  # with their ids
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    create_time: datetime | None = None  # accepted
+    start_time: datetime | None = None  # a worker started it
+
+
+class RunState(RunRecord):
     """A run as its workflow sees it now (the `state` query, and ResumeRun's answer)."""
 
     status: RunPhase
@@ -134,14 +158,11 @@ RunStatus = Literal["succeeded", "failed", "canceled"]
 FinishReason = Literal["stop", "max_steps", "error", "canceled"]
 
 
-class RunOutcome(BaseModel):
+class RunOutcome(RunRecord):
     """How a run ended; the workflow's result."""
 
     run_id: str
     agent_name: str
-    thread_id: str = ""
-    resource_id: str = ""
-    model: str = ""
     status: RunStatus
     finish_reason: FinishReason
     text: str = ""
@@ -155,6 +176,7 @@ class RunOutcome(BaseModel):
     error_type: str = ""
     violations: list[Violation] = Field(default_factory=list)
     error_details: dict[str, Any] = Field(default_factory=dict)
+    end_time: datetime | None = None
 
 
 class FinishInput(BaseModel):
@@ -182,6 +204,7 @@ class RunStarted(_Event):
     model: str
     max_steps: int
     structured_output: bool = False
+    input_messages: list[NewMessage] = Field(default_factory=list)  # with their ids
 
 
 class TextDeltaEvent(_Event):

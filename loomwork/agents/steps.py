@@ -91,6 +91,24 @@ def effective_agent(agent: AgentDefinition, request: AgentRunRequest) -> AgentDe
     return agent.model_copy(update=update)
 
 
+async def announce_run(
+    events: RunEventLog, request: AgentRunRequest, agent: AgentDefinition, model: str
+) -> None:
+    """Publish `run_started` as the run's first event; nothing when its log has events
+    already (a repeated call, a retried start)."""
+    started = RunStarted(
+        agent_name=agent.name,
+        thread_id=request.thread_id,
+        resource_id=request.resource_id,
+        model=model,
+        max_steps=agent.max_steps,
+        structured_output=agent.output_schema is not None,
+        input_messages=request.identified_inputs(),
+    )
+    key = event_log_key(request.tenant, request.run_id)
+    await events.append(key, encode_event(started), first=True)
+
+
 def tool_names(agent: AgentDefinition, request: AgentRunRequest) -> list[str]:
     """The agent's tools, plus the working memory tool when the run keeps working memory:
     not read-only, and with a thread (or a resource, for resource-scoped memory) to keep it."""
@@ -137,23 +155,13 @@ class AgentSteps:
             log.info("run %s already finished; dropping %s", request.run_id, event.type)
             return await self.events.last_id(key) if terminal else 0
 
-    async def start(self, request: AgentRunRequest, attempt: int = 1) -> RunPlan:
+    async def start(self, request: AgentRunRequest) -> RunPlan:
         """Resolve the agent, save the input to the thread, assemble the context from memory:
         working memory, recalled messages and recent ones, trimmed to the token limit."""
         agent = effective_agent(await self.agents.get(request.tenant, request.agent_name), request)
         model = agent.model or self.default_model
-        if attempt == 1:  # a retry has announced the run already
-            await self.publish(
-                request,
-                RunStarted(
-                    agent_name=agent.name,
-                    thread_id=request.thread_id,
-                    resource_id=request.resource_id,
-                    model=model,
-                    max_steps=agent.max_steps,
-                    structured_output=agent.output_schema is not None,
-                ),
-            )
+        if not request.announced:  # started by a workflow, not the service
+            await announce_run(self.events, request, agent, model)
 
         def plan(conversation: list[ChatMessage], usage: ContextUsage) -> RunPlan:
             return RunPlan(
@@ -174,10 +182,7 @@ class AgentSteps:
             )
 
         settings = agent.memory
-        inputs = [
-            m.model_copy(update={"id": m.id or f"{request.run_id}.in.{i}"})
-            for i, m in enumerate(request.input_messages)
-        ]
+        inputs = request.identified_inputs()
         if agent.memory_read_only:
             page = (
                 await self.memory.list_messages(
@@ -251,7 +256,7 @@ class AgentSteps:
     ) -> FirstStep:
         """`start`, then the first model step in the same activity: one Temporal round trip
         less before the first token. Both are safe to repeat (message ids, event guards)."""
-        plan = await self.start(request, attempt)
+        plan = await self.start(request)
         output = await self.model_step(
             StepInput(
                 request=request,
@@ -319,7 +324,7 @@ class AgentSteps:
                 heartbeat()
             if isinstance(event, TextDelta):
                 if schema is None:
-                    deltas.add(event.delta)
+                    await deltas.add(event.delta)
                     return
                 written.append(event.delta)
                 partial = partial_object("".join(written))
@@ -339,6 +344,7 @@ class AgentSteps:
                 tools=self.tools.specs(names),
                 response_format=json_schema_format(schema, name=agent.name) if schema else None,
                 temperature=settings.temperature,
+                top_p=settings.top_p,
                 max_tokens=settings.max_output_tokens,
                 on_event=on_event,
             )
@@ -405,6 +411,7 @@ class AgentSteps:
                 resource_id=request.resource_id,
                 memory_scope=wm.scope.value if wm is not None else "thread",
                 working_memory_schema=wm.json_schema if wm is not None else None,
+                metadata=request.metadata,
             )
             result = await self.tools.call(call.call, context, allowed=tool_names(agent, request))
         await self.publish(request, ToolResultEvent(step=call.step, result=result))

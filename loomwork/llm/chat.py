@@ -308,6 +308,7 @@ class ChatModel:
         tool_choice: str | dict[str, Any] | None,
         temperature: float | None,
         max_tokens: int | None,
+        top_p: float | None = None,
     ) -> dict[str, Any]:
         params: dict[str, Any] = {
             "model": self.model,
@@ -322,6 +323,8 @@ class ChatModel:
             params["response_format"] = rf
         if temperature is not None:
             params["temperature"] = temperature
+        if top_p is not None:
+            params["top_p"] = top_p
         if max_tokens is not None:
             params["max_completion_tokens"] = max_tokens
         return params
@@ -335,10 +338,11 @@ class ChatModel:
         tool_choice: str | dict[str, Any] | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        top_p: float | None = None,
     ) -> ChatResult:
         """One non-streaming completion."""
         params = self._params(
-            messages, tools, response_format, tool_choice, temperature, max_tokens
+            messages, tools, response_format, tool_choice, temperature, max_tokens, top_p
         )
         try:
             completion = await self.client.chat.completions.create(**params)
@@ -383,10 +387,11 @@ class ChatModel:
         tool_choice: str | dict[str, Any] | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        top_p: float | None = None,
     ) -> ChatResult:
         """A streamed completion: `on_event` gets text deltas and tool-call events as they come."""
         params = self._params(
-            messages, tools, response_format, tool_choice, temperature, max_tokens
+            messages, tools, response_format, tool_choice, temperature, max_tokens, top_p
         )
         params["stream"] = True
         params["stream_options"] = {"include_usage": True}

@@ -41,13 +41,17 @@ from loomwork.streams.errors import EventsExpired, FollowIdle, OutOfRange
 _FINISHED_ERROR = "LOOMWORK_RUN_FINISHED"
 
 # KEYS[1] meta hash, KEYS[2] stream.
-# ARGV[1] payload, ARGV[2] terminal ("0"/"1"), ARGV[3] retention seconds, ARGV[4] max events.
+# ARGV[1] payload, ARGV[2] terminal ("0"/"1"), ARGV[3] retention seconds, ARGV[4] max events,
+# ARGV[5] first ("1": append only as the log's first event, else return 0).
 _APPEND_LUA = """
 local finished = redis.call('HGET', KEYS[1], 'finished')
 if finished then
   return redis.error_reply('LOOMWORK_RUN_FINISHED ' .. finished)
 end
 local n = tonumber(redis.call('HGET', KEYS[1], 'last') or '0') + 1
+if ARGV[5] == '1' and n > 1 then
+  return 0
+end
 local id = string.format('%d-0', n)
 local maxlen = tonumber(ARGV[4])
 if maxlen > 0 then
@@ -119,8 +123,14 @@ class RunEventLog:
 
     # writing ------------------------------------------------------------
 
-    async def append(self, run_id: str, payload: bytes, *, terminal: bool = False) -> int:
-        """Publish one event and return its id; `terminal` ends the run's log."""
+    async def append(
+        self, run_id: str, payload: bytes, *, terminal: bool = False, first: bool = False
+    ) -> int:
+        """Publish one event and return its id; `terminal` ends the run's log.
+
+        With `first`, the event is published only as the log's first one (id 1): when the
+        log already has events nothing is written and the answer is 0. Two callers racing
+        to open a run's log this way publish one event between them."""
         _check_run_id(run_id)
         try:
             result = await self._append_script(
@@ -130,6 +140,7 @@ class RunEventLog:
                     "1" if terminal else "0",
                     self.retention_seconds,
                     self.max_events,
+                    "1" if first else "0",
                 ],
             )
         except ResponseError as exc:
@@ -139,6 +150,11 @@ class RunEventLog:
                 ) from exc
             raise
         return int(result)
+
+    async def discard(self, run_id: str) -> None:
+        """Delete a run's log outright (a run that was announced but never started)."""
+        _check_run_id(run_id)
+        await self.redis.delete(self.meta_key(run_id), self.stream_key(run_id))
 
     # reading ------------------------------------------------------------
 

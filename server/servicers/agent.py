@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -27,7 +28,7 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from loomwork.agents.catalog import AgentCatalog
-from loomwork.agents.definitions import AGENT_NAME
+from loomwork.agents.definitions import AGENT_NAME, AgentDefinition
 from loomwork.agents.directory import RunDirectory
 from loomwork.agents.run import (
     AgentRunRequest,
@@ -38,7 +39,7 @@ from loomwork.agents.run import (
     RunState,
     decode_event,
 )
-from loomwork.agents.steps import event_log_key
+from loomwork.agents.steps import announce_run, effective_agent, event_log_key
 from loomwork.agents.store import AgentStore
 from loomwork.errors import (
     AlreadyExists,
@@ -71,6 +72,7 @@ RUN = SearchAttributeKey.for_keyword("LoomworkRun")
 _INPUT_ROLES = {Role.USER, Role.ASSISTANT, Role.TOOL}
 MAX_RESOURCE_ID = 256
 MAX_SESSION_KEY = 128
+MAX_RUN_METADATA = 16 * 1024
 # Scanned to find a resource's most recently updated thread (THREAD_RESOLUTION_LATEST).
 LATEST_SCAN = 1000
 _UPDATABLE = (
@@ -98,6 +100,12 @@ _ABNORMAL_END = {
     WorkflowExecutionStatus.FAILED,
     WorkflowExecutionStatus.TERMINATED,
     WorkflowExecutionStatus.TIMED_OUT,
+}
+# A failed StartWorkflowExecution with these may still have started the workflow.
+_START_OUTCOME_UNKNOWN = {
+    RPCStatusCode.DEADLINE_EXCEEDED,
+    RPCStatusCode.CANCELLED,
+    RPCStatusCode.UNKNOWN,
 }
 RunRequest = agent_pb2.GenerateRequest | agent_pb2.StreamRequest | agent_pb2.StreamObjectRequest
 
@@ -232,12 +240,19 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if request.client_run_id:
             existing = await self.directory.workflow_id(tenant_id, request.client_run_id)
         # A repeated client run id joins its run: no thread is resolved (or created) again.
-        run_request = await self._run_request(
+        run_request, agent = await self._run_request(
             tenant_id, request, resolve=existing is None, require_schema=require_schema
         )
         workflow_id = workflow_id_for(run_request.agent_name, tenant_id, run_request.run_id)
         if existing is not None and existing != workflow_id:
             raise AlreadyExists(f"client_run_id {run_request.run_id!r} is a run of another agent")
+        if existing is None:
+            # Announced as it is accepted: the caller sees run_started (with the run id) at
+            # once, and the run's first activity goes straight to the model.
+            agent = effective_agent(agent, run_request)
+            model = agent.model or self.runtime.settings.chat_model
+            await announce_run(self.runtime.events, run_request, agent, model)
+            run_request.announced = True
         pairs = [
             SearchAttributePair(TENANT, tenant_id),
             SearchAttributePair(AGENT, run_request.agent_name),
@@ -267,6 +282,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             handle = self.runtime.temporal.get_workflow_handle_for(
                 AgentRunWorkflow.run, workflow_id
             )
+        except RPCError as error:
+            # Refused, so nothing started: leave no log behind (an active log has no TTL).
+            # After a timeout the start may have happened, and its log must stay.
+            if existing is None and error.status not in _START_OUTCOME_UNKNOWN:
+                await self.runtime.events.discard(event_log_key(tenant_id, run_request.run_id))
+            raise
         return run_request, handle, workflow_id
 
     async def _run_request(
@@ -276,7 +297,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         *,
         resolve: bool = True,
         require_schema: bool = False,
-    ) -> AgentRunRequest:
+    ) -> tuple[AgentRunRequest, AgentDefinition]:
+        """The workflow's input for this call, and the agent as stored or coded."""
         violations = Violations()
         if not request.agent_name:
             violations.add("agent_name", "is required")
@@ -294,6 +316,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             violations.add("session_key", f"must be at most {MAX_SESSION_KEY} characters")
         if request.thread_resolution not in agent_pb2.ThreadResolution.values():
             violations.add("thread_resolution", "is not a ThreadResolution value")
+        if request.metadata.ByteSize() > MAX_RUN_METADATA:
+            violations.add("metadata", f"must be at most {MAX_RUN_METADATA // 1024} KiB serialized")
         violations.raise_if_any()
         output_schema = None
         if request.HasField("output_schema"):
@@ -321,7 +345,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         thread_id, resource_id = "", ""
         if resolve:
             thread_id, resource_id = await self._resolve_thread(tenant_id, request)
-        return AgentRunRequest(
+        run_request = AgentRunRequest(
             tenant=tenant_id,
             run_id=request.client_run_id or new_id("run"),
             agent_name=agent.name,
@@ -332,7 +356,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             memory=merge(agent.memory, override) if override is not None else None,
             memory_read_only=read_only,
             output_schema=output_schema,
+            metadata=convert.struct_to_dict(request.metadata),
+            create_time=datetime.now(UTC),
         )
+        return run_request, agent
 
     async def _resolve_thread(self, tenant_id: str, request: RunRequest) -> tuple[str, str]:
         """The run's thread id and its resource id (both empty for a stateless run)."""
@@ -399,7 +426,15 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         run_request, handle, workflow_id = await self._start(request)
         key = event_log_key(run_request.tenant, run_request.run_id)
         async for event in self.runtime.events.follow(key, 0):
-            if isinstance(decode_event(event.payload), ApprovalRequested):
+            published = decode_event(event.payload)
+            if isinstance(published, RunFinished):
+                # The outcome as the workflow returns it, without waiting for it to close.
+                outcome = published.outcome
+                outcome.terminal_event_id = event.event_id
+                run = agent_convert.run_to_proto(outcome, workflow_id)
+                run.last_event_id = event.event_id
+                return agent_pb2.GenerateResponse(run=run)
+            if isinstance(published, ApprovalRequested):
                 # Stopped for a person: answer with the run and its pending approvals.
                 waiting = await self._when_waiting(handle, run_request.run_id)
                 if waiting is not None:
