@@ -48,6 +48,8 @@ TOOL_CALL = "agent_tool_call"
 PUBLISH = "agent_publish"
 FINISH = "agent_finish"
 
+# Runs started before publish and finish became local activities replay the old commands.
+LOCAL_ACTIVITIES = "agent-run-local-activities"
 _QUICK = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=5)
 _MODEL = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -240,18 +242,30 @@ class AgentRunWorkflow:
         outcome.context = context
         self._phase = outcome.status
         self._pending.clear()
-        # Local: saving the output and publishing the end are short, and a local activity
-        # spares the run a round trip through the server before it completes.
-        finished = await workflow.execute_local_activity(
-            FINISH,
-            FinishInput(
-                request=request, outcome=outcome, last_step=unfinished, read_only=read_only
-            ),
-            result_type=RunOutcome,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=_QUICK,
-            summary=f"save and finish ({outcome.status})",
+        finish = FinishInput(
+            request=request, outcome=outcome, last_step=unfinished, read_only=read_only
         )
+        summary = f"save and finish ({outcome.status})"
+        if workflow.patched(LOCAL_ACTIVITIES):
+            # Local: saving the output and publishing the end are short, and a local
+            # activity spares the run a round trip through the server before it completes.
+            finished = await workflow.execute_local_activity(
+                FINISH,
+                finish,
+                result_type=RunOutcome,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_QUICK,
+                summary=summary,
+            )
+        else:
+            finished = await workflow.execute_activity(
+                FINISH,
+                finish,
+                result_type=RunOutcome,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_QUICK,
+                summary=summary,
+            )
         workflow.upsert_search_attributes([STATUS.value_set(outcome.status.upper())])
         return finished
 
@@ -280,12 +294,15 @@ class AgentRunWorkflow:
         )
 
     async def _publish(self, request: AgentRunRequest, event: object) -> None:
-        await workflow.execute_local_activity(
-            PUBLISH,
-            PublishInput.model_validate({"request": request, "event": event}),
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=_QUICK,
-        )
+        publish = PublishInput.model_validate({"request": request, "event": event})
+        if workflow.patched(LOCAL_ACTIVITIES):
+            await workflow.execute_local_activity(
+                PUBLISH, publish, start_to_close_timeout=timedelta(seconds=30), retry_policy=_QUICK
+            )
+        else:
+            await workflow.execute_activity(
+                PUBLISH, publish, start_to_close_timeout=timedelta(seconds=30), retry_policy=_QUICK
+            )
 
     async def _tool_calls(
         self, request: AgentRunRequest, plan: RunPlan, step: int, output: StepOutput
