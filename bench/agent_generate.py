@@ -27,7 +27,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import grpc
-import openai
 from temporalio import activity, workflow
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
@@ -39,6 +38,7 @@ from loomwork.agents.steps import event_log_key
 from loomwork.config import Settings
 from loomwork.llm.chat import ChatMessage, ChatModel
 from loomwork.llm.scripted_server import ScriptedModelServer, Turn
+from loomwork.llm.shared import SharedChatModels
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
 from server.app import build_grpc_app
 from server.embedded import EmbeddedStack
@@ -50,15 +50,14 @@ AUTH = (("authorization", "Bearer bench"),)
 BARE_QUEUE = "bench-bare"
 
 
-_clients: dict[str, openai.AsyncOpenAI] = {}
+_shared: dict[str, SharedChatModels] = {}
 
 
 def warm_model(base_url: str) -> ChatModel:
     """The model over one kept-alive client per endpoint, as agent workers call it: creating
     an `openai` client costs ~30 ms (TLS context), which no baseline should carry."""
-    if base_url not in _clients:
-        _clients[base_url] = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0)
-    return ChatModel("scripted", client=_clients[base_url])
+    shared = _shared.setdefault(base_url, SharedChatModels(base_url=base_url, api_key="x"))
+    return shared("scripted")
 
 
 @activity.defn(name="bare_model_call")

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
 import typer
-from google.protobuf import json_format
 from rich.markup import escape
 from rich.table import Table
 
@@ -15,6 +12,7 @@ from clients.cli import (
     _json_object,
     _out,
     _print_json,
+    _proto_inline,
     _run,
     _short_time,
     to_dict,
@@ -36,20 +34,16 @@ def _status(value: int) -> str:
     return f"[{color.get(name, 'cyan')}]{name}[/]"
 
 
-def _inline(message: object) -> str:
-    return json.dumps(json_format.MessageToDict(message), separators=(",", ":"))  # type: ignore[arg-type]
-
-
 def describe_event(event: agent_pb2.AgentRunEvent) -> str | None:
     """One line per event worth a line (text deltas are printed as they come instead)."""
     kind = event.WhichOneof("event")
     if kind == "tool_call":
         call = event.tool_call
-        return f"tool call {escape(call.tool_name)} {escape(_inline(call.arguments))}"
+        return f"tool call {escape(call.tool_name)} {escape(_proto_inline(call.arguments))}"
     if kind == "tool_result":
         result = event.tool_result
         mark = "[red]error[/] " if result.is_error else ""
-        return f"tool result {mark}{escape(_inline(result.result))[:160]}"
+        return f"tool result {mark}{escape(_proto_inline(result.result))[:160]}"
     if kind == "approval_requested":
         pending = event.approval_requested
         return (
@@ -161,7 +155,7 @@ def agents_get(
     out = _out()
     out.print(f"run [cyan]{escape(run.id)}[/] of {escape(run.agent_name)} is {_status(run.status)}")
     for pending in run.pending_approvals:
-        arguments = escape(_inline(pending.arguments))
+        arguments = escape(_proto_inline(pending.arguments))
         out.print(
             f"  waiting for approval: {escape(pending.tool_name)} {arguments}"
             f" (tool call {escape(pending.tool_call_id)})"

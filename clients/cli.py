@@ -180,6 +180,11 @@ def _json_inline(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
+def _proto_inline(message: Any) -> str:
+    """A proto message (a Struct, say) as compact JSON on one line."""
+    return json.dumps(json_format.MessageToDict(message), separators=(",", ":"))
+
+
 def _thread_table(threads: list[memory_pb2.Thread], title: str | None = None) -> Table:
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("id", no_wrap=True, style="cyan")

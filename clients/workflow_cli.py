@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import typer
-from google.protobuf import json_format
 from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
@@ -18,6 +16,7 @@ from clients.cli import (
     _json_object,
     _out,
     _print_json,
+    _proto_inline,
     _run,
     _short_time,
     to_dict,
@@ -53,10 +52,6 @@ def _kind(value: int) -> str:
     return workflow_pb2.WorkflowStepKind.Name(value).removeprefix("WORKFLOW_STEP_KIND_").lower()
 
 
-def _inline(message: Any) -> str:
-    return json.dumps(json_format.MessageToDict(message), separators=(",", ":"))
-
-
 def _step_tree(parent: Tree, steps: Any) -> None:
     for step in steps:
         label = f"[bold]{escape(step.id)}[/] [dim]{_kind(step.kind)}[/]"
@@ -78,9 +73,9 @@ def _run_table(run: workflow_pb2.WorkflowRun) -> Table:
     for step in run.steps:
         detail = ""
         if step.HasField("output"):
-            detail = _inline(step.output)
+            detail = _proto_inline(step.output)
         elif step.HasField("suspend_payload"):
-            detail = "waiting for: " + _inline(step.suspend_payload)
+            detail = "waiting for: " + _proto_inline(step.suspend_payload)
         elif step.HasField("error"):
             detail = f"{step.error.reason}: {step.error.message}"
         table.add_row(
@@ -98,7 +93,7 @@ def _print_run(run: workflow_pb2.WorkflowRun) -> None:
     out.print(f"run [cyan]{escape(run.id)}[/] is {_status(run.status)}")
     out.print(_run_table(run))
     if run.HasField("output"):
-        out.print(f"output: {escape(_inline(run.output))}")
+        out.print(f"output: {escape(_proto_inline(run.output))}")
     if run.HasField("error"):
         out.print(f"[red]error[/] {escape(run.error.reason)}: {escape(run.error.message)}")
     out.print(f"[dim]Temporal workflow id: {escape(run.temporal_workflow_id)}[/]")
@@ -111,7 +106,7 @@ def describe_event(event: workflow_pb2.WorkflowRunEvent) -> str:
         return f"run started ({event.run_started.workflow_id})"
     if kind == "run_finished":
         finished = event.run_finished
-        return f"run finished {_status(finished.status)} {escape(_inline(finished.output))}"
+        return f"run finished {_status(finished.status)} {escape(_proto_inline(finished.output))}"
     if kind == "run_failed":
         return f"[red]run failed[/] {escape(event.run_failed.reason)}: " + escape(
             event.run_failed.message
@@ -119,9 +114,9 @@ def describe_event(event: workflow_pb2.WorkflowRunEvent) -> str:
     step = getattr(event, kind)
     text = f"{kind.removeprefix('step_')} [bold]{escape(step.path)}[/]"
     if kind == "step_succeeded":
-        text += f" → {escape(_inline(step.output))[:100]}"
+        text += f" → {escape(_proto_inline(step.output))[:100]}"
     elif kind == "step_suspended":
-        text += f" waiting for: {escape(_inline(step.suspend_payload))}"
+        text += f" waiting for: {escape(_proto_inline(step.suspend_payload))}"
     elif kind in ("step_retrying", "step_failed"):
         text += f" ({escape(step.error.reason)}: {escape(step.error.message)})"
     return text

@@ -14,7 +14,7 @@ from loomwork.agents.definitions import AgentDefinition, AgentSource
 from loomwork.agents.output_schema import check_output_schema
 from loomwork.agents.tools import Tool
 from loomwork.errors import Violations
-from loomwork.llm.chat import ChatMessage, ChatUsage
+from loomwork.llm.chat import ChatMessage
 from loomwork.memory.models import NewMessage
 from loomwork.memory.settings import MemorySettings, parse_memory_settings
 from protos.loomwork.v1 import agent_pb2, memory_pb2, message_pb2, run_pb2
@@ -162,15 +162,7 @@ def tool_to_proto(tool: Tool) -> agent_pb2.Tool:
     return out
 
 
-def usage_to_proto(usage: ChatUsage) -> message_pb2.Usage:
-    return message_pb2.Usage(
-        input_tokens=usage.prompt_tokens,
-        output_tokens=usage.completion_tokens,
-        total_tokens=usage.total_tokens,
-    )
-
-
-def _chat_message(target: message_pb2.Message, message: ChatMessage) -> None:
+def _chat_message(target: message_pb2.Message, message: ChatMessage | NewMessage) -> None:
     target.role = convert.ROLE_TO_PROTO[message.role]
     for part in message.parts:
         convert.fill_part(target.parts.add(), part)
@@ -191,9 +183,7 @@ def _input_message(
 ) -> None:
     target.id = message.id
     target.thread_id = thread_id
-    target.role = convert.ROLE_TO_PROTO[message.role]
-    for part in message.parts:
-        convert.fill_part(target.parts.add(), part)
+    _chat_message(target, message)
     if message.metadata:
         target.metadata.update(message.metadata)
     if saved is not None:
@@ -232,7 +222,7 @@ def run_to_proto(outcome: events.RunOutcome, workflow_id: str) -> agent_pb2.Agen
     output.text = outcome.text
     if outcome.object is not None:
         output.object.update(outcome.object)
-    output.usage.CopyFrom(usage_to_proto(outcome.usage))
+    output.usage.CopyFrom(convert.usage_to_proto(outcome.usage))
     output.finish_reason = _FINISH[outcome.finish_reason]
     output.steps = outcome.steps
     output.context.tokens_in_context = outcome.context.tokens_in_context
@@ -338,14 +328,14 @@ def event_to_proto(
     elif isinstance(event, events.ObjectFinalEvent):
         out.object_final.object.update(event.object)
     elif isinstance(event, events.UsageEvent):
-        out.usage.CopyFrom(usage_to_proto(event.usage))
+        out.usage.CopyFrom(convert.usage_to_proto(event.usage))
     elif isinstance(event, events.StepRetrying):
         out.step_retrying.attempt = event.attempt
     elif isinstance(event, events.StepFinished):
         out.step_finished.finish_reason = _STEP_FINISH.get(
             event.finish_reason, agent_pb2.AGENT_FINISH_REASON_UNSPECIFIED
         )
-        out.step_finished.usage.CopyFrom(usage_to_proto(event.usage))
+        out.step_finished.usage.CopyFrom(convert.usage_to_proto(event.usage))
     elif isinstance(event, events.ApprovalRequested):
         out.approval_requested.CopyFrom(pending_to_proto(event.approval))
     elif isinstance(event, events.ApprovalResolved):

@@ -8,6 +8,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from loomwork.errors import Violations
+from loomwork.llm.chat import ChatUsage
 from loomwork.memory import models
 from protos.loomwork.v1 import memory_pb2, message_pb2
 
@@ -169,3 +170,12 @@ def working_memory_to_proto(memory: models.WorkingMemory) -> memory_pb2.WorkingM
     if memory.update_time is not None:
         set_timestamp(out.update_time, memory.update_time)
     return out
+
+
+def usage_to_proto(usage: ChatUsage) -> message_pb2.Usage:
+    """Token usage as the API reports it (prompt/completion become input/output)."""
+    return message_pb2.Usage(
+        input_tokens=usage.prompt_tokens,
+        output_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+    )

@@ -7,13 +7,12 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 
 from loomwork.errors import InvalidArgument
-from loomwork.llm.chat import ChatUsage
 from loomwork.rag import answer as answers
 from loomwork.rag import ingestion as ing
 from loomwork.rag import models as m
 from loomwork.rag.context import ContextOrder
-from protos.loomwork.v1 import message_pb2, rag_pb2, run_pb2
-from server.convert import set_timestamp, struct_to_dict
+from protos.loomwork.v1 import rag_pb2, run_pb2
+from server.convert import set_timestamp, struct_to_dict, usage_to_proto
 
 METRIC_FROM = {
     rag_pb2.DISTANCE_METRIC_UNSPECIFIED: m.Metric.COSINE,
@@ -370,14 +369,6 @@ def ingestion_event_to_proto(
 
 
 # -- answers
-
-
-def usage_to_proto(usage: ChatUsage) -> message_pb2.Usage:
-    return message_pb2.Usage(
-        input_tokens=usage.prompt_tokens,
-        output_tokens=usage.completion_tokens,
-        total_tokens=usage.total_tokens,
-    )
 
 
 def answer_to_proto(record: answers.AnswerRecord, last_event_id: int = 0) -> rag_pb2.RagAnswer:

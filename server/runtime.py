@@ -21,7 +21,7 @@ from loomwork.flows.registry import (
     import_workflow_modules,
 )
 from loomwork.integrations.integrations import Integrations
-from loomwork.llm.chat import ChatModel
+from loomwork.llm.shared import SharedChatModels
 from loomwork.memory.memory import Memory
 from loomwork.memory.recall import MessageRecall
 from loomwork.memory.working import WorkingMemoryStore
@@ -38,6 +38,21 @@ from server.temporal import connect_temporal
 log = logging.getLogger(__name__)
 
 
+def rag_system(
+    settings: Settings, db: Database, events: RunEventLog, chat_models: SharedChatModels
+) -> RagSystem:
+    """RAG over the process's database, event log and chat models, as settings say."""
+    return RagSystem.build(
+        db,
+        events,
+        embedding_model=settings.embedding_model,
+        chat_model=chat_models,
+        default_chat_model=settings.chat_model,
+        base_url=settings.openai_base_url,
+        api_key=settings.openai_api_key,
+    )
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -50,6 +65,7 @@ class Runtime:
     events: RunEventLog
     agents: AgentRegistry
     tools: ToolRegistry
+    chat_models: SharedChatModels
     cache: VersionedCache | None = None
     integrations: Integrations | None = None
     flows: WorkflowRegistry = field(default_factory=lambda: default_registry)
@@ -91,6 +107,10 @@ class Runtime:
         except BaseException:
             await db.close()
             raise
+        events = RunEventLog(redis)
+        chat_models = SharedChatModels(
+            base_url=settings.openai_base_url, api_key=settings.openai_api_key
+        )
         return cls(
             settings,
             db,
@@ -99,9 +119,10 @@ class Runtime:
             Memory(storage),
             recall,
             WorkingMemoryStore(db),
-            RunEventLog(redis),
+            events,
             builtin_agents(),
             builtin_tools(db),
+            chat_models,
             cache,
             integrations=Integrations.build(
                 db,
@@ -110,17 +131,7 @@ class Runtime:
                 home=settings.home,
                 public_url=settings.public_url or f"http://{settings.http_address}",
             ),
-            rag=RagSystem.build(
-                db,
-                RunEventLog(redis),
-                embedding_model=settings.embedding_model,
-                chat_model=lambda model: ChatModel(
-                    model, base_url=settings.openai_base_url, api_key=settings.openai_api_key
-                ),
-                default_chat_model=settings.chat_model,
-                base_url=settings.openai_base_url,
-                api_key=settings.openai_api_key,
-            ),
+            rag=rag_system(settings, db, events, chat_models),
         )
 
     def __post_init__(self) -> None:
@@ -136,6 +147,7 @@ class Runtime:
         )
 
     async def close(self) -> None:
+        await self.chat_models.aclose()
         if self.cache is not None:
             await self.cache.stop()
             await self.cache.redis.aclose()

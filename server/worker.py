@@ -17,7 +17,6 @@ from activities.rag import RagActivities
 from activities.workflow_steps import WorkflowStepActivities
 from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.directory import RunDirectory
-from loomwork.agents.models import SharedChatModels
 from loomwork.agents.steps import AgentSteps
 from loomwork.agents.store import AgentStore
 from loomwork.flows.execution import StepRunner, WorkflowEvents
@@ -61,7 +60,7 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
             runtime.recall,
             runtime.working_memory,
             runtime.events,
-            SharedChatModels(base_url=settings.openai_base_url, api_key=settings.openai_api_key),
+            runtime.chat_models,
             settings.chat_model,
         )
     )

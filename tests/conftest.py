@@ -17,7 +17,7 @@ import pytest
 
 from loomwork.config import Settings
 from loomwork.llm.scripted_server import ScriptedModelServer
-from protos.loomwork.v1 import memory_pb2_grpc
+from protos.loomwork.v1 import agent_pb2_grpc, memory_pb2_grpc
 from server.app import GrpcApp, build_grpc_app
 from server.embedded import EmbeddedStack
 from server.runtime import Runtime
@@ -138,6 +138,19 @@ def other_token() -> str:
 async def channel(grpc_address: str) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(grpc_address) as ch:
         yield ch
+
+
+@pytest.fixture(scope="session")
+def agents(channel: grpc.aio.Channel) -> agent_pb2_grpc.AgentServiceStub:
+    return agent_pb2_grpc.AgentServiceStub(channel)
+
+
+@pytest.fixture
+def model(model_server: ScriptedModelServer) -> Iterator[ScriptedModelServer]:
+    """The scripted model with no requests recorded yet; its script is reset afterwards."""
+    model_server.requests.clear()
+    yield model_server
+    model_server.set_script(None)
 
 
 @pytest.fixture(scope="session")

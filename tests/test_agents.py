@@ -15,27 +15,15 @@ from google.protobuf import struct_pb2
 from loomwork.agents.definitions import AgentDefinition
 from loomwork.agents.tools import ToolContext
 from loomwork.errors import NotFound
-from loomwork.llm.scripted_server import Delay, Failure, ScriptedModelServer, ScriptedToolCall, Turn
+from loomwork.llm.scripted_server import Delay, Failure, ScriptedToolCall, Turn
 from loomwork.memory.models import RecallScope, ToolCallPart
 from loomwork.memory.settings import (
     MemorySettings,
     SemanticRecallSettings,
     WorkingMemorySettings,
 )
-from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, memory_pb2, message_pb2, run_pb2
+from protos.loomwork.v1 import agent_pb2, memory_pb2, message_pb2, run_pb2
 from tests.support import auth, field_violations, unique, wait_agent_run_finished
-
-
-@pytest.fixture(scope="session")
-def agents(channel) -> agent_pb2_grpc.AgentServiceStub:
-    return agent_pb2_grpc.AgentServiceStub(channel)
-
-
-@pytest.fixture
-def model(model_server: ScriptedModelServer) -> ScriptedModelServer:
-    model_server.requests.clear()
-    yield model_server
-    model_server.set_script(None)
 
 
 def _texts(message: message_pb2.Message) -> str:

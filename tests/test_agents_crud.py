@@ -7,21 +7,9 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 
-from loomwork.llm.scripted_server import ScriptedModelServer, ScriptedToolCall, Turn
-from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
+from loomwork.llm.scripted_server import ScriptedToolCall, Turn
+from protos.loomwork.v1 import agent_pb2, run_pb2
 from tests.support import auth, field_violations, unique
-
-
-@pytest.fixture(scope="session")
-def agents(channel) -> agent_pb2_grpc.AgentServiceStub:
-    return agent_pb2_grpc.AgentServiceStub(channel)
-
-
-@pytest.fixture
-def model(model_server: ScriptedModelServer) -> ScriptedModelServer:
-    model_server.requests.clear()
-    yield model_server
-    model_server.set_script(None)
 
 
 def _struct(value: dict) -> struct_pb2.Struct:

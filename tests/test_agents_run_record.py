@@ -14,21 +14,9 @@ from pydantic import BaseModel
 from loomwork.agents.definitions import AgentDefinition, ModelSettings
 from loomwork.agents.tools import Tool, ToolContext
 from loomwork.errors import NotFound
-from loomwork.llm.scripted_server import ScriptedModelServer, ScriptedToolCall, Turn
-from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
+from loomwork.llm.scripted_server import ScriptedToolCall, Turn
+from protos.loomwork.v1 import agent_pb2, run_pb2
 from tests.support import auth, field_violations, unique
-
-
-@pytest.fixture(scope="session")
-def agents(channel) -> agent_pb2_grpc.AgentServiceStub:
-    return agent_pb2_grpc.AgentServiceStub(channel)
-
-
-@pytest.fixture
-def model(model_server: ScriptedModelServer) -> ScriptedModelServer:
-    model_server.requests.clear()
-    yield model_server
-    model_server.set_script(None)
 
 
 class _NoArgs(BaseModel):

@@ -17,10 +17,9 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from clients.client import LoomworkClient
 from loomwork.integrations import signatures
-from loomwork.llm.scripted_server import ScriptedModelServer, ScriptedToolCall, Turn
+from loomwork.llm.scripted_server import ScriptedToolCall, Turn
 from protos.loomwork.v1 import (
     agent_pb2,
-    agent_pb2_grpc,
     integration_pb2,
     rag_pb2,
     rag_pb2_grpc,
@@ -54,18 +53,6 @@ async def http(http_url) -> AsyncIterator[httpx2.AsyncClient]:
 @pytest.fixture(scope="module")
 def integrations(channel) -> integration_grpc.IntegrationServiceStub:
     return integration_grpc.IntegrationServiceStub(channel)
-
-
-@pytest.fixture(scope="module")
-def agents(channel) -> agent_pb2_grpc.AgentServiceStub:
-    return agent_pb2_grpc.AgentServiceStub(channel)
-
-
-@pytest.fixture
-def model(model_server: ScriptedModelServer):
-    model_server.requests.clear()
-    yield model_server
-    model_server.set_script(None)
 
 
 async def _source(stub, token: str, *routes: integration_pb2.WebhookRoute, **fields):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
@@ -242,30 +243,14 @@ class AgentRunWorkflow:
         outcome.context = context
         self._phase = outcome.status
         self._pending.clear()
-        finish = FinishInput(
-            request=request, outcome=outcome, last_step=unfinished, read_only=read_only
+        finished = await self._bookkeeping(
+            FINISH,
+            FinishInput(
+                request=request, outcome=outcome, last_step=unfinished, read_only=read_only
+            ),
+            result_type=RunOutcome,
+            summary=f"save and finish ({outcome.status})",
         )
-        summary = f"save and finish ({outcome.status})"
-        if workflow.patched(LOCAL_ACTIVITIES):
-            # Local: saving the output and publishing the end are short, and a local
-            # activity spares the run a round trip through the server before it completes.
-            finished = await workflow.execute_local_activity(
-                FINISH,
-                finish,
-                result_type=RunOutcome,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=_QUICK,
-                summary=summary,
-            )
-        else:
-            finished = await workflow.execute_activity(
-                FINISH,
-                finish,
-                result_type=RunOutcome,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=_QUICK,
-                summary=summary,
-            )
         workflow.upsert_search_attributes([STATUS.value_set(outcome.status.upper())])
         return finished
 
@@ -294,15 +279,28 @@ class AgentRunWorkflow:
         )
 
     async def _publish(self, request: AgentRunRequest, event: object) -> None:
-        publish = PublishInput.model_validate({"request": request, "event": event})
-        if workflow.patched(LOCAL_ACTIVITIES):
-            await workflow.execute_local_activity(
-                PUBLISH, publish, start_to_close_timeout=timedelta(seconds=30), retry_policy=_QUICK
-            )
-        else:
-            await workflow.execute_activity(
-                PUBLISH, publish, start_to_close_timeout=timedelta(seconds=30), retry_policy=_QUICK
-            )
+        await self._bookkeeping(
+            PUBLISH, PublishInput.model_validate({"request": request, "event": event})
+        )
+
+    async def _bookkeeping(
+        self, name: str, arg: object, *, result_type: type | None = None, summary: str | None = None
+    ) -> Any:
+        """Publishing and saving: short, so a local activity (no round trip through the
+        server); runs started before that change replay the activities they recorded."""
+        execute = (
+            workflow.execute_local_activity
+            if workflow.patched(LOCAL_ACTIVITIES)
+            else workflow.execute_activity
+        )
+        return await execute(
+            name,
+            arg,
+            result_type=result_type,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_QUICK,
+            summary=summary,
+        )
 
     async def _tool_calls(
         self, request: AgentRunRequest, plan: RunPlan, step: int, output: StepOutput

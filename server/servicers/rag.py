@@ -23,7 +23,6 @@ from temporalio.service import RPCError
 
 from loomwork.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id, new_id
-from loomwork.llm.chat import ChatModel
 from loomwork.paging import decode_page_token, encode_page_token
 from loomwork.rag.answer import AnswerEvent, AnswerRecord, AnswerRequest, answer_log_key
 from loomwork.rag.chunking import validate_chunking
@@ -44,7 +43,7 @@ from loomwork.rag.system import RagSystem
 from protos.loomwork.v1 import rag_pb2, rag_pb2_grpc
 from server import rag_convert as convert
 from server.interceptors import tenant
-from server.runtime import Runtime
+from server.runtime import Runtime, rag_system
 from workflows.ingestion import IngestionWorkflow
 from workflows.rag_answer import RagAnswerWorkflow
 
@@ -72,17 +71,8 @@ def _page_size(value: int, field: str = "page_size") -> int:
 class RagServicer(rag_pb2_grpc.RagServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        settings = runtime.settings
-        self.rag: RagSystem = runtime.rag or RagSystem.build(
-            runtime.db,
-            runtime.events,
-            embedding_model=settings.embedding_model,
-            chat_model=lambda model: ChatModel(
-                model, base_url=settings.openai_base_url, api_key=settings.openai_api_key
-            ),
-            default_chat_model=settings.chat_model,
-            base_url=settings.openai_base_url,
-            api_key=settings.openai_api_key,
+        self.rag: RagSystem = runtime.rag or rag_system(
+            runtime.settings, runtime.db, runtime.events, runtime.chat_models
         )
 
     # -- indexes
