@@ -44,14 +44,20 @@ def _application_error(error: LoomworkError) -> ApplicationError:
 
 async def _heartbeating(work: Coroutine[Any, Any, T], every: float = 1.0) -> T:
     """Run `work`, heartbeating meanwhile: Temporal delivers a cancel (CancelRun) through
-    heartbeats, and cancelling `work` aborts the in-flight model HTTP call."""
+    heartbeats, and cancelling `work` aborts the in-flight model HTTP call.
+
+    The first heartbeat goes out shortly after the start (not before: the first model
+    tokens should not wait on it), then one per `every` (the worker sends at most one a
+    second to the server either way)."""
     task = asyncio.ensure_future(work)
+    wait = min(every, 0.1)
     try:
         while True:
-            done, _ = await asyncio.wait({task}, timeout=every)
+            done, _ = await asyncio.wait({task}, timeout=wait)
             if done:
                 return task.result()
             activity.heartbeat()
+            wait = every
     except asyncio.CancelledError:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -67,9 +73,7 @@ class AgentActivities:
     async def start_and_step(self, request: AgentRunRequest) -> FirstStep:
         try:
             return await _heartbeating(
-                self.steps.start_and_step(
-                    request, attempt=activity.info().attempt, heartbeat=activity.heartbeat
-                )
+                self.steps.start_and_step(request, attempt=activity.info().attempt)
             )
         except LoomworkError as error:
             raise _application_error(error) from error
@@ -78,9 +82,7 @@ class AgentActivities:
     async def model_step(self, step: StepInput) -> StepOutput:
         try:
             return await _heartbeating(
-                self.steps.model_step(
-                    step, attempt=activity.info().attempt, heartbeat=activity.heartbeat
-                )
+                self.steps.model_step(step, attempt=activity.info().attempt)
             )
         except LoomworkError as error:
             raise _application_error(error) from error

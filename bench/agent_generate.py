@@ -5,13 +5,17 @@ bare baseline measured in the same run, with the scripted model answering instan
 
 - Generate p50 over a bare Temporal workflow whose one activity calls the same model
   through the same `ChatModel` (goal ≤ 1.5×).
-- Time to first text delta through `Stream`, over the model's own first delta plus one
-  bare workflow start (goal: ≤ one bare workflow start more than the model's own).
+- Time to first text delta through `Stream`, over the model's own first delta, against one
+  bare workflow start (goal: ≤ one bare workflow start more than the model's own), each
+  call on an idle service; back-to-back calls are printed too.
 - Relay rate: events/s that `WatchRun` relays from a run's event log (1000 one-character
   text deltas) over a raw grpc.aio server stream sending the same number of messages
   (goal ≥ 0.5×); and, for the whole path, model deltas/s delivered live by `Stream`.
 
-Starts embedded Postgres, Valkey and Temporal in a temporary home.
+The scripted model and the caller of `Stream` for the first-delta measurements each run in
+a process of their own, as a model and a client are other services in production (in-process
+they share the service's GIL and event loop). Starts embedded Postgres, Valkey and Temporal
+in a temporary home.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -36,8 +42,8 @@ from loomwork.agents.directory import RunDirectory
 from loomwork.agents.run import RunFinished, RunOutcome, RunStarted, TextDeltaEvent, encode_event
 from loomwork.agents.steps import event_log_key
 from loomwork.config import Settings
-from loomwork.llm.chat import ChatMessage, ChatModel
-from loomwork.llm.scripted_server import ScriptedModelServer, Turn
+from loomwork.llm.chat import ChatMessage, ChatModel, TextDelta, ToolCallDelta, ToolCallDone
+from loomwork.llm.scripted_server import ChatRequest, ScriptedModelServer, Turn
 from loomwork.llm.shared import SharedChatModels
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
 from server.app import build_grpc_app
@@ -48,6 +54,7 @@ from server.worker import build_worker
 
 AUTH = (("authorization", "Bearer bench"),)
 BARE_QUEUE = "bench-bare"
+IDLE_PAUSE = 0.1  # seconds between calls measured "on an idle service"
 
 
 _shared: dict[str, SharedChatModels] = {}
@@ -86,7 +93,7 @@ def _p50(samples: list[float]) -> float:
     return statistics.median(samples)
 
 
-async def run(settings: Settings, model: ScriptedModelServer, runs: int) -> None:
+async def run(settings: Settings, model_url: str, runs: int) -> None:
     runtime = await Runtime.open(settings)
     await register_search_attributes(runtime.temporal, settings.temporal_namespace)
     worker = build_worker(runtime)
@@ -101,7 +108,6 @@ async def run(settings: Settings, model: ScriptedModelServer, runs: int) -> None
     await app.start()
     async with worker, bare_worker, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
         agents = agent_pb2_grpc.AgentServiceStub(ch)
-        model.set_script(lambda request: Turn(text="ok", chunk_size=2))
 
         async def generate() -> None:
             await agents.Generate(
@@ -110,7 +116,7 @@ async def run(settings: Settings, model: ScriptedModelServer, runs: int) -> None
 
         async def bare() -> None:
             await runtime.temporal.execute_workflow(
-                BareModelCall.run, model.base_url, id=f"bare-{uuid.uuid4()}", task_queue=BARE_QUEUE
+                BareModelCall.run, model_url, id=f"bare-{uuid.uuid4()}", task_queue=BARE_QUEUE
             )
 
         async def bare_start() -> None:
@@ -118,7 +124,7 @@ async def run(settings: Settings, model: ScriptedModelServer, runs: int) -> None
                 BareNothing.run, id=f"nothing-{uuid.uuid4()}", task_queue=BARE_QUEUE
             )
 
-        async def timed(fn, n: int) -> list[float]:  # type: ignore[no-untyped-def]
+        async def timed(fn: Callable[[], Awaitable[None]], n: int) -> list[float]:
             await fn()
             out = []
             for _ in range(n):
@@ -133,44 +139,30 @@ async def run(settings: Settings, model: ScriptedModelServer, runs: int) -> None
             base += await timed(bare, runs // 2)
             start += await timed(bare_start, runs // 2)
 
-        # time to first delta
-        phases: list[tuple[float, float]] = []  # (run_started published, delta published)
-
-        async def first_delta_stream() -> float:
-            started, wall = time.perf_counter(), time.time()
-            announced = 0.0
-            async for response in agents.Stream(
-                agent_pb2.StreamRequest(agent_name="assistant", prompt="hi"), metadata=AUTH
-            ):
-                published = response.event.time.ToDatetime().timestamp()
-                if response.event.HasField("run_started"):
-                    announced = (published - wall) * 1000
-                if response.event.HasField("text_delta"):
-                    first = time.perf_counter()
-                    phases.append((announced, (published - wall) * 1000))
-                    break
-            return (first - started) * 1000
-
-        async def first_delta_model() -> float:
+        # time to first delta, measured by a caller in its own process
+        caller = await Caller.start(app.port, model_url)
+        await caller.ask("model")  # warm: the agent worker's client is warm too
+        # On an idle service: each call starts once the previous one (and its run's tail:
+        # saving, closing the workflow) is over, the bare start measured the same way.
+        ttfd, model_ttfd, idle_start, phases = [], [], [], []
+        for _ in range(runs):  # interleaved
+            first, announced, published = await caller.ask("stream")
+            ttfd.append(first)
+            phases.append((announced, published))
+            await asyncio.sleep(IDLE_PAUSE)
+            model_ttfd.append((await caller.ask("model"))[0])
+            await asyncio.sleep(IDLE_PAUSE)
             started = time.perf_counter()
-            seen: list[float] = []
-
-            async def on_event(event: object) -> None:
-                if not seen:
-                    seen.append(time.perf_counter())
-
-            chat = warm_model(model.base_url)
-            await chat.stream([ChatMessage.user("hi")], on_event=on_event)  # type: ignore[arg-type]
-            return (seen[0] - started) * 1000
-
-        await first_delta_model()  # warm: the agent worker's client is warm too
-        ttfd, model_ttfd = [], []
-        for _ in range(runs // 2):  # interleaved
-            ttfd.append(await first_delta_stream())
-            model_ttfd.append(await first_delta_model())
+            await bare_start()
+            idle_start.append((time.perf_counter() - started) * 1000)
+            await asyncio.sleep(IDLE_PAUSE)
+        # Back to back: the next call starts as the previous stream ends (on 2 cores the
+        # previous run's tail lands on it).
+        busy_ttfd = [(await caller.ask("stream"))[0] for _ in range(runs)]
+        await caller.close()
 
         # relay rate: WatchRun of a run whose 1000 one-character deltas are in its event log
-        n = 1000
+        n = LIVE_DELTAS
         run_id = await _published_run(runtime, n)
         started = time.perf_counter()
         relayed = 0
@@ -183,11 +175,10 @@ async def run(settings: Settings, model: ScriptedModelServer, runs: int) -> None
 
         # live: a model streaming 1000 one-character chunks, through Stream (deltas that
         # arrive while an append is in flight are merged into one event)
-        model.set_script(lambda request: Turn(text="x" * n, chunk_size=1))
         started = time.perf_counter()
         chars = events = 0
         async for response in agents.Stream(
-            agent_pb2.StreamRequest(agent_name="assistant", prompt="long"), metadata=AUTH
+            agent_pb2.StreamRequest(agent_name="assistant", prompt=LONG), metadata=AUTH
         ):
             if response.event.HasField("text_delta"):
                 chars += len(response.event.text_delta.text)
@@ -201,12 +192,12 @@ async def run(settings: Settings, model: ScriptedModelServer, runs: int) -> None
     await runtime.close()
 
     print(f"agent runs with the scripted model answering at once; {runs} runs each")
-    g, b, s = _p50(gen), _p50(base), _p50(start)
+    g, b = _p50(gen), _p50(base)
     print(
         f"  Generate p50            {g:7.1f} ms   bare workflow+activity p50 {b:7.1f} ms"
         f"   ratio {g / b:4.2f}×  (goal ≤ 1.5×)"
     )
-    t, m = _p50(ttfd), _p50(model_ttfd)
+    t, m, s = _p50(ttfd), _p50(model_ttfd), _p50(idle_start)
     print(
         f"  first delta p50         {t:7.1f} ms   model's own {m:6.1f} ms   over the model"
         f" {t - m:+6.1f} ms  (goal: ≤ one bare start, +{s:.1f} ms; "
@@ -214,8 +205,9 @@ async def run(settings: Settings, model: ScriptedModelServer, runs: int) -> None
     )
     a, d = _p50([p[0] for p in phases]), _p50([p[1] for p in phases])
     print(
-        f"    where: run_started published at {a:6.1f} ms, first delta published at {d:6.1f} ms,"
-        f" received at {t:6.1f} ms (p50s)"
+        f"    where: run_started published at {a:4.1f} ms, first delta published at {d:4.1f} ms"
+        f" (p50s); back to back: first delta {_p50(busy_ttfd):5.1f} ms,"
+        f" bare start {_p50(start):5.1f} ms"
     )
     print(
         f"  relay rate (WatchRun)   {relay:7.0f} events/s   raw grpc.aio stream {raw_rate:7.0f}/s"
@@ -248,7 +240,9 @@ async def _published_run(runtime: Runtime, n: int) -> str:
 async def _raw_stream_rate(n: int) -> float:
     """A bare grpc.aio server-streaming handler sending `n` AgentRunEvent-sized messages."""
 
-    async def handler(request: bytes, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def handler(
+        request: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[agent_pb2.StreamResponse]:
         for i in range(n):
             event = agent_pb2.AgentRunEvent(event_id=i + 1, run_id="run_x")
             event.text_delta.text = "x"
@@ -283,28 +277,135 @@ async def _raw_stream_rate(n: int) -> float:
     return rate
 
 
+LONG = "long"  # the prompt the bench model answers with LIVE_DELTAS one-character chunks
+LIVE_DELTAS = 1000
+
+
+def bench_script(request: ChatRequest) -> Turn:
+    if request.last_user_text == LONG:
+        return Turn(text="x" * LIVE_DELTAS, chunk_size=1)
+    return Turn(text="ok", chunk_size=2)
+
+
+def serve_model() -> None:
+    """`--serve-model`: the scripted model in this process until stdin closes."""
+    model = ScriptedModelServer(bench_script)
+    print(model.start_in_thread(), flush=True)
+    sys.stdin.read()
+    model.stop_in_thread()
+
+
+async def first_delta_stream(agents: agent_pb2_grpc.AgentServiceStub) -> tuple[float, ...]:
+    """One Stream call, read to the end: ms to its first text delta, and when (ms from the
+    call) run_started and that delta were published."""
+    started, wall = time.perf_counter(), time.time()
+    first = announced = published = 0.0
+    request = agent_pb2.StreamRequest(agent_name="assistant", prompt="hi")
+    async for response in agents.Stream(request, metadata=AUTH):
+        event = response.event
+        at = (event.time.ToDatetime().timestamp() - wall) * 1000
+        if event.HasField("run_started"):
+            announced = at
+        if event.HasField("text_delta") and not first:
+            first, published = time.perf_counter(), at
+    return (first - started) * 1000, announced, published
+
+
+async def first_delta_model(chat: ChatModel) -> tuple[float, ...]:
+    """ms to the model's own first delta, called directly."""
+    started = time.perf_counter()
+    seen: list[float] = []
+
+    async def on_event(event: TextDelta | ToolCallDelta | ToolCallDone) -> None:
+        if not seen:
+            seen.append(time.perf_counter())
+
+    await chat.stream([ChatMessage.user("hi")], on_event=on_event)
+    return ((seen[0] - started) * 1000,)
+
+
+async def call_loop(port: int, model_url: str) -> None:
+    """`--caller`: answers `stream` and `model` commands read from stdin, one per line."""
+    loop = asyncio.get_running_loop()
+    chat = warm_model(model_url)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        agents = agent_pb2_grpc.AgentServiceStub(channel)
+        while command := (await loop.run_in_executor(None, sys.stdin.readline)).strip():
+            if command == "stream":
+                result = await first_delta_stream(agents)
+            else:
+                result = await first_delta_model(chat)
+            print(*result, flush=True)
+
+
+class Caller:
+    """The `--caller` process, asked one command at a time."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, port: int, model_url: str) -> Caller:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--caller",
+            str(port),
+            model_url,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        return cls(process)
+
+    async def ask(self, command: str) -> list[float]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{command}\n".encode())
+        await self.process.stdin.drain()
+        line = await self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("the caller process exited")
+        return [float(x) for x in line.split()]
+
+    async def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        await self.process.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--serve-model", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--caller", nargs=2, metavar=("PORT", "MODEL_URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_model:
+        return serve_model()
+    if args.caller:
+        return asyncio.run(call_loop(int(args.caller[0]), args.caller[1]))
     with tempfile.TemporaryDirectory(prefix="loomwork-bench-") as tmp:
         stack = EmbeddedStack(Path(tmp), temporal_ui=False)
         endpoints = stack.start()
-        model = ScriptedModelServer()
-        model.start_in_thread()
+        model = subprocess.Popen(
+            [sys.executable, __file__, "--serve-model"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
+            assert model.stdout is not None
+            model_url = model.stdout.readline().strip()
             settings = Settings(
                 DATABASE_URL=endpoints.database_url,
                 REDIS_URL=endpoints.redis_url,
                 TEMPORAL_ADDRESS=endpoints.temporal_address,
                 LOOMWORK_TOKENS="bench=bench",
-                OPENAI_BASE_URL=model.base_url,
+                OPENAI_BASE_URL=model_url,
                 OPENAI_API_KEY="x",
                 LOOMWORK_CHAT_MODEL="scripted",
             )
-            asyncio.run(run(settings, model, args.runs))
+            asyncio.run(run(settings, model_url, args.runs))
         finally:
-            model.stop_in_thread()
+            model.communicate()  # closes its stdin: it stops
             stack.stop()
 
 

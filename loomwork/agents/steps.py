@@ -252,7 +252,6 @@ class AgentSteps:
         self,
         request: AgentRunRequest,
         attempt: int = 1,
-        heartbeat: Callable[[], None] | None = None,
     ) -> FirstStep:
         """`start`, then the first model step in the same activity: one Temporal round trip
         less before the first token. Both are safe to repeat (message ids, event guards)."""
@@ -266,7 +265,6 @@ class AgentSteps:
                 conversation=plan.conversation,
             ),
             attempt,
-            heartbeat,
         )
         return FirstStep(plan=plan, output=output)
 
@@ -296,14 +294,9 @@ class AgentSteps:
             )
         return f"{agent.instructions}\n\n{how}", text
 
-    async def model_step(
-        self, step: StepInput, attempt: int = 1, heartbeat: Callable[[], None] | None = None
-    ) -> StepOutput:
+    async def model_step(self, step: StepInput, attempt: int = 1) -> StepOutput:
         """One model call, streamed: text deltas (or partial objects, for an agent with an
-        output schema) are published as they arrive.
-
-        `heartbeat` is called on every streamed event, so a cancelled run stops the model
-        call promptly (Temporal delivers cancellation to activities through heartbeats)."""
+        output schema) are published as they arrive."""
         request, agent = step.request, step.agent
         if step.previous_step is not None and attempt == 1:
             await self.publish(request, step.previous_step)
@@ -320,8 +313,6 @@ class AgentSteps:
 
         async def on_event(event: TextDelta | ToolCallDelta | ToolCallDone) -> None:
             nonlocal last_partial
-            if heartbeat is not None:
-                heartbeat()
             if isinstance(event, TextDelta):
                 if schema is None:
                     await deltas.add(event.delta)

@@ -251,8 +251,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             # once, and the run's first activity goes straight to the model.
             agent = effective_agent(agent, run_request)
             model = agent.model or self.runtime.settings.chat_model
-            await announce_run(self.runtime.events, run_request, agent, model)
+            await asyncio.gather(
+                announce_run(self.runtime.events, run_request, agent, model),
+                self.directory.record(tenant_id, run_request.run_id, workflow_id),
+            )
             run_request.announced = True
+        else:
+            await self.directory.record(tenant_id, run_request.run_id, workflow_id)
         pairs = [
             SearchAttributePair(TENANT, tenant_id),
             SearchAttributePair(AGENT, run_request.agent_name),
@@ -263,7 +268,6 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             pairs.append(SearchAttributePair(THREAD, run_request.thread_id))
         if run_request.resource_id:
             pairs.append(SearchAttributePair(RESOURCE, run_request.resource_id))
-        await self.directory.record(tenant_id, run_request.run_id, workflow_id)
         try:
             # A client run id names one run: a repeat joins it, running or finished.
             handle = await self.runtime.temporal.start_workflow(
