@@ -21,6 +21,7 @@ from protos.loomwork.v1 import agent_pb2, memory_pb2, message_pb2, run_pb2
 from server import convert
 
 _STATUS = {
+    "pending": run_pb2.RUN_STATUS_PENDING,
     "running": run_pb2.RUN_STATUS_RUNNING,
     "waiting": run_pb2.RUN_STATUS_WAITING,
     "succeeded": run_pb2.RUN_STATUS_SUCCEEDED,

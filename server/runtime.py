@@ -70,6 +70,9 @@ class Runtime:
     integrations: Integrations | None = None
     flows: WorkflowRegistry = field(default_factory=lambda: default_registry)
     rag: RagSystem | None = None
+    # A worker of this process polls the task queue through `temporal`: runs started here
+    # go to it directly (eager start), so they are running from the start.
+    runs_worker: bool = False
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:

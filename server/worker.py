@@ -49,6 +49,8 @@ def workflow_runner(sandbox: str) -> WorkflowRunner:
 
 
 def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
+    """The worker for every Loomwork workflow and activity, on the runtime's task queue and
+    client; the runtime then starts its agent runs as running (this worker takes them)."""
     diagnostics = DiagnosticsActivities(runtime.db, runtime.redis)
     memory = MemoryActivities(runtime.recall)
     settings = runtime.settings
@@ -74,6 +76,7 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
         ),
         workflow_events,
     )
+    runtime.runs_worker = True
     return Worker(
         runtime.temporal,
         task_queue=runtime.settings.task_queue,

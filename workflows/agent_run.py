@@ -148,15 +148,13 @@ class AgentRunWorkflow:
         context = ContextUsage()
         unfinished: StepFinished | None = None  # a step with tool calls, not yet announced
         read_only = False
-        self._record = RunRecord(
-            thread_id=request.thread_id,
-            resource_id=request.resource_id,
-            input_messages=request.identified_inputs(),
-            metadata=request.metadata,
-            create_time=request.create_time or workflow.info().start_time,
-            start_time=workflow.now(),
+        self._record = RunRecord.accepted(
+            request, create_time=workflow.info().start_time, start_time=workflow.now()
         )
-        workflow.upsert_search_attributes([STATUS.value_set("RUNNING")])
+        # Started as PENDING unless the service handed it to its own worker (then RUNNING
+        # from the start, and the first task goes straight to the model step).
+        if workflow.info().typed_search_attributes.get(STATUS) != "RUNNING":
+            workflow.upsert_search_attributes([STATUS.value_set("RUNNING")])
         try:
             # Loading the context and the first model call share one activity.
             first = await workflow.execute_activity(

@@ -131,7 +131,8 @@ class ResumeInput(BaseModel):
     decisions: list[Decision]
 
 
-RunPhase = Literal["running", "waiting", "succeeded", "failed", "canceled"]
+# "pending": accepted, no worker has taken it yet (the service says so; a workflow never does).
+RunPhase = Literal["pending", "running", "waiting", "succeeded", "failed", "canceled"]
 
 
 class RunRecord(BaseModel):
@@ -144,6 +145,24 @@ class RunRecord(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     create_time: datetime | None = None  # accepted
     start_time: datetime | None = None  # a worker started it
+
+    @classmethod
+    def accepted(
+        cls,
+        request: AgentRunRequest,
+        *,
+        create_time: datetime | None = None,
+        start_time: datetime | None = None,
+    ) -> RunRecord:
+        """The record of a run as requested; `create_time` when the request has none."""
+        return cls(
+            thread_id=request.thread_id,
+            resource_id=request.resource_id,
+            input_messages=request.identified_inputs(),
+            metadata=request.metadata,
+            create_time=request.create_time or create_time,
+            start_time=start_time,
+        )
 
 
 class RunState(RunRecord):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -36,6 +36,7 @@ from loomwork.agents.run import (
     ResumeInput,
     RunFinished,
     RunOutcome,
+    RunRecord,
     RunState,
     decode_event,
 )
@@ -102,6 +103,8 @@ _ABNORMAL_END = {
     WorkflowExecutionStatus.TIMED_OUT,
 }
 # A failed StartWorkflowExecution with these may still have started the workflow.
+# How long GetRun / ResumeRun wait for a worker to answer a running run's state query.
+STATE_QUERY_TIMEOUT = timedelta(seconds=5)
 _START_OUTCOME_UNKNOWN = {
     RPCStatusCode.DEADLINE_EXCEEDED,
     RPCStatusCode.CANCELLED,
@@ -130,6 +133,24 @@ async def _describe(
         if error.status == RPCStatusCode.NOT_FOUND:  # recorded, not started (or expired)
             raise NotFound(f"run {run_id!r} not found") from error
         raise Unavailable(f"Temporal: {error.message}") from error
+
+
+def _not_taken(description: WorkflowExecutionDescription) -> bool:
+    """No worker has taken the run's first workflow task yet: its history is the start and
+    that task, scheduled (a query would wait for a worker)."""
+    raw = description.raw_description
+    return raw.workflow_execution_info.history_length <= 2 and raw.HasField("pending_workflow_task")
+
+
+async def _state(handle: WorkflowHandle[AgentRunWorkflow, RunOutcome], run_id: str) -> RunState:
+    """The run's live state from its workflow: a worker answers, so not for ever."""
+    try:
+        return await handle.query(AgentRunWorkflow.state, rpc_timeout=STATE_QUERY_TIMEOUT)
+    except RPCError as error:
+        raise Unavailable(
+            f"run {run_id!r}: no worker answered within "
+            f"{STATE_QUERY_TIMEOUT.total_seconds():g} s ({error.message}); are workers running?"
+        ) from error
 
 
 def workflow_id_for(agent: str, tenant_id: str, run_id: str) -> str:
@@ -262,7 +283,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             SearchAttributePair(TENANT, tenant_id),
             SearchAttributePair(AGENT, run_request.agent_name),
             SearchAttributePair(RUN, run_request.run_id),
-            SearchAttributePair(STATUS, "PENDING"),
+            # Running from the start when this process's worker takes it (eager start):
+            # the run's first task then goes straight to the model step.
+            SearchAttributePair(STATUS, "RUNNING" if self.runtime.runs_worker else "PENDING"),
         ]
         if run_request.thread_id:
             pairs.append(SearchAttributePair(THREAD, run_request.thread_id))
@@ -538,8 +561,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         handle, workflow_id, agent_name = await self._handle(run_id)
         description = await _describe(handle, run_id)
         if description.status == WorkflowExecutionStatus.RUNNING:
-            state = await handle.query(AgentRunWorkflow.state)
-            if state.status in ("running", "waiting"):
+            if _not_taken(description):
+                state = await self._pending_state(handle, description)
+            else:
+                state = await _state(handle, run_id)
+            if state.status in ("pending", "running", "waiting"):
                 return await self._with_last_event(
                     agent_convert.state_to_proto(run_id, agent_name, state, workflow_id)
                 )
@@ -553,6 +579,21 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             )
         status = description.status.name if description.status else "UNKNOWN"
         raise FailedPrecondition(f"run {run_id!r} ended abnormally ({status}); see the Temporal UI")
+
+    async def _pending_state(
+        self,
+        handle: WorkflowHandle[AgentRunWorkflow, RunOutcome],
+        description: WorkflowExecutionDescription,
+    ) -> RunState:
+        """A run no worker has taken yet, from its start input (nothing to query)."""
+        async for event in handle.fetch_history_events():
+            payloads = event.workflow_execution_started_event_attributes.input.payloads
+            [request] = await self.runtime.temporal.data_converter.decode(
+                payloads, [AgentRunRequest]
+            )
+            record = RunRecord.accepted(request, create_time=description.start_time)
+            return RunState(**dict(record), status="pending")
+        raise Unavailable(f"Temporal: workflow {handle.id!r} has no history")
 
     async def GetRun(
         self, request: agent_pb2.AgentServiceGetRunRequest, context: grpc.aio.ServicerContext
@@ -576,7 +617,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if not decisions:
             raise InvalidArgument.field("decisions", "give at least one decision")
         handle, workflow_id, agent_name = await self._handle(request.run_id)
-        state = await handle.query(AgentRunWorkflow.state)
+        state = await _state(handle, request.run_id)
         pending = {p.tool_call_id: p for p in state.pending}
         for i, decision in enumerate(decisions):
             if decision.edited_arguments is not None and decision.tool_call_id in pending:

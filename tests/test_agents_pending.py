@@ -1,0 +1,165 @@
+"""Runs and the workers that take them: a run accepted while no worker polls its task queue
+is PENDING (answered without waiting on a worker) until one comes; a run whose worker is gone
+is reported as such instead of hanging; a run the service hands to its own worker is running
+from the start."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from temporalio.api.enums.v1 import EventType
+
+from loomwork.config import Settings
+from loomwork.llm.scripted_server import ScriptedToolCall, Turn
+from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
+from server.app import GrpcApp, build_grpc_app
+from server.runtime import Runtime
+from server.worker import build_worker
+from tests.support import auth, unique
+from workflows.agent_run import STATUS
+
+
+@dataclass
+class WorkerlessServer:
+    runtime: Runtime
+    agents: agent_pb2_grpc.AgentServiceStub
+
+
+@pytest.fixture
+async def workerless(settings: Settings, runtime: Runtime) -> AsyncIterator[WorkerlessServer]:
+    """A server process with no worker in it (`loomwork server`), on a task queue of its own
+    that no worker polls yet (next to the session's, which registered the search attributes)."""
+    own = await Runtime.open(
+        settings.model_copy(update={"task_queue": unique("no-worker")}), migrate=False
+    )
+    app: GrpcApp = build_grpc_app(own, "127.0.0.1:0", health_interval=0.3)
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            yield WorkerlessServer(own, agent_pb2_grpc.AgentServiceStub(channel))
+    finally:
+        await app.stop(grace=1.0)
+        await own.close()
+
+
+class RunningWorker:
+    """A worker of the workerless server's runtime, started and stopped by the test."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.worker = build_worker(runtime, identity=unique("late-worker"))
+        self.task = asyncio.create_task(self.worker.run())
+
+    async def stop(self) -> None:
+        await self.worker.shutdown()
+        await self.task
+
+
+async def _get(agents: agent_pb2_grpc.AgentServiceStub, token: str, run_id: str):  # type: ignore[no-untyped-def]
+    # A deadline well under the state query's: a GetRun that waited on a worker fails here.
+    return (
+        await agents.GetRun(
+            agent_pb2.AgentServiceGetRunRequest(run_id=run_id), metadata=auth(token), timeout=3
+        )
+    ).run
+
+
+async def _until(agents, token: str, run_id: str, status: int):  # type: ignore[no-untyped-def]
+    for _ in range(400):
+        run = await _get(agents, token, run_id)
+        if run.status == status:
+            return run
+        await asyncio.sleep(0.05)
+    pytest.fail(f"run {run_id} never reached {run_pb2.RunStatus.Name(status)}")
+
+
+async def _event_types(runtime: Runtime, workflow_id: str) -> list[int]:
+    handle = runtime.temporal.get_workflow_handle(workflow_id)
+    return [event.event_type async for event in handle.fetch_history_events()]
+
+
+async def test_a_run_no_worker_took_is_pending_until_one_comes(
+    workerless: WorkerlessServer, token, model
+) -> None:
+    agents, runtime = workerless.agents, workerless.runtime
+    model.set_script(
+        [
+            Turn(tool_calls=[ScriptedToolCall("send_email", {"to": "ada@example.com"}, id="m1")]),
+            Turn(text="Sent."),
+        ]
+    )
+    stream = agents.Stream(
+        agent_pb2.StreamRequest(agent_name="assistant", prompt="mail Ada"), metadata=auth(token)
+    )
+    first = await anext(aiter(stream))
+    assert first.event.HasField("run_started")
+    run_id = first.event.run_id
+    stream.cancel()  # the caller leaves; the run stays accepted
+
+    pending = await _get(agents, token, run_id)
+    assert pending.status == run_pb2.RUN_STATUS_PENDING
+    assert pending.agent_name == "assistant"
+    assert [p.text.text for p in pending.input_messages[0].parts] == ["mail Ada"]
+    assert pending.HasField("create_time") and not pending.HasField("start_time")
+    listed = await agents.ListRuns(
+        agent_pb2.AgentServiceListRunsRequest(statuses=[run_pb2.RUN_STATUS_PENDING]),
+        metadata=auth(token),
+    )
+    assert run_id in [r.id for r in listed.runs]
+
+    worker = RunningWorker(runtime)
+    try:
+        waiting = await _until(agents, token, run_id, run_pb2.RUN_STATUS_WAITING)
+        assert [p.tool_call_id for p in waiting.pending_approvals] == ["m1"]
+        assert waiting.HasField("start_time")
+    finally:
+        await worker.stop()
+
+    # Its worker gone, the run's live state has no one to answer: said so, not a hang.
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await agents.GetRun(
+            agent_pb2.AgentServiceGetRunRequest(run_id=run_id), metadata=auth(token), timeout=30
+        )
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "no worker answered" in (error.value.details() or "")
+
+    worker = RunningWorker(runtime)
+    try:
+        await agents.ResumeRun(
+            agent_pb2.AgentServiceResumeRunRequest(
+                run_id=run_id,
+                decisions=[agent_pb2.ApprovalDecision(tool_call_id="m1", approve={})],
+            ),
+            metadata=auth(token),
+        )
+        done = await _until(agents, token, run_id, run_pb2.RUN_STATUS_SUCCEEDED)
+    finally:
+        await worker.stop()
+    assert done.output.text == "Sent."
+    # Started PENDING, so the workflow itself said RUNNING once a worker took it.
+    types = await _event_types(runtime, done.temporal_workflow_id)
+    upsert = EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
+    assert types.index(upsert) < types.index(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+
+
+async def test_a_run_the_service_hands_its_own_worker_runs_from_the_start(
+    agents, token, model, runtime: Runtime
+) -> None:
+    model.set_script([Turn(text="Hi.")])
+    answer = await agents.Generate(
+        agent_pb2.GenerateRequest(agent_name="assistant", prompt="hello"), metadata=auth(token)
+    )
+    workflow_id = answer.run.temporal_workflow_id
+    history = [
+        e async for e in runtime.temporal.get_workflow_handle(workflow_id).fetch_history_events()
+    ]
+    started = history[0].workflow_execution_started_event_attributes
+    status = started.search_attributes.indexed_fields[STATUS.name]
+    assert status.data == b'"RUNNING"'
+    types = [e.event_type for e in history]
+    scheduled = types.index(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    # No status write stands between the start and the first model step.
+    assert EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES not in types[:scheduled]
