@@ -81,9 +81,7 @@ class AgentActivities:
     @activity.defn(name="agent_model_step")
     async def model_step(self, step: StepInput) -> StepOutput:
         try:
-            return await _heartbeating(
-                self.steps.model_step(step, attempt=activity.info().attempt)
-            )
+            return await _heartbeating(self.steps.model_step(step, attempt=activity.info().attempt))
         except LoomworkError as error:
             raise _application_error(error) from error
 
