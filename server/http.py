@@ -23,7 +23,6 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 from temporalio.client import Client
 from temporalio.common import (
-    SearchAttributeKey,
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
@@ -45,11 +44,11 @@ from loomwork.integrations.intake import WebhookIntake
 from loomwork.integrations.integrations import Integrations
 from loomwork.integrations.routing import WebhookEvent
 from server.runtime import Runtime
+from workflows.search_attributes import TENANT
 from workflows.webhook_delivery import WebhookDeliveryWorkflow
 
 log = logging.getLogger(__name__)
 
-TENANT = SearchAttributeKey.for_keyword("LoomworkTenant")
 _STATUS: list[tuple[type[LoomworkError], int]] = [
     (Unauthenticated, 401),
     (AlreadyExists, 409),

@@ -6,15 +6,13 @@ import logging
 import uuid
 
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 from loomwork.memory.models import Message, MessagesToIndex
 from workflows.index_messages import IndexMessagesWorkflow
+from workflows.search_attributes import TENANT, THREAD
 
 log = logging.getLogger(__name__)
-
-TENANT = SearchAttributeKey.for_keyword("LoomworkTenant")
-THREAD = SearchAttributeKey.for_keyword("LoomworkThread")
 
 
 async def start_indexing(

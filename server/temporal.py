@@ -15,20 +15,11 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from loomwork.errors import Unavailable
+from workflows import search_attributes
 
 log = logging.getLogger(__name__)
 
-SEARCH_ATTRIBUTES = (
-    "LoomworkTenant",
-    "LoomworkAgent",
-    "LoomworkThread",
-    "LoomworkResource",
-    "LoomworkWorkflow",
-    # The run's id as users know it (agent run, workflow run, ingestion), and its status in
-    # Loomwork's terms (e.g. SUSPENDED, WAITING), which Temporal's own status cannot express.
-    "LoomworkRun",
-    "LoomworkStatus",
-)
+SEARCH_ATTRIBUTES = tuple(key.name for key in search_attributes.ALL)
 
 
 async def connect_temporal(address: str, namespace: str, *, wait_seconds: float = 30.0) -> Client:

@@ -20,7 +20,7 @@ from server.app import GrpcApp, build_grpc_app
 from server.runtime import Runtime
 from server.worker import build_worker
 from tests.support import auth, unique
-from workflows.agent_run import STATUS
+from workflows.search_attributes import STATUS
 
 
 @dataclass

@@ -14,8 +14,10 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+
+from workflows.search_attributes import STATUS
 
 with workflow.unsafe.imports_passed_through():
     from loomwork.agents.run import (
@@ -59,10 +61,6 @@ _MODEL = RetryPolicy(
     maximum_attempts=6,
     non_retryable_error_types=["ModelRequestRejected", "NotFound", "InvalidArgument"],
 )
-
-
-# The run's status in Loomwork's terms, kept current for ListRuns (Temporal visibility).
-STATUS = SearchAttributeKey.for_keyword("LoomworkStatus")
 
 
 def _cause(error: BaseException) -> tuple[str, str]:

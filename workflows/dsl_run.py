@@ -22,13 +22,15 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
     CancelledError,
     ChildWorkflowError,
 )
+
+from workflows.search_attributes import STATUS
 
 with workflow.unsafe.imports_passed_through():
     from loomwork.agents.run import AgentRunRequest, RunOutcome
@@ -69,7 +71,6 @@ RUN_STEP = "workflow_run_step"
 PUBLISH = "workflow_publish"
 _RUN_STARTED_BY_STEP = "run-started-published-by-first-step"
 
-STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("LoomworkStatus")
 _PUBLISH_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=5)
 
 
@@ -544,7 +545,7 @@ class DslRunWorkflow:
             self._state.status = status  # type: ignore[assignment]
         if status != self._published_status:
             self._published_status = status
-            workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set(status.upper())])
+            workflow.upsert_search_attributes([STATUS.value_set(status.upper())])
 
     async def _publish(self, *events: WorkflowEvent) -> int:
         """Publish events (a local activity); the last one's id, 0 when unknown."""

@@ -12,8 +12,10 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+
+from workflows.search_attributes import STATUS
 
 with workflow.unsafe.imports_passed_through():
     from loomwork.rag.ingestion import IngestionRecord, IngestionRequest, PreparedDocument
@@ -23,7 +25,6 @@ PREPARE = "rag_ingest_prepare"
 EMBED = "rag_ingest_embed"
 COMMIT = "rag_ingest_commit"
 FINISH = "rag_ingest_finish"
-STATUS = SearchAttributeKey.for_keyword("LoomworkStatus")
 
 _RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=300),

@@ -18,7 +18,6 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.common import (
-    SearchAttributeKey,
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
@@ -63,13 +62,9 @@ from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server import agent_convert, convert
 from server.interceptors import tenant
 from server.runtime import Runtime
-from workflows.agent_run import STATUS, AgentRunWorkflow
+from workflows.agent_run import AgentRunWorkflow
+from workflows.search_attributes import AGENT, RESOURCE, RUN, STATUS, TENANT, THREAD
 
-TENANT = SearchAttributeKey.for_keyword("LoomworkTenant")
-AGENT = SearchAttributeKey.for_keyword("LoomworkAgent")
-THREAD = SearchAttributeKey.for_keyword("LoomworkThread")
-RESOURCE = SearchAttributeKey.for_keyword("LoomworkResource")
-RUN = SearchAttributeKey.for_keyword("LoomworkRun")
 _INPUT_ROLES = {Role.USER, Role.ASSISTANT, Role.TOOL}
 MAX_RESOURCE_ID = 256
 MAX_SESSION_KEY = 128

@@ -13,7 +13,6 @@ from typing import Any
 import grpc
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.common import (
-    SearchAttributeKey,
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
@@ -46,10 +45,8 @@ from server.interceptors import tenant
 from server.runtime import Runtime, rag_system
 from workflows.ingestion import IngestionWorkflow
 from workflows.rag_answer import RagAnswerWorkflow
+from workflows.search_attributes import RUN, STATUS, TENANT
 
-TENANT = SearchAttributeKey.for_keyword("LoomworkTenant")
-RUN = SearchAttributeKey.for_keyword("LoomworkRun")
-STATUS = SearchAttributeKey.for_keyword("LoomworkStatus")
 DOCUMENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_DOCUMENTS = 100
 MAX_INLINE_BYTES = 16 * 1024 * 1024
