@@ -4,11 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
+from server.app import build_grpc_app
+from server.runtime import Runtime
+
+
+@asynccontextmanager
+async def another_server(runtime: Runtime) -> AsyncIterator[grpc.aio.Channel]:
+    """One more gRPC server over `runtime` (as another server process would be), and a
+    channel to it; stopped on exit."""
+    app = build_grpc_app(runtime, "127.0.0.1:0", health_interval=0.3)
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            yield channel
+    finally:
+        await app.stop(grace=1.0)
 
 
 def auth(token: str) -> tuple[tuple[str, str], ...]:

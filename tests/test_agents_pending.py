@@ -16,10 +16,9 @@ from temporalio.api.enums.v1 import EventType
 from loomwork.config import Settings
 from loomwork.llm.scripted_server import ScriptedToolCall, Turn
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
-from server.app import GrpcApp, build_grpc_app
 from server.runtime import Runtime
 from server.worker import build_worker
-from tests.support import auth, unique
+from tests.support import another_server, auth, unique
 from workflows.search_attributes import STATUS
 
 
@@ -36,13 +35,10 @@ async def workerless(settings: Settings, runtime: Runtime) -> AsyncIterator[Work
     own = await Runtime.open(
         settings.model_copy(update={"task_queue": unique("no-worker")}), migrate=False
     )
-    app: GrpcApp = build_grpc_app(own, "127.0.0.1:0", health_interval=0.3)
-    await app.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        async with another_server(own) as channel:
             yield WorkerlessServer(own, agent_pb2_grpc.AgentServiceStub(channel))
     finally:
-        await app.stop(grace=1.0)
         await own.close()
 
 

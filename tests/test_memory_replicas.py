@@ -14,9 +14,8 @@ from google.protobuf import field_mask_pb2
 
 from loomwork.config import Settings
 from protos.loomwork.v1 import memory_pb2, memory_pb2_grpc, message_pb2
-from server.app import GrpcApp, build_grpc_app
 from server.runtime import Runtime
-from tests.support import auth, unique
+from tests.support import another_server, auth, unique
 
 
 @dataclass
@@ -29,13 +28,10 @@ class Replica:
 async def replica_b(settings: Settings, worker: None) -> AsyncIterator[Replica]:
     """A second server process's worth of state: its own Runtime (pool, L1 cache) and port."""
     runtime = await Runtime.open(settings, migrate=False)
-    app: GrpcApp = build_grpc_app(runtime, "127.0.0.1:0", health_interval=0.3)
-    await app.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        async with another_server(runtime) as channel:
             yield Replica(runtime, memory_pb2_grpc.MemoryServiceStub(channel))
     finally:
-        await app.stop(grace=1.0)
         await runtime.close()
 
 
