@@ -1,25 +1,51 @@
-"""Connecting to Temporal with the pydantic data converter, and our search attributes."""
+"""Connecting to Temporal with the pydantic data converter, our search attributes, and
+asking a run's workflow for its state."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any, TypeVar
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
     ListSearchAttributesRequest,
 )
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError, RPCStatusCode
 
-from loomwork.errors import Unavailable
+from loomwork.errors import NotFound, Unavailable
 from workflows import search_attributes
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SEARCH_ATTRIBUTES = tuple(key.name for key in search_attributes.ALL)
+
+# How long a read of a running workflow's state (a query) waits for a worker to answer.
+STATE_QUERY_TIMEOUT = timedelta(seconds=5)
+
+
+async def query_state(
+    handle: WorkflowHandle[Any, Any], query: Callable[[Any], T], run_id: str
+) -> T:
+    """Ask a run's workflow for its state: a worker answers, so the wait is bounded and a
+    missing worker is said plainly (UNAVAILABLE) instead of hanging the caller."""
+    try:
+        return await handle.query(query, rpc_timeout=STATE_QUERY_TIMEOUT)
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            raise NotFound(f"run {run_id!r} not found") from error
+        if error.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+            raise Unavailable(
+                f"run {run_id!r}: no worker answered within "
+                f"{STATE_QUERY_TIMEOUT.total_seconds():g} s; are workers running?"
+            ) from error
+        raise Unavailable(f"Temporal: {error.message}") from error
 
 
 async def connect_temporal(address: str, namespace: str, *, wait_seconds: float = 30.0) -> Client:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -62,6 +62,7 @@ from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server import agent_convert, convert
 from server.interceptors import tenant
 from server.runtime import Runtime
+from server.temporal import query_state
 from workflows.agent_run import AgentRunWorkflow
 from workflows.search_attributes import AGENT, RESOURCE, RUN, STATUS, TENANT, THREAD
 
@@ -98,8 +99,6 @@ _ABNORMAL_END = {
     WorkflowExecutionStatus.TIMED_OUT,
 }
 # A failed StartWorkflowExecution with these may still have started the workflow.
-# How long GetRun / ResumeRun wait for a worker to answer a running run's state query.
-STATE_QUERY_TIMEOUT = timedelta(seconds=5)
 _START_OUTCOME_UNKNOWN = {
     RPCStatusCode.DEADLINE_EXCEEDED,
     RPCStatusCode.CANCELLED,
@@ -138,14 +137,7 @@ def _not_taken(description: WorkflowExecutionDescription) -> bool:
 
 
 async def _state(handle: WorkflowHandle[AgentRunWorkflow, RunOutcome], run_id: str) -> RunState:
-    """The run's live state from its workflow: a worker answers, so not for ever."""
-    try:
-        return await handle.query(AgentRunWorkflow.state, rpc_timeout=STATE_QUERY_TIMEOUT)
-    except RPCError as error:
-        raise Unavailable(
-            f"run {run_id!r}: no worker answered within "
-            f"{STATE_QUERY_TIMEOUT.total_seconds():g} s ({error.message}); are workers running?"
-        ) from error
+    return await query_state(handle, AgentRunWorkflow.state, run_id)
 
 
 def workflow_id_for(agent: str, tenant_id: str, run_id: str) -> str:
@@ -474,7 +466,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         """The run once its state says WAITING (every approval of the step recorded), or None
         if it moved on meanwhile (decided at once: its result is what to answer)."""
         for _ in range(100):
-            state = await handle.query(AgentRunWorkflow.state)
+            state = await _state(handle, run_id)
             if state.status == "waiting":
                 return await self._current(run_id)
             if state.status != "running":

@@ -64,6 +64,7 @@ from server import workflow_convert
 from server.convert import struct_to_dict
 from server.interceptors import tenant
 from server.runtime import Runtime
+from server.temporal import query_state
 from workflows.dsl_run import DslRunWorkflow
 
 log = logging.getLogger(__name__)
@@ -431,12 +432,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
     async def _state(
         self, handle: WorkflowHandle[DslRunWorkflow, RunState], run_id: str
     ) -> RunState:
-        try:
-            return await handle.query(DslRunWorkflow.state)
-        except RPCError as error:
-            if error.status == RPCStatusCode.NOT_FOUND:
-                raise NotFound(f"run {run_id!r} not found") from error
-            raise Unavailable(f"Temporal: {error.message}") from error
+        return await query_state(handle, DslRunWorkflow.state, run_id)
 
     async def _require_open(
         self, handle: WorkflowHandle[DslRunWorkflow, RunState], run_id: str, action: str
