@@ -162,7 +162,7 @@ class AgentRunWorkflow:
                 start_to_close_timeout=timedelta(minutes=5),
                 heartbeat_timeout=timedelta(seconds=20),
                 retry_policy=_MODEL,
-                summary=f"load context for {request.agent_name}, model step 1",
+                summary=f"model {request.model or request.agent_name}, step 1 (loads the context)",
             )
             plan = first.plan
             model, context = plan.model, plan.context

@@ -28,6 +28,9 @@ class AgentRunRequest(BaseModel):
     output_schema: dict[str, Any] | None = None  # None: the agent's own
     metadata: dict[str, Any] = Field(default_factory=dict)  # the caller's, passed to tools
     create_time: datetime | None = None  # when the service accepted the call
+    # The model as the service resolved it when accepting the call (named in the first
+    # step's summary); the start activity resolves the agent, and so the model, itself.
+    model: str = ""
     # The starter published run_started already (the server does, as it accepts the run).
     announced: bool = False
 

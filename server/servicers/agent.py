@@ -264,6 +264,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 self.directory.record(tenant_id, run_request.run_id, workflow_id),
             )
             run_request.announced = True
+            run_request.model = model
         else:
             await self.directory.record(tenant_id, run_request.run_id, workflow_id)
         pairs = [

@@ -1,7 +1,8 @@
-"""Runs and the workers that take them: a run accepted while no worker polls its task queue
-is PENDING (answered without waiting on a worker) until one comes; a run whose worker is gone
-is reported as such instead of hanging; a run the service hands to its own worker is running
-from the start."""
+"""Agent runs as Temporal holds them: a run accepted while no worker polls its task queue is
+PENDING (answered without waiting on a worker) until one comes; a run whose worker is gone is
+reported as such instead of hanging; a run the service hands its own worker is running from
+the start; and a person reading a run in the Temporal UI finds it by readable id, search
+attributes and activity summaries."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server.runtime import Runtime
 from server.worker import build_worker
 from tests.support import another_server, auth, unique
-from workflows.search_attributes import STATUS
+from workflows.search_attributes import AGENT, RESOURCE, RUN, STATUS, TENANT, THREAD
 
 
 @dataclass
@@ -159,3 +160,42 @@ async def test_a_run_the_service_hands_its_own_worker_runs_from_the_start(
     scheduled = types.index(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
     # No status write stands between the start and the first model step.
     assert EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES not in types[:scheduled]
+
+
+async def test_a_person_can_read_a_run_in_the_temporal_ui(
+    agents, token, model, runtime: Runtime
+) -> None:
+    """The run's workflow id, search attributes and every activity's summary say what it is."""
+    model.set_script(
+        [Turn(tool_calls=[ScriptedToolCall("add", {"numbers": [1, 2]})]), Turn(text="3.")]
+    )
+    thread = unique("ui-thread")
+    answer = await agents.Generate(
+        agent_pb2.GenerateRequest(
+            agent_name="assistant", prompt="1 + 2?", thread_id=thread, resource_id="ada"
+        ),
+        metadata=auth(token),
+    )
+    handle = runtime.temporal.get_workflow_handle(answer.run.temporal_workflow_id)
+    assert handle.id == f"agent/assistant/alpha/{answer.run.id}"
+    await handle.result()  # Generate answers as the run finishes, a moment before it closes
+    attributes = (await handle.describe()).typed_search_attributes
+    assert [attributes.get(key) for key in (TENANT, AGENT, THREAD, RESOURCE, RUN, STATUS)] == [
+        "alpha",
+        "assistant",
+        thread,
+        "ada",
+        answer.run.id,
+        "SUCCEEDED",
+    ]
+    converter = runtime.temporal.data_converter.payload_converter
+    summaries = [
+        converter.from_payload(event.user_metadata.summary, str)
+        async for event in handle.fetch_history_events()
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    assert summaries == [
+        "model scripted, step 1 (loads the context)",
+        "tool add",
+        "model scripted, step 2",
+    ]
