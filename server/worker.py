@@ -40,9 +40,16 @@ WORKFLOWS = [
 ]
 
 
+# Libraries no workflow imports, whose objects' finalizers import lazily (a redis
+# ConnectionPool's __del__ imports redis.observability): the garbage collector may run one
+# in a workflow activation's thread, and the import would load a second copy of the
+# library into that run's sandbox (with a "imported after initial workflow load" warning).
+LIBRARIES_PASSED_THROUGH = ("redis", "hiredis", "cryptography", "opentelemetry")
+
+
 def workflow_runner(sandbox: str) -> WorkflowRunner:
     """The sandbox for workflow code (see Settings.workflow_sandbox)."""
-    restrictions = SandboxRestrictions.default
+    restrictions = SandboxRestrictions.default.with_passthrough_modules(*LIBRARIES_PASSED_THROUGH)
     if sandbox == "passthrough":
         restrictions = restrictions.with_passthrough_modules("workflows")
     return SandboxedWorkflowRunner(restrictions=restrictions)

@@ -44,7 +44,8 @@ def _start(home: Path, address: str, log: Path) -> subprocess.Popen[bytes]:
 def _wait_up(proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if "Loomwork is up" in log.read_text(errors="replace"):
+        # The last line of the "Loomwork is up" block: the whole block is in the log.
+        if "Press Ctrl-C to stop" in log.read_text(errors="replace"):
             return
         if proc.poll() is not None:
             pytest.fail(f"loomwork up exited with {proc.returncode}:\n{log.read_text()}")
