@@ -14,8 +14,14 @@ from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
     ListSearchAttributesRequest,
 )
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+)
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 from temporalio.service import RPCError, RPCStatusCode
 
 from loomwork.errors import NotFound, Unavailable
@@ -25,6 +31,25 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SEARCH_ATTRIBUTES = tuple(key.name for key in search_attributes.ALL)
+
+
+def not_taken(description: WorkflowExecutionDescription) -> bool:
+    """The run is open and no worker has taken its first workflow task yet (its history is
+    the start and that task): there is nothing to query, and a query would wait for one."""
+    return description.status == WorkflowExecutionStatus.RUNNING and description.history_length <= 2
+
+
+async def start_input(
+    handle: WorkflowHandle[Any, Any], converter: DataConverter, input_type: type[T]
+) -> T | None:
+    """The run's input as it was started, read from its first history event."""
+    async for event in handle.fetch_history_events():
+        if event.HasField("workflow_execution_started_event_attributes"):
+            payloads = event.workflow_execution_started_event_attributes.input.payloads
+            [value] = await converter.decode(payloads, [input_type])
+            return value if isinstance(value, input_type) else None
+    return None
+
 
 # How long a read of a running workflow's state (a query) waits for a worker to answer.
 STATE_QUERY_TIMEOUT = timedelta(seconds=5)

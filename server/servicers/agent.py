@@ -62,7 +62,7 @@ from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server import agent_convert, convert
 from server.interceptors import tenant
 from server.runtime import Runtime
-from server.temporal import query_state
+from server.temporal import not_taken, query_state, start_input
 from workflows.agent_run import AgentRunWorkflow
 from workflows.search_attributes import AGENT, RESOURCE, RUN, STATUS, TENANT, THREAD
 
@@ -127,13 +127,6 @@ async def _describe(
         if error.status == RPCStatusCode.NOT_FOUND:  # recorded, not started (or expired)
             raise NotFound(f"run {run_id!r} not found") from error
         raise Unavailable(f"Temporal: {error.message}") from error
-
-
-def _not_taken(description: WorkflowExecutionDescription) -> bool:
-    """No worker has taken the run's first workflow task yet: its history is the start and
-    that task, scheduled (a query would wait for a worker)."""
-    raw = description.raw_description
-    return raw.workflow_execution_info.history_length <= 2 and raw.HasField("pending_workflow_task")
 
 
 async def _state(handle: WorkflowHandle[AgentRunWorkflow, RunOutcome], run_id: str) -> RunState:
@@ -549,7 +542,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         handle, workflow_id, agent_name = await self._handle(run_id)
         description = await _describe(handle, run_id)
         if description.status == WorkflowExecutionStatus.RUNNING:
-            if _not_taken(description):
+            if not_taken(description):
                 state = await self._pending_state(handle, description)
             else:
                 state = await _state(handle, run_id)
@@ -574,14 +567,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         description: WorkflowExecutionDescription,
     ) -> RunState:
         """A run no worker has taken yet, from its start input (nothing to query)."""
-        async for event in handle.fetch_history_events():
-            payloads = event.workflow_execution_started_event_attributes.input.payloads
-            [request] = await self.runtime.temporal.data_converter.decode(
-                payloads, [AgentRunRequest]
-            )
-            record = RunRecord.accepted(request, create_time=description.start_time)
-            return RunState(**dict(record), status="pending")
-        raise Unavailable(f"Temporal: workflow {handle.id!r} has no history")
+        request = await start_input(handle, self.runtime.temporal.data_converter, AgentRunRequest)
+        if request is None:
+            raise Unavailable(f"Temporal: workflow {handle.id!r} has no start input")
+        record = RunRecord.accepted(request, create_time=description.start_time)
+        return RunState(**dict(record), status="pending")
 
     async def GetRun(
         self, request: agent_pb2.AgentServiceGetRunRequest, context: grpc.aio.ServicerContext

@@ -64,7 +64,7 @@ from server import workflow_convert
 from server.convert import struct_to_dict
 from server.interceptors import tenant
 from server.runtime import Runtime
-from server.temporal import query_state
+from server.temporal import not_taken, query_state, start_input
 from workflows.dsl_run import DslRunWorkflow
 
 log = logging.getLogger(__name__)
@@ -455,12 +455,8 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             if error.status == RPCStatusCode.NOT_FOUND:
                 raise NotFound(f"run {run_id!r} not found") from error
             raise Unavailable(f"Temporal: {error.message}") from error
-        if (
-            description.history_length <= 2
-            and description.status == WorkflowExecutionStatus.RUNNING
-        ):
-            # Accepted, no worker has picked it up yet: nothing to query.
-            start = await _start_input(handle, self.runtime.temporal.data_converter)
+        if not_taken(description):
+            start = await start_input(handle, self.runtime.temporal.data_converter, DslRunInput)
             state = RunState(
                 tenant=tenant_id,
                 run_id=run_id,
@@ -502,19 +498,6 @@ _RAW_ENDED = {
     WorkflowExecutionStatus.TERMINATED,
     WorkflowExecutionStatus.TIMED_OUT,
 }
-
-
-async def _start_input(
-    handle: WorkflowHandle[DslRunWorkflow, RunState], converter: DataConverter
-) -> DslRunInput | None:
-    """The run's input, read from its first history event."""
-    async for event in handle.fetch_history_events():
-        if event.HasField("workflow_execution_started_event_attributes"):
-            payloads = event.workflow_execution_started_event_attributes.input.payloads
-            values = await converter.decode(payloads, [DslRunInput])
-            start = values[0]
-            return start if isinstance(start, DslRunInput) else None
-    return None
 
 
 def _merge_pending_attempts(state: RunState, pending: Any) -> None:
