@@ -112,7 +112,9 @@ class Runtime:
             raise
         events = RunEventLog(redis)
         chat_models = SharedChatModels(
-            base_url=settings.openai_base_url, api_key=settings.openai_api_key
+            base_url=settings.openai_base_url,
+            api_key=settings.openai_api_key,
+            timeout=settings.model_timeout,
         )
         return cls(
             settings,

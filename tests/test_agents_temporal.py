@@ -1,7 +1,8 @@
 """Agent runs as Temporal holds them: a run accepted while no worker polls its task queue is
 PENDING (answered without waiting on a worker) until one comes; a run whose worker is gone is
 reported as such instead of hanging; a run the service hands its own worker is running from
-the start; and a person reading a run in the Temporal UI finds it by readable id, search
+the start; a model that errs (5xx) or hangs past LOOMWORK_MODEL_TIMEOUT is retried by
+Temporal; and a person reading a run in the Temporal UI finds it by readable id, search
 attributes and activity summaries."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 
 from loomwork.config import Settings
-from loomwork.llm.scripted_server import ScriptedToolCall, Turn
+from loomwork.llm.scripted_server import Delay, Failure, ScriptedToolCall, Turn
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server.runtime import Runtime
 from server.worker import build_worker
@@ -199,3 +200,41 @@ async def test_a_person_can_read_a_run_in_the_temporal_ui(
         "tool add",
         "model scripted, step 2",
     ]
+
+
+@pytest.fixture
+async def impatient(settings: Settings, runtime: Runtime) -> AsyncIterator[WorkerlessServer]:
+    """A server with its own worker whose model requests time out after 1 s."""
+    own = await Runtime.open(
+        settings.model_copy(update={"task_queue": unique("impatient"), "model_timeout": 1.0}),
+        migrate=False,
+    )
+    worker = RunningWorker(own)
+    try:
+        async with another_server(own) as channel:
+            yield WorkerlessServer(own, agent_pb2_grpc.AgentServiceStub(channel))
+    finally:
+        await worker.stop()
+        await own.close()
+
+
+async def test_a_failing_or_hanging_model_is_retried_by_temporal(
+    impatient: WorkerlessServer, token, model
+) -> None:
+    model.set_script(
+        [
+            Failure(status=500, message="upstream broke"),
+            Delay(3, then=Turn(text="too late")),  # past the 1 s timeout
+            Turn(text="ok"),
+        ]
+    )
+    events = [
+        r.event
+        async for r in impatient.agents.Stream(
+            agent_pb2.StreamRequest(agent_name="assistant", prompt="hi"), metadata=auth(token)
+        )
+    ]
+    assert [e.step_retrying.attempt for e in events if e.HasField("step_retrying")] == [2, 3]
+    assert events[-1].run_finished.status == run_pb2.RUN_STATUS_SUCCEEDED
+    assert events[-1].run_finished.output.text == "ok"
+    assert len(model.requests) == 3
