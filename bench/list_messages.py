@@ -37,7 +37,9 @@ class EchoMemory(memory_pb2_grpc.MemoryServiceServicer):
     def __init__(self, response: memory_pb2.ListMessagesResponse) -> None:
         self.response = response
 
-    async def ListMessages(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListMessages(
+        self, request: memory_pb2.ListMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.ListMessagesResponse:
         return self.response
 
 

@@ -123,7 +123,7 @@ async def search_bench(url: str, n: int, queries: int, ef_search: int) -> None:
             cur = await conn.execute(
                 f"select id from rag_chunks where index_id = {ids[0]} order by "
                 f"embedding::vector({DIM}) <=> %s::vector({DIM}) limit 10",
-                (vector_literal(q),),
+                (vector_literal(q.tolist()),),
             )
             return {r["id"] for r in await cur.fetchall()}
 
@@ -144,7 +144,7 @@ async def search_bench(url: str, n: int, queries: int, ef_search: int) -> None:
         cur = await raw_conn.execute(
             f"select id, text from rag_chunks where index_id = {ids[0]} order by "
             f"embedding::vector({DIM}) <=> %s::vector({DIM}) limit 10",
-            (vector_literal(q),),
+            (vector_literal(q.tolist()),),
         )
         await cur.fetchall()
 
@@ -160,7 +160,7 @@ async def search_bench(url: str, n: int, queries: int, ef_search: int) -> None:
         cur = await relaxed_conn.execute(
             f"select id, text from rag_chunks where index_id = {ids[0]} order by "
             f"embedding::vector({DIM}) <=> %s::vector({DIM}) limit 10",
-            (vector_literal(q),),
+            (vector_literal(q.tolist()),),
         )
         await cur.fetchall()
         relaxed_t.append(time.perf_counter() - t0)
