@@ -10,9 +10,37 @@ from contextlib import asynccontextmanager
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
+from loomwork.config import Settings
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server.app import build_grpc_app
 from server.runtime import Runtime
+from server.worker import build_worker
+
+
+@asynccontextmanager
+async def own_runtime(settings: Settings, **overrides: object) -> AsyncIterator[Runtime]:
+    """A runtime of its own (another process's pools and clients) on a task queue no one
+    else polls; `overrides` are Settings fields (e.g. model_timeout)."""
+    own = await Runtime.open(
+        settings.model_copy(update={"task_queue": unique("own-queue"), **overrides}),
+        migrate=False,
+    )
+    try:
+        yield own
+    finally:
+        await own.close()
+
+
+class RunningWorker:
+    """A worker of `runtime` (its task queue and client), started and stopped by a test."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.worker = build_worker(runtime, identity=unique("test-worker"))
+        self.task = asyncio.create_task(self.worker.run())
+
+    async def stop(self) -> None:
+        await self.worker.shutdown()
+        await self.task
 
 
 @asynccontextmanager

@@ -19,8 +19,7 @@ from loomwork.config import Settings
 from loomwork.llm.scripted_server import Delay, Failure, ScriptedToolCall, Turn
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server.runtime import Runtime
-from server.worker import build_worker
-from tests.support import another_server, auth, unique
+from tests.support import RunningWorker, another_server, auth, own_runtime, unique
 from workflows.search_attributes import AGENT, RESOURCE, RUN, STATUS, TENANT, THREAD
 
 
@@ -34,26 +33,8 @@ class WorkerlessServer:
 async def workerless(settings: Settings, runtime: Runtime) -> AsyncIterator[WorkerlessServer]:
     """A server process with no worker in it (`loomwork server`), on a task queue of its own
     that no worker polls yet (next to the session's, which registered the search attributes)."""
-    own = await Runtime.open(
-        settings.model_copy(update={"task_queue": unique("no-worker")}), migrate=False
-    )
-    try:
-        async with another_server(own) as channel:
-            yield WorkerlessServer(own, agent_pb2_grpc.AgentServiceStub(channel))
-    finally:
-        await own.close()
-
-
-class RunningWorker:
-    """A worker of the workerless server's runtime, started and stopped by the test."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.worker = build_worker(runtime, identity=unique("late-worker"))
-        self.task = asyncio.create_task(self.worker.run())
-
-    async def stop(self) -> None:
-        await self.worker.shutdown()
-        await self.task
+    async with own_runtime(settings) as own, another_server(own) as channel:
+        yield WorkerlessServer(own, agent_pb2_grpc.AgentServiceStub(channel))
 
 
 async def _get(agents: agent_pb2_grpc.AgentServiceStub, token: str, run_id: str):  # type: ignore[no-untyped-def]
@@ -205,17 +186,13 @@ async def test_a_person_can_read_a_run_in_the_temporal_ui(
 @pytest.fixture
 async def impatient(settings: Settings, runtime: Runtime) -> AsyncIterator[WorkerlessServer]:
     """A server with its own worker whose model requests time out after 1 s."""
-    own = await Runtime.open(
-        settings.model_copy(update={"task_queue": unique("impatient"), "model_timeout": 1.0}),
-        migrate=False,
-    )
-    worker = RunningWorker(own)
-    try:
-        async with another_server(own) as channel:
-            yield WorkerlessServer(own, agent_pb2_grpc.AgentServiceStub(channel))
-    finally:
-        await worker.stop()
-        await own.close()
+    async with own_runtime(settings, model_timeout=1.0) as own:
+        worker = RunningWorker(own)
+        try:
+            async with another_server(own) as channel:
+                yield WorkerlessServer(own, agent_pb2_grpc.AgentServiceStub(channel))
+        finally:
+            await worker.stop()
 
 
 async def test_a_failing_or_hanging_model_is_retried_by_temporal(

@@ -35,7 +35,14 @@ from loomwork.flows import (
 from loomwork.flows.state import DslRunInput
 from loomwork.llm.scripted_server import Turn
 from protos.loomwork.v1 import workflow_pb2, workflow_pb2_grpc
-from tests.support import auth, field_violations, unique
+from tests.support import (
+    RunningWorker,
+    another_server,
+    auth,
+    field_violations,
+    own_runtime,
+    unique,
+)
 from workflows.dsl_run import DslRunWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -450,6 +457,47 @@ async def test_non_retryable_error_fails_at_once(workflows, token) -> None:
 # -- suspend / resume --------------------------------------------------------------------
 
 _EXPENSE = {"employee": "Grace", "amount": 250.0, "reason": "conference"}
+
+
+async def test_a_run_no_worker_took_is_pending_until_one_comes(settings, runtime, token) -> None:
+    """A run accepted by a server whose workers are down is PENDING (read from its start
+    input, without waiting on a worker); once its worker is gone again, GetRun says so
+    (UNAVAILABLE) instead of hanging; it finishes when a worker is back."""
+    async with own_runtime(settings) as own, another_server(own) as channel:
+        stub = workflow_pb2_grpc.WorkflowServiceStub(channel)
+        run = await _start(stub, token, "expense-approval", _EXPENSE)
+        pending = (
+            await stub.GetRun(
+                S.WorkflowServiceGetRunRequest(run_id=run.id), metadata=auth(token), timeout=3
+            )
+        ).run
+        assert pending.status == S.WORKFLOW_RUN_STATUS_PENDING
+        assert _dict(pending.input) == _EXPENSE
+
+        worker = RunningWorker(own)
+        try:
+            await _wait(stub, token, run.id, _status(S.WORKFLOW_RUN_STATUS_SUSPENDED))
+        finally:
+            await worker.stop()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _get(stub, token, run.id)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "no worker answered" in (err.value.details() or "")
+
+        worker = RunningWorker(own)
+        try:
+            await stub.ResumeRun(
+                S.WorkflowServiceResumeRunRequest(
+                    run_id=run.id,
+                    step_id="approve",
+                    resume_data=_struct({"approved": True, "approver": "Linus"}),
+                ),
+                metadata=auth(token),
+            )
+            done = await _wait(stub, token, run.id, _status(S.WORKFLOW_RUN_STATUS_SUCCEEDED))
+        finally:
+            await worker.stop()
+        assert _dict(done.output)["paid"] == 250.0
 
 
 async def test_suspend_then_resume_by_rpc(workflows, token) -> None:
