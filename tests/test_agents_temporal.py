@@ -88,6 +88,17 @@ async def test_a_run_no_worker_took_is_pending_until_one_comes(
         metadata=auth(token),
     )
     assert run_id in [r.id for r in listed.runs]
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await agents.ResumeRun(
+            agent_pb2.AgentServiceResumeRunRequest(
+                run_id=run_id,
+                decisions=[agent_pb2.ApprovalDecision(tool_call_id="m1", approve={})],
+            ),
+            metadata=auth(token),
+            timeout=3,
+        )
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "has not started yet" in (error.value.details() or "")
 
     worker = RunningWorker(runtime)
     try:

@@ -595,6 +595,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if not decisions:
             raise InvalidArgument.field("decisions", "give at least one decision")
         handle, workflow_id, agent_name = await self._handle(request.run_id)
+        if not_taken(await _describe(handle, request.run_id)):
+            raise FailedPrecondition(
+                f"run {request.run_id!r} has not started yet (no worker has taken it): "
+                "nothing waits for approval"
+            )
         state = await _state(handle, request.run_id)
         pending = {p.tool_call_id: p for p in state.pending}
         for i, decision in enumerate(decisions):
