@@ -8,9 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from loomwork.errors import NotFound
+from loomwork.integrations.listing import newest_first
 from loomwork.integrations.secret_box import SecretBox
-from loomwork.integrations.sources import check_page_size
-from loomwork.paging import decode_page_token, encode_page_token
 from loomwork.storage.database import Database
 
 ConnectionStatus = Literal["active", "needs_reauthorization"]
@@ -153,24 +152,16 @@ class ConnectionStore:
     async def list(
         self, tenant: str, *, provider_id: str = "", page_size: int = 0, page_token: str = ""
     ) -> ConnectionPage:
-        size = check_page_size(page_size)
-        scope = f"oauth_connections:{tenant}:{provider_id}"
-        cursor = decode_page_token(page_token, scope)
-        async with self.db.connection() as conn:
-            cur = await conn.execute(
-                f"""
-                select {_COLUMNS} from oauth_connections
-                where tenant_id = %s and (%s = '' or provider_id = %s)
-                    and (%s::bigint is null or seq < %s)
-                order by seq desc limit %s
-                """,
-                (tenant, provider_id, provider_id, cursor, cursor, size + 1),
-            )
-            rows = await cur.fetchall()
-        token = encode_page_token(rows[size - 1]["seq"], scope) if len(rows) > size else ""
-        return ConnectionPage(
-            connections=[_connection(r) for r in rows[:size]], next_page_token=token
+        rows, token = await newest_first(
+            self.db,
+            "oauth_connections",
+            _COLUMNS,
+            tenant,
+            page_size=page_size,
+            page_token=page_token,
+            only=("provider_id", provider_id),
         )
+        return ConnectionPage(connections=[_connection(r) for r in rows], next_page_token=token)
 
     async def delete(self, tenant: str, connection_id: str) -> None:
         async with self.db.connection() as conn:

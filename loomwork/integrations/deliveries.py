@@ -9,9 +9,8 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel
 
 from loomwork.errors import NotFound
+from loomwork.integrations.listing import newest_first
 from loomwork.integrations.routing import RouteOutcome
-from loomwork.integrations.sources import check_page_size
-from loomwork.paging import decode_page_token, encode_page_token
 from loomwork.storage.database import Database
 
 DeliveryStatus = Literal["received", "routed", "unrouted", "failed"]
@@ -142,19 +141,13 @@ class DeliveryStore:
     async def list(
         self, tenant: str, *, source_id: str = "", page_size: int = 0, page_token: str = ""
     ) -> DeliveryPage:
-        size = check_page_size(page_size)
-        scope = f"webhook_deliveries:{tenant}:{source_id}"
-        cursor = decode_page_token(page_token, scope)
-        async with self.db.connection() as conn:
-            cur = await conn.execute(
-                f"""
-                select {_COLUMNS} from webhook_deliveries
-                where tenant_id = %s and (%s = '' or source_id = %s)
-                    and (%s::bigint is null or seq < %s)
-                order by seq desc limit %s
-                """,
-                (tenant, source_id, source_id, cursor, cursor, size + 1),
-            )
-            rows = await cur.fetchall()
-        token = encode_page_token(rows[size - 1]["seq"], scope) if len(rows) > size else ""
-        return DeliveryPage(deliveries=[_delivery(r) for r in rows[:size]], next_page_token=token)
+        rows, token = await newest_first(
+            self.db,
+            "webhook_deliveries",
+            _COLUMNS,
+            tenant,
+            page_size=page_size,
+            page_token=page_token,
+            only=("source_id", source_id),
+        )
+        return DeliveryPage(deliveries=[_delivery(r) for r in rows], next_page_token=token)

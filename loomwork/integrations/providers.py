@@ -11,9 +11,8 @@ import psycopg
 from pydantic import BaseModel, Field
 
 from loomwork.errors import AlreadyExists, NotFound, Violations
+from loomwork.integrations.listing import newest_first
 from loomwork.integrations.secret_box import SecretBox
-from loomwork.integrations.sources import check_page_size
-from loomwork.paging import decode_page_token, encode_page_token
 from loomwork.storage.database import Database
 
 PROVIDER_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -138,23 +137,10 @@ class ProviderStore:
     async def list(
         self, tenant: str, *, page_size: int = 0, page_token: str = ""
     ) -> OAuthProviderPage:
-        size = check_page_size(page_size)
-        scope = f"oauth_providers:{tenant}"
-        cursor = decode_page_token(page_token, scope)
-        async with self.db.connection() as conn:
-            cur = await conn.execute(
-                f"""
-                select {_COLUMNS} from oauth_providers
-                where tenant_id = %s and (%s::bigint is null or seq < %s)
-                order by seq desc limit %s
-                """,
-                (tenant, cursor, cursor, size + 1),
-            )
-            rows = await cur.fetchall()
-        token = encode_page_token(rows[size - 1]["seq"], scope) if len(rows) > size else ""
-        return OAuthProviderPage(
-            providers=[self._provider(r) for r in rows[:size]], next_page_token=token
+        rows, token = await newest_first(
+            self.db, "oauth_providers", _COLUMNS, tenant, page_size=page_size, page_token=page_token
         )
+        return OAuthProviderPage(providers=[self._provider(r) for r in rows], next_page_token=token)
 
     async def delete(self, tenant: str, provider_id: str) -> None:
         async with self.db.connection() as conn:

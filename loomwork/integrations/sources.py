@@ -10,9 +10,9 @@ from pydantic import BaseModel, Field
 
 from loomwork.errors import NotFound, Violations
 from loomwork.ids import new_id
+from loomwork.integrations.listing import newest_first
 from loomwork.integrations.routing import Route, check_routes
 from loomwork.integrations.secret_box import SecretBox
-from loomwork.paging import decode_page_token, encode_page_token
 from loomwork.storage.database import Database
 
 DEFAULT_SIGNATURE_HEADER = "Loomwork-Signature"
@@ -74,14 +74,6 @@ def _check(new: NewWebhookSource) -> None:
         v.add("webhook_source.timestamp_tolerance", "must be between 1s and 1h")
     v.raise_if_any()
     check_routes(new.routes, "webhook_source.routes")
-
-
-def check_page_size(page_size: int, default: int = 50) -> int:
-    if not 0 <= page_size <= 1000:
-        v = Violations()
-        v.add("page_size", "must be between 0 and 1000")
-        v.raise_if_any()
-    return page_size or default
 
 
 class WebhookSourceStore:
@@ -155,23 +147,10 @@ class WebhookSourceStore:
     async def list(
         self, tenant: str, *, page_size: int = 0, page_token: str = ""
     ) -> WebhookSourcePage:
-        size = check_page_size(page_size)
-        scope = f"webhook_sources:{tenant}"
-        cursor = decode_page_token(page_token, scope)
-        async with self.db.connection() as conn:
-            cur = await conn.execute(
-                f"""
-                select {_COLUMNS} from webhook_sources
-                where tenant_id = %s and (%s::bigint is null or seq < %s)
-                order by seq desc limit %s
-                """,
-                (tenant, cursor, cursor, size + 1),
-            )
-            rows = await cur.fetchall()
-        token = encode_page_token(rows[size - 1]["seq"], scope) if len(rows) > size else ""
-        return WebhookSourcePage(
-            sources=[self._source(r) for r in rows[:size]], next_page_token=token
+        rows, token = await newest_first(
+            self.db, "webhook_sources", _COLUMNS, tenant, page_size=page_size, page_token=page_token
         )
+        return WebhookSourcePage(sources=[self._source(r) for r in rows], next_page_token=token)
 
     async def delete(self, tenant: str, source_id: str) -> None:
         async with self.db.connection() as conn:
