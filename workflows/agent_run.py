@@ -17,6 +17,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
+from workflows.retries import MODEL_CALL
 from workflows.search_attributes import STATUS
 
 with workflow.unsafe.imports_passed_through():
@@ -54,13 +55,6 @@ FINISH = "agent_finish"
 # Runs started before publish and finish became local activities replay the old commands.
 LOCAL_ACTIVITIES = "agent-run-local-activities"
 _QUICK = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=5)
-_MODEL = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=6,
-    non_retryable_error_types=["ModelRequestRejected", "NotFound", "InvalidArgument"],
-)
 
 
 def _cause(error: BaseException) -> tuple[str, str]:
@@ -161,7 +155,7 @@ class AgentRunWorkflow:
                 result_type=FirstStep,
                 start_to_close_timeout=timedelta(minutes=5),
                 heartbeat_timeout=timedelta(seconds=20),
-                retry_policy=_MODEL,
+                retry_policy=MODEL_CALL,
                 summary=f"model {request.model or request.agent_name}, step 1 (loads the context)",
             )
             plan = first.plan
@@ -190,7 +184,7 @@ class AgentRunWorkflow:
                         result_type=StepOutput,
                         start_to_close_timeout=timedelta(minutes=5),
                         heartbeat_timeout=timedelta(seconds=20),
-                        retry_policy=_MODEL,
+                        retry_policy=MODEL_CALL,
                         summary=f"model {plan.model}, step {step}",
                     )
                 unfinished = None

@@ -13,6 +13,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
+from workflows.retries import MODEL_CALL
+
 with workflow.unsafe.imports_passed_through():
     from loomwork.rag.answer import (
         AnswerError,
@@ -30,13 +32,6 @@ _QUICK = RetryPolicy(
     initial_interval=timedelta(milliseconds=300),
     maximum_attempts=5,
     non_retryable_error_types=["NotFound", "InvalidArgument", "FailedPrecondition"],
-)
-_MODEL = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=6,
-    non_retryable_error_types=["ModelRequestRejected", "NotFound", "InvalidArgument"],
 )
 _CODES = {
     "NotFound": (5, "NOT_FOUND"),
@@ -77,7 +72,7 @@ class RagAnswerWorkflow:
                 result_type=GeneratedAnswer,
                 start_to_close_timeout=timedelta(minutes=5),
                 heartbeat_timeout=timedelta(seconds=20),
-                retry_policy=_MODEL,
+                retry_policy=MODEL_CALL,
                 summary="stream the answer",
             )
         except (ActivityError, asyncio.CancelledError, CancelledError) as exc:
