@@ -15,6 +15,8 @@ from clients.cli import (
     _proto_inline,
     _run,
     _short_time,
+    _status_markup,
+    _statuses,
     to_dict,
 )
 from clients.client import LoomworkClient
@@ -29,9 +31,7 @@ agents_app = typer.Typer(
 
 
 def _status(value: int) -> str:
-    name = run_pb2.RunStatus.Name(value).removeprefix("RUN_STATUS_")
-    color = {"SUCCEEDED": "green", "FAILED": "red", "CANCELED": "yellow", "WAITING": "magenta"}
-    return f"[{color.get(name, 'cyan')}]{name}[/]"
+    return _status_markup(run_pb2.RunStatus, value, "RUN_STATUS_", WAITING="magenta")
 
 
 def describe_event(event: agent_pb2.AgentRunEvent) -> str | None:
@@ -178,12 +178,7 @@ def agents_runs(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List runs (Temporal visibility)."""
-    statuses = []
-    for name in status:
-        key = f"RUN_STATUS_{name.upper()}"
-        if key not in run_pb2.RunStatus.keys():  # noqa: SIM118 - an enum wrapper
-            raise typer.BadParameter(f"unknown status {name!r}", param_hint="--status")
-        statuses.append(run_pb2.RunStatus.Value(key))
+    statuses = _statuses(run_pb2.RunStatus, "RUN_STATUS_", status)
     response = _run(
         _connection(ctx),
         lambda c: c.list_runs(agent_name=agent, statuses=statuses, page_size=limit),

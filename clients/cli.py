@@ -176,6 +176,27 @@ def _short_time(ts: timestamp_pb2.Timestamp) -> str:
     return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+_STATUS_COLORS = {"SUCCEEDED": "green", "FAILED": "red", "CANCELED": "yellow"}
+
+
+def _status_markup(enum: Any, value: int, prefix: str, **colors: str) -> str:
+    """A status enum value as colored markup, its name without `prefix`: the ended statuses
+    in their usual colors, others cyan unless `colors` names them."""
+    name = enum.Name(value).removeprefix(prefix)
+    return f"[{colors.get(name) or _STATUS_COLORS.get(name, 'cyan')}]{name}[/]"
+
+
+def _statuses(enum: Any, prefix: str, names: list[str]) -> list[Any]:
+    """`--status` names (any case) as the enum's values; an unknown one is a bad parameter."""
+    values = []
+    for name in names:
+        key = f"{prefix}{name.upper()}"
+        if key not in enum.keys():  # noqa: SIM118 - an enum wrapper
+            raise typer.BadParameter(f"unknown status {name!r}", param_hint="--status")
+        values.append(enum.Value(key))
+    return values
+
+
 def _json_inline(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 

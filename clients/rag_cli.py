@@ -17,6 +17,7 @@ from clients.cli import (
     _out,
     _print_json,
     _run,
+    _status_markup,
     to_dict,
 )
 from clients.client import LoomworkClient
@@ -39,9 +40,7 @@ _STRATEGIES = {
 
 
 def _status(value: int) -> str:
-    name = rag_pb2.IngestionStatus.Name(value).removeprefix("INGESTION_STATUS_")
-    color = {"SUCCEEDED": "green", "FAILED": "red", "CANCELED": "yellow"}.get(name, "cyan")
-    return f"[{color}]{name}[/]"
+    return _status_markup(rag_pb2.IngestionStatus, value, "INGESTION_STATUS_")
 
 
 @rag_app.command("create-index")

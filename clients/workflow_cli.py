@@ -19,6 +19,8 @@ from clients.cli import (
     _proto_inline,
     _run,
     _short_time,
+    _status_markup,
+    _statuses,
     to_dict,
 )
 from clients.client import LoomworkClient
@@ -33,15 +35,13 @@ workflows_app = typer.Typer(
 
 
 def _status(value: int) -> str:
-    name = workflow_pb2.WorkflowRunStatus.Name(value).removeprefix("WORKFLOW_RUN_STATUS_")
-    color = {
-        "SUCCEEDED": "green",
-        "FAILED": "red",
-        "CANCELED": "yellow",
-        "SUSPENDED": "magenta",
-        "WAITING": "blue",
-    }.get(name, "cyan")
-    return f"[{color}]{name}[/]"
+    return _status_markup(
+        workflow_pb2.WorkflowRunStatus,
+        value,
+        "WORKFLOW_RUN_STATUS_",
+        SUSPENDED="magenta",
+        WAITING="blue",
+    )
 
 
 def _step_status(value: int) -> str:
@@ -218,12 +218,7 @@ def workflows_runs(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List runs, newest first."""
-    statuses: list[workflow_pb2.WorkflowRunStatus] = []
-    for name in status:
-        key = f"WORKFLOW_RUN_STATUS_{name.upper()}"
-        if key not in workflow_pb2.WorkflowRunStatus.keys():  # noqa: SIM118 - an enum wrapper
-            raise typer.BadParameter(f"unknown status {name!r}", param_hint="--status")
-        statuses.append(workflow_pb2.WorkflowRunStatus.Value(key))  # type: ignore[arg-type]
+    statuses = _statuses(workflow_pb2.WorkflowRunStatus, "WORKFLOW_RUN_STATUS_", status)
     response = _run(
         _connection(ctx),
         lambda c: c.list_workflow_runs(workflow_id=workflow_id, statuses=statuses, page_size=limit),
