@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import uuid
+from collections.abc import Sequence
 
-from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.common.v1 import Payload
+from temporalio.api.enums.v1 import EventType, IndexedValueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.converter import PayloadCodec
+from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from server.runtime import Runtime
 from server.temporal import SEARCH_ATTRIBUTES, register_search_attributes
-from server.worker import workflow_runner
+from server.worker import ContextFreeSandboxRunner, needs_no_serialization_context, workflow_runner
+from tests.sandbox_fixtures import Note, SandboxClock, SandboxEcho, echo
 from workflows.stack_check import StackCheckInput, StackCheckResult, StackCheckWorkflow
 
 
@@ -59,3 +66,56 @@ def test_workflow_sandbox_modes() -> None:
     assert "workflows" not in strict.restrictions.passthrough_modules
     assert "workflows" in shared.restrictions.passthrough_modules
     assert shared.restrictions.invalid_module_members == strict.restrictions.invalid_module_members
+
+
+class _NoopCodec(PayloadCodec):
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return list(payloads)
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return list(payloads)
+
+
+def test_serialization_context_is_skipped_only_without_codec(runtime: Runtime) -> None:
+    converter = runtime.temporal.data_converter
+    assert needs_no_serialization_context(converter)
+    with_codec = dataclasses.replace(converter, payload_codec=_NoopCodec())
+    assert not needs_no_serialization_context(with_codec)
+    assert isinstance(workflow_runner("strict", context_free=True), ContextFreeSandboxRunner)
+    assert not isinstance(workflow_runner("strict"), ContextFreeSandboxRunner)
+
+
+async def test_context_free_sandbox_still_sandboxes_workflow_code(runtime: Runtime) -> None:
+    """Skipping the per-payload serialization context changes nothing a workflow sees:
+    payloads arrive intact and the sandbox still refuses what workflow code must not do."""
+    queue = f"sandbox-{uuid.uuid4().hex[:8]}"
+    client = runtime.temporal
+    async with Worker(
+        client,
+        task_queue=queue,
+        workflows=[SandboxEcho, SandboxClock],
+        activities=[echo],
+        workflow_runner=workflow_runner("strict", context_free=True),
+    ):
+        echoed = await client.execute_workflow(
+            SandboxEcho.run,
+            Note(text="hi", tags=["a"]),
+            id=f"sandbox-echo-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+            result_type=Note,
+        )
+        assert echoed == Note(text="HI", tags=["a", "echoed"])
+
+        handle = await client.start_workflow(
+            SandboxClock.run, id=f"sandbox-clock-{uuid.uuid4().hex[:8]}", task_queue=queue
+        )
+        failure = ""
+        for _ in range(100):
+            async for event in handle.fetch_history_events():
+                if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+                    failure = event.workflow_task_failed_event_attributes.failure.message
+            if failure:
+                break
+            await asyncio.sleep(0.1)
+        await handle.terminate()
+    assert "datetime.datetime.now" in failure
