@@ -212,11 +212,12 @@ class RunEventLog:
         _check_after(after_id)
         if block_ms <= 0:
             raise InvalidArgument.field("block_ms", "must be positive")
-        last, finished = await self._meta(run_id)
-        if after_id > last:
-            raise OutOfRange(run_id, after_id, last)
-        if finished is not None and after_id >= finished:
-            return
+        if after_id > 0:  # from the start, nothing can be out of range or already over
+            last, finished = await self._meta(run_id)
+            if after_id > last:
+                raise OutOfRange(run_id, after_id, last)
+            if finished is not None and after_id >= finished:
+                return
         stream = self.stream_key(run_id)
         block_cap = self._block_cap(block_ms)
         loop = asyncio.get_running_loop()

@@ -469,10 +469,18 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         return None
 
     async def _events(
-        self, tenant_id: str, run_id: str, after_event_id: int, workflow_id: str
+        self,
+        tenant_id: str,
+        run_id: str,
+        after_event_id: int,
+        workflow_id: str,
+        *,
+        announced: bool = False,
     ) -> AsyncIterator[agent_pb2.AgentRunEvent]:
+        """The run's events after `after_event_id`, to its end; `announced`: this call has
+        just published the run's first event (its log is there)."""
         key = event_log_key(tenant_id, run_id)
-        if await self.runtime.events.last_id(key) == 0:
+        if not announced and await self.runtime.events.last_id(key) == 0:
             # Nothing in Redis: not started yet, or ended long enough ago that its events
             # expired; then only its terminal event, rebuilt from the result with its id.
             handle = self.runtime.temporal.get_workflow_handle_for(
@@ -499,14 +507,18 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.StreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.StreamResponse]:
         run_request, _, workflow_id = await self._start(request)
-        async for event in self._events(run_request.tenant, run_request.run_id, 0, workflow_id):
+        async for event in self._events(
+            run_request.tenant, run_request.run_id, 0, workflow_id, announced=run_request.announced
+        ):
             yield agent_pb2.StreamResponse(event=event)
 
     async def StreamObject(
         self, request: agent_pb2.StreamObjectRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.StreamObjectResponse]:
         run_request, _, workflow_id = await self._start(request, require_schema=True)
-        async for event in self._events(run_request.tenant, run_request.run_id, 0, workflow_id):
+        async for event in self._events(
+            run_request.tenant, run_request.run_id, 0, workflow_id, announced=run_request.announced
+        ):
             if not event.HasField("text_delta"):
                 yield agent_pb2.StreamObjectResponse(event=event)
 
