@@ -272,7 +272,9 @@ async def demo_rag(ctx: DemoContext) -> None:
             f"(score {best.score:.2f})"
         )
         text: list[str] = []
-        async for answer_event in client.answer(index, "What does a loom do?", retrieval):
+        asked = "What does a loom do?"
+        ctx.note(f"asking {asked!r} (a cited answer, streamed):")
+        async for answer_event in client.answer(index, asked, retrieval):
             if answer_event.HasField("text_delta"):
                 text.append(answer_event.text_delta.text)
             elif answer_event.HasField("citation"):

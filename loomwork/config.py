@@ -10,7 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from loomwork.errors import FailedPrecondition
 
-DEFAULT_TOKENS = "dev=default"
+# `loomwork up` with no LOOMWORK_TOKENS: two tenants, so the demo can show their isolation.
+DEFAULT_TOKENS = "dev=default,dev-other=other"
 TASK_QUEUE = "loomwork"
 
 

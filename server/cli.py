@@ -137,8 +137,9 @@ def up(
             from clients.cli import run_demo
 
             token = next(iter(tokens))
+            other = next((t for t, tenant in tokens.items() if tenant != tokens[token]), None)
             try:
-                await run_demo(running.grpc_address, token)
+                await run_demo(running.grpc_address, token, other_token=other)
             except Exception as exc:  # the demo failing must not take the stack down
                 console.print(f"[bold red]demo failed:[/] {exc}")
             console.print(

@@ -71,7 +71,8 @@ def test_up_serves_and_data_survives_a_restart(tmp_path: Path) -> None:
     try:
         _wait_up(proc, log)
         text = log.read_text()
-        assert address in text and "token" in text and "dev" in text
+        assert address in text and "dev → tenant default" in text
+        assert "dev-other → tenant other" in text  # a second tenant, for the demo's isolation
         with grpc.insecure_channel(address) as channel:
             stub = memory_pb2_grpc.MemoryServiceStub(channel)
             thread = (
@@ -111,6 +112,11 @@ def test_up_serves_and_data_survives_a_restart(tmp_path: Path) -> None:
                 memory_pb2.ListMessagesRequest(thread_id="kept"), metadata=auth("dev")
             )
             assert [m.parts[0].text.text for m in listed.messages] == ["remember me"]
+            with pytest.raises(grpc.RpcError) as other:  # the dev stack's second tenant
+                stub.GetThread(
+                    memory_pb2.GetThreadRequest(thread_id="kept"), metadata=auth("dev-other")
+                )
+            assert other.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         _stop(proc, log)
 

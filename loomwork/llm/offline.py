@@ -27,7 +27,9 @@ def _answer_from_context(request: ChatRequest) -> str | None:
     found = _FIRST_SOURCE.search(content)
     if found is None:
         return "I do not know: the context does not say."
-    source = " ".join(found.group(1).split())
+    # The source's own words, without its Markdown headings ("# Looms").
+    lines = [line for line in found.group(1).splitlines() if not line.lstrip().startswith("#")]
+    source = " ".join(" ".join(lines).split())
     sentence = _SENTENCE.match(source)
     return f"{(sentence.group(1) if sentence else source)} [1]"
 
