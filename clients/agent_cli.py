@@ -53,6 +53,13 @@ def describe_event(event: agent_pb2.AgentRunEvent) -> str | None:
         )
     if kind == "approval_resolved":
         return f"approval resolved: approved={event.approval_resolved.approved}"
+    if kind == "run_pending":
+        waiting = event.run_pending
+        return (
+            f"[yellow]waiting for a worker[/]: none has taken the run in "
+            f"{waiting.waited.ToTimedelta().total_seconds():.0f} s (task queue "
+            f"{escape(waiting.task_queue)}; start one with `loomwork worker`)"
+        )
     if kind == "step_retrying":
         return f"[yellow]model step retrying[/]: {escape(event.step_retrying.error.message)}"
     if kind == "run_failed":

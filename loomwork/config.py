@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     # Seconds a model request may wait on the model (to connect, or for its next bytes while
     # it streams); past it the call fails as a timeout and Temporal retries its step.
     model_timeout: float = Field(default=120.0, gt=0, alias="LOOMWORK_MODEL_TIMEOUT")
+    # After this long with no worker taking a run it started, a Stream call says so (once).
+    pending_notice_seconds: float = Field(
+        default=10.0, gt=0, alias="LOOMWORK_PENDING_NOTICE_SECONDS"
+    )
     embedding_model: str = Field(default="all-MiniLM-L6-v2", alias="LOOMWORK_EMBEDDING_MODEL")
     cache_enabled: bool = Field(default=True, alias="LOOMWORK_CACHE")
     max_message_bytes: int = Field(default=16 * 1024 * 1024, alias="LOOMWORK_MAX_MESSAGE_BYTES")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -311,6 +311,9 @@ def event_to_proto(
             _input_message(
                 out.run_started.input_messages.add(), message, event.thread_id, event.time
             )
+    elif isinstance(event, events.RunPending):
+        out.run_pending.task_queue = event.task_queue
+        out.run_pending.waited.FromTimedelta(timedelta(seconds=event.waited_seconds))
     elif isinstance(event, events.TextDeltaEvent):
         out.text_delta.text = event.delta
     elif isinstance(event, events.ToolCallEvent):

@@ -135,6 +135,66 @@ async def test_a_run_no_worker_took_is_pending_until_one_comes(
     assert types.index(upsert) < types.index(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
 
 
+async def test_stream_says_when_no_worker_takes_its_run(
+    settings: Settings, runtime: Runtime, token, model
+) -> None:
+    """A Stream caller whose run no worker takes is told so on the stream (once, as a
+    numbered event of the run), and the run goes on when a worker comes."""
+    async with (
+        own_runtime(settings, pending_notice_seconds=0.5) as own,
+        another_server(own) as channel,
+    ):
+        agents = agent_pb2_grpc.AgentServiceStub(channel)
+        model.set_script([Turn(text="Here I am.")])
+        stream = agents.Stream(
+            agent_pb2.StreamRequest(agent_name="assistant", prompt="anyone?"),
+            metadata=auth(token),
+        )
+        events = aiter(stream)
+        started = (await asyncio.wait_for(anext(events), 10)).event
+        pending = (await asyncio.wait_for(anext(events), 10)).event
+        assert started.HasField("run_started")
+        assert pending.event_id == 2 and pending.HasField("run_pending")
+        assert pending.run_pending.task_queue == own.settings.task_queue
+        assert pending.run_pending.waited.ToTimedelta().total_seconds() >= 0.5
+
+        worker = RunningWorker(own)
+        try:
+            rest = [response.event async for response in events]
+        finally:
+            await worker.stop()
+        assert "".join(e.text_delta.text for e in rest) == "Here I am."
+        assert rest[-1].HasField("run_finished")
+        assert [e.event_id for e in [started, pending, *rest]] == list(range(1, len(rest) + 3))
+        assert not any(e.HasField("run_pending") for e in rest)  # said once
+
+        replayed = [
+            r.event
+            async for r in agents.WatchRun(
+                agent_pb2.AgentServiceWatchRunRequest(run_id=started.run_id),
+                metadata=auth(token),
+            )
+        ]
+        assert [e.WhichOneof("event") for e in replayed][:2] == ["run_started", "run_pending"]
+
+        # A run a worker took is not "pending", however slow its model.
+        worker = RunningWorker(own)
+        try:
+            model.set_script([Delay(1.5, then=Turn(text="Slow."))])
+            slow = [
+                r.event
+                async for r in agents.Stream(
+                    agent_pb2.StreamRequest(agent_name="assistant", prompt="take your time"),
+                    metadata=auth(token),
+                )
+            ]
+        finally:
+            await worker.stop()
+        assert slow[0].HasField("run_started")
+        assert not any(e.HasField("run_pending") for e in slow)
+        assert "".join(e.text_delta.text for e in slow) == "Slow."
+
+
 async def test_a_run_the_service_hands_its_own_worker_runs_from_the_start(
     agents, token, model, runtime: Runtime
 ) -> None:

@@ -344,3 +344,17 @@ async def test_agent_commands(
         assert "SUCCEEDED" in shown and "is sent" in shown
     finally:
         model_server.set_script(None)
+
+
+def test_a_pending_run_is_described_with_what_to_do() -> None:
+    from datetime import timedelta
+
+    from clients.agent_cli import describe_event
+    from protos.loomwork.v1 import agent_pb2
+
+    event = agent_pb2.AgentRunEvent(event_id=2, run_id="run_x")
+    event.run_pending.task_queue = "loomwork"
+    event.run_pending.waited.FromTimedelta(timedelta(seconds=10.2))
+    line = describe_event(event) or ""
+    assert "waiting for a worker" in line and "in 10 s" in line
+    assert "task queue loomwork" in line and "loomwork worker" in line

@@ -238,6 +238,17 @@ async def test_first_append_opens_a_log_once(log: RunEventLog) -> None:
     assert [e.payload for e in await collect_until(log, run_id, 2)] == [payload(1), payload(2)]
 
 
+async def test_append_only_as_a_given_id(log: RunEventLog) -> None:
+    run_id = new_run()
+    await log.append(run_id, payload(1))
+    assert await log.append(run_id, payload(9), only_as=3) == 0  # it would be 2: nothing
+    assert await log.append(run_id, payload(2), only_as=2) == 2
+    assert await log.append(run_id, payload(9), only_as=2) == 0  # taken meanwhile: nothing
+    assert [e.payload for e in await collect_until(log, run_id, 9)] == [payload(1), payload(2)]
+    with pytest.raises(InvalidArgument, match="only_as"):
+        await log.append(run_id, payload(3), only_as=-1)
+
+
 async def test_discard_drops_a_log(log: RunEventLog) -> None:
     run_id = new_run()
     await log.append(run_id, payload(1))

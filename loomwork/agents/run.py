@@ -229,6 +229,15 @@ class RunStarted(_Event):
     input_messages: list[NewMessage] = Field(default_factory=list)  # with their ids
 
 
+class RunPending(_Event):
+    """No worker had taken the run yet, `waited_seconds` after it started: published once,
+    by the service that started it (the run begins once a worker polls `task_queue`)."""
+
+    type: Literal["run_pending"] = "run_pending"
+    task_queue: str
+    waited_seconds: float
+
+
 class TextDeltaEvent(_Event):
     type: Literal["text_delta"] = "text_delta"
     delta: str
@@ -292,6 +301,7 @@ class RunFinished(_Event):
 
 AgentEvent = Annotated[
     RunStarted
+    | RunPending
     | TextDeltaEvent
     | ToolCallEvent
     | ToolResultEvent

@@ -42,14 +42,15 @@ _FINISHED_ERROR = "LOOMWORK_RUN_FINISHED"
 
 # KEYS[1] meta hash, KEYS[2] stream.
 # ARGV[1] payload, ARGV[2] terminal ("0"/"1"), ARGV[3] retention seconds, ARGV[4] max events,
-# ARGV[5] first ("1": append only as the log's first event, else return 0).
+# ARGV[5] only as (n > 0: append only if the event gets id n, else write nothing and return 0).
 _APPEND_LUA = """
 local finished = redis.call('HGET', KEYS[1], 'finished')
 if finished then
   return redis.error_reply('LOOMWORK_RUN_FINISHED ' .. finished)
 end
 local n = tonumber(redis.call('HGET', KEYS[1], 'last') or '0') + 1
-if ARGV[5] == '1' and n > 1 then
+local only_as = tonumber(ARGV[5])
+if only_as > 0 and n ~= only_as then
   return 0
 end
 local id = string.format('%d-0', n)
@@ -124,14 +125,25 @@ class RunEventLog:
     # writing ------------------------------------------------------------
 
     async def append(
-        self, run_id: str, payload: bytes, *, terminal: bool = False, first: bool = False
+        self,
+        run_id: str,
+        payload: bytes,
+        *,
+        terminal: bool = False,
+        first: bool = False,
+        only_as: int = 0,
     ) -> int:
         """Publish one event and return its id; `terminal` ends the run's log.
 
-        With `first`, the event is published only as the log's first one (id 1): when the
-        log already has events nothing is written and the answer is 0. Two callers racing
-        to open a run's log this way publish one event between them."""
+        With `only_as`, the event is published only if it gets that id (the log has
+        `only_as - 1` events): otherwise nothing is written and the answer is 0. `first` is
+        `only_as=1`: two callers racing to open a run's log this way publish one event
+        between them."""
         _check_run_id(run_id)
+        if only_as < 0:
+            raise InvalidArgument.field("only_as", "must be 0 (no condition) or an event id")
+        if first:
+            only_as = 1
         try:
             result = await self._append_script(
                 keys=[self.meta_key(run_id), self.stream_key(run_id)],
@@ -140,7 +152,7 @@ class RunEventLog:
                     "1" if terminal else "0",
                     self.retention_seconds,
                     self.max_events,
-                    "1" if first else "0",
+                    only_as,
                 ],
             )
         except ResponseError as exc:

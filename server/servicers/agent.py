@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -35,9 +36,11 @@ from loomwork.agents.run import (
     ResumeInput,
     RunFinished,
     RunOutcome,
+    RunPending,
     RunRecord,
     RunState,
     decode_event,
+    encode_event,
 )
 from loomwork.agents.steps import announce_run, effective_agent, event_log_key
 from loomwork.agents.store import AgentStore
@@ -58,6 +61,7 @@ from loomwork.paging import (
     encode_bytes_token,
     encode_text_token,
 )
+from loomwork.streams import FollowIdle
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server import agent_convert, convert
 from server.interceptors import tenant
@@ -65,6 +69,8 @@ from server.runtime import Runtime
 from server.temporal import not_taken, query_state, start_input
 from workflows.agent_run import AgentRunWorkflow
 from workflows.search_attributes import AGENT, RESOURCE, RUN, STATUS, TENANT, THREAD
+
+log = logging.getLogger(__name__)
 
 _INPUT_ROLES = {Role.USER, Role.ASSISTANT, Role.TOOL}
 MAX_RESOURCE_ID = 256
@@ -497,11 +503,44 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                         workflow_id,
                     )
                 return
-        # No idle limit: a run may wait hours for an approval; the caller's deadline governs.
-        async for event in self.runtime.events.follow(key, after_event_id):
-            yield agent_convert.event_to_proto(
-                run_id, event.event_id, decode_event(event.payload), workflow_id
-            )
+        cursor = after_event_id
+        # The call that started the run tells its caller, once, if no worker takes it (all
+        # down, or busy): else the stream would stay silent after run_started.
+        watch = announced
+        while True:
+            # Otherwise no idle limit: a run may wait hours for an approval; the caller's
+            # deadline governs.
+            idle = self.runtime.settings.pending_notice_seconds if watch else None
+            try:
+                async for event in self.runtime.events.follow(key, cursor, idle_timeout=idle):
+                    yield agent_convert.event_to_proto(
+                        run_id, event.event_id, decode_event(event.payload), workflow_id
+                    )
+                    cursor = event.event_id
+                return
+            except FollowIdle:
+                watch = False
+                await self._say_if_pending(key, run_id, workflow_id, cursor)
+
+    async def _say_if_pending(
+        self, key: str, run_id: str, workflow_id: str, last_event_id: int
+    ) -> None:
+        """Publish run_pending as the run's next event if no worker has taken it yet."""
+        handle = self.runtime.temporal.get_workflow_handle_for(AgentRunWorkflow.run, workflow_id)
+        try:
+            description = await _describe(handle, run_id)
+        except Unavailable as error:  # a notice only: the stream itself goes on
+            log.warning("could not tell whether run %s is pending: %s", run_id, error.message)
+            return
+        if not not_taken(description):
+            return
+        started = description.start_time or datetime.now(UTC)
+        pending = RunPending(
+            task_queue=description.task_queue,
+            waited_seconds=round((datetime.now(UTC) - started).total_seconds(), 1),
+        )
+        # Only as the next event: a worker that took the run meanwhile publishes first.
+        await self.runtime.events.append(key, encode_event(pending), only_as=last_event_id + 1)
 
     async def Stream(
         self, request: agent_pb2.StreamRequest, context: grpc.aio.ServicerContext

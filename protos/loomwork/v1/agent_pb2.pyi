@@ -448,7 +448,7 @@ class ApprovalResolved(_message.Message):
     def __init__(self, tool_call_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., approved: _Optional[bool] = ..., reason: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., arguments_edited: _Optional[bool] = ...) -> None: ...
 
 class AgentRunEvent(_message.Message):
-    __slots__ = ("event_id", "run_id", "time", "step", "run_started", "text_delta", "tool_call", "tool_result", "approval_requested", "approval_resolved", "object_partial", "object_final", "usage", "step_retrying", "step_finished", "run_finished", "run_failed")
+    __slots__ = ("event_id", "run_id", "time", "step", "run_started", "text_delta", "tool_call", "tool_result", "approval_requested", "approval_resolved", "object_partial", "object_final", "usage", "step_retrying", "step_finished", "run_finished", "run_failed", "run_pending")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -466,6 +466,7 @@ class AgentRunEvent(_message.Message):
     STEP_FINISHED_FIELD_NUMBER: _ClassVar[int]
     RUN_FINISHED_FIELD_NUMBER: _ClassVar[int]
     RUN_FAILED_FIELD_NUMBER: _ClassVar[int]
+    RUN_PENDING_FIELD_NUMBER: _ClassVar[int]
     event_id: int
     run_id: str
     time: _timestamp_pb2.Timestamp
@@ -483,7 +484,16 @@ class AgentRunEvent(_message.Message):
     step_finished: AgentStepFinished
     run_finished: AgentRunFinished
     run_failed: _run_pb2.RunError
-    def __init__(self, event_id: _Optional[int] = ..., run_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., run_started: _Optional[_Union[AgentRunStarted, _Mapping]] = ..., text_delta: _Optional[_Union[_run_pb2.TextDelta, _Mapping]] = ..., tool_call: _Optional[_Union[_message_pb2.ToolCallPart, _Mapping]] = ..., tool_result: _Optional[_Union[_message_pb2.ToolResultPart, _Mapping]] = ..., approval_requested: _Optional[_Union[PendingApproval, _Mapping]] = ..., approval_resolved: _Optional[_Union[ApprovalResolved, _Mapping]] = ..., object_partial: _Optional[_Union[ObjectPartial, _Mapping]] = ..., object_final: _Optional[_Union[ObjectFinal, _Mapping]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ..., step_retrying: _Optional[_Union[AgentStepRetrying, _Mapping]] = ..., step_finished: _Optional[_Union[AgentStepFinished, _Mapping]] = ..., run_finished: _Optional[_Union[AgentRunFinished, _Mapping]] = ..., run_failed: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ...) -> None: ...
+    run_pending: AgentRunPending
+    def __init__(self, event_id: _Optional[int] = ..., run_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., run_started: _Optional[_Union[AgentRunStarted, _Mapping]] = ..., text_delta: _Optional[_Union[_run_pb2.TextDelta, _Mapping]] = ..., tool_call: _Optional[_Union[_message_pb2.ToolCallPart, _Mapping]] = ..., tool_result: _Optional[_Union[_message_pb2.ToolResultPart, _Mapping]] = ..., approval_requested: _Optional[_Union[PendingApproval, _Mapping]] = ..., approval_resolved: _Optional[_Union[ApprovalResolved, _Mapping]] = ..., object_partial: _Optional[_Union[ObjectPartial, _Mapping]] = ..., object_final: _Optional[_Union[ObjectFinal, _Mapping]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ..., step_retrying: _Optional[_Union[AgentStepRetrying, _Mapping]] = ..., step_finished: _Optional[_Union[AgentStepFinished, _Mapping]] = ..., run_finished: _Optional[_Union[AgentRunFinished, _Mapping]] = ..., run_failed: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., run_pending: _Optional[_Union[AgentRunPending, _Mapping]] = ...) -> None: ...
+
+class AgentRunPending(_message.Message):
+    __slots__ = ("task_queue", "waited")
+    TASK_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    WAITED_FIELD_NUMBER: _ClassVar[int]
+    task_queue: str
+    waited: _duration_pb2.Duration
+    def __init__(self, task_queue: _Optional[str] = ..., waited: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class AgentRunStarted(_message.Message):
     __slots__ = ("agent_name", "thread_id", "resource_id", "model", "input_messages", "max_steps", "structured_output")
