@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
+import uuid
 from pathlib import Path
 
 import grpc
@@ -736,3 +737,35 @@ async def test_a_run_without_a_thread_is_not_offered_the_working_memory_tool(
         agent_pb2.GenerateRequest(agent_name="noter", prompt="hi"), metadata=auth(token)
     )
     assert "update_working_memory" not in model.requests[-1].tool_names  # nowhere to keep it
+
+
+async def test_watch_skips_an_event_kind_this_server_does_not_know(agents, token, runtime) -> None:
+    """During a rolling upgrade a newer server may publish a kind of event an older one cannot
+    read: it is left out (with a warning), and the rest of the run still arrives."""
+    from loomwork.agents.directory import RunDirectory
+    from loomwork.agents.run import RunFinished, RunOutcome, RunStarted, encode_event
+    from loomwork.agents.steps import event_log_key
+
+    run_id = f"run_future_{uuid.uuid4().hex[:8]}"
+    key = event_log_key("alpha", run_id)
+    await RunDirectory(runtime.redis).record("alpha", run_id, f"agent/assistant/alpha/{run_id}")
+    started = RunStarted(agent_name="assistant", model="scripted", max_steps=1)
+    await runtime.events.append(key, encode_event(started))
+    await runtime.events.append(key, b'{"type": "from_the_future", "step": 0}')
+    outcome = RunOutcome(
+        run_id=run_id, agent_name="assistant", status="succeeded", finish_reason="stop"
+    )
+    await runtime.events.append(key, encode_event(RunFinished(outcome=outcome)), terminal=True)
+
+    watched = await asyncio.wait_for(
+        _collect(
+            agents.WatchRun(
+                agent_pb2.AgentServiceWatchRunRequest(run_id=run_id), metadata=auth(token)
+            )
+        ),
+        30,
+    )
+    assert [(e.event_id, e.WhichOneof("event")) for e in watched] == [
+        (1, "run_started"),
+        (3, "run_finished"),
+    ]

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from pydantic import ValidationError
 from temporalio.client import (
     WorkflowExecution,
     WorkflowExecutionDescription,
@@ -513,10 +514,17 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             idle = self.runtime.settings.pending_notice_seconds if watch else None
             try:
                 async for event in self.runtime.events.follow(key, cursor, idle_timeout=idle):
-                    yield agent_convert.event_to_proto(
-                        run_id, event.event_id, decode_event(event.payload), workflow_id
-                    )
                     cursor = event.event_id
+                    try:
+                        decoded = decode_event(event.payload)
+                    except ValidationError:  # a newer server's kind of event (rolling upgrade)
+                        log.warning(
+                            "run %s: event %d is of a kind this server does not know; not sent",
+                            run_id,
+                            event.event_id,
+                        )
+                        continue
+                    yield agent_convert.event_to_proto(run_id, event.event_id, decoded, workflow_id)
                 return
             except FollowIdle:
                 watch = False
