@@ -14,6 +14,7 @@ from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -189,7 +190,10 @@ class TemporalRouteTargets:
                 ),
                 id=workflow_id,
                 task_queue=self.task_queue,
+                # One run per delivery: a retried routing joins the run while it runs, and
+                # does not start it again once it has finished.
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=TypedSearchAttributes(
                     [
                         SearchAttributePair(SearchAttributeKey.for_keyword(name), value)
@@ -200,6 +204,8 @@ class TemporalRouteTargets:
                 ),
                 static_summary=f"workflow {definition.id} started by a webhook, run {run_id}",
             )
+        except WorkflowAlreadyStartedError:
+            pass  # this delivery's run, started by an earlier attempt and finished since
         except RPCError as error:
             raise _temporal_error(error, f"workflow {definition.id!r}") from error
         return f"started workflow {definition.id} run {run_id}"

@@ -15,8 +15,11 @@ import pytest
 from google.protobuf import duration_pb2, struct_pb2
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.integrations import TemporalRouteTargets
 from clients.client import LoomworkClient
+from loomwork.agents.directory import RunDirectory
 from loomwork.integrations import signatures
+from loomwork.integrations.routing import WorkflowStart
 from loomwork.llm.scripted_server import ScriptedToolCall, Turn
 from protos.loomwork.v1 import (
     agent_pb2,
@@ -592,7 +595,7 @@ async def test_webhook_resumes_a_suspended_workflow_step(
 
 
 async def test_webhook_starts_a_workflow_once_per_delivery(
-    http, integrations, channel, token, other_token
+    http, integrations, channel, token, other_token, runtime
 ) -> None:
     workflows = workflow_pb2_grpc.WorkflowServiceStub(channel)
     route = integration_pb2.WebhookRoute(
@@ -619,6 +622,20 @@ async def test_webhook_starts_a_workflow_once_per_delivery(
             break
         await asyncio.sleep(0.05)
     assert got.output["queue"] == "on-call"
+    # The routing activity retried after its run finished (its worker died before it
+    # reported) starts nothing: still one run for the delivery.
+    targets = TemporalRouteTargets(
+        runtime.temporal,
+        RunDirectory(runtime.redis),
+        workflows=runtime.flows,
+        task_queue=runtime.settings.task_queue,
+    )
+    again = WorkflowStart(
+        workflow_name="ticket-triage", input={"subject": "Site down"}, idempotency_key=run_id
+    )
+    assert await targets.start_workflow("alpha", again) == delivery.result
+    latest = await runtime.temporal.get_workflow_handle(got.temporal_workflow_id).describe()
+    assert latest.run_id == got.temporal_run_id  # no second execution of its workflow id
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await workflows.GetRun(
             workflow_pb2.WorkflowServiceGetRunRequest(run_id=run_id), metadata=auth(other_token)
