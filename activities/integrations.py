@@ -244,6 +244,7 @@ class TemporalRouteTargets:
                 id=stored.workflow_id,
                 task_queue=self.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=TypedSearchAttributes(
                     [
                         SearchAttributePair(SearchAttributeKey.for_keyword(name), value)

@@ -19,7 +19,7 @@ from activities.integrations import TemporalRouteTargets
 from clients.client import LoomworkClient
 from loomwork.agents.directory import RunDirectory
 from loomwork.integrations import signatures
-from loomwork.integrations.routing import WorkflowStart
+from loomwork.integrations.routing import DocumentIngest, WorkflowStart
 from loomwork.llm.scripted_server import ScriptedToolCall, Turn
 from protos.loomwork.v1 import (
     agent_pb2,
@@ -649,7 +649,9 @@ async def test_webhook_starts_a_workflow_once_per_delivery(
     assert "input.subject" in failed.result
 
 
-async def test_webhook_ingests_a_document_into_an_index(http, integrations, channel, token) -> None:
+async def test_webhook_ingests_a_document_into_an_index(
+    http, integrations, channel, token, runtime
+) -> None:
     rag = rag_pb2_grpc.RagServiceStub(channel)
     index = unique("hooked").replace("-", "_")
     await rag.CreateIndex(
@@ -683,6 +685,23 @@ async def test_webhook_ingests_a_document_into_an_index(http, integrations, chan
             break
         await asyncio.sleep(0.1)
     assert ingestion.status == rag_pb2.INGESTION_STATUS_SUCCEEDED
+    # The routing retried after the ingestion finished starts nothing again.
+    handle = runtime.temporal.get_workflow_handle(ingestion.temporal_workflow_id)
+    ended = (await handle.describe()).run_id
+    targets = TemporalRouteTargets(
+        runtime.temporal,
+        RunDirectory(runtime.redis),
+        rag=runtime.rag,
+        task_queue=runtime.settings.task_queue,
+    )
+    again = DocumentIngest(
+        collection_id=index,
+        document_id="kb-42",
+        text=article["data"]["text"],
+        idempotency_key=ingestion_id,
+    )
+    assert await targets.ingest_document("alpha", again) == delivery.result
+    assert (await handle.describe()).run_id == ended
     found = await rag.Query(
         rag_pb2.QueryRequest(index_name=index, query="How do I reset a stuck loom?"),
         metadata=auth(token),

@@ -632,7 +632,7 @@ async def test_cancel_ingestion(rag, token) -> None:
 
 
 async def test_llm_rerank_and_client_ingestion_id(
-    rag, token, model_server: ScriptedModelServer
+    rag, token, model_server: ScriptedModelServer, runtime
 ) -> None:
     index = await create_index(rag, token)
     key = unique("ing")
@@ -646,7 +646,14 @@ async def test_llm_rerank_and_client_ingestion_id(
     first = await rag.IngestDocuments(request, metadata=auth(token))
     second = await rag.IngestDocuments(request, metadata=auth(token))
     assert first.ingestion.id == second.ingestion.id == key
-    await wait_ingestion(rag, token, key)
+    done = await wait_ingestion(rag, token, key)
+    # Repeated once it has finished: the same ingestion as it ended, not run again.
+    handle = runtime.temporal.get_workflow_handle(done.temporal_workflow_id)
+    ended = (await handle.describe()).run_id
+    third = await rag.IngestDocuments(request, metadata=auth(token))
+    assert third.ingestion.id == key
+    assert third.ingestion.status == rag_pb2.INGESTION_STATUS_SUCCEEDED
+    assert (await handle.describe()).run_id == ended  # no second execution
     listed = await rag.ListIngestions(
         rag_pb2.ListIngestionsRequest(index_name=index), metadata=auth(token)
     )

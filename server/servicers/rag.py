@@ -16,6 +16,7 @@ from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
@@ -194,6 +195,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
                 id=workflow_id,
                 task_queue=self.runtime.settings.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=TypedSearchAttributes(
                     [
                         SearchAttributePair(TENANT, tenant_id),
@@ -537,6 +539,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
                 id=workflow_id,
                 task_queue=self.runtime.settings.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=TypedSearchAttributes(
                     [SearchAttributePair(TENANT, tenant_id), SearchAttributePair(RUN, answer_id)]
                 ),
