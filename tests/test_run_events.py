@@ -259,3 +259,23 @@ async def test_discard_drops_a_log(log: RunEventLog) -> None:
 
 async def collect_until(log: RunEventLog, run_id: str, last: int) -> list[RunEvent]:
     return [e for e in await log.read(run_id, 0) if e.event_id <= last]
+
+
+async def test_a_retried_terminal_publish_answers_the_id_stored_first(log: RunEventLog) -> None:
+    """A run's terminal publish retried after it landed (its reply lost, its worker gone)
+    answers the id the run ended with, which the run keeps; a late event is dropped."""
+    run_id = new_run()
+    assert await log.publish(run_id, payload(1)) == 1
+    assert await log.publish(run_id, payload(2), terminal=True) == 2
+    assert await log.publish(run_id, payload(2), terminal=True) == 2
+    assert await log.publish(run_id, payload(3)) == 0
+    assert [e.event_id for e in await log.read(run_id, 0)] == [1, 2]
+
+
+async def test_workflow_runs_publish_through_the_retry_safe_path(log: RunEventLog) -> None:
+    from loomwork.flows.execution import WorkflowEvents
+    from loomwork.flows.state import RunFinished
+
+    flows, run_id = WorkflowEvents(log), new_run()
+    assert await flows.publish("t1", run_id, [RunFinished(status="succeeded")]) == 1
+    assert await flows.publish("t1", run_id, [RunFinished(status="succeeded")]) == 1

@@ -42,7 +42,6 @@ from loomwork.agents.run import (
     encode_event,
 )
 from loomwork.agents.tools import ToolContext, ToolRegistry
-from loomwork.errors import FailedPrecondition
 from loomwork.llm.chat import (
     ChatMessage,
     ChatModel,
@@ -146,14 +145,9 @@ class AgentSteps:
 
     async def publish(self, request: AgentRunRequest, event: AgentEvent) -> int:
         """Append one event; its id (for a retried terminal event: the one stored first)."""
-        terminal = isinstance(event, RunFinished)
         key = event_log_key(request.tenant, request.run_id)
-        try:
-            return await self.events.append(key, encode_event(event), terminal=terminal)
-        except FailedPrecondition:
-            # A retried activity after the run already finished: nothing more to say.
-            log.info("run %s already finished; dropping %s", request.run_id, event.type)
-            return await self.events.last_id(key) if terminal else 0
+        terminal = isinstance(event, RunFinished)
+        return await self.events.publish(key, encode_event(event), terminal=terminal)
 
     async def start(self, request: AgentRunRequest) -> RunPlan:
         """Resolve the agent, save the input to the thread, assemble the context from memory:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from loomwork.agents.tools import ToolContext, ToolRegistry
-from loomwork.errors import FailedPrecondition, LoomworkError
+from loomwork.errors import LoomworkError
 from loomwork.flows.context import StepContext, StepSuspended
 from loomwork.flows.definition import Step, StepKind, ToolStep
 from loomwork.flows.registry import WorkflowRegistry
@@ -76,18 +76,14 @@ class WorkflowEvents:
         self.events = events
 
     async def publish(self, tenant: str, run_id: str, events: list[WorkflowEvent]) -> int:
-        """Append `events` in order; return the id of the last one appended (0 if none)."""
+        """Append `events` in order; return the id of the last one appended (0 if none; for
+        a terminal event the log already ended with, the id it was stored under)."""
         key = event_log_key(tenant, run_id)
         last = 0
         for event in events:
             if event.time is None:
                 event.time = datetime.now(UTC)
-            try:
-                last = await self.events.append(
-                    key, encode_event(event), terminal=is_terminal(event)
-                )
-            except FailedPrecondition:
-                log.info("workflow run %s already finished; dropping %s", run_id, event.type)
+            last = await self.events.publish(key, encode_event(event), terminal=is_terminal(event))
         return last
 
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from loomwork.errors import FailedPrecondition, NotFound
+from loomwork.errors import NotFound
 from loomwork.llm.chat import ChatMessage, ChatModel, ChatUsage, TextDelta
 from loomwork.rag.context import ContextOrder, assemble_rag_context, render_context
 from loomwork.rag.models import RetrievalOptions, ScoredChunk
@@ -186,17 +186,11 @@ class AnswerSteps:
             )
 
     async def publish(self, request: AnswerRequest, event: AnswerEvent) -> int:
-        """Append one event; its id (0 when dropped: the answer had already ended)."""
+        """Append one event; its id (0 when dropped: the answer had already ended; for a
+        retried terminal event, the id the first one was stored under)."""
         terminal = event.type in ("finished", "failed")
-        try:
-            return await self.events.append(
-                answer_log_key(request.tenant, request.answer_id),
-                event.model_dump_json().encode(),
-                terminal=terminal,
-            )
-        except FailedPrecondition:
-            log.info("answer %s already finished; dropping %s", request.answer_id, event.type)
-            return 0
+        key = answer_log_key(request.tenant, request.answer_id)
+        return await self.events.publish(key, event.model_dump_json().encode(), terminal=terminal)
 
     # -- steps
 

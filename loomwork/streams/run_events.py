@@ -28,6 +28,7 @@ published (`last_id` 0): the service layer answers from the run record.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,8 @@ from redis.exceptions import ResponseError
 
 from loomwork.errors import FailedPrecondition, InvalidArgument
 from loomwork.streams.errors import EventsExpired, FollowIdle, OutOfRange
+
+log = logging.getLogger(__name__)
 
 _FINISHED_ERROR = "LOOMWORK_RUN_FINISHED"
 
@@ -162,6 +165,16 @@ class RunEventLog:
                 ) from exc
             raise
         return int(result)
+
+    async def publish(self, run_id: str, payload: bytes, *, terminal: bool = False) -> int:
+        """`append` for the steps of a run, which Temporal may retry after they published:
+        once the log has ended, a terminal event answers the id the log ended with (the one
+        stored first) and any other event is dropped (0)."""
+        try:
+            return await self.append(run_id, payload, terminal=terminal)
+        except FailedPrecondition:
+            log.info("run %s has ended; a retried or late event is dropped", run_id)
+            return await self.last_id(run_id) if terminal else 0
 
     async def discard(self, run_id: str) -> None:
         """Delete a run's log outright (a run that was announced but never started)."""
