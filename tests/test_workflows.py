@@ -219,6 +219,22 @@ async def test_client_run_id_makes_start_idempotent(workflows, token, other_toke
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_client_run_id_starts_a_run_whose_first_start_failed(
+    workflows, token, runtime
+) -> None:
+    """The first call recorded the run and then failed to start it (Temporal unreachable, the
+    server gone): the repeat starts it instead of answering NOT_FOUND for the id's lifetime."""
+    from loomwork.agents.directory import RunDirectory
+    from loomwork.flows.state import temporal_workflow_id
+
+    run_id = unique("order")
+    directory = RunDirectory(runtime.redis, prefix="loomwork:workflow-run")
+    await directory.record("alpha", run_id, temporal_workflow_id("order-pipeline", "alpha", run_id))
+    run = await _start(workflows, token, "order-pipeline", _ORDER, client_run_id=run_id)
+    assert run.id == run_id
+    await _wait(workflows, token, run_id, _status(S.WORKFLOW_RUN_STATUS_SUCCEEDED))
+
+
 async def test_business_rule_failure_is_not_retried(workflows, token) -> None:
     run = await _start(workflows, token, "order-pipeline", {**_ORDER, "country": "ZZ"})
     failed = await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_FAILED))

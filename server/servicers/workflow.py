@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC
@@ -168,9 +169,11 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                     raise AlreadyExists(
                         f"run {run_id!r} already exists for workflow {existing.split('/')[1]!r}"
                     )
-                return workflow_pb2.WorkflowServiceStartRunResponse(
-                    run=await self._run(tenant_id, run_id, existing)
-                )
+                # Recorded but never started (the first call's start failed): start it now.
+                with contextlib.suppress(NotFound):
+                    return workflow_pb2.WorkflowServiceStartRunResponse(
+                        run=await self._run(tenant_id, run_id, existing)
+                    )
         workflow_id = temporal_workflow_id(definition.id, tenant_id, run_id)
         start = DslRunInput(
             tenant=tenant_id,
