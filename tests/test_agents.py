@@ -180,6 +180,28 @@ async def test_client_run_id_makes_generate_idempotent(agents, token, model) -> 
     assert len(model.requests) == 1
 
 
+async def test_client_run_id_whose_first_start_failed_runs_with_its_thread(
+    agents, memory_stub, token, model, runtime
+) -> None:
+    """The first call recorded the run, then failed to start it: the repeat starts it as a
+    first call would, with its thread (not as a join of a run that does not exist)."""
+    from loomwork.agents.directory import RunDirectory
+
+    run_id, thread_id = unique("job"), unique("chat")
+    await RunDirectory(runtime.redis).record("alpha", run_id, f"agent/assistant/alpha/{run_id}")
+    model.set_script([Turn(text="Kept.")])
+    request = agent_pb2.GenerateRequest(
+        agent_name="assistant", prompt="remember this", client_run_id=run_id, thread_id=thread_id
+    )
+    run = (await agents.Generate(request, metadata=auth(token))).run
+    assert run.id == run_id and run.thread_id == thread_id
+    assert run.output.text == "Kept."
+    stored = await memory_stub.ListMessages(
+        memory_pb2.ListMessagesRequest(thread_id=thread_id), metadata=auth(token)
+    )
+    assert [_texts(m) for m in stored.messages] == ["remember this", "Kept."]
+
+
 async def test_model_rejection_fails_the_run_with_the_models_message(agents, token, model) -> None:
     model.set_script([Failure(status=400, message="context length exceeded")])
     response = await agents.Generate(

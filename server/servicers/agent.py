@@ -247,6 +247,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         existing = None
         if request.client_run_id:
             existing = await self.directory.workflow_id(tenant_id, request.client_run_id)
+            if existing is not None and not await self._started(existing):
+                existing = None  # recorded, but its start failed: this call starts it
         # A repeated client run id joins its run: no thread is resolved (or created) again.
         run_request, agent = await self._run_request(
             tenant_id, request, resolve=existing is None, require_schema=require_schema
@@ -304,6 +306,16 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 await self.runtime.events.discard(event_log_key(tenant_id, run_request.run_id))
             raise
         return run_request, handle, workflow_id
+
+    async def _started(self, workflow_id: str) -> bool:
+        """Whether Temporal has the run (it may have been recorded, then failed to start)."""
+        try:
+            await self.runtime.temporal.get_workflow_handle(workflow_id).describe()
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise Unavailable(f"Temporal: {error.message}") from error
+        return True
 
     async def _run_request(
         self,
