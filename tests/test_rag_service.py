@@ -406,6 +406,39 @@ async def test_upload_watch_and_list(rag, token) -> None:
     assert "header.size_bytes" in field_violations(mismatch.value)
 
 
+async def test_answer_whose_first_start_failed_is_started_by_the_repeat(
+    rag, token, model_server: ScriptedModelServer, runtime
+) -> None:
+    """The first call stored the answer, then failed to start its run: the repeat (same
+    client_answer_id) starts it instead of following a log no run will ever write."""
+    from loomwork.rag.answer import AnswerRecord
+    from server.servicers.rag import answer_workflow_id
+
+    index = await create_index(rag, token)
+    await ingest(rag, token, index, [rag_pb2.DocumentInput(document_id="a1", text=ANIMALS[1])])
+    answer_id = unique("ans")
+    query = "Which animal lives in the sea?"
+    await runtime.rag.answers.create(
+        "alpha",
+        AnswerRecord(
+            id=answer_id,
+            index_name=index,
+            query=query,
+            model="scripted",
+            workflow_id=answer_workflow_id(index, "alpha", answer_id),
+        ),
+    )
+    model_server.push(Turn(text="Dolphins [1]."))
+    request = rag_pb2.AnswerRequest(index_name=index, query=query, client_answer_id=answer_id)
+    events = await asyncio.wait_for(_collect_answer(rag.Answer(request, metadata=auth(token))), 60)
+    assert events[-1].HasField("finished")
+    assert events[-1].finished.text == "Dolphins [1]."
+
+
+async def _collect_answer(stream) -> list[rag_pb2.AnswerEvent]:  # type: ignore[no-untyped-def]
+    return [response.event async for response in stream]
+
+
 async def test_answer_streams_with_citations(rag, token, model_server: ScriptedModelServer) -> None:
     index = await create_index(rag, token)
     await ingest(

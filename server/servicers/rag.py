@@ -518,33 +518,41 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
                 workflow_id=workflow_id,
             ),
         )
-        if created:
-            await self.runtime.temporal.start_workflow(
-                RagAnswerWorkflow.run,
-                AnswerRequest(
-                    tenant=tenant_id,
-                    answer_id=answer_id,
-                    index_name=request.index_name,
-                    query=request.query,
-                    retrieval=retrieval,
-                    max_context_tokens=max_tokens,
-                    order=order,
-                    model=request.model,
-                    instructions=request.instructions,
-                    temperature=settings.temperature if settings.HasField("temperature") else None,
-                    max_output_tokens=settings.max_output_tokens
-                    if settings.HasField("max_output_tokens")
-                    else None,
-                ),
-                id=workflow_id,
-                task_queue=self.runtime.settings.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                search_attributes=TypedSearchAttributes(
-                    [SearchAttributePair(TENANT, tenant_id), SearchAttributePair(RUN, answer_id)]
-                ),
-                static_summary=f"answer from {request.index_name}",
-            )
+        # Started by the call that recorded it, or by a repeat if that call's start failed
+        # (still pending, same index): a repeat of a run under way joins it (USE_EXISTING).
+        if created or (record.status == "pending" and record.workflow_id == workflow_id):
+            with contextlib.suppress(WorkflowAlreadyStartedError):  # ended meanwhile
+                await self.runtime.temporal.start_workflow(
+                    RagAnswerWorkflow.run,
+                    AnswerRequest(
+                        tenant=tenant_id,
+                        answer_id=answer_id,
+                        index_name=request.index_name,
+                        query=request.query,
+                        retrieval=retrieval,
+                        max_context_tokens=max_tokens,
+                        order=order,
+                        model=request.model,
+                        instructions=request.instructions,
+                        temperature=settings.temperature
+                        if settings.HasField("temperature")
+                        else None,
+                        max_output_tokens=settings.max_output_tokens
+                        if settings.HasField("max_output_tokens")
+                        else None,
+                    ),
+                    id=workflow_id,
+                    task_queue=self.runtime.settings.task_queue,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    search_attributes=TypedSearchAttributes(
+                        [
+                            SearchAttributePair(TENANT, tenant_id),
+                            SearchAttributePair(RUN, answer_id),
+                        ]
+                    ),
+                    static_summary=f"answer from {request.index_name}",
+                )
         async for event in self._answer_events(tenant_id, record, 0):
             yield rag_pb2.AnswerResponse(event=event)
 
