@@ -131,8 +131,10 @@ class TemporalRouteTargets:
             request_id=action.idempotency_key,
         )
         try:
+            # The key is also the Update's id: Temporal answers a retried routing with the
+            # first outcome, even once the resume has let the run end.
             state = await self.client.get_workflow_handle(workflow_id).execute_update(
-                "resume_run", request, result_type=WorkflowRunState
+                "resume_run", request, id=action.idempotency_key, result_type=WorkflowRunState
             )
         except WorkflowUpdateFailedError as error:
             raise _workflow_update_rejection(error) from error

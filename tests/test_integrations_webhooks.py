@@ -19,7 +19,7 @@ from activities.integrations import TemporalRouteTargets
 from clients.client import LoomworkClient
 from loomwork.agents.directory import RunDirectory
 from loomwork.integrations import signatures
-from loomwork.integrations.routing import DocumentIngest, WorkflowStart
+from loomwork.integrations.routing import DocumentIngest, WorkflowStart, WorkflowStepResume
 from loomwork.llm.scripted_server import ScriptedToolCall, Turn
 from protos.loomwork.v1 import (
     agent_pb2,
@@ -529,7 +529,7 @@ async def test_serve_runs_the_http_endpoint_beside_grpc(settings) -> None:
 
 
 async def test_webhook_resumes_a_suspended_workflow_step(
-    http, integrations, channel, token
+    http, integrations, channel, token, runtime
 ) -> None:
     workflows = workflow_pb2_grpc.WorkflowServiceStub(channel)
     route = integration_pb2.WebhookRoute(
@@ -592,6 +592,18 @@ async def test_webhook_resumes_a_suspended_workflow_step(
     )
     assert done.run.status == workflow_pb2.WORKFLOW_RUN_STATUS_SUCCEEDED
     assert done.run.output["approver"] == "Hook"
+    # The routing retried after the resume let the run finish (its worker died before it
+    # reported): the same resume, answered as the first time, not a failed delivery.
+    targets = TemporalRouteTargets(
+        runtime.temporal, RunDirectory(runtime.redis), task_queue=runtime.settings.task_queue
+    )
+    again = WorkflowStepResume(
+        run_id=run.id,
+        step_id="approve",
+        resume_data=good["data"]["resume_data"],
+        idempotency_key=f"webhook-{source.id}-ok-{run.id}",
+    )
+    assert "resumed" in await targets.resume_workflow_step("alpha", again)
 
 
 async def test_webhook_starts_a_workflow_once_per_delivery(

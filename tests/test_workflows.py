@@ -560,6 +560,22 @@ async def test_suspend_then_resume_by_rpc(workflows, token) -> None:
     )
     done = await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_SUCCEEDED))
     assert _dict(done.output)["message"].endswith("paid by Linus")
+    # ... and still once the resume has let the run finish (a retry of a lost reply).
+    late = await workflows.ResumeRun(
+        S.WorkflowServiceResumeRunRequest(
+            run_id=run.id, step_id="approve", resume_data=_struct(decision), request_id="r-1"
+        ),
+        metadata=auth(token),
+    )
+    assert late.run.id == run.id
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # a new request on an ended run
+        await workflows.ResumeRun(
+            S.WorkflowServiceResumeRunRequest(
+                run_id=run.id, step_id="approve", resume_data=_struct(decision), request_id="r-2"
+            ),
+            metadata=auth(token),
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     approve = _steps(done)["approve"]
     assert _dict(approve.resume_data)["approver"] == "Linus"
     assert approve.HasField("resume_time") and approve.HasField("suspend_time")

@@ -328,8 +328,11 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         violations.raise_if_any()
         workflow_id = await self._require(tenant_id, request.run_id)
         handle = self._handle(workflow_id)
-        await self._require_open(handle, request.run_id, "resume")
+        if not request.request_id:
+            await self._require_open(handle, request.run_id, "resume")
         try:
+            # The request id is also the Update's id: Temporal answers a repeat with the
+            # first outcome, even once the resume has let the run end.
             state = await handle.execute_update(
                 "resume_run",
                 ResumeRequest(
@@ -337,6 +340,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                     resume_data=struct_to_dict(request.resume_data),
                     request_id=request.request_id,
                 ),
+                id=request.request_id or None,
                 result_type=RunState,
             )
         except WorkflowUpdateFailedError as error:
