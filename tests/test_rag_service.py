@@ -435,6 +435,53 @@ async def test_answer_whose_first_start_failed_is_started_by_the_repeat(
     assert events[-1].finished.text == "Dolphins [1]."
 
 
+async def test_finish_retried_after_its_status_was_saved_still_ends_the_log(
+    rag, token, model_server: ScriptedModelServer, runtime
+) -> None:
+    """An ingestion's or an answer's finish retried after it saved the final status but
+    before its terminal event was published (the worker gone, Redis refused): the retry
+    publishes it, so the streams that follow the log end, and records its id."""
+    from loomwork.rag.answer import AnswerRequest, answer_log_key
+    from loomwork.rag.ingestion import IngestionRequest, ingestion_log_key
+
+    index = await create_index(rag, token)
+    done = await ingest(rag, token, index, [rag_pb2.DocumentInput(document_id="a1", text="x")])
+    model_server.push(Turn(text="Fine."))
+    answered = [
+        r.event
+        async for r in rag.Answer(
+            rag_pb2.AnswerRequest(index_name=index, query="q?", client_answer_id=unique("ans")),
+            metadata=auth(token),
+        )
+    ]
+    answer_id = answered[-1].finished.id
+    ingestion_key = ingestion_log_key("alpha", done.id)
+    answer_key = answer_log_key("alpha", answer_id)
+    async with runtime.db.connection() as conn:
+        for table, row_id in (("rag_ingestions", done.id), ("rag_answers", answer_id)):
+            await conn.execute(
+                f"update {table} set record = jsonb_set(record, '{{terminal_event_id}}', '0')"
+                " where tenant_id = 'alpha' and id = %s",
+                (row_id,),
+            )
+    for key in (ingestion_key, answer_key):
+        await runtime.redis.delete(runtime.events.meta_key(key), runtime.events.stream_key(key))
+
+    ingestion = await runtime.rag.ingestion.finish(
+        IngestionRequest(tenant="alpha", ingestion_id=done.id, index_name=index, document_count=1)
+    )
+    assert ingestion.status == "succeeded" and ingestion.terminal_event_id == 1
+    assert await runtime.events.is_finished(ingestion_key)
+    answer = await runtime.rag.answers.finish(
+        AnswerRequest(tenant="alpha", answer_id=answer_id, index_name=index, query="q?"),
+        None,
+        "succeeded",
+    )
+    assert answer.status == "succeeded" and answer.terminal_event_id == 1
+    assert await runtime.events.is_finished(answer_key)
+    assert (await runtime.rag.answers.get("alpha", answer_id)).terminal_event_id == 1
+
+
 async def _collect_answer(stream) -> list[rag_pb2.AnswerEvent]:  # type: ignore[no-untyped-def]
     return [response.event async for response in stream]
 

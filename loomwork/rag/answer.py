@@ -294,6 +294,10 @@ class AnswerSteps:
     ) -> AnswerRecord:
         record = await self.get(request.tenant, request.answer_id)
         if record.status in ("succeeded", "failed", "canceled"):
+            if not record.terminal_event_id:
+                # A retry after the status was saved but before the terminal event was
+                # published (or its id saved): publish it now, or take its stored id.
+                await self._publish_terminal(request, record)
             return record
         if answer is not None:
             record.text, record.citations, record.usage = (
@@ -307,11 +311,14 @@ class AnswerSteps:
         record.end_time = _now()
         record.model = record.model or self.model_name(request)
         await self._save(request.tenant, record)
-        if status == "failed":
-            event = AnswerEvent(type="failed", error=error, record=record)
+        await self._publish_terminal(request, record)
+        return record
+
+    async def _publish_terminal(self, request: AnswerRequest, record: AnswerRecord) -> None:
+        if record.status == "failed":
+            event = AnswerEvent(type="failed", error=record.error, record=record)
         else:
             event = AnswerEvent(type="finished", record=record)
         record.terminal_event_id = await self.publish(request, event)
         if record.terminal_event_id:
             await self._save(request.tenant, record)
-        return record

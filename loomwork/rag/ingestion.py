@@ -42,6 +42,12 @@ IngestionStatus = Literal[
 ]
 TERMINAL_DOC = ("succeeded", "unchanged", "failed", "canceled")
 TERMINAL = ("succeeded", "partially_succeeded", "failed", "canceled")
+
+
+def _keep(record: IngestionRecord) -> None:
+    """No change (a record re-published as it is)."""
+
+
 EMBED_BATCH = 64
 
 
@@ -327,14 +333,12 @@ class IngestionSteps:
             document=doc if event == "document" else None,
             record=record if event == "finished" else None,
         )
-        try:
-            event_id = await self.events.append(
-                ingestion_log_key(tenant, ingestion_id),
-                payload.model_dump_json().encode(),
-                terminal=event == "finished",
-            )
-        except FailedPrecondition:
-            log.info("ingestion %s already finished; dropping a %s event", ingestion_id, event)
+        event_id = await self.events.publish(
+            ingestion_log_key(tenant, ingestion_id),
+            payload.model_dump_json().encode(),
+            terminal=event == "finished",
+        )
+        if not event_id:  # the log had ended: a late event, dropped
             return record
         if event == "finished":
             record.terminal_event_id = event_id
@@ -577,7 +581,11 @@ class IngestionSteps:
 
         current = await self.get(request.tenant, request.ingestion_id)
         if current.status in TERMINAL:
-            return current
+            if current.terminal_event_id:
+                return current
+            # A retry after the status was saved but before `finished` was published (or
+            # its id saved): publish it now, or take the id it was stored under.
+            return await self._update(request.tenant, request.ingestion_id, _keep, "finished")
         async with self.db.connection() as conn, conn.transaction():
             for table in ("rag_sources", "rag_staged_chunks"):
                 await conn.execute(
