@@ -195,6 +195,17 @@ async def test_ingestion_steps_retried_store_every_chunk_once(rag: RagSystem) ->
         await rag.ingestion.embed_batch(request, 0, start, min(start + 16, 60))  # retried
     mid = await rag.ingestion.get(tenant, ingestion_id)
     assert mid.progress.chunks_done == 60  # counted once despite the retries
+    # The worker dies after the chunks are in the index, before the document is marked
+    # done: the retried commit still finds what it needs and finishes the document.
+    set_doc = rag.ingestion._set_doc
+
+    async def dies(*args: object, **changes: object) -> None:
+        raise ConnectionError("worker gone")
+
+    rag.ingestion._set_doc = dies  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        await rag.ingestion.commit(request, 0)
+    rag.ingestion._set_doc = set_doc  # type: ignore[method-assign]
     await rag.ingestion.commit(request, 0)
     await rag.ingestion.commit(request, 0)  # re-run after the commit: a no-op
     final = await rag.ingestion.finish(request)

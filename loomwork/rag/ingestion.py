@@ -546,13 +546,15 @@ class IngestionSteps:
         if any(e is None for e in embeddings):
             raise FailedPrecondition(f"document {state.document_id!r} is not fully embedded")
         await self.store.commit_document(index, document, chunks, embeddings)
+        await self._set_doc(request, ordinal, status="succeeded", chunks_done=len(chunks))
+        # Only once the document is marked done: a commit retried before that (its worker
+        # gone) finds its staged chunks and commits them again (a replace).
         async with self.db.connection() as conn:
             await conn.execute(
                 "delete from rag_staged_chunks where tenant_id = %s and ingestion_id = %s"
                 " and document_id = %s",
                 (request.tenant, request.ingestion_id, state.document_id),
             )
-        await self._set_doc(request, ordinal, status="succeeded", chunks_done=len(chunks))
 
     async def finish(
         self, request: IngestionRequest, *, canceled: bool = False, error: str = ""
