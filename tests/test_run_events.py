@@ -273,9 +273,17 @@ async def test_a_retried_terminal_publish_answers_the_id_stored_first(log: RunEv
 
 
 async def test_workflow_runs_publish_through_the_retry_safe_path(log: RunEventLog) -> None:
-    from loomwork.flows.execution import WorkflowEvents
-    from loomwork.flows.state import RunFinished
+    from loomwork.flows.execution import WorkflowEvents, event_log_key
+    from loomwork.flows.state import RunFinished, RunStarted
 
     flows, run_id = WorkflowEvents(log), new_run()
     assert await flows.publish("t1", run_id, [RunFinished(status="succeeded")]) == 1
     assert await flows.publish("t1", run_id, [RunFinished(status="succeeded")]) == 1
+
+    # A run's first events, handed to its first step: every attempt of the step publishes
+    # them if still missing (an attempt whose publish failed), none publishes them twice.
+    run_id = new_run()
+    started = RunStarted(workflow_id="w", workflow_version="1", input={})
+    assert await flows.publish("t1", run_id, [started], first=True) == 1
+    assert await flows.publish("t1", run_id, [started], first=True) == 0
+    assert [e.event_id for e in await log.read(event_log_key("t1", run_id), 0)] == [1]

@@ -75,15 +75,21 @@ class WorkflowEvents:
     def __init__(self, events: RunEventLog) -> None:
         self.events = events
 
-    async def publish(self, tenant: str, run_id: str, events: list[WorkflowEvent]) -> int:
+    async def publish(
+        self, tenant: str, run_id: str, events: list[WorkflowEvent], *, first: bool = False
+    ) -> int:
         """Append `events` in order; return the id of the last one appended (0 if none; for
-        a terminal event the log already ended with, the id it was stored under)."""
+        a terminal event the log already ended with, the id it was stored under). With
+        `first`, they are the log's first events: each is published only as its position
+        (a retry publishes the ones still missing, never twice)."""
         key = event_log_key(tenant, run_id)
         last = 0
-        for event in events:
+        for n, event in enumerate(events, start=1):
             if event.time is None:
                 event.time = datetime.now(UTC)
-            last = await self.events.publish(key, encode_event(event), terminal=is_terminal(event))
+            last = await self.events.publish(
+                key, encode_event(event), terminal=is_terminal(event), only_as=n if first else 0
+            )
         return last
 
 
@@ -103,8 +109,8 @@ class StepRunner:
         self.services = services or {}
 
     async def run(self, call: StepCall, *, attempt: int) -> StepOutcome:
-        if attempt == 1 and call.events:
-            await self._publish(call, *call.events)
+        if call.events:  # the run's first events: any attempt publishes them if still missing
+            await self._publish(call, *call.events, first=True)
         node = self.registry.get(call.workflow_id, call.workflow_version).find(call.node_ids)
         if not isinstance(node, Step | ToolStep):
             raise StepFailure("NotAStep", f"{call.path} is a {node.kind}, not a step")
@@ -189,9 +195,9 @@ class StepRunner:
             result = result.model_dump(mode="json")
         return StepOutcome(status="succeeded", output={"result": result})
 
-    async def _publish(self, call: StepCall, *events: WorkflowEvent) -> None:
+    async def _publish(self, call: StepCall, *events: WorkflowEvent, first: bool = False) -> None:
         try:
-            await self.events.publish(call.tenant, call.run_id, list(events))
+            await self.events.publish(call.tenant, call.run_id, list(events), first=first)
         except Exception:  # the step's work matters more than its progress report
             kinds = ", ".join(event.type for event in events)
             log.warning("could not publish %s for %s", kinds, call.path, exc_info=True)

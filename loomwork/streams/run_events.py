@@ -166,12 +166,14 @@ class RunEventLog:
             raise
         return int(result)
 
-    async def publish(self, run_id: str, payload: bytes, *, terminal: bool = False) -> int:
+    async def publish(
+        self, run_id: str, payload: bytes, *, terminal: bool = False, only_as: int = 0
+    ) -> int:
         """`append` for the steps of a run, which Temporal may retry after they published:
         once the log has ended, a terminal event answers the id the log ended with (the one
         stored first) and any other event is dropped (0)."""
         try:
-            return await self.append(run_id, payload, terminal=terminal)
+            return await self.append(run_id, payload, terminal=terminal, only_as=only_as)
         except FailedPrecondition:
             log.info("run %s has ended; a retried or late event is dropped", run_id)
             return await self.last_id(run_id) if terminal else 0
