@@ -549,7 +549,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         handle = self.runtime.temporal.get_workflow_handle_for(AgentRunWorkflow.run, workflow_id)
         try:
             description = await _describe(handle, run_id)
-        except Unavailable as error:  # a notice only: the stream itself goes on
+        except (Unavailable, NotFound) as error:  # a notice only: the stream goes on
             log.warning("could not tell whether run %s is pending: %s", run_id, error.message)
             return
         if not not_taken(description):
