@@ -235,6 +235,35 @@ async def test_client_run_id_starts_a_run_whose_first_start_failed(
     await _wait(workflows, token, run_id, _status(S.WORKFLOW_RUN_STATUS_SUCCEEDED))
 
 
+async def test_watch_leaves_out_an_event_kind_this_server_does_not_know(
+    workflows, token, runtime
+) -> None:
+    """A newer server's kind of event (rolling upgrade) is left out; the rest still comes."""
+    from loomwork.agents.directory import RunDirectory
+    from loomwork.flows.state import (
+        RunFinished,
+        RunStarted,
+        encode_event,
+        event_log_key,
+        temporal_workflow_id,
+    )
+
+    run_id = unique("future")
+    directory = RunDirectory(runtime.redis, prefix="loomwork:workflow-run")
+    await directory.record("alpha", run_id, temporal_workflow_id("order-pipeline", "alpha", run_id))
+    key = event_log_key("alpha", run_id)
+    started = RunStarted(workflow_id="order-pipeline", workflow_version="1", input={})
+    await runtime.events.append(key, encode_event(started))
+    await runtime.events.append(key, b'{"type": "from_the_future"}')
+    finished = RunFinished(status="succeeded", output={})
+    await runtime.events.append(key, encode_event(finished), terminal=True)
+    watched = await asyncio.wait_for(_events(workflows, token, run_id), 30)
+    assert [(e.event_id, e.WhichOneof("event")) for e in watched] == [
+        (1, "run_started"),
+        (3, "run_finished"),
+    ]
+
+
 async def test_business_rule_failure_is_not_retried(workflows, token) -> None:
     run = await _start(workflows, token, "order-pipeline", {**_ORDER, "country": "ZZ"})
     failed = await _wait(workflows, token, run.id, _status(S.WORKFLOW_RUN_STATUS_FAILED))

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from pydantic import ValidationError
 from temporalio.client import (
     WorkflowExecution,
     WorkflowExecutionDescription,
@@ -66,6 +65,7 @@ from loomwork.streams import FollowIdle
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server import agent_convert, convert
 from server.interceptors import tenant
+from server.relay import known_event
 from server.runtime import Runtime
 from server.temporal import not_taken, query_state, start_input
 from workflows.agent_run import AgentRunWorkflow
@@ -527,16 +527,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             try:
                 async for event in self.runtime.events.follow(key, cursor, idle_timeout=idle):
                     cursor = event.event_id
-                    try:
-                        decoded = decode_event(event.payload)
-                    except ValidationError:  # a newer server's kind of event (rolling upgrade)
-                        log.warning(
-                            "run %s: event %d is of a kind this server does not know; not sent",
-                            run_id,
-                            event.event_id,
+                    decoded = known_event(decode_event, event.payload, run_id, event.event_id)
+                    if decoded is not None:
+                        yield agent_convert.event_to_proto(
+                            run_id, event.event_id, decoded, workflow_id
                         )
-                        continue
-                    yield agent_convert.event_to_proto(run_id, event.event_id, decoded, workflow_id)
                 return
             except FollowIdle:
                 watch = False

@@ -43,6 +43,7 @@ from loomwork.rag.system import RagSystem
 from protos.loomwork.v1 import rag_pb2, rag_pb2_grpc
 from server import rag_convert as convert
 from server.interceptors import tenant
+from server.relay import known_event
 from server.runtime import Runtime, rag_system
 from workflows.ingestion import IngestionWorkflow
 from workflows.rag_answer import RagAnswerWorkflow
@@ -382,10 +383,13 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
                 )
             return
         async for event in self.runtime.events.follow(key, request.after_event_id):
-            payload = IngestionEvent.model_validate_json(event.payload)
-            yield rag_pb2.WatchIngestionResponse(
-                event=convert.ingestion_event_to_proto(record.id, event.event_id, payload)
+            payload = known_event(
+                IngestionEvent.model_validate_json, event.payload, record.id, event.event_id
             )
+            if payload is not None:
+                yield rag_pb2.WatchIngestionResponse(
+                    event=convert.ingestion_event_to_proto(record.id, event.event_id, payload)
+                )
 
     async def CancelIngestion(
         self, request: rag_pb2.CancelIngestionRequest, context: grpc.aio.ServicerContext
@@ -571,8 +575,11 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
                 yield convert.answer_event_to_proto(record.id, record.terminal_event_id, payload)
             return
         async for event in self.runtime.events.follow(key, after):
-            payload = AnswerEvent.model_validate_json(event.payload)
-            yield convert.answer_event_to_proto(record.id, event.event_id, payload)
+            answer = known_event(
+                AnswerEvent.model_validate_json, event.payload, record.id, event.event_id
+            )
+            if answer is not None:
+                yield convert.answer_event_to_proto(record.id, event.event_id, answer)
 
     async def _answer(self, answer_id: str) -> AnswerRecord:
         if not answer_id:

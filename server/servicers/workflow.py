@@ -64,6 +64,7 @@ from protos.loomwork.v1 import workflow_pb2, workflow_pb2_grpc
 from server import workflow_convert
 from server.convert import struct_to_dict
 from server.interceptors import tenant
+from server.relay import known_event
 from server.runtime import Runtime
 from server.temporal import not_taken, query_state, start_input
 from workflows.dsl_run import DslRunWorkflow
@@ -401,11 +402,11 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                 return
         # No idle limit: a run may stay suspended for days; the caller's deadline governs.
         async for event in self.runtime.events.follow(key, request.after_event_id):
-            yield workflow_pb2.WorkflowServiceWatchRunResponse(
-                event=workflow_convert.event_to_proto(
-                    request.run_id, event.event_id, decode_event(event.payload)
+            decoded = known_event(decode_event, event.payload, request.run_id, event.event_id)
+            if decoded is not None:
+                yield workflow_pb2.WorkflowServiceWatchRunResponse(
+                    event=workflow_convert.event_to_proto(request.run_id, event.event_id, decoded)
                 )
-            )
 
     # -- helpers -------------------------------------------------------------------------
 
