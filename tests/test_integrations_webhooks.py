@@ -594,9 +594,7 @@ async def test_webhook_resumes_a_suspended_workflow_step(
     assert done.run.output["approver"] == "Hook"
     # The routing retried after the resume let the run finish (its worker died before it
     # reported): the same resume, answered as the first time, not a failed delivery.
-    targets = TemporalRouteTargets(
-        runtime.temporal, RunDirectory(runtime.redis), task_queue=runtime.settings.task_queue
-    )
+    targets = _route_targets(runtime)
     again = WorkflowStepResume(
         run_id=run.id,
         step_id="approve",
@@ -636,12 +634,7 @@ async def test_webhook_starts_a_workflow_once_per_delivery(
     assert got.output["queue"] == "on-call"
     # The routing activity retried after its run finished (its worker died before it
     # reported) starts nothing: still one run for the delivery.
-    targets = TemporalRouteTargets(
-        runtime.temporal,
-        RunDirectory(runtime.redis),
-        workflows=runtime.flows,
-        task_queue=runtime.settings.task_queue,
-    )
+    targets = _route_targets(runtime)
     again = WorkflowStart(
         workflow_name="ticket-triage", input={"subject": "Site down"}, idempotency_key=run_id
     )
@@ -700,12 +693,7 @@ async def test_webhook_ingests_a_document_into_an_index(
     # The routing retried after the ingestion finished starts nothing again.
     handle = runtime.temporal.get_workflow_handle(ingestion.temporal_workflow_id)
     ended = (await handle.describe()).run_id
-    targets = TemporalRouteTargets(
-        runtime.temporal,
-        RunDirectory(runtime.redis),
-        rag=runtime.rag,
-        task_queue=runtime.settings.task_queue,
-    )
+    targets = _route_targets(runtime)
     again = DocumentIngest(
         collection_id=index,
         document_id="kb-42",
@@ -719,3 +707,14 @@ async def test_webhook_ingests_a_document_into_an_index(
         metadata=auth(token),
     )
     assert found.results[0].chunk.document_id == "kb-42"
+
+
+def _route_targets(runtime) -> TemporalRouteTargets:  # type: ignore[no-untyped-def]
+    """What the session worker's webhook routing activity drives, to call it as a retry would."""
+    return TemporalRouteTargets(
+        runtime.temporal,
+        RunDirectory(runtime.redis),
+        workflows=runtime.flows,
+        rag=runtime.rag,
+        task_queue=runtime.settings.task_queue,
+    )

@@ -231,9 +231,9 @@ async def test_decoding_client_is_refused(embedded: dict[str, str]) -> None:
 
 async def test_first_append_opens_a_log_once(log: RunEventLog) -> None:
     run_id = new_run()
-    assert await log.append(run_id, payload(1), first=True) == 1
+    assert await log.append(run_id, payload(1), only_as=1) == 1
     # A second opener (a repeated call, a retried start) writes nothing.
-    assert await log.append(run_id, payload(9), first=True) == 0
+    assert await log.append(run_id, payload(9), only_as=1) == 0
     assert await log.append(run_id, payload(2)) == 2
     assert [e.payload for e in await collect_until(log, run_id, 2)] == [payload(1), payload(2)]
 
@@ -254,7 +254,7 @@ async def test_discard_drops_a_log(log: RunEventLog) -> None:
     await log.append(run_id, payload(1))
     await log.discard(run_id)
     assert await log.last_id(run_id) == 0
-    assert await log.append(run_id, payload(1), first=True) == 1
+    assert await log.append(run_id, payload(1), only_as=1) == 1
 
 
 async def collect_until(log: RunEventLog, run_id: str, last: int) -> list[RunEvent]:

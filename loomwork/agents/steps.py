@@ -105,7 +105,7 @@ async def announce_run(
         input_messages=request.identified_inputs(),
     )
     key = event_log_key(request.tenant, request.run_id)
-    await events.append(key, encode_event(started), first=True)
+    await events.append(key, encode_event(started), only_as=1)
 
 
 def tool_names(agent: AgentDefinition, request: AgentRunRequest) -> list[str]:

@@ -133,20 +133,16 @@ class RunEventLog:
         payload: bytes,
         *,
         terminal: bool = False,
-        first: bool = False,
         only_as: int = 0,
     ) -> int:
         """Publish one event and return its id; `terminal` ends the run's log.
 
         With `only_as`, the event is published only if it gets that id (the log has
-        `only_as - 1` events): otherwise nothing is written and the answer is 0. `first` is
-        `only_as=1`: two callers racing to open a run's log this way publish one event
-        between them."""
+        `only_as - 1` events): otherwise nothing is written and the answer is 0. Two callers
+        racing to open a run's log with `only_as=1` publish one event between them."""
         _check_run_id(run_id)
         if only_as < 0:
             raise InvalidArgument.field("only_as", "must be 0 (no condition) or an event id")
-        if first:
-            only_as = 1
         try:
             result = await self._append_script(
                 keys=[self.meta_key(run_id), self.stream_key(run_id)],
