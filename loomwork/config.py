@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     pending_notice_seconds: float = Field(
         default=10.0, gt=0, alias="LOOMWORK_PENDING_NOTICE_SECONDS"
     )
+    # Begin a run's first model call while Temporal starts the run (loomwork.agents.speculation).
+    speculative_first_step: bool = Field(default=True, alias="LOOMWORK_SPECULATIVE_FIRST_STEP")
     embedding_model: str = Field(default="all-MiniLM-L6-v2", alias="LOOMWORK_EMBEDDING_MODEL")
     cache_enabled: bool = Field(default=True, alias="LOOMWORK_CACHE")
     max_message_bytes: int = Field(default=16 * 1024 * 1024, alias="LOOMWORK_MAX_MESSAGE_BYTES")

@@ -10,6 +10,9 @@ from temporalio.client import Client
 
 from loomwork.agents.builtin import builtin_agents, builtin_tools
 from loomwork.agents.definitions import AgentRegistry
+from loomwork.agents.run import FirstStep
+from loomwork.agents.speculation import SpeculativeSteps
+from loomwork.agents.steps import AgentSteps
 from loomwork.agents.tools import ToolRegistry
 from loomwork.cache.versioned import VersionedCache
 from loomwork.config import Settings
@@ -73,6 +76,10 @@ class Runtime:
     # A worker of this process polls the task queue through `temporal`: runs started here
     # go to it directly (eager start), so they are running from the start.
     runs_worker: bool = False
+    # Its agent steps, when it runs a worker: runs started here begin their first step at
+    # once, for the run's first activity (in this process) to adopt.
+    agent_steps: AgentSteps | None = None
+    speculation: SpeculativeSteps[FirstStep] = field(default_factory=SpeculativeSteps)
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -152,6 +159,7 @@ class Runtime:
         )
 
     async def close(self) -> None:
+        await self.speculation.close()
         await self.chat_models.aclose()
         if self.cache is not None:
             await self.cache.stop()

@@ -39,6 +39,14 @@ def not_taken(description: WorkflowExecutionDescription) -> bool:
     return description.status == WorkflowExecutionStatus.RUNNING and description.history_length <= 2
 
 
+def eagerly_started(handle: WorkflowHandle[Any, Any]) -> bool:
+    """Whether the start that returned `handle` handed the run's first workflow task to a
+    worker of this process (eager start). temporalio keeps this on the handle without a
+    public accessor (1.35); if that changes this answers False, and runs simply start
+    without a speculative first step (tests/test_agents_temporal.py notices)."""
+    return bool(getattr(handle, "__temporal_eagerly_started", False))
+
+
 async def start_input(
     handle: WorkflowHandle[Any, Any], converter: DataConverter, input_type: type[T]
 ) -> T | None:

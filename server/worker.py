@@ -116,18 +116,18 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
     diagnostics = DiagnosticsActivities(runtime.db, runtime.redis)
     memory = MemoryActivities(runtime.recall)
     settings = runtime.settings
-    agents = AgentActivities(
-        AgentSteps(
-            AgentCatalog(runtime.agents, AgentStore(runtime.db), runtime.tools),
-            runtime.tools,
-            runtime.memory,
-            runtime.recall,
-            runtime.working_memory,
-            runtime.events,
-            runtime.chat_models,
-            settings.chat_model,
-        )
+    steps = AgentSteps(
+        AgentCatalog(runtime.agents, AgentStore(runtime.db), runtime.tools),
+        runtime.tools,
+        runtime.memory,
+        runtime.recall,
+        runtime.working_memory,
+        runtime.events,
+        runtime.chat_models,
+        settings.chat_model,
+        speculation=runtime.speculation,
     )
+    agents = AgentActivities(steps)
     workflow_events = WorkflowEvents(runtime.events)
     workflow_steps = WorkflowStepActivities(
         StepRunner(
@@ -139,6 +139,7 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
         workflow_events,
     )
     runtime.runs_worker = True
+    runtime.agent_steps = steps
     return Worker(
         runtime.temporal,
         task_queue=runtime.settings.task_queue,

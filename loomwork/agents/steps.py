@@ -41,6 +41,7 @@ from loomwork.agents.run import (
     Violation,
     encode_event,
 )
+from loomwork.agents.speculation import SpeculativeSteps, until_adopted, until_confirmed
 from loomwork.agents.tools import ToolContext, ToolRegistry
 from loomwork.llm.chat import (
     ChatMessage,
@@ -133,6 +134,7 @@ class AgentSteps:
         events: RunEventLog,
         chat_model: Callable[[str], ChatModel],
         default_model: str,
+        speculation: SpeculativeSteps[FirstStep] | None = None,
     ) -> None:
         self.agents = agents
         self.tools = tools
@@ -142,11 +144,13 @@ class AgentSteps:
         self.events = events
         self.chat_model = chat_model
         self.default_model = default_model
+        self.speculation = speculation
 
     async def publish(self, request: AgentRunRequest, event: AgentEvent) -> int:
         """Append one event; its id (for a retried terminal event: the one stored first)."""
         key = event_log_key(request.tenant, request.run_id)
         terminal = isinstance(event, RunFinished)
+        await until_adopted()  # a speculative step publishes once its activity owns it
         return await self.events.publish(key, encode_event(event), terminal=terminal)
 
     async def start(self, request: AgentRunRequest) -> RunPlan:
@@ -198,6 +202,7 @@ class AgentSteps:
             ]
             recent = [*(page.messages if page else []), *stored]
         else:
+            await until_confirmed()  # a speculative step writes once its run exists
             stored = await self.memory.append_messages(request.tenant, request.thread_id, inputs)
             page = await self.memory.list_messages(
                 request.tenant, request.thread_id, last_n=max(settings.last_messages, len(stored))
@@ -242,13 +247,29 @@ class AgentSteps:
         )
         return plan(conversation, usage)
 
-    async def start_and_step(
-        self,
-        request: AgentRunRequest,
-        attempt: int = 1,
-    ) -> FirstStep:
+    def speculate(self, request: AgentRunRequest) -> bool:
+        """Begin the first step of a run that is being started, for its first activity to
+        adopt (see loomwork.agents.speculation); False if nothing was begun."""
+        if self.speculation is None:
+            return False
+        key = event_log_key(request.tenant, request.run_id)
+        return self.speculation.begin(key, lambda: self._start_and_step(request))
+
+    async def start_and_step(self, request: AgentRunRequest, attempt: int = 1) -> FirstStep:
         """`start`, then the first model step in the same activity: one Temporal round trip
-        less before the first token. Both are safe to repeat (message ids, event guards)."""
+        less before the first token. Both are safe to repeat (message ids, event guards).
+        The run's first attempt takes over the step if this process began it already."""
+        if self.speculation is not None:
+            key = event_log_key(request.tenant, request.run_id)
+            if attempt == 1:
+                begun = self.speculation.adopt(key)
+                if begun is not None:
+                    return await begun
+            else:
+                self.speculation.abandon(key)
+        return await self._start_and_step(request, attempt)
+
+    async def _start_and_step(self, request: AgentRunRequest, attempt: int = 1) -> FirstStep:
         plan = await self.start(request)
         output = await self.model_step(
             StepInput(

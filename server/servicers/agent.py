@@ -67,7 +67,7 @@ from server import agent_convert, convert
 from server.interceptors import tenant
 from server.relay import known_event
 from server.runtime import Runtime
-from server.temporal import not_taken, query_state, start_input
+from server.temporal import eagerly_started, not_taken, query_state, start_input
 from workflows.agent_run import AgentRunWorkflow
 from workflows.search_attributes import AGENT, RESOURCE, RUN, STATUS, TENANT, THREAD
 
@@ -281,6 +281,17 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             pairs.append(SearchAttributePair(THREAD, run_request.thread_id))
         if run_request.resource_id:
             pairs.append(SearchAttributePair(RESOURCE, run_request.resource_id))
+        # The first step begins now, and the run's first activity takes it over when it
+        # starts in this process (it writes once the run exists, publishes once adopted).
+        speculation = self.runtime.speculation
+        key = event_log_key(tenant_id, run_request.run_id)
+        steps = self.runtime.agent_steps
+        speculating = (
+            existing is None
+            and steps is not None
+            and self.runtime.settings.speculative_first_step
+            and steps.speculate(run_request)
+        )
         try:
             # A client run id names one run: a repeat joins it, running or finished.
             handle = await self.runtime.temporal.start_workflow(
@@ -296,15 +307,26 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 static_summary=f"agent {run_request.agent_name}, run {run_request.run_id}",
             )
         except WorkflowAlreadyStartedError:
+            speculation.abandon(key)
             handle = self.runtime.temporal.get_workflow_handle_for(
                 AgentRunWorkflow.run, workflow_id
             )
         except RPCError as error:
+            speculation.abandon(key)
             # Refused, so nothing started: leave no log behind (an active log has no TTL).
             # After a timeout the start may have happened, and its log must stay.
             if existing is None and error.status not in _START_OUTCOME_UNKNOWN:
-                await self.runtime.events.discard(event_log_key(tenant_id, run_request.run_id))
+                await self.runtime.events.discard(key)
             raise
+        except BaseException:
+            speculation.abandon(key)
+            raise
+        else:
+            if speculating:
+                if eagerly_started(handle):
+                    speculation.confirm(key)
+                else:  # its first task went to the task queue: the step is not ours to run
+                    speculation.abandon(key, refused=True)
         return run_request, handle, workflow_id
 
     async def _started(self, workflow_id: str) -> bool:

@@ -1,0 +1,149 @@
+"""A run's first step begun while its start is still on the way to Temporal.
+
+The service starts an agent run eagerly: its first workflow task, and then its first
+activity (context + first model call), come to the worker of the same process. Between the
+call and that activity lie two round trips to Temporal, ~10–25 ms in which the model could
+already be answering. `SpeculativeSteps` begins the step in that gap; the run's first
+activity, when it starts in this process, adopts the step in flight instead of beginning
+its own, so the model's first tokens are ready as soon as the activity owns them.
+
+Nothing leaves a step before it is owned:
+
+- it writes to memory (the run's input messages) only once the run is confirmed to exist
+  and to have come to this process (`confirm`);
+- it publishes events only once the activity adopted it (`adopt`): an activity that runs
+  elsewhere publishes the step's events alone;
+- a step that is not adopted within `ttl` seconds, or whose start did not come to this
+  process (`abandon`), is cancelled with its model call.
+
+So a step that is never adopted costs one aborted model call and nothing else. A start
+that did not come to this process (`abandon(refused=True)`) pauses speculation for
+`pause` seconds: on a Temporal without eager start, or a worker with no free slot, it
+would only ever cost calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class _Step(Generic[T]):
+    confirmed: asyncio.Event = field(default_factory=asyncio.Event)
+    adopted: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[T] | None = None
+    expiry: asyncio.TimerHandle | None = None
+
+
+_current: contextvars.ContextVar[_Step[Any] | None] = contextvars.ContextVar(
+    "loomwork_speculative_step", default=None
+)
+
+
+async def until_confirmed() -> None:
+    """Wait, in a speculative step, until its run exists here (before writing anything)."""
+    step = _current.get()
+    if step is not None:
+        await step.confirmed.wait()
+
+
+async def until_adopted() -> None:
+    """Wait, in a speculative step, until an activity owns it (before publishing)."""
+    step = _current.get()
+    if step is not None:
+        await step.adopted.wait()
+
+
+class SpeculativeSteps(Generic[T]):
+    """Steps begun ahead of the activity that will own them, by key (tenant and run)."""
+
+    def __init__(self, *, ttl: float = 10.0, pause: float = 60.0) -> None:
+        self.ttl = ttl
+        self.pause = pause
+        self._steps: dict[str, _Step[T]] = {}
+        self._paused_until = 0.0
+        self.adopted = 0  # how many steps an activity took over (for tests and benchmarks)
+
+    def begin(self, key: str, work: Callable[[], Coroutine[Any, Any, T]]) -> bool:
+        """Begin `work` as the step of `key`; False (nothing begun) while paused or when the
+        key has a step already."""
+        loop = asyncio.get_running_loop()
+        if key in self._steps or loop.time() < self._paused_until:
+            return False
+        step: _Step[T] = _Step()
+        context = contextvars.copy_context()
+        context.run(_current.set, step)
+        step.task = loop.create_task(work(), context=context)
+        step.task.add_done_callback(_quiet)
+        step.expiry = loop.call_later(self.ttl, self._expire, key, step)
+        self._steps[key] = step
+        return True
+
+    def confirm(self, key: str) -> None:
+        """The run exists and its first task came to this process: the step may write."""
+        step = self._steps.get(key)
+        if step is not None:
+            step.confirmed.set()
+
+    def abandon(self, key: str, *, refused: bool = False) -> None:
+        """Cancel the step of `key` (its run did not start, or not here). `refused`: the
+        start went elsewhere, so speculating again soon would only cost model calls."""
+        step = self._steps.pop(key, None)
+        if step is not None:
+            self._cancel(step)
+        if refused:
+            self._paused_until = asyncio.get_running_loop().time() + self.pause
+            log.info("first steps paused for %.0f s: a run started elsewhere", self.pause)
+
+    def adopt(self, key: str) -> asyncio.Task[T] | None:
+        """The step of `key`, now owned by the caller (it may write and publish), or None."""
+        step = self._steps.pop(key, None)
+        if step is None:
+            return None
+        assert step.task is not None and step.expiry is not None
+        step.expiry.cancel()
+        step.confirmed.set()
+        step.adopted.set()
+        self.adopted += 1
+        return step.task
+
+    async def close(self) -> None:
+        """Cancel every step not adopted yet."""
+        steps = list(self._steps.values())
+        self._steps.clear()
+        for step in steps:
+            self._cancel(step)
+        for step in steps:
+            if step.task is not None:
+                with contextlib.suppress(BaseException):
+                    await step.task
+
+    def _expire(self, key: str, step: _Step[T]) -> None:
+        if self._steps.get(key) is step:
+            del self._steps[key]
+            log.warning("first step of %s not adopted within %.0f s: cancelled", key, self.ttl)
+            self._cancel(step)
+
+    @staticmethod
+    def _cancel(step: _Step[T]) -> None:
+        if step.expiry is not None:
+            step.expiry.cancel()
+        if step.task is not None:
+            step.task.cancel()
+
+
+def _quiet(task: asyncio.Task[Any]) -> None:
+    """Retrieve a step's outcome so an unadopted failure is not logged as never retrieved
+    (an adopted step's outcome is the adopter's)."""
+    if not task.cancelled():
+        task.exception()
