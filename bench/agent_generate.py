@@ -7,7 +7,9 @@ bare baseline measured in the same run, with the scripted model answering instan
   through the same `ChatModel` (goal ≤ 1.5×).
 - Time to first text delta through `Stream`, over the model's own first delta, against one
   bare workflow start (goal: ≤ one bare workflow start more than the model's own), each
-  call on an idle service; back-to-back calls are printed too.
+  call on an idle service; back-to-back calls are printed too. The service begins a run's
+  first step as it starts the run (`LOOMWORK_SPECULATIVE_FIRST_STEP`, default on; set it
+  to `false` to measure without).
 - Relay rate: events/s that `WatchRun` relays from a run's event log (1000 one-character
   text deltas) over a raw grpc.aio server stream sending the same number of messages
   (goal ≥ 0.5×); and, for the whole path, model deltas/s delivered live by `Stream`.
@@ -165,6 +167,7 @@ async def run(settings: Settings, model_url: str, runs: int) -> None:
         # On an idle service: each call starts once the previous one (and its run's tail:
         # saving, closing the workflow) is over, the bare start measured the same way.
         ttfd, model_ttfd, idle_start, to_activity, phases = [], [], [], [], []
+        adopted_before = runtime.speculation.adopted
         for _ in range(runs):  # interleaved
             first, announced, published = await caller.ask("stream")
             ttfd.append(first)
@@ -182,6 +185,7 @@ async def run(settings: Settings, model_url: str, runs: int) -> None:
             )
             to_activity.append((_activity_started.pop(workflow_id) - started) * 1000)
             await asyncio.sleep(IDLE_PAUSE)
+        adopted = runtime.speculation.adopted - adopted_before
         # Back to back: the next call starts as the previous stream ends (on 2 cores the
         # previous run's tail lands on it).
         busy_ttfd = [(await caller.ask("stream"))[0] for _ in range(runs)]
@@ -233,6 +237,11 @@ async def run(settings: Settings, model_url: str, runs: int) -> None:
     print(
         f"    Temporal's part alone (a bare workflow's one activity running) {floor:.1f} ms:"
         f" Loomwork's own overhead {t - m - floor:+.1f} ms (preamble, payloads, publish, relay)"
+    )
+    print(
+        f"    first steps begun as the run was started and taken over by its activity:"
+        f" {adopted} of {runs} (LOOMWORK_SPECULATIVE_FIRST_STEP="
+        f"{'true' if settings.speculative_first_step else 'false'})"
     )
     a, d = _p50([p[0] for p in phases]), _p50([p[1] for p in phases])
     print(

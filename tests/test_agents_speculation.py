@@ -144,7 +144,7 @@ async def test_a_first_step_no_activity_takes_over_is_cancelled_unpublished(
 
 
 async def test_steps_wait_for_confirmation_and_adoption_and_pause_after_a_refusal() -> None:
-    speculation: SpeculativeSteps[str] = SpeculativeSteps(ttl=5, pause=60)
+    speculation: SpeculativeSteps[str] = SpeculativeSteps(ttl=5, pause=60, refusals=3)
     seen: list[str] = []
 
     async def step() -> str:
@@ -168,10 +168,19 @@ async def test_steps_wait_for_confirmation_and_adoption_and_pause_after_a_refusa
     # Outside a step nothing waits.
     await asyncio.wait_for(until_adopted(), 1)
 
-    # A start that went elsewhere pauses speculation: it would only cost model calls.
-    assert speculation.begin("b", step)
-    speculation.abandon("b", refused=True)
-    assert not speculation.begin("c", step)
+    # Starts that keep going elsewhere pause speculation (it would only cost model calls);
+    # one alone does not (a repeated call racing its first joins the run under way).
+    for key in ("b", "c"):
+        assert speculation.begin(key, step)
+        speculation.abandon(key, refused=True)
+    assert speculation.begin("d", step)
+    speculation.confirm("d")  # taken here: the count starts again
+    for key in ("e", "f"):
+        assert speculation.begin(key, step)
+        speculation.abandon(key, refused=True)
+    assert speculation.begin("g", step)
+    speculation.abandon("g", refused=True)  # the third in a row
+    assert not speculation.begin("h", step)
     await speculation.close()
 
 

@@ -16,10 +16,11 @@ Nothing leaves a step before it is owned:
 - a step that is not adopted within `ttl` seconds, or whose start did not come to this
   process (`abandon`), is cancelled with its model call.
 
-So a step that is never adopted costs one aborted model call and nothing else. A start
-that did not come to this process (`abandon(refused=True)`) pauses speculation for
-`pause` seconds: on a Temporal without eager start, or a worker with no free slot, it
-would only ever cost calls.
+So a step that is never adopted costs one aborted model call and nothing else. After
+`refusals` starts in a row that did not come to this process (`abandon(refused=True)`),
+speculation pauses for `pause` seconds: on a Temporal without eager start, or a worker
+with no free slot, it would only ever cost calls. (One such start alone is no sign: a
+repeated call racing its first joins a run that is already under way.)
 """
 
 from __future__ import annotations
@@ -67,11 +68,13 @@ async def until_adopted() -> None:
 class SpeculativeSteps(Generic[T]):
     """Steps begun ahead of the activity that will own them, by key (tenant and run)."""
 
-    def __init__(self, *, ttl: float = 10.0, pause: float = 60.0) -> None:
+    def __init__(self, *, ttl: float = 10.0, pause: float = 60.0, refusals: int = 3) -> None:
         self.ttl = ttl
         self.pause = pause
+        self.refusals = refusals
         self._steps: dict[str, _Step[T]] = {}
         self._paused_until = 0.0
+        self._refused = 0  # starts in a row that did not come to this process
         self.adopted = 0  # how many steps an activity took over (for tests and benchmarks)
 
     def begin(self, key: str, work: Callable[[], Coroutine[Any, Any, T]]) -> bool:
@@ -93,17 +96,21 @@ class SpeculativeSteps(Generic[T]):
         """The run exists and its first task came to this process: the step may write."""
         step = self._steps.get(key)
         if step is not None:
+            self._refused = 0
             step.confirmed.set()
 
     def abandon(self, key: str, *, refused: bool = False) -> None:
         """Cancel the step of `key` (its run did not start, or not here). `refused`: the
-        start went elsewhere, so speculating again soon would only cost model calls."""
+        start went elsewhere; after `refusals` in a row, speculation pauses."""
         step = self._steps.pop(key, None)
         if step is not None:
             self._cancel(step)
         if refused:
-            self._paused_until = asyncio.get_running_loop().time() + self.pause
-            log.info("first steps paused for %.0f s: a run started elsewhere", self.pause)
+            self._refused += 1
+            if self._refused >= self.refusals:
+                self._refused = 0
+                self._paused_until = asyncio.get_running_loop().time() + self.pause
+                log.info("first steps paused for %.0f s: runs start elsewhere", self.pause)
 
     def adopt(self, key: str) -> asyncio.Task[T] | None:
         """The step of `key`, now owned by the caller (it may write and publish), or None."""
