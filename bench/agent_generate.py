@@ -245,7 +245,7 @@ async def run(settings: Settings, model_url: str, runs: int) -> None:
     )
     a, d = _p50([p[0] for p in phases]), _p50([p[1] for p in phases])
     print(
-        f"    where: run_started published at {a:4.1f} ms, first delta published at {d:4.1f} ms"
+        f"    where: run_started made at {a:4.1f} ms, first delta made at {d:4.1f} ms"
         f" (p50s); back to back: first delta {_p50(busy_ttfd):5.1f} ms,"
         f" bare start {_p50(start):5.1f} ms"
     )
@@ -337,7 +337,8 @@ def serve_model() -> None:
 
 async def first_delta_stream(agents: agent_pb2_grpc.AgentServiceStub) -> tuple[float, ...]:
     """One Stream call, read to the end: ms to its first text delta, and when (ms from the
-    call) run_started and that delta were published."""
+    call) run_started and that delta were made (their event times: a delta is made as the
+    model sends it, and published once its step is owned by the run's activity)."""
     started, wall = time.perf_counter(), time.time()
     first = announced = published = 0.0
     request = agent_pb2.StreamRequest(agent_name="assistant", prompt="hi")
