@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -413,16 +414,10 @@ class Caller:
         await self.process.wait()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=40)
-    parser.add_argument("--serve-model", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--caller", nargs=2, metavar=("PORT", "MODEL_URL"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve_model:
-        return serve_model()
-    if args.caller:
-        return asyncio.run(call_loop(int(args.caller[0]), args.caller[1]))
+@contextlib.contextmanager
+def bench_setup() -> Iterator[tuple[Settings, str]]:
+    """Embedded Postgres, Valkey and Temporal in a temporary home, and the scripted model in a
+    process of its own: the service's settings for them, and the model's URL."""
     with tempfile.TemporaryDirectory(prefix="loomwork-bench-") as tmp:
         stack = EmbeddedStack(Path(tmp), temporal_ui=False)
         endpoints = stack.start()
@@ -435,19 +430,35 @@ def main() -> None:
         try:
             assert model.stdout is not None
             model_url = model.stdout.readline().strip()
-            settings = Settings(
-                DATABASE_URL=endpoints.database_url,
-                REDIS_URL=endpoints.redis_url,
-                TEMPORAL_ADDRESS=endpoints.temporal_address,
-                LOOMWORK_TOKENS="bench=bench",
-                OPENAI_BASE_URL=model_url,
-                OPENAI_API_KEY="x",
-                LOOMWORK_CHAT_MODEL="scripted",
+            yield (
+                Settings(
+                    DATABASE_URL=endpoints.database_url,
+                    REDIS_URL=endpoints.redis_url,
+                    TEMPORAL_ADDRESS=endpoints.temporal_address,
+                    LOOMWORK_TOKENS="bench=bench",
+                    OPENAI_BASE_URL=model_url,
+                    OPENAI_API_KEY="x",
+                    LOOMWORK_CHAT_MODEL="scripted",
+                ),
+                model_url,
             )
-            asyncio.run(run(settings, model_url, args.runs))
         finally:
             model.communicate()  # closes its stdin: it stops
             stack.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--serve-model", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--caller", nargs=2, metavar=("PORT", "MODEL_URL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_model:
+        return serve_model()
+    if args.caller:
+        return asyncio.run(call_loop(int(args.caller[0]), args.caller[1]))
+    with bench_setup() as (settings, model_url):
+        asyncio.run(run(settings, model_url, args.runs))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -26,7 +24,6 @@ import agent_generate as bench  # a script next to this one
 
 from loomwork.config import Settings
 from server.app import GrpcApp, build_grpc_app
-from server.embedded import EmbeddedStack
 from server.runtime import Runtime
 from server.temporal import register_search_attributes
 from server.worker import build_worker
@@ -84,33 +81,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="loomwork-bench-") as tmp:
-        stack = EmbeddedStack(Path(tmp), temporal_ui=False)
-        endpoints = stack.start()
-        model = subprocess.Popen(
-            [sys.executable, bench.__file__, "--serve-model"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert model.stdout is not None
-            model_url = model.stdout.readline().strip()
-            settings = Settings(
-                DATABASE_URL=endpoints.database_url,
-                REDIS_URL=endpoints.redis_url,
-                TEMPORAL_ADDRESS=endpoints.temporal_address,
-                LOOMWORK_TOKENS="bench=bench",
-                OPENAI_BASE_URL=model_url,
-                OPENAI_API_KEY="x",
-                LOOMWORK_CHAT_MODEL="scripted",
-            )
-            print(f"idle Stream calls, {args.runs} on each service per round")
-            for _ in range(args.rounds):
-                asyncio.run(run(settings, model_url, args.runs))
-        finally:
-            model.communicate()
-            stack.stop()
+    with bench.bench_setup() as (settings, model_url):
+        print(f"idle Stream calls, {args.runs} on each service per round")
+        for _ in range(args.rounds):
+            asyncio.run(run(settings, model_url, args.runs))
 
 
 if __name__ == "__main__":

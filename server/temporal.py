@@ -43,7 +43,7 @@ def eagerly_started(handle: WorkflowHandle[Any, Any]) -> bool:
     """Whether the start that returned `handle` handed the run's first workflow task to a
     worker of this process (eager start). temporalio keeps this on the handle without a
     public accessor (1.35); if that changes this answers False, and runs simply start
-    without a speculative first step (tests/test_agents_temporal.py notices)."""
+    without a speculative first step (tests/test_agents_speculation.py notices)."""
     return bool(getattr(handle, "__temporal_eagerly_started", False))
 
 
