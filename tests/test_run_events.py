@@ -287,3 +287,21 @@ async def test_workflow_runs_publish_through_the_retry_safe_path(log: RunEventLo
     assert await flows.publish("t1", run_id, [started], first=True) == 1
     assert await flows.publish("t1", run_id, [started], first=True) == 0
     assert [e.event_id for e in await log.read(event_log_key("t1", run_id), 0)] == [1]
+
+
+async def test_an_event_said_once_is_published_once(log: RunEventLog) -> None:
+    """A retried step publishing what it said already (`once`) adds nothing and learns the
+    first one's id, during the run and after it ended."""
+    run_id = new_run()
+    assert await log.append(run_id, payload(1), once="step_finished:1") == 1
+    assert await log.append(run_id, payload(2)) == 2
+    assert await log.append(run_id, payload(1), once="step_finished:1") == 1
+    assert await log.append(run_id, payload(3), once="step_finished:2") == 3
+    assert await log.append(run_id, payload(4), terminal=True) == 4
+    assert await log.publish(run_id, payload(3), once="step_finished:2") == 3
+    assert [e.payload for e in await log.read(run_id, 0)] == [
+        payload(1),
+        payload(2),
+        payload(3),
+        payload(4),
+    ]

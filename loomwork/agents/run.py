@@ -318,6 +318,22 @@ AgentEvent = Annotated[
 _EVENT = TypeAdapter(AgentEvent)
 
 
+def once_key(event: AgentEvent) -> str:
+    """A name for what `event` says, for events that say it once per run (a step finished,
+    a tool call's result, an approval asked for or decided), so a retried activity that
+    publishes it again adds no duplicate; '' for the rest (a retried model call streams anew,
+    after its step_retrying)."""
+    if isinstance(event, StepFinished):
+        return f"step_finished:{event.step}"
+    if isinstance(event, ToolResultEvent):
+        return f"tool_result:{event.step}:{event.result.tool_call_id}"
+    if isinstance(event, ApprovalRequested):
+        return f"approval_requested:{event.step}:{event.approval.tool_call_id}"
+    if isinstance(event, ApprovalResolved):
+        return f"approval_resolved:{event.step}:{event.tool_call_id}"
+    return ""
+
+
 def encode_event(event: AgentEvent) -> bytes:
     return _EVENT.dump_json(event)
 

@@ -40,6 +40,7 @@ from loomwork.agents.run import (
     UsageEvent,
     Violation,
     encode_event,
+    once_key,
 )
 from loomwork.agents.speculation import SpeculativeSteps, until_adopted, until_confirmed
 from loomwork.agents.tools import ToolContext, ToolRegistry
@@ -147,11 +148,14 @@ class AgentSteps:
         self.speculation = speculation
 
     async def publish(self, request: AgentRunRequest, event: AgentEvent) -> int:
-        """Append one event; its id (for a retried terminal event: the one stored first)."""
+        """Append one event; its id (for a retried terminal event, or one said once per run
+        (`once_key`): the one stored first)."""
         key = event_log_key(request.tenant, request.run_id)
         terminal = isinstance(event, RunFinished)
         await until_adopted()  # a speculative step publishes once its activity owns it
-        return await self.events.publish(key, encode_event(event), terminal=terminal)
+        return await self.events.publish(
+            key, encode_event(event), terminal=terminal, once=once_key(event)
+        )
 
     async def start(self, request: AgentRunRequest) -> RunPlan:
         """Resolve the agent, save the input to the thread, assemble the context from memory:
@@ -313,7 +317,7 @@ class AgentSteps:
         """One model call, streamed: text deltas (or partial objects, for an agent with an
         output schema) are published as they arrive."""
         request, agent = step.request, step.agent
-        if step.previous_step is not None and attempt == 1:
+        if step.previous_step is not None:  # once: a retry publishes it if still missing
             await self.publish(request, step.previous_step)
         if attempt > 1:
             await self.publish(request, StepRetrying(step=step.step, attempt=attempt))

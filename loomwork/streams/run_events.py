@@ -45,8 +45,16 @@ _FINISHED_ERROR = "LOOMWORK_RUN_FINISHED"
 
 # KEYS[1] meta hash, KEYS[2] stream.
 # ARGV[1] payload, ARGV[2] terminal ("0"/"1"), ARGV[3] retention seconds, ARGV[4] max events,
-# ARGV[5] only as (n > 0: append only if the event gets id n, else write nothing and return 0).
+# ARGV[5] only as (n > 0: append only if the event gets id n, else write nothing and return 0),
+# ARGV[6] once key ('' or a name: an event with that name is appended once; a repeat answers
+# the first one's id, kept in the meta hash as `o:<name>`).
 _APPEND_LUA = """
+if ARGV[6] ~= '' then
+  local first = redis.call('HGET', KEYS[1], 'o:' .. ARGV[6])
+  if first then
+    return tonumber(first)
+  end
+end
 local finished = redis.call('HGET', KEYS[1], 'finished')
 if finished then
   return redis.error_reply('LOOMWORK_RUN_FINISHED ' .. finished)
@@ -64,6 +72,9 @@ else
   redis.call('XADD', KEYS[2], id, 'p', ARGV[1], 't', ARGV[2])
 end
 redis.call('HSET', KEYS[1], 'last', n)
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[1], 'o:' .. ARGV[6], n)
+end
 if ARGV[2] == '1' then
   redis.call('HSET', KEYS[1], 'finished', n)
   redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -134,12 +145,16 @@ class RunEventLog:
         *,
         terminal: bool = False,
         only_as: int = 0,
+        once: str = "",
     ) -> int:
         """Publish one event and return its id; `terminal` ends the run's log.
 
         With `only_as`, the event is published only if it gets that id (the log has
         `only_as - 1` events): otherwise nothing is written and the answer is 0. Two callers
-        racing to open a run's log with `only_as=1` publish one event between them."""
+        racing to open a run's log with `only_as=1` publish one event between them.
+        With `once`, a name for what the event says, it is published once per run: a repeat
+        (a retried step publishing it again) writes nothing and answers the first one's id,
+        even after the run ended."""
         _check_run_id(run_id)
         if only_as < 0:
             raise InvalidArgument.field("only_as", "must be 0 (no condition) or an event id")
@@ -152,6 +167,7 @@ class RunEventLog:
                     self.retention_seconds,
                     self.max_events,
                     only_as,
+                    once,
                 ],
             )
         except ResponseError as exc:
@@ -163,13 +179,19 @@ class RunEventLog:
         return int(result)
 
     async def publish(
-        self, run_id: str, payload: bytes, *, terminal: bool = False, only_as: int = 0
+        self,
+        run_id: str,
+        payload: bytes,
+        *,
+        terminal: bool = False,
+        only_as: int = 0,
+        once: str = "",
     ) -> int:
         """`append` for the steps of a run, which Temporal may retry after they published:
         once the log has ended, a terminal event answers the id the log ended with (the one
         stored first) and any other event is dropped (0)."""
         try:
-            return await self.append(run_id, payload, terminal=terminal, only_as=only_as)
+            return await self.append(run_id, payload, terminal=terminal, only_as=only_as, once=once)
         except FailedPrecondition:
             log.info("run %s has ended; a retried or late event is dropped", run_id)
             return await self.last_id(run_id) if terminal else 0
