@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 from temporalio.api.enums.v1 import EventType
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from loomwork.agents.run import AgentRunRequest, FirstStep
 from loomwork.agents.speculation import SpeculativeSteps, until_adopted, until_confirmed
@@ -129,7 +130,7 @@ async def test_a_first_step_no_activity_takes_over_is_cancelled_unpublished(
     model.set_script([Delay(30, then=Turn(text="too late"))])
     request = _request(thread.id)
     key = event_log_key(TENANT, request.run_id)
-    ttl, runtime.speculation.ttl = runtime.speculation.ttl, 0.5
+    ttl, runtime.speculation.ttl = runtime.speculation.ttl, 2.0
     try:
         assert steps.speculate(request)
     finally:
@@ -141,6 +142,49 @@ async def test_a_first_step_no_activity_takes_over_is_cancelled_unpublished(
     assert [m.parts[0].text for m in page.messages] == ["never sent"]  # type: ignore[union-attr]
     assert await runtime.events.last_id(key) == 0
     assert runtime.speculation.adopt(key) is None
+
+
+async def test_cancel_run_stops_a_first_step_no_activity_took_over_yet(
+    agents, token, model, runtime: Runtime, worker
+) -> None:
+    """CancelRun of a run whose first activity has not taken its step over (its first task is
+    still on the way) aborts the step's model call at once, not at the step's time to live."""
+    from activities.agents import AgentActivities
+    from loomwork.agents.directory import RunDirectory
+    from server.servicers.agent import workflow_id_for
+    from workflows.agent_run import AgentRunWorkflow
+
+    steps = runtime.agent_steps
+    assert steps is not None
+    model.set_script([Delay(30, then=Turn(text="too late"))])
+    request = _request("")
+    key = event_log_key(TENANT, request.run_id)
+    workflow_id = workflow_id_for("assistant", TENANT, request.run_id)
+    await RunDirectory(runtime.redis).record(TENANT, request.run_id, workflow_id)
+    # On a task queue whose worker runs the workflow and its bookkeeping but not the model
+    # steps: the run's first activity is scheduled and never starts, so nothing takes the
+    # step over.
+    queue = unique("no-model-steps")
+    bookkeeping = AgentActivities(steps)
+    async with Worker(
+        runtime.temporal,
+        task_queue=queue,
+        workflows=[AgentRunWorkflow],
+        activities=[bookkeeping.publish, bookkeeping.finish],
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    ):
+        await runtime.temporal.start_workflow(
+            AgentRunWorkflow.run, request, id=workflow_id, task_queue=queue
+        )
+        assert steps.speculate(request)
+        runtime.speculation.confirm(key)
+        await _model_asked(model)
+        cancelled = await agents.CancelRun(
+            agent_pb2.AgentServiceCancelRunRequest(run_id=request.run_id), metadata=auth(token)
+        )
+        assert cancelled.run.id == request.run_id
+        assert await _disconnected(model)  # within 4 s; its time to live is 10
+        assert runtime.speculation.adopt(key) is None
 
 
 async def test_steps_wait_for_confirmation_and_adoption_and_pause_after_a_refusal() -> None:

@@ -42,6 +42,7 @@ T = TypeVar("T")
 class _Step(Generic[T]):
     confirmed: asyncio.Event = field(default_factory=asyncio.Event)
     adopted: asyncio.Event = field(default_factory=asyncio.Event)
+    ttl: float = 0.0
     task: asyncio.Task[T] | None = None
     expiry: asyncio.TimerHandle | None = None
 
@@ -83,7 +84,7 @@ class SpeculativeSteps(Generic[T]):
         loop = asyncio.get_running_loop()
         if key in self._steps or loop.time() < self._paused_until:
             return False
-        step: _Step[T] = _Step()
+        step: _Step[T] = _Step(ttl=self.ttl)
         context = contextvars.copy_context()
         context.run(_current.set, step)
         step.task = loop.create_task(work(), context=context)
@@ -138,7 +139,7 @@ class SpeculativeSteps(Generic[T]):
     def _expire(self, key: str, step: _Step[T]) -> None:
         if self._steps.get(key) is step:
             del self._steps[key]
-            log.warning("first step of %s not adopted within %.0f s: cancelled", key, self.ttl)
+            log.warning("first step of %s not adopted within %.1f s: cancelled", key, step.ttl)
             self._cancel(step)
 
     @staticmethod

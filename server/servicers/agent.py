@@ -674,6 +674,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if description.status != WorkflowExecutionStatus.RUNNING:
             raise FailedPrecondition(f"run {request.run_id!r} has already ended")
         await handle.cancel()
+        # A first step this process began and no activity took over yet stops now, with its
+        # model call (else it would run until its time to live).
+        self.runtime.speculation.abandon(event_log_key(tenant(), request.run_id))
         return agent_pb2.AgentServiceCancelRunResponse(run=await self._current(request.run_id))
 
     async def ResumeRun(
