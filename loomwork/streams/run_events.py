@@ -6,7 +6,8 @@ runs: payloads are opaque bytes (callers serialize their own event models).
 Storage, per run (the `{run_id}` hash tag keeps both keys on one cluster slot):
 
 - `<prefix>:{<run_id>}:meta`: a hash; `last` is the highest event id published,
-  `finished` (present once the run ended) the id of its terminal event.
+  `finished` (present once the run ended) the id of its terminal event, and `o:<name>`
+  the id of the event published `once` under that name.
 - `<prefix>:{<run_id>}:events`: a stream; event `n` is the entry with the explicit
   id `n-0` and fields `p` (payload) and `t` (`1` for the terminal event).
 
