@@ -6,11 +6,14 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
+from loomwork.agents.run import AgentRunRequest
 from loomwork.config import Settings
+from loomwork.memory.models import NewMessage, Role, TextPart
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server.app import build_grpc_app
 from server.runtime import Runtime
@@ -63,6 +66,22 @@ def auth(token: str) -> tuple[tuple[str, str], ...]:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def agent_run_request(
+    prompt: str, *, tenant: str = "alpha", thread_id: str = ""
+) -> AgentRunRequest:
+    """An `assistant` run's workflow input as the service makes it (announced), for calling
+    agent steps directly; tenant "alpha" is the `token` fixture's."""
+    return AgentRunRequest(
+        tenant=tenant,
+        run_id=unique("run"),
+        agent_name="assistant",
+        input_messages=[NewMessage(role=Role.USER, parts=[TextPart(text=prompt)])],
+        thread_id=thread_id,
+        announced=True,
+        create_time=datetime.now(UTC),
+    )
 
 
 def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:

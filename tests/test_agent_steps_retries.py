@@ -17,22 +17,11 @@ from loomwork.agents.run import (
 )
 from loomwork.agents.steps import event_log_key
 from loomwork.llm.chat import ChatUsage
-from loomwork.memory.models import NewMessage, Role, TextPart, ToolCallPart
+from loomwork.memory.models import ToolCallPart
 from server.runtime import Runtime
-from tests.support import unique
+from tests.support import agent_run_request
 
 TENANT = "alpha"
-
-
-def _request() -> AgentRunRequest:
-    return AgentRunRequest(
-        tenant=TENANT,
-        run_id=unique("run"),
-        agent_name="assistant",
-        input_messages=[NewMessage(role=Role.USER, parts=[TextPart(text="add 2 and 3")])],
-        announced=True,
-        create_time=datetime.now(UTC),
-    )
 
 
 async def _types(runtime: Runtime, request: AgentRunRequest) -> list[str]:
@@ -45,7 +34,7 @@ async def test_a_retried_tool_call_and_finish_publish_what_they_say_once(
 ) -> None:
     steps = runtime.agent_steps
     assert steps is not None
-    request = _request()
+    request = agent_run_request("add 2 and 3")
     agent = await steps.agents.get(TENANT, "assistant")
     call = ToolInput(
         request=request,

@@ -6,20 +6,19 @@ model call."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from loomwork.agents.run import AgentRunRequest, FirstStep
+from loomwork.agents.run import FirstStep
 from loomwork.agents.speculation import SpeculativeSteps, until_adopted, until_confirmed
 from loomwork.agents.steps import event_log_key
 from loomwork.llm.scripted_server import Delay, Turn
-from loomwork.memory.models import NewMessage, NewThread, Role, TextPart
+from loomwork.memory.models import NewThread
 from protos.loomwork.v1 import agent_pb2, memory_pb2, run_pb2
 from server.runtime import Runtime
-from tests.support import auth, unique
+from tests.support import agent_run_request, auth, unique
 
 TENANT = "alpha"  # the `token` fixture's tenant
 
@@ -64,18 +63,6 @@ async def test_a_run_started_here_takes_over_its_first_step_begun_early(
     assert scheduled == ["agent_start_and_step"]
 
 
-def _request(thread_id: str) -> AgentRunRequest:
-    return AgentRunRequest(
-        tenant=TENANT,
-        run_id=unique("run"),
-        agent_name="assistant",
-        input_messages=[NewMessage(role=Role.USER, parts=[TextPart(text="never sent")])],
-        thread_id=thread_id,
-        announced=True,
-        create_time=datetime.now(UTC),
-    )
-
-
 async def _model_asked(model, n: int = 1) -> None:  # type: ignore[no-untyped-def]
     for _ in range(200):
         if len(model.requests) >= n:
@@ -102,7 +89,8 @@ async def test_a_first_step_whose_run_never_started_leaves_nothing_behind(
     assert steps is not None
     model.set_script([Delay(30, then=Turn(text="too late"))])
     thread = await runtime.memory.create_thread(TENANT, NewThread())
-    with_thread, stateless = _request(thread.id), _request("")
+    with_thread = agent_run_request("never sent", thread_id=thread.id)
+    stateless = agent_run_request("never sent")
     assert steps.speculate(with_thread) and steps.speculate(stateless)
     await _model_asked(model)
     await asyncio.sleep(0.3)
@@ -128,7 +116,7 @@ async def test_a_first_step_no_activity_takes_over_is_cancelled_unpublished(
     assert steps is not None
     thread = await runtime.memory.create_thread(TENANT, NewThread())
     model.set_script([Delay(30, then=Turn(text="too late"))])
-    request = _request(thread.id)
+    request = agent_run_request("never sent", thread_id=thread.id)
     key = event_log_key(TENANT, request.run_id)
     ttl, runtime.speculation.ttl = runtime.speculation.ttl, 2.0
     try:
@@ -157,7 +145,7 @@ async def test_cancel_run_stops_a_first_step_no_activity_took_over_yet(
     steps = runtime.agent_steps
     assert steps is not None
     model.set_script([Delay(30, then=Turn(text="too late"))])
-    request = _request("")
+    request = agent_run_request("never sent")
     key = event_log_key(TENANT, request.run_id)
     workflow_id = workflow_id_for("assistant", TENANT, request.run_id)
     await RunDirectory(runtime.redis).record(TENANT, request.run_id, workflow_id)
