@@ -26,7 +26,6 @@ repeated call racing its first joins a run that is already under way.)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 from collections.abc import Callable, Coroutine
@@ -131,10 +130,7 @@ class SpeculativeSteps(Generic[T]):
         self._steps.clear()
         for step in steps:
             self._cancel(step)
-        for step in steps:
-            if step.task is not None:
-                with contextlib.suppress(BaseException):
-                    await step.task
+        await asyncio.gather(*(s.task for s in steps if s.task is not None), return_exceptions=True)
 
     def _expire(self, key: str, step: _Step[T]) -> None:
         if self._steps.get(key) is step:

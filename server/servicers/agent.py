@@ -283,7 +283,6 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             pairs.append(SearchAttributePair(RESOURCE, run_request.resource_id))
         # The first step begins now, and the run's first activity takes it over when it
         # starts in this process (it writes once the run exists, publishes once adopted).
-        speculation = self.runtime.speculation
         key = event_log_key(tenant_id, run_request.run_id)
         steps = self.runtime.agent_steps
         speculating = (
@@ -292,6 +291,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             and self.runtime.settings.speculative_first_step
             and steps.speculate(run_request)
         )
+        started: bool | None = None  # None: no new run; else whether it came here (eager)
         try:
             # A client run id names one run: a repeat joins it, running or finished.
             handle = await self.runtime.temporal.start_workflow(
@@ -306,27 +306,23 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 request_eager_start=True,
                 static_summary=f"agent {run_request.agent_name}, run {run_request.run_id}",
             )
+            started = eagerly_started(handle)
         except WorkflowAlreadyStartedError:
-            speculation.abandon(key)
             handle = self.runtime.temporal.get_workflow_handle_for(
                 AgentRunWorkflow.run, workflow_id
             )
         except RPCError as error:
-            speculation.abandon(key)
             # Refused, so nothing started: leave no log behind (an active log has no TTL).
             # After a timeout the start may have happened, and its log must stay.
             if existing is None and error.status not in _START_OUTCOME_UNKNOWN:
                 await self.runtime.events.discard(key)
             raise
-        except BaseException:
-            speculation.abandon(key)
-            raise
-        else:
+        finally:
             if speculating:
-                if eagerly_started(handle):
-                    speculation.confirm(key)
-                else:  # its first task went to the task queue: the step is not ours to run
-                    speculation.abandon(key, refused=True)
+                if started:
+                    self.runtime.speculation.confirm(key)
+                else:  # not started, or its first task went to the task queue: not ours
+                    self.runtime.speculation.abandon(key, refused=started is False)
         return run_request, handle, workflow_id
 
     async def _started(self, workflow_id: str) -> bool:
