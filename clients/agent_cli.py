@@ -61,6 +61,8 @@ def describe_event(event: agent_pb2.AgentRunEvent) -> str | None:
             f"{escape(waiting.task_queue)}; start one with `loomwork worker`)"
         )
     if kind == "step_retrying":
+        if event.step_retrying.attempt == 1:
+            return "[yellow]model step restarted[/] (the text above is replaced)"
         return f"[yellow]model step retrying[/]: {escape(event.step_retrying.error.message)}"
     if kind == "run_failed":
         return f"[red]run failed[/] {escape(event.run_failed.reason)}: " + escape(

@@ -31,6 +31,7 @@ from rich.table import Table
 from clients.client import (
     DEFAULT_ADDRESS,
     LoomworkClient,
+    StreamedText,
     error_details,
     parse_role,
     role_name,
@@ -663,21 +664,20 @@ async def _demo_recall(ctx: DemoContext) -> None:
 async def _demo_agent(ctx: DemoContext) -> None:
     prompt = "What is 17 + 25?"
     ctx.note(f"streaming agent 'assistant' on {prompt!r} (a durable Temporal run):")
-    text: list[str] = []
+    text = StreamedText()
     run_id, last_event = "", 0
     async for event in ctx.client.stream("assistant", prompt):
         run_id, last_event = event.run_id, event.event_id
+        text.add(event)
         kind = event.WhichOneof("event")
-        if kind == "text_delta":
-            text.append(event.text_delta.text)
-        elif kind == "tool_call":
+        if kind == "tool_call":
             args = json.dumps(json_format.MessageToDict(event.tool_call.arguments))
             ctx.ok(f"#{event.event_id} model calls tool {event.tool_call.tool_name}({args})")
         elif kind == "tool_result":
             result = json.dumps(json_format.MessageToDict(event.tool_result.result))
             ctx.ok(f"#{event.event_id} tool result: {escape(result)}")
         elif kind == "run_finished":
-            ctx.ok(f"#{event.event_id} answer streamed: {escape(''.join(text))}")
+            ctx.ok(f"#{event.event_id} answer streamed: {escape(str(text))}")
         elif kind == "run_failed":
             ctx.console.print(f"  [red]✗ run failed: {escape(event.run_failed.message)}[/]")
     replay = [e.event_id async for e in ctx.client.watch_run(run_id, after_event_id=2)]
@@ -693,8 +693,9 @@ async def _demo_agent(ctx: DemoContext) -> None:
 async def _demo_approval(ctx: DemoContext) -> None:
     prompt = "Please email ada@example.com: the report is ready"
     ctx.note(f"send_email needs a person's approval; streaming {prompt!r}:")
-    text: list[str] = []
+    text = StreamedText()
     async for event in ctx.client.stream("assistant", prompt):
+        text.add(event)
         kind = event.WhichOneof("event")
         if kind == "approval_requested":
             pending = event.approval_requested
@@ -714,10 +715,8 @@ async def _demo_approval(ctx: DemoContext) -> None:
         elif kind == "tool_result":
             result = json.dumps(json_format.MessageToDict(event.tool_result.result))
             ctx.ok(f"#{event.event_id} tool result: {escape(result)}")
-        elif kind == "text_delta":
-            text.append(event.text_delta.text)
         elif kind == "run_finished":
-            ctx.ok(f"#{event.event_id} answer: {escape(''.join(text))}")
+            ctx.ok(f"#{event.event_id} answer: {escape(str(text))}")
         elif kind == "run_failed":
             ctx.console.print(f"  [red]✗ run failed: {escape(event.run_failed.message)}[/]")
 

@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_ADDRESS",
     "RETRY_SERVICE_CONFIG",
     "LoomworkClient",
+    "StreamedText",
     "error_details",
     "parse_role",
     "rich_status",
@@ -233,6 +234,30 @@ def error_details(err: grpc.RpcError) -> list[tuple[str, str]]:
 
 
 # -- the client
+
+
+class StreamedText:
+    """An agent run's answer as it streams: feed it every event (`add`); a step that is
+    retried (`step_retrying`) drops the text it had streamed, as the event asks.
+
+        text = StreamedText()
+        async for event in client.stream("assistant", "hi"):
+            text.add(event)
+        print(text)
+    """
+
+    def __init__(self) -> None:
+        self._steps: dict[int, list[str]] = {}
+
+    def add(self, event: agent_pb2.AgentRunEvent) -> None:
+        kind = event.WhichOneof("event")
+        if kind == "text_delta":
+            self._steps.setdefault(event.step, []).append(event.text_delta.text)
+        elif kind == "step_retrying":
+            self._steps.pop(event.step, None)
+
+    def __str__(self) -> str:
+        return "".join("".join(self._steps[step]) for step in sorted(self._steps))
 
 
 class LoomworkClient:

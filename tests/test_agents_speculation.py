@@ -1,21 +1,30 @@
 """A run's first step begun while Temporal starts the run (loomwork.agents.speculation): the
-run's first activity takes it over, so the model is asked once; a step no activity takes
-over writes nothing before its run exists, publishes nothing, and is cancelled with its
-model call."""
+run's first activity takes it over, so the model is asked once; its text streams as a draft
+once the run exists, which an activity running the step itself takes over (readers are told
+to discard it); a step no activity takes over writes nothing before its run exists, and is
+cancelled with its model call."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from loomwork.agents.run import FirstStep
+from loomwork.agents.run import (
+    AgentRunRequest,
+    FirstStep,
+    StepRetrying,
+    TextDeltaEvent,
+    decode_event,
+)
 from loomwork.agents.speculation import SpeculativeSteps, until_adopted, until_confirmed
-from loomwork.agents.steps import event_log_key
+from loomwork.agents.steps import AgentSteps, announce_run, event_log_key
 from loomwork.llm.scripted_server import Delay, Turn
 from loomwork.memory.models import NewThread
+from loomwork.streams import DraftTaken
 from protos.loomwork.v1 import agent_pb2, memory_pb2, run_pb2
 from server.runtime import Runtime
 from tests.support import agent_run_request, auth, unique
@@ -43,6 +52,7 @@ async def test_a_run_started_here_takes_over_its_first_step_begun_early(
     assert [e.event_id for e in events] == list(range(1, len(events) + 1))
     assert events[0].HasField("run_started")
     assert "".join(e.text_delta.text for e in events) == "Hello, Ada."
+    assert not any(e.HasField("step_retrying") for e in events)  # its draft was kept
     assert events[-1].run_finished.status == run_pb2.RUN_STATUS_SUCCEEDED
     stored = await memory_stub.ListMessages(
         memory_pb2.ListMessagesRequest(thread_id=thread_id), metadata=auth(token)
@@ -228,3 +238,98 @@ async def test_an_adopted_step_failing_fails_its_adopter() -> None:
     assert task is not None
     with pytest.raises(RuntimeError, match="model down"):
         await task
+
+
+async def _announced(steps: AgentSteps, request: AgentRunRequest) -> str:
+    """Announce `request` as the service does before it starts the run; its log's key."""
+    agent = await steps.agents.get(TENANT, request.agent_name)
+    await announce_run(steps.events, request, agent, "scripted")
+    return event_log_key(TENANT, request.run_id)
+
+
+async def _logged(steps: AgentSteps, key: str) -> list[str]:
+    """The run's events after run_started: the text of a delta, else the event's type."""
+    events = [decode_event(e.payload) for e in await steps.events.read(key, 1)]
+    return [e.delta if isinstance(e, TextDeltaEvent) else e.type for e in events]
+
+
+async def _until(check, what: str) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(250):
+        if await check():
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail(f"never: {what}")
+
+
+async def test_a_first_step_streams_its_text_once_its_run_exists_before_it_is_taken_over(
+    model, runtime: Runtime, worker
+) -> None:
+    """Confirmed (the run came to this process) but not adopted yet: its text is already in
+    the run's log, so a reader sees it without waiting for the run's activity; other events
+    wait for the activity, and adopting keeps what was streamed (no step_retrying)."""
+    steps = runtime.agent_steps
+    assert steps is not None
+    model.set_script([Turn(text="Hello there, Ada.", chunk_size=6, chunk_delay=0.05)])
+    request = agent_run_request("hi")
+    key = await _announced(steps, request)
+    assert steps.speculate(request)
+    await _model_asked(model)
+    await asyncio.sleep(0.3)
+    assert await _logged(steps, key) == []  # not confirmed: the run may not exist
+    runtime.speculation.confirm(key)
+
+    async def streamed_all() -> bool:
+        return "".join(await _logged(steps, key)) == "Hello there, Ada."
+
+    await _until(streamed_all, "the whole text streamed before adoption")
+    await asyncio.sleep(0.2)
+    assert "".join(await _logged(steps, key)) == "Hello there, Ada."  # no usage yet
+    first = await steps.start_and_step(request)  # the run's first activity
+    assert first.output.text == "Hello there, Ada."
+    assert len(model.requests) == 1
+    logged = await _logged(steps, key)
+    assert "".join(logged[:-2]) == "Hello there, Ada."
+    assert logged[-2:] == ["usage", "step_finished"]  # published once adopted
+
+
+async def test_an_activity_that_runs_the_first_step_itself_takes_its_draft_over(
+    model, runtime: Runtime, worker
+) -> None:
+    """The run's first activity ran in another process (no eager activity, another replica
+    polled first): it fences off the draft streamed here (whose next delta is refused, so its
+    model call ends), publishes step_retrying for attempt 1 and streams its own answer. A
+    reader that discards a retried step's text, as step_retrying asks, reads that answer
+    alone."""
+    steps = runtime.agent_steps
+    assert steps is not None
+    elsewhere = copy.copy(steps)  # the same stores, but no step begun in its process
+    elsewhere.speculation = None
+    model.set_script(
+        [
+            Turn(text="a draft that goes on and on", chunk_size=2, chunk_delay=0.1),
+            Turn(text="The answer."),
+        ]
+    )
+    request = agent_run_request("hi")
+    key = await _announced(steps, request)
+    assert steps.speculate(request)
+    request.first_step_begun = True  # as the service sends it to the workflow
+    runtime.speculation.confirm(key)
+
+    async def drafted() -> bool:
+        return bool(await _logged(steps, key))
+
+    await _until(drafted, "a draft delta in the log")
+    first = await elsewhere.start_and_step(request)
+    assert first.output.text == "The answer."
+    assert await _disconnected(model)  # the draft's next delta was refused: its call ended
+    with pytest.raises(DraftTaken):
+        await runtime.speculation.adopt(key)  # type: ignore[misc]
+    logged = await _logged(steps, key)
+    retry = logged.index("step_retrying")
+    draft = "".join(logged[:retry])
+    assert draft and "a draft that goes on and on".startswith(draft)
+    assert "".join(logged[retry + 1 : -2]) == "The answer."  # none of the draft after it
+    assert logged[-2:] == ["usage", "step_finished"]
+    events = [decode_event(e.payload) for e in await steps.events.read(key, 1)]
+    assert [(e.step, e.attempt) for e in events if isinstance(e, StepRetrying)] == [(1, 1)]

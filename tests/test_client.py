@@ -14,6 +14,7 @@ import pytest
 
 from clients.client import (
     LoomworkClient,
+    StreamedText,
     error_details,
     parse_role,
     role_name,
@@ -21,7 +22,7 @@ from clients.client import (
     tool_call_message,
     tool_result_message,
 )
-from protos.loomwork.v1 import memory_pb2, memory_pb2_grpc, message_pb2
+from protos.loomwork.v1 import agent_pb2, memory_pb2, memory_pb2_grpc, message_pb2, run_pb2
 
 
 def _unique(prefix: str) -> str:
@@ -299,3 +300,20 @@ async def test_deadline_exceeded(client_timeout: float, call_timeout: float | No
         assert servicer.calls == 1, "DEADLINE_EXCEEDED is not retried"
     finally:
         await server.stop(None)
+
+
+def test_streamed_text_drops_what_a_retried_step_had_streamed() -> None:
+    def delta(step: int, text: str) -> agent_pb2.AgentRunEvent:
+        return agent_pb2.AgentRunEvent(step=step, text_delta=run_pb2.TextDelta(text=text))
+
+    text = StreamedText()
+    for event in (
+        delta(1, "Let me "),
+        delta(1, "che"),
+        agent_pb2.AgentRunEvent(step=1, step_retrying=agent_pb2.AgentStepRetrying(attempt=2)),
+        delta(1, "Let me check. "),
+        agent_pb2.AgentRunEvent(step=1, tool_call=message_pb2.ToolCallPart(tool_name="add")),
+        delta(2, "It is 42."),
+    ):
+        text.add(event)
+    assert str(text) == "Let me check. It is 42."

@@ -10,7 +10,14 @@ import pytest
 from redis.asyncio import Redis
 
 from loomwork.errors import FailedPrecondition, InvalidArgument
-from loomwork.streams import EventsExpired, FollowIdle, OutOfRange, RunEvent, RunEventLog
+from loomwork.streams import (
+    DraftTaken,
+    EventsExpired,
+    FollowIdle,
+    OutOfRange,
+    RunEvent,
+    RunEventLog,
+)
 
 WAIT = 20.0  # generous upper bound for "this finishes", never a timing assertion
 
@@ -305,3 +312,29 @@ async def test_an_event_said_once_is_published_once(log: RunEventLog) -> None:
         payload(3),
         payload(4),
     ]
+
+
+async def test_a_draft_goes_in_until_it_is_taken_over_and_never_after(log: RunEventLog) -> None:
+    """A draft's events (a step begun before its activity) interleave with no one: once taken
+    over, its next event is refused and nothing is written; the taker learns whether any of
+    the draft got in, to tell readers to discard it."""
+    run_id = new_run()
+    assert await log.append(run_id, payload(1)) == 1
+    assert await log.append(run_id, payload(2), draft="step:1") == 2
+    assert await log.publish(run_id, payload(3), draft="step:1") == 3
+    assert await log.take_draft(run_id, "step:1") is True
+    with pytest.raises(DraftTaken, match="step:1"):
+        await log.publish(run_id, payload(9), draft="step:1")
+    assert await log.append(run_id, payload(4)) == 4  # the taker's own events
+    assert await log.take_draft(run_id, "step:1") is False  # taken already: nothing new got in
+    assert [e.payload for e in await log.read(run_id, 0)] == [payload(i) for i in (1, 2, 3, 4)]
+
+    # Taken before any of it got in: the taker has nothing to retract, and the draft none.
+    other = new_run()
+    assert await log.append(other, payload(1)) == 1
+    assert await log.take_draft(other, "step:1") is False
+    with pytest.raises(DraftTaken):
+        await log.append(other, payload(2), draft="step:1")
+    assert await log.last_id(other) == 1
+    with pytest.raises(InvalidArgument, match="draft"):
+        await log.take_draft(other, "")

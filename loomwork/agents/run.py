@@ -33,6 +33,10 @@ class AgentRunRequest(BaseModel):
     model: str = ""
     # The starter published run_started already (the server does, as it accepts the run).
     announced: bool = False
+    # The server began the first step as it started the run (loomwork.agents.speculation);
+    # the step's events may have gone out as a draft, which an activity running the step
+    # itself takes over.
+    first_step_begun: bool = False
 
     def identified_inputs(self) -> list[NewMessage]:
         """The input messages with the ids they are saved under (`<run>.in.<i>` unless the

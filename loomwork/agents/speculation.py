@@ -5,22 +5,26 @@ activity (context + first model call), come to the worker of the same process. B
 call and that activity lie two round trips to Temporal, ~10–25 ms in which the model could
 already be answering. `SpeculativeSteps` begins the step in that gap; the run's first
 activity, when it starts in this process, adopts the step in flight instead of beginning
-its own, so the model's first tokens are ready as soon as the activity owns them.
+its own, so the model's first tokens are under way before the run's activity even starts.
 
-Nothing leaves a step before it is owned:
+What leaves a step before it is owned is fenced:
 
 - it writes to memory (the run's input messages) only once the run is confirmed to exist
   and to have come to this process (`confirm`);
-- it publishes events only once the activity adopted it (`adopt`): an activity that runs
-  elsewhere publishes the step's events alone;
+- from then on it streams its text (or partial objects) as a *draft* (`drafting`): events
+  the run's event log takes only until an activity that did not adopt the step takes the
+  draft over (`RunEventLog.take_draft`); that activity then publishes `step_retrying` for
+  attempt 1, so readers discard the draft's text, and streams its own;
+- every other event (tool calls, usage, the step's end) waits until the activity adopted
+  the step (`adopt`);
 - a step that is not adopted within `ttl` seconds, or whose start did not come to this
   process (`abandon`), is cancelled with its model call.
 
-So a step that is never adopted costs one aborted model call and nothing else. After
-`refusals` starts in a row that did not come to this process (`abandon(refused=True)`),
-speculation pauses for `pause` seconds: on a Temporal without eager start, or a worker
-with no free slot, it would only ever cost calls. (One such start alone is no sign: a
-repeated call racing its first joins a run that is already under way.)
+So a step that is never adopted costs one aborted model call, and at most a draft readers
+are told to discard. After `refusals` starts in a row that did not come to this process
+(`abandon(refused=True)`), speculation pauses for `pause` seconds: on a Temporal without
+eager start, or a worker with no free slot, it would only ever cost calls. (One such start
+alone is no sign: a repeated call racing its first joins a run that is already under way.)
 """
 
 from __future__ import annotations
@@ -56,6 +60,13 @@ async def until_confirmed() -> None:
     step = _current.get()
     if step is not None:
         await step.confirmed.wait()
+
+
+def drafting() -> bool:
+    """Whether this is a speculative step no activity has adopted yet: what it streams goes
+    out as a draft (after `until_confirmed`)."""
+    step = _current.get()
+    return step is not None and not step.adopted.is_set()
 
 
 async def until_adopted() -> None:

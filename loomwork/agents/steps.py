@@ -42,7 +42,12 @@ from loomwork.agents.run import (
     encode_event,
     once_key,
 )
-from loomwork.agents.speculation import SpeculativeSteps, until_adopted, until_confirmed
+from loomwork.agents.speculation import (
+    SpeculativeSteps,
+    drafting,
+    until_adopted,
+    until_confirmed,
+)
 from loomwork.agents.tools import ToolContext, ToolRegistry
 from loomwork.llm.chat import (
     ChatMessage,
@@ -70,6 +75,9 @@ from loomwork.memory.working import WorkingMemoryStore
 from loomwork.streams.run_events import RunEventLog
 
 log = logging.getLogger(__name__)
+
+
+FIRST_STEP = "step:1"  # the draft a speculative first step streams as
 
 
 def event_log_key(tenant: str, run_id: str) -> str:
@@ -151,8 +159,14 @@ class AgentSteps:
         """Append one event; its id (for a retried terminal event, or one said once per run
         (`once_key`): the one stored first)."""
         key = event_log_key(request.tenant, request.run_id)
+        if isinstance(event, TextDeltaEvent | ObjectPartialEvent):
+            # A speculative step streams once its run exists, as a draft until its activity
+            # owns it: an activity that runs the step itself takes the draft over first.
+            await until_confirmed()
+            if drafting():
+                return await self.events.publish(key, encode_event(event), draft=FIRST_STEP)
+        await until_adopted()  # anything else waits until the step's activity owns it
         terminal = isinstance(event, RunFinished)
-        await until_adopted()  # a speculative step publishes once its activity owns it
         return await self.events.publish(
             key, encode_event(event), terminal=terminal, once=once_key(event)
         )
@@ -263,14 +277,23 @@ class AgentSteps:
         """`start`, then the first model step in the same activity: one Temporal round trip
         less before the first token. Both are safe to repeat (message ids, event guards).
         The run's first attempt takes over the step if this process began it already."""
+        key = event_log_key(request.tenant, request.run_id)
         if self.speculation is not None:
-            key = event_log_key(request.tenant, request.run_id)
             if attempt == 1:
                 begun = self.speculation.adopt(key)
                 if begun is not None:
                     return await begun
             else:
                 self.speculation.abandon(key)
+        # Begun by the service, but not taken over here: fence off the step's draft (it may
+        # run in another process), and have readers discard what it streamed (a retry says
+        # so itself, in model_step).
+        if (
+            request.first_step_begun
+            and await self.events.take_draft(key, FIRST_STEP)
+            and attempt == 1
+        ):
+            await self.publish(request, StepRetrying(step=1, attempt=1))
         return await self._start_and_step(request, attempt)
 
     async def _start_and_step(self, request: AgentRunRequest, attempt: int = 1) -> FirstStep:

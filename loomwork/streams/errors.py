@@ -6,7 +6,9 @@
 - `EventsExpired`    -> FAILED_PRECONDITION (a subclass: the events asked for were trimmed/expired)
 - `FollowIdle`       -> DEADLINE_EXCEEDED (a follower waited `idle_timeout` without an event)
 
-Appending to a finished run raises the plain `loomwork.errors.FailedPrecondition`.
+Appending to a finished run raises the plain `loomwork.errors.FailedPrecondition`, and
+appending to a draft that was taken over `DraftTaken` (a FailedPrecondition too; it stays
+inside the process that drafted).
 """
 
 from __future__ import annotations
@@ -48,3 +50,12 @@ class FollowIdle(DeadlineExceeded):
         self.run_id = run_id
         self.after_id = after_id
         self.idle_timeout = idle_timeout
+
+
+class DraftTaken(FailedPrecondition):
+    """An event of a draft was refused: the draft was taken over (`RunEventLog.take_draft`)."""
+
+    def __init__(self, run_id: str, draft: str) -> None:
+        super().__init__(f"draft {draft!r} of run {run_id!r} was taken over; its event is dropped")
+        self.run_id = run_id
+        self.draft = draft

@@ -6,8 +6,9 @@ runs: payloads are opaque bytes (callers serialize their own event models).
 Storage, per run (the `{run_id}` hash tag keeps both keys on one cluster slot):
 
 - `<prefix>:{<run_id>}:meta`: a hash; `last` is the highest event id published,
-  `finished` (present once the run ended) the id of its terminal event, and `o:<name>`
-  the id of the event published `once` under that name.
+  `finished` (present once the run ended) the id of its terminal event, `o:<name>`
+  the id of the event published `once` under that name, and `d:<name>` the state of a
+  draft (`drafted` once one of its events was appended, `taken` once it was taken over).
 - `<prefix>:{<run_id>}:events`: a stream; event `n` is the entry with the explicit
   id `n-0` and fields `p` (payload) and `t` (`1` for the terminal event).
 
@@ -38,7 +39,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from loomwork.errors import FailedPrecondition, InvalidArgument
-from loomwork.streams.errors import EventsExpired, FollowIdle, OutOfRange
+from loomwork.streams.errors import DraftTaken, EventsExpired, FollowIdle, OutOfRange
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,18 @@ _FINISHED_ERROR = "LOOMWORK_RUN_FINISHED"
 # ARGV[1] payload, ARGV[2] terminal ("0"/"1"), ARGV[3] retention seconds, ARGV[4] max events,
 # ARGV[5] only as (n > 0: append only if the event gets id n, else write nothing and return 0),
 # ARGV[6] once key ('' or a name: an event with that name is appended once; a repeat answers
-# the first one's id, kept in the meta hash as `o:<name>`).
+# the first one's id, kept in the meta hash as `o:<name>`),
+# ARGV[7] draft ('' or a name: append only while that draft is not taken, else write nothing
+# and return -1; marks the draft `d:<name>` as drafted).
 _APPEND_LUA = """
 if ARGV[6] ~= '' then
   local first = redis.call('HGET', KEYS[1], 'o:' .. ARGV[6])
   if first then
     return tonumber(first)
   end
+end
+if ARGV[7] ~= '' and redis.call('HGET', KEYS[1], 'd:' .. ARGV[7]) == 'taken' then
+  return -1
 end
 local finished = redis.call('HGET', KEYS[1], 'finished')
 if finished then
@@ -76,12 +82,25 @@ redis.call('HSET', KEYS[1], 'last', n)
 if ARGV[6] ~= '' then
   redis.call('HSET', KEYS[1], 'o:' .. ARGV[6], n)
 end
+if ARGV[7] ~= '' then
+  redis.call('HSET', KEYS[1], 'd:' .. ARGV[7], 'drafted')
+end
 if ARGV[2] == '1' then
   redis.call('HSET', KEYS[1], 'finished', n)
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
 end
 return n
+"""
+
+# KEYS[1] meta hash. ARGV[1] draft name. Marks the draft taken; 1 if it had events.
+_TAKE_DRAFT_LUA = """
+local was = redis.call('HGET', KEYS[1], 'd:' .. ARGV[1])
+redis.call('HSET', KEYS[1], 'd:' .. ARGV[1], 'taken')
+if was == 'drafted' then
+  return 1
+end
+return 0
 """
 
 
@@ -128,6 +147,7 @@ class RunEventLog:
         self.retention_seconds = retention_seconds
         self.max_events = max_events
         self._append_script = redis.register_script(_APPEND_LUA)
+        self._take_draft_script = redis.register_script(_TAKE_DRAFT_LUA)
 
     # keys ---------------------------------------------------------------
 
@@ -147,6 +167,7 @@ class RunEventLog:
         terminal: bool = False,
         only_as: int = 0,
         once: str = "",
+        draft: str = "",
     ) -> int:
         """Publish one event and return its id; `terminal` ends the run's log.
 
@@ -155,7 +176,9 @@ class RunEventLog:
         racing to open a run's log with `only_as=1` publish one event between them.
         With `once`, a name for what the event says, it is published once per run: a repeat
         (a retried step publishing it again) writes nothing and answers the first one's id,
-        even after the run ended."""
+        even after the run ended. With `draft`, the event is part of that draft: appended only
+        while the draft is not taken (`take_draft`), else nothing is written and DraftTaken
+        is raised."""
         _check_run_id(run_id)
         if only_as < 0:
             raise InvalidArgument.field("only_as", "must be 0 (no condition) or an event id")
@@ -169,6 +192,7 @@ class RunEventLog:
                     self.max_events,
                     only_as,
                     once,
+                    draft,
                 ],
             )
         except ResponseError as exc:
@@ -177,7 +201,17 @@ class RunEventLog:
                     f"run {run_id!r} has finished; its event log takes no more events"
                 ) from exc
             raise
+        if result == -1:
+            raise DraftTaken(run_id, draft)
         return int(result)
+
+    async def take_draft(self, run_id: str, draft: str) -> bool:
+        """Take the draft `draft` of the run over: none of its events is appended from now
+        on. True if some were appended before (readers are to be told to discard them)."""
+        _check_run_id(run_id)
+        if not draft:
+            raise InvalidArgument.field("draft", "must not be empty")
+        return bool(await self._take_draft_script(keys=[self.meta_key(run_id)], args=[draft]))
 
     async def publish(
         self,
@@ -187,12 +221,17 @@ class RunEventLog:
         terminal: bool = False,
         only_as: int = 0,
         once: str = "",
+        draft: str = "",
     ) -> int:
         """`append` for the steps of a run, which Temporal may retry after they published:
         once the log has ended, a terminal event answers the id the log ended with (the one
         stored first) and any other event is dropped (0)."""
         try:
-            return await self.append(run_id, payload, terminal=terminal, only_as=only_as, once=once)
+            return await self.append(
+                run_id, payload, terminal=terminal, only_as=only_as, once=once, draft=draft
+            )
+        except DraftTaken:
+            raise
         except FailedPrecondition:
             log.info("run %s has ended; a retried or late event is dropped", run_id)
             return await self.last_id(run_id) if terminal else 0

@@ -282,7 +282,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if run_request.resource_id:
             pairs.append(SearchAttributePair(RESOURCE, run_request.resource_id))
         # The first step begins now, and the run's first activity takes it over when it
-        # starts in this process (it writes once the run exists, publishes once adopted).
+        # starts in this process (it writes and streams a draft once the run exists, and
+        # publishes the rest once adopted).
         key = event_log_key(tenant_id, run_request.run_id)
         steps = self.runtime.agent_steps
         speculating = (
@@ -291,6 +292,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             and self.runtime.settings.speculative_first_step
             and steps.speculate(run_request)
         )
+        run_request.first_step_begun = speculating
         started: bool | None = None  # None: no new run; else whether it came here (eager)
         try:
             # A client run id names one run: a repeat joins it, running or finished.
