@@ -333,3 +333,26 @@ async def test_an_activity_that_runs_the_first_step_itself_takes_its_draft_over(
     assert logged[-2:] == ["usage", "step_finished"]
     events = [decode_event(e.payload) for e in await steps.events.read(key, 1)]
     assert [(e.step, e.attempt) for e in events if isinstance(e, StepRetrying)] == [(1, 1)]
+
+
+async def test_a_draft_stops_when_its_run_ends_before_any_activity_took_it_over(
+    model, runtime: Runtime, worker
+) -> None:
+    """Cancelled through another replica before its first activity started: the run's log
+    ended, so the draft's next delta is refused and its model call ends then, not at the
+    step's time to live; nothing more of it is in the log."""
+    steps = runtime.agent_steps
+    assert steps is not None
+    model.set_script([Turn(text="a draft that goes on and on", chunk_size=2, chunk_delay=0.1)])
+    request = agent_run_request("hi")
+    key = await _announced(steps, request)
+    assert steps.speculate(request)
+    runtime.speculation.confirm(key)
+
+    async def drafted() -> bool:
+        return bool(await _logged(steps, key))
+
+    await _until(drafted, "a draft delta in the log")
+    ended = await steps.events.append(key, b'{"type": "run_finished"}', terminal=True)
+    assert await _disconnected(model)  # within 4 s; its time to live is 10
+    assert await steps.events.last_id(key) == ended

@@ -338,3 +338,11 @@ async def test_a_draft_goes_in_until_it_is_taken_over_and_never_after(log: RunEv
     assert await log.last_id(other) == 1
     with pytest.raises(InvalidArgument, match="draft"):
         await log.take_draft(other, "")
+
+    # A run that ended (cancelled before its activity took the draft) ends the draft too.
+    ended = new_run()
+    assert await log.append(ended, payload(1), draft="step:1") == 1
+    assert await log.append(ended, payload(2), terminal=True) == 2
+    with pytest.raises(DraftTaken):
+        await log.publish(ended, payload(3), draft="step:1")
+    assert await log.publish(ended, payload(3)) == 0  # a late event of the run's own: dropped

@@ -53,9 +53,13 @@ class FollowIdle(DeadlineExceeded):
 
 
 class DraftTaken(FailedPrecondition):
-    """An event of a draft was refused: the draft was taken over (`RunEventLog.take_draft`)."""
+    """An event of a draft was refused: the draft was taken over (`RunEventLog.take_draft`),
+    or (from `publish`) the run's log has ended."""
 
     def __init__(self, run_id: str, draft: str) -> None:
-        super().__init__(f"draft {draft!r} of run {run_id!r} was taken over; its event is dropped")
+        super().__init__(
+            f"draft {draft!r} of run {run_id!r} is over (taken over, or the run ended);"
+            " its event is dropped"
+        )
         self.run_id = run_id
         self.draft = draft

@@ -225,7 +225,8 @@ class RunEventLog:
     ) -> int:
         """`append` for the steps of a run, which Temporal may retry after they published:
         once the log has ended, a terminal event answers the id the log ended with (the one
-        stored first) and any other event is dropped (0)."""
+        stored first) and any other event is dropped (0), but a draft's raises DraftTaken
+        (the draft is over)."""
         try:
             return await self.append(
                 run_id, payload, terminal=terminal, only_as=only_as, once=once, draft=draft
@@ -233,6 +234,8 @@ class RunEventLog:
         except DraftTaken:
             raise
         except FailedPrecondition:
+            if draft:  # nothing more of it can go in: its drafter should stop
+                raise DraftTaken(run_id, draft) from None
             log.info("run %s has ended; a retried or late event is dropped", run_id)
             return await self.last_id(run_id) if terminal else 0
 
