@@ -261,6 +261,31 @@ async def _until(check, what: str) -> None:  # type: ignore[no-untyped-def]
     pytest.fail(f"never: {what}")
 
 
+async def _drafting(runtime: Runtime, model) -> tuple[AgentSteps, AgentRunRequest, str]:  # type: ignore[no-untyped-def]
+    """A run announced and confirmed here whose first step is streaming a long draft (the
+    step's first delta is in the log, no activity has taken it over): its steps, its request
+    as the service sends it to the workflow, and its log's key."""
+    steps = runtime.agent_steps
+    assert steps is not None
+    model.set_script(
+        [
+            Turn(text="a draft that goes on and on", chunk_size=2, chunk_delay=0.1),
+            Turn(text="The answer."),
+        ]
+    )
+    request = agent_run_request("hi")
+    key = await _announced(steps, request)
+    assert steps.speculate(request)
+    request.first_step_begun = True
+    runtime.speculation.confirm(key)
+
+    async def drafted() -> bool:
+        return bool(await _logged(steps, key))
+
+    await _until(drafted, "a draft delta in the log")
+    return steps, request, key
+
+
 async def test_a_first_step_streams_its_text_once_its_run_exists_before_it_is_taken_over(
     model, runtime: Runtime, worker
 ) -> None:
@@ -300,26 +325,9 @@ async def test_an_activity_that_runs_the_first_step_itself_takes_its_draft_over(
     model call ends), publishes step_retrying for attempt 1 and streams its own answer. A
     reader that discards a retried step's text, as step_retrying asks, reads that answer
     alone."""
-    steps = runtime.agent_steps
-    assert steps is not None
+    steps, request, key = await _drafting(runtime, model)
     elsewhere = copy.copy(steps)  # the same stores, but no step begun in its process
     elsewhere.speculation = None
-    model.set_script(
-        [
-            Turn(text="a draft that goes on and on", chunk_size=2, chunk_delay=0.1),
-            Turn(text="The answer."),
-        ]
-    )
-    request = agent_run_request("hi")
-    key = await _announced(steps, request)
-    assert steps.speculate(request)
-    request.first_step_begun = True  # as the service sends it to the workflow
-    runtime.speculation.confirm(key)
-
-    async def drafted() -> bool:
-        return bool(await _logged(steps, key))
-
-    await _until(drafted, "a draft delta in the log")
     first = await elsewhere.start_and_step(request)
     assert first.output.text == "The answer."
     assert await _disconnected(model)  # the draft's next delta was refused: its call ended
@@ -341,18 +349,7 @@ async def test_a_draft_stops_when_its_run_ends_before_any_activity_took_it_over(
     """Cancelled through another replica before its first activity started: the run's log
     ended, so the draft's next delta is refused and its model call ends then, not at the
     step's time to live; nothing more of it is in the log."""
-    steps = runtime.agent_steps
-    assert steps is not None
-    model.set_script([Turn(text="a draft that goes on and on", chunk_size=2, chunk_delay=0.1)])
-    request = agent_run_request("hi")
-    key = await _announced(steps, request)
-    assert steps.speculate(request)
-    runtime.speculation.confirm(key)
-
-    async def drafted() -> bool:
-        return bool(await _logged(steps, key))
-
-    await _until(drafted, "a draft delta in the log")
+    steps, _, key = await _drafting(runtime, model)
     ended = await steps.events.append(key, b'{"type": "run_finished"}', terminal=True)
     assert await _disconnected(model)  # within 4 s; its time to live is 10
     assert await steps.events.last_id(key) == ended
