@@ -918,6 +918,12 @@ async def test_watch_answer_after_events_expired_sends_the_terminal_event(
     ]
     terminal = events[-1]
     assert terminal.HasField("finished")
+    # Events expire long after the answer's run ended (its record notes the terminal id once
+    # the terminal event is out, a moment after the stream saw it).
+    started = await rag.GetAnswer(
+        rag_pb2.GetAnswerRequest(answer_id=answer_id), metadata=auth(token)
+    )
+    await runtime.temporal.get_workflow_handle(started.answer.temporal_workflow_id).result()
     key = answer_log_key("alpha", answer_id)
     await runtime.redis.delete(runtime.events.meta_key(key), runtime.events.stream_key(key))
 
