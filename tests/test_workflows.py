@@ -1080,7 +1080,9 @@ async def test_watch_after_events_expired_sends_the_terminal_event(
     every = await _events(workflows, token, run.id)
     terminal = every[-1]
     assert terminal.HasField("run_finished")
-    # What the retention TTL does a day after the run ended.
+    # What the retention TTL does a day after the run ended (the run notes its terminal id
+    # once the event is out, a moment after the stream saw it).
+    await runtime.temporal.get_workflow_handle(run.temporal_workflow_id).result()
     key = event_log_key("alpha", run.id)
     await runtime.redis.delete(runtime.events.meta_key(key), runtime.events.stream_key(key))
 
