@@ -180,6 +180,41 @@ async def test_client_run_id_makes_generate_idempotent(agents, token, model) -> 
     assert len(model.requests) == 1
 
 
+async def test_client_run_id_of_a_run_temporal_no_longer_keeps_is_not_run_again(
+    agents, token, model, runtime
+) -> None:
+    """Days later, Temporal's retention has dropped the ended run (the directory still says
+    its start reached Temporal): a repeat of its client run id (a client retrying late) is
+    refused rather than run again, so the model is not asked and no tool runs twice."""
+    from loomwork.agents.directory import RunDirectory
+
+    directory = RunDirectory(runtime.redis)
+    model.set_script([Turn(text="Done once.")])
+    ran = unique("job")
+    request = agent_pb2.GenerateRequest(agent_name="assistant", prompt="hi", client_run_id=ran)
+    assert (await agents.Generate(request, metadata=auth(token))).run.output.text == "Done once."
+    assert await directory.was_started("alpha", ran)
+    # What the directory holds of such a run once Temporal dropped it.
+    run_id = unique("job")
+    await directory.record("alpha", run_id, f"agent/assistant/alpha/{run_id}")
+    await directory.mark_started("alpha", run_id)
+    stream = agents.Stream(
+        agent_pb2.StreamRequest(agent_name="assistant", prompt="hi", client_run_id=run_id),
+        metadata=auth(token),
+    )
+    generate = agents.Generate(
+        agent_pb2.GenerateRequest(agent_name="assistant", prompt="hi", client_run_id=run_id),
+        metadata=auth(token),
+    )
+    for call in (generate, _collect(stream)):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call
+        assert error.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert "client_run_id" in (error.value.details() or "")
+        assert "no longer kept by Temporal" in (error.value.details() or "")
+    assert len(model.requests) == 1
+
+
 async def test_client_run_id_whose_first_start_failed_runs_with_its_thread(
     agents, memory_stub, token, model, runtime
 ) -> None:

@@ -219,6 +219,30 @@ async def test_client_run_id_makes_start_idempotent(workflows, token, other_toke
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_client_run_id_of_a_run_temporal_no_longer_keeps_is_not_run_again(
+    workflows, token, runtime
+) -> None:
+    """Days later, Temporal's retention has dropped the ended run (the directory still says
+    its start reached Temporal): a repeat of its client run id is refused (ALREADY_EXISTS)
+    rather than run again."""
+    from loomwork.agents.directory import RunDirectory
+    from loomwork.flows.state import temporal_workflow_id
+
+    directory = RunDirectory(runtime.redis, prefix="loomwork:workflow-run")
+    ran = unique("order")
+    await _start(workflows, token, "order-pipeline", _ORDER, client_run_id=ran)
+    assert await directory.was_started("alpha", ran)
+    # What the directory holds of such a run once Temporal dropped it.
+    run_id = unique("order")
+    await directory.record("alpha", run_id, temporal_workflow_id("order-pipeline", "alpha", run_id))
+    await directory.mark_started("alpha", run_id)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await _start(workflows, token, "order-pipeline", _ORDER, client_run_id=run_id)
+    assert error.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "no longer kept by Temporal" in (error.value.details() or "")
+    await _wait(workflows, token, ran, _status(S.WORKFLOW_RUN_STATUS_SUCCEEDED))
+
+
 async def test_client_run_id_starts_a_run_whose_first_start_failed(
     workflows, token, runtime
 ) -> None:

@@ -248,6 +248,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if request.client_run_id:
             existing = await self.directory.workflow_id(tenant_id, request.client_run_id)
             if existing is not None and not await self._started(existing):
+                if await self.directory.was_started(tenant_id, request.client_run_id):
+                    raise AlreadyExists(
+                        f"client_run_id {request.client_run_id!r} named a run that has ended"
+                        " and is no longer kept by Temporal (its retention): give a new id"
+                    )
                 existing = None  # recorded, but its start failed: this call starts it
         # A repeated client run id joins its run: no thread is resolved (or created) again.
         run_request, agent = await self._run_request(
@@ -325,6 +330,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     self.runtime.speculation.confirm(key)
                 else:  # not started, or its first task went to the task queue: not ours
                     self.runtime.speculation.abandon(key, refused=started is False)
+        if request.client_run_id:  # a repeat of the id, once Temporal dropped the run, is refused
+            await self.directory.mark_started(tenant_id, run_request.run_id)
         return run_request, handle, workflow_id
 
     async def _started(self, workflow_id: str) -> bool:

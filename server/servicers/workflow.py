@@ -170,11 +170,16 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                     raise AlreadyExists(
                         f"run {run_id!r} already exists for workflow {existing.split('/')[1]!r}"
                     )
-                # Recorded but never started (the first call's start failed): start it now.
                 with contextlib.suppress(NotFound):
                     return workflow_pb2.WorkflowServiceStartRunResponse(
                         run=await self._run(tenant_id, run_id, existing)
                     )
+                if await self.directory.was_started(tenant_id, run_id):
+                    raise AlreadyExists(
+                        f"client_run_id {run_id!r} named a run that has ended and is no longer"
+                        " kept by Temporal (its retention): give a new id"
+                    )
+                # Recorded but never started (the first call's start failed): start it now.
         workflow_id = temporal_workflow_id(definition.id, tenant_id, run_id)
         start = DslRunInput(
             tenant=tenant_id,
@@ -205,11 +210,15 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                 static_summary=f"workflow {definition.id} v{definition.version}, run {run_id}",
             )
         except WorkflowAlreadyStartedError:
+            handle = None
+        except RPCError as error:
+            raise Unavailable(f"Temporal: {error.message}") from error
+        if request.client_run_id:  # a repeat of the id, once Temporal dropped the run, is refused
+            await self.directory.mark_started(tenant_id, run_id)
+        if handle is None:  # it ran before: as it stands
             return workflow_pb2.WorkflowServiceStartRunResponse(
                 run=await self._run(tenant_id, run_id, workflow_id)
             )
-        except RPCError as error:
-            raise Unavailable(f"Temporal: {error.message}") from error
         state = RunState(
             tenant=tenant_id,
             run_id=run_id,
