@@ -11,6 +11,7 @@ from clients.cli import (
     _connection_callback,
     _json_object,
     _out,
+    _pending_notice,
     _print_json,
     _proto_inline,
     _run,
@@ -54,12 +55,7 @@ def describe_event(event: agent_pb2.AgentRunEvent) -> str | None:
     if kind == "approval_resolved":
         return f"approval resolved: approved={event.approval_resolved.approved}"
     if kind == "run_pending":
-        waiting = event.run_pending
-        return (
-            f"[yellow]waiting for a worker[/]: none has taken the run in "
-            f"{waiting.waited.ToTimedelta().total_seconds():.0f} s (task queue "
-            f"{escape(waiting.task_queue)}; start one with `loomwork worker`)"
-        )
+        return _pending_notice(event.run_pending.task_queue, event.run_pending.waited)
     if kind == "step_retrying":
         if event.step_retrying.attempt == 1:
             return "[yellow]model step restarted[/] (the text above is replaced)"

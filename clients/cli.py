@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import grpc
 import typer
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from google.protobuf.message import Message as ProtoMessage
 from rich import box
 from rich.console import Console
@@ -178,6 +178,15 @@ def _short_time(ts: timestamp_pb2.Timestamp) -> str:
 
 
 _STATUS_COLORS = {"SUCCEEDED": "green", "FAILED": "red", "CANCELED": "yellow"}
+
+
+def _pending_notice(task_queue: str, waited: duration_pb2.Duration) -> str:
+    """The line for a run_pending event (agent and workflow runs alike)."""
+    return (
+        f"[yellow]waiting for a worker[/]: none has taken the run in "
+        f"{waited.ToTimedelta().total_seconds():.0f} s (task queue "
+        f"{escape(task_queue)}; start one with `loomwork worker`)"
+    )
 
 
 def _status_markup(enum: Any, value: int, prefix: str, **colors: str) -> str:

@@ -15,6 +15,7 @@ from clients.cli import (
     _connection_callback,
     _json_object,
     _out,
+    _pending_notice,
     _print_json,
     _proto_inline,
     _run,
@@ -111,6 +112,8 @@ def describe_event(event: workflow_pb2.WorkflowRunEvent) -> str:
         return f"[red]run failed[/] {escape(event.run_failed.reason)}: " + escape(
             event.run_failed.message
         )
+    if kind == "run_pending":
+        return _pending_notice(event.run_pending.task_queue, event.run_pending.waited)
     step = getattr(event, kind)
     text = f"{kind.removeprefix('step_')} [bold]{escape(step.path)}[/]"
     if kind == "step_succeeded":

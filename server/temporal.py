@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio.api.enums.v1 import IndexedValueType
@@ -31,12 +31,30 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SEARCH_ATTRIBUTES = tuple(key.name for key in search_attributes.ALL)
+# A failed StartWorkflowExecution with these may still have started the workflow.
+START_OUTCOME_UNKNOWN = frozenset(
+    {RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED, RPCStatusCode.UNKNOWN}
+)
 
 
 def not_taken(description: WorkflowExecutionDescription) -> bool:
     """The run is open and no worker has taken its first workflow task yet (its history is
     the start and that task): there is nothing to query, and a query would wait for one."""
     return description.status == WorkflowExecutionStatus.RUNNING and description.history_length <= 2
+
+
+async def pending_wait(handle: WorkflowHandle[Any, Any], run_id: str) -> tuple[str, float] | None:
+    """While no worker has taken the run: its task queue and the seconds it has waited; else
+    None (None too when Temporal cannot tell: it is for a notice, and the caller goes on)."""
+    try:
+        description = await handle.describe()
+    except RPCError as error:
+        log.warning("could not tell whether run %s is pending: %s", run_id, error.message)
+        return None
+    if not not_taken(description):
+        return None
+    started = description.start_time or datetime.now(UTC)
+    return description.task_queue, round((datetime.now(UTC) - started).total_seconds(), 1)
 
 
 def eagerly_started(handle: WorkflowHandle[Any, Any]) -> bool:

@@ -12,6 +12,7 @@ from loomwork.flows.state import (
     RunError,
     RunFailed,
     RunFinished,
+    RunPending,
     RunStarted,
     RunState,
     RunStatus,
@@ -227,6 +228,9 @@ def event_to_proto(
                 input=dict_to_struct(event.input),
             )
         )
+    elif isinstance(event, RunPending):
+        out.run_pending.task_queue = event.task_queue
+        out.run_pending.waited.FromTimedelta(timedelta(seconds=event.waited_seconds))
     elif isinstance(event, StepEvent):
         getattr(out, _STEP_EVENT_FIELD[event.type]).CopyFrom(step_run_to_proto(event.step))
     elif isinstance(event, RunFinished):

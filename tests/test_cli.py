@@ -358,3 +358,11 @@ def test_a_pending_run_is_described_with_what_to_do() -> None:
     line = describe_event(event) or ""
     assert "waiting for a worker" in line and "in 10 s" in line
     assert "task queue loomwork" in line and "loomwork worker" in line
+
+    from clients.workflow_cli import describe_event as describe_workflow_event
+    from protos.loomwork.v1 import workflow_pb2
+
+    run_event = workflow_pb2.WorkflowRunEvent(event_id=2, run_id="wfr_x")
+    run_event.run_pending.task_queue = "loomwork"
+    run_event.run_pending.waited.FromTimedelta(timedelta(seconds=10.2))
+    assert describe_workflow_event(run_event) == line

@@ -4,6 +4,7 @@ Temporal, driven through gRPC as a client service would."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -257,6 +258,64 @@ async def test_client_run_id_starts_a_run_whose_first_start_failed(
     run = await _start(workflows, token, "order-pipeline", _ORDER, client_run_id=run_id)
     assert run.id == run_id
     await _wait(workflows, token, run_id, _status(S.WORKFLOW_RUN_STATUS_SUCCEEDED))
+
+
+async def test_watch_says_when_no_worker_takes_a_run(settings, runtime, token) -> None:
+    """A run no worker takes: its watchers get run_started at once (the server announces
+    the run), then run_pending once (however many watch), and the rest when a worker comes.
+    A run a worker took, however long it waits for a person, is not "pending"."""
+    async with (
+        own_runtime(settings, pending_notice_seconds=0.5) as own,
+        another_server(own) as channel,
+    ):
+        stub = workflow_pb2_grpc.WorkflowServiceStub(channel)
+        run = await _start(stub, token, "order-pipeline", _ORDER)
+        watchers = [
+            aiter(
+                stub.WatchRun(
+                    S.WorkflowServiceWatchRunRequest(run_id=run.id),
+                    metadata=auth(token),
+                    timeout=60,
+                )
+            )
+            for _ in range(2)
+        ]
+        heads = []
+        for events in watchers:
+            started = (await asyncio.wait_for(anext(events), 10)).event
+            pending = (await asyncio.wait_for(anext(events), 10)).event
+            heads.append((started, pending))
+        for started, pending in heads:
+            assert started.event_id == 1 and started.HasField("run_started")
+            assert started.run_started.workflow_id == "order-pipeline"
+            assert pending.event_id == 2 and pending.HasField("run_pending")
+            assert pending.run_pending.task_queue == own.settings.task_queue
+            assert pending.run_pending.waited.ToTimedelta().total_seconds() >= 0.5
+
+        worker = RunningWorker(own)
+        try:
+            rests = [[r.event async for r in events] for events in watchers]
+            # A run a worker took: its watchers hear nothing while it waits for a person.
+            suspended = await _start(stub, token, "expense-approval", _EXPENSE)
+            await _wait(stub, token, suspended.id, _status(S.WORKFLOW_RUN_STATUS_SUSPENDED))
+            watched: list[S.WorkflowRunEvent] = []
+
+            async def watch() -> None:
+                async for response in stub.WatchRun(
+                    S.WorkflowServiceWatchRunRequest(run_id=suspended.id), metadata=auth(token)
+                ):
+                    watched.append(response.event)
+
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(watch(), 1.5)
+        finally:
+            await worker.stop()
+        for rest in rests:
+            assert rest[-1].HasField("run_finished")
+            assert [e.event_id for e in rest] == list(range(3, len(rest) + 3))
+            assert not any(e.HasField("run_pending") or e.HasField("run_started") for e in rest)
+        assert watched[-1].HasField("step_suspended")
+        assert not any(e.HasField("run_pending") for e in watched)
 
 
 async def test_watch_leaves_out_an_event_kind_this_server_does_not_know(

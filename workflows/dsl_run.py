@@ -252,7 +252,9 @@ class DslRunWorkflow:
         # A first step's activity publishes run_started before its own events: one local
         # activity less per run. Runs started before this change keep the local activity.
         first = self._definition.nodes[0] if self._definition.nodes else None
-        if isinstance(first, Step | ToolStep) and workflow.patched(_RUN_STARTED_BY_STEP):
+        if start.announced:
+            pass  # the server published run_started as it accepted the run
+        elif isinstance(first, Step | ToolStep) and workflow.patched(_RUN_STARTED_BY_STEP):
             self._lead_events.append(run_started)  # nothing else runs before that step
         else:
             await self._publish(run_started)

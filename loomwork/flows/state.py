@@ -28,6 +28,8 @@ class DslRunInput(BaseModel):
     workflow_version: str
     input: dict[str, Any]
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # The starter published run_started already (the server does, as it accepts the run).
+    announced: bool = False
 
 
 class ResumeRequest(BaseModel):
@@ -137,6 +139,17 @@ class RunStarted(BaseModel):
     input: dict[str, Any]
 
 
+class RunPending(BaseModel):
+    """No worker had taken the run yet, `waited_seconds` after it started (published once,
+    by a server whose WatchRun waited on it; the run begins once a worker polls
+    `task_queue`)."""
+
+    time: datetime | None = None  # when published
+    type: Literal["run_pending"] = "run_pending"
+    task_queue: str
+    waited_seconds: float
+
+
 class StepEvent(BaseModel):
     time: datetime | None = None  # when published
     type: Literal[
@@ -167,7 +180,7 @@ class RunFailed(BaseModel):
 
 
 WorkflowEvent = Annotated[
-    RunStarted | StepEvent | RunFinished | RunFailed, Field(discriminator="type")
+    RunStarted | RunPending | StepEvent | RunFinished | RunFailed, Field(discriminator="type")
 ]
 _EVENT: TypeAdapter[WorkflowEvent] = TypeAdapter(WorkflowEvent)
 

@@ -67,7 +67,14 @@ from server import agent_convert, convert
 from server.interceptors import tenant
 from server.relay import known_event
 from server.runtime import Runtime
-from server.temporal import eagerly_started, not_taken, query_state, start_input
+from server.temporal import (
+    START_OUTCOME_UNKNOWN,
+    eagerly_started,
+    not_taken,
+    pending_wait,
+    query_state,
+    start_input,
+)
 from workflows.agent_run import AgentRunWorkflow
 from workflows.search_attributes import AGENT, RESOURCE, RUN, STATUS, TENANT, THREAD
 
@@ -104,12 +111,6 @@ _ABNORMAL_END = {
     WorkflowExecutionStatus.FAILED,
     WorkflowExecutionStatus.TERMINATED,
     WorkflowExecutionStatus.TIMED_OUT,
-}
-# A failed StartWorkflowExecution with these may still have started the workflow.
-_START_OUTCOME_UNKNOWN = {
-    RPCStatusCode.DEADLINE_EXCEEDED,
-    RPCStatusCode.CANCELLED,
-    RPCStatusCode.UNKNOWN,
 }
 RunRequest = agent_pb2.GenerateRequest | agent_pb2.StreamRequest | agent_pb2.StreamObjectRequest
 
@@ -321,7 +322,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         except RPCError as error:
             # Refused, so nothing started: leave no log behind (an active log has no TTL).
             # After a timeout the start may have happened, and its log must stay.
-            if existing is None and error.status not in _START_OUTCOME_UNKNOWN:
+            if existing is None and error.status not in START_OUTCOME_UNKNOWN:
                 await self.runtime.events.discard(key)
             raise
         finally:
@@ -568,19 +569,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, key: str, run_id: str, workflow_id: str, last_event_id: int
     ) -> None:
         """Publish run_pending as the run's next event if no worker has taken it yet."""
-        handle = self.runtime.temporal.get_workflow_handle_for(AgentRunWorkflow.run, workflow_id)
-        try:
-            description = await _describe(handle, run_id)
-        except (Unavailable, NotFound) as error:  # a notice only: the stream goes on
-            log.warning("could not tell whether run %s is pending: %s", run_id, error.message)
+        handle = self.runtime.temporal.get_workflow_handle(workflow_id)
+        waiting = await pending_wait(handle, run_id)
+        if waiting is None:
             return
-        if not not_taken(description):
-            return
-        started = description.start_time or datetime.now(UTC)
-        pending = RunPending(
-            task_queue=description.task_queue,
-            waited_seconds=round((datetime.now(UTC) - started).total_seconds(), 1),
-        )
+        pending = RunPending(task_queue=waiting[0], waited_seconds=waiting[1])
         # Only as the next event: a worker that took the run meanwhile publishes first.
         await self.runtime.events.append(key, encode_event(pending), only_as=last_event_id + 1)
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import grpc
@@ -44,9 +45,12 @@ from loomwork.flows.state import (
     DslRunInput,
     ResumeRequest,
     RunError,
+    RunPending,
+    RunStarted,
     RunState,
     RunStatus,
     decode_event,
+    encode_event,
     event_log_key,
     resume_rejection,
     run_search_attributes,
@@ -60,13 +64,14 @@ from loomwork.paging import (
     encode_bytes_token,
     encode_page_token,
 )
+from loomwork.streams import FollowIdle
 from protos.loomwork.v1 import workflow_pb2, workflow_pb2_grpc
 from server import workflow_convert
 from server.convert import struct_to_dict
 from server.interceptors import tenant
 from server.relay import known_event
 from server.runtime import Runtime
-from server.temporal import not_taken, query_state, start_input
+from server.temporal import START_OUTCOME_UNKNOWN, not_taken, pending_wait, query_state, start_input
 from workflows.dsl_run import DslRunWorkflow
 
 log = logging.getLogger(__name__)
@@ -189,7 +194,20 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             input=run_input.model_dump(mode="json"),
             metadata=struct_to_dict(request.metadata),
         )
-        await self.directory.record(tenant_id, run_id, workflow_id)
+        # Announced as it is accepted: a watcher sees run_started at once, and is told if no
+        # worker takes the run (run_pending follows it).
+        key = event_log_key(tenant_id, run_id)
+        announced = RunStarted(
+            time=datetime.now(UTC),
+            workflow_id=definition.id,
+            workflow_version=definition.version,
+            input=start.input,
+        )
+        await asyncio.gather(
+            self.runtime.events.append(key, encode_event(announced), only_as=1),
+            self.directory.record(tenant_id, run_id, workflow_id),
+        )
+        start.announced = True
         try:
             handle = await self.runtime.temporal.start_workflow(
                 DslRunWorkflow.run,
@@ -212,6 +230,10 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         except WorkflowAlreadyStartedError:
             handle = None
         except RPCError as error:
+            # Refused, so nothing started: leave no log behind (an active log has no TTL).
+            # After a timeout the start may have happened, and its log must stay.
+            if error.status not in START_OUTCOME_UNKNOWN:
+                await self.runtime.events.discard(key)
             raise Unavailable(f"Temporal: {error.message}") from error
         if request.client_run_id:  # a repeat of the id, once Temporal dropped the run, is refused
             await self.directory.mark_started(tenant_id, run_id)
@@ -409,13 +431,41 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                         )
                     )
                 return
-        # No idle limit: a run may stay suspended for days; the caller's deadline governs.
-        async for event in self.runtime.events.follow(key, request.after_event_id):
-            decoded = known_event(decode_event, event.payload, request.run_id, event.event_id)
-            if decoded is not None:
-                yield workflow_pb2.WorkflowServiceWatchRunResponse(
-                    event=workflow_convert.event_to_proto(request.run_id, event.event_id, decoded)
-                )
+        cursor = request.after_event_id
+        watch = True  # once: a watcher is told if no worker has taken the run
+        while True:
+            # Then no idle limit: a run may stay suspended for days; the caller's deadline
+            # governs.
+            idle = self.runtime.settings.pending_notice_seconds if watch else None
+            try:
+                async for event in self.runtime.events.follow(key, cursor, idle_timeout=idle):
+                    cursor = event.event_id
+                    decoded = known_event(decode_event, event.payload, request.run_id, cursor)
+                    if decoded is not None:
+                        yield workflow_pb2.WorkflowServiceWatchRunResponse(
+                            event=workflow_convert.event_to_proto(request.run_id, cursor, decoded)
+                        )
+                return
+            except FollowIdle:
+                watch = False
+                if cursor >= 1:  # after run_started, never in its place
+                    await self._say_if_pending(key, request.run_id, workflow_id, cursor)
+
+    async def _say_if_pending(
+        self, key: str, run_id: str, workflow_id: str, last_event_id: int
+    ) -> None:
+        """Publish run_pending as the run's next event if no worker has taken it yet (once per
+        run, however many watch it)."""
+        waiting = await pending_wait(self._handle(workflow_id), run_id)
+        if waiting is None:
+            return
+        pending = RunPending(
+            time=datetime.now(UTC), task_queue=waiting[0], waited_seconds=waiting[1]
+        )
+        # Only as the next event: a worker that took the run meanwhile publishes first.
+        await self.runtime.events.append(
+            key, encode_event(pending), only_as=last_event_id + 1, once="run_pending"
+        )
 
     # -- helpers -------------------------------------------------------------------------
 
