@@ -4,7 +4,8 @@ against a bare Temporal workflow measured in the same run on the same dev server
     .venv/bin/python bench/workflow_steps.py [--runs 30] [--resumes 30] [--total 80]
 
 - Per run: a 10-step linear DSL definition (10 trivial step functions) started with the
-  Temporal client (`DslRun` with a `DslRunInput`, as StartRun does) and awaited, over a bare
+  Temporal client (`DslRun` with a `DslRunInput`, as a webhook route does; StartRun also
+  publishes run_started first, and the workflow then does not) and awaited, over a bare
   workflow calling 10 plain activities doing the same work (goal ≤ 1.2×). The gRPC path
   (StartRun, then WatchRun to the terminal event) is shown beside it.
 - Suspend → resume: the `resume_run` Update on a suspended step, from send to answer, over a
