@@ -307,7 +307,7 @@ async def test_watch_says_when_no_worker_takes_a_run(settings, runtime, token) -
                     watched.append(response.event)
 
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(watch(), 1.5)
+                await asyncio.wait_for(watch(), 3)
         finally:
             await worker.stop()
         for rest in rests:
