@@ -179,6 +179,7 @@ def _integration_activities(runtime: Runtime) -> IntegrationActivities:
         workflows=runtime.flows,
         rag=runtime.rag,
         task_queue=runtime.settings.task_queue,
+        events=runtime.events,
     )
     return IntegrationActivities(integrations.sources, integrations.deliveries, targets)
 

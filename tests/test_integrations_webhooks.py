@@ -32,7 +32,15 @@ from protos.loomwork.v1 import (
 )
 from protos.loomwork.v1 import integration_pb2_grpc as integration_grpc
 from server.http import HttpServer, build_http_app
-from tests.support import auth, field_violations, unique, wait_agent_run_finished
+from tests.support import (
+    RunningWorker,
+    another_server,
+    auth,
+    field_violations,
+    own_runtime,
+    unique,
+    wait_agent_run_finished,
+)
 
 SECRET = "whsec-0123456789abcdef"
 
@@ -654,6 +662,48 @@ async def test_webhook_starts_a_workflow_once_per_delivery(
     assert "input.subject" in failed.result
 
 
+async def test_a_workflow_a_webhook_starts_is_announced_before_a_worker_takes_it(
+    settings, runtime, token
+) -> None:
+    """As with StartRun: its run_started is event 1 before any worker runs it, a watcher
+    hears run_pending while none does, and the rest comes when a worker does."""
+    async with (
+        own_runtime(settings, pending_notice_seconds=0.5) as own,
+        another_server(own) as channel,
+    ):
+        targets = TemporalRouteTargets(
+            own.temporal,
+            RunDirectory(own.redis),
+            workflows=own.flows,
+            task_queue=own.settings.task_queue,
+            events=own.events,
+        )
+        run_id = unique("delivery")
+        start = WorkflowStart(
+            workflow_name="ticket-triage", input={"subject": "Site down"}, idempotency_key=run_id
+        )
+        await targets.start_workflow("alpha", start)
+        watched = aiter(
+            workflow_pb2_grpc.WorkflowServiceStub(channel).WatchRun(
+                workflow_pb2.WorkflowServiceWatchRunRequest(run_id=run_id),
+                metadata=auth(token),
+                timeout=60,
+            )
+        )
+        started = (await asyncio.wait_for(anext(watched), 10)).event
+        pending = (await asyncio.wait_for(anext(watched), 10)).event
+        assert (started.event_id, started.run_started.workflow_id) == (1, "ticket-triage")
+        assert pending.event_id == 2 and pending.HasField("run_pending")
+        worker = RunningWorker(own)
+        try:
+            rest = [response.event async for response in watched]
+        finally:
+            await worker.stop()
+        assert rest[-1].HasField("run_finished")
+        assert [e.event_id for e in rest] == list(range(3, len(rest) + 3))
+        assert not any(e.HasField("run_started") for e in rest)  # the workflow said none
+
+
 async def test_webhook_ingests_a_document_into_an_index(
     http, integrations, channel, token, runtime
 ) -> None:
@@ -717,4 +767,5 @@ def _route_targets(runtime) -> TemporalRouteTargets:  # type: ignore[no-untyped-
         workflows=runtime.flows,
         rag=runtime.rag,
         task_queue=runtime.settings.task_queue,
+        events=runtime.events,
     )

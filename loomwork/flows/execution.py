@@ -15,7 +15,9 @@ from loomwork.flows.context import StepContext, StepSuspended
 from loomwork.flows.definition import Step, StepKind, ToolStep
 from loomwork.flows.registry import WorkflowRegistry
 from loomwork.flows.state import (
+    DslRunInput,
     RunError,
+    RunStarted,
     StepEvent,
     StepRun,
     WorkflowEvent,
@@ -91,6 +93,21 @@ class WorkflowEvents:
                 key, encode_event(event), terminal=is_terminal(event), only_as=n if first else 0
             )
         return last
+
+    async def announce(self, start: DslRunInput) -> DslRunInput:
+        """Publish the run's run_started as its first event, as its starter accepts it
+        (nothing when its log has events already, or has ended: a repeated start); the
+        input to start it with, marked announced, so the workflow does not publish it
+        again."""
+        started = RunStarted(
+            time=datetime.now(UTC),
+            workflow_id=start.workflow_id,
+            workflow_version=start.workflow_version,
+            input=start.input,
+        )
+        key = event_log_key(start.tenant, start.run_id)
+        await self.events.publish(key, encode_event(started), only_as=1)
+        return start.model_copy(update={"announced": True})
 
 
 class StepRunner:

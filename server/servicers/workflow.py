@@ -40,13 +40,13 @@ from loomwork.errors import (
     Violations,
 )
 from loomwork.flows.definition import Workflow
+from loomwork.flows.execution import WorkflowEvents
 from loomwork.flows.state import (
     TERMINAL_RUN,
     DslRunInput,
     ResumeRequest,
     RunError,
     RunPending,
-    RunStarted,
     RunState,
     RunStatus,
     decode_event,
@@ -197,17 +197,10 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         # Announced as it is accepted: a watcher sees run_started at once, and is told if no
         # worker takes the run (run_pending follows it).
         key = event_log_key(tenant_id, run_id)
-        announced = RunStarted(
-            time=datetime.now(UTC),
-            workflow_id=definition.id,
-            workflow_version=definition.version,
-            input=start.input,
-        )
-        await asyncio.gather(
-            self.runtime.events.append(key, encode_event(announced), only_as=1),
+        start, _ = await asyncio.gather(
+            WorkflowEvents(self.runtime.events).announce(start),
             self.directory.record(tenant_id, run_id, workflow_id),
         )
-        start.announced = True
         try:
             handle = await self.runtime.temporal.start_workflow(
                 DslRunWorkflow.run,
