@@ -19,6 +19,7 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.workflow_runs import WorkflowRunStarter
 from loomwork.agents.directory import RunDirectory
 from loomwork.agents.run import ResumeInput, RunState
 from loomwork.errors import (
@@ -28,15 +29,11 @@ from loomwork.errors import (
     NotFound,
     Unavailable,
 )
-from loomwork.flows.execution import WorkflowEvents
 from loomwork.flows.registry import WorkflowRegistry
 from loomwork.flows.state import (
     DslRunInput,
     ResumeRequest,
-    event_log_key,
     resume_rejection,
-    run_search_attributes,
-    temporal_workflow_id,
 )
 from loomwork.flows.state import RunState as WorkflowRunState
 from loomwork.ids import is_valid_client_id
@@ -63,11 +60,6 @@ from loomwork.rag.system import RagSystem
 from loomwork.streams.run_events import RunEventLog
 
 _DOCUMENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# A failed start with these may still have started the workflow (as server.temporal's
-# START_OUTCOME_UNKNOWN says for the services; activities do not import the server).
-_START_OUTCOME_UNKNOWN = frozenset(
-    {RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED, RPCStatusCode.UNKNOWN}
-)
 
 
 def _temporal_error(error: RPCError, what: str) -> Exception:
@@ -97,16 +89,15 @@ class TemporalRouteTargets:
         workflows: WorkflowRegistry | None = None,
         rag: RagSystem | None = None,
         task_queue: str = "",
-        events: RunEventLog | None = None,
+        events: RunEventLog,
     ) -> None:
         self.client = client
         self.directory = directory
         self.workflows = workflows
         self.rag = rag
         self.task_queue = task_queue
-        # With it, a started workflow run is announced as WorkflowService.StartRun does.
-        self.run_events = WorkflowEvents(events) if events is not None else None
         self.workflow_runs = RunDirectory(directory.redis, prefix="loomwork:workflow-run")
+        self.starter = WorkflowRunStarter(client, events, self.workflow_runs, task_queue)
 
     async def resume_agent_approval(self, tenant: str, action: AgentApprovalResume) -> str:
         workflow_id = await self.directory.workflow_id(tenant, action.run_id)
@@ -189,7 +180,6 @@ class TemporalRouteTargets:
                 ]
             ) from exc
         run_id = action.idempotency_key
-        workflow_id = temporal_workflow_id(definition.id, tenant, run_id)
         start = DslRunInput(
             tenant=tenant,
             run_id=run_id,
@@ -197,36 +187,13 @@ class TemporalRouteTargets:
             workflow_version=definition.version,
             input=data.model_dump(mode="json"),
         )
-        await self.workflow_runs.record(tenant, run_id, workflow_id)
-        if self.run_events is not None:
-            start = await self.run_events.announce(start)
         try:
-            await self.client.start_workflow(
-                "DslRun",
-                start,
-                id=workflow_id,
-                task_queue=self.task_queue,
-                # One run per delivery: a retried routing joins the run while it runs, and
-                # does not start it again once it has finished.
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(SearchAttributeKey.for_keyword(name), value)
-                        for name, value in run_search_attributes(
-                            tenant, definition.id, run_id
-                        ).items()
-                    ]
-                ),
-                static_summary=f"workflow {definition.id} started by a webhook, run {run_id}",
+            # One run per delivery: a retried routing joins the run while it runs, and does
+            # not start it again once it has finished.
+            await self.starter.start(
+                start, summary=f"workflow {definition.id} started by a webhook, run {run_id}"
             )
-        except WorkflowAlreadyStartedError:
-            pass  # this delivery's run, started by an earlier attempt and finished since
         except RPCError as error:
-            # Refused, so nothing started: leave no log behind (an active log has no TTL).
-            # After a timeout the start may have happened, and its log must stay.
-            if self.run_events is not None and error.status not in _START_OUTCOME_UNKNOWN:
-                await self.run_events.events.discard(event_log_key(tenant, run_id))
             raise _temporal_error(error, f"workflow {definition.id!r}") from error
         return f"started workflow {definition.id} run {run_id}"
 

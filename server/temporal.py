@@ -31,10 +31,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SEARCH_ATTRIBUTES = tuple(key.name for key in search_attributes.ALL)
-# A failed StartWorkflowExecution with these may still have started the workflow.
-START_OUTCOME_UNKNOWN = frozenset(
-    {RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED, RPCStatusCode.UNKNOWN}
-)
 
 
 def not_taken(description: WorkflowExecutionDescription) -> bool:

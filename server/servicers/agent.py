@@ -27,6 +27,7 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.workflow_runs import START_OUTCOME_UNKNOWN
 from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.definitions import AGENT_NAME, AgentDefinition
 from loomwork.agents.directory import RunDirectory
@@ -68,7 +69,6 @@ from server.interceptors import tenant
 from server.relay import known_event
 from server.runtime import Runtime
 from server.temporal import (
-    START_OUTCOME_UNKNOWN,
     eagerly_started,
     not_taken,
     pending_wait,

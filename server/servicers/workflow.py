@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -18,17 +17,11 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import (
-    SearchAttributeKey,
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
 from temporalio.converter import DataConverter
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.workflow_runs import WorkflowRunStarter
 from loomwork.agents.directory import RunDirectory
 from loomwork.errors import (
     AlreadyExists,
@@ -40,7 +33,6 @@ from loomwork.errors import (
     Violations,
 )
 from loomwork.flows.definition import Workflow
-from loomwork.flows.execution import WorkflowEvents
 from loomwork.flows.state import (
     TERMINAL_RUN,
     DslRunInput,
@@ -53,7 +45,6 @@ from loomwork.flows.state import (
     encode_event,
     event_log_key,
     resume_rejection,
-    run_search_attributes,
     temporal_workflow_id,
     terminal_event,
 )
@@ -71,7 +62,7 @@ from server.convert import struct_to_dict
 from server.interceptors import tenant
 from server.relay import known_event
 from server.runtime import Runtime
-from server.temporal import START_OUTCOME_UNKNOWN, not_taken, pending_wait, query_state, start_input
+from server.temporal import not_taken, pending_wait, query_state, start_input
 from workflows.dsl_run import DslRunWorkflow
 
 log = logging.getLogger(__name__)
@@ -109,6 +100,9 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         self.runtime = runtime
         self.registry = runtime.flows
         self.directory = RunDirectory(runtime.redis, prefix="loomwork:workflow-run")
+        self.starter = WorkflowRunStarter(
+            runtime.temporal, runtime.events, self.directory, runtime.settings.task_queue
+        )
 
     # -- definitions ---------------------------------------------------------------------
 
@@ -194,39 +188,13 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             input=run_input.model_dump(mode="json"),
             metadata=struct_to_dict(request.metadata),
         )
-        # Announced as it is accepted: a watcher sees run_started at once, and is told if no
-        # worker takes the run (run_pending follows it).
-        key = event_log_key(tenant_id, run_id)
-        start, _ = await asyncio.gather(
-            WorkflowEvents(self.runtime.events).announce(start),
-            self.directory.record(tenant_id, run_id, workflow_id),
-        )
         try:
-            handle = await self.runtime.temporal.start_workflow(
-                DslRunWorkflow.run,
-                start,
-                id=workflow_id,
-                task_queue=self.runtime.settings.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(SearchAttributeKey.for_keyword(name), value)
-                        for name, value in run_search_attributes(
-                            tenant_id, definition.id, run_id
-                        ).items()
-                    ]
-                ),
-                memo=start.metadata or None,
-                static_summary=f"workflow {definition.id} v{definition.version}, run {run_id}",
+            # Announced as it is accepted: a watcher sees run_started at once, and is told
+            # if no worker takes the run (run_pending follows it).
+            handle = await self.starter.start(
+                start, summary=f"workflow {definition.id} v{definition.version}, run {run_id}"
             )
-        except WorkflowAlreadyStartedError:
-            handle = None
         except RPCError as error:
-            # Refused, so nothing started: leave no log behind (an active log has no TTL).
-            # After a timeout the start may have happened, and its log must stay.
-            if error.status not in START_OUTCOME_UNKNOWN:
-                await self.runtime.events.discard(key)
             raise Unavailable(f"Temporal: {error.message}") from error
         if request.client_run_id:  # a repeat of the id, once Temporal dropped the run, is refused
             await self.directory.mark_started(tenant_id, run_id)
