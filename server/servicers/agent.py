@@ -575,7 +575,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             return
         pending = RunPending(task_queue=waiting[0], waited_seconds=waiting[1])
         # Only as the next event: a worker that took the run meanwhile publishes first.
-        await self.runtime.events.append(key, encode_event(pending), only_as=last_event_id + 1)
+        # (`publish`: a run that ended meanwhile takes no notice, and that is no error.)
+        await self.runtime.events.publish(key, encode_event(pending), only_as=last_event_id + 1)
 
     async def Stream(
         self, request: agent_pb2.StreamRequest, context: grpc.aio.ServicerContext

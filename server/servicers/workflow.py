@@ -424,7 +424,8 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             time=datetime.now(UTC), task_queue=waiting[0], waited_seconds=waiting[1]
         )
         # Only as the next event: a worker that took the run meanwhile publishes first.
-        await self.runtime.events.append(
+        # (`publish`: a run that ended meanwhile takes no notice, and that is no error.)
+        await self.runtime.events.publish(
             key, encode_event(pending), only_as=last_event_id + 1, once="run_pending"
         )
 
