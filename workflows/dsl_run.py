@@ -253,7 +253,7 @@ class DslRunWorkflow:
         # activity less per run. Runs started before this change keep the local activity.
         first = self._definition.nodes[0] if self._definition.nodes else None
         if start.announced:
-            pass  # the server published run_started as it accepted the run
+            pass  # its starter published run_started as it accepted the run
         elif isinstance(first, Step | ToolStep) and workflow.patched(_RUN_STARTED_BY_STEP):
             self._lead_events.append(run_started)  # nothing else runs before that step
         else:

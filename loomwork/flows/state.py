@@ -28,7 +28,8 @@ class DslRunInput(BaseModel):
     workflow_version: str
     input: dict[str, Any]
     metadata: dict[str, Any] = Field(default_factory=dict)
-    # The starter published run_started already (the server does, as it accepts the run).
+    # The starter published run_started already (StartRun and webhook routes do, as they
+    # accept the run: activities/workflow_runs.py); the workflow then does not.
     announced: bool = False
 
 
