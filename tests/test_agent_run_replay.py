@@ -19,7 +19,11 @@ RECORDED = {path.stem: path.read_text() for path in HISTORIES}
 
 
 def test_histories_of_earlier_versions_are_kept() -> None:
-    assert {"agent_run_session2_ade0141", "agent_run_session3_5a1910d"} <= RECORDED.keys()
+    assert {
+        "agent_run_session2_ade0141",
+        "agent_run_session3_5a1910d",
+        "agent_run_session7",
+    } <= RECORDED.keys()
 
 
 @pytest.mark.parametrize("name", sorted(RECORDED))

@@ -1,13 +1,16 @@
-"""Record an AgentRun history for the replay tests, from the code checked out here.
+"""Record run histories for the replay tests, from the code checked out here.
 
     .venv/bin/python tests/histories/record.py tests/histories/agent_run_<version>.json
+    .venv/bin/python tests/histories/record.py --workflows tests/histories/dsl_run_<version>
 
-One run through the gRPC API on a fresh embedded stack: a tool call, a call that needs
-approval (approved by ResumeRun), then the answer. Record one per released version of the
-workflow code and keep them all: `test_agent_run_replay.py` replays every recorded history
-against the current code, so a change that would break runs already under way fails there
-(guard such a change with `workflow.patched`). An older version is recorded by running this
-file from a `git worktree` of that commit.
+An agent run: one run through the gRPC API on a fresh embedded stack: a tool call, a call
+that needs approval (approved by ResumeRun), then the answer. `--workflows`: one DslRun of
+each example workflow through StartRun (linear, branching, and suspend → ResumeRun), written
+to `<prefix>_<workflow>.json`. Record them per released version of the workflow code and
+keep them all: the replay tests (`test_agent_run_replay.py`, `test_workflow_run_replay.py`)
+replay every recorded history against the current code, so a change that would break runs
+already under way fails there (guard such a change with `workflow.patched`). An older
+version is recorded by running this file (copied in) from a `git worktree` of that commit.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from google.protobuf import struct_pb2
+
 from loomwork.config import Settings
 from loomwork.llm.scripted_server import ScriptedModelServer, ScriptedToolCall, Turn
-from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
+from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2, workflow_pb2, workflow_pb2_grpc
 from server.app import build_grpc_app
 from server.embedded import EmbeddedStack
 from server.runtime import Runtime
@@ -74,8 +79,73 @@ async def record(settings: Settings) -> str:
     return history
 
 
+WORKFLOW_RUNS = {  # example workflow -> its input, and the resume data of its suspended step
+    "order-pipeline": (
+        {
+            "customer": "Ada",
+            "country": "DE",
+            "lines": [{"sku": "loom", "quantity": 2, "unit_price": 50.0}],
+        },
+        None,
+    ),
+    "ticket-triage": ({"subject": "Wrong invoice"}, None),
+    "expense-approval": (
+        {"employee": "Grace", "amount": 250.0, "reason": "conference"},
+        {"approved": True, "approver": "Linus"},
+    ),
+}
+
+
+def _struct(data: dict[str, object]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(data)
+    return out
+
+
+async def record_workflows(settings: Settings) -> dict[str, str]:
+    """One finished DslRun of each example workflow: its history as JSON, by workflow."""
+    runtime = await Runtime.open(settings)
+    await register_search_attributes(runtime.temporal, settings.temporal_namespace)
+    worker = build_worker(runtime)
+    app = build_grpc_app(runtime, "127.0.0.1:0")
+    await app.start()
+    histories = {}
+    async with worker, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = workflow_pb2_grpc.WorkflowServiceStub(channel)
+        for name, (data, resume) in WORKFLOW_RUNS.items():
+            run = (
+                await stub.StartRun(
+                    workflow_pb2.WorkflowServiceStartRunRequest(
+                        workflow_id=name, input=_struct(data), client_run_id=f"replay-{name}"
+                    ),
+                    metadata=AUTH,
+                )
+            ).run
+            watch = workflow_pb2.WorkflowServiceWatchRunRequest(run_id=run.id)
+            async for response in stub.WatchRun(watch, metadata=AUTH):
+                event = response.event
+                if event.HasField("step_suspended") and resume is not None:
+                    await stub.ResumeRun(
+                        workflow_pb2.WorkflowServiceResumeRunRequest(
+                            run_id=run.id,
+                            step_id=event.step_suspended.step_id,
+                            resume_data=_struct(resume),
+                        ),
+                        metadata=AUTH,
+                    )
+                if event.HasField("run_finished"):
+                    assert event.run_finished.status == workflow_pb2.WORKFLOW_RUN_STATUS_SUCCEEDED
+            handle = runtime.temporal.get_workflow_handle(run.temporal_workflow_id)
+            await handle.result()
+            histories[name] = (await handle.fetch_history()).to_json()
+    await app.stop(0)
+    await runtime.close()
+    return histories
+
+
 def main() -> None:
-    out = Path(sys.argv[1]).resolve()
+    workflows = sys.argv[1] == "--workflows"
+    out = Path(sys.argv[-1]).resolve()
     with tempfile.TemporaryDirectory(prefix="loomwork-history-") as tmp:
         stack = EmbeddedStack(Path(tmp), temporal_ui=False)
         endpoints = stack.start()
@@ -91,11 +161,17 @@ def main() -> None:
                 OPENAI_API_KEY="x",
                 LOOMWORK_CHAT_MODEL="scripted",
             )
-            out.write_text(asyncio.run(record(settings)))
+            if workflows:
+                for name, history in asyncio.run(record_workflows(settings)).items():
+                    path = out.with_name(f"{out.name}_{name}.json")
+                    path.write_text(history)
+                    print(f"recorded {path}")
+            else:
+                out.write_text(asyncio.run(record(settings)))
+                print(f"recorded {out}")
         finally:
             model.stop_in_thread()
             stack.stop()
-    print(f"recorded {out}")
 
 
 if __name__ == "__main__":
