@@ -31,7 +31,6 @@ from loomwork.errors import (
 )
 from loomwork.flows.registry import WorkflowRegistry
 from loomwork.flows.state import (
-    DslRunInput,
     ResumeRequest,
     resume_rejection,
 )
@@ -180,18 +179,15 @@ class TemporalRouteTargets:
                 ]
             ) from exc
         run_id = action.idempotency_key
-        start = DslRunInput(
-            tenant=tenant,
-            run_id=run_id,
-            workflow_id=definition.id,
-            workflow_version=definition.version,
-            input=data.model_dump(mode="json"),
-        )
         try:
             # One run per delivery: a retried routing joins the run while it runs, and does
             # not start it again once it has finished.
             await self.starter.start(
-                start, summary=f"workflow {definition.id} started by a webhook, run {run_id}"
+                tenant,
+                run_id,
+                definition,
+                data.model_dump(mode="json"),
+                summary=f"workflow {definition.id} started by a webhook, run {run_id}",
             )
         except RPCError as error:
             raise _temporal_error(error, f"workflow {definition.id!r}") from error

@@ -22,6 +22,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from loomwork.agents.directory import RunDirectory
+from loomwork.flows.definition import Workflow
 from loomwork.flows.execution import WorkflowEvents
 from loomwork.flows.state import (
     DslRunInput,
@@ -51,14 +52,32 @@ class WorkflowRunStarter:
         self.directory = directory
         self.task_queue = task_queue
 
-    async def start(self, start: DslRunInput, *, summary: str) -> WorkflowHandle[Any, Any] | None:
-        """The started (or joined) run's handle; None if a run of this id ran and ended
-        before. Raises temporalio's RPCError when Temporal refused the start or could not be
-        reached (after a refusal the run's log is removed again)."""
-        workflow_id = temporal_workflow_id(start.workflow_id, start.tenant, start.run_id)
+    async def start(
+        self,
+        tenant: str,
+        run_id: str,
+        definition: Workflow,
+        data: dict[str, Any],
+        *,
+        summary: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> WorkflowHandle[Any, Any] | None:
+        """Start run `run_id` of `definition` on input `data` (validated already): the
+        started (or joined) run's handle; None if a run of this id ran and ended before.
+        Raises temporalio's RPCError when Temporal refused the start or could not be reached
+        (after a refusal the run's log is removed again)."""
+        start = DslRunInput(
+            tenant=tenant,
+            run_id=run_id,
+            workflow_id=definition.id,
+            workflow_version=definition.version,
+            input=data,
+            metadata=metadata or {},
+        )
+        workflow_id = temporal_workflow_id(definition.id, tenant, run_id)
         start, _ = await asyncio.gather(
             self.events.announce(start),
-            self.directory.record(start.tenant, start.run_id, workflow_id),
+            self.directory.record(tenant, run_id, workflow_id),
         )
         try:
             return await self.client.start_workflow(

@@ -112,3 +112,22 @@ async def wait_agent_run_finished(
             return run
         await asyncio.sleep(0.05)
     raise AssertionError(f"run {run_id} never finished")
+
+
+async def replay_failure(workflow: type, workflow_id: str, history_json: str) -> Exception | None:
+    """Replay a recorded history of `workflow` on the current code, in the strict sandbox
+    the test workers use: why it failed (a non-determinism error, say), or None."""
+    from temporalio.client import WorkflowHistory
+    from temporalio.contrib.pydantic import pydantic_data_converter
+    from temporalio.worker import Replayer
+
+    from server.worker import workflow_runner
+
+    replayer = Replayer(
+        workflows=[workflow],
+        data_converter=pydantic_data_converter,
+        workflow_runner=workflow_runner("strict"),
+    )
+    history = WorkflowHistory.from_json(workflow_id, history_json)
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    return result.replay_failure

@@ -8,13 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer
 
 from loomwork.flows import default_registry
 from loomwork.flows.examples import register_examples
-from server.worker import workflow_runner
+from tests.support import replay_failure
 from workflows.dsl_run import DslRunWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("dsl_run_*.json"))
@@ -30,11 +27,5 @@ def test_histories_of_earlier_versions_are_kept() -> None:
 @pytest.mark.parametrize("name", sorted(RECORDED))
 async def test_a_recorded_workflow_run_replays_on_the_current_code(name: str) -> None:
     register_examples(default_registry)  # as the worker's runtime does at start-up
-    history = WorkflowHistory.from_json(f"wf/rec/{name}", RECORDED[name])
-    replayer = Replayer(
-        workflows=[DslRunWorkflow],
-        data_converter=pydantic_data_converter,
-        workflow_runner=workflow_runner("strict"),
-    )
-    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
-    assert result.replay_failure is None, f"{name}: {result.replay_failure}"
+    failure = await replay_failure(DslRunWorkflow, f"wf/rec/{name}", RECORDED[name])
+    assert failure is None, f"{name}: {failure}"

@@ -180,19 +180,18 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                     )
                 # Recorded but never started (the first call's start failed): start it now.
         workflow_id = temporal_workflow_id(definition.id, tenant_id, run_id)
-        start = DslRunInput(
-            tenant=tenant_id,
-            run_id=run_id,
-            workflow_id=definition.id,
-            workflow_version=definition.version,
-            input=run_input.model_dump(mode="json"),
-            metadata=struct_to_dict(request.metadata),
-        )
+        data = run_input.model_dump(mode="json")
+        metadata = struct_to_dict(request.metadata)
         try:
             # Announced as it is accepted: a watcher sees run_started at once, and is told
             # if no worker takes the run (run_pending follows it).
             handle = await self.starter.start(
-                start, summary=f"workflow {definition.id} v{definition.version}, run {run_id}"
+                tenant_id,
+                run_id,
+                definition,
+                data,
+                metadata=metadata,
+                summary=f"workflow {definition.id} v{definition.version}, run {run_id}",
             )
         except RPCError as error:
             raise Unavailable(f"Temporal: {error.message}") from error
@@ -207,8 +206,8 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             run_id=run_id,
             workflow_id=definition.id,
             workflow_version=definition.version,
-            input=start.input,
-            metadata=start.metadata,
+            input=data,
+            metadata=metadata,
         )
         return workflow_pb2.WorkflowServiceStartRunResponse(
             run=workflow_convert.run_to_proto(
