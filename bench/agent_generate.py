@@ -49,10 +49,10 @@ from loomwork.llm.chat import ChatMessage, ChatModel, TextDelta, ToolCallDelta, 
 from loomwork.llm.scripted_server import ChatRequest, ScriptedModelServer, Turn
 from loomwork.llm.shared import SharedChatModels
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
-from server.app import build_grpc_app
 from server.embedded import EmbeddedStack
 from server.runtime import Runtime
 from server.temporal import register_search_attributes
+from server.transport.grpc_app import build_grpc_app
 from server.worker import build_worker
 
 AUTH = (("authorization", "Bearer bench"),)

@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loomwork.config import Settings
 from protos.loomwork.v1 import memory_pb2, memory_pb2_grpc, message_pb2
-from server.app import build_grpc_app
 from server.embedded import EmbeddedStack
 from server.runtime import Runtime
+from server.transport.grpc_app import build_grpc_app
 
 AUTH = (("authorization", "Bearer bench"),)
 

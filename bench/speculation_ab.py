@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import agent_generate as bench  # a script next to this one
 
 from loomwork.config import Settings
-from server.app import GrpcApp, build_grpc_app
 from server.runtime import Runtime
 from server.temporal import register_search_attributes
+from server.transport.grpc_app import GrpcApp, build_grpc_app
 from server.worker import build_worker
 
 

@@ -41,8 +41,8 @@ from loomwork.integrations.sources import NewWebhookSource
 from loomwork.storage.database import Database
 from loomwork.storage.migrations import apply_migrations
 from server.embedded import EmbeddedStack
-from server.http import HttpServer, TemporalRoutingStarter, build_asgi
 from server.temporal import connect_temporal, register_search_attributes
+from server.transport.http import HttpServer, TemporalRoutingStarter, build_asgi
 
 SECRET = "bench-secret-0123456789"
 BODY = json.dumps({"type": "invoice.paid", "data": {"id": "in_1", "amount": 4200}}).encode()

@@ -55,10 +55,10 @@ from loomwork.flows.state import (
     temporal_workflow_id,
 )
 from protos.loomwork.v1 import workflow_pb2, workflow_pb2_grpc
-from server.app import build_grpc_app
 from server.embedded import EmbeddedStack
 from server.runtime import Runtime
 from server.temporal import register_search_attributes
+from server.transport.grpc_app import build_grpc_app
 from server.worker import build_worker
 from workflows.dsl_run import DslRunWorkflow
 

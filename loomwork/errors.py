@@ -1,4 +1,4 @@
-"""The one family of domain errors; `server/errors.py` maps each to a gRPC status."""
+"""The one family of domain errors; `server/transport/errors.py` maps each to a gRPC status."""
 
 from __future__ import annotations
 

@@ -10,10 +10,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from loomwork.config import Settings
-from server.app import GrpcApp, build_grpc_app
-from server.http import HttpServer, open_http_server
 from server.runtime import Runtime
 from server.temporal import register_search_attributes
+from server.transport.grpc_app import GrpcApp, build_grpc_app
+from server.transport.http import HttpServer, open_http_server
 from server.worker import build_worker
 
 log = logging.getLogger(__name__)

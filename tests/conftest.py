@@ -18,10 +18,10 @@ import pytest
 from loomwork.config import Settings
 from loomwork.llm.scripted_server import ScriptedModelServer
 from protos.loomwork.v1 import agent_pb2_grpc, memory_pb2_grpc
-from server.app import GrpcApp, build_grpc_app
 from server.embedded import EmbeddedStack
 from server.runtime import Runtime
 from server.temporal import register_search_attributes
+from server.transport.grpc_app import GrpcApp, build_grpc_app
 from server.worker import build_worker
 
 TOKENS = "t-alpha=alpha,t-beta=beta"

@@ -15,8 +15,8 @@ from loomwork.agents.run import AgentRunRequest
 from loomwork.config import Settings
 from loomwork.memory.models import NewMessage, Role, TextPart
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
-from server.app import build_grpc_app
 from server.runtime import Runtime
+from server.transport.grpc_app import build_grpc_app
 from server.worker import build_worker
 
 

@@ -9,7 +9,7 @@ from google.rpc import error_details_pb2, status_pb2
 from loomwork import errors
 from loomwork.llm.errors import ModelRateLimited, ModelRequestRejected, ModelUnavailable
 from loomwork.streams.errors import FollowIdle, OutOfRange
-from server.errors import status_code_of, to_rpc_status
+from server.transport.errors import status_code_of, to_rpc_status
 
 
 @pytest.mark.parametrize(

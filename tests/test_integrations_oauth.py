@@ -27,7 +27,7 @@ from loomwork.integrations.oauth import NeedsReauthorization, OAuthConnections
 from loomwork.integrations.providers import ProviderStore
 from protos.loomwork.v1 import integration_pb2
 from protos.loomwork.v1 import integration_pb2_grpc as integration_grpc
-from server.http import HttpServer, build_http_app
+from server.transport.http import HttpServer, build_http_app
 from tests.support import auth, field_violations, unique
 
 CLIENT_ID = "loomwork-test"

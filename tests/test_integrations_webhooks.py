@@ -31,7 +31,7 @@ from protos.loomwork.v1 import (
     workflow_pb2_grpc,
 )
 from protos.loomwork.v1 import integration_pb2_grpc as integration_grpc
-from server.http import HttpServer, build_http_app
+from server.transport.http import HttpServer, build_http_app
 from tests.support import (
     RunningWorker,
     another_server,

@@ -24,8 +24,8 @@ from protos.loomwork.v1 import (
     memory_pb2_grpc,
     message_pb2,
 )
-from server.app import SERVICE_NAMES, build_grpc_app
 from server.runtime import Runtime
+from server.transport.grpc_app import SERVICE_NAMES, build_grpc_app
 from tests.conftest import free_port
 from tests.support import auth
 

@@ -1,6 +1,6 @@
 """Errors of the run event streams, in the `loomwork.errors` family.
 
-`server/errors.py` maps them to gRPC statuses:
+`server/transport/errors.py` maps them to gRPC statuses:
 
 - `OutOfRange`       -> OUT_OF_RANGE (an `after_event_id` above the run's last event id)
 - `EventsExpired`    -> FAILED_PRECONDITION (a subclass: the events asked for were trimmed/expired)

@@ -64,10 +64,11 @@ from loomwork.paging import (
 )
 from loomwork.streams import FollowIdle
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
-from server import agent_convert, convert
-from server.interceptors import tenant
-from server.relay import known_event
 from server.runtime import Runtime
+from server.servicers import agent_convert, message_convert
+from server.servicers.relay import known_event
+from server.servicers.tenancy import tenant
+from server.servicers.well_known_convert import set_timestamp, struct_to_dict
 from server.temporal import (
     eagerly_started,
     not_taken,
@@ -391,7 +392,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if request.prompt:
             messages = [NewMessage(role=Role.USER, parts=[TextPart(text=request.prompt)])]
         else:
-            messages = convert.new_messages_from_proto(request.messages)
+            messages = message_convert.new_messages_from_proto(request.messages)
             for i, message in enumerate(messages):
                 if message.role not in _INPUT_ROLES:
                     raise InvalidArgument.field(
@@ -411,7 +412,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             memory=merge(agent.memory, override) if override is not None else None,
             memory_read_only=read_only,
             output_schema=output_schema,
-            metadata=convert.struct_to_dict(request.metadata),
+            metadata=struct_to_dict(request.metadata),
             create_time=datetime.now(UTC),
         )
         return run_request, agent
@@ -785,9 +786,9 @@ def _listed_run(execution: WorkflowExecution) -> agent_pb2.AgentRun:
         temporal_workflow_id=execution.id,
         temporal_run_id=execution.run_id,
     )
-    convert.set_timestamp(run.create_time, execution.start_time)
+    set_timestamp(run.create_time, execution.start_time)
     if execution.execution_time is not None:
-        convert.set_timestamp(run.start_time, execution.execution_time)
+        set_timestamp(run.start_time, execution.execution_time)
     if execution.close_time is not None:
-        convert.set_timestamp(run.end_time, execution.close_time)
+        set_timestamp(run.end_time, execution.close_time)
     return run

@@ -8,9 +8,9 @@ from loomwork.errors import FailedPrecondition, InvalidArgument
 from loomwork.integrations.integrations import Integrations
 from protos.loomwork.v1 import integration_pb2 as pb
 from protos.loomwork.v1 import integration_pb2_grpc
-from server import integration_convert as convert
-from server.interceptors import tenant
 from server.runtime import Runtime
+from server.servicers import integration_convert as convert
+from server.servicers.tenancy import tenant
 
 
 def _required(value: str, field: str) -> str:

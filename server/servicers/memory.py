@@ -13,10 +13,11 @@ from loomwork.memory.models import (
     WorkingMemory,
 )
 from protos.loomwork.v1 import memory_pb2, memory_pb2_grpc
-from server import convert
 from server.indexing import start_indexing
-from server.interceptors import tenant
 from server.runtime import Runtime
+from server.servicers import memory_convert, message_convert
+from server.servicers.tenancy import tenant
+from server.servicers.well_known_convert import struct_to_dict
 
 _UPDATABLE = ("title", "metadata")
 _SCOPES = {
@@ -40,16 +41,16 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             id=request.thread_id,
             resource_id=request.thread.resource_id,
             title=request.thread.title,
-            metadata=convert.struct_to_dict(request.thread.metadata),
+            metadata=struct_to_dict(request.thread.metadata),
         )
         thread = await self.memory.create_thread(tenant(), new)
-        return memory_pb2.CreateThreadResponse(thread=convert.thread_to_proto(thread))
+        return memory_pb2.CreateThreadResponse(thread=memory_convert.thread_to_proto(thread))
 
     async def GetThread(
         self, request: memory_pb2.GetThreadRequest, context: grpc.aio.ServicerContext
     ) -> memory_pb2.GetThreadResponse:
         thread = await self.memory.get_thread(tenant(), request.thread_id)
-        return memory_pb2.GetThreadResponse(thread=convert.thread_to_proto(thread))
+        return memory_pb2.GetThreadResponse(thread=memory_convert.thread_to_proto(thread))
 
     async def ListThreads(
         self, request: memory_pb2.ListThreadsRequest, context: grpc.aio.ServicerContext
@@ -61,7 +62,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             page_token=request.page_token,
         )
         return memory_pb2.ListThreadsResponse(
-            threads=[convert.thread_to_proto(t) for t in page.threads],
+            threads=[memory_convert.thread_to_proto(t) for t in page.threads],
             next_page_token=page.next_page_token,
         )
 
@@ -83,12 +84,10 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
                 raise InvalidArgument.field("update_mask", "names no field and thread sets none")
         update = ThreadUpdate(
             title=request.thread.title if "title" in paths else None,
-            metadata=convert.struct_to_dict(request.thread.metadata)
-            if "metadata" in paths
-            else None,
+            metadata=struct_to_dict(request.thread.metadata) if "metadata" in paths else None,
         )
         thread = await self.memory.update_thread(tenant(), request.thread.id, update)
-        return memory_pb2.UpdateThreadResponse(thread=convert.thread_to_proto(thread))
+        return memory_pb2.UpdateThreadResponse(thread=memory_convert.thread_to_proto(thread))
 
     async def DeleteThread(
         self, request: memory_pb2.DeleteThreadRequest, context: grpc.aio.ServicerContext
@@ -99,13 +98,13 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     async def AppendMessages(
         self, request: memory_pb2.AppendMessagesRequest, context: grpc.aio.ServicerContext
     ) -> memory_pb2.AppendMessagesResponse:
-        messages = convert.new_messages_from_proto(request.messages)
+        messages = message_convert.new_messages_from_proto(request.messages)
         tenant_id = tenant()
         stored = await self.memory.append_messages(tenant_id, request.thread_id, messages)
         await start_indexing(self.temporal, self.task_queue, tenant_id, request.thread_id, stored)
         response = memory_pb2.AppendMessagesResponse()
         for message in stored:
-            convert.fill_message(response.messages.add(), message)
+            message_convert.fill_message(response.messages.add(), message)
         return response
 
     async def ListMessages(
@@ -120,7 +119,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         )
         response = memory_pb2.ListMessagesResponse(next_page_token=page.next_page_token)
         for message in page.messages:
-            convert.fill_message(response.messages.add(), message)
+            message_convert.fill_message(response.messages.add(), message)
         return response
 
     async def SearchMessages(
@@ -142,9 +141,9 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         response = memory_pb2.SearchMessagesResponse()
         for hit in hits:
             out = response.hits.add(score=hit.score)
-            convert.fill_message(out.message, hit.message)
+            message_convert.fill_message(out.message, hit.message)
             for neighbour in hit.context:
-                convert.fill_message(out.context.add(), neighbour)
+                message_convert.fill_message(out.context.add(), neighbour)
         return response
 
     async def GetWorkingMemory(
@@ -157,7 +156,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             resource_id=request.resource_id,
         )
         return memory_pb2.GetWorkingMemoryResponse(
-            working_memory=convert.working_memory_to_proto(memory)
+            working_memory=memory_convert.working_memory_to_proto(memory)
         )
 
     async def UpdateWorkingMemory(
@@ -174,9 +173,9 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
                 thread_id=given.thread_id,
                 resource_id=given.resource_id,
                 markdown=given.markdown,
-                data=convert.struct_to_dict(given.data) if given.HasField("data") else None,
+                data=struct_to_dict(given.data) if given.HasField("data") else None,
             ),
         )
         return memory_pb2.UpdateWorkingMemoryResponse(
-            working_memory=convert.working_memory_to_proto(memory)
+            working_memory=memory_convert.working_memory_to_proto(memory)
         )

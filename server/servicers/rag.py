@@ -41,10 +41,10 @@ from loomwork.rag.query import MAX_QUERY_CHARS, validate_retrieval
 from loomwork.rag.store import check_index_spec, validate_index_name
 from loomwork.rag.system import RagSystem
 from protos.loomwork.v1 import rag_pb2, rag_pb2_grpc
-from server import rag_convert as convert
-from server.interceptors import tenant
-from server.relay import known_event
 from server.runtime import Runtime, rag_system
+from server.servicers import rag_convert as convert
+from server.servicers.relay import known_event
+from server.servicers.tenancy import tenant
 from workflows.ingestion import IngestionWorkflow
 from workflows.rag_answer import RagAnswerWorkflow
 from workflows.search_attributes import RUN, STATUS, TENANT

@@ -57,11 +57,11 @@ from loomwork.paging import (
 )
 from loomwork.streams import FollowIdle
 from protos.loomwork.v1 import workflow_pb2, workflow_pb2_grpc
-from server import workflow_convert
-from server.convert import struct_to_dict
-from server.interceptors import tenant
-from server.relay import known_event
 from server.runtime import Runtime
+from server.servicers import workflow_convert
+from server.servicers.relay import known_event
+from server.servicers.tenancy import tenant
+from server.servicers.well_known_convert import struct_to_dict
 from server.temporal import not_taken, pending_wait, query_state, start_input
 from workflows.dsl_run import DslRunWorkflow
 

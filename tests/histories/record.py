@@ -29,10 +29,10 @@ from google.protobuf import struct_pb2
 from loomwork.config import Settings
 from loomwork.llm.scripted_server import ScriptedModelServer, ScriptedToolCall, Turn
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2, workflow_pb2, workflow_pb2_grpc
-from server.app import build_grpc_app
 from server.embedded import EmbeddedStack
 from server.runtime import Runtime
 from server.temporal import register_search_attributes
+from server.transport.grpc_app import build_grpc_app
 from server.worker import build_worker
 
 AUTH = (("authorization", "Bearer rec"),)

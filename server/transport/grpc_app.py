@@ -21,14 +21,14 @@ from protos.loomwork.v1 import (
     workflow_pb2,
     workflow_pb2_grpc,
 )
-from server.health import HealthMonitor
-from server.interceptors import AuthInterceptor, ErrorInterceptor
 from server.runtime import Runtime
 from server.servicers.agent import AgentServicer
 from server.servicers.integration import IntegrationServicer
 from server.servicers.memory import MemoryServicer
 from server.servicers.rag import RagServicer
 from server.servicers.workflow import WorkflowServicer
+from server.transport.health import HealthMonitor
+from server.transport.interceptors import AuthInterceptor, ErrorInterceptor
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from loomwork.llm.chat import ChatMessage
 from loomwork.memory.models import NewMessage
 from loomwork.memory.settings import MemorySettings, parse_memory_settings
 from protos.loomwork.v1 import agent_pb2, memory_pb2, message_pb2, run_pb2
-from server import convert
+from server.servicers.message_convert import ROLE_TO_PROTO, fill_part, usage_to_proto
+from server.servicers.well_known_convert import set_timestamp
 
 _STATUS = {
     "pending": run_pb2.RUN_STATUS_PENDING,
@@ -115,9 +116,9 @@ def agent_to_proto(agent: AgentDefinition) -> agent_pb2.Agent:
     if agent.metadata:
         out.metadata.update(agent.metadata)
     if agent.create_time is not None:
-        convert.set_timestamp(out.create_time, agent.create_time)
+        set_timestamp(out.create_time, agent.create_time)
     if agent.update_time is not None:
-        convert.set_timestamp(out.update_time, agent.update_time)
+        set_timestamp(out.update_time, agent.update_time)
     return out
 
 
@@ -164,9 +165,9 @@ def tool_to_proto(tool: Tool) -> agent_pb2.Tool:
 
 
 def _chat_message(target: message_pb2.Message, message: ChatMessage | NewMessage) -> None:
-    target.role = convert.ROLE_TO_PROTO[message.role]
+    target.role = ROLE_TO_PROTO[message.role]
     for part in message.parts:
-        convert.fill_part(target.parts.add(), part)
+        fill_part(target.parts.add(), part)
 
 
 def run_error(outcome: events.RunOutcome) -> run_pb2.RunError:
@@ -188,7 +189,7 @@ def _input_message(
     if message.metadata:
         target.metadata.update(message.metadata)
     if saved is not None:
-        convert.set_timestamp(target.create_time, saved)
+        set_timestamp(target.create_time, saved)
 
 
 def _fill_record(run: agent_pb2.AgentRun, record: events.RunRecord) -> None:
@@ -202,9 +203,9 @@ def _fill_record(run: agent_pb2.AgentRun, record: events.RunRecord) -> None:
     if record.metadata:
         run.metadata.update(record.metadata)
     if record.create_time is not None:
-        convert.set_timestamp(run.create_time, record.create_time)
+        set_timestamp(run.create_time, record.create_time)
     if record.start_time is not None:
-        convert.set_timestamp(run.start_time, record.start_time)
+        set_timestamp(run.start_time, record.start_time)
 
 
 def run_to_proto(outcome: events.RunOutcome, workflow_id: str) -> agent_pb2.AgentRun:
@@ -216,14 +217,14 @@ def run_to_proto(outcome: events.RunOutcome, workflow_id: str) -> agent_pb2.Agen
     )
     _fill_record(run, outcome)
     if outcome.end_time is not None:
-        convert.set_timestamp(run.end_time, outcome.end_time)
+        set_timestamp(run.end_time, outcome.end_time)
     output = run.output
     for message in outcome.messages:
         _chat_message(output.messages.add(), message)
     output.text = outcome.text
     if outcome.object is not None:
         output.object.update(outcome.object)
-    output.usage.CopyFrom(convert.usage_to_proto(outcome.usage))
+    output.usage.CopyFrom(usage_to_proto(outcome.usage))
     output.finish_reason = _FINISH[outcome.finish_reason]
     output.steps = outcome.steps
     output.context.tokens_in_context = outcome.context.tokens_in_context
@@ -244,7 +245,7 @@ def pending_to_proto(pending: events.PendingApproval) -> agent_pb2.PendingApprov
         tool_call_id=pending.tool_call_id, tool_name=pending.tool_name, step=pending.step
     )
     out.arguments.update(pending.arguments)
-    convert.set_timestamp(out.request_time, pending.request_time)
+    set_timestamp(out.request_time, pending.request_time)
     return out
 
 
@@ -295,7 +296,7 @@ def event_to_proto(
     run_id: str, event_id: int, event: events.AgentEvent, workflow_id: str
 ) -> agent_pb2.AgentRunEvent:
     out = agent_pb2.AgentRunEvent(event_id=event_id, run_id=run_id, step=event.step)
-    convert.set_timestamp(out.time, event.time)
+    set_timestamp(out.time, event.time)
     if isinstance(event, events.RunStarted):
         out.run_started.CopyFrom(
             agent_pb2.AgentRunStarted(
@@ -332,14 +333,14 @@ def event_to_proto(
     elif isinstance(event, events.ObjectFinalEvent):
         out.object_final.object.update(event.object)
     elif isinstance(event, events.UsageEvent):
-        out.usage.CopyFrom(convert.usage_to_proto(event.usage))
+        out.usage.CopyFrom(usage_to_proto(event.usage))
     elif isinstance(event, events.StepRetrying):
         out.step_retrying.attempt = event.attempt
     elif isinstance(event, events.StepFinished):
         out.step_finished.finish_reason = _STEP_FINISH.get(
             event.finish_reason, agent_pb2.AGENT_FINISH_REASON_UNSPECIFIED
         )
-        out.step_finished.usage.CopyFrom(convert.usage_to_proto(event.usage))
+        out.step_finished.usage.CopyFrom(usage_to_proto(event.usage))
     elif isinstance(event, events.ApprovalRequested):
         out.approval_requested.CopyFrom(pending_to_proto(event.approval))
     elif isinstance(event, events.ApprovalResolved):

@@ -12,7 +12,8 @@ from loomwork.rag import ingestion as ing
 from loomwork.rag import models as m
 from loomwork.rag.context import ContextOrder
 from protos.loomwork.v1 import rag_pb2, run_pb2
-from server.convert import set_timestamp, struct_to_dict, usage_to_proto
+from server.servicers.message_convert import usage_to_proto
+from server.servicers.well_known_convert import set_timestamp, struct_to_dict
 
 METRIC_FROM = {
     rag_pb2.DISTANCE_METRIC_UNSPECIFIED: m.Metric.COSINE,

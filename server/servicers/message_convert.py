@@ -1,16 +1,17 @@
-"""Protobuf ↔ domain model conversion for memory; protobuf types stop here."""
+"""Protobuf <-> domain conversion of message.proto (roles, messages and their parts, token
+usage): the messages memory stores and agents read and write."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format
 
 from loomwork.errors import Violations
 from loomwork.llm.chat import ChatUsage
 from loomwork.memory import models
-from protos.loomwork.v1 import memory_pb2, message_pb2
+from protos.loomwork.v1 import message_pb2
+from server.servicers.well_known_convert import set_timestamp, struct_to_dict
 
 _ROLE_TO_DOMAIN = {
     message_pb2.ROLE_SYSTEM: models.Role.SYSTEM,
@@ -19,42 +20,6 @@ _ROLE_TO_DOMAIN = {
     message_pb2.ROLE_TOOL: models.Role.TOOL,
 }
 ROLE_TO_PROTO = {v: k for k, v in _ROLE_TO_DOMAIN.items()}
-
-
-def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(value)
-
-
-def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
-    out = struct_pb2.Struct()
-    out.update(value)
-    return out
-
-
-def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    out = timestamp_pb2.Timestamp()
-    set_timestamp(out, value)
-    return out
-
-
-def set_timestamp(target: timestamp_pb2.Timestamp, value: datetime) -> None:
-    """Faster than Timestamp.FromDatetime for the aware datetimes storage returns."""
-    seconds = value.timestamp()
-    target.seconds = int(seconds // 1)
-    target.nanos = value.microsecond * 1000
-
-
-def thread_to_proto(thread: models.Thread) -> memory_pb2.Thread:
-    out = memory_pb2.Thread(
-        id=thread.id,
-        resource_id=thread.resource_id,
-        title=thread.title,
-        message_count=thread.message_count,
-    )
-    out.metadata.update(thread.metadata)
-    set_timestamp(out.create_time, thread.create_time)
-    set_timestamp(out.update_time, thread.update_time)
-    return out
 
 
 def fill_part(
@@ -76,14 +41,6 @@ def fill_part(
             json_format.ParseDict(part.result, result.result)
 
 
-def part_to_proto(
-    part: models.TextPart | models.ToolCallPart | models.ToolResultPart,
-) -> message_pb2.Part:
-    out = message_pb2.Part()
-    fill_part(out, part)
-    return out
-
-
 def fill_message(target: message_pb2.Message, message: models.Message) -> None:
     """Write `message` into `target` in place (no nested-message copies)."""
     target.id = message.id
@@ -94,12 +51,6 @@ def fill_message(target: message_pb2.Message, message: models.Message) -> None:
     if message.metadata:
         target.metadata.update(message.metadata)
     set_timestamp(target.create_time, message.create_time)
-
-
-def message_to_proto(message: models.Message) -> message_pb2.Message:
-    out = message_pb2.Message()
-    fill_message(out, message)
-    return out
 
 
 def new_messages_from_proto(messages: Any) -> list[models.NewMessage]:
@@ -149,26 +100,6 @@ def new_messages_from_proto(messages: Any) -> list[models.NewMessage]:
                 )
             )
     violations.raise_if_any()
-    return out
-
-
-_SCOPE_TO_PROTO = {
-    models.RecallScope.THREAD: memory_pb2.MEMORY_SCOPE_THREAD,
-    models.RecallScope.RESOURCE: memory_pb2.MEMORY_SCOPE_RESOURCE,
-}
-
-
-def working_memory_to_proto(memory: models.WorkingMemory) -> memory_pb2.WorkingMemory:
-    out = memory_pb2.WorkingMemory(
-        scope=_SCOPE_TO_PROTO[memory.scope],
-        thread_id=memory.thread_id,
-        resource_id=memory.resource_id,
-        markdown=memory.markdown,
-    )
-    if memory.data is not None:
-        out.data.update(memory.data)
-    if memory.update_time is not None:
-        set_timestamp(out.update_time, memory.update_time)
     return out
 
 

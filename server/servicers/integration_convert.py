@@ -16,7 +16,7 @@ from loomwork.integrations.routing import (
 )
 from loomwork.integrations.sources import NewWebhookSource, WebhookSource
 from protos.loomwork.v1 import integration_pb2 as pb
-from server.convert import dict_to_struct, set_timestamp
+from server.servicers.well_known_convert import dict_to_struct, set_timestamp
 
 _DELIVERY_STATUS = {
     "received": pb.WEBHOOK_DELIVERY_STATUS_RECEIVED,

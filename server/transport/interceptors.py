@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextvars
 import inspect
 import logging
 import uuid
@@ -13,11 +12,10 @@ import grpc
 import pydantic
 
 from loomwork.errors import InvalidArgument, LoomworkError
-from server.errors import pydantic_violations, to_rpc_status
+from server.servicers.tenancy import current_tenant
+from server.transport.errors import pydantic_violations, to_rpc_status
 
 log = logging.getLogger(__name__)
-
-current_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("loomwork_tenant")
 
 # Services anyone may call without a token (probes and tooling).
 PUBLIC_SERVICES = (
@@ -25,11 +23,6 @@ PUBLIC_SERVICES = (
     "grpc.reflection.v1alpha.ServerReflection",
     "grpc.reflection.v1.ServerReflection",
 )
-
-
-def tenant() -> str:
-    """The tenant of the RPC being served (set by the auth interceptor)."""
-    return current_tenant.get()
 
 
 class WrappingInterceptor(grpc.aio.ServerInterceptor):

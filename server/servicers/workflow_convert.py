@@ -21,7 +21,7 @@ from loomwork.flows.state import (
     WorkflowEvent,
 )
 from protos.loomwork.v1 import run_pb2, workflow_pb2
-from server.convert import dict_to_struct, set_timestamp
+from server.servicers.well_known_convert import dict_to_struct, set_timestamp
 
 RUN_STATUS: dict[str, int] = {
     "pending": workflow_pb2.WORKFLOW_RUN_STATUS_PENDING,
