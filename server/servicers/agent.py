@@ -32,6 +32,7 @@ from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.definitions import AGENT_NAME, AgentDefinition
 from loomwork.agents.directory import RunDirectory
 from loomwork.agents.run import (
+    AgentEvent,
     AgentRunRequest,
     ApprovalRequested,
     ResumeInput,
@@ -62,17 +63,15 @@ from loomwork.paging import (
     encode_bytes_token,
     encode_text_token,
 )
-from loomwork.streams import FollowIdle
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server.runtime import Runtime
 from server.servicers import agent_convert, message_convert
-from server.servicers.relay import known_event
+from server.servicers.relay import PendingNotice, relay_run_events
 from server.servicers.tenancy import tenant
 from server.servicers.well_known_convert import set_timestamp, struct_to_dict
 from server.temporal import (
     eagerly_started,
     not_taken,
-    pending_wait,
     query_state,
     start_input,
 )
@@ -140,6 +139,10 @@ async def _describe(
 
 async def _state(handle: WorkflowHandle[AgentRunWorkflow, RunOutcome], run_id: str) -> RunState:
     return await query_state(handle, AgentRunWorkflow.state, run_id)
+
+
+def _pending_event(task_queue: str, waited_seconds: float) -> bytes:
+    return encode_event(RunPending(task_queue=task_queue, waited_seconds=waited_seconds))
 
 
 def workflow_id_for(agent: str, tenant_id: str, run_id: str) -> str:
@@ -526,58 +529,35 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         announced: bool = False,
     ) -> AsyncIterator[agent_pb2.AgentRunEvent]:
         """The run's events after `after_event_id`, to its end; `announced`: this call has
-        just published the run's first event (its log is there)."""
-        key = event_log_key(tenant_id, run_id)
-        if not announced and await self.runtime.events.last_id(key) == 0:
+        just published the run's first event (its log is there), and tells its caller, once,
+        if no worker takes the run (all down, or busy): else the stream would stay silent
+        after run_started."""
+        handle = self.runtime.temporal.get_workflow_handle_for(AgentRunWorkflow.run, workflow_id)
+
+        async def expired_end() -> tuple[int, AgentEvent] | None:
             # Nothing in Redis: not started yet, or ended long enough ago that its events
             # expired; then only its terminal event, rebuilt from the result with its id.
-            handle = self.runtime.temporal.get_workflow_handle_for(
-                AgentRunWorkflow.run, workflow_id
-            )
             description = await _describe(handle, run_id)
-            if description.status == WorkflowExecutionStatus.COMPLETED:
-                outcome = await handle.result()
-                if outcome.terminal_event_id > after_event_id:
-                    yield agent_convert.event_to_proto(
-                        run_id,
-                        outcome.terminal_event_id,
-                        RunFinished(outcome=outcome),
-                        workflow_id,
-                    )
-                return
-        cursor = after_event_id
-        # The call that started the run tells its caller, once, if no worker takes it (all
-        # down, or busy): else the stream would stay silent after run_started.
-        watch = announced
-        while True:
-            # Otherwise no idle limit: a run may wait hours for an approval; the caller's
-            # deadline governs.
-            idle = self.runtime.settings.pending_notice_seconds if watch else None
-            try:
-                async for event in self.runtime.events.follow(key, cursor, idle_timeout=idle):
-                    cursor = event.event_id
-                    decoded = known_event(decode_event, event.payload, run_id, event.event_id)
-                    if decoded is not None:
-                        yield agent_convert.event_to_proto(
-                            run_id, event.event_id, decoded, workflow_id
-                        )
-                return
-            except FollowIdle:
-                watch = False
-                await self._say_if_pending(key, run_id, workflow_id, cursor)
+            if description.status != WorkflowExecutionStatus.COMPLETED:
+                return None
+            outcome = await handle.result()
+            return outcome.terminal_event_id, RunFinished(outcome=outcome)
 
-    async def _say_if_pending(
-        self, key: str, run_id: str, workflow_id: str, last_event_id: int
-    ) -> None:
-        """Publish run_pending as the run's next event if no worker has taken it yet."""
-        handle = self.runtime.temporal.get_workflow_handle(workflow_id)
-        waiting = await pending_wait(handle, run_id)
-        if waiting is None:
-            return
-        pending = RunPending(task_queue=waiting[0], waited_seconds=waiting[1])
-        # Only as the next event: a worker that took the run meanwhile publishes first.
-        # (`publish`: a run that ended meanwhile takes no notice, and that is no error.)
-        await self.runtime.events.publish(key, encode_event(pending), only_as=last_event_id + 1)
+        pending = None
+        if announced:
+            pending = PendingNotice(
+                handle, self.runtime.settings.pending_notice_seconds, _pending_event
+            )
+        async for event_id, event in relay_run_events(
+            self.runtime.events,
+            event_log_key(tenant_id, run_id),
+            run_id,
+            after_event_id,
+            decode_event,
+            expired_end=None if announced else expired_end,
+            pending=pending,
+        ):
+            yield agent_convert.event_to_proto(run_id, event_id, event, workflow_id)
 
     async def Stream(
         self, request: agent_pb2.StreamRequest, context: grpc.aio.ServicerContext

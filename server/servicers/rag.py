@@ -43,7 +43,7 @@ from loomwork.rag.system import RagSystem
 from protos.loomwork.v1 import rag_pb2, rag_pb2_grpc
 from server.runtime import Runtime, rag_system
 from server.servicers import rag_convert as convert
-from server.servicers.relay import known_event
+from server.servicers.relay import relay_run_events
 from server.servicers.tenancy import tenant
 from workflows.ingestion import IngestionWorkflow
 from workflows.rag_answer import RagAnswerWorkflow
@@ -365,31 +365,30 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
         if request.after_event_id < 0:
             raise InvalidArgument.field("after_event_id", "must be 0 or more")
         record = await self._ingestion(request.ingestion_id)
-        key = ingestion_log_key(record.tenant, record.id)
-        last = await self.runtime.events.last_id(key)
-        if last == 0 and record.status in TERMINAL:
+
+        async def expired_end() -> tuple[int, IngestionEvent] | None:
             # Its events expired: only the `finished` event, rebuilt with its original id.
-            if record.terminal_event_id > request.after_event_id:
-                finished = IngestionEvent(
-                    type="finished",
-                    time=record.end_time or record.create_time,
-                    progress=record.progress,
-                    record=record,
-                )
-                yield rag_pb2.WatchIngestionResponse(
-                    event=convert.ingestion_event_to_proto(
-                        record.id, record.terminal_event_id, finished
-                    )
-                )
-            return
-        async for event in self.runtime.events.follow(key, request.after_event_id):
-            payload = known_event(
-                IngestionEvent.model_validate_json, event.payload, record.id, event.event_id
+            if record.status not in TERMINAL:
+                return None
+            finished = IngestionEvent(
+                type="finished",
+                time=record.end_time or record.create_time,
+                progress=record.progress,
+                record=record,
             )
-            if payload is not None:
-                yield rag_pb2.WatchIngestionResponse(
-                    event=convert.ingestion_event_to_proto(record.id, event.event_id, payload)
-                )
+            return record.terminal_event_id, finished
+
+        async for event_id, event in relay_run_events(
+            self.runtime.events,
+            ingestion_log_key(record.tenant, record.id),
+            record.id,
+            request.after_event_id,
+            IngestionEvent.model_validate_json,
+            expired_end=expired_end,
+        ):
+            yield rag_pb2.WatchIngestionResponse(
+                event=convert.ingestion_event_to_proto(record.id, event_id, event)
+            )
 
     async def CancelIngestion(
         self, request: rag_pb2.CancelIngestionRequest, context: grpc.aio.ServicerContext
@@ -563,23 +562,28 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
     async def _answer_events(
         self, tenant_id: str, record: AnswerRecord, after: int
     ) -> AsyncIterator[rag_pb2.AnswerEvent]:
-        key = answer_log_key(tenant_id, record.id)
-        if record.terminal_event_id and await self.runtime.events.last_id(key) == 0:
+        """The answer's events after `after`, to its end."""
+
+        async def expired_end() -> tuple[int, AnswerEvent] | None:
             # Its events expired: only the terminal event, rebuilt with its original id.
-            if record.terminal_event_id > after:
-                if record.status == "failed":
-                    payload = AnswerEvent(type="failed", error=record.error, record=record)
-                else:
-                    payload = AnswerEvent(type="finished", record=record)
-                payload.time = record.end_time or record.create_time
-                yield convert.answer_event_to_proto(record.id, record.terminal_event_id, payload)
-            return
-        async for event in self.runtime.events.follow(key, after):
-            answer = known_event(
-                AnswerEvent.model_validate_json, event.payload, record.id, event.event_id
-            )
-            if answer is not None:
-                yield convert.answer_event_to_proto(record.id, event.event_id, answer)
+            if not record.terminal_event_id:
+                return None
+            if record.status == "failed":
+                payload = AnswerEvent(type="failed", error=record.error, record=record)
+            else:
+                payload = AnswerEvent(type="finished", record=record)
+            payload.time = record.end_time or record.create_time
+            return record.terminal_event_id, payload
+
+        async for event_id, event in relay_run_events(
+            self.runtime.events,
+            answer_log_key(tenant_id, record.id),
+            record.id,
+            after,
+            AnswerEvent.model_validate_json,
+            expired_end=expired_end,
+        ):
+            yield convert.answer_event_to_proto(record.id, event_id, event)
 
     async def _answer(self, answer_id: str) -> AnswerRecord:
         if not answer_id:

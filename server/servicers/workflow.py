@@ -41,6 +41,7 @@ from loomwork.flows.state import (
     RunPending,
     RunState,
     RunStatus,
+    WorkflowEvent,
     decode_event,
     encode_event,
     event_log_key,
@@ -55,14 +56,13 @@ from loomwork.paging import (
     encode_bytes_token,
     encode_page_token,
 )
-from loomwork.streams import FollowIdle
 from protos.loomwork.v1 import workflow_pb2, workflow_pb2_grpc
 from server.runtime import Runtime
 from server.servicers import workflow_convert
-from server.servicers.relay import known_event
+from server.servicers.relay import PendingNotice, relay_run_events
 from server.servicers.tenancy import tenant
 from server.servicers.well_known_convert import struct_to_dict
-from server.temporal import not_taken, pending_wait, query_state, start_input
+from server.temporal import not_taken, query_state, start_input
 from workflows.dsl_run import DslRunWorkflow
 
 log = logging.getLogger(__name__)
@@ -377,56 +377,32 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         tenant_id = tenant()
         if request.after_event_id < 0:
             raise InvalidArgument.field("after_event_id", "must be 0 or more")
-        workflow_id = await self._require(tenant_id, request.run_id)
-        key = event_log_key(tenant_id, request.run_id)
-        if await self.runtime.events.last_id(key) == 0:
+        run_id = request.run_id
+        handle = self._handle(await self._require(tenant_id, run_id))
+
+        async def expired_end() -> tuple[int, WorkflowEvent] | None:
             # Nothing in Redis: not started yet, or finished long enough ago that its events
             # expired; then only the terminal event, rebuilt with its original id.
-            state = await self._state(self._handle(workflow_id), request.run_id)
+            state = await self._state(handle, run_id)
             if state.status in TERMINAL_RUN and state.terminal_event_id:
-                if state.terminal_event_id > request.after_event_id:
-                    yield workflow_pb2.WorkflowServiceWatchRunResponse(
-                        event=workflow_convert.event_to_proto(
-                            request.run_id, state.terminal_event_id, terminal_event(state)
-                        )
-                    )
-                return
-        cursor = request.after_event_id
-        watch = True  # once: a watcher is told if no worker has taken the run
-        while True:
-            # Then no idle limit: a run may stay suspended for days; the caller's deadline
-            # governs.
-            idle = self.runtime.settings.pending_notice_seconds if watch else None
-            try:
-                async for event in self.runtime.events.follow(key, cursor, idle_timeout=idle):
-                    cursor = event.event_id
-                    decoded = known_event(decode_event, event.payload, request.run_id, cursor)
-                    if decoded is not None:
-                        yield workflow_pb2.WorkflowServiceWatchRunResponse(
-                            event=workflow_convert.event_to_proto(request.run_id, cursor, decoded)
-                        )
-                return
-            except FollowIdle:
-                watch = False
-                if cursor >= 1:  # after run_started, never in its place
-                    await self._say_if_pending(key, request.run_id, workflow_id, cursor)
+                return state.terminal_event_id, terminal_event(state)
+            return None
 
-    async def _say_if_pending(
-        self, key: str, run_id: str, workflow_id: str, last_event_id: int
-    ) -> None:
-        """Publish run_pending as the run's next event if no worker has taken it yet (once per
-        run, however many watch it)."""
-        waiting = await pending_wait(self._handle(workflow_id), run_id)
-        if waiting is None:
-            return
-        pending = RunPending(
-            time=datetime.now(UTC), task_queue=waiting[0], waited_seconds=waiting[1]
-        )
-        # Only as the next event: a worker that took the run meanwhile publishes first.
-        # (`publish`: a run that ended meanwhile takes no notice, and that is no error.)
-        await self.runtime.events.publish(
-            key, encode_event(pending), only_as=last_event_id + 1, once="run_pending"
-        )
+        async for event_id, event in relay_run_events(
+            self.runtime.events,
+            event_log_key(tenant_id, run_id),
+            run_id,
+            request.after_event_id,
+            decode_event,
+            expired_end=expired_end,
+            # Any watcher is told, once per run, if no worker has taken the run.
+            pending=PendingNotice(
+                handle, self.runtime.settings.pending_notice_seconds, _pending_event
+            ),
+        ):
+            yield workflow_pb2.WorkflowServiceWatchRunResponse(
+                event=workflow_convert.event_to_proto(run_id, event_id, event)
+            )
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -542,6 +518,12 @@ def _merge_pending_attempts(state: RunState, pending: Any) -> None:
             step.error = RunError(type=cause, message=failure.message, retryable=True)
         if activity.HasField("next_attempt_schedule_time"):
             step.next_attempt_time = activity.next_attempt_schedule_time.ToDatetime(UTC)
+
+
+def _pending_event(task_queue: str, waited_seconds: float) -> bytes:
+    return encode_event(
+        RunPending(time=datetime.now(UTC), task_queue=task_queue, waited_seconds=waited_seconds)
+    )
 
 
 def _update_rejection(error: WorkflowUpdateFailedError) -> Exception:
