@@ -149,7 +149,7 @@ async def test_cancel_run_stops_a_first_step_no_activity_took_over_yet(
     still on the way) aborts the step's model call at once, not at the step's time to live."""
     from activities.agents import AgentActivities
     from loomwork.agents.directory import RunDirectory
-    from server.servicers.agent import workflow_id_for
+    from server.agent_runs import agent_run_workflow_id
     from workflows.agent_run import AgentRunWorkflow
 
     steps = runtime.agent_steps
@@ -157,7 +157,7 @@ async def test_cancel_run_stops_a_first_step_no_activity_took_over_yet(
     model.set_script([Delay(30, then=Turn(text="too late"))])
     request = agent_run_request("never sent")
     key = event_log_key(TENANT, request.run_id)
-    workflow_id = workflow_id_for("assistant", TENANT, request.run_id)
+    workflow_id = agent_run_workflow_id("assistant", TENANT, request.run_id)
     await RunDirectory(runtime.redis).record(TENANT, request.run_id, workflow_id)
     # On a task queue whose worker runs the workflow and its bookkeeping but not the model
     # steps: the run's first activity is scheduled and never starts, so nothing takes the

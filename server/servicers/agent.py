@@ -4,10 +4,8 @@ workflows, streamed live; runs are listed through Temporal visibility."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -18,18 +16,11 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.workflow_runs import START_OUTCOME_UNKNOWN
 from loomwork.agents.catalog import AgentCatalog
-from loomwork.agents.definitions import AGENT_NAME, AgentDefinition
+from loomwork.agents.definitions import AGENT_NAME
 from loomwork.agents.directory import RunDirectory
 from loomwork.agents.run import (
     AgentEvent,
@@ -44,19 +35,17 @@ from loomwork.agents.run import (
     decode_event,
     encode_event,
 )
-from loomwork.agents.steps import announce_run, effective_agent, event_log_key
+from loomwork.agents.steps import event_log_key
 from loomwork.agents.store import AgentStore
 from loomwork.errors import (
-    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     Unavailable,
     Violations,
 )
-from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id, new_id
-from loomwork.memory.models import NewMessage, NewThread, Role, TextPart
-from loomwork.memory.settings import merge
+from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id
+from loomwork.memory.models import NewMessage, Role, TextPart
 from loomwork.paging import (
     decode_bytes_token,
     decode_text_token,
@@ -64,28 +53,21 @@ from loomwork.paging import (
     encode_text_token,
 )
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
+from server.agent_runs import AgentRunStart, AgentRunStarter
 from server.runtime import Runtime
 from server.servicers import agent_convert, message_convert
 from server.servicers.relay import PendingNotice, relay_run_events
 from server.servicers.tenancy import tenant
 from server.servicers.well_known_convert import set_timestamp, struct_to_dict
-from server.temporal import (
-    eagerly_started,
-    not_taken,
-    query_state,
-    start_input,
-)
+from server.temporal import not_taken, query_state, start_input
 from workflows.agent_run import AgentRunWorkflow
-from workflows.search_attributes import AGENT, RESOURCE, RUN, STATUS, TENANT, THREAD
+from workflows.search_attributes import AGENT, RESOURCE, RUN, STATUS, THREAD
 
 log = logging.getLogger(__name__)
 
-_INPUT_ROLES = {Role.USER, Role.ASSISTANT, Role.TOOL}
 MAX_RESOURCE_ID = 256
 MAX_SESSION_KEY = 128
 MAX_RUN_METADATA = 16 * 1024
-# Scanned to find a resource's most recently updated thread (THREAD_RESOLUTION_LATEST).
-LATEST_SCAN = 1000
 _UPDATABLE = (
     "description",
     "instructions",
@@ -115,12 +97,6 @@ _ABNORMAL_END = {
 RunRequest = agent_pb2.GenerateRequest | agent_pb2.StreamRequest | agent_pb2.StreamObjectRequest
 
 
-def session_thread_id(resource_id: str, session_key: str) -> str:
-    """The one thread of a resource and session key: a stable id derived from both."""
-    digest = hashlib.sha256(f"{resource_id}\x00{session_key}".encode()).hexdigest()[:32]
-    return f"ses_{digest}"
-
-
 def _quoted(value: str) -> str:
     """A string literal of Temporal's visibility query language."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -145,15 +121,12 @@ def _pending_event(task_queue: str, waited_seconds: float) -> bytes:
     return encode_event(RunPending(task_queue=task_queue, waited_seconds=waited_seconds))
 
 
-def workflow_id_for(agent: str, tenant_id: str, run_id: str) -> str:
-    return f"agent/{agent}/{tenant_id}/{run_id}"
-
-
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.directory = RunDirectory(runtime.redis)
         self.catalog = AgentCatalog(runtime.agents, AgentStore(runtime.db), runtime.tools)
+        self.starter = AgentRunStarter(runtime, self.directory, self.catalog)
 
     # -- definitions
 
@@ -246,243 +219,18 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     # -- runs
 
     async def _start(
-        self, request: RunRequest, *, require_schema: bool = False
-    ) -> tuple[AgentRunRequest, WorkflowHandle[AgentRunWorkflow, RunOutcome], str]:
-        tenant_id = tenant()
-        existing = None
-        if request.client_run_id:
-            existing = await self.directory.workflow_id(tenant_id, request.client_run_id)
-            if existing is not None and not await self._started(existing):
-                if await self.directory.was_started(tenant_id, request.client_run_id):
-                    raise AlreadyExists(
-                        f"client_run_id {request.client_run_id!r} named a run that has ended"
-                        " and is no longer kept by Temporal (its retention): give a new id"
-                    )
-                existing = None  # recorded, but its start failed: this call starts it
-        # A repeated client run id joins its run: no thread is resolved (or created) again.
-        run_request, agent = await self._run_request(
-            tenant_id, request, resolve=existing is None, require_schema=require_schema
+        self, request: RunRequest, *, require_output_schema: bool = False
+    ) -> tuple[AgentRunRequest, WorkflowHandle[AgentRunWorkflow, RunOutcome]]:
+        """Start (or join) the run this call asks for: the workflow's input and its handle."""
+        return await self.starter.start(
+            tenant(), _run_start(request), require_output_schema=require_output_schema
         )
-        workflow_id = workflow_id_for(run_request.agent_name, tenant_id, run_request.run_id)
-        if existing is not None and existing != workflow_id:
-            raise AlreadyExists(f"client_run_id {run_request.run_id!r} is a run of another agent")
-        if existing is None:
-            # Announced as it is accepted: the caller sees run_started (with the run id) at
-            # once, and the run's first activity goes straight to the model.
-            agent = effective_agent(agent, run_request)
-            model = agent.model or self.runtime.settings.chat_model
-            await asyncio.gather(
-                announce_run(self.runtime.events, run_request, agent, model),
-                self.directory.record(tenant_id, run_request.run_id, workflow_id),
-            )
-            run_request.announced = True
-            run_request.model = model
-        else:
-            await self.directory.record(tenant_id, run_request.run_id, workflow_id)
-        pairs = [
-            SearchAttributePair(TENANT, tenant_id),
-            SearchAttributePair(AGENT, run_request.agent_name),
-            SearchAttributePair(RUN, run_request.run_id),
-            # Running from the start when this process's worker takes it (eager start):
-            # the run's first task then goes straight to the model step.
-            SearchAttributePair(STATUS, "RUNNING" if self.runtime.runs_worker else "PENDING"),
-        ]
-        if run_request.thread_id:
-            pairs.append(SearchAttributePair(THREAD, run_request.thread_id))
-        if run_request.resource_id:
-            pairs.append(SearchAttributePair(RESOURCE, run_request.resource_id))
-        # The first step begins now, and the run's first activity takes it over when it
-        # starts in this process (it writes and streams a draft once the run exists, and
-        # publishes the rest once adopted).
-        key = event_log_key(tenant_id, run_request.run_id)
-        steps = self.runtime.agent_steps
-        speculating = (
-            existing is None
-            and steps is not None
-            and self.runtime.settings.speculative_first_step
-            and steps.speculate(run_request)
-        )
-        run_request.first_step_begun = speculating
-        started: bool | None = None  # None: no new run; else whether it came here (eager)
-        try:
-            # A client run id names one run: a repeat joins it, running or finished.
-            handle = await self.runtime.temporal.start_workflow(
-                AgentRunWorkflow.run,
-                run_request,
-                id=workflow_id,
-                task_queue=self.runtime.settings.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                search_attributes=TypedSearchAttributes(pairs),
-                # The first workflow task goes straight to a worker of this process, if any.
-                request_eager_start=True,
-                static_summary=f"agent {run_request.agent_name}, run {run_request.run_id}",
-            )
-            started = eagerly_started(handle)
-        except WorkflowAlreadyStartedError:
-            handle = self.runtime.temporal.get_workflow_handle_for(
-                AgentRunWorkflow.run, workflow_id
-            )
-        except RPCError as error:
-            # Refused, so nothing started: leave no log behind (an active log has no TTL).
-            # After a timeout the start may have happened, and its log must stay.
-            if existing is None and error.status not in START_OUTCOME_UNKNOWN:
-                await self.runtime.events.discard(key)
-            raise
-        finally:
-            if speculating:
-                if started:
-                    self.runtime.speculation.confirm(key)
-                else:  # not started, or its first task went to the task queue: not ours
-                    self.runtime.speculation.abandon(key, refused=started is False)
-        if request.client_run_id:  # a repeat of the id, once Temporal dropped the run, is refused
-            await self.directory.mark_started(tenant_id, run_request.run_id)
-        return run_request, handle, workflow_id
-
-    async def _started(self, workflow_id: str) -> bool:
-        """Whether Temporal has the run (it may have been recorded, then failed to start)."""
-        try:
-            await self.runtime.temporal.get_workflow_handle(workflow_id).describe()
-        except RPCError as error:
-            if error.status == RPCStatusCode.NOT_FOUND:
-                return False
-            raise Unavailable(f"Temporal: {error.message}") from error
-        return True
-
-    async def _run_request(
-        self,
-        tenant_id: str,
-        request: RunRequest,
-        *,
-        resolve: bool = True,
-        require_schema: bool = False,
-    ) -> tuple[AgentRunRequest, AgentDefinition]:
-        """The workflow's input for this call, and the agent as stored or coded."""
-        violations = Violations()
-        if not request.agent_name:
-            violations.add("agent_name", "is required")
-        if bool(request.messages) == bool(request.prompt):
-            violations.add("prompt", "give exactly one of messages and prompt")
-        if request.client_run_id and not is_valid_client_id(request.client_run_id):
-            violations.add("client_run_id", f"must be {CLIENT_ID_RULE}")
-        if not 0 <= request.max_steps <= 100:
-            violations.add("max_steps", "must be between 0 and 100")
-        if request.thread_id and not is_valid_client_id(request.thread_id):
-            violations.add("thread_id", f"must be {CLIENT_ID_RULE}")
-        if len(request.resource_id) > MAX_RESOURCE_ID:
-            violations.add("resource_id", f"must be at most {MAX_RESOURCE_ID} characters")
-        if len(request.session_key) > MAX_SESSION_KEY:
-            violations.add("session_key", f"must be at most {MAX_SESSION_KEY} characters")
-        if request.thread_resolution not in agent_pb2.ThreadResolution.values():
-            violations.add("thread_resolution", "is not a ThreadResolution value")
-        if request.metadata.ByteSize() > MAX_RUN_METADATA:
-            violations.add("metadata", f"must be at most {MAX_RUN_METADATA // 1024} KiB serialized")
-        violations.raise_if_any()
-        output_schema = None
-        if request.HasField("output_schema"):
-            output_schema = agent_convert.output_schema_from_proto(
-                request.output_schema, "output_schema"
-            )
-        override, read_only = None, None
-        if request.HasField("memory"):
-            override = agent_convert.memory_override_from_proto(request.memory)
-            read_only = agent_convert.read_only_from_proto(request.memory)
-        agent = await self.catalog.get(tenant_id, request.agent_name)
-        if require_schema and output_schema is None and agent.output_schema is None:
-            raise FailedPrecondition(
-                f"agent {agent.name!r} has no output schema: give output_schema for this call"
-            )
-        if request.prompt:
-            messages = [NewMessage(role=Role.USER, parts=[TextPart(text=request.prompt)])]
-        else:
-            messages = message_convert.new_messages_from_proto(request.messages)
-            for i, message in enumerate(messages):
-                if message.role not in _INPUT_ROLES:
-                    raise InvalidArgument.field(
-                        f"messages[{i}].role", "must be user, assistant or tool"
-                    )
-        thread_id, resource_id = "", ""
-        if resolve:
-            thread_id, resource_id = await self._resolve_thread(tenant_id, request)
-        run_request = AgentRunRequest(
-            tenant=tenant_id,
-            run_id=request.client_run_id or new_id("run"),
-            agent_name=agent.name,
-            input_messages=messages,
-            thread_id=thread_id,
-            resource_id=resource_id,
-            max_steps=request.max_steps,
-            memory=merge(agent.memory, override) if override is not None else None,
-            memory_read_only=read_only,
-            output_schema=output_schema,
-            metadata=struct_to_dict(request.metadata),
-            create_time=datetime.now(UTC),
-        )
-        return run_request, agent
-
-    async def _resolve_thread(self, tenant_id: str, request: RunRequest) -> tuple[str, str]:
-        """The run's thread id and its resource id (both empty for a stateless run)."""
-        memory = self.runtime.memory
-        resolution = request.thread_resolution
-        thread_id, resource_id = request.thread_id, request.resource_id
-        if request.session_key and resolution != agent_pb2.THREAD_RESOLUTION_SESSION:
-            raise InvalidArgument.field("session_key", "is only used with SESSION")
-        if resolution in (
-            agent_pb2.THREAD_RESOLUTION_NEW,
-            agent_pb2.THREAD_RESOLUTION_LATEST,
-            agent_pb2.THREAD_RESOLUTION_SESSION,
-        ):
-            name = agent_pb2.ThreadResolution.Name(resolution).removeprefix("THREAD_RESOLUTION_")
-            violations = Violations()
-            if thread_id:
-                violations.add("thread_id", f"must be empty with {name}")
-            if resolution != agent_pb2.THREAD_RESOLUTION_NEW and not resource_id:
-                violations.add("resource_id", f"is required with {name}")
-            if resolution == agent_pb2.THREAD_RESOLUTION_SESSION and not request.session_key:
-                violations.add("session_key", "is required with SESSION")
-            violations.raise_if_any()
-        if resolution == agent_pb2.THREAD_RESOLUTION_LATEST:
-            page = await memory.list_threads(
-                tenant_id, resource_id=resource_id, page_size=LATEST_SCAN
-            )
-            if page.threads:
-                latest = max(page.threads, key=lambda t: (t.update_time, t.create_time))
-                return latest.id, latest.resource_id
-            resolution = agent_pb2.THREAD_RESOLUTION_NEW
-        if resolution == agent_pb2.THREAD_RESOLUTION_SESSION:
-            thread_id = session_thread_id(resource_id, request.session_key)
-        elif resolution == agent_pb2.THREAD_RESOLUTION_NEW or (not thread_id and resource_id):
-            created = await memory.create_thread(tenant_id, NewThread(resource_id=resource_id))
-            return created.id, created.resource_id
-        if not thread_id:
-            if resolution in (
-                agent_pb2.THREAD_RESOLUTION_EXISTING,
-                agent_pb2.THREAD_RESOLUTION_CREATE_IF_MISSING,
-            ):
-                name = agent_pb2.ThreadResolution.Name(resolution)
-                raise InvalidArgument.field("thread_id", f"is required with {name}")
-            return "", ""
-        try:
-            thread = await memory.get_thread(tenant_id, thread_id)
-        except NotFound:
-            if resolution == agent_pb2.THREAD_RESOLUTION_EXISTING:
-                raise
-            try:
-                thread = await memory.create_thread(
-                    tenant_id, NewThread(id=thread_id, resource_id=resource_id)
-                )
-            except AlreadyExists:  # created by a concurrent call meanwhile
-                thread = await memory.get_thread(tenant_id, thread_id)
-        if resource_id and thread.resource_id and resource_id != thread.resource_id:
-            raise InvalidArgument.field(
-                "resource_id", f"thread {thread.id!r} belongs to resource {thread.resource_id!r}"
-            )
-        return thread.id, thread.resource_id
 
     async def Generate(
         self, request: agent_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.GenerateResponse:
-        run_request, handle, workflow_id = await self._start(request)
+        run_request, handle = await self._start(request)
+        workflow_id = handle.id
         key = event_log_key(run_request.tenant, run_request.run_id)
         async for event in self.runtime.events.follow(key, 0):
             published = decode_event(event.payload)
@@ -562,18 +310,18 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def Stream(
         self, request: agent_pb2.StreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.StreamResponse]:
-        run_request, _, workflow_id = await self._start(request)
+        run_request, handle = await self._start(request)
         async for event in self._events(
-            run_request.tenant, run_request.run_id, 0, workflow_id, announced=run_request.announced
+            run_request.tenant, run_request.run_id, 0, handle.id, announced=run_request.announced
         ):
             yield agent_pb2.StreamResponse(event=event)
 
     async def StreamObject(
         self, request: agent_pb2.StreamObjectRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.StreamObjectResponse]:
-        run_request, _, workflow_id = await self._start(request, require_schema=True)
+        run_request, handle = await self._start(request, require_output_schema=True)
         async for event in self._events(
-            run_request.tenant, run_request.run_id, 0, workflow_id, announced=run_request.announced
+            run_request.tenant, run_request.run_id, 0, handle.id, announced=run_request.announced
         ):
             if not event.HasField("text_delta"):
                 yield agent_pb2.StreamObjectResponse(event=event)
@@ -746,6 +494,56 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             runs=[_listed_run(execution) for execution in listing.current_page or []],
             next_page_token=encode_bytes_token(token, query) if token else "",
         )
+
+
+def _run_start(request: RunRequest) -> AgentRunStart:
+    """The run a Generate, Stream or StreamObject call asks for, its fields checked."""
+    violations = Violations()
+    if not request.agent_name:
+        violations.add("agent_name", "is required")
+    if bool(request.messages) == bool(request.prompt):
+        violations.add("prompt", "give exactly one of messages and prompt")
+    if request.client_run_id and not is_valid_client_id(request.client_run_id):
+        violations.add("client_run_id", f"must be {CLIENT_ID_RULE}")
+    if not 0 <= request.max_steps <= 100:
+        violations.add("max_steps", "must be between 0 and 100")
+    if request.thread_id and not is_valid_client_id(request.thread_id):
+        violations.add("thread_id", f"must be {CLIENT_ID_RULE}")
+    if len(request.resource_id) > MAX_RESOURCE_ID:
+        violations.add("resource_id", f"must be at most {MAX_RESOURCE_ID} characters")
+    if len(request.session_key) > MAX_SESSION_KEY:
+        violations.add("session_key", f"must be at most {MAX_SESSION_KEY} characters")
+    if request.thread_resolution not in agent_pb2.ThreadResolution.values():
+        violations.add("thread_resolution", "is not a ThreadResolution value")
+    if request.metadata.ByteSize() > MAX_RUN_METADATA:
+        violations.add("metadata", f"must be at most {MAX_RUN_METADATA // 1024} KiB serialized")
+    violations.raise_if_any()
+    output_schema, override, read_only = None, None, None
+    if request.HasField("output_schema"):
+        output_schema = agent_convert.output_schema_from_proto(
+            request.output_schema, "output_schema"
+        )
+    if request.HasField("memory"):
+        override = agent_convert.memory_override_from_proto(request.memory)
+        read_only = agent_convert.read_only_from_proto(request.memory)
+    if request.prompt:
+        messages = [NewMessage(role=Role.USER, parts=[TextPart(text=request.prompt)])]
+    else:
+        messages = message_convert.new_messages_from_proto(request.messages)
+    return AgentRunStart(
+        agent_name=request.agent_name,
+        messages=messages,
+        client_run_id=request.client_run_id,
+        thread_id=request.thread_id,
+        resource_id=request.resource_id,
+        session_key=request.session_key,
+        thread_resolution=agent_convert.thread_resolution_from_proto(request.thread_resolution),
+        max_steps=request.max_steps,
+        memory=override,
+        memory_read_only=read_only,
+        output_schema=output_schema,
+        metadata=struct_to_dict(request.metadata),
+    )
 
 
 def _listed_run(execution: WorkflowExecution) -> agent_pb2.AgentRun:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import json_format, struct_pb2
 from google.rpc import code_pb2
@@ -18,6 +18,7 @@ from loomwork.llm.chat import ChatMessage
 from loomwork.memory.models import NewMessage
 from loomwork.memory.settings import MemorySettings, parse_memory_settings
 from protos.loomwork.v1 import agent_pb2, memory_pb2, message_pb2, run_pb2
+from server.agent_runs import ThreadResolution
 from server.servicers.message_convert import ROLE_TO_PROTO, fill_part, usage_to_proto
 from server.servicers.well_known_convert import set_timestamp
 
@@ -405,6 +406,12 @@ def memory_override_from_proto(
             if form is None:
                 data["working_memory"]["template"] = DEFAULT_WORKING_MEMORY_TEMPLATE
     return parse_memory_settings(data, field=field)
+
+
+def thread_resolution_from_proto(value: int) -> ThreadResolution:
+    """A ThreadResolution value (checked to be one) by its name without the prefix."""
+    name = agent_pb2.ThreadResolution.Name(value).removeprefix("THREAD_RESOLUTION_")
+    return cast(ThreadResolution, name)
 
 
 def read_only_from_proto(memory: agent_pb2.AgentMemorySettings) -> bool | None:

@@ -1,0 +1,294 @@
+"""Starting an agent run on Temporal, the one way AgentService's Generate, Stream and
+StreamObject do it: the run's thread resolved, one run per client run id, run_started
+published as the run is accepted, and the first step begun while Temporal starts the run.
+
+Here rather than in `activities/` (beside `WorkflowRunStarter`): it starts the AgentRun
+workflow by its class, with the search attributes `workflows/` defines, and asks the
+process's own worker (`Runtime`) whether the run comes to it; activities import neither
+`workflows` nor `server`, and no activity starts agent runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from temporalio.client import WorkflowHandle
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.workflow_runs import START_OUTCOME_UNKNOWN
+from loomwork.agents.catalog import AgentCatalog
+from loomwork.agents.definitions import AgentDefinition
+from loomwork.agents.directory import RunDirectory
+from loomwork.agents.run import AgentRunRequest, RunOutcome
+from loomwork.agents.steps import announce_run, effective_agent, event_log_key
+from loomwork.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    Violations,
+)
+from loomwork.ids import new_id
+from loomwork.memory.models import NewMessage, NewThread, Role
+from loomwork.memory.settings import MemorySettings, merge
+from server.runtime import Runtime
+from server.temporal import eagerly_started
+from workflows.agent_run import AgentRunWorkflow
+from workflows.search_attributes import AGENT, RESOURCE, RUN, STATUS, TENANT, THREAD
+
+# Scanned to find a resource's most recently updated thread (LATEST).
+LATEST_SCAN = 1000
+_INPUT_ROLES = {Role.USER, Role.ASSISTANT, Role.TOOL}
+
+# How a run finds its thread (AgentService's ThreadResolution, without its prefix).
+ThreadResolution = Literal[
+    "UNSPECIFIED", "EXISTING", "CREATE_IF_MISSING", "NEW", "LATEST", "SESSION"
+]
+
+
+class AgentRunStart(BaseModel):
+    """An agent run as a caller asks for it, each field checked on its own already (ids,
+    sizes, shapes); what depends on the agent, the thread or an earlier run is the
+    starter's to check."""
+
+    agent_name: str
+    messages: list[NewMessage]
+    client_run_id: str = ""  # names one run: a repeat joins it
+    thread_id: str = ""
+    resource_id: str = ""
+    session_key: str = ""
+    thread_resolution: ThreadResolution = "UNSPECIFIED"
+    max_steps: int = 0  # 0: the agent's own
+    memory: MemorySettings | None = None  # a per-call override of the agent's
+    memory_read_only: bool | None = None
+    output_schema: dict[str, Any] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+def session_thread_id(resource_id: str, session_key: str) -> str:
+    """The one thread of a resource and session key: a stable id derived from both."""
+    digest = hashlib.sha256(f"{resource_id}\x00{session_key}".encode()).hexdigest()[:32]
+    return f"ses_{digest}"
+
+
+def agent_run_workflow_id(agent: str, tenant_id: str, run_id: str) -> str:
+    """The Temporal workflow id of an agent run."""
+    return f"agent/{agent}/{tenant_id}/{run_id}"
+
+
+class AgentRunStarter:
+    """Resolves the thread of, announces and starts AgentRun executions: one run per client
+    run id (a repeat joins the run, running or finished), searchable by tenant, agent, run,
+    thread and resource, with its first step begun here when the run comes to this process."""
+
+    def __init__(self, runtime: Runtime, directory: RunDirectory, catalog: AgentCatalog) -> None:
+        self.runtime = runtime
+        self.directory = directory
+        self.catalog = catalog
+
+    async def start(
+        self, tenant_id: str, start: AgentRunStart, *, require_output_schema: bool = False
+    ) -> tuple[AgentRunRequest, WorkflowHandle[AgentRunWorkflow, RunOutcome]]:
+        """Start (or join) the run: the workflow's input and the run's handle (its id is the
+        run's workflow id). `require_output_schema`: the call streams an object, so the run
+        needs an output schema (the call's or the agent's)."""
+        runtime = self.runtime
+        existing = None
+        if start.client_run_id:
+            existing = await self.directory.workflow_id(tenant_id, start.client_run_id)
+            if existing is not None and not await self._started(existing):
+                if await self.directory.was_started(tenant_id, start.client_run_id):
+                    raise AlreadyExists(
+                        f"client_run_id {start.client_run_id!r} named a run that has ended"
+                        " and is no longer kept by Temporal (its retention): give a new id"
+                    )
+                existing = None  # recorded, but its start failed: this call starts it
+        # A repeated client run id joins its run: no thread is resolved (or created) again.
+        run_request, agent = await self._run_request(
+            tenant_id, start, resolve=existing is None, require_output_schema=require_output_schema
+        )
+        workflow_id = agent_run_workflow_id(run_request.agent_name, tenant_id, run_request.run_id)
+        if existing is not None and existing != workflow_id:
+            raise AlreadyExists(f"client_run_id {run_request.run_id!r} is a run of another agent")
+        if existing is None:
+            # Announced as it is accepted: the caller sees run_started (with the run id) at
+            # once, and the run's first activity goes straight to the model.
+            agent = effective_agent(agent, run_request)
+            model = agent.model or runtime.settings.chat_model
+            await asyncio.gather(
+                announce_run(runtime.events, run_request, agent, model),
+                self.directory.record(tenant_id, run_request.run_id, workflow_id),
+            )
+            run_request.announced = True
+            run_request.model = model
+        else:
+            await self.directory.record(tenant_id, run_request.run_id, workflow_id)
+        pairs = [
+            SearchAttributePair(TENANT, tenant_id),
+            SearchAttributePair(AGENT, run_request.agent_name),
+            SearchAttributePair(RUN, run_request.run_id),
+            # Running from the start when this process's worker takes it (eager start):
+            # the run's first task then goes straight to the model step.
+            SearchAttributePair(STATUS, "RUNNING" if runtime.runs_worker else "PENDING"),
+        ]
+        if run_request.thread_id:
+            pairs.append(SearchAttributePair(THREAD, run_request.thread_id))
+        if run_request.resource_id:
+            pairs.append(SearchAttributePair(RESOURCE, run_request.resource_id))
+        # The first step begins now, and the run's first activity takes it over when it
+        # starts in this process (it writes and streams a draft once the run exists, and
+        # publishes the rest once adopted).
+        key = event_log_key(tenant_id, run_request.run_id)
+        steps = runtime.agent_steps
+        speculating = (
+            existing is None
+            and steps is not None
+            and runtime.settings.speculative_first_step
+            and steps.speculate(run_request)
+        )
+        run_request.first_step_begun = speculating
+        started: bool | None = None  # None: no new run; else whether it came here (eager)
+        try:
+            # A client run id names one run: a repeat joins it, running or finished.
+            handle = await runtime.temporal.start_workflow(
+                AgentRunWorkflow.run,
+                run_request,
+                id=workflow_id,
+                task_queue=runtime.settings.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                search_attributes=TypedSearchAttributes(pairs),
+                # The first workflow task goes straight to a worker of this process, if any.
+                request_eager_start=True,
+                static_summary=f"agent {run_request.agent_name}, run {run_request.run_id}",
+            )
+            started = eagerly_started(handle)
+        except WorkflowAlreadyStartedError:
+            handle = runtime.temporal.get_workflow_handle_for(AgentRunWorkflow.run, workflow_id)
+        except RPCError as error:
+            # Refused, so nothing started: leave no log behind (an active log has no TTL).
+            # After a timeout the start may have happened, and its log must stay.
+            if existing is None and error.status not in START_OUTCOME_UNKNOWN:
+                await runtime.events.discard(key)
+            raise
+        finally:
+            if speculating:
+                if started:
+                    runtime.speculation.confirm(key)
+                else:  # not started, or its first task went to the task queue: not ours
+                    runtime.speculation.abandon(key, refused=started is False)
+        if start.client_run_id:  # a repeat of the id, once Temporal dropped the run, is refused
+            await self.directory.mark_started(tenant_id, run_request.run_id)
+        return run_request, handle
+
+    async def _started(self, workflow_id: str) -> bool:
+        """Whether Temporal has the run (it may have been recorded, then failed to start)."""
+        try:
+            await self.runtime.temporal.get_workflow_handle(workflow_id).describe()
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise Unavailable(f"Temporal: {error.message}") from error
+        return True
+
+    async def _run_request(
+        self,
+        tenant_id: str,
+        start: AgentRunStart,
+        *,
+        resolve: bool,
+        require_output_schema: bool,
+    ) -> tuple[AgentRunRequest, AgentDefinition]:
+        """The workflow's input for this call, and the agent as stored or coded."""
+        agent = await self.catalog.get(tenant_id, start.agent_name)
+        if require_output_schema and start.output_schema is None and agent.output_schema is None:
+            raise FailedPrecondition(
+                f"agent {agent.name!r} has no output schema: give output_schema for this call"
+            )
+        for i, message in enumerate(start.messages):
+            if message.role not in _INPUT_ROLES:
+                raise InvalidArgument.field(
+                    f"messages[{i}].role", "must be user, assistant or tool"
+                )
+        thread_id, resource_id = "", ""
+        if resolve:
+            thread_id, resource_id = await self._resolve_thread(tenant_id, start)
+        run_request = AgentRunRequest(
+            tenant=tenant_id,
+            run_id=start.client_run_id or new_id("run"),
+            agent_name=agent.name,
+            input_messages=start.messages,
+            thread_id=thread_id,
+            resource_id=resource_id,
+            max_steps=start.max_steps,
+            memory=merge(agent.memory, start.memory) if start.memory is not None else None,
+            memory_read_only=start.memory_read_only,
+            output_schema=start.output_schema,
+            metadata=start.metadata,
+            create_time=datetime.now(UTC),
+        )
+        return run_request, agent
+
+    async def _resolve_thread(self, tenant_id: str, start: AgentRunStart) -> tuple[str, str]:
+        """The run's thread id and its resource id (both empty for a stateless run)."""
+        memory = self.runtime.memory
+        resolution = start.thread_resolution
+        thread_id, resource_id = start.thread_id, start.resource_id
+        if start.session_key and resolution != "SESSION":
+            raise InvalidArgument.field("session_key", "is only used with SESSION")
+        if resolution in ("NEW", "LATEST", "SESSION"):
+            violations = Violations()
+            if thread_id:
+                violations.add("thread_id", f"must be empty with {resolution}")
+            if resolution != "NEW" and not resource_id:
+                violations.add("resource_id", f"is required with {resolution}")
+            if resolution == "SESSION" and not start.session_key:
+                violations.add("session_key", "is required with SESSION")
+            violations.raise_if_any()
+        if resolution == "LATEST":
+            page = await memory.list_threads(
+                tenant_id, resource_id=resource_id, page_size=LATEST_SCAN
+            )
+            if page.threads:
+                latest = max(page.threads, key=lambda t: (t.update_time, t.create_time))
+                return latest.id, latest.resource_id
+            resolution = "NEW"
+        if resolution == "SESSION":
+            thread_id = session_thread_id(resource_id, start.session_key)
+        elif resolution == "NEW" or (not thread_id and resource_id):
+            created = await memory.create_thread(tenant_id, NewThread(resource_id=resource_id))
+            return created.id, created.resource_id
+        if not thread_id:
+            if resolution in ("EXISTING", "CREATE_IF_MISSING"):
+                raise InvalidArgument.field(
+                    "thread_id", f"is required with THREAD_RESOLUTION_{resolution}"
+                )
+            return "", ""
+        try:
+            thread = await memory.get_thread(tenant_id, thread_id)
+        except NotFound:
+            if resolution == "EXISTING":
+                raise
+            try:
+                thread = await memory.create_thread(
+                    tenant_id, NewThread(id=thread_id, resource_id=resource_id)
+                )
+            except AlreadyExists:  # created by a concurrent call meanwhile
+                thread = await memory.get_thread(tenant_id, thread_id)
+        if resource_id and thread.resource_id and resource_id != thread.resource_id:
+            raise InvalidArgument.field(
+                "resource_id", f"thread {thread.id!r} belongs to resource {thread.resource_id!r}"
+            )
+        return thread.id, thread.resource_id
