@@ -24,7 +24,7 @@ from temporalio.service import RPCError
 from loomwork.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id, new_id
 from loomwork.paging import decode_page_token, encode_page_token
-from loomwork.rag.answer import AnswerEvent, AnswerRecord, AnswerRequest, answer_log_key
+from loomwork.rag.answer import AnswerEvent, AnswerRecord, answer_log_key
 from loomwork.rag.chunking import validate_chunking
 from loomwork.rag.ingestion import (
     TERMINAL,
@@ -480,44 +480,19 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
     async def Answer(
         self, request: rag_pb2.AnswerRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[rag_pb2.AnswerResponse]:
-        problems = Violations()
-        if not request.index_name:
-            problems.add("index_name", "is required")
-        if not request.query.strip():
-            problems.add("query", "is required")
-        elif len(request.query) > MAX_QUERY_CHARS:
-            problems.add("query", f"at most {MAX_QUERY_CHARS} characters")
-        if request.client_answer_id and not is_valid_client_id(request.client_answer_id):
-            problems.add("client_answer_id", f"must be {CLIENT_ID_RULE}")
-        if len(request.model) > 256:
-            problems.add("model", "at most 256 characters")
-        if len(request.instructions) > 100_000:
-            problems.add("instructions", "at most 100000 characters")
-        max_tokens = request.context.max_tokens or 4000
-        if not 100 <= max_tokens <= 1_000_000:
-            problems.add("context.max_tokens", "must be 100..1000000 (0 means 4000)")
-        settings = request.model_settings
-        if settings.HasField("temperature") and not 0 <= settings.temperature <= 2:
-            problems.add("model_settings.temperature", "must be 0..2")
-        if settings.HasField("top_p") and not 0 <= settings.top_p <= 1:
-            problems.add("model_settings.top_p", "must be 0..1")
-        if settings.HasField("max_output_tokens") and not 1 <= settings.max_output_tokens <= 200000:
-            problems.add("model_settings.max_output_tokens", "must be 1..200000")
-        problems.raise_if_any()
-        validate_index_name(request.index_name)
-        retrieval = validate_retrieval(convert.retrieval_from_proto(request.retrieval))
-        order = convert.context_order_from_proto(request.context.order)
         tenant_id = tenant()
-        await self.rag.store.get_index(tenant_id, request.index_name)
-        answer_id = request.client_answer_id or new_id("ans")
-        workflow_id = answer_workflow_id(request.index_name, tenant_id, answer_id)
+        answer = convert.answer_request_from_proto(
+            request, tenant_id, request.client_answer_id or new_id("ans")
+        )
+        await self.rag.store.get_index(tenant_id, answer.index_name)
+        workflow_id = answer_workflow_id(answer.index_name, tenant_id, answer.answer_id)
         record, created = await self.rag.answers.create(
             tenant_id,
             AnswerRecord(
-                id=answer_id,
-                index_name=request.index_name,
-                query=request.query,
-                model=request.model or self.runtime.settings.chat_model,
+                id=answer.answer_id,
+                index_name=answer.index_name,
+                query=answer.query,
+                model=answer.model or self.runtime.settings.chat_model,
                 workflow_id=workflow_id,
             ),
         )
@@ -527,23 +502,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
             with contextlib.suppress(WorkflowAlreadyStartedError):  # ended meanwhile
                 await self.runtime.temporal.start_workflow(
                     RagAnswerWorkflow.run,
-                    AnswerRequest(
-                        tenant=tenant_id,
-                        answer_id=answer_id,
-                        index_name=request.index_name,
-                        query=request.query,
-                        retrieval=retrieval,
-                        max_context_tokens=max_tokens,
-                        order=order,
-                        model=request.model,
-                        instructions=request.instructions,
-                        temperature=settings.temperature
-                        if settings.HasField("temperature")
-                        else None,
-                        max_output_tokens=settings.max_output_tokens
-                        if settings.HasField("max_output_tokens")
-                        else None,
-                    ),
+                    answer,
                     id=workflow_id,
                     task_queue=self.runtime.settings.task_queue,
                     id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -551,10 +510,10 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
                     search_attributes=TypedSearchAttributes(
                         [
                             SearchAttributePair(TENANT, tenant_id),
-                            SearchAttributePair(RUN, answer_id),
+                            SearchAttributePair(RUN, answer.answer_id),
                         ]
                     ),
-                    static_summary=f"answer from {request.index_name}",
+                    static_summary=f"answer from {answer.index_name}",
                 )
         async for event in self._answer_events(tenant_id, record, 0):
             yield rag_pb2.AnswerResponse(event=event)

@@ -6,11 +6,14 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
-from loomwork.errors import InvalidArgument
+from loomwork.errors import InvalidArgument, Violations
+from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id
 from loomwork.rag import answer as answers
 from loomwork.rag import ingestion as ing
 from loomwork.rag import models as m
 from loomwork.rag.context import ContextOrder
+from loomwork.rag.query import MAX_QUERY_CHARS, validate_retrieval
+from loomwork.rag.store import validate_index_name
 from protos.loomwork.v1 import rag_pb2, run_pb2
 from server.servicers.message_convert import usage_to_proto
 from server.servicers.well_known_convert import set_timestamp, struct_to_dict
@@ -425,3 +428,49 @@ def answer_event_to_proto(
     elif event.record is not None:
         out.finished.CopyFrom(answer_to_proto(event.record, event_id))
     return out
+
+
+def answer_request_from_proto(
+    request: rag_pb2.AnswerRequest, tenant: str, answer_id: str
+) -> answers.AnswerRequest:
+    """The answer an Answer call asks for, every field checked (problems reported together)."""
+    problems = Violations()
+    if not request.index_name:
+        problems.add("index_name", "is required")
+    if not request.query.strip():
+        problems.add("query", "is required")
+    elif len(request.query) > MAX_QUERY_CHARS:
+        problems.add("query", f"at most {MAX_QUERY_CHARS} characters")
+    if request.client_answer_id and not is_valid_client_id(request.client_answer_id):
+        problems.add("client_answer_id", f"must be {CLIENT_ID_RULE}")
+    if len(request.model) > 256:
+        problems.add("model", "at most 256 characters")
+    if len(request.instructions) > 100_000:
+        problems.add("instructions", "at most 100000 characters")
+    max_tokens = request.context.max_tokens or 4000
+    if not 100 <= max_tokens <= 1_000_000:
+        problems.add("context.max_tokens", "must be 100..1000000 (0 means 4000)")
+    settings = request.model_settings
+    if settings.HasField("temperature") and not 0 <= settings.temperature <= 2:
+        problems.add("model_settings.temperature", "must be 0..2")
+    if settings.HasField("top_p") and not 0 <= settings.top_p <= 1:
+        problems.add("model_settings.top_p", "must be 0..1")
+    if settings.HasField("max_output_tokens") and not 1 <= settings.max_output_tokens <= 200000:
+        problems.add("model_settings.max_output_tokens", "must be 1..200000")
+    problems.raise_if_any()
+    validate_index_name(request.index_name)
+    return answers.AnswerRequest(
+        tenant=tenant,
+        answer_id=answer_id,
+        index_name=request.index_name,
+        query=request.query,
+        retrieval=validate_retrieval(retrieval_from_proto(request.retrieval)),
+        max_context_tokens=max_tokens,
+        order=context_order_from_proto(request.context.order),
+        model=request.model,
+        instructions=request.instructions,
+        temperature=settings.temperature if settings.HasField("temperature") else None,
+        max_output_tokens=settings.max_output_tokens
+        if settings.HasField("max_output_tokens")
+        else None,
+    )
