@@ -14,6 +14,7 @@ from clients.cli.common import (
     parse_json_object,
     parse_statuses,
     pending_notice,
+    print_items,
     print_json,
     proto_inline,
     run_with_client,
@@ -98,18 +99,13 @@ def agents_list(
 ) -> None:
     """List the agents this tenant can run (defined in code, or created by RPC)."""
     agents = run_with_client(connection(ctx), lambda c: c.agents.list_agents())
-    if as_json:
-        print_json([to_dict(a) for a in agents])
-        return
-    table = Table(title="agents")
-    for column in ("name", "source", "tools", "description"):
-        table.add_column(column)
-    for agent in agents:
+
+    def row(agent: agent_pb2.Agent) -> tuple[str, ...]:
         source = agent_pb2.AgentSource.Name(agent.source).removeprefix("AGENT_SOURCE_").lower()
-        table.add_row(
-            escape(agent.name), source, ", ".join(agent.tool_names), escape(agent.description)
-        )
-    stdout_console().print(table)
+        return escape(agent.name), source, ", ".join(agent.tool_names), escape(agent.description)
+
+    table = Table("name", "source", "tools", "description", title="agents")
+    print_items(agents, as_json, table, row)
 
 
 @agents_app.command("show")
@@ -196,21 +192,18 @@ def agents_runs(
         connection(ctx),
         lambda c: c.agents.list_runs(agent_name=agent, statuses=statuses, page_size=limit),
     )
-    if as_json:
-        print_json([to_dict(r) for r in response.runs])
-        return
-    table = Table(title="agent runs")
-    for column in ("run", "agent", "status", "thread", "started"):
-        table.add_column(column)
-    for run in response.runs:
-        table.add_row(
+    print_items(
+        response.runs,
+        as_json,
+        Table("run", "agent", "status", "thread", "started", title="agent runs"),
+        lambda run: (
             escape(run.id),
             escape(run.agent_name),
             run_status(run.status),
             escape(run.thread_id),
             short_time(run.create_time),
-        )
-    stdout_console().print(table)
+        ),
+    )
 
 
 @agents_app.command("approve")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, TypeVar
@@ -21,6 +21,7 @@ from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from google.protobuf.message import Message as ProtoMessage
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from clients.client import DEFAULT_ADDRESS, LoomworkClient
 from clients.errors import error_details
@@ -40,6 +41,7 @@ __all__ = [
     "parse_json_object",
     "parse_statuses",
     "pending_notice",
+    "print_items",
     "print_json",
     "proto_inline",
     "report_rpc_error",
@@ -57,6 +59,7 @@ TOKEN_ENV = "LOOMWORK_TOKEN"
 DEFAULT_TOKEN = "dev"
 
 T = TypeVar("T")
+ProtoT = TypeVar("ProtoT", bound=ProtoMessage)
 
 
 # -- connection options and error handling
@@ -205,6 +208,19 @@ def status_markup(enum: Any, value: int, prefix: str, **colors: str) -> str:
     in their usual colors, others cyan unless `colors` names them."""
     name = enum.Name(value).removeprefix(prefix)
     return f"[{colors.get(name) or _STATUS_COLORS.get(name, 'cyan')}]{name}[/]"
+
+
+def print_items(
+    items: Iterable[ProtoT], as_json: bool, table: Table, row: Callable[[ProtoT], Sequence[str]]
+) -> None:
+    """A list command's output: the items as a JSON list (`--json`), or `table` with one `row`
+    per item."""
+    if as_json:
+        print_json([to_dict(item) for item in items])
+        return
+    for item in items:
+        table.add_row(*row(item))
+    stdout_console().print(table)
 
 
 def json_inline(data: Any) -> str:

@@ -12,6 +12,7 @@ from rich.table import Table
 from clients.cli.common import (
     connection,
     connection_callback,
+    print_items,
     print_json,
     run_with_client,
     status_markup,
@@ -70,15 +71,18 @@ def create_index(
 def list_indexes(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """List the tenant's indexes."""
     indexes = run_with_client(connection(ctx), lambda c: c.rag.list_indexes())
-    if as_json:
-        print_json([to_dict(i) for i in indexes])
-        return
-    table = Table("name", "model", "dim", "documents", "chunks", title="indexes")
-    for i in indexes:
-        table.add_row(
-            i.name, i.embedding_model, str(i.dimension), str(i.document_count), str(i.chunk_count)
-        )
-    stdout_console().print(table)
+    print_items(
+        indexes,
+        as_json,
+        Table("name", "model", "dim", "documents", "chunks", title="indexes"),
+        lambda i: (
+            i.name,
+            i.embedding_model,
+            str(i.dimension),
+            str(i.document_count),
+            str(i.chunk_count),
+        ),
+    )
 
 
 @rag_app.command("delete-index")
@@ -169,20 +173,19 @@ def documents(
 ) -> None:
     """List an index's documents."""
     docs = run_with_client(connection(ctx), lambda c: c.rag.list_documents(index))
-    if as_json:
-        print_json([to_dict(d) for d in docs])
-        return
-    table = Table("id", "title", "format", "pages", "chunks", "status", title=index)
-    for d in docs:
-        table.add_row(
+    print_items(
+        docs,
+        as_json,
+        Table("id", "title", "format", "pages", "chunks", "status", title=index),
+        lambda d: (
             d.id,
             d.title,
             rag_pb2.DocumentFormat.Name(d.format).removeprefix("DOCUMENT_FORMAT_"),
             str(d.page_count),
             str(d.chunk_count),
             rag_pb2.DocumentStatus.Name(d.status).removeprefix("DOCUMENT_STATUS_"),
-        )
-    stdout_console().print(table)
+        ),
+    )
 
 
 @rag_app.command("query")

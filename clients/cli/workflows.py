@@ -15,6 +15,7 @@ from clients.cli.common import (
     parse_json_object,
     parse_statuses,
     pending_notice,
+    print_items,
     print_json,
     proto_inline,
     run_with_client,
@@ -134,20 +135,17 @@ def workflows_list(
 ) -> None:
     """List the registered workflow definitions."""
     workflows = run_with_client(connection(ctx), lambda c: c.workflows.list_workflows())
-    if as_json:
-        print_json([to_dict(w) for w in workflows])
-        return
-    table = Table(title="workflows")
-    for column in ("id", "version", "steps", "description"):
-        table.add_column(column)
-    for workflow in workflows:
-        table.add_row(
+    print_items(
+        workflows,
+        as_json,
+        Table("id", "version", "steps", "description", title="workflows"),
+        lambda workflow: (
             escape(workflow.id),
             workflow.version,
             " → ".join(step.id for step in workflow.steps),
             escape(workflow.description),
-        )
-    stdout_console().print(table)
+        ),
+    )
 
 
 @workflows_app.command("show")
@@ -231,16 +229,17 @@ def workflows_runs(
             workflow_id=workflow_id, statuses=statuses, page_size=limit
         ),
     )
-    if as_json:
-        print_json([to_dict(r) for r in response.runs])
-        return
-    table = Table(title="workflow runs")
-    for column in ("run", "workflow", "status", "started"):
-        table.add_column(column)
-    for run in response.runs:
-        started = short_time(run.create_time)
-        table.add_row(escape(run.id), escape(run.workflow_id), workflow_status(run.status), started)
-    stdout_console().print(table)
+    print_items(
+        response.runs,
+        as_json,
+        Table("run", "workflow", "status", "started", title="workflow runs"),
+        lambda run: (
+            escape(run.id),
+            escape(run.workflow_id),
+            workflow_status(run.status),
+            short_time(run.create_time),
+        ),
+    )
 
 
 @workflows_app.command("resume")
