@@ -30,7 +30,7 @@ from activities.workflow_runs import START_OUTCOME_UNKNOWN
 from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.definitions import AgentDefinition
 from loomwork.agents.directory import RunDirectory
-from loomwork.agents.run import AgentRunRequest, RunOutcome
+from loomwork.agents.run_models import AgentRunRequest, RunOutcome
 from loomwork.agents.steps import announce_run, effective_agent, event_log_key
 from loomwork.errors import (
     AlreadyExists,
@@ -41,8 +41,8 @@ from loomwork.errors import (
     Violations,
 )
 from loomwork.ids import new_id
-from loomwork.memory.models import NewMessage, NewThread, Role
 from loomwork.memory.settings import MemorySettings, merge
+from loomwork.messages import NewMessage, NewThread, Role
 from server.runtime import Runtime
 from server.temporal import eagerly_started
 from workflows.agent_run import AgentRunWorkflow

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from loomwork.agents.run import AgentRunRequest
+from loomwork.agents.run_models import AgentRunRequest
 from loomwork.config import Settings
-from loomwork.memory.models import NewMessage, Role, TextPart
+from loomwork.messages import NewMessage, Role, TextPart
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server.runtime import Runtime
 from server.transport.grpc_app import build_grpc_app

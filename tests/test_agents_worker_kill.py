@@ -15,11 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from loomwork.agents.builtin import NoteTool, SaveNoteArgs, builtin_tools
-from loomwork.agents.run import AgentRunRequest, RunOutcome
+from loomwork.agents.run_models import AgentRunRequest, RunOutcome
 from loomwork.agents.tools import Tool, ToolContext, ToolRegistry
 from loomwork.config import Settings
 from loomwork.llm.scripted_server import ScriptedToolCall, Turn
-from loomwork.memory.models import NewMessage, Role, TextPart, ToolResultPart
+from loomwork.messages import NewMessage, Role, TextPart, ToolResultPart
 from server.runtime import Runtime
 from server.worker import build_worker
 from tests.support import unique

@@ -33,7 +33,7 @@ from loomwork.llm.scripted_server import (
     Usage,
     pseudo_embedding,
 )
-from loomwork.memory.models import Message, Role, TextPart, ToolCallPart, ToolResultPart
+from loomwork.messages import Message, Role, TextPart, ToolCallPart, ToolResultPart
 
 WEATHER = ToolSpec(
     name="get_weather",

@@ -22,19 +22,15 @@ from temporalio.service import RPCError, RPCStatusCode
 from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.definitions import AGENT_NAME
 from loomwork.agents.directory import RunDirectory
-from loomwork.agents.run import (
+from loomwork.agents.events import (
     AgentEvent,
-    AgentRunRequest,
     ApprovalRequested,
-    ResumeInput,
     RunFinished,
-    RunOutcome,
     RunPending,
-    RunRecord,
-    RunState,
     decode_event,
     encode_event,
 )
+from loomwork.agents.run_models import AgentRunRequest, ResumeInput, RunOutcome, RunRecord, RunState
 from loomwork.agents.steps import event_log_key
 from loomwork.agents.store import AgentStore
 from loomwork.errors import (
@@ -45,7 +41,7 @@ from loomwork.errors import (
     Violations,
 )
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id
-from loomwork.memory.models import NewMessage, Role, TextPart
+from loomwork.messages import NewMessage, Role, TextPart
 from loomwork.paging import (
     decode_bytes_token,
     decode_text_token,

@@ -4,11 +4,12 @@ stop here."""
 from __future__ import annotations
 
 from loomwork.memory import models
+from loomwork.messages import Thread
 from protos.loomwork.v1 import memory_pb2
 from server.servicers.well_known_convert import set_timestamp
 
 
-def thread_to_proto(thread: models.Thread) -> memory_pb2.Thread:
+def thread_to_proto(thread: Thread) -> memory_pb2.Thread:
     out = memory_pb2.Thread(
         id=thread.id,
         resource_id=thread.resource_id,

@@ -9,25 +9,30 @@ from google.protobuf import json_format
 
 from loomwork.errors import Violations
 from loomwork.llm.chat import ChatUsage
-from loomwork.memory import models
+from loomwork.messages import (
+    Message,
+    NewMessage,
+    Role,
+    TextPart,
+    ToolCallPart,
+    ToolResultPart,
+)
 from protos.loomwork.v1 import message_pb2
 from server.servicers.well_known_convert import set_timestamp, struct_to_dict
 
 _ROLE_TO_DOMAIN = {
-    message_pb2.ROLE_SYSTEM: models.Role.SYSTEM,
-    message_pb2.ROLE_USER: models.Role.USER,
-    message_pb2.ROLE_ASSISTANT: models.Role.ASSISTANT,
-    message_pb2.ROLE_TOOL: models.Role.TOOL,
+    message_pb2.ROLE_SYSTEM: Role.SYSTEM,
+    message_pb2.ROLE_USER: Role.USER,
+    message_pb2.ROLE_ASSISTANT: Role.ASSISTANT,
+    message_pb2.ROLE_TOOL: Role.TOOL,
 }
 ROLE_TO_PROTO = {v: k for k, v in _ROLE_TO_DOMAIN.items()}
 
 
-def fill_part(
-    target: message_pb2.Part, part: models.TextPart | models.ToolCallPart | models.ToolResultPart
-) -> None:
-    if isinstance(part, models.TextPart):
+def fill_part(target: message_pb2.Part, part: TextPart | ToolCallPart | ToolResultPart) -> None:
+    if isinstance(part, TextPart):
         target.text.text = part.text
-    elif isinstance(part, models.ToolCallPart):
+    elif isinstance(part, ToolCallPart):
         call = target.tool_call
         call.tool_call_id = part.tool_call_id
         call.tool_name = part.tool_name
@@ -41,7 +46,7 @@ def fill_part(
             json_format.ParseDict(part.result, result.result)
 
 
-def fill_message(target: message_pb2.Message, message: models.Message) -> None:
+def fill_message(target: message_pb2.Message, message: Message) -> None:
     """Write `message` into `target` in place (no nested-message copies)."""
     target.id = message.id
     target.thread_id = message.thread_id
@@ -53,22 +58,22 @@ def fill_message(target: message_pb2.Message, message: models.Message) -> None:
     set_timestamp(target.create_time, message.create_time)
 
 
-def new_messages_from_proto(messages: Any) -> list[models.NewMessage]:
+def new_messages_from_proto(messages: Any) -> list[NewMessage]:
     """Request messages → domain; structural problems are reported together, by field."""
     violations = Violations()
-    out: list[models.NewMessage] = []
+    out: list[NewMessage] = []
     for i, message in enumerate(messages):
         role = _ROLE_TO_DOMAIN.get(message.role)
         if role is None:
             violations.add(f"messages[{i}].role", "must be one of system, user, assistant, tool")
-        parts: list[models.TextPart | models.ToolCallPart | models.ToolResultPart] = []
+        parts: list[TextPart | ToolCallPart | ToolResultPart] = []
         for j, part in enumerate(message.parts):
             kind = part.WhichOneof("kind")
             if kind == "text":
-                parts.append(models.TextPart(text=part.text.text))
+                parts.append(TextPart(text=part.text.text))
             elif kind == "tool_call":
                 parts.append(
-                    models.ToolCallPart(
+                    ToolCallPart(
                         tool_call_id=part.tool_call.tool_call_id,
                         tool_name=part.tool_call.tool_name,
                         arguments=struct_to_dict(part.tool_call.arguments),
@@ -77,7 +82,7 @@ def new_messages_from_proto(messages: Any) -> list[models.NewMessage]:
             elif kind == "tool_result":
                 result = part.tool_result
                 parts.append(
-                    models.ToolResultPart(
+                    ToolResultPart(
                         tool_call_id=result.tool_call_id,
                         tool_name=result.tool_name,
                         result=json_format.MessageToDict(result.result)
@@ -92,7 +97,7 @@ def new_messages_from_proto(messages: Any) -> list[models.NewMessage]:
                 )
         if role is not None:
             out.append(
-                models.NewMessage(
+                NewMessage(
                     id=message.id,
                     role=role,
                     parts=parts,

@@ -11,7 +11,7 @@ from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id
 from loomwork.rag import answer as answers
 from loomwork.rag import ingestion as ing
 from loomwork.rag import models as m
-from loomwork.rag.context import ContextOrder
+from loomwork.rag.answer_context import ContextOrder
 from loomwork.rag.query import MAX_QUERY_CHARS, validate_retrieval
 from loomwork.rag.store import validate_index_name
 from protos.loomwork.v1 import rag_pb2, run_pb2
