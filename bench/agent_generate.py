@@ -46,8 +46,8 @@ from loomwork.agents.run import RunFinished, RunOutcome, RunStarted, TextDeltaEv
 from loomwork.agents.steps import event_log_key
 from loomwork.config import Settings
 from loomwork.llm.chat import ChatMessage, ChatModel, TextDelta, ToolCallDelta, ToolCallDone
-from loomwork.llm.scripted_server import ChatRequest, ScriptedModelServer, Turn
 from loomwork.llm.shared import SharedChatModels
+from loomwork.testing import ChatRequest, ScriptedModelServer, Turn
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
 from server.app import build_grpc_app
 from server.embedded import EmbeddedStack
@@ -442,6 +442,7 @@ def bench_setup() -> Iterator[tuple[Settings, str]]:
                     OPENAI_BASE_URL=model_url,
                     OPENAI_API_KEY="x",
                     LOOMWORK_CHAT_MODEL="scripted",
+                    LOOMWORK_DEMO=True,  # the `assistant` agent
                 ),
                 model_url,
             )

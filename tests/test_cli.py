@@ -19,8 +19,8 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from clients.cli import message_from_json, register
-from loomwork.llm.offline import offline_turn
-from loomwork.llm.scripted_server import ScriptedModelServer
+from loomwork.demo.offline_model import offline_turn
+from loomwork.testing import ScriptedModelServer
 from protos.loomwork.v1 import message_pb2
 
 app = typer.Typer()
