@@ -96,7 +96,8 @@ class Runtime:
             from loomwork.demo.mode import DemoMode
 
             demo, settings = DemoMode.start(settings)
-            log.info("demo mode: demo tools and agent, example workflows")
+            offline = ", the offline model" if demo.offline_model is not None else ""
+            log.info("demo mode: demo tools and agent, example workflows%s", offline)
         elif not settings.model_configured:
             log.warning("%s", NO_MODEL_CONFIGURED)
         try:
