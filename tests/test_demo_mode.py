@@ -18,12 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
-import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2, workflow_pb2, workflow_pb2_grpc
 from tests.conftest import free_port
-from tests.support import auth, unique
+from tests.support import auth, unique, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_TOOLS = {"add", "word_count", "save_note", "send_email"}
@@ -114,35 +112,13 @@ def _processes(
         for command in commands
     }
     try:
-        _wait_serving(address, procs, logs)
+        wait_serving(address, procs, logs)
         yield address, logs
     finally:
         for role, proc in procs.items():
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
             assert proc.returncode == 0, f"{role}: {logs[role].read_text()}"
-
-
-def _wait_serving(
-    address: str, procs: dict[str, subprocess.Popen[bytes]], logs: dict[str, Path]
-) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        for role, proc in procs.items():
-            assert proc.poll() is None, f"{role} exited: {logs[role].read_text()}"
-        try:
-            with grpc.insecure_channel(address) as channel:
-                status = (
-                    health_pb2_grpc.HealthStub(channel)
-                    .Check(health_pb2.HealthCheckRequest(), timeout=2)
-                    .status
-                )
-            if status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"no server came up on {address}: {[p.read_text() for p in logs.values()]}")
 
 
 def _wait_logged(log: Path, text: str) -> str:
