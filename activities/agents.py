@@ -11,20 +11,19 @@ from typing import Any, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from loomwork.agents.run import (
-    AgentRunRequest,
+from loomwork.agents.payloads import (
     FinishInput,
     FirstStep,
     PublishInput,
-    RunOutcome,
     StepInput,
     StepOutput,
     ToolInput,
 )
+from loomwork.agents.run_models import AgentRunRequest, RunOutcome
 from loomwork.agents.steps import AgentSteps
 from loomwork.errors import LoomworkError
 from loomwork.llm.errors import ModelError
-from loomwork.memory.models import ToolResultPart
+from loomwork.messages import ToolResultPart
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.workflow_runs import WorkflowRunStarter
 from loomwork.agents.directory import RunDirectory
-from loomwork.agents.run import ResumeInput, RunState
+from loomwork.agents.run_models import ResumeInput, RunState
 from loomwork.errors import (
     FailedPrecondition,
     FieldViolation,

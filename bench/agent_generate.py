@@ -42,7 +42,8 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loomwork.agents.directory import RunDirectory
-from loomwork.agents.run import RunFinished, RunOutcome, RunStarted, TextDeltaEvent, encode_event
+from loomwork.agents.events import RunFinished, RunStarted, TextDeltaEvent, encode_event
+from loomwork.agents.run_models import RunOutcome
 from loomwork.agents.steps import event_log_key
 from loomwork.config import Settings
 from loomwork.llm.chat import ChatMessage, ChatModel, TextDelta, ToolCallDelta, ToolCallDone

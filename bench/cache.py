@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loomwork.cache.versioned import VersionedCache
-from loomwork.memory.models import NewThread, Thread
+from loomwork.messages import NewThread, Thread
 from loomwork.storage import codec
 from loomwork.storage.database import Database
 from loomwork.storage.migrations import apply_migrations

@@ -36,7 +36,7 @@ from starlette.routing import Route
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loomwork.integrations import signatures
-from loomwork.integrations.integrations import Integrations
+from loomwork.integrations.components import Integrations
 from loomwork.integrations.sources import NewWebhookSource
 from loomwork.storage.database import Database
 from loomwork.storage.migrations import apply_migrations

@@ -9,14 +9,15 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 from google.rpc import code_pb2
 
-from loomwork.agents import run as events
+from loomwork.agents import events
+from loomwork.agents import run_models as runs
 from loomwork.agents.definitions import AgentDefinition, AgentSource
 from loomwork.agents.output_schema import check_output_schema
 from loomwork.agents.tools import Tool
 from loomwork.errors import Violations
 from loomwork.llm.chat import ChatMessage
-from loomwork.memory.models import NewMessage
 from loomwork.memory.settings import MemorySettings, parse_memory_settings
+from loomwork.messages import NewMessage
 from protos.loomwork.v1 import agent_pb2, memory_pb2, message_pb2, run_pb2
 from server import convert
 
@@ -169,7 +170,7 @@ def _chat_message(target: message_pb2.Message, message: ChatMessage | NewMessage
         convert.fill_part(target.parts.add(), part)
 
 
-def run_error(outcome: events.RunOutcome) -> run_pb2.RunError:
+def run_error(outcome: runs.RunOutcome) -> run_pb2.RunError:
     code, reason = _ERROR_CODES.get(outcome.error_type, (code_pb2.INTERNAL, "RUN_FAILED"))
     error = run_pb2.RunError(code=code, reason=reason, message=outcome.error)
     for violation in outcome.violations:
@@ -191,7 +192,7 @@ def _input_message(
         convert.set_timestamp(target.create_time, saved)
 
 
-def _fill_record(run: agent_pb2.AgentRun, record: events.RunRecord) -> None:
+def _fill_record(run: agent_pb2.AgentRun, record: runs.RunRecord) -> None:
     """The fields a run has from its start: thread, model, input, metadata, times."""
     run.thread_id = record.thread_id
     run.resource_id = record.resource_id
@@ -207,7 +208,7 @@ def _fill_record(run: agent_pb2.AgentRun, record: events.RunRecord) -> None:
         convert.set_timestamp(run.start_time, record.start_time)
 
 
-def run_to_proto(outcome: events.RunOutcome, workflow_id: str) -> agent_pb2.AgentRun:
+def run_to_proto(outcome: runs.RunOutcome, workflow_id: str) -> agent_pb2.AgentRun:
     run = agent_pb2.AgentRun(
         id=outcome.run_id,
         agent_name=outcome.agent_name,
@@ -239,7 +240,7 @@ def run_to_proto(outcome: events.RunOutcome, workflow_id: str) -> agent_pb2.Agen
     return run
 
 
-def pending_to_proto(pending: events.PendingApproval) -> agent_pb2.PendingApproval:
+def pending_to_proto(pending: runs.PendingApproval) -> agent_pb2.PendingApproval:
     out = agent_pb2.PendingApproval(
         tool_call_id=pending.tool_call_id, tool_name=pending.tool_name, step=pending.step
     )
@@ -249,7 +250,7 @@ def pending_to_proto(pending: events.PendingApproval) -> agent_pb2.PendingApprov
 
 
 def state_to_proto(
-    run_id: str, agent_name: str, state: events.RunState, workflow_id: str
+    run_id: str, agent_name: str, state: runs.RunState, workflow_id: str
 ) -> agent_pb2.AgentRun:
     run = agent_pb2.AgentRun(
         id=run_id,
@@ -266,8 +267,8 @@ def state_to_proto(
 
 def decisions_from_proto(
     decisions: Iterable[agent_pb2.ApprovalDecision],
-) -> list[events.Decision]:
-    out: list[events.Decision] = []
+) -> list[runs.Decision]:
+    out: list[runs.Decision] = []
     violations = Violations()
     for i, decision in enumerate(decisions):
         kind = decision.WhichOneof("decision")
@@ -280,7 +281,7 @@ def decisions_from_proto(
         if kind == "approve" and decision.approve.HasField("edited_arguments"):
             edited = json_format.MessageToDict(decision.approve.edited_arguments)
         out.append(
-            events.Decision(
+            runs.Decision(
                 tool_call_id=decision.tool_call_id,
                 approve=kind == "approve",
                 reason=decision.reject.reason if kind == "reject" else "",

@@ -37,7 +37,6 @@ def _setup_logging(verbose: bool) -> None:
     )
     for noisy in (
         "temporalio",
-        "httpx",
         "httpx2",
         "openai",
         "uvicorn",

@@ -10,13 +10,22 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from loomwork.errors import Violations
 from loomwork.llm.chat import ChatUsage
 from loomwork.memory import models
+from loomwork.messages import (
+    Message,
+    NewMessage,
+    Role,
+    TextPart,
+    Thread,
+    ToolCallPart,
+    ToolResultPart,
+)
 from protos.loomwork.v1 import memory_pb2, message_pb2
 
 _ROLE_TO_DOMAIN = {
-    message_pb2.ROLE_SYSTEM: models.Role.SYSTEM,
-    message_pb2.ROLE_USER: models.Role.USER,
-    message_pb2.ROLE_ASSISTANT: models.Role.ASSISTANT,
-    message_pb2.ROLE_TOOL: models.Role.TOOL,
+    message_pb2.ROLE_SYSTEM: Role.SYSTEM,
+    message_pb2.ROLE_USER: Role.USER,
+    message_pb2.ROLE_ASSISTANT: Role.ASSISTANT,
+    message_pb2.ROLE_TOOL: Role.TOOL,
 }
 ROLE_TO_PROTO = {v: k for k, v in _ROLE_TO_DOMAIN.items()}
 
@@ -44,7 +53,7 @@ def set_timestamp(target: timestamp_pb2.Timestamp, value: datetime) -> None:
     target.nanos = value.microsecond * 1000
 
 
-def thread_to_proto(thread: models.Thread) -> memory_pb2.Thread:
+def thread_to_proto(thread: Thread) -> memory_pb2.Thread:
     out = memory_pb2.Thread(
         id=thread.id,
         resource_id=thread.resource_id,
@@ -57,12 +66,10 @@ def thread_to_proto(thread: models.Thread) -> memory_pb2.Thread:
     return out
 
 
-def fill_part(
-    target: message_pb2.Part, part: models.TextPart | models.ToolCallPart | models.ToolResultPart
-) -> None:
-    if isinstance(part, models.TextPart):
+def fill_part(target: message_pb2.Part, part: TextPart | ToolCallPart | ToolResultPart) -> None:
+    if isinstance(part, TextPart):
         target.text.text = part.text
-    elif isinstance(part, models.ToolCallPart):
+    elif isinstance(part, ToolCallPart):
         call = target.tool_call
         call.tool_call_id = part.tool_call_id
         call.tool_name = part.tool_name
@@ -77,14 +84,14 @@ def fill_part(
 
 
 def part_to_proto(
-    part: models.TextPart | models.ToolCallPart | models.ToolResultPart,
+    part: TextPart | ToolCallPart | ToolResultPart,
 ) -> message_pb2.Part:
     out = message_pb2.Part()
     fill_part(out, part)
     return out
 
 
-def fill_message(target: message_pb2.Message, message: models.Message) -> None:
+def fill_message(target: message_pb2.Message, message: Message) -> None:
     """Write `message` into `target` in place (no nested-message copies)."""
     target.id = message.id
     target.thread_id = message.thread_id
@@ -96,28 +103,28 @@ def fill_message(target: message_pb2.Message, message: models.Message) -> None:
     set_timestamp(target.create_time, message.create_time)
 
 
-def message_to_proto(message: models.Message) -> message_pb2.Message:
+def message_to_proto(message: Message) -> message_pb2.Message:
     out = message_pb2.Message()
     fill_message(out, message)
     return out
 
 
-def new_messages_from_proto(messages: Any) -> list[models.NewMessage]:
+def new_messages_from_proto(messages: Any) -> list[NewMessage]:
     """Request messages → domain; structural problems are reported together, by field."""
     violations = Violations()
-    out: list[models.NewMessage] = []
+    out: list[NewMessage] = []
     for i, message in enumerate(messages):
         role = _ROLE_TO_DOMAIN.get(message.role)
         if role is None:
             violations.add(f"messages[{i}].role", "must be one of system, user, assistant, tool")
-        parts: list[models.TextPart | models.ToolCallPart | models.ToolResultPart] = []
+        parts: list[TextPart | ToolCallPart | ToolResultPart] = []
         for j, part in enumerate(message.parts):
             kind = part.WhichOneof("kind")
             if kind == "text":
-                parts.append(models.TextPart(text=part.text.text))
+                parts.append(TextPart(text=part.text.text))
             elif kind == "tool_call":
                 parts.append(
-                    models.ToolCallPart(
+                    ToolCallPart(
                         tool_call_id=part.tool_call.tool_call_id,
                         tool_name=part.tool_call.tool_name,
                         arguments=struct_to_dict(part.tool_call.arguments),
@@ -126,7 +133,7 @@ def new_messages_from_proto(messages: Any) -> list[models.NewMessage]:
             elif kind == "tool_result":
                 result = part.tool_result
                 parts.append(
-                    models.ToolResultPart(
+                    ToolResultPart(
                         tool_call_id=result.tool_call_id,
                         tool_name=result.tool_name,
                         result=json_format.MessageToDict(result.result)
@@ -141,7 +148,7 @@ def new_messages_from_proto(messages: Any) -> list[models.NewMessage]:
                 )
         if role is not None:
             out.append(
-                models.NewMessage(
+                NewMessage(
                     id=message.id,
                     role=role,
                     parts=parts,

@@ -40,8 +40,8 @@ from loomwork.errors import (
     Unauthenticated,
     Unavailable,
 )
+from loomwork.integrations.components import Integrations
 from loomwork.integrations.intake import WebhookIntake
-from loomwork.integrations.integrations import Integrations
 from loomwork.integrations.routing import WebhookEvent
 from server.runtime import Runtime
 from workflows.search_attributes import TENANT

@@ -8,7 +8,8 @@ import uuid
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
-from loomwork.memory.models import Message, MessagesToIndex
+from loomwork.memory.models import MessagesToIndex
+from loomwork.messages import Message
 from workflows.index_messages import IndexMessagesWorkflow
 from workflows.search_attributes import TENANT, THREAD
 

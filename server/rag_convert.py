@@ -10,7 +10,7 @@ from loomwork.errors import InvalidArgument
 from loomwork.rag import answer as answers
 from loomwork.rag import ingestion as ing
 from loomwork.rag import models as m
-from loomwork.rag.context import ContextOrder
+from loomwork.rag.answer_context import ContextOrder
 from protos.loomwork.v1 import rag_pb2, run_pb2
 from server.convert import set_timestamp, struct_to_dict, usage_to_proto
 

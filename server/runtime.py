@@ -11,7 +11,7 @@ from temporalio.client import Client
 
 from loomwork.agents.definitions import AgentRegistry
 from loomwork.agents.memory_tool import working_memory_tool
-from loomwork.agents.run import FirstStep
+from loomwork.agents.payloads import FirstStep
 from loomwork.agents.speculation import SpeculativeSteps
 from loomwork.agents.steps import AgentSteps
 from loomwork.agents.tools import ToolRegistry
@@ -23,10 +23,10 @@ from loomwork.flows.registry import (
     default_registry,
     import_workflow_modules,
 )
-from loomwork.integrations.integrations import Integrations
+from loomwork.integrations.components import Integrations
 from loomwork.llm.shared import NO_MODEL_CONFIGURED, SharedChatModels
-from loomwork.memory.memory import Memory
 from loomwork.memory.recall import MessageRecall
+from loomwork.memory.threads import Memory
 from loomwork.memory.working import WorkingMemoryStore
 from loomwork.rag.system import RagSystem
 from loomwork.rag.tool import RAG_QUERY_TOOL, rag_query_tool

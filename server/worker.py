@@ -78,8 +78,9 @@ class ContextFreeSandboxRunner(SandboxedWorkflowRunner):
     The worker visits every payload of an activation and of its completion several times
     (codec, external storage) and asks the workflow instance for that payload's
     serialization context each time; a sandboxed instance answers by running code inside
-    the sandbox (`exec`), ~0.2 ms a payload, ~5 ms per agent run. With no codec and no
-    external storage the context changes nothing, so these instances answer it directly.
+    the sandbox (`exec`): a cost on every payload (bench/RESULTS.md, "the sandbox's
+    per-payload cost"). With no codec and no external storage the context changes nothing,
+    so these instances answer it directly.
     Workflow code itself runs in the sandbox exactly as before.
     """
 

@@ -15,9 +15,9 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from loomwork.agents.run import AgentRunRequest
+from loomwork.agents.run_models import AgentRunRequest
 from loomwork.config import Settings
-from loomwork.memory.models import NewMessage, Role, TextPart
+from loomwork.messages import NewMessage, Role, TextPart
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server.app import build_grpc_app
 from server.runtime import Runtime

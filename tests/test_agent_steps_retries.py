@@ -6,18 +6,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from loomwork.agents.run import (
-    AgentRunRequest,
-    ApprovalRequested,
-    PendingApproval,
-    RunOutcome,
-    StepFinished,
-    ToolInput,
-    decode_event,
-)
+from loomwork.agents.events import ApprovalRequested, StepFinished, decode_event
+from loomwork.agents.payloads import ToolInput
+from loomwork.agents.run_models import AgentRunRequest, PendingApproval, RunOutcome
 from loomwork.agents.steps import event_log_key
 from loomwork.llm.chat import ChatUsage
-from loomwork.memory.models import ToolCallPart
+from loomwork.messages import ToolCallPart
 from server.runtime import Runtime
 from tests.support import agent_run_request
 

@@ -16,12 +16,13 @@ from google.protobuf import struct_pb2
 from loomwork.agents.definitions import AgentDefinition
 from loomwork.agents.tools import ToolContext
 from loomwork.errors import NotFound
-from loomwork.memory.models import RecallScope, ToolCallPart
+from loomwork.memory.models import RecallScope
 from loomwork.memory.settings import (
     MemorySettings,
     SemanticRecallSettings,
     WorkingMemorySettings,
 )
+from loomwork.messages import ToolCallPart
 from loomwork.testing import Delay, Failure, ScriptedToolCall, Turn
 from protos.loomwork.v1 import agent_pb2, memory_pb2, message_pb2, run_pb2
 from tests.support import auth, field_violations, unique, wait_agent_run_finished
@@ -800,7 +801,8 @@ async def test_watch_skips_an_event_kind_this_server_does_not_know(agents, token
     """During a rolling upgrade a newer server may publish a kind of event an older one cannot
     read: it is left out (with a warning), and the rest of the run still arrives."""
     from loomwork.agents.directory import RunDirectory
-    from loomwork.agents.run import RunFinished, RunOutcome, RunStarted, encode_event
+    from loomwork.agents.events import RunFinished, RunStarted, encode_event
+    from loomwork.agents.run_models import RunOutcome
     from loomwork.agents.steps import event_log_key
 
     run_id = f"run_future_{uuid.uuid4().hex[:8]}"

@@ -13,16 +13,12 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from loomwork.agents.run import (
-    AgentRunRequest,
-    FirstStep,
-    StepRetrying,
-    TextDeltaEvent,
-    decode_event,
-)
+from loomwork.agents.events import StepRetrying, TextDeltaEvent, decode_event
+from loomwork.agents.payloads import FirstStep
+from loomwork.agents.run_models import AgentRunRequest
 from loomwork.agents.speculation import SpeculativeSteps, until_adopted, until_confirmed
 from loomwork.agents.steps import AgentSteps, announce_run, event_log_key
-from loomwork.memory.models import NewThread
+from loomwork.messages import NewThread
 from loomwork.streams import DraftTaken
 from loomwork.testing import Delay, Turn
 from protos.loomwork.v1 import agent_pb2, memory_pb2, run_pb2

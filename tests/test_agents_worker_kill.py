@@ -14,11 +14,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from loomwork.agents.run import AgentRunRequest, RunOutcome
+from loomwork.agents.run_models import AgentRunRequest, RunOutcome
 from loomwork.agents.tools import Tool, ToolContext, ToolRegistry
 from loomwork.config import Settings
 from loomwork.demo.tools import NoteTool, SaveNoteArgs
-from loomwork.memory.models import NewMessage, Role, TextPart, ToolResultPart
+from loomwork.messages import NewMessage, Role, TextPart, ToolResultPart
 from loomwork.testing import ScriptedToolCall, Turn
 from server.runtime import Runtime
 from server.worker import build_worker

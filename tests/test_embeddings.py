@@ -12,11 +12,13 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+import loomwork
 from loomwork.config import Settings
 from loomwork.embeddings import (
     EmbeddingProvider,
@@ -27,8 +29,10 @@ from loomwork.embeddings import (
 )
 from loomwork.embeddings.local import (
     MAX_SEQ_LENGTH,
+    TOKENIZER_SHA256,
     default_model_path,
     default_tokenizer_path,
+    verified_file,
 )
 from loomwork.errors import FailedPrecondition, InvalidArgument, Unavailable
 
@@ -152,6 +156,27 @@ async def test_local_matches_raw_onnxruntime_reference(local: LocalMiniLM) -> No
     # Padded inside a batch with a longer text, the vector is the same.
     _, padded = await local.embed([sentence + " " + "more words " * 30, sentence])
     np.testing.assert_allclose(padded, reference, atol=1e-5)
+
+
+def test_shipped_tokenizer_is_bert_uncased_wordpiece() -> None:
+    from tokenizers import Tokenizer
+
+    path = default_tokenizer_path()
+    assert path.is_relative_to(Path(loomwork.__file__).parent)  # our package data, no SDK
+    # bert-base-uncased's vocabulary: [CLS]=101, hello=7592, world=2088, [SEP]=102.
+    assert Tokenizer.from_file(str(path)).encode("Hello world").ids[:4] == [101, 7592, 2088, 102]
+
+
+def test_a_changed_model_or_tokenizer_file_is_refused(tmp_path: Path) -> None:
+    tampered = tmp_path / "tokenizer.json"
+    data = bytearray(default_tokenizer_path().read_bytes())
+    data[-2] ^= 1
+    tampered.write_bytes(bytes(data))
+    with pytest.raises(FailedPrecondition, match="sha256"):
+        verified_file(tampered, TOKENIZER_SHA256, "local embedding tokenizer")
+    with pytest.raises(FailedPrecondition, match="missing"):
+        verified_file(tmp_path / "absent.json", TOKENIZER_SHA256, "local embedding tokenizer")
+    assert default_model_path().name == "model.onnx"  # the installed file passes its check
 
 
 def test_factory_picks_the_provider() -> None:

@@ -16,7 +16,7 @@ from google.protobuf import duration_pb2, struct_pb2
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.integrations import TemporalRouteTargets
-from clients.client import LoomworkClient
+from clients import LoomworkClient
 from loomwork.agents.directory import RunDirectory
 from loomwork.integrations import signatures
 from loomwork.integrations.routing import DocumentIngest, WorkflowStart, WorkflowStepResume
@@ -510,10 +510,10 @@ async def test_webhook_rpcs_reject_bad_input(integrations, token) -> None:
 
 async def test_typed_client_creates_sources_and_lists_deliveries(grpc_address, token, http) -> None:
     async with LoomworkClient(grpc_address, token=token) as client:
-        source = await client.create_webhook_source(SECRET, display_name="from client")
+        source = await client.integrations.create_webhook_source(SECRET, display_name="from client")
         raw, headers = _signed({"type": "ping"}, "c-1")
         assert (await http.post(source.path, content=raw, headers=headers)).status_code == 202
-        listed = await client.list_webhook_deliveries(source.id)
+        listed = await client.integrations.list_webhook_deliveries(source.id)
         assert [d.id for d in listed.webhook_deliveries] == ["c-1"]
 
 

@@ -23,7 +23,7 @@ from loomwork.llm.chat import (
     json_schema_format,
 )
 from loomwork.llm.errors import ModelError
-from loomwork.memory.models import Message, Role, TextPart, ToolCallPart, ToolResultPart
+from loomwork.messages import Message, Role, TextPart, ToolCallPart, ToolResultPart
 from loomwork.testing import (
     ChatRequest,
     Delay,

@@ -9,8 +9,8 @@ import pytest
 from loomwork.agents.tools import ToolContext
 from loomwork.errors import InvalidArgument, NotFound
 from loomwork.llm.chat import ChatUsage
-from loomwork.memory.models import ToolCallPart
-from loomwork.rag.context import ContextOrder, assemble_rag_context
+from loomwork.messages import ToolCallPart
+from loomwork.rag.answer_context import ContextOrder, assemble_rag_context
 from loomwork.rag.ingestion import (
     IngestionDocumentState,
     IngestionRecord,

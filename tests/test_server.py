@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 from temporalio.client import Client
 
-from loomwork.memory.memory import Memory
+from loomwork.memory.threads import Memory
 from loomwork.storage.database import Database
 from loomwork.storage.postgres import PostgresMemoryStorage
 from protos.loomwork.v1 import (

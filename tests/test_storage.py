@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from loomwork.errors import AlreadyExists, InvalidArgument, NotFound
-from loomwork.memory.memory import Memory
-from loomwork.memory.models import NewMessage, NewThread, Role, TextPart, ThreadUpdate
+from loomwork.memory.threads import Memory
+from loomwork.messages import NewMessage, NewThread, Role, TextPart, ThreadUpdate
 from loomwork.storage import codec
 from loomwork.storage.migrations import apply_migrations, load_migrations
 from loomwork.storage.postgres import PostgresMemoryStorage

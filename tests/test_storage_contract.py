@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from loomwork.errors import AlreadyExists, InvalidArgument, NotFound
-from loomwork.memory.models import (
+from loomwork.messages import (
     NewMessage,
     NewThread,
     Role,

@@ -21,30 +21,30 @@ from workflows.retries import MODEL_CALL
 from workflows.search_attributes import STATUS
 
 with workflow.unsafe.imports_passed_through():
-    from loomwork.agents.run import (
-        AgentRunRequest,
-        ApprovalRequested,
-        ApprovalResolved,
-        ContextUsage,
-        Decision,
+    from loomwork.agents.events import ApprovalRequested, ApprovalResolved, StepFinished
+    from loomwork.agents.payloads import (
         FinishInput,
         FirstStep,
-        PendingApproval,
         PublishInput,
-        ResumeInput,
-        RunOutcome,
-        RunPhase,
         RunPlan,
-        RunRecord,
-        RunState,
-        StepFinished,
         StepInput,
         StepOutput,
         ToolInput,
+    )
+    from loomwork.agents.run_models import (
+        AgentRunRequest,
+        ContextUsage,
+        Decision,
+        PendingApproval,
+        ResumeInput,
+        RunOutcome,
+        RunPhase,
+        RunRecord,
+        RunState,
         Violation,
     )
     from loomwork.llm.chat import ChatMessage, ChatUsage
-    from loomwork.memory.models import ToolCallPart, ToolResultPart
+    from loomwork.messages import ToolCallPart, ToolResultPart
 
 START_AND_STEP = "agent_start_and_step"
 MODEL_STEP = "agent_model_step"

@@ -33,7 +33,7 @@ from temporalio.exceptions import (
 from workflows.search_attributes import STATUS
 
 with workflow.unsafe.imports_passed_through():
-    from loomwork.agents.run import AgentRunRequest, RunOutcome
+    from loomwork.agents.run_models import AgentRunRequest, RunOutcome
     from loomwork.flows.definition import (
         AgentStep,
         AgentStepInput,
@@ -65,7 +65,7 @@ with workflow.unsafe.imports_passed_through():
         StepRun,
         WorkflowEvent,
     )
-    from loomwork.memory.models import NewMessage, TextPart
+    from loomwork.messages import NewMessage, TextPart
 
 RUN_STEP = "workflow_run_step"
 PUBLISH = "workflow_publish"

@@ -16,32 +16,25 @@ from datetime import UTC, datetime
 from loomwork.agents.batching import DeltaBatcher
 from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.definitions import AgentDefinition
-from loomwork.agents.memory_tool import UPDATE_WORKING_MEMORY
-from loomwork.agents.output_schema import parse_final, partial_object, validate_object
-from loomwork.agents.run import (
+from loomwork.agents.events import (
     AgentEvent,
-    AgentRunRequest,
-    ContextUsage,
-    FirstStep,
     ObjectFinalEvent,
     ObjectPartialEvent,
     RunFinished,
-    RunOutcome,
-    RunPlan,
     RunStarted,
     StepFinished,
-    StepInput,
-    StepOutput,
     StepRetrying,
     TextDeltaEvent,
     ToolCallEvent,
-    ToolInput,
     ToolResultEvent,
     UsageEvent,
-    Violation,
     encode_event,
     once_key,
 )
+from loomwork.agents.memory_tool import UPDATE_WORKING_MEMORY
+from loomwork.agents.output_schema import parse_final, partial_object, validate_object
+from loomwork.agents.payloads import FirstStep, RunPlan, StepInput, StepOutput, ToolInput
+from loomwork.agents.run_models import AgentRunRequest, ContextUsage, RunOutcome, Violation
 from loomwork.agents.speculation import (
     SpeculativeSteps,
     drafting,
@@ -57,21 +50,14 @@ from loomwork.llm.chat import (
     ToolCallDone,
     json_schema_format,
 )
-from loomwork.memory.context import assemble_context
-from loomwork.memory.memory import Memory
-from loomwork.memory.models import (
-    Message,
-    NewMessage,
-    RecallHit,
-    RecallQuery,
-    RecallScope,
-    Role,
-    ToolResultPart,
-)
+from loomwork.memory.context_assembly import assemble_context
+from loomwork.memory.models import RecallHit, RecallQuery, RecallScope
 from loomwork.memory.recall import MessageRecall
 from loomwork.memory.settings import MemorySettings
+from loomwork.memory.threads import Memory
 from loomwork.memory.tokens import count_context_tokens
 from loomwork.memory.working import WorkingMemoryStore
+from loomwork.messages import Message, NewMessage, Role, ToolResultPart
 from loomwork.streams.run_events import RunEventLog
 
 log = logging.getLogger(__name__)

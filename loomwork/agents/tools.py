@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from loomwork.errors import InvalidArgument, NotFound
 from loomwork.llm.chat import ToolSpec
-from loomwork.memory.models import ToolCallPart, ToolResultPart
+from loomwork.messages import ToolCallPart, ToolResultPart
 
 log = logging.getLogger(__name__)
 

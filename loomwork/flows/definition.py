@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from loomwork.flows.context import StepContext
+from loomwork.flows.step_context import StepContext
 
 StepKind = Literal[
     "step",

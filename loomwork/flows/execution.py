@@ -11,7 +11,6 @@ from pydantic import BaseModel, Field, ValidationError
 
 from loomwork.agents.tools import ToolContext, ToolRegistry
 from loomwork.errors import LoomworkError
-from loomwork.flows.context import StepContext, StepSuspended
 from loomwork.flows.definition import Step, StepKind, ToolStep
 from loomwork.flows.registry import WorkflowRegistry
 from loomwork.flows.state import (
@@ -25,6 +24,7 @@ from loomwork.flows.state import (
     event_log_key,
     is_terminal,
 )
+from loomwork.flows.step_context import StepContext, StepSuspended
 from loomwork.streams.run_events import RunEventLog
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
-from loomwork.agents.run import Decision
+from loomwork.agents.run_models import Decision
 from loomwork.errors import (
     InvalidArgument,
     LoomworkError,

@@ -20,7 +20,7 @@ import openai
 from pydantic import BaseModel, ConfigDict, Field
 
 from loomwork.llm.errors import ModelError, is_transport_error, model_error_from
-from loomwork.memory.models import (
+from loomwork.messages import (
     Message,
     NewMessage,
     Part,

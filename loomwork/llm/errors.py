@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import httpx2
 import openai
 
 from loomwork.errors import FailedPrecondition, LoomworkError, ResourceExhausted, Unavailable
@@ -163,14 +164,5 @@ def model_error_from(exc: BaseException) -> ModelError:
 
 
 def is_transport_error(exc: BaseException) -> bool:
-    """An HTTP transport error (httpx / httpx2 / httpcore) escaping a stream read."""
-    for cls in type(exc).__mro__:
-        module = cls.__module__.split(".")[0]
-        if module in ("httpx", "httpx2", "httpcore", "h11") and cls.__name__ in (
-            "TransportError",
-            "StreamError",
-            "RemoteProtocolError",
-            "ProtocolError",
-        ):
-            return True
-    return False
+    """An HTTP transport error of the model client's `httpx2` escaping a stream read."""
+    return isinstance(exc, httpx2.TransportError | httpx2.StreamError)

@@ -18,15 +18,8 @@ from psycopg.types import TypeInfo
 from loomwork.embeddings.provider import EmbeddingProvider
 from loomwork.errors import FailedPrecondition, NotFound, Violations
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id
-from loomwork.memory.models import (
-    Message,
-    RecallHit,
-    RecallQuery,
-    RecallScope,
-    TextPart,
-    ToolCallPart,
-    ToolResultPart,
-)
+from loomwork.memory.models import RecallHit, RecallQuery, RecallScope
+from loomwork.messages import Message, TextPart, ToolCallPart, ToolResultPart
 from loomwork.storage.database import Database
 from loomwork.storage.postgres import MESSAGE_COLUMNS, message_from_row
 

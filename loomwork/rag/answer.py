@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from loomwork.errors import NotFound
 from loomwork.llm.chat import ChatMessage, ChatModel, ChatUsage, TextDelta
-from loomwork.rag.context import ContextOrder, assemble_rag_context, render_context
+from loomwork.rag.answer_context import ContextOrder, assemble_rag_context, render_context
 from loomwork.rag.models import RetrievalOptions, ScoredChunk
 from loomwork.rag.query import Retriever
 from loomwork.storage.database import Database

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from loomwork.memory.models import Message, NewMessage, NewThread, Thread, ThreadUpdate
+from loomwork.messages import Message, NewMessage, NewThread, Thread, ThreadUpdate
 
 
 class MemoryStorage(Protocol):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import TypeAdapter
 
 from loomwork.cache.versioned import VersionedCache
-from loomwork.memory.models import Message, NewMessage, NewThread, Thread, ThreadUpdate
+from loomwork.messages import Message, NewMessage, NewThread, Thread, ThreadUpdate
 from loomwork.storage import codec
 from loomwork.storage.adapter import MemoryStorage
 

@@ -48,7 +48,7 @@ from typing import Any
 
 from loomwork.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from loomwork.ids import new_id
-from loomwork.memory.models import Message, NewMessage, NewThread, Thread, ThreadUpdate
+from loomwork.messages import Message, NewMessage, NewThread, Thread, ThreadUpdate
 from loomwork.storage import codec
 
 MAX_APPEND_MESSAGES = 49  # (100 transaction items - 1 thread update) // 2 items per message

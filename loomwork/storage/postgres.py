@@ -10,7 +10,7 @@ from psycopg.types.json import Jsonb
 
 from loomwork.errors import AlreadyExists, NotFound
 from loomwork.ids import new_id
-from loomwork.memory.models import Message, NewMessage, NewThread, Thread, ThreadUpdate
+from loomwork.messages import Message, NewMessage, NewThread, Thread, ThreadUpdate
 from loomwork.storage import codec
 from loomwork.storage.database import Database
 

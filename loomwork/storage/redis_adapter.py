@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 
 from loomwork.errors import AlreadyExists, NotFound
 from loomwork.ids import new_id
-from loomwork.memory.models import Message, NewMessage, NewThread, Thread, ThreadUpdate
+from loomwork.messages import Message, NewMessage, NewThread, Thread, ThreadUpdate
 from loomwork.storage import codec
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

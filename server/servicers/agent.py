@@ -31,18 +31,14 @@ from activities.workflow_runs import START_OUTCOME_UNKNOWN
 from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.definitions import AGENT_NAME, AgentDefinition
 from loomwork.agents.directory import RunDirectory
-from loomwork.agents.run import (
-    AgentRunRequest,
+from loomwork.agents.events import (
     ApprovalRequested,
-    ResumeInput,
     RunFinished,
-    RunOutcome,
     RunPending,
-    RunRecord,
-    RunState,
     decode_event,
     encode_event,
 )
+from loomwork.agents.run_models import AgentRunRequest, ResumeInput, RunOutcome, RunRecord, RunState
 from loomwork.agents.steps import announce_run, effective_agent, event_log_key
 from loomwork.agents.store import AgentStore
 from loomwork.errors import (
@@ -54,8 +50,8 @@ from loomwork.errors import (
     Violations,
 )
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id, new_id
-from loomwork.memory.models import NewMessage, NewThread, Role, TextPart
 from loomwork.memory.settings import merge
+from loomwork.messages import NewMessage, NewThread, Role, TextPart
 from loomwork.paging import (
     decode_bytes_token,
     decode_text_token,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from loomwork.errors import FailedPrecondition, InvalidArgument
-from loomwork.integrations.integrations import Integrations
+from loomwork.integrations.components import Integrations
 from protos.loomwork.v1 import integration_pb2 as pb
 from protos.loomwork.v1 import integration_pb2_grpc
 from server import integration_convert as convert

@@ -5,13 +5,8 @@ from __future__ import annotations
 import grpc
 
 from loomwork.errors import InvalidArgument
-from loomwork.memory.models import (
-    NewThread,
-    RecallQuery,
-    RecallScope,
-    ThreadUpdate,
-    WorkingMemory,
-)
+from loomwork.memory.models import RecallQuery, RecallScope, WorkingMemory
+from loomwork.messages import NewThread, ThreadUpdate
 from protos.loomwork.v1 import memory_pb2, memory_pb2_grpc
 from server import convert
 from server.indexing import start_indexing

@@ -32,8 +32,9 @@ from pydantic import BaseModel, Field
 
 from loomwork.errors import InvalidArgument
 from loomwork.llm.chat import ChatMessage
-from loomwork.memory.models import Message, RecallHit, Role, ToolCallPart, ToolResultPart
+from loomwork.memory.models import RecallHit
 from loomwork.memory.tokens import REPLY_PRIMING, count_message_tokens
+from loomwork.messages import Message, Role, ToolCallPart, ToolResultPart
 
 __all__ = ["WORKING_MEMORY_HEADING", "AssembledContext", "assemble_context"]
 

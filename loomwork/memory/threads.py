@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from loomwork.errors import FieldViolation, InvalidArgument, Violations
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id, new_id
-from loomwork.memory.models import (
+from loomwork.messages import (
     ALLOWED_PARTS,
     Message,
     MessagePage,

@@ -2,37 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from clients.cli import (
-    _connection,
-    _connection_callback,
-    _json_object,
-    _out,
-    _pending_notice,
-    _print_json,
-    _proto_inline,
-    _run,
-    _short_time,
-    _status_markup,
-    _statuses,
+from clients.cli.common import (
+    connection,
+    connection_callback,
+    parse_json_object,
+    parse_statuses,
+    pending_notice,
+    print_items,
+    print_json,
+    proto_inline,
+    run_with_client,
+    short_time,
+    status_markup,
+    stdout_console,
     to_dict,
 )
 from clients.client import LoomworkClient
 from protos.loomwork.v1 import agent_pb2, run_pb2
 
+__all__ = ["agents_app", "describe_event", "register", "run_status"]
+
 agents_app = typer.Typer(
     name="agents",
     help="Agents and their runs (AgentService).",
     no_args_is_help=True,
-    callback=_connection_callback,
+    callback=connection_callback,
 )
 
 
-def _status(value: int) -> str:
-    return _status_markup(run_pb2.RunStatus, value, "RUN_STATUS_", WAITING="magenta")
+def run_status(value: int) -> str:
+    """An agent run's status as colored markup."""
+    return status_markup(run_pb2.RunStatus, value, "RUN_STATUS_", WAITING="magenta")
 
 
 def describe_event(event: agent_pb2.AgentRunEvent) -> str | None:
@@ -40,11 +46,11 @@ def describe_event(event: agent_pb2.AgentRunEvent) -> str | None:
     kind = event.WhichOneof("event")
     if kind == "tool_call":
         call = event.tool_call
-        return f"tool call {escape(call.tool_name)} {escape(_proto_inline(call.arguments))}"
+        return f"tool call {escape(call.tool_name)} {escape(proto_inline(call.arguments))}"
     if kind == "tool_result":
         result = event.tool_result
         mark = "[red]error[/] " if result.is_error else ""
-        return f"tool result {mark}{escape(_proto_inline(result.result))[:160]}"
+        return f"tool result {mark}{escape(proto_inline(result.result))[:160]}"
     if kind == "approval_requested":
         pending = event.approval_requested
         return (
@@ -55,7 +61,7 @@ def describe_event(event: agent_pb2.AgentRunEvent) -> str | None:
     if kind == "approval_resolved":
         return f"approval resolved: approved={event.approval_resolved.approved}"
     if kind == "run_pending":
-        return _pending_notice(event.run_pending.task_queue, event.run_pending.waited)
+        return pending_notice(event.run_pending.task_queue, event.run_pending.waited)
     if kind == "step_retrying":
         if event.step_retrying.attempt == 1:
             return "[yellow]model step restarted[/] (the text above is replaced)"
@@ -65,14 +71,15 @@ def describe_event(event: agent_pb2.AgentRunEvent) -> str | None:
             event.run_failed.message
         )
     if kind == "run_finished":
-        return f"run finished {_status(event.run_finished.status)}"
+        return f"run finished {run_status(event.run_finished.status)}"
     return None
 
 
-async def _follow(client: LoomworkClient, events: object) -> None:
-    out = _out()
+async def _follow(events: AsyncIterator[agent_pb2.AgentRunEvent]) -> None:
+    """Prints a run's events as they come: the text as it streams, a line per other event."""
+    out = stdout_console()
     in_text = False
-    async for event in events:  # type: ignore[attr-defined]
+    async for event in events:
         if event.HasField("text_delta"):
             out.print(escape(event.text_delta.text), end="")
             in_text = True
@@ -91,26 +98,21 @@ def agents_list(
     ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
 ) -> None:
     """List the agents this tenant can run (defined in code, or created by RPC)."""
-    agents = _run(_connection(ctx), lambda c: c.list_agents())
-    if as_json:
-        _print_json([to_dict(a) for a in agents])
-        return
-    table = Table(title="agents")
-    for column in ("name", "source", "tools", "description"):
-        table.add_column(column)
-    for agent in agents:
+    agents = run_with_client(connection(ctx), lambda c: c.agents.list_agents())
+
+    def row(agent: agent_pb2.Agent) -> tuple[str, ...]:
         source = agent_pb2.AgentSource.Name(agent.source).removeprefix("AGENT_SOURCE_").lower()
-        table.add_row(
-            escape(agent.name), source, ", ".join(agent.tool_names), escape(agent.description)
-        )
-    _out().print(table)
+        return escape(agent.name), source, ", ".join(agent.tool_names), escape(agent.description)
+
+    table = Table("name", "source", "tools", "description", title="agents")
+    print_items(agents, as_json, table, row)
 
 
 @agents_app.command("show")
 def agents_show(ctx: typer.Context, name: str = typer.Argument(..., help="Agent name.")) -> None:
     """Show one agent as JSON."""
-    agent = _run(_connection(ctx), lambda c: c.get_agent(name))
-    _print_json(to_dict(agent))
+    agent = run_with_client(connection(ctx), lambda c: c.agents.get_agent(name))
+    print_json(to_dict(agent))
 
 
 @agents_app.command("run")
@@ -125,12 +127,12 @@ def agents_run(
     """Run an agent, streaming its answer, tool calls and approvals as they happen."""
 
     async def work(client: LoomworkClient) -> None:
-        stream = client.stream(
+        stream = client.agents.stream(
             name, prompt, thread_id=thread, resource_id=resource, client_run_id=run_id, timeout=None
         )
-        await _follow(client, stream)
+        await _follow(stream)
 
-    _run(_connection(ctx), work)
+    run_with_client(connection(ctx), work)
 
 
 @agents_app.command("watch")
@@ -140,9 +142,9 @@ def agents_watch(
     after: int = typer.Option(0, "--after", help="Only events after this event id."),
 ) -> None:
     """Follow a run's events until it ends (reconnect with --after <last id>)."""
-    _run(
-        _connection(ctx),
-        lambda c: _follow(c, c.watch_run(run_id, after_event_id=after, timeout=None)),
+    run_with_client(
+        connection(ctx),
+        lambda c: _follow(c.agents.watch_run(run_id, after_event_id=after, timeout=None)),
     )
 
 
@@ -153,14 +155,16 @@ def agents_get(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show a run: status, pending approvals, the answer once finished."""
-    run = _run(_connection(ctx), lambda c: c.get_run(run_id))
+    run = run_with_client(connection(ctx), lambda c: c.agents.get_run(run_id))
     if as_json:
-        _print_json(to_dict(run))
+        print_json(to_dict(run))
         return
-    out = _out()
-    out.print(f"run [cyan]{escape(run.id)}[/] of {escape(run.agent_name)} is {_status(run.status)}")
+    out = stdout_console()
+    out.print(
+        f"run [cyan]{escape(run.id)}[/] of {escape(run.agent_name)} is {run_status(run.status)}"
+    )
     for pending in run.pending_approvals:
-        arguments = escape(_proto_inline(pending.arguments))
+        arguments = escape(proto_inline(pending.arguments))
         out.print(
             f"  waiting for approval: {escape(pending.tool_name)} {arguments}"
             f" (tool call {escape(pending.tool_call_id)})"
@@ -183,26 +187,23 @@ def agents_runs(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List runs (Temporal visibility)."""
-    statuses = _statuses(run_pb2.RunStatus, "RUN_STATUS_", status)
-    response = _run(
-        _connection(ctx),
-        lambda c: c.list_runs(agent_name=agent, statuses=statuses, page_size=limit),
+    statuses = parse_statuses(run_pb2.RunStatus, "RUN_STATUS_", status)
+    response = run_with_client(
+        connection(ctx),
+        lambda c: c.agents.list_runs(agent_name=agent, statuses=statuses, page_size=limit),
     )
-    if as_json:
-        _print_json([to_dict(r) for r in response.runs])
-        return
-    table = Table(title="agent runs")
-    for column in ("run", "agent", "status", "thread", "started"):
-        table.add_column(column)
-    for run in response.runs:
-        table.add_row(
+    print_items(
+        response.runs,
+        as_json,
+        Table("run", "agent", "status", "thread", "started", title="agent runs"),
+        lambda run: (
             escape(run.id),
             escape(run.agent_name),
-            _status(run.status),
+            run_status(run.status),
             escape(run.thread_id),
-            _short_time(run.create_time),
-        )
-    _out().print(table)
+            short_time(run.create_time),
+        ),
+    )
 
 
 @agents_app.command("approve")
@@ -213,9 +214,11 @@ def agents_approve(
     arguments: str | None = typer.Option(None, "--arguments", help="Edited arguments (JSON)."),
 ) -> None:
     """Approve a pending tool call (optionally with edited arguments)."""
-    edited = _json_object(arguments, "--arguments")
-    run = _run(_connection(ctx), lambda c: c.approve(run_id, tool_call_id, edited_arguments=edited))
-    _out().print(f"approved {escape(tool_call_id)}; run is {_status(run.status)}")
+    edited = parse_json_object(arguments, "--arguments")
+    run = run_with_client(
+        connection(ctx), lambda c: c.agents.approve(run_id, tool_call_id, edited_arguments=edited)
+    )
+    stdout_console().print(f"approved {escape(tool_call_id)}; run is {run_status(run.status)}")
 
 
 @agents_app.command("reject")
@@ -226,5 +229,10 @@ def agents_reject(
     reason: str = typer.Option("", "--reason", help="Told to the model."),
 ) -> None:
     """Reject a pending tool call; the model is told why."""
-    run = _run(_connection(ctx), lambda c: c.reject(run_id, tool_call_id, reason))
-    _out().print(f"rejected {escape(tool_call_id)}; run is {_status(run.status)}")
+    run = run_with_client(connection(ctx), lambda c: c.agents.reject(run_id, tool_call_id, reason))
+    stdout_console().print(f"rejected {escape(tool_call_id)}; run is {run_status(run.status)}")
+
+
+def register(app: typer.Typer) -> None:
+    """Adds `loomwork agents …` to the app."""
+    app.add_typer(agents_app, name="agents")

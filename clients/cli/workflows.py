@@ -9,34 +9,37 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from clients.cli import (
-    DemoContext,
-    _connection,
-    _connection_callback,
-    _json_object,
-    _out,
-    _pending_notice,
-    _print_json,
-    _proto_inline,
-    _run,
-    _short_time,
-    _status_markup,
-    _statuses,
+from clients.cli.common import (
+    connection,
+    connection_callback,
+    parse_json_object,
+    parse_statuses,
+    pending_notice,
+    print_items,
+    print_json,
+    proto_inline,
+    run_with_client,
+    short_time,
+    status_markup,
+    stdout_console,
     to_dict,
 )
 from clients.client import LoomworkClient
 from protos.loomwork.v1 import workflow_pb2
 
+__all__ = ["describe_event", "register", "workflow_status", "workflows_app"]
+
 workflows_app = typer.Typer(
     name="workflows",
     help="Workflow definitions and runs (WorkflowService).",
     no_args_is_help=True,
-    callback=_connection_callback,
+    callback=connection_callback,
 )
 
 
-def _status(value: int) -> str:
-    return _status_markup(
+def workflow_status(value: int) -> str:
+    """A workflow run's status as colored markup."""
+    return status_markup(
         workflow_pb2.WorkflowRunStatus,
         value,
         "WORKFLOW_RUN_STATUS_",
@@ -74,9 +77,9 @@ def _run_table(run: workflow_pb2.WorkflowRun) -> Table:
     for step in run.steps:
         detail = ""
         if step.HasField("output"):
-            detail = _proto_inline(step.output)
+            detail = proto_inline(step.output)
         elif step.HasField("suspend_payload"):
-            detail = "waiting for: " + _proto_inline(step.suspend_payload)
+            detail = "waiting for: " + proto_inline(step.suspend_payload)
         elif step.HasField("error"):
             detail = f"{step.error.reason}: {step.error.message}"
         table.add_row(
@@ -90,11 +93,11 @@ def _run_table(run: workflow_pb2.WorkflowRun) -> Table:
 
 
 def _print_run(run: workflow_pb2.WorkflowRun) -> None:
-    out = _out()
-    out.print(f"run [cyan]{escape(run.id)}[/] is {_status(run.status)}")
+    out = stdout_console()
+    out.print(f"run [cyan]{escape(run.id)}[/] is {workflow_status(run.status)}")
     out.print(_run_table(run))
     if run.HasField("output"):
-        out.print(f"output: {escape(_proto_inline(run.output))}")
+        out.print(f"output: {escape(proto_inline(run.output))}")
     if run.HasField("error"):
         out.print(f"[red]error[/] {escape(run.error.reason)}: {escape(run.error.message)}")
     out.print(f"[dim]Temporal workflow id: {escape(run.temporal_workflow_id)}[/]")
@@ -107,19 +110,20 @@ def describe_event(event: workflow_pb2.WorkflowRunEvent) -> str:
         return f"run started ({event.run_started.workflow_id})"
     if kind == "run_finished":
         finished = event.run_finished
-        return f"run finished {_status(finished.status)} {escape(_proto_inline(finished.output))}"
+        output = escape(proto_inline(finished.output))
+        return f"run finished {workflow_status(finished.status)} {output}"
     if kind == "run_failed":
         return f"[red]run failed[/] {escape(event.run_failed.reason)}: " + escape(
             event.run_failed.message
         )
     if kind == "run_pending":
-        return _pending_notice(event.run_pending.task_queue, event.run_pending.waited)
+        return pending_notice(event.run_pending.task_queue, event.run_pending.waited)
     step = getattr(event, kind)
     text = f"{kind.removeprefix('step_')} [bold]{escape(step.path)}[/]"
     if kind == "step_succeeded":
-        text += f" → {escape(_proto_inline(step.output))[:100]}"
+        text += f" → {escape(proto_inline(step.output))[:100]}"
     elif kind == "step_suspended":
-        text += f" waiting for: {escape(_proto_inline(step.suspend_payload))}"
+        text += f" waiting for: {escape(proto_inline(step.suspend_payload))}"
     elif kind in ("step_retrying", "step_failed"):
         text += f" ({escape(step.error.reason)}: {escape(step.error.message)})"
     return text
@@ -130,21 +134,18 @@ def workflows_list(
     ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
 ) -> None:
     """List the registered workflow definitions."""
-    workflows = _run(_connection(ctx), lambda c: c.list_workflows())
-    if as_json:
-        _print_json([to_dict(w) for w in workflows])
-        return
-    table = Table(title="workflows")
-    for column in ("id", "version", "steps", "description"):
-        table.add_column(column)
-    for workflow in workflows:
-        table.add_row(
+    workflows = run_with_client(connection(ctx), lambda c: c.workflows.list_workflows())
+    print_items(
+        workflows,
+        as_json,
+        Table("id", "version", "steps", "description", title="workflows"),
+        lambda workflow: (
             escape(workflow.id),
             workflow.version,
             " → ".join(step.id for step in workflow.steps),
             escape(workflow.description),
-        )
-    _out().print(table)
+        ),
+    )
 
 
 @workflows_app.command("show")
@@ -154,13 +155,13 @@ def workflows_show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (with the schemas)."),
 ) -> None:
     """Show a workflow's steps (and, with --json, its schemas)."""
-    workflow = _run(_connection(ctx), lambda c: c.get_workflow(workflow_id))
+    workflow = run_with_client(connection(ctx), lambda c: c.workflows.get_workflow(workflow_id))
     if as_json:
-        _print_json(to_dict(workflow))
+        print_json(to_dict(workflow))
         return
     tree = Tree(f"[bold]{escape(workflow.id)}[/] v{workflow.version}")
     _step_tree(tree, workflow.steps)
-    _out().print(tree)
+    stdout_console().print(tree)
 
 
 @workflows_app.command("start")
@@ -173,24 +174,24 @@ def workflows_start(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Start a run."""
-    payload = _json_object(data, "--input") or {}
+    payload = parse_json_object(data, "--input") or {}
 
     async def work(client: LoomworkClient) -> workflow_pb2.WorkflowRun:
-        run = await client.start_workflow_run(workflow_id, payload, client_run_id=run_id)
+        run = await client.workflows.start_run(workflow_id, payload, client_run_id=run_id)
         if watch and not as_json:
-            _out().print(f"started run [cyan]{escape(run.id)}[/]")
-            async for event in client.watch_workflow_run(run.id, timeout=None):
-                _out().print(f"  #{event.event_id} {describe_event(event)}")
-            run = await client.get_workflow_run(run.id)
+            stdout_console().print(f"started run [cyan]{escape(run.id)}[/]")
+            async for event in client.workflows.watch_run(run.id, timeout=None):
+                stdout_console().print(f"  #{event.event_id} {describe_event(event)}")
+            run = await client.workflows.get_run(run.id)
         return run
 
-    run = _run(_connection(ctx), work)
+    run = run_with_client(connection(ctx), work)
     if as_json:
-        _print_json(to_dict(run))
+        print_json(to_dict(run))
     elif watch:
-        _out().print(f"run [cyan]{escape(run.id)}[/] is {_status(run.status)}")
+        stdout_console().print(f"run [cyan]{escape(run.id)}[/] is {workflow_status(run.status)}")
     else:
-        _out().print(
+        stdout_console().print(
             f"started run [cyan]{escape(run.id)}[/]; follow it with "
             f"`loomwork workflows watch {run.id}`"
         )
@@ -203,9 +204,9 @@ def workflows_get(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show a run with each step execution."""
-    run = _run(_connection(ctx), lambda c: c.get_workflow_run(run_id))
+    run = run_with_client(connection(ctx), lambda c: c.workflows.get_run(run_id))
     if as_json:
-        _print_json(to_dict(run))
+        print_json(to_dict(run))
     else:
         _print_run(run)
 
@@ -221,21 +222,24 @@ def workflows_runs(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List runs, newest first."""
-    statuses = _statuses(workflow_pb2.WorkflowRunStatus, "WORKFLOW_RUN_STATUS_", status)
-    response = _run(
-        _connection(ctx),
-        lambda c: c.list_workflow_runs(workflow_id=workflow_id, statuses=statuses, page_size=limit),
+    statuses = parse_statuses(workflow_pb2.WorkflowRunStatus, "WORKFLOW_RUN_STATUS_", status)
+    response = run_with_client(
+        connection(ctx),
+        lambda c: c.workflows.list_runs(
+            workflow_id=workflow_id, statuses=statuses, page_size=limit
+        ),
     )
-    if as_json:
-        _print_json([to_dict(r) for r in response.runs])
-        return
-    table = Table(title="workflow runs")
-    for column in ("run", "workflow", "status", "started"):
-        table.add_column(column)
-    for run in response.runs:
-        started = _short_time(run.create_time)
-        table.add_row(escape(run.id), escape(run.workflow_id), _status(run.status), started)
-    _out().print(table)
+    print_items(
+        response.runs,
+        as_json,
+        Table("run", "workflow", "status", "started", title="workflow runs"),
+        lambda run: (
+            escape(run.id),
+            escape(run.workflow_id),
+            workflow_status(run.status),
+            short_time(run.create_time),
+        ),
+    )
 
 
 @workflows_app.command("resume")
@@ -246,9 +250,11 @@ def workflows_resume(
     data: str = typer.Option("{}", "--data", "-d", help="Resume data, a JSON object."),
 ) -> None:
     """Resume a suspended step."""
-    payload = _json_object(data, "--data") or {}
-    run = _run(_connection(ctx), lambda c: c.resume_workflow_run(run_id, step_id, payload))
-    _out().print(f"resumed {escape(step_id)}; run is {_status(run.status)}")
+    payload = parse_json_object(data, "--data") or {}
+    run = run_with_client(
+        connection(ctx), lambda c: c.workflows.resume_run(run_id, step_id, payload)
+    )
+    stdout_console().print(f"resumed {escape(step_id)}; run is {workflow_status(run.status)}")
 
 
 @workflows_app.command("cancel")
@@ -258,8 +264,8 @@ def workflows_cancel(
     reason: str = typer.Option("", "--reason"),
 ) -> None:
     """Cancel a run."""
-    run = _run(_connection(ctx), lambda c: c.cancel_workflow_run(run_id, reason))
-    _out().print(f"cancel requested; run is {_status(run.status)}")
+    run = run_with_client(connection(ctx), lambda c: c.workflows.cancel_run(run_id, reason))
+    stdout_console().print(f"cancel requested; run is {workflow_status(run.status)}")
 
 
 @workflows_app.command("watch")
@@ -271,39 +277,12 @@ def workflows_watch(
     """Follow a run's events until it ends (reconnect with --after <last id>)."""
 
     async def work(client: LoomworkClient) -> None:
-        async for event in client.watch_workflow_run(run_id, after_event_id=after, timeout=None):
-            _out().print(f"#{event.event_id} {describe_event(event)}")
+        async for event in client.workflows.watch_run(run_id, after_event_id=after, timeout=None):
+            stdout_console().print(f"#{event.event_id} {describe_event(event)}")
 
-    _run(_connection(ctx), work)
+    run_with_client(connection(ctx), work)
 
 
-async def demo_workflows(ctx: DemoContext) -> None:
-    """The three seed workflows: linear, branching, suspend/resume."""
-    client = ctx.client
-    order = {
-        "customer": "Ada",
-        "country": "DE",
-        "lines": [{"sku": "loom", "quantity": 2, "unit_price": 50.0}],
-    }
-    ctx.note("order-pipeline (linear: validate → process → store → notify):")
-    run = await client.start_workflow_run("order-pipeline", order)
-    async for event in client.watch_workflow_run(run.id):
-        ctx.ok(f"#{event.event_id} {describe_event(event)}")
-    ctx.note("ticket-triage (branching): a billing ticket takes the billing path:")
-    run = await client.start_workflow_run("ticket-triage", {"subject": "Wrong invoice"})
-    async for event in client.watch_workflow_run(run.id):
-        if event.HasField("step_skipped") or event.HasField("run_finished"):
-            ctx.ok(f"#{event.event_id} {describe_event(event)}")
-    ctx.note("expense-approval (suspend/resume): 250.00 needs a person:")
-    run = await client.start_workflow_run(
-        "expense-approval", {"employee": "Grace", "amount": 250.0, "reason": "conference"}
-    )
-    async for event in client.watch_workflow_run(run.id):
-        ctx.ok(f"#{event.event_id} {describe_event(event)}")
-        if event.HasField("step_suspended"):
-            current = await client.get_workflow_run(run.id)
-            ctx.ok(f"GetRun: status {_status(current.status)}")
-            await client.resume_workflow_run(
-                run.id, "approve", {"approved": True, "approver": "Linus"}
-            )
-            ctx.ok("resumed by ResumeRun (a Temporal Update; a `resume` signal works too)")
+def register(app: typer.Typer) -> None:
+    """Adds `loomwork workflows …` to the app."""
+    app.add_typer(workflows_app, name="workflows")

@@ -1,0 +1,78 @@
+"""The payloads an agent run's workflow passes to its activities and gets back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from loomwork.agents.definitions import AgentDefinition
+from loomwork.agents.events import AgentEvent, StepFinished
+from loomwork.agents.run_models import AgentRunRequest, ContextUsage, RunOutcome, Violation
+from loomwork.llm.chat import ChatMessage, ChatUsage
+from loomwork.messages import ToolCallPart
+
+
+class RunPlan(BaseModel):
+    """What the start activity resolved: the agent as this run uses it (the definition it
+    started with, per-call overrides applied), the model, the step limit, the conversation."""
+
+    agent: AgentDefinition
+    model: str
+    max_steps: int
+    conversation: list[ChatMessage]
+    context: ContextUsage = Field(default_factory=ContextUsage)
+
+
+class StepInput(BaseModel):
+    request: AgentRunRequest
+    agent: AgentDefinition
+    plan_model: str
+    step: int
+    conversation: list[ChatMessage]
+    # The previous step ended with tool calls: its step_finished event is published first.
+    previous_step: StepFinished | None = None
+
+
+class StepOutput(BaseModel):
+    text: str = ""
+    tool_calls: list[ToolCallPart] = Field(default_factory=list)
+    approval_required: list[str] = Field(default_factory=list)  # tool call ids
+    argument_errors: dict[str, str] = Field(default_factory=dict)
+    finish_reason: str = ""
+    usage: ChatUsage = Field(default_factory=ChatUsage)
+    # Structured output (the agent has an output schema and the step answered).
+    object: dict[str, Any] | None = None
+    object_violations: list[Violation] = Field(default_factory=list)
+
+    def message(self) -> ChatMessage:
+        return ChatMessage.assistant(self.text, self.tool_calls)
+
+
+class FirstStep(BaseModel):
+    """The start activity's answer when it also ran the first model step."""
+
+    plan: RunPlan
+    output: StepOutput
+
+
+class ToolInput(BaseModel):
+    request: AgentRunRequest
+    agent: AgentDefinition
+    step: int
+    call: ToolCallPart
+    argument_error: str | None = None
+    rejection: str | None = None  # a person rejected the call: it does not run
+
+
+class FinishInput(BaseModel):
+    request: AgentRunRequest
+    outcome: RunOutcome
+    # The last step ended with tool calls and no model step followed: its step_finished.
+    last_step: StepFinished | None = None
+    read_only: bool = False
+
+
+class PublishInput(BaseModel):
+    request: AgentRunRequest
+    event: AgentEvent

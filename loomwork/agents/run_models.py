@@ -1,0 +1,154 @@
+"""What an agent run is: its request, its record and state while it runs, and its outcome."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from loomwork.llm.chat import ChatMessage, ChatUsage
+from loomwork.memory.settings import MemorySettings
+from loomwork.messages import NewMessage
+
+
+class AgentRunRequest(BaseModel):
+    """Everything a run needs to start; the workflow's input."""
+
+    tenant: str
+    run_id: str
+    agent_name: str
+    input_messages: list[NewMessage]
+    thread_id: str = ""
+    resource_id: str = ""
+    max_steps: int = 0  # 0: the agent's own
+    memory: MemorySettings | None = None  # None: the agent's own (merged with a per-call override)
+    memory_read_only: bool | None = None  # None: the agent's own
+    output_schema: dict[str, Any] | None = None  # None: the agent's own
+    metadata: dict[str, Any] = Field(default_factory=dict)  # the caller's, passed to tools
+    create_time: datetime | None = None  # when the service accepted the call
+    # The model as the service resolved it when accepting the call (named in the first
+    # step's summary); the start activity resolves the agent, and so the model, itself.
+    model: str = ""
+    # The starter published run_started already (the server does, as it accepts the run).
+    announced: bool = False
+    # The server began the first step as it started the run (loomwork.agents.speculation);
+    # the step's events may have gone out as a draft, which an activity running the step
+    # itself takes over.
+    first_step_begun: bool = False
+
+    def identified_inputs(self) -> list[NewMessage]:
+        """The input messages with the ids they are saved under (`<run>.in.<i>` unless the
+        caller chose one): the same in run_started, in memory and in the run's record."""
+        return [
+            m if m.id else m.model_copy(update={"id": f"{self.run_id}.in.{i}"})
+            for i, m in enumerate(self.input_messages)
+        ]
+
+
+class ContextUsage(BaseModel):
+    """How the run's context was assembled from memory."""
+
+    tokens_in_context: int = 0
+    messages_recalled: int = 0
+    messages_trimmed: int = 0
+    tokens_trimmed: int = 0
+
+
+class Violation(BaseModel):
+    """One problem of a validated value: a JSON path and what is wrong there."""
+
+    field: str
+    description: str
+
+
+class PendingApproval(BaseModel):
+    tool_call_id: str
+    tool_name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    step: int
+    request_time: datetime
+
+
+class Decision(BaseModel):
+    """A person's decision on one pending tool call."""
+
+    tool_call_id: str
+    approve: bool
+    reason: str = ""
+    edited_arguments: dict[str, Any] | None = None
+
+
+class ResumeInput(BaseModel):
+    """The payload of the `resume_run` Update and of the `resume` signal."""
+
+    decisions: list[Decision]
+
+
+# "pending": accepted, no worker has taken it yet (the service says so; a workflow never does).
+RunPhase = Literal["pending", "running", "waiting", "succeeded", "failed", "canceled"]
+
+
+class RunRecord(BaseModel):
+    """What a run is about, the same while it runs and once it ended."""
+
+    thread_id: str = ""
+    resource_id: str = ""
+    model: str = ""  # empty until the run resolved its agent
+    input_messages: list[NewMessage] = Field(default_factory=list)  # with their ids
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    create_time: datetime | None = None  # accepted
+    start_time: datetime | None = None  # a worker started it
+
+    @classmethod
+    def accepted(
+        cls,
+        request: AgentRunRequest,
+        *,
+        create_time: datetime | None = None,
+        start_time: datetime | None = None,
+    ) -> RunRecord:
+        """The record of a run as requested; `create_time` when the request has none."""
+        return cls(
+            thread_id=request.thread_id,
+            resource_id=request.resource_id,
+            input_messages=request.identified_inputs(),
+            metadata=request.metadata,
+            create_time=request.create_time or create_time,
+            start_time=start_time,
+        )
+
+
+class RunState(RunRecord):
+    """A run as its workflow sees it now (the `state` query, and ResumeRun's answer)."""
+
+    status: RunPhase
+    pending: list[PendingApproval] = Field(default_factory=list)
+    steps: int = 0
+
+
+RunStatus = Literal["succeeded", "failed", "canceled"]
+
+
+FinishReason = Literal["stop", "max_steps", "error", "canceled"]
+
+
+class RunOutcome(RunRecord):
+    """How a run ended; the workflow's result."""
+
+    run_id: str
+    agent_name: str
+    status: RunStatus
+    finish_reason: FinishReason
+    text: str = ""
+    object: dict[str, Any] | None = None
+    messages: list[ChatMessage] = Field(default_factory=list)
+    usage: ChatUsage = Field(default_factory=ChatUsage)
+    steps: int = 0
+    context: ContextUsage = Field(default_factory=ContextUsage)
+    terminal_event_id: int = 0  # id of its run_finished event
+    error: str = ""
+    error_type: str = ""
+    violations: list[Violation] = Field(default_factory=list)
+    error_details: dict[str, Any] = Field(default_factory=dict)
+    end_time: datetime | None = None
