@@ -186,6 +186,16 @@ def test_without_demo_mode_there_is_no_demo_and_no_model(
                 metadata=auth(tenant_token),
             )
             run = _generate(channel, tenant_token, "helper", "hi")
+        walk = subprocess.run(
+            [sys.executable, "-m", "server.cli", "demo", "--address", address],
+            cwd=ROOT,
+            env={**os.environ, "LOOMWORK_TOKEN": tenant_token},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert walk.returncode == 1
+    assert "not in demo mode" in walk.stderr and "loomwork up --demo" in walk.stderr, walk.stderr
     assert run.status == run_pb2.RUN_STATUS_FAILED
     assert run.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "loomwork up --demo", "LOOMWORK_DEMO"):
