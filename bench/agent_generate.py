@@ -47,8 +47,8 @@ from loomwork.agents.run_models import RunOutcome
 from loomwork.agents.steps import event_log_key
 from loomwork.config import Settings
 from loomwork.llm.chat import ChatMessage, ChatModel, TextDelta, ToolCallDelta, ToolCallDone
-from loomwork.llm.scripted_server import ChatRequest, ScriptedModelServer, Turn
 from loomwork.llm.shared import SharedChatModels
+from loomwork.testing import ChatRequest, ScriptedModelServer, Turn
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
 from server.embedded import EmbeddedStack
 from server.runtime import Runtime
@@ -443,6 +443,7 @@ def bench_setup() -> Iterator[tuple[Settings, str]]:
                     OPENAI_BASE_URL=model_url,
                     OPENAI_API_KEY="x",
                     LOOMWORK_CHAT_MODEL="scripted",
+                    LOOMWORK_DEMO=True,  # the `assistant` agent
                 ),
                 model_url,
             )

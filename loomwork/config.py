@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     workflow_sandbox: Literal["passthrough", "strict"] = Field(
         default="passthrough", alias="LOOMWORK_WORKFLOW_SANDBOX"
     )
+    # Demo mode (`loomwork up --demo`): demo tools (`send_email` sends nothing) and agent, the
+    # example workflows and, with no model configured, the offline model. Set it alike on
+    # every server and worker of one deployment.
+    demo: bool = Field(default=False, alias="LOOMWORK_DEMO")
     openai_base_url: str | None = Field(default=None, alias="OPENAI_BASE_URL")
     openai_api_key: str | None = Field(default=None, alias="OPENAI_API_KEY")
     chat_model: str = Field(default="gpt-4o-mini", alias="LOOMWORK_CHAT_MODEL")
@@ -60,6 +64,11 @@ class Settings(BaseSettings):
     embedding_model: str = Field(default="all-MiniLM-L6-v2", alias="LOOMWORK_EMBEDDING_MODEL")
     cache_enabled: bool = Field(default=True, alias="LOOMWORK_CACHE")
     max_message_bytes: int = Field(default=16 * 1024 * 1024, alias="LOOMWORK_MAX_MESSAGE_BYTES")
+
+    @property
+    def model_configured(self) -> bool:
+        """Whether a model endpoint is set (OPENAI_API_KEY for OpenAI, or OPENAI_BASE_URL)."""
+        return bool(self.openai_api_key or self.openai_base_url)
 
     def token_map(self) -> dict[str, str]:
         """`LOOMWORK_TOKENS` parsed as {token: tenant}."""

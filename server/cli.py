@@ -15,10 +15,9 @@ from rich.logging import RichHandler
 
 from loomwork.config import DEFAULT_TOKENS, Settings
 from loomwork.errors import LoomworkError
-from loomwork.llm.offline import offline_turn
-from loomwork.llm.scripted_server import ScriptedModelServer
 from server.embedded import EmbeddedError, EmbeddedStack
 from server.process import Running, serve
+from server.runtime import Runtime
 
 app = typer.Typer(
     name="loomwork",
@@ -65,7 +64,12 @@ def _port_free(address: str) -> bool:
 
 @app.command()
 def up(
-    demo: bool = typer.Option(False, "--demo", help="Run `loomwork demo` once everything is up."),
+    demo: bool = typer.Option(
+        False,
+        "--demo",
+        help="Demo mode (as LOOMWORK_DEMO=true: demo tools and agent, example workflows, and "
+        "the offline model when no model is configured), and run `loomwork demo` once up.",
+    ),
     ui: bool = typer.Option(True, "--ui/--no-ui", help="Serve the Temporal UI."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -73,6 +77,7 @@ def up(
     migrations, search attributes, the worker and the gRPC server. Ctrl-C stops all."""
     _setup_logging(verbose)
     settings = Settings()
+    settings.demo = settings.demo or demo
     if settings.tokens is None:
         settings.tokens = DEFAULT_TOKENS
         os.environ.setdefault("LOOMWORK_TOKENS", DEFAULT_TOKENS)
@@ -98,17 +103,12 @@ def up(
         endpoints = stack.start()
     except EmbeddedError as exc:
         _fail(str(exc))
-    offline_model: ScriptedModelServer | None = None
-    if not settings.openai_api_key and not settings.openai_base_url:
-        offline_model = ScriptedModelServer(offline_turn, model="offline")
-        settings.openai_base_url = offline_model.start_in_thread()
-        settings.openai_api_key = "offline"
-        settings.chat_model = "offline"
     settings.database_url = settings.database_url or endpoints.database_url
     settings.redis_url = settings.redis_url or endpoints.redis_url
     settings.temporal_address = settings.temporal_address or endpoints.temporal_address
 
     async def ready(running: Running) -> None:
+        runtime = running.runtime
         console.print()
         console.print(f"[bold green]Loomwork is up[/] in {time.perf_counter() - started:.1f}s")
         console.print(f"  gRPC          {running.grpc_address}   (reflection + health on)")
@@ -120,14 +120,11 @@ def up(
         console.print(f"  PostgreSQL    {_redact(settings.database_url or '')}")
         console.print(f"  Redis         {_redact(settings.redis_url or '')}")
         console.print(f"  home          {home}")
-        if offline_model is not None:
+        console.print(f"  model         {_model_line(runtime)}")
+        if runtime.demo is not None:
             console.print(
-                "  model         offline scripted model (set OPENAI_API_KEY or OPENAI_BASE_URL"
-                " for a real one)"
-            )
-        else:
-            console.print(
-                f"  model         {settings.chat_model} at {settings.openai_base_url or 'OpenAI'}"
+                "  demo mode     demo tools (send_email sends nothing), agent `assistant`, "
+                "example workflows"
             )
         for token, tenant in tokens.items():
             console.print(f"  token         [bold]{token}[/] → tenant {tenant}")
@@ -156,10 +153,24 @@ def up(
         pass
     finally:
         console.print("stopping embedded servers…")
-        if offline_model is not None:
-            offline_model.stop_in_thread()
         stack.stop()
         console.print("stopped.")
+
+
+def _model_line(runtime: Runtime) -> str:
+    """The banner's model line: which model agent runs use, or why they fail."""
+    settings = runtime.settings
+    if runtime.demo is not None and runtime.demo.offline_model is not None:
+        return (
+            "offline scripted model (demo mode; set OPENAI_API_KEY or OPENAI_BASE_URL for a "
+            "real one)"
+        )
+    if not settings.model_configured:
+        return (
+            "[bold yellow]none[/]: agent runs fail until OPENAI_API_KEY or OPENAI_BASE_URL is "
+            "set (or use `loomwork up --demo` for the offline demo model)"
+        )
+    return f"{settings.chat_model} at {settings.openai_base_url or 'OpenAI'}"
 
 
 def _redact(url: str) -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 from temporalio.client import Client
 
-from loomwork.agents.builtin import builtin_agents, builtin_tools
 from loomwork.agents.definitions import AgentRegistry
+from loomwork.agents.memory_tool import working_memory_tool
 from loomwork.agents.payloads import FirstStep
 from loomwork.agents.speculation import SpeculativeSteps
 from loomwork.agents.steps import AgentSteps
@@ -17,14 +18,13 @@ from loomwork.agents.tools import ToolRegistry
 from loomwork.cache.versioned import VersionedCache
 from loomwork.config import Settings
 from loomwork.embeddings import embedding_provider, resolve_dimension
-from loomwork.flows.examples import register_examples
 from loomwork.flows.registry import (
     WorkflowRegistry,
     default_registry,
     import_workflow_modules,
 )
 from loomwork.integrations.components import Integrations
-from loomwork.llm.shared import SharedChatModels
+from loomwork.llm.shared import NO_MODEL_CONFIGURED, SharedChatModels
 from loomwork.memory.recall import MessageRecall
 from loomwork.memory.threads import Memory
 from loomwork.memory.working import WorkingMemoryStore
@@ -37,6 +37,9 @@ from loomwork.storage.migrations import apply_migrations
 from loomwork.storage.postgres import PostgresMemoryStorage
 from loomwork.streams.run_events import RunEventLog
 from server.temporal import connect_temporal
+
+if TYPE_CHECKING:
+    from loomwork.demo.mode import DemoMode
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +83,32 @@ class Runtime:
     # once, for the run's first activity (in this process) to adopt.
     agent_steps: AgentSteps | None = None
     speculation: SpeculativeSteps[FirstStep] = field(default_factory=SpeculativeSteps)
+    # Demo mode (Settings.demo): what it registered, and the offline model it runs if any.
+    demo: DemoMode | None = None
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
-        """Connect everything (waiting for servers that are starting) and apply migrations."""
+        """Connect everything (waiting for servers that are starting) and apply migrations;
+        in demo mode, register the demo too."""
+        demo = None
+        if settings.demo:
+            # The one place production code loads demo code, and only in demo mode.
+            from loomwork.demo.mode import DemoMode
+
+            demo, settings = DemoMode.start(settings)
+            offline = ", the offline model" if demo.offline_model is not None else ""
+            log.info("demo mode: demo tools and agent, example workflows%s", offline)
+        elif not settings.model_configured:
+            log.warning("%s", NO_MODEL_CONFIGURED)
+        try:
+            return await cls._connect(settings, demo, migrate=migrate)
+        except BaseException:
+            if demo is not None:
+                demo.stop()
+            raise
+
+    @classmethod
+    async def _connect(cls, settings: Settings, demo: DemoMode | None, *, migrate: bool) -> Runtime:
         if not settings.database_url or not settings.redis_url or not settings.temporal_address:
             raise ValueError("Runtime.open needs database_url, redis_url and temporal_address")
         db = Database(settings.database_url)
@@ -123,6 +148,11 @@ class Runtime:
             api_key=settings.openai_api_key,
             timeout=settings.model_timeout,
         )
+        working_memory = WorkingMemoryStore(db)
+        agents = AgentRegistry()
+        tools = ToolRegistry([working_memory_tool(working_memory)])
+        if demo is not None:
+            demo.register(tools, agents, default_registry, db)
         return cls(
             settings,
             db,
@@ -130,10 +160,10 @@ class Runtime:
             temporal,
             Memory(storage),
             recall,
-            WorkingMemoryStore(db),
+            working_memory,
             events,
-            builtin_agents(),
-            builtin_tools(db),
+            agents,
+            tools,
             chat_models,
             cache,
             integrations=Integrations.build(
@@ -144,15 +174,15 @@ class Runtime:
                 public_url=settings.public_url or f"http://{settings.http_address}",
             ),
             rag=rag_system(settings, db, events, chat_models),
+            demo=demo,
         )
 
     def __post_init__(self) -> None:
         if self.rag is not None and RAG_QUERY_TOOL not in {t.name for t in self.tools.all()}:
             self.tools.register(rag_query_tool(self.rag.retriever))
-        # Workflow definitions are checked at start-up: the seed examples, and whatever the
-        # application registered on `default_registry` before starting.
+        # Workflow definitions are checked at start-up: whatever the application registered
+        # on `default_registry` before starting (and, in demo mode, the examples).
         import_workflow_modules(self.settings.workflow_modules)
-        register_examples(self.flows)
         self.flows.check_references(
             {tool.name: tool.args for tool in self.tools.all()},
             {agent.name for agent in self.agents.all()},
@@ -168,3 +198,5 @@ class Runtime:
             await self.integrations.close()
         await self.redis.aclose()
         await self.db.close()
+        if self.demo is not None:
+            self.demo.stop()

@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from loomwork.config import Settings
-from loomwork.llm.scripted_server import ScriptedModelServer
+from loomwork.testing import ScriptedModelServer
 from protos.loomwork.v1 import agent_pb2_grpc, memory_pb2_grpc
 from server.embedded import EmbeddedStack
 from server.runtime import Runtime
@@ -75,6 +75,9 @@ def settings(embedded: dict[str, str], model_server: ScriptedModelServer) -> Set
         OPENAI_BASE_URL=model_server.base_url,
         OPENAI_API_KEY="test-key",
         LOOMWORK_CHAT_MODEL="scripted",
+        # Demo mode, as LOOMWORK_DEMO=true sets it: most agent and workflow tests use the
+        # demo tools, the `assistant` agent and the example workflows.
+        LOOMWORK_DEMO=True,
         LOOMWORK_HOME=Path(embedded["LOOMWORK_HOME"]),
         DATABASE_URL=embedded["DATABASE_URL"],
         REDIS_URL=embedded["REDIS_URL"],

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from loomwork.agents.run_models import AgentRunRequest
 from loomwork.config import Settings
@@ -57,6 +61,33 @@ async def another_server(runtime: Runtime) -> AsyncIterator[grpc.aio.Channel]:
             yield channel
     finally:
         await app.stop(grace=1.0)
+
+
+def wait_serving(
+    address: str,
+    processes: Mapping[str, subprocess.Popen[bytes]],
+    logs: Mapping[str, Path],
+    timeout: float = 90,
+) -> None:
+    """Wait until the gRPC server at `address` reports SERVING; fail with the logs when one
+    of `processes` (by role) exits first, or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for role, process in processes.items():
+            assert process.poll() is None, f"{role} exited: {logs[role].read_text()}"
+        try:
+            with grpc.insecure_channel(address) as channel:
+                status = (
+                    health_pb2_grpc.HealthStub(channel)
+                    .Check(health_pb2.HealthCheckRequest(), timeout=2)
+                    .status
+                )
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"nothing serves on {address}: {[p.read_text() for p in logs.values()]}")
 
 
 def auth(token: str) -> tuple[tuple[str, str], ...]:

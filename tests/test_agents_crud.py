@@ -7,7 +7,7 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 
-from loomwork.llm.scripted_server import ScriptedToolCall, Turn
+from loomwork.testing import ScriptedToolCall, Turn
 from protos.loomwork.v1 import agent_pb2, run_pb2
 from tests.support import auth, field_violations, unique
 

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
 
-from loomwork.llm.scripted_server import ScriptedToolCall, Turn
+from loomwork.testing import ScriptedToolCall, Turn
 from protos.loomwork.v1 import agent_pb2, memory_pb2, message_pb2, run_pb2
 from tests.support import auth, field_violations, unique
 

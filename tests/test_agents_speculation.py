@@ -18,9 +18,9 @@ from loomwork.agents.payloads import FirstStep
 from loomwork.agents.run_models import AgentRunRequest
 from loomwork.agents.speculation import SpeculativeSteps, until_adopted, until_confirmed
 from loomwork.agents.steps import AgentSteps, announce_run, event_log_key
-from loomwork.llm.scripted_server import Delay, Turn
 from loomwork.messages import NewThread
 from loomwork.streams import DraftTaken
+from loomwork.testing import Delay, Turn
 from protos.loomwork.v1 import agent_pb2, memory_pb2, run_pb2
 from server.runtime import Runtime
 from tests.support import agent_run_request, auth, unique

@@ -16,7 +16,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 
 from loomwork.config import Settings
-from loomwork.llm.scripted_server import Delay, Failure, ScriptedToolCall, Turn
+from loomwork.testing import Delay, Failure, ScriptedToolCall, Turn
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server.runtime import Runtime
 from tests.support import RunningWorker, another_server, auth, own_runtime, unique

@@ -14,12 +14,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from loomwork.agents.builtin import NoteTool, SaveNoteArgs, builtin_tools
 from loomwork.agents.run_models import AgentRunRequest, RunOutcome
 from loomwork.agents.tools import Tool, ToolContext, ToolRegistry
 from loomwork.config import Settings
-from loomwork.llm.scripted_server import ScriptedToolCall, Turn
+from loomwork.demo.tools import NoteTool, SaveNoteArgs
 from loomwork.messages import NewMessage, Role, TextPart, ToolResultPart
+from loomwork.testing import ScriptedToolCall, Turn
 from server.runtime import Runtime
 from server.worker import build_worker
 from tests.support import unique
@@ -37,7 +37,7 @@ async def _doomed_worker() -> None:
         await asyncio.Event().wait()  # the write is done; the activity never completes
         return saved
 
-    tools = [t for t in builtin_tools(runtime.db).all() if t.name != "save_note"]
+    tools = [t for t in runtime.tools.all() if t.name != "save_note"]
     tools.append(Tool("save_note", "Save a note for the user.", SaveNoteArgs, save_then_hang))
     runtime = replace(runtime, tools=ToolRegistry(tools))
     await build_worker(runtime, identity="doomed-worker").run()
@@ -82,6 +82,7 @@ async def test_worker_killed_mid_tool_writes_once(runtime, settings, model_serve
         "OPENAI_BASE_URL": model_server.base_url,
         "OPENAI_API_KEY": "test-key",
         "LOOMWORK_CHAT_MODEL": "scripted",
+        "LOOMWORK_DEMO": "true",  # the `assistant` agent and its `save_note`
     }
     doomed = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.test_agents_worker_kill", cwd=ROOT, env=env

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from clients.cli import register
 from clients.cli.messages import message_from_json
-from loomwork.llm.offline import offline_turn
-from loomwork.llm.scripted_server import ScriptedModelServer
+from loomwork.demo.offline_model import offline_turn
+from loomwork.testing import Delay, ScriptedModelServer, Turn
 from protos.loomwork.v1 import message_pb2
 
 app = typer.Typer()
@@ -345,6 +345,18 @@ async def test_agent_commands(
         assert "SUCCEEDED" in shown and "is sent" in shown
     finally:
         model_server.set_script(None)
+
+
+async def test_a_followed_run_outlives_the_call_deadline(
+    env: dict[str, str], model_server: ScriptedModelServer
+) -> None:
+    """`--timeout` bounds each call, not a run the command follows to its end."""
+    model_server.set_script([Delay(2.0, then=Turn(text="slow but sure"))])
+    try:
+        ran = await _cli(env, "agents", "--timeout", "0.5", "run", "assistant", "take your time")
+    finally:
+        model_server.set_script(None)
+    assert "slow but sure" in _ok(ran).stdout
 
 
 def test_a_pending_run_is_described_with_what_to_do() -> None:

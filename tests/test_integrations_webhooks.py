@@ -20,7 +20,7 @@ from clients import LoomworkClient
 from loomwork.agents.directory import RunDirectory
 from loomwork.integrations import signatures
 from loomwork.integrations.routing import DocumentIngest, WorkflowStart, WorkflowStepResume
-from loomwork.llm.scripted_server import ScriptedToolCall, Turn
+from loomwork.testing import ScriptedToolCall, Turn
 from protos.loomwork.v1 import (
     agent_pb2,
     integration_pb2,

@@ -23,7 +23,8 @@ from loomwork.llm.chat import (
     json_schema_format,
 )
 from loomwork.llm.errors import ModelError
-from loomwork.llm.scripted_server import (
+from loomwork.messages import Message, Role, TextPart, ToolCallPart, ToolResultPart
+from loomwork.testing import (
     ChatRequest,
     Delay,
     Failure,
@@ -33,7 +34,6 @@ from loomwork.llm.scripted_server import (
     Usage,
     pseudo_embedding,
 )
-from loomwork.messages import Message, Role, TextPart, ToolCallPart, ToolResultPart
 
 WEATHER = ToolSpec(
     name="get_weather",

@@ -13,7 +13,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from clients.cli import register
-from loomwork.llm.scripted_server import ScriptedModelServer, Turn
+from loomwork.testing import ScriptedModelServer, Turn
 from tests.test_rag_extract import minimal_pdf
 
 app = typer.Typer()

@@ -14,8 +14,8 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
-from loomwork.llm.scripted_server import ScriptedModelServer, Turn
 from loomwork.rag.ingestion import derived_document_id
+from loomwork.testing import ScriptedModelServer, Turn
 from protos.loomwork.v1 import rag_pb2, rag_pb2_grpc, run_pb2
 from tests.support import auth, field_violations, unique
 from tests.test_rag_extract import minimal_pdf

@@ -19,7 +19,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from protos.loomwork.v1 import memory_pb2, memory_pb2_grpc, message_pb2
 from tests.conftest import free_port
-from tests.support import auth
+from tests.support import auth, wait_serving
 from workflows.stack_check import StackCheckInput, StackCheckResult, StackCheckWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,25 +167,7 @@ def test_server_and_worker_processes_against_external_services(embedded, tmp_pat
         for role in ("server", "worker")
     }
     try:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        deadline = time.monotonic() + 60
-        status = None
-        while time.monotonic() < deadline:
-            try:
-                with grpc.insecure_channel(address) as channel:
-                    status = (
-                        health_pb2_grpc.HealthStub(channel)
-                        .Check(health_pb2.HealthCheckRequest(), timeout=2)
-                        .status
-                    )
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            except grpc.RpcError:
-                pass
-            assert procs["server"].poll() is None, logs["server"].read_text()
-            time.sleep(0.3)
-        assert status == health_pb2.HealthCheckResponse.SERVING, logs["server"].read_text()
+        wait_serving(address, procs, logs, timeout=60)
         with grpc.insecure_channel(address) as channel:
             stub = memory_pb2_grpc.MemoryServiceStub(channel)
             created = stub.CreateThread(memory_pb2.CreateThreadRequest(), metadata=auth("ops"))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from loomwork.demo.workflows import register_example_workflows
 from loomwork.flows import default_registry
-from loomwork.flows.examples import register_examples
 from tests.support import replay_failure
 from workflows.dsl_run import DslRunWorkflow
 
@@ -26,6 +26,6 @@ def test_histories_of_earlier_versions_are_kept() -> None:
 
 @pytest.mark.parametrize("name", sorted(RECORDED))
 async def test_a_recorded_workflow_run_replays_on_the_current_code(name: str) -> None:
-    register_examples(default_registry)  # as the worker's runtime does at start-up
+    register_example_workflows(default_registry)  # as a demo-mode worker does at start-up
     failure = await replay_failure(DslRunWorkflow, f"wf/rec/{name}", RECORDED[name])
     assert failure is None, f"{name}: {failure}"

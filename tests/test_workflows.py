@@ -19,7 +19,7 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 from pydantic import BaseModel
 
-from loomwork.agents.builtin import WordCountArgs
+from loomwork.demo.tools import WordCountArgs
 from loomwork.flows import (
     AgentStepInput,
     AgentStepOutput,
@@ -34,7 +34,7 @@ from loomwork.flows import (
     tool_step,
 )
 from loomwork.flows.state import DslRunInput
-from loomwork.llm.scripted_server import Turn
+from loomwork.testing import Turn
 from protos.loomwork.v1 import workflow_pb2, workflow_pb2_grpc
 from tests.support import (
     RunningWorker,

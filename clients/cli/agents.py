@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from clients.cli.common import (
+    FOLLOW_TIMEOUT,
     connection,
     connection_callback,
     parse_json_object,
@@ -128,7 +129,12 @@ def agents_run(
 
     async def work(client: LoomworkClient) -> None:
         stream = client.agents.stream(
-            name, prompt, thread_id=thread, resource_id=resource, client_run_id=run_id, timeout=None
+            name,
+            prompt,
+            thread_id=thread,
+            resource_id=resource,
+            client_run_id=run_id,
+            timeout=FOLLOW_TIMEOUT,
         )
         await _follow(stream)
 
@@ -144,7 +150,7 @@ def agents_watch(
     """Follow a run's events until it ends (reconnect with --after <last id>)."""
     run_with_client(
         connection(ctx),
-        lambda c: _follow(c.agents.watch_run(run_id, after_event_id=after, timeout=None)),
+        lambda c: _follow(c.agents.watch_run(run_id, after_event_id=after, timeout=FOLLOW_TIMEOUT)),
     )
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "ADDRESS_ENV",
     "ADDRESS_OPTION",
     "DEFAULT_TOKEN",
+    "FOLLOW_TIMEOUT",
     "TIMEOUT_OPTION",
     "TOKEN_ENV",
     "TOKEN_OPTION",
@@ -84,6 +85,9 @@ TOKEN_OPTION = typer.Option(
     DEFAULT_TOKEN, "--token", envvar=TOKEN_ENV, help="Bearer token (decides the tenant)."
 )
 TIMEOUT_OPTION = typer.Option(10.0, "--timeout", help="Deadline of each call, in seconds.")
+# The deadline of a command that follows a run to its end: the run may wait days for a
+# person, and Ctrl-C stops following sooner (`--timeout` is for the calls around it).
+FOLLOW_TIMEOUT = 7 * 24 * 3600.0
 
 
 def connection_callback(

@@ -43,6 +43,9 @@ from protos.loomwork.v1 import message_pb2, rag_pb2, run_pb2
 
 __all__ = ["DEMO_SECTIONS", "DemoContext", "DemoSection", "demo", "register", "run_demo"]
 
+# The agent a stack in demo mode serves (loomwork/demo/agents.py).
+DEMO_AGENT = "assistant"
+
 
 @dataclass
 class DemoContext:
@@ -181,7 +184,7 @@ async def _demo_agent(ctx: DemoContext) -> None:
     ctx.note(f"streaming agent 'assistant' on {prompt!r} (a durable Temporal run):")
     text = StreamedText()
     run_id, last_event = "", 0
-    async for event in ctx.client.agents.stream("assistant", prompt):
+    async for event in ctx.client.agents.stream(DEMO_AGENT, prompt):
         run_id, last_event = event.run_id, event.event_id
         text.add(event)
         kind = event.WhichOneof("event")
@@ -209,7 +212,7 @@ async def _demo_approval(ctx: DemoContext) -> None:
     prompt = "Please email ada@example.com: the report is ready"
     ctx.note(f"send_email needs a person's approval; streaming {prompt!r}:")
     text = StreamedText()
-    async for event in ctx.client.agents.stream("assistant", prompt):
+    async for event in ctx.client.agents.stream(DEMO_AGENT, prompt):
         text.add(event)
         kind = event.WhichOneof("event")
         if kind == "approval_requested":
@@ -402,6 +405,12 @@ async def run_demo(
     console = console or Console(highlight=False)
     console.print(f"[bold]Loomwork demo[/] against {escape(address)}")
     async with LoomworkClient(address, token or None) as client:
+        if not any(agent.name == DEMO_AGENT for agent in await client.agents.list_agents()):
+            raise DemoModeOff(
+                f"the stack at {address} is not in demo mode (no agent {DEMO_AGENT!r}): "
+                "start it with `loomwork up --demo`, or set LOOMWORK_DEMO=true on its servers "
+                "and workers"
+            )
         ctx = DemoContext(client, console, address, token, other_token=other_token or None)
         try:
             for section in DEMO_SECTIONS if sections is None else sections:
@@ -413,6 +422,10 @@ async def run_demo(
                     await client.memory.delete_thread(ctx.thread_id, timeout=5)
     console.print(Rule())
     console.print("[bold green]demo finished[/]")
+
+
+class DemoModeOff(Exception):
+    """The stack the demo runs against does not serve the demo's agents and tools."""
 
 
 def demo(
@@ -430,6 +443,9 @@ def demo(
         asyncio.run(run_demo(address, token, other_token=other_token, console=stdout_console()))
     except grpc.aio.AioRpcError as err:
         report_rpc_error(err, address, stderr_console())
+        raise typer.Exit(1) from None
+    except DemoModeOff as err:
+        stderr_console().print(f"[bold red]error:[/] {escape(str(err))}")
         raise typer.Exit(1) from None
 
 

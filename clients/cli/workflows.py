@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from clients.cli.common import (
+    FOLLOW_TIMEOUT,
     connection,
     connection_callback,
     parse_json_object,
@@ -180,7 +181,7 @@ def workflows_start(
         run = await client.workflows.start_run(workflow_id, payload, client_run_id=run_id)
         if watch and not as_json:
             stdout_console().print(f"started run [cyan]{escape(run.id)}[/]")
-            async for event in client.workflows.watch_run(run.id, timeout=None):
+            async for event in client.workflows.watch_run(run.id, timeout=FOLLOW_TIMEOUT):
                 stdout_console().print(f"  #{event.event_id} {describe_event(event)}")
             run = await client.workflows.get_run(run.id)
         return run
@@ -277,7 +278,9 @@ def workflows_watch(
     """Follow a run's events until it ends (reconnect with --after <last id>)."""
 
     async def work(client: LoomworkClient) -> None:
-        async for event in client.workflows.watch_run(run_id, after_event_id=after, timeout=None):
+        async for event in client.workflows.watch_run(
+            run_id, after_event_id=after, timeout=FOLLOW_TIMEOUT
+        ):
             stdout_console().print(f"#{event.event_id} {describe_event(event)}")
 
     run_with_client(connection(ctx), work)

@@ -1,1 +1,2 @@
-"""The model seam: chat models through the `openai` client, and a scripted offline model server."""
+"""The model seam: chat models through the `openai` client (tests script it with
+`loomwork.testing`)."""

@@ -5,13 +5,22 @@ from __future__ import annotations
 import openai
 
 from loomwork.llm.chat import NO_KEY, ChatModel
+from loomwork.llm.errors import ModelRequestRejected
+
+NO_MODEL_CONFIGURED = (
+    "no model is configured: set OPENAI_API_KEY (OpenAI) or OPENAI_BASE_URL (any "
+    "OpenAI-compatible endpoint), or run in demo mode (`loomwork up --demo` or "
+    "LOOMWORK_DEMO=true) for the offline demo model"
+)
 
 
 class SharedChatModels:
     """`ChatModel`s for any model name over one `openai` client created on first use, so
     agent steps, RAG answers and reranking reuse kept-alive connections instead of paying
     for a new client (~30 ms, its TLS context) on every model call. The client's
-    own retries are off (Temporal retries); cancelling a call still aborts its request."""
+    own retries are off (Temporal retries); cancelling a call still aborts its request.
+    With neither a base URL nor a key there is no model: asking for one fails at once
+    (not retryable) saying what to set, rather than calling OpenAI with no key."""
 
     def __init__(
         self, *, base_url: str | None, api_key: str | None, timeout: float = 120.0
@@ -22,6 +31,10 @@ class SharedChatModels:
         self._client: openai.AsyncOpenAI | None = None
 
     def __call__(self, model: str) -> ChatModel:
+        if not (self.base_url or self.api_key):
+            raise ModelRequestRejected(
+                NO_MODEL_CONFIGURED, retryable=False, code="model_not_configured"
+            )
         if self._client is None:
             self._client = openai.AsyncOpenAI(
                 base_url=self.base_url or None,

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from google.protobuf import struct_pb2
 
 from loomwork.config import Settings
-from loomwork.llm.scripted_server import ScriptedModelServer, ScriptedToolCall, Turn
+from loomwork.testing import ScriptedModelServer, ScriptedToolCall, Turn
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2, workflow_pb2, workflow_pb2_grpc
 from server.embedded import EmbeddedStack
 from server.runtime import Runtime
@@ -160,6 +160,7 @@ def main() -> None:
                 OPENAI_BASE_URL=model.base_url,
                 OPENAI_API_KEY="x",
                 LOOMWORK_CHAT_MODEL="scripted",
+                LOOMWORK_DEMO=True,  # the `assistant` agent and the example workflows
             )
             if workflows:
                 for name, history in asyncio.run(record_workflows(settings)).items():

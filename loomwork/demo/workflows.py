@@ -1,4 +1,4 @@
-"""The three example workflows of the seed, registered on every worker and server.
+"""The three example workflows of the seed, registered in demo mode on every worker and server.
 
 - `order-pipeline` (linear): validate -> process -> store (a note in Postgres, exactly
   once per run however often the step is retried) -> notify.
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from loomwork.agents.builtin import NoteTool, SaveNoteArgs
 from loomwork.agents.tools import ToolContext
+from loomwork.demo.tools import NoteTool, SaveNoteArgs
 from loomwork.flows.definition import RetryPolicy, Workflow, step
 from loomwork.flows.registry import WorkflowRegistry
 from loomwork.flows.step_context import StepContext
@@ -320,7 +320,7 @@ def expense_approval() -> Workflow:
     )
 
 
-def register_examples(registry: WorkflowRegistry) -> None:
+def register_example_workflows(registry: WorkflowRegistry) -> None:
     """Register the seed examples (a second call is a no-op)."""
     for build in (order_pipeline, ticket_triage, expense_approval):
         workflow = build().commit()

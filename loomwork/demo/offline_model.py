@@ -1,13 +1,14 @@
-"""The offline model: a small rule-based script for the scripted server, so `loomwork up`
-and its demo work with no API key and no network. It is not a language model: it adds
-numbers with the `add` tool, counts words with `word_count`, and otherwise echoes."""
+"""The offline model: a small rule-based script for the scripted model server, so demo mode
+works with no API key and no network. It is not a language model: it adds numbers with the
+`add` tool, counts words with `word_count`, asks for `send_email` when told to email
+someone, answers RAG questions from their first source, and otherwise echoes."""
 
 from __future__ import annotations
 
 import json
 import re
 
-from loomwork.llm.scripted_server import ChatRequest, ScriptedToolCall, Turn
+from loomwork.testing import ChatRequest, ScriptedModelServer, ScriptedToolCall, Turn
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
@@ -68,3 +69,11 @@ def offline_turn(request: ChatRequest) -> Turn:
         text = prompt.split(":", 1)[1].strip()
         return Turn(tool_calls=[ScriptedToolCall("word_count", {"text": text})])
     return Turn(text=f"(offline model) You said: {prompt}", chunk_size=4)
+
+
+OFFLINE_MODEL = "offline"
+
+
+def offline_model_server() -> ScriptedModelServer:
+    """A scripted model server answering with `offline_turn` (not started yet)."""
+    return ScriptedModelServer(offline_turn, model=OFFLINE_MODEL)

@@ -1,13 +1,14 @@
-"""The agents and tools that ship with Loomwork (used by the demo and the tests)."""
+"""The demo tools: small tools the demo agent and the example workflows use.
+
+Registered only in demo mode. `send_email` sends nothing: it stands in for an outbound
+integration that needs a person's approval, and says so in its description.
+"""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from loomwork.agents.definitions import AgentDefinition, AgentRegistry
-from loomwork.agents.memory_tool import working_memory_tool
-from loomwork.agents.tools import Tool, ToolContext, ToolRegistry
-from loomwork.memory.working import WorkingMemoryStore
+from loomwork.agents.tools import Tool, ToolContext
 from loomwork.storage.database import Database
 
 
@@ -61,41 +62,27 @@ class SendEmailArgs(BaseModel):
 
 
 async def send_email(args: SendEmailArgs, ctx: ToolContext) -> dict[str, object]:
-    # A stand-in for an outbound integration: it needs a person's approval first.
+    """Pretend to send: a stand-in for an outbound integration that needs approval first."""
     return {"sent": True, "to": args.to, "subject": args.subject}
 
 
-def builtin_tools(db: Database | None = None) -> ToolRegistry:
-    tools = [
+SEND_EMAIL_DESCRIPTION = (
+    "Demo tool: pretends to send an email and sends nothing (a person approves each call "
+    "first, as a real outbound integration would need)."
+)
+
+
+def demo_tools(db: Database) -> list[Tool]:
+    """The demo tools: `add`, `word_count`, `send_email` (sends nothing), `save_note`."""
+    return [
         Tool("add", "Add numbers exactly.", AddArgs, add),
         Tool("word_count", "Count the words of a text.", WordCountArgs, word_count),
         Tool(
             "send_email",
-            "Send an email (a person approves each one first).",
+            SEND_EMAIL_DESCRIPTION,
             SendEmailArgs,
             send_email,
             requires_approval=True,
         ),
+        Tool("save_note", "Save a note for the user.", SaveNoteArgs, NoteTool(db).save),
     ]
-    if db is not None:
-        tools.append(
-            Tool("save_note", "Save a note for the user.", SaveNoteArgs, NoteTool(db).save)
-        )
-        tools.append(working_memory_tool(WorkingMemoryStore(db)))
-    return ToolRegistry(tools)
-
-
-def builtin_agents() -> AgentRegistry:
-    return AgentRegistry(
-        [
-            AgentDefinition(
-                name="assistant",
-                description="A helpful assistant that adds numbers, counts words, saves notes.",
-                instructions=(
-                    "You are a concise, helpful assistant. Use the tools for arithmetic "
-                    "and counting instead of guessing."
-                ),
-                tool_names=["add", "word_count", "save_note", "send_email"],
-            )
-        ]
-    )
