@@ -148,7 +148,7 @@ def test_production_entry_points_load_no_demo_or_test_code() -> None:
         [
             sys.executable,
             "-c",
-            "import sys, server.cli, server.process, server.worker, server.app\n"
+            "import sys, server.cli, server.process, server.worker, server.transport.grpc_app\n"
             "print(sorted(m for m in sys.modules"
             " if m.startswith(('loomwork.demo', 'loomwork.testing'))))",
         ],
