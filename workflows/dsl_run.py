@@ -34,7 +34,8 @@ from workflows.search_attributes import STATUS
 
 with workflow.unsafe.imports_passed_through():
     from loomwork.agents.run_models import AgentRunRequest, RunOutcome
-    from loomwork.flows.definition import (
+    from loomwork.flows.execution import PublishInput, StepCall, StepOutcome
+    from loomwork.flows.nodes import (
         AgentStep,
         AgentStepInput,
         AgentStepOutput,
@@ -50,8 +51,7 @@ with workflow.unsafe.imports_passed_through():
         Step,
         ToolStep,
     )
-    from loomwork.flows.definition import RetryPolicy as StepRetryPolicy
-    from loomwork.flows.execution import PublishInput, StepCall, StepOutcome
+    from loomwork.flows.nodes import RetryPolicy as StepRetryPolicy
     from loomwork.flows.registry import default_registry
     from loomwork.flows.state import (
         DslRunInput,

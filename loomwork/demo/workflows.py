@@ -14,7 +14,8 @@ from pydantic import BaseModel, Field
 
 from loomwork.agents.tools import ToolContext
 from loomwork.demo.tools import NoteTool, SaveNoteArgs
-from loomwork.flows.definition import RetryPolicy, Workflow, step
+from loomwork.flows.definition import Workflow
+from loomwork.flows.nodes import RetryPolicy, step
 from loomwork.flows.registry import WorkflowRegistry
 from loomwork.flows.step_context import StepContext
 

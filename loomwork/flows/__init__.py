@@ -1,12 +1,12 @@
 """User workflows: a step-graph DSL, checked at registration, run by one generic workflow."""
 
-from loomwork.flows.definition import (
+from loomwork.flows.definition import Workflow
+from loomwork.flows.nodes import (
     AgentStepInput,
     AgentStepOutput,
     InvalidDefinition,
     RetryPolicy,
     ToolStepOutput,
-    Workflow,
     agent_step,
     step,
     tool_step,

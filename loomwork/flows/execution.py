@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from loomwork.agents.tools import ToolContext, ToolRegistry
 from loomwork.errors import LoomworkError
-from loomwork.flows.definition import Step, StepKind, ToolStep
+from loomwork.flows.nodes import Step, StepKind, ToolStep
 from loomwork.flows.registry import WorkflowRegistry
 from loomwork.flows.state import (
     DslRunInput,

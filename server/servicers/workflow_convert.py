@@ -7,7 +7,8 @@ from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2
 
-from loomwork.flows.definition import RetryPolicy, StepInfo, WorkflowInfo
+from loomwork.flows.description import StepInfo, WorkflowInfo
+from loomwork.flows.nodes import RetryPolicy
 from loomwork.flows.state import (
     RunError,
     RunFailed,
