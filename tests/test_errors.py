@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import grpc
+import psycopg
 import pytest
+import redis
 from google.rpc import error_details_pb2, status_pb2
+from psycopg_pool import PoolTimeout
 
 from loomwork import errors
 from loomwork.llm.errors import ModelRateLimited, ModelRequestRejected, ModelUnavailable
 from loomwork.streams.errors import FollowIdle, OutOfRange
-from server.transport.errors import status_code_of, to_rpc_status
+from server.transport.errors import status_code_of, to_rpc_status, unreachable_dependency
 
 
 @pytest.mark.parametrize(
@@ -41,6 +44,28 @@ def test_domain_error_maps_to_its_status(error: errors.LoomworkError, code) -> N
     status = to_rpc_status(error)
     assert status.code == code
     assert error.message in status.details
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379"),
+        redis.TimeoutError("Timeout reading from socket"),
+        psycopg.OperationalError("connection is lost"),
+        PoolTimeout("couldn't get a connection after 30.00 sec"),
+    ],
+)
+def test_an_unreachable_redis_or_postgres_is_unavailable(error: Exception) -> None:
+    unavailable = unreachable_dependency(error)
+    assert unavailable is not None
+    assert status_code_of(unavailable) == grpc.StatusCode.UNAVAILABLE
+    assert str(error) in unavailable.message
+
+
+def test_other_errors_are_not_taken_for_an_outage() -> None:
+    assert unreachable_dependency(ValueError("bug")) is None
+    assert unreachable_dependency(redis.ResponseError("WRONGTYPE")) is None
+    assert unreachable_dependency(psycopg.errors.UniqueViolation("dup")) is None
 
 
 def test_invalid_argument_carries_bad_request_field_violations() -> None:

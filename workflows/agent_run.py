@@ -17,7 +17,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
-from workflows.retries import MODEL_CALL, temporal_retry_policy
+from workflows.retries import BOOKKEEPING, MODEL_CALL, OUTAGE_PATIENCE, temporal_retry_policy
 from workflows.search_attributes import STATUS
 
 with workflow.unsafe.imports_passed_through():
@@ -280,7 +280,8 @@ class AgentRunWorkflow:
         self, name: str, arg: object, *, result_type: type | None = None, summary: str | None = None
     ) -> Any:
         """Publishing and saving: short, so a local activity (no round trip through the
-        server); runs started before that change replay the activities they recorded."""
+        server); runs started before that change replay the activities they recorded.
+        Retried while Redis or Postgres is out, for up to OUTAGE_PATIENCE."""
         execute = (
             workflow.execute_local_activity
             if workflow.patched(LOCAL_ACTIVITIES)
@@ -291,7 +292,8 @@ class AgentRunWorkflow:
             arg,
             result_type=result_type,
             start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=_QUICK,
+            schedule_to_close_timeout=OUTAGE_PATIENCE,
+            retry_policy=BOOKKEEPING,
             summary=summary,
         )
 

@@ -22,7 +22,6 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -30,7 +29,7 @@ from temporalio.exceptions import (
     ChildWorkflowError,
 )
 
-from workflows.retries import temporal_retry_policy
+from workflows.retries import BOOKKEEPING, OUTAGE_PATIENCE, temporal_retry_policy
 from workflows.search_attributes import STATUS
 
 with workflow.unsafe.imports_passed_through():
@@ -70,8 +69,6 @@ with workflow.unsafe.imports_passed_through():
 RUN_STEP = "workflow_run_step"
 PUBLISH = "workflow_publish"
 _RUN_STARTED_BY_STEP = "run-started-published-by-first-step"
-
-_PUBLISH_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=5)
 
 
 # A step whose data breaks its own schemas fails at once.
@@ -544,7 +541,8 @@ class DslRunWorkflow:
         last = await workflow.execute_local_activity(
             PUBLISH,
             PublishInput(tenant=self._state.tenant, run_id=self._state.run_id, events=list(events)),
-            start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=_PUBLISH_RETRY,
+            start_to_close_timeout=timedelta(seconds=30),
+            schedule_to_close_timeout=OUTAGE_PATIENCE,
+            retry_policy=BOOKKEEPING,
         )
         return last if isinstance(last, int) else 0  # runs recorded before it returned ids

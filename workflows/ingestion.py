@@ -15,6 +15,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
+from workflows.retries import OUTAGE_PATIENCE, bookkeeping_retries
 from workflows.search_attributes import STATUS
 
 with workflow.unsafe.imports_passed_through():
@@ -26,13 +27,17 @@ EMBED = "rag_ingest_embed"
 COMMIT = "rag_ingest_commit"
 FINISH = "rag_ingest_finish"
 
+_NEVER_RETRIED = ["NotFound", "InvalidArgument", "FailedPrecondition"]
+# Twelve attempts: ~2 min of backoff, ~6 min with attempts that wait out Redis (20 s each).
 _RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=300),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=20),
-    maximum_attempts=8,
-    non_retryable_error_types=["NotFound", "InvalidArgument", "FailedPrecondition"],
+    maximum_attempts=12,
+    non_retryable_error_types=_NEVER_RETRIED,
 )
+# Starting and finishing (save and publish): retried while Redis or Postgres is out.
+_BOOKKEEPING = bookkeeping_retries(_NEVER_RETRIED)
 
 
 def _is_cancellation(error: BaseException) -> bool:
@@ -69,7 +74,11 @@ class IngestionWorkflow:
         workflow.upsert_search_attributes([STATUS.value_set("RUNNING")])
         try:
             await workflow.execute_activity(
-                START, request, start_to_close_timeout=timedelta(seconds=30), retry_policy=_RETRY
+                START,
+                request,
+                start_to_close_timeout=timedelta(seconds=30),
+                schedule_to_close_timeout=OUTAGE_PATIENCE,
+                retry_policy=_BOOKKEEPING,
             )
             for ordinal in range(request.document_count):
                 await self._document(request, ordinal)
@@ -84,7 +93,8 @@ class IngestionWorkflow:
             args=[request, canceled, error],
             result_type=IngestionRecord,
             start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=_RETRY,
+            schedule_to_close_timeout=OUTAGE_PATIENCE,
+            retry_policy=_BOOKKEEPING,
             summary="finish",
         )
         workflow.upsert_search_attributes([STATUS.value_set(record.status.upper())])

@@ -13,7 +13,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
-from workflows.retries import MODEL_CALL
+from workflows.retries import MODEL_CALL, OUTAGE_PATIENCE, bookkeeping_retries
 
 with workflow.unsafe.imports_passed_through():
     from loomwork.rag.answer import (
@@ -28,11 +28,16 @@ RETRIEVE = "rag_answer_retrieve"
 GENERATE = "rag_answer_generate"
 FINISH = "rag_answer_finish"
 
-_QUICK = RetryPolicy(
+_NEVER_RETRIED = ["NotFound", "InvalidArgument", "FailedPrecondition"]
+# Twelve attempts: ~1 min of backoff, ~5 min with attempts that wait out Redis (20 s each).
+_RETRIEVAL = RetryPolicy(
     initial_interval=timedelta(milliseconds=300),
-    maximum_attempts=5,
-    non_retryable_error_types=["NotFound", "InvalidArgument", "FailedPrecondition"],
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=12,
+    non_retryable_error_types=_NEVER_RETRIED,
 )
+# Finishing (save and publish the end): retried while Redis or Postgres is out.
+_BOOKKEEPING = bookkeeping_retries(_NEVER_RETRIED)
 _CODES = {
     "NotFound": (5, "NOT_FOUND"),
     "InvalidArgument": (3, "INVALID_ARGUMENT"),
@@ -63,7 +68,7 @@ class RagAnswerWorkflow:
                 request,
                 result_type=RetrievedContext,
                 start_to_close_timeout=timedelta(minutes=2),
-                retry_policy=_QUICK,
+                retry_policy=_RETRIEVAL,
                 summary="retrieve and assemble context",
             )
             answer = await workflow.execute_activity(
@@ -88,6 +93,7 @@ class RagAnswerWorkflow:
             args=[request, answer, status, error],
             result_type=AnswerRecord,
             start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=_QUICK,
+            schedule_to_close_timeout=OUTAGE_PATIENCE,
+            retry_policy=_BOOKKEEPING,
             summary=f"finish ({status})",
         )

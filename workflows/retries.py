@@ -1,4 +1,11 @@
-"""Retry policies the workflows share."""
+"""Retry policies the workflows share.
+
+An outage of Redis or Postgres must delay a run, never fail it. Each attempt of a step waits
+for Redis up to `RunEventLog.write_patience` (20 s) before it fails with Unavailable, and the
+policies below retry for longer than an outage of minutes: bookkeeping (publishing a run's
+events, saving its end) with no attempt limit for `OUTAGE_PATIENCE`, a model call for about
+6 minutes of Redis outage, the steps of ingestions and answers about as long.
+"""
 
 from collections.abc import Iterable
 from datetime import timedelta
@@ -11,13 +18,35 @@ with workflow.unsafe.imports_passed_through():
 
 # A model call: 429s, 5xx and timeouts back off (an error carrying Retry-After sets the next
 # delay itself); a request the model rejected, an unknown model or bad input is not retried.
+# Ten attempts: a failing model fails the run after ~2.5 min of backoff; attempts that wait out
+# Redis (20 s each) stretch that to ~6 min.
 MODEL_CALL = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=30),
-    maximum_attempts=6,
+    maximum_attempts=10,
     non_retryable_error_types=["ModelRequestRejected", "NotFound", "InvalidArgument"],
 )
+
+#: How long bookkeeping is retried (its schedule-to-close timeout) before the run gives up.
+OUTAGE_PATIENCE = timedelta(minutes=15)
+
+
+def bookkeeping_retries(never_retried: Iterable[str] = ()) -> RetryPolicy:
+    """Publishing a run's events and saving its end: short steps whose failures are the
+    infrastructure's. No attempt limit, backing off to one try every 10 s; the step's
+    schedule-to-close timeout (`OUTAGE_PATIENCE`) bounds them, so the run's end is published
+    once Redis is back. `never_retried`: error types that fail at once."""
+    return RetryPolicy(
+        initial_interval=timedelta(milliseconds=200),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=10),
+        maximum_attempts=0,
+        non_retryable_error_types=list(never_retried),
+    )
+
+
+BOOKKEEPING = bookkeeping_retries()
 
 
 def temporal_retry_policy(

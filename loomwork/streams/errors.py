@@ -8,13 +8,30 @@
 
 Appending to a finished run raises the plain `loomwork.errors.FailedPrecondition`, and
 appending to a draft that was taken over `DraftTaken` (a FailedPrecondition too; it stays
-inside the process that drafted).
+inside the process that drafted). Redis unreachable (a refused or broken connection, a
+timeout) is `loomwork.errors.Unavailable` (`redis_unavailable`): retryable, UNAVAILABLE.
 """
 
 from __future__ import annotations
 
-from loomwork.errors import DeadlineExceeded, FailedPrecondition
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from loomwork.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from loomwork.errors import OutOfRange as OutOfRangeError
+
+
+@contextmanager
+def redis_unavailable(what: str) -> Iterator[None]:
+    """Redis unreachable inside the block (connection refused or lost, a timeout; what the
+    client raises once its own retries are spent) as `Unavailable`, naming `what` was used."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise Unavailable(f"{what}: Redis is unreachable ({exc})") from exc
 
 
 class OutOfRange(OutOfRangeError):

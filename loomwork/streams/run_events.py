@@ -25,12 +25,20 @@ approximate trimming (`MAXLEN ~`, so at least `max_events` are kept); a reader
 asking for trimmed events gets `EventsExpired` rather than a silent gap. Once
 a finished run's keys have expired the log looks like a run that never
 published (`last_id` 0): the service layer answers from the run record.
+
+Redis unreachable is `Unavailable` from every method. An append whose reply was lost
+(the connection broke after Redis ran it) can be sent again safely: each append carries a
+random token, and the script answers a token it stored among the run's latest appends
+(`r` in the meta hash) with the id it got then, instead of appending twice. `publish`, the
+steps' way in, sends again while Redis is unreachable, for up to `write_patience` seconds,
+so an outage that short only delays the step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,12 +46,25 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from loomwork.errors import FailedPrecondition, InvalidArgument
-from loomwork.streams.errors import DraftTaken, EventsExpired, FollowIdle, OutOfRange
+from loomwork.errors import FailedPrecondition, InvalidArgument, Unavailable
+from loomwork.streams.errors import (
+    DraftTaken,
+    EventsExpired,
+    FollowIdle,
+    OutOfRange,
+    redis_unavailable,
+)
 
 log = logging.getLogger(__name__)
 
 _FINISHED_ERROR = "LOOMWORK_RUN_FINISHED"
+
+#: How many of a run's latest appends a repeated one is recognised among: more than a run's
+#: appenders can add between a lost reply and its repeat (its steps, tools and deltas).
+RECENT_TOKENS = 32
+#: How long `publish` keeps trying while Redis is unreachable (seconds).
+WRITE_PATIENCE = 20.0
+_FIRST_PAUSE, _LONGEST_PAUSE = 0.1, 2.0  # between tries of `publish`, doubling
 
 # KEYS[1] meta hash, KEYS[2] stream.
 # ARGV[1] payload, ARGV[2] terminal ("0"/"1"), ARGV[3] retention seconds, ARGV[4] max events,
@@ -51,8 +72,22 @@ _FINISHED_ERROR = "LOOMWORK_RUN_FINISHED"
 # ARGV[6] once key ('' or a name: an event with that name is appended once; a repeat answers
 # the first one's id, kept in the meta hash as `o:<name>`),
 # ARGV[7] draft ('' or a name: append only while that draft is not taken, else write nothing
-# and return -1; marks the draft `d:<name>` as drafted).
+# and return -1; marks the draft `d:<name>` as drafted),
+# ARGV[8] token (12 hex digits naming this append: sent again after a lost reply, it answers
+# the id the first one got; the latest RECENT_TOKENS appends are kept in `r`, newest first, as
+# 20-character records: the token, then the id in 8 hex digits).
 _APPEND_LUA = """
+local recent = redis.call('HGET', KEYS[1], 'r') or ''
+local token = ARGV[8]
+local from = 1
+while true do
+  local at = string.find(recent, token, from, true)
+  if not at then break end
+  if (at - 1) % 20 == 0 then
+    return tonumber(string.sub(recent, at + 12, at + 19), 16)
+  end
+  from = at + 1
+end
 if ARGV[6] ~= '' then
   local first = redis.call('HGET', KEYS[1], 'o:' .. ARGV[6])
   if first then
@@ -85,13 +120,15 @@ end
 if ARGV[7] ~= '' then
   redis.call('HSET', KEYS[1], 'd:' .. ARGV[7], 'drafted')
 end
+recent = token .. string.format('%08x', n) .. recent
+redis.call('HSET', KEYS[1], 'r', string.sub(recent, 1, 20 * RECENT_TOKENS))
 if ARGV[2] == '1' then
   redis.call('HSET', KEYS[1], 'finished', n)
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
 end
 return n
-"""
+""".replace("RECENT_TOKENS", str(RECENT_TOKENS))
 
 # KEYS[1] meta hash. ARGV[1] draft name. Marks the draft taken; 1 if it had events.
 _TAKE_DRAFT_LUA = """
@@ -120,7 +157,8 @@ class RunEventLog:
     reads (`follow`) take a connection of `blocking_redis` (default: `redis`)
     for each XREAD BLOCK, so followers never stall other commands; give a
     separate client when many followers could exhaust the main pool. A wait is
-    cut to below the client's `socket_timeout`, if it has one.
+    cut to below the client's `socket_timeout`, if it has one. `publish` keeps
+    trying for `write_patience` seconds while Redis is unreachable.
     """
 
     def __init__(
@@ -131,6 +169,7 @@ class RunEventLog:
         prefix: str = "loomwork:run",
         retention_seconds: int = 86400,
         max_events: int = 100_000,
+        write_patience: float = WRITE_PATIENCE,
     ) -> None:
         for client in (redis, blocking_redis):
             if client is not None and client.connection_pool.connection_kwargs.get(
@@ -141,11 +180,14 @@ class RunEventLog:
             raise ValueError("retention_seconds must be positive")
         if max_events < 0:
             raise ValueError("max_events must be >= 0 (0: no cap)")
+        if write_patience < 0:
+            raise ValueError("write_patience must be >= 0 (0: one try)")
         self.redis = redis
         self.blocking_redis = blocking_redis or redis
         self.prefix = prefix
         self.retention_seconds = retention_seconds
         self.max_events = max_events
+        self.write_patience = write_patience
         self._append_script = redis.register_script(_APPEND_LUA)
         self._take_draft_script = redis.register_script(_TAKE_DRAFT_LUA)
 
@@ -179,22 +221,35 @@ class RunEventLog:
         even after the run ended. With `draft`, the event is part of that draft: appended only
         while the draft is not taken (`take_draft`), else nothing is written and DraftTaken
         is raised."""
-        _check_run_id(run_id)
-        if only_as < 0:
-            raise InvalidArgument.field("only_as", "must be 0 (no condition) or an event id")
+        _check_append(run_id, only_as)
+        return await self._append(run_id, payload, terminal, only_as, once, draft, _token())
+
+    async def _append(
+        self,
+        run_id: str,
+        payload: bytes,
+        terminal: bool,
+        only_as: int,
+        once: str,
+        draft: str,
+        token: str,
+    ) -> int:
+        """One try of `append`; the same `token` on a repeat answers the first try's id."""
         try:
-            result = await self._append_script(
-                keys=[self.meta_key(run_id), self.stream_key(run_id)],
-                args=[
-                    payload,
-                    "1" if terminal else "0",
-                    self.retention_seconds,
-                    self.max_events,
-                    only_as,
-                    once,
-                    draft,
-                ],
-            )
+            with redis_unavailable(f"the event log of run {run_id!r}"):
+                result = await self._append_script(
+                    keys=[self.meta_key(run_id), self.stream_key(run_id)],
+                    args=[
+                        payload,
+                        "1" if terminal else "0",
+                        self.retention_seconds,
+                        self.max_events,
+                        only_as,
+                        once,
+                        draft,
+                        token,
+                    ],
+                )
         except ResponseError as exc:
             if _FINISHED_ERROR in str(exc):
                 raise FailedPrecondition(
@@ -211,7 +266,9 @@ class RunEventLog:
         _check_run_id(run_id)
         if not draft:
             raise InvalidArgument.field("draft", "must not be empty")
-        return bool(await self._take_draft_script(keys=[self.meta_key(run_id)], args=[draft]))
+        with redis_unavailable(f"the event log of run {run_id!r}"):
+            taken = await self._take_draft_script(keys=[self.meta_key(run_id)], args=[draft])
+        return bool(taken)
 
     async def publish(
         self,
@@ -226,11 +283,11 @@ class RunEventLog:
         """`append` for the steps of a run, which Temporal may retry after they published:
         once the log has ended, a terminal event answers the id the log ended with (the one
         stored first) and any other event is dropped (0), but a draft's raises DraftTaken
-        (the draft is over)."""
+        (the draft is over). While Redis is unreachable it tries again, backing off, for up
+        to `write_patience` seconds, then raises Unavailable (the step is retried later)."""
+        _check_append(run_id, only_as)
         try:
-            return await self.append(
-                run_id, payload, terminal=terminal, only_as=only_as, once=once, draft=draft
-            )
+            return await self._append_patiently(run_id, payload, terminal, only_as, once, draft)
         except DraftTaken:
             raise
         except FailedPrecondition:
@@ -239,10 +296,52 @@ class RunEventLog:
             log.info("run %s has ended; a retried or late event is dropped", run_id)
             return await self.last_id(run_id) if terminal else 0
 
+    async def _append_patiently(
+        self,
+        run_id: str,
+        payload: bytes,
+        terminal: bool,
+        only_as: int,
+        once: str,
+        draft: str,
+    ) -> int:
+        """`_append` tried again (the same append: one token) while Redis is unreachable."""
+        token = _token()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.write_patience
+        pause, tries = _FIRST_PAUSE, 0
+        while True:
+            tries += 1
+            try:
+                event_id = await self._append(
+                    run_id, payload, terminal, only_as, once, draft, token
+                )
+            except Unavailable as exc:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise Unavailable(
+                        f"{exc.message}; gave up publishing after {tries} tries in "
+                        f"{self.write_patience:g}s"
+                    ) from exc
+                if tries == 1:
+                    log.warning(
+                        "run %s: cannot publish, retrying for up to %gs: %s",
+                        run_id,
+                        self.write_patience,
+                        exc.message,
+                    )
+                await asyncio.sleep(min(pause, remaining))
+                pause = min(pause * 2, _LONGEST_PAUSE)
+                continue
+            if tries > 1:
+                log.info("run %s: published event %d after %d tries", run_id, event_id, tries)
+            return event_id
+
     async def discard(self, run_id: str) -> None:
         """Delete a run's log outright (a run that was announced but never started)."""
         _check_run_id(run_id)
-        await self.redis.delete(self.meta_key(run_id), self.stream_key(run_id))
+        with redis_unavailable(f"the event log of run {run_id!r}"):
+            await self.redis.delete(self.meta_key(run_id), self.stream_key(run_id))
 
     # reading ------------------------------------------------------------
 
@@ -265,9 +364,10 @@ class RunEventLog:
         _check_after(after_id)
         if count <= 0:
             raise InvalidArgument.field("count", "must be positive")
-        entries: Any = await self.redis.xrange(
-            self.stream_key(run_id), min=f"{after_id + 1}-0", max="+", count=count
-        )
+        with redis_unavailable(f"the event log of run {run_id!r}"):
+            entries: Any = await self.redis.xrange(
+                self.stream_key(run_id), min=f"{after_id + 1}-0", max="+", count=count
+            )
         events = [_event(entry_id, fields) for entry_id, fields in entries]
         if events:
             if events[0].event_id != after_id + 1:
@@ -318,9 +418,10 @@ class RunEventLog:
                 if remaining <= 0:
                     raise FollowIdle(run_id, cursor, idle_timeout or 0.0)
                 block = max(1, min(block, int(remaining * 1000)))
-            response: Any = await self.blocking_redis.xread(
-                {stream: f"{cursor}-0"}, count=count, block=block
-            )
+            with redis_unavailable(f"the event log of run {run_id!r}"):
+                response: Any = await self.blocking_redis.xread(
+                    {stream: f"{cursor}-0"}, count=count, block=block
+                )
             entries = _stream_entries(response)
             if not entries:
                 # Nothing new: a finished log whose events expired meanwhile ends here.
@@ -342,7 +443,8 @@ class RunEventLog:
     # internals ----------------------------------------------------------
 
     async def _meta(self, run_id: str) -> tuple[int, int | None]:
-        last, finished = await self.redis.hmget(self.meta_key(run_id), ["last", "finished"])
+        with redis_unavailable(f"the event log of run {run_id!r}"):
+            last, finished = await self.redis.hmget(self.meta_key(run_id), ["last", "finished"])
         return int(last or 0), (int(finished) if finished is not None else None)
 
     def _block_cap(self, block_ms: int) -> int:
@@ -373,9 +475,20 @@ def _stream_entries(response: Any) -> list[Any]:
     return list(response[0][1])
 
 
+def _token() -> str:
+    """A random name for one append (48 bits: never met twice among a run's latest)."""
+    return os.urandom(6).hex()
+
+
 def _check_run_id(run_id: str) -> None:
     if not run_id:
         raise InvalidArgument.field("run_id", "must not be empty")
+
+
+def _check_append(run_id: str, only_as: int) -> None:
+    _check_run_id(run_id)
+    if only_as < 0:
+        raise InvalidArgument.field("only_as", "must be 0 (no condition) or an event id")
 
 
 def _check_after(after_id: int) -> None:

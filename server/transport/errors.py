@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import grpc
+import psycopg
 import pydantic
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from loomwork.errors import (
     AlreadyExists,
@@ -35,6 +38,24 @@ _CODES: dict[type[LoomworkError], grpc.StatusCode] = {
     OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+
+
+# What the Redis and Postgres clients raise when their server cannot be reached (or gave up
+# on a call): the domain converts these where it knows what it was doing (the run event log);
+# any that reach a servicer untouched still mean "try again", never INTERNAL.
+_UNREACHABLE = {
+    RedisConnectionError: "Redis",
+    RedisTimeoutError: "Redis",
+    psycopg.OperationalError: "PostgreSQL",  # also psycopg_pool's PoolTimeout
+}
+
+
+def unreachable_dependency(error: Exception) -> Unavailable | None:
+    """Unavailable for an error that says Redis or PostgreSQL cannot be reached now."""
+    for cls, name in _UNREACHABLE.items():
+        if isinstance(error, cls):
+            return Unavailable(f"{name} is unreachable right now; try again ({error})")
+    return None
 
 
 def status_code_of(error: LoomworkError) -> grpc.StatusCode:

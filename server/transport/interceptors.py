@@ -13,7 +13,7 @@ import pydantic
 
 from loomwork.errors import InvalidArgument, LoomworkError
 from server.servicers.tenancy import current_tenant
-from server.transport.errors import pydantic_violations, to_rpc_status
+from server.transport.errors import pydantic_violations, to_rpc_status, unreachable_dependency
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ class ErrorInterceptor(WrappingInterceptor):
             raise exc
         if isinstance(exc, pydantic.ValidationError):
             exc = InvalidArgument(pydantic_violations(exc))
+        exc = unreachable_dependency(exc) or exc
         if isinstance(exc, LoomworkError):
             log.debug("%s -> %s", method, exc.message)
             await context.abort_with_status(to_rpc_status(exc))
