@@ -27,8 +27,8 @@ from loomwork.integrations.oauth import NeedsReauthorization, OAuthConnections
 from loomwork.integrations.providers import ProviderStore
 from protos.loomwork.v1 import integration_pb2
 from protos.loomwork.v1 import integration_pb2_grpc as integration_grpc
-from server.transport.http import HttpServer, build_http_app
-from tests.support import auth, field_violations, unique
+from server.transport.http import build_http_app
+from tests.support import auth, field_violations, serving, unique
 
 CLIENT_ID = "loomwork-test"
 CLIENT_SECRET = "client-secret-123"
@@ -105,12 +105,8 @@ class Provider:
 @pytest.fixture(scope="module")
 async def provider_server() -> AsyncIterator[tuple[Provider, str]]:
     provider = Provider()
-    server = HttpServer(provider.app(), "127.0.0.1:0")
-    await server.start()
-    try:
-        yield provider, f"http://{server.address}"
-    finally:
-        await server.stop()
+    async with serving(provider.app()) as url:
+        yield provider, url
 
 
 @pytest.fixture
@@ -123,12 +119,8 @@ def provider(provider_server) -> Provider:
 
 @pytest.fixture(scope="module")
 async def loomwork_http(runtime) -> AsyncIterator[str]:
-    server = HttpServer(build_http_app(runtime), "127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"http://{server.address}"
-    finally:
-        await server.stop()
+    async with serving(build_http_app(runtime)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
