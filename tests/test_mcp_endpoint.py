@@ -18,7 +18,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
 
-from loomwork.testing import ScriptedModelServer, Turn
+from loomwork.testing import Failure, ScriptedModelServer, Turn
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, rag_pb2, rag_pb2_grpc, run_pb2
 from server.transport.http import build_http_app
 from tests.support import auth, serving, unique
@@ -165,6 +165,37 @@ async def test_runs_an_agent_and_gets_the_run(
     ).run
     assert grpc_run.status == run_pb2.RUN_STATUS_SUCCEEDED
     assert grpc_run.output.text == run["text"]
+
+
+async def test_run_agent_keeps_the_conversation_in_a_thread(
+    mcp_url, token, model: ScriptedModelServer
+) -> None:
+    thread_id = unique("mcp-thread")
+    model.push(Turn(text="Noted: blue."), Turn(text="Blue."))
+    async with mcp_client(mcp_url, token) as client:
+        first = await call(
+            client, "run_agent", agent_name="assistant", prompt="I like blue.", thread_id=thread_id
+        )
+        second = await call(
+            client, "run_agent", agent_name="assistant", prompt="My colour?", thread_id=thread_id
+        )
+    assert first["thread_id"] == second["thread_id"] == thread_id and second["text"] == "Blue."
+    seen = [m.get("content") for m in model.requests[-1].messages]
+    assert "I like blue." in seen and "Noted: blue." in seen
+
+
+async def test_a_failed_run_is_an_error_result_carrying_the_run(
+    mcp_url, token, model: ScriptedModelServer
+) -> None:
+    model.set_script([Failure(status=400, message="context length exceeded")])
+    async with mcp_client(mcp_url, token) as client:
+        await client.list_tools()
+        result = await client.call_tool("run_agent", {"agent_name": "assistant", "prompt": "Hi."})
+    assert result.is_error and "context length exceeded" in text_of(result)
+    run = result.structured_content
+    assert run is not None and run["status"] == "FAILED"
+    assert run["error"]["code"] == "FAILED_PRECONDITION"
+    assert run["error"]["reason"] == "MODEL_REQUEST_REJECTED"
 
 
 async def test_queries_and_answers_from_an_index(

@@ -57,7 +57,7 @@ class Arguments(BaseModel):
 
 class RunAgentArguments(Arguments):
     agent_name: str = Field(description="The agent to run.")
-    prompt: str = Field(description="The user message the agent answers.")
+    prompt: str = Field(min_length=1, description="The user message the agent answers.")
     thread_id: str = Field(
         default="",
         description="A thread to keep the conversation in (created if missing): the run "
