@@ -14,7 +14,6 @@ import pytest
 from google.protobuf import struct_pb2
 
 from loomwork.agents.definitions import AgentDefinition
-from loomwork.agents.tools import ToolContext
 from loomwork.errors import NotFound
 from loomwork.memory.models import RecallScope
 from loomwork.memory.settings import (
@@ -24,6 +23,7 @@ from loomwork.memory.settings import (
 )
 from loomwork.messages import ToolCallPart
 from loomwork.testing import Delay, Failure, ScriptedToolCall, Turn
+from loomwork.tools import ToolContext
 from protos.loomwork.v1 import agent_pb2, memory_pb2, message_pb2, run_pb2
 from tests.support import auth, field_violations, unique, wait_agent_run_finished
 

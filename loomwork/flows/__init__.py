@@ -5,7 +5,6 @@ from loomwork.flows.nodes import (
     AgentStepInput,
     AgentStepOutput,
     InvalidDefinition,
-    RetryPolicy,
     ToolStepOutput,
     agent_step,
     step,
@@ -13,6 +12,7 @@ from loomwork.flows.nodes import (
 )
 from loomwork.flows.registry import WorkflowRegistry, default_registry
 from loomwork.flows.step_context import StepContext, StepSuspended
+from loomwork.retries import RetryPolicy
 
 __all__ = [
     "AgentStepInput",

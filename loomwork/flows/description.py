@@ -19,13 +19,13 @@ from loomwork.flows.nodes import (
     MapNode,
     NestedWorkflow,
     Node,
-    RetryPolicy,
     Sleep,
     SleepUntil,
     Step,
     StepKind,
     ToolStep,
 )
+from loomwork.retries import RetryPolicy
 
 
 class StepInfo(BaseModel):

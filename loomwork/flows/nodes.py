@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from loomwork.flows.step_context import StepContext
+from loomwork.retries import RetryPolicy
 
 StepKind = Literal[
     "step",
@@ -38,19 +39,6 @@ WakeTime = Callable[[Any], datetime]
 
 class InvalidDefinition(ValueError):
     """A workflow definition that cannot run: raised when it is committed or registered."""
-
-
-class RetryPolicy(BaseModel):
-    """How a step's activity is retried (a Temporal retry policy)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    max_attempts: int = Field(default=3, ge=0, description="0 means unlimited (until timeout)")
-    initial_interval: timedelta = timedelta(seconds=1)
-    backoff_coefficient: float = Field(default=2.0, ge=1.0)
-    maximum_interval: timedelta = timedelta(seconds=30)
-    non_retryable_error_types: tuple[str, ...] = ()
-    timeout: timedelta = Field(default=timedelta(minutes=5), description="one attempt's limit")
 
 
 class AgentStepInput(BaseModel):
