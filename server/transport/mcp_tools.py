@@ -42,7 +42,7 @@ from server.transport.mcp_results import (
 # The servicers take a gRPC context and read nothing from it; a call from /mcp has none.
 NO_GRPC_CONTEXT = cast(grpc.aio.ServicerContext, None)
 # Choices (agents, indexes, workflows) listed in a tool's schema; past this many the
-# argument takes any name, and the description says how many were left out.
+# argument has no enum (any name is accepted) and its description lists the first ones.
 LISTED_CHOICES = 100
 DESCRIPTION_CHARS = 300  # of each choice's own description
 SCHEMA_CHARS = 2000  # of each workflow's input schema, in start_workflow's description
@@ -52,6 +52,8 @@ SCHEMA_CHARS = 2000  # of each workflow's input schema, in start_workflow's desc
 
 
 class Arguments(BaseModel):
+    """A tool's arguments; an unknown one is refused, by its name."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -125,10 +127,10 @@ def _choices(plural: str, items: list[tuple[str, str]], more: bool) -> tuple[lis
     description says of the choices."""
     if not items:
         return None, f" There are no {plural} yet."
-    lines = [f"- {name}: {text}" if text else f"- {name}" for name, text in items]
+    lines = "\n".join(f"- {name}: {text}" if text else f"- {name}" for name, text in items)
     if more:
-        lines.append(f"(and more {plural}: any name is accepted)")
-    return (None if more else [name for name, _ in items]), " One of:\n" + "\n".join(lines)
+        return None, f" Among others (any name is accepted):\n{lines}"
+    return [name for name, _ in items], f" One of:\n{lines}"
 
 
 class McpTools:
