@@ -20,8 +20,8 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from protos.loomwork.v1 import integration_pb2
-from server.transport.http import HttpServer, build_http_app
-from tests.support import auth, unique
+from server.transport.http import build_http_app
+from tests.support import auth, serving, unique
 
 CLIENT_ID = "loomwork-test"
 CLIENT_SECRET = "client-secret-123"
@@ -98,12 +98,8 @@ class Provider:
 @pytest.fixture(scope="module")
 async def provider_server() -> AsyncIterator[tuple[Provider, str]]:
     provider = Provider()
-    server = HttpServer(provider.app(), "127.0.0.1:0")
-    await server.start()
-    try:
-        yield provider, f"http://{server.address}"
-    finally:
-        await server.stop()
+    async with serving(provider.app()) as url:
+        yield provider, url
 
 
 @pytest.fixture
@@ -116,12 +112,8 @@ def provider(provider_server) -> Provider:
 
 @pytest.fixture(scope="module")
 async def loomwork_http(runtime) -> AsyncIterator[str]:
-    server = HttpServer(build_http_app(runtime), "127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"http://{server.address}"
-    finally:
-        await server.stop()
+    async with serving(build_http_app(runtime)) as url:
+        yield url
 
 
 async def create_provider(stub, token: str, base: str) -> integration_pb2.OAuthProvider:
