@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -150,8 +151,22 @@ def up(
                 "Press Ctrl-C to stop."
             )
 
+    async def serve_while_servers_live() -> None:
+        """Serve until stopped, or until an embedded server died for good."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def lost(message: str) -> None:  # from the stack's watch thread
+            with contextlib.suppress(RuntimeError):  # the loop has ended already
+                loop.call_soon_threadsafe(stop.set)
+
+        stack.on_server_lost = lost
+        if stack.lost:  # lost before the loop ran
+            stop.set()
+        await serve(settings, register_attributes=True, on_ready=ready, stop=stop)
+
     try:
-        asyncio.run(serve(settings, register_attributes=True, on_ready=ready))
+        asyncio.run(serve_while_servers_live())
     except LoomworkError as exc:
         _fail(exc.message)
     except KeyboardInterrupt:
@@ -160,6 +175,11 @@ def up(
         console.print("stopping embedded servers…")
         stack.stop()
         console.print("stopped.")
+    for name, why in stack.lost.items():
+        _fail(
+            f"{name} died and could not be started again ({why}); "
+            f"see {home / 'logs' / (name + '.log')}"
+        )
 
 
 def _model_line(runtime: Runtime) -> str:

@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"TEMPORAL_ADDRESS={ep.temporal_address}")
             print(f"Temporal UI: {ep.temporal_ui_url}")
             print("Ctrl-C to stop", flush=True)
-            while True:
-                time.sleep(3600)
+            while not stack.lost:  # a server that died is started again, unless it cannot be
+                time.sleep(1)
         except KeyboardInterrupt:
             print("stopping...", flush=True)
         finally:
@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             except EmbeddedError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
-    return 0
+    for name, why in stack.lost.items():
+        print(f"error: {name} died and could not be started again ({why})", file=sys.stderr)
+    return 1 if stack.lost else 0
 
 
 if __name__ == "__main__":

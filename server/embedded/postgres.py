@@ -27,7 +27,8 @@ from server.embedded.supervision import (
     log_shows_port_in_use,
     log_size,
     log_tail,
-    pid_alive,
+    process_running,
+    processes_working_in,
 )
 
 DATABASE_NAME = "loomwork"
@@ -134,6 +135,14 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
 # --------------------------------------------------------------------------------------------
 # The server
 # --------------------------------------------------------------------------------------------
+
+
+def _lock_pid(lock: Path) -> int | None:
+    """The pid a PostgreSQL lock file (postmaster.pid, a socket's .lock) names."""
+    try:
+        return int(lock.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class PostgresServer:
@@ -270,6 +279,40 @@ class PostgresServer:
         except OSError:
             return None
 
+    def _postmaster_pid(self) -> int | None:
+        return _lock_pid(self.pgdata / "postmaster.pid")
+
+    def alive(self) -> bool:
+        """Does the postmaster of our PGDATA run? (Not our child: pg_ctl daemonizes it.)"""
+        pid = self._postmaster_pid()
+        return pid is not None and process_running(pid)
+
+    def _remove_stale_lock(self) -> None:
+        """Remove the lock files (postmaster.pid, the socket's) a killed postmaster left
+        behind, once nothing of that server runs. PostgreSQL removes stale ones itself, but
+        takes one whose process is a zombie (where no init reaps orphans, as in many
+        containers) for a live server."""
+        locks = [self.pgdata / "postmaster.pid"]
+        if self._socket_dir is not None:
+            locks.append(self._socket_dir / f".s.PGSQL.{self.ports['postgres']}.lock")
+        for lock in locks:
+            pid = _lock_pid(lock)
+            if pid is None or process_running(pid):
+                continue
+            survivors = processes_working_in(self.pgdata)
+            if survivors:  # its backends, orphaned: they exit as they notice
+                raise EmbeddedError(
+                    f"postgres: processes {survivors} of the server that died still run; "
+                    "waiting for them to exit"
+                )
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+
+    def why_stopped(self) -> str:
+        """Why the postmaster is not running, for the log."""
+        pid = self._postmaster_pid()
+        return f"postmaster pid {pid} is gone" if pid is not None else "no postmaster.pid"
+
     def leftover(self, pg_bin: Path) -> int | None:
         """If a postmaster from a crashed run still serves our PGDATA: keep it when it listens
         where we want (returns its port), else stop it."""
@@ -280,8 +323,8 @@ class PostgresServer:
             pid = int(lines[0])
         except ValueError:
             return None
-        if not pid_alive(pid):
-            return None  # stale pid file; postgres removes it itself on start
+        if not process_running(pid):
+            return None  # stale pid file: `start` deals with it
         status = self._run(pg_bin, ["pg_ctl", "-D", str(self.pgdata), "status"], 10, check=False)
         if status.returncode != 0:
             return None
@@ -308,6 +351,7 @@ class PostgresServer:
         t0 = time.monotonic()
         port = self.ports["postgres"]
         if not reuse:
+            self._remove_stale_lock()
             assert self._socket_dir is not None
             opts = " ".join(
                 [
@@ -391,8 +435,14 @@ class PostgresServer:
                 raise EmbeddedError(f"postgres: could not create extension vector: {exc}") from None
 
     def stop(self) -> None:
-        """pg_ctl stop (fast: open connections are closed), waiting for it."""
+        """pg_ctl stop (fast: open connections are closed), waiting for it; nothing to do
+        when the postmaster died already (its stale pid file stays: the next start checks
+        it, and the shared memory it names, itself)."""
         t0 = time.monotonic()
+        if not self.alive():
+            self.running = False
+            self.progress(f"postgres was not running ({self.why_stopped()})")
+            return
         pg_bin = postgres_bin_dir()
         res = self._run(
             pg_bin,
@@ -415,6 +465,6 @@ class PostgresServer:
         if sock_dir is not None and sock_dir != self.home / "run":
             with contextlib.suppress(OSError):
                 sock_dir.rmdir()  # the short /tmp fallback; only when empty
-        if res.returncode != 0 and self._postmaster_pid_file():
+        if res.returncode != 0 and self.alive():
             raise EmbeddedError(f"pg_ctl stop failed: {res.stdout.strip()[-500:]}")
         self.progress(f"postgres stopped ({time.monotonic() - t0:.1f}s)")

@@ -1,5 +1,6 @@
 """The embedded stack: whatever of PostgreSQL, Valkey and the Temporal dev server is needed,
-started together under one home directory and stopped together (``loomwork up``, tests)."""
+started together under one home directory, kept running (a server that dies is started again
+on its ports and data), and stopped together (``loomwork up``, tests)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from server.embedded.postgres import PostgresServer, postgres_bin_dir
 from server.embedded.supervision import READY_TIMEOUT
 from server.embedded.temporal import TemporalDevServer, find_temporal_binary
 from server.embedded.valkey import ValkeyServer, valkey_binary
+from server.embedded.watch import ServerWatch, Supervised
 
 _log = logging.getLogger("loomwork.embedded")
 
@@ -36,9 +38,15 @@ class EmbeddedEndpoints:
 
 class EmbeddedStack:
     """Starts whatever of PostgreSQL, Valkey and the Temporal dev server is needed, under one
-    home dir."""
+    home dir. With `supervise`, a server that dies is started again (`ServerWatch`: backoff,
+    logged through `on_progress`); `on_server_lost(message)` is called, from the watch's
+    thread, for one that could not be started again."""
 
     ready_timeout: float = READY_TIMEOUT
+    #: Seconds before a server that died is started again (doubling per death, up to 30 s).
+    restart_delay: float = 0.5
+    #: Failed starts in a row before a server that died is given up on.
+    restart_attempts: int = 8
 
     def __init__(
         self,
@@ -49,13 +57,18 @@ class EmbeddedStack:
         temporal: bool = True,
         temporal_ui: bool = True,
         on_progress: Callable[[str], None] | None = None,
+        supervise: bool = True,
+        on_server_lost: Callable[[str], None] | None = None,
     ) -> None:
         self.home = Path(home).expanduser().absolute()
         self.want_postgres = postgres
         self.want_redis = redis
         self.want_temporal = temporal
         self.want_temporal_ui = temporal and temporal_ui
+        self.supervise = supervise
+        self.on_server_lost = on_server_lost
         self._on_progress = on_progress
+        self._watch: ServerWatch | None = None
 
         self.config_path = self.home / "config.json"
         self.logs_dir = self.home / "logs"
@@ -96,8 +109,15 @@ class EmbeddedStack:
                     raise
                 raise EmbeddedError(f"embedded stack failed to start: {exc}") from exc
 
+    @property
+    def lost(self) -> dict[str, str]:
+        """The servers that died and could not be started again, with why."""
+        return self._watch.given_up if self._watch is not None else {}
+
     def stop(self) -> None:
-        """Stop in reverse order (Temporal, Valkey, PostgreSQL), gracefully. Idempotent."""
+        """Stop in reverse order (Temporal, Valkey, PostgreSQL), gracefully, also when one
+        died meanwhile. Idempotent."""
+        self._stop_watching()
         with self._mutex:
             self._stop_all(quiet=False)
 
@@ -190,6 +210,16 @@ class EmbeddedStack:
                 self._progress(f"{name}: a port was taken meanwhile, picking new ones")
                 self._ports.reassign(exc.port_names)
 
+        if self.supervise:
+            self._watch = ServerWatch(
+                self._supervised(pg_bin, valkey_bin, temporal_bin),
+                self._mutex,
+                self._progress,
+                on_gave_up=self._server_lost,
+                first_delay=self.restart_delay,
+                give_up_after=self.restart_attempts,
+            )
+            self._watch.start()
         ep = EmbeddedEndpoints(
             database_url=self._postgres.url() if pg_bin is not None else None,
             redis_url=self._valkey.url() if valkey_bin is not None else None,
@@ -202,10 +232,58 @@ class EmbeddedStack:
         )
         return ep
 
+    def _supervised(
+        self, pg_bin: Path | None, valkey_bin: Path | None, temporal_bin: Path | None
+    ) -> list[Supervised]:
+        """How the watch tells each started server runs, and starts it again."""
+        servers = []
+        if pg_bin is not None:
+            postgres = self._postgres
+
+            def restart_postgres() -> None:
+                postgres.start(pg_bin, reuse=False, ready_timeout=self.ready_timeout)
+
+            servers.append(
+                Supervised("postgres", postgres.alive, postgres.why_stopped, restart_postgres)
+            )
+        if valkey_bin is not None:
+            valkey = self._valkey
+
+            def restart_valkey() -> None:
+                valkey.discard()
+                valkey.start(valkey_bin)
+                valkey.wait(self.ready_timeout)
+
+            servers.append(Supervised("valkey", valkey.alive, valkey.why_stopped, restart_valkey))
+        if temporal_bin is not None:
+            temporal = self._temporal
+
+            def restart_temporal() -> None:
+                temporal.discard()
+                temporal.start(temporal_bin)
+                temporal.wait(temporal_bin, self.ready_timeout)
+
+            servers.append(
+                Supervised("temporal", temporal.alive, temporal.why_stopped, restart_temporal)
+            )
+        return servers
+
+    def _server_lost(self, message: str) -> None:
+        _log.error("%s", message)
+        if self.on_server_lost is not None:
+            self.on_server_lost(message)
+
+    def _stop_watching(self) -> None:
+        """Stop the watch (not holding the mutex: a restart under way holds it to its end)."""
+        watch = self._watch
+        if watch is not None:
+            watch.stop()
+
     def _atexit_stop(self) -> None:
         if os.getpid() != self._owner_pid:  # a forked child exiting must not stop our servers
             return
         with contextlib.suppress(Exception):
+            self._stop_watching()
             self._stop_all(quiet=True)
 
     def _stop_all(self, *, quiet: bool) -> None:

@@ -174,6 +174,44 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def process_running(pid: int) -> bool:
+    """Is process `pid` alive and not a zombie (dead, waiting to be reaped)?"""
+    if not pid_alive(pid):
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill(0)
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
+
+
+def processes_working_in(directory: Path) -> list[int]:
+    """The running (not zombie) processes whose working directory is `directory`."""
+    found = []
+    target = directory.resolve()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "cwd").resolve() != target:
+                continue
+        except OSError:
+            continue
+        if process_running(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def exit_description(returncode: int) -> str:
+    """How a process ended, from its return code ("killed by SIGKILL", "exit code 1")."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
 def _pid_cmdline(pid: int) -> str:
     try:
         return (
@@ -310,6 +348,26 @@ class ChildServer:
     def log_excerpt(self) -> str:
         """The end of this start's log, headed by its path, for error messages."""
         return f"--- last lines of {self.log} ---\n{log_tail(self.log, self.log_offset)}"
+
+    def alive(self) -> bool:
+        """Is the server we started still running?"""
+        return self.proc is not None and self.proc.poll() is None
+
+    def why_stopped(self) -> str:
+        """How the server we started ended ("killed by SIGKILL"), for the log."""
+        code = self.proc.poll() if self.proc is not None else None
+        return "not started" if code is None else exit_description(code)
+
+    def discard(self) -> None:
+        """Forget a server that died (or hangs, before starting it again): kill what is left
+        of its process group and reap it."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
 
     def send_stop_signal(self) -> float | None:
         """SIGTERM the server if it runs; when it was signalled (for `stop`), else None."""
