@@ -2,8 +2,9 @@
 
 A server and a worker of their own use a Valkey of their own (the session's is untouched).
 It is killed (SIGKILL) while a run streams its answer and started again ~10 s later on the
-same port and data: meanwhile Stream and WatchRun answer UNAVAILABLE (GetRun the run, or
-UNAVAILABLE) and memory reads still answer (from Postgres); afterwards the run has
+same port and data: meanwhile Stream, WatchRun and a workflow's StartRun answer UNAVAILABLE
+(GetRun the run, or UNAVAILABLE; the refused start leaves nothing to be published later) and
+memory reads still answer (from Postgres); afterwards the run has
 completed, and WatchRun from where the broken stream stopped, or from the start, ends with
 its terminal event, with every event once and none missing."""
 
@@ -19,10 +20,20 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 
 from loomwork.config import Settings
+from loomwork.flows.state import event_log_key
 from loomwork.testing import ScriptedToolCall, Turn
-from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, memory_pb2, memory_pb2_grpc, run_pb2
+from protos.loomwork.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    memory_pb2,
+    memory_pb2_grpc,
+    run_pb2,
+    workflow_pb2,
+    workflow_pb2_grpc,
+)
 from server.embedded import EmbeddedStack
 from server.runtime import Runtime
 from tests.support import RunningWorker, another_server, auth, own_runtime, unique
@@ -39,6 +50,7 @@ class OwnRedisServer:
     runtime: Runtime
     agents: agent_pb2_grpc.AgentServiceStub
     memory: memory_pb2_grpc.MemoryServiceStub
+    workflows: workflow_pb2_grpc.WorkflowServiceStub
 
     def kill_valkey(self) -> None:
         pid = int((self.valkey.home / "valkey" / "valkey.pid").read_text())
@@ -61,6 +73,7 @@ async def own_redis(
                         own,
                         agent_pb2_grpc.AgentServiceStub(channel),
                         memory_pb2_grpc.MemoryServiceStub(channel),
+                        workflow_pb2_grpc.WorkflowServiceStub(channel),
                     )
             finally:
                 await worker.stop()
@@ -148,9 +161,24 @@ async def test_a_run_outlives_a_redis_outage(own_redis: OwnRedisServer, token, m
         memory_pb2.ListMessagesRequest(thread_id=thread_id), metadata=auth(token), timeout=30
     )
     assert stored.messages  # the prompt, saved as the run started
+    order = struct_pb2.Struct()
+    order.update({"customer": "Ada", "lines": [{"sku": "loom", "quantity": 1, "unit_price": 5}]})
+    refused_run = unique("refused")
+    asked = time.monotonic()
+    start = own_redis.workflows.StartRun(
+        workflow_pb2.WorkflowServiceStartRunRequest(
+            workflow_id="order-pipeline", input=order, client_run_id=refused_run
+        ),
+        metadata=auth(token),
+    )
+    assert await _status(start) == grpc.StatusCode.UNAVAILABLE
+    assert time.monotonic() - asked < 10  # at once, not after the steps' patience
     await asyncio.sleep(max(0.0, OUTAGE - (time.monotonic() - down_since)))
 
     await asyncio.to_thread(own_redis.valkey.start)  # same port, same data (AOF)
+    # The refused start left nothing behind to be written later.
+    events = own_redis.runtime.events
+    assert await events.last_id(event_log_key("alpha", refused_run)) == 0
     rest = await _watch(agents, token, run_id, last_seen)
     assert rest[-1].HasField("run_finished")
     assert rest[-1].run_finished.status == run_pb2.RUN_STATUS_SUCCEEDED

@@ -107,7 +107,8 @@ class WorkflowEvents:
             input=start.input,
         )
         key = event_log_key(start.tenant, start.run_id)
-        await self.events.publish(key, encode_event(started), only_as=1)
+        # One try: the caller is an RPC, and answers UNAVAILABLE while Redis is out.
+        await self.events.publish(key, encode_event(started), only_as=1, patience=0)
         return start.model_copy(update={"announced": True})
 
 

@@ -279,15 +279,20 @@ class RunEventLog:
         only_as: int = 0,
         once: str = "",
         draft: str = "",
+        patience: float | None = None,
     ) -> int:
         """`append` for the steps of a run, which Temporal may retry after they published:
         once the log has ended, a terminal event answers the id the log ended with (the one
         stored first) and any other event is dropped (0), but a draft's raises DraftTaken
         (the draft is over). While Redis is unreachable it tries again, backing off, for up
-        to `write_patience` seconds, then raises Unavailable (the step is retried later)."""
+        to `patience` seconds (default `write_patience`; 0 for one try, as an RPC wants),
+        then raises Unavailable (the step is retried later)."""
         _check_append(run_id, only_as)
+        wait = self.write_patience if patience is None else patience
         try:
-            return await self._append_patiently(run_id, payload, terminal, only_as, once, draft)
+            return await self._append_patiently(
+                run_id, payload, terminal, only_as, once, draft, wait
+            )
         except DraftTaken:
             raise
         except FailedPrecondition:
@@ -304,11 +309,12 @@ class RunEventLog:
         only_as: int,
         once: str,
         draft: str,
+        patience: float,
     ) -> int:
         """`_append` tried again (the same append: one token) while Redis is unreachable."""
         token = _token()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.write_patience
+        deadline = loop.time() + patience
         pause, tries = _FIRST_PAUSE, 0
         while True:
             tries += 1
@@ -319,15 +325,16 @@ class RunEventLog:
             except Unavailable as exc:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
+                    if tries == 1:
+                        raise
                     raise Unavailable(
-                        f"{exc.message}; gave up publishing after {tries} tries in "
-                        f"{self.write_patience:g}s"
+                        f"{exc.message}; gave up publishing after {tries} tries in {patience:g}s"
                     ) from exc
                 if tries == 1:
                     log.warning(
                         "run %s: cannot publish, retrying for up to %gs: %s",
                         run_id,
-                        self.write_patience,
+                        patience,
                         exc.message,
                     )
                 await asyncio.sleep(min(pause, remaining))

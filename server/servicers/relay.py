@@ -52,7 +52,7 @@ class PendingNotice:
         # once per run, however many watch it. (`publish`: a run that ended meanwhile takes
         # no notice, and that is no error.)
         await events.publish(
-            key, self.encode(*waiting), only_as=last_event_id + 1, once="run_pending"
+            key, self.encode(*waiting), only_as=last_event_id + 1, once="run_pending", patience=0
         )
 
 
