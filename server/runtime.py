@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
@@ -185,6 +186,8 @@ class Runtime:
                 secret_key=settings.secret_key,
                 home=settings.home,
                 public_url=settings.public_url or f"http://{settings.http_address}",
+                mcp_servers=settings.mcp_servers,
+                mcp_tools_ttl=timedelta(seconds=settings.mcp_tools_ttl),
             ),
             rag=rag_system(settings, db, events, chat_models),
             demo=demo,
