@@ -42,14 +42,15 @@ def notes_server(name: str, notes: Path) -> MCPServer:
 
 
 class _RequireHeader:
-    """Answers 401 to requests without the header (as an API behind a key would)."""
+    """Answers 401 to MCP requests without the header (as an API behind a key would)."""
 
     def __init__(self, app: ASGIApp, header: tuple[str, str]) -> None:
         self.app = app
         self.header = (header[0].lower().encode(), header[1].encode())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.header not in scope["headers"]:
+        mcp = scope["type"] == "http" and scope["path"].startswith("/mcp")
+        if mcp and self.header not in scope["headers"]:
             await send({"type": "http.response.start", "status": 401, "headers": []})
             await send({"type": "http.response.body", "body": b"unauthorized"})
             return

@@ -11,9 +11,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from temporalio.api.enums.v1 import EventType
 
 from loomwork.config import Settings
+from loomwork.integrations.connections import Tokens
+from loomwork.integrations.providers import NewOAuthProvider
 from loomwork.testing import ChatRequest, ScriptedToolCall, Turn
 from loomwork.tools.mcp_names import McpToolRef, parse_mcp_name
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
@@ -238,6 +242,60 @@ async def test_a_server_that_is_down_is_unavailable_naming_its_url(stub, token, 
         assert "HTTP 401" in (err.value.details() or "")
     finally:
         keyed.stop()
+
+
+async def test_an_oauth_connections_token_is_the_bearer_refreshed_once_on_401(
+    stub, token, notes, runtime: Runtime
+) -> None:
+    """The stored access token is stale: the server answers 401, the token is refreshed at the
+    provider's token endpoint (once) and the request sent again with the new one."""
+    refreshes: list[dict[str, str]] = []
+    server = notes_server("notes", notes)
+
+    @server.custom_route("/token", methods=["POST"])
+    async def token_endpoint(request: Request) -> Response:
+        refreshes.append({k: str(v) for k, v in (await request.form()).items()})
+        return JSONResponse({"access_token": "at-new", "token_type": "Bearer", "expires_in": 600})
+
+    mcp_server = ThreadedMcpServer(server, require_header=("Authorization", "Bearer at-new"))
+    mcp_server.start()
+    try:
+        integrations = runtime.integrations
+        assert integrations is not None
+        base = mcp_server.url.removesuffix("/mcp")
+        provider = await integrations.providers.create(
+            "alpha",
+            NewOAuthProvider(
+                id=unique("prov"),
+                authorize_url=f"{base}/authorize",
+                token_url=f"{base}/token",
+                client_id="loomwork",
+                client_secret="client-secret-1",
+            ),
+        )
+        connection = await integrations.connections.create(
+            "alpha",
+            unique("con"),
+            provider.id,
+            [],
+            "",
+            Tokens(access_token="at-old", refresh_token="rt-1"),
+        )
+        created = (
+            await stub.CreateMcpServer(
+                pb.CreateMcpServerRequest(
+                    mcp_server=pb.McpServer(
+                        name=unique("s"), url=mcp_server.url, oauth_connection_id=connection.id
+                    )
+                ),
+                metadata=auth(token),
+            )
+        ).mcp_server
+    finally:
+        mcp_server.stop()
+    assert created.oauth_connection_id == connection.id and len(created.tools) == 2
+    assert [r["refresh_token"] for r in refreshes] == ["rt-1"]
+    assert await integrations.oauth.get_access_token("alpha", connection.id) == "at-new"
 
 
 async def test_an_agent_run_calls_an_mcp_tool_and_answers_with_its_result(

@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_TOOLS_TTL = timedelta(minutes=5)
+# How long a run waits for a stale server's tools to be listed again before its model call
+# (past it, the run goes on with the old list).
+RUN_LISTING_TIMEOUT = 10.0
 
 
 class OperatorMcpServer(BaseModel):
@@ -343,8 +346,9 @@ class McpToolSource:
 
     async def _refreshed(self, tenant: str, name: str) -> McpServer | None:
         try:
-            return await self.refresh(tenant, name)
-        except (Unavailable, FailedPrecondition, NotFound) as exc:
+            async with asyncio.timeout(RUN_LISTING_TIMEOUT):
+                return await self.refresh(tenant, name)
+        except (Unavailable, FailedPrecondition, NotFound, TimeoutError) as exc:
             log.warning("MCP server %r: its tools could not be listed again: %s", name, exc)
             return None
 
@@ -357,8 +361,9 @@ class McpToolSource:
             server = found.get(name)
             if server is None or (refresh and self._stale(server)):
                 try:
-                    found[name] = await self._list_operator(name)
-                except (Unavailable, FailedPrecondition) as exc:
+                    async with asyncio.timeout(RUN_LISTING_TIMEOUT):
+                        found[name] = await self._list_operator(name)
+                except (Unavailable, FailedPrecondition, TimeoutError) as exc:
                     log.warning("MCP server %r: its tools could not be listed: %s", name, exc)
                     found.setdefault(name, McpServer(name=name, source="operator"))
         return found
