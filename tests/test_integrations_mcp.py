@@ -15,8 +15,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from temporalio.api.enums.v1 import EventType
 
+from clients import LoomworkClient
 from loomwork.config import Settings
+from loomwork.errors import FailedPrecondition
 from loomwork.integrations.connections import Tokens
+from loomwork.integrations.mcp_tools import parse_operator_servers
 from loomwork.integrations.providers import NewOAuthProvider
 from loomwork.testing import ChatRequest, ScriptedToolCall, Turn
 from loomwork.tools.mcp_names import McpToolRef, parse_mcp_name
@@ -83,6 +86,38 @@ def test_names_the_model_sees_end_with_the_tool_name() -> None:
     for bad in ("mcp:gh", "mcp:GH/x", "mcp:gh/", "mcp:gh/a b", "mcp:" + "s" * 33 + "/x"):
         with pytest.raises(ValueError):
             parse_mcp_name(bad)
+
+
+def test_a_malformed_operator_configuration_says_what_is_wrong() -> None:
+    spec = {"files": {"command": "npx", "args": ["-y", "server"], "env": {"A": "1"}}}
+    assert parse_operator_servers(json.dumps(spec))["files"].args == ["-y", "server"]
+    assert parse_operator_servers("") == {}
+    for bad, said in (
+        ("{not json", "LOOMWORK_MCP_SERVERS"),
+        ('{"files": {"args": []}}', "files.command"),
+        ('{"files": {"command": "x", "url": "http://a"}}', "files.url"),
+        ('{"Files": {"command": "x"}}', "'Files'"),
+    ):
+        with pytest.raises(FailedPrecondition) as err:
+            parse_operator_servers(bad)
+        assert said in err.value.message, (bad, err.value.message)
+
+
+async def test_the_typed_client_registers_and_refreshes(grpc_address, token, mcp_server) -> None:
+    name = unique("typed")
+    async with LoomworkClient(grpc_address, token) as client:
+        created = await client.integrations.create_mcp_server(
+            name, mcp_server.url, headers=dict([API_KEY])
+        )
+        assert created.name == name and {t.name for t in created.tools} == {"save_note", "refuse"}
+        assert (await client.integrations.get_mcp_server(name)).url == mcp_server.url
+        listed = await client.integrations.list_mcp_servers(page_size=1000)
+        assert name in [s.name for s in listed.mcp_servers]
+        assert (await client.integrations.refresh_mcp_server(name)).list_time.seconds
+        await client.integrations.delete_mcp_server(name)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.integrations.get_mcp_server(name)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_register_list_refresh_and_delete_keep_headers_secret(

@@ -12,7 +12,7 @@ from loomwork.integrations.connections import ConnectionStore
 from loomwork.integrations.deliveries import DeliveryStore
 from loomwork.integrations.mcp_client import McpClient
 from loomwork.integrations.mcp_servers import McpServerStore, OperatorToolLists
-from loomwork.integrations.mcp_tools import McpToolSource, parse_operator_servers
+from loomwork.integrations.mcp_tools import McpToolSource, OperatorMcpServer
 from loomwork.integrations.oauth import OAuthConnections
 from loomwork.integrations.providers import ProviderStore
 from loomwork.integrations.replay import ReplayGuard
@@ -41,10 +41,10 @@ class Integrations:
         secret_key: str | None,
         home: Path,
         public_url: str,
-        mcp_servers: str = "",
+        mcp_servers: dict[str, OperatorMcpServer] | None = None,
         mcp_tools_ttl: timedelta = timedelta(minutes=5),
     ) -> Integrations:
-        """`mcp_servers`: the operator's stdio servers (LOOMWORK_MCP_SERVERS)."""
+        """`mcp_servers`: the operator's stdio servers (LOOMWORK_MCP_SERVERS, parsed)."""
         box = secret_box(secret_key, home)
         providers = ProviderStore(db, box)
         connections = ConnectionStore(db, box)
@@ -53,7 +53,7 @@ class Integrations:
             McpServerStore(db, box),
             OperatorToolLists(db),
             McpClient(),
-            operator=parse_operator_servers(mcp_servers),
+            operator=mcp_servers,
             oauth=oauth,
             ttl=mcp_tools_ttl,
         )
