@@ -24,6 +24,9 @@ from server.temporal import register_search_attributes
 from server.transport.grpc_app import GrpcApp, build_grpc_app
 from server.worker import build_worker
 
+# Fixtures of an OAuth provider the tests run (module-scoped, started when a test asks).
+pytest_plugins = ["tests.oauth_provider"]
+
 TOKENS = "t-alpha=alpha,t-beta=beta"
 
 

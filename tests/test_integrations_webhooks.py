@@ -31,13 +31,14 @@ from protos.loomwork.v1 import (
     workflow_pb2_grpc,
 )
 from protos.loomwork.v1 import integration_pb2_grpc as integration_grpc
-from server.transport.http import HttpServer, build_http_app
+from server.transport.http import build_http_app
 from tests.support import (
     RunningWorker,
     another_server,
     auth,
     field_violations,
     own_runtime,
+    serving,
     unique,
     wait_agent_run_finished,
 )
@@ -47,12 +48,8 @@ SECRET = "whsec-0123456789abcdef"
 
 @pytest.fixture(scope="module")
 async def http_url(runtime, worker) -> AsyncIterator[str]:
-    server = HttpServer(build_http_app(runtime), "127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"http://{server.address}"
-    finally:
-        await server.stop()
+    async with serving(build_http_app(runtime)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
