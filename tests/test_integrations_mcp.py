@@ -73,6 +73,11 @@ async def _agent(agents, token: str, tool_names: list[str]) -> str:
     return name
 
 
+async def _generate(agents, token: str, agent: str, prompt: str) -> agent_pb2.AgentRun:
+    request = agent_pb2.GenerateRequest(agent_name=agent, prompt=prompt)
+    return (await agents.Generate(request, metadata=auth(token))).run
+
+
 def _saved(notes: Path) -> list[dict[str, str]]:
     return [json.loads(p.read_text()) for p in sorted(notes.iterdir())]
 
@@ -348,12 +353,7 @@ async def test_an_agent_run_calls_an_mcp_tool_and_answers_with_its_result(
         return Turn(text=f"Saved as {saved['note_id']}.")
 
     model.set_script(script)
-    run = (
-        await agents.Generate(
-            agent_pb2.GenerateRequest(agent_name=agent, prompt="note: buy 2 milk"),
-            metadata=auth(token),
-        )
-    ).run
+    run = await _generate(agents, token, agent, "note: buy 2 milk")
     assert run.status == run_pb2.RUN_STATUS_SUCCEEDED
     assert run.output.text == "Saved as note-1."
     result = run.output.messages[1].parts[0].tool_result
@@ -398,11 +398,7 @@ async def test_errors_of_the_tool_and_bad_arguments_go_back_to_the_model(
             Turn(text="Could not."),
         ]
     )
-    run = (
-        await agents.Generate(
-            agent_pb2.GenerateRequest(agent_name=agent, prompt="try"), metadata=auth(token)
-        )
-    ).run
+    run = await _generate(agents, token, agent, "try")
     assert run.status == run_pb2.RUN_STATUS_SUCCEEDED and run.output.text == "Could not."
     refused = run.output.messages[1].parts[0].tool_result
     assert refused.is_error and "refused: no" in refused.result.string_value
@@ -439,11 +435,7 @@ async def test_a_server_stopped_mid_run_is_retried_then_an_error_result(
             return Turn(text="The notes service is down.")
 
         model.set_script(script)
-        run = (
-            await agents.Generate(
-                agent_pb2.GenerateRequest(agent_name=agent, prompt="save"), metadata=auth(token)
-            )
-        ).run
+        run = await _generate(agents, token, agent, "save")
     finally:
         mcp_server.stop()
     assert run.status == run_pb2.RUN_STATUS_SUCCEEDED
@@ -471,9 +463,7 @@ async def test_stale_tool_lists_are_listed_again_when_a_run_needs_them(
         return "archived"
 
     model.set_script([Turn(text="ok")])
-    await agents.Generate(
-        agent_pb2.GenerateRequest(agent_name=agent, prompt="hi"), metadata=auth(token)
-    )
+    await _generate(agents, token, agent, "hi")
     assert f"{server.name}__archive" not in model.requests[-1].tool_names  # cached, still fresh
     async with runtime.db.connection() as conn:
         await conn.execute(
@@ -481,9 +471,7 @@ async def test_stale_tool_lists_are_listed_again_when_a_run_needs_them(
             (server.name,),
         )
     model.set_script([Turn(text="ok")])
-    await agents.Generate(
-        agent_pb2.GenerateRequest(agent_name=agent, prompt="hi"), metadata=auth(token)
-    )
+    await _generate(agents, token, agent, "hi")
     assert f"{server.name}__archive" in model.requests[-1].tool_names
 
 
@@ -499,11 +487,7 @@ async def test_a_tenant_never_calls_another_tenants_server(
             Turn(text="no"),
         ]
     )
-    run = (
-        await agents.Generate(
-            agent_pb2.GenerateRequest(agent_name=agent, prompt="save"), metadata=auth(other_token)
-        )
-    ).run
+    run = await _generate(agents, other_token, agent, "save")
     assert model.requests[0].tool_names == []
     result = run.output.messages[1].parts[0].tool_result
     assert result.is_error and "unknown tool" in result.result.string_value
@@ -565,12 +549,7 @@ async def test_an_operators_stdio_server_serves_every_tenant(
         return Turn(text=f"It said {json.loads(request.tool_results[-1]['content'])['shouted']}.")
 
     model.set_script(script)
-    run = (
-        await agents.Generate(
-            agent_pb2.GenerateRequest(agent_name=agent, prompt="shout hello"),
-            metadata=auth(other_token),
-        )
-    ).run
+    run = await _generate(agents, other_token, agent, "shout hello")
     assert run.status == run_pb2.RUN_STATUS_SUCCEEDED
     assert run.output.text == "It said HELLO."
     assert out.read_text() == "HELLO\n"
