@@ -19,6 +19,7 @@ from clients import LoomworkClient
 from loomwork.config import Settings
 from loomwork.errors import FailedPrecondition
 from loomwork.integrations.connections import Tokens
+from loomwork.integrations.mcp_client import HttpEndpoint
 from loomwork.integrations.mcp_tools import parse_operator_servers
 from loomwork.integrations.providers import NewOAuthProvider
 from loomwork.testing import ChatRequest, ScriptedToolCall, Turn
@@ -91,6 +92,9 @@ def test_names_the_model_sees_end_with_the_tool_name() -> None:
     for bad in ("mcp:gh", "mcp:GH/x", "mcp:gh/", "mcp:gh/a b", "mcp:" + "s" * 33 + "/x"):
         with pytest.raises(ValueError):
             parse_mcp_name(bad)
+    # Held sessions are never shared between tenants, even with the same URL and headers.
+    url = "https://mcp.example.com/mcp"
+    assert HttpEndpoint(url=url, tenant="a").key() != HttpEndpoint(url=url, tenant="b").key()
 
 
 def test_a_malformed_operator_configuration_says_what_is_wrong() -> None:

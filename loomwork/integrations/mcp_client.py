@@ -41,24 +41,28 @@ _STATUSES: ContextVar[list[int] | None] = ContextVar("mcp_http_statuses", defaul
 
 
 class HttpEndpoint(BaseModel):
-    """A streamable HTTP server, with the headers every request carries."""
+    """A streamable HTTP server, with the headers every request carries. `tenant`: whose
+    session it is (a session, and whatever the server keeps for it, is never shared between
+    tenants)."""
 
     url: str
     headers: dict[str, str] = Field(default_factory=dict, repr=False)
+    tenant: str = ""
 
     @property
     def where(self) -> str:
         return f"the MCP server at {self.url}"
 
     def key(self) -> str:
-        """Which held session serves it: one per URL and headers."""
+        """Which held session serves it: one per URL, headers and tenant."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
 
 
 class StdioEndpoint(BaseModel):
-    """A stdio server: a command this process starts for each session."""
+    """A stdio server: a command this process starts for each session (one per tenant)."""
 
     name: str
+    tenant: str = ""
     command: str
     args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict, repr=False)
@@ -69,7 +73,7 @@ class StdioEndpoint(BaseModel):
         return f"the MCP server {self.name!r} (stdio: {self.command})"
 
     def key(self) -> str:
-        """Which held session serves it: one per configuration."""
+        """Which held session serves it: one per configuration and tenant."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
 
 

@@ -373,10 +373,16 @@ class McpToolSource:
         tools = await self.client.list_tools(self._stdio(name))
         return await self.operator_lists.save(name, config.fingerprint(), _tools(tools))
 
-    def _stdio(self, name: str) -> StdioEndpoint:
+    def _stdio(self, name: str, tenant: str = "") -> StdioEndpoint:
+        """The operator's server `name`, in a session of `tenant`'s ("": the listing's)."""
         config = self.operator[name]
         return StdioEndpoint(
-            name=name, command=config.command, args=config.args, env=config.env, cwd=config.cwd
+            name=name,
+            command=config.command,
+            args=config.args,
+            env=config.env,
+            cwd=config.cwd,
+            tenant=tenant,
         )
 
     async def _token(self, tenant: str, connection_id: str, rejected: str | None = None) -> str:
@@ -390,17 +396,17 @@ class McpToolSource:
         """`work` against the server: its headers, and its OAuth connection's bearer token (on
         a 401, refreshed once and tried again)."""
         if server.source == "operator":
-            return await work(self._stdio(server.name))
+            return await work(self._stdio(server.name, tenant))
         headers = dict(server.headers)
         token = None
         if server.oauth_connection_id:
             token = await self._token(tenant, server.oauth_connection_id)
             headers["Authorization"] = f"Bearer {token}"
         try:
-            return await work(HttpEndpoint(url=server.url, headers=headers))
+            return await work(HttpEndpoint(url=server.url, headers=headers, tenant=tenant))
         except McpRejected as exc:
             if exc.status != 401 or token is None:
                 raise
         token = await self._token(tenant, server.oauth_connection_id, rejected=token)
         headers["Authorization"] = f"Bearer {token}"
-        return await work(HttpEndpoint(url=server.url, headers=headers))
+        return await work(HttpEndpoint(url=server.url, headers=headers, tenant=tenant))
