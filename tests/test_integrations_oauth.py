@@ -27,7 +27,7 @@ from loomwork.integrations.oauth import NeedsReauthorization, OAuthConnections
 from loomwork.integrations.providers import ProviderStore
 from protos.loomwork.v1 import integration_pb2
 from protos.loomwork.v1 import integration_pb2_grpc as integration_grpc
-from server.transport.http import HttpServer, build_http_app
+from server.transport.http import HttpServer
 from tests.support import auth, field_violations, unique
 
 CLIENT_ID = "loomwork-test"
@@ -122,16 +122,6 @@ def provider(provider_server) -> Provider:
 
 
 @pytest.fixture(scope="module")
-async def loomwork_http(runtime) -> AsyncIterator[str]:
-    server = HttpServer(build_http_app(runtime), "127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"http://{server.address}"
-    finally:
-        await server.stop()
-
-
-@pytest.fixture(scope="module")
 def stub(channel) -> integration_grpc.IntegrationServiceStub:
     return integration_grpc.IntegrationServiceStub(channel)
 
@@ -150,7 +140,7 @@ async def _create_provider(stub, token: str, base: str) -> integration_pb2.OAuth
     return (await stub.CreateOAuthProvider(request, metadata=auth(token))).oauth_provider
 
 
-async def _connect(stub, token: str, provider_server, loomwork_http: str, label: str = "ada"):
+async def _connect(stub, token: str, provider_server, http_url: str, label: str = "ada"):
     """The whole user journey: StartAuthorization → provider → our callback → a connection."""
     _, base = provider_server
     created = await _create_provider(stub, token, base)
@@ -164,21 +154,19 @@ async def _connect(stub, token: str, provider_server, loomwork_http: str, label:
         assert redirect.status_code == 302
         location = urlsplit(redirect.headers["location"])
         assert f"{location.scheme}://{location.netloc}{location.path}" == created.redirect_uri
-        callback = await browser.get(
-            f"{loomwork_http}/oauth/{created.id}/callback?{location.query}"
-        )
+        callback = await browser.get(f"{http_url}/oauth/{created.id}/callback?{location.query}")
         assert callback.status_code == 200, callback.text
         assert started.connection_id in callback.text
         # The state is single-use.
-        again = await browser.get(f"{loomwork_http}/oauth/{created.id}/callback?{location.query}")
+        again = await browser.get(f"{http_url}/oauth/{created.id}/callback?{location.query}")
         assert again.status_code == 400
     return created, started.connection_id
 
 
 async def test_authorization_creates_a_connection_with_encrypted_tokens(
-    stub, token, other_token, provider, provider_server, loomwork_http, runtime
+    stub, token, other_token, provider, provider_server, http_url, runtime
 ) -> None:
-    created, connection_id = await _connect(stub, token, provider_server, loomwork_http)
+    created, connection_id = await _connect(stub, token, provider_server, http_url)
     assert not created.client_secret
     connection = (
         await stub.GetConnection(
@@ -241,10 +229,10 @@ def _replica(runtime, **kwargs) -> tuple[OAuthConnections, Redis]:
 
 
 async def test_concurrent_refreshes_across_replicas_happen_once(
-    stub, token, provider, provider_server, loomwork_http, runtime
+    stub, token, provider, provider_server, http_url, runtime
 ) -> None:
     provider.expires_in = 30  # inside the default 60 s skew: every token counts as expiring
-    _, connection_id = await _connect(stub, token, provider_server, loomwork_http)
+    _, connection_id = await _connect(stub, token, provider_server, http_url)
     provider.refresh_delay = 0.3
     one, redis_one = _replica(runtime)
     two, redis_two = _replica(runtime)
@@ -262,10 +250,10 @@ async def test_concurrent_refreshes_across_replicas_happen_once(
 
 
 async def test_expiry_during_a_tool_call_refreshes_once_and_retries(
-    stub, token, provider, provider_server, loomwork_http, runtime
+    stub, token, provider, provider_server, http_url, runtime
 ) -> None:
     _, base = provider_server
-    _, connection_id = await _connect(stub, token, provider_server, loomwork_http)
+    _, connection_id = await _connect(stub, token, provider_server, http_url)
     oauth = runtime.integrations.oauth
     first = await oauth.request("alpha", connection_id, "GET", f"{base}/api/me")
     assert first.status_code == 200 and provider.refreshes == 0
@@ -296,10 +284,10 @@ async def test_expiry_during_a_tool_call_refreshes_once_and_retries(
 
 
 async def test_revoked_refresh_token_needs_reauthorization(
-    stub, token, provider, provider_server, loomwork_http, runtime
+    stub, token, provider, provider_server, http_url, runtime
 ) -> None:
     provider.expires_in = 5
-    _, connection_id = await _connect(stub, token, provider_server, loomwork_http)
+    _, connection_id = await _connect(stub, token, provider_server, http_url)
     provider.refresh.clear()  # the user revoked the app at the provider
     oauth = runtime.integrations.oauth
     with pytest.raises(NeedsReauthorization) as err:
@@ -317,12 +305,12 @@ async def test_revoked_refresh_token_needs_reauthorization(
 
 
 async def test_callback_rejects_unknown_state_and_provider_errors(
-    stub, token, provider_server, loomwork_http
+    stub, token, provider_server, http_url
 ) -> None:
     async with httpx2.AsyncClient() as browser:
-        unknown = await browser.get(f"{loomwork_http}/oauth/x/callback?state=nope&code=c")
+        unknown = await browser.get(f"{http_url}/oauth/x/callback?state=nope&code=c")
         assert unknown.status_code == 400 and "state" in unknown.text
-        denied = await browser.get(f"{loomwork_http}/oauth/x/callback?error=access_denied&state=s")
+        denied = await browser.get(f"{http_url}/oauth/x/callback?error=access_denied&state=s")
         assert denied.status_code == 400 and "access_denied" in denied.text
     # A state issued for one provider does not complete another.
     _, base = provider_server
@@ -333,7 +321,7 @@ async def test_callback_rejects_unknown_state_and_provider_errors(
     )
     state = parse_qs(urlsplit(started.authorization_url).query)["state"][0]
     async with httpx2.AsyncClient() as browser:
-        wrong = await browser.get(f"{loomwork_http}/oauth/other/callback?state={state}&code=c")
+        wrong = await browser.get(f"{http_url}/oauth/other/callback?state={state}&code=c")
     assert wrong.status_code == 400
 
 
