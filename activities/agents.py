@@ -21,9 +21,10 @@ from loomwork.agents.payloads import (
 )
 from loomwork.agents.run_models import AgentRunRequest, RunOutcome
 from loomwork.agents.steps import AgentSteps
-from loomwork.errors import LoomworkError
+from loomwork.errors import LoomworkError, ResourceExhausted, Unavailable
 from loomwork.llm.errors import ModelError
 from loomwork.messages import ToolResultPart
+from loomwork.tools.registry import ToolFailed
 
 T = TypeVar("T")
 
@@ -37,7 +38,7 @@ def _application_error(error: LoomworkError) -> ApplicationError:
             non_retryable=not error.retryable,
             next_retry_delay=timedelta(seconds=error.retry_after) if error.retry_after else None,
         )
-    retryable = type(error).__name__ in {"Unavailable", "ResourceExhausted"}
+    retryable = isinstance(error, Unavailable | ResourceExhausted | ToolFailed)
     return ApplicationError(error.message, type=type(error).__name__, non_retryable=not retryable)
 
 
@@ -86,7 +87,10 @@ class AgentActivities:
 
     @activity.defn(name="agent_tool_call")
     async def tool_call(self, call: ToolInput) -> ToolResultPart:
-        return await _heartbeating(self.steps.tool_call(call))
+        try:
+            return await _heartbeating(self.steps.tool_call(call, attempt=activity.info().attempt))
+        except LoomworkError as error:
+            raise _application_error(error) from error
 
     @activity.defn(name="agent_publish")
     async def publish(self, publish: PublishInput) -> None:

@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loomwork.config import Settings
 from loomwork.flows import StepContext, Workflow, default_registry, step
-from loomwork.flows.definition import Step
+from loomwork.flows.nodes import Step
 from loomwork.flows.state import (
     DslRunInput,
     ResumeRequest,

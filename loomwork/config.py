@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     task_queue: str = Field(default=TASK_QUEUE, alias="LOOMWORK_TASK_QUEUE")
     # Comma-separated Python modules that register workflow definitions on import.
     workflow_modules: str = Field(default="", alias="LOOMWORK_WORKFLOW_MODULES")
+    # Modules with the application's `@tool` functions and code-defined agents.
+    tool_modules: str = Field(default="", alias="LOOMWORK_TOOL_MODULES")
     # How the worker sandboxes workflow code. "passthrough" loads Loomwork's own workflow
     # modules once and shares them (the sandbox still guards builtins such as `open`):
     # ~10 ms less per run start. "strict" re-imports them into every run's sandbox, so a

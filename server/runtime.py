@@ -14,7 +14,7 @@ from loomwork.agents.memory_tool import working_memory_tool
 from loomwork.agents.payloads import FirstStep
 from loomwork.agents.speculation import SpeculativeSteps
 from loomwork.agents.steps import AgentSteps
-from loomwork.agents.tools import ToolRegistry
+from loomwork.agents.tool_modules import load_tool_modules
 from loomwork.cache.versioned import VersionedCache
 from loomwork.config import Settings
 from loomwork.embeddings import embedding_provider, resolve_dimension
@@ -36,6 +36,7 @@ from loomwork.storage.database import Database
 from loomwork.storage.migrations import apply_migrations
 from loomwork.storage.postgres import PostgresMemoryStorage
 from loomwork.streams.run_events import RunEventLog
+from loomwork.tools import ToolRegistry
 from server.temporal import connect_temporal
 
 if TYPE_CHECKING:
@@ -153,6 +154,18 @@ class Runtime:
         tools = ToolRegistry([working_memory_tool(working_memory)])
         if demo is not None:
             demo.register(tools, agents, default_registry, db)
+        application = load_tool_modules(settings.tool_modules)
+        for tool in application.tools:
+            tools.register(tool)
+        for agent in application.agents:
+            agents.register(agent)
+        if application.modules:
+            log.info(
+                "tool modules %s: tools %s, agents %s",
+                ", ".join(application.modules),
+                ", ".join(t.name for t in application.tools) or "none",
+                ", ".join(a.name for a in application.agents) or "none",
+            )
         return cls(
             settings,
             db,

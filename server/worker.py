@@ -117,6 +117,7 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
     diagnostics = DiagnosticsActivities(runtime.db, runtime.redis)
     memory = MemoryActivities(runtime.recall)
     settings = runtime.settings
+    oauth = runtime.integrations.oauth if runtime.integrations is not None else None
     steps = AgentSteps(
         AgentCatalog(runtime.agents, AgentStore(runtime.db), runtime.tools),
         runtime.tools,
@@ -127,6 +128,7 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
         runtime.chat_models,
         settings.chat_model,
         speculation=runtime.speculation,
+        oauth=oauth,
     )
     agents = AgentActivities(steps)
     workflow_events = WorkflowEvents(runtime.events)
@@ -136,6 +138,7 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
             workflow_events,
             runtime.tools,
             services={"db": runtime.db, "redis": runtime.redis},
+            oauth=oauth,
         ),
         workflow_events,
     )

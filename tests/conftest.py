@@ -29,8 +29,12 @@ from server.embedded import EmbeddedStack
 from server.runtime import Runtime
 from server.temporal import register_search_attributes
 from server.transport.grpc_app import GrpcApp, build_grpc_app
-from server.transport.http import HttpServer, build_http_app
+from server.transport.http import build_http_app
 from server.worker import build_worker
+from tests.support import serving
+
+# Fixtures of an OAuth provider the tests run (module-scoped, started when a test asks).
+pytest_plugins = ["tests.oauth_provider"]
 
 TOKENS = "t-alpha=alpha,t-beta=beta"
 
@@ -187,12 +191,8 @@ def integrations(channel: grpc.aio.Channel) -> integration_pb2_grpc.IntegrationS
 @pytest.fixture(scope="session")
 async def http_url(runtime: Runtime, worker: None) -> AsyncIterator[str]:
     """Base URL of Loomwork's HTTP endpoint (webhooks, health) over the session runtime."""
-    server = HttpServer(build_http_app(runtime), "127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"http://{server.address}"
-    finally:
-        await server.stop()
+    async with serving(build_http_app(runtime)) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.types import ASGIApp
 
 from loomwork.agents.run_models import AgentRunRequest
 from loomwork.config import Settings
@@ -25,6 +26,7 @@ from loomwork.messages import NewMessage, Role, TextPart
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, message_pb2, run_pb2
 from server.runtime import Runtime
 from server.transport.grpc_app import build_grpc_app
+from server.transport.http import HttpServer
 from server.worker import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +69,18 @@ async def another_server(runtime: Runtime) -> AsyncIterator[grpc.aio.Channel]:
             yield channel
     finally:
         await app.stop(grace=1.0)
+
+
+@asynccontextmanager
+async def serving(app: ASGIApp) -> AsyncIterator[str]:
+    """`app` served as the HTTP endpoint serves its own (uvicorn, with its lifespan) on a
+    free port: its base URL; stopped on exit."""
+    server = HttpServer(app, "127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"http://{server.address}"
+    finally:
+        await server.stop()
 
 
 def wait_serving(

@@ -7,9 +7,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from loomwork.agents.tools import ToolContext
 from loomwork.messages import ToolCallPart
 from loomwork.testing import Failure, ScriptedToolCall, Turn
+from loomwork.tools import ToolContext
 from protos.loomwork.v1 import agent_pb2, message_pb2, run_pb2
 from tests.support import auth, field_violations
 

@@ -12,9 +12,9 @@ from google.protobuf import json_format
 from pydantic import BaseModel
 
 from loomwork.agents.definitions import AgentDefinition, ModelSettings
-from loomwork.agents.tools import Tool, ToolContext
 from loomwork.errors import NotFound
 from loomwork.testing import ScriptedToolCall, Turn
+from loomwork.tools import Tool, ToolContext
 from protos.loomwork.v1 import agent_pb2, run_pb2
 from tests.support import auth, field_violations, unique
 

@@ -15,11 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from loomwork.agents.run_models import AgentRunRequest, RunOutcome
-from loomwork.agents.tools import Tool, ToolContext, ToolRegistry
 from loomwork.config import Settings
 from loomwork.demo.tools import NoteTool, SaveNoteArgs
 from loomwork.messages import NewMessage, Role, TextPart, ToolResultPart
 from loomwork.testing import ScriptedToolCall, Turn
+from loomwork.tools import Tool, ToolContext, ToolRegistry
 from server.runtime import Runtime
 from server.worker import build_worker
 from tests.support import unique

@@ -3,10 +3,11 @@ Postgres + pgvector and the local embedding model (no gRPC, no Temporal)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import psycopg
 import pytest
 
-from loomwork.agents.tools import ToolContext
 from loomwork.errors import InvalidArgument, NotFound
 from loomwork.llm.chat import ChatUsage
 from loomwork.messages import ToolCallPart
@@ -34,6 +35,7 @@ from loomwork.rag.rerank import signal_rerank
 from loomwork.rag.store import vector_literal
 from loomwork.rag.system import RagSystem
 from loomwork.rag.tool import RAG_QUERY_TOOL
+from loomwork.tools import ToolContext
 from server.runtime import Runtime
 from tests.support import unique
 
@@ -270,6 +272,6 @@ async def test_agent_tool_queries_the_tenants_index(rag: RagSystem, runtime: Run
     assert not result.is_error
     assert result.result["results"][0]["document_id"] == "faq"
     other = await runtime.tools.call(
-        call, context.model_copy(update={"tenant": "beta"}), allowed=[RAG_QUERY_TOOL]
+        call, dataclasses.replace(context, tenant="beta"), allowed=[RAG_QUERY_TOOL]
     )
     assert other.is_error and "not found" in str(other.result)

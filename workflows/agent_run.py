@@ -17,7 +17,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
-from workflows.retries import MODEL_CALL
+from workflows.retries import MODEL_CALL, temporal_retry_policy
 from workflows.search_attributes import STATUS
 
 with workflow.unsafe.imports_passed_through():
@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from loomwork.llm.chat import ChatMessage, ChatUsage
     from loomwork.messages import ToolCallPart, ToolResultPart
+    from loomwork.tools.routes import ToolRoute
 
 START_AND_STEP = "agent_start_and_step"
 MODEL_STEP = "agent_model_step"
@@ -54,6 +55,8 @@ FINISH = "agent_finish"
 
 # Runs started before publish and finish became local activities replay the old commands.
 LOCAL_ACTIVITIES = "agent-run-local-activities"
+# Runs started before a tool call's last failure became an error result fail on it instead.
+TOOL_FAILURE_TO_MODEL = "agent-run-tool-failure-to-model"
 _QUICK = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=5)
 
 
@@ -351,23 +354,37 @@ class AgentRunWorkflow:
                 call=call,
                 argument_error=output.argument_errors.get(call.tool_call_id),
                 rejection=(decision.reason or "") if decision and not decision.approve else None,
+                route=output.tool_routes.get(call.tool_call_id),
             )
 
         return list(
-            await asyncio.gather(
-                *(
-                    workflow.execute_activity(
-                        TOOL_CALL,
-                        tool_input(call),
-                        result_type=ToolResultPart,
-                        start_to_close_timeout=timedelta(minutes=2),
-                        # The activity heartbeats while the tool runs: a worker that dies
-                        # mid-call is noticed within seconds and the call moves on.
-                        heartbeat_timeout=timedelta(seconds=5),
-                        retry_policy=_QUICK,
-                        summary=f"tool {call.tool_name}",
-                    )
-                    for call in output.tool_calls
-                )
-            )
+            await asyncio.gather(*(self._tool_call(tool_input(c)) for c in output.tool_calls))
         )
+
+    async def _tool_call(self, call: ToolInput) -> ToolResultPart:
+        """One tool call as its own activity, with its tool's timeout and retries; a call that
+        still fails after them is an error result the model reads, not a failed run."""
+        route = call.route or ToolRoute()
+        try:
+            return await workflow.execute_activity(
+                TOOL_CALL,
+                call,
+                result_type=ToolResultPart,
+                start_to_close_timeout=route.timeout,
+                # The activity heartbeats while the tool runs: a worker that dies mid-call is
+                # noticed within seconds and the call moves on.
+                heartbeat_timeout=timedelta(seconds=5),
+                retry_policy=temporal_retry_policy(route.retry) if route.retry else _QUICK,
+                summary=route.summary or f"tool {call.call.tool_name}",
+            )
+        except ActivityError as error:
+            # Older runs failed here; they replay that way.
+            if not workflow.patched(TOOL_FAILURE_TO_MODEL):
+                raise
+            _, message = _cause(error)
+            return ToolResultPart(
+                tool_call_id=call.call.tool_call_id,
+                tool_name=call.call.tool_name,
+                result=f"{call.call.tool_name} failed: {message or 'no attempt finished in time'}",
+                is_error=True,
+            )

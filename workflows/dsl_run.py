@@ -30,11 +30,13 @@ from temporalio.exceptions import (
     ChildWorkflowError,
 )
 
+from workflows.retries import temporal_retry_policy
 from workflows.search_attributes import STATUS
 
 with workflow.unsafe.imports_passed_through():
     from loomwork.agents.run_models import AgentRunRequest, RunOutcome
-    from loomwork.flows.definition import (
+    from loomwork.flows.execution import PublishInput, StepCall, StepOutcome
+    from loomwork.flows.nodes import (
         AgentStep,
         AgentStepInput,
         AgentStepOutput,
@@ -50,8 +52,6 @@ with workflow.unsafe.imports_passed_through():
         Step,
         ToolStep,
     )
-    from loomwork.flows.definition import RetryPolicy as StepRetryPolicy
-    from loomwork.flows.execution import PublishInput, StepCall, StepOutcome
     from loomwork.flows.registry import default_registry
     from loomwork.flows.state import (
         DslRunInput,
@@ -93,16 +93,6 @@ def _rejected(error_type: str, violations: list[tuple[str, str]], message: str) 
     """An Update rejection: `type` names the domain error; details hold (field, description)."""
     return ApplicationError(
         message, *[{"field": f, "description": d} for f, d in violations], type=error_type
-    )
-
-
-def _retry_policy(policy: StepRetryPolicy) -> RetryPolicy:
-    return RetryPolicy(
-        maximum_attempts=policy.max_attempts,
-        initial_interval=policy.initial_interval,
-        backoff_coefficient=policy.backoff_coefficient,
-        maximum_interval=policy.maximum_interval,
-        non_retryable_error_types=[*policy.non_retryable_error_types, *_NEVER_RETRIED],
     )
 
 
@@ -455,7 +445,7 @@ class DslRunWorkflow:
                     activity_id=path if executions == 1 else f"{path}#{executions}",
                     summary=node.id + (f": {node.description}" if node.description else ""),
                     start_to_close_timeout=node.retry.timeout,
-                    retry_policy=_retry_policy(node.retry),
+                    retry_policy=temporal_retry_policy(node.retry, never_retried=_NEVER_RETRIED),
                 )
             except ActivityError as exc:
                 if isinstance(exc.cause, CancelledError):  # CancelRun reached the step

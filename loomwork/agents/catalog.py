@@ -9,10 +9,10 @@ from pydantic import ValidationError
 
 from loomwork.agents.definitions import AgentDefinition, AgentRegistry, AgentSource
 from loomwork.agents.store import AgentStore
-from loomwork.agents.tools import ToolRegistry
 from loomwork.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from loomwork.memory.settings import invalid_argument_from
 from loomwork.paging import decode_text_token, encode_text_token
+from loomwork.tools import ToolRegistry
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000

@@ -7,10 +7,10 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, Field
 
-from loomwork.agents.tools import Tool, ToolContext
 from loomwork.errors import FieldViolation, InvalidArgument
 from loomwork.memory.models import RecallScope, WorkingMemory
 from loomwork.memory.working import WorkingMemoryStore
+from loomwork.tools import Tool, ToolContext
 
 UPDATE_WORKING_MEMORY = "update_working_memory"
 

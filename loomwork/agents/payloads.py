@@ -11,6 +11,7 @@ from loomwork.agents.events import AgentEvent, StepFinished
 from loomwork.agents.run_models import AgentRunRequest, ContextUsage, RunOutcome, Violation
 from loomwork.llm.chat import ChatMessage, ChatUsage
 from loomwork.messages import ToolCallPart
+from loomwork.tools.routes import ToolRoute
 
 
 class RunPlan(BaseModel):
@@ -44,6 +45,8 @@ class StepOutput(BaseModel):
     # Structured output (the agent has an output schema and the step answered).
     object: dict[str, Any] | None = None
     object_violations: list[Violation] = Field(default_factory=list)
+    # How each tool call runs, by tool call id (a call without one: a worker tool).
+    tool_routes: dict[str, ToolRoute] = Field(default_factory=dict)
 
     def message(self) -> ChatMessage:
         return ChatMessage.assistant(self.text, self.tool_calls)
@@ -63,6 +66,7 @@ class ToolInput(BaseModel):
     call: ToolCallPart
     argument_error: str | None = None
     rejection: str | None = None  # a person rejected the call: it does not run
+    route: ToolRoute | None = None  # None: a worker tool with the defaults
 
 
 class FinishInput(BaseModel):

@@ -41,7 +41,6 @@ from loomwork.agents.speculation import (
     until_adopted,
     until_confirmed,
 )
-from loomwork.agents.tools import ToolContext, ToolRegistry
 from loomwork.llm.chat import (
     ChatMessage,
     ChatModel,
@@ -59,6 +58,8 @@ from loomwork.memory.tokens import count_context_tokens
 from loomwork.memory.working import WorkingMemoryStore
 from loomwork.messages import Message, NewMessage, Role, ToolResultPart
 from loomwork.streams.run_events import RunEventLog
+from loomwork.tools import ToolContext, ToolRegistry
+from loomwork.tools.tool_context import OAuthAccess
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class AgentSteps:
         chat_model: Callable[[str], ChatModel],
         default_model: str,
         speculation: SpeculativeSteps[FirstStep] | None = None,
+        oauth: OAuthAccess | None = None,
     ) -> None:
         self.agents = agents
         self.tools = tools
@@ -140,6 +142,7 @@ class AgentSteps:
         self.chat_model = chat_model
         self.default_model = default_model
         self.speculation = speculation
+        self.oauth = oauth  # the tenant's OAuth connections, for tools (ctx.oauth)
 
     async def publish(self, request: AgentRunRequest, event: AgentEvent) -> int:
         """Append one event; its id (for a retried terminal event, or one said once per run
@@ -383,6 +386,7 @@ class AgentSteps:
             ],
             finish_reason=result.finish_reason,
             usage=result.usage,
+            tool_routes={c.tool_call_id: self.tools.route(c.tool_name) for c in result.tool_calls},
         )
         if output.tool_calls:
             return output  # the step finishes once its tools ran
@@ -403,9 +407,12 @@ class AgentSteps:
     def step_finished(step: int, output: StepOutput) -> StepFinished:
         return StepFinished(step=step, finish_reason=output.finish_reason, usage=output.usage)
 
-    async def tool_call(self, call: ToolInput) -> ToolResultPart:
-        """Run one tool call; every problem becomes an error result the model will read."""
+    async def tool_call(self, call: ToolInput, *, attempt: int = 1) -> ToolResultPart:
+        """Run one tool call; every problem becomes an error result the model will read. A
+        tool with a retry policy that raises is retried (ToolFailed) until its last attempt."""
         request, agent = call.request, call.agent
+        retry = call.route.retry if call.route is not None else None
+        last_attempt = retry is None or 0 < retry.max_attempts <= attempt
         if call.rejection is not None:
             result = ToolResultPart(
                 tool_call_id=call.call.tool_call_id,
@@ -431,8 +438,14 @@ class AgentSteps:
                 memory_scope=wm.scope.value if wm is not None else "thread",
                 working_memory_schema=wm.json_schema if wm is not None else None,
                 metadata=request.metadata,
+                oauth_connections=self.oauth,
             )
-            result = await self.tools.call(call.call, context, allowed=tool_names(agent, request))
+            result = await self.tools.call(
+                call.call,
+                context,
+                allowed=tool_names(agent, request),
+                retry_failures=not last_attempt,
+            )
         await self.publish(request, ToolResultEvent(step=call.step, result=result))
         return result
 

@@ -8,7 +8,6 @@ the example workflows and, when no model is configured, the offline model.
 from __future__ import annotations
 
 from loomwork.agents.definitions import AgentRegistry
-from loomwork.agents.tools import ToolRegistry
 from loomwork.config import Settings
 from loomwork.demo.agents import demo_agents
 from loomwork.demo.offline_model import OFFLINE_MODEL, offline_model_server
@@ -17,6 +16,7 @@ from loomwork.demo.workflows import register_example_workflows
 from loomwork.flows.registry import WorkflowRegistry
 from loomwork.storage.database import Database
 from loomwork.testing import ScriptedModelServer
+from loomwork.tools import ToolRegistry
 
 
 class DemoMode:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from loomwork.agents.tools import Tool, ToolContext
 from loomwork.storage.database import Database
+from loomwork.tools import Tool, ToolContext
 
 
 class AddArgs(BaseModel):

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from loomwork.agents.tools import ToolContext
 from loomwork.demo.tools import NoteTool, SaveNoteArgs
-from loomwork.flows.definition import RetryPolicy, Workflow, step
+from loomwork.flows.definition import Workflow
+from loomwork.flows.nodes import step
 from loomwork.flows.registry import WorkflowRegistry
 from loomwork.flows.step_context import StepContext
+from loomwork.retries import RetryPolicy
+from loomwork.tools import ToolContext
 
 # -- linear: order pipeline ---------------------------------------------------------------
 

@@ -9,9 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from loomwork.agents.tools import ToolContext, ToolRegistry
 from loomwork.errors import LoomworkError
-from loomwork.flows.definition import Step, StepKind, ToolStep
+from loomwork.flows.nodes import Step, StepKind, ToolStep
 from loomwork.flows.registry import WorkflowRegistry
 from loomwork.flows.state import (
     DslRunInput,
@@ -26,6 +25,8 @@ from loomwork.flows.state import (
 )
 from loomwork.flows.step_context import StepContext, StepSuspended
 from loomwork.streams.run_events import RunEventLog
+from loomwork.tools import ToolContext, ToolRegistry
+from loomwork.tools.tool_context import OAuthAccess
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +120,13 @@ class StepRunner:
         events: WorkflowEvents,
         tools: ToolRegistry | None = None,
         services: Mapping[str, Any] | None = None,
+        oauth: OAuthAccess | None = None,
     ) -> None:
         self.registry = registry
         self.events = events
         self.tools = tools
         self.services = services or {}
+        self.oauth = oauth  # the tenant's OAuth connections, for tools (ctx.oauth)
 
     async def run(self, call: StepCall, *, attempt: int) -> StepOutcome:
         if call.events:  # the run's first events: any attempt publishes them if still missing
@@ -206,7 +209,12 @@ class StepRunner:
         args = _validate(tool.args, call.input, "InvalidStepInput", f"{call.path} input")
         result = await tool.run(
             args,
-            ToolContext(tenant=call.tenant, run_id=f"wf/{call.run_id}", tool_call_id=call.path),
+            ToolContext(
+                tenant=call.tenant,
+                run_id=f"wf/{call.run_id}",
+                tool_call_id=call.path,
+                oauth_connections=self.oauth,
+            ),
         )
         if isinstance(result, BaseModel):
             result = result.model_dump(mode="json")

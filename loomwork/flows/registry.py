@@ -13,13 +13,8 @@ from collections.abc import Mapping
 from pydantic import BaseModel
 
 from loomwork.errors import FailedPrecondition, NotFound
-from loomwork.flows.definition import (
-    AgentStep,
-    InvalidDefinition,
-    Node,
-    ToolStep,
-    Workflow,
-)
+from loomwork.flows.definition import Workflow
+from loomwork.flows.nodes import AgentStep, InvalidDefinition, Node, ToolStep
 
 
 class WorkflowRegistry:

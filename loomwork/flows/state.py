@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, TypeAdapter
 
 from loomwork.errors import FailedPrecondition, FieldViolation, InvalidArgument, LoomworkError
-from loomwork.flows.definition import StepKind
+from loomwork.flows.nodes import StepKind
 
 RunStatus = Literal["pending", "running", "suspended", "waiting", "succeeded", "failed", "canceled"]
 StepStatus = Literal[

@@ -6,9 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from loomwork.agents.tools import Tool, ToolContext
 from loomwork.rag.models import RetrievalOptions, SearchMode
 from loomwork.rag.query import Retriever
+from loomwork.tools import Tool, ToolContext
 
 RAG_QUERY_TOOL = "rag_query"
 

@@ -13,11 +13,11 @@ from loomwork.agents import events
 from loomwork.agents import run_models as runs
 from loomwork.agents.definitions import AgentDefinition, AgentSource
 from loomwork.agents.output_schema import check_output_schema
-from loomwork.agents.tools import Tool
 from loomwork.errors import Violations
 from loomwork.llm.chat import ChatMessage
 from loomwork.memory.settings import MemorySettings, parse_memory_settings
 from loomwork.messages import NewMessage
+from loomwork.tools import Tool
 from protos.loomwork.v1 import agent_pb2, memory_pb2, message_pb2, run_pb2
 from server.agent_runs import ThreadResolution
 from server.servicers.message_convert import ROLE_TO_PROTO, fill_part, usage_to_proto
@@ -163,6 +163,8 @@ def tool_to_proto(tool: Tool) -> agent_pb2.Tool:
         name=tool.name, description=tool.description, requires_approval=tool.requires_approval
     )
     out.parameters_schema.update(tool.spec().parameters)
+    if tool.result_schema is not None:
+        out.result_schema.update(tool.result_schema)
     return out
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2
 
-from loomwork.flows.definition import RetryPolicy, StepInfo, WorkflowInfo
+from loomwork.flows.description import StepInfo, WorkflowInfo
 from loomwork.flows.state import (
     RunError,
     RunFailed,
@@ -20,6 +20,7 @@ from loomwork.flows.state import (
     StepRun,
     WorkflowEvent,
 )
+from loomwork.retries import RetryPolicy
 from protos.loomwork.v1 import run_pb2, workflow_pb2
 from server.servicers.well_known_convert import dict_to_struct, set_timestamp
 

@@ -1,0 +1,282 @@
+"""The nodes of a workflow definition: steps and the ways they compose, with the models
+that flow between them. `Workflow` (loomwork/flows/definition.py) chains them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel
+
+from loomwork.flows.step_context import StepContext
+from loomwork.retries import RetryPolicy
+
+StepKind = Literal[
+    "step",
+    "agent",
+    "tool",
+    "workflow",
+    "map",
+    "sleep",
+    "sleep_until",
+    "branch",
+    "parallel",
+    "foreach",
+    "do_while",
+    "do_until",
+]
+
+STEP_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+StepFunction = Callable[[Any, StepContext], Awaitable[BaseModel]]
+Condition = Callable[[Any], bool]
+Mapping = Callable[[Any], BaseModel]
+WakeTime = Callable[[Any], datetime]
+
+
+class InvalidDefinition(ValueError):
+    """A workflow definition that cannot run: raised when it is committed or registered."""
+
+
+class AgentStepInput(BaseModel):
+    """What an agent step receives: the prompt, and where its conversation lives."""
+
+    prompt: str
+    thread_id: str = ""
+    resource_id: str = ""
+
+
+class AgentStepOutput(BaseModel):
+    """What an agent step produces: the agent's final text and its run."""
+
+    text: str
+    run_id: str
+    thread_id: str
+
+
+class ToolStepOutput(BaseModel):
+    """What a tool step produces: the tool's result."""
+
+    result: Any = None
+
+
+@dataclass(eq=False)
+class Node:
+    """One node of a definition. `input_model` / `output_model` are known after commit."""
+
+    id: str
+    description: str = ""
+    input_model: type[BaseModel] | None = None
+    output_model: type[BaseModel] | None = None
+
+    kind: StepKind = field(init=False, default="step")
+
+    def children(self) -> list[Node]:
+        return []
+
+
+@dataclass(eq=False)
+class Step(Node):
+    """A Python step function, run as an activity with its own retry policy.
+
+    The function gets the validated input model and a `StepContext`; it may call
+    `ctx.suspend(payload)` (validated by `suspend`) and is then run again with
+    `ctx.resume_data` (validated by `resume`) once the run is resumed."""
+
+    fn: StepFunction | None = None
+    suspend_model: type[BaseModel] | None = None
+    resume_model: type[BaseModel] | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        self.kind = "step"
+
+
+@dataclass(eq=False)
+class ToolStep(Node):
+    """A registered tool run as a step: its input is the tool's arguments."""
+
+    tool_name: str = ""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        self.kind = "tool"
+        self.output_model = ToolStepOutput
+
+
+@dataclass(eq=False)
+class AgentStep(Node):
+    """An agent run as a step (a child agent run workflow)."""
+
+    agent_name: str = ""
+    max_steps: int = 0
+
+    def __post_init__(self) -> None:
+        self.kind = "agent"
+        self.input_model = AgentStepInput
+        self.output_model = AgentStepOutput
+
+
+class Definition(Protocol):
+    """What a node needs of a workflow definition (`Workflow`) nested in it."""
+
+    id: str
+    description: str
+    version: str
+    input_model: type[BaseModel]
+    output_model: type[BaseModel]
+    nodes: list[Node]
+
+    def commit(self) -> Any: ...
+
+
+@dataclass(eq=False)
+class NestedWorkflow(Node):
+    """Another definition run as one step; its steps appear under this step's path."""
+
+    workflow: Definition | None = None
+
+    def __post_init__(self) -> None:
+        self.kind = "workflow"
+
+
+@dataclass(eq=False)
+class MapNode(Node):
+    """Reshapes data between steps, deterministically, inside the workflow."""
+
+    fn: Mapping | None = None
+
+    def __post_init__(self) -> None:
+        self.kind = "map"
+
+
+@dataclass(eq=False)
+class Sleep(Node):
+    duration: timedelta = timedelta(0)
+
+    def __post_init__(self) -> None:
+        self.kind = "sleep"
+
+
+@dataclass(eq=False)
+class SleepUntil(Node):
+    fn: WakeTime | None = None
+
+    def __post_init__(self) -> None:
+        self.kind = "sleep_until"
+
+
+@dataclass(eq=False)
+class Branch(Node):
+    """The first node whose condition holds runs, else the default; the others are skipped."""
+
+    branches: list[tuple[Condition, Node]] = field(default_factory=list)
+    default: Node | None = None
+
+    def __post_init__(self) -> None:
+        self.kind = "branch"
+
+    def children(self) -> list[Node]:
+        return [node for _, node in self.branches] + ([self.default] if self.default else [])
+
+
+@dataclass(eq=False)
+class Parallel(Node):
+    """Every child runs concurrently on the same input; the output maps child id -> output."""
+
+    nodes: list[Node] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.kind = "parallel"
+
+    def children(self) -> list[Node]:
+        return list(self.nodes)
+
+
+@dataclass(eq=False)
+class Foreach(Node):
+    """The body runs once per item of the list field `over`; output `{"results": [...]}`."""
+
+    body: Node | None = None
+    over: str = ""
+    concurrency: int = 1
+
+    def __post_init__(self) -> None:
+        self.kind = "foreach"
+
+    def children(self) -> list[Node]:
+        return [self.body] if self.body else []
+
+
+@dataclass(eq=False)
+class Loop(Node):
+    """The body runs, then again while (do_while) or until (do_until) the condition holds
+    on its output; its output feeds its next iteration."""
+
+    body: Node | None = None
+    condition: Condition | None = None
+    until: bool = False
+    max_iterations: int = 1000
+
+    def __post_init__(self) -> None:
+        self.kind = "do_until" if self.until else "do_while"
+
+    def children(self) -> list[Node]:
+        return [self.body] if self.body else []
+
+
+def step(
+    id: str,
+    *,
+    input: type[BaseModel],
+    output: type[BaseModel],
+    description: str = "",
+    suspend: type[BaseModel] | None = None,
+    resume: type[BaseModel] | None = None,
+    retry: RetryPolicy | None = None,
+) -> Callable[[StepFunction], Step]:
+    """Decorator turning `async def fn(input, ctx) -> output` into a `Step`."""
+    if (suspend is None) != (resume is None):
+        raise InvalidDefinition(f"step {id!r}: give both suspend and resume schemas, or neither")
+
+    def wrap(fn: StepFunction) -> Step:
+        return Step(
+            id=id,
+            description=description or (fn.__doc__ or "").strip().split("\n")[0],
+            input_model=input,
+            output_model=output,
+            fn=fn,
+            suspend_model=suspend,
+            resume_model=resume,
+            retry=retry or RetryPolicy(),
+        )
+
+    return wrap
+
+
+def tool_step(
+    id: str,
+    *,
+    tool: str,
+    args: type[BaseModel],
+    description: str = "",
+    retry: RetryPolicy | None = None,
+) -> ToolStep:
+    """A registered tool as a step; `args` is the tool's argument model (checked at start-up)."""
+    return ToolStep(
+        id=id,
+        description=description or f"tool {tool}",
+        input_model=args,
+        tool_name=tool,
+        retry=retry or RetryPolicy(),
+    )
+
+
+def agent_step(id: str, *, agent: str, description: str = "", max_steps: int = 0) -> AgentStep:
+    """An agent as a step: input `AgentStepInput` (prompt), output `AgentStepOutput` (text)."""
+    return AgentStep(
+        id=id, description=description or f"agent {agent}", agent_name=agent, max_steps=max_steps
+    )

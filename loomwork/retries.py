@@ -1,0 +1,21 @@
+"""Retry policies as the domain states them; workflows turn them into Temporal's."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RetryPolicy(BaseModel):
+    """How a step's or a tool's activity is retried (a Temporal retry policy), and how long
+    one attempt may take."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_attempts: int = Field(default=3, ge=0, description="0 means unlimited (until timeout)")
+    initial_interval: timedelta = timedelta(seconds=1)
+    backoff_coefficient: float = Field(default=2.0, ge=1.0)
+    maximum_interval: timedelta = timedelta(seconds=30)
+    non_retryable_error_types: tuple[str, ...] = ()
+    timeout: timedelta = Field(default=timedelta(minutes=5), description="one attempt's limit")

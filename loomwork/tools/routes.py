@@ -1,0 +1,26 @@
+"""How the agent workflow runs one tool call, decided by the model step that asked for it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import BaseModel
+
+from loomwork.retries import RetryPolicy
+
+# What runs a call: a tool of the worker's own registry, a tool of an MCP server, or the
+# calling service (a client tool, answered by SubmitToolResults).
+ToolKind = Literal["worker", "mcp", "client"]
+
+DEFAULT_TOOL_TIMEOUT = timedelta(minutes=2)
+
+
+class ToolRoute(BaseModel):
+    """Where a tool call runs and with which limits. A step recorded before routes existed
+    carries none: its calls run as worker tools with the defaults."""
+
+    kind: ToolKind = "worker"
+    summary: str = ""  # the activity's summary in the Temporal UI; "" = "tool <name>"
+    timeout: timedelta = DEFAULT_TOOL_TIMEOUT  # one attempt's limit
+    retry: RetryPolicy | None = None  # None: the agent workflow's default for tools
