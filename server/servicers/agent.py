@@ -19,6 +19,8 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.run_lookup import RunLookup, visibility_literal
+from activities.workflow_runs import AGENT_RUN
 from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.definitions import AGENT_NAME
 from loomwork.agents.directory import RunDirectory
@@ -93,11 +95,6 @@ _ABNORMAL_END = {
 RunRequest = agent_pb2.GenerateRequest | agent_pb2.StreamRequest | agent_pb2.StreamObjectRequest
 
 
-def _quoted(value: str) -> str:
-    """A string literal of Temporal's visibility query language."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 async def _describe(
     handle: WorkflowHandle[AgentRunWorkflow, RunOutcome], run_id: str
 ) -> WorkflowExecutionDescription:
@@ -121,6 +118,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.directory = RunDirectory(runtime.redis)
+        self.runs = RunLookup(self.directory, runtime.temporal, AGENT_RUN)
         self.catalog = AgentCatalog(runtime.agents, AgentStore(runtime.db), runtime.tools)
         self.starter = AgentRunStarter(runtime, self.directory, self.catalog)
 
@@ -330,7 +328,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if request.after_event_id < 0:
             raise InvalidArgument.field("after_event_id", "must be 0 or more")
         tenant_id = tenant()
-        workflow_id = await self.directory.workflow_id(tenant_id, request.run_id)
+        workflow_id = await self.runs.workflow_id(tenant_id, request.run_id)
         if workflow_id is None:
             raise NotFound(f"run {request.run_id!r} not found")
         async for event in self._events(
@@ -343,7 +341,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> tuple[WorkflowHandle[AgentRunWorkflow, RunOutcome], str, str]:
         if not run_id:
             raise InvalidArgument.field("run_id", "is required")
-        workflow_id = await self.directory.workflow_id(tenant(), run_id)
+        workflow_id = await self.runs.workflow_id(tenant(), run_id)
         if workflow_id is None:
             raise NotFound(f"run {run_id!r} not found")
         handle = self.runtime.temporal.get_workflow_handle_for(AgentRunWorkflow.run, workflow_id)
@@ -464,7 +462,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         violations.raise_if_any()
         clauses = [
             "WorkflowType = 'AgentRun'",
-            f"LoomworkTenant = {_quoted(tenant())}",
+            f"LoomworkTenant = {visibility_literal(tenant())}",
         ]
         for attribute, value in (
             ("LoomworkAgent", request.agent_name),
@@ -472,10 +470,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             ("LoomworkResource", request.resource_id),
         ):
             if value:
-                clauses.append(f"{attribute} = {_quoted(value)}")
+                clauses.append(f"{attribute} = {visibility_literal(value)}")
         if request.statuses:
             names = sorted({_RUN_STATUS_NAMES[s] for s in request.statuses})
-            clauses.append(f"LoomworkStatus IN ({', '.join(_quoted(n) for n in names)})")
+            clauses.append(f"LoomworkStatus IN ({', '.join(visibility_literal(n) for n in names)})")
         query = " AND ".join(clauses)
         page_token = decode_bytes_token(request.page_token, query) or None
         listing = self.runtime.temporal.list_workflows(
