@@ -201,6 +201,43 @@ def temporal_cli() -> str:
     return found
 
 
+async def signal_workflow(address: str, workflow_id: str, name: str, payload: str) -> None:
+    """Send a workflow a signal with the `temporal` CLI, as an operator would."""
+    proc = await asyncio.create_subprocess_exec(
+        temporal_cli(),
+        "workflow",
+        "signal",
+        "--address",
+        address,
+        "--workflow-id",
+        workflow_id,
+        "--name",
+        name,
+        "--input",
+        payload,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+
+
+async def generate_until_waiting(
+    agents: agent_pb2_grpc.AgentServiceStub, token: str, run_id: str, tool_call_id: str
+) -> agent_pb2.AgentRun:
+    """Start the demo `assistant` with a scripted call that needs approval; Generate answers
+    as soon as the run stops for it (WAITING, with that call pending)."""
+    waiting = (
+        await agents.Generate(
+            agent_pb2.GenerateRequest(agent_name="assistant", prompt="mail", client_run_id=run_id),
+            metadata=auth(token),
+        )
+    ).run
+    assert waiting.status == run_pb2.RUN_STATUS_WAITING
+    assert [p.tool_call_id for p in waiting.pending_approvals] == [tool_call_id]
+    return waiting
+
+
 def worker_process(
     embedded: Mapping[str, str], task_queue: str, log: Path, **env: str
 ) -> subprocess.Popen[bytes]:

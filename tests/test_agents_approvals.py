@@ -15,7 +15,8 @@ from tests.support import (
     auth,
     collect_events,
     field_violations,
-    temporal_cli,
+    generate_until_waiting,
+    signal_workflow,
     unique,
     wait_agent_run_finished,
 )
@@ -105,33 +106,11 @@ async def test_rejection_by_plain_temporal_signal(agents, token, model, runtime,
         ]
     )
     run_id = unique("mail")
-    # Generate answers as soon as the run stops for approval.
-    waiting = (
-        await agents.Generate(
-            agent_pb2.GenerateRequest(agent_name="assistant", prompt="mail", client_run_id=run_id),
-            metadata=auth(token),
-        )
-    ).run
-    assert waiting.status == run_pb2.RUN_STATUS_WAITING
-    assert [p.tool_call_id for p in waiting.pending_approvals] == ["call_x"]
+    waiting = await generate_until_waiting(agents, token, run_id, "call_x")
     payload = '{"decisions": [{"tool_call_id": "call_x", "approve": false, "reason": "not now"}]}'
-    proc = await asyncio.create_subprocess_exec(
-        temporal_cli(),
-        "workflow",
-        "signal",
-        "--address",
-        settings.temporal_address,
-        "--workflow-id",
-        waiting.temporal_workflow_id,
-        "--name",
-        "resume",
-        "--input",
-        payload,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    await signal_workflow(
+        settings.temporal_address, waiting.temporal_workflow_id, "resume", payload
     )
-    _, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
     run = await wait_agent_run_finished(agents, token, run_id)
     assert run.status == run_pb2.RUN_STATUS_SUCCEEDED
     rejected = run.output.messages[1].parts[0].tool_result

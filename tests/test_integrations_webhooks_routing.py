@@ -16,7 +16,6 @@ from loomwork.agents.directory import RunDirectory
 from loomwork.integrations.routing import DocumentIngest, WorkflowStart, WorkflowStepResume
 from loomwork.testing import ScriptedToolCall, Turn
 from protos.loomwork.v1 import (
-    agent_pb2,
     integration_pb2,
     rag_pb2,
     rag_pb2_grpc,
@@ -28,6 +27,7 @@ from tests.support import (
     RunningWorker,
     another_server,
     auth,
+    generate_until_waiting,
     own_runtime,
     unique,
     wait_agent_run_finished,
@@ -53,15 +53,7 @@ async def test_webhook_resumes_a_suspended_agent_approval(
         ]
     )
     run_id = unique("hook")
-    # Generate answers as soon as the run stops for approval.
-    waiting = (
-        await agents.Generate(
-            agent_pb2.GenerateRequest(agent_name="assistant", prompt="mail", client_run_id=run_id),
-            metadata=auth(token),
-        )
-    ).run
-    assert waiting.status == run_pb2.RUN_STATUS_WAITING
-    assert [p.tool_call_id for p in waiting.pending_approvals] == ["call_hook"]
+    await generate_until_waiting(agents, token, run_id, "call_hook")
     event = {
         "type": "approval.decided",
         "data": {"run_id": run_id, "decisions": [{"tool_call_id": "call_hook", "approve": True}]},

@@ -3,15 +3,13 @@ plain Temporal signal, and parallel branches and foreach items resumed one by on
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
 from pydantic import BaseModel
 
 from loomwork.flows import StepContext, Workflow, default_registry, step
 from protos.loomwork.v1 import workflow_pb2
-from tests.support import auth, field_violations, temporal_cli
+from tests.support import auth, field_violations, signal_workflow
 from tests.workflow_support import (
     EXPENSE,
     as_dict,
@@ -102,23 +100,9 @@ async def test_resume_by_plain_temporal_signal(workflows, token, settings) -> No
         workflows, token, run.id, has_status(S.WORKFLOW_RUN_STATUS_SUSPENDED)
     )
     payload = '{"step_id": "approve", "resume_data": {"approved": false, "approver": "Ken"}}'
-    proc = await asyncio.create_subprocess_exec(
-        temporal_cli(),
-        "workflow",
-        "signal",
-        "--address",
-        settings.temporal_address,
-        "--workflow-id",
-        suspended.temporal_workflow_id,
-        "--name",
-        "resume",
-        "--input",
-        payload,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    await signal_workflow(
+        settings.temporal_address, suspended.temporal_workflow_id, "resume", payload
     )
-    _, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
     done = await wait_run(workflows, token, run.id, has_status(S.WORKFLOW_RUN_STATUS_SUCCEEDED))
     assert as_dict(done.output) == {
         "reference": f"exp-{run.id}",
