@@ -384,7 +384,7 @@ class AgentRunWorkflow:
             # Older runs failed here; they replay that way.
             if not workflow.patched(TOOL_FAILURE_TO_MODEL):
                 raise
-            _, message = _cause(error)
+            message, _ = _cause(error)
             return ToolResultPart(
                 tool_call_id=call.call.tool_call_id,
                 tool_name=call.call.tool_name,
