@@ -20,7 +20,6 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from protos.loomwork.v1 import integration_pb2
-from server.transport.http import build_http_app
 from tests.support import auth, serving, unique
 
 CLIENT_ID = "loomwork-test"
@@ -110,12 +109,6 @@ def provider(provider_server) -> Provider:
     return p
 
 
-@pytest.fixture(scope="module")
-async def loomwork_http(runtime) -> AsyncIterator[str]:
-    async with serving(build_http_app(runtime)) as url:
-        yield url
-
-
 async def create_provider(stub, token: str, base: str) -> integration_pb2.OAuthProvider:
     request = integration_pb2.CreateOAuthProviderRequest(
         oauth_provider=integration_pb2.OAuthProvider(
@@ -130,7 +123,7 @@ async def create_provider(stub, token: str, base: str) -> integration_pb2.OAuthP
     return (await stub.CreateOAuthProvider(request, metadata=auth(token))).oauth_provider
 
 
-async def connect(stub, token: str, provider_server, loomwork_http: str, label: str = "ada"):
+async def connect(stub, token: str, provider_server, http_url: str, label: str = "ada"):
     """The whole user journey: StartAuthorization → provider → our callback → a connection."""
     _, base = provider_server
     created = await create_provider(stub, token, base)
@@ -144,12 +137,10 @@ async def connect(stub, token: str, provider_server, loomwork_http: str, label: 
         assert redirect.status_code == 302
         location = urlsplit(redirect.headers["location"])
         assert f"{location.scheme}://{location.netloc}{location.path}" == created.redirect_uri
-        callback = await browser.get(
-            f"{loomwork_http}/oauth/{created.id}/callback?{location.query}"
-        )
+        callback = await browser.get(f"{http_url}/oauth/{created.id}/callback?{location.query}")
         assert callback.status_code == 200, callback.text
         assert started.connection_id in callback.text
         # The state is single-use.
-        again = await browser.get(f"{loomwork_http}/oauth/{created.id}/callback?{location.query}")
+        again = await browser.get(f"{http_url}/oauth/{created.id}/callback?{location.query}")
         assert again.status_code == 400
     return created, started.connection_id

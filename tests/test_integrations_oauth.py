@@ -28,9 +28,9 @@ def stub(channel) -> integration_grpc.IntegrationServiceStub:
 
 
 async def test_authorization_creates_a_connection_with_encrypted_tokens(
-    stub, token, other_token, provider, provider_server, loomwork_http, runtime
+    stub, token, other_token, provider, provider_server, http_url, runtime
 ) -> None:
-    created, connection_id = await connect(stub, token, provider_server, loomwork_http)
+    created, connection_id = await connect(stub, token, provider_server, http_url)
     assert not created.client_secret
     connection = (
         await stub.GetConnection(
@@ -93,10 +93,10 @@ def _replica(runtime, **kwargs) -> tuple[OAuthConnections, Redis]:
 
 
 async def test_concurrent_refreshes_across_replicas_happen_once(
-    stub, token, provider, provider_server, loomwork_http, runtime
+    stub, token, provider, provider_server, http_url, runtime
 ) -> None:
     provider.expires_in = 30  # inside the default 60 s skew: every token counts as expiring
-    _, connection_id = await connect(stub, token, provider_server, loomwork_http)
+    _, connection_id = await connect(stub, token, provider_server, http_url)
     provider.refresh_delay = 0.3
     one, redis_one = _replica(runtime)
     two, redis_two = _replica(runtime)
@@ -114,10 +114,10 @@ async def test_concurrent_refreshes_across_replicas_happen_once(
 
 
 async def test_expiry_during_a_tool_call_refreshes_once_and_retries(
-    stub, token, provider, provider_server, loomwork_http, runtime
+    stub, token, provider, provider_server, http_url, runtime
 ) -> None:
     _, base = provider_server
-    _, connection_id = await connect(stub, token, provider_server, loomwork_http)
+    _, connection_id = await connect(stub, token, provider_server, http_url)
     oauth = runtime.integrations.oauth
     first = await oauth.request("alpha", connection_id, "GET", f"{base}/api/me")
     assert first.status_code == 200 and provider.refreshes == 0
@@ -148,10 +148,10 @@ async def test_expiry_during_a_tool_call_refreshes_once_and_retries(
 
 
 async def test_revoked_refresh_token_needs_reauthorization(
-    stub, token, provider, provider_server, loomwork_http, runtime
+    stub, token, provider, provider_server, http_url, runtime
 ) -> None:
     provider.expires_in = 5
-    _, connection_id = await connect(stub, token, provider_server, loomwork_http)
+    _, connection_id = await connect(stub, token, provider_server, http_url)
     provider.refresh.clear()  # the user revoked the app at the provider
     oauth = runtime.integrations.oauth
     with pytest.raises(NeedsReauthorization) as err:
@@ -169,12 +169,12 @@ async def test_revoked_refresh_token_needs_reauthorization(
 
 
 async def test_callback_rejects_unknown_state_and_provider_errors(
-    stub, token, provider_server, loomwork_http
+    stub, token, provider_server, http_url
 ) -> None:
     async with httpx2.AsyncClient() as browser:
-        unknown = await browser.get(f"{loomwork_http}/oauth/x/callback?state=nope&code=c")
+        unknown = await browser.get(f"{http_url}/oauth/x/callback?state=nope&code=c")
         assert unknown.status_code == 400 and "state" in unknown.text
-        denied = await browser.get(f"{loomwork_http}/oauth/x/callback?error=access_denied&state=s")
+        denied = await browser.get(f"{http_url}/oauth/x/callback?error=access_denied&state=s")
         assert denied.status_code == 400 and "access_denied" in denied.text
     # A state issued for one provider does not complete another.
     _, base = provider_server
@@ -185,7 +185,7 @@ async def test_callback_rejects_unknown_state_and_provider_errors(
     )
     state = parse_qs(urlsplit(started.authorization_url).query)["state"][0]
     async with httpx2.AsyncClient() as browser:
-        wrong = await browser.get(f"{loomwork_http}/oauth/other/callback?state={state}&code=c")
+        wrong = await browser.get(f"{http_url}/oauth/other/callback?state={state}&code=c")
     assert wrong.status_code == 400
 
 

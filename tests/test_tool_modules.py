@@ -148,6 +148,18 @@ async def test_a_tool_with_a_retry_policy_is_retried_by_it(
     assert await asyncio.to_thread(attempts.read_text) == "3"
 
 
+async def test_a_tool_that_fails_every_attempt_is_an_error_result_for_the_model(
+    agents: agent_pb2_grpc.AgentServiceStub, scripted: ScriptedModelServer
+) -> None:
+    scripted.set_script(
+        [Turn(tool_calls=[ScriptedToolCall("broken", {"name": "the pump"}, id="b1")]), "Alas."]
+    )
+    run = await _generate(agents, "t-alpha", agent_name="notebook-keeper", prompt="try it")
+    (result,) = _tool_results(run)
+    assert result["is_error"] and "the pump is broken for good" in result["result"]
+    assert run.output.text == "Alas."
+
+
 async def test_a_module_tool_calls_an_api_with_the_tenants_oauth_connection(
     agents: agent_pb2_grpc.AgentServiceStub,
     with_modules: tuple[str, str],

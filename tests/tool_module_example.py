@@ -75,9 +75,17 @@ async def flaky(args: FlakyArgs, ctx: ToolContext) -> str:
     return f"worked on attempt {count}"
 
 
+@tool(
+    description="Always fails; retried once.",
+    retry=RetryPolicy(max_attempts=2, initial_interval=timedelta(milliseconds=100)),
+)
+async def broken(args: FlakyArgs, ctx: ToolContext) -> str:
+    raise RuntimeError(f"{args.name} is broken for good")
+
+
 notebook_keeper = AgentDefinition(
     name="notebook-keeper",
     description="Writes down what it is told.",
     instructions="Write down what you are told with write_note, then say so.",
-    tool_names=["write_note", "flaky"],
+    tool_names=["write_note", "flaky", "broken"],
 )

@@ -41,12 +41,14 @@ from loomwork.agents.speculation import (
     until_adopted,
     until_confirmed,
 )
+from loomwork.errors import Unavailable
 from loomwork.llm.chat import (
     ChatMessage,
     ChatModel,
     TextDelta,
     ToolCallDelta,
     ToolCallDone,
+    ToolSpec,
     json_schema_format,
 )
 from loomwork.memory.context_assembly import assemble_context
@@ -59,6 +61,10 @@ from loomwork.memory.working import WorkingMemoryStore
 from loomwork.messages import Message, NewMessage, Role, ToolResultPart
 from loomwork.streams.run_events import RunEventLog
 from loomwork.tools import ToolContext, ToolRegistry
+from loomwork.tools.mcp_names import is_mcp_name
+from loomwork.tools.mcp_source import McpToolInfo, McpTools
+from loomwork.tools.registry import error_result
+from loomwork.tools.routes import ToolRoute
 from loomwork.tools.tool_context import OAuthAccess
 
 log = logging.getLogger(__name__)
@@ -132,6 +138,7 @@ class AgentSteps:
         default_model: str,
         speculation: SpeculativeSteps[FirstStep] | None = None,
         oauth: OAuthAccess | None = None,
+        mcp: McpTools | None = None,
     ) -> None:
         self.agents = agents
         self.tools = tools
@@ -143,6 +150,7 @@ class AgentSteps:
         self.default_model = default_model
         self.speculation = speculation
         self.oauth = oauth  # the tenant's OAuth connections, for tools (ctx.oauth)
+        self.mcp = mcp  # the MCP servers' tools (`mcp:<server>/<tool>` names)
 
     async def publish(self, request: AgentRunRequest, event: AgentEvent) -> int:
         """Append one event; its id (for a retried terminal event, or one said once per run
@@ -358,12 +366,13 @@ class AgentSteps:
                 await self.publish(request, ToolCallEvent(step=step.step, call=event.call))
 
         names = tool_names(agent, request)
+        specs, routes = await self._offered_tools(request.tenant, names)
         model = self.chat_model(step.plan_model)
         settings = agent.model_settings
         try:
             result = await model.stream(
                 step.conversation,
-                tools=self.tools.specs(names),
+                tools=specs,
                 response_format=json_schema_format(schema, name=agent.name) if schema else None,
                 temperature=settings.temperature,
                 top_p=settings.top_p,
@@ -386,7 +395,10 @@ class AgentSteps:
             ],
             finish_reason=result.finish_reason,
             usage=result.usage,
-            tool_routes={c.tool_call_id: self.tools.route(c.tool_name) for c in result.tool_calls},
+            tool_routes={
+                c.tool_call_id: routes.get(c.tool_name) or self.tools.route(c.tool_name)
+                for c in result.tool_calls
+            },
         )
         if output.tool_calls:
             return output  # the step finishes once its tools ran
@@ -403,31 +415,58 @@ class AgentSteps:
         await self.publish(request, self.step_finished(step.step, output))
         return output
 
+    async def _offered_tools(
+        self, tenant: str, names: list[str]
+    ) -> tuple[list[ToolSpec], dict[str, ToolRoute]]:
+        """What the model is told of the run's tools: the worker's, then the MCP servers'
+        (from their cached lists); and the routes of the MCP ones, by function name."""
+        own = [n for n in names if not is_mcp_name(n)]
+        specs = self.tools.specs(own)
+        mcp_names = [n for n in names if is_mcp_name(n)]
+        offered: list[McpToolInfo] = []
+        if mcp_names and self.mcp is None:
+            log.warning("MCP tools are not available in this process: %s left out", mcp_names)
+        elif mcp_names and self.mcp is not None:
+            offered = await self.mcp.offer(tenant, mcp_names)
+        taken = {spec.name for spec in specs}
+        for info in offered:
+            if info.ref.function_name in taken:
+                log.warning(
+                    "%s is left out: a tool is named %s", info.ref.tool_name, info.ref.function_name
+                )
+        offered = [i for i in offered if i.ref.function_name not in taken]
+        specs += [info.spec() for info in offered]
+        return specs, {info.ref.function_name: info.route() for info in offered}
+
     @staticmethod
     def step_finished(step: int, output: StepOutput) -> StepFinished:
         return StepFinished(step=step, finish_reason=output.finish_reason, usage=output.usage)
+
+    @staticmethod
+    def _refused(call: ToolInput) -> ToolResultPart | None:
+        """The error result of a call that does not run: rejected by a person, or with
+        arguments that are not a JSON object."""
+        if call.rejection is not None:
+            return error_result(
+                call.call, f"a person rejected this call: {call.rejection or 'no reason given'}"
+            )
+        if call.argument_error:
+            return error_result(
+                call.call, f"arguments are not a JSON object: {call.argument_error}"
+            )
+        return None
+
+    @staticmethod
+    def _last_attempt(call: ToolInput, attempt: int) -> bool:
+        retry = call.route.retry if call.route is not None else None
+        return retry is None or 0 < retry.max_attempts <= attempt
 
     async def tool_call(self, call: ToolInput, *, attempt: int = 1) -> ToolResultPart:
         """Run one tool call; every problem becomes an error result the model will read. A
         tool with a retry policy that raises is retried (ToolFailed) until its last attempt."""
         request, agent = call.request, call.agent
-        retry = call.route.retry if call.route is not None else None
-        last_attempt = retry is None or 0 < retry.max_attempts <= attempt
-        if call.rejection is not None:
-            result = ToolResultPart(
-                tool_call_id=call.call.tool_call_id,
-                tool_name=call.call.tool_name,
-                result=f"a person rejected this call: {call.rejection or 'no reason given'}",
-                is_error=True,
-            )
-        elif call.argument_error:
-            result = ToolResultPart(
-                tool_call_id=call.call.tool_call_id,
-                tool_name=call.call.tool_name,
-                result=f"arguments are not a JSON object: {call.argument_error}",
-                is_error=True,
-            )
-        else:
+        result = self._refused(call)
+        if result is None:
             wm = agent.memory.working_memory
             context = ToolContext(
                 tenant=request.tenant,
@@ -444,10 +483,35 @@ class AgentSteps:
                 call.call,
                 context,
                 allowed=tool_names(agent, request),
-                retry_failures=not last_attempt,
+                retry_failures=not self._last_attempt(call, attempt),
             )
         await self.publish(request, ToolResultEvent(step=call.step, result=result))
         return result
+
+    async def mcp_tool_call(self, call: ToolInput, *, attempt: int = 1) -> ToolResultPart:
+        """Call an MCP server's tool (the call's route names it); every problem becomes an
+        error result, except a server that cannot be reached, which raises Unavailable
+        (retried) until the last attempt."""
+        result = self._refused(call) or await self._call_mcp(call, attempt)
+        await self.publish(call.request, ToolResultEvent(step=call.step, result=result))
+        return result
+
+    async def _call_mcp(self, call: ToolInput, attempt: int) -> ToolResultPart:
+        ref = call.route.mcp if call.route is not None else None
+        if ref is None or self.mcp is None:
+            return error_result(call.call, "MCP tools are not available on this worker")
+        request = call.request
+        try:
+            return await self.mcp.call(
+                request.tenant,
+                ref,
+                call.call,
+                idempotency_key=f"{request.run_id}:{call.call.tool_call_id}",
+            )
+        except Unavailable as exc:
+            if not self._last_attempt(call, attempt):
+                raise
+            return error_result(call.call, exc.message)
 
     async def finish(
         self,

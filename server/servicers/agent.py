@@ -50,6 +50,8 @@ from loomwork.paging import (
     encode_bytes_token,
     encode_text_token,
 )
+from loomwork.tools import Tool
+from loomwork.tools.mcp_source import McpToolInfo
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server.agent_runs import AgentRunStart, AgentRunStarter
 from server.runtime import Runtime
@@ -119,7 +121,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self.runtime = runtime
         self.directory = RunDirectory(runtime.redis)
         self.runs = RunLookup(self.directory, runtime.temporal, AGENT_RUN)
-        self.catalog = AgentCatalog(runtime.agents, AgentStore(runtime.db), runtime.tools)
+        mcp = runtime.integrations.mcp if runtime.integrations is not None else None
+        self.catalog = AgentCatalog(runtime.agents, AgentStore(runtime.db), runtime.tools, mcp)
         self.starter = AgentRunStarter(runtime, self.directory, self.catalog)
 
     # -- definitions
@@ -202,12 +205,21 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if not 0 <= request.page_size <= 1000:
             raise InvalidArgument.field("page_size", "must be between 0 and 1000")
         after = decode_text_token(request.page_token, "tools")
-        rest = [t for t in self.runtime.tools.all() if t.name > after]
+        # The worker's tools and the MCP servers' the tenant may use, by the names agents use.
+        tools: dict[str, Tool | McpToolInfo] = {t.name: t for t in self.runtime.tools.all()}
+        if self.catalog.mcp is not None:
+            tools |= {t.ref.tool_name: t for t in await self.catalog.mcp.listed(tenant())}
+        rest = sorted(name for name in tools if name > after)
         page = rest[: request.page_size or 100]
         more = len(rest) > len(page)
         return agent_pb2.ListToolsResponse(
-            tools=[agent_convert.tool_to_proto(t) for t in page],
-            next_page_token=encode_text_token(page[-1].name, "tools") if more else "",
+            tools=[
+                agent_convert.tool_to_proto(tool)
+                if isinstance(tool := tools[name], Tool)
+                else agent_convert.mcp_tool_to_proto(tool)
+                for name in page
+            ],
+            next_page_token=encode_text_token(page[-1], "tools") if more else "",
         )
 
     # -- runs
