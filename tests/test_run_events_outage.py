@@ -1,6 +1,7 @@
 """RunEventLog when Redis fails (a real Redis behind a proxy the test breaks): an append whose
-reply was lost and is sent again is stored once; `publish` waits out an outage shorter than
-its patience and then says Unavailable; reads say Unavailable, never a Redis error."""
+reply was lost and is sent again is stored once, and a take-over sent again answers as the
+first did; `publish` waits out an outage shorter than its patience and then says
+Unavailable; reads say Unavailable, never a Redis error."""
 
 from __future__ import annotations
 
@@ -67,6 +68,19 @@ async def test_an_append_sent_again_after_its_reply_was_lost_is_stored_once(
     assert await direct.is_finished(run_id)
 
 
+async def test_a_take_over_sent_again_after_its_reply_was_lost_says_what_it_found(
+    proxy: RedisProxy, client: Redis
+) -> None:
+    log = RunEventLog(client, prefix="test:outage")
+    run_id = new_run()
+    assert await log.publish(run_id, b"started") == 1
+    assert await log.publish(run_id, b"a draft's text", draft="step:1") == 2
+    proxy.drop_next_reply()  # Redis takes the draft over; the answer is lost, asked again
+    assert await log.take_draft(run_id, "step:1") is True  # the draft had events
+    assert proxy.replies_dropped == 1
+    assert await log.take_draft(run_id, "step:1") is False  # another take: nothing new
+
+
 async def test_publish_waits_out_an_outage_shorter_than_its_patience(
     proxy: RedisProxy, client: Redis, direct: RunEventLog
 ) -> None:
@@ -92,7 +106,7 @@ async def test_publish_gives_up_after_its_patience_and_reads_are_unavailable(
     await asyncio.sleep(0.3)  # the follower waits on Redis
     await proxy.down()
     started = time.monotonic()
-    with pytest.raises(Unavailable, match="gave up publishing"):
+    with pytest.raises(Unavailable, match="gave up after"):
         await asyncio.wait_for(log.publish(run_id, b"lost"), WAIT)
     assert time.monotonic() - started >= 1.0
     with pytest.raises(Unavailable, match="Redis is unreachable"):

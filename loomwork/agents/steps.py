@@ -94,10 +94,16 @@ def effective_agent(agent: AgentDefinition, request: AgentRunRequest) -> AgentDe
 
 
 async def announce_run(
-    events: RunEventLog, request: AgentRunRequest, agent: AgentDefinition, model: str
+    events: RunEventLog,
+    request: AgentRunRequest,
+    agent: AgentDefinition,
+    model: str,
+    *,
+    patience: float | None = 0.0,
 ) -> None:
     """Publish `run_started` as the run's first event; nothing when its log has events
-    already (a repeated call, a retried start)."""
+    already (a repeated call, a retried start). `patience`: how long to wait out Redis (0,
+    one try: the service answers its caller UNAVAILABLE; None: a step's patience)."""
     started = RunStarted(
         agent_name=agent.name,
         thread_id=request.thread_id,
@@ -108,7 +114,7 @@ async def announce_run(
         input_messages=request.identified_inputs(),
     )
     key = event_log_key(request.tenant, request.run_id)
-    await events.append(key, encode_event(started), only_as=1)
+    await events.publish(key, encode_event(started), only_as=1, patience=patience)
 
 
 def tool_names(agent: AgentDefinition, request: AgentRunRequest) -> list[str]:
@@ -174,7 +180,7 @@ class AgentSteps:
         agent = effective_agent(await self.agents.get(request.tenant, request.agent_name), request)
         model = agent.model or self.default_model
         if not request.announced:  # started by a workflow, not the service
-            await announce_run(self.events, request, agent, model)
+            await announce_run(self.events, request, agent, model, patience=None)
 
         def plan(conversation: list[ChatMessage], usage: ContextUsage) -> RunPlan:
             return RunPlan(

@@ -39,9 +39,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -56,6 +56,8 @@ from loomwork.streams.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _FINISHED_ERROR = "LOOMWORK_RUN_FINISHED"
 
@@ -72,7 +74,7 @@ _FIRST_PAUSE, _LONGEST_PAUSE = 0.1, 2.0  # between tries of `publish`, doubling
 # ARGV[6] once key ('' or a name: an event with that name is appended once; a repeat answers
 # the first one's id, kept in the meta hash as `o:<name>`),
 # ARGV[7] draft ('' or a name: append only while that draft is not taken, else write nothing
-# and return -1; marks the draft `d:<name>` as drafted),
+# and return -1; marks the draft `d:<name>` as drafted; a taken one is `taken...`),
 # ARGV[8] token (12 hex digits naming this append: sent again after a lost reply, it answers
 # the id the first one got; the latest RECENT_TOKENS appends are kept in `r`, newest first, as
 # 20-character records: the token, then the id in 8 hex digits).
@@ -94,8 +96,11 @@ if ARGV[6] ~= '' then
     return tonumber(first)
   end
 end
-if ARGV[7] ~= '' and redis.call('HGET', KEYS[1], 'd:' .. ARGV[7]) == 'taken' then
-  return -1
+if ARGV[7] ~= '' then
+  local state = redis.call('HGET', KEYS[1], 'd:' .. ARGV[7]) or ''
+  if string.sub(state, 1, 5) == 'taken' then
+    return -1
+  end
 end
 local finished = redis.call('HGET', KEYS[1], 'finished')
 if finished then
@@ -130,12 +135,21 @@ end
 return n
 """.replace("RECENT_TOKENS", str(RECENT_TOKENS))
 
-# KEYS[1] meta hash. ARGV[1] draft name. Marks the draft taken; 1 if it had events.
+# KEYS[1] meta hash. ARGV[1] draft name, ARGV[2] token (as an append's: the same take sent
+# again after its reply was lost answers the same). Marks the draft taken (`taken`, or
+# `taken:<token>` by the take that found events); 1 if it had events.
 _TAKE_DRAFT_LUA = """
-local was = redis.call('HGET', KEYS[1], 'd:' .. ARGV[1])
-redis.call('HSET', KEYS[1], 'd:' .. ARGV[1], 'taken')
-if was == 'drafted' then
+local field = 'd:' .. ARGV[1]
+local was = redis.call('HGET', KEYS[1], field) or ''
+if was == 'taken:' .. ARGV[2] then
   return 1
+end
+if was == 'drafted' then
+  redis.call('HSET', KEYS[1], field, 'taken:' .. ARGV[2])
+  return 1
+end
+if string.sub(was, 1, 5) ~= 'taken' then
+  redis.call('HSET', KEYS[1], field, 'taken')
 end
 return 0
 """
@@ -262,13 +276,20 @@ class RunEventLog:
 
     async def take_draft(self, run_id: str, draft: str) -> bool:
         """Take the draft `draft` of the run over: none of its events is appended from now
-        on. True if some were appended before (readers are to be told to discard them)."""
+        on. True if some were appended before (readers are to be told to discard them).
+        A step's call: waits out Redis for `write_patience`, as `publish` does."""
         _check_run_id(run_id)
         if not draft:
             raise InvalidArgument.field("draft", "must not be empty")
-        with redis_unavailable(f"the event log of run {run_id!r}"):
-            taken = await self._take_draft_script(keys=[self.meta_key(run_id)], args=[draft])
-        return bool(taken)
+
+        token = _token()
+
+        async def take() -> bool:
+            with redis_unavailable(f"the event log of run {run_id!r}"):
+                keys = [self.meta_key(run_id)]
+                return bool(await self._take_draft_script(keys=keys, args=[draft, token]))
+
+        return await self._patiently(run_id, take, self.write_patience)
 
     async def publish(
         self,
@@ -289,10 +310,13 @@ class RunEventLog:
         then raises Unavailable (the step is retried later)."""
         _check_append(run_id, only_as)
         wait = self.write_patience if patience is None else patience
+        token = _token()  # one append, however many tries
+
+        async def append() -> int:
+            return await self._append(run_id, payload, terminal, only_as, once, draft, token)
+
         try:
-            return await self._append_patiently(
-                run_id, payload, terminal, only_as, once, draft, wait
-            )
+            return await self._patiently(run_id, append, wait)
         except DraftTaken:
             raise
         except FailedPrecondition:
@@ -301,38 +325,29 @@ class RunEventLog:
             log.info("run %s has ended; a retried or late event is dropped", run_id)
             return await self.last_id(run_id) if terminal else 0
 
-    async def _append_patiently(
-        self,
-        run_id: str,
-        payload: bytes,
-        terminal: bool,
-        only_as: int,
-        once: str,
-        draft: str,
-        patience: float,
-    ) -> int:
-        """`_append` tried again (the same append: one token) while Redis is unreachable."""
-        token = _token()
+    async def _patiently(
+        self, run_id: str, attempt: Callable[[], Awaitable[T]], patience: float
+    ) -> T:
+        """`attempt()` tried again, backing off, while it says Redis is unreachable, for up to
+        `patience` seconds (each try must be safe to repeat)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + patience
         pause, tries = _FIRST_PAUSE, 0
         while True:
             tries += 1
             try:
-                event_id = await self._append(
-                    run_id, payload, terminal, only_as, once, draft, token
-                )
+                result = await attempt()
             except Unavailable as exc:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     if tries == 1:
                         raise
                     raise Unavailable(
-                        f"{exc.message}; gave up publishing after {tries} tries in {patience:g}s"
+                        f"{exc.message}; gave up after {tries} tries in {patience:g}s"
                     ) from exc
                 if tries == 1:
                     log.warning(
-                        "run %s: cannot publish, retrying for up to %gs: %s",
+                        "run %s: Redis unreachable, trying again for up to %gs: %s",
                         run_id,
                         patience,
                         exc.message,
@@ -341,8 +356,8 @@ class RunEventLog:
                 pause = min(pause * 2, _LONGEST_PAUSE)
                 continue
             if tries > 1:
-                log.info("run %s: published event %d after %d tries", run_id, event_id, tries)
-            return event_id
+                log.info("run %s: Redis answered again after %d tries", run_id, tries)
+            return result
 
     async def discard(self, run_id: str) -> None:
         """Delete a run's log outright (a run that was announced but never started)."""
