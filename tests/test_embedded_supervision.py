@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
 from loomwork.config import Settings
+from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server.embedded import EmbeddedEndpoints, EmbeddedStack
 from server.runtime import Runtime
 from server.transport.grpc_app import build_grpc_app
@@ -230,19 +231,23 @@ def test_a_server_that_cannot_start_again_is_given_up_and_stop_is_clean(tmp_path
         stack.stop()  # clean: raises nothing
 
 
-def test_loomwork_up_restarts_a_killed_server(tmp_path: Path) -> None:
-    """Under `loomwork up`: Valkey killed is started again, logged, and health serves again."""
+def test_loomwork_up_restarts_each_killed_server_and_keeps_serving(tmp_path: Path) -> None:
+    """Under `loomwork up` (demo mode: its offline model): each embedded server killed is
+    started again, logged, health serves again by itself, and an agent run (worker,
+    Temporal, Redis, Postgres) still completes."""
     home, log = tmp_path / "home", tmp_path / "up.log"
     address = f"127.0.0.1:{free_port()}"
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in {"DATABASE_URL", "REDIS_URL", "TEMPORAL_ADDRESS", "LOOMWORK_TOKENS"}
+        and not k.startswith(("OPENAI_", "LOOMWORK_CHAT_MODEL"))
     }
     env.update(
         LOOMWORK_HOME=str(home),
         LOOMWORK_GRPC_ADDRESS=address,
         LOOMWORK_HTTP_ADDRESS=f"127.0.0.1:{free_port()}",
+        LOOMWORK_DEMO="true",
         COLUMNS="200",
     )
     proc = subprocess.Popen(
@@ -254,14 +259,23 @@ def test_loomwork_up_restarts_a_killed_server(tmp_path: Path) -> None:
     )
     try:
         wait_serving(address, {"up": proc}, {"up": log})
-        os.kill(_pid(home, "valkey"), signal.SIGKILL)
-        deadline = time.monotonic() + WAIT
-        while "valkey restarted on its ports and data" not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        assert "valkey died (killed by SIGKILL)" in log.read_text()
-        wait_serving(address, {"up": proc}, {"up": log})
+        for server in ("valkey", "postgres", "temporal"):
+            os.kill(_pid(home, server), signal.SIGKILL)
+            deadline = time.monotonic() + WAIT
+            while f"{server} restarted on its ports and data" not in log.read_text():
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            assert f"{server} died (" in log.read_text()
+            wait_serving(address, {"up": proc}, {"up": log})
+        with grpc.insecure_channel(address) as channel:
+            answer = agent_pb2_grpc.AgentServiceStub(channel).Generate(
+                agent_pb2.GenerateRequest(agent_name="assistant", prompt="still there?"),
+                metadata=(("authorization", "Bearer dev"),),
+                timeout=WAIT,
+            )
+        assert answer.run.status == run_pb2.RUN_STATUS_SUCCEEDED
+        assert "still there?" in answer.run.output.text
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
