@@ -116,26 +116,26 @@ async def one_outage(
     succeeded = failed = 0
     problems: list[str] = []
     for run_id, (events, _) in zip(run_ids, results, strict=True):
-        last = events[-1] if events else None
-        ids_dense = [e.event_id for e in events] == list(range(1, len(events) + 1))
-        if last is not None and last.HasField("run_finished"):
-            ok = last.run_finished.status == run_pb2.RUN_STATUS_SUCCEEDED
-            if ok and ids_dense and rebuilt_text(events) == ANSWER:
-                succeeded += 1
-                continue
-            if not ok:
-                failed += 1
-                problems.append(f"{run_id}: {run_pb2.RunStatus.Name(last.run_finished.status)}")
-                continue
-        problems.append(
-            f"{run_id}: dense={ids_dense}, last={last.WhichOneof('event') if last else None}"
-        )
+        kind = events[-1].WhichOneof("event") if events else None
+        dense = [e.event_id for e in events] == list(range(1, len(events) + 1))
+        if not dense or kind not in ("run_finished", "run_failed"):
+            problems.append(f"{run_id}: events dense: {dense}, last event: {kind}")
+        elif (
+            kind == "run_finished"
+            and events[-1].run_finished.status == run_pb2.RUN_STATUS_SUCCEEDED
+            and rebuilt_text(events) == ANSWER
+        ):
+            succeeded += 1
+        elif kind == "run_failed":  # ended FAILED, its terminal event written
+            failed += 1
+        else:
+            problems.append(f"{run_id}: the answer streamed does not rebuild the model's")
     latest = max(t for _, t in results) - back
     retries = statistics.mean(
         sum(e.HasField("step_retrying") for e in events) for events, _ in results
     )
     line = (
-        f"{outage:6.0f} s | {succeeded}/{runs} succeeded, {failed} failed | "
+        f"{outage:6.0f} s | {succeeded}/{runs} succeeded, {failed} failed (run_failed) | "
         f"model calls/run {len(model.requests) / runs:.1f} | step_retrying/run {retries:.1f} | "
         f"last finished {latest:5.1f} s after Redis was back"
     )
