@@ -47,6 +47,9 @@ class StepOutput(BaseModel):
     object_violations: list[Violation] = Field(default_factory=list)
     # How each tool call runs, by tool call id (a call without one: a worker tool).
     tool_routes: dict[str, ToolRoute] = Field(default_factory=dict)
+    # Calls that go back to the model as an error result instead of running, by tool call
+    # id: the result's text (a client tool's arguments that break its declared schema).
+    invalid_calls: dict[str, str] = Field(default_factory=dict)
 
     def message(self) -> ChatMessage:
         return ChatMessage.assistant(self.text, self.tool_calls)

@@ -32,7 +32,7 @@ from loomwork.agents.events import (
     once_key,
 )
 from loomwork.agents.memory_tool import UPDATE_WORKING_MEMORY
-from loomwork.agents.output_schema import parse_final, partial_object, validate_object
+from loomwork.agents.output_schema import parse_final, partial_object
 from loomwork.agents.payloads import FirstStep, RunPlan, StepInput, StepOutput, ToolInput
 from loomwork.agents.run_models import AgentRunRequest, ContextUsage, RunOutcome, Violation
 from loomwork.agents.speculation import (
@@ -41,6 +41,7 @@ from loomwork.agents.speculation import (
     until_adopted,
     until_confirmed,
 )
+from loomwork.json_schema import validate_object
 from loomwork.llm.chat import (
     ChatMessage,
     ChatModel,
@@ -59,6 +60,7 @@ from loomwork.memory.working import WorkingMemoryStore
 from loomwork.messages import Message, NewMessage, Role, ToolResultPart
 from loomwork.streams.run_events import RunEventLog
 from loomwork.tools import ToolContext, ToolRegistry
+from loomwork.tools.registry import error_result
 from loomwork.tools.tool_context import OAuthAccess
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,11 @@ def tool_names(agent: AgentDefinition, request: AgentRunRequest) -> list[str]:
     if keeps and UPDATE_WORKING_MEMORY not in names:
         names.append(UPDATE_WORKING_MEMORY)
     return names
+
+
+def not_an_object(argument_error: str) -> str:
+    """The error result of a call whose arguments are not a JSON object."""
+    return f"arguments are not a JSON object: {argument_error}"
 
 
 class AgentSteps:
@@ -363,7 +370,7 @@ class AgentSteps:
         try:
             result = await model.stream(
                 step.conversation,
-                tools=self.tools.specs(names),
+                tools=[*self.tools.specs(names), *(t.spec() for t in request.client_tools)],
                 response_format=json_schema_format(schema, name=agent.name) if schema else None,
                 temperature=settings.temperature,
                 top_p=settings.top_p,
@@ -386,8 +393,8 @@ class AgentSteps:
             ],
             finish_reason=result.finish_reason,
             usage=result.usage,
-            tool_routes={c.tool_call_id: self.tools.route(c.tool_name) for c in result.tool_calls},
         )
+        self._route_calls(request, output)
         if output.tool_calls:
             return output  # the step finishes once its tools ran
         if schema is not None:
@@ -403,6 +410,24 @@ class AgentSteps:
         await self.publish(request, self.step_finished(step.step, output))
         return output
 
+    def _route_calls(self, request: AgentRunRequest, output: StepOutput) -> None:
+        """Record how each tool call of the step runs: a worker tool (this registry's route)
+        or a client tool, handed to the caller only if its arguments fit the declared schema."""
+        for call in output.tool_calls:
+            client_tool = request.client_tool(call.tool_name)
+            if client_tool is None:
+                output.tool_routes[call.tool_call_id] = self.tools.route(call.tool_name)
+                continue
+            output.tool_routes[call.tool_call_id] = client_tool.route()
+            argument_error = output.argument_errors.get(call.tool_call_id)
+            invalid = (
+                not_an_object(argument_error)
+                if argument_error is not None
+                else client_tool.argument_problems(call)
+            )
+            if invalid:
+                output.invalid_calls[call.tool_call_id] = invalid
+
     @staticmethod
     def step_finished(step: int, output: StepOutput) -> StepFinished:
         return StepFinished(step=step, finish_reason=output.finish_reason, usage=output.usage)
@@ -414,19 +439,10 @@ class AgentSteps:
         retry = call.route.retry if call.route is not None else None
         last_attempt = retry is None or 0 < retry.max_attempts <= attempt
         if call.rejection is not None:
-            result = ToolResultPart(
-                tool_call_id=call.call.tool_call_id,
-                tool_name=call.call.tool_name,
-                result=f"a person rejected this call: {call.rejection or 'no reason given'}",
-                is_error=True,
-            )
+            reason = call.rejection or "no reason given"
+            result = error_result(call.call, f"a person rejected this call: {reason}")
         elif call.argument_error:
-            result = ToolResultPart(
-                tool_call_id=call.call.tool_call_id,
-                tool_name=call.call.tool_name,
-                result=f"arguments are not a JSON object: {call.argument_error}",
-                is_error=True,
-            )
+            result = error_result(call.call, not_an_object(call.argument_error))
         else:
             wm = agent.memory.working_memory
             context = ToolContext(

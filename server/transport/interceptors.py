@@ -10,10 +10,11 @@ from typing import Any
 
 import grpc
 import pydantic
+from temporalio.client import WorkflowUpdateFailedError
 
 from loomwork.errors import InvalidArgument, LoomworkError
 from server.servicers.tenancy import current_tenant
-from server.transport.errors import pydantic_violations, to_rpc_status
+from server.transport.errors import pydantic_violations, to_rpc_status, update_rejection
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,8 @@ class ErrorInterceptor(WrappingInterceptor):
             raise exc
         if isinstance(exc, pydantic.ValidationError):
             exc = InvalidArgument(pydantic_violations(exc))
+        if isinstance(exc, WorkflowUpdateFailedError):  # a workflow refused the request
+            exc = update_rejection(exc)
         if isinstance(exc, LoomworkError):
             log.debug("%s -> %s", method, exc.message)
             await context.abort_with_status(to_rpc_status(exc))
