@@ -347,3 +347,22 @@ async def test_bad_declarations_name_the_field(agents, token, model) -> None:
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, rpc)
             assert field in field_violations(err.value), (field, rpc, err.value.details())
     assert not model.requests  # no run started
+
+
+async def test_the_last_step_s_results_are_published_when_no_model_step_follows(
+    agents, token, model
+) -> None:
+    model.set_script([Turn(tool_calls=[ScriptedToolCall("get_weather", {"city": "Bern"}, id="b")])])
+    run_id = unique("last")
+    request = stream_request(run_id)
+    request.max_steps = 1
+    events = agents.Stream(request, metadata=auth(token))
+    await until(events, "tool_call_requested")
+    await submit(agents, token, run_id, result("b", "snow"))
+    rest = await to_the_end(events)
+    kinds = [e.WhichOneof("event") for e in rest]
+    assert kinds[-3:] == ["tool_result", "step_finished", "run_finished"], kinds
+    assert rest[-3].tool_result.result.string_value == "snow"
+    output = rest[-1].run_finished.output
+    assert output.finish_reason == agent_pb2.AGENT_FINISH_REASON_MAX_STEPS
+    assert output.messages[-1].parts[0].tool_result.result.string_value == "snow"

@@ -138,6 +138,8 @@ class AgentRunWorkflow:
         # Client tool calls handed to the caller and not taken back yet, and their results.
         self._client_calls: dict[str, PendingToolCall] = {}
         self._client_results: dict[str, ClientToolResult] = {}
+        # tool_result events left to the next activity to publish (StepInput.tool_results).
+        self._unpublished: list[ToolResultEvent] = []
         self._steps = 0
         self._record = RunRecord()
 
@@ -266,6 +268,7 @@ class AgentRunWorkflow:
                             step=step,
                             conversation=conversation,
                             previous_step=unfinished,
+                            tool_results=list(self._unpublished),
                         ),
                         result_type=StepOutput,
                         start_to_close_timeout=timedelta(minutes=5),
@@ -274,6 +277,7 @@ class AgentRunWorkflow:
                         summary=f"model {plan.model}, step {step}",
                     )
                 unfinished = None
+                self._unpublished.clear()
                 usage = ChatUsage(
                     prompt_tokens=usage.prompt_tokens + output.usage.prompt_tokens,
                     completion_tokens=usage.completion_tokens + output.usage.completion_tokens,
@@ -325,7 +329,11 @@ class AgentRunWorkflow:
         finished = await self._bookkeeping(
             FINISH,
             FinishInput(
-                request=request, outcome=outcome, last_step=unfinished, read_only=read_only
+                request=request,
+                outcome=outcome,
+                last_step=unfinished,
+                tool_results=self._unpublished,
+                read_only=read_only,
             ),
             result_type=RunOutcome,
             summary=f"save and finish ({outcome.status})",
@@ -504,7 +512,12 @@ class AgentRunWorkflow:
             result = error_result(
                 call, f"{call.tool_name}: no result from the caller within {waited}"
             )
-        return await self._tool_result(request, step, result)
+        if any(i not in self._client_results for i in self._client_calls):
+            return await self._tool_result(request, step, result)  # the run waits on
+        # The run moves on now: the next activity publishes it (publishing here, a local
+        # activity, would hold up the next model call by its round trip).
+        self._unpublished.append(ToolResultEvent(time=workflow.now(), step=step, result=result))
+        return result
 
     async def _tool_result(
         self, request: AgentRunRequest, step: int, result: ToolResultPart

@@ -8,9 +8,10 @@ that definition, with the call's overrides applied, for all its later steps.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from loomwork.agents.batching import DeltaBatcher
@@ -334,12 +335,19 @@ class AgentSteps:
 
     async def model_step(self, step: StepInput, attempt: int = 1) -> StepOutput:
         """One model call, streamed: text deltas (or partial objects, for an agent with an
-        output schema) are published as they arrive."""
+        output schema) are published as they arrive. What the previous step left to publish
+        goes out while the call starts; this step's own events wait for it."""
         request, agent = step.request, step.agent
-        if step.previous_step is not None:  # once: a retry publishes it if still missing
-            await self.publish(request, step.previous_step)
-        if attempt > 1:
-            await self.publish(request, StepRetrying(step=step.step, attempt=attempt))
+
+        async def announce() -> None:
+            for published in step.tool_results:  # each once, like previous_step
+                await self.publish(request, published)
+            if step.previous_step is not None:  # once: a retry publishes it if still missing
+                await self.publish(request, step.previous_step)
+            if attempt > 1:
+                await self.publish(request, StepRetrying(step=step.step, attempt=attempt))
+
+        announced = asyncio.ensure_future(announce())
         schema = agent.output_schema
         written: list[str] = []
         last_partial: dict[str, object] | None = None
@@ -351,6 +359,7 @@ class AgentSteps:
 
         async def on_event(event: TextDelta | ToolCallDelta | ToolCallDone) -> None:
             nonlocal last_partial
+            await announced
             if isinstance(event, TextDelta):
                 if schema is None:
                     await deltas.add(event.delta)
@@ -377,8 +386,10 @@ class AgentSteps:
                 max_tokens=settings.max_output_tokens,
                 on_event=on_event,
             )
+            await announced
             await deltas.flush()
         finally:
+            announced.cancel()  # the call failed first: a retry announces again (once)
             await deltas.cancel()
             await model.aclose()
         await self.publish(request, UsageEvent(step=step.step, usage=result.usage))
@@ -471,9 +482,12 @@ class AgentSteps:
         outcome: RunOutcome,
         *,
         last_step: StepFinished | None = None,
+        tool_results: Sequence[ToolResultEvent] = (),
         read_only: bool = False,
     ) -> RunOutcome:
         """Save what the run produced (idempotently, by message id) and publish the end."""
+        for published in tool_results:
+            await self.publish(request, published)
         if last_step is not None:
             await self.publish(request, last_step)
         if request.thread_id and outcome.messages and not read_only:

@@ -89,6 +89,8 @@ _RUN_STATUS_NAMES = {
 }
 _RUN_STATUS_FROM_NAME = {name: value for value, name in _RUN_STATUS_NAMES.items()}
 # Runs whose workflow ended without the workflow saying so (terminated, timed out...).
+# How long an Update may take before the service checks that a worker has taken the run.
+NOT_TAKEN_CHECK_AFTER = 1.0
 _ABNORMAL_END = {
     WorkflowExecutionStatus.FAILED,
     WorkflowExecutionStatus.TERMINATED,
@@ -124,6 +126,12 @@ class _FoundRun:
     handle: WorkflowHandle[AgentRunWorkflow, RunOutcome]
     workflow_id: str
     agent_name: str
+
+
+def _not_started(run_id: str, nothing: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"run {run_id!r} has not started yet (no worker has taken it): {nothing}"
+    )
 
 
 def _pending_event(task_queue: str, waited_seconds: float) -> bytes:
@@ -442,28 +450,47 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.SubmitToolResultsRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.SubmitToolResultsResponse:
         results = client_tools_convert.tool_results_from_proto(request.results)
-        run = await self._started(request.run_id, "no tool call waits for a result")
-        updated = await self._update(run, "submit_tool_results", ToolResultsInput(results=results))
+        handle, workflow_id, agent_name = await self._handle(request.run_id)
+        run = _FoundRun(request.run_id, handle, workflow_id, agent_name)
+        updated = await self._update(
+            run,
+            "submit_tool_results",
+            ToolResultsInput(results=results),
+            unless_not_taken="no tool call waits for a result",
+        )
         return agent_pb2.SubmitToolResultsResponse(run=updated)
 
     async def _started(self, run_id: str, nothing: str) -> _FoundRun:
         """The run, once a worker has taken it; FAILED_PRECONDITION saying `nothing` before."""
         handle, workflow_id, agent_name = await self._handle(run_id)
         if not_taken(await _describe(handle, run_id)):
-            raise FailedPrecondition(
-                f"run {run_id!r} has not started yet (no worker has taken it): {nothing}"
-            )
+            raise _not_started(run_id, nothing)
         return _FoundRun(run_id, handle, workflow_id, agent_name)
 
-    async def _update(self, run: _FoundRun, name: str, payload: BaseModel) -> agent_pb2.AgentRun:
+    async def _update(
+        self, run: _FoundRun, name: str, payload: BaseModel, *, unless_not_taken: str = ""
+    ) -> agent_pb2.AgentRun:
         """Send the run one of its Updates and answer with the run as the workflow returns
-        it. A rejected Update (WorkflowUpdateFailedError) is mapped where every error is."""
+        it. A rejected Update (WorkflowUpdateFailedError) is mapped where every error is.
+        `unless_not_taken`: FAILED_PRECONDITION saying so if no worker has taken the run
+        (an Update would wait for one), checked once the Update is slow to answer."""
+        update = asyncio.ensure_future(
+            run.handle.execute_update(name, payload, result_type=RunState)
+        )
         try:
-            state = await run.handle.execute_update(name, payload, result_type=RunState)
+            if unless_not_taken:
+                # An Update waits for a worker to take the run: one that is slow to answer
+                # is checked (a describe is a round trip; most Updates are answered sooner).
+                done, _ = await asyncio.wait({update}, timeout=NOT_TAKEN_CHECK_AFTER)
+                if not done and not_taken(await _describe(run.handle, run.run_id)):
+                    raise _not_started(run.run_id, unless_not_taken)
+            state = await update
         except RPCError as error:
             if error.status == RPCStatusCode.NOT_FOUND:  # the workflow has closed
                 raise FailedPrecondition(f"run {run.run_id!r} has ended") from error
             raise Unavailable(f"Temporal: {error.message}") from error
+        finally:
+            update.cancel()
         proto = agent_convert.state_to_proto(run.run_id, run.agent_name, state, run.workflow_id)
         return await self._with_last_event(proto)
 
