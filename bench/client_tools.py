@@ -10,7 +10,9 @@ against a bare Temporal Update round trip measured in the same run.
 - Bare Update round trip: a bare workflow waits on a condition; from sending it an Update
   (whose handler sets the condition) until its next activity starts. Started eagerly, as
   agent runs are, on a worker of the same process and Temporal (unsandboxed).
-- Goal: client-tool round trip p50 ≤ 2× the bare one.
+- Goal: client-tool round trip p50 ≤ 2× the bare one. For context, the model client's own
+  request (a direct `ChatModel.stream` through the worker's client with the run's messages
+  and tools, call → the model has it) is printed, and the ratio without it.
 
 The scripted model and the caller of `Stream` share a process of their own, as a model and
 a client are other services in production; each reads its own clock (`perf_counter`, one
@@ -46,7 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bare_update import BareUpdateToActivity, activity_started, bare_update_next
 
 from loomwork.config import Settings
+from loomwork.llm.chat import ChatMessage
 from loomwork.testing import ChatRequest, ScriptedModelServer, ScriptedToolCall, Turn
+from loomwork.tools.client_tools import ClientTool
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server.embedded import EmbeddedStack
 from server.runtime import Runtime
@@ -57,6 +61,7 @@ from server.worker import build_worker, needs_no_serialization_context, workflow
 AUTH = (("authorization", "Bearer bench"),)
 BARE_QUEUE = "bench-bare-update"
 IDLE_PAUSE = 0.1  # seconds between calls measured "on an idle service"
+WEATHER_DESCRIPTION = "The weather in a city."
 WEATHER: dict[str, Any] = {
     "type": "object",
     "properties": {"city": {"type": "string"}},
@@ -113,9 +118,25 @@ async def run(settings: Settings, peer: Peer, runs: int) -> None:
             next_started = activity_started.pop(workflow_id)
             return (next_started - started) * 1000, (answered - started) * 1000
 
+        # The agent's second model call, made directly through the worker's own model client.
+        assistant = runtime.agents.get("assistant")
+        tools = [*runtime.tools.specs(list(assistant.tool_names)), declared_tool().spec()]
+
+        async def model_own() -> float:
+            """ms from a direct model call (the run's tools) to the model receiving it."""
+            prompt = f"own:{uuid.uuid4().hex}"
+            started = time.perf_counter()
+            chat = runtime.chat_models(settings.chat_model)
+            await chat.stream(
+                [ChatMessage.system(assistant.instructions), ChatMessage.user(prompt)], tools=tools
+            )
+            [arrived] = await peer.ask(f"arrived {prompt}")
+            return (arrived - started) * 1000
+
         await peer.ask("run")  # warm every path once
         await bare()
-        client, bare_trip, submit, bare_answer = [], [], [], []
+        await model_own()
+        client, bare_trip, submit, bare_answer, own = [], [], [], [], []
         for _ in range(runs):  # interleaved
             trip, answered = await peer.ask("run")
             client.append(trip)
@@ -124,6 +145,8 @@ async def run(settings: Settings, peer: Peer, runs: int) -> None:
             trip, answered = await bare()
             bare_trip.append(trip)
             bare_answer.append(answered)
+            await asyncio.sleep(IDLE_PAUSE)
+            own.append(await model_own())
             await asyncio.sleep(IDLE_PAUSE)
     await app.stop(0)
     await runtime.close()
@@ -139,6 +162,11 @@ async def run(settings: Settings, peer: Peer, runs: int) -> None:
         f" bare Update sent → answered {_p50(bare_answer):5.1f} ms"
     )
     print(f"    spread (p10–p90): client tool {_quantiles(client)}, bare {_quantiles(bare_trip)}")
+    m = _p50(own)
+    print(
+        f"    of which the model client's own request (call → the model has it) {m:4.1f} ms;"
+        f" less it, {c - m:5.1f} ms: ratio {(c - m) / b:4.2f}×"
+    )
 
 
 def _quantiles(samples: list[float]) -> str:
@@ -148,12 +176,24 @@ def _quantiles(samples: list[float]) -> str:
 
 # -- the peer process: the scripted model and the caller ------------------------------------
 
+
+def declared_tool() -> ClientTool:
+    """The client tool the runs declare, as the worker offers it to the model."""
+    return ClientTool(
+        name="get_weather", description=WEATHER_DESCRIPTION, parameters_schema=WEATHER
+    )
+
+
 _model_called: dict[str, float] = {}  # tool call id -> perf_counter() as the model got its result
 
 
 def peer_script(request: ChatRequest) -> Turn:
-    """Call the client tool once per run (its id from the prompt), then answer."""
+    """Call the client tool once per run (its id from the prompt), then answer; a direct
+    call (its prompt `own:…`) is answered at once."""
     last = request.messages[-1]
+    if request.last_user_text.startswith("own:"):
+        _model_called[request.last_user_text] = time.perf_counter()
+        return Turn(text="ok", chunk_size=2)
     if last.get("role") == "tool":
         _model_called[str(last.get("tool_call_id"))] = time.perf_counter()
         return Turn(text="ok", chunk_size=2)
@@ -164,7 +204,7 @@ def peer_script(request: ChatRequest) -> Turn:
 async def client_tool_round(agents: agent_pb2_grpc.AgentServiceStub, n: int) -> tuple[float, ...]:
     """One run whose model calls the client tool: ms from reading tool_call_requested to the
     model's next request, and to SubmitToolResults' answer."""
-    tool = agent_pb2.ClientTool(name="get_weather", description="The weather in a city.")
+    tool = agent_pb2.ClientTool(name="get_weather", description=WEATHER_DESCRIPTION)
     tool.parameters_schema.update(WEATHER)
     request = agent_pb2.StreamRequest(agent_name="assistant", prompt=str(n), client_tools=[tool])
     read = answered = 0.0
@@ -195,7 +235,9 @@ async def client_tool_round(agents: agent_pb2_grpc.AgentServiceStub, n: int) -> 
 
 async def peer_loop() -> None:
     """`--peer`: the scripted model (its URL printed first), then, once the service's port
-    is read from stdin, one client-tool round per `run` line."""
+    is read from stdin, one client-tool round per `run` line; `arrived <prompt>` answers
+    when a direct call with that prompt reached the model (perf_counter: CLOCK_MONOTONIC,
+    the same clock in every process)."""
     model = ScriptedModelServer(peer_script)
     print(model.start_in_thread(), flush=True)
     loop = asyncio.get_running_loop()
@@ -204,7 +246,10 @@ async def peer_loop() -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             agents = agent_pb2_grpc.AgentServiceStub(channel)
             n = 0
-            while (await loop.run_in_executor(None, sys.stdin.readline)).strip():
+            while command := (await loop.run_in_executor(None, sys.stdin.readline)).split():
+                if command[0] == "arrived":  # when a direct call reached the model
+                    print(_model_called.pop(command[1]), flush=True)
+                    continue
                 n += 1
                 print(*await client_tool_round(agents, n), flush=True)
     finally:

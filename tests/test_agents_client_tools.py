@@ -14,6 +14,7 @@ import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
 
+from clients import LoomworkClient, client_tool
 from loomwork.testing import ScriptedModelServer, ScriptedToolCall, Turn
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from tests.support import another_server, auth, field_violations, unique
@@ -366,3 +367,30 @@ async def test_the_last_step_s_results_are_published_when_no_model_step_follows(
     output = rest[-1].run_finished.output
     assert output.finish_reason == agent_pb2.AGENT_FINISH_REASON_MAX_STEPS
     assert output.messages[-1].parts[0].tool_result.result.string_value == "snow"
+
+
+async def test_the_python_client_declares_and_answers_client_tools(
+    grpc_address, token, model
+) -> None:
+    model.set_script(
+        [
+            Turn(tool_calls=[ScriptedToolCall("get_weather", {"city": "Oslo"}, id="py")]),
+            Turn(text="Cold in Oslo."),
+        ]
+    )
+    weather = client_tool(
+        "get_weather", WEATHER_SCHEMA, "The weather in a city.", timeout=timedelta(minutes=5)
+    )
+    async with LoomworkClient(grpc_address, token) as client:
+        events = []
+        async for event in client.agents.stream("assistant", "Oslo?", client_tools=[weather]):
+            events.append(event)
+            if event.HasField("tool_call_requested"):
+                call = event.tool_call_requested
+                assert call.HasField("expire_time")
+                await client.agents.submit_tool_results(
+                    event.run_id, {call.tool_call_id: {"celsius": -3}}
+                )
+    result = next(e.tool_result for e in events if e.HasField("tool_result"))
+    assert json_format.MessageToDict(result.result) == {"celsius": -3}
+    assert events[-1].run_finished.output.text == "Cold in Oslo."
