@@ -92,6 +92,15 @@ class AgentActivities:
         except LoomworkError as error:
             raise _application_error(error) from error
 
+    @activity.defn(name="agent_mcp_tool_call")
+    async def mcp_tool_call(self, call: ToolInput) -> ToolResultPart:
+        try:
+            return await _heartbeating(
+                self.steps.mcp_tool_call(call, attempt=activity.info().attempt)
+            )
+        except LoomworkError as error:
+            raise _application_error(error) from error
+
     @activity.defn(name="agent_publish")
     async def publish(self, publish: PublishInput) -> None:
         await self.steps.publish(publish.request, publish.event)

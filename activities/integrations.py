@@ -19,7 +19,8 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.workflow_runs import WorkflowRunStarter
+from activities.run_lookup import RunLookup
+from activities.workflow_runs import AGENT_RUN, DSL_RUN, WorkflowRunStarter
 from loomwork.agents.directory import RunDirectory
 from loomwork.agents.run_models import ResumeInput, RunState
 from loomwork.errors import (
@@ -94,10 +95,12 @@ class TemporalRouteTargets:
         self.rag = rag
         self.task_queue = task_queue
         self.workflow_runs = RunDirectory(directory.redis, prefix="loomwork:workflow-run")
+        self.agent_runs = RunLookup(directory, client, AGENT_RUN)
+        self.dsl_runs = RunLookup(self.workflow_runs, client, DSL_RUN)
         self.starter = WorkflowRunStarter(client, events, self.workflow_runs, task_queue)
 
     async def resume_agent_approval(self, tenant: str, action: AgentApprovalResume) -> str:
-        workflow_id = await self.directory.workflow_id(tenant, action.run_id)
+        workflow_id = await self.agent_runs.workflow_id(tenant, action.run_id)
         if workflow_id is None:
             raise NotFound(f"agent run {action.run_id!r} not found")
         handle = self.client.get_workflow_handle(workflow_id)
@@ -144,18 +147,13 @@ class TemporalRouteTargets:
     async def _workflow_run(self, tenant: str, run_id: str) -> str:
         if not is_valid_client_id(run_id) or not is_valid_client_id(tenant):
             raise InvalidArgument.field("payload.run_id", "is not a run id")
-        known = await self.workflow_runs.workflow_id(tenant, run_id)
-        if known is not None:
-            return known
-        query = (
-            f"LoomworkTenant = '{tenant}' AND LoomworkRun = '{run_id}' AND WorkflowType = 'DslRun'"
-        )
         try:
-            async for execution in self.client.list_workflows(query, limit=1):
-                return execution.id
+            known = await self.dsl_runs.workflow_id(tenant, run_id)
         except RPCError as error:
             raise _temporal_error(error, f"workflow run {run_id!r}") from error
-        raise NotFound(f"workflow run {run_id!r} not found")
+        if known is None:
+            raise NotFound(f"workflow run {run_id!r} not found")
+        return known
 
     async def start_workflow(self, tenant: str, action: WorkflowStart) -> str:
         """A DslRun of the workflow's newest version; one per delivery (its idempotency key

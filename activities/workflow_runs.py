@@ -36,7 +36,9 @@ from loomwork.streams.run_events import RunEventLog
 START_OUTCOME_UNKNOWN = frozenset(
     {RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED, RPCStatusCode.UNKNOWN}
 )
-DSL_RUN = "DslRun"  # workflows.dsl_run.DslRunWorkflow (activities do not import workflows)
+# Workflow type names (activities do not import workflows).
+DSL_RUN = "DslRun"  # workflows.dsl_run.DslRunWorkflow
+AGENT_RUN = "AgentRun"  # workflows.agent_run.AgentRunWorkflow
 
 
 class WorkflowRunStarter:

@@ -1,11 +1,12 @@
-"""`client.integrations`: webhook sources and OAuth connections (IntegrationService)."""
+"""`client.integrations`: webhook sources, OAuth connections and MCP servers
+(IntegrationService)."""
 
 # `timeout=` on the async methods is the gRPC deadline of the call, as in grpc's own API.
 # ruff: noqa: ASYNC109
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from clients.transport import Transport
 from protos.loomwork.v1 import integration_pb2, integration_pb2_grpc
@@ -14,7 +15,8 @@ __all__ = ["IntegrationsClient"]
 
 
 class IntegrationsClient:
-    """Webhook sources and their deliveries; OAuth providers, authorizations, connections."""
+    """Webhook sources and their deliveries; OAuth providers, authorizations, connections;
+    MCP servers whose tools agents call."""
 
     def __init__(self, transport: Transport) -> None:
         self._transport = transport
@@ -123,5 +125,70 @@ class IntegrationsClient:
             self._stub.DeleteConnection,
             integration_pb2.DeleteConnectionRequest(connection_id=connection_id),
             integration_pb2.DeleteConnectionResponse,
+            timeout,
+        )
+
+    # -- MCP servers
+
+    async def create_mcp_server(
+        self,
+        name: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        oauth_connection_id: str = "",
+        timeout: float | None = None,
+    ) -> integration_pb2.McpServer:
+        """Register a streamable HTTP MCP server once its tools could be listed; agents name
+        them `mcp:<name>/<tool>`. `headers` are stored encrypted and never returned."""
+        server = integration_pb2.McpServer(
+            name=name, url=url, headers=dict(headers or {}), oauth_connection_id=oauth_connection_id
+        )
+        response = await self._transport.call(
+            self._stub.CreateMcpServer,
+            integration_pb2.CreateMcpServerRequest(mcp_server=server),
+            integration_pb2.CreateMcpServerResponse,
+            timeout,
+        )
+        return response.mcp_server
+
+    async def get_mcp_server(
+        self, name: str, *, timeout: float | None = None
+    ) -> integration_pb2.McpServer:
+        response = await self._transport.call(
+            self._stub.GetMcpServer,
+            integration_pb2.GetMcpServerRequest(mcp_server_name=name),
+            integration_pb2.GetMcpServerResponse,
+            timeout,
+        )
+        return response.mcp_server
+
+    async def list_mcp_servers(
+        self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> integration_pb2.ListMcpServersResponse:
+        return await self._transport.call(
+            self._stub.ListMcpServers,
+            integration_pb2.ListMcpServersRequest(page_size=page_size, page_token=page_token),
+            integration_pb2.ListMcpServersResponse,
+            timeout,
+        )
+
+    async def refresh_mcp_server(
+        self, name: str, *, timeout: float | None = None
+    ) -> integration_pb2.McpServer:
+        """List the server's tools again now."""
+        response = await self._transport.call(
+            self._stub.RefreshMcpServer,
+            integration_pb2.RefreshMcpServerRequest(mcp_server_name=name),
+            integration_pb2.RefreshMcpServerResponse,
+            timeout,
+        )
+        return response.mcp_server
+
+    async def delete_mcp_server(self, name: str, *, timeout: float | None = None) -> None:
+        await self._transport.call(
+            self._stub.DeleteMcpServer,
+            integration_pb2.DeleteMcpServerRequest(mcp_server_name=name),
+            integration_pb2.DeleteMcpServerResponse,
             timeout,
         )

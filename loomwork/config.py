@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     workflow_modules: str = Field(default="", alias="LOOMWORK_WORKFLOW_MODULES")
     # Modules with the application's `@tool` functions and code-defined agents.
     tool_modules: str = Field(default="", alias="LOOMWORK_TOOL_MODULES")
+    # The operator's MCP servers, stdio only, shared by every tenant: a JSON object
+    # {"<name>": {"command": "...", "args": [...], "env": {...}, "cwd": "..."}}. Every server
+    # and worker process starts the command when it needs the server's tools.
+    mcp_servers: str = Field(default="", alias="LOOMWORK_MCP_SERVERS")
+    # Seconds an MCP server's cached tool list serves runs before it is listed again.
+    mcp_tools_ttl: float = Field(default=300.0, gt=0, alias="LOOMWORK_MCP_TOOLS_TTL")
     # How the worker sandboxes workflow code. "passthrough" loads Loomwork's own workflow
     # modules once and shares them (the sandbox still guards builtins such as `open`):
     # ~10 ms less per run start. "strict" re-imports them into every run's sandbox, so a

@@ -44,6 +44,7 @@ from loomwork.ids import new_id
 from loomwork.memory.settings import MemorySettings, merge
 from loomwork.messages import NewMessage, NewThread, Role
 from loomwork.tools.client_tools import ClientTool, check_names_free
+from loomwork.tools.mcp_names import function_names
 from server.runtime import Runtime
 from server.temporal import eagerly_started
 from workflows.agent_run import AgentRunWorkflow
@@ -242,10 +243,10 @@ class AgentRunStarter:
             create_time=datetime.now(UTC),
             client_tools=start.client_tools,
         )
-        # The model must tell a client tool from the agent's own tools by name.
-        check_names_free(
-            start.client_tools, tool_names(effective_agent(agent, run_request), run_request)
-        )
+        # The model must tell a client tool from the agent's own tools by name (an MCP tool
+        # named only by `mcp:<server>/*` gives way to a client tool of its name).
+        own = tool_names(effective_agent(agent, run_request), run_request)
+        check_names_free(start.client_tools, function_names(own))
         return run_request, agent
 
     async def _resolve_thread(self, tenant_id: str, start: AgentRunStart) -> tuple[str, str]:

@@ -112,6 +112,11 @@ def up(
         console.print()
         console.print(f"[bold green]Loomwork is up[/] in {time.perf_counter() - started:.1f}s")
         console.print(f"  gRPC          {running.grpc_address}   (reflection + health on)")
+        if running.http_address:
+            console.print(
+                f"  HTTP          http://{running.http_address}   (webhooks, OAuth callbacks)"
+            )
+            console.print(f"  MCP           http://{running.http_address}/mcp   (bearer token)")
         if endpoints.temporal_ui_url:
             console.print(f"  Temporal UI   {endpoints.temporal_ui_url}")
         console.print(

@@ -66,7 +66,10 @@ async def serve(
             # Webhooks and OAuth callbacks: every gRPC server also serves HTTP.
             http = open_http_server(runtime)
             await http.start()
-            log.info("HTTP endpoint (webhooks, OAuth callbacks) listening on %s", http.address)
+            log.info(
+                "HTTP endpoint (webhooks, OAuth callbacks, MCP at /mcp) listening on %s",
+                http.address,
+            )
         if on_ready:
             await on_ready(Running(runtime, app, address, http.address if http else None))
         waiter = asyncio.create_task(stop.wait())

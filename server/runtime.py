@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
@@ -24,6 +25,7 @@ from loomwork.flows.registry import (
     import_workflow_modules,
 )
 from loomwork.integrations.components import Integrations
+from loomwork.integrations.mcp_tools import parse_operator_servers
 from loomwork.llm.shared import NO_MODEL_CONFIGURED, SharedChatModels
 from loomwork.memory.recall import MessageRecall
 from loomwork.memory.threads import Memory
@@ -112,6 +114,9 @@ class Runtime:
     async def _connect(cls, settings: Settings, demo: DemoMode | None, *, migrate: bool) -> Runtime:
         if not settings.database_url or not settings.redis_url or not settings.temporal_address:
             raise ValueError("Runtime.open needs database_url, redis_url and temporal_address")
+        operator_mcp_servers = parse_operator_servers(
+            settings.mcp_servers
+        )  # fail before connecting
         db = Database(settings.database_url)
         await db.open()
         try:
@@ -185,6 +190,8 @@ class Runtime:
                 secret_key=settings.secret_key,
                 home=settings.home,
                 public_url=settings.public_url or f"http://{settings.http_address}",
+                mcp_servers=operator_mcp_servers,
+                mcp_tools_ttl=timedelta(seconds=settings.mcp_tools_ttl),
             ),
             rag=rag_system(settings, db, events, chat_models),
             demo=demo,

@@ -118,8 +118,9 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
     memory = MemoryActivities(runtime.recall)
     settings = runtime.settings
     oauth = runtime.integrations.oauth if runtime.integrations is not None else None
+    mcp = runtime.integrations.mcp if runtime.integrations is not None else None
     steps = AgentSteps(
-        AgentCatalog(runtime.agents, AgentStore(runtime.db), runtime.tools),
+        AgentCatalog(runtime.agents, AgentStore(runtime.db), runtime.tools, mcp),
         runtime.tools,
         runtime.memory,
         runtime.recall,
@@ -129,6 +130,7 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
         settings.chat_model,
         speculation=runtime.speculation,
         oauth=oauth,
+        mcp=mcp,
     )
     agents = AgentActivities(steps)
     workflow_events = WorkflowEvents(runtime.events)
@@ -154,6 +156,7 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
             agents.start_and_step,
             agents.model_step,
             agents.tool_call,
+            agents.mcp_tool_call,
             agents.publish,
             agents.finish,
             *_rag_activities(runtime),

@@ -13,16 +13,28 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
+import httpx2
 import pytest
 
 from loomwork.config import Settings
 from loomwork.testing import ScriptedModelServer
-from protos.loomwork.v1 import agent_pb2_grpc, memory_pb2_grpc
+from protos.loomwork.v1 import (
+    agent_pb2_grpc,
+    integration_pb2_grpc,
+    memory_pb2_grpc,
+    rag_pb2_grpc,
+    workflow_pb2_grpc,
+)
 from server.embedded import EmbeddedStack
 from server.runtime import Runtime
 from server.temporal import register_search_attributes
 from server.transport.grpc_app import GrpcApp, build_grpc_app
+from server.transport.http import build_http_app
 from server.worker import build_worker
+from tests.support import serving
+
+# Fixtures of an OAuth provider the tests run (module-scoped, started when a test asks).
+pytest_plugins = ["tests.oauth_provider"]
 
 TOKENS = "t-alpha=alpha,t-beta=beta"
 
@@ -159,3 +171,31 @@ def model(model_server: ScriptedModelServer) -> Iterator[ScriptedModelServer]:
 @pytest.fixture(scope="session")
 def memory_stub(channel: grpc.aio.Channel) -> memory_pb2_grpc.MemoryServiceStub:
     return memory_pb2_grpc.MemoryServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def workflows(channel: grpc.aio.Channel) -> workflow_pb2_grpc.WorkflowServiceStub:
+    return workflow_pb2_grpc.WorkflowServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def rag(channel: grpc.aio.Channel) -> rag_pb2_grpc.RagServiceStub:
+    return rag_pb2_grpc.RagServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def integrations(channel: grpc.aio.Channel) -> integration_pb2_grpc.IntegrationServiceStub:
+    return integration_pb2_grpc.IntegrationServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+async def http_url(runtime: Runtime, worker: None) -> AsyncIterator[str]:
+    """Base URL of Loomwork's HTTP endpoint (webhooks, health) over the session runtime."""
+    async with serving(build_http_app(runtime)) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def http(http_url: str) -> AsyncIterator[httpx2.AsyncClient]:
+    async with httpx2.AsyncClient(base_url=http_url, timeout=30) as client:
+        yield client

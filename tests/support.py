@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import subprocess
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.types import ASGIApp
 
 from loomwork.agents.run_models import AgentRunRequest
 from loomwork.config import Settings
 from loomwork.messages import NewMessage, Role, TextPart
-from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
+from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, message_pb2, run_pb2
 from server.runtime import Runtime
 from server.transport.grpc_app import build_grpc_app
+from server.transport.http import HttpServer
 from server.worker import build_worker
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @asynccontextmanager
@@ -61,6 +69,18 @@ async def another_server(runtime: Runtime) -> AsyncIterator[grpc.aio.Channel]:
             yield channel
     finally:
         await app.stop(grace=1.0)
+
+
+@asynccontextmanager
+async def serving(app: ASGIApp) -> AsyncIterator[str]:
+    """`app` served as the HTTP endpoint serves its own (uvicorn, with its lifespan) on a
+    free port: its base URL; stopped on exit."""
+    server = HttpServer(app, "127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"http://{server.address}"
+    finally:
+        await server.stop()
 
 
 def wait_serving(
@@ -162,3 +182,78 @@ async def replay_failure(workflow: type, workflow_id: str, history_json: str) ->
     history = WorkflowHistory.from_json(workflow_id, history_json)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     return result.replay_failure
+
+
+async def collect_events(stream: AsyncIterable[Any]) -> list[Any]:
+    """The events of a Watch/Stream/Answer response stream, read to its end."""
+    return [response.event async for response in stream]
+
+
+def message_text(message: message_pb2.Message) -> str:
+    """The text parts of a message, joined."""
+    return "".join(p.text.text for p in message.parts if p.HasField("text"))
+
+
+def temporal_cli() -> str:
+    """Path of the `temporal` CLI (on PATH, or installed beside this Python)."""
+    found = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
+    assert Path(found).exists()
+    return found
+
+
+async def signal_workflow(address: str, workflow_id: str, name: str, payload: str) -> None:
+    """Send a workflow a signal with the `temporal` CLI, as an operator would."""
+    proc = await asyncio.create_subprocess_exec(
+        temporal_cli(),
+        "workflow",
+        "signal",
+        "--address",
+        address,
+        "--workflow-id",
+        workflow_id,
+        "--name",
+        name,
+        "--input",
+        payload,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+
+
+async def generate_until_waiting(
+    agents: agent_pb2_grpc.AgentServiceStub, token: str, run_id: str, tool_call_id: str
+) -> agent_pb2.AgentRun:
+    """Start the demo `assistant` with a scripted call that needs approval; Generate answers
+    as soon as the run stops for it (WAITING, with that call pending)."""
+    waiting = (
+        await agents.Generate(
+            agent_pb2.GenerateRequest(agent_name="assistant", prompt="mail", client_run_id=run_id),
+            metadata=auth(token),
+        )
+    ).run
+    assert waiting.status == run_pb2.RUN_STATUS_WAITING
+    assert [p.tool_call_id for p in waiting.pending_approvals] == [tool_call_id]
+    return waiting
+
+
+def worker_process(
+    embedded: Mapping[str, str], task_queue: str, log: Path, **env: str
+) -> subprocess.Popen[bytes]:
+    """`loomwork worker` as its own process polling `task_queue`, against the session's
+    servers, its output appended to `log`; `env` adds environment variables."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "worker"],
+        cwd=ROOT,
+        env=dict(
+            os.environ,
+            DATABASE_URL=embedded["DATABASE_URL"],
+            REDIS_URL=embedded["REDIS_URL"],
+            TEMPORAL_ADDRESS=embedded["TEMPORAL_ADDRESS"],
+            LOOMWORK_TASK_QUEUE=task_queue,
+            **env,
+        ),
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )

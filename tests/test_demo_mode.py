@@ -9,50 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2, workflow_pb2, workflow_pb2_grpc
-from tests.conftest import free_port
-from tests.support import auth, unique, wait_serving
+from tests.processes import ROOT, code_agents, listed_tools, loomwork_processes
+from tests.support import auth, unique
 
-ROOT = Path(__file__).resolve().parent.parent
 DEMO_TOOLS = {"add", "word_count", "save_note", "send_email"}
 REAL_TOOLS = {"update_working_memory", "rag_query"}
 EXAMPLE_WORKFLOWS = {"order-pipeline", "ticket-triage", "expense-approval"}
-# Settings a developer's shell may hold that would change what these processes do.
-UNSET = {"OPENAI_API_KEY", "OPENAI_BASE_URL", "LOOMWORK_CHAT_MODEL", "LOOMWORK_DEMO"}
-
-
-def _tools(channel: grpc.Channel, token: str) -> dict[str, str]:
-    """Every tool ListTools lists: name -> description."""
-    stub = agent_pb2_grpc.AgentServiceStub(channel)
-    tools: dict[str, str] = {}
-    page = ""
-    while True:
-        response = stub.ListTools(
-            agent_pb2.ListToolsRequest(page_size=100, page_token=page), metadata=auth(token)
-        )
-        tools.update({t.name: t.description for t in response.tools})
-        page = response.next_page_token
-        if not page:
-            return tools
-
-
-def _code_agents(channel: grpc.Channel, token: str) -> set[str]:
-    """The agents defined in code (not created by RPC), as ListAgents lists them."""
-    response = agent_pb2_grpc.AgentServiceStub(channel).ListAgents(
-        agent_pb2.ListAgentsRequest(page_size=100, source=agent_pb2.AGENT_SOURCE_CODE),
-        metadata=auth(token),
-    )
-    return {a.name for a in response.agents}
 
 
 def _workflows(channel: grpc.Channel, token: str) -> set[str]:
@@ -81,46 +51,6 @@ def _generate(channel: grpc.Channel, token: str, agent: str, prompt: str) -> age
     )
 
 
-@contextmanager
-def _processes(
-    embedded: dict[str, str], tmp_path: Path, commands: list[list[str]], **env: str
-) -> Iterator[tuple[str, dict[str, Path]]]:
-    """`loomwork <command>` processes on the session's servers, on a task queue of their
-    own, with no model configured; yields their gRPC address and logs once it serves."""
-    address = f"127.0.0.1:{free_port()}"
-    environment = {k: v for k, v in os.environ.items() if k not in UNSET}
-    environment.update(
-        DATABASE_URL=embedded["DATABASE_URL"],
-        REDIS_URL=embedded["REDIS_URL"],
-        TEMPORAL_ADDRESS=embedded["TEMPORAL_ADDRESS"],
-        LOOMWORK_HOME=str(tmp_path / "home"),
-        LOOMWORK_GRPC_ADDRESS=address,
-        LOOMWORK_HTTP_ADDRESS=f"127.0.0.1:{free_port()}",
-        LOOMWORK_TASK_QUEUE=unique("demo-mode-queue"),
-        COLUMNS="200",
-        **env,
-    )
-    logs = {command[0]: tmp_path / f"{command[0]}.log" for command in commands}
-    procs = {
-        command[0]: subprocess.Popen(
-            [sys.executable, "-m", "server.cli", *command],
-            cwd=ROOT,
-            env=environment,
-            stdout=logs[command[0]].open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        for command in commands
-    }
-    try:
-        wait_serving(address, procs, logs)
-        yield address, logs
-    finally:
-        for role, proc in procs.items():
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
-            assert proc.returncode == 0, f"{role}: {logs[role].read_text()}"
-
-
 def _wait_logged(log: Path, text: str) -> str:
     deadline = time.monotonic() + 30
     while text not in log.read_text(errors="replace"):
@@ -136,10 +66,10 @@ async def test_the_test_session_runs_in_demo_mode(grpc_address: str, token: str)
 
 def _assert_serves_the_demo(address: str, token: str) -> None:
     with grpc.insecure_channel(address) as channel:
-        tools = _tools(channel, token)
+        tools = {n: t.description for n, t in listed_tools(channel, token).items()}
         assert set(tools) >= DEMO_TOOLS | REAL_TOOLS
         assert "sends nothing" in tools["send_email"]
-        assert "assistant" in _code_agents(channel, token)
+        assert "assistant" in code_agents(channel, token)
         assert _workflows(channel, token) >= EXAMPLE_WORKFLOWS
 
 
@@ -167,7 +97,7 @@ def test_without_demo_mode_there_is_no_demo_and_no_model(
     """A plain `loomwork up` with no model configured: no tool that pretends to act, no
     demo agent, no example workflow; an agent run fails saying what to configure."""
     tenant_token = unique("plain")
-    with _processes(
+    with loomwork_processes(
         embedded, tmp_path, [["up", "--no-ui"]], LOOMWORK_TOKENS=f"{tenant_token}=plain"
     ) as (address, logs):
         banner = _wait_logged(logs["up"], "Press Ctrl-C to stop")
@@ -175,8 +105,8 @@ def test_without_demo_mode_there_is_no_demo_and_no_model(
         assert "OPENAI_API_KEY" in model_line and "--demo" in model_line, model_line
         assert "example workflows" not in banner  # the banner's demo mode line
         with grpc.insecure_channel(address) as channel:
-            assert set(_tools(channel, tenant_token)) == REAL_TOOLS
-            assert _code_agents(channel, tenant_token) == set()
+            assert set(listed_tools(channel, tenant_token)) == REAL_TOOLS
+            assert code_agents(channel, tenant_token) == set()
             assert _workflows(channel, tenant_token) == set()
 
             agent_pb2_grpc.AgentServiceStub(channel).CreateAgent(
@@ -208,7 +138,7 @@ def test_a_server_and_a_worker_in_demo_mode_serve_the_demo_on_the_offline_model(
     """LOOMWORK_DEMO=true on a server and a worker started apart: both register the demo,
     and with no model configured the worker's agent runs use the offline model."""
     with (
-        _processes(
+        loomwork_processes(
             embedded,
             tmp_path,
             [["server"], ["worker"]],
@@ -217,10 +147,10 @@ def test_a_server_and_a_worker_in_demo_mode_serve_the_demo_on_the_offline_model(
         ) as (address, _),
         grpc.insecure_channel(address) as channel,
     ):
-        tools = _tools(channel, "demo")
+        tools = {n: t.description for n, t in listed_tools(channel, "demo").items()}
         assert set(tools) == DEMO_TOOLS | REAL_TOOLS
         assert "sends nothing" in tools["send_email"]
-        assert _code_agents(channel, "demo") == {"assistant"}
+        assert code_agents(channel, "demo") == {"assistant"}
         assert _workflows(channel, "demo") == EXAMPLE_WORKFLOWS
         run = _generate(channel, "demo", "assistant", "What is 17 + 25?")
         assert run.status == run_pb2.RUN_STATUS_SUCCEEDED, run.error.message

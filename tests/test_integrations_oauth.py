@@ -4,22 +4,13 @@ both run here on uvicorn; real Postgres and Redis behind Loomwork."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import secrets
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
 import httpx2
 import pytest
 from redis.asyncio import Redis
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
 
 from loomwork.errors import FailedPrecondition
 from loomwork.integrations.connections import ConnectionStore
@@ -27,108 +18,8 @@ from loomwork.integrations.oauth import NeedsReauthorization, OAuthConnections
 from loomwork.integrations.providers import ProviderStore
 from protos.loomwork.v1 import integration_pb2
 from protos.loomwork.v1 import integration_pb2_grpc as integration_grpc
-from server.transport.http import HttpServer, build_http_app
+from tests.oauth_provider import CLIENT_ID, CLIENT_SECRET, connect, create_provider
 from tests.support import auth, field_violations, unique
-
-CLIENT_ID = "loomwork-test"
-CLIENT_SECRET = "client-secret-123"
-
-
-@dataclass
-class Provider:
-    """A tiny authorization server: codes with PKCE, short-lived tokens, revocable grants."""
-
-    expires_in: int = 3600
-    refresh_delay: float = 0.0
-    codes: dict[str, str] = field(default_factory=dict)  # code -> code_challenge
-    access: dict[str, float] = field(default_factory=dict)  # token -> expiry (epoch)
-    refresh: set[str] = field(default_factory=set)
-    refreshes: int = 0
-    api_calls: list[str] = field(default_factory=list)
-
-    def issue(self, refresh_token: str | None = None) -> dict:
-        token = "at-" + secrets.token_hex(12)
-        self.access[token] = time.time() + self.expires_in
-        refresh_token = refresh_token or "rt-" + secrets.token_hex(12)
-        self.refresh.add(refresh_token)
-        return {
-            "access_token": token,
-            "token_type": "Bearer",
-            "expires_in": self.expires_in,
-            "refresh_token": refresh_token,
-            "scope": "read write",
-        }
-
-    def app(self) -> Starlette:
-        async def authorize(request: Request) -> Response:
-            q = request.query_params
-            assert q["client_id"] == CLIENT_ID and q["code_challenge_method"] == "S256"
-            code = "code-" + secrets.token_hex(8)
-            self.codes[code] = q["code_challenge"]
-            query = urlencode({"code": code, "state": q["state"]})
-            return RedirectResponse(f"{q['redirect_uri']}?{query}", status_code=302)
-
-        async def token(request: Request) -> Response:
-            form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
-            if (form.get("client_id"), form.get("client_secret")) != (CLIENT_ID, CLIENT_SECRET):
-                return JSONResponse({"error": "invalid_client"}, status_code=401)
-            if form.get("grant_type") == "authorization_code":
-                challenge = self.codes.pop(str(form.get("code")), None)
-                verifier = str(form.get("code_verifier", ""))
-                digest = hashlib.sha256(verifier.encode()).digest()
-                if challenge != base64.urlsafe_b64encode(digest).decode().rstrip("="):
-                    return JSONResponse({"error": "invalid_grant"}, status_code=400)
-                return JSONResponse(self.issue())
-            refresh_token = str(form.get("refresh_token"))
-            if refresh_token not in self.refresh:
-                return JSONResponse({"error": "invalid_grant"}, status_code=400)
-            self.refreshes += 1
-            await asyncio.sleep(self.refresh_delay)
-            return JSONResponse(self.issue(refresh_token))
-
-        async def api(request: Request) -> Response:
-            bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
-            self.api_calls.append(bearer)
-            if self.access.get(bearer, 0) < time.time():
-                return JSONResponse({"error": "invalid_token"}, status_code=401)
-            return JSONResponse({"me": "ada"})
-
-        return Starlette(
-            routes=[
-                Route("/authorize", authorize),
-                Route("/token", token, methods=["POST"]),
-                Route("/api/me", api),
-            ]
-        )
-
-
-@pytest.fixture(scope="module")
-async def provider_server() -> AsyncIterator[tuple[Provider, str]]:
-    provider = Provider()
-    server = HttpServer(provider.app(), "127.0.0.1:0")
-    await server.start()
-    try:
-        yield provider, f"http://{server.address}"
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-def provider(provider_server) -> Provider:
-    p, _ = provider_server
-    p.expires_in, p.refresh_delay, p.refreshes = 3600, 0.0, 0
-    p.api_calls.clear()
-    return p
-
-
-@pytest.fixture(scope="module")
-async def loomwork_http(runtime) -> AsyncIterator[str]:
-    server = HttpServer(build_http_app(runtime), "127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"http://{server.address}"
-    finally:
-        await server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -136,49 +27,10 @@ def stub(channel) -> integration_grpc.IntegrationServiceStub:
     return integration_grpc.IntegrationServiceStub(channel)
 
 
-async def _create_provider(stub, token: str, base: str) -> integration_pb2.OAuthProvider:
-    request = integration_pb2.CreateOAuthProviderRequest(
-        oauth_provider=integration_pb2.OAuthProvider(
-            id=unique("prov").lower(),
-            authorize_url=f"{base}/authorize",
-            token_url=f"{base}/token",
-            client_id=CLIENT_ID,
-            client_secret=CLIENT_SECRET,
-            scopes=["read", "write"],
-        )
-    )
-    return (await stub.CreateOAuthProvider(request, metadata=auth(token))).oauth_provider
-
-
-async def _connect(stub, token: str, provider_server, loomwork_http: str, label: str = "ada"):
-    """The whole user journey: StartAuthorization → provider → our callback → a connection."""
-    _, base = provider_server
-    created = await _create_provider(stub, token, base)
-    started = await stub.StartAuthorization(
-        integration_pb2.StartAuthorizationRequest(oauth_provider_id=created.id, label=label),
-        metadata=auth(token),
-    )
-    assert f"state={started.state}" in started.authorization_url
-    async with httpx2.AsyncClient() as browser:
-        redirect = await browser.get(started.authorization_url)
-        assert redirect.status_code == 302
-        location = urlsplit(redirect.headers["location"])
-        assert f"{location.scheme}://{location.netloc}{location.path}" == created.redirect_uri
-        callback = await browser.get(
-            f"{loomwork_http}/oauth/{created.id}/callback?{location.query}"
-        )
-        assert callback.status_code == 200, callback.text
-        assert started.connection_id in callback.text
-        # The state is single-use.
-        again = await browser.get(f"{loomwork_http}/oauth/{created.id}/callback?{location.query}")
-        assert again.status_code == 400
-    return created, started.connection_id
-
-
 async def test_authorization_creates_a_connection_with_encrypted_tokens(
-    stub, token, other_token, provider, provider_server, loomwork_http, runtime
+    stub, token, other_token, provider, provider_server, http_url, runtime
 ) -> None:
-    created, connection_id = await _connect(stub, token, provider_server, loomwork_http)
+    created, connection_id = await connect(stub, token, provider_server, http_url)
     assert not created.client_secret
     connection = (
         await stub.GetConnection(
@@ -241,10 +93,10 @@ def _replica(runtime, **kwargs) -> tuple[OAuthConnections, Redis]:
 
 
 async def test_concurrent_refreshes_across_replicas_happen_once(
-    stub, token, provider, provider_server, loomwork_http, runtime
+    stub, token, provider, provider_server, http_url, runtime
 ) -> None:
     provider.expires_in = 30  # inside the default 60 s skew: every token counts as expiring
-    _, connection_id = await _connect(stub, token, provider_server, loomwork_http)
+    _, connection_id = await connect(stub, token, provider_server, http_url)
     provider.refresh_delay = 0.3
     one, redis_one = _replica(runtime)
     two, redis_two = _replica(runtime)
@@ -262,10 +114,10 @@ async def test_concurrent_refreshes_across_replicas_happen_once(
 
 
 async def test_expiry_during_a_tool_call_refreshes_once_and_retries(
-    stub, token, provider, provider_server, loomwork_http, runtime
+    stub, token, provider, provider_server, http_url, runtime
 ) -> None:
     _, base = provider_server
-    _, connection_id = await _connect(stub, token, provider_server, loomwork_http)
+    _, connection_id = await connect(stub, token, provider_server, http_url)
     oauth = runtime.integrations.oauth
     first = await oauth.request("alpha", connection_id, "GET", f"{base}/api/me")
     assert first.status_code == 200 and provider.refreshes == 0
@@ -296,10 +148,10 @@ async def test_expiry_during_a_tool_call_refreshes_once_and_retries(
 
 
 async def test_revoked_refresh_token_needs_reauthorization(
-    stub, token, provider, provider_server, loomwork_http, runtime
+    stub, token, provider, provider_server, http_url, runtime
 ) -> None:
     provider.expires_in = 5
-    _, connection_id = await _connect(stub, token, provider_server, loomwork_http)
+    _, connection_id = await connect(stub, token, provider_server, http_url)
     provider.refresh.clear()  # the user revoked the app at the provider
     oauth = runtime.integrations.oauth
     with pytest.raises(NeedsReauthorization) as err:
@@ -317,23 +169,23 @@ async def test_revoked_refresh_token_needs_reauthorization(
 
 
 async def test_callback_rejects_unknown_state_and_provider_errors(
-    stub, token, provider_server, loomwork_http
+    stub, token, provider_server, http_url
 ) -> None:
     async with httpx2.AsyncClient() as browser:
-        unknown = await browser.get(f"{loomwork_http}/oauth/x/callback?state=nope&code=c")
+        unknown = await browser.get(f"{http_url}/oauth/x/callback?state=nope&code=c")
         assert unknown.status_code == 400 and "state" in unknown.text
-        denied = await browser.get(f"{loomwork_http}/oauth/x/callback?error=access_denied&state=s")
+        denied = await browser.get(f"{http_url}/oauth/x/callback?error=access_denied&state=s")
         assert denied.status_code == 400 and "access_denied" in denied.text
     # A state issued for one provider does not complete another.
     _, base = provider_server
-    created = await _create_provider(stub, token, base)
+    created = await create_provider(stub, token, base)
     started = await stub.StartAuthorization(
         integration_pb2.StartAuthorizationRequest(oauth_provider_id=created.id),
         metadata=auth(token),
     )
     state = parse_qs(urlsplit(started.authorization_url).query)["state"][0]
     async with httpx2.AsyncClient() as browser:
-        wrong = await browser.get(f"{loomwork_http}/oauth/other/callback?state={state}&code=c")
+        wrong = await browser.get(f"{http_url}/oauth/other/callback?state={state}&code=c")
     assert wrong.status_code == 400
 
 

@@ -65,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
 START_AND_STEP = "agent_start_and_step"
 MODEL_STEP = "agent_model_step"
 TOOL_CALL = "agent_tool_call"
+MCP_TOOL_CALL = "agent_mcp_tool_call"
 PUBLISH = "agent_publish"
 FINISH = "agent_finish"
 
@@ -530,9 +531,11 @@ class AgentRunWorkflow:
         """One tool call as its own activity, with its tool's timeout and retries; a call that
         still fails after them is an error result the model reads, not a failed run."""
         route = call.route or ToolRoute()
+        # Runs recorded before MCP tools have no "mcp" routes: they replay the same commands.
+        activity = MCP_TOOL_CALL if route.kind == "mcp" else TOOL_CALL
         try:
             return await workflow.execute_activity(
-                TOOL_CALL,
+                activity,
                 call,
                 result_type=ToolResultPart,
                 start_to_close_timeout=route.timeout or DEFAULT_TOOL_TIMEOUT,
@@ -546,7 +549,7 @@ class AgentRunWorkflow:
             # Older runs failed here; they replay that way.
             if not workflow.patched(TOOL_FAILURE_TO_MODEL):
                 raise
-            _, message = _cause(error)
+            message, _ = _cause(error)
             return ToolResultPart(
                 tool_call_id=call.call.tool_call_id,
                 tool_name=call.call.tool_name,

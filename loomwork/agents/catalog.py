@@ -13,6 +13,8 @@ from loomwork.errors import AlreadyExists, FailedPrecondition, InvalidArgument, 
 from loomwork.memory.settings import invalid_argument_from
 from loomwork.paging import decode_text_token, encode_text_token
 from loomwork.tools import ToolRegistry
+from loomwork.tools.mcp_names import EVERY_TOOL, is_mcp_name, parse_mcp_name
+from loomwork.tools.mcp_source import McpTools
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
@@ -21,10 +23,17 @@ MAX_PAGE = 1000
 class AgentCatalog:
     """Looks agents up by tenant and name; creates, updates and deletes stored ones."""
 
-    def __init__(self, code: AgentRegistry, store: AgentStore, tools: ToolRegistry) -> None:
+    def __init__(
+        self,
+        code: AgentRegistry,
+        store: AgentStore,
+        tools: ToolRegistry,
+        mcp: McpTools | None = None,
+    ) -> None:
         self.code = code
         self.store = store
         self.tools = tools
+        self.mcp = mcp
 
     async def get(self, tenant: str, name: str) -> AgentDefinition:
         agent = self.code.find(name) or await self.store.find(tenant, name)
@@ -56,22 +65,38 @@ class AgentCatalog:
         token = encode_text_token(page[-1].name, scope) if len(found) > limit else ""
         return page, token
 
-    def _validated(self, data: Mapping[str, Any]) -> AgentDefinition:
+    async def _validated(self, tenant: str, data: Mapping[str, Any]) -> AgentDefinition:
         try:
             agent = AgentDefinition.model_validate({**data, "source": "api"})
         except ValidationError as exc:
             raise invalid_argument_from(exc, prefix="agent") from None
         for i, name in enumerate(agent.tool_names):
-            try:
-                self.tools.get(name)
-            except NotFound:
+            field = f"agent.tool_names[{i}]"
+            if is_mcp_name(name):
+                await self._check_mcp_name(tenant, name, field)
+            elif not self.tools.has(name):
                 raise InvalidArgument.field(
-                    f"agent.tool_names[{i}]", f"{name!r} is not a registered tool (see ListTools)"
-                ) from None
+                    field, f"{name!r} is not a registered tool (see ListTools)"
+                )
         return agent
 
+    async def _check_mcp_name(self, tenant: str, name: str, field: str) -> None:
+        """`mcp:<server>/<tool>` or `mcp:<server>/*`; for a server the tenant may use, the
+        tool must be one it listed (a server registered later is not checked)."""
+        try:
+            ref = parse_mcp_name(name)
+        except ValueError as exc:
+            raise InvalidArgument.field(field, f"{name!r}: {exc}") from None
+        known = await self.mcp.tool_names(tenant, ref.server) if self.mcp is not None else None
+        if known is not None and ref.tool != EVERY_TOOL and ref.tool not in known:
+            raise InvalidArgument.field(
+                field,
+                f"MCP server {ref.server!r} lists no tool {ref.tool!r} "
+                "(RefreshMcpServer if it has one since)",
+            )
+
     async def create(self, tenant: str, data: Mapping[str, Any]) -> AgentDefinition:
-        agent = self._validated(data)
+        agent = await self._validated(tenant, data)
         if self.code.find(agent.name) is not None:
             raise AlreadyExists(f"agent {agent.name!r} is defined in code")
         return await self.store.create(tenant, agent)
@@ -90,7 +115,7 @@ class AgentCatalog:
 
     async def replace(self, tenant: str, data: Mapping[str, Any]) -> AgentDefinition:
         """Store a whole new definition of an existing stored agent."""
-        agent = self._validated(data)
+        agent = await self._validated(tenant, data)
         await self._stored(tenant, agent.name, "updated")
         return await self.store.replace(tenant, agent)
 

@@ -42,6 +42,7 @@ from loomwork.agents.speculation import (
     until_adopted,
     until_confirmed,
 )
+from loomwork.errors import Unavailable
 from loomwork.json_schema import validate_object
 from loomwork.llm.chat import (
     ChatMessage,
@@ -49,6 +50,7 @@ from loomwork.llm.chat import (
     TextDelta,
     ToolCallDelta,
     ToolCallDone,
+    ToolSpec,
     json_schema_format,
 )
 from loomwork.memory.context_assembly import assemble_context
@@ -61,7 +63,11 @@ from loomwork.memory.working import WorkingMemoryStore
 from loomwork.messages import Message, NewMessage, Role, ToolResultPart
 from loomwork.streams.run_events import RunEventLog
 from loomwork.tools import ToolContext, ToolRegistry
+from loomwork.tools.client_tools import ClientTool
+from loomwork.tools.mcp_names import is_mcp_name
+from loomwork.tools.mcp_source import McpToolInfo, McpTools
 from loomwork.tools.registry import error_result
+from loomwork.tools.routes import ToolRoute
 from loomwork.tools.tool_context import OAuthAccess
 
 log = logging.getLogger(__name__)
@@ -140,6 +146,7 @@ class AgentSteps:
         default_model: str,
         speculation: SpeculativeSteps[FirstStep] | None = None,
         oauth: OAuthAccess | None = None,
+        mcp: McpTools | None = None,
     ) -> None:
         self.agents = agents
         self.tools = tools
@@ -151,6 +158,7 @@ class AgentSteps:
         self.default_model = default_model
         self.speculation = speculation
         self.oauth = oauth  # the tenant's OAuth connections, for tools (ctx.oauth)
+        self.mcp = mcp  # the MCP servers' tools (`mcp:<server>/<tool>` names)
 
     async def publish(self, request: AgentRunRequest, event: AgentEvent) -> int:
         """Append one event; its id (for a retried terminal event, or one said once per run
@@ -347,7 +355,6 @@ class AgentSteps:
             if attempt > 1:
                 await self.publish(request, StepRetrying(step=step.step, attempt=attempt))
 
-        announced = asyncio.ensure_future(announce())
         schema = agent.output_schema
         written: list[str] = []
         last_partial: dict[str, object] | None = None
@@ -374,12 +381,14 @@ class AgentSteps:
                 await self.publish(request, ToolCallEvent(step=step.step, call=event.call))
 
         names = tool_names(agent, request)
+        specs, routes = await self._offered_tools(request.tenant, names, request.client_tools)
         model = self.chat_model(step.plan_model)
         settings = agent.model_settings
+        announced = asyncio.ensure_future(announce())
         try:
             result = await model.stream(
                 step.conversation,
-                tools=[*self.tools.specs(names), *(t.spec() for t in request.client_tools)],
+                tools=specs,
                 response_format=json_schema_format(schema, name=agent.name) if schema else None,
                 temperature=settings.temperature,
                 top_p=settings.top_p,
@@ -404,8 +413,12 @@ class AgentSteps:
             ],
             finish_reason=result.finish_reason,
             usage=result.usage,
+            tool_routes={
+                c.tool_call_id: routes.get(c.tool_name) or self.tools.route(c.tool_name)
+                for c in result.tool_calls
+            },
         )
-        self._route_calls(request, output)
+        self._invalid_client_calls(request, output)
         if output.tool_calls:
             return output  # the step finishes once its tools ran
         if schema is not None:
@@ -421,15 +434,42 @@ class AgentSteps:
         await self.publish(request, self.step_finished(step.step, output))
         return output
 
-    def _route_calls(self, request: AgentRunRequest, output: StepOutput) -> None:
-        """Record how each tool call of the step runs: a worker tool (this registry's route)
-        or a client tool, handed to the caller only if its arguments fit the declared schema."""
+    async def _offered_tools(
+        self, tenant: str, names: list[str], client_tools: list[ClientTool]
+    ) -> tuple[list[ToolSpec], dict[str, ToolRoute]]:
+        """What the model is told of the run's tools: the worker's, then the MCP servers'
+        (from their cached lists), then the caller's client tools; and the routes of the MCP
+        and client ones, by function name. A client tool keeps its name: an MCP tool of the
+        same function name is left out (the worker's own were checked as the run started)."""
+        own = [n for n in names if not is_mcp_name(n)]
+        specs = self.tools.specs(own)
+        mcp_names = [n for n in names if is_mcp_name(n)]
+        offered: list[McpToolInfo] = []
+        if mcp_names and self.mcp is None:
+            log.warning("MCP tools are not available in this process: %s left out", mcp_names)
+        elif mcp_names and self.mcp is not None:
+            offered = await self.mcp.offer(tenant, mcp_names)
+        taken = {spec.name for spec in specs} | {tool.name for tool in client_tools}
+        for info in offered:
+            if info.ref.function_name in taken:
+                log.warning(
+                    "%s is left out: a tool is named %s", info.ref.tool_name, info.ref.function_name
+                )
+        offered = [i for i in offered if i.ref.function_name not in taken]
+        specs += [info.spec() for info in offered]
+        specs += [tool.spec() for tool in client_tools]
+        routes = {info.ref.function_name: info.route() for info in offered}
+        routes.update({tool.name: tool.route() for tool in client_tools})
+        return specs, routes
+
+    @staticmethod
+    def _invalid_client_calls(request: AgentRunRequest, output: StepOutput) -> None:
+        """Record the calls of client tools whose arguments are not a JSON object or do not
+        fit the declared schema: they go back to the model, never to the caller."""
         for call in output.tool_calls:
             client_tool = request.client_tool(call.tool_name)
             if client_tool is None:
-                output.tool_routes[call.tool_call_id] = self.tools.route(call.tool_name)
                 continue
-            output.tool_routes[call.tool_call_id] = client_tool.route()
             argument_error = output.argument_errors.get(call.tool_call_id)
             invalid = (
                 not_an_object(argument_error)
@@ -443,18 +483,29 @@ class AgentSteps:
     def step_finished(step: int, output: StepOutput) -> StepFinished:
         return StepFinished(step=step, finish_reason=output.finish_reason, usage=output.usage)
 
+    @staticmethod
+    def _refused(call: ToolInput) -> ToolResultPart | None:
+        """The error result of a call that does not run: rejected by a person, or with
+        arguments that are not a JSON object."""
+        if call.rejection is not None:
+            return error_result(
+                call.call, f"a person rejected this call: {call.rejection or 'no reason given'}"
+            )
+        if call.argument_error:
+            return error_result(call.call, not_an_object(call.argument_error))
+        return None
+
+    @staticmethod
+    def _last_attempt(call: ToolInput, attempt: int) -> bool:
+        retry = call.route.retry if call.route is not None else None
+        return retry is None or 0 < retry.max_attempts <= attempt
+
     async def tool_call(self, call: ToolInput, *, attempt: int = 1) -> ToolResultPart:
         """Run one tool call; every problem becomes an error result the model will read. A
         tool with a retry policy that raises is retried (ToolFailed) until its last attempt."""
         request, agent = call.request, call.agent
-        retry = call.route.retry if call.route is not None else None
-        last_attempt = retry is None or 0 < retry.max_attempts <= attempt
-        if call.rejection is not None:
-            reason = call.rejection or "no reason given"
-            result = error_result(call.call, f"a person rejected this call: {reason}")
-        elif call.argument_error:
-            result = error_result(call.call, not_an_object(call.argument_error))
-        else:
+        result = self._refused(call)
+        if result is None:
             wm = agent.memory.working_memory
             context = ToolContext(
                 tenant=request.tenant,
@@ -471,10 +522,35 @@ class AgentSteps:
                 call.call,
                 context,
                 allowed=tool_names(agent, request),
-                retry_failures=not last_attempt,
+                retry_failures=not self._last_attempt(call, attempt),
             )
         await self.publish(request, ToolResultEvent(step=call.step, result=result))
         return result
+
+    async def mcp_tool_call(self, call: ToolInput, *, attempt: int = 1) -> ToolResultPart:
+        """Call an MCP server's tool (the call's route names it); every problem becomes an
+        error result, except a server that cannot be reached, which raises Unavailable
+        (retried) until the last attempt."""
+        result = self._refused(call) or await self._call_mcp(call, attempt)
+        await self.publish(call.request, ToolResultEvent(step=call.step, result=result))
+        return result
+
+    async def _call_mcp(self, call: ToolInput, attempt: int) -> ToolResultPart:
+        ref = call.route.mcp if call.route is not None else None
+        if ref is None or self.mcp is None:
+            return error_result(call.call, "MCP tools are not available on this worker")
+        request = call.request
+        try:
+            return await self.mcp.call(
+                request.tenant,
+                ref,
+                call.call,
+                idempotency_key=f"{request.run_id}:{call.call.tool_call_id}",
+            )
+        except Unavailable as exc:
+            if not self._last_attempt(call, attempt):
+                raise
+            return error_result(call.call, exc.message)
 
     async def finish(
         self,

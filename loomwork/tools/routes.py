@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from loomwork.retries import RetryPolicy
+from loomwork.tools.mcp_names import McpToolRef
 
 # What runs a call: a tool of the worker's own registry, a tool of an MCP server, or the
 # calling service (a client tool, answered by SubmitToolResults).
@@ -26,3 +27,4 @@ class ToolRoute(BaseModel):
     # (None: until it comes, for client tools only).
     timeout: timedelta | None = DEFAULT_TOOL_TIMEOUT
     retry: RetryPolicy | None = None  # None: the agent workflow's default for tools
+    mcp: McpToolRef | None = None  # kind "mcp": the server and tool the call goes to

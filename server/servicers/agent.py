@@ -19,6 +19,8 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.run_lookup import RunLookup, visibility_literal
+from activities.workflow_runs import AGENT_RUN
 from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.definitions import AGENT_NAME
 from loomwork.agents.directory import RunDirectory
@@ -55,6 +57,8 @@ from loomwork.paging import (
     encode_bytes_token,
     encode_text_token,
 )
+from loomwork.tools import Tool
+from loomwork.tools.mcp_source import McpToolInfo
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server.agent_runs import AgentRunStarter
 from server.runtime import Runtime
@@ -98,11 +102,6 @@ _ABNORMAL_END = {
 }
 
 
-def _quoted(value: str) -> str:
-    """A string literal of Temporal's visibility query language."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 async def _describe(
     handle: WorkflowHandle[AgentRunWorkflow, RunOutcome], run_id: str
 ) -> WorkflowExecutionDescription:
@@ -142,7 +141,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.directory = RunDirectory(runtime.redis)
-        self.catalog = AgentCatalog(runtime.agents, AgentStore(runtime.db), runtime.tools)
+        self.runs = RunLookup(self.directory, runtime.temporal, AGENT_RUN)
+        mcp = runtime.integrations.mcp if runtime.integrations is not None else None
+        self.catalog = AgentCatalog(runtime.agents, AgentStore(runtime.db), runtime.tools, mcp)
         self.starter = AgentRunStarter(runtime, self.directory, self.catalog)
 
     # -- definitions
@@ -225,12 +226,21 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if not 0 <= request.page_size <= 1000:
             raise InvalidArgument.field("page_size", "must be between 0 and 1000")
         after = decode_text_token(request.page_token, "tools")
-        rest = [t for t in self.runtime.tools.all() if t.name > after]
+        # The worker's tools and the MCP servers' the tenant may use, by the names agents use.
+        tools: dict[str, Tool | McpToolInfo] = {t.name: t for t in self.runtime.tools.all()}
+        if self.catalog.mcp is not None:
+            tools |= {t.ref.tool_name: t for t in await self.catalog.mcp.listed(tenant())}
+        rest = sorted(name for name in tools if name > after)
         page = rest[: request.page_size or 100]
         more = len(rest) > len(page)
         return agent_pb2.ListToolsResponse(
-            tools=[agent_convert.tool_to_proto(t) for t in page],
-            next_page_token=encode_text_token(page[-1].name, "tools") if more else "",
+            tools=[
+                agent_convert.tool_to_proto(tool)
+                if isinstance(tool := tools[name], Tool)
+                else agent_convert.mcp_tool_to_proto(tool)
+                for name in page
+            ],
+            next_page_token=encode_text_token(page[-1], "tools") if more else "",
         )
 
     # -- runs
@@ -354,7 +364,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if request.after_event_id < 0:
             raise InvalidArgument.field("after_event_id", "must be 0 or more")
         tenant_id = tenant()
-        workflow_id = await self.directory.workflow_id(tenant_id, request.run_id)
+        workflow_id = await self.runs.workflow_id(tenant_id, request.run_id)
         if workflow_id is None:
             raise NotFound(f"run {request.run_id!r} not found")
         async for event in self._events(
@@ -367,7 +377,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> tuple[WorkflowHandle[AgentRunWorkflow, RunOutcome], str, str]:
         if not run_id:
             raise InvalidArgument.field("run_id", "is required")
-        workflow_id = await self.directory.workflow_id(tenant(), run_id)
+        workflow_id = await self.runs.workflow_id(tenant(), run_id)
         if workflow_id is None:
             raise NotFound(f"run {run_id!r} not found")
         handle = self.runtime.temporal.get_workflow_handle_for(AgentRunWorkflow.run, workflow_id)
@@ -522,7 +532,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         violations.raise_if_any()
         clauses = [
             "WorkflowType = 'AgentRun'",
-            f"LoomworkTenant = {_quoted(tenant())}",
+            f"LoomworkTenant = {visibility_literal(tenant())}",
         ]
         for attribute, value in (
             ("LoomworkAgent", request.agent_name),
@@ -530,10 +540,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             ("LoomworkResource", request.resource_id),
         ):
             if value:
-                clauses.append(f"{attribute} = {_quoted(value)}")
+                clauses.append(f"{attribute} = {visibility_literal(value)}")
         if request.statuses:
             names = sorted({_RUN_STATUS_NAMES[s] for s in request.statuses})
-            clauses.append(f"LoomworkStatus IN ({', '.join(_quoted(n) for n in names)})")
+            clauses.append(f"LoomworkStatus IN ({', '.join(visibility_literal(n) for n in names)})")
         query = " AND ".join(clauses)
         page_token = decode_bytes_token(request.page_token, query) or None
         listing = self.runtime.temporal.list_workflows(

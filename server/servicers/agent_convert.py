@@ -19,6 +19,7 @@ from loomwork.llm.chat import ChatMessage
 from loomwork.memory.settings import MemorySettings, parse_memory_settings
 from loomwork.messages import NewMessage, Role, TextPart
 from loomwork.tools import Tool
+from loomwork.tools.mcp_source import McpToolInfo
 from protos.loomwork.v1 import agent_pb2, memory_pb2, message_pb2, run_pb2
 from server.agent_runs import AgentRunStart, ThreadResolution
 from server.servicers import message_convert
@@ -167,6 +168,13 @@ def output_schema_from_proto(schema: struct_pb2.Struct, field: str) -> dict[str,
     value = json_format.MessageToDict(schema)
     check_object_schema(value, field)
     return value
+
+
+def mcp_tool_to_proto(tool: McpToolInfo) -> agent_pb2.Tool:
+    """An MCP server's tool, named as agents name it (`mcp:<server>/<tool>`)."""
+    out = agent_pb2.Tool(name=tool.ref.tool_name, description=tool.description)
+    out.parameters_schema.update(tool.input_schema)
+    return out
 
 
 def tool_to_proto(tool: Tool) -> agent_pb2.Tool:

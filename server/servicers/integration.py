@@ -1,4 +1,5 @@
-"""IntegrationService: webhook sources and deliveries, OAuth providers and connections."""
+"""IntegrationService: webhook sources and deliveries, OAuth providers and connections, MCP
+servers."""
 
 from __future__ import annotations
 
@@ -163,3 +164,45 @@ class IntegrationServicer(integration_pb2_grpc.IntegrationServiceServicer):
         connection_id = _required(request.connection_id, "connection_id")
         await self.integrations.connections.delete(tenant(), connection_id)
         return pb.DeleteConnectionResponse()
+
+    # -- MCP servers
+
+    async def CreateMcpServer(
+        self, request: pb.CreateMcpServerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateMcpServerResponse:
+        if not request.HasField("mcp_server"):
+            raise InvalidArgument.field("mcp_server", "is required")
+        new = convert.new_mcp_server_from_proto(request.mcp_server)
+        server = await self.integrations.mcp.create(tenant(), new)
+        return pb.CreateMcpServerResponse(mcp_server=convert.mcp_server_to_proto(server))
+
+    async def GetMcpServer(
+        self, request: pb.GetMcpServerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetMcpServerResponse:
+        name = _required(request.mcp_server_name, "mcp_server_name")
+        server = await self.integrations.mcp.get(tenant(), name)
+        return pb.GetMcpServerResponse(mcp_server=convert.mcp_server_to_proto(server))
+
+    async def ListMcpServers(
+        self, request: pb.ListMcpServersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListMcpServersResponse:
+        servers, token = await self.integrations.mcp.list_servers(
+            tenant(), page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListMcpServersResponse(
+            mcp_servers=[convert.mcp_server_to_proto(s) for s in servers], next_page_token=token
+        )
+
+    async def DeleteMcpServer(
+        self, request: pb.DeleteMcpServerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteMcpServerResponse:
+        name = _required(request.mcp_server_name, "mcp_server_name")
+        await self.integrations.mcp.delete(tenant(), name)
+        return pb.DeleteMcpServerResponse()
+
+    async def RefreshMcpServer(
+        self, request: pb.RefreshMcpServerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RefreshMcpServerResponse:
+        name = _required(request.mcp_server_name, "mcp_server_name")
+        server = await self.integrations.mcp.refresh(tenant(), name)
+        return pb.RefreshMcpServerResponse(mcp_server=convert.mcp_server_to_proto(server))

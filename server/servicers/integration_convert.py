@@ -5,6 +5,7 @@ from __future__ import annotations
 from loomwork.errors import InvalidArgument
 from loomwork.integrations.connections import Connection
 from loomwork.integrations.deliveries import WebhookDelivery
+from loomwork.integrations.mcp_servers import McpServer, NewMcpServer
 from loomwork.integrations.providers import NewOAuthProvider, OAuthProvider
 from loomwork.integrations.routing import (
     IngestDocumentRule,
@@ -15,6 +16,7 @@ from loomwork.integrations.routing import (
     StartWorkflowRule,
 )
 from loomwork.integrations.sources import NewWebhookSource, WebhookSource
+from loomwork.tools.mcp_names import McpToolRef
 from protos.loomwork.v1 import integration_pb2 as pb
 from server.servicers.well_known_convert import dict_to_struct, set_timestamp
 
@@ -27,6 +29,10 @@ _DELIVERY_STATUS = {
 _CONNECTION_STATUS = {
     "active": pb.CONNECTION_STATUS_ACTIVE,
     "needs_reauthorization": pb.CONNECTION_STATUS_NEEDS_REAUTHORIZATION,
+}
+_MCP_SOURCE = {
+    "tenant": pb.MCP_SERVER_SOURCE_TENANT,
+    "operator": pb.MCP_SERVER_SOURCE_OPERATOR,
 }
 _SCHEMES = (
     pb.WEBHOOK_SIGNATURE_SCHEME_UNSPECIFIED,
@@ -197,4 +203,35 @@ def connection_to_proto(connection: Connection) -> pb.Connection:
         set_timestamp(out.access_token_expire_time, connection.access_token_expire_time)
     set_timestamp(out.create_time, connection.create_time)
     set_timestamp(out.update_time, connection.update_time)
+    return out
+
+
+def new_mcp_server_from_proto(server: pb.McpServer) -> NewMcpServer:
+    return NewMcpServer(
+        name=server.name,
+        url=server.url,
+        headers=dict(server.headers),
+        oauth_connection_id=server.oauth_connection_id,
+    )
+
+
+def mcp_server_to_proto(server: McpServer) -> pb.McpServer:
+    """The server as the tenant sees it: never its headers."""
+    out = pb.McpServer(
+        name=server.name,
+        url=server.url,
+        oauth_connection_id=server.oauth_connection_id,
+        source=_MCP_SOURCE[server.source],
+    )
+    for tool in server.tools:
+        listed = out.tools.add(
+            name=tool.name,
+            description=tool.description,
+            tool_name=McpToolRef(server=server.name, tool=tool.name).tool_name,
+        )
+        listed.input_schema.update(tool.input_schema)
+    if server.list_time is not None:
+        set_timestamp(out.list_time, server.list_time)
+    if server.create_time is not None:
+        set_timestamp(out.create_time, server.create_time)
     return out

@@ -19,7 +19,8 @@ from temporalio.client import (
 from temporalio.converter import DataConverter
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.workflow_runs import WorkflowRunStarter
+from activities.run_lookup import RunLookup
+from activities.workflow_runs import DSL_RUN, WorkflowRunStarter
 from loomwork.agents.directory import RunDirectory
 from loomwork.errors import (
     AlreadyExists,
@@ -97,6 +98,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         self.runtime = runtime
         self.registry = runtime.flows
         self.directory = RunDirectory(runtime.redis, prefix="loomwork:workflow-run")
+        self.runs = RunLookup(self.directory, runtime.temporal, DSL_RUN)
         self.starter = WorkflowRunStarter(
             runtime.temporal, runtime.events, self.directory, runtime.settings.task_queue
         )
@@ -160,7 +162,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             ) from None
         run_id = request.client_run_id or new_id("wfr")
         if request.client_run_id:
-            existing = await self._find(tenant_id, run_id)
+            existing = await self.runs.workflow_id(tenant_id, run_id)
             if existing is not None:
                 if existing.split("/")[1] != definition.id:
                     raise AlreadyExists(
@@ -407,26 +409,10 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
     async def _require(self, tenant_id: str, run_id: str) -> str:
         if not run_id:
             raise InvalidArgument.field("run_id", "is required")
-        workflow_id = await self._find(tenant_id, run_id)
+        workflow_id = await self.runs.workflow_id(tenant_id, run_id)
         if workflow_id is None:
             raise NotFound(f"run {run_id!r} not found")
         return workflow_id
-
-    async def _find(self, tenant_id: str, run_id: str) -> str | None:
-        """The run's Temporal workflow id: from the directory, else from visibility."""
-        workflow_id = await self.directory.workflow_id(tenant_id, run_id)
-        if workflow_id is not None:
-            return workflow_id
-        if not is_valid_client_id(run_id):
-            return None
-        query = (
-            f"WorkflowType = 'DslRun' AND LoomworkTenant = '{tenant_id}' "
-            f"AND LoomworkRun = '{run_id}'"
-        )
-        async for execution in self.runtime.temporal.list_workflows(query, limit=1):
-            await self.directory.record(tenant_id, run_id, execution.id)
-            return execution.id
-        return None
 
     async def _state(
         self, handle: WorkflowHandle[DslRunWorkflow, RunState], run_id: str

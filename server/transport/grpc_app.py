@@ -27,6 +27,7 @@ from server.servicers.integration import IntegrationServicer
 from server.servicers.memory import MemoryServicer
 from server.servicers.rag import RagServicer
 from server.servicers.workflow import WorkflowServicer
+from server.transport.bearer import TenantTokens
 from server.transport.health import HealthMonitor
 from server.transport.interceptors import AuthInterceptor, ErrorInterceptor
 
@@ -66,7 +67,7 @@ def build_grpc_app(runtime: Runtime, address: str, *, health_interval: float = 2
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(), AuthInterceptor(settings.token_map())],
+        interceptors=[ErrorInterceptor(), AuthInterceptor(TenantTokens(settings.token_map()))],
         options=options,
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(runtime), server)

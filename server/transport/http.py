@@ -1,4 +1,5 @@
-"""The HTTP endpoint (ASGI, Starlette on uvicorn): /healthz, signed webhooks, OAuth callbacks.
+"""The HTTP endpoint (ASGI, Starlette on uvicorn): /healthz, signed webhooks, OAuth callbacks,
+and MCP at /mcp (`server.transport.mcp_endpoint`).
 
 `POST /webhooks/{source_id}`: source ids are unique across tenants (`whs_…`), so the id
 names the tenant. Answers 202 once routing is started durably on Temporal; 401 for a
@@ -44,6 +45,8 @@ from loomwork.integrations.components import Integrations
 from loomwork.integrations.intake import WebhookIntake
 from loomwork.integrations.routing import WebhookEvent
 from server.runtime import Runtime
+from server.transport.bearer import TenantTokens
+from server.transport.mcp_endpoint import MCP_PATH, McpEndpoint
 from workflows.search_attributes import TENANT
 from workflows.webhook_delivery import WebhookDeliveryWorkflow
 
@@ -97,11 +100,17 @@ def build_http_app(runtime: Runtime) -> Starlette:
     integrations = runtime.integrations
     assert integrations is not None
     starter = TemporalRoutingStarter(runtime.temporal, runtime.settings.task_queue)
-    return build_asgi(integrations, starter)
+    mcp = McpEndpoint(runtime, TenantTokens(runtime.settings.token_map()))
+    return build_asgi(integrations, starter, mcp=mcp)
 
 
-def build_asgi(integrations: Integrations, starter: TemporalRoutingStarter) -> Starlette:
-    """The ASGI app over an `Integrations` and a routing starter."""
+def build_asgi(
+    integrations: Integrations,
+    starter: TemporalRoutingStarter,
+    *,
+    mcp: McpEndpoint | None = None,
+) -> Starlette:
+    """The ASGI app over an `Integrations` and a routing starter, with `mcp` at /mcp."""
     intake = WebhookIntake(
         integrations.sources, integrations.deliveries, integrations.replay, starter
     )
@@ -158,13 +167,15 @@ def build_asgi(integrations: Integrations, starter: TemporalRoutingStarter) -> S
             f"{html.escape(provider_id)} is ready. You can close this window.</p>"
         )
 
-    return Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/webhooks/{source_id}", webhook, methods=["POST"]),
-            Route("/oauth/{provider_id}/callback", oauth_callback, methods=["GET"]),
-        ]
-    )
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/webhooks/{source_id}", webhook, methods=["POST"]),
+        Route("/oauth/{provider_id}/callback", oauth_callback, methods=["GET"]),
+    ]
+    if mcp is None:
+        return Starlette(routes=routes)
+    routes.append(Route(MCP_PATH, mcp))  # GET, POST and DELETE: the SDK answers each
+    return Starlette(routes=routes, lifespan=lambda app: mcp.lifespan())
 
 
 def open_http_server(runtime: Runtime) -> HttpServer:
@@ -211,7 +222,12 @@ class HttpServer:
         self.sock.listen(2048)
         self.port: int = self.sock.getsockname()[1]
         config = uvicorn.Config(
-            app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5
+            # The lifespan runs what an app serves inside (MCP's task group).
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
         )
         self.server = _Server(config)
         self._task: asyncio.Task[None] | None = None

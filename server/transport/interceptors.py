@@ -12,8 +12,9 @@ import grpc
 import pydantic
 from temporalio.client import WorkflowUpdateFailedError
 
-from loomwork.errors import InvalidArgument, LoomworkError
+from loomwork.errors import InvalidArgument, LoomworkError, Unauthenticated
 from server.servicers.tenancy import current_tenant
+from server.transport.bearer import TenantTokens
 from server.transport.errors import pydantic_violations, to_rpc_status, update_rejection
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,9 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
 class AuthInterceptor(WrappingInterceptor):
     """`authorization: Bearer <token>` → tenant; a missing or unknown token is UNAUTHENTICATED."""
 
-    def __init__(self, tokens: dict[str, str]) -> None:
+    def __init__(self, tokens: TenantTokens) -> None:
         super().__init__()
-        self.tokens = dict(tokens)
+        self.tokens = tokens
 
     def applies_to(self, method: str) -> bool:
         return not method.lstrip("/").startswith(PUBLIC_SERVICES)
@@ -117,17 +118,11 @@ class AuthInterceptor(WrappingInterceptor):
             if key == "authorization":
                 header = str(value)
                 break
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing credentials: send metadata 'authorization: Bearer <token>'",
-            )
-        tenant_id = self.tokens.get(token)
-        if tenant_id is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown token")
-        current_tenant.set(tenant_id)  # type: ignore[arg-type]
+        try:
+            tenant_id = self.tokens.tenant(header, carrier="metadata")
+        except Unauthenticated as error:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, error.message)
+        current_tenant.set(tenant_id)
 
 
 class ErrorInterceptor(WrappingInterceptor):

@@ -180,8 +180,10 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTools(self, request, context):
-        """Lists the tools registered in the worker, which agents may name in
-        `tool_names`, ordered by name.
+        """Lists the tools agents may name in `tool_names`, ordered by name: those
+        registered in the worker, and the tools of the MCP servers the tenant may
+        use (IntegrationService.ListMcpServers) as last listed, named
+        `mcp:<server>/<tool>`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -30,6 +30,12 @@ class ConnectionStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CONNECTION_STATUS_UNSPECIFIED: _ClassVar[ConnectionStatus]
     CONNECTION_STATUS_ACTIVE: _ClassVar[ConnectionStatus]
     CONNECTION_STATUS_NEEDS_REAUTHORIZATION: _ClassVar[ConnectionStatus]
+
+class McpServerSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MCP_SERVER_SOURCE_UNSPECIFIED: _ClassVar[McpServerSource]
+    MCP_SERVER_SOURCE_TENANT: _ClassVar[McpServerSource]
+    MCP_SERVER_SOURCE_OPERATOR: _ClassVar[McpServerSource]
 WEBHOOK_SIGNATURE_SCHEME_UNSPECIFIED: WebhookSignatureScheme
 WEBHOOK_SIGNATURE_SCHEME_HMAC_SHA256_TIMESTAMPED: WebhookSignatureScheme
 WEBHOOK_DELIVERY_STATUS_UNSPECIFIED: WebhookDeliveryStatus
@@ -40,6 +46,9 @@ WEBHOOK_DELIVERY_STATUS_FAILED: WebhookDeliveryStatus
 CONNECTION_STATUS_UNSPECIFIED: ConnectionStatus
 CONNECTION_STATUS_ACTIVE: ConnectionStatus
 CONNECTION_STATUS_NEEDS_REAUTHORIZATION: ConnectionStatus
+MCP_SERVER_SOURCE_UNSPECIFIED: McpServerSource
+MCP_SERVER_SOURCE_TENANT: McpServerSource
+MCP_SERVER_SOURCE_OPERATOR: McpServerSource
 
 class WebhookSource(_message.Message):
     __slots__ = ("id", "display_name", "secret", "signature_scheme", "signature_header", "delivery_id_header", "event_type_header", "timestamp_tolerance", "routes", "path", "create_time")
@@ -362,3 +371,104 @@ class DeleteConnectionRequest(_message.Message):
 class DeleteConnectionResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class McpServer(_message.Message):
+    __slots__ = ("name", "url", "headers", "oauth_connection_id", "tools", "list_time", "create_time", "source")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    OAUTH_CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    LIST_TIME_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    url: str
+    headers: _containers.ScalarMap[str, str]
+    oauth_connection_id: str
+    tools: _containers.RepeatedCompositeFieldContainer[McpTool]
+    list_time: _timestamp_pb2.Timestamp
+    create_time: _timestamp_pb2.Timestamp
+    source: McpServerSource
+    def __init__(self, name: _Optional[str] = ..., url: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., oauth_connection_id: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[McpTool, _Mapping]]] = ..., list_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[McpServerSource, str]] = ...) -> None: ...
+
+class McpTool(_message.Message):
+    __slots__ = ("name", "description", "input_schema", "tool_name")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    TOOL_NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    input_schema: _struct_pb2.Struct
+    tool_name: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., input_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., tool_name: _Optional[str] = ...) -> None: ...
+
+class CreateMcpServerRequest(_message.Message):
+    __slots__ = ("mcp_server",)
+    MCP_SERVER_FIELD_NUMBER: _ClassVar[int]
+    mcp_server: McpServer
+    def __init__(self, mcp_server: _Optional[_Union[McpServer, _Mapping]] = ...) -> None: ...
+
+class CreateMcpServerResponse(_message.Message):
+    __slots__ = ("mcp_server",)
+    MCP_SERVER_FIELD_NUMBER: _ClassVar[int]
+    mcp_server: McpServer
+    def __init__(self, mcp_server: _Optional[_Union[McpServer, _Mapping]] = ...) -> None: ...
+
+class GetMcpServerRequest(_message.Message):
+    __slots__ = ("mcp_server_name",)
+    MCP_SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
+    mcp_server_name: str
+    def __init__(self, mcp_server_name: _Optional[str] = ...) -> None: ...
+
+class GetMcpServerResponse(_message.Message):
+    __slots__ = ("mcp_server",)
+    MCP_SERVER_FIELD_NUMBER: _ClassVar[int]
+    mcp_server: McpServer
+    def __init__(self, mcp_server: _Optional[_Union[McpServer, _Mapping]] = ...) -> None: ...
+
+class ListMcpServersRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListMcpServersResponse(_message.Message):
+    __slots__ = ("mcp_servers", "next_page_token")
+    MCP_SERVERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    mcp_servers: _containers.RepeatedCompositeFieldContainer[McpServer]
+    next_page_token: str
+    def __init__(self, mcp_servers: _Optional[_Iterable[_Union[McpServer, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteMcpServerRequest(_message.Message):
+    __slots__ = ("mcp_server_name",)
+    MCP_SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
+    mcp_server_name: str
+    def __init__(self, mcp_server_name: _Optional[str] = ...) -> None: ...
+
+class DeleteMcpServerResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RefreshMcpServerRequest(_message.Message):
+    __slots__ = ("mcp_server_name",)
+    MCP_SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
+    mcp_server_name: str
+    def __init__(self, mcp_server_name: _Optional[str] = ...) -> None: ...
+
+class RefreshMcpServerResponse(_message.Message):
+    __slots__ = ("mcp_server",)
+    MCP_SERVER_FIELD_NUMBER: _ClassVar[int]
+    mcp_server: McpServer
+    def __init__(self, mcp_server: _Optional[_Union[McpServer, _Mapping]] = ...) -> None: ...
