@@ -46,6 +46,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bare_update import BareUpdateToActivity, activity_started, bare_update_next
+from scripted_settings import scripted_settings
 
 from loomwork.config import Settings
 from loomwork.llm.chat import ChatMessage
@@ -67,10 +68,6 @@ WEATHER: dict[str, Any] = {
     "properties": {"city": {"type": "string"}},
     "required": ["city"],
 }
-
-
-def _p50(samples: list[float]) -> float:
-    return statistics.median(samples)
 
 
 async def run(settings: Settings, peer: Peer, runs: int) -> None:
@@ -151,18 +148,18 @@ async def run(settings: Settings, peer: Peer, runs: int) -> None:
     await app.stop(0)
     await runtime.close()
 
-    c, b = _p50(client), _p50(bare_trip)
+    c, b, m = (statistics.median(x) for x in (client, bare_trip, own))
     print(f"client tools on an idle service; {runs} runs each, p50")
     print(
         f"  client-tool round trip  {c:6.1f} ms   bare Update round trip {b:6.1f} ms"
         f"   ratio {c / b:4.2f}×  (goal ≤ 2×; {'met' if c <= 2 * b else 'missed'})"
     )
+    s, a = statistics.median(submit), statistics.median(bare_answer)
     print(
-        f"    tool_call_requested read → SubmitToolResults answered {_p50(submit):5.1f} ms;"
-        f" bare Update sent → answered {_p50(bare_answer):5.1f} ms"
+        f"    tool_call_requested read → SubmitToolResults answered {s:5.1f} ms;"
+        f" bare Update sent → answered {a:5.1f} ms"
     )
     print(f"    spread (p10–p90): client tool {_quantiles(client)}, bare {_quantiles(bare_trip)}")
-    m = _p50(own)
     print(
         f"    of which the model client's own request (call → the model has it) {m:4.1f} ms;"
         f" less it, {c - m:5.1f} ms: ratio {(c - m) / b:4.2f}×"
@@ -294,17 +291,7 @@ def bench_setup() -> Iterator[tuple[Settings, Peer]]:
         try:
             peer = Peer(process)
             yield (
-                Settings(
-                    DATABASE_URL=endpoints.database_url,
-                    REDIS_URL=endpoints.redis_url,
-                    TEMPORAL_ADDRESS=endpoints.temporal_address,
-                    LOOMWORK_TOKENS="bench=bench",
-                    OPENAI_BASE_URL=peer.model_url,
-                    OPENAI_API_KEY="x",
-                    LOOMWORK_CHAT_MODEL="scripted",
-                    LOOMWORK_DEMO=True,  # the `assistant` agent
-                    LOOMWORK_HOME=Path(tmp),
-                ),
+                scripted_settings(endpoints, peer.model_url, home=Path(tmp)),
                 peer,
             )
         finally:
