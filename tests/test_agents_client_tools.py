@@ -394,3 +394,24 @@ async def test_the_python_client_declares_and_answers_client_tools(
     result = next(e.tool_result for e in events if e.HasField("tool_result"))
     assert json_format.MessageToDict(result.result) == {"celsius": -3}
     assert events[-1].run_finished.output.text == "Cold in Oslo."
+
+
+async def test_a_run_waiting_on_the_caller_can_be_canceled(agents, token, model) -> None:
+    model.set_script([Turn(tool_calls=[ScriptedToolCall("get_weather", {"city": "Rome"}, id="c")])])
+    run_id = unique("cancel")
+    events = agents.Stream(stream_request(run_id), metadata=auth(token))
+    await until(events, "tool_call_requested")
+    await agents.CancelRun(
+        agent_pb2.AgentServiceCancelRunRequest(run_id=run_id), metadata=auth(token)
+    )
+    rest = await to_the_end(events)
+    assert rest[-1].run_finished.status == run_pb2.RUN_STATUS_CANCELED
+    run = (
+        await agents.GetRun(
+            agent_pb2.AgentServiceGetRunRequest(run_id=run_id), metadata=auth(token)
+        )
+    ).run
+    assert run.status == run_pb2.RUN_STATUS_CANCELED and not run.pending_tool_calls
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await submit(agents, token, run_id, result("c", "too late"))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
