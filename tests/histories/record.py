@@ -178,6 +178,7 @@ def main() -> None:
                 REDIS_URL=endpoints.redis_url,
                 TEMPORAL_ADDRESS=endpoints.temporal_address,
                 LOOMWORK_TOKENS="rec=rec",
+                LOOMWORK_HOME=Path(tmp),  # its dev secret key too, not the current directory's
                 OPENAI_BASE_URL=model.base_url,
                 OPENAI_API_KEY="x",
                 LOOMWORK_CHAT_MODEL="scripted",
