@@ -108,5 +108,9 @@ class AgentActivities:
     @activity.defn(name="agent_finish")
     async def finish(self, finish: FinishInput) -> RunOutcome:
         return await self.steps.finish(
-            finish.request, finish.outcome, last_step=finish.last_step, read_only=finish.read_only
+            finish.request,
+            finish.outcome,
+            last_step=finish.last_step,
+            tool_results=finish.tool_results,
+            read_only=finish.read_only,
         )

@@ -29,12 +29,10 @@ from loomwork.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
+    rejection_error,
 )
 from loomwork.flows.registry import WorkflowRegistry
-from loomwork.flows.state import (
-    ResumeRequest,
-    resume_rejection,
-)
+from loomwork.flows.state import ResumeRequest
 from loomwork.flows.state import RunState as WorkflowRunState
 from loomwork.ids import is_valid_client_id
 from loomwork.integrations.deliveries import DeliveryStore
@@ -71,7 +69,7 @@ def _temporal_error(error: RPCError, what: str) -> Exception:
 def _workflow_update_rejection(error: WorkflowUpdateFailedError) -> Exception:
     cause = error.cause
     if isinstance(cause, ApplicationError):
-        rejection = resume_rejection(cause.type, cause.message, cause.details)
+        rejection = rejection_error(cause.type, cause.message, cause.details)
         if isinstance(rejection, InvalidArgument):  # a delivery's result: name every field
             return InvalidArgument(rejection.violations)
         return rejection
@@ -114,11 +112,7 @@ class TemporalRouteTargets:
                 result_type=RunState,
             )
         except WorkflowUpdateFailedError as error:
-            cause = error.cause
-            if isinstance(cause, ApplicationError) and cause.type == "InvalidArgument":
-                field, description = cause.details
-                raise InvalidArgument.field(str(field), str(description)) from error
-            raise FailedPrecondition(getattr(cause, "message", None) or str(error)) from error
+            raise _workflow_update_rejection(error) from error
         except RPCError as error:
             raise _temporal_error(error, f"agent run {action.run_id!r}") from error
         decided = len(action.decisions)

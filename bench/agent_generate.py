@@ -41,6 +41,8 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripted_settings import scripted_settings
+
 from loomwork.agents.directory import RunDirectory
 from loomwork.agents.events import RunFinished, RunStarted, TextDeltaEvent, encode_event
 from loomwork.agents.run_models import RunOutcome
@@ -435,16 +437,7 @@ def bench_setup() -> Iterator[tuple[Settings, str]]:
             assert model.stdout is not None
             model_url = model.stdout.readline().strip()
             yield (
-                Settings(
-                    DATABASE_URL=endpoints.database_url,
-                    REDIS_URL=endpoints.redis_url,
-                    TEMPORAL_ADDRESS=endpoints.temporal_address,
-                    LOOMWORK_TOKENS="bench=bench",
-                    OPENAI_BASE_URL=model_url,
-                    OPENAI_API_KEY="x",
-                    LOOMWORK_CHAT_MODEL="scripted",
-                    LOOMWORK_DEMO=True,  # the `assistant` agent
-                ),
+                scripted_settings(endpoints, model_url),
                 model_url,
             )
         finally:

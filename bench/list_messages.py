@@ -28,6 +28,7 @@ from loomwork.config import Settings
 from protos.loomwork.v1 import memory_pb2, memory_pb2_grpc, message_pb2
 from server.embedded import EmbeddedStack
 from server.runtime import Runtime
+from server.temporal import register_search_attributes
 from server.transport.grpc_app import build_grpc_app
 
 AUTH = (("authorization", "Bearer bench"),)
@@ -77,6 +78,8 @@ def _pct(samples: list[float], q: float) -> float:
 
 async def run(settings: Settings, calls: int) -> None:
     runtime = await Runtime.open(settings)
+    # As `loomwork up` does: the appended messages' indexing runs carry search attributes.
+    await register_search_attributes(runtime.temporal, settings.temporal_namespace)
     app = build_grpc_app(runtime, "127.0.0.1:0")
     await app.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:

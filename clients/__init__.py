@@ -3,7 +3,7 @@
 from clients import LoomworkClient, text_message
 """
 
-from clients.agents import StreamedText
+from clients.agents import StreamedText, client_tool
 from clients.client import DEFAULT_ADDRESS, LoomworkClient
 from clients.errors import error_details, rich_status
 from clients.messages import (
@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_ADDRESS",
     "LoomworkClient",
     "StreamedText",
+    "client_tool",
     "error_details",
     "parse_role",
     "rich_status",

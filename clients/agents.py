@@ -6,14 +6,33 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
-from google.protobuf import field_mask_pb2
+from google.protobuf import field_mask_pb2, json_format, struct_pb2
 
 from clients.transport import Transport, iter_pages, to_struct
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
 
-__all__ = ["AgentsClient", "StreamedText"]
+__all__ = ["AgentsClient", "StreamedText", "client_tool"]
+
+
+def client_tool(
+    name: str,
+    parameters_schema: Mapping[str, Any],
+    description: str = "",
+    *,
+    timeout: timedelta | None = None,
+) -> agent_pb2.ClientTool:
+    """A tool this caller runs itself, declared on a run (`client_tools=`): the run hands
+    each call to the caller (`tool_call_requested`) and waits for `submit_tool_results`,
+    at most `timeout` per call if given."""
+    tool = agent_pb2.ClientTool(
+        name=name, description=description, parameters_schema=to_struct(parameters_schema)
+    )
+    if timeout is not None:
+        tool.timeout.FromTimedelta(timeout)
+    return tool
 
 
 class AgentsClient:
@@ -34,15 +53,18 @@ class AgentsClient:
         thread_id: str = "",
         resource_id: str = "",
         client_run_id: str = "",
+        client_tools: Sequence[agent_pb2.ClientTool] = (),
         timeout: float | None = 120.0,
     ) -> agent_pb2.AgentRun:
-        """Run an agent to the end and return the run (its output, usage, status)."""
+        """Run an agent to the end and return the run (its output, usage, status); a run
+        that waits (approvals, `client_tools` calls: status WAITING) is returned as it waits."""
         request = agent_pb2.GenerateRequest(
             agent_name=agent_name,
             prompt=prompt,
             thread_id=thread_id,
             resource_id=resource_id,
             client_run_id=client_run_id,
+            client_tools=client_tools,
         )
         response = await self._transport.call(
             self._stub.Generate, request, agent_pb2.GenerateResponse, timeout
@@ -57,16 +79,20 @@ class AgentsClient:
         thread_id: str = "",
         resource_id: str = "",
         client_run_id: str = "",
+        client_tools: Sequence[agent_pb2.ClientTool] = (),
         timeout: float | None = 300.0,
     ) -> AsyncIterator[agent_pb2.AgentRunEvent]:
         """Run an agent and yield its events as they happen (text deltas, tool calls, …).
-        If the stream breaks, `watch_run(run_id, after_event_id=last seen)` continues it."""
+        If the stream breaks, `watch_run(run_id, after_event_id=last seen)` continues it.
+        A `tool_call_requested` event is a call of one of `client_tools`: answer it with
+        `submit_tool_results`."""
         request = agent_pb2.StreamRequest(
             agent_name=agent_name,
             prompt=prompt,
             thread_id=thread_id,
             resource_id=resource_id,
             client_run_id=client_run_id,
+            client_tools=client_tools,
         )
         return self._transport.events(self._stub.Stream, request, timeout)
 
@@ -79,6 +105,7 @@ class AgentsClient:
         thread_id: str = "",
         resource_id: str = "",
         client_run_id: str = "",
+        client_tools: Sequence[agent_pb2.ClientTool] = (),
         timeout: float | None = 300.0,
     ) -> AsyncIterator[agent_pb2.AgentRunEvent]:
         """Run an agent for structured output: object_partial events, then object_final
@@ -90,6 +117,7 @@ class AgentsClient:
             thread_id=thread_id,
             resource_id=resource_id,
             client_run_id=client_run_id,
+            client_tools=client_tools,
         )
         return self._transport.events(self._stub.StreamObject, request, timeout)
 
@@ -169,6 +197,34 @@ class AgentsClient:
             self._stub.ResumeRun,
             agent_pb2.AgentServiceResumeRunRequest(run_id=run_id, decisions=list(decisions)),
             agent_pb2.AgentServiceResumeRunResponse,
+            timeout,
+        )
+        return response.run
+
+    async def submit_tool_results(
+        self,
+        run_id: str,
+        results: Mapping[str, Any] | None = None,
+        *,
+        errors: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> agent_pb2.AgentRun:
+        """Answer client tool calls of a waiting run, by tool call id: `results` (JSON
+        values) for the model to read, `errors` for calls that failed."""
+        answers = [
+            agent_pb2.ClientToolResult(
+                tool_call_id=call_id, result=json_format.ParseDict(value, struct_pb2.Value())
+            )
+            for call_id, value in (results or {}).items()
+        ]
+        answers += [
+            agent_pb2.ClientToolResult(tool_call_id=call_id, error=error)
+            for call_id, error in (errors or {}).items()
+        ]
+        response = await self._transport.call(
+            self._stub.SubmitToolResults,
+            agent_pb2.SubmitToolResultsRequest(run_id=run_id, results=answers),
+            agent_pb2.SubmitToolResultsResponse,
             timeout,
         )
         return response.run

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,20 @@ class DeadlineExceeded(LoomworkError):
 
 class Unavailable(LoomworkError):
     """A dependency (database, cache, Temporal, model) cannot be reached right now."""
+
+
+def rejection_error(error_type: str | None, message: str, details: Sequence[Any]) -> LoomworkError:
+    """The domain error a workflow's Update validator rejected a request with: its type names
+    the error (InvalidArgument, with `{"field", "description"}` objects as details; anything
+    else is FailedPrecondition)."""
+    violations = [
+        FieldViolation(str(d.get("field", "")), str(d.get("description", "")))
+        for d in details
+        if isinstance(d, dict)
+    ]
+    if error_type == "InvalidArgument" and violations:
+        return InvalidArgument(violations, message)
+    return FailedPrecondition(message)
 
 
 class Violations:

@@ -31,7 +31,7 @@ from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.definitions import AgentDefinition
 from loomwork.agents.directory import RunDirectory
 from loomwork.agents.run_models import AgentRunRequest, RunOutcome
-from loomwork.agents.steps import announce_run, effective_agent, event_log_key
+from loomwork.agents.steps import announce_run, effective_agent, event_log_key, tool_names
 from loomwork.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -43,6 +43,8 @@ from loomwork.errors import (
 from loomwork.ids import new_id
 from loomwork.memory.settings import MemorySettings, merge
 from loomwork.messages import NewMessage, NewThread, Role
+from loomwork.tools.client_tools import ClientTool, check_names_free
+from loomwork.tools.mcp_names import function_names
 from server.runtime import Runtime
 from server.temporal import eagerly_started
 from workflows.agent_run import AgentRunWorkflow
@@ -75,6 +77,7 @@ class AgentRunStart(BaseModel):
     memory_read_only: bool | None = None
     output_schema: dict[str, Any] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    client_tools: list[ClientTool] = Field(default_factory=list)  # each checked on its own
 
 
 def session_thread_id(resource_id: str, session_key: str) -> str:
@@ -238,7 +241,12 @@ class AgentRunStarter:
             output_schema=start.output_schema,
             metadata=start.metadata,
             create_time=datetime.now(UTC),
+            client_tools=start.client_tools,
         )
+        # The model must tell a client tool from the agent's own tools by name (an MCP tool
+        # named only by `mcp:<server>/*` gives way to a client tool of its name).
+        own = tool_names(effective_agent(agent, run_request), run_request)
+        check_names_free(start.client_tools, function_names(own))
         return run_request, agent
 
     async def _resolve_thread(self, tenant_id: str, start: AgentRunStart) -> tuple[str, str]:

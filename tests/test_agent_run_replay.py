@@ -20,6 +20,7 @@ def test_histories_of_earlier_versions_are_kept() -> None:
         "agent_run_session2_ade0141",
         "agent_run_session3_5a1910d",
         "agent_run_session7",
+        "agent_run_session8_client_tools",
     } <= RECORDED.keys()
 
 

@@ -5,11 +5,16 @@ activity with its own retries) and keeps the conversation in its state. Tools th
 approval suspend the run (status waiting) until a decision arrives, by the `resume_run`
 Update (validated, answered synchronously: what ResumeRun uses) or by the `resume` signal
 with the same JSON payload (`temporal workflow signal --name resume --input '{...}'`).
+Calls of client tools (declared by the caller, run by it) are handed to the caller the same
+way: the run waits (status waiting) for the `submit_tool_results` Update (SubmitToolResults),
+each call until its tool's timeout, if it has one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +26,13 @@ from workflows.retries import BOOKKEEPING, MODEL_CALL, OUTAGE_PATIENCE, temporal
 from workflows.search_attributes import STATUS
 
 with workflow.unsafe.imports_passed_through():
-    from loomwork.agents.events import ApprovalRequested, ApprovalResolved, StepFinished
+    from loomwork.agents.events import (
+        ApprovalRequested,
+        ApprovalResolved,
+        StepFinished,
+        ToolCallRequested,
+        ToolResultEvent,
+    )
     from loomwork.agents.payloads import (
         FinishInput,
         FirstStep,
@@ -36,16 +47,20 @@ with workflow.unsafe.imports_passed_through():
         ContextUsage,
         Decision,
         PendingApproval,
+        PendingToolCall,
         ResumeInput,
         RunOutcome,
         RunPhase,
         RunRecord,
         RunState,
+        ToolResultsInput,
         Violation,
     )
     from loomwork.llm.chat import ChatMessage, ChatUsage
     from loomwork.messages import ToolCallPart, ToolResultPart
-    from loomwork.tools.routes import ToolRoute
+    from loomwork.tools.client_tools import ClientToolResult
+    from loomwork.tools.registry import error_result
+    from loomwork.tools.routes import DEFAULT_TOOL_TIMEOUT, ToolRoute
 
 START_AND_STEP = "agent_start_and_step"
 MODEL_STEP = "agent_model_step"
@@ -71,7 +86,41 @@ def _cause(error: BaseException) -> tuple[str, str]:
 
 def _rejected(error_type: str, field: str, description: str) -> ApplicationError:
     """An Update rejection: `type` names the domain error, the details hold the field."""
-    return ApplicationError(f"{field}: {description}", field, description, type=error_type)
+    return ApplicationError(
+        f"{field}: {description}",
+        {"field": field, "description": description},
+        type=error_type,
+    )
+
+
+def _check_call_ids(
+    field: str,
+    call_ids: list[str],
+    waiting: Callable[[str], bool],
+    *,
+    what: str,
+    twice: str,
+    not_waiting: str,
+) -> None:
+    """An Update's check of the tool calls it answers (`field[i].tool_call_id`): at least
+    one, none twice, each one `waiting`. Rejections carry the domain error type and the
+    field, so callers map them as they are."""
+    if not call_ids:
+        raise _rejected("InvalidArgument", field, f"give at least one {what}")
+    seen: set[str] = set()
+    for i, call_id in enumerate(call_ids):
+        at = f"{field}[{i}].tool_call_id"
+        if call_id in seen:
+            raise _rejected("InvalidArgument", at, f"{call_id!r} {twice}")
+        seen.add(call_id)
+        if not waiting(call_id):
+            raise _rejected("FailedPrecondition", at, f"{call_id!r} {not_waiting}")
+
+
+def _is_client(output: StepOutput, call: ToolCallPart) -> bool:
+    """A call of a client tool: the caller runs it, not a worker."""
+    route = output.tool_routes.get(call.tool_call_id)
+    return route is not None and route.kind == "client"
 
 
 def _is_cancellation(error: BaseException) -> bool:
@@ -86,6 +135,12 @@ class AgentRunWorkflow:
         self._phase: RunPhase = "running"
         self._pending: dict[str, PendingApproval] = {}
         self._decisions: dict[str, Decision] = {}
+        self._awaiting_approvals = False  # the step's approvals are not all decided yet
+        # Client tool calls handed to the caller and not taken back yet, and their results.
+        self._client_calls: dict[str, PendingToolCall] = {}
+        self._client_results: dict[str, ClientToolResult] = {}
+        # tool_result events left to the next activity to publish (StepInput.tool_results).
+        self._unpublished: list[ToolResultEvent] = []
         self._steps = 0
         self._record = RunRecord()
 
@@ -94,8 +149,15 @@ class AgentRunWorkflow:
     @workflow.query(name="state")
     def state(self) -> RunState:
         undecided = [p for p in self._pending.values() if p.tool_call_id not in self._decisions]
+        unanswered = [
+            c for c in self._client_calls.values() if c.tool_call_id not in self._client_results
+        ]
         return RunState(
-            **dict(self._record), status=self._phase, pending=undecided, steps=self._steps
+            **dict(self._record),
+            status=self._phase,
+            pending=undecided,
+            pending_tool_calls=unanswered,
+            steps=self._steps,
         )
 
     @workflow.update(name="resume_run")
@@ -105,26 +167,49 @@ class AgentRunWorkflow:
             self._decisions[decision.tool_call_id] = decision
         # Answer once the run moved on, or at once if other calls still wait for a decision.
         await workflow.wait_condition(
-            lambda: self._phase != "waiting" or any(i not in self._decisions for i in self._pending)
+            lambda: (
+                not self._awaiting_approvals or any(i not in self._decisions for i in self._pending)
+            )
         )
         return self.state()
 
     @resume_run.validator
     def _validate_resume(self, resume: ResumeInput) -> None:
-        # Rejections carry the domain error type and the field, so callers map them as is.
-        if not resume.decisions:
-            raise _rejected("InvalidArgument", "decisions", "give at least one decision")
-        seen: set[str] = set()
-        for i, decision in enumerate(resume.decisions):
-            call_id = decision.tool_call_id
-            field = f"decisions[{i}].tool_call_id"
-            if call_id in seen:
-                raise _rejected("InvalidArgument", field, f"{call_id!r} is decided twice")
-            seen.add(call_id)
-            if call_id not in self._pending or call_id in self._decisions:
-                raise _rejected(
-                    "FailedPrecondition", field, f"{call_id!r} is not waiting for approval"
-                )
+        _check_call_ids(
+            "decisions",
+            [d.tool_call_id for d in resume.decisions],
+            lambda i: i in self._pending and i not in self._decisions,
+            what="decision",
+            twice="is decided twice",
+            not_waiting="is not waiting for approval",
+        )
+
+    @workflow.update(name="submit_tool_results")
+    async def submit_tool_results(self, submitted: ToolResultsInput) -> RunState:
+        """Results of client tool calls the run waits on (all validated first, all or none)."""
+        for result in submitted.results:
+            self._client_results[result.tool_call_id] = result
+        # Answer once the run moved on, or at once if other calls still wait.
+        await workflow.wait_condition(
+            lambda: (
+                self._phase != "waiting"
+                or self._awaiting_approvals
+                or any(i not in self._client_results for i in self._client_calls)
+            )
+        )
+        return self.state()
+
+    @submit_tool_results.validator
+    def _validate_results(self, submitted: ToolResultsInput) -> None:
+        _check_call_ids(
+            "results",
+            [r.tool_call_id for r in submitted.results],
+            lambda i: i in self._client_calls and i not in self._client_results,
+            what="result",
+            twice="is answered twice",
+            not_waiting="is not waiting for a result (not a client tool call of this run,"
+            " answered already, or past its timeout)",
+        )
 
     @workflow.signal(name="resume")
     def resume(self, resume: ResumeInput) -> None:
@@ -184,6 +269,7 @@ class AgentRunWorkflow:
                             step=step,
                             conversation=conversation,
                             previous_step=unfinished,
+                            tool_results=list(self._unpublished),
                         ),
                         result_type=StepOutput,
                         start_to_close_timeout=timedelta(minutes=5),
@@ -192,6 +278,7 @@ class AgentRunWorkflow:
                         summary=f"model {plan.model}, step {step}",
                     )
                 unfinished = None
+                self._unpublished.clear()
                 usage = ChatUsage(
                     prompt_tokens=usage.prompt_tokens + output.usage.prompt_tokens,
                     completion_tokens=usage.completion_tokens + output.usage.completion_tokens,
@@ -237,10 +324,17 @@ class AgentRunWorkflow:
         outcome.context = context
         self._phase = outcome.status
         self._pending.clear()
+        self._awaiting_approvals = False
+        self._client_calls.clear()
+        self._client_results.clear()
         finished = await self._bookkeeping(
             FINISH,
             FinishInput(
-                request=request, outcome=outcome, last_step=unfinished, read_only=read_only
+                request=request,
+                outcome=outcome,
+                last_step=unfinished,
+                tool_results=self._unpublished,
+                read_only=read_only,
             ),
             result_type=RunOutcome,
             summary=f"save and finish ({outcome.status})",
@@ -298,6 +392,14 @@ class AgentRunWorkflow:
             summary=summary,
         )
 
+    def _settle_phase(self) -> None:
+        """Waiting while the step's approvals are undecided or a client tool call is the
+        caller's, running otherwise; the STATUS search attribute follows."""
+        phase: RunPhase = "waiting" if self._awaiting_approvals or self._client_calls else "running"
+        if phase != self._phase:
+            self._phase = phase
+            workflow.upsert_search_attributes([STATUS.value_set(phase.upper())])
+
     async def _tool_calls(
         self, request: AgentRunRequest, plan: RunPlan, step: int, output: StepOutput
     ) -> list[ToolResultPart]:
@@ -312,18 +414,40 @@ class AgentRunWorkflow:
                 step=step,
                 request_time=workflow.now(),
             )
+        # Client tool calls whose arguments fit their schema go to the caller.
+        handed = [
+            c
+            for c in output.tool_calls
+            if _is_client(output, c) and c.tool_call_id not in output.invalid_calls
+        ]
+        for call in handed:
+            timeout = output.tool_routes[call.tool_call_id].timeout
+            self._client_calls[call.tool_call_id] = PendingToolCall(
+                tool_call_id=call.tool_call_id,
+                tool_name=call.tool_name,
+                arguments=dict(call.arguments),
+                step=step,
+                request_time=workflow.now(),
+                expire_time=workflow.now() + timeout if timeout is not None else None,
+            )
         decisions: dict[str, Decision] = {}
-        if needs_approval:
+        if needs_approval or handed:
             # Waiting (with every pending call known) before the first event says so.
-            self._phase = "waiting"
-            workflow.upsert_search_attributes([STATUS.value_set("WAITING")])
+            self._awaiting_approvals = bool(needs_approval)
+            self._settle_phase()
             for call in needs_approval:
                 approval = self._pending[call.tool_call_id]
                 await self._publish(request, ApprovalRequested(step=step, approval=approval))
+            for call in handed:
+                pending = self._client_calls[call.tool_call_id]
+                await self._publish(
+                    request, ToolCallRequested(time=workflow.now(), step=step, call=pending)
+                )
+        if needs_approval:
             ids = [c.tool_call_id for c in needs_approval]
             await workflow.wait_condition(lambda: all(i in self._decisions for i in ids))
-            self._phase = "running"
-            workflow.upsert_search_attributes([STATUS.value_set("RUNNING")])
+            self._awaiting_approvals = False
+            self._settle_phase()
             for call in needs_approval:
                 decision = self._decisions[call.tool_call_id]
                 decisions[call.tool_call_id] = decision
@@ -360,9 +484,50 @@ class AgentRunWorkflow:
                 route=output.tool_routes.get(call.tool_call_id),
             )
 
-        return list(
-            await asyncio.gather(*(self._tool_call(tool_input(c)) for c in output.tool_calls))
-        )
+        def run(call: ToolCallPart) -> Awaitable[ToolResultPart]:
+            if not _is_client(output, call):
+                return self._tool_call(tool_input(call))
+            invalid = output.invalid_calls.get(call.tool_call_id)
+            if invalid is not None:  # back to the model, never to the caller
+                return self._tool_result(request, step, error_result(call, invalid))
+            return self._client_call(request, step, call)
+
+        return list(await asyncio.gather(*(run(c) for c in output.tool_calls)))
+
+    async def _client_call(
+        self, request: AgentRunRequest, step: int, call: ToolCallPart
+    ) -> ToolResultPart:
+        """The caller's result of a client tool call handed to it, or an error result once
+        the tool's timeout has passed without one."""
+        call_id = call.tool_call_id
+        expire_time = self._client_calls[call_id].expire_time
+        left = expire_time - workflow.now() if expire_time is not None else None
+        if left is None or left > timedelta(0):
+            with contextlib.suppress(TimeoutError):  # no result in time
+                await workflow.wait_condition(lambda: call_id in self._client_results, timeout=left)
+        answer = self._client_results.pop(call_id, None)
+        pending = self._client_calls.pop(call_id)
+        self._settle_phase()
+        if answer is not None:
+            result = answer.part(call.tool_name)
+        else:
+            waited = (pending.expire_time or workflow.now()) - pending.request_time
+            result = error_result(
+                call, f"{call.tool_name}: no result from the caller within {waited}"
+            )
+        if any(i not in self._client_results for i in self._client_calls):
+            return await self._tool_result(request, step, result)  # the run waits on
+        # The run moves on now: the next activity publishes it (publishing here, a local
+        # activity, would hold up the next model call by its round trip).
+        self._unpublished.append(ToolResultEvent(time=workflow.now(), step=step, result=result))
+        return result
+
+    async def _tool_result(
+        self, request: AgentRunRequest, step: int, result: ToolResultPart
+    ) -> ToolResultPart:
+        """A result the workflow made itself, published as a tool activity publishes its own."""
+        await self._publish(request, ToolResultEvent(time=workflow.now(), step=step, result=result))
+        return result
 
     async def _tool_call(self, call: ToolInput) -> ToolResultPart:
         """One tool call as its own activity, with its tool's timeout and retries; a call that
@@ -375,7 +540,7 @@ class AgentRunWorkflow:
                 activity,
                 call,
                 result_type=ToolResultPart,
-                start_to_close_timeout=route.timeout,
+                start_to_close_timeout=route.timeout or DEFAULT_TOOL_TIMEOUT,
                 # The activity heartbeats while the tool runs: a worker that dies mid-call is
                 # noticed within seconds and the call moves on.
                 heartbeat_timeout=timedelta(seconds=5),

@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from loomwork.agents.output_schema import check_output_schema
 from loomwork.errors import InvalidArgument, NotFound
+from loomwork.json_schema import check_object_schema
 from loomwork.memory.settings import MemorySettings
 
 AGENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -66,7 +66,7 @@ class AgentDefinition(BaseModel):
     def _schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
             try:
-                check_output_schema(value, "output_schema")
+                check_object_schema(value, "output_schema")
             except InvalidArgument as error:
                 raise ValueError(error.violations[0].description) from None
         return value

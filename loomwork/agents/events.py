@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
-from loomwork.agents.run_models import PendingApproval, RunOutcome
+from loomwork.agents.run_models import PendingApproval, PendingToolCall, RunOutcome
 from loomwork.llm.chat import ChatUsage
 from loomwork.messages import NewMessage, ToolCallPart, ToolResultPart
 
@@ -97,6 +97,13 @@ class ApprovalResolved(_Event):
     arguments_edited: bool = False
 
 
+class ToolCallRequested(_Event):
+    """A call of a client tool is the caller's to run: the run waits for SubmitToolResults."""
+
+    type: Literal["tool_call_requested"] = "tool_call_requested"
+    call: PendingToolCall
+
+
 class RunFinished(_Event):
     type: Literal["run_finished"] = "run_finished"
     outcome: RunOutcome
@@ -115,6 +122,7 @@ AgentEvent = Annotated[
     | StepFinished
     | ApprovalRequested
     | ApprovalResolved
+    | ToolCallRequested
     | RunFinished,
     Field(discriminator="type"),
 ]
@@ -125,9 +133,9 @@ _EVENT = TypeAdapter(AgentEvent)
 
 def once_key(event: AgentEvent) -> str:
     """A name for what `event` says, for events that say it once per run (a step finished,
-    a tool call's result, an approval asked for or decided), so a retried activity that
-    publishes it again adds no duplicate; '' for the rest (a retried model call streams anew,
-    after its step_retrying)."""
+    a tool call's result, an approval asked for or decided, a client tool call handed over),
+    so a retried activity that publishes it again adds no duplicate; '' for the rest (a
+    retried model call streams anew, after its step_retrying)."""
     if isinstance(event, StepFinished):
         return f"step_finished:{event.step}"
     if isinstance(event, ToolResultEvent):
@@ -136,6 +144,8 @@ def once_key(event: AgentEvent) -> str:
         return f"approval_requested:{event.step}:{event.approval.tool_call_id}"
     if isinstance(event, ApprovalResolved):
         return f"approval_resolved:{event.step}:{event.tool_call_id}"
+    if isinstance(event, ToolCallRequested):
+        return f"tool_call_requested:{event.step}:{event.call.tool_call_id}"
     return ""
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from loomwork.agents.definitions import AgentDefinition
-from loomwork.agents.events import AgentEvent, StepFinished
+from loomwork.agents.events import AgentEvent, StepFinished, ToolResultEvent
 from loomwork.agents.run_models import AgentRunRequest, ContextUsage, RunOutcome, Violation
 from loomwork.llm.chat import ChatMessage, ChatUsage
 from loomwork.messages import ToolCallPart
@@ -33,6 +33,10 @@ class StepInput(BaseModel):
     conversation: list[ChatMessage]
     # The previous step ended with tool calls: its step_finished event is published first.
     previous_step: StepFinished | None = None
+    # Results of the previous step's client tool calls that let the run move on: the
+    # workflow leaves them to this activity to publish (before previous_step), so that
+    # publishing does not hold up the step.
+    tool_results: list[ToolResultEvent] = Field(default_factory=list)
 
 
 class StepOutput(BaseModel):
@@ -47,6 +51,9 @@ class StepOutput(BaseModel):
     object_violations: list[Violation] = Field(default_factory=list)
     # How each tool call runs, by tool call id (a call without one: a worker tool).
     tool_routes: dict[str, ToolRoute] = Field(default_factory=dict)
+    # Calls that go back to the model as an error result instead of running, by tool call
+    # id: the result's text (a client tool's arguments that break its declared schema).
+    invalid_calls: dict[str, str] = Field(default_factory=dict)
 
     def message(self) -> ChatMessage:
         return ChatMessage.assistant(self.text, self.tool_calls)
@@ -72,8 +79,10 @@ class ToolInput(BaseModel):
 class FinishInput(BaseModel):
     request: AgentRunRequest
     outcome: RunOutcome
-    # The last step ended with tool calls and no model step followed: its step_finished.
+    # The last step ended with tool calls and no model step followed: its step_finished,
+    # and the client tool results no model step published (see StepInput.tool_results).
     last_step: StepFinished | None = None
+    tool_results: list[ToolResultEvent] = Field(default_factory=list)
     read_only: bool = False
 
 

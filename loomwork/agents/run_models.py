@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from loomwork.llm.chat import ChatMessage, ChatUsage
 from loomwork.memory.settings import MemorySettings
 from loomwork.messages import NewMessage
+from loomwork.tools.client_tools import ClientTool, ClientToolResult
 
 
 class AgentRunRequest(BaseModel):
@@ -36,6 +37,11 @@ class AgentRunRequest(BaseModel):
     # the step's events may have gone out as a draft, which an activity running the step
     # itself takes over.
     first_step_begun: bool = False
+    # Tools the caller declared for this run and runs itself (SubmitToolResults answers them).
+    client_tools: list[ClientTool] = Field(default_factory=list)
+
+    def client_tool(self, name: str) -> ClientTool | None:
+        return next((t for t in self.client_tools if t.name == name), None)
 
     def identified_inputs(self) -> list[NewMessage]:
         """The input messages with the ids they are saved under (`<run>.in.<i>` unless the
@@ -62,12 +68,25 @@ class Violation(BaseModel):
     description: str
 
 
-class PendingApproval(BaseModel):
+class PendingCall(BaseModel):
+    """A tool call the run waits on."""
+
     tool_call_id: str
     tool_name: str
     arguments: dict[str, Any] = Field(default_factory=dict)
     step: int
     request_time: datetime
+
+
+class PendingApproval(PendingCall):
+    """A call waiting for a person to approve or reject it."""
+
+
+class PendingToolCall(PendingCall):
+    """A call of a client tool, handed to the caller, waiting for its result; past
+    `expire_time` (the tool's timeout, if declared) the model gets an error result."""
+
+    expire_time: datetime | None = None
 
 
 class Decision(BaseModel):
@@ -83,6 +102,12 @@ class ResumeInput(BaseModel):
     """The payload of the `resume_run` Update and of the `resume` signal."""
 
     decisions: list[Decision]
+
+
+class ToolResultsInput(BaseModel):
+    """The payload of the `submit_tool_results` Update: results of pending client tool calls."""
+
+    results: list[ClientToolResult]
 
 
 # "pending": accepted, no worker has taken it yet (the service says so; a workflow never does).
@@ -124,6 +149,7 @@ class RunState(RunRecord):
 
     status: RunPhase
     pending: list[PendingApproval] = Field(default_factory=list)
+    pending_tool_calls: list[PendingToolCall] = Field(default_factory=list)
     steps: int = 0
 
 

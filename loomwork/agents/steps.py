@@ -8,9 +8,10 @@ that definition, with the call's overrides applied, for all its later steps.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from loomwork.agents.batching import DeltaBatcher
@@ -32,7 +33,7 @@ from loomwork.agents.events import (
     once_key,
 )
 from loomwork.agents.memory_tool import UPDATE_WORKING_MEMORY
-from loomwork.agents.output_schema import parse_final, partial_object, validate_object
+from loomwork.agents.output_schema import parse_final, partial_object
 from loomwork.agents.payloads import FirstStep, RunPlan, StepInput, StepOutput, ToolInput
 from loomwork.agents.run_models import AgentRunRequest, ContextUsage, RunOutcome, Violation
 from loomwork.agents.speculation import (
@@ -42,6 +43,7 @@ from loomwork.agents.speculation import (
     until_confirmed,
 )
 from loomwork.errors import Unavailable
+from loomwork.json_schema import validate_object
 from loomwork.llm.chat import (
     ChatMessage,
     ChatModel,
@@ -61,6 +63,7 @@ from loomwork.memory.working import WorkingMemoryStore
 from loomwork.messages import Message, NewMessage, Role, ToolResultPart
 from loomwork.streams.run_events import RunEventLog
 from loomwork.tools import ToolContext, ToolRegistry
+from loomwork.tools.client_tools import ClientTool
 from loomwork.tools.mcp_names import is_mcp_name
 from loomwork.tools.mcp_source import McpToolInfo, McpTools
 from loomwork.tools.registry import error_result
@@ -129,6 +132,11 @@ def tool_names(agent: AgentDefinition, request: AgentRunRequest) -> list[str]:
     if keeps and UPDATE_WORKING_MEMORY not in names:
         names.append(UPDATE_WORKING_MEMORY)
     return names
+
+
+def not_an_object(argument_error: str) -> str:
+    """The error result of a call whose arguments are not a JSON object."""
+    return f"arguments are not a JSON object: {argument_error}"
 
 
 class AgentSteps:
@@ -341,12 +349,18 @@ class AgentSteps:
 
     async def model_step(self, step: StepInput, attempt: int = 1) -> StepOutput:
         """One model call, streamed: text deltas (or partial objects, for an agent with an
-        output schema) are published as they arrive."""
+        output schema) are published as they arrive. What the previous step left to publish
+        goes out while the call starts; this step's own events wait for it."""
         request, agent = step.request, step.agent
-        if step.previous_step is not None:  # once: a retry publishes it if still missing
-            await self.publish(request, step.previous_step)
-        if attempt > 1:
-            await self.publish(request, StepRetrying(step=step.step, attempt=attempt))
+
+        async def announce() -> None:
+            for published in step.tool_results:  # each once, like previous_step
+                await self.publish(request, published)
+            if step.previous_step is not None:  # once: a retry publishes it if still missing
+                await self.publish(request, step.previous_step)
+            if attempt > 1:
+                await self.publish(request, StepRetrying(step=step.step, attempt=attempt))
+
         schema = agent.output_schema
         written: list[str] = []
         last_partial: dict[str, object] | None = None
@@ -358,6 +372,7 @@ class AgentSteps:
 
         async def on_event(event: TextDelta | ToolCallDelta | ToolCallDone) -> None:
             nonlocal last_partial
+            await announced
             if isinstance(event, TextDelta):
                 if schema is None:
                     await deltas.add(event.delta)
@@ -372,9 +387,10 @@ class AgentSteps:
                 await self.publish(request, ToolCallEvent(step=step.step, call=event.call))
 
         names = tool_names(agent, request)
-        specs, routes = await self._offered_tools(request.tenant, names)
+        specs, routes = await self._offered_tools(request.tenant, names, request.client_tools)
         model = self.chat_model(step.plan_model)
         settings = agent.model_settings
+        announced = asyncio.ensure_future(announce())
         try:
             result = await model.stream(
                 step.conversation,
@@ -385,8 +401,10 @@ class AgentSteps:
                 max_tokens=settings.max_output_tokens,
                 on_event=on_event,
             )
+            await announced
             await deltas.flush()
         finally:
+            announced.cancel()  # the call failed first: a retry announces again (once)
             await deltas.cancel()
             await model.aclose()
         await self.publish(request, UsageEvent(step=step.step, usage=result.usage))
@@ -406,6 +424,7 @@ class AgentSteps:
                 for c in result.tool_calls
             },
         )
+        self._invalid_client_calls(request, output)
         if output.tool_calls:
             return output  # the step finishes once its tools ran
         if schema is not None:
@@ -422,10 +441,12 @@ class AgentSteps:
         return output
 
     async def _offered_tools(
-        self, tenant: str, names: list[str]
+        self, tenant: str, names: list[str], client_tools: list[ClientTool]
     ) -> tuple[list[ToolSpec], dict[str, ToolRoute]]:
         """What the model is told of the run's tools: the worker's, then the MCP servers'
-        (from their cached lists); and the routes of the MCP ones, by function name."""
+        (from their cached lists), then the caller's client tools; and the routes of the MCP
+        and client ones, by function name. A client tool keeps its name: an MCP tool of the
+        same function name is left out (the worker's own were checked as the run started)."""
         own = [n for n in names if not is_mcp_name(n)]
         specs = self.tools.specs(own)
         mcp_names = [n for n in names if is_mcp_name(n)]
@@ -434,7 +455,7 @@ class AgentSteps:
             log.warning("MCP tools are not available in this process: %s left out", mcp_names)
         elif mcp_names and self.mcp is not None:
             offered = await self.mcp.offer(tenant, mcp_names)
-        taken = {spec.name for spec in specs}
+        taken = {spec.name for spec in specs} | {tool.name for tool in client_tools}
         for info in offered:
             if info.ref.function_name in taken:
                 log.warning(
@@ -442,7 +463,27 @@ class AgentSteps:
                 )
         offered = [i for i in offered if i.ref.function_name not in taken]
         specs += [info.spec() for info in offered]
-        return specs, {info.ref.function_name: info.route() for info in offered}
+        specs += [tool.spec() for tool in client_tools]
+        routes = {info.ref.function_name: info.route() for info in offered}
+        routes.update({tool.name: tool.route() for tool in client_tools})
+        return specs, routes
+
+    @staticmethod
+    def _invalid_client_calls(request: AgentRunRequest, output: StepOutput) -> None:
+        """Record the calls of client tools whose arguments are not a JSON object or do not
+        fit the declared schema: they go back to the model, never to the caller."""
+        for call in output.tool_calls:
+            client_tool = request.client_tool(call.tool_name)
+            if client_tool is None:
+                continue
+            argument_error = output.argument_errors.get(call.tool_call_id)
+            invalid = (
+                not_an_object(argument_error)
+                if argument_error is not None
+                else client_tool.argument_problems(call)
+            )
+            if invalid:
+                output.invalid_calls[call.tool_call_id] = invalid
 
     @staticmethod
     def step_finished(step: int, output: StepOutput) -> StepFinished:
@@ -457,9 +498,7 @@ class AgentSteps:
                 call.call, f"a person rejected this call: {call.rejection or 'no reason given'}"
             )
         if call.argument_error:
-            return error_result(
-                call.call, f"arguments are not a JSON object: {call.argument_error}"
-            )
+            return error_result(call.call, not_an_object(call.argument_error))
         return None
 
     @staticmethod
@@ -525,9 +564,12 @@ class AgentSteps:
         outcome: RunOutcome,
         *,
         last_step: StepFinished | None = None,
+        tool_results: Sequence[ToolResultEvent] = (),
         read_only: bool = False,
     ) -> RunOutcome:
         """Save what the run produced (idempotently, by message id) and publish the end."""
+        for published in tool_results:
+            await self.publish(request, published)
         if last_step is not None:
             await self.publish(request, last_step)
         if request.thread_id and outcome.messages and not read_only:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
-from loomwork.errors import FailedPrecondition, FieldViolation, InvalidArgument, LoomworkError
 from loomwork.flows.nodes import StepKind
 
 RunStatus = Literal["pending", "running", "suspended", "waiting", "succeeded", "failed", "canceled"]
@@ -199,19 +197,6 @@ def terminal_event(state: RunState) -> WorkflowEvent:
         "canceled" if state.status == "canceled" else "succeeded"
     )
     return RunFinished(time=state.end_time, status=status, output=state.output, error=state.error)
-
-
-def resume_rejection(error_type: str | None, message: str, details: Sequence[Any]) -> LoomworkError:
-    """The domain error for DslRun's `resume_run` rejection: its type names the error, its
-    details hold `{"field", "description"}` objects."""
-    violations = [
-        FieldViolation(str(d.get("field", "")), str(d.get("description", "")))
-        for d in details
-        if isinstance(d, dict)
-    ]
-    if error_type == "InvalidArgument" and violations:
-        return InvalidArgument(violations, message)
-    return FailedPrecondition(message)
 
 
 def encode_event(event: WorkflowEvent) -> bytes:

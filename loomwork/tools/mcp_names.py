@@ -41,6 +41,24 @@ def is_mcp_name(name: str) -> bool:
     return name.startswith(MCP_PREFIX)
 
 
+def function_names(names: list[str]) -> list[str]:
+    """The names the model sees for an agent's tool names, as far as they are known without
+    the servers' lists: its own tools as named, `mcp:<server>/<tool>` by its function name
+    (`mcp:<server>/*` only once the server's tools are listed)."""
+    seen = []
+    for name in names:
+        if not is_mcp_name(name):
+            seen.append(name)
+            continue
+        try:
+            ref = parse_mcp_name(name)
+        except ValueError:
+            continue
+        if ref.tool != EVERY_TOOL:
+            seen.append(ref.function_name)
+    return seen
+
+
 def parse_mcp_name(name: str) -> McpToolRef:
     """`mcp:<server>/<tool>` or `mcp:<server>/*` as a ref (tool `*` for every tool); a
     ValueError says what is wrong with it."""

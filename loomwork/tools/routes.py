@@ -23,6 +23,8 @@ class ToolRoute(BaseModel):
 
     kind: ToolKind = "worker"
     summary: str = ""  # the activity's summary in the Temporal UI; "" = "tool <name>"
-    timeout: timedelta = DEFAULT_TOOL_TIMEOUT  # one attempt's limit
+    # One attempt's limit; for a client tool, how long the run waits for the caller's result
+    # (None: until it comes, for client tools only).
+    timeout: timedelta | None = DEFAULT_TOOL_TIMEOUT
     retry: RetryPolicy | None = None  # None: the agent workflow's default for tools
     mcp: McpToolRef | None = None  # kind "mcp": the server and tool the call goes to

@@ -6,17 +6,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from pydantic import BaseModel
 from temporalio.client import (
     WorkflowExecution,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowHandle,
-    WorkflowUpdateFailedError,
 )
-from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.run_lookup import RunLookup, visibility_literal
@@ -29,10 +29,18 @@ from loomwork.agents.events import (
     ApprovalRequested,
     RunFinished,
     RunPending,
+    ToolCallRequested,
     decode_event,
     encode_event,
 )
-from loomwork.agents.run_models import AgentRunRequest, ResumeInput, RunOutcome, RunRecord, RunState
+from loomwork.agents.run_models import (
+    AgentRunRequest,
+    ResumeInput,
+    RunOutcome,
+    RunRecord,
+    RunState,
+    ToolResultsInput,
+)
 from loomwork.agents.steps import event_log_key
 from loomwork.agents.store import AgentStore
 from loomwork.errors import (
@@ -43,7 +51,6 @@ from loomwork.errors import (
     Violations,
 )
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id
-from loomwork.messages import NewMessage, Role, TextPart
 from loomwork.paging import (
     decode_bytes_token,
     decode_text_token,
@@ -53,21 +60,18 @@ from loomwork.paging import (
 from loomwork.tools import Tool
 from loomwork.tools.mcp_source import McpToolInfo
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
-from server.agent_runs import AgentRunStart, AgentRunStarter
+from server.agent_runs import AgentRunStarter
 from server.runtime import Runtime
-from server.servicers import agent_convert, message_convert
+from server.servicers import agent_convert, client_tools_convert
 from server.servicers.relay import PendingNotice, relay_run_events
 from server.servicers.tenancy import tenant
-from server.servicers.well_known_convert import set_timestamp, struct_to_dict
+from server.servicers.well_known_convert import set_timestamp
 from server.temporal import not_taken, query_state, start_input
 from workflows.agent_run import AgentRunWorkflow
 from workflows.search_attributes import AGENT, RESOURCE, RUN, STATUS, THREAD
 
 log = logging.getLogger(__name__)
 
-MAX_RESOURCE_ID = 256
-MAX_SESSION_KEY = 128
-MAX_RUN_METADATA = 16 * 1024
 _UPDATABLE = (
     "description",
     "instructions",
@@ -89,12 +93,13 @@ _RUN_STATUS_NAMES = {
 }
 _RUN_STATUS_FROM_NAME = {name: value for value, name in _RUN_STATUS_NAMES.items()}
 # Runs whose workflow ended without the workflow saying so (terminated, timed out...).
+# How long an Update may take before the service checks that a worker has taken the run.
+NOT_TAKEN_CHECK_AFTER = 1.0
 _ABNORMAL_END = {
     WorkflowExecutionStatus.FAILED,
     WorkflowExecutionStatus.TERMINATED,
     WorkflowExecutionStatus.TIMED_OUT,
 }
-RunRequest = agent_pb2.GenerateRequest | agent_pb2.StreamRequest | agent_pb2.StreamObjectRequest
 
 
 async def _describe(
@@ -110,6 +115,22 @@ async def _describe(
 
 async def _state(handle: WorkflowHandle[AgentRunWorkflow, RunOutcome], run_id: str) -> RunState:
     return await query_state(handle, AgentRunWorkflow.state, run_id)
+
+
+@dataclass(frozen=True)
+class _FoundRun:
+    """A run of the caller's tenant, by its workflow."""
+
+    run_id: str
+    handle: WorkflowHandle[AgentRunWorkflow, RunOutcome]
+    workflow_id: str
+    agent_name: str
+
+
+def _not_started(run_id: str, nothing: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"run {run_id!r} has not started yet (no worker has taken it): {nothing}"
+    )
 
 
 def _pending_event(task_queue: str, waited_seconds: float) -> bytes:
@@ -225,11 +246,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     # -- runs
 
     async def _start(
-        self, request: RunRequest, *, require_output_schema: bool = False
+        self, request: agent_convert.RunRequest, *, require_output_schema: bool = False
     ) -> tuple[AgentRunRequest, WorkflowHandle[AgentRunWorkflow, RunOutcome]]:
         """Start (or join) the run this call asks for: the workflow's input and its handle."""
         return await self.starter.start(
-            tenant(), _run_start(request), require_output_schema=require_output_schema
+            tenant(),
+            agent_convert.run_start_from_proto(request),
+            require_output_schema=require_output_schema,
         )
 
     async def Generate(
@@ -247,8 +270,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 run = agent_convert.run_to_proto(outcome, workflow_id)
                 run.last_event_id = event.event_id
                 return agent_pb2.GenerateResponse(run=run)
-            if isinstance(published, ApprovalRequested):
-                # Stopped for a person: answer with the run and its pending approvals.
+            if isinstance(published, ApprovalRequested | ToolCallRequested):
+                # Stopped for a person or for the caller: answer with the run and what it
+                # waits on (its pending approvals and client tool calls).
                 waiting = await self._when_waiting(handle, run_request.run_id)
                 if waiting is not None:
                     return agent_pb2.GenerateResponse(run=waiting)
@@ -419,13 +443,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         decisions = agent_convert.decisions_from_proto(request.decisions)
         if not decisions:
             raise InvalidArgument.field("decisions", "give at least one decision")
-        handle, workflow_id, agent_name = await self._handle(request.run_id)
-        if not_taken(await _describe(handle, request.run_id)):
-            raise FailedPrecondition(
-                f"run {request.run_id!r} has not started yet (no worker has taken it): "
-                "nothing waits for approval"
-            )
-        state = await _state(handle, request.run_id)
+        run = await self._started(request.run_id, "nothing waits for approval")
+        state = await _state(run.handle, request.run_id)
         pending = {p.tool_call_id: p for p in state.pending}
         for i, decision in enumerate(decisions):
             if decision.edited_arguments is not None and decision.tool_call_id in pending:
@@ -434,19 +453,56 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     decision.edited_arguments,
                     f"decisions[{i}].approve.edited_arguments",
                 )
+        updated = await self._update(run, "resume_run", ResumeInput(decisions=decisions))
+        return agent_pb2.AgentServiceResumeRunResponse(run=updated)
+
+    async def SubmitToolResults(
+        self, request: agent_pb2.SubmitToolResultsRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.SubmitToolResultsResponse:
+        results = client_tools_convert.tool_results_from_proto(request.results)
+        handle, workflow_id, agent_name = await self._handle(request.run_id)
+        run = _FoundRun(request.run_id, handle, workflow_id, agent_name)
+        updated = await self._update(
+            run,
+            "submit_tool_results",
+            ToolResultsInput(results=results),
+            unless_not_taken="no tool call waits for a result",
+        )
+        return agent_pb2.SubmitToolResultsResponse(run=updated)
+
+    async def _started(self, run_id: str, nothing: str) -> _FoundRun:
+        """The run, once a worker has taken it; FAILED_PRECONDITION saying `nothing` before."""
+        handle, workflow_id, agent_name = await self._handle(run_id)
+        if not_taken(await _describe(handle, run_id)):
+            raise _not_started(run_id, nothing)
+        return _FoundRun(run_id, handle, workflow_id, agent_name)
+
+    async def _update(
+        self, run: _FoundRun, name: str, payload: BaseModel, *, unless_not_taken: str = ""
+    ) -> agent_pb2.AgentRun:
+        """Send the run one of its Updates and answer with the run as the workflow returns
+        it. A rejected Update (WorkflowUpdateFailedError) is mapped where every error is.
+        `unless_not_taken`: FAILED_PRECONDITION saying so if no worker has taken the run
+        (an Update would wait for one), checked once the Update is slow to answer."""
+        update = asyncio.ensure_future(
+            run.handle.execute_update(name, payload, result_type=RunState)
+        )
         try:
-            state = await handle.execute_update(
-                "resume_run", ResumeInput(decisions=decisions), result_type=RunState
-            )
-        except WorkflowUpdateFailedError as error:
-            cause = error.cause
-            if isinstance(cause, ApplicationError) and cause.type == "InvalidArgument":
-                field, description = cause.details
-                raise InvalidArgument.field(str(field), str(description)) from error
-            message = getattr(cause, "message", None) or str(cause or error)
-            raise FailedPrecondition(message) from error
-        run = agent_convert.state_to_proto(request.run_id, agent_name, state, workflow_id)
-        return agent_pb2.AgentServiceResumeRunResponse(run=await self._with_last_event(run))
+            if unless_not_taken:
+                # An Update waits for a worker to take the run: one that is slow to answer
+                # is checked (a describe is a round trip; most Updates are answered sooner).
+                done, _ = await asyncio.wait({update}, timeout=NOT_TAKEN_CHECK_AFTER)
+                if not done and not_taken(await _describe(run.handle, run.run_id)):
+                    raise _not_started(run.run_id, unless_not_taken)
+            state = await update
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:  # the workflow has closed
+                raise FailedPrecondition(f"run {run.run_id!r} has ended") from error
+            raise Unavailable(f"Temporal: {error.message}") from error
+        finally:
+            update.cancel()
+        proto = agent_convert.state_to_proto(run.run_id, run.agent_name, state, run.workflow_id)
+        return await self._with_last_event(proto)
 
     async def _with_last_event(
         self, run: agent_pb2.AgentRun, terminal_event_id: int = 0
@@ -466,8 +522,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             violations.add("agent_name", "is not an agent name")
         if request.thread_id and not is_valid_client_id(request.thread_id):
             violations.add("thread_id", f"must be {CLIENT_ID_RULE}")
-        if len(request.resource_id) > MAX_RESOURCE_ID:
-            violations.add("resource_id", f"must be at most {MAX_RESOURCE_ID} characters")
+        if len(request.resource_id) > agent_convert.MAX_RESOURCE_ID:
+            violations.add(
+                "resource_id", f"must be at most {agent_convert.MAX_RESOURCE_ID} characters"
+            )
         for i, status in enumerate(request.statuses):
             if status not in _RUN_STATUS_NAMES:
                 violations.add(f"statuses[{i}]", "is not a run status")
@@ -500,56 +558,6 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             runs=[_listed_run(execution) for execution in listing.current_page or []],
             next_page_token=encode_bytes_token(token, query) if token else "",
         )
-
-
-def _run_start(request: RunRequest) -> AgentRunStart:
-    """The run a Generate, Stream or StreamObject call asks for, its fields checked."""
-    violations = Violations()
-    if not request.agent_name:
-        violations.add("agent_name", "is required")
-    if bool(request.messages) == bool(request.prompt):
-        violations.add("prompt", "give exactly one of messages and prompt")
-    if request.client_run_id and not is_valid_client_id(request.client_run_id):
-        violations.add("client_run_id", f"must be {CLIENT_ID_RULE}")
-    if not 0 <= request.max_steps <= 100:
-        violations.add("max_steps", "must be between 0 and 100")
-    if request.thread_id and not is_valid_client_id(request.thread_id):
-        violations.add("thread_id", f"must be {CLIENT_ID_RULE}")
-    if len(request.resource_id) > MAX_RESOURCE_ID:
-        violations.add("resource_id", f"must be at most {MAX_RESOURCE_ID} characters")
-    if len(request.session_key) > MAX_SESSION_KEY:
-        violations.add("session_key", f"must be at most {MAX_SESSION_KEY} characters")
-    if request.thread_resolution not in agent_pb2.ThreadResolution.values():
-        violations.add("thread_resolution", "is not a ThreadResolution value")
-    if request.metadata.ByteSize() > MAX_RUN_METADATA:
-        violations.add("metadata", f"must be at most {MAX_RUN_METADATA // 1024} KiB serialized")
-    violations.raise_if_any()
-    output_schema, override, read_only = None, None, None
-    if request.HasField("output_schema"):
-        output_schema = agent_convert.output_schema_from_proto(
-            request.output_schema, "output_schema"
-        )
-    if request.HasField("memory"):
-        override = agent_convert.memory_override_from_proto(request.memory)
-        read_only = agent_convert.read_only_from_proto(request.memory)
-    if request.prompt:
-        messages = [NewMessage(role=Role.USER, parts=[TextPart(text=request.prompt)])]
-    else:
-        messages = message_convert.new_messages_from_proto(request.messages)
-    return AgentRunStart(
-        agent_name=request.agent_name,
-        messages=messages,
-        client_run_id=request.client_run_id,
-        thread_id=request.thread_id,
-        resource_id=request.resource_id,
-        session_key=request.session_key,
-        thread_resolution=agent_convert.thread_resolution_from_proto(request.thread_resolution),
-        max_steps=request.max_steps,
-        memory=override,
-        memory_read_only=read_only,
-        output_schema=output_schema,
-        metadata=struct_to_dict(request.metadata),
-    )
 
 
 def _listed_run(execution: WorkflowExecution) -> agent_pb2.AgentRun:

@@ -12,17 +12,28 @@ from google.rpc import code_pb2
 from loomwork.agents import events
 from loomwork.agents import run_models as runs
 from loomwork.agents.definitions import AgentDefinition, AgentSource
-from loomwork.agents.output_schema import check_output_schema
 from loomwork.errors import Violations
+from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id
+from loomwork.json_schema import check_object_schema
 from loomwork.llm.chat import ChatMessage
 from loomwork.memory.settings import MemorySettings, parse_memory_settings
-from loomwork.messages import NewMessage
+from loomwork.messages import NewMessage, Role, TextPart
 from loomwork.tools import Tool
 from loomwork.tools.mcp_source import McpToolInfo
 from protos.loomwork.v1 import agent_pb2, memory_pb2, message_pb2, run_pb2
-from server.agent_runs import ThreadResolution
+from server.agent_runs import AgentRunStart, ThreadResolution
+from server.servicers import message_convert
+from server.servicers.client_tools_convert import (
+    client_tools_from_proto,
+    pending_tool_call_to_proto,
+)
 from server.servicers.message_convert import ROLE_TO_PROTO, fill_part, usage_to_proto
-from server.servicers.well_known_convert import set_timestamp
+from server.servicers.well_known_convert import set_timestamp, struct_to_dict
+
+MAX_RESOURCE_ID = 256
+MAX_SESSION_KEY = 128
+MAX_RUN_METADATA = 16 * 1024
+RunRequest = agent_pb2.GenerateRequest | agent_pb2.StreamRequest | agent_pb2.StreamObjectRequest
 
 _STATUS = {
     "pending": run_pb2.RUN_STATUS_PENDING,
@@ -155,7 +166,7 @@ def agent_data_from_proto(agent: agent_pb2.Agent) -> dict[str, Any]:
 
 def output_schema_from_proto(schema: struct_pb2.Struct, field: str) -> dict[str, Any]:
     value = json_format.MessageToDict(schema)
-    check_output_schema(value, field)
+    check_object_schema(value, field)
     return value
 
 
@@ -274,6 +285,8 @@ def state_to_proto(
     run.output.steps = state.steps
     for pending in state.pending:
         run.pending_approvals.append(pending_to_proto(pending))
+    for call in state.pending_tool_calls:
+        run.pending_tool_calls.append(pending_tool_call_to_proto(call))
     return run
 
 
@@ -363,6 +376,8 @@ def event_to_proto(
         resolved.reason = event.reason
         resolved.arguments.update(event.arguments)
         resolved.arguments_edited = event.arguments_edited
+    elif isinstance(event, events.ToolCallRequested):
+        out.tool_call_requested.CopyFrom(pending_tool_call_to_proto(event.call))
     elif isinstance(event, events.RunFinished):
         if event.outcome.status in ("succeeded", "canceled"):
             out.run_finished.status = _STATUS[event.outcome.status]
@@ -427,3 +442,52 @@ def thread_resolution_from_proto(value: int) -> ThreadResolution:
 
 def read_only_from_proto(memory: agent_pb2.AgentMemorySettings) -> bool | None:
     return memory.read_only if memory.HasField("read_only") else None
+
+
+def run_start_from_proto(request: RunRequest) -> AgentRunStart:
+    """The run a Generate, Stream or StreamObject call asks for, its fields checked."""
+    violations = Violations()
+    if not request.agent_name:
+        violations.add("agent_name", "is required")
+    if bool(request.messages) == bool(request.prompt):
+        violations.add("prompt", "give exactly one of messages and prompt")
+    if request.client_run_id and not is_valid_client_id(request.client_run_id):
+        violations.add("client_run_id", f"must be {CLIENT_ID_RULE}")
+    if not 0 <= request.max_steps <= 100:
+        violations.add("max_steps", "must be between 0 and 100")
+    if request.thread_id and not is_valid_client_id(request.thread_id):
+        violations.add("thread_id", f"must be {CLIENT_ID_RULE}")
+    if len(request.resource_id) > MAX_RESOURCE_ID:
+        violations.add("resource_id", f"must be at most {MAX_RESOURCE_ID} characters")
+    if len(request.session_key) > MAX_SESSION_KEY:
+        violations.add("session_key", f"must be at most {MAX_SESSION_KEY} characters")
+    if request.thread_resolution not in agent_pb2.ThreadResolution.values():
+        violations.add("thread_resolution", "is not a ThreadResolution value")
+    if request.metadata.ByteSize() > MAX_RUN_METADATA:
+        violations.add("metadata", f"must be at most {MAX_RUN_METADATA // 1024} KiB serialized")
+    violations.raise_if_any()
+    output_schema, override, read_only = None, None, None
+    if request.HasField("output_schema"):
+        output_schema = output_schema_from_proto(request.output_schema, "output_schema")
+    if request.HasField("memory"):
+        override = memory_override_from_proto(request.memory)
+        read_only = read_only_from_proto(request.memory)
+    if request.prompt:
+        messages = [NewMessage(role=Role.USER, parts=[TextPart(text=request.prompt)])]
+    else:
+        messages = message_convert.new_messages_from_proto(request.messages)
+    return AgentRunStart(
+        agent_name=request.agent_name,
+        messages=messages,
+        client_run_id=request.client_run_id,
+        thread_id=request.thread_id,
+        resource_id=request.resource_id,
+        session_key=request.session_key,
+        thread_resolution=thread_resolution_from_proto(request.thread_resolution),
+        max_steps=request.max_steps,
+        memory=override,
+        memory_read_only=read_only,
+        output_schema=output_schema,
+        metadata=struct_to_dict(request.metadata),
+        client_tools=client_tools_from_proto(request.client_tools),
+    )

@@ -15,10 +15,8 @@ from temporalio.api.workflowservice.v1 import ListWorkflowExecutionsRequest
 from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowHandle,
-    WorkflowUpdateFailedError,
 )
 from temporalio.converter import DataConverter
-from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.run_lookup import RunLookup
@@ -46,7 +44,6 @@ from loomwork.flows.state import (
     decode_event,
     encode_event,
     event_log_key,
-    resume_rejection,
     temporal_workflow_id,
     terminal_event,
 )
@@ -337,8 +334,6 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                 id=request.request_id or None,
                 result_type=RunState,
             )
-        except WorkflowUpdateFailedError as error:
-            raise _update_rejection(error) from error
         except RPCError as error:
             if error.status == RPCStatusCode.NOT_FOUND:
                 raise FailedPrecondition(f"run {request.run_id!r} has ended") from error
@@ -510,10 +505,3 @@ def _pending_event(task_queue: str, waited_seconds: float) -> bytes:
     return encode_event(
         RunPending(time=datetime.now(UTC), task_queue=task_queue, waited_seconds=waited_seconds)
     )
-
-
-def _update_rejection(error: WorkflowUpdateFailedError) -> Exception:
-    cause = error.cause
-    if isinstance(cause, ApplicationError):
-        return resume_rejection(cause.type, cause.message, cause.details)
-    return FailedPrecondition(getattr(cause, "message", None) or str(cause or error))

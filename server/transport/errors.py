@@ -10,6 +10,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 
 from loomwork.errors import (
     AlreadyExists,
@@ -24,6 +26,7 @@ from loomwork.errors import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    rejection_error,
 )
 
 _CODES: dict[type[LoomworkError], grpc.StatusCode] = {
@@ -63,6 +66,15 @@ def status_code_of(error: LoomworkError) -> grpc.StatusCode:
         if cls in _CODES:
             return _CODES[cls]
     return grpc.StatusCode.INTERNAL
+
+
+def update_rejection(error: WorkflowUpdateFailedError) -> LoomworkError:
+    """The domain error of a Temporal Update a workflow rejected (its validator or handler
+    raised an ApplicationError whose type names the error)."""
+    cause = error.cause
+    if isinstance(cause, ApplicationError):
+        return rejection_error(cause.type, cause.message, cause.details)
+    return FailedPrecondition(getattr(cause, "message", None) or str(cause or error))
 
 
 def pydantic_violations(error: pydantic.ValidationError) -> list[FieldViolation]:

@@ -10,11 +10,17 @@ from typing import Any
 
 import grpc
 import pydantic
+from temporalio.client import WorkflowUpdateFailedError
 
 from loomwork.errors import InvalidArgument, LoomworkError, Unauthenticated
 from server.servicers.tenancy import current_tenant
 from server.transport.bearer import TenantTokens
-from server.transport.errors import pydantic_violations, to_rpc_status, unreachable_dependency
+from server.transport.errors import (
+    pydantic_violations,
+    to_rpc_status,
+    unreachable_dependency,
+    update_rejection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +140,8 @@ class ErrorInterceptor(WrappingInterceptor):
             raise exc
         if isinstance(exc, pydantic.ValidationError):
             exc = InvalidArgument(pydantic_violations(exc))
+        if isinstance(exc, WorkflowUpdateFailedError):  # a workflow refused the request
+            exc = update_rejection(exc)
         exc = unreachable_dependency(exc) or exc
         if isinstance(exc, LoomworkError):
             log.debug("%s -> %s", method, exc.message)

@@ -4,7 +4,8 @@
     .venv/bin/python tests/histories/record.py --workflows tests/histories/dsl_run_<version>
 
 An agent run: one run through the gRPC API on a fresh embedded stack: a tool call, a call
-that needs approval (approved by ResumeRun), then the answer. `--workflows`: one DslRun of
+that needs approval (approved by ResumeRun), a call of a client tool (answered by
+SubmitToolResults), then the answer. `--workflows`: one DslRun of
 each example workflow through StartRun (linear, branching, and suspend → ResumeRun), written
 to `<prefix>_<workflow>.json`. Record them per released version of the workflow code and
 keep them all: the replay tests (`test_agent_run_replay.py`, `test_workflow_run_replay.py`)
@@ -39,8 +40,10 @@ AUTH = (("authorization", "Bearer rec"),)
 SCRIPT = [
     Turn(tool_calls=[ScriptedToolCall("add", {"numbers": [2, 3]}, id="c_add")]),
     Turn(tool_calls=[ScriptedToolCall("send_email", {"to": "ada@example.com"}, id="c_mail")]),
-    Turn(text="Sent: 5.", chunk_size=3),
+    Turn(tool_calls=[ScriptedToolCall("get_weather", {"city": "Paris"}, id="c_weather")]),
+    Turn(text="Sent: 5. Sunny in Paris.", chunk_size=3),
 ]
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 
 
 async def record(settings: Settings) -> str:
@@ -53,7 +56,12 @@ async def record(settings: Settings) -> str:
     async with worker, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         agents = agent_pb2_grpc.AgentServiceStub(channel)
         request = agent_pb2.StreamRequest(
-            agent_name="assistant", prompt="add 2 and 3, then mail Ada", client_run_id="replay"
+            agent_name="assistant",
+            prompt="add 2 and 3, then mail Ada, then ask for the weather",
+            client_run_id="replay",
+            client_tools=[
+                agent_pb2.ClientTool(name="get_weather", parameters_schema=_struct(WEATHER))
+            ],
         )
         async for response in agents.Stream(request, metadata=AUTH):
             if response.event.HasField("approval_requested"):
@@ -67,6 +75,19 @@ async def record(settings: Settings) -> str:
         )
         watch = agent_pb2.AgentServiceWatchRunRequest(run_id="replay")
         async for response in agents.WatchRun(watch, metadata=AUTH):
+            if response.event.HasField("tool_call_requested"):
+                await agents.SubmitToolResults(
+                    agent_pb2.SubmitToolResultsRequest(
+                        run_id="replay",
+                        results=[
+                            agent_pb2.ClientToolResult(
+                                tool_call_id="c_weather",
+                                result=struct_pb2.Value(string_value="sunny"),
+                            )
+                        ],
+                    ),
+                    metadata=AUTH,
+                )
             if response.event.HasField("run_finished"):
                 assert response.event.run_finished.status == run_pb2.RUN_STATUS_SUCCEEDED
         run = await agents.GetRun(
@@ -157,6 +178,7 @@ def main() -> None:
                 REDIS_URL=endpoints.redis_url,
                 TEMPORAL_ADDRESS=endpoints.temporal_address,
                 LOOMWORK_TOKENS="rec=rec",
+                LOOMWORK_HOME=Path(tmp),  # its dev secret key too, not the current directory's
                 OPENAI_BASE_URL=model.base_url,
                 OPENAI_API_KEY="x",
                 LOOMWORK_CHAT_MODEL="scripted",

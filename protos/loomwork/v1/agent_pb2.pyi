@@ -226,7 +226,7 @@ class ListToolsResponse(_message.Message):
     def __init__(self, tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("agent_name", "messages", "prompt", "thread_id", "resource_id", "thread_resolution", "session_key", "memory", "max_steps", "output_schema", "client_run_id", "metadata")
+    __slots__ = ("agent_name", "messages", "prompt", "thread_id", "resource_id", "thread_resolution", "session_key", "memory", "max_steps", "output_schema", "client_run_id", "metadata", "client_tools")
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -239,6 +239,7 @@ class GenerateRequest(_message.Message):
     OUTPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     CLIENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_TOOLS_FIELD_NUMBER: _ClassVar[int]
     agent_name: str
     messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
     prompt: str
@@ -251,7 +252,8 @@ class GenerateRequest(_message.Message):
     output_schema: _struct_pb2.Struct
     client_run_id: str
     metadata: _struct_pb2.Struct
-    def __init__(self, agent_name: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., prompt: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., thread_resolution: _Optional[_Union[ThreadResolution, str]] = ..., session_key: _Optional[str] = ..., memory: _Optional[_Union[AgentMemorySettings, _Mapping]] = ..., max_steps: _Optional[int] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., client_run_id: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    client_tools: _containers.RepeatedCompositeFieldContainer[ClientTool]
+    def __init__(self, agent_name: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., prompt: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., thread_resolution: _Optional[_Union[ThreadResolution, str]] = ..., session_key: _Optional[str] = ..., memory: _Optional[_Union[AgentMemorySettings, _Mapping]] = ..., max_steps: _Optional[int] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., client_run_id: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., client_tools: _Optional[_Iterable[_Union[ClientTool, _Mapping]]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("run",)
@@ -260,7 +262,7 @@ class GenerateResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[AgentRun, _Mapping]] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
-    __slots__ = ("agent_name", "messages", "prompt", "thread_id", "resource_id", "thread_resolution", "session_key", "memory", "max_steps", "output_schema", "client_run_id", "metadata")
+    __slots__ = ("agent_name", "messages", "prompt", "thread_id", "resource_id", "thread_resolution", "session_key", "memory", "max_steps", "output_schema", "client_run_id", "metadata", "client_tools")
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -273,6 +275,7 @@ class StreamRequest(_message.Message):
     OUTPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     CLIENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_TOOLS_FIELD_NUMBER: _ClassVar[int]
     agent_name: str
     messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
     prompt: str
@@ -285,7 +288,8 @@ class StreamRequest(_message.Message):
     output_schema: _struct_pb2.Struct
     client_run_id: str
     metadata: _struct_pb2.Struct
-    def __init__(self, agent_name: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., prompt: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., thread_resolution: _Optional[_Union[ThreadResolution, str]] = ..., session_key: _Optional[str] = ..., memory: _Optional[_Union[AgentMemorySettings, _Mapping]] = ..., max_steps: _Optional[int] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., client_run_id: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    client_tools: _containers.RepeatedCompositeFieldContainer[ClientTool]
+    def __init__(self, agent_name: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., prompt: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., thread_resolution: _Optional[_Union[ThreadResolution, str]] = ..., session_key: _Optional[str] = ..., memory: _Optional[_Union[AgentMemorySettings, _Mapping]] = ..., max_steps: _Optional[int] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., client_run_id: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., client_tools: _Optional[_Iterable[_Union[ClientTool, _Mapping]]] = ...) -> None: ...
 
 class StreamResponse(_message.Message):
     __slots__ = ("event",)
@@ -294,7 +298,7 @@ class StreamResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[AgentRunEvent, _Mapping]] = ...) -> None: ...
 
 class StreamObjectRequest(_message.Message):
-    __slots__ = ("agent_name", "messages", "prompt", "thread_id", "resource_id", "thread_resolution", "session_key", "memory", "max_steps", "output_schema", "client_run_id", "metadata")
+    __slots__ = ("agent_name", "messages", "prompt", "thread_id", "resource_id", "thread_resolution", "session_key", "memory", "max_steps", "output_schema", "client_run_id", "metadata", "client_tools")
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -307,6 +311,7 @@ class StreamObjectRequest(_message.Message):
     OUTPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     CLIENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_TOOLS_FIELD_NUMBER: _ClassVar[int]
     agent_name: str
     messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
     prompt: str
@@ -319,7 +324,8 @@ class StreamObjectRequest(_message.Message):
     output_schema: _struct_pb2.Struct
     client_run_id: str
     metadata: _struct_pb2.Struct
-    def __init__(self, agent_name: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., prompt: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., thread_resolution: _Optional[_Union[ThreadResolution, str]] = ..., session_key: _Optional[str] = ..., memory: _Optional[_Union[AgentMemorySettings, _Mapping]] = ..., max_steps: _Optional[int] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., client_run_id: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    client_tools: _containers.RepeatedCompositeFieldContainer[ClientTool]
+    def __init__(self, agent_name: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., prompt: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., thread_resolution: _Optional[_Union[ThreadResolution, str]] = ..., session_key: _Optional[str] = ..., memory: _Optional[_Union[AgentMemorySettings, _Mapping]] = ..., max_steps: _Optional[int] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., client_run_id: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., client_tools: _Optional[_Iterable[_Union[ClientTool, _Mapping]]] = ...) -> None: ...
 
 class StreamObjectResponse(_message.Message):
     __slots__ = ("event",)
@@ -328,7 +334,7 @@ class StreamObjectResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[AgentRunEvent, _Mapping]] = ...) -> None: ...
 
 class AgentRun(_message.Message):
-    __slots__ = ("id", "agent_name", "thread_id", "resource_id", "status", "model", "input_messages", "output", "pending_approvals", "error", "metadata", "create_time", "start_time", "end_time", "last_event_id", "temporal_workflow_id", "temporal_run_id")
+    __slots__ = ("id", "agent_name", "thread_id", "resource_id", "status", "model", "input_messages", "output", "pending_approvals", "pending_tool_calls", "error", "metadata", "create_time", "start_time", "end_time", "last_event_id", "temporal_workflow_id", "temporal_run_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
@@ -338,6 +344,7 @@ class AgentRun(_message.Message):
     INPUT_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     PENDING_APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -355,6 +362,7 @@ class AgentRun(_message.Message):
     input_messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
     output: AgentRunOutput
     pending_approvals: _containers.RepeatedCompositeFieldContainer[PendingApproval]
+    pending_tool_calls: _containers.RepeatedCompositeFieldContainer[PendingToolCall]
     error: _run_pb2.RunError
     metadata: _struct_pb2.Struct
     create_time: _timestamp_pb2.Timestamp
@@ -363,7 +371,7 @@ class AgentRun(_message.Message):
     last_event_id: int
     temporal_workflow_id: str
     temporal_run_id: str
-    def __init__(self, id: _Optional[str] = ..., agent_name: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., status: _Optional[_Union[_run_pb2.RunStatus, str]] = ..., model: _Optional[str] = ..., input_messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., output: _Optional[_Union[AgentRunOutput, _Mapping]] = ..., pending_approvals: _Optional[_Iterable[_Union[PendingApproval, _Mapping]]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[int] = ..., temporal_workflow_id: _Optional[str] = ..., temporal_run_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., agent_name: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., status: _Optional[_Union[_run_pb2.RunStatus, str]] = ..., model: _Optional[str] = ..., input_messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., output: _Optional[_Union[AgentRunOutput, _Mapping]] = ..., pending_approvals: _Optional[_Iterable[_Union[PendingApproval, _Mapping]]] = ..., pending_tool_calls: _Optional[_Iterable[_Union[PendingToolCall, _Mapping]]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[int] = ..., temporal_workflow_id: _Optional[str] = ..., temporal_run_id: _Optional[str] = ...) -> None: ...
 
 class AgentRunOutput(_message.Message):
     __slots__ = ("messages", "text", "object", "usage", "finish_reason", "steps", "context")
@@ -448,7 +456,7 @@ class ApprovalResolved(_message.Message):
     def __init__(self, tool_call_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., approved: _Optional[bool] = ..., reason: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., arguments_edited: _Optional[bool] = ...) -> None: ...
 
 class AgentRunEvent(_message.Message):
-    __slots__ = ("event_id", "run_id", "time", "step", "run_started", "text_delta", "tool_call", "tool_result", "approval_requested", "approval_resolved", "object_partial", "object_final", "usage", "step_retrying", "step_finished", "run_finished", "run_failed", "run_pending")
+    __slots__ = ("event_id", "run_id", "time", "step", "run_started", "text_delta", "tool_call", "tool_result", "approval_requested", "approval_resolved", "object_partial", "object_final", "usage", "step_retrying", "step_finished", "run_finished", "run_failed", "run_pending", "tool_call_requested")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -467,6 +475,7 @@ class AgentRunEvent(_message.Message):
     RUN_FINISHED_FIELD_NUMBER: _ClassVar[int]
     RUN_FAILED_FIELD_NUMBER: _ClassVar[int]
     RUN_PENDING_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     event_id: int
     run_id: str
     time: _timestamp_pb2.Timestamp
@@ -485,7 +494,8 @@ class AgentRunEvent(_message.Message):
     run_finished: AgentRunFinished
     run_failed: _run_pb2.RunError
     run_pending: AgentRunPending
-    def __init__(self, event_id: _Optional[int] = ..., run_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., run_started: _Optional[_Union[AgentRunStarted, _Mapping]] = ..., text_delta: _Optional[_Union[_run_pb2.TextDelta, _Mapping]] = ..., tool_call: _Optional[_Union[_message_pb2.ToolCallPart, _Mapping]] = ..., tool_result: _Optional[_Union[_message_pb2.ToolResultPart, _Mapping]] = ..., approval_requested: _Optional[_Union[PendingApproval, _Mapping]] = ..., approval_resolved: _Optional[_Union[ApprovalResolved, _Mapping]] = ..., object_partial: _Optional[_Union[ObjectPartial, _Mapping]] = ..., object_final: _Optional[_Union[ObjectFinal, _Mapping]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ..., step_retrying: _Optional[_Union[AgentStepRetrying, _Mapping]] = ..., step_finished: _Optional[_Union[AgentStepFinished, _Mapping]] = ..., run_finished: _Optional[_Union[AgentRunFinished, _Mapping]] = ..., run_failed: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., run_pending: _Optional[_Union[AgentRunPending, _Mapping]] = ...) -> None: ...
+    tool_call_requested: PendingToolCall
+    def __init__(self, event_id: _Optional[int] = ..., run_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., run_started: _Optional[_Union[AgentRunStarted, _Mapping]] = ..., text_delta: _Optional[_Union[_run_pb2.TextDelta, _Mapping]] = ..., tool_call: _Optional[_Union[_message_pb2.ToolCallPart, _Mapping]] = ..., tool_result: _Optional[_Union[_message_pb2.ToolResultPart, _Mapping]] = ..., approval_requested: _Optional[_Union[PendingApproval, _Mapping]] = ..., approval_resolved: _Optional[_Union[ApprovalResolved, _Mapping]] = ..., object_partial: _Optional[_Union[ObjectPartial, _Mapping]] = ..., object_final: _Optional[_Union[ObjectFinal, _Mapping]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ..., step_retrying: _Optional[_Union[AgentStepRetrying, _Mapping]] = ..., step_finished: _Optional[_Union[AgentStepFinished, _Mapping]] = ..., run_finished: _Optional[_Union[AgentRunFinished, _Mapping]] = ..., run_failed: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., run_pending: _Optional[_Union[AgentRunPending, _Mapping]] = ..., tool_call_requested: _Optional[_Union[PendingToolCall, _Mapping]] = ...) -> None: ...
 
 class AgentRunPending(_message.Message):
     __slots__ = ("task_queue", "waited")
@@ -624,6 +634,58 @@ class AgentServiceResumeRunRequest(_message.Message):
     run_id: str
     decisions: _containers.RepeatedCompositeFieldContainer[ApprovalDecision]
     def __init__(self, run_id: _Optional[str] = ..., decisions: _Optional[_Iterable[_Union[ApprovalDecision, _Mapping]]] = ...) -> None: ...
+
+class ClientTool(_message.Message):
+    __slots__ = ("name", "description", "parameters_schema", "timeout")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    parameters_schema: _struct_pb2.Struct
+    timeout: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class PendingToolCall(_message.Message):
+    __slots__ = ("tool_call_id", "tool_name", "arguments", "step", "request_time", "expire_time")
+    TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    TOOL_NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    tool_call_id: str
+    tool_name: str
+    arguments: _struct_pb2.Struct
+    step: int
+    request_time: _timestamp_pb2.Timestamp
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, tool_call_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., step: _Optional[int] = ..., request_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ClientToolResult(_message.Message):
+    __slots__ = ("tool_call_id", "result", "error")
+    TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    tool_call_id: str
+    result: _struct_pb2.Value
+    error: str
+    def __init__(self, tool_call_id: _Optional[str] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class SubmitToolResultsRequest(_message.Message):
+    __slots__ = ("run_id", "results")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    results: _containers.RepeatedCompositeFieldContainer[ClientToolResult]
+    def __init__(self, run_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ClientToolResult, _Mapping]]] = ...) -> None: ...
+
+class SubmitToolResultsResponse(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: AgentRun
+    def __init__(self, run: _Optional[_Union[AgentRun, _Mapping]] = ...) -> None: ...
 
 class AgentServiceResumeRunResponse(_message.Message):
     __slots__ = ("run",)

@@ -116,6 +116,11 @@ class AgentServiceStub:
                 request_serializer=loomwork_dot_v1_dot_agent__pb2.AgentServiceResumeRunRequest.SerializeToString,
                 response_deserializer=loomwork_dot_v1_dot_agent__pb2.AgentServiceResumeRunResponse.FromString,
                 _registered_method=True)
+        self.SubmitToolResults = channel.unary_unary(
+                '/loomwork.v1.AgentService/SubmitToolResults',
+                request_serializer=loomwork_dot_v1_dot_agent__pb2.SubmitToolResultsRequest.SerializeToString,
+                response_deserializer=loomwork_dot_v1_dot_agent__pb2.SubmitToolResultsResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -185,10 +190,11 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Generate(self, request, context):
-        """Runs an agent and answers when the run ends or stops for approval
-        (status WAITING: the response lists the pending approvals; call
-        ResumeRun, then WatchRun or GetRun for the rest). If the RPC deadline
-        expires first the run goes on: find it by `client_run_id` or ListRuns.
+        """Runs an agent and answers when the run ends or stops for approval or for
+        client tool results (status WAITING: the response lists the pending
+        approvals and client tool calls; call ResumeRun or SubmitToolResults,
+        then WatchRun or GetRun for the rest). If the RPC deadline expires first
+        the run goes on: find it by `client_run_id` or ListRuns.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -266,6 +272,24 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitToolResults(self, request, context):
+        """Answers calls of client tools (ClientTool) that a WAITING run handed to
+        its caller: each `tool_call_requested` event, listed by GetRun in
+        `pending_tool_calls` until answered. A Temporal Update, validated and
+        answered synchronously, on any server replica: only the run id is
+        needed. The calls of one step may be answered together or one by one;
+        the run continues once every call of the step has its result (or its
+        timeout passed). A result or error goes to the model as the call's tool
+        result (an error as an error result) and is published as a
+        `tool_result` event. A `tool_call_id` that is not waiting (not a client
+        tool call of the run, already answered, or past its timeout), or a run
+        that is not running, is FAILED_PRECONDITION; nothing is applied unless
+        every result is accepted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -338,6 +362,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ResumeRun,
                     request_deserializer=loomwork_dot_v1_dot_agent__pb2.AgentServiceResumeRunRequest.FromString,
                     response_serializer=loomwork_dot_v1_dot_agent__pb2.AgentServiceResumeRunResponse.SerializeToString,
+            ),
+            'SubmitToolResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitToolResults,
+                    request_deserializer=loomwork_dot_v1_dot_agent__pb2.SubmitToolResultsRequest.FromString,
+                    response_serializer=loomwork_dot_v1_dot_agent__pb2.SubmitToolResultsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -730,6 +759,33 @@ class AgentService:
             '/loomwork.v1.AgentService/ResumeRun',
             loomwork_dot_v1_dot_agent__pb2.AgentServiceResumeRunRequest.SerializeToString,
             loomwork_dot_v1_dot_agent__pb2.AgentServiceResumeRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitToolResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loomwork.v1.AgentService/SubmitToolResults',
+            loomwork_dot_v1_dot_agent__pb2.SubmitToolResultsRequest.SerializeToString,
+            loomwork_dot_v1_dot_agent__pb2.SubmitToolResultsResponse.FromString,
             options,
             channel_credentials,
             insecure,
