@@ -33,6 +33,8 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripted_settings import scripted_settings
+
 from loomwork.config import Settings
 from loomwork.testing import ChatRequest, ScriptedModelServer, Turn
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
@@ -183,16 +185,11 @@ def main() -> None:
         model = ScriptedModelServer(answer)
         model_url = model.start_in_thread()
         try:
-            settings = Settings(
-                DATABASE_URL=endpoints.database_url,
-                REDIS_URL=redis_url,
-                TEMPORAL_ADDRESS=endpoints.temporal_address,
-                LOOMWORK_TOKENS="bench=bench",
-                OPENAI_BASE_URL=model_url,
-                OPENAI_API_KEY="x",
-                LOOMWORK_CHAT_MODEL="scripted",
-                LOOMWORK_DEMO=True,  # the `assistant` agent
-                LOOMWORK_TASK_QUEUE=f"bench-outage-{uuid.uuid4().hex[:6]}",
+            settings = scripted_settings(endpoints, model_url).model_copy(
+                update={
+                    "redis_url": redis_url,
+                    "task_queue": f"bench-outage-{uuid.uuid4().hex[:6]}",
+                }
             )
             asyncio.run(run(settings, valkey, model, args.runs, args.outages))
         finally:
