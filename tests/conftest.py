@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from protos.loomwork.v1 import (
     workflow_pb2_grpc,
 )
 from server.embedded import EmbeddedStack
+from server.embedded.home import pick_free_port
 from server.runtime import Runtime
 from server.temporal import register_search_attributes
 from server.transport.grpc_app import GrpcApp, build_grpc_app
@@ -40,9 +40,10 @@ TOKENS = "t-alpha=alpha,t-beta=beta"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port for a server a test starts, below the kernel's ephemeral range: a port the
+    kernel hands out is also what outgoing connections take as their local port, so a
+    listener started a moment later could find it taken."""
+    return pick_free_port(set())
 
 
 @pytest.fixture(scope="session")
