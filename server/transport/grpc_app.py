@@ -28,7 +28,11 @@ from server.servicers.memory import MemoryServicer
 from server.servicers.rag import RagServicer
 from server.servicers.workflow import WorkflowServicer
 from server.transport.health import HealthMonitor
-from server.transport.interceptors import AuthInterceptor, ErrorInterceptor
+from server.transport.interceptors import (
+    AuthInterceptor,
+    ErrorInterceptor,
+    ValidationInterceptor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,12 @@ def build_grpc_app(runtime: Runtime, address: str, *, health_interval: float = 2
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(), AuthInterceptor(settings.token_map())],
+        # Outermost first: errors are mapped for all; requests are checked once authenticated.
+        interceptors=[
+            ErrorInterceptor(),
+            AuthInterceptor(settings.token_map()),
+            ValidationInterceptor(),
+        ],
         options=options,
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(runtime), server)
