@@ -1,21 +1,27 @@
 """Hypothesis strategies for any protobuf message, built from its descriptor.
 
 Every field may be left unset or get a hostile or plausible value of its type: strings
-with NUL characters, very long ones and ids that exist (the `pool`, both tenants'
-resources, so requests reach the code behind the checks); integers at the edges of their
-range; NaN and ±Infinity; enum numbers the proto does not define; JSON (Struct, Value,
-ListValue) with all of these and nested too deep; oneofs with one member set. Messages
-nest a few levels deep (recursive messages stop there).
+with NUL characters, very long ones and ids that exist (`pools`: both tenants' resources
+by kind, so that requests reach the code behind the checks); integers at the edges of
+their range; NaN and ±Infinity; enum numbers the proto does not define; JSON (Struct,
+Value, ListValue) with all of these, JSON Schema words, and nesting too deep; oneofs with
+one member set. Messages nest a few levels deep (recursive messages stop there).
+
+A string field's kind comes from its name, by the protos' conventions: `thread_id`,
+`agent_name` and `tool_names` are of kinds thread, agent and tool; `id` and `name` are of
+their message's kind (`Thread.id`: thread). Pools are keyed by kind without underscores
+(`oauthprovider`); every string field also draws from all of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import struct_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 from hypothesis import strategies as st
 
@@ -46,11 +52,15 @@ _NASTY_TEXT = (
     "../../etc/passwd",
     "metadata.a.b",
     "http://127.0.0.1:1/x",
-    "a" * 129,
-    "a" * 300,
-    "a" * 5_000,
-    "a" * 20_000,
 )
+# Lengths just past the protos' limits and well past them (made on demand: a strategy
+# holding 20 kB strings has a 20 kB repr).
+_LONG = st.sampled_from([65, 129, 257, 513, 1025, 4097, 20_000]).map(lambda n: "a" * n)
+
+# JSON Schema words, so that schemas (output, working memory, workflow input) get tried.
+_JSON_KEYS = ("type", "properties", "required", "items", "enum", "$ref", "a", "k\x00", "")
+_JSON_SCHEMA_WORDS = ("object", "string", "array", "integer", "number", "boolean", "null")
+_JSON_TYPES = ("google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue")
 
 
 def json_values(pool: Sequence[str]) -> st.SearchStrategy[Any]:
@@ -61,9 +71,9 @@ def json_values(pool: Sequence[str]) -> st.SearchStrategy[Any]:
         st.floats(allow_nan=True, allow_infinity=True),
         st.integers(-(2**53), 2**53).map(float),
         st.text(max_size=12),
-        st.sampled_from([*pool, *_NASTY_TEXT[:12]]),
+        st.sampled_from([*pool, *_NASTY_TEXT, *_JSON_SCHEMA_WORDS]),
     )
-    keys = st.one_of(st.text(max_size=8), st.sampled_from(["type", "a", "k\x00", ""]))
+    keys = st.one_of(st.text(max_size=8), st.sampled_from(_JSON_KEYS))
     nested = st.recursive(
         scalars,
         lambda children: st.one_of(
@@ -109,12 +119,24 @@ def _value(item: Any) -> struct_pb2.Value:
     return holder.fields["v"]
 
 
-class MessageStrategies:
-    """Strategies for the messages of one descriptor pool, `pool` the strings worth trying
-    (ids and names that exist)."""
+def field_kind(field: FieldDescriptor) -> str:
+    """What a string field names (see the module docstring), without underscores."""
+    name = field.name
+    if name in ("id", "name") and field.containing_type is not None:
+        return field.containing_type.name.lower()
+    for suffix in ("_ids", "_id", "_names", "_name"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)].replace("_", "")
+    return ""
 
-    def __init__(self, pool: Sequence[str]) -> None:
-        self.pool = list(pool)
+
+class MessageStrategies:
+    """Strategies for the messages of one descriptor pool; `pools`: strings worth trying
+    (ids and names that exist), by kind."""
+
+    def __init__(self, pools: Mapping[str, Sequence[str]]) -> None:
+        self.pools = {kind: list(values) for kind, values in pools.items() if values}
+        self.pool = sorted({v for values in self.pools.values() for v in values}) or [""]
         self._cache: dict[tuple[str, int], st.SearchStrategy[Message]] = {}
 
     def for_message(self, descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[Message]:
@@ -123,22 +145,54 @@ class MessageStrategies:
             self._cache[key] = st.deferred(lambda: self._build(descriptor, depth))
         return self._cache[key]
 
-    def _build(self, descriptor: Descriptor, depth: int) -> st.SearchStrategy[Message]:
-        name = descriptor.full_name
-        if name in ("google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"):
-            return _json_message(name, self.pool)
+    def for_request(
+        self, descriptor: Descriptor, examples: Sequence[Message] = ()
+    ) -> st.SearchStrategy[Message]:
+        """Requests of `descriptor`'s type: generated ones, and (given valid `examples` of
+        it) examples with a field or two replaced, at the top or in a nested message, which
+        get further than most."""
+        generated = self.for_message(descriptor)
+        if not examples:
+            return generated
+        mutated = st.sampled_from(list(examples)).flatmap(self.mutations)
+        return st.one_of(generated, mutated, mutated)
+
+    def mutations(self, message: Message, depth: int = 0) -> st.SearchStrategy[Message]:
+        """`message` with one or two fields replaced, here or in a message it holds."""
+        patches = _some_slots(self._slots(message.DESCRIPTOR, depth), min_size=1, max_size=2)
+        here = patches.map(lambda patch: _patched(message, patch))
+        inner = _inner_messages(message)
+        if not inner or depth >= MAX_DEPTH - 1:
+            return here
+        deeper = st.sampled_from(inner).flatmap(
+            lambda place: self.mutations(place[2], depth + 1).map(
+                lambda changed: _replaced(message, place, changed)
+            )
+        )
+        return st.one_of(here, deeper)
+
+    def _slots(self, descriptor: Descriptor, depth: int) -> _Slots:
+        """The message's slots (a field, or a oneof), each with the strategy of a value."""
         cls = GetMessageClass(descriptor)
-        parts: dict[str, st.SearchStrategy[Any]] = {}
-        # Most fields unset: a request with few fields set gets past the checks more often.
+        slots: dict[str, st.SearchStrategy[Any]] = {}
         for field in descriptor.fields:
             if field.containing_oneof is None:
-                parts[field.name] = st.one_of(st.none(), st.none(), self._field(field, depth))
+                slots[field.name] = self._field(field, depth)
         for oneof in descriptor.oneofs:
             members = [st.tuples(st.just(f.name), self._value(f, depth)) for f in oneof.fields]
-            parts[f"oneof:{oneof.name}"] = st.one_of(st.none(), *members)
-        if name == "google.protobuf.FieldMask":
-            parts["paths"] = st.lists(self._field_paths(), max_size=3)
-        return st.fixed_dictionaries(parts).map(lambda values: _fill(cls(), values))
+            slots[f"oneof:{oneof.name}"] = st.one_of(*members)
+        if descriptor.full_name == "google.protobuf.FieldMask":
+            slots["paths"] = st.lists(self._field_paths(), max_size=3)
+        return _Slots(cls, slots)
+
+    def _build(self, descriptor: Descriptor, depth: int) -> st.SearchStrategy[Message]:
+        name = descriptor.full_name
+        if name in _JSON_TYPES:
+            return _json_message(name, self.pool)
+        # Dense: each slot set one time in three; sparse: at most three slots set, so that
+        # plausible requests (the right two fields, say) reach the code behind the checks.
+        slots = self._slots(descriptor, depth)
+        return st.one_of(_some_slots(slots, 0, 3), _dense(slots))
 
     def _field_paths(self) -> st.SearchStrategy[str]:
         return st.one_of(
@@ -167,6 +221,10 @@ class MessageStrategies:
                 return st.just(GetMessageClass(field.message_type)())
             return self.for_message(field.message_type, depth + 1)
         if kind == FieldDescriptor.TYPE_STRING:
+            known = self.pools.get(field_kind(field))
+            if known:
+                named = st.sampled_from(known)
+                return st.one_of(named, named, named, self._strings())
             return self._strings()
         if kind == FieldDescriptor.TYPE_BYTES:
             return st.one_of(
@@ -193,12 +251,70 @@ class MessageStrategies:
             st.sampled_from(self.pool),
             st.sampled_from(self.pool),
             st.sampled_from(_NASTY_TEXT),
+            _LONG,
             st.text(max_size=16),
             st.from_regex(r"[A-Za-z][A-Za-z0-9._:-]{0,24}", fullmatch=True),
             st.tuples(st.sampled_from(self.pool), st.text(max_size=3)).map(
                 lambda p: p[0] + "\x00" + p[1]
             ),
         )
+
+
+@dataclass(frozen=True)
+class _Slots:
+    cls: type[Message]
+    strategies: dict[str, st.SearchStrategy[Any]]
+
+
+def _dense(slots: _Slots) -> st.SearchStrategy[Message]:
+    values = {k: st.one_of(st.none(), st.none(), v) for k, v in slots.strategies.items()}
+    return st.fixed_dictionaries(values).map(lambda chosen: _fill(slots.cls(), chosen))
+
+
+def _some_slots(slots: _Slots, min_size: int, max_size: int) -> st.SearchStrategy[Message]:
+    names = sorted(slots.strategies)
+    if not names:
+        return st.just(slots.cls())
+    chosen = st.lists(st.sampled_from(names), min_size=min_size, max_size=max_size, unique=True)
+    return chosen.flatmap(
+        lambda keys: st.fixed_dictionaries({k: slots.strategies[k] for k in keys})
+    ).map(lambda values: _fill(slots.cls(), values))
+
+
+def _patched(example: Message, patch: Message) -> Message:
+    out = type(example)()
+    try:
+        out.CopyFrom(example)
+        out.MergeFrom(patch)
+    except DecodeError:  # the patch nests deeper than protobuf copies: send it alone
+        return patch
+    return out
+
+
+_Place = tuple[str, int | None, Message]  # field name, index in a repeated field, the message
+
+
+def _inner_messages(message: Message) -> list[_Place]:
+    """The messages `message` holds (not JSON, not map entries; the first three of a list)."""
+    places: list[_Place] = []
+    for field, value in message.ListFields():
+        kind = field.message_type
+        if kind is None or kind.GetOptions().map_entry or kind.full_name in _JSON_TYPES:
+            continue
+        if field.is_repeated:
+            places += [(field.name, i, item) for i, item in enumerate(value[:3])]
+        else:
+            places.append((field.name, None, value))
+    return places
+
+
+def _replaced(message: Message, place: _Place, changed: Message) -> Message:
+    name, index, _ = place
+    out = type(message)()
+    out.CopyFrom(message)
+    target = getattr(out, name) if index is None else getattr(out, name)[index]
+    target.CopyFrom(changed)
+    return out
 
 
 def _fill(message: Message, values: dict[str, Any]) -> Message:

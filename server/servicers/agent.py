@@ -435,6 +435,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 raise InvalidArgument.field(str(field), str(description)) from error
             message = getattr(cause, "message", None) or str(cause or error)
             raise FailedPrecondition(message) from error
+        except RPCError as error:
+            # The run ended after its state was read (its last approval decided meanwhile).
+            if error.status == RPCStatusCode.NOT_FOUND:
+                raise FailedPrecondition(
+                    f"run {request.run_id!r} has ended: nothing waits for approval"
+                ) from error
+            raise Unavailable(f"Temporal: {error.message}") from error
         run = agent_convert.state_to_proto(request.run_id, agent_name, state, workflow_id)
         return agent_pb2.AgentServiceResumeRunResponse(run=await self._with_last_event(run))
 
