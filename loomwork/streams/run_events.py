@@ -37,13 +37,16 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from loomwork.errors import FailedPrecondition, InvalidArgument
+from loomwork.errors import FailedPrecondition, InvalidArgument, Unavailable
 from loomwork.streams.errors import DraftTaken, EventsExpired, FollowIdle, OutOfRange
 
 log = logging.getLogger(__name__)
 
 _FINISHED_ERROR = "LOOMWORK_RUN_FINISHED"
+# Blocking reads in a row whose reply came too late before a follower gives up.
+MAX_LATE_REPLIES = 3
 
 # KEYS[1] meta hash, KEYS[2] stream.
 # ARGV[1] payload, ARGV[2] terminal ("0"/"1"), ARGV[3] retention seconds, ARGV[4] max events,
@@ -311,6 +314,7 @@ class RunEventLog:
         loop = asyncio.get_running_loop()
         cursor = after_id
         deadline = None if idle_timeout is None else loop.time() + idle_timeout
+        late_replies = 0
         while True:
             block = block_cap
             if deadline is not None:
@@ -318,9 +322,20 @@ class RunEventLog:
                 if remaining <= 0:
                     raise FollowIdle(run_id, cursor, idle_timeout or 0.0)
                 block = max(1, min(block, int(remaining * 1000)))
-            response: Any = await self.blocking_redis.xread(
-                {stream: f"{cursor}-0"}, count=count, block=block
-            )
+            try:
+                response: Any = await self.blocking_redis.xread(
+                    {stream: f"{cursor}-0"}, count=count, block=block
+                )
+            except RedisTimeoutError as error:
+                # The reply to a blocking read came after the socket gave up (a loop busy
+                # for longer than the margin left below socket_timeout): read again, from
+                # the same cursor; nothing is lost. Redis that stops answering is another
+                # matter: after a few in a row the caller hears UNAVAILABLE.
+                late_replies += 1
+                if late_replies >= MAX_LATE_REPLIES:
+                    raise Unavailable(f"Redis: no reply to a read of {run_id!r}") from error
+                continue
+            late_replies = 0
             entries = _stream_entries(response)
             if not entries:
                 # Nothing new: a finished log whose events expired meanwhile ends here.
