@@ -1,7 +1,8 @@
-"""Bad input of every kind the fuzzer found crashing the server (NUL characters reaching
+"""Bad input of every kind a fuzzer found crashing the server (NUL characters reaching
 Postgres, NaN and ±Infinity in JSON, enum numbers the proto does not define, NUL in text
 that goes to jsonb), and oversize or too deep input: each is INVALID_ARGUMENT naming the
-field, from the one validation interceptor (server/transport/validation.py)."""
+field, from the one validation interceptor (server/transport/validation.py). Then the
+other bugs tests/test_fuzz.py found, each through the RPC that showed it."""
 
 from __future__ import annotations
 
@@ -409,3 +410,27 @@ def test_the_boundary_check_walks_maps_by_key() -> None:
     found = {v.field: v.description for v in boundary_violations(info)}
     assert found == {'metadata["k\\u0000"]': NUL}
     assert boundary_violations(error_details_pb2.ErrorInfo(metadata={"a": "b"})) == []
+
+
+async def test_an_index_shorter_than_its_models_vectors_is_searchable(stubs, token) -> None:
+    """Found by the fuzzer: an index of an endpoint model with a `dimension` below the
+    model's native one was created, but Query embedded at the native dimension and
+    Postgres refused the vector (`expected 6 dimensions, not 384`): INTERNAL."""
+    md = auth(token)
+    name = unique("short")
+    index = rag_pb2.Index(name=name, embedding_model="fuzz-embedding-model", dimension=6)
+    created = await stubs.rag.CreateIndex(rag_pb2.CreateIndexRequest(index=index), metadata=md)
+    assert created.index.dimension == 6
+    document = rag_pb2.DocumentInput(document_id="d1", text="Short vectors still find this.")
+    ingestion = await stubs.rag.IngestDocuments(
+        rag_pb2.IngestDocumentsRequest(index_name=name, documents=[document]), metadata=md
+    )
+    async for event in stubs.rag.WatchIngestion(
+        rag_pb2.WatchIngestionRequest(ingestion_id=ingestion.ingestion.id), metadata=md, timeout=60
+    ):
+        if event.event.HasField("finished"):
+            assert event.event.finished.status == rag_pb2.INGESTION_STATUS_SUCCEEDED
+    found = await stubs.rag.Query(
+        rag_pb2.QueryRequest(index_name=name, query="what do short vectors find?"), metadata=md
+    )
+    assert [r.chunk.document_id for r in found.results] == ["d1"]
