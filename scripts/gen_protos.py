@@ -1,11 +1,13 @@
-"""Regenerate the Python code for protos/loomwork/v1/*.proto.
+"""Regenerate the Python code for protos/loomwork/v1/*.proto and the protovalidate rules
+they import (protos/buf/validate/validate.proto, vendored: see vendor_protovalidate.py).
 
 Usage: python scripts/gen_protos.py [--check]
 
 Generated modules live beside their .proto files and are imported as
-`protos.loomwork.v1.<name>_pb2`; protoc writes absolute `from loomwork.v1 import`
-lines, which are rewritten to relative imports so the generated package does not
-collide with the `loomwork` domain package. With --check nothing is written:
+`protos.loomwork.v1.<name>_pb2` (and `protos.buf.validate.validate_pb2`); protoc writes
+absolute `from loomwork.v1 import` / `from buf.validate import` lines, which are
+rewritten to relative imports so the generated packages do not collide with the
+`loomwork` domain package. Nothing needs the network. With --check nothing is written:
 the exit code is 1 when the checked-in files differ from a fresh generation.
 """
 
@@ -20,14 +22,26 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
-PACKAGE_DIR = PROTO_ROOT / "loomwork" / "v1"
+PACKAGE_DIRS = (PROTO_ROOT / "loomwork" / "v1", PROTO_ROOT / "buf" / "validate")
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
-_ABSOLUTE_IMPORT = re.compile(r"^from loomwork\.v1 import ", re.MULTILINE)
+# (absolute import protoc writes, its relative form from protos/<a>/<b>/)
+_IMPORTS = (
+    (re.compile(r"^from loomwork\.v1 import ", re.MULTILINE), "from . import "),
+    (re.compile(r"^from buf\.validate import ", re.MULTILINE), "from ...buf.validate import "),
+)
 
 
-def generate(out_dir: Path) -> dict[str, str]:
-    """Run protoc into out_dir and return {file name: post-processed text}."""
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PACKAGE_DIR.glob("*.proto"))
+def _relative_imports(text: str) -> str:
+    for absolute, relative in _IMPORTS:
+        text = absolute.sub(relative, text)
+    return text
+
+
+def generate(out_dir: Path) -> dict[Path, str]:
+    """Run protoc into out_dir and return {path under protos/: post-processed text}."""
+    protos = sorted(
+        str(p.relative_to(PROTO_ROOT)) for folder in PACKAGE_DIRS for p in folder.glob("*.proto")
+    )
     include = str(Path(protoc.__file__).parent / "_proto")
     code = protoc.main(
         [
@@ -42,10 +56,12 @@ def generate(out_dir: Path) -> dict[str, str]:
     )
     if code != 0:
         raise SystemExit(f"protoc failed with exit code {code}")
-    files: dict[str, str] = {}
-    for path in sorted((out_dir / "loomwork" / "v1").iterdir()):
-        if path.name.endswith(GENERATED_SUFFIXES):
-            files[path.name] = _ABSOLUTE_IMPORT.sub("from . import ", path.read_text())
+    files: dict[Path, str] = {}
+    for folder in PACKAGE_DIRS:
+        relative = folder.relative_to(PROTO_ROOT)
+        for path in sorted((out_dir / relative).iterdir()):
+            if path.name.endswith(GENERATED_SUFFIXES):
+                files[relative / path.name] = _relative_imports(path.read_text())
     return files
 
 
@@ -54,7 +70,10 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(Path(tmp))
     current = {
-        p.name: p.read_text() for p in PACKAGE_DIR.iterdir() if p.name.endswith(GENERATED_SUFFIXES)
+        p.relative_to(PROTO_ROOT): p.read_text()
+        for folder in PACKAGE_DIRS
+        for p in folder.iterdir()
+        if p.name.endswith(GENERATED_SUFFIXES)
     }
     if check:
         stale = sorted(n for n in fresh.keys() | current.keys() if fresh.get(n) != current.get(n))
@@ -66,10 +85,10 @@ def main(argv: list[str]) -> int:
         print(f"generated protobuf code is up to date ({len(fresh)} files)")
         return 0
     for name in current.keys() - fresh.keys():
-        (PACKAGE_DIR / name).unlink()
+        (PROTO_ROOT / name).unlink()
     for name, text in fresh.items():
-        (PACKAGE_DIR / name).write_text(text)
-    print(f"wrote {len(fresh)} files to {PACKAGE_DIR.relative_to(ROOT)}")
+        (PROTO_ROOT / name).write_text(text)
+    print(f"wrote {len(fresh)} files under {PROTO_ROOT.relative_to(ROOT)}")
     return 0
 
 

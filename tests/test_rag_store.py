@@ -60,7 +60,7 @@ async def put(rag: RagSystem, tenant: str, index_name: str, doc_id: str, texts: 
         Chunk(id=f"chk_{doc_id}_{i}", document_id=doc_id, position=i, text=t, metadata=meta)
         for i, t in enumerate(texts)
     ]
-    vectors = await rag.embedders.get(index.embedding_model).embed(texts)
+    vectors = await (await rag.embedders.get(index.embedding_model)).embed(texts)
     record = DocumentRecord(
         id=doc_id,
         index_name=index_name,

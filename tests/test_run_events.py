@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from loomwork.errors import FailedPrecondition, InvalidArgument
+from loomwork.errors import FailedPrecondition, InvalidArgument, Unavailable
 from loomwork.streams import (
     DraftTaken,
     EventsExpired,
@@ -18,6 +19,7 @@ from loomwork.streams import (
     RunEvent,
     RunEventLog,
 )
+from loomwork.streams.run_events import MAX_LATE_REPLIES
 
 WAIT = 20.0  # generous upper bound for "this finishes", never a timing assertion
 
@@ -346,3 +348,37 @@ async def test_a_draft_goes_in_until_it_is_taken_over_and_never_after(log: RunEv
     with pytest.raises(DraftTaken):
         await log.publish(ended, payload(3), draft="step:1")
     assert await log.publish(ended, payload(3)) == 0  # a late event of the run's own: dropped
+
+
+class _LateReplies:
+    """A real Redis client whose next `late` blocking reads time out on the client side, as
+    when the reply arrives after the socket gave up (found by the fuzz test under load)."""
+
+    def __init__(self, client: Redis, late: int) -> None:
+        self.client, self.late = client, late
+        self.connection_pool = client.connection_pool
+
+    async def xread(self, *args: object, **kwargs: object) -> object:
+        if self.late > 0:
+            self.late -= 1
+            raise RedisTimeoutError("Timeout reading from 127.0.0.1")
+        return await self.client.xread(*args, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_late_reply_to_a_blocking_read_is_read_again(
+    redis: Redis, log: RunEventLog
+) -> None:
+    run_id = new_run()
+    await publish(log, run_id, 3)
+    log.blocking_redis = _LateReplies(redis, late=2)  # type: ignore[assignment]
+    assert_complete(await collect(log, run_id), 1, 3)
+
+
+async def test_redis_that_keeps_not_answering_is_unavailable(
+    redis: Redis, log: RunEventLog
+) -> None:
+    run_id = new_run()
+    await publish(log, run_id, 3)
+    log.blocking_redis = _LateReplies(redis, late=MAX_LATE_REPLIES)  # type: ignore[assignment]
+    with pytest.raises(Unavailable):
+        await collect(log, run_id)

@@ -491,7 +491,8 @@ class IngestionSteps:
             )
             rows = await cur.fetchall()
         texts = [Chunk.model_validate(r["chunk"]).text for r in rows]
-        vectors = await self.embedders.get(index.embedding_model, index.dimension).embed(texts)
+        embedder = await self.embedders.get(index.embedding_model, index.dimension)
+        vectors = await embedder.embed(texts)
         async with self.db.connection() as conn, conn.transaction():
             async with conn.cursor() as cur:
                 await cur.executemany(

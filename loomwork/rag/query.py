@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from loomwork.errors import InvalidArgument, Violations
+from loomwork.errors import FailedPrecondition, InvalidArgument, Violations
 from loomwork.llm.chat import ChatModel, ChatUsage
 from loomwork.rag.embedders import Embedders
 from loomwork.rag.filters import CHUNK_FIELDS, compile_filter, validate_filter
@@ -161,7 +161,13 @@ class Retriever:
             raise InvalidArgument.field("query", f"at most {MAX_QUERY_CHARS} characters")
         options = validate_retrieval(options)
         index = await self.store.get_index(tenant, index_name)
-        [vector] = await self.embedders.get(index.embedding_model, index.dimension).embed([query])
+        embedder = await self.embedders.get(index.embedding_model, index.dimension)
+        [vector] = await embedder.embed([query])
+        if len(vector) != index.dimension:  # the endpoint ignored the dimension asked for
+            raise FailedPrecondition(
+                f"index {index_name!r} holds {index.dimension}-dimensional vectors; "
+                f"{index.embedding_model} made {len(vector)}"
+            )
         reranking = options.rerank.method is not RerankMethod.NONE
         wanted = options.rerank.candidates if reranking else options.top_k
         if options.mode is SearchMode.HYBRID:

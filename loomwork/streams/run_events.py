@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from loomwork.errors import FailedPrecondition, InvalidArgument, Unavailable
 from loomwork.streams.errors import (
@@ -60,6 +61,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _FINISHED_ERROR = "LOOMWORK_RUN_FINISHED"
+# Blocking reads in a row whose reply came too late before a follower gives up.
+MAX_LATE_REPLIES = 3
 
 #: How many of a run's latest appends a repeated one is recognised among: more than a run's
 #: appenders can add between a lost reply and its repeat (its steps, tools and deltas).
@@ -433,6 +436,7 @@ class RunEventLog:
         loop = asyncio.get_running_loop()
         cursor = after_id
         deadline = None if idle_timeout is None else loop.time() + idle_timeout
+        late_replies = 0
         while True:
             block = block_cap
             if deadline is not None:
@@ -440,10 +444,23 @@ class RunEventLog:
                 if remaining <= 0:
                     raise FollowIdle(run_id, cursor, idle_timeout or 0.0)
                 block = max(1, min(block, int(remaining * 1000)))
-            with redis_unavailable(f"the event log of run {run_id!r}"):
-                response: Any = await self.blocking_redis.xread(
-                    {stream: f"{cursor}-0"}, count=count, block=block
-                )
+            try:
+                with redis_unavailable(f"the event log of run {run_id!r}"):
+                    response: Any = await self.blocking_redis.xread(
+                        {stream: f"{cursor}-0"}, count=count, block=block
+                    )
+            except Unavailable as error:
+                # The reply to a blocking read came after the socket gave up (a loop busy
+                # for longer than the margin left below socket_timeout): read again, from
+                # the same cursor; nothing is lost. Redis that stops answering is another
+                # matter: after a few in a row the caller hears UNAVAILABLE.
+                if not isinstance(error.__cause__, RedisTimeoutError):
+                    raise
+                late_replies += 1
+                if late_replies >= MAX_LATE_REPLIES:
+                    raise Unavailable(f"Redis: no reply to a read of {run_id!r}") from error
+                continue
+            late_replies = 0
             entries = _stream_entries(response)
             if not entries:
                 # Nothing new: a finished log whose events expired meanwhile ends here.

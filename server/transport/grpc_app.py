@@ -29,7 +29,11 @@ from server.servicers.rag import RagServicer
 from server.servicers.workflow import WorkflowServicer
 from server.transport.bearer import TenantTokens
 from server.transport.health import HealthMonitor
-from server.transport.interceptors import AuthInterceptor, ErrorInterceptor
+from server.transport.interceptors import (
+    AuthInterceptor,
+    ErrorInterceptor,
+    ValidationInterceptor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +71,12 @@ def build_grpc_app(runtime: Runtime, address: str, *, health_interval: float = 2
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(), AuthInterceptor(TenantTokens(settings.token_map()))],
+        # Outermost first: errors are mapped for all; requests are checked once authenticated.
+        interceptors=[
+            ErrorInterceptor(),
+            AuthInterceptor(TenantTokens(settings.token_map())),
+            ValidationInterceptor(),
+        ],
         options=options,
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(runtime), server)

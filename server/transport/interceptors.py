@@ -1,4 +1,4 @@
-"""Cross-cutting concerns of every RPC: authentication and error mapping."""
+"""Cross-cutting concerns of every RPC: authentication, request validation, error mapping."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from server.transport.errors import (
     unreachable_dependency,
     update_rejection,
 )
+from server.transport.validation import RequestValidator, tolerant_deserializer
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ PUBLIC_SERVICES = (
 
 
 class WrappingInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps each method's behavior once (cached per method) with `before` and `on_error`."""
+    """Wraps each method's behavior once (cached per method) with `before`, `check_request`
+    and `on_error`."""
 
     def __init__(self) -> None:
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -43,6 +45,14 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
 
     async def before(self, context: grpc.aio.ServicerContext) -> None:
         """Runs before the behavior; may abort the call."""
+
+    def check_request(self, request: Any) -> None:
+        """Runs on the request (on each message of a client stream, as the behavior reads
+        it) after `before`; may raise."""
+
+    def wrap_deserializer(self, deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+        """The method's request deserializer, or one in its place; the default keeps it."""
+        return deserializer
 
     async def on_error(
         self, exc: Exception, context: grpc.aio.ServicerContext, method: str
@@ -75,19 +85,33 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         else:
             factory, behavior = grpc.unary_unary_rpc_method_handler, handler.unary_unary
         return factory(
-            self._wrap_behavior(behavior, method),
-            request_deserializer=handler.request_deserializer,
+            self._wrap_behavior(behavior, method, handler.request_streaming),
+            request_deserializer=self.wrap_deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
-    def _wrap_behavior(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
-        before, on_error = self.before, self.on_error
+    def _wrap_behavior(
+        self, behavior: Callable[..., Any], method: str, request_streaming: bool
+    ) -> Callable[..., Any]:
+        before, on_error, check = self.before, self.on_error, self.check_request
+
+        async def checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            async for request in requests:
+                check(request)
+                yield request
+
+        def checked(request: Any) -> Any:
+            if request_streaming:
+                return checked_stream(request)
+            check(request)
+            return request
+
         if inspect.isasyncgenfunction(behavior):
 
             async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 try:
                     await before(context)
-                    async for item in behavior(request, context):
+                    async for item in behavior(checked(request), context):
                         yield item
                 except Exception as exc:
                     await on_error(exc, context, method)
@@ -97,7 +121,7 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         async def unary(request: Any, context: Any) -> Any:
             try:
                 await before(context)
-                result = behavior(request, context)
+                result = behavior(checked(request), context)
                 if inspect.isawaitable(result):
                     result = await result
                 return result
@@ -128,6 +152,28 @@ class AuthInterceptor(WrappingInterceptor):
         except Unauthenticated as error:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, error.message)
         current_tenant.set(tenant_id)
+
+
+class ValidationInterceptor(WrappingInterceptor):
+    """Every request of every service, checked before its handler runs (server/transport/
+    validation.py): the protos' buf.validate rules, then the boundary check of every field.
+    A bad request raises InvalidArgument naming each bad field, which ErrorInterceptor maps
+    to INVALID_ARGUMENT with google.rpc.BadRequest field violations."""
+
+    def __init__(self, validator: RequestValidator | None = None) -> None:
+        super().__init__()
+        self.validator = validator or RequestValidator()
+
+    def applies_to(self, method: str) -> bool:
+        return not method.lstrip("/").startswith(PUBLIC_SERVICES)
+
+    def wrap_deserializer(self, deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+        # gRPC answers a request that fails to parse (nested too deep, invalid UTF-8) with
+        # INTERNAL before any interceptor runs: parse it here, and let check_request say why.
+        return tolerant_deserializer(deserializer)
+
+    def check_request(self, request: Any) -> None:
+        self.validator.check(request)
 
 
 class ErrorInterceptor(WrappingInterceptor):

@@ -22,67 +22,82 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from ...buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from . import message_pb2 as loomwork_dot_v1_dot_message__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18loomwork/v1/memory.proto\x12\x0bloomwork.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19loomwork/v1/message.proto\"\xdc\x01\n\x06Thread\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bresource_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmessage_count\x18\x07 \x01(\x03\"M\n\x13\x43reateThreadRequest\x12#\n\x06thread\x18\x01 \x01(\x0b\x32\x13.loomwork.v1.Thread\x12\x11\n\tthread_id\x18\x02 \x01(\t\";\n\x14\x43reateThreadResponse\x12#\n\x06thread\x18\x01 \x01(\x0b\x32\x13.loomwork.v1.Thread\"%\n\x10GetThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\"8\n\x11GetThreadResponse\x12#\n\x06thread\x18\x01 \x01(\x0b\x32\x13.loomwork.v1.Thread\"P\n\x12ListThreadsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x0bresource_id\x18\x03 \x01(\t\"T\n\x13ListThreadsResponse\x12$\n\x07threads\x18\x01 \x03(\x0b\x32\x13.loomwork.v1.Thread\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"k\n\x13UpdateThreadRequest\x12#\n\x06thread\x18\x01 \x01(\x0b\x32\x13.loomwork.v1.Thread\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\";\n\x14UpdateThreadResponse\x12#\n\x06thread\x18\x01 \x01(\x0b\x32\x13.loomwork.v1.Thread\"(\n\x13\x44\x65leteThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteThreadResponse\"R\n\x15\x41ppendMessagesRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.loomwork.v1.Message\"@\n\x16\x41ppendMessagesResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.loomwork.v1.Message\"_\n\x13ListMessagesRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x0e\n\x06last_n\x18\x02 \x01(\x05\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"W\n\x14ListMessagesResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.loomwork.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb0\x01\n\x15SearchMessagesRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\'\n\x05scope\x18\x02 \x01(\x0e\x32\x18.loomwork.v1.MemoryScope\x12\x11\n\tthread_id\x18\x03 \x01(\t\x12\x13\n\x0bresource_id\x18\x04 \x01(\t\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x15\n\rmessage_range\x18\x06 \x01(\x05\x12\x11\n\tmin_score\x18\x07 \x01(\x02\"h\n\tSearchHit\x12%\n\x07message\x18\x01 \x01(\x0b\x32\x14.loomwork.v1.Message\x12\r\n\x05score\x18\x02 \x01(\x02\x12%\n\x07\x63ontext\x18\x03 \x03(\x0b\x32\x14.loomwork.v1.Message\">\n\x16SearchMessagesResponse\x12$\n\x04hits\x18\x01 \x03(\x0b\x32\x16.loomwork.v1.SearchHit\"\xca\x01\n\rWorkingMemory\x12\'\n\x05scope\x18\x01 \x01(\x0e\x32\x18.loomwork.v1.MemoryScope\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x13\n\x0bresource_id\x18\x03 \x01(\t\x12\x10\n\x08markdown\x18\x04 \x01(\t\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"j\n\x17GetWorkingMemoryRequest\x12\'\n\x05scope\x18\x01 \x01(\x0e\x32\x18.loomwork.v1.MemoryScope\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x13\n\x0bresource_id\x18\x03 \x01(\t\"N\n\x18GetWorkingMemoryResponse\x12\x32\n\x0eworking_memory\x18\x01 \x01(\x0b\x32\x1a.loomwork.v1.WorkingMemory\"P\n\x1aUpdateWorkingMemoryRequest\x12\x32\n\x0eworking_memory\x18\x01 \x01(\x0b\x32\x1a.loomwork.v1.WorkingMemory\"Q\n\x1bUpdateWorkingMemoryResponse\x12\x32\n\x0eworking_memory\x18\x01 \x01(\x0b\x32\x1a.loomwork.v1.WorkingMemory*_\n\x0bMemoryScope\x12\x1c\n\x18MEMORY_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13MEMORY_SCOPE_THREAD\x10\x01\x12\x19\n\x15MEMORY_SCOPE_RESOURCE\x10\x02\x32\x82\x07\n\rMemoryService\x12S\n\x0c\x43reateThread\x12 .loomwork.v1.CreateThreadRequest\x1a!.loomwork.v1.CreateThreadResponse\x12J\n\tGetThread\x12\x1d.loomwork.v1.GetThreadRequest\x1a\x1e.loomwork.v1.GetThreadResponse\x12P\n\x0bListThreads\x12\x1f.loomwork.v1.ListThreadsRequest\x1a .loomwork.v1.ListThreadsResponse\x12S\n\x0cUpdateThread\x12 .loomwork.v1.UpdateThreadRequest\x1a!.loomwork.v1.UpdateThreadResponse\x12S\n\x0c\x44\x65leteThread\x12 .loomwork.v1.DeleteThreadRequest\x1a!.loomwork.v1.DeleteThreadResponse\x12Y\n\x0e\x41ppendMessages\x12\".loomwork.v1.AppendMessagesRequest\x1a#.loomwork.v1.AppendMessagesResponse\x12S\n\x0cListMessages\x12 .loomwork.v1.ListMessagesRequest\x1a!.loomwork.v1.ListMessagesResponse\x12Y\n\x0eSearchMessages\x12\".loomwork.v1.SearchMessagesRequest\x1a#.loomwork.v1.SearchMessagesResponse\x12_\n\x10GetWorkingMemory\x12$.loomwork.v1.GetWorkingMemoryRequest\x1a%.loomwork.v1.GetWorkingMemoryResponse\x12h\n\x13UpdateWorkingMemory\x12\'.loomwork.v1.UpdateWorkingMemoryRequest\x1a(.loomwork.v1.UpdateWorkingMemoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18loomwork/v1/memory.proto\x12\x0bloomwork.v1\x1a\x1b\x62uf/validate/validate.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19loomwork/v1/message.proto\"\xe6\x01\n\x06Thread\x12\x14\n\x02id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12\x13\n\x0bresource_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmessage_count\x18\x07 \x01(\x03\"M\n\x13\x43reateThreadRequest\x12#\n\x06thread\x18\x01 \x01(\x0b\x32\x13.loomwork.v1.Thread\x12\x11\n\tthread_id\x18\x02 \x01(\t\";\n\x14\x43reateThreadResponse\x12#\n\x06thread\x18\x01 \x01(\x0b\x32\x13.loomwork.v1.Thread\"%\n\x10GetThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\"8\n\x11GetThreadResponse\x12#\n\x06thread\x18\x01 \x01(\x0b\x32\x13.loomwork.v1.Thread\"d\n\x12ListThreadsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \x12\x1d\n\x0bresource_id\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\"T\n\x13ListThreadsResponse\x12$\n\x07threads\x18\x01 \x03(\x0b\x32\x13.loomwork.v1.Thread\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"k\n\x13UpdateThreadRequest\x12#\n\x06thread\x18\x01 \x01(\x0b\x32\x13.loomwork.v1.Thread\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\";\n\x14UpdateThreadResponse\x12#\n\x06thread\x18\x01 \x01(\x0b\x32\x13.loomwork.v1.Thread\"(\n\x13\x44\x65leteThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteThreadResponse\"R\n\x15\x41ppendMessagesRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.loomwork.v1.Message\"@\n\x16\x41ppendMessagesResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.loomwork.v1.Message\"i\n\x13ListMessagesRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x0e\n\x06last_n\x18\x02 \x01(\x05\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x1c\n\npage_token\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \"W\n\x14ListMessagesResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.loomwork.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xce\x01\n\x15SearchMessagesRequest\x12\x17\n\x05query\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\xc0>\x12\'\n\x05scope\x18\x02 \x01(\x0e\x32\x18.loomwork.v1.MemoryScope\x12\x1b\n\tthread_id\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12\x1d\n\x0bresource_id\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x15\n\rmessage_range\x18\x06 \x01(\x05\x12\x11\n\tmin_score\x18\x07 \x01(\x02\"h\n\tSearchHit\x12%\n\x07message\x18\x01 \x01(\x0b\x32\x14.loomwork.v1.Message\x12\r\n\x05score\x18\x02 \x01(\x02\x12%\n\x07\x63ontext\x18\x03 \x03(\x0b\x32\x14.loomwork.v1.Message\">\n\x16SearchMessagesResponse\x12$\n\x04hits\x18\x01 \x03(\x0b\x32\x16.loomwork.v1.SearchHit\"\xca\x01\n\rWorkingMemory\x12\'\n\x05scope\x18\x01 \x01(\x0e\x32\x18.loomwork.v1.MemoryScope\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x13\n\x0bresource_id\x18\x03 \x01(\t\x12\x10\n\x08markdown\x18\x04 \x01(\t\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"j\n\x17GetWorkingMemoryRequest\x12\'\n\x05scope\x18\x01 \x01(\x0e\x32\x18.loomwork.v1.MemoryScope\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x13\n\x0bresource_id\x18\x03 \x01(\t\"N\n\x18GetWorkingMemoryResponse\x12\x32\n\x0eworking_memory\x18\x01 \x01(\x0b\x32\x1a.loomwork.v1.WorkingMemory\"P\n\x1aUpdateWorkingMemoryRequest\x12\x32\n\x0eworking_memory\x18\x01 \x01(\x0b\x32\x1a.loomwork.v1.WorkingMemory\"Q\n\x1bUpdateWorkingMemoryResponse\x12\x32\n\x0eworking_memory\x18\x01 \x01(\x0b\x32\x1a.loomwork.v1.WorkingMemory*_\n\x0bMemoryScope\x12\x1c\n\x18MEMORY_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13MEMORY_SCOPE_THREAD\x10\x01\x12\x19\n\x15MEMORY_SCOPE_RESOURCE\x10\x02\x32\x82\x07\n\rMemoryService\x12S\n\x0c\x43reateThread\x12 .loomwork.v1.CreateThreadRequest\x1a!.loomwork.v1.CreateThreadResponse\x12J\n\tGetThread\x12\x1d.loomwork.v1.GetThreadRequest\x1a\x1e.loomwork.v1.GetThreadResponse\x12P\n\x0bListThreads\x12\x1f.loomwork.v1.ListThreadsRequest\x1a .loomwork.v1.ListThreadsResponse\x12S\n\x0cUpdateThread\x12 .loomwork.v1.UpdateThreadRequest\x1a!.loomwork.v1.UpdateThreadResponse\x12S\n\x0c\x44\x65leteThread\x12 .loomwork.v1.DeleteThreadRequest\x1a!.loomwork.v1.DeleteThreadResponse\x12Y\n\x0e\x41ppendMessages\x12\".loomwork.v1.AppendMessagesRequest\x1a#.loomwork.v1.AppendMessagesResponse\x12S\n\x0cListMessages\x12 .loomwork.v1.ListMessagesRequest\x1a!.loomwork.v1.ListMessagesResponse\x12Y\n\x0eSearchMessages\x12\".loomwork.v1.SearchMessagesRequest\x1a#.loomwork.v1.SearchMessagesResponse\x12_\n\x10GetWorkingMemory\x12$.loomwork.v1.GetWorkingMemoryRequest\x1a%.loomwork.v1.GetWorkingMemoryResponse\x12h\n\x13UpdateWorkingMemory\x12\'.loomwork.v1.UpdateWorkingMemoryRequest\x1a(.loomwork.v1.UpdateWorkingMemoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loomwork.v1.memory_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MEMORYSCOPE']._serialized_start=2272
-  _globals['_MEMORYSCOPE']._serialized_end=2367
-  _globals['_THREAD']._serialized_start=166
-  _globals['_THREAD']._serialized_end=386
-  _globals['_CREATETHREADREQUEST']._serialized_start=388
-  _globals['_CREATETHREADREQUEST']._serialized_end=465
-  _globals['_CREATETHREADRESPONSE']._serialized_start=467
-  _globals['_CREATETHREADRESPONSE']._serialized_end=526
-  _globals['_GETTHREADREQUEST']._serialized_start=528
-  _globals['_GETTHREADREQUEST']._serialized_end=565
-  _globals['_GETTHREADRESPONSE']._serialized_start=567
-  _globals['_GETTHREADRESPONSE']._serialized_end=623
-  _globals['_LISTTHREADSREQUEST']._serialized_start=625
-  _globals['_LISTTHREADSREQUEST']._serialized_end=705
-  _globals['_LISTTHREADSRESPONSE']._serialized_start=707
-  _globals['_LISTTHREADSRESPONSE']._serialized_end=791
-  _globals['_UPDATETHREADREQUEST']._serialized_start=793
-  _globals['_UPDATETHREADREQUEST']._serialized_end=900
-  _globals['_UPDATETHREADRESPONSE']._serialized_start=902
-  _globals['_UPDATETHREADRESPONSE']._serialized_end=961
-  _globals['_DELETETHREADREQUEST']._serialized_start=963
-  _globals['_DELETETHREADREQUEST']._serialized_end=1003
-  _globals['_DELETETHREADRESPONSE']._serialized_start=1005
-  _globals['_DELETETHREADRESPONSE']._serialized_end=1027
-  _globals['_APPENDMESSAGESREQUEST']._serialized_start=1029
-  _globals['_APPENDMESSAGESREQUEST']._serialized_end=1111
-  _globals['_APPENDMESSAGESRESPONSE']._serialized_start=1113
-  _globals['_APPENDMESSAGESRESPONSE']._serialized_end=1177
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=1179
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=1274
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1276
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1363
-  _globals['_SEARCHMESSAGESREQUEST']._serialized_start=1366
-  _globals['_SEARCHMESSAGESREQUEST']._serialized_end=1542
-  _globals['_SEARCHHIT']._serialized_start=1544
-  _globals['_SEARCHHIT']._serialized_end=1648
-  _globals['_SEARCHMESSAGESRESPONSE']._serialized_start=1650
-  _globals['_SEARCHMESSAGESRESPONSE']._serialized_end=1712
-  _globals['_WORKINGMEMORY']._serialized_start=1715
-  _globals['_WORKINGMEMORY']._serialized_end=1917
-  _globals['_GETWORKINGMEMORYREQUEST']._serialized_start=1919
-  _globals['_GETWORKINGMEMORYREQUEST']._serialized_end=2025
-  _globals['_GETWORKINGMEMORYRESPONSE']._serialized_start=2027
-  _globals['_GETWORKINGMEMORYRESPONSE']._serialized_end=2105
-  _globals['_UPDATEWORKINGMEMORYREQUEST']._serialized_start=2107
-  _globals['_UPDATEWORKINGMEMORYREQUEST']._serialized_end=2187
-  _globals['_UPDATEWORKINGMEMORYRESPONSE']._serialized_start=2189
-  _globals['_UPDATEWORKINGMEMORYRESPONSE']._serialized_end=2270
-  _globals['_MEMORYSERVICE']._serialized_start=2370
-  _globals['_MEMORYSERVICE']._serialized_end=3268
+  _globals['_THREAD'].fields_by_name['id']._loaded_options = None
+  _globals['_THREAD'].fields_by_name['id']._serialized_options = b'\272H\005r\003\030\200\001'
+  _globals['_LISTTHREADSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTTHREADSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200 '
+  _globals['_LISTTHREADSREQUEST'].fields_by_name['resource_id']._loaded_options = None
+  _globals['_LISTTHREADSREQUEST'].fields_by_name['resource_id']._serialized_options = b'\272H\005r\003\030\200\002'
+  _globals['_LISTMESSAGESREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTMESSAGESREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200 '
+  _globals['_SEARCHMESSAGESREQUEST'].fields_by_name['query']._loaded_options = None
+  _globals['_SEARCHMESSAGESREQUEST'].fields_by_name['query']._serialized_options = b'\272H\005r\003\030\300>'
+  _globals['_SEARCHMESSAGESREQUEST'].fields_by_name['thread_id']._loaded_options = None
+  _globals['_SEARCHMESSAGESREQUEST'].fields_by_name['thread_id']._serialized_options = b'\272H\005r\003\030\200\001'
+  _globals['_SEARCHMESSAGESREQUEST'].fields_by_name['resource_id']._loaded_options = None
+  _globals['_SEARCHMESSAGESREQUEST'].fields_by_name['resource_id']._serialized_options = b'\272H\005r\003\030\200\002'
+  _globals['_MEMORYSCOPE']._serialized_start=2371
+  _globals['_MEMORYSCOPE']._serialized_end=2466
+  _globals['_THREAD']._serialized_start=195
+  _globals['_THREAD']._serialized_end=425
+  _globals['_CREATETHREADREQUEST']._serialized_start=427
+  _globals['_CREATETHREADREQUEST']._serialized_end=504
+  _globals['_CREATETHREADRESPONSE']._serialized_start=506
+  _globals['_CREATETHREADRESPONSE']._serialized_end=565
+  _globals['_GETTHREADREQUEST']._serialized_start=567
+  _globals['_GETTHREADREQUEST']._serialized_end=604
+  _globals['_GETTHREADRESPONSE']._serialized_start=606
+  _globals['_GETTHREADRESPONSE']._serialized_end=662
+  _globals['_LISTTHREADSREQUEST']._serialized_start=664
+  _globals['_LISTTHREADSREQUEST']._serialized_end=764
+  _globals['_LISTTHREADSRESPONSE']._serialized_start=766
+  _globals['_LISTTHREADSRESPONSE']._serialized_end=850
+  _globals['_UPDATETHREADREQUEST']._serialized_start=852
+  _globals['_UPDATETHREADREQUEST']._serialized_end=959
+  _globals['_UPDATETHREADRESPONSE']._serialized_start=961
+  _globals['_UPDATETHREADRESPONSE']._serialized_end=1020
+  _globals['_DELETETHREADREQUEST']._serialized_start=1022
+  _globals['_DELETETHREADREQUEST']._serialized_end=1062
+  _globals['_DELETETHREADRESPONSE']._serialized_start=1064
+  _globals['_DELETETHREADRESPONSE']._serialized_end=1086
+  _globals['_APPENDMESSAGESREQUEST']._serialized_start=1088
+  _globals['_APPENDMESSAGESREQUEST']._serialized_end=1170
+  _globals['_APPENDMESSAGESRESPONSE']._serialized_start=1172
+  _globals['_APPENDMESSAGESRESPONSE']._serialized_end=1236
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=1238
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=1343
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1345
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1432
+  _globals['_SEARCHMESSAGESREQUEST']._serialized_start=1435
+  _globals['_SEARCHMESSAGESREQUEST']._serialized_end=1641
+  _globals['_SEARCHHIT']._serialized_start=1643
+  _globals['_SEARCHHIT']._serialized_end=1747
+  _globals['_SEARCHMESSAGESRESPONSE']._serialized_start=1749
+  _globals['_SEARCHMESSAGESRESPONSE']._serialized_end=1811
+  _globals['_WORKINGMEMORY']._serialized_start=1814
+  _globals['_WORKINGMEMORY']._serialized_end=2016
+  _globals['_GETWORKINGMEMORYREQUEST']._serialized_start=2018
+  _globals['_GETWORKINGMEMORYREQUEST']._serialized_end=2124
+  _globals['_GETWORKINGMEMORYRESPONSE']._serialized_start=2126
+  _globals['_GETWORKINGMEMORYRESPONSE']._serialized_end=2204
+  _globals['_UPDATEWORKINGMEMORYREQUEST']._serialized_start=2206
+  _globals['_UPDATEWORKINGMEMORYREQUEST']._serialized_end=2286
+  _globals['_UPDATEWORKINGMEMORYRESPONSE']._serialized_start=2288
+  _globals['_UPDATEWORKINGMEMORYRESPONSE']._serialized_end=2369
+  _globals['_MEMORYSERVICE']._serialized_start=2469
+  _globals['_MEMORYSERVICE']._serialized_end=3367
 # @@protoc_insertion_point(module_scope)

@@ -22,29 +22,44 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from ...buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19loomwork/v1/message.proto\x12\x0bloomwork.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x1f\n\x04role\x18\x03 \x01(\x0e\x32\x11.loomwork.v1.Role\x12 \n\x05parts\x18\x04 \x03(\x0b\x32\x11.loomwork.v1.Part\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x99\x01\n\x04Part\x12%\n\x04text\x18\x01 \x01(\x0b\x32\x15.loomwork.v1.TextPartH\x00\x12.\n\ttool_call\x18\x02 \x01(\x0b\x32\x19.loomwork.v1.ToolCallPartH\x00\x12\x32\n\x0btool_result\x18\x03 \x01(\x0b\x32\x1b.loomwork.v1.ToolResultPartH\x00\x42\x06\n\x04kind\"\x18\n\x08TextPart\x12\x0c\n\x04text\x18\x01 \x01(\t\"c\n\x0cToolCallPart\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12*\n\targuments\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"s\n\x0eToolResultPart\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12&\n\x06result\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x10\n\x08is_error\x18\x04 \x01(\x08\"J\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19loomwork/v1/message.proto\x12\x0bloomwork.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x01\n\x07Message\x12\x14\n\x02id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x1f\n\x04role\x18\x03 \x01(\x0e\x32\x11.loomwork.v1.Role\x12+\n\x05parts\x18\x04 \x03(\x0b\x32\x11.loomwork.v1.PartB\t\xbaH\x06\x92\x01\x03\x10\xe8\x07\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x99\x01\n\x04Part\x12%\n\x04text\x18\x01 \x01(\x0b\x32\x15.loomwork.v1.TextPartH\x00\x12.\n\ttool_call\x18\x02 \x01(\x0b\x32\x19.loomwork.v1.ToolCallPartH\x00\x12\x32\n\x0btool_result\x18\x03 \x01(\x0b\x32\x1b.loomwork.v1.ToolResultPartH\x00\x42\x06\n\x04kind\"#\n\x08TextPart\x12\x17\n\x04text\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x18\xc0\x84=\"w\n\x0cToolCallPart\x12\x1e\n\x0ctool_call_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12\x1b\n\ttool_name\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12*\n\targuments\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x87\x01\n\x0eToolResultPart\x12\x1e\n\x0ctool_call_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12\x1b\n\ttool_name\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12&\n\x06result\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x10\n\x08is_error\x18\x04 \x01(\x08\"J\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loomwork.v1.message_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=783
-  _globals['_ROLE']._serialized_end=878
-  _globals['_MESSAGE']._serialized_start=106
-  _globals['_MESSAGE']._serialized_end=305
-  _globals['_PART']._serialized_start=308
-  _globals['_PART']._serialized_end=461
-  _globals['_TEXTPART']._serialized_start=463
-  _globals['_TEXTPART']._serialized_end=487
-  _globals['_TOOLCALLPART']._serialized_start=489
-  _globals['_TOOLCALLPART']._serialized_end=588
-  _globals['_TOOLRESULTPART']._serialized_start=590
-  _globals['_TOOLRESULTPART']._serialized_end=705
-  _globals['_USAGE']._serialized_start=707
-  _globals['_USAGE']._serialized_end=781
+  _globals['_MESSAGE'].fields_by_name['id']._loaded_options = None
+  _globals['_MESSAGE'].fields_by_name['id']._serialized_options = b'\272H\005r\003\030\200\001'
+  _globals['_MESSAGE'].fields_by_name['parts']._loaded_options = None
+  _globals['_MESSAGE'].fields_by_name['parts']._serialized_options = b'\272H\006\222\001\003\020\350\007'
+  _globals['_TEXTPART'].fields_by_name['text']._loaded_options = None
+  _globals['_TEXTPART'].fields_by_name['text']._serialized_options = b'\272H\006r\004\030\300\204='
+  _globals['_TOOLCALLPART'].fields_by_name['tool_call_id']._loaded_options = None
+  _globals['_TOOLCALLPART'].fields_by_name['tool_call_id']._serialized_options = b'\272H\005r\003\030\200\002'
+  _globals['_TOOLCALLPART'].fields_by_name['tool_name']._loaded_options = None
+  _globals['_TOOLCALLPART'].fields_by_name['tool_name']._serialized_options = b'\272H\005r\003\030\200\002'
+  _globals['_TOOLRESULTPART'].fields_by_name['tool_call_id']._loaded_options = None
+  _globals['_TOOLRESULTPART'].fields_by_name['tool_call_id']._serialized_options = b'\272H\005r\003\030\200\002'
+  _globals['_TOOLRESULTPART'].fields_by_name['tool_name']._loaded_options = None
+  _globals['_TOOLRESULTPART'].fields_by_name['tool_name']._serialized_options = b'\272H\005r\003\030\200\002'
+  _globals['_ROLE']._serialized_start=885
+  _globals['_ROLE']._serialized_end=980
+  _globals['_MESSAGE']._serialized_start=135
+  _globals['_MESSAGE']._serialized_end=355
+  _globals['_PART']._serialized_start=358
+  _globals['_PART']._serialized_end=511
+  _globals['_TEXTPART']._serialized_start=513
+  _globals['_TEXTPART']._serialized_end=548
+  _globals['_TOOLCALLPART']._serialized_start=550
+  _globals['_TOOLCALLPART']._serialized_end=669
+  _globals['_TOOLRESULTPART']._serialized_start=672
+  _globals['_TOOLRESULTPART']._serialized_end=807
+  _globals['_USAGE']._serialized_start=809
+  _globals['_USAGE']._serialized_end=883
 # @@protoc_insertion_point(module_scope)

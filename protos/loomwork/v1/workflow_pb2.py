@@ -22,75 +22,98 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from ...buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from . import run_pb2 as loomwork_dot_v1_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aloomwork/v1/workflow.proto\x12\x0bloomwork.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15loomwork/v1/run.proto\"\xc5\x01\n\x08Workflow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12-\n\x0cinput_schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\routput_schema\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x05steps\x18\x06 \x03(\x0b\x32\x19.loomwork.v1.WorkflowStep\"\xac\x04\n\x0cWorkflowStep\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\x04kind\x18\x03 \x01(\x0e\x32\x1d.loomwork.v1.WorkflowStepKind\x12-\n\x0cinput_schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\routput_schema\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0esuspend_schema\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\rresume_schema\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x0cretry_policy\x18\x08 \x01(\x0b\x32\x1c.loomwork.v1.StepRetryPolicy\x12+\n\x08\x63hildren\x18\t \x03(\x0b\x32\x19.loomwork.v1.WorkflowStep\x12\x11\n\tcondition\x18\n \x01(\t\x12\x16\n\x0e\x64\x65\x66\x61ult_branch\x18\x0b \x01(\x08\x12\x13\n\x0bworkflow_id\x18\x0c \x01(\t\x12\x12\n\nagent_name\x18\r \x01(\t\x12\x11\n\ttool_name\x18\x0e \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x0f \x01(\x05\x12\x31\n\x0esleep_duration\x18\x10 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xfd\x01\n\x0fStepRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x33\n\x10initial_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1b\n\x13\x62\x61\x63koff_coefficient\x18\x03 \x01(\x01\x12\x33\n\x10maximum_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12!\n\x19non_retryable_error_types\x18\x05 \x03(\t\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xaf\x05\n\x0fWorkflowStepRun\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x11\n\titeration\x18\x03 \x01(\x05\x12+\n\x04kind\x18\x04 \x01(\x0e\x32\x1d.loomwork.v1.WorkflowStepKind\x12/\n\x06status\x18\x05 \x01(\x0e\x32\x1f.loomwork.v1.WorkflowStepStatus\x12%\n\x05input\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\x12&\n\x06output\x18\x07 \x01(\x0b\x32\x16.google.protobuf.Value\x12$\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x15.loomwork.v1.RunError\x12\x10\n\x08\x61ttempts\x18\t \x01(\x05\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_attempt_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0fsuspend_payload\x18\r \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x0bresume_data\x18\x0e \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x0csuspend_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bresume_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\twake_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x04\n\x0bWorkflowRun\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\x18\n\x10workflow_version\x18\x03 \x01(\t\x12.\n\x06status\x18\x04 \x01(\x0e\x32\x1e.loomwork.v1.WorkflowRunStatus\x12&\n\x05input\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06output\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12$\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x15.loomwork.v1.RunError\x12+\n\x05steps\x18\x08 \x03(\x0b\x32\x1c.loomwork.v1.WorkflowStepRun\x12)\n\x08metadata\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rlast_event_id\x18\r \x01(\x03\x12\x1c\n\x14temporal_workflow_id\x18\x0e \x01(\t\x12\x17\n\x0ftemporal_run_id\x18\x0f \x01(\t\"\xf2\x05\n\x10WorkflowRunEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x0brun_started\x18\n \x01(\x0b\x32\x1f.loomwork.v1.WorkflowRunStartedH\x00\x12\x34\n\x0cstep_started\x18\x0b \x01(\x0b\x32\x1c.loomwork.v1.WorkflowStepRunH\x00\x12\x36\n\x0estep_succeeded\x18\x0c \x01(\x0b\x32\x1c.loomwork.v1.WorkflowStepRunH\x00\x12\x33\n\x0bstep_failed\x18\r \x01(\x0b\x32\x1c.loomwork.v1.WorkflowStepRunH\x00\x12\x36\n\x0estep_suspended\x18\x0e \x01(\x0b\x32\x1c.loomwork.v1.WorkflowStepRunH\x00\x12\x34\n\x0cstep_resumed\x18\x0f \x01(\x0b\x32\x1c.loomwork.v1.WorkflowStepRunH\x00\x12\x35\n\rstep_retrying\x18\x10 \x01(\x0b\x32\x1c.loomwork.v1.WorkflowStepRunH\x00\x12\x34\n\x0cstep_waiting\x18\x11 \x01(\x0b\x32\x1c.loomwork.v1.WorkflowStepRunH\x00\x12\x34\n\x0cstep_skipped\x18\x12 \x01(\x0b\x32\x1c.loomwork.v1.WorkflowStepRunH\x00\x12\x38\n\x0crun_finished\x18\x13 \x01(\x0b\x32 .loomwork.v1.WorkflowRunFinishedH\x00\x12+\n\nrun_failed\x18\x14 \x01(\x0b\x32\x15.loomwork.v1.RunErrorH\x00\x12\x36\n\x0brun_pending\x18\x15 \x01(\x0b\x32\x1f.loomwork.v1.WorkflowRunPendingH\x00\x42\x07\n\x05\x65vent\"S\n\x12WorkflowRunPending\x12\x12\n\ntask_queue\x18\x01 \x01(\t\x12)\n\x06waited\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"k\n\x12WorkflowRunStarted\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x18\n\x10workflow_version\x18\x02 \x01(\t\x12&\n\x05input\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"n\n\x13WorkflowRunFinished\x12.\n\x06status\x18\x01 \x01(\x0e\x32\x1e.loomwork.v1.WorkflowRunStatus\x12\'\n\x06output\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"=\n\x14ListWorkflowsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x15ListWorkflowsResponse\x12(\n\tworkflows\x18\x01 \x03(\x0b\x32\x15.loomwork.v1.Workflow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x12GetWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\">\n\x13GetWorkflowResponse\x12\'\n\x08workflow\x18\x01 \x01(\x0b\x32\x15.loomwork.v1.Workflow\"\x9f\x01\n\x1eWorkflowServiceStartRunRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rclient_run_id\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"H\n\x1fWorkflowServiceStartRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.loomwork.v1.WorkflowRun\".\n\x1cWorkflowServiceGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"F\n\x1dWorkflowServiceGetRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.loomwork.v1.WorkflowRun\"\x8e\x01\n\x1eWorkflowServiceListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x03 \x01(\t\x12\x30\n\x08statuses\x18\x04 \x03(\x0e\x32\x1e.loomwork.v1.WorkflowRunStatus\"b\n\x1fWorkflowServiceListRunsResponse\x12&\n\x04runs\x18\x01 \x03(\x0b\x32\x18.loomwork.v1.WorkflowRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x84\x01\n\x1fWorkflowServiceResumeRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07step_id\x18\x02 \x01(\t\x12,\n\x0bresume_data\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"I\n WorkflowServiceResumeRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.loomwork.v1.WorkflowRun\"A\n\x1fWorkflowServiceCancelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"I\n WorkflowServiceCancelRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.loomwork.v1.WorkflowRun\"H\n\x1eWorkflowServiceWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\x03\"O\n\x1fWorkflowServiceWatchRunResponse\x12,\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1d.loomwork.v1.WorkflowRunEvent*\xaf\x03\n\x10WorkflowStepKind\x12\"\n\x1eWORKFLOW_STEP_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17WORKFLOW_STEP_KIND_STEP\x10\x01\x12\x1c\n\x18WORKFLOW_STEP_KIND_AGENT\x10\x02\x12\x1b\n\x17WORKFLOW_STEP_KIND_TOOL\x10\x03\x12\x1f\n\x1bWORKFLOW_STEP_KIND_WORKFLOW\x10\x04\x12\x1a\n\x16WORKFLOW_STEP_KIND_MAP\x10\x05\x12\x1c\n\x18WORKFLOW_STEP_KIND_SLEEP\x10\x06\x12\"\n\x1eWORKFLOW_STEP_KIND_SLEEP_UNTIL\x10\x07\x12\x1d\n\x19WORKFLOW_STEP_KIND_BRANCH\x10\x08\x12\x1f\n\x1bWORKFLOW_STEP_KIND_PARALLEL\x10\t\x12\x1e\n\x1aWORKFLOW_STEP_KIND_FOREACH\x10\n\x12\x1f\n\x1bWORKFLOW_STEP_KIND_DO_WHILE\x10\x0b\x12\x1f\n\x1bWORKFLOW_STEP_KIND_DO_UNTIL\x10\x0c*\xa3\x02\n\x11WorkflowRunStatus\x12#\n\x1fWORKFLOW_RUN_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bWORKFLOW_RUN_STATUS_PENDING\x10\x01\x12\x1f\n\x1bWORKFLOW_RUN_STATUS_RUNNING\x10\x02\x12!\n\x1dWORKFLOW_RUN_STATUS_SUSPENDED\x10\x03\x12\x1f\n\x1bWORKFLOW_RUN_STATUS_WAITING\x10\x04\x12!\n\x1dWORKFLOW_RUN_STATUS_SUCCEEDED\x10\x05\x12\x1e\n\x1aWORKFLOW_RUN_STATUS_FAILED\x10\x06\x12 \n\x1cWORKFLOW_RUN_STATUS_CANCELED\x10\x07*\xce\x02\n\x12WorkflowStepStatus\x12$\n WORKFLOW_STEP_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cWORKFLOW_STEP_STATUS_PENDING\x10\x01\x12 \n\x1cWORKFLOW_STEP_STATUS_RUNNING\x10\x02\x12\"\n\x1eWORKFLOW_STEP_STATUS_SUCCEEDED\x10\x03\x12\x1f\n\x1bWORKFLOW_STEP_STATUS_FAILED\x10\x04\x12\"\n\x1eWORKFLOW_STEP_STATUS_SUSPENDED\x10\x05\x12 \n\x1cWORKFLOW_STEP_STATUS_WAITING\x10\x06\x12 \n\x1cWORKFLOW_STEP_STATUS_SKIPPED\x10\x07\x12!\n\x1dWORKFLOW_STEP_STATUS_CANCELED\x10\x08\x32\xa7\x06\n\x0fWorkflowService\x12V\n\rListWorkflows\x12!.loomwork.v1.ListWorkflowsRequest\x1a\".loomwork.v1.ListWorkflowsResponse\x12P\n\x0bGetWorkflow\x12\x1f.loomwork.v1.GetWorkflowRequest\x1a .loomwork.v1.GetWorkflowResponse\x12\x65\n\x08StartRun\x12+.loomwork.v1.WorkflowServiceStartRunRequest\x1a,.loomwork.v1.WorkflowServiceStartRunResponse\x12_\n\x06GetRun\x12).loomwork.v1.WorkflowServiceGetRunRequest\x1a*.loomwork.v1.WorkflowServiceGetRunResponse\x12\x65\n\x08ListRuns\x12+.loomwork.v1.WorkflowServiceListRunsRequest\x1a,.loomwork.v1.WorkflowServiceListRunsResponse\x12h\n\tResumeRun\x12,.loomwork.v1.WorkflowServiceResumeRunRequest\x1a-.loomwork.v1.WorkflowServiceResumeRunResponse\x12h\n\tCancelRun\x12,.loomwork.v1.WorkflowServiceCancelRunRequest\x1a-.loomwork.v1.WorkflowServiceCancelRunResponse\x12g\n\x08WatchRun\x12+.loomwork.v1.WorkflowServiceWatchRunRequest\x1a,.loomwork.v1.WorkflowServiceWatchRunResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aloomwork/v1/workflow.proto\x12\x0bloomwork.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15loomwork/v1/run.proto\"\xc5\x01\n\x08Workflow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12-\n\x0cinput_schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\routput_schema\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x05steps\x18\x06 \x03(\x0b\x32\x19.loomwork.v1.WorkflowStep\"\xac\x04\n\x0cWorkflowStep\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\x04kind\x18\x03 \x01(\x0e\x32\x1d.loomwork.v1.WorkflowStepKind\x12-\n\x0cinput_schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\routput_schema\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0esuspend_schema\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\rresume_schema\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x0cretry_policy\x18\x08 \x01(\x0b\x32\x1c.loomwork.v1.StepRetryPolicy\x12+\n\x08\x63hildren\x18\t \x03(\x0b\x32\x19.loomwork.v1.WorkflowStep\x12\x11\n\tcondition\x18\n \x01(\t\x12\x16\n\x0e\x64\x65\x66\x61ult_branch\x18\x0b \x01(\x08\x12\x13\n\x0bworkflow_id\x18\x0c \x01(\t\x12\x12\n\nagent_name\x18\r \x01(\t\x12\x11\n\ttool_name\x18\x0e \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x0f \x01(\x05\x12\x31\n\x0esleep_duration\x18\x10 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xfd\x01\n\x0fStepRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x33\n\x10initial_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1b\n\x13\x62\x61\x63koff_coefficient\x18\x03 \x01(\x01\x12\x33\n\x10maximum_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12!\n\x19non_retryable_error_types\x18\x05 \x03(\t\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xaf\x05\n\x0fWorkflowStepRun\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x11\n\titeration\x18\x03 \x01(\x05\x12+\n\x04kind\x18\x04 \x01(\x0e\x32\x1d.loomwork.v1.WorkflowStepKind\x12/\n\x06status\x18\x05 \x01(\x0e\x32\x1f.loomwork.v1.WorkflowStepStatus\x12%\n\x05input\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\x12&\n\x06output\x18\x07 \x01(\x0b\x32\x16.google.protobuf.Value\x12$\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x15.loomwork.v1.RunError\x12\x10\n\x08\x61ttempts\x18\t \x01(\x05\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_attempt_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0fsuspend_payload\x18\r \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x0bresume_data\x18\x0e \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x0csuspend_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bresume_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\twake_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x04\n\x0bWorkflowRun\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\x18\n\x10workflow_version\x18\x03 \x01(\t\x12.\n\x06status\x18\x04 \x01(\x0e\x32\x1e.loomwork.v1.WorkflowRunStatus\x12&\n\x05input\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06output\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12$\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x15.loomwork.v1.RunError\x12+\n\x05steps\x18\x08 \x03(\x0b\x32\x1c.loomwork.v1.WorkflowStepRun\x12)\n\x08metadata\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rlast_event_id\x18\r \x01(\x03\x12\x1c\n\x14temporal_workflow_id\x18\x0e \x01(\t\x12\x17\n\x0ftemporal_run_id\x18\x0f \x01(\t\"\xf2\x05\n\x10WorkflowRunEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x0brun_started\x18\n \x01(\x0b\x32\x1f.loomwork.v1.WorkflowRunStartedH\x00\x12\x34\n\x0cstep_started\x18\x0b \x01(\x0b\x32\x1c.loomwork.v1.WorkflowStepRunH\x00\x12\x36\n\x0estep_succeeded\x18\x0c \x01(\x0b\x32\x1c.loomwork.v1.WorkflowStepRunH\x00\x12\x33\n\x0bstep_failed\x18\r \x01(\x0b\x32\x1c.loomwork.v1.WorkflowStepRunH\x00\x12\x36\n\x0estep_suspended\x18\x0e \x01(\x0b\x32\x1c.loomwork.v1.WorkflowStepRunH\x00\x12\x34\n\x0cstep_resumed\x18\x0f \x01(\x0b\x32\x1c.loomwork.v1.WorkflowStepRunH\x00\x12\x35\n\rstep_retrying\x18\x10 \x01(\x0b\x32\x1c.loomwork.v1.WorkflowStepRunH\x00\x12\x34\n\x0cstep_waiting\x18\x11 \x01(\x0b\x32\x1c.loomwork.v1.WorkflowStepRunH\x00\x12\x34\n\x0cstep_skipped\x18\x12 \x01(\x0b\x32\x1c.loomwork.v1.WorkflowStepRunH\x00\x12\x38\n\x0crun_finished\x18\x13 \x01(\x0b\x32 .loomwork.v1.WorkflowRunFinishedH\x00\x12+\n\nrun_failed\x18\x14 \x01(\x0b\x32\x15.loomwork.v1.RunErrorH\x00\x12\x36\n\x0brun_pending\x18\x15 \x01(\x0b\x32\x1f.loomwork.v1.WorkflowRunPendingH\x00\x42\x07\n\x05\x65vent\"S\n\x12WorkflowRunPending\x12\x12\n\ntask_queue\x18\x01 \x01(\t\x12)\n\x06waited\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"k\n\x12WorkflowRunStarted\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x18\n\x10workflow_version\x18\x02 \x01(\t\x12&\n\x05input\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"n\n\x13WorkflowRunFinished\x12.\n\x06status\x18\x01 \x01(\x0e\x32\x1e.loomwork.v1.WorkflowRunStatus\x12\'\n\x06output\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"G\n\x14ListWorkflowsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \"Z\n\x15ListWorkflowsResponse\x12(\n\tworkflows\x18\x01 \x03(\x0b\x32\x15.loomwork.v1.Workflow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x12GetWorkflowRequest\x12\x1c\n\x0bworkflow_id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x18@\">\n\x13GetWorkflowResponse\x12\'\n\x08workflow\x18\x01 \x01(\x0b\x32\x15.loomwork.v1.Workflow\"\xa8\x01\n\x1eWorkflowServiceStartRunRequest\x12\x1c\n\x0bworkflow_id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x18@\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rclient_run_id\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"H\n\x1fWorkflowServiceStartRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.loomwork.v1.WorkflowRun\"8\n\x1cWorkflowServiceGetRunRequest\x12\x18\n\x06run_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\"F\n\x1dWorkflowServiceGetRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.loomwork.v1.WorkflowRun\"\xab\x01\n\x1eWorkflowServiceListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \x12\x1c\n\x0bworkflow_id\x18\x03 \x01(\tB\x07\xbaH\x04r\x02\x18@\x12:\n\x08statuses\x18\x04 \x03(\x0e\x32\x1e.loomwork.v1.WorkflowRunStatusB\x08\xbaH\x05\x92\x01\x02\x10\x10\"b\n\x1fWorkflowServiceListRunsResponse\x12&\n\x04runs\x18\x01 \x03(\x0b\x32\x18.loomwork.v1.WorkflowRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x98\x01\n\x1fWorkflowServiceResumeRunRequest\x12\x18\n\x06run_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12\x19\n\x07step_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\x12,\n\x0bresume_data\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"I\n WorkflowServiceResumeRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.loomwork.v1.WorkflowRun\"K\n\x1fWorkflowServiceCancelRunRequest\x12\x18\n\x06run_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12\x0e\n\x06reason\x18\x02 \x01(\t\"I\n WorkflowServiceCancelRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.loomwork.v1.WorkflowRun\"R\n\x1eWorkflowServiceWatchRunRequest\x12\x18\n\x06run_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\x03\"O\n\x1fWorkflowServiceWatchRunResponse\x12,\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1d.loomwork.v1.WorkflowRunEvent*\xaf\x03\n\x10WorkflowStepKind\x12\"\n\x1eWORKFLOW_STEP_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17WORKFLOW_STEP_KIND_STEP\x10\x01\x12\x1c\n\x18WORKFLOW_STEP_KIND_AGENT\x10\x02\x12\x1b\n\x17WORKFLOW_STEP_KIND_TOOL\x10\x03\x12\x1f\n\x1bWORKFLOW_STEP_KIND_WORKFLOW\x10\x04\x12\x1a\n\x16WORKFLOW_STEP_KIND_MAP\x10\x05\x12\x1c\n\x18WORKFLOW_STEP_KIND_SLEEP\x10\x06\x12\"\n\x1eWORKFLOW_STEP_KIND_SLEEP_UNTIL\x10\x07\x12\x1d\n\x19WORKFLOW_STEP_KIND_BRANCH\x10\x08\x12\x1f\n\x1bWORKFLOW_STEP_KIND_PARALLEL\x10\t\x12\x1e\n\x1aWORKFLOW_STEP_KIND_FOREACH\x10\n\x12\x1f\n\x1bWORKFLOW_STEP_KIND_DO_WHILE\x10\x0b\x12\x1f\n\x1bWORKFLOW_STEP_KIND_DO_UNTIL\x10\x0c*\xa3\x02\n\x11WorkflowRunStatus\x12#\n\x1fWORKFLOW_RUN_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bWORKFLOW_RUN_STATUS_PENDING\x10\x01\x12\x1f\n\x1bWORKFLOW_RUN_STATUS_RUNNING\x10\x02\x12!\n\x1dWORKFLOW_RUN_STATUS_SUSPENDED\x10\x03\x12\x1f\n\x1bWORKFLOW_RUN_STATUS_WAITING\x10\x04\x12!\n\x1dWORKFLOW_RUN_STATUS_SUCCEEDED\x10\x05\x12\x1e\n\x1aWORKFLOW_RUN_STATUS_FAILED\x10\x06\x12 \n\x1cWORKFLOW_RUN_STATUS_CANCELED\x10\x07*\xce\x02\n\x12WorkflowStepStatus\x12$\n WORKFLOW_STEP_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cWORKFLOW_STEP_STATUS_PENDING\x10\x01\x12 \n\x1cWORKFLOW_STEP_STATUS_RUNNING\x10\x02\x12\"\n\x1eWORKFLOW_STEP_STATUS_SUCCEEDED\x10\x03\x12\x1f\n\x1bWORKFLOW_STEP_STATUS_FAILED\x10\x04\x12\"\n\x1eWORKFLOW_STEP_STATUS_SUSPENDED\x10\x05\x12 \n\x1cWORKFLOW_STEP_STATUS_WAITING\x10\x06\x12 \n\x1cWORKFLOW_STEP_STATUS_SKIPPED\x10\x07\x12!\n\x1dWORKFLOW_STEP_STATUS_CANCELED\x10\x08\x32\xa7\x06\n\x0fWorkflowService\x12V\n\rListWorkflows\x12!.loomwork.v1.ListWorkflowsRequest\x1a\".loomwork.v1.ListWorkflowsResponse\x12P\n\x0bGetWorkflow\x12\x1f.loomwork.v1.GetWorkflowRequest\x1a .loomwork.v1.GetWorkflowResponse\x12\x65\n\x08StartRun\x12+.loomwork.v1.WorkflowServiceStartRunRequest\x1a,.loomwork.v1.WorkflowServiceStartRunResponse\x12_\n\x06GetRun\x12).loomwork.v1.WorkflowServiceGetRunRequest\x1a*.loomwork.v1.WorkflowServiceGetRunResponse\x12\x65\n\x08ListRuns\x12+.loomwork.v1.WorkflowServiceListRunsRequest\x1a,.loomwork.v1.WorkflowServiceListRunsResponse\x12h\n\tResumeRun\x12,.loomwork.v1.WorkflowServiceResumeRunRequest\x1a-.loomwork.v1.WorkflowServiceResumeRunResponse\x12h\n\tCancelRun\x12,.loomwork.v1.WorkflowServiceCancelRunRequest\x1a-.loomwork.v1.WorkflowServiceCancelRunResponse\x12g\n\x08WatchRun\x12+.loomwork.v1.WorkflowServiceWatchRunRequest\x1a,.loomwork.v1.WorkflowServiceWatchRunResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loomwork.v1.workflow_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WORKFLOWSTEPKIND']._serialized_start=4851
-  _globals['_WORKFLOWSTEPKIND']._serialized_end=5282
-  _globals['_WORKFLOWRUNSTATUS']._serialized_start=5285
-  _globals['_WORKFLOWRUNSTATUS']._serialized_end=5576
-  _globals['_WORKFLOWSTEPSTATUS']._serialized_start=5579
-  _globals['_WORKFLOWSTEPSTATUS']._serialized_end=5913
-  _globals['_WORKFLOW']._serialized_start=162
-  _globals['_WORKFLOW']._serialized_end=359
-  _globals['_WORKFLOWSTEP']._serialized_start=362
-  _globals['_WORKFLOWSTEP']._serialized_end=918
-  _globals['_STEPRETRYPOLICY']._serialized_start=921
-  _globals['_STEPRETRYPOLICY']._serialized_end=1174
-  _globals['_WORKFLOWSTEPRUN']._serialized_start=1177
-  _globals['_WORKFLOWSTEPRUN']._serialized_end=1864
-  _globals['_WORKFLOWRUN']._serialized_start=1867
-  _globals['_WORKFLOWRUN']._serialized_end=2415
-  _globals['_WORKFLOWRUNEVENT']._serialized_start=2418
-  _globals['_WORKFLOWRUNEVENT']._serialized_end=3172
-  _globals['_WORKFLOWRUNPENDING']._serialized_start=3174
-  _globals['_WORKFLOWRUNPENDING']._serialized_end=3257
-  _globals['_WORKFLOWRUNSTARTED']._serialized_start=3259
-  _globals['_WORKFLOWRUNSTARTED']._serialized_end=3366
-  _globals['_WORKFLOWRUNFINISHED']._serialized_start=3368
-  _globals['_WORKFLOWRUNFINISHED']._serialized_end=3478
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=3480
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=3541
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=3543
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=3633
-  _globals['_GETWORKFLOWREQUEST']._serialized_start=3635
-  _globals['_GETWORKFLOWREQUEST']._serialized_end=3676
-  _globals['_GETWORKFLOWRESPONSE']._serialized_start=3678
-  _globals['_GETWORKFLOWRESPONSE']._serialized_end=3740
-  _globals['_WORKFLOWSERVICESTARTRUNREQUEST']._serialized_start=3743
-  _globals['_WORKFLOWSERVICESTARTRUNREQUEST']._serialized_end=3902
-  _globals['_WORKFLOWSERVICESTARTRUNRESPONSE']._serialized_start=3904
-  _globals['_WORKFLOWSERVICESTARTRUNRESPONSE']._serialized_end=3976
-  _globals['_WORKFLOWSERVICEGETRUNREQUEST']._serialized_start=3978
-  _globals['_WORKFLOWSERVICEGETRUNREQUEST']._serialized_end=4024
-  _globals['_WORKFLOWSERVICEGETRUNRESPONSE']._serialized_start=4026
-  _globals['_WORKFLOWSERVICEGETRUNRESPONSE']._serialized_end=4096
-  _globals['_WORKFLOWSERVICELISTRUNSREQUEST']._serialized_start=4099
-  _globals['_WORKFLOWSERVICELISTRUNSREQUEST']._serialized_end=4241
-  _globals['_WORKFLOWSERVICELISTRUNSRESPONSE']._serialized_start=4243
-  _globals['_WORKFLOWSERVICELISTRUNSRESPONSE']._serialized_end=4341
-  _globals['_WORKFLOWSERVICERESUMERUNREQUEST']._serialized_start=4344
-  _globals['_WORKFLOWSERVICERESUMERUNREQUEST']._serialized_end=4476
-  _globals['_WORKFLOWSERVICERESUMERUNRESPONSE']._serialized_start=4478
-  _globals['_WORKFLOWSERVICERESUMERUNRESPONSE']._serialized_end=4551
-  _globals['_WORKFLOWSERVICECANCELRUNREQUEST']._serialized_start=4553
-  _globals['_WORKFLOWSERVICECANCELRUNREQUEST']._serialized_end=4618
-  _globals['_WORKFLOWSERVICECANCELRUNRESPONSE']._serialized_start=4620
-  _globals['_WORKFLOWSERVICECANCELRUNRESPONSE']._serialized_end=4693
-  _globals['_WORKFLOWSERVICEWATCHRUNREQUEST']._serialized_start=4695
-  _globals['_WORKFLOWSERVICEWATCHRUNREQUEST']._serialized_end=4767
-  _globals['_WORKFLOWSERVICEWATCHRUNRESPONSE']._serialized_start=4769
-  _globals['_WORKFLOWSERVICEWATCHRUNRESPONSE']._serialized_end=4848
-  _globals['_WORKFLOWSERVICE']._serialized_start=5916
-  _globals['_WORKFLOWSERVICE']._serialized_end=6723
+  _globals['_LISTWORKFLOWSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTWORKFLOWSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200 '
+  _globals['_GETWORKFLOWREQUEST'].fields_by_name['workflow_id']._loaded_options = None
+  _globals['_GETWORKFLOWREQUEST'].fields_by_name['workflow_id']._serialized_options = b'\272H\004r\002\030@'
+  _globals['_WORKFLOWSERVICESTARTRUNREQUEST'].fields_by_name['workflow_id']._loaded_options = None
+  _globals['_WORKFLOWSERVICESTARTRUNREQUEST'].fields_by_name['workflow_id']._serialized_options = b'\272H\004r\002\030@'
+  _globals['_WORKFLOWSERVICEGETRUNREQUEST'].fields_by_name['run_id']._loaded_options = None
+  _globals['_WORKFLOWSERVICEGETRUNREQUEST'].fields_by_name['run_id']._serialized_options = b'\272H\005r\003\030\200\001'
+  _globals['_WORKFLOWSERVICELISTRUNSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_WORKFLOWSERVICELISTRUNSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200 '
+  _globals['_WORKFLOWSERVICELISTRUNSREQUEST'].fields_by_name['workflow_id']._loaded_options = None
+  _globals['_WORKFLOWSERVICELISTRUNSREQUEST'].fields_by_name['workflow_id']._serialized_options = b'\272H\004r\002\030@'
+  _globals['_WORKFLOWSERVICELISTRUNSREQUEST'].fields_by_name['statuses']._loaded_options = None
+  _globals['_WORKFLOWSERVICELISTRUNSREQUEST'].fields_by_name['statuses']._serialized_options = b'\272H\005\222\001\002\020\020'
+  _globals['_WORKFLOWSERVICERESUMERUNREQUEST'].fields_by_name['run_id']._loaded_options = None
+  _globals['_WORKFLOWSERVICERESUMERUNREQUEST'].fields_by_name['run_id']._serialized_options = b'\272H\005r\003\030\200\001'
+  _globals['_WORKFLOWSERVICERESUMERUNREQUEST'].fields_by_name['step_id']._loaded_options = None
+  _globals['_WORKFLOWSERVICERESUMERUNREQUEST'].fields_by_name['step_id']._serialized_options = b'\272H\005r\003\030\200\010'
+  _globals['_WORKFLOWSERVICECANCELRUNREQUEST'].fields_by_name['run_id']._loaded_options = None
+  _globals['_WORKFLOWSERVICECANCELRUNREQUEST'].fields_by_name['run_id']._serialized_options = b'\272H\005r\003\030\200\001'
+  _globals['_WORKFLOWSERVICEWATCHRUNREQUEST'].fields_by_name['run_id']._loaded_options = None
+  _globals['_WORKFLOWSERVICEWATCHRUNREQUEST'].fields_by_name['run_id']._serialized_options = b'\272H\005r\003\030\200\001'
+  _globals['_WORKFLOWSTEPKIND']._serialized_start=4987
+  _globals['_WORKFLOWSTEPKIND']._serialized_end=5418
+  _globals['_WORKFLOWRUNSTATUS']._serialized_start=5421
+  _globals['_WORKFLOWRUNSTATUS']._serialized_end=5712
+  _globals['_WORKFLOWSTEPSTATUS']._serialized_start=5715
+  _globals['_WORKFLOWSTEPSTATUS']._serialized_end=6049
+  _globals['_WORKFLOW']._serialized_start=191
+  _globals['_WORKFLOW']._serialized_end=388
+  _globals['_WORKFLOWSTEP']._serialized_start=391
+  _globals['_WORKFLOWSTEP']._serialized_end=947
+  _globals['_STEPRETRYPOLICY']._serialized_start=950
+  _globals['_STEPRETRYPOLICY']._serialized_end=1203
+  _globals['_WORKFLOWSTEPRUN']._serialized_start=1206
+  _globals['_WORKFLOWSTEPRUN']._serialized_end=1893
+  _globals['_WORKFLOWRUN']._serialized_start=1896
+  _globals['_WORKFLOWRUN']._serialized_end=2444
+  _globals['_WORKFLOWRUNEVENT']._serialized_start=2447
+  _globals['_WORKFLOWRUNEVENT']._serialized_end=3201
+  _globals['_WORKFLOWRUNPENDING']._serialized_start=3203
+  _globals['_WORKFLOWRUNPENDING']._serialized_end=3286
+  _globals['_WORKFLOWRUNSTARTED']._serialized_start=3288
+  _globals['_WORKFLOWRUNSTARTED']._serialized_end=3395
+  _globals['_WORKFLOWRUNFINISHED']._serialized_start=3397
+  _globals['_WORKFLOWRUNFINISHED']._serialized_end=3507
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=3509
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=3580
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=3582
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=3672
+  _globals['_GETWORKFLOWREQUEST']._serialized_start=3674
+  _globals['_GETWORKFLOWREQUEST']._serialized_end=3724
+  _globals['_GETWORKFLOWRESPONSE']._serialized_start=3726
+  _globals['_GETWORKFLOWRESPONSE']._serialized_end=3788
+  _globals['_WORKFLOWSERVICESTARTRUNREQUEST']._serialized_start=3791
+  _globals['_WORKFLOWSERVICESTARTRUNREQUEST']._serialized_end=3959
+  _globals['_WORKFLOWSERVICESTARTRUNRESPONSE']._serialized_start=3961
+  _globals['_WORKFLOWSERVICESTARTRUNRESPONSE']._serialized_end=4033
+  _globals['_WORKFLOWSERVICEGETRUNREQUEST']._serialized_start=4035
+  _globals['_WORKFLOWSERVICEGETRUNREQUEST']._serialized_end=4091
+  _globals['_WORKFLOWSERVICEGETRUNRESPONSE']._serialized_start=4093
+  _globals['_WORKFLOWSERVICEGETRUNRESPONSE']._serialized_end=4163
+  _globals['_WORKFLOWSERVICELISTRUNSREQUEST']._serialized_start=4166
+  _globals['_WORKFLOWSERVICELISTRUNSREQUEST']._serialized_end=4337
+  _globals['_WORKFLOWSERVICELISTRUNSRESPONSE']._serialized_start=4339
+  _globals['_WORKFLOWSERVICELISTRUNSRESPONSE']._serialized_end=4437
+  _globals['_WORKFLOWSERVICERESUMERUNREQUEST']._serialized_start=4440
+  _globals['_WORKFLOWSERVICERESUMERUNREQUEST']._serialized_end=4592
+  _globals['_WORKFLOWSERVICERESUMERUNRESPONSE']._serialized_start=4594
+  _globals['_WORKFLOWSERVICERESUMERUNRESPONSE']._serialized_end=4667
+  _globals['_WORKFLOWSERVICECANCELRUNREQUEST']._serialized_start=4669
+  _globals['_WORKFLOWSERVICECANCELRUNREQUEST']._serialized_end=4744
+  _globals['_WORKFLOWSERVICECANCELRUNRESPONSE']._serialized_start=4746
+  _globals['_WORKFLOWSERVICECANCELRUNRESPONSE']._serialized_end=4819
+  _globals['_WORKFLOWSERVICEWATCHRUNREQUEST']._serialized_start=4821
+  _globals['_WORKFLOWSERVICEWATCHRUNREQUEST']._serialized_end=4903
+  _globals['_WORKFLOWSERVICEWATCHRUNRESPONSE']._serialized_start=4905
+  _globals['_WORKFLOWSERVICEWATCHRUNRESPONSE']._serialized_end=4984
+  _globals['_WORKFLOWSERVICE']._serialized_start=6052
+  _globals['_WORKFLOWSERVICE']._serialized_end=6859
 # @@protoc_insertion_point(module_scope)
