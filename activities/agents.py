@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.retry_notice import announce_retry
 from loomwork.agents.payloads import (
     FinishInput,
     FirstStep,
@@ -24,6 +25,7 @@ from loomwork.agents.steps import AgentSteps
 from loomwork.errors import LoomworkError, ResourceExhausted, Unavailable
 from loomwork.llm.errors import ModelError
 from loomwork.messages import ToolResultPart
+from loomwork.retries import RetryNotice
 from loomwork.tools.registry import ToolFailed
 
 T = TypeVar("T")
@@ -65,25 +67,42 @@ async def _heartbeating(work: Coroutine[Any, Any, T], every: float = 1.0) -> T:
         raise
 
 
+async def model_call(
+    work: Coroutine[Any, Any, T], retrying: Callable[[RetryNotice], Awaitable[object]]
+) -> T:
+    """A step with a model call (an agent's, an answer's), heartbeating; a failure that
+    Temporal will retry is announced first with `retrying` (what failed, and how long
+    until the next attempt)."""
+    try:
+        return await _heartbeating(work)
+    except LoomworkError as error:
+        failure = _application_error(error)
+        await announce_retry(failure, retrying)
+        raise failure from error
+    except Exception as error:
+        await announce_retry(error, retrying)
+        raise
+
+
 class AgentActivities:
     def __init__(self, steps: AgentSteps) -> None:
         self.steps = steps
 
     @activity.defn(name="agent_start_and_step")
     async def start_and_step(self, request: AgentRunRequest) -> FirstStep:
-        try:
-            return await _heartbeating(
-                self.steps.start_and_step(request, attempt=activity.info().attempt)
-            )
-        except LoomworkError as error:
-            raise _application_error(error) from error
+        async def retrying(notice: RetryNotice) -> None:
+            await self.steps.retrying(request, 1, notice)
+
+        work = self.steps.start_and_step(request, attempt=activity.info().attempt)
+        return await model_call(work, retrying)
 
     @activity.defn(name="agent_model_step")
     async def model_step(self, step: StepInput) -> StepOutput:
-        try:
-            return await _heartbeating(self.steps.model_step(step, attempt=activity.info().attempt))
-        except LoomworkError as error:
-            raise _application_error(error) from error
+        async def retrying(notice: RetryNotice) -> None:
+            await self.steps.retrying(step.request, step, notice)
+
+        work = self.steps.model_step(step, attempt=activity.info().attempt)
+        return await model_call(work, retrying)
 
     @activity.defn(name="agent_tool_call")
     async def tool_call(self, call: ToolInput) -> ToolResultPart:

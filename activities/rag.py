@@ -7,7 +7,7 @@ from typing import Any
 
 from temporalio import activity
 
-from activities.agents import _application_error, _heartbeating
+from activities.agents import _application_error, _heartbeating, model_call
 from loomwork.errors import LoomworkError
 from loomwork.rag.answer import (
     AnswerError,
@@ -24,6 +24,7 @@ from loomwork.rag.ingestion import (
     IngestionSteps,
     PreparedDocument,
 )
+from loomwork.retries import RetryNotice
 
 
 class RagActivities:
@@ -78,14 +79,13 @@ class RagActivities:
     async def answer_generate(
         self, request: AnswerRequest, context: RetrievedContext
     ) -> GeneratedAnswer:
-        try:
-            return await _heartbeating(
-                self.answers.generate(
-                    request, context, attempt=activity.info().attempt, heartbeat=activity.heartbeat
-                )
-            )
-        except LoomworkError as error:
-            raise _application_error(error) from error
+        async def retrying(notice: RetryNotice) -> None:
+            await self.answers.retrying(request, notice)
+
+        work = self.answers.generate(
+            request, context, attempt=activity.info().attempt, heartbeat=activity.heartbeat
+        )
+        return await model_call(work, retrying)
 
     @activity.defn(name="rag_answer_finish")
     async def answer_finish(

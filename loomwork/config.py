@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     pending_notice_seconds: float = Field(
         default=10.0, gt=0, alias="LOOMWORK_PENDING_NOTICE_SECONDS"
     )
+    # How often each server starts the indexing (semantic recall) of stored messages whose
+    # start failed (Temporal unreachable as they were stored), kept until then in Postgres.
+    index_sweep_seconds: float = Field(default=30.0, gt=0, alias="LOOMWORK_INDEX_SWEEP_SECONDS")
     # Begin a run's first model call while Temporal starts the run (loomwork.agents.speculation).
     speculative_first_step: bool = Field(default=True, alias="LOOMWORK_SPECULATIVE_FIRST_STEP")
     embedding_model: str = Field(default="all-MiniLM-L6-v2", alias="LOOMWORK_EMBEDDING_MODEL")

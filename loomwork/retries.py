@@ -19,3 +19,24 @@ class RetryPolicy(BaseModel):
     maximum_interval: timedelta = timedelta(seconds=30)
     non_retryable_error_types: tuple[str, ...] = ()
     timeout: timedelta = Field(default=timedelta(minutes=5), description="one attempt's limit")
+
+
+# The error type of a retry whose failed attempt said nothing of it: the next attempt says
+# the step is retried, with this message.
+ATTEMPT_LOST = "AttemptLost"
+ATTEMPT_LOST_MESSAGE = (
+    "the previous attempt ended without saying why: its worker stopped, it timed out, or it"
+    " could not reach the event log"
+)
+
+
+class RetryNotice(BaseModel):
+    """What a failed attempt of a step says of the next one: its number, what failed (the
+    error's type and message) and how long until it starts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    attempt: int
+    error_type: str
+    message: str
+    backoff: timedelta

@@ -3,13 +3,15 @@ end like agents defined in code."""
 
 from __future__ import annotations
 
+import re
+
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 
 from loomwork.testing import ScriptedToolCall, Turn
 from protos.loomwork.v1 import agent_pb2, run_pb2
-from tests.support import auth, field_violations, unique
+from tests.support import ROOT, auth, field_violations, unique
 
 
 def _struct(value: dict) -> struct_pb2.Struct:
@@ -114,6 +116,49 @@ async def test_create_get_list_update_delete(agents, token, other_token) -> None
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await agents.GetAgent(agent_pb2.GetAgentRequest(agent_name=name), metadata=auth(token))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _documented_defaults(message: str) -> dict[str, float]:
+    """{field: N} for each field of `message` whose comment in agent.proto says `Default N.`"""
+    proto = (ROOT / "protos/loomwork/v1/agent.proto").read_text()
+    body = proto.split(f"message {message} {{", 1)[1].split("\n}", 1)[0]
+    defaults: dict[str, float] = {}
+    comment = ""
+    for line in body.splitlines():
+        line = line.strip()
+        if line.startswith("//"):
+            comment += " " + line.removeprefix("//")
+            continue
+        field = re.match(r"(?:optional )?\w+ (\w+) = \d+", line)
+        said = re.search(r"Default (\d+(?:\.\d+)?)\.", comment)
+        if field and said:
+            defaults[field.group(1)] = float(said.group(1))
+        comment = ""
+    return defaults
+
+
+async def test_memory_settings_left_unset_take_the_defaults_the_proto_documents(
+    agents, token
+) -> None:
+    recall = _documented_defaults("SemanticRecallSettings")
+    assert set(recall) == {"top_k", "message_range", "min_score"}
+    created = await _create(
+        agents,
+        token,
+        _agent(
+            unique("recaller"),
+            memory=agent_pb2.AgentMemorySettings(
+                semantic_recall=agent_pb2.SemanticRecallSettings(enabled=True)
+            ),
+        ),
+    )
+    got = (
+        await agents.GetAgent(
+            agent_pb2.GetAgentRequest(agent_name=created.name), metadata=auth(token)
+        )
+    ).agent.memory
+    assert {name: getattr(got.semantic_recall, name) for name in recall} == recall
+    assert got.last_messages == _documented_defaults("AgentMemorySettings")["last_messages"]
 
 
 async def test_list_agents_pages(agents, other_token) -> None:

@@ -4,14 +4,18 @@ input validation, step limits."""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import timedelta
+
 import grpc
 import pytest
 
 from loomwork.messages import ToolCallPart
-from loomwork.testing import Failure, ScriptedToolCall, Turn
+from loomwork.testing import Delay, Failure, ScriptedToolCall, Turn
 from loomwork.tools import ToolContext
 from protos.loomwork.v1 import agent_pb2, message_pb2, run_pb2
-from tests.support import auth, field_violations
+from tests.support import auth, field_violations, unique
+from workflows.retries import MODEL_CALL
 
 
 async def test_code_agents_and_tools_are_listed(agents, token) -> None:
@@ -113,7 +117,22 @@ async def test_rate_limit_is_retried_by_temporal(agents, token, model) -> None:
     ]
     kinds = [e.WhichOneof("event") for e in events]
     # Each retry is announced, so a client drops the deltas it got from the failed attempt.
-    assert [e.step_retrying.attempt for e in events if e.HasField("step_retrying")] == [2, 3]
+    retries = [e.step_retrying for e in events if e.HasField("step_retrying")]
+    assert [r.attempt for r in retries] == [2, 3]
+    # ... saying what failed and how long until the next attempt: the step's retry policy
+    # after the broken stream, the model's Retry-After after the 429.
+    broken, limited = retries
+    assert (broken.error.code, broken.error.reason) == (
+        grpc.StatusCode.UNAVAILABLE.value[0],
+        "MODEL_UNAVAILABLE",
+    )
+    assert broken.backoff.ToTimedelta() == MODEL_CALL.initial_interval
+    assert (limited.error.code, limited.error.reason) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+        "MODEL_RATE_LIMITED",
+    )
+    assert "slow down" in limited.error.message
+    assert limited.backoff.ToTimedelta() == timedelta(seconds=0.2)
     after_last_retry = kinds[len(kinds) - 1 - kinds[::-1].index("step_retrying") :]
     text = "".join(
         e.text_delta.text
@@ -208,3 +227,30 @@ async def test_max_steps_ends_the_run(agents, token, model) -> None:
     assert run.status == run_pb2.RUN_STATUS_SUCCEEDED
     assert run.output.finish_reason == agent_pb2.AGENT_FINISH_REASON_MAX_STEPS
     assert run.output.steps == 2 and len(model.requests) == 2
+
+
+async def test_generate_skips_an_event_kind_this_server_does_not_know(
+    agents, token, model, runtime
+) -> None:
+    """During a rolling upgrade a newer worker may publish a kind of event this server cannot
+    read: Generate leaves it out, as streams do, and answers with the run."""
+    from loomwork.agents.steps import event_log_key
+
+    model.set_script([Delay(1.0, then=Turn(text="done"))])
+    run_id = unique("newer")
+    call = asyncio.ensure_future(
+        agents.Generate(
+            agent_pb2.GenerateRequest(agent_name="assistant", prompt="hi", client_run_id=run_id),
+            metadata=auth(token),
+        )
+    )
+    for _ in range(200):  # the run is under way: its model call was made
+        if model.requests:
+            break
+        await asyncio.sleep(0.05)
+    await runtime.events.publish(
+        event_log_key("alpha", run_id), b'{"type": "from_a_newer_server", "step": 1}'
+    )
+    run = (await asyncio.wait_for(call, 30)).run
+    assert run.status == run_pb2.RUN_STATUS_SUCCEEDED
+    assert run.output.text == "done"

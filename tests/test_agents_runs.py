@@ -7,6 +7,7 @@ import asyncio
 import itertools
 
 import grpc
+import jsonschema
 import pytest
 from google.protobuf import json_format, struct_pb2
 
@@ -328,6 +329,34 @@ async def test_stream_object_sends_growing_partials_then_the_validated_object(
     assert events[-1].HasField("run_finished")
     assert json_format.MessageToDict(events[-1].run_finished.output.object) == final
     assert model.requests[0].json_schema == _TRIP
+
+
+async def test_stream_object_partials_are_not_validated_only_the_final_is(
+    agents, token, model
+) -> None:
+    """As ObjectPartial says: a partial may miss required properties and end in a string cut
+    short (here not yet one of its enum's values); object_final validates."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "status": {"type": "string", "enum": ["pending", "shipped"]},
+            "count": {"type": "integer"},
+        },
+        "required": ["status", "count"],
+        "additionalProperties": False,
+    }
+    model.set_script([Turn(text='{"status": "shipped", "count": 3}', chunk_size=3)])
+    events = await _stream_object(agents, token, prompt="Status?", output_schema=_struct(schema))
+    partials = [
+        json_format.MessageToDict(e.object_partial.object)
+        for e in events
+        if e.HasField("object_partial")
+    ]
+    checker = jsonschema.Draft202012Validator(schema)
+    invalid = [p for p in partials if not checker.is_valid(p)]
+    assert {"status": "shi"} in invalid  # cut short, and without `count`
+    final = next(e for e in events if e.HasField("object_final")).object_final.object
+    assert checker.is_valid(json_format.MessageToDict(final))
 
 
 async def test_stream_object_reports_a_final_that_fails_the_schema(agents, token, model) -> None:

@@ -1,5 +1,6 @@
 """Agent run events streamed live through Redis: numbered, resumable by WatchRun, rebuilt
-after they expired, past unknown kinds, and ended by CancelRun."""
+after they expired, past unknown kinds, each step's messages in its step_finished, and ended
+by CancelRun with its reason."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import uuid
 import grpc
 import pytest
 
-from loomwork.testing import Delay, Turn
-from protos.loomwork.v1 import agent_pb2, run_pb2
+from google.protobuf import json_format
+
+from loomwork.testing import Delay, ScriptedToolCall, Turn
+from protos.loomwork.v1 import agent_pb2, message_pb2, run_pb2
 from tests.support import auth, collect_events, unique
 
 
@@ -53,6 +56,40 @@ async def test_stream_sends_numbered_events_live_and_watch_resumes(
             ):
                 pass
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_step_finished_carries_the_steps_messages(agents, token, model) -> None:
+    model.set_script(
+        [
+            Turn(tool_calls=[ScriptedToolCall("add", {"numbers": [40, 2]}, id="call_1")]),
+            Turn(text="The sum is 42."),
+        ]
+    )
+    events = await collect_events(
+        agents.Stream(
+            agent_pb2.StreamRequest(agent_name="assistant", prompt="40 + 2?"), metadata=auth(token)
+        )
+    )
+    finished = [e for e in events if e.HasField("step_finished")]
+    assert [e.step for e in finished] == [1, 2]
+    first = [json_format.MessageToDict(m) for m in finished[0].step_finished.messages]
+    # The model's call (as it made it), then the tool's result (what the demo `add` returns).
+    assert [m["role"] for m in first] == ["ROLE_ASSISTANT", "ROLE_TOOL"]
+    [call] = first[0]["parts"]
+    assert call["toolCall"] == {
+        "toolCallId": "call_1",
+        "toolName": "add",
+        "arguments": {"numbers": [40, 2]},
+    }
+    [result] = first[1]["parts"]
+    assert result["toolResult"]["toolCallId"] == "call_1"
+    assert result["toolResult"]["result"] == {"sum": 42}
+    [answer] = finished[1].step_finished.messages
+    assert answer.role == message_pb2.ROLE_ASSISTANT
+    assert [p.text.text for p in answer.parts] == ["The sum is 42."]
+    # Together, the steps' messages are the run's output.
+    said = [m for e in finished for m in e.step_finished.messages]
+    assert said == list(events[-1].run_finished.output.messages)
 
 
 async def test_watch_after_events_expired_sends_the_terminal_event(
@@ -151,6 +188,12 @@ async def test_cancel_run_stops_the_model_call(agents, token, model) -> None:
     ).run
     assert final.status == run_pb2.RUN_STATUS_CANCELED
     assert final.output.finish_reason == agent_pb2.AGENT_FINISH_REASON_CANCELED
+    # The reason given reaches the run, and its stream: the error's message.
+    canceled = run_pb2.RunError(
+        code=grpc.StatusCode.CANCELLED.value[0], reason="CANCELED", message="user left"
+    )
+    assert final.error == canceled
+    assert events[-1].run_finished.error == canceled
     for _ in range(100):  # the in-flight HTTP call was aborted, not left to finish
         if model.requests[0].disconnected:
             break

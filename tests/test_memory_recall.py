@@ -1,9 +1,11 @@
 """Semantic recall: appended messages are embedded (by the IndexMessages workflow, with the real
-local model) and SearchMessages finds them by meaning, within scope and tenant."""
+local model) and SearchMessages finds them by meaning, within scope and tenant; messages
+stored while their indexing could not be started are indexed later all the same."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import grpc
 import pytest
@@ -11,9 +13,11 @@ import pytest
 from loomwork.embeddings.provider import EmbeddingProvider
 from loomwork.errors import FailedPrecondition
 from loomwork.memory.recall import MessageRecall
-from protos.loomwork.v1 import memory_pb2, message_pb2
+from loomwork.config import Settings
+from protos.loomwork.v1 import memory_pb2, memory_pb2_grpc, message_pb2
 from server.runtime import Runtime
-from tests.support import auth, field_violations, unique
+from tests.redis_proxy import RedisProxy
+from tests.support import another_server, auth, field_violations, own_runtime, unique
 
 DISTRACTORS = [
     "Can you recommend a good pasta recipe for dinner?",
@@ -205,6 +209,54 @@ async def test_search_validates_input_and_scope(memory_stub, token, other_token)
             thread_id=thread_id,
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_messages_stored_while_temporal_is_unreachable_become_searchable(
+    memory_stub, token, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server whose Temporal cannot be reached as messages are appended stores them (the
+    call succeeds) and starts their indexing once Temporal is back."""
+    assert settings.temporal_address
+    # A plain TCP proxy (RedisProxy forwards any protocol) in front of the real Temporal.
+    proxy = RedisProxy(int(settings.temporal_address.rsplit(":", 1)[1]))
+    await proxy.up()
+    try:
+        async with (
+            own_runtime(
+                settings,
+                temporal_address=f"127.0.0.1:{proxy.port}",
+                task_queue=settings.task_queue,  # the session's worker embeds
+                index_sweep_seconds=0.5,
+            ) as runtime,
+            another_server(runtime) as channel,
+        ):
+            stub = memory_pb2_grpc.MemoryServiceStub(channel)
+            thread = (
+                await stub.CreateThread(memory_pb2.CreateThreadRequest(), metadata=auth(token))
+            ).thread
+            await proxy.down()  # Temporal unreachable from this server
+            with caplog.at_level(logging.WARNING, logger="server.indexing"):
+                stored = await stub.AppendMessages(
+                    memory_pb2.AppendMessagesRequest(
+                        thread_id=thread.id, messages=[_text(message_pb2.ROLE_USER, TARGET)]
+                    ),
+                    metadata=auth(token),
+                    timeout=60,
+                )
+            assert "could not start indexing" in caplog.text
+            [message] = stored.messages
+            await proxy.up()
+            found = await _wait_indexed(
+                memory_stub,
+                token,
+                1,
+                query="peanut allergy",
+                scope=memory_pb2.MEMORY_SCOPE_THREAD,
+                thread_id=thread.id,
+            )
+            assert [h.message.id for h in found.hits] == [message.id]
+    finally:
+        await proxy.down()
 
 
 class _OtherModel:

@@ -1,14 +1,16 @@
-"""RagService answers end to end: streamed with citations from the scripted model, started
-again by a repeat, finished once, and watched after their events expired."""
+"""RagService answers end to end: streamed with citations from the scripted model, retried
+saying why, started again by a repeat, finished once, and watched after their events
+expired."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import grpc
 import pytest
 
-from loomwork.testing import ScriptedModelServer, Turn
+from loomwork.testing import Failure, ScriptedModelServer, Turn
 from protos.loomwork.v1 import rag_pb2, run_pb2
 from tests.rag_support import ANIMALS, create_index, ingest
 from tests.support import auth, collect_events, unique
@@ -65,6 +67,30 @@ async def test_answer_streams_with_citations(rag, token, model_server: ScriptedM
             rag_pb2.CancelAnswerRequest(answer_id=final.id), metadata=auth(token)
         )
     assert ended.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_retried_answer_says_what_failed_and_when_it_tries_again(
+    rag, token, model: ScriptedModelServer
+) -> None:
+    index = await create_index(rag, token)
+    await ingest(rag, token, index, [rag_pb2.DocumentInput(document_id="a0", text=ANIMALS[0])])
+    model.set_script(
+        [Failure(status=429, message="slow down", retry_after=0.3), Turn(text="Bees [1].")]
+    )
+    events = await collect_events(
+        rag.Answer(
+            rag_pb2.AnswerRequest(index_name=index, query="Who makes honey?"), metadata=auth(token)
+        )
+    )
+    [retrying] = [e.retrying for e in events if e.HasField("retrying")]
+    assert retrying.attempt == 2
+    assert (retrying.error.code, retrying.error.reason) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+        "MODEL_RATE_LIMITED",
+    )
+    assert "slow down" in retrying.error.message
+    assert retrying.backoff.ToTimedelta() == timedelta(seconds=0.3)  # the model's Retry-After
+    assert events[-1].finished.text == "Bees [1]."
 
 
 async def test_answer_whose_first_start_failed_is_started_by_the_repeat(

@@ -7,6 +7,7 @@ other bugs tests/test_fuzz.py found, each through the RPC that showed it."""
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -23,6 +24,7 @@ from protos.loomwork.v1 import (
     workflow_pb2,
 )
 from server.transport.boundary import MAX_JSON_DEPTH, boundary_violations
+from server.transport.validation import RequestValidator
 from tests.fuzz_seeds import Stubs
 from tests.support import auth, field_violations, unique
 
@@ -330,6 +332,99 @@ async def test_the_protos_size_limits_name_the_field(stubs, token) -> None:
         token,
     )
     assert parts == {"messages[0].parts": "must contain no more than 1000 item(s)"}
+
+
+def _client_tool(**fields: Any) -> agent_pb2.ClientTool:
+    tool = agent_pb2.ClientTool(name="get_weather", parameters_schema=_struct({"type": "object"}))
+    for name, value in fields.items():
+        if name == "timeout":
+            tool.timeout.FromTimedelta(value)
+        elif value is None:
+            tool.ClearField(name)
+        else:
+            setattr(tool, name, value)
+    return tool
+
+
+def _mcp(**fields: Any) -> integration_pb2.CreateMcpServerRequest:
+    given = {"name": "notes", "url": "https://example.com/mcp", **fields}
+    server = integration_pb2.McpServer(**given)
+    return integration_pb2.CreateMcpServerRequest(mcp_server=server)
+
+
+def _results(*results: agent_pb2.ClientToolResult) -> agent_pb2.SubmitToolResultsRequest:
+    return agent_pb2.SubmitToolResultsRequest(run_id="run_nope", results=results)
+
+
+def _ok(call_id: str = "c1") -> agent_pb2.ClientToolResult:
+    return agent_pb2.ClientToolResult(tool_call_id=call_id, error="failed")
+
+
+@pytest.mark.parametrize(
+    ("method", "request_", "field"),
+    [
+        *(
+            (
+                "agents.Generate",
+                agent_pb2.GenerateRequest(agent_name="assistant", prompt="hi", client_tools=tools),
+                field,
+            )
+            for tools, field in [
+                ([_client_tool(name="get weather")], "client_tools[0].name"),
+                ([_client_tool(name="")], "client_tools[0].name"),
+                ([_client_tool(description="x" * 4097)], "client_tools[0].description"),
+                ([_client_tool(parameters_schema=None)], "client_tools[0].parameters_schema"),
+                ([_client_tool(timeout=timedelta(0))], "client_tools[0].timeout"),
+                ([_client_tool(timeout=timedelta(days=31))], "client_tools[0].timeout"),
+                ([_client_tool(name=f"t{i}") for i in range(65)], "client_tools"),
+            ]
+        ),
+        ("agents.SubmitToolResults", _results(), "results"),
+        ("agents.SubmitToolResults", _results(*(_ok(f"c{i}") for i in range(101))), "results"),
+        ("agents.SubmitToolResults", _results(_ok("")), "results[0].tool_call_id"),
+        ("agents.SubmitToolResults", _results(_ok("c" * 129)), "results[0].tool_call_id"),
+        (
+            "agents.SubmitToolResults",
+            _results(agent_pb2.ClientToolResult(tool_call_id="c1", error="x" * 4097)),
+            "results[0].error",
+        ),
+        ("integrations.CreateMcpServer", _mcp(name="Bad Name"), "mcp_server.name"),
+        ("integrations.CreateMcpServer", _mcp(url="https://x/" + "p" * 2048), "mcp_server.url"),
+        (
+            "integrations.CreateMcpServer",
+            _mcp(headers={f"X-H{i}": "v" for i in range(33)}),
+            "mcp_server.headers",
+        ),
+        ("integrations.CreateMcpServer", _mcp(headers={"a b": "v"}), 'mcp_server.headers["a b"]'),
+        (
+            "integrations.CreateMcpServer",
+            _mcp(headers={"X-Key": "a\r\nX-Injected: 1"}),
+            'mcp_server.headers["X-Key"]',
+        ),
+        (
+            "integrations.CreateMcpServer",
+            _mcp(headers={"X-Key": "k" * 8193}),
+            'mcp_server.headers["X-Key"]',
+        ),
+        (
+            "integrations.CreateMcpServer",
+            _mcp(oauth_connection_id="c" * 65),
+            "mcp_server.oauth_connection_id",
+        ),
+        (
+            "integrations.GetMcpServer",
+            integration_pb2.GetMcpServerRequest(mcp_server_name="s" * 33),
+            "mcp_server_name",
+        ),
+    ],
+)
+async def test_client_tool_and_mcp_server_limits_are_the_protos_rules(
+    stubs, token, method, request_, field
+) -> None:
+    """The limits of client tools, their results and MCP servers are declared in the protos
+    (buf.validate) and checked by the one validator, before any handler runs."""
+    assert field in {v.field for v in RequestValidator().violations(request_)}
+    assert field in await _violations(stubs, method, request_, token)
 
 
 async def test_json_nested_too_deep_is_refused(stubs, token) -> None:

@@ -143,6 +143,7 @@ class AgentRunWorkflow:
         self._unpublished: list[ToolResultEvent] = []
         self._steps = 0
         self._record = RunRecord()
+        self._cancel_reason = ""  # CancelRun's reason, sent just before it cancels the run
 
     # -- messages
 
@@ -217,6 +218,11 @@ class AgentRunWorkflow:
         for decision in resume.decisions:
             if decision.tool_call_id in self._pending:
                 self._decisions.setdefault(decision.tool_call_id, decision)
+
+    @workflow.signal(name="cancel_reason")
+    def cancel_reason(self, reason: str) -> None:
+        """Sent by CancelRun just before it cancels the run: kept as the run's error message."""
+        self._cancel_reason = reason
 
     # -- the run
 
@@ -301,6 +307,7 @@ class AgentRunWorkflow:
                     step=step,
                     finish_reason=output.finish_reason,
                     usage=output.usage,
+                    messages=[assistant, tool_message],
                 )
             if mismatch:
                 outcome = self._outcome(request, model, "failed", "error", produced, usage)
@@ -315,7 +322,7 @@ class AgentRunWorkflow:
         except (ActivityError, asyncio.CancelledError, CancelledError) as error:
             if _is_cancellation(error):
                 outcome = self._outcome(request, model, "canceled", "canceled", produced, usage)
-                outcome.error = "canceled by CancelRun"
+                outcome.error = self._cancel_reason or "canceled by CancelRun"
                 outcome.error_type = "Canceled"
             else:
                 message, error_type = _cause(error)

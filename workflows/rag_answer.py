@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         AnswerRequest,
         GeneratedAnswer,
         RetrievedContext,
+        answer_error,
     )
 
 RETRIEVE = "rag_answer_retrieve"
@@ -38,13 +39,6 @@ _RETRIEVAL = RetryPolicy(
 )
 # Finishing (save and publish the end): retried while Redis or Postgres is out.
 _BOOKKEEPING = bookkeeping_retries(_NEVER_RETRIED)
-_CODES = {
-    "NotFound": (5, "NOT_FOUND"),
-    "InvalidArgument": (3, "INVALID_ARGUMENT"),
-    "ModelRequestRejected": (9, "MODEL_REQUEST_REJECTED"),
-    "ModelRateLimited": (8, "MODEL_RATE_LIMITED"),
-    "ModelUnavailable": (14, "RETRIES_EXHAUSTED"),
-}
 
 
 def _error(error: BaseException) -> AnswerError:
@@ -52,8 +46,7 @@ def _error(error: BaseException) -> AnswerError:
         error = error.cause
     kind = error.type if isinstance(error, ApplicationError) else type(error).__name__
     message = error.message if isinstance(error, ApplicationError) else str(error)
-    code, reason = _CODES.get(kind or "", (13, "ANSWER_FAILED"))
-    return AnswerError(code=code, reason=reason, message=message)
+    return answer_error(kind or "", message)
 
 
 @workflow.defn(name="RagAnswer")

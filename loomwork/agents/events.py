@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, TypeAdapter
 
 from loomwork.agents.run_models import PendingApproval, PendingToolCall, RunOutcome
-from loomwork.llm.chat import ChatUsage
+from loomwork.llm.chat import ChatMessage, ChatUsage
 from loomwork.messages import NewMessage, ToolCallPart, ToolResultPart
 
 
@@ -72,14 +72,24 @@ class UsageEvent(_Event):
 
 
 class StepRetrying(_Event):
+    """The step's activity is tried again (`attempt`); what failed (`error_type`, `error`)
+    and the wait before the attempt, as the failed attempt said them. Attempt 1 (a draft
+    taken over) has neither; a retry whose failed attempt said nothing (ATTEMPT_LOST in
+    loomwork.retries), no backoff."""
+
     type: Literal["step_retrying"] = "step_retrying"
     attempt: int
+    error_type: str = ""
+    error: str = ""
+    backoff_seconds: float | None = None
 
 
 class StepFinished(_Event):
     type: Literal["step_finished"] = "step_finished"
     finish_reason: str
     usage: ChatUsage
+    # The step's messages: the assistant message, then its tool results (when it called tools).
+    messages: list[ChatMessage] = Field(default_factory=list)
 
 
 class ApprovalRequested(_Event):
@@ -132,12 +142,14 @@ _EVENT = TypeAdapter(AgentEvent)
 
 
 def once_key(event: AgentEvent) -> str:
-    """A name for what `event` says, for events that say it once per run (a step finished,
-    a tool call's result, an approval asked for or decided, a client tool call handed over),
-    so a retried activity that publishes it again adds no duplicate; '' for the rest (a
-    retried model call streams anew, after its step_retrying)."""
+    """A name for what `event` says, for events that say it once per run (a step finished or
+    retried, a tool call's result, an approval asked for or decided, a client tool call
+    handed over), so a retried activity that publishes it again adds no duplicate; '' for
+    the rest (a retried model call streams anew, after its step_retrying)."""
     if isinstance(event, StepFinished):
         return f"step_finished:{event.step}"
+    if isinstance(event, StepRetrying):  # said by the failed attempt, or else by the next
+        return f"step_retrying:{event.step}:{event.attempt}"
     if isinstance(event, ToolResultEvent):
         return f"tool_result:{event.step}:{event.result.tool_call_id}"
     if isinstance(event, ApprovalRequested):

@@ -61,6 +61,7 @@ from loomwork.memory.threads import Memory
 from loomwork.memory.tokens import count_context_tokens
 from loomwork.memory.working import WorkingMemoryStore
 from loomwork.messages import Message, NewMessage, Role, ToolResultPart
+from loomwork.retries import ATTEMPT_LOST, ATTEMPT_LOST_MESSAGE, RetryNotice
 from loomwork.streams.run_events import RunEventLog
 from loomwork.tools import ToolContext, ToolRegistry
 from loomwork.tools.client_tools import ClientTool
@@ -166,9 +167,12 @@ class AgentSteps:
         self.oauth = oauth  # the tenant's OAuth connections, for tools (ctx.oauth)
         self.mcp = mcp  # the MCP servers' tools (`mcp:<server>/<tool>` names)
 
-    async def publish(self, request: AgentRunRequest, event: AgentEvent) -> int:
+    async def publish(
+        self, request: AgentRunRequest, event: AgentEvent, *, patience: float | None = None
+    ) -> int:
         """Append one event; its id (for a retried terminal event, or one said once per run
-        (`once_key`): the one stored first)."""
+        (`once_key`): the one stored first). `patience`: how long to wait out Redis (None:
+        the event log's own)."""
         key = event_log_key(request.tenant, request.run_id)
         if isinstance(event, TextDeltaEvent | ObjectPartialEvent):
             # A speculative step streams once its run exists, as a draft until its activity
@@ -179,8 +183,29 @@ class AgentSteps:
         await until_adopted()  # anything else waits until the step's activity owns it
         terminal = isinstance(event, RunFinished)
         return await self.events.publish(
-            key, encode_event(event), terminal=terminal, once=once_key(event)
+            key, encode_event(event), terminal=terminal, once=once_key(event), patience=patience
         )
+
+    async def retrying(
+        self, request: AgentRunRequest, step: StepInput | int, notice: RetryNotice
+    ) -> None:
+        """Say that a failed step is tried again: what failed and when the next attempt
+        starts (`step`: the model step's input, or 1 for the run's first activity). What the
+        step had to publish before its own events goes first; one try, the failure may be
+        Redis's (the next attempt then says the step is retried, without the cause)."""
+        number = step if isinstance(step, int) else step.step
+        retried = StepRetrying(
+            step=number,
+            attempt=notice.attempt,
+            error_type=notice.error_type,
+            error=notice.message,
+            backoff_seconds=notice.backoff.total_seconds(),
+        )
+        before: list[AgentEvent] = []
+        if isinstance(step, StepInput):
+            before = [*step.tool_results, *([step.previous_step] if step.previous_step else [])]
+        for event in [*before, retried]:
+            await self.publish(request, event, patience=0)
 
     async def start(self, request: AgentRunRequest) -> RunPlan:
         """Resolve the agent, save the input to the thread, assemble the context from memory:
@@ -358,8 +383,14 @@ class AgentSteps:
                 await self.publish(request, published)
             if step.previous_step is not None:  # once: a retry publishes it if still missing
                 await self.publish(request, step.previous_step)
-            if attempt > 1:
-                await self.publish(request, StepRetrying(step=step.step, attempt=attempt))
+            if attempt > 1:  # once: the failed attempt may have said it, with its cause
+                retried = StepRetrying(
+                    step=step.step,
+                    attempt=attempt,
+                    error_type=ATTEMPT_LOST,
+                    error=ATTEMPT_LOST_MESSAGE,
+                )
+                await self.publish(request, retried)
 
         schema = agent.output_schema
         written: list[str] = []
@@ -487,7 +518,13 @@ class AgentSteps:
 
     @staticmethod
     def step_finished(step: int, output: StepOutput) -> StepFinished:
-        return StepFinished(step=step, finish_reason=output.finish_reason, usage=output.usage)
+        """The end of a step that called no tools: its one message is the model's answer."""
+        return StepFinished(
+            step=step,
+            finish_reason=output.finish_reason,
+            usage=output.usage,
+            messages=[output.message()],
+        )
 
     @staticmethod
     def _refused(call: ToolInput) -> ToolResultPart | None:

@@ -4,7 +4,6 @@ tool lists of every server, the operator's included."""
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -16,10 +15,7 @@ from loomwork.errors import AlreadyExists, Violations
 from loomwork.integrations.providers import url_problem
 from loomwork.integrations.secret_box import SecretBox
 from loomwork.storage.database import Database
-from loomwork.tools.mcp_names import SERVER_NAME
 
-MAX_HEADERS = 32
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 # Headers the MCP transport sets itself.
 _RESERVED_HEADERS = {
     "accept",
@@ -68,28 +64,21 @@ class McpServer(BaseModel):
 
 
 def check_new_server(new: NewMcpServer) -> None:
-    """InvalidArgument naming every bad field of a server to register."""
+    """InvalidArgument naming every bad field of a server to register, beyond each field's
+    limits (name pattern, header names and values, lengths: the request's buf.validate
+    rules in integration.proto): a usable URL, no header the transport or the OAuth
+    connection sets."""
     v = Violations()
-    if not SERVER_NAME.match(new.name):
-        v.add("mcp_server.name", "must be 1..32 characters of [a-z0-9_-]")
     if not new.url:
         v.add("mcp_server.url", "is required")
     elif problem := url_problem(new.url):
         v.add("mcp_server.url", problem)
-    if len(new.headers) > MAX_HEADERS:
-        v.add("mcp_server.headers", f"at most {MAX_HEADERS} headers")
-    for name, value in new.headers.items():
+    for name in new.headers:
         field = f"mcp_server.headers[{name}]"
-        if not _HEADER_NAME.match(name):
-            v.add(field, "is not an HTTP header name")
-        elif name.lower() in _RESERVED_HEADERS:
+        if name.lower() in _RESERVED_HEADERS:
             v.add(field, "is set by the MCP transport itself")
         elif name.lower() == "authorization" and new.oauth_connection_id:
             v.add(field, "is the OAuth connection's bearer token: give one or the other")
-        if len(value) > 8192 or any(c in value for c in "\r\n\0"):
-            v.add(field, "must be at most 8192 characters, with no line breaks")
-    if len(new.oauth_connection_id) > 64:
-        v.add("mcp_server.oauth_connection_id", "at most 64 characters")
     v.raise_if_any()
 
 

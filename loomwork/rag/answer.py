@@ -17,6 +17,7 @@ from loomwork.llm.chat import ChatMessage, ChatModel, ChatUsage, TextDelta
 from loomwork.rag.answer_context import ContextOrder, assemble_rag_context, render_context
 from loomwork.rag.models import RetrievalOptions, ScoredChunk
 from loomwork.rag.query import Retriever
+from loomwork.retries import ATTEMPT_LOST, ATTEMPT_LOST_MESSAGE, RetryNotice
 from loomwork.storage.database import Database
 from loomwork.streams.run_events import RunEventLog
 
@@ -87,6 +88,32 @@ class AnswerError(BaseModel):
     message: str
 
 
+# What an error type means to a caller: a google.rpc code and a reason.
+_ERROR_CODES = {
+    "NotFound": (5, "NOT_FOUND"),
+    "InvalidArgument": (3, "INVALID_ARGUMENT"),
+    "ModelRequestRejected": (9, "MODEL_REQUEST_REJECTED"),
+    "ModelRateLimited": (8, "MODEL_RATE_LIMITED"),
+    "ModelUnavailable": (14, "RETRIES_EXHAUSTED"),
+}
+# The same of an attempt that is tried again (the `retrying` event).
+_RETRY_CODES = {
+    **_ERROR_CODES,
+    "ModelUnavailable": (14, "MODEL_UNAVAILABLE"),
+    "Unavailable": (14, "UNAVAILABLE"),
+    ATTEMPT_LOST: (14, "ATTEMPT_LOST"),
+}
+
+
+def answer_error(error_type: str, message: str, *, retrying: bool = False) -> AnswerError:
+    """The error of a failed answer (or, `retrying`, of an attempt tried again) of that type."""
+    if retrying:
+        code, reason = _RETRY_CODES.get(error_type, (13, "ATTEMPT_FAILED"))
+    else:
+        code, reason = _ERROR_CODES.get(error_type, (13, "ANSWER_FAILED"))
+    return AnswerError(code=code, reason=reason, message=message)
+
+
 class AnswerRecord(BaseModel):
     id: str
     index_name: str
@@ -122,6 +149,7 @@ class AnswerEvent(BaseModel):
     usage: ChatUsage | None = None
     attempt: int = 0
     error: AnswerError | None = None
+    backoff_seconds: float | None = None  # retrying: the wait before the attempt, when said
     record: AnswerRecord | None = None
 
 
@@ -185,12 +213,32 @@ class AnswerSteps:
                 (record.model_dump_json(), tenant, record.id),
             )
 
-    async def publish(self, request: AnswerRequest, event: AnswerEvent) -> int:
+    async def publish(
+        self, request: AnswerRequest, event: AnswerEvent, *, patience: float | None = None
+    ) -> int:
         """Append one event; its id (0 when dropped: the answer had already ended; for a
-        retried terminal event, the id the first one was stored under)."""
+        retried terminal event, the id the first one was stored under). A `retrying` event
+        is said once per attempt, by the attempt that failed or else by the next one.
+        `patience`: how long to wait out Redis (None: the event log's own)."""
         terminal = event.type in ("finished", "failed")
+        once = f"retrying:{event.attempt}" if event.type == "retrying" else ""
         key = answer_log_key(request.tenant, request.answer_id)
-        return await self.events.publish(key, event.model_dump_json().encode(), terminal=terminal)
+        payload = event.model_dump_json().encode()
+        return await self.events.publish(
+            key, payload, terminal=terminal, once=once, patience=patience
+        )
+
+    async def retrying(self, request: AnswerRequest, notice: RetryNotice) -> None:
+        """Say that the failed model call is tried again: what failed and when the next
+        attempt starts. One try: the failure may be Redis's (the next attempt then says the
+        call is retried, without the cause)."""
+        event = AnswerEvent(
+            type="retrying",
+            attempt=notice.attempt,
+            error=answer_error(notice.error_type, notice.message, retrying=True),
+            backoff_seconds=notice.backoff.total_seconds(),
+        )
+        await self.publish(request, event, patience=0)
 
     # -- steps
 
@@ -239,8 +287,9 @@ class AnswerSteps:
         heartbeat: Callable[[], None] | None = None,
     ) -> GeneratedAnswer:
         """Stream the model's answer; each `[n]` cited for the first time sends a citation."""
-        if attempt > 1:
-            await self.publish(request, AnswerEvent(type="retrying", attempt=attempt))
+        if attempt > 1:  # once: the failed attempt may have said it, with its cause
+            lost = answer_error(ATTEMPT_LOST, ATTEMPT_LOST_MESSAGE, retrying=True)
+            await self.publish(request, AnswerEvent(type="retrying", attempt=attempt, error=lost))
         system = (request.instructions or DEFAULT_INSTRUCTIONS) + "\n\nContext:\n\n"
         system += render_context(context.chunks) if context.chunks else "(no context found)"
         text: list[str] = []

@@ -15,13 +15,9 @@ from loomwork.errors import InvalidArgument, Violations
 from loomwork.json_schema import check_object_schema, validate_object
 from loomwork.llm.chat import ToolSpec
 from loomwork.messages import ToolCallPart, ToolResultPart
-from loomwork.tools.decorator import TOOL_NAME
 from loomwork.tools.routes import ToolRoute
 
-MAX_CLIENT_TOOLS = 64
-MAX_DESCRIPTION = 4096
 MAX_DECLARED_BYTES = 256 * 1024  # every declaration together, as the run carries them
-MAX_TIMEOUT = timedelta(days=30)
 
 
 class ClientTool(BaseModel):
@@ -54,29 +50,22 @@ class ClientTool(BaseModel):
 
 
 def check_client_tools(tools: Iterable[ClientTool], *, field: str = "client_tools") -> None:
-    """InvalidArgument, naming the field, unless every declaration is usable on its own: a
-    unique function name the model accepts, a short description, a JSON Schema of an object,
-    a positive timeout; all within size limits (`check_names_free` checks the agent's)."""
+    """InvalidArgument, naming the field, unless the declarations are usable together: unique
+    function names, JSON Schemas of objects, within the size limit. The limits of each field
+    (name pattern, description length, timeout range, how many) are the request's rules
+    (buf.validate in agent.proto); `check_names_free` checks the agent's names."""
     tools = list(tools)
     violations = Violations()
-    if len(tools) > MAX_CLIENT_TOOLS:
-        violations.add(field, f"at most {MAX_CLIENT_TOOLS} client tools")
     seen: set[str] = set()
     for i, tool in enumerate(tools):
         at = f"{field}[{i}]"
-        if not TOOL_NAME.match(tool.name):
-            violations.add(f"{at}.name", "must be 1..64 characters of [A-Za-z0-9_-]")
-        elif tool.name in seen:
+        if tool.name in seen:
             violations.add(f"{at}.name", f"{tool.name!r} is declared twice")
         seen.add(tool.name)
-        if len(tool.description) > MAX_DESCRIPTION:
-            violations.add(f"{at}.description", f"must be at most {MAX_DESCRIPTION} characters")
         try:
             check_object_schema(tool.parameters_schema, f"{at}.parameters_schema")
         except InvalidArgument as error:  # collected with the others
             violations.items.extend(error.violations)
-        if tool.timeout is not None and not timedelta(0) < tool.timeout <= MAX_TIMEOUT:
-            violations.add(f"{at}.timeout", f"must be positive and at most {MAX_TIMEOUT.days} days")
     size = len(json.dumps([t.model_dump(mode="json") for t in tools]).encode())
     if size > MAX_DECLARED_BYTES:
         violations.add(field, f"are {size} bytes together, more than {MAX_DECLARED_BYTES}")

@@ -260,15 +260,15 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.GenerateResponse:
         run_request, handle = await self._start(request)
         workflow_id = handle.id
-        key = event_log_key(run_request.tenant, run_request.run_id)
-        async for event in self.runtime.events.follow(key, 0):
-            published = decode_event(event.payload)
+        async for event_id, published in self._relay(
+            run_request.tenant, run_request.run_id, 0, workflow_id, run_request.announced
+        ):
             if isinstance(published, RunFinished):
                 # The outcome as the workflow returns it, without waiting for it to close.
                 outcome = published.outcome
-                outcome.terminal_event_id = event.event_id
+                outcome.terminal_event_id = event_id
                 run = agent_convert.run_to_proto(outcome, workflow_id)
-                run.last_event_id = event.event_id
+                run.last_event_id = event_id
                 return agent_pb2.GenerateResponse(run=run)
             if isinstance(published, ApprovalRequested | ToolCallRequested):
                 # Stopped for a person or for the caller: answer with the run and what it
@@ -306,10 +306,20 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         *,
         announced: bool = False,
     ) -> AsyncIterator[agent_pb2.AgentRunEvent]:
-        """The run's events after `after_event_id`, to its end; `announced`: this call has
-        just published the run's first event (its log is there), and tells its caller, once,
-        if no worker takes the run (all down, or busy): else the stream would stay silent
-        after run_started."""
+        """The run's events after `after_event_id`, to its end, as the stream sends them."""
+        async for event_id, event in self._relay(
+            tenant_id, run_id, after_event_id, workflow_id, announced
+        ):
+            yield agent_convert.event_to_proto(run_id, event_id, event, workflow_id)
+
+    async def _relay(
+        self, tenant_id: str, run_id: str, after_event_id: int, workflow_id: str, announced: bool
+    ) -> AsyncIterator[tuple[int, AgentEvent]]:
+        """The run's events after `after_event_id`, to its end, through the one relay (kinds
+        this server does not know are left out); `announced`: this call has just published
+        the run's first event (its log is there), and tells its caller, once, if no worker
+        takes the run (all down, or busy): else the stream would stay silent after
+        run_started."""
         handle = self.runtime.temporal.get_workflow_handle_for(AgentRunWorkflow.run, workflow_id)
 
         async def expired_end() -> tuple[int, AgentEvent] | None:
@@ -326,7 +336,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             pending = PendingNotice(
                 handle, self.runtime.settings.pending_notice_seconds, _pending_event
             )
-        async for event_id, event in relay_run_events(
+        async for published in relay_run_events(
             self.runtime.events,
             event_log_key(tenant_id, run_id),
             run_id,
@@ -335,7 +345,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             expired_end=None if announced else expired_end,
             pending=pending,
         ):
-            yield agent_convert.event_to_proto(run_id, event_id, event, workflow_id)
+            yield published
 
     async def Stream(
         self, request: agent_pb2.StreamRequest, context: grpc.aio.ServicerContext
@@ -431,7 +441,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         description = await _describe(handle, request.run_id)
         if description.status != WorkflowExecutionStatus.RUNNING:
             raise FailedPrecondition(f"run {request.run_id!r} has already ended")
-        await handle.cancel()
+        try:
+            if request.reason:  # recorded before the cancellation, which ends the run with it
+                await handle.signal(AgentRunWorkflow.cancel_reason, request.reason)
+            await handle.cancel()
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:  # it closed meanwhile
+                raise FailedPrecondition(f"run {request.run_id!r} has already ended") from error
+            raise Unavailable(f"Temporal: {error.message}") from error
         # A first step this process began and no activity took over yet stops now, with its
         # model call (else it would run until its time to live).
         self.runtime.speculation.abandon(event_log_key(tenant(), request.run_id))

@@ -18,6 +18,7 @@ from loomwork.json_schema import check_object_schema
 from loomwork.llm.chat import ChatMessage
 from loomwork.memory.settings import MemorySettings, parse_memory_settings
 from loomwork.messages import NewMessage, Role, TextPart
+from loomwork.retries import ATTEMPT_LOST
 from loomwork.tools import Tool
 from loomwork.tools.mcp_source import McpToolInfo
 from protos.loomwork.v1 import agent_pb2, memory_pb2, message_pb2, run_pb2
@@ -66,6 +67,13 @@ _ERROR_CODES = {
     "InvalidArgument": (code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
     # The model's structured answer does not validate against the output schema.
     "OutputSchemaMismatch": (code_pb2.FAILED_PRECONDITION, "OUTPUT_SCHEMA_MISMATCH"),
+}
+# What the failure of an attempt that is tried again means (step_retrying).
+_RETRY_CODES = {
+    **_ERROR_CODES,
+    "ModelUnavailable": (code_pb2.UNAVAILABLE, "MODEL_UNAVAILABLE"),
+    "Unavailable": (code_pb2.UNAVAILABLE, "UNAVAILABLE"),
+    ATTEMPT_LOST: (code_pb2.UNAVAILABLE, "ATTEMPT_LOST"),
 }
 
 
@@ -191,6 +199,15 @@ def _chat_message(target: message_pb2.Message, message: ChatMessage | NewMessage
     target.role = ROLE_TO_PROTO[message.role]
     for part in message.parts:
         fill_part(target.parts.add(), part)
+
+
+def _step_retrying(out: agent_pb2.AgentStepRetrying, event: events.StepRetrying) -> None:
+    out.attempt = event.attempt
+    if event.error_type:
+        code, reason = _RETRY_CODES.get(event.error_type, (code_pb2.INTERNAL, "ATTEMPT_FAILED"))
+        out.error.CopyFrom(run_pb2.RunError(code=code, reason=reason, message=event.error))
+    if event.backoff_seconds is not None:
+        out.backoff.FromTimedelta(timedelta(seconds=event.backoff_seconds))
 
 
 def run_error(outcome: runs.RunOutcome) -> run_pb2.RunError:
@@ -360,12 +377,14 @@ def event_to_proto(
     elif isinstance(event, events.UsageEvent):
         out.usage.CopyFrom(usage_to_proto(event.usage))
     elif isinstance(event, events.StepRetrying):
-        out.step_retrying.attempt = event.attempt
+        _step_retrying(out.step_retrying, event)
     elif isinstance(event, events.StepFinished):
         out.step_finished.finish_reason = _STEP_FINISH.get(
             event.finish_reason, agent_pb2.AGENT_FINISH_REASON_UNSPECIFIED
         )
         out.step_finished.usage.CopyFrom(usage_to_proto(event.usage))
+        for said in event.messages:
+            _chat_message(out.step_finished.messages.add(), said)
     elif isinstance(event, events.ApprovalRequested):
         out.approval_requested.CopyFrom(pending_to_proto(event.approval))
     elif isinstance(event, events.ApprovalResolved):
@@ -380,8 +399,11 @@ def event_to_proto(
         out.tool_call_requested.CopyFrom(pending_tool_call_to_proto(event.call))
     elif isinstance(event, events.RunFinished):
         if event.outcome.status in ("succeeded", "canceled"):
-            out.run_finished.status = _STATUS[event.outcome.status]
-            out.run_finished.output.CopyFrom(run_to_proto(event.outcome, workflow_id).output)
+            run = run_to_proto(event.outcome, workflow_id)
+            out.run_finished.status = run.status
+            out.run_finished.output.CopyFrom(run.output)
+            if run.HasField("error"):  # canceled: why
+                out.run_finished.error.CopyFrom(run.error)
         else:
             out.run_failed.CopyFrom(run_error(event.outcome))
     return out

@@ -13,32 +13,25 @@ from loomwork.tools.client_tools import ClientTool, ClientToolResult, check_clie
 from protos.loomwork.v1 import agent_pb2
 from server.servicers.well_known_convert import set_timestamp, struct_to_dict
 
-MAX_RESULTS = 100
 MAX_RESULT_BYTES = 256 * 1024
 MAX_RESULTS_BYTES = 1024 * 1024
-MAX_ERROR = 4096
-MAX_TOOL_CALL_ID = 128
 
 
 def client_tools_from_proto(
     tools: Iterable[agent_pb2.ClientTool], field: str = "client_tools"
 ) -> list[ClientTool]:
-    """The declared client tools, each checked on its own (INVALID_ARGUMENT naming the
-    field); whether a name clashes with one of the agent's tools is the starter's to check."""
-    declared: list[ClientTool] = []
-    violations = Violations()
-    for i, tool in enumerate(tools):
-        if not tool.HasField("parameters_schema"):
-            violations.add(f"{field}[{i}].parameters_schema", "is required")
-        declared.append(
-            ClientTool(
-                name=tool.name,
-                description=tool.description,
-                parameters_schema=struct_to_dict(tool.parameters_schema),
-                timeout=tool.timeout.ToTimedelta() if tool.HasField("timeout") else None,
-            )
+    """The declared client tools, checked together (INVALID_ARGUMENT naming the field; each
+    field's own limits are the proto's); whether a name clashes with one of the agent's
+    tools is the starter's to check."""
+    declared = [
+        ClientTool(
+            name=tool.name,
+            description=tool.description,
+            parameters_schema=struct_to_dict(tool.parameters_schema),
+            timeout=tool.timeout.ToTimedelta() if tool.HasField("timeout") else None,
         )
-    violations.raise_if_any()
+        for tool in tools
+    ]
     check_client_tools(declared, field=field)
     return declared
 
@@ -57,25 +50,16 @@ def pending_tool_call_to_proto(call: PendingToolCall) -> agent_pb2.PendingToolCa
 def tool_results_from_proto(
     results: Iterable[agent_pb2.ClientToolResult],
 ) -> list[ClientToolResult]:
-    """SubmitToolResults' results, checked: 1..100, each with its call id and exactly one of
-    a result and an error, within size limits, no call answered twice."""
-    results = list(results)
+    """SubmitToolResults' results, checked beyond each field's limits (the proto's): each
+    with exactly one of a result and an error, within size limits, no call answered twice."""
     out: list[ClientToolResult] = []
     violations = Violations()
-    if not results:
-        violations.add("results", "give at least one result")
-    elif len(results) > MAX_RESULTS:
-        violations.add("results", f"at most {MAX_RESULTS} results")
     seen: set[str] = set()
     total = 0
     for i, result in enumerate(results):
         at = f"results[{i}]"
         call_id = result.tool_call_id
-        if not call_id:
-            violations.add(f"{at}.tool_call_id", "is required")
-        elif len(call_id) > MAX_TOOL_CALL_ID:
-            violations.add(f"{at}.tool_call_id", f"must be at most {MAX_TOOL_CALL_ID} characters")
-        elif call_id in seen:
+        if call_id in seen:
             violations.add(f"{at}.tool_call_id", f"{call_id!r} is answered twice")
         seen.add(call_id)
         kind = result.WhichOneof("outcome")
@@ -85,8 +69,6 @@ def tool_results_from_proto(
             violations.add(at, "set result or error")
         elif kind == "result" and size > MAX_RESULT_BYTES:
             violations.add(f"{at}.result", f"must be at most {MAX_RESULT_BYTES // 1024} KiB")
-        elif kind == "error" and len(result.error) > MAX_ERROR:
-            violations.add(f"{at}.error", f"must be at most {MAX_ERROR} characters")
         if kind is not None:
             out.append(
                 ClientToolResult(

@@ -8,7 +8,7 @@ from loomwork.errors import InvalidArgument
 from loomwork.memory.models import RecallQuery, RecallScope, WorkingMemory
 from loomwork.messages import NewThread, ThreadUpdate
 from protos.loomwork.v1 import memory_pb2, memory_pb2_grpc
-from server.indexing import start_indexing
+from server.indexing import MessageIndexing
 from server.runtime import Runtime
 from server.servicers import memory_convert, message_convert
 from server.servicers.tenancy import tenant
@@ -22,12 +22,11 @@ _SCOPES = {
 
 
 class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, indexing: MessageIndexing) -> None:
         self.memory = runtime.memory
         self.recall = runtime.recall
         self.working_memory = runtime.working_memory
-        self.temporal = runtime.temporal
-        self.task_queue = runtime.settings.task_queue
+        self.indexing = indexing
 
     async def CreateThread(
         self, request: memory_pb2.CreateThreadRequest, context: grpc.aio.ServicerContext
@@ -96,7 +95,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         messages = message_convert.new_messages_from_proto(request.messages)
         tenant_id = tenant()
         stored = await self.memory.append_messages(tenant_id, request.thread_id, messages)
-        await start_indexing(self.temporal, self.task_queue, tenant_id, request.thread_id, stored)
+        await self.indexing.index(tenant_id, request.thread_id, stored)
         response = memory_pb2.AppendMessagesResponse()
         for message in stored:
             message_convert.fill_message(response.messages.add(), message)

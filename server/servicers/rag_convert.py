@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -422,6 +423,10 @@ def answer_event_to_proto(
         out.usage.CopyFrom(usage_to_proto(event.usage))
     elif event.type == "retrying":
         out.retrying.attempt = event.attempt
+        if event.error is not None:
+            out.retrying.error.CopyFrom(_run_error(event.error))
+        if event.backoff_seconds is not None:
+            out.retrying.backoff.FromTimedelta(timedelta(seconds=event.backoff_seconds))
     elif event.type == "failed":
         error = event.error or answers.AnswerError(code=13, reason="ANSWER_FAILED", message="")
         out.failed.CopyFrom(_run_error(error))

@@ -9,6 +9,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from loomwork.memory.index_backlog import IndexBacklog
 from protos.loomwork.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -21,6 +22,7 @@ from protos.loomwork.v1 import (
     workflow_pb2,
     workflow_pb2_grpc,
 )
+from server.indexing import IndexingSweep, MessageIndexing
 from server.runtime import Runtime
 from server.servicers.agent import AgentServicer
 from server.servicers.integration import IntegrationServicer
@@ -51,15 +53,21 @@ class GrpcApp:
     server: grpc.aio.Server
     health: HealthMonitor
     port: int
+    # Starts the indexing of stored messages whose start failed (MemoryService).
+    indexing_sweep: IndexingSweep | None = None
 
     async def start(self) -> None:
         await self.server.start()
         await self.health.start()
+        if self.indexing_sweep is not None:
+            self.indexing_sweep.start()
 
     async def stop(self, grace: float = 10.0) -> None:
         """Report NOT_SERVING, refuse new calls, let in-flight ones finish within `grace`."""
         await self.health.stop()
         await self.server.stop(grace)
+        if self.indexing_sweep is not None:
+            await self.indexing_sweep.stop()
 
 
 def build_grpc_app(runtime: Runtime, address: str, *, health_interval: float = 2.0) -> GrpcApp:
@@ -80,10 +88,8 @@ def build_grpc_app(runtime: Runtime, address: str, *, health_interval: float = 2
         options=options,
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(runtime), server)
-    memory_pb2_grpc.add_MemoryServiceServicer_to_server(
-        MemoryServicer(runtime),
-        server,
-    )
+    indexing = MessageIndexing(runtime.temporal, settings.task_queue, IndexBacklog(runtime.db))
+    memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(runtime, indexing), server)
     integration_pb2_grpc.add_IntegrationServiceServicer_to_server(
         IntegrationServicer(runtime), server
     )
@@ -110,4 +116,5 @@ def build_grpc_app(runtime: Runtime, address: str, *, health_interval: float = 2
         temporal=runtime.temporal,
         interval=health_interval,
     )
-    return GrpcApp(server=server, health=monitor, port=port)
+    sweep = IndexingSweep(indexing, settings.index_sweep_seconds)
+    return GrpcApp(server=server, health=monitor, port=port, indexing_sweep=sweep)

@@ -557,12 +557,14 @@ class AgentStepFinished(_message.Message):
     def __init__(self, finish_reason: _Optional[_Union[AgentFinishReason, str]] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ...) -> None: ...
 
 class AgentRunFinished(_message.Message):
-    __slots__ = ("status", "output")
+    __slots__ = ("status", "output", "error")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     status: _run_pb2.RunStatus
     output: AgentRunOutput
-    def __init__(self, status: _Optional[_Union[_run_pb2.RunStatus, str]] = ..., output: _Optional[_Union[AgentRunOutput, _Mapping]] = ...) -> None: ...
+    error: _run_pb2.RunError
+    def __init__(self, status: _Optional[_Union[_run_pb2.RunStatus, str]] = ..., output: _Optional[_Union[AgentRunOutput, _Mapping]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ...) -> None: ...
 
 class AgentServiceGetRunRequest(_message.Message):
     __slots__ = ("run_id",)

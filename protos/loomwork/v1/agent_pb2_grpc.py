@@ -212,9 +212,9 @@ class AgentServiceServicer:
 
     def StreamObject(self, request, context):
         """Runs an agent for structured output: streams object_partial events (each
-        a JSON object that parses, growing as the model writes), then one
-        object_final with the object validated against the output schema, then
-        run_finished. A final object that does not validate ends the run with
+        a JSON object that parses, growing as the model writes; not validated
+        against the output schema, see ObjectPartial), then one object_final with
+        the object validated against the output schema, then run_finished. A final object that does not validate ends the run with
         run_failed (reason `OUTPUT_SCHEMA_MISMATCH`, one violation per problem).
         Tool events are streamed as in Stream; text_delta events are not sent.
         """
