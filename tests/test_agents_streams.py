@@ -9,7 +9,6 @@ import uuid
 
 import grpc
 import pytest
-
 from google.protobuf import json_format
 
 from loomwork.testing import Delay, ScriptedToolCall, Turn

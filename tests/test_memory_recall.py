@@ -10,10 +10,10 @@ import logging
 import grpc
 import pytest
 
+from loomwork.config import Settings
 from loomwork.embeddings.provider import EmbeddingProvider
 from loomwork.errors import FailedPrecondition
 from loomwork.memory.recall import MessageRecall
-from loomwork.config import Settings
 from protos.loomwork.v1 import memory_pb2, memory_pb2_grpc, message_pb2
 from server.runtime import Runtime
 from tests.redis_proxy import RedisProxy

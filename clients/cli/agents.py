@@ -71,9 +71,15 @@ def describe_event(event: agent_pb2.AgentRunEvent) -> str | None:
     if kind == "run_pending":
         return pending_notice(event.run_pending.task_queue, event.run_pending.waited)
     if kind == "step_retrying":
-        if event.step_retrying.attempt == 1:
+        retrying = event.step_retrying
+        if retrying.attempt == 1:
             return "[yellow]model step restarted[/] (the text above is replaced)"
-        return f"[yellow]model step retrying[/]: {escape(event.step_retrying.error.message)}"
+        wait = retrying.backoff.ToTimedelta().total_seconds()
+        when = f" in {wait:g}s" if retrying.HasField("backoff") else ""
+        return (
+            f"[yellow]model step retrying[/] (attempt {retrying.attempt}{when}): "
+            f"{escape(retrying.error.reason)} {escape(retrying.error.message)}"
+        )
     if kind == "run_failed":
         return f"[red]run failed[/] {escape(event.run_failed.reason)}: " + escape(
             event.run_failed.message

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 from loomwork.agents.run_models import PendingApproval, PendingToolCall, RunOutcome
 from loomwork.llm.chat import ChatMessage, ChatUsage
 from loomwork.messages import NewMessage, ToolCallPart, ToolResultPart
+from loomwork.retries import ATTEMPT_LOST, ATTEMPT_LOST_MESSAGE, RetryNotice
 
 
 def _now() -> datetime:
@@ -82,6 +83,22 @@ class StepRetrying(_Event):
     error_type: str = ""
     error: str = ""
     backoff_seconds: float | None = None
+
+    @classmethod
+    def announced(cls, step: int, notice: RetryNotice) -> StepRetrying:
+        """As the failed attempt says it."""
+        return cls(
+            step=step,
+            attempt=notice.attempt,
+            error_type=notice.error_type,
+            error=notice.message,
+            backoff_seconds=notice.backoff.total_seconds(),
+        )
+
+    @classmethod
+    def lost(cls, step: int, attempt: int) -> StepRetrying:
+        """As the next attempt says it, when the failed one could not."""
+        return cls(step=step, attempt=attempt, error_type=ATTEMPT_LOST, error=ATTEMPT_LOST_MESSAGE)
 
 
 class StepFinished(_Event):

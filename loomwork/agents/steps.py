@@ -61,7 +61,7 @@ from loomwork.memory.threads import Memory
 from loomwork.memory.tokens import count_context_tokens
 from loomwork.memory.working import WorkingMemoryStore
 from loomwork.messages import Message, NewMessage, Role, ToolResultPart
-from loomwork.retries import ATTEMPT_LOST, ATTEMPT_LOST_MESSAGE, RetryNotice
+from loomwork.retries import RetryNotice
 from loomwork.streams.run_events import RunEventLog
 from loomwork.tools import ToolContext, ToolRegistry
 from loomwork.tools.client_tools import ClientTool
@@ -189,22 +189,16 @@ class AgentSteps:
     async def retrying(
         self, request: AgentRunRequest, step: StepInput | int, notice: RetryNotice
     ) -> None:
-        """Say that a failed step is tried again: what failed and when the next attempt
-        starts (`step`: the model step's input, or 1 for the run's first activity). What the
-        step had to publish before its own events goes first; one try, the failure may be
-        Redis's (the next attempt then says the step is retried, without the cause)."""
-        number = step if isinstance(step, int) else step.step
-        retried = StepRetrying(
-            step=number,
-            attempt=notice.attempt,
-            error_type=notice.error_type,
-            error=notice.message,
-            backoff_seconds=notice.backoff.total_seconds(),
-        )
-        before: list[AgentEvent] = []
+        """Say, as a step's attempt fails, that it is tried again: what failed and when
+        (`step`: the model step's input, whose pending events go first, or 1 for the run's
+        first activity). One try: the failure may be Redis's, and the next attempt then
+        says the step is retried, without the cause."""
+        events: list[AgentEvent] = []
         if isinstance(step, StepInput):
-            before = [*step.tool_results, *([step.previous_step] if step.previous_step else [])]
-        for event in [*before, retried]:
+            events += step.tool_results
+            events += [step.previous_step] if step.previous_step else []
+        number = step if isinstance(step, int) else step.step
+        for event in [*events, StepRetrying.announced(number, notice)]:
             await self.publish(request, event, patience=0)
 
     async def start(self, request: AgentRunRequest) -> RunPlan:
@@ -384,13 +378,7 @@ class AgentSteps:
             if step.previous_step is not None:  # once: a retry publishes it if still missing
                 await self.publish(request, step.previous_step)
             if attempt > 1:  # once: the failed attempt may have said it, with its cause
-                retried = StepRetrying(
-                    step=step.step,
-                    attempt=attempt,
-                    error_type=ATTEMPT_LOST,
-                    error=ATTEMPT_LOST_MESSAGE,
-                )
-                await self.publish(request, retried)
+                await self.publish(request, StepRetrying.lost(step.step, attempt))
 
         schema = agent.output_schema
         written: list[str] = []
@@ -519,11 +507,9 @@ class AgentSteps:
     @staticmethod
     def step_finished(step: int, output: StepOutput) -> StepFinished:
         """The end of a step that called no tools: its one message is the model's answer."""
+        finish, usage = output.finish_reason, output.usage
         return StepFinished(
-            step=step,
-            finish_reason=output.finish_reason,
-            usage=output.usage,
-            messages=[output.message()],
+            step=step, finish_reason=finish, usage=usage, messages=[output.message()]
         )
 
     @staticmethod
