@@ -26,8 +26,8 @@ async def heartbeating(
     stops heartbeating, so its activity is retried elsewhere once its heartbeat timeout passes.
 
     `hand_back`: work that can be done again from the start (a model step) stops as soon as
-    its worker begins to shut down and fails retryably, so another worker takes it at once
-    instead of after the worker's grace period.
+    its worker begins to shut down and fails retryably, so another worker takes it within
+    HAND_BACK_RETRY instead of after the worker's grace period.
 
     The first heartbeat goes out shortly after the start (not before: the first model
     tokens should not wait on it), then one per `every` (the worker sends at most one a
