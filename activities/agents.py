@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -11,6 +9,7 @@ from typing import Any, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeats import heartbeating
 from activities.retry_notice import announce_retry
 from loomwork.agents.payloads import (
     FinishInput,
@@ -31,7 +30,7 @@ from loomwork.tools.registry import ToolFailed
 T = TypeVar("T")
 
 
-def _application_error(error: LoomworkError) -> ApplicationError:
+def application_error(error: LoomworkError) -> ApplicationError:
     """Domain errors as Temporal sees them: retryable unless they say otherwise."""
     if isinstance(error, ModelError):
         return ApplicationError(
@@ -44,39 +43,16 @@ def _application_error(error: LoomworkError) -> ApplicationError:
     return ApplicationError(error.message, type=type(error).__name__, non_retryable=not retryable)
 
 
-async def _heartbeating(work: Coroutine[Any, Any, T], every: float = 1.0) -> T:
-    """Run `work`, heartbeating meanwhile: Temporal delivers a cancel (CancelRun) through
-    heartbeats, and cancelling `work` aborts the in-flight model HTTP call.
-
-    The first heartbeat goes out shortly after the start (not before: the first model
-    tokens should not wait on it), then one per `every` (the worker sends at most one a
-    second to the server either way)."""
-    task = asyncio.ensure_future(work)
-    wait = min(every, 0.1)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=wait)
-            if done:
-                return task.result()
-            activity.heartbeat()
-            wait = every
-    except asyncio.CancelledError:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        raise
-
-
 async def model_call(
     work: Coroutine[Any, Any, T], retrying: Callable[[RetryNotice], Awaitable[object]]
 ) -> T:
-    """A step with a model call (an agent's, an answer's), heartbeating; a failure that
-    Temporal will retry is announced first with `retrying` (what failed, and how long
-    until the next attempt)."""
+    """A step with a model call (an agent's, an answer's): heartbeating, handed back when the
+    worker shuts down; a failure that Temporal will retry is announced first with
+    `retrying` (what failed, and how long until the next attempt)."""
     try:
-        return await _heartbeating(work)
+        return await heartbeating(work, hand_back=True)
     except LoomworkError as error:
-        failure = _application_error(error)
+        failure = application_error(error)
         await announce_retry(failure, retrying)
         raise failure from error
     except Exception as error:
@@ -107,18 +83,18 @@ class AgentActivities:
     @activity.defn(name="agent_tool_call")
     async def tool_call(self, call: ToolInput) -> ToolResultPart:
         try:
-            return await _heartbeating(self.steps.tool_call(call, attempt=activity.info().attempt))
+            return await heartbeating(self.steps.tool_call(call, attempt=activity.info().attempt))
         except LoomworkError as error:
-            raise _application_error(error) from error
+            raise application_error(error) from error
 
     @activity.defn(name="agent_mcp_tool_call")
     async def mcp_tool_call(self, call: ToolInput) -> ToolResultPart:
         try:
-            return await _heartbeating(
+            return await heartbeating(
                 self.steps.mcp_tool_call(call, attempt=activity.info().attempt)
             )
         except LoomworkError as error:
-            raise _application_error(error) from error
+            raise application_error(error) from error
 
     @activity.defn(name="agent_publish")
     async def publish(self, publish: PublishInput) -> None:

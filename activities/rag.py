@@ -7,7 +7,8 @@ from typing import Any
 
 from temporalio import activity
 
-from activities.agents import _application_error, _heartbeating, model_call
+from activities.agents import application_error, model_call
+from activities.heartbeats import heartbeating
 from loomwork.errors import LoomworkError
 from loomwork.rag.answer import (
     AnswerError,
@@ -37,30 +38,30 @@ class RagActivities:
         try:
             await self.ingestion.start(request)
         except LoomworkError as error:
-            raise _application_error(error) from error
+            raise application_error(error) from error
 
     @activity.defn(name="rag_ingest_prepare")
     async def ingest_prepare(self, request: IngestionRequest, ordinal: int) -> PreparedDocument:
         try:
-            return await _heartbeating(self.ingestion.prepare(request, ordinal))
+            return await heartbeating(self.ingestion.prepare(request, ordinal))
         except LoomworkError as error:
-            raise _application_error(error) from error
+            raise application_error(error) from error
 
     @activity.defn(name="rag_ingest_embed")
     async def ingest_embed(
         self, request: IngestionRequest, ordinal: int, start: int, end: int
     ) -> int:
         try:
-            return await _heartbeating(self.ingestion.embed_batch(request, ordinal, start, end))
+            return await heartbeating(self.ingestion.embed_batch(request, ordinal, start, end))
         except LoomworkError as error:
-            raise _application_error(error) from error
+            raise application_error(error) from error
 
     @activity.defn(name="rag_ingest_commit")
     async def ingest_commit(self, request: IngestionRequest, ordinal: int) -> None:
         try:
             await self.ingestion.commit(request, ordinal)
         except LoomworkError as error:
-            raise _application_error(error) from error
+            raise application_error(error) from error
 
     @activity.defn(name="rag_ingest_finish")
     async def ingest_finish(
@@ -73,7 +74,7 @@ class RagActivities:
         try:
             return await self.answers.retrieve(request)
         except LoomworkError as error:
-            raise _application_error(error) from error
+            raise application_error(error) from error
 
     @activity.defn(name="rag_answer_generate")
     async def answer_generate(

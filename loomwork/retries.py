@@ -28,6 +28,24 @@ ATTEMPT_LOST_MESSAGE = (
     "the previous attempt ended without saying why: its worker stopped, it timed out, or it"
     " could not reach the event log"
 )
+#: The error type of work handed back by a worker that shuts down (retried elsewhere).
+WORKER_SHUTDOWN = "WorkerShutdown"
+# What the failure of an attempt that is tried again means to a caller: a google.rpc code
+# and a reason (step_retrying, an answer's retrying).
+_RETRIED_FAILURES = {
+    "ModelRateLimited": (8, "MODEL_RATE_LIMITED"),
+    "ModelUnavailable": (14, "MODEL_UNAVAILABLE"),
+    "ResourceExhausted": (8, "RESOURCE_EXHAUSTED"),
+    "Unavailable": (14, "UNAVAILABLE"),
+    WORKER_SHUTDOWN: (14, "WORKER_SHUTDOWN"),
+    ATTEMPT_LOST: (14, "ATTEMPT_LOST"),
+}
+
+
+def retried_failure(error_type: str) -> tuple[int, str]:
+    """The google.rpc code and reason of an attempt's failure (of that error type) that is
+    tried again."""
+    return _RETRIED_FAILURES.get(error_type, (13, "ATTEMPT_FAILED"))
 
 
 class RetryNotice(BaseModel):

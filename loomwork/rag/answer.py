@@ -17,7 +17,7 @@ from loomwork.llm.chat import ChatMessage, ChatModel, ChatUsage, TextDelta
 from loomwork.rag.answer_context import ContextOrder, assemble_rag_context, render_context
 from loomwork.rag.models import RetrievalOptions, ScoredChunk
 from loomwork.rag.query import Retriever
-from loomwork.retries import ATTEMPT_LOST, ATTEMPT_LOST_MESSAGE, RetryNotice
+from loomwork.retries import ATTEMPT_LOST, ATTEMPT_LOST_MESSAGE, RetryNotice, retried_failure
 from loomwork.storage.database import Database
 from loomwork.streams.run_events import RunEventLog
 
@@ -96,19 +96,12 @@ _ERROR_CODES = {
     "ModelRateLimited": (8, "MODEL_RATE_LIMITED"),
     "ModelUnavailable": (14, "RETRIES_EXHAUSTED"),
 }
-# The same of an attempt that is tried again (the `retrying` event).
-_RETRY_CODES = {
-    **_ERROR_CODES,
-    "ModelUnavailable": (14, "MODEL_UNAVAILABLE"),
-    "Unavailable": (14, "UNAVAILABLE"),
-    ATTEMPT_LOST: (14, "ATTEMPT_LOST"),
-}
 
 
 def answer_error(error_type: str, message: str, *, retrying: bool = False) -> AnswerError:
     """The error of a failed answer (or, `retrying`, of an attempt tried again) of that type."""
     if retrying:
-        code, reason = _RETRY_CODES.get(error_type, (13, "ATTEMPT_FAILED"))
+        code, reason = retried_failure(error_type)
     else:
         code, reason = _ERROR_CODES.get(error_type, (13, "ANSWER_FAILED"))
     return AnswerError(code=code, reason=reason, message=message)

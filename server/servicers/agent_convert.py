@@ -18,7 +18,7 @@ from loomwork.json_schema import check_object_schema
 from loomwork.llm.chat import ChatMessage
 from loomwork.memory.settings import MemorySettings, parse_memory_settings
 from loomwork.messages import NewMessage, Role, TextPart
-from loomwork.retries import ATTEMPT_LOST
+from loomwork.retries import retried_failure
 from loomwork.tools import Tool
 from loomwork.tools.mcp_source import McpToolInfo
 from protos.loomwork.v1 import agent_pb2, memory_pb2, message_pb2, run_pb2
@@ -67,13 +67,6 @@ _ERROR_CODES = {
     "InvalidArgument": (code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
     # The model's structured answer does not validate against the output schema.
     "OutputSchemaMismatch": (code_pb2.FAILED_PRECONDITION, "OUTPUT_SCHEMA_MISMATCH"),
-}
-# What the failure of an attempt that is tried again means (step_retrying).
-_RETRY_CODES = {
-    **_ERROR_CODES,
-    "ModelUnavailable": (code_pb2.UNAVAILABLE, "MODEL_UNAVAILABLE"),
-    "Unavailable": (code_pb2.UNAVAILABLE, "UNAVAILABLE"),
-    ATTEMPT_LOST: (code_pb2.UNAVAILABLE, "ATTEMPT_LOST"),
 }
 
 
@@ -204,7 +197,7 @@ def _chat_message(target: message_pb2.Message, message: ChatMessage | NewMessage
 def _step_retrying(out: agent_pb2.AgentStepRetrying, event: events.StepRetrying) -> None:
     out.attempt = event.attempt
     if event.error_type:
-        code, reason = _RETRY_CODES.get(event.error_type, (code_pb2.INTERNAL, "ATTEMPT_FAILED"))
+        code, reason = retried_failure(event.error_type)
         out.error.CopyFrom(run_pb2.RunError(code=code, reason=reason, message=event.error))
     if event.backoff_seconds is not None:
         out.backoff.FromTimedelta(timedelta(seconds=event.backoff_seconds))
