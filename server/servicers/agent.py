@@ -82,6 +82,7 @@ _UPDATABLE = (
     "max_steps",
     "output_schema",
     "metadata",
+    "approval_timeout",
 )
 _RUN_STATUS_NAMES = {
     run_pb2.RUN_STATUS_PENDING: "PENDING",

@@ -133,6 +133,8 @@ def agent_to_proto(agent: AgentDefinition) -> agent_pb2.Agent:
         set_timestamp(out.create_time, agent.create_time)
     if agent.update_time is not None:
         set_timestamp(out.update_time, agent.update_time)
+    if agent.approval_timeout is not None:
+        out.approval_timeout.FromTimedelta(agent.approval_timeout)
     return out
 
 
@@ -161,6 +163,8 @@ def agent_data_from_proto(agent: agent_pb2.Agent) -> dict[str, Any]:
         data["output_schema"] = output_schema_from_proto(agent.output_schema, "agent.output_schema")
     if agent.HasField("metadata"):
         data["metadata"] = json_format.MessageToDict(agent.metadata)
+    if agent.HasField("approval_timeout"):
+        data["approval_timeout"] = agent.approval_timeout.ToTimedelta()
     return data
 
 
@@ -184,6 +188,8 @@ def tool_to_proto(tool: Tool) -> agent_pb2.Tool:
     out.parameters_schema.update(tool.spec().parameters)
     if tool.result_schema is not None:
         out.result_schema.update(tool.result_schema)
+    if tool.approval_timeout is not None:
+        out.approval_timeout.FromTimedelta(tool.approval_timeout)
     return out
 
 
@@ -269,6 +275,8 @@ def pending_to_proto(pending: runs.PendingApproval) -> agent_pb2.PendingApproval
     )
     out.arguments.update(pending.arguments)
     set_timestamp(out.request_time, pending.request_time)
+    if pending.expire_time is not None:
+        set_timestamp(out.expire_time, pending.expire_time)
     return out
 
 
