@@ -43,6 +43,16 @@ _STATUS = {
     "failed": run_pb2.RUN_STATUS_FAILED,
     "canceled": run_pb2.RUN_STATUS_CANCELED,
 }
+# The LoomworkStatus search attribute's values, by the RunStatus they stand for.
+RUN_STATUS_NAMES = {
+    run_pb2.RUN_STATUS_PENDING: "PENDING",
+    run_pb2.RUN_STATUS_RUNNING: "RUNNING",
+    run_pb2.RUN_STATUS_WAITING: "WAITING",
+    run_pb2.RUN_STATUS_SUCCEEDED: "SUCCEEDED",
+    run_pb2.RUN_STATUS_FAILED: "FAILED",
+    run_pb2.RUN_STATUS_CANCELED: "CANCELED",
+}
+RUN_STATUS_FROM_NAME = {name: value for value, name in RUN_STATUS_NAMES.items()}
 DEFAULT_WORKING_MEMORY_TEMPLATE = "# User\n- name:\n- preferences:\n- facts:\n"
 
 _FINISH = {
@@ -66,6 +76,9 @@ _ERROR_CODES = {
     "InvalidArgument": (code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
     # The model's structured answer does not validate against the output schema.
     "OutputSchemaMismatch": (code_pb2.FAILED_PRECONDITION, "OUTPUT_SCHEMA_MISMATCH"),
+    # The run's workflow ended from outside: an operator terminated it, or it timed out.
+    "Terminated": (code_pb2.ABORTED, "RUN_TERMINATED"),
+    "TimedOut": (code_pb2.DEADLINE_EXCEEDED, "RUN_TIMED_OUT"),
 }
 
 
