@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from loomwork.flows import StepContext, Workflow, default_registry, step
 from loomwork.flows.nodes import InvalidDefinition
 from protos.loomwork.v1 import workflow_pb2
-from tests.support import auth, collect_events
+from tests.support import auth, collect_events, field_violations
 from tests.workflow_support import (
     as_dict,
     as_struct,
@@ -162,3 +162,16 @@ async def test_a_run_an_operator_terminated_is_failed_with_the_reason(
     assert events[-1].run_failed.reason == "Terminated"
     again = await watch_events(workflows, token, run.id)
     assert [e.event_id for e in again] == [e.event_id for e in events]
+
+
+async def test_the_memo_key_of_waits_is_not_the_callers(workflows, token) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await start_run(
+            workflows,
+            token,
+            "lapsing-approval",
+            {"what": "a chair"},
+            metadata=as_struct({"loomwork.waiting": "mine"}),
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "metadata.loomwork.waiting" in field_violations(err.value)

@@ -60,6 +60,7 @@ from server.servicers.tenancy import tenant
 from server.servicers.well_known_convert import struct_to_dict
 from server.temporal import ABNORMAL_END, closure_error, not_taken, query_state, start_input
 from workflows.dsl_run import DslRunWorkflow
+from workflows.waits import WAITING_MEMO
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,8 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             violations.add("input", "must be at most 2 MiB serialized")
         if request.metadata.ByteSize() > MAX_METADATA_BYTES:
             violations.add("metadata", "must be at most 16 KiB serialized")
+        if WAITING_MEMO in request.metadata.fields:  # kept beside it in the run's memo
+            violations.add(f"metadata.{WAITING_MEMO}", "is a key Loomwork keeps for itself")
         if not request.workflow_id:
             violations.add("workflow_id", "is required")
         violations.raise_if_any()
