@@ -5,6 +5,7 @@ a run whose workflow an operator terminated is FAILED with the reason, and its s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ from google.protobuf import duration_pb2
 from pydantic import BaseModel
 
 from loomwork.errors import NotFound
-from loomwork.testing import ScriptedToolCall, Turn
+from loomwork.testing import Delay, ScriptedToolCall, Turn
 from loomwork.tools import ToolContext, tool, tool_of
 from protos.loomwork.v1 import agent_pb2, run_pb2
 from tests.support import auth, collect_events, generate_until_waiting, unique
@@ -283,3 +284,28 @@ async def test_a_run_an_operator_terminated_is_failed_with_the_reason(
     assert [e.event_id for e in again] == [e.event_id for e in events]
     assert again[-1].run_failed.reason == "RUN_TERMINATED"
     assert await _gone_from_waiting(agents, token, run_id)
+
+
+async def test_generate_answers_when_the_runs_workflow_is_terminated(
+    agents, token, model, runtime
+) -> None:
+    model.set_script([Delay(30, then=Turn(text="too late"))])
+    run_id = unique("cut")
+    answer = asyncio.ensure_future(
+        agents.Generate(
+            agent_pb2.GenerateRequest(agent_name="assistant", prompt="think", client_run_id=run_id),
+            metadata=auth(token),
+            timeout=60,
+        )
+    )
+    for _ in range(100):
+        with contextlib.suppress(grpc.aio.AioRpcError):  # not recorded yet
+            running = await _get(agents, token, run_id)
+            if running.status == run_pb2.RUN_STATUS_RUNNING:
+                break
+        await asyncio.sleep(0.05)
+    handle = runtime.temporal.get_workflow_handle(running.temporal_workflow_id)
+    await handle.terminate(reason="cut short")
+    run = (await asyncio.wait_for(answer, 30)).run
+    assert run.status == run_pb2.RUN_STATUS_FAILED
+    assert run.error.reason == "RUN_TERMINATED" and "cut short" in run.error.message

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from temporalio.client import (
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
+    WorkflowFailureError,
     WorkflowHandle,
 )
 from temporalio.service import RPCError, RPCStatusCode
@@ -242,15 +243,20 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.GenerateResponse:
         run_request, handle = await self._start(request)
         workflow_id = handle.id
-        key = event_log_key(run_request.tenant, run_request.run_id)
-        async for event in self.runtime.events.follow(key, 0):
-            published = decode_event(event.payload)
+        async for event_id, published in relay_run_events(
+            self.runtime.events,
+            event_log_key(run_request.tenant, run_request.run_id),
+            run_request.run_id,
+            0,
+            decode_event,
+            closed=ClosedRunEnd(self._closed_end(handle, run_request.run_id)),
+        ):
             if isinstance(published, RunFinished):
                 # The outcome as the workflow returns it, without waiting for it to close.
                 outcome = published.outcome
-                outcome.terminal_event_id = event.event_id
+                outcome.terminal_event_id = event_id
                 run = agent_convert.run_to_proto(outcome, workflow_id)
-                run.last_event_id = event.event_id
+                run.last_event_id = event_id
                 return agent_pb2.GenerateResponse(run=run)
             if isinstance(published, ApprovalRequested | ToolCallRequested):
                 # Stopped for a person or for the caller: answer with the run and what it
@@ -259,7 +265,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 if waiting is not None:
                     return agent_pb2.GenerateResponse(run=waiting)
                 break
-        outcome = await handle.result()
+        try:
+            outcome = await handle.result()
+        except WorkflowFailureError:  # ended from outside meanwhile
+            return agent_pb2.GenerateResponse(run=await self._current(run_request.run_id))
         run = agent_convert.run_to_proto(outcome, workflow_id)
         return agent_pb2.GenerateResponse(
             run=await self._with_last_event(run, outcome.terminal_event_id)
@@ -303,18 +312,6 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             outcome = await handle.result()
             return outcome.terminal_event_id, RunFinished(outcome=outcome)
 
-        async def closed_end() -> bytes | None:
-            # The workflow closed and its log has no terminal event: terminated, timed out or
-            # failed (its failure is the run's error), or its log lost that event.
-            description = await _describe(handle, run_id)
-            if description.status in (None, WorkflowExecutionStatus.RUNNING):
-                return None
-            if description.status in ABNORMAL_END:
-                outcome = await self._abnormal_outcome(handle, run_id, description)
-            else:
-                outcome = await handle.result()
-            return encode_event(RunFinished(outcome=outcome))
-
         pending = None
         if announced:
             pending = PendingNotice(
@@ -328,9 +325,27 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             decode_event,
             expired_end=None if announced else expired_end,
             pending=pending,
-            closed=ClosedRunEnd(closed_end, at_start=not announced),
+            closed=ClosedRunEnd(self._closed_end(handle, run_id), at_start=not announced),
         ):
             yield agent_convert.event_to_proto(run_id, event_id, event, workflow_id)
+
+    def _closed_end(
+        self, handle: WorkflowHandle[AgentRunWorkflow, RunOutcome], run_id: str
+    ) -> Callable[[], Awaitable[bytes | None]]:
+        """The run's terminal event once its workflow has closed (see ClosedRunEnd): FAILED
+        with its failure if it ended from outside, else its outcome (its log lost it)."""
+
+        async def terminal() -> bytes | None:
+            description = await _describe(handle, run_id)
+            if description.status in (None, WorkflowExecutionStatus.RUNNING):
+                return None
+            if description.status in ABNORMAL_END:
+                outcome = await self._abnormal_outcome(handle, run_id, description)
+            else:
+                outcome = await handle.result()
+            return encode_event(RunFinished(outcome=outcome))
+
+        return terminal
 
     async def Stream(
         self, request: agent_pb2.StreamRequest, context: grpc.aio.ServicerContext
