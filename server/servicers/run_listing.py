@@ -4,6 +4,7 @@ attributes, with what a waiting run waits on from its memo (`loomwork.waiting`).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
@@ -21,6 +22,8 @@ from server.servicers.well_known_convert import set_timestamp
 from server.temporal import ABNORMAL_END
 from workflows.search_attributes import AGENT, RESOURCE, RUN, STATUS, THREAD, WORKFLOW
 from workflows.waits import WAITING_MEMO
+
+log = logging.getLogger(__name__)
 
 _OPEN = ("PENDING", "RUNNING", "WAITING", "SUSPENDED")
 
@@ -66,7 +69,13 @@ async def visibility_page(
 
 
 async def _waits(execution: WorkflowExecution, type_hint: Any) -> Any:
-    return await execution.memo_value(WAITING_MEMO, None, type_hint=type_hint)
+    """What the run waits on, from its memo; None if it has none or one this server cannot
+    read (a newer version's, during a rolling upgrade: the run is listed without it)."""
+    try:
+        return await execution.memo_value(WAITING_MEMO, None, type_hint=type_hint)
+    except Exception as error:  # a converter's error: any type
+        log.warning("run %s: its memo of waits does not read (%s); left out", execution.id, error)
+        return None
 
 
 def _times(
