@@ -3,6 +3,7 @@ answers): from an event id to the run's end, skipping kinds this server does not
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from temporalio.client import WorkflowHandle
 
+from loomwork.errors import LoomworkError
 from loomwork.streams import FollowIdle
 from loomwork.streams.run_events import RunEventLog
 from server.temporal import pending_wait
@@ -56,8 +58,10 @@ class PendingNotice:
         )
 
 
-# How often a quiet stream asks whether its run's workflow closed without a terminal event.
+# How often a quiet stream asks whether its run's workflow closed without a terminal event,
+# and how long it waits for the answer (a Temporal that does not answer: it asks again later).
 CLOSED_CHECK_SECONDS = 5.0
+CLOSED_CHECK_TIMEOUT = 15.0
 
 
 @dataclass(frozen=True)
@@ -73,10 +77,15 @@ class ClosedRunEnd:
     at_start: bool = False
 
     async def end_if_closed(self, events: RunEventLog, key: str) -> None:
-        """Publish the terminal event if the log has none and the workflow has closed."""
+        """Publish the terminal event if the log has none and the workflow has closed. A
+        check Temporal cannot answer now is left for the next one: the stream goes on."""
         if await events.is_finished(key):
             return
-        payload = await self.terminal()
+        try:
+            payload = await asyncio.wait_for(self.terminal(), CLOSED_CHECK_TIMEOUT)
+        except (LoomworkError, TimeoutError) as error:
+            log.info("run log %s: could not tell whether its run has closed: %s", key, error)
+            return
         if payload is not None:
             await events.publish(key, payload, terminal=True, patience=0)
 
