@@ -24,7 +24,13 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 from workflows.rejections import check_call_ids
-from workflows.retries import BOOKKEEPING, MODEL_CALL, OUTAGE_PATIENCE, temporal_retry_policy
+from workflows.retries import (
+    BOOKKEEPING,
+    MODEL_CALL,
+    MODEL_HEARTBEAT_TIMEOUT,
+    OUTAGE_PATIENCE,
+    temporal_retry_policy,
+)
 from workflows.search_attributes import STATUS
 from workflows.waits import MAX_LISTED_WAITS, WaitingMemo, wait_until
 
@@ -231,7 +237,7 @@ class AgentRunWorkflow:
                 request,
                 result_type=FirstStep,
                 start_to_close_timeout=timedelta(minutes=5),
-                heartbeat_timeout=timedelta(seconds=20),
+                heartbeat_timeout=MODEL_HEARTBEAT_TIMEOUT,
                 retry_policy=MODEL_CALL,
                 summary=f"model {request.model or request.agent_name}, step 1 (loads the context)",
             )
@@ -261,7 +267,7 @@ class AgentRunWorkflow:
                         ),
                         result_type=StepOutput,
                         start_to_close_timeout=timedelta(minutes=5),
-                        heartbeat_timeout=timedelta(seconds=20),
+                        heartbeat_timeout=MODEL_HEARTBEAT_TIMEOUT,
                         retry_policy=MODEL_CALL,
                         summary=f"model {plan.model}, step {step}",
                     )
