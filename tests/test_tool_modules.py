@@ -26,7 +26,7 @@ from protos.loomwork.v1 import (
 )
 from tests.oauth_provider import Provider, connect
 from tests.processes import code_agents, listed_tools, loomwork_processes
-from tests.support import auth, unique
+from tests.support import auth, collect_events, unique
 from tests.workflow_support import has_status, start_run, wait_run
 
 MODULE = "tests.tool_module_example"
@@ -168,6 +168,16 @@ async def test_a_tool_that_fails_every_attempt_is_an_error_result_for_the_model(
     (result,) = _tool_results(run)
     assert result["is_error"] and "the pump is broken for good" in result["result"]
     assert run.output.text == "Alas."
+    # Its stream tells the watcher too: one tool_result for the call, before the answer.
+    events = await collect_events(
+        agents.WatchRun(
+            agent_pb2.AgentServiceWatchRunRequest(run_id=run.id), metadata=auth("t-alpha")
+        )
+    )
+    kinds = [event.WhichOneof("event") for event in events]
+    (streamed,) = [event.tool_result for event in events if event.HasField("tool_result")]
+    assert streamed.tool_call_id == "b1" and streamed.is_error
+    assert kinds.index("tool_result") < kinds.index("text_delta")
 
 
 async def test_a_tool_step_of_a_tool_function_is_retried_by_the_tools_policy(
