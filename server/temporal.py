@@ -22,7 +22,7 @@ from temporalio.client import (
 )
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from loomwork.errors import NotFound, Unavailable
 from workflows import search_attributes
@@ -95,13 +95,25 @@ async def query_state(
         raise Unavailable(f"Temporal: {error.message}") from error
 
 
-async def connect_temporal(address: str, namespace: str, *, wait_seconds: float = 30.0) -> Client:
-    """Connect, retrying for up to `wait_seconds` while the server comes up."""
+async def connect_temporal(
+    address: str,
+    namespace: str,
+    *,
+    tls: TLSConfig | bool = False,
+    api_key: str | None = None,
+    wait_seconds: float = 30.0,
+) -> Client:
+    """Connect (over TLS and with an API key when given: Temporal Cloud), retrying for up to
+    `wait_seconds` while the server comes up."""
     deadline = asyncio.get_running_loop().time() + wait_seconds
     while True:
         try:
             return await Client.connect(
-                address, namespace=namespace, data_converter=pydantic_data_converter
+                address,
+                namespace=namespace,
+                data_converter=pydantic_data_converter,
+                tls=tls,
+                api_key=api_key or None,
             )
         except Exception as exc:  # connection refused, DNS, TLS...
             if asyncio.get_running_loop().time() > deadline:

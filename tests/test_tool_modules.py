@@ -23,7 +23,7 @@ from tests.processes import code_agents, listed_tools, loomwork_processes
 from tests.support import auth, unique
 
 MODULE = "tests.tool_module_example"
-TOKENS = "t-alpha=alpha,t-beta=beta"
+TOKENS = "t-alpha=alpha:admin,t-beta=beta:admin"
 
 
 def _model_env(model_server: ScriptedModelServer) -> dict[str, str]:
