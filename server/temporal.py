@@ -24,13 +24,14 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
-from loomwork.errors import NotFound, Unavailable
+from loomwork.errors import FailedPrecondition, NotFound, Unavailable
 from workflows import search_attributes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SEARCH_ATTRIBUTES = tuple(key.name for key in search_attributes.ALL)
+KEYWORD = IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
 
 
 def not_taken(description: WorkflowExecutionDescription) -> bool:
@@ -121,23 +122,64 @@ async def connect_temporal(
             await asyncio.sleep(0.5)
 
 
-async def register_search_attributes(client: Client, namespace: str) -> list[str]:
-    """Add our Keyword search attributes that the namespace lacks; return the ones added."""
-    existing = await client.operator_service.list_search_attributes(
+async def register_search_attributes(
+    client: Client, namespace: str, *, attempts: int = 5
+) -> list[str]:
+    """Add our Keyword search attributes that the namespace lacks; return the ones this call
+    added. Safe when several processes start at once: an add that fails (another process
+    added them first, a conflicting update of the namespace's metadata) is checked by
+    listing again, and retried. An attribute of ours registered with another type, or a
+    namespace where adding is not allowed (Temporal Cloud without the right role), is
+    FailedPrecondition naming what to register."""
+    added: list[str] = []
+    for attempt in range(attempts):
+        missing = await _missing_search_attributes(client, namespace)
+        if not missing:
+            return added
+        try:
+            await client.operator_service.add_search_attributes(
+                AddSearchAttributesRequest(
+                    namespace=namespace, search_attributes=dict.fromkeys(missing, KEYWORD)
+                )
+            )
+        except RPCError as error:
+            if error.status == RPCStatusCode.PERMISSION_DENIED:
+                raise FailedPrecondition(
+                    f"cannot add search attributes to Temporal namespace {namespace!r} "
+                    f"({error.message}): register {', '.join(missing)} as Keyword (on "
+                    "Temporal Cloud: `tcld namespace search-attributes add`)"
+                ) from error
+            log.info("adding search attributes: %s; checking again", error.message)
+            await asyncio.sleep(0.1 * 2**attempt)
+            continue
+        log.info("registered search attributes %s", ", ".join(missing))
+        added.extend(missing)
+    missing = await _missing_search_attributes(client, namespace)
+    if missing:
+        raise Unavailable(
+            f"could not add search attributes {', '.join(missing)} to Temporal namespace "
+            f"{namespace!r} in {attempts} attempts"
+        )
+    return added
+
+
+async def _missing_search_attributes(client: Client, namespace: str) -> list[str]:
+    """Ours that the namespace lacks; FailedPrecondition if one has another type than Keyword."""
+    listed = await client.operator_service.list_search_attributes(
         ListSearchAttributesRequest(namespace=namespace)
     )
-    missing = [name for name in SEARCH_ATTRIBUTES if name not in existing.custom_attributes]
-    if missing:
-        await client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(
-                namespace=namespace,
-                search_attributes={
-                    name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in missing
-                },
-            )
+    types = listed.custom_attributes
+    wrong = [name for name in SEARCH_ATTRIBUTES if name in types and types[name] != KEYWORD]
+    if wrong:
+        described = ", ".join(
+            f"{name} ({IndexedValueType.Name(types[name]).removeprefix('INDEXED_VALUE_TYPE_')})"
+            for name in wrong
         )
-        log.info("registered search attributes %s", ", ".join(missing))
-    return missing
+        raise FailedPrecondition(
+            f"Temporal namespace {namespace!r} has search attributes {described}: Loomwork "
+            "needs them as Keyword"
+        )
+    return [name for name in SEARCH_ATTRIBUTES if name not in types]
 
 
 async def temporal_reachable(client: Client) -> bool:
