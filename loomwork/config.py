@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from loomwork.errors import FailedPrecondition
@@ -126,6 +126,21 @@ class Settings(BaseSettings):
     def model_configured(self) -> bool:
         """Whether a model endpoint is set (OPENAI_API_KEY for OpenAI, or OPENAI_BASE_URL)."""
         return bool(self.openai_api_key or self.openai_base_url)
+
+    @field_validator(
+        "tls_cert",
+        "tls_key",
+        "tls_client_ca",
+        "temporal_tls",
+        "temporal_tls_cert",
+        "temporal_tls_key",
+        "temporal_tls_ca",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`VAR=` (as env files and compose defaults write it) means unset, not the path `.`."""
+        return None if value == "" else value
 
     @property
     def jwt_enabled(self) -> bool:

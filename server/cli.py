@@ -18,6 +18,7 @@ from loomwork.config import DEFAULT_TOKENS, Settings
 from loomwork.errors import LoomworkError
 from loomwork.integrations.secret_box import DEV_KEY_FILE
 from server.embedded import EmbeddedError, EmbeddedStack
+from server.healthcheck import check_health
 from server.process import Running, serve
 from server.runtime import Runtime
 
@@ -270,6 +271,17 @@ def server(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
 def worker(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run a Temporal worker alone (production: as many as the load needs)."""
     _run_alone("worker", verbose)
+
+
+@app.command()
+def health() -> None:
+    """Exit 0 when this host's Loomwork process is healthy (the image's HEALTHCHECK): the gRPC
+    server on LOOMWORK_GRPC_ADDRESS serving, or else a worker of this host polling the task
+    queue; exit 1 saying what is not."""
+    try:
+        console.print(asyncio.run(check_health(Settings())))
+    except LoomworkError as exc:
+        _fail(exc.message)
 
 
 def _register_client_commands() -> None:
