@@ -5,6 +5,7 @@ in front of the session's real server."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ssl
 from collections.abc import AsyncIterator
@@ -16,9 +17,12 @@ from urllib.parse import urlsplit
 import grpc
 import httpx2
 import pytest
+import typer
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
+from typer.testing import CliRunner
 
 from clients import LoomworkClient
+from clients.cli import register
 from loomwork.config import Settings
 from loomwork.errors import FailedPrecondition, Unavailable
 from loomwork.messages import NewThread
@@ -246,3 +250,25 @@ def test_tls_settings_that_do_not_fit_refuse_to_start(settings: Settings, pki: P
         temporal_tls(settings.model_copy(update={"temporal_tls_cert": pki.client.cert}))
     assert temporal_tls(settings) is False
     assert temporal_tls(settings.model_copy(update={"temporal_api_key": "k"})) is True
+
+
+async def test_the_cli_calls_over_tls_with_a_client_certificate(
+    runtime, worker, pki: Pki, token: str
+) -> None:
+    app = typer.Typer()
+    register(app)
+    async with tls_server(runtime, pki, mtls=True) as address:
+        env = {
+            "LOOMWORK_GRPC_ADDRESS": address,
+            "LOOMWORK_TOKEN": token,
+            "LOOMWORK_TLS_CA": str(pki.ca.cert_path),
+            "LOOMWORK_TLS_CLIENT_CERT": str(pki.client.cert),
+            "LOOMWORK_TLS_CLIENT_KEY": str(pki.client.key),
+        }
+        args = ["threads", "create", "--resource", unique("cli-tls"), "--title", "cli over mTLS"]
+        made = await asyncio.to_thread(CliRunner(env=env).invoke, app, args)
+        assert made.exit_code == 0, made.output
+        assert "cli over mTLS" in made.output
+        without = {k: v for k, v in env.items() if "CLIENT" not in k}
+        refused = await asyncio.to_thread(CliRunner(env=without).invoke, app, args)
+        assert refused.exit_code == 1 and "UNAVAILABLE" in refused.output, refused.output
