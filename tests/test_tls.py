@@ -27,6 +27,7 @@ from loomwork.config import Settings
 from loomwork.errors import FailedPrecondition, Unavailable
 from loomwork.messages import NewThread
 from protos.loomwork.v1 import memory_pb2, memory_pb2_grpc
+from server.healthcheck import check_health
 from server.runtime import Runtime
 from server.temporal import connect_temporal
 from server.tls import grpc_server_credentials, temporal_tls
@@ -272,3 +273,25 @@ async def test_the_cli_calls_over_tls_with_a_client_certificate(
         without = {k: v for k, v in env.items() if "CLIENT" not in k}
         refused = await asyncio.to_thread(CliRunner(env=without).invoke, app, args)
         assert refused.exit_code == 1 and "UNAVAILABLE" in refused.output, refused.output
+
+
+async def test_the_health_check_of_a_tls_server(runtime, worker, pki: Pki) -> None:
+    """`loomwork health` where the gRPC server requires client certificates: the same
+    process's HTTPS endpoint answers for it."""
+    configured = _with(
+        runtime,
+        tls_cert=pki.server.cert,
+        tls_key=pki.server.key,
+        tls_client_ca=pki.ca.cert_path,
+        http_address="127.0.0.1:0",
+    )
+    http = open_http_server(configured)
+    await http.start()
+    try:
+        async with tls_server(runtime, pki, mtls=True) as address:
+            here = configured.settings.model_copy(
+                update={"grpc_address": address, "http_address": http.address}
+            )
+            assert "/healthz ok" in await check_health(here)
+    finally:
+        await http.stop()
