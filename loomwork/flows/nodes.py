@@ -84,12 +84,16 @@ class Step(Node):
 
     The function gets the validated input model and a `StepContext`; it may call
     `ctx.suspend(payload)` (validated by `suspend`) and is then run again with
-    `ctx.resume_data` (validated by `resume`) once the run is resumed."""
+    `ctx.resume_data` (validated by `resume`) once the run is resumed. With
+    `suspend_timeout`, a suspension that gets no resume data in that time ends: the step runs
+    again with `resume_on_timeout` as its resume data, or fails (SuspendTimedOut) without."""
 
     fn: StepFunction | None = None
     suspend_model: type[BaseModel] | None = None
     resume_model: type[BaseModel] | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    suspend_timeout: timedelta | None = None
+    resume_on_timeout: BaseModel | None = None
 
     def __post_init__(self) -> None:
         self.kind = "step"
@@ -237,10 +241,28 @@ def step(
     suspend: type[BaseModel] | None = None,
     resume: type[BaseModel] | None = None,
     retry: RetryPolicy | None = None,
+    suspend_timeout: timedelta | None = None,
+    resume_on_timeout: BaseModel | None = None,
 ) -> Callable[[StepFunction], Step]:
-    """Decorator turning `async def fn(input, ctx) -> output` into a `Step`."""
+    """Decorator turning `async def fn(input, ctx) -> output` into a `Step`.
+
+    A step that suspends (`suspend` and `resume` schemas) waits for its resume data for at
+    most `suspend_timeout` when given; then it runs again with `resume_on_timeout` (an
+    instance of `resume`) as its resume data, or, without one, fails with SuspendTimedOut."""
     if (suspend is None) != (resume is None):
         raise InvalidDefinition(f"step {id!r}: give both suspend and resume schemas, or neither")
+    if suspend_timeout is not None:
+        if resume is None:
+            raise InvalidDefinition(f"step {id!r}: suspend_timeout needs suspend and resume")
+        if suspend_timeout <= timedelta(0):
+            raise InvalidDefinition(f"step {id!r}: suspend_timeout must be positive")
+    if resume_on_timeout is not None:
+        if suspend_timeout is None:
+            raise InvalidDefinition(f"step {id!r}: resume_on_timeout needs suspend_timeout")
+        if resume is None or not isinstance(resume_on_timeout, resume):
+            raise InvalidDefinition(
+                f"step {id!r}: resume_on_timeout must be an instance of its resume schema"
+            )
 
     def wrap(fn: StepFunction) -> Step:
         return Step(
@@ -252,6 +274,8 @@ def step(
             suspend_model=suspend,
             resume_model=resume,
             retry=retry or RetryPolicy(),
+            suspend_timeout=suspend_timeout,
+            resume_on_timeout=resume_on_timeout,
         )
 
     return wrap
