@@ -107,7 +107,9 @@ async def test_watch_after_events_expired_sends_the_terminal_event(
     )
     terminal = every[-1]
     assert terminal.HasField("run_finished")
-    # What the retention TTL does a day after the run ended.
+    # What the retention TTL does a day after the run ended (Generate answers at its terminal
+    # event, a moment before its workflow closes: by then it has).
+    await runtime.temporal.get_workflow_handle(run.temporal_workflow_id).result()
     key = event_log_key("alpha", run.id)
     await runtime.redis.delete(runtime.events.meta_key(key), runtime.events.stream_key(key))
     rebuilt = await asyncio.wait_for(
