@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from loomwork.config import Settings
 from server.runtime import Runtime
+from server.telemetry.tracing import flush_spans
 from server.temporal import register_search_attributes
 from server.transport.grpc_app import GrpcApp, build_grpc_app
 from server.transport.http import HttpServer, open_http_server
@@ -90,6 +91,7 @@ async def serve(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await worker_task
         await runtime.close()
+        flush_spans()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)

@@ -39,6 +39,7 @@ from loomwork.storage.migrations import apply_migrations
 from loomwork.storage.postgres import PostgresMemoryStorage
 from loomwork.streams.run_events import RunEventLog
 from loomwork.tools import ToolRegistry
+from server.telemetry.process import Telemetry
 from server.temporal import connect_temporal
 
 if TYPE_CHECKING:
@@ -88,6 +89,8 @@ class Runtime:
     speculation: SpeculativeSteps[FirstStep] = field(default_factory=SpeculativeSteps)
     # Demo mode (Settings.demo): what it registered, and the offline model it runs if any.
     demo: DemoMode | None = None
+    # Traces, metrics and the Temporal runtime of the process (server/telemetry/).
+    telemetry: Telemetry | None = None
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -117,8 +120,10 @@ class Runtime:
         operator_mcp_servers = parse_operator_servers(
             settings.mcp_servers
         )  # fail before connecting
+        telemetry = Telemetry.install(settings)
         db = Database(settings.database_url)
         await db.open()
+        telemetry.temporal.acquire()
         try:
             if migrate:
                 applied = await apply_migrations(db)
@@ -126,7 +131,10 @@ class Runtime:
                     log.info("applied migrations %s", applied)
             redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
             temporal = await connect_temporal(
-                settings.temporal_address, settings.temporal_namespace
+                settings.temporal_address,
+                settings.temporal_namespace,
+                runtime=telemetry.temporal.runtime,
+                interceptors=telemetry.client_interceptors(),
             )
             provider = embedding_provider(
                 settings.embedding_model,
@@ -146,6 +154,7 @@ class Runtime:
                 await cache.start()
                 storage = CachedMemoryStorage(storage, cache)
         except BaseException:
+            await telemetry.temporal.release()
             await db.close()
             raise
         events = RunEventLog(redis)
@@ -195,6 +204,7 @@ class Runtime:
             ),
             rag=rag_system(settings, db, events, chat_models),
             demo=demo,
+            telemetry=telemetry,
         )
 
     def __post_init__(self) -> None:
@@ -218,5 +228,7 @@ class Runtime:
             await self.integrations.close()
         await self.redis.aclose()
         await self.db.close()
+        if self.telemetry is not None:
+            await self.telemetry.temporal.release()
         if self.demo is not None:
             self.demo.stop()

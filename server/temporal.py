@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -16,12 +16,14 @@ from temporalio.api.operatorservice.v1 import (
 )
 from temporalio.client import (
     Client,
+    Interceptor,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowHandle,
 )
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
+from temporalio.runtime import Runtime as TemporalRuntime
 from temporalio.service import RPCError, RPCStatusCode
 
 from loomwork.errors import NotFound, Unavailable
@@ -95,13 +97,25 @@ async def query_state(
         raise Unavailable(f"Temporal: {error.message}") from error
 
 
-async def connect_temporal(address: str, namespace: str, *, wait_seconds: float = 30.0) -> Client:
-    """Connect, retrying for up to `wait_seconds` while the server comes up."""
+async def connect_temporal(
+    address: str,
+    namespace: str,
+    *,
+    wait_seconds: float = 30.0,
+    runtime: TemporalRuntime | None = None,
+    interceptors: Sequence[Interceptor] = (),
+) -> Client:
+    """Connect, retrying for up to `wait_seconds` while the server comes up; `runtime` and
+    `interceptors`: the process's telemetry (server/telemetry/)."""
     deadline = asyncio.get_running_loop().time() + wait_seconds
     while True:
         try:
             return await Client.connect(
-                address, namespace=namespace, data_converter=pydantic_data_converter
+                address,
+                namespace=namespace,
+                data_converter=pydantic_data_converter,
+                runtime=runtime,
+                interceptors=interceptors,
             )
         except Exception as exc:  # connection refused, DNS, TLS...
             if asyncio.get_running_loop().time() > deadline:

@@ -1,5 +1,5 @@
-"""The HTTP endpoint (ASGI, Starlette on uvicorn): /healthz, signed webhooks, OAuth callbacks,
-and MCP at /mcp (`server.transport.mcp_endpoint`).
+"""The HTTP endpoint (ASGI, Starlette on uvicorn): /healthz, /metrics (Prometheus text),
+signed webhooks, OAuth callbacks, and MCP at /mcp (`server.transport.mcp_endpoint`).
 
 `POST /webhooks/{source_id}`: source ids are unique across tenants (`whs_…`), so the id
 names the tenant. Answers 202 once routing is started durably on Temporal; 401 for a
@@ -45,6 +45,7 @@ from loomwork.integrations.components import Integrations
 from loomwork.integrations.intake import WebhookIntake
 from loomwork.integrations.routing import WebhookEvent
 from server.runtime import Runtime
+from server.telemetry.metrics import prometheus_text
 from server.transport.bearer import TenantTokens
 from server.transport.mcp_endpoint import MCP_PATH, McpEndpoint
 from workflows.search_attributes import TENANT
@@ -118,6 +119,10 @@ def build_asgi(
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
 
+    async def metrics(request: Request) -> Response:
+        body, content_type = prometheus_text()
+        return Response(body, media_type=content_type)
+
     async def webhook(request: Request) -> Response:
         source_id = request.path_params["source_id"]
         body = await request.body()
@@ -169,6 +174,7 @@ def build_asgi(
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/webhooks/{source_id}", webhook, methods=["POST"]),
         Route("/oauth/{provider_id}/callback", oauth_callback, methods=["GET"]),
     ]
