@@ -14,7 +14,7 @@ from server.runtime import Runtime
 from server.telemetry.tracing import flush_spans
 from server.temporal import register_search_attributes
 from server.transport.grpc_app import GrpcApp, build_grpc_app
-from server.transport.http import HttpServer, open_http_server
+from server.transport.http import HttpServer, build_probe_app, open_http_server
 from server.worker import build_worker
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,10 @@ async def serve(
                 "HTTP endpoint (webhooks, OAuth callbacks, MCP at /mcp) listening on %s",
                 http.address,
             )
+        elif worker:  # a worker alone still answers probes and Prometheus
+            http = open_http_server(runtime, build_probe_app())
+            await http.start()
+            log.info("HTTP endpoint (/healthz, /metrics) listening on %s", http.address)
         if on_ready:
             await on_ready(Running(runtime, app, address, http.address if http else None))
         waiter = asyncio.create_task(stop.wait())

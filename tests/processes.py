@@ -70,14 +70,18 @@ def loomwork_processes(
     **env: str,
 ) -> Iterator[tuple[str, dict[str, Path]]]:
     """Start `loomwork <command>` for each command (`env`: for all, `env_of[role]`: for the
-    one whose first word is `role`); yield their gRPC address and logs once it serves; stop
-    them with SIGTERM, each of which must exit cleanly."""
+    one whose first word is `role`; a worker's HTTP endpoint, of probes and metrics, gets an
+    address of its own); yield their gRPC address and logs once it serves; stop them with
+    SIGTERM, each of which must exit cleanly."""
     environment = loomwork_environment(embedded, tmp_path, **env)
     address = environment["LOOMWORK_GRPC_ADDRESS"]
     logs = {command[0]: tmp_path / f"{command[0]}.log" for command in commands}
+    own = {"worker": {"LOOMWORK_HTTP_ADDRESS": f"127.0.0.1:{free_port()}"}}
     procs = {
         command[0]: start_loomwork(
-            command, {**environment, **(env_of or {}).get(command[0], {})}, logs[command[0]]
+            command,
+            {**environment, **own.get(command[0], {}), **(env_of or {}).get(command[0], {})},
+            logs[command[0]],
         )
         for command in commands
     }

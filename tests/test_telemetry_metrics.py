@@ -10,37 +10,23 @@ from collections.abc import Callable
 import grpc
 import httpx2
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from loomwork.testing import ScriptedModelServer, ScriptedToolCall, Turn
 from loomwork.testing.script import Usage
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
-from tests.support import auth
-
-Samples = list[tuple[str, dict[str, str], float]]
+from tests.support import MetricSamples, auth, metric_samples, metric_total
 
 
-async def scrape(http: httpx2.AsyncClient) -> Samples:
+async def scrape(http: httpx2.AsyncClient) -> MetricSamples:
     response = await http.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    return [
-        (sample.name, sample.labels, sample.value)
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    ]
+    return metric_samples(response.text)
 
 
-def total(samples: Samples, name: str, **labels: str) -> float:
-    """The sum of the samples named `name` whose labels include `labels`."""
-    return sum(
-        value
-        for sample, have, value in samples
-        if sample == name and labels.items() <= have.items()
-    )
-
-
-async def scrape_until(http: httpx2.AsyncClient, ready: Callable[[Samples], bool]) -> Samples:
+async def scrape_until(
+    http: httpx2.AsyncClient, ready: Callable[[MetricSamples], bool]
+) -> MetricSamples:
     """Scrape until `ready` (the Temporal SDK's metrics are drained once a second)."""
     for _ in range(75):
         samples = await scrape(http)
@@ -79,13 +65,19 @@ async def test_metrics_after_a_few_runs(
     with pytest.raises(grpc.aio.AioRpcError):
         await agents.GetAgent(agent_pb2.GetAgentRequest(agent_name="nope"), metadata=auth(token))
 
-    def runs_ended(samples: Samples) -> float:
-        return total(samples, "loomwork_runs_ended_total", kind="agent", status="succeeded")
+    def runs_ended(samples: MetricSamples) -> float:
+        return metric_total(samples, "loomwork_runs_ended_total", kind="agent", status="succeeded")
 
-    after = await scrape_until(http, lambda s: runs_ended(s) - runs_ended(before) >= 2)
+    def completed(samples: MetricSamples) -> float:  # the Temporal SDK's count
+        return metric_total(samples, "temporal_workflow_completed_total", workflow_type="AgentRun")
+
+    after = await scrape_until(
+        http,
+        lambda s: runs_ended(s) - runs_ended(before) >= 2 and completed(s) - completed(before) >= 2,
+    )
 
     def delta(name: str, **labels: str) -> float:
-        return total(after, name, **labels) - total(before, name, **labels)
+        return metric_total(after, name, **labels) - metric_total(before, name, **labels)
 
     agent_service = {"grpc_service": "loomwork.v1.AgentService"}
     assert delta("grpc_server_handled_total", grpc_method="Generate", grpc_code="OK") == 1
@@ -108,6 +100,6 @@ async def test_metrics_after_a_few_runs(
     queue = {"task_queue": "loomwork-test"}
     assert delta("temporal_workflow_completed_total", workflow_type="AgentRun", **queue) == 2
     assert delta("temporal_activity_execution_latency_seconds_count", **queue) > 0
-    assert total(after, "temporal_worker_task_slots_available", **queue) > 0
+    assert metric_total(after, "temporal_worker_task_slots_available", **queue) > 0
     # No tenant label unless LOOMWORK_METRICS_TENANT_LABEL asks for one.
     assert not [labels for _, labels, _ in after if "tenant" in labels]

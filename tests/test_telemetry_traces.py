@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx2
 import pytest
 
 from loomwork.testing import ScriptedModelServer, ScriptedToolCall, Turn
 from loomwork.testing.script import Usage
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
-from tests.conftest import TOKENS
+from tests.conftest import TOKENS, free_port
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.processes import (
     loomwork_environment,
@@ -30,7 +31,7 @@ from tests.processes import (
     start_loomwork,
     stop_loomwork,
 )
-from tests.support import auth
+from tests.support import auth, metric_samples, metric_total
 
 TOKEN, TENANT = "t-alpha", "alpha"
 RPC_SPAN = "loomwork.v1.AgentService/Generate"
@@ -48,11 +49,13 @@ class TracedStack:
     worker: subprocess.Popen[bytes]
     worker_log: Path
     worker_logs: list[Path]
+    worker_http: str  # the worker's own HTTP endpoint: /healthz and /metrics
 
     def start_worker(self) -> None:
         self.worker_log = self.tmp / f"worker-{len(self.worker_logs) + 1}.log"
         self.worker_logs.append(self.worker_log)
-        self.worker = start_loomwork(["worker"], self.environment, self.worker_log)
+        environment = {**self.environment, "LOOMWORK_HTTP_ADDRESS": self.worker_http}
+        self.worker = start_loomwork(["worker"], environment, self.worker_log)
         deadline = time.monotonic() + 90
         while not any("worker polling" in line.get("message", "") for line in self.log_lines()):
             assert self.worker.poll() is None, self.worker_log.read_text()
@@ -96,9 +99,19 @@ def traced(
             LOOMWORK_CHAT_MODEL="scripted",
             LOOMWORK_DEMO="true",
             LOOMWORK_TOKENS=TOKENS,
+            LOOMWORK_METRICS_TENANT_LABEL="true",
         )
         with loomwork_processes(embedded, tmp, [["server"]], **environment) as (address, _):
-            stack = TracedStack(address, receiver, environment, tmp, None, tmp, [])  # type: ignore[arg-type]
+            stack = TracedStack(
+                address,
+                receiver,
+                environment,
+                tmp,
+                None,  # type: ignore[arg-type]
+                tmp,
+                [],
+                f"127.0.0.1:{free_port()}",
+            )
             stack.start_worker()
             try:
                 yield stack
@@ -196,6 +209,13 @@ def test_one_trace_from_the_rpc_through_the_run_to_the_model(
         assert line["tenant"] == TENANT
         assert line["workflow_id"] == run.temporal_workflow_id
         assert line["trace_id"] == trace_id
+
+    # The worker serves its own /metrics: its runs and tool calls, by tenant as asked.
+    samples = metric_samples(httpx2.get(f"http://{traced.worker_http}/metrics").text)
+    ended = {"kind": "agent", "status": "succeeded", "tenant": TENANT}
+    assert metric_total(samples, "loomwork_runs_started_total", kind="agent", tenant=TENANT) >= 1
+    assert metric_total(samples, "loomwork_runs_ended_total", **ended) >= 1
+    assert metric_total(samples, "loomwork_tool_calls_total", tool="add", tenant=TENANT) >= 1
 
 
 def test_a_run_replayed_on_another_worker_makes_no_span_twice(

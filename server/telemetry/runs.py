@@ -2,10 +2,9 @@
 ingestion, answer) and status, a log line for each, and the run context of every log line of
 an activity (`RunContext`).
 
-Counted from the workflow through its replay-safe metric meter (nothing is counted again
-when a run replays on another worker), so they reach /metrics with the Temporal SDK's own
-metrics (`server.telemetry.temporal_metrics`), labelled with the namespace, task queue and
-workflow type as well.
+Counted and logged from the workflow, except while it replays (nothing is counted or logged
+again when a run replays on another worker), labelled with its workflow type and task queue
+as well.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import asyncio
 import logging
 from typing import Any
 
+from opentelemetry import metrics
 from temporalio import activity, workflow
 from temporalio.exceptions import FailureError
 from temporalio.worker import (
@@ -36,8 +36,9 @@ RUN_KINDS = {
     "RagIngestion": "ingestion",
     "RagAnswer": "answer",
 }
-RUNS_STARTED = "loomwork_runs_started"
-RUNS_ENDED = "loomwork_runs_ended"
+_meter = metrics.get_meter("loomwork.runs")
+_started = _meter.create_counter("loomwork.runs.started", "{run}", "Runs started, by kind.")
+_ended = _meter.create_counter("loomwork.runs.ended", "{run}", "Runs ended, by kind and status.")
 
 
 class RunTelemetryInterceptor(Interceptor):
@@ -74,7 +75,7 @@ class _RunTelemetry(WorkflowInboundInterceptor):
         context = run_context(info.workflow_id)
         if kind is None or context is None:
             return await self.next.execute_workflow(input)
-        labels = {"kind": kind}
+        labels = {"kind": kind, "workflow_type": info.workflow_type, "task_queue": info.task_queue}
         if self.tenant_label:
             labels["tenant"] = context.tenant
         extra = {
@@ -82,11 +83,9 @@ class _RunTelemetry(WorkflowInboundInterceptor):
             "run_id": context.run_id,
             "workflow_id": info.workflow_id,
         }
-        meter = workflow.metric_meter()  # records nothing while the run replays
-        if info.continued_run_id is None:
-            meter.create_counter(RUNS_STARTED, "Runs started, by kind.").add(1, labels)
-            if not workflow.unsafe.is_replaying():
-                log.info("%s run %s started", kind, context.run_id, extra=extra)
+        if info.continued_run_id is None and not workflow.unsafe.is_replaying():
+            _started.add(1, labels)
+            log.info("%s run %s started", kind, context.run_id, extra=extra)
         status = ""
         try:
             result = await self.next.execute_workflow(input)
@@ -99,12 +98,9 @@ class _RunTelemetry(WorkflowInboundInterceptor):
             status = "failed"
             raise
         finally:
-            if status:
-                meter.create_counter(RUNS_ENDED, "Runs ended, by kind and status.").add(
-                    1, {**labels, "status": status}
-                )
-                if not workflow.unsafe.is_replaying():
-                    log.info("%s run %s ended: %s", kind, context.run_id, status, extra=extra)
+            if status and not workflow.unsafe.is_replaying():
+                _ended.add(1, {**labels, "status": status})
+                log.info("%s run %s ended: %s", kind, context.run_id, status, extra=extra)
 
 
 class _WithTenantLabel(_RunTelemetry):

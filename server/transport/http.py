@@ -97,6 +97,27 @@ def _error(error: LoomworkError) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def metrics(request: Request) -> Response:
+    body, content_type = prometheus_text()
+    return Response(body, media_type=content_type)
+
+
+# What every process's HTTP endpoint serves, a worker's too.
+PROBE_ROUTES = (
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+)
+
+
+def build_probe_app() -> Starlette:
+    """A worker's HTTP endpoint: /healthz and /metrics alone."""
+    return Starlette(routes=list(PROBE_ROUTES))
+
+
 def build_http_app(runtime: Runtime) -> Starlette:
     integrations = runtime.integrations
     assert integrations is not None
@@ -115,13 +136,6 @@ def build_asgi(
     intake = WebhookIntake(
         integrations.sources, integrations.deliveries, integrations.replay, starter
     )
-
-    async def healthz(request: Request) -> Response:
-        return PlainTextResponse("ok")
-
-    async def metrics(request: Request) -> Response:
-        body, content_type = prometheus_text()
-        return Response(body, media_type=content_type)
 
     async def webhook(request: Request) -> Response:
         source_id = request.path_params["source_id"]
@@ -173,8 +187,7 @@ def build_asgi(
         )
 
     routes = [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        *PROBE_ROUTES,
         Route("/webhooks/{source_id}", webhook, methods=["POST"]),
         Route("/oauth/{provider_id}/callback", oauth_callback, methods=["GET"]),
     ]
@@ -184,12 +197,12 @@ def build_asgi(
     return Starlette(routes=routes, lifespan=lambda app: mcp.lifespan())
 
 
-def open_http_server(runtime: Runtime) -> HttpServer:
-    """The process's HTTP endpoint on LOOMWORK_HTTP_ADDRESS. When that variable is unset and
-    the default port is taken, a free port is used instead (logged); when it is set and taken,
-    FailedPrecondition says so."""
+def open_http_server(runtime: Runtime, app: Starlette | None = None) -> HttpServer:
+    """The process's HTTP endpoint on LOOMWORK_HTTP_ADDRESS (`app`, by default the whole
+    endpoint). When that variable is unset and the default port is taken, a free port is used
+    instead (logged); when it is set and taken, FailedPrecondition says so."""
     settings = runtime.settings
-    app = build_http_app(runtime)
+    app = app or build_http_app(runtime)
     try:
         return HttpServer(app, settings.http_address)
     except OSError as exc:
