@@ -98,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.serve:
         return asyncio.run(serve())
-    rounds = 4
+    rounds = max(2, args.runs // 10)  # 10 calls a round: load that comes and goes hits both
     with bench_setup() as (settings, _), otlp_receiver() as receiver:
         off, off_port = start_service(settings, "bench-tracing-off")
         on, on_port = start_service(
