@@ -22,7 +22,13 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
-from workflows.retries import BOOKKEEPING, MODEL_CALL, OUTAGE_PATIENCE, temporal_retry_policy
+from workflows.retries import (
+    BOOKKEEPING,
+    MODEL_CALL,
+    MODEL_HEARTBEAT_TIMEOUT,
+    OUTAGE_PATIENCE,
+    temporal_retry_policy,
+)
 from workflows.search_attributes import STATUS
 
 with workflow.unsafe.imports_passed_through():
@@ -243,7 +249,7 @@ class AgentRunWorkflow:
                 request,
                 result_type=FirstStep,
                 start_to_close_timeout=timedelta(minutes=5),
-                heartbeat_timeout=timedelta(seconds=20),
+                heartbeat_timeout=MODEL_HEARTBEAT_TIMEOUT,
                 retry_policy=MODEL_CALL,
                 summary=f"model {request.model or request.agent_name}, step 1 (loads the context)",
             )
@@ -273,7 +279,7 @@ class AgentRunWorkflow:
                         ),
                         result_type=StepOutput,
                         start_to_close_timeout=timedelta(minutes=5),
-                        heartbeat_timeout=timedelta(seconds=20),
+                        heartbeat_timeout=MODEL_HEARTBEAT_TIMEOUT,
                         retry_policy=MODEL_CALL,
                         summary=f"model {plan.model}, step {step}",
                     )
