@@ -19,10 +19,20 @@ from temporalio.client import (
     Interceptor,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
+    WorkflowFailureError,
     WorkflowHandle,
 )
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    TerminatedError,
+)
+from temporalio.exceptions import (
+    TimeoutError as TemporalTimeoutError,
+)
 from temporalio.runtime import Runtime as TemporalRuntime
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -33,6 +43,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SEARCH_ATTRIBUTES = tuple(key.name for key in search_attributes.ALL)
+# How a run's workflow ends when it does not end by itself: an operator terminated it, it
+# timed out, or it failed outside what the workflow catches (e.g. bookkeeping whose retries
+# ran out). Its run is FAILED, with the error `closure_error` reads.
+ABNORMAL_END = frozenset(
+    {
+        WorkflowExecutionStatus.FAILED,
+        WorkflowExecutionStatus.TERMINATED,
+        WorkflowExecutionStatus.TIMED_OUT,
+    }
+)
 
 
 def not_taken(description: WorkflowExecutionDescription) -> bool:
@@ -73,6 +93,28 @@ async def start_input(
             [value] = await converter.decode(payloads, [input_type])
             return value if isinstance(value, input_type) else None
     return None
+
+
+async def closure_error(handle: WorkflowHandle[Any, Any]) -> tuple[str, str]:
+    """Why a workflow that ended abnormally (ABNORMAL_END) ended, as (error type, message):
+    `Terminated` with the operator's reason, `TimedOut`, or its failure's own type and
+    message (the innermost cause of an activity's or child's failure)."""
+    try:
+        await handle.result(follow_runs=False)
+    except WorkflowFailureError as failure:
+        cause: BaseException | None = failure.cause
+        if isinstance(cause, TerminatedError):
+            return "Terminated", f"the run's workflow was terminated: {cause.message}"
+        if isinstance(cause, TemporalTimeoutError):
+            return "TimedOut", "the run's workflow timed out"
+        while isinstance(cause, ActivityError | ChildWorkflowError) and cause.cause is not None:
+            cause = cause.cause
+        if isinstance(cause, ApplicationError):
+            return cause.type or "ApplicationError", cause.message
+        return type(cause).__name__, str(cause)
+    except RPCError as error:
+        raise Unavailable(f"Temporal: {error.message}") from error
+    return "Failed", "the run's workflow ended without its result"
 
 
 # How long a read of a running workflow's state (a query) waits for a worker to answer.
