@@ -1,4 +1,8 @@
-"""The PostgreSQL storage adapter: plain SQL over psycopg 3, one transaction per write."""
+"""The PostgreSQL storage adapter: plain SQL over psycopg 3, one transaction per write.
+
+Tables from migrations 0001 (threads, messages) and 0003 (working_memory); deleting a
+thread cascades to its messages and working memory by foreign key.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from loomwork.errors import AlreadyExists, NotFound
 from loomwork.ids import new_id
 from loomwork.messages import Message, NewMessage, NewThread, Thread, ThreadUpdate
 from loomwork.storage import codec
+from loomwork.storage.adapter import StoredWorkingMemory, WorkingMemoryScope, version_conflict
+from loomwork.storage.codec import DEFAULT_CODEC, StorageCodec
 from loomwork.storage.database import Database
 
 _THREAD_COLUMNS = "id, seq, resource_id, title, metadata, message_count, create_time, update_time"
@@ -40,8 +46,9 @@ def message_from_row(row: dict[str, Any]) -> Message:
 class PostgresMemoryStorage:
     """`MemoryStorage` on PostgreSQL (tables from migration 0001)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, codec: StorageCodec = DEFAULT_CODEC) -> None:
         self.db = db
+        self.codec = codec
 
     async def create_thread(self, tenant: str, thread: NewThread) -> Thread:
         async with self.db.connection() as conn:
@@ -137,7 +144,7 @@ class PostgresMemoryStorage:
             inserted = 0
             for index, message in enumerate(messages):
                 message_id = message.id or new_id("msg")
-                content = codec.encode(
+                content = self.codec.encode(
                     {
                         "parts": [p.model_dump(mode="json") for p in message.parts],
                         "metadata": message.metadata,
@@ -217,6 +224,125 @@ class PostgresMemoryStorage:
             if not rows:
                 await self._require_thread(conn, tenant, thread_id)
         return [(row["seq"], message_from_row(row)) for row in rows]
+
+    async def messages_around(
+        self, tenant: str, anchors: list[tuple[str, str]], *, before: int, after: int
+    ) -> dict[str, list[Message]]:
+        if not anchors:
+            return {}
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                f"""
+                select a.anchor_id, x.* from unnest(%(threads)s::text[], %(ids)s::text[])
+                    as a(anchor_thread, anchor_id)
+                join messages h on h.tenant_id = %(t)s and h.id = a.anchor_id
+                    and h.thread_id = a.anchor_thread
+                cross join lateral (
+                    (select {MESSAGE_COLUMNS} from messages m
+                      where m.tenant_id = %(t)s and m.thread_id = h.thread_id and m.seq < h.seq
+                      order by m.seq desc limit %(before)s)
+                    union all
+                    (select {MESSAGE_COLUMNS} from messages m
+                      where m.tenant_id = %(t)s and m.thread_id = h.thread_id and m.seq >= h.seq
+                      order by m.seq limit %(after)s)
+                ) x
+                """,
+                {
+                    "threads": [thread for thread, _ in anchors],
+                    "ids": [message for _, message in anchors],
+                    "t": tenant,
+                    "before": before,
+                    "after": after + 1,
+                },
+            )
+            rows = await cur.fetchall()
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            groups.setdefault(row["anchor_id"], []).append(row)
+        decoded: dict[str, Message] = {}
+        windows: dict[str, list[Message]] = {}
+        for anchor, members in groups.items():
+            members.sort(key=lambda r: r["seq"])
+            for r in members:  # neighbouring anchors share rows: each decoded once
+                if r["id"] not in decoded:
+                    decoded[r["id"]] = message_from_row(r)
+            windows[anchor] = [decoded[r["id"]] for r in members]
+        return windows
+
+    async def get_working_memory(
+        self, tenant: str, scope: WorkingMemoryScope, owner: str
+    ) -> StoredWorkingMemory | None:
+        async with self.db.connection() as conn:
+            if scope == "thread":
+                await self._require_thread(conn, tenant, owner)
+            cur = await conn.execute(
+                "select markdown, data, version, update_time from working_memory"
+                " where tenant_id = %s and scope = %s and owner_id = %s",
+                (tenant, scope, owner),
+            )
+            row = await cur.fetchone()
+        return None if row is None else StoredWorkingMemory.model_validate(row)
+
+    async def put_working_memory(
+        self,
+        tenant: str,
+        scope: WorkingMemoryScope,
+        owner: str,
+        *,
+        markdown: str,
+        data: dict[str, Any] | None,
+        expected_version: int | None,
+    ) -> StoredWorkingMemory:
+        thread_id = owner if scope == "thread" else None
+        values = (markdown, Jsonb(data) if data is not None else None)
+        async with self.db.connection() as conn, conn.transaction():
+            if thread_id is not None:  # held until commit: the thread cannot go meanwhile
+                cur = await conn.execute(
+                    "select 1 from threads where tenant_id = %s and id = %s for key share",
+                    (tenant, thread_id),
+                )
+                if await cur.fetchone() is None:
+                    raise NotFound(f"thread {thread_id!r} not found")
+            if expected_version:
+                cur = await conn.execute(
+                    """
+                    update working_memory set markdown = %s, data = %s,
+                        version = version + 1, update_time = now()
+                    where tenant_id = %s and scope = %s and owner_id = %s and version = %s
+                    returning markdown, data, version, update_time
+                    """,
+                    (*values, tenant, scope, owner, expected_version),
+                )
+            else:
+                conflict = (
+                    "do nothing"
+                    if expected_version == 0
+                    else "do update set markdown = excluded.markdown, data = excluded.data,"
+                    " version = working_memory.version + 1, update_time = now()"
+                )
+                cur = await conn.execute(
+                    f"""
+                    insert into working_memory
+                        (tenant_id, scope, owner_id, thread_id, markdown, data, version)
+                    values (%s, %s, %s, %s, %s, %s, 1)
+                    on conflict (tenant_id, scope, owner_id) {conflict}
+                    returning markdown, data, version, update_time
+                    """,
+                    (tenant, scope, owner, thread_id, *values),
+                )
+            row = await cur.fetchone()
+            if row is None:
+                assert expected_version is not None
+                cur = await conn.execute(
+                    "select version from working_memory"
+                    " where tenant_id = %s and scope = %s and owner_id = %s",
+                    (tenant, scope, owner),
+                )
+                current = await cur.fetchone()
+                raise version_conflict(
+                    scope, owner, expected_version, current["version"] if current else 0
+                )
+        return StoredWorkingMemory.model_validate(row)
 
     async def ping(self) -> bool:
         return await self.db.ping()
