@@ -4,22 +4,29 @@ needs its extra."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 
+import aioboto3
 import psycopg
 import pytest
+from botocore.config import Config
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg import sql
 
 from loomwork.config import Settings
 from loomwork.errors import FailedPrecondition
 from loomwork.messages import NewThread
 from loomwork.storage.database import Database
+from loomwork.storage.dynamodb import DynamoMemoryStorage
 from loomwork.storage.migrations import apply_migrations
 from loomwork.storage.postgres import PostgresMemoryStorage
-from loomwork.storage.selection import claim_memory_store, open_memory_store
+from loomwork.storage.selection import OpenedStore, claim_memory_store, open_memory_store
 from server.runtime import Runtime
+from server.transport.grpc_app import build_grpc_app
+from tests.conftest import free_port
 from tests.processes import ROOT, UNSET
 from tests.store_support import StoreService, database_beside
 from tests.support import unique
@@ -101,3 +108,29 @@ async def test_dynamodb_without_its_extra_is_a_clear_start_up_error(
         await open_memory_store(runtime.settings, runtime.db)
     assert "aioboto3" in err.value.message
     assert "pip install 'loomwork[dynamodb]'" in err.value.message
+
+
+async def test_health_is_not_serving_while_the_dynamodb_store_does_not_answer(
+    dynamodb_store: StoreService,
+) -> None:
+    health = health_pb2_grpc.HealthStub(dynamodb_store.channel)
+    serving = await health.Check(health_pb2.HealthCheckRequest())
+    assert serving.status == health_pb2.HealthCheckResponse.SERVING
+
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    quick = Config(connect_timeout=1, retries={"mode": "standard", "max_attempts": 1})
+    async with aioboto3.Session().client("dynamodb", endpoint_url=nowhere, config=quick) as client:
+        dead = DynamoMemoryStorage(client, table="loomwork-test")
+        runtime = dataclasses.replace(
+            dynamodb_store.runtime,
+            store=OpenedStore(
+                dead, "dynamodb table loomwork-test", client.close, ("dynamodb", dead.ping)
+            ),
+        )
+        app = build_grpc_app(runtime, "127.0.0.1:0", health_interval=0.2)
+        await app.start()
+        try:
+            assert app.health.last_problems is not None
+            assert [p.split(":")[0] for p in app.health.last_problems] == ["dynamodb"]
+        finally:
+            await app.stop(grace=1)

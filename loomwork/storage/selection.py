@@ -32,11 +32,13 @@ DYNAMODB_EXTRA = "pip install 'loomwork[dynamodb]'"
 
 @dataclass
 class OpenedStore:
-    """The chosen store and how to let go of its connections."""
+    """The chosen store and how to let go of its connections. `health_check` (name, probe)
+    is set for a store that health does not probe already (PostgreSQL and Redis it does)."""
 
     storage: MemoryStorage
     label: str
     close: Callable[[], Awaitable[None]]
+    health_check: tuple[str, Callable[[], Awaitable[bool]]] | None = None
 
 
 def storage_codec(settings: Settings) -> StorageCodec:
@@ -70,7 +72,8 @@ async def open_memory_store(settings: Settings, db: Database) -> OpenedStore:
         await stack.aclose()
         raise
     log.info("memory store: %s (%r)", label, codec)
-    return OpenedStore(storage, label, stack.aclose)
+    check = ("dynamodb", storage.ping) if settings.memory_store == "dynamodb" else None
+    return OpenedStore(storage, label, stack.aclose, check)
 
 
 async def _open_redis(settings: Settings, codec: StorageCodec, stack: AsyncExitStack) -> Any:
@@ -99,13 +102,20 @@ async def _open_dynamodb(settings: Settings, codec: StorageCodec, stack: AsyncEx
             f"LOOMWORK_MEMORY_STORE=dynamodb needs aioboto3, which is not installed: "
             f"{DYNAMODB_EXTRA}"
         ) from None
+    from botocore.config import Config
     from botocore.exceptions import BotoCoreError
 
     from loomwork.storage.dynamodb import DynamoMemoryStorage
 
+    # Fail over to Temporal's retries soon rather than hang a call on a dead endpoint.
+    config = Config(
+        connect_timeout=2, read_timeout=10, retries={"mode": "standard", "max_attempts": 3}
+    )
     try:
         client = await stack.enter_async_context(
-            aioboto3.Session().client("dynamodb", endpoint_url=settings.aws_endpoint_url)
+            aioboto3.Session().client(
+                "dynamodb", endpoint_url=settings.aws_endpoint_url, config=config
+            )
         )
     except BotoCoreError as exc:  # no region, a malformed endpoint: say what to set
         raise FailedPrecondition(

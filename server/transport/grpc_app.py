@@ -108,6 +108,7 @@ def build_grpc_app(runtime: Runtime, address: str, *, health_interval: float = 2
         db=runtime.db,
         redis=runtime.redis,
         temporal=runtime.temporal,
+        store_check=runtime.store.health_check if runtime.store is not None else None,
         interval=health_interval,
     )
     return GrpcApp(server=server, health=monitor, port=port)
