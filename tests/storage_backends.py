@@ -65,7 +65,7 @@ async def redis_backend(embedded: dict[str, str]) -> AsyncIterator[Backend]:
     storage = RedisMemoryStorage(client, prefix=prefix)
 
     async def raw(tenant: str, thread_id: str, message_id: str) -> bytes:
-        _, records, _ = storage._thread_keys(tenant, thread_id)
+        _, records, _ = storage.thread_keys(tenant, thread_id)
         value = await client.hget(records, message_id)
         assert isinstance(value, bytes)
         return value

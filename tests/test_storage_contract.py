@@ -25,7 +25,7 @@ from loomwork.messages import (
     ToolResultPart,
 )
 from loomwork.storage import codec
-from loomwork.storage.dynamodb import MAX_APPEND_MESSAGES
+from loomwork.storage.dynamodb import MAX_APPEND_MESSAGES, DynamoMemoryStorage
 from loomwork.storage.redis_adapter import RedisMemoryStorage
 from tests.storage_backends import Backend, text, thread_in
 from tests.support import unique
@@ -339,6 +339,35 @@ async def test_ping(backend: Backend) -> None:
 
 
 # -- adapter specifics -------------------------------------------------------------------
+
+
+async def test_dynamo_reads_a_recreated_thread_under_its_new_incarnation(
+    dynamo_backend: Backend,
+) -> None:
+    s, tenant = dynamo_backend.storage, unique("tenant")
+    assert isinstance(s, DynamoMemoryStorage)
+    await s.create_thread(tenant, NewThread(id="again"))
+    [old] = await s.append_messages(tenant, "again", [text("old", id="m-old")])
+    assert await s.last_messages(tenant, "again", 5) == [old]  # this process knows it now
+    old_seq = int((await s.table.get(s.thread_key(tenant, "again")) or {})["seq"]["N"])
+    await s.delete_thread(tenant, "again")
+    # As if the sweep of the old messages had been interrupted: one is still there.
+    await s.table.client.put_item(
+        TableName=s.table.name,
+        Item={
+            "pk": {"S": s.messages_pk(tenant, old_seq)},
+            "sk": {"S": f"{1:020d}"},
+            "id": {"S": "m-old"},
+            "role": {"S": "user"},
+            "ct": {"N": "0"},
+            "body": {"B": codec.encode({"parts": [{"type": "text", "text": "old"}]})},
+        },
+    )
+    await s.create_thread(tenant, NewThread(id="again"))
+    assert await s.last_messages(tenant, "again", 5) == []
+    assert await s.list_messages(tenant, "again", limit=5, after_seq=None) == []
+    [new] = await s.append_messages(tenant, "again", [text("new")])
+    assert await s.last_messages(tenant, "again", 5) == [new]
 
 
 async def test_dynamo_refuses_appends_beyond_one_transaction(dynamo_backend: Backend) -> None:

@@ -11,6 +11,7 @@ import pytest
 from loomwork.errors import Aborted, NotFound
 from loomwork.messages import NewThread, Role
 from loomwork.storage import codec
+from loomwork.storage.adapter import WorkingMemoryWrite
 from loomwork.storage.codec import StorageCodec
 from tests.storage_backends import Backend, text, thread_in
 from tests.support import unique
@@ -63,7 +64,10 @@ async def test_working_memory_versions_and_etags(backend: Backend) -> None:
     assert await s.get_working_memory(tenant, "resource", resource) is None
 
     first = await s.put_working_memory(
-        tenant, "resource", resource, markdown="# Ada ✓", data=None, expected_version=None
+        tenant,
+        "resource",
+        resource,
+        WorkingMemoryWrite(markdown="# Ada ✓", data=None, expected_version=None),
     )
     assert (first.markdown, first.data, first.version) == ("# Ada ✓", None, 1)
     assert first.update_time is not None
@@ -73,9 +77,9 @@ async def test_working_memory_versions_and_etags(backend: Backend) -> None:
         tenant,
         "resource",
         resource,
-        markdown="",
-        data={"name": "Ada", "langs": ["en", "fr"]},
-        expected_version=1,
+        WorkingMemoryWrite(
+            markdown="", data={"name": "Ada", "langs": ["en", "fr"]}, expected_version=1
+        ),
     )
     assert (second.markdown, second.data, second.version) == (
         "",
@@ -85,14 +89,17 @@ async def test_working_memory_versions_and_etags(backend: Backend) -> None:
     for stale in (1, 0, 7):  # what a writer read is no longer there
         with pytest.raises(Aborted) as err:
             await s.put_working_memory(
-                tenant, "resource", resource, markdown="lost", data=None, expected_version=stale
+                tenant,
+                "resource",
+                resource,
+                WorkingMemoryWrite(markdown="lost", data=None, expected_version=stale),
             )
         assert "etag 2" in err.value.message
     assert await s.get_working_memory(tenant, "resource", resource) == second
 
     fresh = unique("user")  # expected 0: only if never written
     made = await s.put_working_memory(
-        tenant, "resource", fresh, markdown="new", data=None, expected_version=0
+        tenant, "resource", fresh, WorkingMemoryWrite(markdown="new", data=None, expected_version=0)
     )
     assert made.version == 1
     # Tenants are apart: the same resource of another tenant has none.
@@ -103,12 +110,18 @@ async def test_concurrent_writers_of_one_version_let_one_win(backend: Backend) -
     s, tenant = backend.storage, unique("tenant")
     thread_id = await thread_in(s, tenant)
     await s.put_working_memory(
-        tenant, "thread", thread_id, markdown="v1", data=None, expected_version=None
+        tenant,
+        "thread",
+        thread_id,
+        WorkingMemoryWrite(markdown="v1", data=None, expected_version=None),
     )
     results = await asyncio.gather(
         *(
             s.put_working_memory(
-                tenant, "thread", thread_id, markdown=f"writer {i}", data=None, expected_version=1
+                tenant,
+                "thread",
+                thread_id,
+                WorkingMemoryWrite(markdown=f"writer {i}", data=None, expected_version=1),
             )
             for i in range(4)
         ),
@@ -126,7 +139,10 @@ async def test_thread_working_memory_needs_the_thread_and_goes_with_it(backend: 
     for call in (
         s.get_working_memory(tenant, "thread", "nope"),
         s.put_working_memory(
-            tenant, "thread", "nope", markdown="x", data=None, expected_version=None
+            tenant,
+            "thread",
+            "nope",
+            WorkingMemoryWrite(markdown="x", data=None, expected_version=None),
         ),
     ):
         with pytest.raises(NotFound):
@@ -134,10 +150,16 @@ async def test_thread_working_memory_needs_the_thread_and_goes_with_it(backend: 
     await s.create_thread(tenant, NewThread(id="t", resource_id="r"))
     assert await s.get_working_memory(tenant, "thread", "t") is None
     await s.put_working_memory(
-        tenant, "thread", "t", markdown="notes", data={"k": 1}, expected_version=0
+        tenant,
+        "thread",
+        "t",
+        WorkingMemoryWrite(markdown="notes", data={"k": 1}, expected_version=0),
     )
     await s.put_working_memory(
-        tenant, "resource", "r", markdown="user", data=None, expected_version=None
+        tenant,
+        "resource",
+        "r",
+        WorkingMemoryWrite(markdown="user", data=None, expected_version=None),
     )
 
     await s.delete_thread(tenant, "t")
@@ -146,7 +168,7 @@ async def test_thread_working_memory_needs_the_thread_and_goes_with_it(backend: 
     await s.create_thread(tenant, NewThread(id="t", resource_id="r"))
     assert await s.get_working_memory(tenant, "thread", "t") is None  # not the old one's
     again = await s.put_working_memory(
-        tenant, "thread", "t", markdown="n", data=None, expected_version=0
+        tenant, "thread", "t", WorkingMemoryWrite(markdown="n", data=None, expected_version=0)
     )
     assert again.version == 1
     resource_memory = await s.get_working_memory(tenant, "resource", "r")  # a user's stays
@@ -184,6 +206,9 @@ async def test_values_written_under_one_compression_setting_read_under_the_other
         assert [m.text for m in read] == [body, medium, medium]
         assert read == [raw_big, zipped_medium, default_medium]
     plain_memory = await plain.put_working_memory(
-        tenant, "thread", thread_id, markdown="m", data={"big": body}, expected_version=None
+        tenant,
+        "thread",
+        thread_id,
+        WorkingMemoryWrite(markdown="m", data={"big": body}, expected_version=None),
     )
     assert await eager.get_working_memory(tenant, "thread", thread_id) == plain_memory

@@ -9,7 +9,12 @@ from __future__ import annotations
 from loomwork.errors import InvalidArgument, Violations
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id
 from loomwork.memory.models import RecallScope, WorkingMemory
-from loomwork.storage.adapter import MemoryStorage, StoredWorkingMemory, WorkingMemoryScope
+from loomwork.storage.adapter import (
+    MemoryStorage,
+    StoredWorkingMemory,
+    WorkingMemoryScope,
+    WorkingMemoryWrite,
+)
 
 MAX_MARKDOWN = 64 * 1024
 MAX_RESOURCE_ID = 256
@@ -74,13 +79,13 @@ class WorkingMemoryStore:
             raise InvalidArgument.field(
                 "working_memory.markdown", f"must be at most {MAX_MARKDOWN} characters"
             )
-        stored = await self.storage.put_working_memory(
-            tenant,
-            _STORE_SCOPE[memory.scope],
-            owner,
+        write = WorkingMemoryWrite(
             markdown=memory.markdown,
             data=memory.data,
             expected_version=_expected_version(memory.etag),
+        )
+        stored = await self.storage.put_working_memory(
+            tenant, _STORE_SCOPE[memory.scope], owner, write
         )
         return self._model(memory.scope, owner, stored)
 

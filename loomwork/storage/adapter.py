@@ -29,6 +29,15 @@ class StoredWorkingMemory(BaseModel):
     update_time: datetime | None = None
 
 
+class WorkingMemoryWrite(BaseModel):
+    """A replacement of working memory: its content, and the version it replaces (None:
+    whatever is stored; 0: only if never written)."""
+
+    markdown: str = ""
+    data: dict[str, Any] | None = None
+    expected_version: int | None = None
+
+
 class MemoryStorage(Protocol):
     """Threads, messages and working memory of one or many tenants."""
 
@@ -88,18 +97,10 @@ class MemoryStorage(Protocol):
         ...
 
     async def put_working_memory(
-        self,
-        tenant: str,
-        scope: WorkingMemoryScope,
-        owner: str,
-        *,
-        markdown: str,
-        data: dict[str, Any] | None,
-        expected_version: int | None,
+        self, tenant: str, scope: WorkingMemoryScope, owner: str, write: WorkingMemoryWrite
     ) -> StoredWorkingMemory:
-        """Replace it whole, one version up. With `expected_version` (0: never written),
-        only if that is still the stored version, else Aborted. NotFound for a thread
-        that does not exist."""
+        """Replace it whole, one version up; with an expected version, only if that is still
+        the stored one, else Aborted. NotFound for a thread that does not exist."""
         ...
 
     async def ping(self) -> bool:

@@ -7,17 +7,19 @@ invalidates the thread's scope after the adapter has committed it (see
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import TypeAdapter
 
 from loomwork.cache.versioned import VersionedCache
-from loomwork.messages import Message, NewMessage, NewThread, Thread, ThreadUpdate
+from loomwork.messages import MESSAGE_LIST, Message, NewMessage, NewThread, Thread, ThreadUpdate
 from loomwork.storage import codec
-from loomwork.storage.adapter import MemoryStorage, StoredWorkingMemory, WorkingMemoryScope
+from loomwork.storage.adapter import (
+    MemoryStorage,
+    StoredWorkingMemory,
+    WorkingMemoryScope,
+    WorkingMemoryWrite,
+)
 from loomwork.storage.codec import DEFAULT_CODEC, StorageCodec
 
-_MESSAGES = TypeAdapter(list[Message])
 _PAGE = TypeAdapter(list[tuple[int, Message]])
 
 
@@ -51,8 +53,8 @@ class CachedMemoryStorage:
             _scope(tenant, thread_id),
             f"last:{n}",
             lambda: self.storage.last_messages(tenant, thread_id, n),
-            encode=lambda ms: self.codec.encode_json(_MESSAGES.dump_json(ms)),
-            decode=lambda raw: _MESSAGES.validate_json(codec.decode_json(raw)),
+            encode=lambda ms: self.codec.encode_json(MESSAGE_LIST.dump_json(ms)),
+            decode=lambda raw: MESSAGE_LIST.validate_json(codec.decode_json(raw)),
         )
 
     async def list_messages(
@@ -113,18 +115,9 @@ class CachedMemoryStorage:
         return await self.storage.get_working_memory(tenant, scope, owner)
 
     async def put_working_memory(
-        self,
-        tenant: str,
-        scope: WorkingMemoryScope,
-        owner: str,
-        *,
-        markdown: str,
-        data: dict[str, Any] | None,
-        expected_version: int | None,
+        self, tenant: str, scope: WorkingMemoryScope, owner: str, write: WorkingMemoryWrite
     ) -> StoredWorkingMemory:
-        return await self.storage.put_working_memory(
-            tenant, scope, owner, markdown=markdown, data=data, expected_version=expected_version
-        )
+        return await self.storage.put_working_memory(tenant, scope, owner, write)
 
     async def ping(self) -> bool:
         return await self.storage.ping()

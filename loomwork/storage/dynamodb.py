@@ -51,13 +51,17 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import pydantic_core
 
 from loomwork.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from loomwork.ids import new_id
-from loomwork.messages import Message, NewMessage, NewThread, Thread, ThreadUpdate
+from loomwork.messages import MESSAGE_LIST, Message, NewMessage, NewThread, Thread, ThreadUpdate
 from loomwork.storage import codec
-from loomwork.storage.adapter import StoredWorkingMemory, WorkingMemoryScope
+from loomwork.storage.adapter import StoredWorkingMemory, WorkingMemoryScope, WorkingMemoryWrite
 from loomwork.storage.codec import DEFAULT_CODEC, StorageCodec
 from loomwork.storage.dynamodb_table import (
     DynamoTable,
@@ -78,6 +82,7 @@ MAX_APPEND_MESSAGES = 49  # (100 transaction items - 1 thread update) // 2 items
 # An item holds at most 400 KB: what a message or working memory stores must fit, keys too.
 MAX_STORED_BYTES = 390 * 1024
 _RETRIES = 25  # optimistic rounds of one write; each lost round means another won
+_KNOWN_INCARNATIONS = 10_000
 
 
 def _thread(item: Item) -> Thread:
@@ -92,16 +97,17 @@ def _thread(item: Item) -> Thread:
     )
 
 
-def _message(thread_id: str, item: Item) -> Message:
-    body = codec.decode(item["body"]["B"])
-    return Message(
-        id=item["id"]["S"],
-        thread_id=thread_id,
-        role=item["role"]["S"],
-        parts=body["parts"],
-        metadata=body.get("metadata", {}),
-        create_time=time_from_us(item["ct"]["N"]),
-    )
+def _messages(thread_id: str, items: list[Item]) -> list[Message]:
+    """Message items of a thread as models, in one validation."""
+    fields = []
+    for item in items:
+        message = pydantic_core.from_json(codec.decode_json(item["body"]["B"]))
+        message["id"] = item["id"]["S"]
+        message["thread_id"] = thread_id
+        message["role"] = item["role"]["S"]
+        message["create_time"] = time_from_us(item["ct"]["N"])
+        fields.append(message)
+    return MESSAGE_LIST.validate_python(fields)
 
 
 class _Retry(Exception):
@@ -117,6 +123,8 @@ class DynamoMemoryStorage:
         self.table = DynamoTable(client, table)
         self.codec = codec
         self.working = DynamoWorkingMemory(self.table, thread_key=self.thread_key)
+        # (tenant, thread) -> the incarnation last read, most recent last (see _thread_messages)
+        self._incarnations: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     async def ensure_table(self) -> None:
         """Create the table (on-demand billing) unless it exists; wait until it is active."""
@@ -154,15 +162,7 @@ class DynamoMemoryStorage:
 
     async def _next_seqs(self, tenant: str, count: int) -> int:
         """Reserve `count` seqs; returns the last (the first is last - count + 1)."""
-        answer = await self.table.client.update_item(
-            TableName=self.table.name,
-            Key=key(f"C#{tenant_key(tenant)}"),
-            UpdateExpression="ADD #n :k",
-            ExpressionAttributeNames={"#n": "n"},
-            ExpressionAttributeValues={":k": n(count)},
-            ReturnValues="UPDATED_NEW",
-        )
-        return int(answer["Attributes"]["n"]["N"])
+        return await self.table.increment(key(f"C#{tenant_key(tenant)}"), "n", count)
 
     def _encode(self, value: Any, field: str) -> bytes:
         encoded = self.codec.encode(value)
@@ -396,7 +396,7 @@ class DynamoMemoryStorage:
                 raise _Retry()  # swept meanwhile: the thread was deleted, re-check it
         if new:
             await self._write_new(tenant, thread_id, thread, messages, first, new, stale, stored)
-        return [_message(thread_id, stored[i]) for i in ids]
+        return _messages(thread_id, [stored[i] for i in ids])
 
     async def _write_new(
         self,
@@ -473,25 +473,54 @@ class DynamoMemoryStorage:
         if await self.table.transact(writes) is not None:
             raise _Retry()  # an id was claimed or the thread changed meanwhile
 
+    async def _thread_messages(
+        self, tenant: str, thread_id: str, query: Callable[[str], Awaitable[list[Item]]]
+    ) -> list[Item]:
+        """`query` run on the thread's message partition; NotFound without the thread.
+
+        The partition is named by the thread's incarnation, read from the thread item. Once
+        this process has read it, the thread and the partition are read together (one round
+        trip's latency, not two); a thread deleted and created again meanwhile is queried
+        again under its new incarnation."""
+        known = self._incarnations.get((tenant, thread_id))
+        if known is None:
+            thread, items = await self._thread_item(tenant, thread_id), None
+        else:
+            thread, items = await asyncio.gather(
+                self._thread_item(tenant, thread_id), query(self.messages_pk(tenant, known))
+            )
+        seq = int(thread["seq"]["N"])
+        self._incarnations[(tenant, thread_id)] = seq
+        self._incarnations.move_to_end((tenant, thread_id))
+        if len(self._incarnations) > _KNOWN_INCARNATIONS:
+            self._incarnations.popitem(last=False)
+        if items is None or seq != known:
+            items = await query(self.messages_pk(tenant, seq))
+        return items
+
     async def last_messages(self, tenant: str, thread_id: str, n: int) -> list[Message]:
-        thread = await self._thread_item(tenant, thread_id)
         if n <= 0:
+            await self._thread_item(tenant, thread_id)
             return []
-        pk = self.messages_pk(tenant, int(thread["seq"]["N"]))
-        items = await self.table.query(pk, limit=n, forward=False)
-        return [_message(thread_id, item) for item in reversed(items)]
+        items = await self._thread_messages(
+            tenant, thread_id, lambda pk: self.table.query(pk, limit=n, forward=False)
+        )
+        return _messages(thread_id, items[::-1])
 
     async def list_messages(
         self, tenant: str, thread_id: str, *, limit: int, after_seq: int | None
     ) -> list[tuple[int, Message]]:
-        thread = await self._thread_item(tenant, thread_id)
         if limit <= 0:
+            await self._thread_item(tenant, thread_id)
             return []
-        pk = self.messages_pk(tenant, int(thread["seq"]["N"]))
-        items = await self.table.query(
-            pk, limit=limit, forward=True, sk_cond=(">", seq_key(after_seq or 0))
+        after = (">", seq_key(after_seq or 0))
+        items = await self._thread_messages(
+            tenant,
+            thread_id,
+            lambda pk: self.table.query(pk, limit=limit, forward=True, sk_cond=after),
         )
-        return [(int(item["sk"]["S"]), _message(thread_id, item)) for item in items]
+        seqs = [int(item["sk"]["S"]) for item in items]
+        return list(zip(seqs, _messages(thread_id, items), strict=True))
 
     async def messages_around(
         self, tenant: str, anchors: list[tuple[str, str]], *, before: int, after: int
@@ -532,7 +561,7 @@ class DynamoMemoryStorage:
             found = [(item["id"]["S"], [item]) for item in items]
         else:
             found = list(await asyncio.gather(*(window(m, c) for m, c in live.items())))
-        return {m: [_message(wanted[m], i) for i in items] for m, items in found if items}
+        return {m: _messages(wanted[m], items) for m, items in found if items}
 
     # -- working memory: see loomwork.storage.dynamodb_working ---------------------------
 
@@ -542,19 +571,10 @@ class DynamoMemoryStorage:
         return await self.working.get(tenant, scope, owner)
 
     async def put_working_memory(
-        self,
-        tenant: str,
-        scope: WorkingMemoryScope,
-        owner: str,
-        *,
-        markdown: str,
-        data: dict[str, Any] | None,
-        expected_version: int | None,
+        self, tenant: str, scope: WorkingMemoryScope, owner: str, write: WorkingMemoryWrite
     ) -> StoredWorkingMemory:
-        encoded = None if data is None else self._encode(data, "working_memory.data")
-        return await self.working.put(
-            tenant, scope, owner, markdown=markdown, data=encoded, expected_version=expected_version
-        )
+        data = None if write.data is None else self._encode(write.data, "working_memory.data")
+        return await self.working.put(tenant, scope, owner, write, data)
 
     async def ping(self) -> bool:
         try:

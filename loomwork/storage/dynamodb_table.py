@@ -87,6 +87,18 @@ class DynamoTable:
         item: Item | None = answer.get("Item")
         return item
 
+    async def increment(self, item_key: Item, attribute: str, by: int) -> int:
+        """Add `by` to a number attribute atomically (created at 0); the new value."""
+        answer = await self.client.update_item(
+            TableName=self.name,
+            Key=item_key,
+            UpdateExpression="ADD #a :by",
+            ExpressionAttributeNames={"#a": attribute},
+            ExpressionAttributeValues={":by": n(by)},
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(answer["Attributes"][attribute]["N"])
+
     async def transact(self, items: list[dict[str, Any]]) -> list[str] | None:
         """Run a transaction; None on success, else the per-item cancellation codes."""
         try:

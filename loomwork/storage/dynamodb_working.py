@@ -11,7 +11,12 @@ from typing import Any
 
 from loomwork.errors import NotFound, Unavailable
 from loomwork.storage import codec
-from loomwork.storage.adapter import StoredWorkingMemory, WorkingMemoryScope, version_conflict
+from loomwork.storage.adapter import (
+    StoredWorkingMemory,
+    WorkingMemoryScope,
+    WorkingMemoryWrite,
+    version_conflict,
+)
 from loomwork.storage.dynamodb_table import (
     DynamoTable,
     Item,
@@ -67,12 +72,11 @@ class DynamoWorkingMemory:
         tenant: str,
         scope: WorkingMemoryScope,
         owner: str,
-        *,
-        markdown: str,
+        write: WorkingMemoryWrite,
         data: bytes | None,
-        expected_version: int | None,
     ) -> StoredWorkingMemory:
-        """Put it whole (`data` already encoded), as `MemoryStorage.put_working_memory`."""
+        """Put it whole, as `MemoryStorage.put_working_memory` (`data`: `write.data` encoded)."""
+        expected_version = write.expected_version
         wm_key = working_key(tenant, scope, owner)
         name = self.table.name
         for _ in range(_RETRIES):
@@ -99,7 +103,7 @@ class DynamoWorkingMemory:
             now = now_us()
             item: Item = {
                 **wm_key,
-                "markdown": s(markdown),
+                "markdown": s(write.markdown),
                 "version": n(version + 1),
                 "ut": n(now),
             }

@@ -14,7 +14,8 @@ slot; the length prefix keeps tenants containing ':' from colliding):
     <base>:tseq           zset    thread id scored by seq (all threads)
     <base>:rseq:<res>     zset    thread id scored by seq, per resource id
     <base>:ids            hash    message id -> thread id (ids are unique per tenant)
-    <base>:m:<thread>     hash    message id -> codec record {id, role, parts, metadata, ct}
+    <base>:m:<thread>     hash    message id -> codec record: the message's own JSON (id,
+                                  thread_id, role, parts, metadata, create_time)
     <base>:ms:<thread>    zset    message id scored by seq
     <base>:wm:t:<thread>  hash    a thread's working memory: markdown, data (codec, empty
                                   for none), version, ut
@@ -36,9 +37,14 @@ import redis.asyncio as aioredis
 
 from loomwork.errors import AlreadyExists, NotFound
 from loomwork.ids import new_id
-from loomwork.messages import Message, NewMessage, NewThread, Thread, ThreadUpdate
+from loomwork.messages import MESSAGE_LIST, Message, NewMessage, NewThread, Thread, ThreadUpdate
 from loomwork.storage import codec
-from loomwork.storage.adapter import StoredWorkingMemory, WorkingMemoryScope, version_conflict
+from loomwork.storage.adapter import (
+    StoredWorkingMemory,
+    WorkingMemoryScope,
+    WorkingMemoryWrite,
+    version_conflict,
+)
 from loomwork.storage.codec import DEFAULT_CODEC, StorageCodec
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -206,16 +212,9 @@ def _thread(thread_id: str, flat: list[bytes]) -> tuple[int, Thread]:
     return int(fields["seq"]), thread
 
 
-def _message(thread_id: str, record: bytes) -> Message:
-    content = codec.decode(record)
-    return Message(
-        id=content["id"],
-        thread_id=thread_id,
-        role=content["role"],
-        parts=content["parts"],
-        metadata=content.get("metadata", {}),
-        create_time=_time(content["ct"]),
-    )
+def _messages(records: list[bytes]) -> list[Message]:
+    """Stored records (each a message's JSON) as models, in one validation."""
+    return MESSAGE_LIST.validate_json(codec.json_array(records))
 
 
 class RedisMemoryStorage:
@@ -250,14 +249,14 @@ class RedisMemoryStorage:
     def _working_key(self, tenant: str, scope: WorkingMemoryScope, owner: str) -> str:
         return f"{self._base(tenant)}:wm:{scope[0]}:{owner}"
 
-    def _thread_keys(self, tenant: str, thread_id: str) -> tuple[str, str, str]:
+    def thread_keys(self, tenant: str, thread_id: str) -> tuple[str, str, str]:
         """The thread hash, its message records and its message seq index."""
         base = self._base(tenant)
         return f"{base}:th:{thread_id}", f"{base}:m:{thread_id}", f"{base}:ms:{thread_id}"
 
     async def create_thread(self, tenant: str, thread: NewThread) -> Thread:
         base = self._base(tenant)
-        th, _, _ = self._thread_keys(tenant, thread.id)
+        th, _, _ = self.thread_keys(tenant, thread.id)
         now = _now_us()
         seq = await self._create(
             keys=[th, f"{base}:tseq", f"{base}:rseq:{thread.resource_id}", f"{base}:seq"],
@@ -282,7 +281,7 @@ class RedisMemoryStorage:
         )
 
     async def get_thread(self, tenant: str, thread_id: str) -> Thread:
-        th, _, _ = self._thread_keys(tenant, thread_id)
+        th, _, _ = self.thread_keys(tenant, thread_id)
         flat = await self.redis.execute_command("HGETALL", th)
         if not flat:
             raise NotFound(f"thread {thread_id!r} not found")
@@ -300,7 +299,7 @@ class RedisMemoryStorage:
         return [_thread(flat[i].decode(), flat[i + 1]) for i in range(0, len(flat), 2)]
 
     async def update_thread(self, tenant: str, thread_id: str, update: ThreadUpdate) -> Thread:
-        th, _, _ = self._thread_keys(tenant, thread_id)
+        th, _, _ = self.thread_keys(tenant, thread_id)
         flat = await self._update(
             keys=[th],
             args=[
@@ -317,7 +316,7 @@ class RedisMemoryStorage:
 
     async def delete_thread(self, tenant: str, thread_id: str) -> None:
         base = self._base(tenant)
-        th, m, ms = self._thread_keys(tenant, thread_id)
+        th, m, ms = self.thread_keys(tenant, thread_id)
         deleted = await self._delete(
             keys=[
                 th,
@@ -336,8 +335,9 @@ class RedisMemoryStorage:
         self, tenant: str, thread_id: str, messages: list[NewMessage]
     ) -> list[Message]:
         base = self._base(tenant)
-        th, m, ms = self._thread_keys(tenant, thread_id)
+        th, m, ms = self.thread_keys(tenant, thread_id)
         now = _now_us()
+        created = _time(now).isoformat()
         ids: list[str] = []
         args: list[Any] = [thread_id, now]
         for message in messages:
@@ -346,10 +346,11 @@ class RedisMemoryStorage:
             record = self.codec.encode(
                 {
                     "id": message_id,
+                    "thread_id": thread_id,
                     "role": message.role.value,
                     "parts": [p.model_dump(mode="json") for p in message.parts],
                     "metadata": message.metadata,
-                    "ct": now,
+                    "create_time": created,
                 }
             )
             args += [message_id, record]
@@ -360,25 +361,24 @@ class RedisMemoryStorage:
             raise AlreadyExists(
                 f"messages[{result}].id {ids[result]!r} is already used in another thread"
             )
-        return [_message(thread_id, record) for record in result]
+        return _messages(result)
 
     async def last_messages(self, tenant: str, thread_id: str, n: int) -> list[Message]:
-        th, m, ms = self._thread_keys(tenant, thread_id)
+        th, m, ms = self.thread_keys(tenant, thread_id)
         records = await self._last(keys=[th, ms, m], args=[n])
         if records is None:
             raise NotFound(f"thread {thread_id!r} not found")
-        return [_message(thread_id, r) for r in reversed(records)]
+        return _messages(records[::-1])
 
     async def list_messages(
         self, tenant: str, thread_id: str, *, limit: int, after_seq: int | None
     ) -> list[tuple[int, Message]]:
-        th, m, ms = self._thread_keys(tenant, thread_id)
+        th, m, ms = self.thread_keys(tenant, thread_id)
         flat = await self._list_messages(keys=[th, ms, m], args=[after_seq or 0, limit])
         if flat is None:
             raise NotFound(f"thread {thread_id!r} not found")
-        return [
-            (int(float(flat[i])), _message(thread_id, flat[i + 1])) for i in range(0, len(flat), 2)
-        ]
+        seqs = [int(float(seq)) for seq in flat[::2]]
+        return list(zip(seqs, _messages(flat[1::2]), strict=True))
 
     async def messages_around(
         self, tenant: str, anchors: list[tuple[str, str]], *, before: int, after: int
@@ -387,22 +387,20 @@ class RedisMemoryStorage:
             return {}
         base = self._base(tenant)
         args: list[Any] = [before, after, f"{base}:m:", f"{base}:ms:"]
-        threads: dict[str, str] = {}
         for thread_id, message_id in anchors:
             args += [thread_id, message_id]
-            threads[message_id] = thread_id
         flat = await self._around(keys=[f"{base}:ids"], args=args)
-        windows: dict[str, list[Message]] = {}
-        for i in range(0, len(flat), 2):
-            anchor = flat[i].decode()
-            thread_id = threads[anchor]
-            windows[anchor] = [_message(thread_id, r) for r in flat[i + 1] if r is not None]
-        return windows
+        windows = [[r for r in records if r is not None] for records in flat[1::2]]
+        decoded = iter(_messages([r for window in windows for r in window]))
+        return {
+            anchor.decode(): [next(decoded) for _ in window]
+            for anchor, window in zip(flat[::2], windows, strict=True)
+        }
 
     def _working_keys(self, tenant: str, scope: WorkingMemoryScope, owner: str) -> list[str]:
         keys = [self._working_key(tenant, scope, owner)]
         if scope == "thread":
-            keys.append(self._thread_keys(tenant, owner)[0])
+            keys.append(self.thread_keys(tenant, owner)[0])
         return keys
 
     async def get_working_memory(
@@ -422,22 +420,15 @@ class RedisMemoryStorage:
         )
 
     async def put_working_memory(
-        self,
-        tenant: str,
-        scope: WorkingMemoryScope,
-        owner: str,
-        *,
-        markdown: str,
-        data: dict[str, Any] | None,
-        expected_version: int | None,
+        self, tenant: str, scope: WorkingMemoryScope, owner: str, write: WorkingMemoryWrite
     ) -> StoredWorkingMemory:
         now = _now_us()
         answer = await self._put_working(
             keys=self._working_keys(tenant, scope, owner),
             args=[
-                "" if expected_version is None else expected_version,
-                markdown,
-                b"" if data is None else self.codec.encode(data),
+                "" if write.expected_version is None else write.expected_version,
+                write.markdown,
+                b"" if write.data is None else self.codec.encode(write.data),
                 now,
             ],
         )
@@ -445,10 +436,10 @@ class RedisMemoryStorage:
             raise NotFound(f"thread {owner!r} not found")
         written, version = answer
         if not written:
-            assert expected_version is not None
-            raise version_conflict(scope, owner, expected_version, int(version))
+            assert write.expected_version is not None
+            raise version_conflict(scope, owner, write.expected_version, int(version))
         return StoredWorkingMemory(
-            markdown=markdown, data=data, version=int(version), update_time=_time(now)
+            markdown=write.markdown, data=write.data, version=int(version), update_time=_time(now)
         )
 
     async def ping(self) -> bool:
