@@ -8,5 +8,7 @@ COPY workflows workflows
 COPY activities activities
 COPY clients clients
 COPY protos protos
-RUN pip install --no-cache-dir .
+# EXTRAS=dynamodb for LOOMWORK_MEMORY_STORE=dynamodb (docker build --build-arg EXTRAS=dynamodb).
+ARG EXTRAS=""
+RUN pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}"
 ENTRYPOINT ["loomwork"]
