@@ -7,7 +7,8 @@ from typing import Any
 
 from temporalio import activity
 
-from activities.agents import _application_error, _heartbeating
+from activities.agents import application_error
+from activities.heartbeats import heartbeating
 from loomwork.errors import LoomworkError
 from loomwork.rag.answer import (
     AnswerError,
@@ -36,30 +37,30 @@ class RagActivities:
         try:
             await self.ingestion.start(request)
         except LoomworkError as error:
-            raise _application_error(error) from error
+            raise application_error(error) from error
 
     @activity.defn(name="rag_ingest_prepare")
     async def ingest_prepare(self, request: IngestionRequest, ordinal: int) -> PreparedDocument:
         try:
-            return await _heartbeating(self.ingestion.prepare(request, ordinal))
+            return await heartbeating(self.ingestion.prepare(request, ordinal))
         except LoomworkError as error:
-            raise _application_error(error) from error
+            raise application_error(error) from error
 
     @activity.defn(name="rag_ingest_embed")
     async def ingest_embed(
         self, request: IngestionRequest, ordinal: int, start: int, end: int
     ) -> int:
         try:
-            return await _heartbeating(self.ingestion.embed_batch(request, ordinal, start, end))
+            return await heartbeating(self.ingestion.embed_batch(request, ordinal, start, end))
         except LoomworkError as error:
-            raise _application_error(error) from error
+            raise application_error(error) from error
 
     @activity.defn(name="rag_ingest_commit")
     async def ingest_commit(self, request: IngestionRequest, ordinal: int) -> None:
         try:
             await self.ingestion.commit(request, ordinal)
         except LoomworkError as error:
-            raise _application_error(error) from error
+            raise application_error(error) from error
 
     @activity.defn(name="rag_ingest_finish")
     async def ingest_finish(
@@ -72,20 +73,21 @@ class RagActivities:
         try:
             return await self.answers.retrieve(request)
         except LoomworkError as error:
-            raise _application_error(error) from error
+            raise application_error(error) from error
 
     @activity.defn(name="rag_answer_generate")
     async def answer_generate(
         self, request: AnswerRequest, context: RetrievedContext
     ) -> GeneratedAnswer:
         try:
-            return await _heartbeating(
+            return await heartbeating(
                 self.answers.generate(
                     request, context, attempt=activity.info().attempt, heartbeat=activity.heartbeat
-                )
+                ),
+                hand_back=True,
             )
         except LoomworkError as error:
-            raise _application_error(error) from error
+            raise application_error(error) from error
 
     @activity.defn(name="rag_answer_finish")
     async def answer_finish(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import OrderedDict
 
 from redis.exceptions import RedisError
 from temporalio.client import Client
@@ -11,6 +12,8 @@ from temporalio.client import Client
 from loomwork.agents.directory import RunDirectory
 
 log = logging.getLogger(__name__)
+
+KNOWN_RUNS = 10_000  # runs a lookup remembers, most recently used first
 
 
 def visibility_literal(value: str) -> str:
@@ -27,8 +30,22 @@ class RunLookup:
         self.directory = directory
         self.client = client
         self.workflow_type = workflow_type
+        # Runs known to have reached Temporal (started here, or found in its visibility):
+        # a run's workflow id never changes once it started, so these need no Redis read.
+        self._known: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    def remember(self, tenant: str, run_id: str, workflow_id: str) -> None:
+        """A run this process saw start in Temporal: later lookups answer from memory."""
+        self._known[(tenant, run_id)] = workflow_id
+        self._known.move_to_end((tenant, run_id))
+        if len(self._known) > KNOWN_RUNS:
+            self._known.popitem(last=False)
 
     async def workflow_id(self, tenant: str, run_id: str) -> str | None:
+        known = self._known.get((tenant, run_id))
+        if known is not None:
+            self._known.move_to_end((tenant, run_id))
+            return known
         try:
             found = await self.directory.workflow_id(tenant, run_id)
         except RedisError as exc:  # the directory is a cache: Temporal still knows
@@ -45,5 +62,6 @@ class RunLookup:
             # Found all the same if Redis is down; the next lookup asks Temporal again.
             with contextlib.suppress(RedisError):
                 await self.directory.record(tenant, run_id, execution.id)
+            self.remember(tenant, run_id, execution.id)
             return execution.id
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.agents import _heartbeating
+from activities.heartbeats import heartbeating
 from loomwork.errors import InvalidArgument, LoomworkError, NotFound
 from loomwork.flows.execution import (
     PublishInput,
@@ -29,7 +29,7 @@ class WorkflowStepActivities:
         attempt = activity.info().attempt
         try:
             # Heartbeats carry CancelRun to a step in flight (its function is cancelled).
-            return await _heartbeating(self.runner.run(call, attempt=attempt))
+            return await heartbeating(self.runner.run(call, attempt=attempt))
         except StepFailure as failure:
             raise ApplicationError(
                 failure.message, attempt, type=failure.error_type, non_retryable=True

@@ -10,6 +10,7 @@ import asyncio
 import json
 import socket
 import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,6 +24,7 @@ from clients.cli.messages import message_from_json
 from loomwork.demo.offline_model import offline_turn
 from loomwork.testing import Delay, ScriptedModelServer, Turn
 from protos.loomwork.v1 import message_pb2
+from tests.mcp_servers import ThreadedMcpServer, notes_server
 
 app = typer.Typer()
 register(app)
@@ -379,3 +381,45 @@ def test_a_pending_run_is_described_with_what_to_do() -> None:
     run_event.run_pending.task_queue = "loomwork"
     run_event.run_pending.waited.FromTimedelta(timedelta(seconds=10.2))
     assert describe_workflow_event(run_event) == line
+
+
+async def test_mcp_server_commands(env: dict[str, str], tmp_path: Path) -> None:
+    served = ThreadedMcpServer(
+        notes_server("notes", tmp_path / "notes.jsonl"), require_header=("x-api-key", "k1")
+    ).start()
+    name = _unique("cli")[:20]
+    try:
+        added = _ok(
+            await _cli(env, "mcp", "add", name, served.url, "--header", "x-api-key=k1")
+        ).stdout
+        assert f"mcp:{name}/save_note" in added and f"mcp:{name}/refuse" in added
+        listed = _json(await _cli(env, "mcp", "list", "--json"))
+        (mine,) = [s for s in listed if s["name"] == name]
+        assert mine["url"] == served.url and mine["headers"] == {}  # never returned
+        assert {t["name"] for t in mine["tools"]} == {"save_note", "refuse"}
+        shown = _json(await _cli(env, "mcp", "show", name, "--json"))
+        assert shown["source"] == "MCP_SERVER_SOURCE_TENANT"
+        refreshed = _json(await _cli(env, "mcp", "refresh", name, "--json"))
+        assert refreshed["list_time"] >= shown["list_time"]
+        assert name in _ok(await _cli(env, "mcp", "list")).stdout
+    finally:
+        served.stop()
+    # The server is gone: refreshing says where it could not be reached.
+    assert served.url in _failed(await _cli(env, "mcp", "refresh", name))
+    _ok(await _cli(env, "mcp", "remove", name))
+    assert "NOT_FOUND" in _failed(await _cli(env, "mcp", "show", name))
+    bad_header = await _cli(env, "mcp", "add", name, served.url, "--header", "no-equals")
+    assert bad_header.exit_code == 2 and "NAME=VALUE" in bad_header.output
+
+
+def test_a_client_tool_call_is_described_as_waiting_for_the_caller() -> None:
+    from clients.cli.agents import describe_event
+    from protos.loomwork.v1 import agent_pb2
+
+    event = agent_pb2.AgentRunEvent(event_id=5, run_id="run_x")
+    event.tool_call_requested.tool_call_id = "call_7"
+    event.tool_call_requested.tool_name = "get_weather"
+    event.tool_call_requested.arguments.update({"city": "Paris"})
+    line = describe_event(event) or ""
+    assert "waiting for the caller" in line and "get_weather" in line
+    assert '{"city":"Paris"}' in line and "call_7" in line

@@ -20,7 +20,7 @@ from loomwork.tools import ToolContext, tool, tool_of
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, integration_pb2_grpc
 from tests.oauth_provider import Provider, connect
 from tests.processes import code_agents, listed_tools, loomwork_processes
-from tests.support import auth, unique
+from tests.support import auth, collect_events, unique
 
 MODULE = "tests.tool_module_example"
 TOKENS = "t-alpha=alpha,t-beta=beta"
@@ -158,6 +158,16 @@ async def test_a_tool_that_fails_every_attempt_is_an_error_result_for_the_model(
     (result,) = _tool_results(run)
     assert result["is_error"] and "the pump is broken for good" in result["result"]
     assert run.output.text == "Alas."
+    # Its stream tells the watcher too: one tool_result for the call, before the answer.
+    events = await collect_events(
+        agents.WatchRun(
+            agent_pb2.AgentServiceWatchRunRequest(run_id=run.id), metadata=auth("t-alpha")
+        )
+    )
+    kinds = [event.WhichOneof("event") for event in events]
+    (streamed,) = [event.tool_result for event in events if event.HasField("tool_result")]
+    assert streamed.tool_call_id == "b1" and streamed.is_error
+    assert kinds.index("tool_result") < kinds.index("text_delta")
 
 
 async def test_a_module_tool_calls_an_api_with_the_tenants_oauth_connection(

@@ -22,7 +22,13 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
-from workflows.retries import BOOKKEEPING, MODEL_CALL, OUTAGE_PATIENCE, temporal_retry_policy
+from workflows.retries import (
+    BOOKKEEPING,
+    MODEL_CALL,
+    MODEL_HEARTBEAT_TIMEOUT,
+    OUTAGE_PATIENCE,
+    temporal_retry_policy,
+)
 from workflows.search_attributes import STATUS
 
 with workflow.unsafe.imports_passed_through():
@@ -243,7 +249,7 @@ class AgentRunWorkflow:
                 request,
                 result_type=FirstStep,
                 start_to_close_timeout=timedelta(minutes=5),
-                heartbeat_timeout=timedelta(seconds=20),
+                heartbeat_timeout=MODEL_HEARTBEAT_TIMEOUT,
                 retry_policy=MODEL_CALL,
                 summary=f"model {request.model or request.agent_name}, step 1 (loads the context)",
             )
@@ -273,7 +279,7 @@ class AgentRunWorkflow:
                         ),
                         result_type=StepOutput,
                         start_to_close_timeout=timedelta(minutes=5),
-                        heartbeat_timeout=timedelta(seconds=20),
+                        heartbeat_timeout=MODEL_HEARTBEAT_TIMEOUT,
                         retry_policy=MODEL_CALL,
                         summary=f"model {plan.model}, step {step}",
                     )
@@ -470,6 +476,8 @@ class AgentRunWorkflow:
                     ),
                 )
 
+        alone = len(output.tool_calls) == 1  # its result goes out with the next activity
+
         def tool_input(call: ToolCallPart) -> ToolInput:
             decision = decisions.get(call.tool_call_id)
             if decision is not None and decision.approve and decision.edited_arguments is not None:
@@ -482,6 +490,7 @@ class AgentRunWorkflow:
                 argument_error=output.argument_errors.get(call.tool_call_id),
                 rejection=(decision.reason or "") if decision and not decision.approve else None,
                 route=output.tool_routes.get(call.tool_call_id),
+                publish_result=not alone,
             )
 
         def run(call: ToolCallPart) -> Awaitable[ToolResultPart]:
@@ -536,7 +545,7 @@ class AgentRunWorkflow:
         # Runs recorded before MCP tools have no "mcp" routes: they replay the same commands.
         activity = MCP_TOOL_CALL if route.kind == "mcp" else TOOL_CALL
         try:
-            return await workflow.execute_activity(
+            result = await workflow.execute_activity(
                 activity,
                 call,
                 result_type=ToolResultPart,
@@ -552,9 +561,17 @@ class AgentRunWorkflow:
             if not workflow.patched(TOOL_FAILURE_TO_MODEL):
                 raise
             message, _ = _cause(error)
-            return ToolResultPart(
+            result = ToolResultPart(
                 tool_call_id=call.call.tool_call_id,
                 tool_name=call.call.tool_name,
                 result=f"{call.call.tool_name} failed: {message or 'no attempt finished in time'}",
                 is_error=True,
             )
+            published = False  # no activity published it: the next one does
+        else:
+            published = call.publish_result
+        if not published:  # handed to the next activity: no command of its own
+            self._unpublished.append(
+                ToolResultEvent(time=workflow.now(), step=call.step, result=result)
+            )
+        return result

@@ -13,7 +13,12 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
-from workflows.retries import MODEL_CALL, OUTAGE_PATIENCE, bookkeeping_retries
+from workflows.retries import (
+    MODEL_CALL,
+    MODEL_HEARTBEAT_TIMEOUT,
+    OUTAGE_PATIENCE,
+    bookkeeping_retries,
+)
 
 with workflow.unsafe.imports_passed_through():
     from loomwork.rag.answer import (
@@ -76,7 +81,7 @@ class RagAnswerWorkflow:
                 args=[request, context],
                 result_type=GeneratedAnswer,
                 start_to_close_timeout=timedelta(minutes=5),
-                heartbeat_timeout=timedelta(seconds=20),
+                heartbeat_timeout=MODEL_HEARTBEAT_TIMEOUT,
                 retry_policy=MODEL_CALL,
                 summary="stream the answer",
             )

@@ -16,6 +16,11 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from loomwork.retries import RetryPolicy as DomainRetryPolicy
 
+# A model step heartbeats every second while it runs (tokens or not: a model may think for a
+# while before its first token). A worker that dies stops: the step is retried on another
+# worker once this much passes without a heartbeat, so a run recovers in seconds.
+MODEL_HEARTBEAT_TIMEOUT = timedelta(seconds=4)
+
 # A model call: 429s, 5xx and timeouts back off (an error carrying Retry-After sets the next
 # delay itself); a request the model rejected, an unknown model or bad input is not retried.
 # Ten attempts: a failing model fails the run after ~2.5 min of backoff; attempts that wait out

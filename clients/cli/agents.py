@@ -59,6 +59,13 @@ def describe_event(event: agent_pb2.AgentRunEvent) -> str | None:
             f"(tool call {escape(pending.tool_call_id)}): `loomwork agents approve "
             f"{escape(event.run_id)} {escape(pending.tool_call_id)}`"
         )
+    if kind == "tool_call_requested":
+        requested = event.tool_call_requested
+        return (
+            f"[magenta]waiting for the caller's result[/] of client tool "
+            f"{escape(requested.tool_name)} {escape(proto_inline(requested.arguments))} "
+            f"(tool call {escape(requested.tool_call_id)})"
+        )
     if kind == "approval_resolved":
         return f"approval resolved: approved={event.approval_resolved.approved}"
     if kind == "run_pending":

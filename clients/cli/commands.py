@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import typer
 
-from clients.cli import agents, demo, messages, rag, threads, workflows
+from clients.cli import agents, demo, mcp, messages, rag, threads, workflows
 
 __all__ = ["register"]
 
 
 def register(app: typer.Typer) -> None:
-    """Adds the client commands (threads, messages, agents, workflows, rag, demo) to `app`."""
-    for group in (threads, messages, agents, workflows, rag, demo):
+    """Adds the client commands (threads, messages, agents, workflows, rag, mcp, demo) to
+    `app`."""
+    for group in (threads, messages, agents, workflows, rag, mcp, demo):
         group.register(app)

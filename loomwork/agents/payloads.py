@@ -33,7 +33,8 @@ class StepInput(BaseModel):
     conversation: list[ChatMessage]
     # The previous step ended with tool calls: its step_finished event is published first.
     previous_step: StepFinished | None = None
-    # Results of the previous step's client tool calls that let the run move on: the
+    # Results of the previous step that no activity published (the client tool results
+    # that let the run move on, a step's only tool call, a call that failed for good): the
     # workflow leaves them to this activity to publish (before previous_step), so that
     # publishing does not hold up the step.
     tool_results: list[ToolResultEvent] = Field(default_factory=list)
@@ -74,13 +75,17 @@ class ToolInput(BaseModel):
     argument_error: str | None = None
     rejection: str | None = None  # a person rejected the call: it does not run
     route: ToolRoute | None = None  # None: a worker tool with the defaults
+    # False: the activity leaves its result to the workflow, which hands it to the next
+    # activity to publish (the step's only call: its result goes out as the next model call
+    # starts, and the call's activity saves a round trip to the event log).
+    publish_result: bool = True
 
 
 class FinishInput(BaseModel):
     request: AgentRunRequest
     outcome: RunOutcome
     # The last step ended with tool calls and no model step followed: its step_finished,
-    # and the client tool results no model step published (see StepInput.tool_results).
+    # and the tool results no model step published (see StepInput.tool_results).
     last_step: StepFinished | None = None
     tool_results: list[ToolResultEvent] = Field(default_factory=list)
     read_only: bool = False

@@ -530,7 +530,8 @@ class AgentSteps:
                 allowed=tool_names(agent, request),
                 retry_failures=not self._last_attempt(call, attempt),
             )
-        await self.publish(request, ToolResultEvent(step=call.step, result=result))
+        if call.publish_result:
+            await self.publish(request, ToolResultEvent(step=call.step, result=result))
         return result
 
     async def mcp_tool_call(self, call: ToolInput, *, attempt: int = 1) -> ToolResultPart:
@@ -538,7 +539,8 @@ class AgentSteps:
         error result, except a server that cannot be reached, which raises Unavailable
         (retried) until the last attempt."""
         result = self._refused(call) or await self._call_mcp(call, attempt)
-        await self.publish(call.request, ToolResultEvent(step=call.step, result=result))
+        if call.publish_result:
+            await self.publish(call.request, ToolResultEvent(step=call.step, result=result))
         return result
 
     async def _call_mcp(self, call: ToolInput, attempt: int) -> ToolResultPart:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal, cast
 
 import openai
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel, ConfigDict, Field
 
 from loomwork.llm.errors import ModelError, is_transport_error, model_error_from
@@ -329,6 +330,19 @@ class ChatModel:
             params["max_completion_tokens"] = max_tokens
         return params
 
+    async def _create(self, params: dict[str, Any]) -> Any:
+        """POST /chat/completions through the SDK's client (its auth, timeouts, errors and
+        stream parsing), with the body as built here: `chat.completions.create` would first
+        walk these plain JSON params against its TypedDicts (~0.5 ms of CPU per call with a
+        few tool schemas, on every model step), changing nothing in them."""
+        return await self.client.post(
+            "/chat/completions",
+            cast_to=ChatCompletion,
+            body=params,
+            stream=bool(params.get("stream")),
+            stream_cls=openai.AsyncStream[ChatCompletionChunk],
+        )
+
     async def complete(
         self,
         messages: Sequence[AnyMessage],
@@ -345,7 +359,7 @@ class ChatModel:
             messages, tools, response_format, tool_choice, temperature, max_tokens, top_p
         )
         try:
-            completion = await self.client.chat.completions.create(**params)
+            completion = await self._create(params)
         except Exception as exc:
             mapped = _mapped(exc)
             if mapped is exc:
@@ -401,7 +415,7 @@ class ChatModel:
         usage = ChatUsage()
         model = self.model
         try:
-            stream = await self.client.chat.completions.create(**params)
+            stream = await self._create(params)
             try:
                 async for chunk in stream:
                     model = chunk.model or model

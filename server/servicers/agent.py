@@ -249,11 +249,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_convert.RunRequest, *, require_output_schema: bool = False
     ) -> tuple[AgentRunRequest, WorkflowHandle[AgentRunWorkflow, RunOutcome]]:
         """Start (or join) the run this call asks for: the workflow's input and its handle."""
-        return await self.starter.start(
-            tenant(),
+        tenant_id = tenant()
+        run_request, handle = await self.starter.start(
+            tenant_id,
             agent_convert.run_start_from_proto(request),
             require_output_schema=require_output_schema,
         )
+        self.runs.remember(tenant_id, run_request.run_id, handle.id)
+        return run_request, handle
 
     async def Generate(
         self, request: agent_pb2.GenerateRequest, context: grpc.aio.ServicerContext

@@ -194,6 +194,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             )
         except RPCError as error:
             raise Unavailable(f"Temporal: {error.message}") from error
+        self.runs.remember(tenant_id, run_id, workflow_id)
         if request.client_run_id:  # a repeat of the id, once Temporal dropped the run, is refused
             await self.directory.mark_started(tenant_id, run_id)
         if handle is None:  # it ran before: as it stands
