@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import aioboto3
 import psycopg
@@ -15,15 +17,19 @@ import pytest
 from botocore.config import Config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg import sql
+from redis.asyncio import Redis
 
 from loomwork.config import Settings
 from loomwork.errors import FailedPrecondition
-from loomwork.messages import NewThread
+from loomwork.messages import NewMessage, NewThread, Role, TextPart
+from loomwork.storage.adapter import WorkingMemoryWrite
 from loomwork.storage.database import Database
 from loomwork.storage.dynamodb import DynamoMemoryStorage
 from loomwork.storage.migrations import apply_migrations
 from loomwork.storage.postgres import PostgresMemoryStorage
+from loomwork.storage.redis_adapter import RedisMemoryStorage
 from loomwork.storage.selection import OpenedStore, claim_memory_store, open_memory_store
+from server.embedded import EmbeddedStack
 from server.runtime import Runtime
 from server.transport.grpc_app import build_grpc_app
 from tests.conftest import free_port
@@ -134,3 +140,38 @@ async def test_health_is_not_serving_while_the_dynamodb_store_does_not_answer(
             assert [p.split(":")[0] for p in app.health.last_problems] == ["dynamodb"]
         finally:
             await app.stop(grace=1)
+
+
+async def test_memory_in_the_embedded_valkey_outlives_a_crash_of_the_server(
+    tmp_path: Path,
+) -> None:
+    """`loomwork up`'s Valkey keeps an append-only file: what a write was answered for is
+    in it, so a Valkey killed outright (SIGKILL) comes back with the memory."""
+
+    async def stored(url: str, write: bool) -> tuple[list[str], str]:
+        client = Redis.from_url(url)
+        try:
+            storage = RedisMemoryStorage(client)
+            if write:
+                await storage.create_thread("t", NewThread(id="kept"))
+                await storage.append_messages(
+                    "t", "kept", [NewMessage(role=Role.USER, parts=[TextPart(text="remember me")])]
+                )
+                await storage.put_working_memory(
+                    "t", "thread", "kept", WorkingMemoryWrite(markdown="# notes")
+                )
+            messages = await storage.last_messages("t", "kept", 10)
+            memory = await storage.get_working_memory("t", "thread", "kept")
+            return [m.text for m in messages], memory.markdown if memory else ""
+        finally:
+            await client.aclose()
+
+    home = tmp_path / "home"
+    with EmbeddedStack(home, postgres=False, temporal=False, temporal_ui=False) as stack:
+        assert stack.endpoints is not None and stack.endpoints.redis_url
+        assert await stored(stack.endpoints.redis_url, write=True) == (["remember me"], "# notes")
+        pid = int((home / "valkey" / "valkey.pid").read_text())
+        os.kill(pid, signal.SIGKILL)  # no shutdown, no last rewrite of its files
+    with EmbeddedStack(home, postgres=False, temporal=False, temporal_ui=False) as stack:
+        assert stack.endpoints is not None and stack.endpoints.redis_url
+        assert await stored(stack.endpoints.redis_url, write=False) == (["remember me"], "# notes")
