@@ -1,7 +1,8 @@
 """ListMessages (newest 50, cache off) on each memory store over the raw client call of that
 store, in the same run.
 
-    .venv/bin/python bench/memory_stores.py [--calls 1000] [--stores postgres,redis,dynamodb]
+    .venv/bin/python bench/memory_stores.py [--calls 1000] [--dynamodb-calls 200]
+        [--stores postgres,redis,dynamodb]
 
 For each store, a Loomwork runtime with `LOOMWORK_MEMORY_STORE=<store>` and
 `LOOMWORK_CACHE=false` (its own database, as a deployment of its own) holds one thread of
@@ -54,6 +55,7 @@ from server.transport.grpc_app import build_grpc_app
 AUTH = (("authorization", "Bearer bench"),)
 TENANT = "bench"
 STORES = ("postgres", "redis", "dynamodb")
+ROUNDS = 10
 Timed = Callable[[], Awaitable[Any]]
 
 _RAW_REDIS = """
@@ -157,9 +159,9 @@ async def measure(settings: Settings, store: str, calls: int) -> None:
             samples: dict[str, list[float]] = {name: [] for name in timed}
             for call in timed.values():
                 await _samples(call, 50)  # warm-up
-            for _ in range(4):
+            for _ in range(ROUNDS):
                 for name, call in timed.items():
-                    samples[name] += await _samples(call, calls // 4)
+                    samples[name] += await _samples(call, max(1, calls // ROUNDS))
     finally:
         await app.stop(0)
         await runtime.close()
@@ -183,7 +185,7 @@ def _moto(port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-async def run(base: Settings, stores: list[str], calls: int, moto_url: str) -> None:
+async def run(base: Settings, stores: list[str], calls: dict[str, int], moto_url: str) -> None:
     assert base.database_url
     for store in stores:
         settings = base.model_copy(
@@ -194,12 +196,13 @@ async def run(base: Settings, stores: list[str], calls: int, moto_url: str) -> N
                 "aws_endpoint_url": moto_url,
             }
         )
-        await measure(settings, store, calls)
+        await measure(settings, store, calls[store])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--dynamodb-calls", type=int, default=200, help="moto is slow")
     parser.add_argument("--stores", default=",".join(STORES))
     args = parser.parse_args()
     stores = [s for s in args.stores.split(",") if s]
@@ -220,7 +223,8 @@ def main() -> None:
                     LOOMWORK_TOKENS=f"bench={TENANT}",
                     LOOMWORK_HOME=Path(tmp),
                 )
-                asyncio.run(run(settings, stores, args.calls, f"http://127.0.0.1:{port}"))
+                calls = {store: args.calls for store in STORES} | {"dynamodb": args.dynamodb_calls}
+                asyncio.run(run(settings, stores, calls, f"http://127.0.0.1:{port}"))
             finally:
                 stack.stop()
     finally:

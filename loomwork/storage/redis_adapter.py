@@ -155,9 +155,8 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local n = tonumber(ARGV[1])
 if n <= 0 then return {} end
 local ids = redis.call('ZREVRANGE', KEYS[2], 0, n - 1)
-local out = {}
-for i = 1, #ids do out[i] = redis.call('HGET', KEYS[3], ids[i]) end
-return out
+if #ids == 0 then return {} end
+return redis.call('HMGET', KEYS[3], unpack(ids))
 """
 
 # KEYS: th, ms, m; ARGV: after, limit. Returns seq, record, seq, record, ...
@@ -167,10 +166,14 @@ local limit = tonumber(ARGV[2])
 if limit <= 0 then return {} end
 local rows = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf',
   'WITHSCORES', 'LIMIT', 0, limit)
+if #rows == 0 then return {} end
+local ids = {}
+for i = 1, #rows, 2 do ids[#ids + 1] = rows[i] end
+local records = redis.call('HMGET', KEYS[3], unpack(ids))
 local out = {}
-for i = 1, #rows, 2 do
-  out[#out + 1] = rows[i + 1]
-  out[#out + 1] = redis.call('HGET', KEYS[3], rows[i])
+for i = 1, #ids do
+  out[2 * i - 1] = rows[2 * i]
+  out[2 * i] = records[i]
 end
 return out
 """
