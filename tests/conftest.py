@@ -38,7 +38,9 @@ from tests.support import serving
 # the storage adapters of the contract suites.
 pytest_plugins = ["tests.oauth_provider", "tests.storage_backends"]
 
-TOKENS = "t-alpha=alpha,t-beta=beta"
+# Both may configure agents and integrations (role admin); t-alpha-user is a plain caller
+# of tenant alpha (no role).
+TOKENS = "t-alpha=alpha:admin,t-beta=beta:admin,t-alpha-user=alpha"
 # What LOOMWORK_MEMORY_STORE may name; tests taking `store` run once on each.
 MEMORY_STORES = ("postgres", "redis", "dynamodb")
 

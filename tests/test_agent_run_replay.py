@@ -21,6 +21,7 @@ def test_histories_of_earlier_versions_are_kept() -> None:
         "agent_run_session3_5a1910d",
         "agent_run_session7",
         "agent_run_session8_client_tools",
+        "agent_run_session9_waits",  # an approval timeout (its timer), the memo of waits
     } <= RECORDED.keys()
 
 

@@ -281,6 +281,15 @@ async def test_workflow_commands(env: dict[str, str]) -> None:
             break
         await asyncio.sleep(0.1)
     assert got["status"] == "WORKFLOW_RUN_STATUS_SUSPENDED"
+    for _ in range(100):  # visibility catches up a moment later
+        listed = _ok(
+            await _cli(env, "workflows", "runs", "--workflow", "expense-approval", "-n", "1000")
+        ).stdout
+        row = next((line for line in listed.splitlines() if run_id in line), "")
+        if "SUSPENDED" in row:
+            break
+        await asyncio.sleep(0.1)
+    assert "SUSPENDED" in row and row.rstrip(" │").endswith("approve")  # what it waits on
     bad = _failed(await _cli(env, "workflows", "resume", run_id, "approve", "--data", "{}"))
     assert "INVALID_ARGUMENT" in bad and "resume_data.approved" in bad
     resumed = _ok(

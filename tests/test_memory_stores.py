@@ -35,7 +35,7 @@ from server.transport.grpc_app import build_grpc_app
 from tests.conftest import free_port
 from tests.processes import ROOT, UNSET
 from tests.store_support import StoreService, database_beside
-from tests.support import unique
+from tests.support import TEST_SECRET_KEY, unique
 
 
 async def test_switching_the_store_of_a_deployment_is_refused(
@@ -60,6 +60,7 @@ def test_loomwork_server_says_why_it_will_not_start(embedded: dict[str, str]) ->
         TEMPORAL_ADDRESS=embedded["TEMPORAL_ADDRESS"],
         LOOMWORK_HOME=embedded["LOOMWORK_HOME"],
         LOOMWORK_TOKENS="t=tenant",
+        LOOMWORK_SECRET_KEY=TEST_SECRET_KEY,
         LOOMWORK_GRPC_ADDRESS="127.0.0.1:0",
         LOOMWORK_HTTP_ADDRESS="127.0.0.1:0",
         LOOMWORK_TASK_QUEUE=unique("refused"),

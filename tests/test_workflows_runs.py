@@ -18,6 +18,7 @@ from tests.workflow_support import (
     EXPENSE,
     ORDER,
     as_dict,
+    as_struct,
     get_run,
     has_status,
     start_run,
@@ -199,7 +200,9 @@ async def test_non_retryable_error_fails_at_once(workflows, token) -> None:
 
 
 async def test_list_runs_filters_by_workflow_and_status(workflows, token, other_token) -> None:
-    run = await start_run(workflows, token, "expense-approval", EXPENSE)
+    run = await start_run(
+        workflows, token, "expense-approval", EXPENSE, metadata=as_struct({"ticket": "T-7"})
+    )
     await wait_run(workflows, token, run.id, has_status(S.WORKFLOW_RUN_STATUS_SUSPENDED))
 
     async def listed(tok: str, **kw) -> list[S.WorkflowRun]:
@@ -221,7 +224,13 @@ async def test_list_runs_filters_by_workflow_and_status(workflows, token, other_
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.2)
     assert all(r.status == S.WORKFLOW_RUN_STATUS_SUSPENDED for r in found)
-    assert all(r.workflow_id == "expense-approval" and not r.steps for r in found)
+    assert all(r.workflow_id == "expense-approval" for r in found)
+    # A listed run says what it waits on (its suspended step), without the step's data.
+    [mine] = [r for r in found if r.id == run.id]
+    [waiting] = mine.steps
+    assert (waiting.path, waiting.status) == ("approve", S.WORKFLOW_STEP_STATUS_SUSPENDED)
+    assert not waiting.HasField("input") and not waiting.HasField("suspend_payload")
+    assert as_dict(mine.metadata) == {"ticket": "T-7"}
     assert run.id not in {r.id for r in await listed(other_token, page_size=1000)}
     succeeded = await listed(token, statuses=[S.WORKFLOW_RUN_STATUS_SUCCEEDED], page_size=1000)
     assert run.id not in {r.id for r in succeeded}

@@ -6,15 +6,16 @@ approval suspend the run (status waiting) until a decision arrives, by the `resu
 Update (validated, answered synchronously: what ResumeRun uses) or by the `resume` signal
 with the same JSON payload (`temporal workflow signal --name resume --input '{...}'`).
 Calls of client tools (declared by the caller, run by it) are handed to the caller the same
-way: the run waits (status waiting) for the `submit_tool_results` Update (SubmitToolResults),
-each call until its tool's timeout, if it has one.
+way: the run waits (status waiting) for the `submit_tool_results` Update (SubmitToolResults).
+Each wait ends: an approval at its tool's or agent's approval timeout (the call is rejected),
+a client tool call at its tool's timeout (an error result), if they have one. What the run
+waits on is kept in its memo for ListRuns.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
@@ -22,14 +23,17 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
+from workflows.rejections import check_call_ids
 from workflows.retries import (
     BOOKKEEPING,
     MODEL_CALL,
     MODEL_HEARTBEAT_TIMEOUT,
     OUTAGE_PATIENCE,
+    TOOL_HEARTBEAT_TIMEOUT,
     temporal_retry_policy,
 )
 from workflows.search_attributes import STATUS
+from workflows.waits import MAX_LISTED_WAITS, WaitingMemo, wait_until
 
 with workflow.unsafe.imports_passed_through():
     from loomwork.agents.events import (
@@ -61,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
         RunState,
         ToolResultsInput,
         Violation,
+        WaitingOn,
     )
     from loomwork.llm.chat import ChatMessage, ChatUsage
     from loomwork.messages import ToolCallPart, ToolResultPart
@@ -90,39 +95,6 @@ def _cause(error: BaseException) -> tuple[str, str]:
     return str(error), type(error).__name__
 
 
-def _rejected(error_type: str, field: str, description: str) -> ApplicationError:
-    """An Update rejection: `type` names the domain error, the details hold the field."""
-    return ApplicationError(
-        f"{field}: {description}",
-        {"field": field, "description": description},
-        type=error_type,
-    )
-
-
-def _check_call_ids(
-    field: str,
-    call_ids: list[str],
-    waiting: Callable[[str], bool],
-    *,
-    what: str,
-    twice: str,
-    not_waiting: str,
-) -> None:
-    """An Update's check of the tool calls it answers (`field[i].tool_call_id`): at least
-    one, none twice, each one `waiting`. Rejections carry the domain error type and the
-    field, so callers map them as they are."""
-    if not call_ids:
-        raise _rejected("InvalidArgument", field, f"give at least one {what}")
-    seen: set[str] = set()
-    for i, call_id in enumerate(call_ids):
-        at = f"{field}[{i}].tool_call_id"
-        if call_id in seen:
-            raise _rejected("InvalidArgument", at, f"{call_id!r} {twice}")
-        seen.add(call_id)
-        if not waiting(call_id):
-            raise _rejected("FailedPrecondition", at, f"{call_id!r} {not_waiting}")
-
-
 def _is_client(output: StepOutput, call: ToolCallPart) -> bool:
     """A call of a client tool: the caller runs it, not a worker."""
     route = output.tool_routes.get(call.tool_call_id)
@@ -142,6 +114,7 @@ class AgentRunWorkflow:
         self._pending: dict[str, PendingApproval] = {}
         self._decisions: dict[str, Decision] = {}
         self._awaiting_approvals = False  # the step's approvals are not all decided yet
+        self._expired: set[str] = set()  # approvals rejected because their timeout passed
         # Client tool calls handed to the caller and not taken back yet, and their results.
         self._client_calls: dict[str, PendingToolCall] = {}
         self._client_results: dict[str, ClientToolResult] = {}
@@ -149,22 +122,37 @@ class AgentRunWorkflow:
         self._unpublished: list[ToolResultEvent] = []
         self._steps = 0
         self._record = RunRecord()
+        self._waiting_memo = WaitingMemo()
 
     # -- messages
 
-    @workflow.query(name="state")
-    def state(self) -> RunState:
-        undecided = [p for p in self._pending.values() if p.tool_call_id not in self._decisions]
-        unanswered = [
+    def _undecided(self) -> list[PendingApproval]:
+        return [p for p in self._pending.values() if p.tool_call_id not in self._decisions]
+
+    def _unanswered(self) -> list[PendingToolCall]:
+        return [
             c for c in self._client_calls.values() if c.tool_call_id not in self._client_results
         ]
+
+    @workflow.query(name="state")
+    def state(self) -> RunState:
         return RunState(
             **dict(self._record),
             status=self._phase,
-            pending=undecided,
-            pending_tool_calls=unanswered,
+            pending=self._undecided(),
+            pending_tool_calls=self._unanswered(),
             steps=self._steps,
         )
+
+    def _show_waiting(self) -> None:
+        """Keep the memo ListRuns reads equal to what the run waits on (no arguments)."""
+        approvals = self._undecided()[:MAX_LISTED_WAITS]
+        calls = self._unanswered()[:MAX_LISTED_WAITS]
+        waiting = WaitingOn(
+            approvals=[p.model_copy(update={"arguments": {}}) for p in approvals],
+            tool_calls=[c.model_copy(update={"arguments": {}}) for c in calls],
+        )
+        self._waiting_memo.show(waiting.model_dump(mode="json") if approvals or calls else None)
 
     @workflow.update(name="resume_run")
     async def resume_run(self, resume: ResumeInput) -> RunState:
@@ -181,13 +169,14 @@ class AgentRunWorkflow:
 
     @resume_run.validator
     def _validate_resume(self, resume: ResumeInput) -> None:
-        _check_call_ids(
+        check_call_ids(
             "decisions",
             [d.tool_call_id for d in resume.decisions],
             lambda i: i in self._pending and i not in self._decisions,
             what="decision",
             twice="is decided twice",
-            not_waiting="is not waiting for approval",
+            not_waiting="is not waiting for approval (not a call of this run that needs"
+            " approval, decided already, or past its approval timeout)",
         )
 
     @workflow.update(name="submit_tool_results")
@@ -207,7 +196,7 @@ class AgentRunWorkflow:
 
     @submit_tool_results.validator
     def _validate_results(self, submitted: ToolResultsInput) -> None:
-        _check_call_ids(
+        check_call_ids(
             "results",
             [r.tool_call_id for r in submitted.results],
             lambda i: i in self._client_calls and i not in self._client_results,
@@ -333,6 +322,7 @@ class AgentRunWorkflow:
         self._awaiting_approvals = False
         self._client_calls.clear()
         self._client_results.clear()
+        self._show_waiting()
         finished = await self._bookkeeping(
             FINISH,
             FinishInput(
@@ -405,6 +395,7 @@ class AgentRunWorkflow:
         if phase != self._phase:
             self._phase = phase
             workflow.upsert_search_attributes([STATUS.value_set(phase.upper())])
+        self._show_waiting()
 
     async def _tool_calls(
         self, request: AgentRunRequest, plan: RunPlan, step: int, output: StepOutput
@@ -413,12 +404,15 @@ class AgentRunWorkflow:
             c for c in output.tool_calls if c.tool_call_id in output.approval_required
         ]
         for call in needs_approval:
+            route = output.tool_routes.get(call.tool_call_id)
+            limit = route.approval_timeout if route is not None else None
             self._pending[call.tool_call_id] = PendingApproval(
                 tool_call_id=call.tool_call_id,
                 tool_name=call.tool_name,
                 arguments=dict(call.arguments),
                 step=step,
                 request_time=workflow.now(),
+                expire_time=workflow.now() + limit if limit is not None else None,
             )
         # Client tool calls whose arguments fit their schema go to the caller.
         handed = [
@@ -450,8 +444,7 @@ class AgentRunWorkflow:
                     request, ToolCallRequested(time=workflow.now(), step=step, call=pending)
                 )
         if needs_approval:
-            ids = [c.tool_call_id for c in needs_approval]
-            await workflow.wait_condition(lambda: all(i in self._decisions for i in ids))
+            await self._decided([c.tool_call_id for c in needs_approval])
             self._awaiting_approvals = False
             self._settle_phase()
             for call in needs_approval:
@@ -494,6 +487,11 @@ class AgentRunWorkflow:
             )
 
         def run(call: ToolCallPart) -> Awaitable[ToolResultPart]:
+            if call.tool_call_id in self._expired:  # no decision in time: it does not run
+                reason = decisions[call.tool_call_id].reason
+                return self._tool_result(
+                    request, step, error_result(call, f"{call.tool_name} did not run: {reason}")
+                )
             if not _is_client(output, call):
                 return self._tool_call(tool_input(call))
             invalid = output.invalid_calls.get(call.tool_call_id)
@@ -503,6 +501,31 @@ class AgentRunWorkflow:
 
         return list(await asyncio.gather(*(run(c) for c in output.tool_calls)))
 
+    async def _decided(self, ids: list[str]) -> None:
+        """Wait until each of these approvals is decided; one whose approval timeout passes
+        first is rejected ("no decision within ...")."""
+        while undecided := [self._pending[i] for i in ids if i not in self._decisions]:
+            deadlines = [p.expire_time for p in undecided if p.expire_time is not None]
+            first = min(deadlines, default=None)
+            await wait_until(
+                lambda: any(p.tool_call_id in self._decisions for p in undecided),
+                first,
+                summary="approval timeout",
+            )
+            for pending in undecided:
+                expire_time = pending.expire_time
+                if pending.tool_call_id in self._decisions or expire_time is None:
+                    continue
+                if expire_time <= workflow.now():
+                    waited = expire_time - pending.request_time
+                    self._decisions[pending.tool_call_id] = Decision(
+                        tool_call_id=pending.tool_call_id,
+                        approve=False,
+                        reason=f"no decision within {waited}",
+                    )
+                    self._expired.add(pending.tool_call_id)
+            self._show_waiting()
+
     async def _client_call(
         self, request: AgentRunRequest, step: int, call: ToolCallPart
     ) -> ToolResultPart:
@@ -510,10 +533,7 @@ class AgentRunWorkflow:
         the tool's timeout has passed without one."""
         call_id = call.tool_call_id
         expire_time = self._client_calls[call_id].expire_time
-        left = expire_time - workflow.now() if expire_time is not None else None
-        if left is None or left > timedelta(0):
-            with contextlib.suppress(TimeoutError):  # no result in time
-                await workflow.wait_condition(lambda: call_id in self._client_results, timeout=left)
+        await wait_until(lambda: call_id in self._client_results, expire_time)
         answer = self._client_results.pop(call_id, None)
         pending = self._client_calls.pop(call_id)
         self._settle_phase()
@@ -552,7 +572,7 @@ class AgentRunWorkflow:
                 start_to_close_timeout=route.timeout or DEFAULT_TOOL_TIMEOUT,
                 # The activity heartbeats while the tool runs: a worker that dies mid-call is
                 # noticed within seconds and the call moves on.
-                heartbeat_timeout=timedelta(seconds=5),
+                heartbeat_timeout=TOOL_HEARTBEAT_TIMEOUT,
                 retry_policy=temporal_retry_policy(route.retry) if route.retry else _QUICK,
                 summary=route.summary or f"tool {call.call.tool_name}",
             )

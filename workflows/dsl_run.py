@@ -1,7 +1,8 @@
 """DslRun: the one generic workflow that interprets any registered workflow definition.
 
 Each step (a Python step function or a tool) is one activity with the step's own retry
-policy and the step's name as its summary in the Temporal UI; conditions, mappings and
+policy, heartbeating (a dead worker's attempt is retried after `STEP_HEARTBEAT_TIMEOUT`, not
+the step's timeout), and the step's name as its summary in the Temporal UI; conditions, mappings and
 sleeps run here, deterministically. Nested workflows are interpreted inline, under their
 step's path; an agent step is a child AgentRun workflow.
 
@@ -29,8 +30,15 @@ from temporalio.exceptions import (
     ChildWorkflowError,
 )
 
-from workflows.retries import BOOKKEEPING, OUTAGE_PATIENCE, temporal_retry_policy
+from workflows.rejections import rejected
+from workflows.retries import (
+    BOOKKEEPING,
+    OUTAGE_PATIENCE,
+    STEP_HEARTBEAT_TIMEOUT,
+    temporal_retry_policy,
+)
 from workflows.search_attributes import STATUS
+from workflows.waits import MAX_LISTED_WAITS, WaitingMemo, wait_until
 
 with workflow.unsafe.imports_passed_through():
     from loomwork.agents.run_models import AgentRunRequest, RunOutcome
@@ -80,17 +88,14 @@ _NEVER_RETRIED = (
 )
 
 
+# What the memo of waits leaves out of a step execution (GetRun has it).
+_STEP_DATA = ("input", "output", "error", "suspend_payload", "resume_data")
+
+
 class _StepFailed(Exception):
     def __init__(self, error: RunError) -> None:
         super().__init__(error.message)
         self.error = error
-
-
-def _rejected(error_type: str, violations: list[tuple[str, str]], message: str) -> ApplicationError:
-    """An Update rejection: `type` names the domain error; details hold (field, description)."""
-    return ApplicationError(
-        message, *[{"field": f, "description": d} for f, d in violations], type=error_type
-    )
 
 
 def _activity_error(error: BaseException) -> RunError:
@@ -132,6 +137,7 @@ class DslRunWorkflow:
         self._published_status = ""
         # Events the next step activity publishes before its own (see StepCall.events).
         self._lead_events: list[WorkflowEvent] = []
+        self._waiting_memo = WaitingMemo()
 
     # -- messages ------------------------------------------------------------------------
 
@@ -175,21 +181,21 @@ class DslRunWorkflow:
     def _resume_problem(self, request: ResumeRequest) -> ApplicationError | None:
         matches = self._state.suspended_matching(request.step_id)
         if not matches:
-            return _rejected(
+            return rejected(
                 "FailedPrecondition",
                 [("step_id", f"no step {request.step_id!r} is suspended")],
                 f"no step {request.step_id!r} is suspended",
             )
         if len(matches) > 1:
             paths = ", ".join(m.path for m in matches)
-            return _rejected(
+            return rejected(
                 "FailedPrecondition",
                 [("step_id", f"{request.step_id!r} matches several suspended steps: {paths}")],
                 f"{request.step_id!r} matches several suspended steps ({paths}); give the path",
             )
         target = matches[0]
         if target.path in self._resumes:
-            return _rejected(
+            return rejected(
                 "FailedPrecondition",
                 [("step_id", f"{target.path!r} is already being resumed")],
                 f"{target.path!r} is already being resumed",
@@ -206,7 +212,7 @@ class DslRunWorkflow:
                 )
                 for err in exc.errors()
             ]
-            return _rejected(
+            return rejected(
                 "InvalidArgument",
                 violations,
                 f"resume data for {target.path!r} does not match {node.resume_model.__name__}",
@@ -267,6 +273,7 @@ class DslRunWorkflow:
             state.end_time = now
             state.error = RunError(type="CANCELED", message=self._cancel_reason or "canceled")
             self._set_status("canceled")
+            self._show_waiting()
             state.terminal_event_id = await self._publish(
                 RunFinished(status="canceled", error=state.error)
             )
@@ -442,6 +449,7 @@ class DslRunWorkflow:
                     activity_id=path if executions == 1 else f"{path}#{executions}",
                     summary=node.id + (f": {node.description}" if node.description else ""),
                     start_to_close_timeout=node.retry.timeout,
+                    heartbeat_timeout=STEP_HEARTBEAT_TIMEOUT,
                     retry_policy=temporal_retry_policy(node.retry, never_retried=_NEVER_RETRIED),
                 )
             except ActivityError as exc:
@@ -463,13 +471,35 @@ class DslRunWorkflow:
             step_run.status = "suspended"
             step_run.suspend_payload = outcome.suspend_payload
             step_run.suspend_time = workflow.now()
+            timeout = node.suspend_timeout if isinstance(node, Step) else None
+            step_run.expire_time = workflow.now() + timeout if timeout is not None else None
             await self._changed(StepEvent(type="step_suspended", step=step_run))
-            await workflow.wait_condition(lambda: path in self._resumes)
+            if not await wait_until(
+                lambda: path in self._resumes, step_run.expire_time, summary=f"{path} timeout"
+            ):
+                await self._suspend_timed_out(node, step_run)
             resume_data = self._resumes.pop(path)
             step_run.status = "running"
             step_run.resume_data = resume_data
             step_run.resume_time = workflow.now()
             await self._changed(StepEvent(type="step_resumed", step=step_run))
+
+    async def _suspend_timed_out(self, node: Step | ToolStep, step_run: StepRun) -> None:
+        """No resume data within the step's suspend timeout: it resumes with the step's
+        `resume_on_timeout`, or fails without one."""
+        if isinstance(node, Step) and node.resume_on_timeout is not None:
+            self._resumes[step_run.path] = node.resume_on_timeout.model_dump(mode="json")
+            return
+        assert step_run.expire_time is not None and step_run.suspend_time is not None
+        waited = step_run.expire_time - step_run.suspend_time
+        error = RunError(
+            type="SuspendTimedOut", message=f"{step_run.path}: no resume data within {waited}"
+        )
+        step_run.status = "failed"
+        step_run.error = error
+        step_run.end_time = workflow.now()
+        await self._changed(StepEvent(type="step_failed", step=step_run))
+        raise _StepFailed(error)
 
     async def _agent(
         self, node: AgentStep, step_run: StepRun, data: dict[str, Any]
@@ -526,8 +556,19 @@ class DslRunWorkflow:
     async def _changed(self, *events: WorkflowEvent) -> None:
         # The status first: an Update waiting on this change answers with a current run.
         self._set_status(self._state.derived_status())
+        self._show_waiting()
         if events:
             await self._publish(*events)
+
+    def _show_waiting(self) -> None:
+        """Keep the memo ListRuns reads equal to the steps the run waits on (suspended or
+        sleeping), without their data."""
+        waits = [
+            s.model_copy(update=dict.fromkeys(_STEP_DATA)).model_dump(mode="json")
+            for s in self._state.steps
+            if s.status in ("suspended", "waiting")
+        ][:MAX_LISTED_WAITS]
+        self._waiting_memo.show(waits or None)
 
     def _set_status(self, status: str) -> None:
         if self._state.status not in ("succeeded", "failed", "canceled"):

@@ -178,9 +178,12 @@ def agents_get(
     )
     for pending in run.pending_approvals:
         arguments = escape(proto_inline(pending.arguments))
+        until = ""
+        if pending.HasField("expire_time"):
+            until = f", rejected if undecided at {short_time(pending.expire_time)}"
         out.print(
             f"  waiting for approval: {escape(pending.tool_name)} {arguments}"
-            f" (tool call {escape(pending.tool_call_id)})"
+            f" (tool call {escape(pending.tool_call_id)}{until})"
         )
     if run.output.text:
         out.print(f"  answer: {escape(run.output.text)}")
@@ -208,15 +211,23 @@ def agents_runs(
     print_items(
         response.runs,
         as_json,
-        Table("run", "agent", "status", "thread", "started", title="agent runs"),
+        Table("run", "agent", "status", "thread", "started", "waits on", title="agent runs"),
         lambda run: (
             escape(run.id),
             escape(run.agent_name),
             run_status(run.status),
             escape(run.thread_id),
             short_time(run.create_time),
+            escape(_waits_on(run)),
         ),
     )
+
+
+def _waits_on(run: agent_pb2.AgentRun) -> str:
+    """What a WAITING run waits on: its approvals and client tool calls, by tool."""
+    waits = [f"approval of {p.tool_name}" for p in run.pending_approvals]
+    waits += [f"result of {c.tool_name}" for c in run.pending_tool_calls]
+    return ", ".join(waits)
 
 
 @agents_app.command("approve")

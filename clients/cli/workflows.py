@@ -233,12 +233,13 @@ def workflows_runs(
     print_items(
         response.runs,
         as_json,
-        Table("run", "workflow", "status", "started", title="workflow runs"),
+        Table("run", "workflow", "status", "started", "waits on", title="workflow runs"),
         lambda run: (
             escape(run.id),
             escape(run.workflow_id),
             workflow_status(run.status),
             short_time(run.create_time),
+            escape(", ".join(step.path for step in run.steps)),  # listed: the steps it waits on
         ),
     )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, field_validator
 from loomwork.errors import InvalidArgument, NotFound
 from loomwork.json_schema import check_object_schema
 from loomwork.memory.settings import MemorySettings
+from loomwork.tools.routes import MAX_APPROVAL_TIMEOUT
 
 AGENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 MAX_TOOLS = 128
@@ -40,6 +41,11 @@ class AgentDefinition(BaseModel):
     # When true a run reads memory but saves nothing (no messages, no working memory updates).
     memory_read_only: bool = False
     max_steps: int = Field(default=5, ge=1, le=100)
+    # How long a run waits for a decision on a call that needs approval before it rejects the
+    # call and goes on (a tool's own `approval_timeout`, if shorter, wins); None: no limit.
+    approval_timeout: timedelta | None = Field(
+        default=None, gt=timedelta(0), le=MAX_APPROVAL_TIMEOUT
+    )
     output_schema: dict[str, Any] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     source: AgentSource = "code"

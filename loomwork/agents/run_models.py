@@ -69,24 +69,32 @@ class Violation(BaseModel):
 
 
 class PendingCall(BaseModel):
-    """A tool call the run waits on."""
+    """A tool call the run waits on, until `expire_time` if it has a timeout."""
 
     tool_call_id: str
     tool_name: str
     arguments: dict[str, Any] = Field(default_factory=dict)
     step: int
     request_time: datetime
+    expire_time: datetime | None = None
 
 
 class PendingApproval(PendingCall):
-    """A call waiting for a person to approve or reject it."""
+    """A call waiting for a person to approve or reject it; past `expire_time` (the approval
+    timeout of its tool or agent, if declared) it is rejected."""
 
 
 class PendingToolCall(PendingCall):
     """A call of a client tool, handed to the caller, waiting for its result; past
     `expire_time` (the tool's timeout, if declared) the model gets an error result."""
 
-    expire_time: datetime | None = None
+
+class WaitingOn(BaseModel):
+    """What a waiting run waits on, without the calls' arguments: what its Temporal memo
+    keeps for ListRuns."""
+
+    approvals: list[PendingApproval] = Field(default_factory=list)
+    tool_calls: list[PendingToolCall] = Field(default_factory=list)
 
 
 class Decision(BaseModel):

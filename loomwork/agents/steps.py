@@ -67,7 +67,7 @@ from loomwork.tools.client_tools import ClientTool
 from loomwork.tools.mcp_names import is_mcp_name
 from loomwork.tools.mcp_source import McpToolInfo, McpTools
 from loomwork.tools.registry import error_result
-from loomwork.tools.routes import ToolRoute
+from loomwork.tools.routes import ToolRoute, earliest
 from loomwork.tools.tool_context import OAuthAccess
 
 log = logging.getLogger(__name__)
@@ -408,21 +408,27 @@ class AgentSteps:
             await deltas.cancel()
             await model.aclose()
         await self.publish(request, UsageEvent(step=step.step, usage=result.usage))
+        approval_required = [
+            c.tool_call_id
+            for c in result.tool_calls
+            if c.tool_name in names and self.tools.requires_approval(c.tool_name)
+        ]
+        tool_routes = {
+            c.tool_call_id: routes.get(c.tool_name) or self.tools.route(c.tool_name)
+            for c in result.tool_calls
+        }
+        for call_id in approval_required:  # the tool's or the agent's limit, whichever is first
+            route = tool_routes[call_id]
+            limit = earliest(route.approval_timeout, agent.approval_timeout)
+            tool_routes[call_id] = route.model_copy(update={"approval_timeout": limit})
         output = StepOutput(
             text=result.text,
             tool_calls=result.tool_calls,
             argument_errors=result.argument_errors,
-            approval_required=[
-                c.tool_call_id
-                for c in result.tool_calls
-                if c.tool_name in names and self.tools.requires_approval(c.tool_name)
-            ],
+            approval_required=approval_required,
             finish_reason=result.finish_reason,
             usage=result.usage,
-            tool_routes={
-                c.tool_call_id: routes.get(c.tool_name) or self.tools.route(c.tool_name)
-                for c in result.tool_calls
-            },
+            tool_routes=tool_routes,
         )
         self._invalid_client_calls(request, output)
         if output.tool_calls:

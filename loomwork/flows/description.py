@@ -47,6 +47,13 @@ class StepInfo(BaseModel):
     tool_name: str = ""
     concurrency: int = 0
     sleep_duration: timedelta | None = None
+    suspend_timeout: timedelta | None = None
+    resume_on_timeout: dict[str, Any] | None = None
+
+
+# Fields added after definitions were first versioned: left out of the version while unset,
+# so a definition that does not use them keeps the version it had.
+_VERSIONED_WHEN_SET = ("suspend_timeout", "resume_on_timeout")
 
 
 class WorkflowInfo(BaseModel):
@@ -79,6 +86,9 @@ def describe_node(node: Node) -> StepInfo:
         if node.suspend_model and node.resume_model:
             info.suspend_schema = node.suspend_model.model_json_schema()
             info.resume_schema = node.resume_model.model_json_schema()
+        info.suspend_timeout = node.suspend_timeout
+        if node.resume_on_timeout is not None:
+            info.resume_on_timeout = node.resume_on_timeout.model_dump(mode="json")
     elif isinstance(node, ToolStep):
         info.tool_name = node.tool_name
         info.retry = node.retry
@@ -117,11 +127,20 @@ def structure_hash(workflow: Definition) -> str:
     shape = {
         "input": workflow.input_model.model_json_schema(),
         "output": workflow.output_model.model_json_schema(),
-        "steps": [describe_node(node).model_dump(mode="json") for node in workflow.nodes],
+        "steps": [
+            _versioned(describe_node(node).model_dump(mode="json")) for node in workflow.nodes
+        ],
         "code": [_code_of(node) for node in workflow.nodes],
     }
     digest = hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:12]
+
+
+def _versioned(step: dict[str, Any]) -> dict[str, Any]:
+    """A described step as its version sees it (see _VERSIONED_WHEN_SET)."""
+    shown = {k: v for k, v in step.items() if k not in _VERSIONED_WHEN_SET or v is not None}
+    shown["children"] = [_versioned(child) for child in step["children"]]
+    return shown
 
 
 def _code_of(node: Node) -> list[str]:

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from loomwork.flows.step_context import StepContext
 from loomwork.retries import RetryPolicy
+from loomwork.tools import Tool, tool_of
 
 StepKind = Literal[
     "step",
@@ -84,12 +85,16 @@ class Step(Node):
 
     The function gets the validated input model and a `StepContext`; it may call
     `ctx.suspend(payload)` (validated by `suspend`) and is then run again with
-    `ctx.resume_data` (validated by `resume`) once the run is resumed."""
+    `ctx.resume_data` (validated by `resume`) once the run is resumed. With
+    `suspend_timeout`, a suspension that gets no resume data in that time ends: the step runs
+    again with `resume_on_timeout` as its resume data, or fails (SuspendTimedOut) without."""
 
     fn: StepFunction | None = None
     suspend_model: type[BaseModel] | None = None
     resume_model: type[BaseModel] | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    suspend_timeout: timedelta | None = None
+    resume_on_timeout: BaseModel | None = None
 
     def __post_init__(self) -> None:
         self.kind = "step"
@@ -237,10 +242,28 @@ def step(
     suspend: type[BaseModel] | None = None,
     resume: type[BaseModel] | None = None,
     retry: RetryPolicy | None = None,
+    suspend_timeout: timedelta | None = None,
+    resume_on_timeout: BaseModel | None = None,
 ) -> Callable[[StepFunction], Step]:
-    """Decorator turning `async def fn(input, ctx) -> output` into a `Step`."""
+    """Decorator turning `async def fn(input, ctx) -> output` into a `Step`.
+
+    A step that suspends (`suspend` and `resume` schemas) waits for its resume data for at
+    most `suspend_timeout` when given; then it runs again with `resume_on_timeout` (an
+    instance of `resume`) as its resume data, or, without one, fails with SuspendTimedOut."""
     if (suspend is None) != (resume is None):
         raise InvalidDefinition(f"step {id!r}: give both suspend and resume schemas, or neither")
+    if suspend_timeout is not None:
+        if resume is None:
+            raise InvalidDefinition(f"step {id!r}: suspend_timeout needs suspend and resume")
+        if suspend_timeout <= timedelta(0):
+            raise InvalidDefinition(f"step {id!r}: suspend_timeout must be positive")
+    if resume_on_timeout is not None:
+        if suspend_timeout is None:
+            raise InvalidDefinition(f"step {id!r}: resume_on_timeout needs suspend_timeout")
+        if resume is None or not isinstance(resume_on_timeout, resume):
+            raise InvalidDefinition(
+                f"step {id!r}: resume_on_timeout must be an instance of its resume schema"
+            )
 
     def wrap(fn: StepFunction) -> Step:
         return Step(
@@ -252,6 +275,8 @@ def step(
             suspend_model=suspend,
             resume_model=resume,
             retry=retry or RetryPolicy(),
+            suspend_timeout=suspend_timeout,
+            resume_on_timeout=resume_on_timeout,
         )
 
     return wrap
@@ -260,19 +285,42 @@ def step(
 def tool_step(
     id: str,
     *,
-    tool: str,
-    args: type[BaseModel],
+    tool: str | Callable[..., Any],
+    args: type[BaseModel] | None = None,
     description: str = "",
     retry: RetryPolicy | None = None,
 ) -> ToolStep:
-    """A registered tool as a step; `args` is the tool's argument model (checked at start-up)."""
+    """A registered tool as a step. `tool` is the `@tool` function itself (the step takes its
+    name, argument model, retry policy and timeout) or a tool's name (then `args`, the tool's
+    argument model, is required, and the step retries as steps do by default). `retry`, when
+    given, is the step's policy either way. Names and models are checked at start-up."""
+    if isinstance(tool, str):
+        if args is None:
+            raise InvalidDefinition(f"tool step {id!r}: give `args`, the tool's argument model")
+        name, policy = tool, retry or RetryPolicy()
+    else:
+        declared = tool_of(tool)
+        if declared is None:
+            raise InvalidDefinition(f"tool step {id!r}: {tool!r} is not a @tool function")
+        if args is not None and args is not declared.args:
+            raise InvalidDefinition(
+                f"tool step {id!r}: tool {declared.name!r} takes {declared.args.__name__}, "
+                f"not {args.__name__}"
+            )
+        name, args, policy = declared.name, declared.args, retry or tool_policy(declared)
     return ToolStep(
         id=id,
-        description=description or f"tool {tool}",
+        description=description or f"tool {name}",
         input_model=args,
-        tool_name=tool,
-        retry=retry or RetryPolicy(),
+        tool_name=name,
+        retry=policy,
     )
+
+
+def tool_policy(tool: Tool) -> RetryPolicy:
+    """A tool's retries and timeout as a step's policy (the step default where it has none)."""
+    policy = tool.retry or RetryPolicy()
+    return policy if tool.timeout is None else policy.model_copy(update={"timeout": tool.timeout})
 
 
 def agent_step(id: str, *, agent: str, description: str = "", max_steps: int = 0) -> AgentStep:

@@ -83,6 +83,8 @@ class StepRun(BaseModel):
     suspend_time: datetime | None = None
     resume_time: datetime | None = None
     wake_time: datetime | None = None
+    # A suspended step with a suspend timeout: when it stops waiting for resume data.
+    expire_time: datetime | None = None
 
 
 class RunState(BaseModel):

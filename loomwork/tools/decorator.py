@@ -13,6 +13,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from loomwork.retries import RetryPolicy
 from loomwork.tools.registry import Tool
+from loomwork.tools.routes import MAX_APPROVAL_TIMEOUT
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,6 +28,7 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     requires_approval: bool = False,
+    approval_timeout: timedelta | None = None,
     timeout: timedelta | None = None,
     retry: RetryPolicy | None = None,
 ) -> Any:
@@ -36,7 +38,9 @@ def tool(
     parameter's annotation (a pydantic model) is the arguments' schema; the return
     annotation (a pydantic model or a JSON type) fills the tool's result schema. With
     `retry`, an exception is retried by Temporal and reaches the model only after the last
-    attempt; without it, at once. `timeout` limits one attempt.
+    attempt; without it, at once. `timeout` limits one attempt. With `requires_approval`, a
+    call waits for a person's decision; `approval_timeout` bounds that wait (past it the call
+    is rejected and the run goes on).
     """
 
     def mark(fn: F) -> F:
@@ -48,6 +52,7 @@ def tool(
                 name=name,
                 description=description,
                 requires_approval=requires_approval,
+                approval_timeout=approval_timeout,
                 timeout=timeout,
                 retry=retry,
             ),
@@ -69,6 +74,7 @@ def tool_from_function(
     name: str | None = None,
     description: str | None = None,
     requires_approval: bool = False,
+    approval_timeout: timedelta | None = None,
     timeout: timedelta | None = None,
     retry: RetryPolicy | None = None,
 ) -> Tool:
@@ -91,12 +97,21 @@ def tool_from_function(
         raise TypeError(f"{where}: the name {tool_name!r} must be 1..64 of [A-Za-z0-9_-]")
     if timeout is not None and timeout <= timedelta(0):
         raise TypeError(f"{where}: timeout must be positive")
+    if approval_timeout is not None:
+        if not requires_approval:
+            raise TypeError(f"{where}: approval_timeout needs requires_approval=True")
+        if not timedelta(0) < approval_timeout <= MAX_APPROVAL_TIMEOUT:
+            raise TypeError(
+                f"{where}: approval_timeout must be positive and at most"
+                f" {MAX_APPROVAL_TIMEOUT.days} days"
+            )
     return Tool(
         name=tool_name,
         description=text,
         args=args,
         run=fn,
         requires_approval=requires_approval,
+        approval_timeout=approval_timeout,
         result_schema=_result_schema(hints.get("return")),
         timeout=timeout,
         retry=retry,

@@ -34,6 +34,8 @@ class Tool:
     args: type[BaseModel]
     run: ToolFunction
     requires_approval: bool = False
+    # How long a call waits for a decision before it is rejected (None: until one comes).
+    approval_timeout: timedelta | None = None
     # The JSON schema of what it returns (from its return annotation), when known.
     result_schema: dict[str, Any] | None = None
     timeout: timedelta | None = None  # None: the retry policy's, else the default
@@ -52,7 +54,12 @@ class Tool:
     def route(self) -> ToolRoute:
         """How the agent workflow runs a call of this tool."""
         timeout = self.timeout or (self.retry.timeout if self.retry else DEFAULT_TOOL_TIMEOUT)
-        return ToolRoute(kind="worker", timeout=timeout, retry=self.retry)
+        return ToolRoute(
+            kind="worker",
+            timeout=timeout,
+            retry=self.retry,
+            approval_timeout=self.approval_timeout,
+        )
 
 
 class ToolFailed(LoomworkError):

@@ -15,6 +15,13 @@ from loomwork.tools.mcp_names import McpToolRef
 ToolKind = Literal["worker", "mcp", "client"]
 
 DEFAULT_TOOL_TIMEOUT = timedelta(minutes=2)
+# The longest a run waits for a decision on one call, when a limit is declared.
+MAX_APPROVAL_TIMEOUT = timedelta(days=30)
+
+
+def earliest(*limits: timedelta | None) -> timedelta | None:
+    """The shortest of the limits that are set (None when none is)."""
+    return min((limit for limit in limits if limit is not None), default=None)
 
 
 class ToolRoute(BaseModel):
@@ -28,3 +35,6 @@ class ToolRoute(BaseModel):
     timeout: timedelta | None = DEFAULT_TOOL_TIMEOUT
     retry: RetryPolicy | None = None  # None: the agent workflow's default for tools
     mcp: McpToolRef | None = None  # kind "mcp": the server and tool the call goes to
+    # A call that needs approval: how long the run waits for the decision before it rejects
+    # the call (the earliest of the tool's and the agent's limits; None: until one comes).
+    approval_timeout: timedelta | None = None

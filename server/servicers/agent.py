@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from pydantic import BaseModel
 from temporalio.client import (
-    WorkflowExecution,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
+    WorkflowFailureError,
     WorkflowHandle,
 )
 from temporalio.service import RPCError, RPCStatusCode
@@ -52,23 +52,20 @@ from loomwork.errors import (
 )
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id
 from loomwork.paging import (
-    decode_bytes_token,
     decode_text_token,
-    encode_bytes_token,
     encode_text_token,
 )
 from loomwork.tools import Tool
 from loomwork.tools.mcp_source import McpToolInfo
-from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
+from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
 from server.agent_runs import AgentRunStarter
 from server.runtime import Runtime
 from server.servicers import agent_convert, client_tools_convert
-from server.servicers.relay import PendingNotice, relay_run_events
+from server.servicers.relay import ClosedRunEnd, PendingNotice, relay_run_events
+from server.servicers.run_listing import listed_agent_run, status_clause, visibility_page
 from server.servicers.tenancy import tenant
-from server.servicers.well_known_convert import set_timestamp
-from server.temporal import not_taken, query_state, start_input
+from server.temporal import ABNORMAL_END, closure_error, not_taken, query_state, start_input
 from workflows.agent_run import AgentRunWorkflow
-from workflows.search_attributes import AGENT, RESOURCE, RUN, STATUS, THREAD
 
 log = logging.getLogger(__name__)
 
@@ -82,24 +79,10 @@ _UPDATABLE = (
     "max_steps",
     "output_schema",
     "metadata",
+    "approval_timeout",
 )
-_RUN_STATUS_NAMES = {
-    run_pb2.RUN_STATUS_PENDING: "PENDING",
-    run_pb2.RUN_STATUS_RUNNING: "RUNNING",
-    run_pb2.RUN_STATUS_WAITING: "WAITING",
-    run_pb2.RUN_STATUS_SUCCEEDED: "SUCCEEDED",
-    run_pb2.RUN_STATUS_FAILED: "FAILED",
-    run_pb2.RUN_STATUS_CANCELED: "CANCELED",
-}
-_RUN_STATUS_FROM_NAME = {name: value for value, name in _RUN_STATUS_NAMES.items()}
-# Runs whose workflow ended without the workflow saying so (terminated, timed out...).
 # How long an Update may take before the service checks that a worker has taken the run.
 NOT_TAKEN_CHECK_AFTER = 1.0
-_ABNORMAL_END = {
-    WorkflowExecutionStatus.FAILED,
-    WorkflowExecutionStatus.TERMINATED,
-    WorkflowExecutionStatus.TIMED_OUT,
-}
 
 
 async def _describe(
@@ -263,15 +246,20 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.GenerateResponse:
         run_request, handle = await self._start(request)
         workflow_id = handle.id
-        key = event_log_key(run_request.tenant, run_request.run_id)
-        async for event in self.runtime.events.follow(key, 0):
-            published = decode_event(event.payload)
+        async for event_id, published in relay_run_events(
+            self.runtime.events,
+            event_log_key(run_request.tenant, run_request.run_id),
+            run_request.run_id,
+            0,
+            decode_event,
+            closed=ClosedRunEnd(self._closed_end(handle, run_request.run_id)),
+        ):
             if isinstance(published, RunFinished):
                 # The outcome as the workflow returns it, without waiting for it to close.
                 outcome = published.outcome
-                outcome.terminal_event_id = event.event_id
+                outcome.terminal_event_id = event_id
                 run = agent_convert.run_to_proto(outcome, workflow_id)
-                run.last_event_id = event.event_id
+                run.last_event_id = event_id
                 return agent_pb2.GenerateResponse(run=run)
             if isinstance(published, ApprovalRequested | ToolCallRequested):
                 # Stopped for a person or for the caller: answer with the run and what it
@@ -280,7 +268,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 if waiting is not None:
                     return agent_pb2.GenerateResponse(run=waiting)
                 break
-        outcome = await handle.result()
+        try:
+            outcome = await handle.result()
+        except WorkflowFailureError:  # ended from outside meanwhile
+            return agent_pb2.GenerateResponse(run=await self._current(run_request.run_id))
         run = agent_convert.run_to_proto(outcome, workflow_id)
         return agent_pb2.GenerateResponse(
             run=await self._with_last_event(run, outcome.terminal_event_id)
@@ -337,8 +328,27 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             decode_event,
             expired_end=None if announced else expired_end,
             pending=pending,
+            closed=ClosedRunEnd(self._closed_end(handle, run_id), at_start=not announced),
         ):
             yield agent_convert.event_to_proto(run_id, event_id, event, workflow_id)
+
+    def _closed_end(
+        self, handle: WorkflowHandle[AgentRunWorkflow, RunOutcome], run_id: str
+    ) -> Callable[[], Awaitable[bytes | None]]:
+        """The run's terminal event once its workflow has closed (see ClosedRunEnd): FAILED
+        with its failure if it ended from outside, else its outcome (its log lost it)."""
+
+        async def terminal() -> bytes | None:
+            description = await _describe(handle, run_id)
+            if description.status in (None, WorkflowExecutionStatus.RUNNING):
+                return None
+            if description.status in ABNORMAL_END:
+                outcome = await self._abnormal_outcome(handle, run_id, description)
+            else:
+                outcome = await handle.result()
+            return encode_event(RunFinished(outcome=outcome))
+
+        return terminal
 
     async def Stream(
         self, request: agent_pb2.StreamRequest, context: grpc.aio.ServicerContext
@@ -399,16 +409,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 return await self._with_last_event(
                     agent_convert.state_to_proto(run_id, agent_name, state, workflow_id)
                 )
-        if description.status in (
-            WorkflowExecutionStatus.RUNNING,  # decided, only saving: the result is a moment away
-            WorkflowExecutionStatus.COMPLETED,
-        ):
+        if description.status in ABNORMAL_END:
+            outcome = await self._abnormal_outcome(handle, run_id, description)
+        else:  # completed; or running, decided and only saving: the result is a moment away
             outcome = await handle.result()
-            return await self._with_last_event(
-                agent_convert.run_to_proto(outcome, workflow_id), outcome.terminal_event_id
-            )
-        status = description.status.name if description.status else "UNKNOWN"
-        raise FailedPrecondition(f"run {run_id!r} ended abnormally ({status}); see the Temporal UI")
+        return await self._with_last_event(
+            agent_convert.run_to_proto(outcome, workflow_id), outcome.terminal_event_id
+        )
 
     async def _pending_state(
         self,
@@ -421,6 +428,34 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             raise Unavailable(f"Temporal: workflow {handle.id!r} has no start input")
         record = RunRecord.accepted(request, create_time=description.start_time)
         return RunState(**dict(record), status="pending")
+
+    async def _abnormal_outcome(
+        self,
+        handle: WorkflowHandle[AgentRunWorkflow, RunOutcome],
+        run_id: str,
+        description: WorkflowExecutionDescription,
+    ) -> RunOutcome:
+        """A run whose workflow ended without its outcome (ABNORMAL_END): FAILED with the
+        workflow's failure as its error, and what the workflow knew of it (its start input
+        when no worker answers)."""
+        try:
+            state = await _state(handle, run_id)
+        except Unavailable:
+            state = await self._pending_state(handle, description)
+        error_type, message = await closure_error(handle)
+        return RunOutcome.model_validate(
+            {
+                **{name: getattr(state, name) for name in RunRecord.model_fields},
+                "run_id": run_id,
+                "agent_name": handle.id.split("/")[1],
+                "status": "failed",
+                "finish_reason": "error",
+                "steps": state.steps,
+                "error": message,
+                "error_type": error_type,
+                "end_time": description.close_time,
+            }
+        )
 
     async def GetRun(
         self, request: agent_pb2.AgentServiceGetRunRequest, context: grpc.aio.ServicerContext
@@ -530,7 +565,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 "resource_id", f"must be at most {agent_convert.MAX_RESOURCE_ID} characters"
             )
         for i, status in enumerate(request.statuses):
-            if status not in _RUN_STATUS_NAMES:
+            if status not in agent_convert.RUN_STATUS_NAMES:
                 violations.add(f"statuses[{i}]", "is not a run status")
         violations.raise_if_any()
         clauses = [
@@ -545,45 +580,16 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             if value:
                 clauses.append(f"{attribute} = {visibility_literal(value)}")
         if request.statuses:
-            names = sorted({_RUN_STATUS_NAMES[s] for s in request.statuses})
-            clauses.append(f"LoomworkStatus IN ({', '.join(visibility_literal(n) for n in names)})")
-        query = " AND ".join(clauses)
-        page_token = decode_bytes_token(request.page_token, query) or None
-        listing = self.runtime.temporal.list_workflows(
-            query, page_size=request.page_size or 50, next_page_token=page_token
+            clauses.append(
+                status_clause({agent_convert.RUN_STATUS_NAMES[s] for s in request.statuses})
+            )
+        executions, token = await visibility_page(
+            self.runtime.temporal,
+            " AND ".join(clauses),
+            request.page_size or 50,
+            request.page_token,
         )
-        try:
-            await listing.fetch_next_page()
-        except RPCError as error:
-            raise Unavailable(f"Temporal visibility: {error.message}") from error
-        token = listing.next_page_token
         return agent_pb2.AgentServiceListRunsResponse(
-            runs=[_listed_run(execution) for execution in listing.current_page or []],
-            next_page_token=encode_bytes_token(token, query) if token else "",
+            runs=[await listed_agent_run(execution) for execution in executions],
+            next_page_token=token,
         )
-
-
-def _listed_run(execution: WorkflowExecution) -> agent_pb2.AgentRun:
-    """A run as visibility knows it: ids, agent, thread, status and times (no messages)."""
-    attributes = execution.typed_search_attributes
-    status_name = attributes.get(STATUS) or "RUNNING"
-    status = _RUN_STATUS_FROM_NAME.get(status_name, run_pb2.RUN_STATUS_RUNNING)
-    if execution.status in _ABNORMAL_END:
-        status = run_pb2.RUN_STATUS_FAILED
-    elif execution.status == WorkflowExecutionStatus.CANCELED:
-        status = run_pb2.RUN_STATUS_CANCELED
-    run = agent_pb2.AgentRun(
-        id=attributes.get(RUN) or execution.id.rsplit("/", 1)[-1],
-        agent_name=attributes.get(AGENT) or "",
-        thread_id=attributes.get(THREAD) or "",
-        resource_id=attributes.get(RESOURCE) or "",
-        status=status,
-        temporal_workflow_id=execution.id,
-        temporal_run_id=execution.run_id,
-    )
-    set_timestamp(run.create_time, execution.start_time)
-    if execution.execution_time is not None:
-        set_timestamp(run.start_time, execution.execution_time)
-    if execution.close_time is not None:
-        set_timestamp(run.end_time, execution.close_time)
-    return run

@@ -43,6 +43,16 @@ _STATUS = {
     "failed": run_pb2.RUN_STATUS_FAILED,
     "canceled": run_pb2.RUN_STATUS_CANCELED,
 }
+# The LoomworkStatus search attribute's values, by the RunStatus they stand for.
+RUN_STATUS_NAMES = {
+    run_pb2.RUN_STATUS_PENDING: "PENDING",
+    run_pb2.RUN_STATUS_RUNNING: "RUNNING",
+    run_pb2.RUN_STATUS_WAITING: "WAITING",
+    run_pb2.RUN_STATUS_SUCCEEDED: "SUCCEEDED",
+    run_pb2.RUN_STATUS_FAILED: "FAILED",
+    run_pb2.RUN_STATUS_CANCELED: "CANCELED",
+}
+RUN_STATUS_FROM_NAME = {name: value for value, name in RUN_STATUS_NAMES.items()}
 DEFAULT_WORKING_MEMORY_TEMPLATE = "# User\n- name:\n- preferences:\n- facts:\n"
 
 _FINISH = {
@@ -66,6 +76,9 @@ _ERROR_CODES = {
     "InvalidArgument": (code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
     # The model's structured answer does not validate against the output schema.
     "OutputSchemaMismatch": (code_pb2.FAILED_PRECONDITION, "OUTPUT_SCHEMA_MISMATCH"),
+    # The run's workflow ended from outside: an operator terminated it, or it timed out.
+    "Terminated": (code_pb2.ABORTED, "RUN_TERMINATED"),
+    "TimedOut": (code_pb2.DEADLINE_EXCEEDED, "RUN_TIMED_OUT"),
 }
 
 
@@ -133,6 +146,8 @@ def agent_to_proto(agent: AgentDefinition) -> agent_pb2.Agent:
         set_timestamp(out.create_time, agent.create_time)
     if agent.update_time is not None:
         set_timestamp(out.update_time, agent.update_time)
+    if agent.approval_timeout is not None:
+        out.approval_timeout.FromTimedelta(agent.approval_timeout)
     return out
 
 
@@ -161,6 +176,8 @@ def agent_data_from_proto(agent: agent_pb2.Agent) -> dict[str, Any]:
         data["output_schema"] = output_schema_from_proto(agent.output_schema, "agent.output_schema")
     if agent.HasField("metadata"):
         data["metadata"] = json_format.MessageToDict(agent.metadata)
+    if agent.HasField("approval_timeout"):
+        data["approval_timeout"] = agent.approval_timeout.ToTimedelta()
     return data
 
 
@@ -184,6 +201,8 @@ def tool_to_proto(tool: Tool) -> agent_pb2.Tool:
     out.parameters_schema.update(tool.spec().parameters)
     if tool.result_schema is not None:
         out.result_schema.update(tool.result_schema)
+    if tool.approval_timeout is not None:
+        out.approval_timeout.FromTimedelta(tool.approval_timeout)
     return out
 
 
@@ -269,6 +288,8 @@ def pending_to_proto(pending: runs.PendingApproval) -> agent_pb2.PendingApproval
     )
     out.arguments.update(pending.arguments)
     set_timestamp(out.request_time, pending.request_time)
+    if pending.expire_time is not None:
+        set_timestamp(out.expire_time, pending.expire_time)
     return out
 
 

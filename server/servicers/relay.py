@@ -3,6 +3,7 @@ answers): from an event id to the run's end, skipping kinds this server does not
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from temporalio.client import WorkflowHandle
 
+from loomwork.errors import LoomworkError
 from loomwork.streams import FollowIdle
 from loomwork.streams.run_events import RunEventLog
 from server.temporal import pending_wait
@@ -56,6 +58,38 @@ class PendingNotice:
         )
 
 
+# How often a quiet stream asks whether its run's workflow closed without a terminal event,
+# and how long it waits for the answer (a Temporal that does not answer: it asks again later).
+CLOSED_CHECK_SECONDS = 5.0
+CLOSED_CHECK_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class ClosedRunEnd:
+    """How a stream ends whose run's workflow closed without publishing its terminal event
+    (an operator terminated it, it timed out, or it failed outside its steps): `terminal()`
+    is that event's payload once the workflow has closed, None while it runs. Asked each time
+    the stream has been quiet for `every_seconds`, and first thing with `at_start`; the event
+    is published as the log's terminal event, so every watcher gets the same one."""
+
+    terminal: Callable[[], Awaitable[bytes | None]]
+    every_seconds: float = CLOSED_CHECK_SECONDS
+    at_start: bool = False
+
+    async def end_if_closed(self, events: RunEventLog, key: str) -> None:
+        """Publish the terminal event if the log has none and the workflow has closed. A
+        check Temporal cannot answer now is left for the next one: the stream goes on."""
+        if await events.is_finished(key):
+            return
+        try:
+            payload = await asyncio.wait_for(self.terminal(), CLOSED_CHECK_TIMEOUT)
+        except (LoomworkError, TimeoutError) as error:
+            log.info("run log %s: could not tell whether its run has closed: %s", key, error)
+            return
+        if payload is not None:
+            await events.publish(key, payload, terminal=True, patience=0)
+
+
 async def relay_run_events(
     events: RunEventLog,
     key: str,
@@ -65,14 +99,16 @@ async def relay_run_events(
     *,
     expired_end: Callable[[], Awaitable[tuple[int, T] | None]] | None = None,
     pending: PendingNotice | None = None,
+    closed: ClosedRunEnd | None = None,
 ) -> AsyncIterator[tuple[int, T]]:
     """The run's events after `after_event_id` as (event id, event), to its end.
 
     `expired_end`, asked when the log is empty: the run's terminal event with its original
     id if the run has ended (its events expired), else None (not started yet: follow the
     log). `pending`: publish run_pending once if the stream stays quiet (no worker took the
-    run); else, as after the notice, no idle limit (a run may wait hours for an approval or
-    a resume: the caller's deadline governs).
+    run). `closed`: end the stream if the run's workflow closed without its terminal event.
+    No idle limit otherwise (a run may wait hours for an approval or a resume: the caller's
+    deadline governs).
     """
     if expired_end is not None and await events.last_id(key) == 0:
         end = await expired_end()
@@ -80,10 +116,17 @@ async def relay_run_events(
             if end[0] > after_event_id:
                 yield end
             return
+    if closed is not None and closed.at_start:
+        await closed.end_if_closed(events, key)
     cursor = after_event_id
-    watch = pending is not None
+    notice_due = pending is not None
+    quiet = 0.0  # seconds since the last event (or the start), as far as idle periods tell
     while True:
-        idle = pending.after_seconds if pending is not None and watch else None
+        waits = [closed.every_seconds] if closed is not None else []
+        if pending is not None and notice_due:
+            waits.append(max(pending.after_seconds - quiet, 0.01))
+        idle = min(waits, default=None)
+        before = cursor
         try:
             async for event in events.follow(key, cursor, idle_timeout=idle):
                 cursor = event.event_id
@@ -92,6 +135,10 @@ async def relay_run_events(
                     yield cursor, decoded
             return
         except FollowIdle:
-            watch = False
-            if pending is not None and cursor >= 1:  # after run_started, never in its place
-                await pending.publish(events, key, run_id, cursor)
+            quiet = (idle or 0.0) + (quiet if cursor == before else 0.0)
+            if pending is not None and notice_due and quiet >= pending.after_seconds:
+                notice_due = False
+                if cursor >= 1:  # after run_started, never in its place
+                    await pending.publish(events, key, run_id, cursor)
+            if closed is not None:
+                await closed.end_if_closed(events, key)

@@ -6,20 +6,19 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import grpc
 from pydantic import ValidationError
 from temporalio.api.enums.v1 import WorkflowExecutionStatus as RawStatus
-from temporalio.api.workflowservice.v1 import ListWorkflowExecutionsRequest
 from temporalio.client import (
+    WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowHandle,
 )
-from temporalio.converter import DataConverter
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.run_lookup import RunLookup
+from activities.run_lookup import RunLookup, visibility_literal
 from activities.workflow_runs import DSL_RUN, WorkflowRunStarter
 from loomwork.agents.directory import RunDirectory
 from loomwork.errors import (
@@ -37,9 +36,9 @@ from loomwork.flows.state import (
     DslRunInput,
     ResumeRequest,
     RunError,
+    RunFailed,
     RunPending,
     RunState,
-    RunStatus,
     WorkflowEvent,
     decode_event,
     encode_event,
@@ -49,19 +48,19 @@ from loomwork.flows.state import (
 )
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id, new_id
 from loomwork.paging import (
-    decode_bytes_token,
     decode_page_token,
-    encode_bytes_token,
     encode_page_token,
 )
 from protos.loomwork.v1 import workflow_pb2, workflow_pb2_grpc
 from server.runtime import Runtime
 from server.servicers import workflow_convert
-from server.servicers.relay import PendingNotice, relay_run_events
+from server.servicers.relay import ClosedRunEnd, PendingNotice, relay_run_events
+from server.servicers.run_listing import listed_workflow_run, status_clause, visibility_page
 from server.servicers.tenancy import tenant
 from server.servicers.well_known_convert import struct_to_dict
-from server.temporal import not_taken, query_state, start_input
+from server.temporal import ABNORMAL_END, closure_error, not_taken, query_state, start_input
 from workflows.dsl_run import DslRunWorkflow
+from workflows.waits import WAITING_MEMO
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +148,8 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             violations.add("input", "must be at most 2 MiB serialized")
         if request.metadata.ByteSize() > MAX_METADATA_BYTES:
             violations.add("metadata", "must be at most 16 KiB serialized")
+        if WAITING_MEMO in request.metadata.fields:  # kept beside it in the run's memo
+            violations.add(f"metadata.{WAITING_MEMO}", "is a key Loomwork keeps for itself")
         if not request.workflow_id:
             violations.add("workflow_id", "is required")
         violations.raise_if_any()
@@ -235,10 +236,10 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
     ) -> workflow_pb2.WorkflowServiceListRunsResponse:
         tenant_id = tenant()
         size = _page_size(request.page_size)
-        clauses = ["WorkflowType = 'DslRun'", f"LoomworkTenant = '{tenant_id}'"]
+        clauses = ["WorkflowType = 'DslRun'", f"LoomworkTenant = {visibility_literal(tenant_id)}"]
         if request.workflow_id:
             self._definition(request.workflow_id)
-            clauses.append(f"LoomworkWorkflow = '{request.workflow_id}'")
+            clauses.append(f"LoomworkWorkflow = {visibility_literal(request.workflow_id)}")
         statuses = []
         for i, wanted in enumerate(request.statuses):
             status_name = workflow_convert.RUN_STATUS_NAMES.get(wanted)
@@ -246,61 +247,14 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                 raise InvalidArgument.field(f"statuses[{i}]", "is not a run status")
             statuses.append(status_name.upper())
         if statuses:
-            clauses.append("LoomworkStatus IN (" + ", ".join(f"'{s}'" for s in statuses) + ")")
-        query = " AND ".join(clauses)  # visibility lists newest first
-        token = decode_bytes_token(request.page_token, query)
-        response = await self.runtime.temporal.workflow_service.list_workflow_executions(
-            ListWorkflowExecutionsRequest(
-                namespace=self.runtime.temporal.namespace,
-                page_size=size,
-                next_page_token=token,
-                query=query,
-            )
+            clauses.append(status_clause(set(statuses)))
+        executions, token = await visibility_page(
+            self.runtime.temporal, " AND ".join(clauses), size, request.page_token
+        )  # visibility lists newest first
+        return workflow_pb2.WorkflowServiceListRunsResponse(
+            runs=[await listed_workflow_run(e, tenant_id) for e in executions],
+            next_page_token=token,
         )
-        converter: DataConverter = self.runtime.temporal.data_converter
-        runs = []
-        for execution in response.executions:
-            attributes = execution.search_attributes.indexed_fields
-            values: dict[str, Any] = {}
-            for key in ("LoomworkRun", "LoomworkWorkflow", "LoomworkStatus"):
-                if key in attributes:
-                    decoded = converter.payload_converter.from_payload(attributes[key])
-                    values[key] = decoded[0] if isinstance(decoded, list) else decoded
-            run_status = (
-                _TERMINAL_STATUS.get(execution.status)
-                or str(values.get("LoomworkStatus", "RUNNING")).lower()
-            )
-            state = RunState.model_construct(
-                tenant=tenant_id,
-                run_id=str(values.get("LoomworkRun", "")),
-                workflow_id=str(values.get("LoomworkWorkflow", "")),
-                workflow_version="",
-                status=cast(RunStatus, run_status),
-                input={},
-                output=None,
-                error=None,
-                steps=[],
-                metadata={},
-                create_time=execution.start_time.ToDatetime(UTC),
-                start_time=execution.execution_time.ToDatetime(UTC)
-                if execution.HasField("execution_time")
-                else None,
-                end_time=execution.close_time.ToDatetime(UTC)
-                if execution.HasField("close_time")
-                else None,
-            )
-            runs.append(
-                workflow_convert.run_to_proto(
-                    state,
-                    temporal_workflow_id=execution.execution.workflow_id,
-                    temporal_run_id=execution.execution.run_id,
-                    summary=True,
-                )
-            )
-        next_token = ""
-        if response.next_page_token:
-            next_token = encode_bytes_token(response.next_page_token, query)
-        return workflow_pb2.WorkflowServiceListRunsResponse(runs=runs, next_page_token=next_token)
 
     async def ResumeRun(
         self,
@@ -386,6 +340,18 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                 return state.terminal_event_id, terminal_event(state)
             return None
 
+        async def closed_end() -> bytes | None:
+            # The workflow closed and its log has no terminal event: terminated, timed out or
+            # failed from outside (its failure is the run's error), or its log lost that event.
+            description = await self._describe(handle, run_id)
+            if description.status in (None, WorkflowExecutionStatus.RUNNING):
+                return None
+            if description.status in ABNORMAL_END:
+                error = await _closure(handle)
+                return encode_event(RunFailed(time=description.close_time, error=error))
+            state = await self._state(handle, run_id)
+            return encode_event(terminal_event(state)) if state.status in TERMINAL_RUN else None
+
         async for event_id, event in relay_run_events(
             self.runtime.events,
             event_log_key(tenant_id, run_id),
@@ -397,6 +363,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             pending=PendingNotice(
                 handle, self.runtime.settings.pending_notice_seconds, _pending_event
             ),
+            closed=ClosedRunEnd(closed_end, at_start=True),
         ):
             yield workflow_pb2.WorkflowServiceWatchRunResponse(
                 event=workflow_convert.event_to_proto(run_id, event_id, event)
@@ -420,48 +387,60 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
     ) -> RunState:
         return await query_state(handle, DslRunWorkflow.state, run_id)
 
-    async def _require_open(
-        self, handle: WorkflowHandle[DslRunWorkflow, RunState], run_id: str, action: str
-    ) -> None:
+    async def _describe(
+        self, handle: WorkflowHandle[DslRunWorkflow, RunState], run_id: str
+    ) -> WorkflowExecutionDescription:
         try:
-            description = await handle.describe()
+            return await handle.describe()
         except RPCError as error:
             if error.status == RPCStatusCode.NOT_FOUND:
                 raise NotFound(f"run {run_id!r} not found") from error
             raise Unavailable(f"Temporal: {error.message}") from error
+
+    async def _require_open(
+        self, handle: WorkflowHandle[DslRunWorkflow, RunState], run_id: str, action: str
+    ) -> None:
+        description = await self._describe(handle, run_id)
         if description.status != WorkflowExecutionStatus.RUNNING:
             status = description.status.name.lower() if description.status else "ended"
             raise FailedPrecondition(f"cannot {action} run {run_id!r}: it is {status}")
 
     async def _run(self, tenant_id: str, run_id: str, workflow_id: str) -> workflow_pb2.WorkflowRun:
         handle = self._handle(workflow_id)
-        try:
-            description = await handle.describe()
-        except RPCError as error:
-            if error.status == RPCStatusCode.NOT_FOUND:
-                raise NotFound(f"run {run_id!r} not found") from error
-            raise Unavailable(f"Temporal: {error.message}") from error
+        description = await self._describe(handle, run_id)
+        ended_outside = description.status in ABNORMAL_END
         if not_taken(description):
-            start = await start_input(handle, self.runtime.temporal.data_converter, DslRunInput)
-            state = RunState(
-                tenant=tenant_id,
-                run_id=run_id,
-                workflow_id=start.workflow_id if start else workflow_id.split("/")[1],
-                workflow_version=start.workflow_version if start else "",
-                input=start.input if start else {},
-                metadata=start.metadata if start else {},
-                create_time=description.start_time,
-            )
+            state = await self._start_state(handle, tenant_id, run_id, description)
         else:
-            state = await self._state(handle, run_id)
-            if description.status in _RAW_ENDED and state.status not in (
-                "succeeded",
-                "failed",
-                "canceled",
-            ):
-                state.status = "failed"  # terminated or timed out from outside
+            try:
+                state = await self._state(handle, run_id)
+            except Unavailable:
+                if not ended_outside:
+                    raise
+                state = await self._start_state(handle, tenant_id, run_id, description)
             _merge_pending_attempts(state, description.raw_description.pending_activities)
+        if ended_outside and state.status not in TERMINAL_RUN:
+            _ended_outside(state, await _closure(handle), description.close_time)
         return await self._to_proto(state, handle, run_id=description.run_id)
+
+    async def _start_state(
+        self,
+        handle: WorkflowHandle[DslRunWorkflow, RunState],
+        tenant_id: str,
+        run_id: str,
+        description: WorkflowExecutionDescription,
+    ) -> RunState:
+        """A run as it was started (no worker has taken it, or none answers for it)."""
+        start = await start_input(handle, self.runtime.temporal.data_converter, DslRunInput)
+        return RunState(
+            tenant=tenant_id,
+            run_id=run_id,
+            workflow_id=start.workflow_id if start else handle.id.split("/")[1],
+            workflow_version=start.workflow_version if start else "",
+            input=start.input if start else {},
+            metadata=start.metadata if start else {},
+            create_time=description.start_time,
+        )
 
     async def _to_proto(
         self,
@@ -480,10 +459,21 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         )
 
 
-_RAW_ENDED = {
-    WorkflowExecutionStatus.TERMINATED,
-    WorkflowExecutionStatus.TIMED_OUT,
-}
+async def _closure(handle: WorkflowHandle[DslRunWorkflow, RunState]) -> RunError:
+    error_type, message = await closure_error(handle)
+    return RunError(type=error_type, message=message)
+
+
+def _ended_outside(state: RunState, error: RunError, end_time: datetime | None) -> None:
+    """A run whose workflow ended from outside (terminated, timed out, failed outside its
+    steps): FAILED with that error; its unfinished steps were stopped."""
+    state.status = "failed"
+    state.error = error
+    state.end_time = end_time
+    for step in state.steps:
+        if step.status in ("pending", "running", "suspended", "waiting"):
+            step.status = "canceled"
+            step.end_time = end_time
 
 
 def _merge_pending_attempts(state: RunState, pending: Any) -> None:

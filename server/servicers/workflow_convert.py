@@ -114,6 +114,10 @@ def step_info_to_proto(info: StepInfo) -> workflow_pb2.WorkflowStep:
         step.retry_policy.CopyFrom(_retry(info.retry))
     if info.sleep_duration is not None:
         step.sleep_duration.CopyFrom(_duration(info.sleep_duration))
+    if info.suspend_timeout is not None:
+        step.suspend_timeout.CopyFrom(_duration(info.suspend_timeout))
+    if info.resume_on_timeout is not None:
+        step.resume_on_timeout.CopyFrom(dict_to_struct(info.resume_on_timeout))
     return step
 
 
@@ -167,6 +171,7 @@ def step_run_to_proto(step: StepRun) -> workflow_pb2.WorkflowStepRun:
         "suspend_time",
         "resume_time",
         "wake_time",
+        "expire_time",
     ):
         _set_time(out, name, getattr(step, name))
     return out

@@ -3,8 +3,9 @@
     .venv/bin/python tests/histories/record.py tests/histories/agent_run_<version>.json
     .venv/bin/python tests/histories/record.py --workflows tests/histories/dsl_run_<version>
 
-An agent run: one run through the gRPC API on a fresh embedded stack: a tool call, a call
-that needs approval (approved by ResumeRun), a call of a client tool (answered by
+An agent run: one run through the gRPC API on a fresh embedded stack, of an agent made like
+`assistant` with an approval timeout of an hour: a tool call, a call that needs approval
+(approved by ResumeRun before its timeout), a call of a client tool (answered by
 SubmitToolResults), then the answer. `--workflows`: one DslRun of
 each example workflow through StartRun (linear, branching, and suspend → ResumeRun), written
 to `<prefix>_<workflow>.json`. Record them per released version of the workflow code and
@@ -55,8 +56,13 @@ async def record(settings: Settings) -> str:
     await app.start()
     async with worker, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         agents = agent_pb2_grpc.AgentServiceStub(channel)
+        agent = agent_pb2.Agent(
+            name="recorder", instructions="Help.", tool_names=["add", "send_email"]
+        )
+        agent.approval_timeout.FromSeconds(3600)
+        await agents.CreateAgent(agent_pb2.CreateAgentRequest(agent=agent), metadata=AUTH)
         request = agent_pb2.StreamRequest(
-            agent_name="assistant",
+            agent_name="recorder",
             prompt="add 2 and 3, then mail Ada, then ask for the weather",
             client_run_id="replay",
             client_tools=[

@@ -5,6 +5,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from . import access_pb2 as _access_pb2
 from . import memory_pb2 as _memory_pb2
 from . import message_pb2 as _message_pb2
 from . import run_pb2 as _run_pb2
@@ -61,7 +62,7 @@ AGENT_FINISH_REASON_CANCELED: AgentFinishReason
 AGENT_FINISH_REASON_ERROR: AgentFinishReason
 
 class Agent(_message.Message):
-    __slots__ = ("name", "description", "instructions", "model", "model_settings", "tool_names", "memory", "max_steps", "output_schema", "metadata", "source", "create_time", "update_time")
+    __slots__ = ("name", "description", "instructions", "model", "model_settings", "tool_names", "memory", "max_steps", "output_schema", "metadata", "source", "create_time", "update_time", "approval_timeout")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +76,7 @@ class Agent(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     instructions: str
@@ -88,7 +90,8 @@ class Agent(_message.Message):
     source: AgentSource
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., instructions: _Optional[str] = ..., model: _Optional[str] = ..., model_settings: _Optional[_Union[_run_pb2.ModelSettings, _Mapping]] = ..., tool_names: _Optional[_Iterable[str]] = ..., memory: _Optional[_Union[AgentMemorySettings, _Mapping]] = ..., max_steps: _Optional[int] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., source: _Optional[_Union[AgentSource, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    approval_timeout: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., instructions: _Optional[str] = ..., model: _Optional[str] = ..., model_settings: _Optional[_Union[_run_pb2.ModelSettings, _Mapping]] = ..., tool_names: _Optional[_Iterable[str]] = ..., memory: _Optional[_Union[AgentMemorySettings, _Mapping]] = ..., max_steps: _Optional[int] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., source: _Optional[_Union[AgentSource, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., approval_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class AgentMemorySettings(_message.Message):
     __slots__ = ("last_messages", "semantic_recall", "working_memory", "max_context_tokens", "read_only")
@@ -131,18 +134,20 @@ class WorkingMemorySettings(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., scope: _Optional[_Union[_memory_pb2.MemoryScope, str]] = ..., template: _Optional[str] = ..., schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Tool(_message.Message):
-    __slots__ = ("name", "description", "parameters_schema", "result_schema", "requires_approval")
+    __slots__ = ("name", "description", "parameters_schema", "result_schema", "requires_approval", "approval_timeout")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     RESULT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     REQUIRES_APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     parameters_schema: _struct_pb2.Struct
     result_schema: _struct_pb2.Struct
     requires_approval: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., requires_approval: _Optional[bool] = ...) -> None: ...
+    approval_timeout: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., requires_approval: _Optional[bool] = ..., approval_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class CreateAgentRequest(_message.Message):
     __slots__ = ("agent",)
@@ -405,18 +410,20 @@ class ContextUsage(_message.Message):
     def __init__(self, tokens_in_context: _Optional[int] = ..., messages_recalled: _Optional[int] = ..., messages_trimmed: _Optional[int] = ..., tokens_trimmed: _Optional[int] = ...) -> None: ...
 
 class PendingApproval(_message.Message):
-    __slots__ = ("tool_call_id", "tool_name", "arguments", "step", "request_time")
+    __slots__ = ("tool_call_id", "tool_name", "arguments", "step", "request_time", "expire_time")
     TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     TOOL_NAME_FIELD_NUMBER: _ClassVar[int]
     ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     REQUEST_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     tool_call_id: str
     tool_name: str
     arguments: _struct_pb2.Struct
     step: int
     request_time: _timestamp_pb2.Timestamp
-    def __init__(self, tool_call_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., step: _Optional[int] = ..., request_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, tool_call_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., step: _Optional[int] = ..., request_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ApprovalDecision(_message.Message):
     __slots__ = ("tool_call_id", "approve", "reject")

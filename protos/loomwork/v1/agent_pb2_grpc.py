@@ -223,14 +223,19 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetRun(self, request, context):
-        """Gets one run: status, input, output so far, pending approvals, error.
+        """Gets one run: status, input, output so far, pending approvals, error. A
+        run whose Temporal workflow ended from outside (an operator terminated
+        it, it timed out, or it failed outside its steps) is FAILED with that as
+        its error: reason `RUN_TERMINATED` (code ABORTED, the operator's reason
+        in the message), `RUN_TIMED_OUT` (DEADLINE_EXCEEDED) or `RUN_FAILED`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListRuns(self, request, context):
-        """Lists runs, newest first, filtered by agent, thread, resource, status.
+        """Lists runs, newest first, filtered by agent, thread, resource, status;
+        a WAITING run lists what it waits on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -239,7 +244,9 @@ class AgentServiceServicer:
     def WatchRun(self, request, context):
         """Streams a run's events after `after_event_id`, live until its terminal
         event; the way to reconnect to a Stream/StreamObject, or to follow a run
-        started by Generate. Works on any server replica.
+        started by Generate. Works on any server replica. A run whose workflow
+        ended from outside (see GetRun) gets its `run_failed` event within
+        seconds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

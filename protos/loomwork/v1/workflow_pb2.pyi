@@ -4,6 +4,7 @@ from ...buf.validate import validate_pb2 as _validate_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from . import access_pb2 as _access_pb2
 from . import run_pb2 as _run_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -100,7 +101,7 @@ class Workflow(_message.Message):
     def __init__(self, id: _Optional[str] = ..., description: _Optional[str] = ..., version: _Optional[str] = ..., input_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[WorkflowStep, _Mapping]]] = ...) -> None: ...
 
 class WorkflowStep(_message.Message):
-    __slots__ = ("id", "description", "kind", "input_schema", "output_schema", "suspend_schema", "resume_schema", "retry_policy", "children", "condition", "default_branch", "workflow_id", "agent_name", "tool_name", "concurrency", "sleep_duration")
+    __slots__ = ("id", "description", "kind", "input_schema", "output_schema", "suspend_schema", "resume_schema", "retry_policy", "children", "condition", "default_branch", "workflow_id", "agent_name", "tool_name", "concurrency", "sleep_duration", "suspend_timeout", "resume_on_timeout")
     ID_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +118,8 @@ class WorkflowStep(_message.Message):
     TOOL_NAME_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     SLEEP_DURATION_FIELD_NUMBER: _ClassVar[int]
+    SUSPEND_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    RESUME_ON_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     id: str
     description: str
     kind: WorkflowStepKind
@@ -133,7 +136,9 @@ class WorkflowStep(_message.Message):
     tool_name: str
     concurrency: int
     sleep_duration: _duration_pb2.Duration
-    def __init__(self, id: _Optional[str] = ..., description: _Optional[str] = ..., kind: _Optional[_Union[WorkflowStepKind, str]] = ..., input_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., suspend_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resume_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., retry_policy: _Optional[_Union[StepRetryPolicy, _Mapping]] = ..., children: _Optional[_Iterable[_Union[WorkflowStep, _Mapping]]] = ..., condition: _Optional[str] = ..., default_branch: _Optional[bool] = ..., workflow_id: _Optional[str] = ..., agent_name: _Optional[str] = ..., tool_name: _Optional[str] = ..., concurrency: _Optional[int] = ..., sleep_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    suspend_timeout: _duration_pb2.Duration
+    resume_on_timeout: _struct_pb2.Struct
+    def __init__(self, id: _Optional[str] = ..., description: _Optional[str] = ..., kind: _Optional[_Union[WorkflowStepKind, str]] = ..., input_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., suspend_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resume_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., retry_policy: _Optional[_Union[StepRetryPolicy, _Mapping]] = ..., children: _Optional[_Iterable[_Union[WorkflowStep, _Mapping]]] = ..., condition: _Optional[str] = ..., default_branch: _Optional[bool] = ..., workflow_id: _Optional[str] = ..., agent_name: _Optional[str] = ..., tool_name: _Optional[str] = ..., concurrency: _Optional[int] = ..., sleep_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., suspend_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resume_on_timeout: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class StepRetryPolicy(_message.Message):
     __slots__ = ("max_attempts", "initial_interval", "backoff_coefficient", "maximum_interval", "non_retryable_error_types", "timeout")
@@ -152,7 +157,7 @@ class StepRetryPolicy(_message.Message):
     def __init__(self, max_attempts: _Optional[int] = ..., initial_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., backoff_coefficient: _Optional[float] = ..., maximum_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., non_retryable_error_types: _Optional[_Iterable[str]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class WorkflowStepRun(_message.Message):
-    __slots__ = ("step_id", "path", "iteration", "kind", "status", "input", "output", "error", "attempts", "start_time", "end_time", "next_attempt_time", "suspend_payload", "resume_data", "suspend_time", "resume_time", "wake_time")
+    __slots__ = ("step_id", "path", "iteration", "kind", "status", "input", "output", "error", "attempts", "start_time", "end_time", "next_attempt_time", "suspend_payload", "resume_data", "suspend_time", "resume_time", "wake_time", "expire_time")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +175,7 @@ class WorkflowStepRun(_message.Message):
     SUSPEND_TIME_FIELD_NUMBER: _ClassVar[int]
     RESUME_TIME_FIELD_NUMBER: _ClassVar[int]
     WAKE_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     step_id: str
     path: str
     iteration: int
@@ -187,7 +193,8 @@ class WorkflowStepRun(_message.Message):
     suspend_time: _timestamp_pb2.Timestamp
     resume_time: _timestamp_pb2.Timestamp
     wake_time: _timestamp_pb2.Timestamp
-    def __init__(self, step_id: _Optional[str] = ..., path: _Optional[str] = ..., iteration: _Optional[int] = ..., kind: _Optional[_Union[WorkflowStepKind, str]] = ..., status: _Optional[_Union[WorkflowStepStatus, str]] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., output: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., attempts: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., suspend_payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resume_data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., suspend_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resume_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., wake_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, step_id: _Optional[str] = ..., path: _Optional[str] = ..., iteration: _Optional[int] = ..., kind: _Optional[_Union[WorkflowStepKind, str]] = ..., status: _Optional[_Union[WorkflowStepStatus, str]] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., output: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., attempts: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., suspend_payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resume_data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., suspend_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resume_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., wake_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class WorkflowRun(_message.Message):
     __slots__ = ("id", "workflow_id", "workflow_version", "status", "input", "output", "error", "steps", "metadata", "create_time", "start_time", "end_time", "last_event_id", "temporal_workflow_id", "temporal_run_id")

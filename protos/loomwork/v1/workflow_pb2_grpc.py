@@ -131,7 +131,11 @@ class WorkflowServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetRun(self, request, context):
-        """Gets one run with the state of each step execution.
+        """Gets one run with the state of each step execution. A run whose Temporal
+        workflow ended from outside (an operator terminated it, it timed out, or
+        it failed outside its steps) is FAILED with that as its error (reason
+        `Terminated` with the operator's reason, `TimedOut`, or the failure's
+        type), and its unfinished steps CANCELED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -139,7 +143,8 @@ class WorkflowServiceServicer:
 
     def ListRuns(self, request, context):
         """Lists runs, newest first, filtered by workflow and status (Temporal
-        visibility; a run may take a moment to appear or change status here).
+        visibility; a run may take a moment to appear or change status here); a
+        SUSPENDED or WAITING run lists the steps it waits on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,7 +175,8 @@ class WorkflowServiceServicer:
 
     def WatchRun(self, request, context):
         """Streams a run's events after `after_event_id`, live until its terminal
-        event. Works on any server replica.
+        event. Works on any server replica. A run whose workflow ended from
+        outside (see GetRun) gets its `run_failed` event within seconds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
