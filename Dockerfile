@@ -12,10 +12,8 @@ COPY workflows workflows
 COPY activities activities
 COPY clients clients
 COPY protos protos
-# No extras: not `embedded` (the servers `loomwork up` starts), not `dev`. EXTRAS=dynamodb
-# (docker build --build-arg EXTRAS=dynamodb) for LOOMWORK_MEMORY_STORE=dynamodb.
-ARG EXTRAS=""
-RUN /opt/loomwork/bin/pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}"
+# No extras: not `embedded` (the servers `loomwork up` starts), not `dev`.
+RUN /opt/loomwork/bin/pip install --no-cache-dir .
 
 FROM python:3.11-slim
 RUN groupadd --system --gid 10001 loomwork \
