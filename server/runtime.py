@@ -39,6 +39,7 @@ from loomwork.storage.migrations import apply_migrations
 from loomwork.storage.selection import OpenedStore, open_memory_store, storage_codec
 from loomwork.streams.run_events import RunEventLog
 from loomwork.tools import ToolRegistry
+from server.telemetry.process import Telemetry
 from server.temporal import connect_temporal
 from server.tls import temporal_tls
 
@@ -91,6 +92,8 @@ class Runtime:
     speculation: SpeculativeSteps[FirstStep] = field(default_factory=SpeculativeSteps)
     # Demo mode (Settings.demo): what it registered, and the offline model it runs if any.
     demo: DemoMode | None = None
+    # Traces, metrics and the Temporal runtime of the process (server/telemetry/).
+    telemetry: Telemetry | None = None
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -120,8 +123,10 @@ class Runtime:
         # Settings that are wrong fail before connecting.
         operator_mcp_servers = parse_operator_servers(settings.mcp_servers)
         temporal_tls_config = temporal_tls(settings)
+        telemetry = Telemetry.install(settings)
         db = Database(settings.database_url)
         await db.open()
+        telemetry.temporal.acquire()
         try:
             if migrate:
                 applied = await apply_migrations(db)
@@ -133,6 +138,8 @@ class Runtime:
                 settings.temporal_namespace,
                 tls=temporal_tls_config,
                 api_key=settings.temporal_api_key,
+                runtime=telemetry.temporal.runtime,
+                interceptors=telemetry.client_interceptors(),
             )
             provider = embedding_provider(
                 settings.embedding_model,
@@ -159,6 +166,7 @@ class Runtime:
                 await store.close()
                 raise
         except BaseException:
+            await telemetry.temporal.release()
             await db.close()
             raise
         events = RunEventLog(redis)
@@ -209,6 +217,7 @@ class Runtime:
             ),
             rag=rag_system(settings, db, events, chat_models),
             demo=demo,
+            telemetry=telemetry,
         )
 
     def __post_init__(self) -> None:
@@ -234,5 +243,7 @@ class Runtime:
             await self.store.close()
         await self.redis.aclose()
         await self.db.close()
+        if self.telemetry is not None:
+            await self.telemetry.temporal.release()
         if self.demo is not None:
             self.demo.stop()
