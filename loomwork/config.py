@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     )
     # Begin a run's first model call while Temporal starts the run (loomwork.agents.speculation).
     speculative_first_step: bool = Field(default=True, alias="LOOMWORK_SPECULATIVE_FIRST_STEP")
+    # How deep agents called as tools (`agent:<name>`) nest: a run a caller started is at depth
+    # 0, the sub-agent runs it starts at 1...; a call that would go deeper gets an error result.
+    max_agent_depth: int = Field(default=3, ge=0, le=16, alias="LOOMWORK_MAX_AGENT_DEPTH")
     embedding_model: str = Field(default="all-MiniLM-L6-v2", alias="LOOMWORK_EMBEDDING_MODEL")
     cache_enabled: bool = Field(default=True, alias="LOOMWORK_CACHE")
     max_message_bytes: int = Field(default=16 * 1024 * 1024, alias="LOOMWORK_MAX_MESSAGE_BYTES")

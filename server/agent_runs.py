@@ -30,8 +30,9 @@ from activities.workflow_runs import START_OUTCOME_UNKNOWN
 from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.definitions import AgentDefinition
 from loomwork.agents.directory import RunDirectory
-from loomwork.agents.run_models import AgentRunRequest, RunOutcome
+from loomwork.agents.run_models import AgentRunRequest, RunOutcome, agent_run_workflow_id
 from loomwork.agents.steps import announce_run, effective_agent, event_log_key, tool_names
+from loomwork.agents.sub_agents import function_names
 from loomwork.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -44,7 +45,6 @@ from loomwork.ids import new_id
 from loomwork.memory.settings import MemorySettings, merge
 from loomwork.messages import NewMessage, NewThread, Role
 from loomwork.tools.client_tools import ClientTool, check_names_free
-from loomwork.tools.mcp_names import function_names
 from server.runtime import Runtime
 from server.temporal import eagerly_started
 from workflows.agent_run import AgentRunWorkflow
@@ -84,11 +84,6 @@ def session_thread_id(resource_id: str, session_key: str) -> str:
     """The one thread of a resource and session key: a stable id derived from both."""
     digest = hashlib.sha256(f"{resource_id}\x00{session_key}".encode()).hexdigest()[:32]
     return f"ses_{digest}"
-
-
-def agent_run_workflow_id(agent: str, tenant_id: str, run_id: str) -> str:
-    """The Temporal workflow id of an agent run."""
-    return f"agent/{agent}/{tenant_id}/{run_id}"
 
 
 class AgentRunStarter:
@@ -245,8 +240,9 @@ class AgentRunStarter:
         )
         # The model must tell a client tool from the agent's own tools by name (an MCP tool
         # named only by `mcp:<server>/*` gives way to a client tool of its name).
-        own = tool_names(effective_agent(agent, run_request), run_request)
-        check_names_free(start.client_tools, function_names(own))
+        effective = effective_agent(agent, run_request)
+        own = tool_names(effective, run_request)
+        check_names_free(start.client_tools, function_names(own, effective.handoffs))
         return run_request, agent
 
     async def _resolve_thread(self, tenant_id: str, start: AgentRunStart) -> tuple[str, str]:

@@ -131,6 +131,7 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
         speculation=runtime.speculation,
         oauth=oauth,
         mcp=mcp,
+        max_agent_depth=settings.max_agent_depth,
     )
     agents = AgentActivities(steps)
     workflow_events = WorkflowEvents(runtime.events)
@@ -157,6 +158,7 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
             agents.model_step,
             agents.tool_call,
             agents.mcp_tool_call,
+            agents.handoff,
             agents.publish,
             agents.finish,
             *_rag_activities(runtime),

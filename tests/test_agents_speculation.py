@@ -145,7 +145,7 @@ async def test_cancel_run_stops_a_first_step_no_activity_took_over_yet(
     still on the way) aborts the step's model call at once, not at the step's time to live."""
     from activities.agents import AgentActivities
     from loomwork.agents.directory import RunDirectory
-    from server.agent_runs import agent_run_workflow_id
+    from loomwork.agents.run_models import agent_run_workflow_id
     from workflows.agent_run import AgentRunWorkflow
 
     steps = runtime.agent_steps

@@ -34,13 +34,28 @@ from loomwork.agents.events import (
 )
 from loomwork.agents.memory_tool import UPDATE_WORKING_MEMORY
 from loomwork.agents.output_schema import parse_final, partial_object
-from loomwork.agents.payloads import FirstStep, RunPlan, StepInput, StepOutput, ToolInput
+from loomwork.agents.payloads import (
+    FirstStep,
+    HandoffInput,
+    HandoffOutcome,
+    RunPlan,
+    StepInput,
+    StepOutput,
+    ToolInput,
+)
 from loomwork.agents.run_models import AgentRunRequest, ContextUsage, RunOutcome, Violation
 from loomwork.agents.speculation import (
     SpeculativeSteps,
     drafting,
     until_adopted,
     until_confirmed,
+)
+from loomwork.agents.sub_agents import (
+    DEFAULT_MAX_DEPTH,
+    hand_off,
+    is_agent_tool,
+    offered_agents,
+    refused_calls,
 )
 from loomwork.errors import Unavailable
 from loomwork.json_schema import validate_object
@@ -63,7 +78,6 @@ from loomwork.memory.working import WorkingMemoryStore
 from loomwork.messages import Message, NewMessage, Role, ToolResultPart
 from loomwork.streams.run_events import RunEventLog
 from loomwork.tools import ToolContext, ToolRegistry
-from loomwork.tools.client_tools import ClientTool
 from loomwork.tools.mcp_names import is_mcp_name
 from loomwork.tools.mcp_source import McpToolInfo, McpTools
 from loomwork.tools.registry import error_result
@@ -108,6 +122,7 @@ async def announce_run(
     already (a repeated call, a retried start). `patience`: how long to wait out Redis (0,
     one try: the service answers its caller UNAVAILABLE; None: a step's patience)."""
     started = RunStarted(
+        run_path=request.run_path,
         agent_name=agent.name,
         thread_id=request.thread_id,
         resource_id=request.resource_id,
@@ -116,8 +131,12 @@ async def announce_run(
         structured_output=agent.output_schema is not None,
         input_messages=request.identified_inputs(),
     )
-    key = event_log_key(request.tenant, request.run_id)
-    await events.publish(key, encode_event(started), only_as=1, patience=patience)
+    key = event_log_key(request.tenant, request.log_run_id)
+    # A sub-agent run's start goes into its top-level run's log, once.
+    first = 0 if request.parents else 1
+    await events.publish(
+        key, encode_event(started), only_as=first, once=once_key(started), patience=patience
+    )
 
 
 def tool_names(agent: AgentDefinition, request: AgentRunRequest) -> list[str]:
@@ -153,6 +172,7 @@ class AgentSteps:
         speculation: SpeculativeSteps[FirstStep] | None = None,
         oauth: OAuthAccess | None = None,
         mcp: McpTools | None = None,
+        max_agent_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         self.agents = agents
         self.tools = tools
@@ -165,11 +185,15 @@ class AgentSteps:
         self.speculation = speculation
         self.oauth = oauth  # the tenant's OAuth connections, for tools (ctx.oauth)
         self.mcp = mcp  # the MCP servers' tools (`mcp:<server>/<tool>` names)
+        self.max_agent_depth = max_agent_depth  # how deep sub-agent runs nest
 
     async def publish(self, request: AgentRunRequest, event: AgentEvent) -> int:
         """Append one event; its id (for a retried terminal event, or one said once per run
-        (`once_key`): the one stored first)."""
-        key = event_log_key(request.tenant, request.run_id)
+        (`once_key`): the one stored first). A sub-agent run's go to its top-level run's log,
+        marked with its path; its end does not end that log."""
+        key = event_log_key(request.tenant, request.log_run_id)
+        if request.parents:
+            event = event.model_copy(update={"run_path": request.run_path})
         if isinstance(event, TextDeltaEvent | ObjectPartialEvent):
             # A speculative step streams once its run exists, as a draft until its activity
             # owns it: an activity that runs the step itself takes the draft over first.
@@ -177,7 +201,7 @@ class AgentSteps:
             if drafting():
                 return await self.events.publish(key, encode_event(event), draft=FIRST_STEP)
         await until_adopted()  # anything else waits until the step's activity owns it
-        terminal = isinstance(event, RunFinished)
+        terminal = isinstance(event, RunFinished) and not request.parents
         return await self.events.publish(
             key, encode_event(event), terminal=terminal, once=once_key(event)
         )
@@ -387,7 +411,7 @@ class AgentSteps:
                 await self.publish(request, ToolCallEvent(step=step.step, call=event.call))
 
         names = tool_names(agent, request)
-        specs, routes = await self._offered_tools(request.tenant, names, request.client_tools)
+        specs, routes = await self._offered_tools(request, agent, names)
         model = self.chat_model(step.plan_model)
         settings = agent.model_settings
         announced = asyncio.ensure_future(announce())
@@ -431,6 +455,7 @@ class AgentSteps:
             tool_routes=tool_routes,
         )
         self._invalid_client_calls(request, output)
+        output.invalid_calls.update(refused_calls(request, output, self.max_agent_depth))
         if output.tool_calls:
             return output  # the step finishes once its tools ran
         if schema is not None:
@@ -447,14 +472,22 @@ class AgentSteps:
         return output
 
     async def _offered_tools(
-        self, tenant: str, names: list[str], client_tools: list[ClientTool]
+        self, request: AgentRunRequest, agent: AgentDefinition, names: list[str]
     ) -> tuple[list[ToolSpec], dict[str, ToolRoute]]:
-        """What the model is told of the run's tools: the worker's, then the MCP servers'
-        (from their cached lists), then the caller's client tools; and the routes of the MCP
-        and client ones, by function name. A client tool keeps its name: an MCP tool of the
-        same function name is left out (the worker's own were checked as the run started)."""
-        own = [n for n in names if not is_mcp_name(n)]
+        """What the model is told of the run's tools: the worker's, the agents it calls and
+        hands off to, then the MCP servers' (from their cached lists), then the caller's
+        client tools; and the routes of all but the worker's, by function name. A client tool
+        keeps its name: an MCP tool of the same function name is left out (the worker's own
+        were checked as the run started; a sub-agent run's keep theirs)."""
+        tenant = request.tenant
+        own = [n for n in names if not is_mcp_name(n) and not is_agent_tool(n)]
         specs = self.tools.specs(own)
+        agent_specs, agent_routes = await offered_agents(
+            agent, names, lambda name: self.agents.find(tenant, name)
+        )
+        specs += agent_specs
+        taken_by_own = {spec.name for spec in specs}
+        client_tools = [t for t in request.client_tools if t.name not in taken_by_own]
         mcp_names = [n for n in names if is_mcp_name(n)]
         offered: list[McpToolInfo] = []
         if mcp_names and self.mcp is None:
@@ -472,6 +505,7 @@ class AgentSteps:
         specs += [tool.spec() for tool in client_tools]
         routes = {info.ref.function_name: info.route() for info in offered}
         routes.update({tool.name: tool.route() for tool in client_tools})
+        routes.update(agent_routes)
         return specs, routes
 
     @staticmethod
@@ -480,7 +514,8 @@ class AgentSteps:
         fit the declared schema: they go back to the model, never to the caller."""
         for call in output.tool_calls:
             client_tool = request.client_tool(call.tool_name)
-            if client_tool is None:
+            route = output.tool_routes.get(call.tool_call_id)
+            if client_tool is None or route is None or route.kind != "client":
                 continue
             argument_error = output.argument_errors.get(call.tool_call_id)
             invalid = (
@@ -490,6 +525,15 @@ class AgentSteps:
             )
             if invalid:
                 output.invalid_calls[call.tool_call_id] = invalid
+
+    async def handoff(self, handoff: HandoffInput) -> HandoffOutcome:
+        """Hand the run to another agent (its definition with the call's overrides applied)."""
+
+        async def resolve(name: str) -> AgentDefinition | None:
+            found = await self.agents.find(handoff.request.tenant, name)
+            return effective_agent(found, handoff.request) if found is not None else None
+
+        return await hand_off(handoff, resolve, self.publish, self.default_model)
 
     @staticmethod
     def step_finished(step: int, output: StepOutput) -> StepFinished:

@@ -103,6 +103,14 @@ class ChatUsage(BaseModel):
     completion_tokens: int = 0
     total_tokens: int = 0
 
+    def plus(self, other: ChatUsage) -> ChatUsage:
+        """The usage of both calls together."""
+        return ChatUsage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+        )
+
 
 class ChatResult(BaseModel):
     """What the model answered.
