@@ -304,9 +304,7 @@ async def test_a_sub_agents_client_tool_call_is_answered_with_the_top_level_run_
     assert events[-1].run_finished.output.text == "Lead: It is sunny."
 
 
-async def test_cycles_of_agents_calling_each_other_are_refused(
-    agents, token, grpc_address
-) -> None:
+async def test_cycles_of_agents_calling_each_other_are_refused(agents, token, grpc_address) -> None:
     a, b, c = unique("a"), unique("b"), unique("c")
     await _create(agents, token, a)
     await _create(agents, token, b, tool_names=[f"agent:{a}"])
@@ -373,7 +371,9 @@ async def test_sub_agents_nest_at_most_three_deep(agents, token, model) -> None:
 
     model.set_script(_by_agent({names[i]: level(i) for i in range(4)}))
     events = await collect_events(
-        agents.Stream(agent_pb2.StreamRequest(agent_name=names[0], prompt="go"), metadata=auth(token))
+        agents.Stream(
+            agent_pb2.StreamRequest(agent_name=names[0], prompt="go"), metadata=auth(token)
+        )
     )
     started = [e for e in events if e.HasField("run_started")]
     assert [e.run_path.count("/") for e in started] == [0, 1, 2, 3]
