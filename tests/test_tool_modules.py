@@ -17,12 +17,20 @@ from pydantic import BaseModel
 
 from loomwork.testing import ScriptedModelServer, ScriptedToolCall, Turn
 from loomwork.tools import ToolContext, tool, tool_of
-from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, integration_pb2_grpc
+from protos.loomwork.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    integration_pb2_grpc,
+    workflow_pb2,
+    workflow_pb2_grpc,
+)
 from tests.oauth_provider import Provider, connect
 from tests.processes import code_agents, listed_tools, loomwork_processes
 from tests.support import auth, collect_events, unique
+from tests.workflow_support import has_status, start_run, wait_run
 
 MODULE = "tests.tool_module_example"
+WORKFLOWS = "tests.tool_module_workflows"
 TOKENS = "t-alpha=alpha,t-beta=beta"
 
 
@@ -47,7 +55,8 @@ def with_modules(
     notebook: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, str]]:
-    """A server and a worker that both load the module: their gRPC and HTTP addresses."""
+    """A server and a worker that both load the module (and the workflows over its tools):
+    their gRPC and HTTP addresses."""
     from tests.conftest import free_port
 
     http = f"127.0.0.1:{free_port()}"
@@ -56,6 +65,7 @@ def with_modules(
         tmp_path_factory.mktemp("with-modules"),
         [["server"], ["worker"]],
         LOOMWORK_TOOL_MODULES=MODULE,
+        LOOMWORK_WORKFLOW_MODULES=WORKFLOWS,
         LOOMWORK_TEST_NOTEBOOK=str(notebook),
         LOOMWORK_HTTP_ADDRESS=http,
         **_model_env(model_server),
@@ -168,6 +178,23 @@ async def test_a_tool_that_fails_every_attempt_is_an_error_result_for_the_model(
     (streamed,) = [event.tool_result for event in events if event.HasField("tool_result")]
     assert streamed.tool_call_id == "b1" and streamed.is_error
     assert kinds.index("tool_result") < kinds.index("text_delta")
+
+
+async def test_a_tool_step_of_a_tool_function_is_retried_by_the_tools_policy(
+    with_modules: tuple[str, str],
+) -> None:
+    """`tool_step(tool=broken)`: the step takes the tool's own retry policy (`broken` declares
+    2 attempts; a step's default is 3), and the run fails with the tool's error."""
+    async with grpc.aio.insecure_channel(with_modules[0]) as channel:
+        workflows = workflow_pb2_grpc.WorkflowServiceStub(channel)
+        run = await start_run(workflows, "t-alpha", "broken-pump", {"name": "the pump"})
+        failed = await wait_run(
+            workflows, "t-alpha", run.id, has_status(workflow_pb2.WORKFLOW_RUN_STATUS_FAILED)
+        )
+    (pump,) = failed.steps
+    assert pump.step_id == "pump" and pump.status == workflow_pb2.WORKFLOW_STEP_STATUS_FAILED
+    assert pump.attempts == 2
+    assert "the pump is broken for good" in pump.error.message
 
 
 async def test_a_module_tool_calls_an_api_with_the_tenants_oauth_connection(

@@ -24,8 +24,9 @@ class JobDone(BaseModel):
     "work",
     input=Job,
     output=JobDone,
-    # A killed worker's attempt times out quickly, so the next worker retries it soon.
-    retry=RetryPolicy(timeout=timedelta(seconds=3), initial_interval=timedelta(milliseconds=100)),
+    # The default timeout (5 minutes): a killed worker's attempt is retried once its heartbeats
+    # stop, not once the timeout passes.
+    retry=RetryPolicy(initial_interval=timedelta(milliseconds=100)),
 )
 async def work(job: Job, ctx: StepContext) -> JobDone:
     """The first attempt announces itself in Redis and then hangs (its worker gets killed)."""

@@ -30,6 +30,7 @@ from workflows.retries import (
     MODEL_CALL,
     MODEL_HEARTBEAT_TIMEOUT,
     OUTAGE_PATIENCE,
+    TOOL_HEARTBEAT_TIMEOUT,
     temporal_retry_policy,
 )
 from workflows.search_attributes import STATUS
@@ -620,7 +621,7 @@ class AgentRunWorkflow:
                 start_to_close_timeout=route.timeout or DEFAULT_TOOL_TIMEOUT,
                 # The activity heartbeats while the tool runs: a worker that dies mid-call is
                 # noticed within seconds and the call moves on.
-                heartbeat_timeout=timedelta(seconds=5),
+                heartbeat_timeout=TOOL_HEARTBEAT_TIMEOUT,
                 retry_policy=temporal_retry_policy(route.retry) if route.retry else _QUICK,
                 summary=route.summary or f"tool {call.call.tool_name}",
             )

@@ -1,7 +1,8 @@
 """DslRun: the one generic workflow that interprets any registered workflow definition.
 
 Each step (a Python step function or a tool) is one activity with the step's own retry
-policy and the step's name as its summary in the Temporal UI; conditions, mappings and
+policy, heartbeating (a dead worker's attempt is retried after `STEP_HEARTBEAT_TIMEOUT`, not
+the step's timeout), and the step's name as its summary in the Temporal UI; conditions, mappings and
 sleeps run here, deterministically. Nested workflows are interpreted inline, under their
 step's path; an agent step is a child AgentRun workflow.
 
@@ -30,7 +31,12 @@ from temporalio.exceptions import (
 )
 
 from workflows.rejections import rejected
-from workflows.retries import BOOKKEEPING, OUTAGE_PATIENCE, temporal_retry_policy
+from workflows.retries import (
+    BOOKKEEPING,
+    OUTAGE_PATIENCE,
+    STEP_HEARTBEAT_TIMEOUT,
+    temporal_retry_policy,
+)
 from workflows.search_attributes import STATUS
 from workflows.waits import MAX_LISTED_WAITS, WaitingMemo, wait_until
 
@@ -443,6 +449,7 @@ class DslRunWorkflow:
                     activity_id=path if executions == 1 else f"{path}#{executions}",
                     summary=node.id + (f": {node.description}" if node.description else ""),
                     start_to_close_timeout=node.retry.timeout,
+                    heartbeat_timeout=STEP_HEARTBEAT_TIMEOUT,
                     retry_policy=temporal_retry_policy(node.retry, never_retried=_NEVER_RETRIED),
                 )
             except ActivityError as exc:

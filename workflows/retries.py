@@ -33,6 +33,17 @@ MODEL_CALL = RetryPolicy(
     non_retryable_error_types=["ModelRequestRejected", "NotFound", "InvalidArgument"],
 )
 
+#: How long a step's activity may go without a heartbeat (each heartbeats every second while
+#: it runs): an attempt whose worker died, or whose completion never reached Temporal (it was
+#: down as the attempt ended), is retried this long after its last heartbeat rather than
+#: after its whole timeout. A step function must not block its worker's event loop this long.
+STEP_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+
+#: An agent's tool call heartbeats every second too; a worker that dies mid-call is noticed
+#: this long after its last heartbeat (5 s proved short under heavy load: calls were retried
+#: while their first attempt still ran, kept to one effect only by the idempotency key).
+TOOL_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+
 #: How long bookkeeping is retried (its schedule-to-close timeout) before the run gives up.
 OUTAGE_PATIENCE = timedelta(minutes=15)
 

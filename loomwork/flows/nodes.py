@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from loomwork.flows.step_context import StepContext
 from loomwork.retries import RetryPolicy
+from loomwork.tools import Tool, tool_of
 
 StepKind = Literal[
     "step",
@@ -284,19 +285,42 @@ def step(
 def tool_step(
     id: str,
     *,
-    tool: str,
-    args: type[BaseModel],
+    tool: str | Callable[..., Any],
+    args: type[BaseModel] | None = None,
     description: str = "",
     retry: RetryPolicy | None = None,
 ) -> ToolStep:
-    """A registered tool as a step; `args` is the tool's argument model (checked at start-up)."""
+    """A registered tool as a step. `tool` is the `@tool` function itself (the step takes its
+    name, argument model, retry policy and timeout) or a tool's name (then `args`, the tool's
+    argument model, is required, and the step retries as steps do by default). `retry`, when
+    given, is the step's policy either way. Names and models are checked at start-up."""
+    if isinstance(tool, str):
+        if args is None:
+            raise InvalidDefinition(f"tool step {id!r}: give `args`, the tool's argument model")
+        name, policy = tool, retry or RetryPolicy()
+    else:
+        declared = tool_of(tool)
+        if declared is None:
+            raise InvalidDefinition(f"tool step {id!r}: {tool!r} is not a @tool function")
+        if args is not None and args is not declared.args:
+            raise InvalidDefinition(
+                f"tool step {id!r}: tool {declared.name!r} takes {declared.args.__name__}, "
+                f"not {args.__name__}"
+            )
+        name, args, policy = declared.name, declared.args, retry or tool_policy(declared)
     return ToolStep(
         id=id,
-        description=description or f"tool {tool}",
+        description=description or f"tool {name}",
         input_model=args,
-        tool_name=tool,
-        retry=retry or RetryPolicy(),
+        tool_name=name,
+        retry=policy,
     )
+
+
+def tool_policy(tool: Tool) -> RetryPolicy:
+    """A tool's retries and timeout as a step's policy (the step default where it has none)."""
+    policy = tool.retry or RetryPolicy()
+    return policy if tool.timeout is None else policy.model_copy(update={"timeout": tool.timeout})
 
 
 def agent_step(id: str, *, agent: str, description: str = "", max_steps: int = 0) -> AgentStep:
