@@ -464,9 +464,11 @@ class AgentRunWorkflow:
             )
         decisions: dict[str, Decision] = {}
         if needs_approval or handed:
-            # Waiting (with every pending call known) before the first event says so.
+            # Waiting (with every pending call known) before the first event says so; a
+            # sub-agent run's caller too.
             self._awaiting_approvals = bool(needs_approval)
             self._settle_phase()
+            await self._subs.caller_told()
             for call in needs_approval:
                 approval = self._pending[call.tool_call_id]
                 await self._publish(request, ApprovalRequested(step=step, approval=approval))
