@@ -20,7 +20,6 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, CancelledError
 
 from workflows.failures import failure_cause, is_cancellation
@@ -30,11 +29,10 @@ from workflows.retries import (
     MODEL_CALL,
     MODEL_HEARTBEAT_TIMEOUT,
     OUTAGE_PATIENCE,
-    TOOL_HEARTBEAT_TIMEOUT,
-    temporal_retry_policy,
 )
 from workflows.search_attributes import STATUS
 from workflows.sub_agents import SUB_RUN_KINDS, SUB_RUN_WAITING, TOOL_RESULTS, SubRuns
+from workflows.tool_calls import run_tool_call
 from workflows.waits import MAX_LISTED_WAITS, WaitingMemo, wait_until
 
 with workflow.unsafe.imports_passed_through():
@@ -75,20 +73,15 @@ with workflow.unsafe.imports_passed_through():
     from loomwork.messages import ToolCallPart, ToolResultPart
     from loomwork.tools.client_tools import ClientToolResult
     from loomwork.tools.registry import error_result
-    from loomwork.tools.routes import DEFAULT_TOOL_TIMEOUT, ToolRoute
+    from loomwork.tools.routes import ToolRoute
 
 START_AND_STEP = "agent_start_and_step"
 MODEL_STEP = "agent_model_step"
-TOOL_CALL = "agent_tool_call"
-MCP_TOOL_CALL = "agent_mcp_tool_call"
 PUBLISH = "agent_publish"
 FINISH = "agent_finish"
 
 # Runs started before publish and finish became local activities replay the old commands.
 LOCAL_ACTIVITIES = "agent-run-local-activities"
-# Runs started before a tool call's last failure became an error result fail on it instead.
-TOOL_FAILURE_TO_MODEL = "agent-run-tool-failure-to-model"
-_QUICK = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=5)
 
 
 def _is_client(output: StepOutput, call: ToolCallPart) -> bool:
@@ -610,37 +603,8 @@ class AgentRunWorkflow:
         return result
 
     async def _tool_call(self, call: ToolInput) -> ToolResultPart:
-        """One tool call as its own activity, with its tool's timeout and retries; a call that
-        still fails after them is an error result the model reads, not a failed run."""
-        route = call.route or ToolRoute()
-        # Runs recorded before MCP tools have no "mcp" routes: they replay the same commands.
-        activity = MCP_TOOL_CALL if route.kind == "mcp" else TOOL_CALL
-        try:
-            result = await workflow.execute_activity(
-                activity,
-                call,
-                result_type=ToolResultPart,
-                start_to_close_timeout=route.timeout or DEFAULT_TOOL_TIMEOUT,
-                # The activity heartbeats while the tool runs: a worker that dies mid-call is
-                # noticed within seconds and the call moves on.
-                heartbeat_timeout=TOOL_HEARTBEAT_TIMEOUT,
-                retry_policy=temporal_retry_policy(route.retry) if route.retry else _QUICK,
-                summary=route.summary or f"tool {call.call.tool_name}",
-            )
-        except ActivityError as error:
-            # Older runs failed here; they replay that way.
-            if not workflow.patched(TOOL_FAILURE_TO_MODEL):
-                raise
-            message, _ = failure_cause(error)
-            result = ToolResultPart(
-                tool_call_id=call.call.tool_call_id,
-                tool_name=call.call.tool_name,
-                result=f"{call.call.tool_name} failed: {message or 'no attempt finished in time'}",
-                is_error=True,
-            )
-            published = False  # no activity published it: the next one does
-        else:
-            published = call.publish_result
+        """A worker's or an MCP server's tool call (workflows/tool_calls.py)."""
+        result, published = await run_tool_call(call)
         if not published:  # handed to the next activity: no command of its own
             self._unpublished.append(
                 ToolResultEvent(time=workflow.now(), step=call.step, result=result)

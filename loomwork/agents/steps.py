@@ -50,13 +50,8 @@ from loomwork.agents.speculation import (
     until_adopted,
     until_confirmed,
 )
-from loomwork.agents.sub_agents import (
-    DEFAULT_MAX_DEPTH,
-    hand_off,
-    is_agent_tool,
-    offered_agents,
-    refused_calls,
-)
+from loomwork.agents.sub_agents import DEFAULT_MAX_DEPTH, AgentLookup, hand_off, refused_calls
+from loomwork.agents.tool_offer import offered_tools
 from loomwork.errors import Unavailable
 from loomwork.json_schema import validate_object
 from loomwork.llm.chat import (
@@ -65,7 +60,6 @@ from loomwork.llm.chat import (
     TextDelta,
     ToolCallDelta,
     ToolCallDone,
-    ToolSpec,
     json_schema_format,
 )
 from loomwork.memory.context_assembly import assemble_context
@@ -78,10 +72,9 @@ from loomwork.memory.working import WorkingMemoryStore
 from loomwork.messages import Message, NewMessage, Role, ToolResultPart
 from loomwork.streams.run_events import RunEventLog
 from loomwork.tools import ToolContext, ToolRegistry
-from loomwork.tools.mcp_names import is_mcp_name
-from loomwork.tools.mcp_source import McpToolInfo, McpTools
+from loomwork.tools.mcp_source import McpTools
 from loomwork.tools.registry import error_result
-from loomwork.tools.routes import ToolRoute, earliest
+from loomwork.tools.routes import earliest
 from loomwork.tools.tool_context import OAuthAccess
 
 log = logging.getLogger(__name__)
@@ -411,7 +404,8 @@ class AgentSteps:
                 await self.publish(request, ToolCallEvent(step=step.step, call=event.call))
 
         names = tool_names(agent, request)
-        specs, routes = await self._offered_tools(request, agent, names)
+        agents = self._agents_of(request.tenant)
+        specs, routes = await offered_tools(self.tools, self.mcp, agents, request, agent, names)
         model = self.chat_model(step.plan_model)
         settings = agent.model_settings
         announced = asyncio.ensure_future(announce())
@@ -471,43 +465,6 @@ class AgentSteps:
         await self.publish(request, self.step_finished(step.step, output))
         return output
 
-    async def _offered_tools(
-        self, request: AgentRunRequest, agent: AgentDefinition, names: list[str]
-    ) -> tuple[list[ToolSpec], dict[str, ToolRoute]]:
-        """What the model is told of the run's tools: the worker's, the agents it calls and
-        hands off to, then the MCP servers' (from their cached lists), then the caller's
-        client tools; and the routes of all but the worker's, by function name. A client tool
-        keeps its name: an MCP tool of the same function name is left out (the worker's own
-        were checked as the run started; a sub-agent run's keep theirs)."""
-        tenant = request.tenant
-        own = [n for n in names if not is_mcp_name(n) and not is_agent_tool(n)]
-        specs = self.tools.specs(own)
-        agent_specs, agent_routes = await offered_agents(
-            agent, names, lambda name: self.agents.find(tenant, name)
-        )
-        specs += agent_specs
-        taken_by_own = {spec.name for spec in specs}
-        client_tools = [t for t in request.client_tools if t.name not in taken_by_own]
-        mcp_names = [n for n in names if is_mcp_name(n)]
-        offered: list[McpToolInfo] = []
-        if mcp_names and self.mcp is None:
-            log.warning("MCP tools are not available in this process: %s left out", mcp_names)
-        elif mcp_names and self.mcp is not None:
-            offered = await self.mcp.offer(tenant, mcp_names)
-        taken = {spec.name for spec in specs} | {tool.name for tool in client_tools}
-        for info in offered:
-            if info.ref.function_name in taken:
-                log.warning(
-                    "%s is left out: a tool is named %s", info.ref.tool_name, info.ref.function_name
-                )
-        offered = [i for i in offered if i.ref.function_name not in taken]
-        specs += [info.spec() for info in offered]
-        specs += [tool.spec() for tool in client_tools]
-        routes = {info.ref.function_name: info.route() for info in offered}
-        routes.update({tool.name: tool.route() for tool in client_tools})
-        routes.update(agent_routes)
-        return specs, routes
-
     @staticmethod
     def _invalid_client_calls(request: AgentRunRequest, output: StepOutput) -> None:
         """Record the calls of client tools whose arguments are not a JSON object or do not
@@ -525,6 +482,9 @@ class AgentSteps:
             )
             if invalid:
                 output.invalid_calls[call.tool_call_id] = invalid
+
+    def _agents_of(self, tenant: str) -> AgentLookup:
+        return lambda name: self.agents.find(tenant, name)
 
     async def handoff(self, handoff: HandoffInput) -> HandoffOutcome:
         """Hand the run to another agent (its definition with the call's overrides applied)."""
