@@ -5,11 +5,7 @@ top-level run's log holds each event once."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import sys
 from collections import Counter
-from dataclasses import replace
 
 from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.events import (
@@ -26,8 +22,8 @@ from loomwork.agents.steps import event_log_key
 from loomwork.agents.store import AgentStore
 from loomwork.messages import NewMessage, Role, TextPart
 from loomwork.testing import ChatRequest, ScriptedToolCall, Turn
-from server.worker import build_worker
-from tests.support import ROOT, unique
+from tests.support import unique
+from tests.test_agents_worker_kill import doomed_worker, kill, rescuing
 from workflows.agent_run import AgentRunWorkflow
 
 
@@ -63,56 +59,30 @@ async def test_worker_killed_while_a_sub_agent_runs(runtime, settings, model_ser
     model_server.requests.clear()
     model_server.set_script(script)
     queue = unique("kill-sub-queue")
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url or "",
-        "REDIS_URL": settings.redis_url or "",
-        "TEMPORAL_ADDRESS": settings.temporal_address or "",
-        "LOOMWORK_TASK_QUEUE": queue,
-        "LOOMWORK_HOME": str(settings.home),
-        "OPENAI_BASE_URL": model_server.base_url,
-        "OPENAI_API_KEY": "test-key",
-        "LOOMWORK_CHAT_MODEL": "scripted",
-        "LOOMWORK_DEMO": "true",  # the demo's `save_note`
-    }
-    # The worker of tests/test_agents_worker_kill.py: its save_note writes, then hangs.
-    doomed = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.test_agents_worker_kill", cwd=ROOT, env=env
-    )
-    rescuer = rescuer_task = None
     run_id = unique("run")
     try:
-        handle = await runtime.temporal.start_workflow(
-            AgentRunWorkflow.run,
-            AgentRunRequest(
-                tenant="alpha",
-                run_id=run_id,
-                agent_name=lead,
-                input_messages=[NewMessage(role=Role.USER, parts=[TextPart(text="go")])],
-            ),
-            id=agent_run_workflow_id(lead, "alpha", run_id),
-            task_queue=queue,
-        )
-        for _ in range(60 * 20):  # the note is written, and the sub-run's tool call hangs
-            if await _notes(runtime, note_call):
-                break
-            assert doomed.returncode is None, "the doomed worker exited early"
-            await asyncio.sleep(0.05)
-        doomed.send_signal(signal.SIGKILL)
-        await doomed.wait()
-        rescuer = build_worker(
-            replace(runtime, settings=settings.model_copy(update={"task_queue": queue})),
-            identity="sub-run-rescuer",
-        )
-        rescuer_task = asyncio.create_task(rescuer.run())
-        outcome: RunOutcome = await asyncio.wait_for(handle.result(), 90)
+        # The worker of tests/test_agents_worker_kill.py: its save_note writes, then hangs.
+        async with doomed_worker(settings, model_server, queue) as doomed:
+            handle = await runtime.temporal.start_workflow(
+                AgentRunWorkflow.run,
+                AgentRunRequest(
+                    tenant="alpha",
+                    run_id=run_id,
+                    agent_name=lead,
+                    input_messages=[NewMessage(role=Role.USER, parts=[TextPart(text="go")])],
+                ),
+                id=agent_run_workflow_id(lead, "alpha", run_id),
+                task_queue=queue,
+            )
+            for _ in range(60 * 20):  # the note is written, and the sub-run's tool call hangs
+                if await _notes(runtime, note_call):
+                    break
+                assert doomed.returncode is None, "the doomed worker exited early"
+                await asyncio.sleep(0.05)
+            await kill(doomed)
+            async with rescuing(runtime, settings, queue):
+                outcome: RunOutcome = await asyncio.wait_for(handle.result(), 90)
     finally:
-        if doomed.returncode is None:
-            doomed.kill()
-            await doomed.wait()
-        if rescuer is not None and rescuer_task is not None:
-            await rescuer.shutdown()
-            await rescuer_task
         model_server.set_script(None)
 
     assert outcome.status == "succeeded" and outcome.text == "Lead: noted."

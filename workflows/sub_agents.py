@@ -60,6 +60,7 @@ HANDOFF = "agent_handoff"
 SUB_RUN_KINDS = ("agent", "handoff")
 
 _Waiting = TypeVar("_Waiting", PendingApproval, PendingToolCall)
+_Answer = TypeVar("_Answer", Decision, ClientToolResult)
 
 
 def _caller_failure(error: ChildWorkflowError) -> str:
@@ -125,25 +126,26 @@ class SubRuns:
 
     async def pass_on_decisions(self, decisions: Sequence[Decision]) -> list[str]:
         """Send each sub-run the decisions on its calls; the ids of the calls passed on."""
-        by_run: defaultdict[str, list[Decision]] = defaultdict(list)
-        for decision in decisions:
-            owner = self._owner(decision.tool_call_id, approvals=True)
-            if owner is not None:
-                by_run[owner].append(decision)
-        for workflow_id, mine in by_run.items():
-            await self._signal(workflow_id, RESUME, ResumeInput(decisions=mine))
-        return [d.tool_call_id for mine in by_run.values() for d in mine]
+        mine = self._by_run(decisions, approvals=True)
+        for workflow_id, passed in mine.items():
+            await self._signal(workflow_id, RESUME, ResumeInput(decisions=passed))
+        return [d.tool_call_id for passed in mine.values() for d in passed]
 
     async def pass_on_results(self, results: Sequence[ClientToolResult]) -> list[str]:
         """Send each sub-run the results of its client tool calls; the ids passed on."""
-        by_run: defaultdict[str, list[ClientToolResult]] = defaultdict(list)
-        for result in results:
-            owner = self._owner(result.tool_call_id, approvals=False)
+        mine = self._by_run(results, approvals=False)
+        for workflow_id, passed in mine.items():
+            await self._signal(workflow_id, TOOL_RESULTS, ToolResultsInput(results=passed))
+        return [r.tool_call_id for passed in mine.values() for r in passed]
+
+    def _by_run(self, answers: Sequence[_Answer], *, approvals: bool) -> dict[str, list[_Answer]]:
+        """The answers to sub-runs' calls, by the workflow id of the sub-run waiting on each."""
+        by_run: defaultdict[str, list[_Answer]] = defaultdict(list)
+        for answer in answers:
+            owner = self._owner(answer.tool_call_id, approvals=approvals)
             if owner is not None:
-                by_run[owner].append(result)
-        for workflow_id, mine in by_run.items():
-            await self._signal(workflow_id, TOOL_RESULTS, ToolResultsInput(results=mine))
-        return [r.tool_call_id for mine in by_run.values() for r in mine]
+                by_run[owner].append(answer)
+        return by_run
 
     def in_background(self, passing_on: Coroutine[Any, Any, object]) -> None:
         """Pass decisions or results on from a signal handler (which does not wait)."""
