@@ -133,6 +133,14 @@ async def test_a_sub_agent_call_then_a_handoff(agents, token, model, runtime) ->
         await agents.GetRun(agent_pb2.AgentServiceGetRunRequest(run_id=child), metadata=auth(token))
     ).run
     assert found.status == run_pb2.RUN_STATUS_SUCCEEDED and found.output.text == "It is 42."
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # its events are in the lead's stream
+        await collect_events(
+            agents.WatchRun(
+                agent_pb2.AgentServiceWatchRunRequest(run_id=child), metadata=auth(token)
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert repr(run_id) in (err.value.details() or "")
 
 
 async def test_watch_from_the_middle_of_a_sub_run(agents, token, model) -> None:

@@ -311,6 +311,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             # Nothing in Redis: not started yet, or ended long enough ago that its events
             # expired; then only its terminal event, rebuilt from the result with its id.
             description = await _describe(handle, run_id)
+            if description.parent_id:  # a sub-agent run: it publishes to its top-level run
+                top = (description.root_id or description.parent_id).split("/")[-1]
+                raise FailedPrecondition(
+                    f"run {run_id!r} is a sub-agent run: watch run {top!r}, whose stream has"
+                    " its events (marked with their run_path)"
+                )
             if description.status != WorkflowExecutionStatus.COMPLETED:
                 return None
             outcome = await handle.result()
