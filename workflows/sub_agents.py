@@ -233,10 +233,11 @@ class SubRuns:
     def tell_caller(
         self, approvals: list[PendingApproval], tool_calls: list[PendingToolCall]
     ) -> None:
-        """Have the run that called this one told what this one waits on now (nothing for a
-        run a caller started). Reports go out in order, one at a time, in the background."""
+        """Have the run that called this one told what this one waits on now. Only a
+        sub-agent run reports (not a run a caller started, nor a workflow's agent step).
+        Reports go out in order, one at a time, in the background."""
         parent = workflow.info().parent
-        if parent is None:
+        if parent is None or not self.path:
             return
 
         waiting = WaitingOn(
