@@ -524,7 +524,7 @@ class AgentRunWorkflow:
                 return self._tool_result(request, step, error_result(call, invalid))
             route = output.tool_routes.get(call.tool_call_id) or ToolRoute()
             if route.kind in SUB_RUN_KINDS:
-                return self._sub_run_call(request, plan, step, call, route)
+                return self._sub_run_call(request, plan, step, call, route, alone)
             if route.kind != "client":
                 return self._tool_call(tool_input(call))
             return self._client_call(request, step, call)
@@ -588,12 +588,18 @@ class AgentRunWorkflow:
         step: int,
         call: ToolCallPart,
         route: ToolRoute,
+        alone: bool,
     ) -> ToolResultPart:
         """A call of an agent as a tool, or a handoff (workflows/sub_agents.py); its result
-        goes out as a tool's does (a handoff's step published it)."""
+        goes out as a tool's does, with the next activity if it is the step's only call (a
+        handoff's step published its own)."""
         result, published = await self._subs.call(request, plan.agent, step, call, route)
         self._settle_phase()  # its sub-run waits on nothing any more
-        return result if published else await self._tool_result(request, step, result)
+        if not published and alone:
+            self._unpublished.append(ToolResultEvent(time=workflow.now(), step=step, result=result))
+        elif not published:
+            await self._tool_result(request, step, result)
+        return result
 
     async def _tool_result(
         self, request: AgentRunRequest, step: int, result: ToolResultPart

@@ -192,7 +192,8 @@ class SubRuns:
     async def _sub_run(
         self, request: AgentRunRequest, call: ToolCallPart, route: ToolRoute
     ) -> ToolResultPart:
-        run_id = f"run_{workflow.uuid4().hex[:26]}"
+        # The step that asked for the call began the sub-run's first step, or the id is new.
+        run_id = route.run_id or f"run_{workflow.uuid4().hex[:26]}"
         workflow_id = agent_run_workflow_id(route.agent, request.tenant, run_id)
         attributes = [
             SearchAttributePair(TENANT, request.tenant),
@@ -203,7 +204,9 @@ class SubRuns:
         try:
             outcome: RunOutcome = await workflow.execute_child_workflow(
                 "AgentRun",
-                sub_run_request(request, call, route.agent, run_id),
+                sub_run_request(
+                    request, call, route.agent, run_id, first_step_begun=bool(route.run_id)
+                ),
                 id=workflow_id,
                 result_type=RunOutcome,
                 search_attributes=TypedSearchAttributes(attributes),

@@ -50,7 +50,13 @@ from loomwork.agents.speculation import (
     until_adopted,
     until_confirmed,
 )
-from loomwork.agents.sub_agents import DEFAULT_MAX_DEPTH, AgentLookup, hand_off, refused_calls
+from loomwork.agents.sub_agents import (
+    DEFAULT_MAX_DEPTH,
+    AgentLookup,
+    begin_sub_runs,
+    hand_off,
+    refused_calls,
+)
 from loomwork.agents.tool_offer import offered_tools
 from loomwork.errors import Unavailable
 from loomwork.json_schema import validate_object
@@ -192,7 +198,8 @@ class AgentSteps:
             # owns it: an activity that runs the step itself takes the draft over first.
             await until_confirmed()
             if drafting():
-                return await self.events.publish(key, encode_event(event), draft=FIRST_STEP)
+                draft = FIRST_STEP + request.run_path  # a sub-run's: its own, in one log
+                return await self.events.publish(key, encode_event(event), draft=draft)
         await until_adopted()  # anything else waits until the step's activity owns it
         terminal = isinstance(event, RunFinished) and not request.parents
         return await self.events.publish(
@@ -299,7 +306,10 @@ class AgentSteps:
         if self.speculation is None:
             return False
         key = event_log_key(request.tenant, request.run_id)
-        return self.speculation.begin(key, lambda: self._start_and_step(request))
+        begun = self.speculation.begin(key, lambda: self._start_and_step(request))
+        if begun and request.parents:  # a sub-run: the caller's recorded step starts it
+            self.speculation.confirm(key)
+        return begun
 
     async def start_and_step(self, request: AgentRunRequest, attempt: int = 1) -> FirstStep:
         """`start`, then the first model step in the same activity: one Temporal round trip
@@ -316,9 +326,10 @@ class AgentSteps:
         # Begun by the service, but not taken over here: fence off the step's draft (it may
         # run in another process), and have readers discard what it streamed (a retry says
         # so itself, in model_step).
+        log_key, draft = event_log_key(request.tenant, request.log_run_id), FIRST_STEP
         if (
             request.first_step_begun
-            and await self.events.take_draft(key, FIRST_STEP)
+            and await self.events.take_draft(log_key, draft + request.run_path)
             and attempt == 1
         ):
             await self.publish(request, StepRetrying(step=1, attempt=1))
@@ -451,6 +462,7 @@ class AgentSteps:
         self._invalid_client_calls(request, output)
         output.invalid_calls.update(refused_calls(request, output, self.max_agent_depth))
         if output.tool_calls:
+            begin_sub_runs(request, output, self.speculate)  # their first steps, at once
             return output  # the step finishes once its tools ran
         if schema is not None:
             value, problems = parse_final(result.text)

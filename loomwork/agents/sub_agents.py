@@ -20,6 +20,7 @@ from loomwork.agents.definitions import AgentDefinition
 from loomwork.agents.events import AgentEvent, Handoff, ToolResultEvent
 from loomwork.agents.payloads import HandoffInput, HandoffOutcome, RunPlan, StepOutput
 from loomwork.agents.run_models import AgentRunRequest, RunOutcome
+from loomwork.ids import new_id
 from loomwork.llm.chat import ChatMessage, ToolSpec
 from loomwork.messages import NewMessage, Role, TextPart, ToolCallPart, ToolResultPart
 from loomwork.tools.mcp_names import MAX_FUNCTION_NAME
@@ -156,7 +157,12 @@ def refused_calls(request: AgentRunRequest, output: StepOutput, max_depth: int) 
 
 
 def sub_run_request(
-    request: AgentRunRequest, call: ToolCallPart, agent_name: str, run_id: str
+    request: AgentRunRequest,
+    call: ToolCallPart,
+    agent_name: str,
+    run_id: str,
+    *,
+    first_step_begun: bool = False,
 ) -> AgentRunRequest:
     """The run of `agent_name` that a call of it as a tool starts: the call's prompt as its
     one input message, no memory (a sub-agent run is stateless), the caller's metadata and
@@ -170,7 +176,25 @@ def sub_run_request(
         metadata=request.metadata,
         client_tools=request.client_tools,
         parents=[*request.parents, request.run_id],
+        first_step_begun=first_step_begun,
     )
+
+
+def begin_sub_runs(
+    request: AgentRunRequest, output: StepOutput, begin: Callable[[AgentRunRequest], bool]
+) -> None:
+    """Begin the first step of each sub-run the step's calls will start, as the service
+    does for a run it starts (loomwork.agents.speculation): the sub-run's first activity
+    adopts it, and the model answers while the workflow starts the child. A call whose
+    sub-run was begun names its run id in its route."""
+    for call in output.tool_calls:
+        route = output.tool_routes.get(call.tool_call_id)
+        if route is None or route.kind != "agent" or call.tool_call_id in output.invalid_calls:
+            continue
+        run_id = new_id("run")
+        sub_run = sub_run_request(request, call, route.agent, run_id, first_step_begun=True)
+        if begin(sub_run):
+            output.tool_routes[call.tool_call_id] = route.model_copy(update={"run_id": run_id})
 
 
 def sub_run_result(call: ToolCallPart, agent_name: str, outcome: RunOutcome) -> ToolResultPart:

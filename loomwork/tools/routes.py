@@ -37,6 +37,9 @@ class ToolRoute(BaseModel):
     retry: RetryPolicy | None = None  # None: the agent workflow's default for tools
     mcp: McpToolRef | None = None  # kind "mcp": the server and tool the call goes to
     agent: str = ""  # kinds "agent" and "handoff": the agent called, or handed the run
+    # Kind "agent": the sub-run's id, when the step began its first step (else the workflow
+    # names it).
+    run_id: str = ""
     # A call that needs approval: how long the run waits for the decision before it rejects
     # the call (the earliest of the tool's and the agent's limits; None: until one comes).
     approval_timeout: timedelta | None = None
