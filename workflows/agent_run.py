@@ -115,10 +115,8 @@ class AgentRunWorkflow:
         return own + self._subs.approvals()
 
     def _unanswered(self) -> list[PendingToolCall]:
-        own = self._client_calls.values()
-        return [c for c in own if c.tool_call_id not in self._client_results] + (
-            self._subs.tool_calls()
-        )
+        own = [c for c in self._client_calls.values() if c.tool_call_id not in self._client_results]
+        return own + self._subs.tool_calls()
 
     @workflow.query(name="state")
     def state(self) -> RunState:
@@ -151,15 +149,12 @@ class AgentRunWorkflow:
         passed = await self._subs.pass_on_decisions(resume.decisions)
         # Answer once the run moved on, or at once if other calls still wait for a decision.
         await workflow.wait_condition(
-            lambda: (
-                (
-                    not self._awaiting_approvals
-                    or any(i not in self._decisions for i in self._pending)
-                )
-                and self._subs.settled(passed)
-            )
+            lambda: self._decisions_taken() and self._subs.settled(passed)
         )
         return self.state()
+
+    def _decisions_taken(self) -> bool:
+        return not self._awaiting_approvals or any(i not in self._decisions for i in self._pending)
 
     @resume_run.validator
     def _validate_resume(self, resume: ResumeInput) -> None:
@@ -184,17 +179,12 @@ class AgentRunWorkflow:
                 self._client_results[result.tool_call_id] = result
         passed = await self._subs.pass_on_results(submitted.results)
         # Answer once the run moved on, or at once if other calls still wait.
-        await workflow.wait_condition(
-            lambda: (
-                (
-                    self._phase != "waiting"
-                    or self._awaiting_approvals
-                    or any(i not in self._client_results for i in self._client_calls)
-                )
-                and self._subs.settled(passed)
-            )
-        )
+        await workflow.wait_condition(lambda: self._results_taken() and self._subs.settled(passed))
         return self.state()
+
+    def _results_taken(self) -> bool:
+        waiting = any(i not in self._client_results for i in self._client_calls)
+        return self._phase != "waiting" or self._awaiting_approvals or waiting
 
     @submit_tool_results.validator
     def _validate_results(self, submitted: ToolResultsInput) -> None:

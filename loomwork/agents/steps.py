@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+from loomwork.agents import sub_agents
 from loomwork.agents.batching import DeltaBatcher
 from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.definitions import AgentDefinition
@@ -49,13 +50,6 @@ from loomwork.agents.speculation import (
     drafting,
     until_adopted,
     until_confirmed,
-)
-from loomwork.agents.sub_agents import (
-    DEFAULT_MAX_DEPTH,
-    AgentLookup,
-    begin_sub_runs,
-    hand_off,
-    refused_calls,
 )
 from loomwork.agents.tool_offer import offered_tools
 from loomwork.errors import Unavailable
@@ -171,7 +165,7 @@ class AgentSteps:
         speculation: SpeculativeSteps[FirstStep] | None = None,
         oauth: OAuthAccess | None = None,
         mcp: McpTools | None = None,
-        max_agent_depth: int = DEFAULT_MAX_DEPTH,
+        max_agent_depth: int = sub_agents.DEFAULT_MAX_DEPTH,
     ) -> None:
         self.agents = agents
         self.tools = tools
@@ -460,9 +454,9 @@ class AgentSteps:
             tool_routes=tool_routes,
         )
         self._invalid_client_calls(request, output)
-        output.invalid_calls.update(refused_calls(request, output, self.max_agent_depth))
+        output.invalid_calls.update(sub_agents.refused_calls(request, output, self.max_agent_depth))
         if output.tool_calls:
-            begin_sub_runs(request, output, self.speculate)  # their first steps, at once
+            sub_agents.begin_sub_runs(request, output, self.speculate)  # their first steps, at once
             return output  # the step finishes once its tools ran
         if schema is not None:
             value, problems = parse_final(result.text)
@@ -495,7 +489,7 @@ class AgentSteps:
             if invalid:
                 output.invalid_calls[call.tool_call_id] = invalid
 
-    def _agents_of(self, tenant: str) -> AgentLookup:
+    def _agents_of(self, tenant: str) -> sub_agents.AgentLookup:
         return lambda name: self.agents.find(tenant, name)
 
     async def handoff(self, handoff: HandoffInput) -> HandoffOutcome:
@@ -505,7 +499,7 @@ class AgentSteps:
             found = await self.agents.find(handoff.request.tenant, name)
             return effective_agent(found, handoff.request) if found is not None else None
 
-        return await hand_off(handoff, resolve, self.publish, self.default_model)
+        return await sub_agents.hand_off(handoff, resolve, self.publish, self.default_model)
 
     @staticmethod
     def step_finished(step: int, output: StepOutput) -> StepFinished:
