@@ -410,7 +410,7 @@ def process_env(
         TEMPORAL_ADDRESS=ep.temporal_address or "",
         LOOMWORK_HOME=str(tmp / "loomwork"),
         LOOMWORK_SECRET_KEY="bench-faults-secret-key",
-        LOOMWORK_TOKENS="bench=bench",
+        LOOMWORK_TOKENS="bench=bench:admin",
         LOOMWORK_TASK_QUEUE=f"bench-faults-{uuid.uuid4().hex[:6]}",
         LOOMWORK_TOOL_MODULES="fault_app",
         LOOMWORK_WORKFLOW_MODULES="fault_app",

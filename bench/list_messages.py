@@ -154,7 +154,7 @@ def main() -> None:
                 DATABASE_URL=os.environ.get("DATABASE_URL") or endpoints.database_url,
                 REDIS_URL=os.environ.get("REDIS_URL") or endpoints.redis_url,
                 TEMPORAL_ADDRESS=os.environ.get("TEMPORAL_ADDRESS") or endpoints.temporal_address,
-                LOOMWORK_TOKENS="bench=bench",
+                LOOMWORK_TOKENS="bench=bench:admin",
             )
             asyncio.run(run(settings, args.calls))
         finally:

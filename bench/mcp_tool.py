@@ -270,7 +270,7 @@ def bench_setup() -> Iterator[tuple[Settings, str]]:
                     REDIS_URL=endpoints.redis_url,
                     TEMPORAL_ADDRESS=endpoints.temporal_address,
                     LOOMWORK_HOME=Path(tmp),
-                    LOOMWORK_TOKENS="bench=bench",
+                    LOOMWORK_TOKENS="bench=bench:admin",
                     OPENAI_BASE_URL=model.start_in_thread(),
                     OPENAI_API_KEY="x",
                     LOOMWORK_CHAT_MODEL="scripted",

@@ -18,7 +18,7 @@ def scripted_settings(
         DATABASE_URL=endpoints.database_url,
         REDIS_URL=endpoints.redis_url,
         TEMPORAL_ADDRESS=endpoints.temporal_address,
-        LOOMWORK_TOKENS="bench=bench",
+        LOOMWORK_TOKENS="bench=bench:admin",
         OPENAI_BASE_URL=model_url,
         OPENAI_API_KEY="x",
         LOOMWORK_CHAT_MODEL="scripted",

@@ -41,6 +41,7 @@ from loomwork.agents.events import decode_event
 from loomwork.agents.run_models import AgentRunRequest, RunOutcome
 from loomwork.agents.steps import event_log_key
 from loomwork.config import Settings
+from loomwork.integrations.secret_box import dev_secret
 from loomwork.messages import NewMessage, Role, TextPart
 from loomwork.testing import ChatRequest, ScriptedModelServer, Turn
 from server.embedded import EmbeddedStack
@@ -70,6 +71,8 @@ class Workers:
             OPENAI_API_KEY="x",
             LOOMWORK_CHAT_MODEL="scripted",
             LOOMWORK_DEMO="true",
+            # `loomwork worker` needs one: the key this process's runtime uses.
+            LOOMWORK_SECRET_KEY=settings.secret_key or dev_secret(settings.home),
         )
         self.log = log
         self.processes = {p.pid: p for p in (self._start() for _ in range(count))}

@@ -401,7 +401,7 @@ def main() -> None:
                 DATABASE_URL=endpoints.database_url,
                 REDIS_URL=endpoints.redis_url,
                 TEMPORAL_ADDRESS=endpoints.temporal_address,
-                LOOMWORK_TOKENS=f"bench={TENANT}",
+                LOOMWORK_TOKENS=f"bench={TENANT}:admin",
                 LOOMWORK_TASK_QUEUE=DSL_QUEUE,
                 OPENAI_BASE_URL="http://127.0.0.1:9/v1",
                 OPENAI_API_KEY="x",

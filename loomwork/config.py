@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from loomwork.errors import FailedPrecondition
 
-# `loomwork up` with no LOOMWORK_TOKENS: two tenants, so the demo can show their isolation.
-DEFAULT_TOKENS = "dev=default,dev-other=other"
+# `loomwork up` with no LOOMWORK_TOKENS: two tenants, so the demo can show their isolation;
+# both may configure agents and integrations (role admin).
+DEFAULT_TOKENS = "dev=default:admin,dev-other=other:admin"
+# The role that may create, update and delete agents, webhook sources, OAuth providers and
+# MCP servers (protos/loomwork/v1/access.proto).
+ADMIN_ROLE = "admin"
+# Algorithms a JWT may be signed with: asymmetric only (a public key verifies, never signs).
+JWT_ALGORITHMS = "RS256,RS384,RS512,PS256,PS384,PS512,ES256,ES384,ES512,EdDSA"
 TASK_QUEUE = "loomwork"
 
 
@@ -23,17 +30,59 @@ class Settings(BaseSettings):
     home: Path = Field(default=Path(".loomwork"), alias="LOOMWORK_HOME")
     grpc_address: str = Field(default="127.0.0.1:50051", alias="LOOMWORK_GRPC_ADDRESS")
     http_address: str = Field(default="127.0.0.1:8080", alias="LOOMWORK_HTTP_ADDRESS")
+    # TLS on the gRPC server and the HTTP endpoint (paths of PEM files: the certificate chain
+    # and its key). With LOOMWORK_TLS_CLIENT_CA, gRPC callers must present a certificate
+    # that CA signed (mTLS); the HTTP endpoint (webhooks, OAuth callbacks from browsers and
+    # third parties) asks for none.
+    tls_cert: Path | None = Field(default=None, alias="LOOMWORK_TLS_CERT")
+    tls_key: Path | None = Field(default=None, alias="LOOMWORK_TLS_KEY")
+    tls_client_ca: Path | None = Field(default=None, alias="LOOMWORK_TLS_CLIENT_CA")
     # Base URL the outside world reaches the HTTP endpoint at (OAuth redirect URIs);
     # unset means http://<LOOMWORK_HTTP_ADDRESS>.
     public_url: str | None = Field(default=None, alias="LOOMWORK_PUBLIC_URL")
     # Encrypts webhook secrets and OAuth tokens at rest (a Fernet key or any passphrase of
-    # 16+ characters). Unset: a development key kept in LOOMWORK_HOME/secret.key.
+    # 16+ characters). Required by `loomwork server` and `loomwork worker`; `loomwork up`
+    # without it makes a development key kept in LOOMWORK_HOME/secret.key.
     secret_key: str | None = Field(default=None, alias="LOOMWORK_SECRET_KEY", repr=False)
+    # Static bearer tokens: `token=tenant[:role[:role...]]` pairs, comma-separated
+    # (`dev=default:admin`). Kept for development; production uses JWTs (below).
     tokens: str | None = Field(default=None, alias="LOOMWORK_TOKENS")
+    # JWT bearer tokens, verified against the keys at a JWKS URL (cached; fetched again on
+    # an unknown `kid`, at most once per LOOMWORK_JWT_JWKS_MIN_REFRESH_SECONDS) or a public
+    # key (PEM text, or the path of a PEM file). Either one turns JWTs on; issuer and
+    # audience are then required and checked.
+    jwt_jwks_url: str | None = Field(default=None, alias="LOOMWORK_JWT_JWKS_URL")
+    jwt_public_key: str | None = Field(default=None, alias="LOOMWORK_JWT_PUBLIC_KEY", repr=False)
+    jwt_issuer: str | None = Field(default=None, alias="LOOMWORK_JWT_ISSUER")
+    jwt_audience: str | None = Field(default=None, alias="LOOMWORK_JWT_AUDIENCE")
+    # The claim naming the caller's tenant, and the one listing its roles (a list of
+    # strings, or one space-separated string); dots reach into objects (`realm.roles`).
+    jwt_tenant_claim: str = Field(default="tenant", alias="LOOMWORK_JWT_TENANT_CLAIM")
+    jwt_roles_claim: str = Field(default="roles", alias="LOOMWORK_JWT_ROLES_CLAIM")
+    jwt_algorithms: str = Field(default=JWT_ALGORITHMS, alias="LOOMWORK_JWT_ALGORITHMS")
+    # Seconds of clock skew allowed on `exp`, `nbf` and `iat`.
+    jwt_leeway: float = Field(default=30.0, ge=0, alias="LOOMWORK_JWT_LEEWAY_SECONDS")
+    # The JWKS is fetched again when older than this, or on an unknown `kid` once the last
+    # fetch is older than the floor (a stream of bad tokens cannot hammer the key server).
+    jwt_jwks_ttl: float = Field(default=600.0, gt=0, alias="LOOMWORK_JWT_JWKS_TTL_SECONDS")
+    jwt_jwks_min_refresh: float = Field(
+        default=30.0, ge=0, alias="LOOMWORK_JWT_JWKS_MIN_REFRESH_SECONDS"
+    )
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
     redis_url: str | None = Field(default=None, alias="REDIS_URL")
     temporal_address: str | None = Field(default=None, alias="TEMPORAL_ADDRESS")
     temporal_namespace: str = Field(default="default", alias="TEMPORAL_NAMESPACE")
+    # Temporal over TLS (Temporal Cloud, or a cluster with mTLS). Paths of PEM files: the
+    # client certificate and key (mTLS), the CA that signed the server's certificate (unset:
+    # the system's roots) and the name to verify it against. TEMPORAL_API_KEY is sent as a
+    # bearer token (Temporal Cloud API keys). Any of these turns TLS on; TEMPORAL_TLS=true
+    # turns it on alone (system roots), false forces it off.
+    temporal_tls: bool | None = Field(default=None, alias="TEMPORAL_TLS")
+    temporal_tls_cert: Path | None = Field(default=None, alias="TEMPORAL_TLS_CERT")
+    temporal_tls_key: Path | None = Field(default=None, alias="TEMPORAL_TLS_KEY")
+    temporal_tls_ca: Path | None = Field(default=None, alias="TEMPORAL_TLS_CA")
+    temporal_tls_server_name: str | None = Field(default=None, alias="TEMPORAL_TLS_SERVER_NAME")
+    temporal_api_key: str | None = Field(default=None, alias="TEMPORAL_API_KEY", repr=False)
     task_queue: str = Field(default=TASK_QUEUE, alias="LOOMWORK_TASK_QUEUE")
     # Comma-separated Python modules that register workflow definitions on import.
     workflow_modules: str = Field(default="", alias="LOOMWORK_WORKFLOW_MODULES")
@@ -81,21 +130,51 @@ class Settings(BaseSettings):
         """Whether a model endpoint is set (OPENAI_API_KEY for OpenAI, or OPENAI_BASE_URL)."""
         return bool(self.openai_api_key or self.openai_base_url)
 
-    def token_map(self) -> dict[str, str]:
-        """`LOOMWORK_TOKENS` parsed as {token: tenant}."""
+    @field_validator(
+        "tls_cert",
+        "tls_key",
+        "tls_client_ca",
+        "temporal_tls",
+        "temporal_tls_cert",
+        "temporal_tls_key",
+        "temporal_tls_ca",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`VAR=` (as env files and compose defaults write it) means unset, not the path `.`."""
+        return None if value == "" else value
+
+    @property
+    def jwt_enabled(self) -> bool:
+        """Whether JWT bearer tokens are accepted (a JWKS URL or a public key is set)."""
+        return bool(self.jwt_jwks_url or self.jwt_public_key)
+
+    def token_map(self) -> dict[str, TokenGrant]:
+        """`LOOMWORK_TOKENS` parsed as {token: what it grants}."""
         return parse_tokens(self.tokens or "")
 
 
-def parse_tokens(spec: str) -> dict[str, str]:
-    """Parse `token=tenant,token2=tenant2`; a malformed pair is a clear error."""
-    tokens: dict[str, str] = {}
+@dataclass(frozen=True)
+class TokenGrant:
+    """What a static token stands for: a tenant, and the caller's roles in it."""
+
+    tenant: str
+    roles: frozenset[str] = frozenset()
+
+
+def parse_tokens(spec: str) -> dict[str, TokenGrant]:
+    """Parse `token=tenant[:role...],token2=tenant2`; a malformed pair is a clear error."""
+    tokens: dict[str, TokenGrant] = {}
     for pair in (p.strip() for p in spec.split(",")):
         if not pair:
             continue
-        token, sep, tenant = pair.partition("=")
-        if not sep or not token.strip() or not tenant.strip():
+        token, sep, grant = pair.partition("=")
+        tenant, *roles = (part.strip() for part in grant.split(":"))
+        if not sep or not token.strip() or not tenant or not all(roles):
             raise FailedPrecondition(
-                f"LOOMWORK_TOKENS: expected token=tenant pairs separated by commas, got {pair!r}"
+                "LOOMWORK_TOKENS: expected token=tenant or token=tenant:role pairs separated "
+                f"by commas, got {pair!r}"
             )
-        tokens[token.strip()] = tenant.strip()
+        tokens[token.strip()] = TokenGrant(tenant, frozenset(roles))
     return tokens

@@ -16,7 +16,9 @@ from rich.logging import RichHandler
 
 from loomwork.config import DEFAULT_TOKENS, Settings
 from loomwork.errors import LoomworkError
+from loomwork.integrations.secret_box import DEV_KEY_FILE
 from server.embedded import EmbeddedError, EmbeddedStack
+from server.healthcheck import check_health
 from server.process import Running, serve
 from server.runtime import Runtime
 
@@ -114,10 +116,9 @@ def up(
         console.print(f"[bold green]Loomwork is up[/] in {time.perf_counter() - started:.1f}s")
         console.print(f"  gRPC          {running.grpc_address}   (reflection + health on)")
         if running.http_address:
-            console.print(
-                f"  HTTP          http://{running.http_address}   (webhooks, OAuth callbacks)"
-            )
-            console.print(f"  MCP           http://{running.http_address}/mcp   (bearer token)")
+            http_url = f"{running.http_scheme}://{running.http_address}"
+            console.print(f"  HTTP          {http_url}   (webhooks, OAuth callbacks)")
+            console.print(f"  MCP           {http_url}/mcp   (bearer token)")
         if endpoints.temporal_ui_url:
             console.print(f"  Temporal UI   {endpoints.temporal_ui_url}")
         console.print(
@@ -127,19 +128,28 @@ def up(
         console.print(f"  Redis         {_redact(settings.redis_url or '')}")
         console.print(f"  home          {home}")
         console.print(f"  model         {_model_line(runtime)}")
+        if not settings.secret_key:
+            console.print(
+                f"  secret key    development key in {home / DEV_KEY_FILE} "
+                "(set LOOMWORK_SECRET_KEY in production)"
+            )
         if runtime.demo is not None:
             console.print(
                 "  demo mode     demo tools (send_email sends nothing), agent `assistant`, "
                 "example workflows"
             )
-        for token, tenant in tokens.items():
-            console.print(f"  token         [bold]{token}[/] → tenant {tenant}")
+        for token, grant in tokens.items():
+            roles = f" (roles {', '.join(sorted(grant.roles))})" if grant.roles else ""
+            console.print(f"  token         [bold]{token}[/] → tenant {grant.tenant}{roles}")
+        if settings.jwt_enabled:
+            console.print(f"  JWT           issuer {settings.jwt_issuer}")
         console.print("Press Ctrl-C to stop.\n")
         if demo and running.grpc_address:
             from clients.cli import run_demo
 
             token = next(iter(tokens))
-            other = next((t for t, tenant in tokens.items() if tenant != tokens[token]), None)
+            tenant = tokens[token].tenant
+            other = next((t for t, grant in tokens.items() if grant.tenant != tenant), None)
             try:
                 await run_demo(running.grpc_address, token, other_token=other)
             except Exception as exc:  # the demo failing must not take the stack down
@@ -223,8 +233,17 @@ def _external_settings(role: str) -> Settings:
             f"`loomwork {role}` needs {', '.join(missing)} set "
             "(use `loomwork up` for the embedded stack)."
         )
-    if role == "server" and not settings.tokens:
-        _fail("`loomwork server` needs LOOMWORK_TOKENS (token=tenant pairs, comma-separated).")
+    if role == "server" and not settings.tokens and not settings.jwt_enabled:
+        _fail(
+            "`loomwork server` needs LOOMWORK_TOKENS (token=tenant[:role] pairs, "
+            "comma-separated) or JWT auth (LOOMWORK_JWT_JWKS_URL or LOOMWORK_JWT_PUBLIC_KEY)."
+        )
+    if not settings.secret_key:
+        _fail(
+            f"`loomwork {role}` needs LOOMWORK_SECRET_KEY: it encrypts webhook secrets and "
+            "OAuth tokens at rest, and every server and worker must share it (a Fernet key, "
+            "or a passphrase of 16+ characters). Only `loomwork up` makes a development key."
+        )
     return settings
 
 
@@ -252,6 +271,17 @@ def server(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
 def worker(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run a Temporal worker alone (production: as many as the load needs)."""
     _run_alone("worker", verbose)
+
+
+@app.command()
+def health() -> None:
+    """Exit 0 when this host's Loomwork process is healthy (the image's HEALTHCHECK): the gRPC
+    server on LOOMWORK_GRPC_ADDRESS serving, or else a worker of this host polling the task
+    queue; exit 1 saying what is not."""
+    try:
+        console.print(asyncio.run(check_health(Settings())))
+    except LoomworkError as exc:
+        _fail(exc.message)
 
 
 def _register_client_commands() -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from loomwork.config import Settings
 from server.runtime import Runtime
 from server.temporal import register_search_attributes
+from server.transport.bearer import Authenticator
 from server.transport.grpc_app import GrpcApp, build_grpc_app
 from server.transport.http import HttpServer, open_http_server
 from server.worker import build_worker
@@ -27,6 +28,8 @@ class Running:
     grpc: GrpcApp | None
     grpc_address: str | None
     http_address: str | None = None
+    # "https" when the HTTP endpoint serves TLS (LOOMWORK_TLS_CERT).
+    http_scheme: str = "http"
 
 
 async def serve(
@@ -44,6 +47,8 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
+    # Auth settings that are wrong fail before anything is connected.
+    auth = Authenticator.from_settings(settings) if grpc else None
     runtime = await Runtime.open(settings)
     app: GrpcApp | None = None
     http: HttpServer | None = None
@@ -58,20 +63,28 @@ async def serve(
             log.info("worker polling task queue %s", settings.task_queue)
         address = None
         if grpc:
-            app = build_grpc_app(runtime, settings.grpc_address)
+            app = build_grpc_app(runtime, settings.grpc_address, auth=auth)
             await app.start()
             host = settings.grpc_address.rsplit(":", 1)[0]
             address = f"{host}:{app.port}"
             log.info("gRPC server listening on %s", address)
             # Webhooks and OAuth callbacks: every gRPC server also serves HTTP.
-            http = open_http_server(runtime)
+            http = open_http_server(runtime, auth)
             await http.start()
             log.info(
                 "HTTP endpoint (webhooks, OAuth callbacks, MCP at /mcp) listening on %s",
                 http.address,
             )
         if on_ready:
-            await on_ready(Running(runtime, app, address, http.address if http else None))
+            await on_ready(
+                Running(
+                    runtime,
+                    app,
+                    address,
+                    http.address if http else None,
+                    http.scheme if http else "http",
+                )
+            )
         waiter = asyncio.create_task(stop.wait())
         watch = {waiter} | ({worker_task} if worker_task else set())
         done, _ = await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)

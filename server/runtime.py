@@ -40,6 +40,7 @@ from loomwork.storage.postgres import PostgresMemoryStorage
 from loomwork.streams.run_events import RunEventLog
 from loomwork.tools import ToolRegistry
 from server.temporal import connect_temporal
+from server.tls import temporal_tls
 
 if TYPE_CHECKING:
     from loomwork.demo.mode import DemoMode
@@ -114,9 +115,9 @@ class Runtime:
     async def _connect(cls, settings: Settings, demo: DemoMode | None, *, migrate: bool) -> Runtime:
         if not settings.database_url or not settings.redis_url or not settings.temporal_address:
             raise ValueError("Runtime.open needs database_url, redis_url and temporal_address")
-        operator_mcp_servers = parse_operator_servers(
-            settings.mcp_servers
-        )  # fail before connecting
+        # Settings that are wrong fail before connecting.
+        operator_mcp_servers = parse_operator_servers(settings.mcp_servers)
+        temporal_tls_config = temporal_tls(settings)
         db = Database(settings.database_url)
         await db.open()
         try:
@@ -126,7 +127,10 @@ class Runtime:
                     log.info("applied migrations %s", applied)
             redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
             temporal = await connect_temporal(
-                settings.temporal_address, settings.temporal_namespace
+                settings.temporal_address,
+                settings.temporal_namespace,
+                tls=temporal_tls_config,
+                api_key=settings.temporal_api_key,
             )
             provider = embedding_provider(
                 settings.embedding_model,

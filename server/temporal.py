@@ -32,15 +32,16 @@ from temporalio.exceptions import (
 from temporalio.exceptions import (
     TimeoutError as TemporalTimeoutError,
 )
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
-from loomwork.errors import NotFound, Unavailable
+from loomwork.errors import FailedPrecondition, NotFound, Unavailable
 from workflows import search_attributes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SEARCH_ATTRIBUTES = tuple(key.name for key in search_attributes.ALL)
+KEYWORD = IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
 # How a run's workflow ends when it does not end by itself: an operator terminated it, it
 # timed out, or it failed outside what the workflow catches (e.g. bookkeeping whose retries
 # ran out). Its run is FAILED, with the error `closure_error` reads.
@@ -137,13 +138,25 @@ async def query_state(
         raise Unavailable(f"Temporal: {error.message}") from error
 
 
-async def connect_temporal(address: str, namespace: str, *, wait_seconds: float = 30.0) -> Client:
-    """Connect, retrying for up to `wait_seconds` while the server comes up."""
+async def connect_temporal(
+    address: str,
+    namespace: str,
+    *,
+    tls: TLSConfig | bool = False,
+    api_key: str | None = None,
+    wait_seconds: float = 30.0,
+) -> Client:
+    """Connect (over TLS and with an API key when given: Temporal Cloud), retrying for up to
+    `wait_seconds` while the server comes up."""
     deadline = asyncio.get_running_loop().time() + wait_seconds
     while True:
         try:
             return await Client.connect(
-                address, namespace=namespace, data_converter=pydantic_data_converter
+                address,
+                namespace=namespace,
+                data_converter=pydantic_data_converter,
+                tls=tls,
+                api_key=api_key or None,
             )
         except Exception as exc:  # connection refused, DNS, TLS...
             if asyncio.get_running_loop().time() > deadline:
@@ -151,23 +164,64 @@ async def connect_temporal(address: str, namespace: str, *, wait_seconds: float 
             await asyncio.sleep(0.5)
 
 
-async def register_search_attributes(client: Client, namespace: str) -> list[str]:
-    """Add our Keyword search attributes that the namespace lacks; return the ones added."""
-    existing = await client.operator_service.list_search_attributes(
+async def register_search_attributes(
+    client: Client, namespace: str, *, attempts: int = 5
+) -> list[str]:
+    """Add our Keyword search attributes that the namespace lacks; return the ones this call
+    added. Safe when several processes start at once: an add that fails (another process
+    added them first, a conflicting update of the namespace's metadata) is checked by
+    listing again, and retried. An attribute of ours registered with another type, or a
+    namespace where adding is not allowed (Temporal Cloud without the right role), is
+    FailedPrecondition naming what to register."""
+    added: list[str] = []
+    for attempt in range(attempts):
+        missing = await _missing_search_attributes(client, namespace)
+        if not missing:
+            return added
+        try:
+            await client.operator_service.add_search_attributes(
+                AddSearchAttributesRequest(
+                    namespace=namespace, search_attributes=dict.fromkeys(missing, KEYWORD)
+                )
+            )
+        except RPCError as error:
+            if error.status == RPCStatusCode.PERMISSION_DENIED:
+                raise FailedPrecondition(
+                    f"cannot add search attributes to Temporal namespace {namespace!r} "
+                    f"({error.message}): register {', '.join(missing)} as Keyword (on "
+                    "Temporal Cloud: `tcld namespace search-attributes add`)"
+                ) from error
+            log.info("adding search attributes: %s; checking again", error.message)
+            await asyncio.sleep(0.1 * 2**attempt)
+            continue
+        log.info("registered search attributes %s", ", ".join(missing))
+        added.extend(missing)
+    missing = await _missing_search_attributes(client, namespace)
+    if missing:
+        raise Unavailable(
+            f"could not add search attributes {', '.join(missing)} to Temporal namespace "
+            f"{namespace!r} in {attempts} attempts"
+        )
+    return added
+
+
+async def _missing_search_attributes(client: Client, namespace: str) -> list[str]:
+    """Ours that the namespace lacks; FailedPrecondition if one has another type than Keyword."""
+    listed = await client.operator_service.list_search_attributes(
         ListSearchAttributesRequest(namespace=namespace)
     )
-    missing = [name for name in SEARCH_ATTRIBUTES if name not in existing.custom_attributes]
-    if missing:
-        await client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(
-                namespace=namespace,
-                search_attributes={
-                    name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in missing
-                },
-            )
+    types = listed.custom_attributes
+    wrong = [name for name in SEARCH_ATTRIBUTES if name in types and types[name] != KEYWORD]
+    if wrong:
+        described = ", ".join(
+            f"{name} ({IndexedValueType.Name(types[name]).removeprefix('INDEXED_VALUE_TYPE_')})"
+            for name in wrong
         )
-        log.info("registered search attributes %s", ", ".join(missing))
-    return missing
+        raise FailedPrecondition(
+            f"Temporal namespace {namespace!r} has search attributes {described}: Loomwork "
+            "needs them as Keyword"
+        )
+    return [name for name in SEARCH_ATTRIBUTES if name not in types]
 
 
 async def temporal_reachable(client: Client) -> bool:

@@ -36,7 +36,9 @@ from tests.support import serving
 # Fixtures of an OAuth provider the tests run (module-scoped, started when a test asks).
 pytest_plugins = ["tests.oauth_provider"]
 
-TOKENS = "t-alpha=alpha,t-beta=beta"
+# Both may configure agents and integrations (role admin); t-alpha-user is a plain caller
+# of tenant alpha (no role).
+TOKENS = "t-alpha=alpha:admin,t-beta=beta:admin,t-alpha-user=alpha"
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ import grpc
 
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
 from tests.conftest import free_port
-from tests.support import auth, unique, wait_serving
+from tests.support import TEST_SECRET_KEY, auth, unique, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 # Settings a developer's shell may hold that would change what these processes do.
@@ -44,6 +44,7 @@ def loomwork_processes(
         LOOMWORK_GRPC_ADDRESS=address,
         LOOMWORK_HTTP_ADDRESS=f"127.0.0.1:{free_port()}",
         LOOMWORK_TASK_QUEUE=unique("processes-queue"),
+        LOOMWORK_SECRET_KEY=TEST_SECRET_KEY,
         COLUMNS="200",
     )
     environment.update(env)

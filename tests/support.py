@@ -30,6 +30,8 @@ from server.transport.http import HttpServer
 from server.worker import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
+# LOOMWORK_SECRET_KEY of the `loomwork server` / `loomwork worker` processes tests start.
+TEST_SECRET_KEY = "loomwork-test-secret-key"
 
 
 @asynccontextmanager
@@ -252,6 +254,7 @@ def worker_process(
             REDIS_URL=embedded["REDIS_URL"],
             TEMPORAL_ADDRESS=embedded["TEMPORAL_ADDRESS"],
             LOOMWORK_TASK_QUEUE=task_queue,
+            LOOMWORK_SECRET_KEY=TEST_SECRET_KEY,
             **env,
         ),
         stdout=log.open("ab"),

@@ -98,7 +98,7 @@ def test_without_demo_mode_there_is_no_demo_and_no_model(
     demo agent, no example workflow; an agent run fails saying what to configure."""
     tenant_token = unique("plain")
     with loomwork_processes(
-        embedded, tmp_path, [["up", "--no-ui"]], LOOMWORK_TOKENS=f"{tenant_token}=plain"
+        embedded, tmp_path, [["up", "--no-ui"]], LOOMWORK_TOKENS=f"{tenant_token}=plain:admin"
     ) as (address, logs):
         banner = _wait_logged(logs["up"], "Press Ctrl-C to stop")
         model_line = next(line for line in banner.splitlines() if "model " in line)
@@ -143,7 +143,7 @@ def test_a_server_and_a_worker_in_demo_mode_serve_the_demo_on_the_offline_model(
             tmp_path,
             [["server"], ["worker"]],
             LOOMWORK_DEMO="true",
-            LOOMWORK_TOKENS="demo=demo",
+            LOOMWORK_TOKENS="demo=demo:admin",
         ) as (address, _),
         grpc.insecure_channel(address) as channel,
     ):

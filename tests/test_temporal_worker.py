@@ -7,15 +7,22 @@ import dataclasses
 import uuid
 from collections.abc import Sequence
 
+import pytest
+from google.protobuf.duration_pb2 import Duration
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType, IndexedValueType
-from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
+from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
 from temporalio.converter import PayloadCodec
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from loomwork.errors import FailedPrecondition
 from server.runtime import Runtime
-from server.temporal import SEARCH_ATTRIBUTES, register_search_attributes
+from server.temporal import SEARCH_ATTRIBUTES, connect_temporal, register_search_attributes
 from server.worker import ContextFreeSandboxRunner, needs_no_serialization_context, workflow_runner
 from tests.sandbox_fixtures import Note, SandboxClock, SandboxEcho, echo
 from workflows.stack_check import StackCheckInput, StackCheckResult, StackCheckWorkflow
@@ -119,3 +126,43 @@ async def test_context_free_sandbox_still_sandboxes_workflow_code(runtime: Runti
             await asyncio.sleep(0.1)
         await handle.terminate()
     assert "datetime.datetime.now" in failure
+
+
+async def _fresh_namespace(address: str) -> str:
+    client = await connect_temporal(address, "default")
+    namespace = f"sa-{uuid.uuid4().hex[:8]}"
+    await client.workflow_service.register_namespace(
+        RegisterNamespaceRequest(
+            namespace=namespace, workflow_execution_retention_period=Duration(seconds=86400)
+        )
+    )
+    return namespace
+
+
+async def test_search_attributes_registered_by_several_processes_at_once(embedded) -> None:
+    """Servers and workers starting together each register the attributes: none fails, and
+    the namespace ends up with every one of them."""
+    namespace = await _fresh_namespace(embedded["TEMPORAL_ADDRESS"])
+    clients = [await connect_temporal(embedded["TEMPORAL_ADDRESS"], namespace) for _ in range(8)]
+    added = await asyncio.gather(*(register_search_attributes(c, namespace) for c in clients))
+    assert set().union(*added) == set(SEARCH_ATTRIBUTES)  # each added by someone
+    listed = await clients[0].operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace)
+    )
+    for name in SEARCH_ATTRIBUTES:
+        assert listed.custom_attributes[name] == IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+
+
+async def test_a_search_attribute_of_another_type_is_a_clear_error(embedded) -> None:
+    """One of ours registered by hand with another type: start-up says which and what it
+    needs, rather than runs failing later."""
+    namespace = await _fresh_namespace(embedded["TEMPORAL_ADDRESS"])
+    client = await connect_temporal(embedded["TEMPORAL_ADDRESS"], namespace)
+    await client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=namespace,
+            search_attributes={"LoomworkTenant": IndexedValueType.INDEXED_VALUE_TYPE_TEXT},
+        )
+    )
+    with pytest.raises(FailedPrecondition, match=r"LoomworkTenant \(TEXT\).*Keyword"):
+        await register_search_attributes(client, namespace)

@@ -31,7 +31,7 @@ from tests.workflow_support import has_status, start_run, wait_run
 
 MODULE = "tests.tool_module_example"
 WORKFLOWS = "tests.tool_module_workflows"
-TOKENS = "t-alpha=alpha,t-beta=beta"
+TOKENS = "t-alpha=alpha:admin,t-beta=beta:admin"
 
 
 def _model_env(model_server: ScriptedModelServer) -> dict[str, str]:

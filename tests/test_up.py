@@ -19,7 +19,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from protos.loomwork.v1 import memory_pb2, memory_pb2_grpc, message_pb2
 from tests.conftest import free_port
-from tests.support import auth, wait_serving
+from tests.support import TEST_SECRET_KEY, auth, wait_serving
 from workflows.stack_check import StackCheckInput, StackCheckResult, StackCheckWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +29,14 @@ def _start(home: Path, address: str, log: Path) -> subprocess.Popen[bytes]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in {"DATABASE_URL", "REDIS_URL", "TEMPORAL_ADDRESS", "LOOMWORK_TOKENS"}
+        if k
+        not in {
+            "DATABASE_URL",
+            "REDIS_URL",
+            "TEMPORAL_ADDRESS",
+            "LOOMWORK_TOKENS",
+            "LOOMWORK_SECRET_KEY",
+        }
     }
     env.update(LOOMWORK_HOME=str(home), LOOMWORK_GRPC_ADDRESS=address, COLUMNS="200")
     return subprocess.Popen(
@@ -73,6 +80,10 @@ def test_up_serves_and_data_survives_a_restart(tmp_path: Path) -> None:
         text = log.read_text()
         assert address in text and "dev → tenant default" in text
         assert "dev-other → tenant other" in text  # a second tenant, for the demo's isolation
+        # With no LOOMWORK_SECRET_KEY, `up` makes a development key under its home, and says so.
+        key_line = next(line for line in text.splitlines() if "secret key   " in line)
+        assert "development key" in key_line and "LOOMWORK_SECRET_KEY" in key_line, key_line
+        assert (home / "secret.key").is_file()
         with grpc.insecure_channel(address) as channel:
             stub = memory_pb2_grpc.MemoryServiceStub(channel)
             thread = (
@@ -152,6 +163,7 @@ def test_server_and_worker_processes_against_external_services(embedded, tmp_pat
         REDIS_URL=embedded["REDIS_URL"],
         TEMPORAL_ADDRESS=embedded["TEMPORAL_ADDRESS"],
         LOOMWORK_TOKENS="ops=ops-tenant",
+        LOOMWORK_SECRET_KEY=TEST_SECRET_KEY,
         LOOMWORK_GRPC_ADDRESS=address,
         LOOMWORK_TASK_QUEUE="loomwork-process-test",
     )
@@ -212,3 +224,30 @@ def test_server_without_external_services_says_what_is_missing(tmp_path: Path) -
     assert result.returncode == 1
     output = result.stdout + result.stderr
     assert "DATABASE_URL" in output and "loomwork up" in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize("role", ["server", "worker"])
+def test_server_and_worker_refuse_to_start_without_a_secret_key(
+    embedded, tmp_path: Path, role: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "LOOMWORK_SECRET_KEY"}
+    env.update(
+        DATABASE_URL=embedded["DATABASE_URL"],
+        REDIS_URL=embedded["REDIS_URL"],
+        TEMPORAL_ADDRESS=embedded["TEMPORAL_ADDRESS"],
+        LOOMWORK_TOKENS="ops=ops-tenant",
+        LOOMWORK_HOME=str(tmp_path / "home"),
+        COLUMNS="200",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", role],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "needs LOOMWORK_SECRET_KEY" in output and "Traceback" not in output
+    assert not (tmp_path / "home" / "secret.key").exists()  # no development key made

@@ -1,7 +1,8 @@
 """What every client command shares: connection options, running a call, output helpers.
 
 Each command group takes `--address`/`--token`/`--timeout` (env `LOOMWORK_GRPC_ADDRESS`,
-`LOOMWORK_TOKEN`) through `connection_callback`; its commands call the server with
+`LOOMWORK_TOKEN`) through `connection_callback`, and calls over TLS when `LOOMWORK_TLS_CA`
+names the CA to trust (`tls_credentials`); its commands call the server with
 `run_with_client`, which turns a failed call into `error: <CODE>: <details>` and its field
 violations on stderr and exit code 1, never a traceback.
 """
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -52,11 +55,17 @@ __all__ = [
     "stderr_console",
     "stdout_console",
     "tidy_numbers",
+    "tls_credentials",
     "to_dict",
 ]
 
 ADDRESS_ENV = "LOOMWORK_GRPC_ADDRESS"
 TOKEN_ENV = "LOOMWORK_TOKEN"
+# A client's TLS: the CA that signed the server's certificate, and the client's own
+# certificate and key when the server requires one (mTLS). PEM file paths.
+TLS_CA_ENV = "LOOMWORK_TLS_CA"
+TLS_CLIENT_CERT_ENV = "LOOMWORK_TLS_CLIENT_CERT"
+TLS_CLIENT_KEY_ENV = "LOOMWORK_TLS_CLIENT_KEY"
 DEFAULT_TOKEN = "dev"
 
 T = TypeVar("T")
@@ -75,7 +84,23 @@ class Connection:
     timeout: float = 10.0
 
     def client(self) -> LoomworkClient:
-        return LoomworkClient(self.address, self.token or None, timeout=self.timeout)
+        return LoomworkClient(
+            self.address, self.token or None, timeout=self.timeout, credentials=tls_credentials()
+        )
+
+
+def tls_credentials() -> grpc.ChannelCredentials | None:
+    """TLS credentials from LOOMWORK_TLS_CA (and LOOMWORK_TLS_CLIENT_CERT/KEY for mTLS);
+    None (plaintext) when LOOMWORK_TLS_CA is unset."""
+    ca = os.environ.get(TLS_CA_ENV)
+    if not ca:
+        return None
+    cert, key = os.environ.get(TLS_CLIENT_CERT_ENV), os.environ.get(TLS_CLIENT_KEY_ENV)
+    return grpc.ssl_channel_credentials(
+        root_certificates=Path(ca).read_bytes(),
+        private_key=Path(key).read_bytes() if cert and key else None,
+        certificate_chain=Path(cert).read_bytes() if cert and key else None,
+    )
 
 
 ADDRESS_OPTION = typer.Option(

@@ -30,6 +30,7 @@ from clients.cli.common import (
     report_rpc_error,
     stderr_console,
     stdout_console,
+    tls_credentials,
 )
 from clients.cli.messages import message_table
 from clients.cli.rag import ingestion_status
@@ -354,7 +355,9 @@ async def _demo_tenants(ctx: DemoContext) -> None:
     if not ctx.other_token:
         ctx.note("skipped: pass --other-token <a token of another tenant> to see isolation")
         return
-    async with LoomworkClient(ctx.address, ctx.other_token, timeout=ctx.client.timeout) as other:
+    async with LoomworkClient(
+        ctx.address, ctx.other_token, timeout=ctx.client.timeout, credentials=tls_credentials()
+    ) as other:
         ctx.note("another tenant reads the thread:")
         await ctx.expect_error(other.memory.get_thread(ctx.thread_id), grpc.StatusCode.NOT_FOUND)
         page = await other.memory.list_threads(resource_id="demo-user")
@@ -404,7 +407,7 @@ async def run_demo(
     """
     console = console or Console(highlight=False)
     console.print(f"[bold]Loomwork demo[/] against {escape(address)}")
-    async with LoomworkClient(address, token or None) as client:
+    async with LoomworkClient(address, token or None, credentials=tls_credentials()) as client:
         if not any(agent.name == DEMO_AGENT for agent in await client.agents.list_agents()):
             raise DemoModeOff(
                 f"the stack at {address} is not in demo mode (no agent {DEMO_AGENT!r}): "

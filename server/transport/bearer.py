@@ -1,29 +1,43 @@
-"""Bearer tokens → tenants: the one resolution behind the gRPC auth interceptor and /mcp."""
+"""Bearer tokens → callers: the one resolution behind the gRPC auth interceptor and /mcp."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from loomwork.config import Settings, TokenGrant
 from loomwork.errors import Unauthenticated
+from server.transport.access import Principal
+from server.transport.jwt_tokens import JwtVerifier
+
+STATIC_TOKEN = "static token"
 
 
-class TenantTokens:
-    """The static tokens of LOOMWORK_TOKENS and the tenant each one names."""
+class Authenticator:
+    """The static tokens of LOOMWORK_TOKENS, and JWTs when LOOMWORK_JWT_* turn them on."""
 
-    def __init__(self, tokens: Mapping[str, str]) -> None:
+    def __init__(
+        self, tokens: Mapping[str, TokenGrant], jwt_verifier: JwtVerifier | None = None
+    ) -> None:
         self.tokens = dict(tokens)
+        self.jwt = jwt_verifier
 
-    def tenant(self, authorization: str, *, carrier: str) -> str:
-        """The tenant of an `authorization` value (`Bearer <token>`). Unauthenticated when it
-        is missing or the token is unknown; `carrier` says where to send it (gRPC metadata,
-        an HTTP header)."""
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Authenticator:
+        return cls(settings.token_map(), JwtVerifier.from_settings(settings))
+
+    async def principal(self, authorization: str, *, carrier: str) -> Principal:
+        """The caller of an `authorization` value (`Bearer <token>`). Unauthenticated when it
+        is missing, the token is unknown or (a JWT) not valid, saying why; `carrier` says
+        where to send it (gRPC metadata, an HTTP header)."""
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthenticated(
                 f"missing credentials: send {carrier} 'authorization: Bearer <token>'"
             )
-        tenant_id = self.tokens.get(token)
-        if tenant_id is None:
-            raise Unauthenticated("unknown token")
-        return tenant_id
+        grant = self.tokens.get(token)
+        if grant is not None:
+            return Principal(grant.tenant, grant.roles, STATIC_TOKEN)
+        if self.jwt is not None and token.count(".") == 2:
+            return await self.jwt.principal(token)
+        raise Unauthenticated("unknown token")

@@ -27,7 +27,8 @@ from server.servicers.integration import IntegrationServicer
 from server.servicers.memory import MemoryServicer
 from server.servicers.rag import RagServicer
 from server.servicers.workflow import WorkflowServicer
-from server.transport.bearer import TenantTokens
+from server.tls import grpc_server_credentials
+from server.transport.bearer import Authenticator
 from server.transport.health import HealthMonitor
 from server.transport.interceptors import (
     AuthInterceptor,
@@ -62,9 +63,17 @@ class GrpcApp:
         await self.server.stop(grace)
 
 
-def build_grpc_app(runtime: Runtime, address: str, *, health_interval: float = 2.0) -> GrpcApp:
-    """A server bound to `address` (port 0 picks a free one), not yet started."""
+def build_grpc_app(
+    runtime: Runtime,
+    address: str,
+    *,
+    health_interval: float = 2.0,
+    auth: Authenticator | None = None,
+) -> GrpcApp:
+    """A server bound to `address` (port 0 picks a free one), not yet started; over TLS when
+    LOOMWORK_TLS_CERT is set. `auth` authenticates callers (default: from the settings)."""
     settings = runtime.settings
+    credentials = grpc_server_credentials(settings)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -74,7 +83,7 @@ def build_grpc_app(runtime: Runtime, address: str, *, health_interval: float = 2
         # Outermost first: errors are mapped for all; requests are checked once authenticated.
         interceptors=[
             ErrorInterceptor(),
-            AuthInterceptor(TenantTokens(settings.token_map())),
+            AuthInterceptor(auth or Authenticator.from_settings(settings)),
             ValidationInterceptor(),
         ],
         options=options,
@@ -99,7 +108,10 @@ def build_grpc_app(runtime: Runtime, address: str, *, health_interval: float = 2
         ],
         server,
     )
-    port = server.add_insecure_port(address)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {address}: address in use or not available")
     monitor = HealthMonitor(

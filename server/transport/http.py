@@ -16,6 +16,7 @@ import html
 import logging
 import socket
 from collections.abc import Generator
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -45,7 +46,8 @@ from loomwork.integrations.components import Integrations
 from loomwork.integrations.intake import WebhookIntake
 from loomwork.integrations.routing import WebhookEvent
 from server.runtime import Runtime
-from server.transport.bearer import TenantTokens
+from server.tls import http_ssl_options
+from server.transport.bearer import Authenticator
 from server.transport.mcp_endpoint import MCP_PATH, McpEndpoint
 from workflows.search_attributes import TENANT
 from workflows.webhook_delivery import WebhookDeliveryWorkflow
@@ -96,11 +98,12 @@ def _error(error: LoomworkError) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-def build_http_app(runtime: Runtime) -> Starlette:
+def build_http_app(runtime: Runtime, auth: Authenticator | None = None) -> Starlette:
+    """The endpoint's app over `runtime`; `auth` authenticates /mcp (default: from settings)."""
     integrations = runtime.integrations
     assert integrations is not None
     starter = TemporalRoutingStarter(runtime.temporal, runtime.settings.task_queue)
-    mcp = McpEndpoint(runtime, TenantTokens(runtime.settings.token_map()))
+    mcp = McpEndpoint(runtime, auth or Authenticator.from_settings(runtime.settings))
     return build_asgi(integrations, starter, mcp=mcp)
 
 
@@ -178,14 +181,15 @@ def build_asgi(
     return Starlette(routes=routes, lifespan=lambda app: mcp.lifespan())
 
 
-def open_http_server(runtime: Runtime) -> HttpServer:
-    """The process's HTTP endpoint on LOOMWORK_HTTP_ADDRESS. When that variable is unset and
-    the default port is taken, a free port is used instead (logged); when it is set and taken,
-    FailedPrecondition says so."""
+def open_http_server(runtime: Runtime, auth: Authenticator | None = None) -> HttpServer:
+    """The process's HTTP endpoint on LOOMWORK_HTTP_ADDRESS (HTTPS with LOOMWORK_TLS_CERT).
+    When that variable is unset and the default port is taken, a free port is used instead
+    (logged); when it is set and taken, FailedPrecondition says so."""
     settings = runtime.settings
-    app = build_http_app(runtime)
+    app = build_http_app(runtime, auth)
+    ssl_options = http_ssl_options(settings)
     try:
-        return HttpServer(app, settings.http_address)
+        return HttpServer(app, settings.http_address, **ssl_options)
     except OSError as exc:
         if "http_address" in settings.model_fields_set:
             raise FailedPrecondition(
@@ -194,7 +198,7 @@ def open_http_server(runtime: Runtime) -> HttpServer:
             ) from exc
         host = settings.http_address.rpartition(":")[0] or "127.0.0.1"
         log.warning("%s is in use: serving HTTP on a free port instead", settings.http_address)
-        return HttpServer(app, f"{host}:0")
+        return HttpServer(app, f"{host}:0", **ssl_options)
 
 
 class _Server(uvicorn.Server):
@@ -204,9 +208,10 @@ class _Server(uvicorn.Server):
 
 
 class HttpServer:
-    """uvicorn serving an ASGI app on a socket bound up front (a taken port is an OSError)."""
+    """uvicorn serving an ASGI app on a socket bound up front (a taken port is an OSError);
+    `ssl_options` (uvicorn.Config's `ssl_*` arguments) serve HTTPS."""
 
-    def __init__(self, app: Starlette, address: str) -> None:
+    def __init__(self, app: Starlette, address: str, **ssl_options: Any) -> None:
         host, _, port = address.rpartition(":")
         self.host = host.strip("[]") or "127.0.0.1"
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -228,7 +233,9 @@ class HttpServer:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=5,
+            **ssl_options,
         )
+        self.scheme = "https" if ssl_options else "http"
         self.server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 

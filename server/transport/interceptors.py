@@ -1,4 +1,5 @@
-"""Cross-cutting concerns of every RPC: authentication, request validation, error mapping."""
+"""Cross-cutting concerns of every RPC: authentication and access, request validation, error
+mapping."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import grpc
 import pydantic
 from temporalio.client import WorkflowUpdateFailedError
 
-from loomwork.errors import InvalidArgument, LoomworkError, Unauthenticated
+from loomwork.errors import InvalidArgument, LoomworkError, PermissionDenied, Unauthenticated
 from server.servicers.tenancy import current_tenant
-from server.transport.bearer import TenantTokens
+from server.transport.access import RULES, AccessRules, current_principal
+from server.transport.bearer import Authenticator
 from server.transport.errors import (
     pydantic_violations,
     to_rpc_status,
@@ -43,8 +45,8 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
     def applies_to(self, method: str) -> bool:
         return True
 
-    async def before(self, context: grpc.aio.ServicerContext) -> None:
-        """Runs before the behavior; may abort the call."""
+    async def before(self, context: grpc.aio.ServicerContext, method: str) -> None:
+        """Runs before the behavior of `method`; may abort the call."""
 
     def check_request(self, request: Any) -> None:
         """Runs on the request (on each message of a client stream, as the behavior reads
@@ -110,7 +112,7 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
 
             async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 try:
-                    await before(context)
+                    await before(context, method)
                     async for item in behavior(checked(request), context):
                         yield item
                 except Exception as exc:
@@ -120,7 +122,7 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
 
         async def unary(request: Any, context: Any) -> Any:
             try:
-                await before(context)
+                await before(context, method)
                 result = behavior(checked(request), context)
                 if inspect.isawaitable(result):
                     result = await result
@@ -132,26 +134,34 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
 
 
 class AuthInterceptor(WrappingInterceptor):
-    """`authorization: Bearer <token>` → tenant; a missing or unknown token is UNAUTHENTICATED."""
+    """`authorization: Bearer <token>` → the caller and its tenant; a missing, unknown or
+    invalid token is UNAUTHENTICATED (saying why), a caller without the role the rpc's
+    `(loomwork.v1.access)` option needs is PERMISSION_DENIED (naming the role)."""
 
-    def __init__(self, tokens: TenantTokens) -> None:
+    def __init__(self, auth: Authenticator, rules: AccessRules = RULES) -> None:
         super().__init__()
-        self.tokens = tokens
+        self.auth = auth
+        self.rules = rules
 
     def applies_to(self, method: str) -> bool:
         return not method.lstrip("/").startswith(PUBLIC_SERVICES)
 
-    async def before(self, context: grpc.aio.ServicerContext) -> None:
+    async def before(self, context: grpc.aio.ServicerContext, method: str) -> None:
         header = ""
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 header = str(value)
                 break
         try:
-            tenant_id = self.tokens.tenant(header, carrier="metadata")
+            principal = await self.auth.principal(header, carrier="metadata")
         except Unauthenticated as error:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, error.message)
-        current_tenant.set(tenant_id)
+        try:
+            self.rules.authorize(principal, method)
+        except PermissionDenied as error:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, error.message)
+        current_principal.set(principal)
+        current_tenant.set(principal.tenant)
 
 
 class ValidationInterceptor(WrappingInterceptor):

@@ -1,11 +1,13 @@
 """MCP at /mcp on the HTTP endpoint (streamable HTTP, the official `mcp` SDK's low-level
 server): the tenant's agents, indexes and workflows as tools (`server.transport.mcp_tools`).
 
-Same auth as gRPC: `authorization: Bearer <token>` names the tenant (a missing or unknown
-token is 401 before MCP sees the request). Stateless: no session lives in this process, so
-any replica serves any request, as with gRPC. A bad argument, or any domain error, is a tool
-error result naming the field and the status code (the model sees it and can correct
-itself); anything unexpected is an error result with a logged incident id.
+Same auth as gRPC: `authorization: Bearer <token>` names the caller and its tenant (a
+missing, unknown or invalid token is 401 before MCP sees the request), and what a tool does
+needs the roles its RPCs need on gRPC (PERMISSION_DENIED in the tool's error result).
+Stateless: no session lives in this process, so any replica serves any request, as with
+gRPC. A bad argument, or any domain error, is a tool error result naming the field and the
+status code (the model sees it and can correct itself); anything unexpected is an error
+result with a logged incident id.
 """
 
 from __future__ import annotations
@@ -39,18 +41,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-from loomwork.errors import InvalidArgument, LoomworkError, Unauthenticated
+from loomwork.errors import InvalidArgument, LoomworkError, Unauthenticated, Unavailable
 from server.runtime import Runtime
 from server.servicers.tenancy import current_tenant
-from server.transport.bearer import TenantTokens
+from server.transport.access import Principal, current_principal
+from server.transport.bearer import Authenticator
 from server.transport.errors import pydantic_violations, status_code_of
 from server.transport.mcp_tools import McpTool, McpTools
 
 log = logging.getLogger(__name__)
 
 MCP_PATH = "/mcp"
-# Where the auth check leaves the caller's tenant in the request's ASGI scope.
-TENANT_SCOPE_KEY = "loomwork.tenant"
+# Where the auth check leaves the caller (a Principal) in the request's ASGI scope.
+PRINCIPAL_SCOPE_KEY = "loomwork.principal"
 INSTRUCTIONS = (
     "Loomwork runs your agents, searches and answers from your document indexes, and runs "
     "your durable workflows. run_agent and answer_from_index wait for the answer; "
@@ -62,8 +65,8 @@ class McpEndpoint:
     """The ASGI app of /mcp: bearer auth, then the SDK's streamable HTTP transport over a
     low-level MCP server whose tools are `McpTools`. Serve it inside `lifespan()`."""
 
-    def __init__(self, runtime: Runtime, tokens: TenantTokens) -> None:
-        self.tokens = tokens
+    def __init__(self, runtime: Runtime, auth: Authenticator) -> None:
+        self.auth = auth
         self.tools = McpTools(runtime)
         self.server: Server[Any] = Server(
             "loomwork",
@@ -82,9 +85,12 @@ class McpEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            tenant_id = self.tokens.tenant(
+            principal = await self.auth.principal(
                 Headers(scope=scope).get("authorization", ""), carrier="header"
             )
+        except Unavailable as error:  # the JWKS cannot be fetched
+            await JSONResponse({"error": error.message}, status_code=503)(scope, receive, send)
+            return
         except Unauthenticated as error:
             refusal = JSONResponse(
                 {"error": error.message},
@@ -93,7 +99,7 @@ class McpEndpoint:
             )
             await refusal(scope, receive, send)
             return
-        scope[TENANT_SCOPE_KEY] = tenant_id
+        scope[PRINCIPAL_SCOPE_KEY] = principal
         await self.sessions.handle_request(scope, receive, send)
 
     # -- MCP handlers
@@ -101,7 +107,7 @@ class McpEndpoint:
     async def list_tools(
         self, ctx: ServerRequestContext[Any], params: PaginatedRequestParams | None
     ) -> ListToolsResult:
-        with _tenant_of(ctx):
+        with _caller_of(ctx):
             try:
                 return ListToolsResult(tools=await self.tools.listing())
             except LoomworkError as error:
@@ -119,7 +125,7 @@ class McpEndpoint:
                 code=INVALID_PARAMS,
                 message=f"unknown tool {params.name!r}: one of {', '.join(self.tools.tools)}",
             )
-        with _tenant_of(ctx):
+        with _caller_of(ctx):
             try:
                 arguments = tool.arguments.model_validate(params.arguments or {})
                 outcome = await tool.call(arguments)
@@ -138,18 +144,21 @@ class McpEndpoint:
 
 
 @contextlib.contextmanager
-def _tenant_of(ctx: ServerRequestContext[Any]) -> Iterator[None]:
-    """Serve the MCP request as the tenant its HTTP request authenticated as (the servicers
-    read it from `current_tenant`, as on gRPC)."""
+def _caller_of(ctx: ServerRequestContext[Any]) -> Iterator[None]:
+    """Serve the MCP request as the caller its HTTP request authenticated as (the servicers
+    read its tenant from `current_tenant`, the tools' access checks the caller from
+    `current_principal`, as on gRPC)."""
     request = ctx.request
-    tenant_id = request.scope.get(TENANT_SCOPE_KEY) if isinstance(request, Request) else None
-    if not isinstance(tenant_id, str):  # only /mcp's own HTTP requests reach this server
+    principal = request.scope.get(PRINCIPAL_SCOPE_KEY) if isinstance(request, Request) else None
+    if not isinstance(principal, Principal):  # only /mcp's own HTTP requests reach this server
         raise MCPError(code=INVALID_REQUEST, message="no authenticated HTTP request")
-    token = current_tenant.set(tenant_id)
+    tenant_token = current_tenant.set(principal.tenant)
+    principal_token = current_principal.set(principal)
     try:
         yield
     finally:
-        current_tenant.reset(token)
+        current_principal.reset(principal_token)
+        current_tenant.reset(tenant_token)
 
 
 def _error_result(tool: McpTool, error: Exception) -> CallToolResult:

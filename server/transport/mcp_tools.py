@@ -28,6 +28,7 @@ from server.servicers.agent import AgentServicer
 from server.servicers.rag import RagServicer
 from server.servicers.well_known_convert import dict_to_struct
 from server.servicers.workflow import WorkflowServicer
+from server.transport.access import guarded
 from server.transport.mcp_results import (
     AnswerResult,
     QueryResult,
@@ -39,6 +40,9 @@ from server.transport.mcp_results import (
     workflow_run_result,
 )
 
+agent_service = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
+rag_service = rag_pb2.DESCRIPTOR.services_by_name["RagService"]
+workflow_service = workflow_pb2.DESCRIPTOR.services_by_name["WorkflowService"]
 # The servicers take a gRPC context and read nothing from it; a call from /mcp has none.
 NO_GRPC_CONTEXT = cast(grpc.aio.ServicerContext, None)
 # Choices (agents, indexes, workflows) listed in a tool's schema; past this many the
@@ -138,9 +142,10 @@ class McpTools:
     servicers read it, as they do on gRPC)."""
 
     def __init__(self, runtime: Runtime) -> None:
-        self.agents = AgentServicer(runtime)
-        self.rag = RagServicer(runtime)
-        self.workflows = WorkflowServicer(runtime)
+        # Each servicer call needs what the same RPC needs on gRPC (the access option).
+        self.agents = guarded(AgentServicer(runtime), agent_service)
+        self.rag = guarded(RagServicer(runtime), rag_service)
+        self.workflows = guarded(WorkflowServicer(runtime), workflow_service)
         read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
         acting = ToolAnnotations(read_only_hint=False, idempotent_hint=False)
         self.tools = {

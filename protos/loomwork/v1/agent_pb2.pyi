@@ -5,6 +5,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from . import access_pb2 as _access_pb2
 from . import memory_pb2 as _memory_pb2
 from . import message_pb2 as _message_pb2
 from . import run_pb2 as _run_pb2
