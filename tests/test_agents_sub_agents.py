@@ -13,9 +13,9 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 
 from loomwork.testing import ChatRequest, ScriptedToolCall, Turn, Usage
-from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
+from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, memory_pb2, run_pb2
 from tests.processes import listed_tools
-from tests.support import auth, collect_events, field_violations, unique
+from tests.support import auth, collect_events, field_violations, message_text, unique
 
 Script = Callable[[ChatRequest], Turn]
 
@@ -51,7 +51,7 @@ def _sub_path(events: list[agent_pb2.AgentRunEvent]) -> str:
     return next(e.run_path for e in events if e.run_path and e.HasField("run_started"))
 
 
-async def test_a_sub_agent_call_then_a_handoff(agents, token, model, runtime) -> None:
+async def test_a_sub_agent_call_then_a_handoff(agents, token, model, runtime, memory_stub) -> None:
     researcher, closer, lead = unique("researcher"), unique("closer"), unique("lead")
     await _create(agents, token, researcher, description="Finds facts.")
     await _create(agents, token, closer)
@@ -75,10 +75,12 @@ async def test_a_sub_agent_call_then_a_handoff(agents, token, model, runtime) ->
             }
         )
     )
-    run_id = unique("team")
+    run_id, thread = unique("team"), unique("thread")
     events = await collect_events(
         agents.Stream(
-            agent_pb2.StreamRequest(agent_name=lead, prompt="go", client_run_id=run_id),
+            agent_pb2.StreamRequest(
+                agent_name=lead, prompt="go", client_run_id=run_id, thread_id=thread
+            ),
             metadata=auth(token),
         )
     )
@@ -124,6 +126,11 @@ async def test_a_sub_agent_call_then_a_handoff(agents, token, model, runtime) ->
         *["assistant", "tool"] * 2,
     ]
     assert second.tool_results[0]["content"] == "It is 42."
+    # One thread: the input, both agents' steps and the closer's answer (not the sub-run's).
+    saved = await memory_stub.ListMessages(
+        memory_pb2.ListMessagesRequest(thread_id=thread), metadata=auth(token)
+    )
+    assert [message_text(m) for m in saved.messages] == ["go", "", "", "", "", "Closing: 42."]
 
     # The sub-run is a Temporal child of the run, with its own run id.
     child_workflow = f"agent/{researcher}/alpha/{child}"
@@ -391,3 +398,29 @@ async def test_sub_agents_nest_at_most_three_deep(agents, token, model) -> None:
     assert "at most 3 deep" in deepest.tool_result.result.string_value
     text = events[-1].run_finished.output.text
     assert text.startswith("0<1<2<3<") and "at most 3 deep" in text
+
+
+async def test_agents_handing_off_back_and_forth_stop_at_the_step_limit(agents, token, model):
+    ping, pong = unique("ping"), unique("pong")
+    await _create(agents, token, ping)
+    await _create(agents, token, pong, handoffs=[ping])
+    update = agent_pb2.UpdateAgentRequest(
+        agent=agent_pb2.Agent(name=ping, handoffs=[pong]), update_mask={"paths": ["handoffs"]}
+    )
+    await agents.UpdateAgent(update, metadata=auth(token))
+
+    def hand_to(other: str) -> Script:
+        return lambda request: Turn(tool_calls=[ScriptedToolCall(f"transfer_to_{other}", {})])
+
+    model.set_script(_by_agent({ping: hand_to(pong), pong: hand_to(ping)}))
+    events = await collect_events(
+        agents.Stream(
+            agent_pb2.StreamRequest(agent_name=ping, prompt="go", max_steps=4),
+            metadata=auth(token),
+        )
+    )
+    handoffs = [(e.handoff.from_agent, e.handoff.to_agent) for e in events if e.HasField("handoff")]
+    assert handoffs == [(ping, pong), (pong, ping)] * 2
+    finished = events[-1].run_finished
+    assert finished.output.finish_reason == agent_pb2.AGENT_FINISH_REASON_MAX_STEPS
+    assert finished.output.steps == 4 and len(model.requests) == 4
