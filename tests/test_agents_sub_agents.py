@@ -424,3 +424,39 @@ async def test_agents_handing_off_back_and_forth_stop_at_the_step_limit(agents, 
     finished = events[-1].run_finished
     assert finished.output.finish_reason == agent_pb2.AGENT_FINISH_REASON_MAX_STEPS
     assert finished.output.steps == 4 and len(model.requests) == 4
+
+
+async def test_cancel_run_cancels_the_sub_run_too(agents, token, model, runtime) -> None:
+    slow, lead = unique("slow"), unique("lead")
+    await _create(agents, token, slow)
+    await _create(agents, token, lead, tool_names=[f"agent:{slow}"])
+
+    def as_lead(request: ChatRequest) -> Turn:
+        return Turn(tool_calls=[ScriptedToolCall(slow, {"prompt": "take your time"})])
+
+    endless = Turn(text="and so on " * 100, chunk_size=2, chunk_delay=0.1)
+    model.set_script(_by_agent({lead: as_lead, slow: lambda r: endless}))
+    run_id = unique("cancel")
+    stream = agents.Stream(
+        agent_pb2.StreamRequest(agent_name=lead, prompt="go", client_run_id=run_id),
+        metadata=auth(token),
+    )
+    events = []
+    async for response in stream:
+        events.append(response.event)
+        if response.event.run_path and response.event.HasField("text_delta"):
+            await agents.CancelRun(
+                agent_pb2.AgentServiceCancelRunRequest(run_id=run_id), metadata=auth(token)
+            )
+            break
+    stream.cancel()
+    events = await collect_events(
+        agents.WatchRun(agent_pb2.AgentServiceWatchRunRequest(run_id=run_id), metadata=auth(token))
+    )
+    assert events[-1].run_finished.status == run_pb2.RUN_STATUS_CANCELED
+    path = _sub_path(events)
+    ended = next(
+        e.run_finished for e in events if e.run_path == path and e.HasField("run_finished")
+    )
+    assert ended.status == run_pb2.RUN_STATUS_CANCELED
+    assert len(model.requests) == 2  # no step after the cancellation
