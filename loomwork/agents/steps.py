@@ -123,6 +123,7 @@ async def announce_run(
         max_steps=agent.max_steps,
         structured_output=agent.output_schema is not None,
         input_messages=request.identified_inputs(),
+        trace_id=request.trace_id,
     )
     key = event_log_key(request.tenant, request.log_run_id)
     # A sub-agent run's start goes into its top-level run's log, once.

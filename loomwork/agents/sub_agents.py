@@ -165,8 +165,8 @@ def sub_run_request(
     first_step_begun: bool = False,
 ) -> AgentRunRequest:
     """The run of `agent_name` that a call of it as a tool starts: the call's prompt as its
-    one input message, no memory (a sub-agent run is stateless), the caller's metadata and
-    client tools (answered through the top-level run), one level deeper."""
+    one input message, no memory (a sub-agent run is stateless), the caller's metadata,
+    client tools (answered through the top-level run) and trace, one level deeper."""
     prompt = str(call.arguments.get(PROMPT, ""))
     return AgentRunRequest(
         tenant=request.tenant,
@@ -177,6 +177,7 @@ def sub_run_request(
         client_tools=request.client_tools,
         parents=[*request.parents, request.run_id],
         first_step_begun=first_step_begun,
+        trace_id=request.trace_id,  # one trace: the call that started the top-level run
     )
 
 
