@@ -76,6 +76,7 @@ class SubRuns:
 
     def __init__(self) -> None:
         self.waits: dict[str, SubRunWaiting] = {}  # by the sub-run's workflow id
+        self._running: set[str] = set()  # the sub-runs under way, by workflow id
         self.usage = ChatUsage()  # of the sub-runs that ended since `take_usage`
         self.path = ""  # this run's AgentRunRequest.run_path
         self._handoff: HandoffOutcome | None = None
@@ -108,9 +109,10 @@ class SubRuns:
         return not any(self.awaits_decision(i) or self.awaits_result(i) for i in call_ids)
 
     def update(self, report: SubRunWaiting) -> bool:
-        """A sub-run's report (the `sub_run_waiting` signal); False if an older one."""
+        """A sub-run's report (the `sub_run_waiting` signal); False if an older one, or one of
+        a sub-run that has ended."""
         current = self.waits.get(report.workflow_id)
-        if current is not None and current.seq >= report.seq:
+        if report.workflow_id not in self._running or (current and current.seq >= report.seq):
             return False
         self.waits[report.workflow_id] = report
         return True
@@ -201,6 +203,7 @@ class SubRuns:
             SearchAttributePair(RUN, run_id),
             SearchAttributePair(STATUS, "RUNNING"),
         ]
+        self._running.add(workflow_id)
         try:
             outcome: RunOutcome = await workflow.execute_child_workflow(
                 "AgentRun",
@@ -217,6 +220,7 @@ class SubRuns:
                 call, f"the agent {route.agent} did not answer: {_caller_failure(error)}"
             )
         finally:
+            self._running.discard(workflow_id)
             self.waits.pop(workflow_id, None)
         self.usage = self.usage.plus(outcome.usage)
         return sub_run_result(call, route.agent, outcome)
