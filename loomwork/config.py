@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     )
     # Begin a run's first model call while Temporal starts the run (loomwork.agents.speculation).
     speculative_first_step: bool = Field(default=True, alias="LOOMWORK_SPECULATIVE_FIRST_STEP")
+    # What models cost per million tokens, a JSON object or the path of a JSON file:
+    # {"<model>": {"input": 0.15, "output": 0.6, "cached_input": 0.075}} (loomwork.usage.prices).
+    model_prices: str = Field(default="", alias="LOOMWORK_MODEL_PRICES")
+    # Per-tenant quotas checked as runs start, JSON: {"default": {"tokens_per_day": N,
+    # "concurrent_runs": N}, "<tenant>": {...}} (loomwork.usage.quotas).
+    quotas: str = Field(default="", alias="LOOMWORK_QUOTAS")
     embedding_model: str = Field(default="all-MiniLM-L6-v2", alias="LOOMWORK_EMBEDDING_MODEL")
     cache_enabled: bool = Field(default=True, alias="LOOMWORK_CACHE")
     max_message_bytes: int = Field(default=16 * 1024 * 1024, alias="LOOMWORK_MAX_MESSAGE_BYTES")

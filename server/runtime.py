@@ -39,6 +39,7 @@ from loomwork.storage.migrations import apply_migrations
 from loomwork.storage.postgres import PostgresMemoryStorage
 from loomwork.streams.run_events import RunEventLog
 from loomwork.tools import ToolRegistry
+from loomwork.usage.system import UsageSystem
 from server.temporal import connect_temporal
 from server.tls import temporal_tls
 
@@ -49,12 +50,18 @@ log = logging.getLogger(__name__)
 
 
 def rag_system(
-    settings: Settings, db: Database, events: RunEventLog, chat_models: SharedChatModels
+    settings: Settings,
+    db: Database,
+    events: RunEventLog,
+    chat_models: SharedChatModels,
+    usage: UsageSystem,
 ) -> RagSystem:
-    """RAG over the process's database, event log and chat models, as settings say."""
+    """RAG over the process's database, event log and chat models, as settings say; its
+    answers' model calls go to the usage ledger."""
     return RagSystem.build(
         db,
         events,
+        usage=usage.ledger,
         embedding_model=settings.embedding_model,
         chat_model=chat_models,
         default_chat_model=settings.chat_model,
@@ -76,6 +83,7 @@ class Runtime:
     agents: AgentRegistry
     tools: ToolRegistry
     chat_models: SharedChatModels
+    usage: UsageSystem
     cache: VersionedCache | None = None
     integrations: Integrations | None = None
     flows: WorkflowRegistry = field(default_factory=lambda: default_registry)
@@ -119,6 +127,7 @@ class Runtime:
         operator_mcp_servers = parse_operator_servers(settings.mcp_servers)
         temporal_tls_config = temporal_tls(settings)
         db = Database(settings.database_url)
+        usage = UsageSystem.build(db, prices=settings.model_prices, quotas=settings.quotas)
         await db.open()
         try:
             if migrate:
@@ -187,6 +196,7 @@ class Runtime:
             agents,
             tools,
             chat_models,
+            usage,
             cache,
             integrations=Integrations.build(
                 db,
@@ -197,7 +207,7 @@ class Runtime:
                 mcp_servers=operator_mcp_servers,
                 mcp_tools_ttl=timedelta(seconds=settings.mcp_tools_ttl),
             ),
-            rag=rag_system(settings, db, events, chat_models),
+            rag=rag_system(settings, db, events, chat_models, usage),
             demo=demo,
         )
 

@@ -131,6 +131,7 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
         speculation=runtime.speculation,
         oauth=oauth,
         mcp=mcp,
+        usage=runtime.usage.ledger,
     )
     agents = AgentActivities(steps)
     workflow_events = WorkflowEvents(runtime.events)

@@ -274,11 +274,7 @@ class AgentRunWorkflow:
                     )
                 unfinished = None
                 self._unpublished.clear()
-                usage = ChatUsage(
-                    prompt_tokens=usage.prompt_tokens + output.usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens + output.usage.completion_tokens,
-                    total_tokens=usage.total_tokens + output.usage.total_tokens,
-                )
+                usage = usage.plus(output.usage)
                 assistant = output.message()
                 conversation.append(assistant)
                 produced.append(assistant)

@@ -69,6 +69,7 @@ from loomwork.tools.mcp_source import McpToolInfo, McpTools
 from loomwork.tools.registry import error_result
 from loomwork.tools.routes import ToolRoute, earliest
 from loomwork.tools.tool_context import OAuthAccess
+from loomwork.usage.ledger import ModelCall, UsageLedger, step_call
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ class AgentSteps:
         speculation: SpeculativeSteps[FirstStep] | None = None,
         oauth: OAuthAccess | None = None,
         mcp: McpTools | None = None,
+        usage: UsageLedger | None = None,
     ) -> None:
         self.agents = agents
         self.tools = tools
@@ -165,6 +167,7 @@ class AgentSteps:
         self.speculation = speculation
         self.oauth = oauth  # the tenant's OAuth connections, for tools (ctx.oauth)
         self.mcp = mcp  # the MCP servers' tools (`mcp:<server>/<tool>` names)
+        self.usage = usage  # where each model step's tokens are recorded
 
     async def publish(self, request: AgentRunRequest, event: AgentEvent) -> int:
         """Append one event; its id (for a retried terminal event, or one said once per run
@@ -408,6 +411,19 @@ class AgentSteps:
             await deltas.cancel()
             await model.aclose()
         await self.publish(request, UsageEvent(step=step.step, usage=result.usage))
+        if self.usage is not None:  # once per step: a retry rewrites the same row
+            await self.usage.record(
+                ModelCall(
+                    tenant=request.tenant,
+                    run_id=request.run_id,
+                    call_key=step_call(step.step),
+                    run_kind="agent",
+                    agent_name=agent.name,
+                    model=step.plan_model,
+                    usage=result.usage,
+                    attempt=attempt,
+                )
+            )
         approval_required = [
             c.tool_call_id
             for c in result.tool_calls
