@@ -4,7 +4,7 @@ and/or run, each priced with the current price table, and paged by the rows' key
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -38,7 +38,7 @@ class UsageQuery(BaseModel):
     """Which usage to report: a time range [start, end), grouping and filters."""
 
     start_time: datetime
-    end_time: datetime
+    end_time: datetime | None = None  # None: now (a page token keeps its first page's now)
     group_by: list[Dimension] = Field(default_factory=lambda: list(DEFAULT_GROUPING))
     agent_name: str = ""
     model: str = ""
@@ -93,8 +93,6 @@ class UsageReports:
         self.prices = prices
 
     async def report(self, tenant: str, query: UsageQuery) -> UsagePage:
-        if query.end_time <= query.start_time:
-            raise InvalidArgument.field("end_time", "must be after start_time")
         size = query.page_size or DEFAULT_PAGE_SIZE
         if not 0 < size <= MAX_PAGE_SIZE:
             raise InvalidArgument.field("page_size", f"must be 0..{MAX_PAGE_SIZE}")
@@ -103,9 +101,15 @@ class UsageReports:
             [tenant, query.model_dump(mode="json", exclude={"page_size", "page_token"})]
         )
         cursor = decode_text_token(query.page_token, scope)
-        after: list[str] | None = json.loads(cursor) if cursor else None
+        after: list[str] | None = None
+        end = query.end_time or datetime.now(UTC)
+        if cursor:  # the last group of the previous page, and the end that page resolved
+            position = json.loads(cursor)
+            after, end = position["after"], datetime.fromisoformat(position["end"])
+        if end <= query.start_time:
+            raise InvalidArgument.field("end_time", "must be after start_time")
         clauses = ["u.tenant_id = %s", "u.create_time >= %s", "u.create_time < %s"]
-        params: list[Any] = [tenant, query.start_time, query.end_time]
+        params: list[Any] = [tenant, query.start_time, end]
         for column, value in (
             ("agent_name", query.agent_name),
             ("model", query.model),
@@ -153,7 +157,8 @@ class UsageReports:
         next_token = ""
         if len(rows) > size:
             rows = rows[:size]
-            next_token = encode_text_token(json.dumps(_key(rows[-1], columns)), scope)
+            position = {"after": _key(rows[-1], columns), "end": end.isoformat()}
+            next_token = encode_text_token(json.dumps(position), scope)
         return UsagePage(
             rows=[_row(r) for r in rows],
             total=_row(total) if total is not None else UsageRow(cost=0.0),

@@ -3,8 +3,6 @@ stop here."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from loomwork.usage.quotas import QuotaStatus
 from loomwork.usage.report import Dimension, UsageQuery, UsageRow
 from protos.loomwork.v1 import usage_pb2
@@ -27,7 +25,7 @@ def usage_query_from_proto(request: usage_pb2.ListUsageRequest) -> UsageQuery:
     end = (
         timestamp_to_datetime(request.end_time, "end_time")
         if request.HasField("end_time")
-        else datetime.now(UTC)
+        else None
     )
     return UsageQuery(
         start_time=timestamp_to_datetime(request.start_time, "start_time"),
