@@ -4,11 +4,17 @@ priced by the operator's price table (a model without a price: cost unknown, sai
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
+from clients import LoomworkClient
+from clients.cli import register
 from loomwork.agents.payloads import StepInput
 from loomwork.agents.steps import effective_agent
 from loomwork.llm.chat import ChatMessage
@@ -22,6 +28,8 @@ from tests.usage_support import UsageServer, usage_server
 PRICED, UNPRICED = "model-priced", "model-unpriced"
 # Per million tokens: input 2, cached input 0.5, output 8.
 PRICES = {PRICED: {"input": 2.0, "output": 8.0, "cached_input": 0.5}}
+CLI = typer.Typer()
+register(CLI)
 DAY, AGENT, MODEL, RUN = (
     usage_pb2.USAGE_DIMENSION_DAY,
     usage_pb2.USAGE_DIMENSION_AGENT,
@@ -33,7 +41,7 @@ DAY, AGENT, MODEL, RUN = (
 @pytest.fixture(scope="module")
 async def server(settings, runtime) -> AsyncIterator[UsageServer]:
     """(The session's runtime applied the migrations.)"""
-    async with usage_server(settings, ["costs"], prices=PRICES) as running:
+    async with usage_server(settings, ["costs", "cli"], prices=PRICES) as running:
         yield running
 
 
@@ -195,3 +203,35 @@ async def test_a_rag_answer_records_its_rerank_and_its_answer(
         (usage_pb2.USAGE_RUN_KIND_RAG_ANSWER, "", "reranker", 50, 5),
         (usage_pb2.USAGE_RUN_KIND_RAG_ANSWER, "", "scripted", 300, 40),
     ]
+
+
+async def test_the_cli_and_the_client_show_usage_and_quota(
+    server: UsageServer, model: ScriptedModelServer
+) -> None:
+    model.push(Turn(text="hi", usage=Usage(10, 5)))
+    run = await server.generate("cli")
+    env = {
+        "LOOMWORK_GRPC_ADDRESS": server.address,
+        "LOOMWORK_TOKEN": server.tokens["cli"],
+        "COLUMNS": "200",
+    }
+    runner = CliRunner(env=env)
+    listed = await asyncio.to_thread(
+        runner.invoke, CLI, ["usage", "list", "--since", "1h", "--by", "model", "--json"]
+    )
+    assert listed.exit_code == 0, listed.output
+    data = json.loads(listed.stdout)
+    assert [(u["model"], u["total_tokens"]) for u in data["usage"]] == [("scripted", 15)]
+    assert "cost" not in data["total"] and data["total"]["unpriced_models"] == ["scripted"]
+    table = await asyncio.to_thread(runner.invoke, CLI, ["usage", "list", "--by", "agent,run"])
+    assert table.exit_code == 0, table.output
+    assert run.id in table.stdout and "unknown (no price: scripted)" in table.stdout
+    quota = await asyncio.to_thread(runner.invoke, CLI, ["usage", "quota", "--json"])
+    assert json.loads(quota.stdout)["tenant"] == server.tenants["cli"]
+    bad = await asyncio.to_thread(runner.invoke, CLI, ["usage", "list", "--by", "week"])
+    assert bad.exit_code == 2 and "--by" in bad.output
+
+    async with LoomworkClient(server.address, server.tokens["cli"]) as client:
+        rows = [r async for r in client.usage.iter_usage(start_time=server.since, group_by=["run"])]
+        assert [(r.run_id, r.input_tokens, r.output_tokens) for r in rows] == [(run.id, 10, 5)]
+        assert (await client.usage.get_quota()).tokens_used_today == 15

@@ -14,7 +14,8 @@ import grpc
 
 from loomwork.config import Settings
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, usage_pb2, usage_pb2_grpc
-from tests.support import RunningWorker, another_server, auth, own_runtime, unique
+from server.transport.grpc_app import build_grpc_app
+from tests.support import RunningWorker, auth, own_runtime, unique
 
 
 @dataclass
@@ -24,6 +25,7 @@ class UsageServer:
     agents: agent_pb2_grpc.AgentServiceStub
     usage: usage_pb2_grpc.UsageServiceStub
     channel: grpc.aio.Channel
+    address: str
     tokens: dict[str, str]
     tenants: dict[str, str]
     since: datetime  # before any of the tenants' runs
@@ -63,17 +65,22 @@ async def usage_server(
     }
     async with own_runtime(settings, **overrides) as runtime:
         worker = RunningWorker(runtime)
+        app = build_grpc_app(runtime, "127.0.0.1:0", health_interval=0.3)
+        await app.start()
+        address = f"127.0.0.1:{app.port}"
         try:
-            async with another_server(runtime) as channel:
+            async with grpc.aio.insecure_channel(address) as channel:
                 yield UsageServer(
                     agent_pb2_grpc.AgentServiceStub(channel),
                     usage_pb2_grpc.UsageServiceStub(channel),
                     channel,
+                    address,
                     tokens,
                     tenants,
                     datetime.now(UTC) - timedelta(minutes=1),
                 )
         finally:
+            await app.stop(grace=1.0)
             await worker.stop()
 
 
