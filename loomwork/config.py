@@ -127,6 +127,14 @@ class Settings(BaseSettings):
     embedding_model: str = Field(default="all-MiniLM-L6-v2", alias="LOOMWORK_EMBEDDING_MODEL")
     cache_enabled: bool = Field(default=True, alias="LOOMWORK_CACHE")
     max_message_bytes: int = Field(default=16 * 1024 * 1024, alias="LOOMWORK_MAX_MESSAGE_BYTES")
+    # /metrics labels run and tool metrics with the tenant only when asked (a label per
+    # tenant multiplies the series a Prometheus server keeps).
+    metrics_tenant_label: bool = Field(default=False, alias="LOOMWORK_METRICS_TENANT_LABEL")
+    # Log lines: JSON (one object a line, with tenant, run id, workflow id and trace id),
+    # the rich console, or "auto": JSON when stderr is not a terminal.
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", alias="LOOMWORK_LOG_FORMAT"
+    )
 
     @property
     def model_configured(self) -> bool:

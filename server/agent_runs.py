@@ -42,6 +42,7 @@ from loomwork.errors import (
 from loomwork.ids import new_id
 from loomwork.memory.settings import MemorySettings, merge
 from loomwork.messages import NewMessage, NewThread, Role
+from loomwork.telemetry import current_trace_id
 from loomwork.tools.client_tools import ClientTool, check_names_free
 from loomwork.tools.mcp_names import function_names
 from server.quotas import admit_run, refuse_run
@@ -239,6 +240,7 @@ class AgentRunStarter:
             metadata=start.metadata,
             create_time=datetime.now(UTC),
             client_tools=start.client_tools,
+            trace_id=current_trace_id(),
         )
         # The model must tell a client tool from the agent's own tools by name (an MCP tool
         # named only by `mcp:<server>/*` gives way to a client tool of its name).

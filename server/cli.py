@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import socket
 import time
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
-from rich.logging import RichHandler
 
 from loomwork.config import DEFAULT_TOKENS, Settings
 from loomwork.errors import LoomworkError
@@ -21,6 +20,8 @@ from server.embedded import EmbeddedError, EmbeddedStack
 from server.healthcheck import check_health
 from server.process import Running, serve
 from server.runtime import Runtime
+from server.servicers.tenancy import current_tenant
+from server.telemetry.logs import configure_logging
 
 app = typer.Typer(
     name="loomwork",
@@ -32,21 +33,17 @@ console = Console(stderr=True)
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
-        force=True,
+    try:
+        log_format = Settings().log_format
+    except ValidationError as exc:  # a bad LOOMWORK_LOG_FORMAT, say
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    configure_logging(
+        verbose=verbose,
+        log_format=log_format,
+        console=console,
+        rpc_tenant=lambda: current_tenant.get(""),
     )
-    for noisy in (
-        "temporalio",
-        "httpx2",
-        "openai",
-        "uvicorn",
-        "uvicorn.access",
-        "psycopg.pool",
-    ):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _fail(message: str) -> None:

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 from loomwork.config import Settings
 from server.runtime import Runtime
+from server.telemetry.tracing import flush_spans
 from server.temporal import register_search_attributes
 from server.transport.bearer import Authenticator
 from server.transport.grpc_app import GrpcApp, build_grpc_app
-from server.transport.http import HttpServer, open_http_server
+from server.transport.http import HttpServer, build_probe_app, open_http_server
 from server.worker import build_worker
 
 log = logging.getLogger(__name__)
@@ -69,12 +70,16 @@ async def serve(
             address = f"{host}:{app.port}"
             log.info("gRPC server listening on %s", address)
             # Webhooks and OAuth callbacks: every gRPC server also serves HTTP.
-            http = open_http_server(runtime, auth)
+            http = open_http_server(runtime, auth=auth)
             await http.start()
             log.info(
                 "HTTP endpoint (webhooks, OAuth callbacks, MCP at /mcp) listening on %s",
                 http.address,
             )
+        elif worker:  # a worker alone still answers probes and Prometheus
+            http = open_http_server(runtime, build_probe_app())
+            await http.start()
+            log.info("HTTP endpoint (/healthz, /metrics) listening on %s", http.address)
         if on_ready:
             await on_ready(
                 Running(
@@ -103,6 +108,7 @@ async def serve(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await worker_task
         await runtime.close()
+        flush_spans()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)

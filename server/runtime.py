@@ -40,6 +40,7 @@ from loomwork.storage.postgres import PostgresMemoryStorage
 from loomwork.streams.run_events import RunEventLog
 from loomwork.tools import ToolRegistry
 from loomwork.usage.system import UsageSystem
+from server.telemetry.process import Telemetry
 from server.temporal import connect_temporal
 from server.tls import temporal_tls
 
@@ -97,6 +98,8 @@ class Runtime:
     speculation: SpeculativeSteps[FirstStep] = field(default_factory=SpeculativeSteps)
     # Demo mode (Settings.demo): what it registered, and the offline model it runs if any.
     demo: DemoMode | None = None
+    # Traces, metrics and the Temporal runtime of the process (server/telemetry/).
+    telemetry: Telemetry | None = None
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -128,7 +131,9 @@ class Runtime:
         temporal_tls_config = temporal_tls(settings)
         db = Database(settings.database_url)
         usage = UsageSystem.build(db, prices=settings.model_prices, quotas=settings.quotas)
+        telemetry = Telemetry.install(settings)
         await db.open()
+        telemetry.temporal.acquire()
         try:
             if migrate:
                 applied = await apply_migrations(db)
@@ -140,6 +145,8 @@ class Runtime:
                 settings.temporal_namespace,
                 tls=temporal_tls_config,
                 api_key=settings.temporal_api_key,
+                runtime=telemetry.temporal.runtime,
+                interceptors=telemetry.client_interceptors(),
             )
             provider = embedding_provider(
                 settings.embedding_model,
@@ -159,6 +166,7 @@ class Runtime:
                 await cache.start()
                 storage = CachedMemoryStorage(storage, cache)
         except BaseException:
+            await telemetry.temporal.release()
             await db.close()
             raise
         events = RunEventLog(redis)
@@ -209,6 +217,7 @@ class Runtime:
             ),
             rag=rag_system(settings, db, events, chat_models, usage),
             demo=demo,
+            telemetry=telemetry,
         )
 
     def __post_init__(self) -> None:
@@ -232,5 +241,7 @@ class Runtime:
             await self.integrations.close()
         await self.redis.aclose()
         await self.db.close()
+        if self.telemetry is not None:
+            await self.telemetry.temporal.release()
         if self.demo is not None:
             self.demo.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -16,6 +16,7 @@ from temporalio.api.operatorservice.v1 import (
 )
 from temporalio.client import (
     Client,
+    Interceptor,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
@@ -32,6 +33,7 @@ from temporalio.exceptions import (
 from temporalio.exceptions import (
     TimeoutError as TemporalTimeoutError,
 )
+from temporalio.runtime import Runtime as TemporalRuntime
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from loomwork.errors import FailedPrecondition, NotFound, Unavailable
@@ -157,9 +159,12 @@ async def connect_temporal(
     tls: TLSConfig | bool = False,
     api_key: str | None = None,
     wait_seconds: float = 30.0,
+    runtime: TemporalRuntime | None = None,
+    interceptors: Sequence[Interceptor] = (),
 ) -> Client:
     """Connect (over TLS and with an API key when given: Temporal Cloud), retrying for up to
-    `wait_seconds` while the server comes up."""
+    `wait_seconds` while the server comes up; `runtime` and `interceptors`: the process's
+    telemetry (server/telemetry/)."""
     deadline = asyncio.get_running_loop().time() + wait_seconds
     while True:
         try:
@@ -169,6 +174,8 @@ async def connect_temporal(
                 data_converter=pydantic_data_converter,
                 tls=tls,
                 api_key=api_key or None,
+                runtime=runtime,
+                interceptors=interceptors,
             )
         except Exception as exc:  # connection refused, DNS, TLS...
             if asyncio.get_running_loop().time() > deadline:

@@ -171,6 +171,7 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
         # Heartbeats carry cancellation to activities: send them promptly.
         max_heartbeat_throttle_interval=timedelta(seconds=1),
         identity=identity,
+        interceptors=runtime.telemetry.worker_interceptors() if runtime.telemetry else (),
         workflow_runner=workflow_runner(
             settings.workflow_sandbox,
             context_free=needs_no_serialization_context(runtime.temporal.data_converter),

@@ -22,6 +22,45 @@ ROOT = Path(__file__).resolve().parent.parent
 UNSET = {"OPENAI_API_KEY", "OPENAI_BASE_URL", "LOOMWORK_CHAT_MODEL", "LOOMWORK_DEMO"}
 
 
+def loomwork_environment(embedded: dict[str, str], tmp_path: Path, **env: str) -> dict[str, str]:
+    """The environment of `loomwork` processes against the session's servers, on a gRPC
+    address, HTTP address, home and task queue of their own (`env` on top)."""
+    environment = {k: v for k, v in os.environ.items() if k not in UNSET}
+    environment.update(
+        DATABASE_URL=embedded["DATABASE_URL"],
+        REDIS_URL=embedded["REDIS_URL"],
+        TEMPORAL_ADDRESS=embedded["TEMPORAL_ADDRESS"],
+        LOOMWORK_HOME=str(tmp_path / "home"),
+        LOOMWORK_GRPC_ADDRESS=f"127.0.0.1:{free_port()}",
+        LOOMWORK_HTTP_ADDRESS=f"127.0.0.1:{free_port()}",
+        LOOMWORK_TASK_QUEUE=unique("processes-queue"),
+        LOOMWORK_SECRET_KEY=TEST_SECRET_KEY,
+        COLUMNS="200",
+    )
+    environment.update(env)
+    return environment
+
+
+def start_loomwork(
+    command: list[str], environment: Mapping[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    """`loomwork <command>` started as a user starts it, its output (stdout and stderr) to `log`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "server.cli", *command],
+        cwd=ROOT,
+        env=dict(environment),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop_loomwork(role: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Stop it with SIGTERM; it must exit cleanly."""
+    process.send_signal(signal.SIGTERM)
+    process.wait(60)
+    assert process.returncode == 0, f"{role}: {log.read_text()}"
+
+
 @contextmanager
 def loomwork_processes(
     embedded: dict[str, str],
@@ -32,30 +71,18 @@ def loomwork_processes(
     **env: str,
 ) -> Iterator[tuple[str, dict[str, Path]]]:
     """Start `loomwork <command>` for each command (`env`: for all, `env_of[role]`: for the
-    one whose first word is `role`); yield their gRPC address and logs once it serves; stop
-    them with SIGTERM, each of which must exit cleanly."""
-    address = f"127.0.0.1:{free_port()}"
-    environment = {k: v for k, v in os.environ.items() if k not in UNSET}
-    environment.update(
-        DATABASE_URL=embedded["DATABASE_URL"],
-        REDIS_URL=embedded["REDIS_URL"],
-        TEMPORAL_ADDRESS=embedded["TEMPORAL_ADDRESS"],
-        LOOMWORK_HOME=str(tmp_path / "home"),
-        LOOMWORK_GRPC_ADDRESS=address,
-        LOOMWORK_HTTP_ADDRESS=f"127.0.0.1:{free_port()}",
-        LOOMWORK_TASK_QUEUE=unique("processes-queue"),
-        LOOMWORK_SECRET_KEY=TEST_SECRET_KEY,
-        COLUMNS="200",
-    )
-    environment.update(env)
+    one whose first word is `role`; a worker's HTTP endpoint, of probes and metrics, gets an
+    address of its own); yield their gRPC address and logs once it serves; stop them with
+    SIGTERM, each of which must exit cleanly."""
+    environment = loomwork_environment(embedded, tmp_path, **env)
+    address = environment["LOOMWORK_GRPC_ADDRESS"]
     logs = {command[0]: tmp_path / f"{command[0]}.log" for command in commands}
+    own = {"worker": {"LOOMWORK_HTTP_ADDRESS": f"127.0.0.1:{free_port()}"}}
     procs = {
-        command[0]: subprocess.Popen(
-            [sys.executable, "-m", "server.cli", *command],
-            cwd=ROOT,
-            env={**environment, **(env_of or {}).get(command[0], {})},
-            stdout=logs[command[0]].open("wb"),
-            stderr=subprocess.STDOUT,
+        command[0]: start_loomwork(
+            command,
+            {**environment, **own.get(command[0], {}), **(env_of or {}).get(command[0], {})},
+            logs[command[0]],
         )
         for command in commands
     }
@@ -64,9 +91,7 @@ def loomwork_processes(
         yield address, logs
     finally:
         for role, proc in procs.items():
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
-            assert proc.returncode == 0, f"{role}: {logs[role].read_text()}"
+            stop_loomwork(role, proc, logs[role])
 
 
 def listed_tools(channel: grpc.Channel, token: str) -> dict[str, agent_pb2.Tool]:

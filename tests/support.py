@@ -260,3 +260,26 @@ def worker_process(
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
+
+
+MetricSamples = list[tuple[str, dict[str, str], float]]
+
+
+def metric_samples(text: str) -> MetricSamples:
+    """The samples of a /metrics answer (Prometheus text), parsed by prometheus_client."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+
+
+def metric_total(samples: MetricSamples, name: str, **labels: str) -> float:
+    """The sum of the samples named `name` whose labels include `labels`."""
+    return sum(
+        value
+        for sample, have, value in samples
+        if sample == name and labels.items() <= have.items()
+    )

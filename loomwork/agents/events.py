@@ -30,6 +30,7 @@ class RunStarted(_Event):
     max_steps: int
     structured_output: bool = False
     input_messages: list[NewMessage] = Field(default_factory=list)  # with their ids
+    trace_id: str = ""  # the trace of the call that started the run ("" when not traced)
 
 
 class RunPending(_Event):

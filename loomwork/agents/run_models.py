@@ -39,6 +39,8 @@ class AgentRunRequest(BaseModel):
     first_step_begun: bool = False
     # Tools the caller declared for this run and runs itself (SubmitToolResults answers them).
     client_tools: list[ClientTool] = Field(default_factory=list)
+    # The OpenTelemetry trace of the call that started the run ("" when not traced).
+    trace_id: str = ""
 
     def client_tool(self, name: str) -> ClientTool | None:
         return next((t for t in self.client_tools if t.name == name), None)
@@ -132,6 +134,7 @@ class RunRecord(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     create_time: datetime | None = None  # accepted
     start_time: datetime | None = None  # a worker started it
+    trace_id: str = ""  # the trace of the call that started it ("" when not traced)
 
     @classmethod
     def accepted(
@@ -149,6 +152,7 @@ class RunRecord(BaseModel):
             metadata=request.metadata,
             create_time=request.create_time or create_time,
             start_time=start_time,
+            trace_id=request.trace_id,
         )
 
 

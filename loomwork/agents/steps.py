@@ -116,6 +116,7 @@ async def announce_run(
         max_steps=agent.max_steps,
         structured_output=agent.output_schema is not None,
         input_messages=request.identified_inputs(),
+        trace_id=request.trace_id,
     )
     key = event_log_key(request.tenant, request.run_id)
     await events.publish(key, encode_event(started), only_as=1, patience=patience)

@@ -43,6 +43,7 @@ from loomwork.integrations.mcp_servers import (
 )
 from loomwork.messages import ToolCallPart, ToolResultPart
 from loomwork.paging import decode_text_token, encode_text_token
+from loomwork.telemetry import tool_execution, tool_outcome
 from loomwork.tools.mcp_names import EVERY_TOOL, SERVER_NAME, McpToolRef, parse_mcp_name
 from loomwork.tools.mcp_source import McpToolInfo
 from loomwork.tools.registry import error_result
@@ -280,6 +281,19 @@ class McpToolSource:
         return None if found is None else {t.name for t in found.tools}
 
     async def call(
+        self, tenant: str, ref: McpToolRef, call: ToolCallPart, *, idempotency_key: str
+    ) -> ToolResultPart:
+        name = f"mcp:{ref.server}/{ref.tool}"
+        with tool_execution(name, call.tool_call_id, tenant=tenant, mcp_server=ref.server) as span:
+            try:
+                result = await self._call(tenant, ref, call, idempotency_key=idempotency_key)
+            except Unavailable:
+                tool_outcome(span, name, tenant, "failed")
+                raise
+            tool_outcome(span, name, tenant, "error" if result.is_error else "ok")
+            return result
+
+    async def _call(
         self, tenant: str, ref: McpToolRef, call: ToolCallPart, *, idempotency_key: str
     ) -> ToolResultPart:
         if ref.server in self.operator:

@@ -14,6 +14,7 @@ import json
 import os
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Annotated, Any, Literal, cast
 
 import openai
@@ -30,6 +31,7 @@ from loomwork.messages import (
     ToolCallPart,
     ToolResultPart,
 )
+from loomwork.telemetry import ModelCall, model_call
 
 __all__ = [
     "ChatEvent",
@@ -373,6 +375,22 @@ class ChatModel:
         params = self._params(
             messages, tools, response_format, tool_choice, temperature, max_tokens, top_p
         )
+        with self._traced(params) as traced:
+            result = await self._complete(params)
+            _answered(traced, result)
+        return result
+
+    def _traced(self, params: dict[str, Any]) -> AbstractContextManager[ModelCall]:
+        """The call's span and metrics (loomwork.telemetry.model_call)."""
+        return model_call(
+            self.model,
+            server_address=self.client.base_url.host or "",
+            temperature=params.get("temperature"),
+            top_p=params.get("top_p"),
+            max_tokens=params.get("max_completion_tokens"),
+        )
+
+    async def _complete(self, params: dict[str, Any]) -> ChatResult:
         try:
             completion = await self._create(params)
         except Exception as exc:
@@ -424,6 +442,12 @@ class ChatModel:
         )
         params["stream"] = True
         params["stream_options"] = {"include_usage": True}
+        with self._traced(params) as traced:
+            result = await self._stream(params, on_event)
+            _answered(traced, result)
+        return result
+
+    async def _stream(self, params: dict[str, Any], on_event: OnEvent | None) -> ChatResult:
         text: list[str] = []
         buffers: dict[int, _CallBuffer] = {}
         finish_reason = ""
@@ -499,6 +523,15 @@ class ChatModel:
             model=model,
             argument_errors=errors,
         )
+
+
+def _answered(traced: ModelCall, result: ChatResult) -> None:
+    traced.answered(
+        model=result.model,
+        finish_reason=result.finish_reason,
+        input_tokens=result.usage.prompt_tokens,
+        output_tokens=result.usage.completion_tokens,
+    )
 
 
 class _CallbackFailed(Exception):

@@ -31,6 +31,7 @@ from loomwork.rag.models import (
 from loomwork.rag.store import RagStore, vector_literal
 from loomwork.storage.database import Database
 from loomwork.streams.run_events import RunEventLog
+from loomwork.telemetry import TENANT, operation
 
 log = logging.getLogger(__name__)
 
@@ -479,6 +480,21 @@ class IngestionSteps:
         self, request: IngestionRequest, ordinal: int, start: int, end: int
     ) -> int:
         """Embed staged chunks [start, end) of one document; returns how many."""
+        with operation(
+            "embeddings batch",
+            {
+                TENANT: request.tenant,
+                "gen_ai.operation.name": "embeddings",
+                "loomwork.rag.index": request.index_name,
+                "loomwork.rag.batch_start": start,
+                "loomwork.rag.batch_end": end,
+            },
+        ):
+            return await self._embed_batch(request, ordinal, start, end)
+
+    async def _embed_batch(
+        self, request: IngestionRequest, ordinal: int, start: int, end: int
+    ) -> int:
         record = await self.get(request.tenant, request.ingestion_id)
         document_id = record.documents[ordinal].document_id
         index = await self.store.get_index(request.tenant, request.index_name)

@@ -24,6 +24,7 @@ from loomwork.rag.models import (
 from loomwork.rag.rerank import llm_rerank, signal_rerank
 from loomwork.rag.store import OPERATOR, RagStore, vector_literal
 from loomwork.storage.database import Database
+from loomwork.telemetry import TENANT, operation
 
 __all__ = ["MAX_QUERY_CHARS", "Retriever", "validate_retrieval"]
 
@@ -155,6 +156,14 @@ class Retriever:
         self, tenant: str, index_name: str, query: str, options: RetrievalOptions
     ) -> tuple[list[ScoredChunk], ChatUsage]:
         """The best `top_k` chunks (score >= `min_score`), best first, and LLM rerank usage."""
+        with operation("retrieval", {TENANT: tenant, "loomwork.rag.index": index_name}) as span:
+            results, usage = await self._search(tenant, index_name, query, options)
+            span.set_attribute("loomwork.rag.results", len(results))
+            return results, usage
+
+    async def _search(
+        self, tenant: str, index_name: str, query: str, options: RetrievalOptions
+    ) -> tuple[list[ScoredChunk], ChatUsage]:
         if not query.strip():
             raise InvalidArgument.field("query", "is required")
         if len(query) > MAX_QUERY_CHARS:

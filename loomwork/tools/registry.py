@@ -16,6 +16,7 @@ from loomwork.errors import InvalidArgument, LoomworkError, NotFound
 from loomwork.llm.chat import ToolSpec
 from loomwork.messages import ToolCallPart, ToolResultPart
 from loomwork.retries import RetryPolicy
+from loomwork.telemetry import tool_execution, tool_outcome
 from loomwork.tools.routes import DEFAULT_TOOL_TIMEOUT, ToolRoute
 from loomwork.tools.tool_context import ToolContext
 
@@ -145,7 +146,27 @@ class ToolRegistry:
     ) -> ToolResultPart:
         """Run one call. Unknown or disallowed tools, invalid arguments and tool exceptions
         come back as error results (the model sees them and can correct itself); with
-        `retry_failures`, a tool's exception is raised as ToolFailed instead (retried)."""
+        `retry_failures`, a tool's exception is raised as ToolFailed instead (retried).
+        Traced (`execute_tool <tool>`) and counted by outcome."""
+        # A name the model made up is no label value: "unknown".
+        name = call.tool_name if call.tool_name in self._tools else "unknown"
+        with tool_execution(name, call.tool_call_id, tenant=ctx.tenant) as span:
+            try:
+                result = await self._call(call, ctx, allowed=allowed, retry_failures=retry_failures)
+            except ToolFailed:
+                tool_outcome(span, name, ctx.tenant, "failed")
+                raise
+            tool_outcome(span, name, ctx.tenant, "error" if result.is_error else "ok")
+            return result
+
+    async def _call(
+        self,
+        call: ToolCallPart,
+        ctx: ToolContext,
+        *,
+        allowed: list[str],
+        retry_failures: bool,
+    ) -> ToolResultPart:
         if call.tool_name not in allowed:
             return error_result(
                 call, f"unknown tool {call.tool_name!r}; available: {', '.join(allowed)}"

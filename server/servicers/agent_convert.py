@@ -248,6 +248,7 @@ def _fill_record(run: agent_pb2.AgentRun, record: runs.RunRecord) -> None:
         set_timestamp(run.create_time, record.create_time)
     if record.start_time is not None:
         set_timestamp(run.start_time, record.start_time)
+    run.trace_id = record.trace_id
 
 
 def run_to_proto(outcome: runs.RunOutcome, workflow_id: str) -> agent_pb2.AgentRun:
@@ -352,6 +353,7 @@ def event_to_proto(
                 model=event.model,
                 max_steps=event.max_steps,
                 structured_output=event.structured_output,
+                trace_id=event.trace_id,
             )
         )
         for message in event.input_messages:

@@ -7,8 +7,10 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from opentelemetry import metrics
 from pydantic import ValidationError
 from temporalio.client import WorkflowHandle
 
@@ -20,6 +22,21 @@ from server.temporal import pending_wait
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_relay_lag = metrics.get_meter("loomwork.relay").create_histogram(
+    "loomwork.event_relay.lag",
+    unit="s",
+    description="From an event's publication to its relay to a stream (events published "
+    "while the stream was open).",
+    explicit_bucket_boundaries_advisory=[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5],
+)
+
+
+def record_relay_lag(event: object, following_since: datetime) -> None:
+    """How late a live event (published after the stream began following) is relayed."""
+    published = getattr(event, "time", None)
+    if isinstance(published, datetime) and published >= following_since:
+        _relay_lag.record(max(0.0, (datetime.now(UTC) - published).total_seconds()))
 
 
 def known_event(
@@ -121,6 +138,7 @@ async def relay_run_events(
     cursor = after_event_id
     notice_due = pending is not None
     quiet = 0.0  # seconds since the last event (or the start), as far as idle periods tell
+    following_since = datetime.now(UTC)
     while True:
         waits = [closed.every_seconds] if closed is not None else []
         if pending is not None and notice_due:
@@ -132,6 +150,7 @@ async def relay_run_events(
                 cursor = event.event_id
                 decoded = known_event(decode, event.payload, run_id, cursor)
                 if decoded is not None:
+                    record_relay_lag(decoded, following_since)
                     yield cursor, decoded
             return
         except FollowIdle:

@@ -38,6 +38,7 @@ from server.transport.interceptors import (
     ErrorInterceptor,
     ValidationInterceptor,
 )
+from server.transport.rpc_telemetry import RpcTelemetryInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,12 @@ def build_grpc_app(
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    tracing = runtime.telemetry is not None and runtime.telemetry.tracing
     server = grpc.aio.server(
-        # Outermost first: errors are mapped for all; requests are checked once authenticated.
+        # Outermost first: every call traced and measured, errors are mapped for all, requests
+        # are checked once authenticated.
         interceptors=[
+            RpcTelemetryInterceptor(tracing=tracing),
             ErrorInterceptor(),
             AuthInterceptor(auth or Authenticator.from_settings(settings)),
             ValidationInterceptor(),

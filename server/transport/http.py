@@ -1,5 +1,5 @@
-"""The HTTP endpoint (ASGI, Starlette on uvicorn): /healthz, signed webhooks, OAuth callbacks,
-and MCP at /mcp (`server.transport.mcp_endpoint`).
+"""The HTTP endpoint (ASGI, Starlette on uvicorn): /healthz, /metrics (Prometheus text),
+signed webhooks, OAuth callbacks, and MCP at /mcp (`server.transport.mcp_endpoint`).
 
 `POST /webhooks/{source_id}`: source ids are unique across tenants (`whs_…`), so the id
 names the tenant. Answers 202 once routing is started durably on Temporal; 401 for a
@@ -46,6 +46,7 @@ from loomwork.integrations.components import Integrations
 from loomwork.integrations.intake import WebhookIntake
 from loomwork.integrations.routing import WebhookEvent
 from server.runtime import Runtime
+from server.telemetry.metrics import prometheus_text
 from server.tls import http_ssl_options
 from server.transport.bearer import Authenticator
 from server.transport.mcp_endpoint import MCP_PATH, McpEndpoint
@@ -98,6 +99,27 @@ def _error(error: LoomworkError) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def metrics(request: Request) -> Response:
+    body, content_type = prometheus_text()
+    return Response(body, media_type=content_type)
+
+
+# What every process's HTTP endpoint serves, a worker's too.
+PROBE_ROUTES = (
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+)
+
+
+def build_probe_app() -> Starlette:
+    """A worker's HTTP endpoint: /healthz and /metrics alone."""
+    return Starlette(routes=list(PROBE_ROUTES))
+
+
 def build_http_app(runtime: Runtime, auth: Authenticator | None = None) -> Starlette:
     """The endpoint's app over `runtime`; `auth` authenticates /mcp (default: from settings)."""
     integrations = runtime.integrations
@@ -117,9 +139,6 @@ def build_asgi(
     intake = WebhookIntake(
         integrations.sources, integrations.deliveries, integrations.replay, starter
     )
-
-    async def healthz(request: Request) -> Response:
-        return PlainTextResponse("ok")
 
     async def webhook(request: Request) -> Response:
         source_id = request.path_params["source_id"]
@@ -171,7 +190,7 @@ def build_asgi(
         )
 
     routes = [
-        Route("/healthz", healthz, methods=["GET"]),
+        *PROBE_ROUTES,
         Route("/webhooks/{source_id}", webhook, methods=["POST"]),
         Route("/oauth/{provider_id}/callback", oauth_callback, methods=["GET"]),
     ]
@@ -181,12 +200,15 @@ def build_asgi(
     return Starlette(routes=routes, lifespan=lambda app: mcp.lifespan())
 
 
-def open_http_server(runtime: Runtime, auth: Authenticator | None = None) -> HttpServer:
-    """The process's HTTP endpoint on LOOMWORK_HTTP_ADDRESS (HTTPS with LOOMWORK_TLS_CERT).
-    When that variable is unset and the default port is taken, a free port is used instead
-    (logged); when it is set and taken, FailedPrecondition says so."""
+def open_http_server(
+    runtime: Runtime, app: Starlette | None = None, auth: Authenticator | None = None
+) -> HttpServer:
+    """The process's HTTP endpoint on LOOMWORK_HTTP_ADDRESS (HTTPS with LOOMWORK_TLS_CERT):
+    `app`, by default the whole endpoint (`auth` authenticates its /mcp). When that variable
+    is unset and the default port is taken, a free port is used instead (logged); when it is
+    set and taken, FailedPrecondition says so."""
     settings = runtime.settings
-    app = build_http_app(runtime, auth)
+    app = app or build_http_app(runtime, auth)
     ssl_options = http_ssl_options(settings)
     try:
         return HttpServer(app, settings.http_address, **ssl_options)

@@ -340,7 +340,7 @@ class StreamObjectResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[AgentRunEvent, _Mapping]] = ...) -> None: ...
 
 class AgentRun(_message.Message):
-    __slots__ = ("id", "agent_name", "thread_id", "resource_id", "status", "model", "input_messages", "output", "pending_approvals", "pending_tool_calls", "error", "metadata", "create_time", "start_time", "end_time", "last_event_id", "temporal_workflow_id", "temporal_run_id")
+    __slots__ = ("id", "agent_name", "thread_id", "resource_id", "status", "model", "input_messages", "output", "pending_approvals", "pending_tool_calls", "error", "metadata", "create_time", "start_time", "end_time", "last_event_id", "temporal_workflow_id", "temporal_run_id", "trace_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
@@ -359,6 +359,7 @@ class AgentRun(_message.Message):
     LAST_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     TEMPORAL_WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     TEMPORAL_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     agent_name: str
     thread_id: str
@@ -377,7 +378,8 @@ class AgentRun(_message.Message):
     last_event_id: int
     temporal_workflow_id: str
     temporal_run_id: str
-    def __init__(self, id: _Optional[str] = ..., agent_name: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., status: _Optional[_Union[_run_pb2.RunStatus, str]] = ..., model: _Optional[str] = ..., input_messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., output: _Optional[_Union[AgentRunOutput, _Mapping]] = ..., pending_approvals: _Optional[_Iterable[_Union[PendingApproval, _Mapping]]] = ..., pending_tool_calls: _Optional[_Iterable[_Union[PendingToolCall, _Mapping]]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[int] = ..., temporal_workflow_id: _Optional[str] = ..., temporal_run_id: _Optional[str] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, id: _Optional[str] = ..., agent_name: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., status: _Optional[_Union[_run_pb2.RunStatus, str]] = ..., model: _Optional[str] = ..., input_messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., output: _Optional[_Union[AgentRunOutput, _Mapping]] = ..., pending_approvals: _Optional[_Iterable[_Union[PendingApproval, _Mapping]]] = ..., pending_tool_calls: _Optional[_Iterable[_Union[PendingToolCall, _Mapping]]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[int] = ..., temporal_workflow_id: _Optional[str] = ..., temporal_run_id: _Optional[str] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class AgentRunOutput(_message.Message):
     __slots__ = ("messages", "text", "object", "usage", "finish_reason", "steps", "context")
@@ -514,7 +516,7 @@ class AgentRunPending(_message.Message):
     def __init__(self, task_queue: _Optional[str] = ..., waited: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class AgentRunStarted(_message.Message):
-    __slots__ = ("agent_name", "thread_id", "resource_id", "model", "input_messages", "max_steps", "structured_output")
+    __slots__ = ("agent_name", "thread_id", "resource_id", "model", "input_messages", "max_steps", "structured_output", "trace_id")
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -522,6 +524,7 @@ class AgentRunStarted(_message.Message):
     INPUT_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     STRUCTURED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     agent_name: str
     thread_id: str
     resource_id: str
@@ -529,7 +532,8 @@ class AgentRunStarted(_message.Message):
     input_messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
     max_steps: int
     structured_output: bool
-    def __init__(self, agent_name: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., model: _Optional[str] = ..., input_messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., max_steps: _Optional[int] = ..., structured_output: _Optional[bool] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, agent_name: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., model: _Optional[str] = ..., input_messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., max_steps: _Optional[int] = ..., structured_output: _Optional[bool] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class ObjectPartial(_message.Message):
     __slots__ = ("object",)
