@@ -13,7 +13,10 @@ from google.protobuf import json_format, struct_pb2
 from google.rpc import error_details_pb2
 
 from clients.errors import rich_status
+from loomwork.errors import FailedPrecondition
 from loomwork.testing import ChatRequest, ScriptedModelServer, ScriptedToolCall, Turn, Usage
+from loomwork.usage.prices import PriceTable
+from loomwork.usage.quotas import Quota, QuotaTable
 from protos.loomwork.v1 import agent_pb2, run_pb2, usage_pb2, workflow_pb2_grpc
 from tests.support import auth, wait_agent_run_finished
 from tests.usage_support import UsageServer, next_utc_midnight, usage_server
@@ -146,3 +149,33 @@ async def test_a_tenant_at_its_concurrent_runs_starts_one_more_once_a_run_ends(
             agent_pb2.AgentServiceCancelRunRequest(run_id=run.id),
             metadata=auth(server.tokens["runs"]),
         )
+
+
+def test_quotas_and_prices_read_as_the_operator_wrote_them(tmp_path) -> None:
+    table = QuotaTable.parse(
+        '{"default": {"tokens_per_day": 1000, "concurrent_runs": 5},'
+        ' "acme": {"tokens_per_day": 50}, "internal": {"concurrent_runs": null}}'
+    )
+    assert table.of("acme") == Quota(tokens_per_day=50, concurrent_runs=5)
+    assert table.of("internal") == Quota(tokens_per_day=1000, concurrent_runs=None)
+    assert table.of("anyone") == Quota(tokens_per_day=1000, concurrent_runs=5)
+    for bad, says in (
+        ('{"acme": {"tokens_per_day": 0}}', "'acme': tokens_per_day"),
+        ('{"acme": {"tokens": 5}}', "'acme': tokens"),
+        ("[1]", "expected a JSON object of tenants"),
+        ("{", "not JSON"),
+    ):
+        with pytest.raises(FailedPrecondition) as error:
+            QuotaTable.parse(bad)
+        assert error.value.message.startswith("LOOMWORK_QUOTAS: ") and says in error.value.message
+
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"m": {"input": 1.5, "output": 6}}')
+    price = PriceTable.parse(str(prices)).price("m")
+    assert price is not None and (price.input, price.output, price.cached_input) == (1.5, 6, None)
+    with pytest.raises(FailedPrecondition) as error:
+        PriceTable.parse('{"m": {"input": -1, "output": 1}}')
+    assert error.value.message.startswith("LOOMWORK_MODEL_PRICES: 'm': input")
+    with pytest.raises(FailedPrecondition) as error:
+        PriceTable.parse(str(tmp_path / "missing.json"))
+    assert "cannot read" in error.value.message

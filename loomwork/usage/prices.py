@@ -10,12 +10,12 @@ not name has no price: its cost is unknown, never zero.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from loomwork.errors import FailedPrecondition
+from loomwork.usage.setting_tables import parse_named_entries
 
 SETTING = "LOOMWORK_MODEL_PRICES"
 PER_TOKENS = 1_000_000
@@ -50,25 +50,15 @@ class PriceTable:
                 text = path.read_text()
             except OSError as exc:
                 raise FailedPrecondition(f"{SETTING}: cannot read {path}: {exc}") from exc
-        try:
-            raw = json.loads(text)
-        except ValueError as exc:
-            raise FailedPrecondition(f"{SETTING}: not JSON ({exc})") from exc
-        if not isinstance(raw, dict):
-            raise FailedPrecondition(f"{SETTING}: expected a JSON object of models")
-        prices: dict[str, ModelPrice] = {}
-        for model, price in raw.items():
-            try:
-                prices[model] = ModelPrice.model_validate(price)
-            except ValidationError as exc:
-                problems = "; ".join(
-                    f"{'.'.join(map(str, e['loc'])) or 'price'}: {e['msg']}" for e in exc.errors()
-                )
-                raise FailedPrecondition(
-                    f"{SETTING}: model {model!r}: {problems} (expected "
-                    '{"input": <per 1M>, "output": <per 1M>, "cached_input": <optional>})'
-                ) from exc
-        return cls(prices)
+        return cls(
+            parse_named_entries(
+                text,
+                SETTING,
+                ModelPrice,
+                what="models",
+                expected='{"input": <per 1M>, "output": <per 1M>, "cached_input": <optional>}',
+            )
+        )
 
     def price(self, model: str) -> ModelPrice | None:
         return self.prices.get(model)

@@ -8,13 +8,13 @@ tenant whose fields replace the default's (null: no limit):
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, time, timedelta
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from loomwork.errors import FailedPrecondition, QuotaExceeded
+from loomwork.errors import QuotaExceeded
 from loomwork.usage.ledger import UsageLedger
+from loomwork.usage.setting_tables import parse_named_entries
 from loomwork.usage.slots import RunSlots, StillOpen
 
 SETTING = "LOOMWORK_QUOTAS"
@@ -44,23 +44,13 @@ class QuotaTable:
         FailedPrecondition naming the setting."""
         if not spec.strip():
             return cls()
-        try:
-            raw = json.loads(spec)
-        except ValueError as exc:
-            raise FailedPrecondition(f"{SETTING}: not JSON ({exc})") from exc
-        if not isinstance(raw, dict):
-            raise FailedPrecondition(f"{SETTING}: expected a JSON object of tenants")
-        quotas: dict[str, Quota] = {}
-        for name, entry in raw.items():
-            try:
-                quotas[name] = Quota.model_validate(entry)
-            except ValidationError as exc:
-                problems = "; ".join(
-                    f"{'.'.join(map(str, e['loc'])) or 'quota'}: {e['msg']}" for e in exc.errors()
-                )
-                raise FailedPrecondition(
-                    f"{SETTING}: {name!r}: {problems} (fields: {TOKENS_PER_DAY}, {CONCURRENT_RUNS})"
-                ) from exc
+        quotas = parse_named_entries(
+            spec,
+            SETTING,
+            Quota,
+            what="tenants",
+            expected=f"fields: {TOKENS_PER_DAY}, {CONCURRENT_RUNS}",
+        )
         default = quotas.pop("default", None)
         return cls(default, quotas)
 
