@@ -32,18 +32,26 @@ class RunSlots:
         """Take a slot for the run `workflow_id` (kept if it holds one already); 0 when taken,
         else the number of the tenant's runs under way (all `limit` slots held)."""
         async with self.db.connection() as conn, conn.transaction():
+            # A slot is bookkeeping, not a record to keep: no wait for the disk (a crash of
+            # the database may forget the last moment's slots, never invent one).
+            await conn.execute("set local synchronous_commit = off")
             # One claim of a tenant at a time, across every replica.
             await conn.execute(
                 "select pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"run_slots/{tenant}",)
             )
             cur = await conn.execute(
-                "select workflow_id, create_time from run_slots where tenant_id = %s", (tenant,)
+                "select count(*) as held, coalesce(bool_or(workflow_id = %s), false) as mine"
+                " from run_slots where tenant_id = %s",
+                (workflow_id, tenant),
             )
-            held = {row["workflow_id"]: row["create_time"] for row in await cur.fetchall()}
-            if workflow_id in held:
+            row = await cur.fetchone()
+            assert row is not None
+            if row["mine"]:
                 return 0
-            if len(held) >= limit:
-                running = await self._sweep(conn, tenant, held, still_open)
+            if row["held"] >= limit:
+                running = await self._sweep(
+                    conn, tenant, await self._held(conn, tenant), still_open
+                )
                 if running >= limit:
                     return running
             await conn.execute(
@@ -55,20 +63,26 @@ class RunSlots:
     async def under_way(self, tenant: str, still_open: StillOpen) -> int:
         """How many of the tenant's slots are held by runs still under way (the others are
         freed on the way)."""
-        async with self.db.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "select workflow_id, create_time from run_slots where tenant_id = %s", (tenant,)
-            )
-            held = {row["workflow_id"]: row["create_time"] for row in await cur.fetchall()}
+        async with self.db.connection() as conn:
+            held = await self._held(conn, tenant)
             return await self._sweep(conn, tenant, held, still_open) if held else 0
 
     async def release(self, tenant: str, workflow_id: str) -> None:
         """Give the slot back (the run's start was refused)."""
-        async with self.db.connection() as conn:
+        async with self.db.connection() as conn, conn.transaction():
+            await conn.execute("set local synchronous_commit = off")
             await conn.execute(
                 "delete from run_slots where tenant_id = %s and workflow_id = %s",
                 (tenant, workflow_id),
             )
+
+    @staticmethod
+    async def _held(conn: psycopg.AsyncConnection[Any], tenant: str) -> dict[str, datetime]:
+        """The tenant's slots: when each was taken, by workflow id."""
+        cur = await conn.execute(
+            "select workflow_id, create_time from run_slots where tenant_id = %s", (tenant,)
+        )
+        return {row["workflow_id"]: row["create_time"] for row in await cur.fetchall()}
 
     async def _sweep(
         self,

@@ -20,7 +20,10 @@ create table model_usage (
     primary key (tenant_id, run_id, call_key)
 );
 
-create index model_usage_by_time on model_usage (tenant_id, create_time);
+-- A tenant's calls over a time range (ListUsage), and its tokens today (the tokens_per_day
+-- quota, summed from the index alone).
+create index model_usage_by_time on model_usage (tenant_id, create_time)
+    include (input_tokens, output_tokens);
 
 -- Runs that hold one of their tenant's concurrent-run slots (quota `concurrent_runs`): taken
 -- as a run is started by RPC, given back once Temporal says its workflow has closed (checked
