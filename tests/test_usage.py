@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import grpc
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -22,7 +23,7 @@ from loomwork.testing import ChatRequest, ScriptedModelServer, Turn, Usage
 from protos.loomwork.v1 import agent_pb2, rag_pb2, run_pb2, usage_pb2, usage_pb2_grpc
 from server.runtime import Runtime
 from tests.rag_support import ANIMALS, create_index, ingest
-from tests.support import agent_run_request, auth, unique
+from tests.support import agent_run_request, auth, field_violations, unique
 from tests.usage_support import UsageServer, usage_server
 
 PRICED, UNPRICED = "model-priced", "model-unpriced"
@@ -235,3 +236,26 @@ async def test_the_cli_and_the_client_show_usage_and_quota(
         rows = [r async for r in client.usage.iter_usage(start_time=server.since, group_by=["run"])]
         assert [(r.run_id, r.input_tokens, r.output_tokens) for r in rows] == [(run.id, 10, 5)]
         assert (await client.usage.get_quota()).tokens_used_today == 15
+
+
+async def test_list_usage_says_which_field_is_wrong(server: UsageServer) -> None:
+    metadata = auth(server.tokens["cli"])
+    cases: list[tuple[usage_pb2.ListUsageRequest, str]] = [
+        (usage_pb2.ListUsageRequest(), "start_time")
+    ]
+    backwards = usage_pb2.ListUsageRequest()
+    backwards.start_time.FromDatetime(server.since)
+    backwards.end_time.FromDatetime(server.since - timedelta(days=1))
+    cases.append((backwards, "end_time"))
+    twice = usage_pb2.ListUsageRequest(group_by=[DAY, DAY])
+    twice.start_time.FromDatetime(server.since)
+    cases.append((twice, "group_by"))
+    first = await server.list_usage("cli", page_size=1)
+    other = usage_pb2.ListUsageRequest(page_token=first.next_page_token or "bm90LW91cnM", model="x")
+    other.start_time.FromDatetime(server.since)
+    cases.append((other, "page_token"))
+    for request, field in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await server.usage.ListUsage(request, metadata=metadata)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert field in field_violations(refused.value), (field, refused.value.details())
