@@ -17,7 +17,9 @@ class MemoryActivities:
     @activity.defn(name="embed_messages")
     async def embed_messages(self, params: MessagesToIndex) -> int:
         try:
-            return await self.recall.index_messages(params.tenant, params.message_ids)
+            return await self.recall.index_messages(
+                params.tenant, params.thread_id, params.message_ids
+            )
         except (FailedPrecondition, InvalidArgument) as exc:
             raise ApplicationError(
                 exc.message, type=type(exc).__name__, non_retryable=True

@@ -32,6 +32,7 @@ from loomwork.memory.recall import SPACE, MessageRecall
 from loomwork.storage import codec
 from loomwork.storage.database import Database
 from loomwork.storage.migrations import apply_migrations
+from loomwork.storage.postgres import PostgresMemoryStorage
 from server.embedded import EmbeddedStack
 
 DIM = 384
@@ -103,7 +104,7 @@ async def run(url: str, messages: int, queries: int) -> None:
     db = Database(url, max_size=4)
     await db.open()
     await apply_migrations(db)
-    recall = MessageRecall(db, RandomQueries())
+    recall = MessageRecall(db, RandomQueries(), PostgresMemoryStorage(db))
     await recall.ensure_space()
     started = time.perf_counter()
     await load(db, messages)
@@ -155,7 +156,7 @@ async def run(url: str, messages: int, queries: int) -> None:
         print(
             f"  {scope.value:8} MessageRecall.search {qa[49]:6.1f} / {qa[98]:6.1f} ms"
             f"   raw pgvector SQL {qb[49]:6.1f} / {qb[98]:6.1f} ms"
-            f"   (search adds the embedding call and ±1 neighbours of all 5 hits, same statement)"
+            "   (search adds the embedding call and ±1 neighbours of all 5 hits, from the store)"
         )
     await raw_conn.close()
     await db.close()

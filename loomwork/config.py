@@ -126,6 +126,23 @@ class Settings(BaseSettings):
     quotas: str = Field(default="", alias="LOOMWORK_QUOTAS")
     embedding_model: str = Field(default="all-MiniLM-L6-v2", alias="LOOMWORK_EMBEDDING_MODEL")
     cache_enabled: bool = Field(default=True, alias="LOOMWORK_CACHE")
+    # Where threads, messages and working memory live (vectors stay in pgvector whatever
+    # the store). A deployment keeps the store it started with (loomwork.storage.selection).
+    memory_store: Literal["postgres", "redis", "dynamodb"] = Field(
+        default="postgres", alias="LOOMWORK_MEMORY_STORE"
+    )
+    # The DynamoDB store's table (created at start if missing) and endpoint (unset: AWS's,
+    # from the region); region and credentials come from the usual AWS variables.
+    dynamodb_table: str = Field(default="loomwork", min_length=3, alias="LOOMWORK_DYNAMODB_TABLE")
+    aws_endpoint_url: str | None = Field(default=None, alias="AWS_ENDPOINT_URL")
+    # How stored values are written: JSON, zstd-compressed above the threshold (bytes of
+    # JSON), or never compressed. Values written under either setting are read under both.
+    storage_compression: Literal["zstd", "none"] = Field(
+        default="zstd", alias="LOOMWORK_STORAGE_COMPRESSION"
+    )
+    storage_compression_threshold: int = Field(
+        default=1024, ge=0, alias="LOOMWORK_STORAGE_COMPRESSION_THRESHOLD"
+    )
     max_message_bytes: int = Field(default=16 * 1024 * 1024, alias="LOOMWORK_MAX_MESSAGE_BYTES")
     # /metrics labels run and tool metrics with the tenant only when asked (a label per
     # tenant multiplies the series a Prometheus server keeps).

@@ -51,6 +51,10 @@ class FailedPrecondition(LoomworkError):
     """The system is not in a state that allows the operation."""
 
 
+class Aborted(LoomworkError):
+    """A concurrent change won (an etag no longer matches): read again, then retry."""
+
+
 class PermissionDenied(LoomworkError):
     """The caller is known but may not do this."""
 

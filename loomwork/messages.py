@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 
 class Role(StrEnum):
@@ -89,6 +89,11 @@ class Message(BaseModel):
     def text(self) -> str:
         """The message's text parts joined."""
         return "".join(p.text for p in self.parts if isinstance(p, TextPart))
+
+
+# Builds a page of messages in one validation (stores decode what they read with it: one
+# call into pydantic-core per page instead of one per message).
+MESSAGE_LIST: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
 
 
 class NewMessage(BaseModel):

@@ -123,6 +123,8 @@ def up(
         )
         console.print(f"  PostgreSQL    {_redact(settings.database_url or '')}")
         console.print(f"  Redis         {_redact(settings.redis_url or '')}")
+        if runtime.store is not None and runtime.store.label != "postgres":
+            console.print(f"  memory in     {runtime.store.label}")
         console.print(f"  home          {home}")
         console.print(f"  model         {_model_line(runtime)}")
         if not settings.secret_key:

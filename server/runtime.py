@@ -36,7 +36,7 @@ from loomwork.storage.adapter import MemoryStorage
 from loomwork.storage.cached import CachedMemoryStorage
 from loomwork.storage.database import Database
 from loomwork.storage.migrations import apply_migrations
-from loomwork.storage.postgres import PostgresMemoryStorage
+from loomwork.storage.selection import OpenedStore, open_memory_store, storage_codec
 from loomwork.streams.run_events import RunEventLog
 from loomwork.tools import ToolRegistry
 from loomwork.usage.system import UsageSystem
@@ -86,6 +86,8 @@ class Runtime:
     chat_models: SharedChatModels
     usage: UsageSystem
     cache: VersionedCache | None = None
+    # The memory store as opened (LOOMWORK_MEMORY_STORE): its connections close with us.
+    store: OpenedStore | None = None
     integrations: Integrations | None = None
     flows: WorkflowRegistry = field(default_factory=lambda: default_registry)
     rag: RagSystem | None = None
@@ -154,17 +156,24 @@ class Runtime:
                 api_key=settings.openai_api_key,
             )
             await resolve_dimension(provider)
-            recall = MessageRecall(db, provider)
-            if migrate:
-                await recall.ensure_space()
-            storage: MemoryStorage = PostgresMemoryStorage(db)
+            store = await open_memory_store(settings, db)
+            storage: MemoryStorage = store.storage
             cache = None
-            if settings.cache_enabled:
-                cache = VersionedCache(
-                    Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=0.5)
-                )
-                await cache.start()
-                storage = CachedMemoryStorage(storage, cache)
+            try:
+                if settings.cache_enabled:
+                    cache = VersionedCache(
+                        Redis.from_url(
+                            settings.redis_url, socket_timeout=1, socket_connect_timeout=0.5
+                        )
+                    )
+                    await cache.start()
+                    storage = CachedMemoryStorage(storage, cache, codec=storage_codec(settings))
+                recall = MessageRecall(db, provider, storage)
+                if migrate:
+                    await recall.ensure_space()
+            except BaseException:
+                await store.close()
+                raise
         except BaseException:
             await telemetry.temporal.release()
             await db.close()
@@ -175,7 +184,7 @@ class Runtime:
             api_key=settings.openai_api_key,
             timeout=settings.model_timeout,
         )
-        working_memory = WorkingMemoryStore(db)
+        working_memory = WorkingMemoryStore(storage)
         agents = AgentRegistry()
         tools = ToolRegistry([working_memory_tool(working_memory)])
         if demo is not None:
@@ -197,7 +206,7 @@ class Runtime:
             db,
             redis,
             temporal,
-            Memory(storage),
+            Memory(storage, forget_thread=recall.forget_thread),
             recall,
             working_memory,
             events,
@@ -206,6 +215,7 @@ class Runtime:
             chat_models,
             usage,
             cache,
+            store,
             integrations=Integrations.build(
                 db,
                 redis,
@@ -239,6 +249,8 @@ class Runtime:
             await self.cache.redis.aclose()
         if self.integrations is not None:
             await self.integrations.close()
+        if self.store is not None:
+            await self.store.close()
         await self.redis.aclose()
         await self.db.close()
         if self.telemetry is not None:

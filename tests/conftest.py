@@ -31,14 +31,18 @@ from server.temporal import register_search_attributes
 from server.transport.grpc_app import GrpcApp, build_grpc_app
 from server.transport.http import build_http_app
 from server.worker import build_worker
+from tests.store_support import StoreService, moto_server, store_service
 from tests.support import serving
 
-# Fixtures of an OAuth provider the tests run (module-scoped, started when a test asks).
-pytest_plugins = ["tests.oauth_provider"]
+# Fixtures of an OAuth provider the tests run (module-scoped, started when a test asks), and
+# the storage adapters of the contract suites.
+pytest_plugins = ["tests.oauth_provider", "tests.storage_backends"]
 
 # Both may configure agents and integrations (role admin); t-alpha-user is a plain caller
 # of tenant alpha (no role).
 TOKENS = "t-alpha=alpha:admin,t-beta=beta:admin,t-alpha-user=alpha"
+# What LOOMWORK_MEMORY_STORE may name; tests taking `store` run once on each.
+MEMORY_STORES = ("postgres", "redis", "dynamodb")
 
 
 def free_port() -> int:
@@ -202,3 +206,59 @@ async def http_url(runtime: Runtime, worker: None) -> AsyncIterator[str]:
 async def http(http_url: str) -> AsyncIterator[httpx2.AsyncClient]:
     async with httpx2.AsyncClient(base_url=http_url, timeout=30) as client:
         yield client
+
+
+# -- memory stores: the session's service is the postgres one; the others start once, when
+# a test first asks, each with its own database, worker and gRPC server.
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A local DynamoDB-compatible endpoint (moto's server), with the AWS settings the
+    SDK needs to reach it (any credentials and region do)."""
+    env = pytest.MonkeyPatch()
+    env.setenv("AWS_ACCESS_KEY_ID", "testing")
+    env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    env.delenv("AWS_SESSION_TOKEN", raising=False)
+    env.delenv("AWS_PROFILE", raising=False)
+    env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    env.setenv("AWS_REGION", "us-east-1")
+    try:
+        with moto_server() as endpoint:
+            yield endpoint
+    finally:
+        env.undo()
+
+
+@pytest.fixture(scope="session")
+def postgres_store(runtime: Runtime, channel: grpc.aio.Channel) -> StoreService:
+    return StoreService("postgres", runtime, channel)
+
+
+@pytest.fixture(scope="session")
+async def redis_store(settings: Settings, runtime: Runtime) -> AsyncIterator[StoreService]:
+    async with store_service(settings, "redis") as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+async def dynamodb_store(
+    settings: Settings, runtime: Runtime, moto_endpoint: str
+) -> AsyncIterator[StoreService]:
+    async with store_service(
+        settings.model_copy(update={"aws_endpoint_url": moto_endpoint}), "dynamodb"
+    ) as service:
+        yield service
+
+
+@pytest.fixture(params=MEMORY_STORES)
+def store(request: pytest.FixtureRequest) -> StoreService:
+    """Loomwork with its memory in each store in turn (the test runs once per store)."""
+    service: StoreService = request.getfixturevalue(f"{request.param}_store")
+    return service
+
+
+@pytest.fixture
+def store_memory(store: StoreService) -> memory_pb2_grpc.MemoryServiceStub:
+    """`memory_stub` of each store in turn."""
+    return store.memory

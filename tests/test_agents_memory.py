@@ -1,5 +1,5 @@
 """Agent runs and memory: threads read and saved, working memory and semantic recall,
-context token limits and per-call memory settings."""
+context token limits and per-call memory settings (the first two on each memory store)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from loomwork.memory.models import RecallScope
 from loomwork.memory.settings import MemorySettings, SemanticRecallSettings, WorkingMemorySettings
 from loomwork.testing import ScriptedToolCall, Turn
 from protos.loomwork.v1 import agent_pb2, memory_pb2
+from tests.store_support import StoreService
 from tests.support import auth, field_violations, message_text, unique
 
 
-async def test_runs_read_and_save_thread_memory(agents, memory_stub, token, model) -> None:
+async def test_runs_read_and_save_thread_memory(store: StoreService, token, model) -> None:
+    agents, memory_stub = store.agents, store.memory
     thread_id = unique("chat")
     model.set_script([Turn(text="Nice to meet you, Ada."), Turn(text="Your name is Ada.")])
     for prompt in ("My name is Ada.", "What is my name?"):
@@ -48,11 +50,12 @@ def _register(runtime, agent: AgentDefinition) -> None:
         runtime.agents.register(agent)
 
 
-async def test_memory_settings_shape_the_context(agents, token, model, runtime) -> None:
+async def test_memory_settings_shape_the_context(store: StoreService, token, model) -> None:
     """Working memory (kept through the built-in tool) and semantic recall across a resource's
-    threads reach the model; the run reports how its context was assembled."""
+    threads reach the model; the run reports how its context was assembled (on each store)."""
+    agents = store.agents
     _register(
-        runtime,
+        store.runtime,
         AgentDefinition(
             name="rememberer",
             instructions="You remember users.",

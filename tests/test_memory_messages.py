@@ -24,8 +24,8 @@ async def new_thread(stub, token: str) -> str:
     return response.thread.id
 
 
-async def test_append_all_roles_and_part_kinds_round_trip(memory_stub, token) -> None:
-    thread_id = await new_thread(memory_stub, token)
+async def test_append_all_roles_and_part_kinds_round_trip(store_memory, token) -> None:
+    thread_id = await new_thread(store_memory, token)
     args = struct_pb2.Struct()
     args.update({"city": "Lisbon", "days": 3})
     result = struct_pb2.Value()
@@ -60,7 +60,7 @@ async def test_append_all_roles_and_part_kinds_round_trip(memory_stub, token) ->
         text(message_pb2.ROLE_ASSISTANT, "Sun, then rain." * 200),  # large: stored compressed
     ]
     stored = (
-        await memory_stub.AppendMessages(
+        await store_memory.AppendMessages(
             memory_pb2.AppendMessagesRequest(thread_id=thread_id, messages=messages),
             metadata=auth(token),
         )
@@ -69,7 +69,7 @@ async def test_append_all_roles_and_part_kinds_round_trip(memory_stub, token) ->
     assert all(m.id.startswith("msg_") and m.thread_id == thread_id for m in stored)
 
     listed = (
-        await memory_stub.ListMessages(
+        await store_memory.ListMessages(
             memory_pb2.ListMessagesRequest(thread_id=thread_id), metadata=auth(token)
         )
     ).messages
@@ -80,54 +80,54 @@ async def test_append_all_roles_and_part_kinds_round_trip(memory_stub, token) ->
     assert listed[2].parts[1].tool_call.arguments["city"] == "Lisbon"
 
     thread = (
-        await memory_stub.GetThread(
+        await store_memory.GetThread(
             memory_pb2.GetThreadRequest(thread_id=thread_id), metadata=auth(token)
         )
     ).thread
     assert thread.message_count == 5
 
 
-async def test_client_message_ids_are_idempotent(memory_stub, token) -> None:
-    thread_id = await new_thread(memory_stub, token)
+async def test_client_message_ids_are_idempotent(store_memory, token) -> None:
+    thread_id = await new_thread(store_memory, token)
     first = text(message_pb2.ROLE_USER, "hello", id=unique("m"))
-    await memory_stub.AppendMessages(
+    await store_memory.AppendMessages(
         memory_pb2.AppendMessagesRequest(thread_id=thread_id, messages=[first]),
         metadata=auth(token),
     )
     # A retry carrying the same id (even with other content) stores nothing new.
     retry = text(message_pb2.ROLE_USER, "hello again", id=first.id)
     second = text(message_pb2.ROLE_ASSISTANT, "hi!", id=unique("m"))
-    response = await memory_stub.AppendMessages(
+    response = await store_memory.AppendMessages(
         memory_pb2.AppendMessagesRequest(thread_id=thread_id, messages=[retry, second]),
         metadata=auth(token),
     )
     assert response.messages[0].parts[0].text.text == "hello"
     listed = (
-        await memory_stub.ListMessages(
+        await store_memory.ListMessages(
             memory_pb2.ListMessagesRequest(thread_id=thread_id), metadata=auth(token)
         )
     ).messages
     assert [m.id for m in listed] == [first.id, second.id]
     thread = (
-        await memory_stub.GetThread(
+        await store_memory.GetThread(
             memory_pb2.GetThreadRequest(thread_id=thread_id), metadata=auth(token)
         )
     ).thread
     assert thread.message_count == 2
 
 
-async def test_message_id_used_in_another_thread_fails_whole_append(memory_stub, token) -> None:
-    a = await new_thread(memory_stub, token)
-    b = await new_thread(memory_stub, token)
+async def test_message_id_used_in_another_thread_fails_whole_append(store_memory, token) -> None:
+    a = await new_thread(store_memory, token)
+    b = await new_thread(store_memory, token)
     shared = unique("m")
-    await memory_stub.AppendMessages(
+    await store_memory.AppendMessages(
         memory_pb2.AppendMessagesRequest(
             thread_id=a, messages=[text(message_pb2.ROLE_USER, "x", id=shared)]
         ),
         metadata=auth(token),
     )
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await memory_stub.AppendMessages(
+        await store_memory.AppendMessages(
             memory_pb2.AppendMessagesRequest(
                 thread_id=b,
                 messages=[
@@ -138,23 +138,23 @@ async def test_message_id_used_in_another_thread_fails_whole_append(memory_stub,
             metadata=auth(token),
         )
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    listed = await memory_stub.ListMessages(
+    listed = await store_memory.ListMessages(
         memory_pb2.ListMessagesRequest(thread_id=b), metadata=auth(token)
     )
     assert list(listed.messages) == [], "a failed append must store nothing"
 
 
-async def test_newest_n_and_oldest_first_paging(memory_stub, token) -> None:
-    thread_id = await new_thread(memory_stub, token)
+async def test_newest_n_and_oldest_first_paging(store_memory, token) -> None:
+    thread_id = await new_thread(store_memory, token)
     for batch in range(3):
-        await memory_stub.AppendMessages(
+        await store_memory.AppendMessages(
             memory_pb2.AppendMessagesRequest(
                 thread_id=thread_id,
                 messages=[text(message_pb2.ROLE_USER, f"m{batch * 4 + i}") for i in range(4)],
             ),
             metadata=auth(token),
         )
-    newest = await memory_stub.ListMessages(
+    newest = await store_memory.ListMessages(
         memory_pb2.ListMessagesRequest(thread_id=thread_id, last_n=3), metadata=auth(token)
     )
     assert [m.parts[0].text.text for m in newest.messages] == ["m9", "m10", "m11"]
@@ -162,7 +162,7 @@ async def test_newest_n_and_oldest_first_paging(memory_stub, token) -> None:
 
     texts, page_token = [], ""
     while True:
-        page = await memory_stub.ListMessages(
+        page = await store_memory.ListMessages(
             memory_pb2.ListMessagesRequest(thread_id=thread_id, page_size=5, page_token=page_token),
             metadata=auth(token),
         )
@@ -230,20 +230,34 @@ async def test_bad_messages_are_rejected_by_field_and_nothing_is_stored(memory_s
     assert list(listed.messages) == []
 
 
-async def test_delete_thread_removes_its_messages(memory_stub, token, runtime) -> None:
-    thread_id = await new_thread(memory_stub, token)
-    await memory_stub.AppendMessages(
+async def test_delete_thread_removes_its_messages(store_memory, token) -> None:
+    thread_id, message_id = unique("thr"), unique("m")
+    await store_memory.CreateThread(
+        memory_pb2.CreateThreadRequest(thread_id=thread_id), metadata=auth(token)
+    )
+    await store_memory.AppendMessages(
         memory_pb2.AppendMessagesRequest(
-            thread_id=thread_id, messages=[text(message_pb2.ROLE_USER, "bye")]
+            thread_id=thread_id, messages=[text(message_pb2.ROLE_USER, "bye", id=message_id)]
         ),
         metadata=auth(token),
     )
-    await memory_stub.DeleteThread(
+    await store_memory.DeleteThread(
         memory_pb2.DeleteThreadRequest(thread_id=thread_id), metadata=auth(token)
     )
-    async with runtime.db.connection() as conn:
-        cur = await conn.execute(
-            "select count(*) as n from messages where thread_id = %s", (thread_id,)
-        )
-        row = await cur.fetchone()
-    assert row["n"] == 0
+    # The same id again is a new, empty thread, and the message's id is free for another.
+    again = await store_memory.CreateThread(
+        memory_pb2.CreateThreadRequest(thread_id=thread_id), metadata=auth(token)
+    )
+    assert again.thread.message_count == 0
+    listed = await store_memory.ListMessages(
+        memory_pb2.ListMessagesRequest(thread_id=thread_id), metadata=auth(token)
+    )
+    assert list(listed.messages) == []
+    other = await new_thread(store_memory, token)
+    moved = await store_memory.AppendMessages(
+        memory_pb2.AppendMessagesRequest(
+            thread_id=other, messages=[text(message_pb2.ROLE_USER, "hello", id=message_id)]
+        ),
+        metadata=auth(token),
+    )
+    assert moved.messages[0].parts[0].text.text == "hello"

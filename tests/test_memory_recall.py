@@ -13,6 +13,7 @@ from loomwork.errors import FailedPrecondition
 from loomwork.memory.recall import MessageRecall
 from protos.loomwork.v1 import memory_pb2, message_pb2
 from server.runtime import Runtime
+from tests.store_support import StoreService
 from tests.support import auth, field_violations, unique
 
 DISTRACTORS = [
@@ -69,15 +70,15 @@ async def _wait_indexed(
     pytest.fail(f"only {len(response.hits)} of {expect} messages became searchable")
 
 
-async def test_recall_finds_the_right_message_among_distractors(memory_stub, token) -> None:
+async def test_recall_finds_the_right_message_among_distractors(store_memory, token) -> None:
     resource = unique("family")
     texts = [*DISTRACTORS[:3], TARGET, *DISTRACTORS[3:]]
-    thread_id, ids = await _thread_with(memory_stub, token, resource, texts)
+    thread_id, ids = await _thread_with(store_memory, token, resource, texts)
     scope = {"scope": memory_pb2.MEMORY_SCOPE_THREAD, "thread_id": thread_id}
-    await _wait_indexed(memory_stub, token, len(texts), query="anything", **scope)
+    await _wait_indexed(store_memory, token, len(texts), query="anything", **scope)
 
     response = await _search(
-        memory_stub,
+        store_memory,
         token,
         query="which foods cause an allergic reaction for the kid?",
         top_k=3,
@@ -93,7 +94,7 @@ async def test_recall_finds_the_right_message_among_distractors(memory_stub, tok
     assert [m.id for m in best.context] == [ids[2], ids[4]]
 
     strict = await _search(
-        memory_stub,
+        store_memory,
         token,
         query="which foods cause an allergic reaction for the kid?",
         min_score=best.score - 1e-4,
@@ -103,24 +104,24 @@ async def test_recall_finds_the_right_message_among_distractors(memory_stub, tok
 
 
 async def test_resource_scope_spans_threads_and_never_crosses_tenants(
-    memory_stub, token, other_token
+    store_memory, token, other_token
 ) -> None:
     resource = unique("customer")
-    first, _ = await _thread_with(memory_stub, token, resource, DISTRACTORS[:2])
-    second, second_ids = await _thread_with(memory_stub, token, resource, [TARGET])
+    first, _ = await _thread_with(store_memory, token, resource, DISTRACTORS[:2])
+    second, second_ids = await _thread_with(store_memory, token, resource, [TARGET])
     # The other tenant uses the very same resource id, with the same sentence.
-    theirs, _ = await _thread_with(memory_stub, other_token, resource, [TARGET])
+    theirs, _ = await _thread_with(store_memory, other_token, resource, [TARGET])
     scope = {"scope": memory_pb2.MEMORY_SCOPE_RESOURCE, "resource_id": resource}
-    await _wait_indexed(memory_stub, token, 3, query="anything", **scope)
-    await _wait_indexed(memory_stub, other_token, 1, query="anything", **scope)
+    await _wait_indexed(store_memory, token, 3, query="anything", **scope)
+    await _wait_indexed(store_memory, other_token, 1, query="anything", **scope)
 
-    mine = await _search(memory_stub, token, query="peanut allergy", top_k=10, **scope)
+    mine = await _search(store_memory, token, query="peanut allergy", top_k=10, **scope)
     assert mine.hits[0].message.id == second_ids[0]
     assert {h.message.thread_id for h in mine.hits} == {first, second}
     assert theirs not in {h.message.thread_id for h in mine.hits}
 
     only_first = await _search(
-        memory_stub,
+        store_memory,
         token,
         query="peanut allergy",
         top_k=10,
@@ -130,18 +131,18 @@ async def test_resource_scope_spans_threads_and_never_crosses_tenants(
     assert {h.message.thread_id for h in only_first.hits} == {first}
 
 
-async def test_every_hit_carries_its_own_neighbours(memory_stub, token) -> None:
+async def test_every_hit_carries_its_own_neighbours(store_memory, token) -> None:
     """Neighbours of all hits come back in one query; each hit gets those of its own thread."""
     resource = unique("household")
-    first, first_ids = await _thread_with(memory_stub, token, resource, DISTRACTORS[:3])
+    first, first_ids = await _thread_with(store_memory, token, resource, DISTRACTORS[:3])
     second, second_ids = await _thread_with(
-        memory_stub, token, resource, [TARGET, *DISTRACTORS[3:]]
+        store_memory, token, resource, [TARGET, *DISTRACTORS[3:]]
     )
     scope = {"scope": memory_pb2.MEMORY_SCOPE_RESOURCE, "resource_id": resource}
-    await _wait_indexed(memory_stub, token, 6, query="anything", **scope)
+    await _wait_indexed(store_memory, token, 6, query="anything", **scope)
 
     response = await _search(
-        memory_stub, token, query="nut allergy", top_k=6, message_range=1, **scope
+        store_memory, token, query="nut allergy", top_k=6, message_range=1, **scope
     )
     assert response.hits[0].message.id == second_ids[0]
     assert [h.score for h in response.hits] == sorted(
@@ -153,6 +154,40 @@ async def test_every_hit_carries_its_own_neighbours(memory_stub, token) -> None:
         at = ids.index(hit.message.id)
         assert [m.id for m in hit.context] == ids[max(0, at - 1) : at] + ids[at + 1 : at + 2]
     assert {h.message.id for h in response.hits} == {*first_ids, *second_ids}
+
+
+async def _vector_count(runtime: Runtime, thread_id: str) -> int:
+    async with runtime.db.connection() as conn:
+        cur = await conn.execute(
+            "select count(*) as n from message_embeddings where thread_id = %s", (thread_id,)
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+async def test_deleted_threads_leave_nothing_to_recall(store: StoreService, token) -> None:
+    """Vectors stay in pgvector whatever the store: deleting a thread deletes its vectors,
+    and a vector whose message is gone anyway (a crash between the two) is no hit."""
+    stub = store.memory
+    resource = unique("family")
+    _, kept_ids = await _thread_with(stub, token, resource, [TARGET])
+    deleted, _ = await _thread_with(stub, token, resource, [TARGET, DISTRACTORS[0]])
+    orphaned, _ = await _thread_with(stub, token, resource, [TARGET, DISTRACTORS[1]])
+    scope = {"scope": memory_pb2.MEMORY_SCOPE_RESOURCE, "resource_id": resource}
+    await _wait_indexed(stub, token, 5, query="anything", **scope)
+
+    await stub.DeleteThread(memory_pb2.DeleteThreadRequest(thread_id=deleted), metadata=auth(token))
+    assert await _vector_count(store.runtime, deleted) == 0
+    # Deleted in the store alone, as if the process died before forgetting its vectors.
+    await store.runtime.memory.storage.delete_thread("alpha", orphaned)
+    assert await _vector_count(store.runtime, orphaned) == 2
+
+    response = await _search(
+        stub, token, query="peanut allergy", top_k=10, message_range=1, **scope
+    )
+    assert [h.message.id for h in response.hits] == kept_ids
+    assert list(response.hits[0].context) == []
 
 
 async def test_search_validates_input_and_scope(memory_stub, token, other_token) -> None:
@@ -218,7 +253,7 @@ class _OtherModel:
 async def test_switching_embedding_model_on_existing_data_is_refused(runtime: Runtime) -> None:
     other: EmbeddingProvider = _OtherModel()
     with pytest.raises(FailedPrecondition) as err:
-        await MessageRecall(runtime.db, other).ensure_space()
+        await MessageRecall(runtime.db, other, runtime.memory.storage).ensure_space()
     assert "all-MiniLM-L6-v2" in err.value.message
     assert "text-embedding-3-small" in err.value.message
     await runtime.recall.ensure_space()  # the configured model is still fine

@@ -1,5 +1,6 @@
-"""Two gRPC server replicas on one Postgres and one Redis, each with its own L1 cache:
-a write through one is never read stale through the other beyond the documented bound."""
+"""Two gRPC server replicas on one store and one Redis, each with its own L1 cache: a write
+through one is never read stale through the other beyond the documented bound (on each
+memory store)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
-from loomwork.config import Settings
 from protos.loomwork.v1 import memory_pb2, memory_pb2_grpc, message_pb2
 from server.runtime import Runtime
+from tests.store_support import StoreService
 from tests.support import another_server, auth, unique
 
 
@@ -25,9 +26,10 @@ class Replica:
 
 
 @pytest.fixture
-async def replica_b(settings: Settings, worker: None) -> AsyncIterator[Replica]:
-    """A second server process's worth of state: its own Runtime (pool, L1 cache) and port."""
-    runtime = await Runtime.open(settings, migrate=False)
+async def replica_b(store: StoreService) -> AsyncIterator[Replica]:
+    """A second server process's worth of state: its own Runtime (pool, store client, L1
+    cache) and port, on the store of `store`."""
+    runtime = await Runtime.open(store.runtime.settings, migrate=False)
     try:
         async with another_server(runtime) as channel:
             yield Replica(runtime, memory_pb2_grpc.MemoryServiceStub(channel))
@@ -53,10 +55,10 @@ async def _within(seconds: float, check: Callable[[], Awaitable[bool]]) -> float
 
 
 async def test_write_through_one_server_is_seen_through_the_other(
-    memory_stub: memory_pb2_grpc.MemoryServiceStub, replica_b: Replica, runtime: Runtime, token
+    store: StoreService, replica_b: Replica, token
 ) -> None:
-    a, b = memory_stub, replica_b.stub
-    a_cache, b_cache = runtime.cache, replica_b.runtime.cache
+    a, b = store.memory, replica_b.stub
+    a_cache, b_cache = store.runtime.cache, replica_b.runtime.cache
     assert a_cache is not None and b_cache is not None and a_cache is not b_cache
     bound = b_cache.version_ttl  # the documented staleness bound (README, cache docstring)
 
@@ -137,9 +139,10 @@ async def test_write_through_one_server_is_seen_through_the_other(
 
 
 async def test_each_replica_caches_on_its_own(
-    memory_stub: memory_pb2_grpc.MemoryServiceStub, replica_b: Replica, runtime: Runtime, token
+    store: StoreService, replica_b: Replica, token
 ) -> None:
-    """Reads through B do not need A: B fills its own L1 (from the shared L2 or Postgres)."""
+    """Reads through B do not need A: B fills its own L1 (from the shared L2 or the store)."""
+    memory_stub = store.memory
     thread_id = unique("thr")
     await memory_stub.CreateThread(
         memory_pb2.CreateThreadRequest(thread_id=thread_id), metadata=auth(token)

@@ -16,10 +16,10 @@ def _struct(**values: object) -> struct_pb2.Struct:
     return s
 
 
-async def test_create_get_update_delete_thread(memory_stub, token) -> None:
+async def test_create_get_update_delete_thread(store_memory, token) -> None:
     resource = unique("user")
     created = (
-        await memory_stub.CreateThread(
+        await store_memory.CreateThread(
             memory_pb2.CreateThreadRequest(
                 thread=memory_pb2.Thread(
                     resource_id=resource, title="Trip to Lisbon", metadata=_struct(lang="en")
@@ -34,14 +34,14 @@ async def test_create_get_update_delete_thread(memory_stub, token) -> None:
     assert created.create_time.seconds > 0
 
     got = (
-        await memory_stub.GetThread(
+        await store_memory.GetThread(
             memory_pb2.GetThreadRequest(thread_id=created.id), metadata=auth(token)
         )
     ).thread
     assert got == created
 
     updated = (
-        await memory_stub.UpdateThread(
+        await store_memory.UpdateThread(
             memory_pb2.UpdateThreadRequest(
                 thread=memory_pb2.Thread(id=created.id, title="Trip to Porto"),
                 update_mask=field_mask_pb2.FieldMask(paths=["title"]),
@@ -54,7 +54,7 @@ async def test_create_get_update_delete_thread(memory_stub, token) -> None:
     assert updated.update_time.ToDatetime() >= created.update_time.ToDatetime()
 
     replaced = (
-        await memory_stub.UpdateThread(
+        await store_memory.UpdateThread(
             memory_pb2.UpdateThreadRequest(
                 thread=memory_pb2.Thread(id=created.id, metadata=_struct(lang="pt", n=2)),
             ),
@@ -64,38 +64,38 @@ async def test_create_get_update_delete_thread(memory_stub, token) -> None:
     assert replaced.title == "Trip to Porto"
     assert dict(replaced.metadata) == {"lang": "pt", "n": 2}
 
-    await memory_stub.DeleteThread(
+    await store_memory.DeleteThread(
         memory_pb2.DeleteThreadRequest(thread_id=created.id), metadata=auth(token)
     )
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await memory_stub.GetThread(
+        await store_memory.GetThread(
             memory_pb2.GetThreadRequest(thread_id=created.id), metadata=auth(token)
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_client_chosen_thread_id_is_unique(memory_stub, token) -> None:
+async def test_client_chosen_thread_id_is_unique(store_memory, token) -> None:
     thread_id = unique("support-ticket")
     request = memory_pb2.CreateThreadRequest(thread_id=thread_id, thread=memory_pb2.Thread())
-    created = await memory_stub.CreateThread(request, metadata=auth(token))
+    created = await store_memory.CreateThread(request, metadata=auth(token))
     assert created.thread.id == thread_id
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await memory_stub.CreateThread(request, metadata=auth(token))
+        await store_memory.CreateThread(request, metadata=auth(token))
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
-async def test_list_threads_pages_newest_first_and_filters_by_resource(memory_stub, token) -> None:
+async def test_list_threads_pages_newest_first_and_filters_by_resource(store_memory, token) -> None:
     resource, other = unique("acct"), unique("acct")
     ids = []
     for i in range(5):
-        response = await memory_stub.CreateThread(
+        response = await store_memory.CreateThread(
             memory_pb2.CreateThreadRequest(
                 thread=memory_pb2.Thread(resource_id=resource, title=f"t{i}")
             ),
             metadata=auth(token),
         )
         ids.append(response.thread.id)
-    await memory_stub.CreateThread(
+    await store_memory.CreateThread(
         memory_pb2.CreateThreadRequest(thread=memory_pb2.Thread(resource_id=other)),
         metadata=auth(token),
     )
@@ -103,7 +103,7 @@ async def test_list_threads_pages_newest_first_and_filters_by_resource(memory_st
     seen, token_ = [], ""
     pages = 0
     while True:
-        page = await memory_stub.ListThreads(
+        page = await store_memory.ListThreads(
             memory_pb2.ListThreadsRequest(resource_id=resource, page_size=2, page_token=token_),
             metadata=auth(token),
         )
@@ -180,18 +180,20 @@ async def test_bad_thread_input_names_each_field(memory_stub, token) -> None:
     assert "update_mask" in field_violations(err.value)
 
 
-async def test_unknown_thread_is_not_found_everywhere(memory_stub, token) -> None:
+async def test_unknown_thread_is_not_found_everywhere(store_memory, token) -> None:
     missing = unique("nope")
     calls = [
-        memory_stub.GetThread(memory_pb2.GetThreadRequest(thread_id=missing), metadata=auth(token)),
-        memory_stub.DeleteThread(
+        store_memory.GetThread(
+            memory_pb2.GetThreadRequest(thread_id=missing), metadata=auth(token)
+        ),
+        store_memory.DeleteThread(
             memory_pb2.DeleteThreadRequest(thread_id=missing), metadata=auth(token)
         ),
-        memory_stub.UpdateThread(
+        store_memory.UpdateThread(
             memory_pb2.UpdateThreadRequest(thread=memory_pb2.Thread(id=missing, title="x")),
             metadata=auth(token),
         ),
-        memory_stub.ListMessages(
+        store_memory.ListMessages(
             memory_pb2.ListMessagesRequest(thread_id=missing), metadata=auth(token)
         ),
     ]

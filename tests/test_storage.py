@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from loomwork.config import Settings
 from loomwork.errors import AlreadyExists, InvalidArgument, NotFound
 from loomwork.memory.threads import Memory
 from loomwork.messages import NewMessage, NewThread, Role, TextPart, ThreadUpdate
 from loomwork.storage import codec
 from loomwork.storage.migrations import apply_migrations, load_migrations
 from loomwork.storage.postgres import PostgresMemoryStorage
+from loomwork.storage.selection import storage_codec
 from server.runtime import Runtime
 from tests.support import unique
 
@@ -26,6 +28,19 @@ def test_codec_compresses_only_above_threshold() -> None:
     assert codec.decode(codec.encode({"ü": "✓"}, threshold=0)) == {"ü": "✓"}
     with pytest.raises(ValueError):
         codec.decode(b"?garbage")
+
+
+def test_compression_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    value = {"parts": [{"type": "text", "text": "x" * 300}]}  # ~330 bytes of JSON
+    assert storage_codec(Settings()).encode(value)[:1] == b"j"  # under 1024: plain
+    monkeypatch.setenv("LOOMWORK_STORAGE_COMPRESSION_THRESHOLD", "100")
+    assert storage_codec(Settings()).encode(value)[:1] == b"z"
+    monkeypatch.setenv("LOOMWORK_STORAGE_COMPRESSION", "none")
+    plain = storage_codec(Settings()).encode(value)
+    assert plain[:1] == b"j" and codec.decode(plain) == value
+    monkeypatch.setenv("LOOMWORK_STORAGE_COMPRESSION", "lz4")
+    with pytest.raises(ValueError, match="LOOMWORK_STORAGE_COMPRESSION"):
+        Settings()
 
 
 async def test_migrations_are_recorded_and_applied_once(runtime: Runtime) -> None:

@@ -1,22 +1,16 @@
 """One contract suite for every `MemoryStorage` adapter: PostgreSQL, Redis, DynamoDB.
 
-Postgres and Redis are the session's real servers; DynamoDB is a local `moto_server`
-process this module starts itself. Every test works in fresh tenants, so adapters
-sharing a backend never see each other's data.
+Threads and messages here; recall windows, working memory and the codec settings in
+test_storage_contract_more.py. The backends (tests/storage_backends.py) are the session's
+real servers. Every test works in fresh tenants, so adapters sharing a backend never see
+each other's data.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import aioboto3
 import pytest
 import redis.asyncio as aioredis
 
@@ -31,142 +25,10 @@ from loomwork.messages import (
     ToolResultPart,
 )
 from loomwork.storage import codec
-from loomwork.storage.adapter import MemoryStorage
 from loomwork.storage.dynamodb import MAX_APPEND_MESSAGES, DynamoMemoryStorage
-from loomwork.storage.postgres import PostgresMemoryStorage
 from loomwork.storage.redis_adapter import RedisMemoryStorage
-from server.runtime import Runtime
-from tests.conftest import free_port
+from tests.storage_backends import Backend, text, thread_in
 from tests.support import unique
-
-RawContent = Callable[[str, str, str], Awaitable[bytes]]
-
-
-@dataclass
-class Backend:
-    name: str
-    storage: MemoryStorage
-    raw_content: RawContent  # (tenant, thread id, message id) -> the stored codec bytes
-
-
-# -- backends ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-async def postgres_backend(runtime: Runtime) -> Backend:
-    async def raw(tenant: str, thread_id: str, message_id: str) -> bytes:
-        async with runtime.db.connection() as conn:
-            cur = await conn.execute(
-                "select content from messages where tenant_id = %s and id = %s",
-                (tenant, message_id),
-            )
-            row = await cur.fetchone()
-        assert row is not None
-        return bytes(row["content"])
-
-    return Backend("postgres", PostgresMemoryStorage(runtime.db), raw)
-
-
-@pytest.fixture(scope="session")
-async def redis_backend(embedded: dict[str, str]) -> AsyncIterator[Backend]:
-    client = aioredis.Redis.from_url(embedded["REDIS_URL"])
-    storage = RedisMemoryStorage(client, prefix=unique("contract"))
-
-    async def raw(tenant: str, thread_id: str, message_id: str) -> bytes:
-        _, records, _ = storage._thread_keys(tenant, thread_id)
-        value = await client.hget(records, message_id)
-        assert isinstance(value, bytes)
-        return value
-
-    try:
-        yield Backend("redis", storage, raw)
-    finally:
-        await client.aclose()
-
-
-# `moto_server` as its CLI runs it, but answering one request at a time: moto's threaded
-# server applies a TransactWriteItems without isolation from concurrent requests, which
-# real DynamoDB (serializable transactions) never does.
-_MOTO_SERVER = """
-import sys
-from werkzeug.serving import run_simple
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-from moto.server import MotoRequestHandler
-app = DomainDispatcherApplication(create_backend_app)
-run_simple("127.0.0.1", int(sys.argv[1]), app, threaded=False, request_handler=MotoRequestHandler)
-"""
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """A `moto_server` process on a free local port."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _MOTO_SERVER, str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture(scope="session")
-async def dynamo_backend(moto_endpoint: str) -> AsyncIterator[Backend]:
-    session = aioboto3.Session(
-        aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
-    )
-    async with session.client("dynamodb", endpoint_url=moto_endpoint) as client:
-        storage = DynamoMemoryStorage(client, table=unique("loomwork"))
-        await storage.ensure_table()
-        await storage.ensure_table()  # idempotent
-
-        async def raw(tenant: str, thread_id: str, message_id: str) -> bytes:
-            claim = await storage._get(
-                {"pk": {"S": storage._id_pk(tenant, message_id)}, "sk": {"S": "#"}}
-            )
-            assert claim is not None
-            pk = storage._messages_pk(tenant, int(claim["tseq"]["N"]))
-            item = await storage._get({"pk": {"S": pk}, "sk": claim["sk2"]})
-            assert item is not None
-            return bytes(item["body"]["B"])
-
-        yield Backend("dynamodb", storage, raw)
-
-
-@pytest.fixture(params=["postgres", "redis", "dynamo"])
-def backend(request: pytest.FixtureRequest) -> Backend:
-    value: Backend = request.getfixturevalue(f"{request.param}_backend")
-    return value
-
-
-# -- helpers -----------------------------------------------------------------------------
-
-
-def text(body: str, *, id: str = "", role: Role = Role.USER) -> NewMessage:
-    return NewMessage(id=id, role=role, parts=[TextPart(text=body)])
-
-
-async def thread_in(storage: MemoryStorage, tenant: str, **fields: Any) -> str:
-    thread_id = fields.pop("id", None) or unique("thr")
-    await storage.create_thread(tenant, NewThread(id=thread_id, **fields))
-    return thread_id
-
 
 # -- threads -----------------------------------------------------------------------------
 
@@ -477,6 +339,35 @@ async def test_ping(backend: Backend) -> None:
 
 
 # -- adapter specifics -------------------------------------------------------------------
+
+
+async def test_dynamo_reads_a_recreated_thread_under_its_new_incarnation(
+    dynamo_backend: Backend,
+) -> None:
+    s, tenant = dynamo_backend.storage, unique("tenant")
+    assert isinstance(s, DynamoMemoryStorage)
+    await s.create_thread(tenant, NewThread(id="again"))
+    [old] = await s.append_messages(tenant, "again", [text("old", id="m-old")])
+    assert await s.last_messages(tenant, "again", 5) == [old]  # this process knows it now
+    old_seq = int((await s.table.get(s.thread_key(tenant, "again")) or {})["seq"]["N"])
+    await s.delete_thread(tenant, "again")
+    # As if the sweep of the old messages had been interrupted: one is still there.
+    await s.table.client.put_item(
+        TableName=s.table.name,
+        Item={
+            "pk": {"S": s.messages_pk(tenant, old_seq)},
+            "sk": {"S": f"{1:020d}"},
+            "id": {"S": "m-old"},
+            "role": {"S": "user"},
+            "ct": {"N": "0"},
+            "body": {"B": codec.encode({"parts": [{"type": "text", "text": "old"}]})},
+        },
+    )
+    await s.create_thread(tenant, NewThread(id="again"))
+    assert await s.last_messages(tenant, "again", 5) == []
+    assert await s.list_messages(tenant, "again", limit=5, after_seq=None) == []
+    [new] = await s.append_messages(tenant, "again", [text("new")])
+    assert await s.last_messages(tenant, "again", 5) == [new]
 
 
 async def test_dynamo_refuses_appends_beyond_one_transaction(dynamo_backend: Backend) -> None:

@@ -260,7 +260,7 @@ class AgentSteps:
             )
         if not agent.memory_read_only:
             # Indexed after the search, so the input does not recall itself.
-            await self.recall.index_messages(request.tenant, [m.id for m in stored])
+            await self.recall.index(request.tenant, request.thread_id, stored)
         system, working = agent.instructions, None
         if settings.working_memory is not None:
             system, working = await self._working_memory(request, agent, settings)
@@ -607,7 +607,7 @@ class AgentSteps:
                     if m.role in (Role.ASSISTANT, Role.TOOL) and m.parts
                 ],
             )
-            await self.recall.index_messages(request.tenant, [m.id for m in saved])
+            await self.recall.index(request.tenant, request.thread_id, saved)
         # Kept with the result: once the run's events expire, WatchRun rebuilds this one.
         outcome.terminal_event_id = await self.publish(request, RunFinished(outcome=outcome))
         return outcome

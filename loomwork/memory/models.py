@@ -44,7 +44,10 @@ class MessagesToIndex(BaseModel):
 
 
 class WorkingMemory(BaseModel):
-    """Facts an agent keeps about a thread or a resource: markdown, or structured data."""
+    """Facts an agent keeps about a thread or a resource: markdown, or structured data.
+
+    `etag` names the stored version ("0": never written); a replacement that carries one
+    applies only to that version."""
 
     scope: RecallScope
     thread_id: str = ""
@@ -52,3 +55,4 @@ class WorkingMemory(BaseModel):
     markdown: str = ""
     data: dict[str, Any] | None = None
     update_time: datetime | None = None
+    etag: str = ""

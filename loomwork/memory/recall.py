@@ -4,6 +4,11 @@ Messages are indexed after they are stored (by the IndexMessages workflow), so a
 message becomes findable a moment after AppendMessages returns. The vector table
 is created for the configured embedding model's dimension; pointing an existing
 database at a model of another name is refused rather than mixing vector spaces.
+
+The vectors stay in PostgreSQL whatever store holds the messages, so nothing ties a
+vector to its message: a search takes the nearest vectors, then their messages and
+neighbours from the store, and drops a hit whose message is gone. Deleting a thread
+forgets its vectors (`forget_thread`).
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ from loomwork.errors import FailedPrecondition, NotFound, Violations
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id
 from loomwork.memory.models import RecallHit, RecallQuery, RecallScope
 from loomwork.messages import Message, TextPart, ToolCallPart, ToolResultPart
+from loomwork.storage.adapter import MemoryStorage
 from loomwork.storage.database import Database
-from loomwork.storage.postgres import MESSAGE_COLUMNS, message_from_row
 
 SPACE = "message_embeddings"
 MAX_TOP_K = 100
@@ -43,11 +48,13 @@ def embedding_text(message: Message) -> str:
 
 
 class MessageRecall:
-    """Indexes messages' embeddings and answers semantic searches, per tenant."""
+    """Indexes messages' embeddings and answers semantic searches, per tenant; the
+    messages themselves come from `storage`."""
 
-    def __init__(self, db: Database, provider: EmbeddingProvider) -> None:
+    def __init__(self, db: Database, provider: EmbeddingProvider, storage: MemoryStorage) -> None:
         self.db = db
         self.provider = provider
+        self.storage = storage
         self._vector_type: TypeInfo | None = None
 
     async def _use_vectors(self, conn: Any) -> None:
@@ -88,9 +95,7 @@ class MessageRecall:
                     thread_id text not null,
                     resource_id text not null,
                     embedding vector({int(dimension)}) not null,
-                    primary key (tenant_id, message_id),
-                    foreign key (tenant_id, message_id)
-                        references messages (tenant_id, id) on delete cascade
+                    primary key (tenant_id, message_id)
                 )
                 """
             )
@@ -102,25 +107,27 @@ class MessageRecall:
                 f"create index {SPACE}_by_resource on {SPACE} (tenant_id, resource_id)"
             )
 
-    async def index_messages(self, tenant: str, message_ids: list[str]) -> int:
-        """Embed the given stored messages (in batches) and upsert them; return how many."""
+    async def index_messages(self, tenant: str, thread_id: str, message_ids: list[str]) -> int:
+        """Embed the given stored messages of a thread and upsert them; return how many
+        (none when the thread or the messages are gone)."""
         if not message_ids:
             return 0
-        async with self.db.connection() as conn:
-            cur = await conn.execute(
-                f"""
-                select {MESSAGE_COLUMNS}, t.resource_id
-                from messages m join threads t
-                  on t.tenant_id = m.tenant_id and t.id = m.thread_id
-                where m.tenant_id = %s and m.id = any(%s)
-                """,
-                (tenant, message_ids),
-            )
-            rows = await cur.fetchall()
-        pending = [(row, embedding_text(message_from_row(row))) for row in rows]
-        pending = [(row, text) for row, text in pending if text.strip()]
+        windows = await self.storage.messages_around(
+            tenant, [(thread_id, m) for m in message_ids], before=0, after=0
+        )
+        return await self.index(tenant, thread_id, [w[0] for w in windows.values()])
+
+    async def index(self, tenant: str, thread_id: str, messages: list[Message]) -> int:
+        """Embed messages just stored in a thread (in batches) and upsert them; return how
+        many had text to embed."""
+        pending = [(m, embedding_text(m)) for m in messages]
+        pending = [(m, text) for m, text in pending if text.strip()]
         if not pending:
             return 0
+        try:
+            thread = await self.storage.get_thread(tenant, thread_id)
+        except NotFound:
+            return 0  # deleted meanwhile: nothing to recall it by
         vectors = await self.provider.embed([text for _, text in pending])
         async with self.db.connection() as conn:
             await self._use_vectors(conn)
@@ -129,20 +136,30 @@ class MessageRecall:
                     f"""
                     insert into {SPACE} (tenant_id, message_id, thread_id, resource_id, embedding)
                     values (%s, %s, %s, %s, %s)
-                    on conflict (tenant_id, message_id) do update set embedding = excluded.embedding
+                    on conflict (tenant_id, message_id) do update set
+                        thread_id = excluded.thread_id, resource_id = excluded.resource_id,
+                        embedding = excluded.embedding
                     """,
                     [
-                        (tenant, row["id"], row["thread_id"], row["resource_id"], vector)
-                        for (row, _), vector in zip(pending, vectors, strict=True)
+                        (tenant, m.id, thread_id, thread.resource_id, vector)
+                        for (m, _), vector in zip(pending, vectors, strict=True)
                     ],
                 )
         return len(pending)
 
+    async def forget_thread(self, tenant: str, thread_id: str) -> None:
+        """Delete the vectors of a thread's messages (after the thread was deleted)."""
+        async with self.db.connection() as conn:
+            await conn.execute(
+                f"delete from {SPACE} where tenant_id = %s and thread_id = %s", (tenant, thread_id)
+            )
+
     async def search(self, tenant: str, query: RecallQuery) -> list[RecallHit]:
         """The `top_k` messages closest in meaning, scored 0..1, each with its neighbours.
 
-        One statement finds the hits and all their neighbours (one round trip, whatever
-        `top_k`); the scope's thread is looked up only when nothing was found."""
+        One query finds the nearest vectors in scope, one store call reads their messages
+        with all their neighbours; a hit whose message is gone is dropped. The scope's
+        thread is looked up only when no vector was found."""
         _validate(query)
         [vector] = await self.provider.embed([query.query])
         column, owner = (
@@ -157,30 +174,14 @@ class MessageRecall:
                 await conn.execute("set local hnsw.iterative_scan = relaxed_order")
                 cur = await conn.execute(
                     f"""
-                    with knn as materialized (
-                        select message_id, 1 - (embedding <=> %(v)s) as similarity
+                    select message_id, thread_id, score from (
+                        select message_id, thread_id,
+                               greatest(0.0, least(1.0, 1 - (embedding <=> %(v)s))) as score
                         from {SPACE}
                         where tenant_id = %(t)s and {column} = %(owner)s
                         order by embedding <=> %(v)s
                         limit %(k)s
-                    ), hits as (
-                        select knn.message_id as hit_id,
-                               greatest(0.0, least(1.0, knn.similarity)) as score,
-                               h.thread_id as hit_thread, h.seq as hit_seq
-                        from knn join messages h on h.tenant_id = %(t)s and h.id = knn.message_id
-                        where greatest(0.0, least(1.0, knn.similarity)) >= %(min)s
-                    )
-                    select hits.hit_id, hits.score, x.* from hits cross join lateral (
-                        (select {MESSAGE_COLUMNS} from messages m
-                          where m.tenant_id = %(t)s and m.thread_id = hits.hit_thread
-                            and m.seq < hits.hit_seq
-                          order by m.seq desc limit %(n)s)
-                        union all
-                        (select {MESSAGE_COLUMNS} from messages m
-                          where m.tenant_id = %(t)s and m.thread_id = hits.hit_thread
-                            and m.seq >= hits.hit_seq
-                          order by m.seq limit %(n1)s)
-                    ) x
+                    ) knn where score >= %(min)s
                     """,
                     {
                         "v": _vec(vector),
@@ -188,34 +189,32 @@ class MessageRecall:
                         "owner": owner,
                         "k": query.top_k,
                         "min": query.min_score,
-                        "n": query.message_range,
-                        "n1": query.message_range + 1,
                     },
                 )
                 rows = await cur.fetchall()
-            if not rows and query.scope is RecallScope.THREAD:
-                cur = await conn.execute(
-                    "select 1 from threads where tenant_id = %s and id = %s",
-                    (tenant, query.thread_id),
-                )
-                if await cur.fetchone() is None:
-                    raise NotFound(f"thread {query.thread_id!r} not found")
-        return _hits(rows)
+        if not rows:
+            if query.scope is RecallScope.THREAD:
+                await self.storage.get_thread(tenant, query.thread_id)  # NotFound if missing
+            return []
+        windows = await self.storage.messages_around(
+            tenant,
+            [(row["thread_id"], row["message_id"]) for row in rows],
+            before=query.message_range,
+            after=query.message_range,
+        )
+        return _hits(rows, windows)
 
 
-def _hits(rows: list[dict[str, Any]]) -> list[RecallHit]:
-    """Group (hit id, score, message row) rows into hits, best first, neighbours in time order."""
-    decoded: dict[str, Message] = {}
-    groups: dict[str, tuple[float, list[dict[str, Any]]]] = {}
-    for row in rows:
-        if row["id"] not in decoded:
-            decoded[row["id"]] = message_from_row(row)
-        groups.setdefault(row["hit_id"], (float(row["score"]), []))[1].append(row)
+def _hits(rows: list[dict[str, Any]], windows: dict[str, list[Message]]) -> list[RecallHit]:
+    """Hits best first, each with its neighbours in time order; gone messages left out."""
     hits: list[RecallHit] = []
-    for hit_id, (score, members) in groups.items():
-        members.sort(key=lambda r: r["seq"])
-        context = [decoded[r["id"]] for r in members if r["id"] != hit_id]
-        hits.append(RecallHit(message=decoded[hit_id], score=score, context=context))
+    for row in rows:
+        window = windows.get(row["message_id"])
+        if window is None:
+            continue
+        [message] = [m for m in window if m.id == row["message_id"]]
+        context = [m for m in window if m.id != message.id]
+        hits.append(RecallHit(message=message, score=float(row["score"]), context=context))
     hits.sort(key=lambda hit: -hit.score)
     return hits
 

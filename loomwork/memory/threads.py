@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from loomwork.errors import FieldViolation, InvalidArgument, Violations
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id, new_id
 from loomwork.messages import (
@@ -63,10 +65,19 @@ def _check_message(index: int, message: NewMessage, violations: Violations) -> N
 
 
 class Memory:
-    """Threads and messages for tenants; validates input, then calls the adapter."""
+    """Threads and messages for tenants; validates input, then calls the adapter.
 
-    def __init__(self, storage: MemoryStorage) -> None:
+    `forget_thread` runs after a thread is deleted: semantic recall's vectors live outside
+    the store (`MessageRecall.forget_thread`)."""
+
+    def __init__(
+        self,
+        storage: MemoryStorage,
+        *,
+        forget_thread: Callable[[str, str], Awaitable[None]] | None = None,
+    ) -> None:
         self.storage = storage
+        self.forget_thread = forget_thread
 
     async def create_thread(self, tenant: str, thread: NewThread) -> Thread:
         violations = Violations()
@@ -108,6 +119,8 @@ class Memory:
     async def delete_thread(self, tenant: str, thread_id: str) -> None:
         _require_id(thread_id, "thread_id")
         await self.storage.delete_thread(tenant, thread_id)
+        if self.forget_thread is not None:
+            await self.forget_thread(tenant, thread_id)
 
     async def append_messages(
         self, tenant: str, thread_id: str, messages: list[NewMessage]

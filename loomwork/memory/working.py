@@ -1,18 +1,27 @@
-"""Working memory: one replaceable document per thread or per resource, on PostgreSQL."""
+"""Working memory: one replaceable document per thread or per resource, in the memory store.
+
+Each write moves its etag on; a writer that sends the etag it read replaces only that
+version (optimistic concurrency), so two writers cannot silently overwrite each other.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from psycopg.types.json import Jsonb
-
-from loomwork.errors import InvalidArgument, NotFound, Violations
+from loomwork.errors import InvalidArgument, Violations
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id
 from loomwork.memory.models import RecallScope, WorkingMemory
-from loomwork.storage.database import Database
+from loomwork.storage.adapter import (
+    MemoryStorage,
+    StoredWorkingMemory,
+    WorkingMemoryScope,
+    WorkingMemoryWrite,
+)
 
 MAX_MARKDOWN = 64 * 1024
 MAX_RESOURCE_ID = 256
+_STORE_SCOPE: dict[RecallScope, WorkingMemoryScope] = {
+    RecallScope.THREAD: "thread",
+    RecallScope.RESOURCE: "resource",
+}
 
 
 def _owner(
@@ -35,77 +44,61 @@ def _owner(
     return thread_id if memory_scope is RecallScope.THREAD else resource_id
 
 
+def _expected_version(etag: str) -> int | None:
+    """The version an etag names; None for no etag (replace whatever is stored)."""
+    if not etag:
+        return None
+    if not etag.isascii() or not etag.isdigit() or len(etag) > 18:
+        raise InvalidArgument.field(
+            "working_memory.etag", "must be an etag returned by GetWorkingMemory (digits)"
+        )
+    return int(etag)
+
+
 class WorkingMemoryStore:
     """Get and replace working memory, scoped by tenant."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, storage: MemoryStorage) -> None:
+        self.storage = storage
 
     async def get(
         self, tenant: str, scope: RecallScope | None, *, thread_id: str = "", resource_id: str = ""
     ) -> WorkingMemory:
-        """The stored working memory, or an empty one; NotFound for an unknown thread."""
+        """The stored working memory, or an empty one (etag "0"); NotFound for an unknown
+        thread."""
         owner = _owner(scope, thread_id, resource_id)
         assert scope is not None
-        async with self.db.connection() as conn:
-            if scope is RecallScope.THREAD:
-                await self._require_thread(conn, tenant, owner)
-            cur = await conn.execute(
-                "select markdown, data, update_time from working_memory"
-                " where tenant_id = %s and scope = %s and owner_id = %s",
-                (tenant, scope.value, owner),
-            )
-            row = await cur.fetchone()
-        return self._model(scope, owner, row)
+        stored = await self.storage.get_working_memory(tenant, _STORE_SCOPE[scope], owner)
+        return self._model(scope, owner, stored)
 
     async def replace(self, tenant: str, memory: WorkingMemory) -> WorkingMemory:
-        """Store `memory` as the whole new working memory of its thread or resource."""
+        """Store `memory` as the whole new working memory of its thread or resource; with an
+        etag, only if the stored one still has it (else Aborted)."""
         owner = _owner(memory.scope, memory.thread_id, memory.resource_id, "working_memory.")
         if len(memory.markdown) > MAX_MARKDOWN:
             raise InvalidArgument.field(
                 "working_memory.markdown", f"must be at most {MAX_MARKDOWN} characters"
             )
-        thread_id = owner if memory.scope is RecallScope.THREAD else None
-        async with self.db.connection() as conn, conn.transaction():
-            if thread_id is not None:
-                await self._require_thread(conn, tenant, thread_id)
-            cur = await conn.execute(
-                """
-                insert into working_memory
-                    (tenant_id, scope, owner_id, thread_id, markdown, data, update_time)
-                values (%s, %s, %s, %s, %s, %s, now())
-                on conflict (tenant_id, scope, owner_id) do update
-                    set markdown = excluded.markdown, data = excluded.data, update_time = now()
-                returning markdown, data, update_time
-                """,
-                (
-                    tenant,
-                    memory.scope.value,
-                    owner,
-                    thread_id,
-                    memory.markdown,
-                    Jsonb(memory.data) if memory.data is not None else None,
-                ),
-            )
-            row = await cur.fetchone()
-        return self._model(memory.scope, owner, row)
-
-    @staticmethod
-    async def _require_thread(conn: Any, tenant: str, thread_id: str) -> None:
-        cur = await conn.execute(
-            "select 1 from threads where tenant_id = %s and id = %s", (tenant, thread_id)
+        write = WorkingMemoryWrite(
+            markdown=memory.markdown,
+            data=memory.data,
+            expected_version=_expected_version(memory.etag),
         )
-        if await cur.fetchone() is None:
-            raise NotFound(f"thread {thread_id!r} not found")
+        stored = await self.storage.put_working_memory(
+            tenant, _STORE_SCOPE[memory.scope], owner, write
+        )
+        return self._model(memory.scope, owner, stored)
 
     @staticmethod
-    def _model(scope: RecallScope, owner: str, row: dict[str, Any] | None) -> WorkingMemory:
+    def _model(scope: RecallScope, owner: str, stored: StoredWorkingMemory | None) -> WorkingMemory:
         is_thread = scope is RecallScope.THREAD
+        stored = stored or StoredWorkingMemory()
         return WorkingMemory(
             scope=scope,
             thread_id=owner if is_thread else "",
             resource_id="" if is_thread else owner,
-            markdown=row["markdown"] if row else "",
-            data=row["data"] if row else None,
-            update_time=row["update_time"] if row else None,
+            markdown=stored.markdown,
+            data=stored.data,
+            update_time=stored.update_time,
+            etag=str(stored.version),
         )

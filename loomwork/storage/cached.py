@@ -10,11 +10,16 @@ from __future__ import annotations
 from pydantic import TypeAdapter
 
 from loomwork.cache.versioned import VersionedCache
-from loomwork.messages import Message, NewMessage, NewThread, Thread, ThreadUpdate
+from loomwork.messages import MESSAGE_LIST, Message, NewMessage, NewThread, Thread, ThreadUpdate
 from loomwork.storage import codec
-from loomwork.storage.adapter import MemoryStorage
+from loomwork.storage.adapter import (
+    MemoryStorage,
+    StoredWorkingMemory,
+    WorkingMemoryScope,
+    WorkingMemoryWrite,
+)
+from loomwork.storage.codec import DEFAULT_CODEC, StorageCodec
 
-_MESSAGES = TypeAdapter(list[Message])
 _PAGE = TypeAdapter(list[tuple[int, Message]])
 
 
@@ -25,9 +30,12 @@ def _scope(tenant: str, thread_id: str) -> str:
 class CachedMemoryStorage:
     """`MemoryStorage` that serves repeated reads from the cache."""
 
-    def __init__(self, storage: MemoryStorage, cache: VersionedCache) -> None:
+    def __init__(
+        self, storage: MemoryStorage, cache: VersionedCache, *, codec: StorageCodec = DEFAULT_CODEC
+    ) -> None:
         self.storage = storage
         self.cache = cache
+        self.codec = codec
 
     # -- cached reads
 
@@ -36,7 +44,7 @@ class CachedMemoryStorage:
             _scope(tenant, thread_id),
             "thread",
             lambda: self.storage.get_thread(tenant, thread_id),
-            encode=lambda t: codec.encode_json(t.model_dump_json().encode()),
+            encode=lambda t: self.codec.encode_json(t.model_dump_json().encode()),
             decode=lambda raw: Thread.model_validate_json(codec.decode_json(raw)),
         )
 
@@ -45,8 +53,8 @@ class CachedMemoryStorage:
             _scope(tenant, thread_id),
             f"last:{n}",
             lambda: self.storage.last_messages(tenant, thread_id, n),
-            encode=lambda ms: codec.encode_json(_MESSAGES.dump_json(ms)),
-            decode=lambda raw: _MESSAGES.validate_json(codec.decode_json(raw)),
+            encode=lambda ms: self.codec.encode_json(MESSAGE_LIST.dump_json(ms)),
+            decode=lambda raw: MESSAGE_LIST.validate_json(codec.decode_json(raw)),
         )
 
     async def list_messages(
@@ -56,7 +64,7 @@ class CachedMemoryStorage:
             _scope(tenant, thread_id),
             f"page:{after_seq or 0}:{limit}",
             lambda: self.storage.list_messages(tenant, thread_id, limit=limit, after_seq=after_seq),
-            encode=lambda rows: codec.encode_json(_PAGE.dump_json(rows)),
+            encode=lambda rows: self.codec.encode_json(_PAGE.dump_json(rows)),
             decode=lambda raw: _PAGE.validate_json(codec.decode_json(raw)),
         )
 
@@ -95,6 +103,21 @@ class CachedMemoryStorage:
         return await self.storage.list_threads(
             tenant, resource_id=resource_id, limit=limit, before_seq=before_seq
         )
+
+    async def messages_around(
+        self, tenant: str, anchors: list[tuple[str, str]], *, before: int, after: int
+    ) -> dict[str, list[Message]]:
+        return await self.storage.messages_around(tenant, anchors, before=before, after=after)
+
+    async def get_working_memory(
+        self, tenant: str, scope: WorkingMemoryScope, owner: str
+    ) -> StoredWorkingMemory | None:
+        return await self.storage.get_working_memory(tenant, scope, owner)
+
+    async def put_working_memory(
+        self, tenant: str, scope: WorkingMemoryScope, owner: str, write: WorkingMemoryWrite
+    ) -> StoredWorkingMemory:
+        return await self.storage.put_working_memory(tenant, scope, owner, write)
 
     async def ping(self) -> bool:
         return await self.storage.ping()

@@ -6,6 +6,9 @@ The caller owns the client: an aiobotocore / aioboto3 low-level DynamoDB client,
         storage = DynamoMemoryStorage(client, table="loomwork")
         await storage.ensure_table()
 
+The table has only its primary key (no secondary index): every listing is a partition
+of its own, written in the same transaction as the thread.
+
 Items (`tk` is the tenant as `<len>:<tenant>`, so tenants containing '#' cannot collide;
 numbers in sort keys are zero-padded to 20 digits so they sort as strings):
 
@@ -15,7 +18,11 @@ numbers in sort keys are zero-padded to 20 digits so they sort as strings):
     pk=L#<tk>                    sk=<seq>       id: a thread, for newest-first listing
     pk=R#<tk>#<resource>         sk=<seq>       id: the same, per resource id
     pk=M#<tk>#<thread seq>       sk=<seq>       id, role, body (codec): one message
-    pk=I#<tk>#<message id>       sk=#           thread, tseq, seq: who holds a message id
+    pk=I#<tk>#<message id>       sk=#           thread, tseq, sk2 (its seq key): who holds
+                                                a message id
+    pk=W#<tk>#t#<thread>         sk=#           a thread's working memory: markdown, data
+                                                (codec; absent for none), version, ut
+    pk=W#<tk>#r#<resource>       sk=#           a resource's working memory, the same
 
 Messages live under the thread's *seq* (its incarnation), not its id: a thread deleted
 and created again under the same id starts empty even if a sweep of the old messages
@@ -34,62 +41,48 @@ concurrent writer is re-planned (it re-reads, so a racing same-id append becomes
 idempotent or AlreadyExists). Seqs are reserved with an atomic counter (UpdateItem
 ADD) before the transaction; a cancelled transaction leaves a gap, never a reuse.
 
-Deleting a thread removes the thread and its listing items in one transaction, then
-sweeps its messages and id records (id records conditionally, so one already taken
-by a new thread is left alone).
+Deleting a thread removes the thread, its listing items and its working memory in one
+transaction, then sweeps its messages and id records (id records conditionally, so one
+already taken by a new thread is left alone). A thread's working memory is written in a
+transaction that checks the thread's incarnation, so none outlives its thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from datetime import UTC, datetime, timedelta
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import pydantic_core
 
 from loomwork.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from loomwork.ids import new_id
-from loomwork.messages import Message, NewMessage, NewThread, Thread, ThreadUpdate
+from loomwork.messages import MESSAGE_LIST, Message, NewMessage, NewThread, Thread, ThreadUpdate
 from loomwork.storage import codec
+from loomwork.storage.adapter import StoredWorkingMemory, WorkingMemoryScope, WorkingMemoryWrite
+from loomwork.storage.codec import DEFAULT_CODEC, StorageCodec
+from loomwork.storage.dynamodb_table import (
+    DynamoTable,
+    Item,
+    b,
+    error_code,
+    key,
+    n,
+    now_us,
+    s,
+    seq_key,
+    tenant_key,
+    time_from_us,
+)
+from loomwork.storage.dynamodb_working import DynamoWorkingMemory, working_key
 
 MAX_APPEND_MESSAGES = 49  # (100 transaction items - 1 thread update) // 2 items per message
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_HEAD = "#"
-_RETRIES = 25  # optimistic rounds of one append; each lost round means another won
-
-Item = dict[str, dict[str, Any]]
-
-
-def _now_us() -> int:
-    return (datetime.now(UTC) - _EPOCH) // timedelta(microseconds=1)
-
-
-def _time(us: int | str) -> datetime:
-    return _EPOCH + timedelta(microseconds=int(us))
-
-
-def _seq_key(seq: int) -> str:
-    return f"{seq:020d}"
-
-
-def _s(value: str) -> dict[str, str]:
-    return {"S": value}
-
-
-def _n(value: int) -> dict[str, str]:
-    return {"N": str(value)}
-
-
-def _b(value: bytes) -> dict[str, bytes]:
-    return {"B": value}
-
-
-def _key(pk: str, sk: str = _HEAD) -> Item:
-    return {"pk": _s(pk), "sk": _s(sk)}
-
-
-def _error_code(exc: Exception) -> str:
-    response = getattr(exc, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
+# An item holds at most 400 KB: what a message or working memory stores must fit, keys too.
+MAX_STORED_BYTES = 390 * 1024
+_RETRIES = 25  # optimistic rounds of one write; each lost round means another won
+_KNOWN_INCARNATIONS = 10_000
 
 
 def _thread(item: Item) -> Thread:
@@ -99,21 +92,22 @@ def _thread(item: Item) -> Thread:
         title=item["title"]["S"],
         metadata=codec.decode(item["metadata"]["B"]),
         message_count=int(item["message_count"]["N"]),
-        create_time=_time(item["ct"]["N"]),
-        update_time=_time(item["ut"]["N"]),
+        create_time=time_from_us(item["ct"]["N"]),
+        update_time=time_from_us(item["ut"]["N"]),
     )
 
 
-def _message(thread_id: str, item: Item) -> Message:
-    body = codec.decode(item["body"]["B"])
-    return Message(
-        id=item["id"]["S"],
-        thread_id=thread_id,
-        role=item["role"]["S"],
-        parts=body["parts"],
-        metadata=body.get("metadata", {}),
-        create_time=_time(item["ct"]["N"]),
-    )
+def _messages(thread_id: str, items: list[Item]) -> list[Message]:
+    """Message items of a thread as models, in one validation."""
+    fields = []
+    for item in items:
+        message = pydantic_core.from_json(codec.decode_json(item["body"]["B"]))
+        message["id"] = item["id"]["S"]
+        message["thread_id"] = thread_id
+        message["role"] = item["role"]["S"]
+        message["create_time"] = time_from_us(item["ct"]["N"])
+        fields.append(message)
+    return MESSAGE_LIST.validate_python(fields)
 
 
 class _Retry(Exception):
@@ -123,158 +117,88 @@ class _Retry(Exception):
 class DynamoMemoryStorage:
     """`MemoryStorage` on one DynamoDB table (see the module docstring for the layout)."""
 
-    def __init__(self, client: Any, *, table: str = "loomwork") -> None:
-        self.client = client
-        self.table = table
-
-    # -- keys ---------------------------------------------------------------------------
-
-    @staticmethod
-    def _tk(tenant: str) -> str:
-        return f"{len(tenant)}:{tenant}"
-
-    def _thread_pk(self, tenant: str, thread_id: str) -> str:
-        return f"T#{self._tk(tenant)}#{thread_id}"
-
-    def _list_pk(self, tenant: str, resource_id: str | None) -> str:
-        if resource_id is None:
-            return f"L#{self._tk(tenant)}"
-        return f"R#{self._tk(tenant)}#{resource_id}"
-
-    def _messages_pk(self, tenant: str, thread_seq: int) -> str:
-        return f"M#{self._tk(tenant)}#{thread_seq}"
-
-    def _id_pk(self, tenant: str, message_id: str) -> str:
-        return f"I#{self._tk(tenant)}#{message_id}"
-
-    # -- table --------------------------------------------------------------------------
+    def __init__(
+        self, client: Any, *, table: str = "loomwork", codec: StorageCodec = DEFAULT_CODEC
+    ) -> None:
+        self.table = DynamoTable(client, table)
+        self.codec = codec
+        self.working = DynamoWorkingMemory(self.table, thread_key=self.thread_key)
+        # (tenant, thread) -> the incarnation last read, most recent last (see _thread_messages)
+        self._incarnations: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     async def ensure_table(self) -> None:
         """Create the table (on-demand billing) unless it exists; wait until it is active."""
-        try:
-            await self.client.create_table(
-                TableName=self.table,
-                AttributeDefinitions=[
-                    {"AttributeName": "pk", "AttributeType": "S"},
-                    {"AttributeName": "sk", "AttributeType": "S"},
-                ],
-                KeySchema=[
-                    {"AttributeName": "pk", "KeyType": "HASH"},
-                    {"AttributeName": "sk", "KeyType": "RANGE"},
-                ],
-                BillingMode="PAY_PER_REQUEST",
-            )
-        except Exception as exc:
-            if _error_code(exc) != "ResourceInUseException":
-                raise
-        waiter = self.client.get_waiter("table_exists")
-        await waiter.wait(TableName=self.table, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+        await self.table.ensure()
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def thread_key(self, tenant: str, thread_id: str) -> Item:
+        """The key of a thread's item."""
+        return key(self._thread_pk(tenant, thread_id))
+
+    def _thread_pk(self, tenant: str, thread_id: str) -> str:
+        return f"T#{tenant_key(tenant)}#{thread_id}"
+
+    def _list_pk(self, tenant: str, resource_id: str | None) -> str:
+        if resource_id is None:
+            return f"L#{tenant_key(tenant)}"
+        return f"R#{tenant_key(tenant)}#{resource_id}"
+
+    def messages_pk(self, tenant: str, thread_seq: int) -> str:
+        """The partition of one thread incarnation's messages."""
+        return f"M#{tenant_key(tenant)}#{thread_seq}"
+
+    def id_pk(self, tenant: str, message_id: str) -> str:
+        """The partition of the record saying which thread holds a message id."""
+        return f"I#{tenant_key(tenant)}#{message_id}"
 
     # -- helpers ------------------------------------------------------------------------
 
-    async def _get(self, key: Item) -> Item | None:
-        answer = await self.client.get_item(TableName=self.table, Key=key, ConsistentRead=True)
-        item: Item | None = answer.get("Item")
-        return item
-
     async def _thread_item(self, tenant: str, thread_id: str) -> Item:
-        item = await self._get(_key(self._thread_pk(tenant, thread_id)))
+        item = await self.table.get(key(self._thread_pk(tenant, thread_id)))
         if item is None:
             raise NotFound(f"thread {thread_id!r} not found")
         return item
 
     async def _next_seqs(self, tenant: str, count: int) -> int:
         """Reserve `count` seqs; returns the last (the first is last - count + 1)."""
-        answer = await self.client.update_item(
-            TableName=self.table,
-            Key=_key(f"C#{self._tk(tenant)}"),
-            UpdateExpression="ADD #n :k",
-            ExpressionAttributeNames={"#n": "n"},
-            ExpressionAttributeValues={":k": _n(count)},
-            ReturnValues="UPDATED_NEW",
-        )
-        return int(answer["Attributes"]["n"]["N"])
+        return await self.table.increment(key(f"C#{tenant_key(tenant)}"), "n", count)
 
-    async def _transact(self, items: list[dict[str, Any]]) -> list[str] | None:
-        """Run a transaction; None on success, else the per-item cancellation codes."""
-        try:
-            await self.client.transact_write_items(TransactItems=items)
-        except Exception as exc:
-            if _error_code(exc) != "TransactionCanceledException":
-                raise
-            reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
-            return [str(r.get("Code", "None")) for r in reasons] or ["Unknown"]
-        return None
-
-    async def _query(
-        self, pk: str, *, limit: int, forward: bool, sk_cond: tuple[str, str] | None = None
-    ) -> list[Item]:
-        """Up to `limit` items of partition `pk` in sk order, following pages."""
-        expr = "#pk = :pk"
-        names = {"#pk": "pk"}
-        values: dict[str, Any] = {":pk": _s(pk)}
-        if sk_cond is not None:
-            expr += f" AND #sk {sk_cond[0]} :sk"
-            names["#sk"] = "sk"
-            values[":sk"] = _s(sk_cond[1])
-        items: list[Item] = []
-        start: Item | None = None
-        while len(items) < limit:
-            kwargs: dict[str, Any] = {
-                "TableName": self.table,
-                "KeyConditionExpression": expr,
-                "ExpressionAttributeNames": names,
-                "ExpressionAttributeValues": values,
-                "ScanIndexForward": forward,
-                "ConsistentRead": True,
-                "Limit": limit - len(items),
-            }
-            if start is not None:
-                kwargs["ExclusiveStartKey"] = start
-            answer = await self.client.query(**kwargs)
-            items += answer.get("Items", [])
-            start = answer.get("LastEvaluatedKey")
-            if start is None:
-                break
-        return items
-
-    async def _batch_get(self, keys: list[Item]) -> list[Item]:
-        """Items for `keys` (in any order; missing ones left out), strongly consistent."""
-        found: list[Item] = []
-        for i in range(0, len(keys), 100):
-            pending: dict[str, Any] = {
-                self.table: {"Keys": keys[i : i + 100], "ConsistentRead": True}
-            }
-            while pending:
-                answer = await self.client.batch_get_item(RequestItems=pending)
-                found += answer.get("Responses", {}).get(self.table, [])
-                pending = answer.get("UnprocessedKeys") or {}
-        return found
+    def _encode(self, value: Any, field: str) -> bytes:
+        encoded = self.codec.encode(value)
+        if len(encoded) > MAX_STORED_BYTES:
+            raise InvalidArgument.field(
+                field,
+                f"is {len(encoded) // 1024} KB stored; the DynamoDB store holds at most "
+                f"{MAX_STORED_BYTES // 1024} KB (an item's limit), compressed or not",
+            )
+        return encoded
 
     # -- threads ------------------------------------------------------------------------
 
     async def create_thread(self, tenant: str, thread: NewThread) -> Thread:
-        if await self._get(_key(self._thread_pk(tenant, thread.id))) is not None:
+        if await self.table.get(key(self._thread_pk(tenant, thread.id))) is not None:
             raise AlreadyExists(f"thread {thread.id!r} already exists")
         seq = await self._next_seqs(tenant, 1)
-        now = _now_us()
+        now = now_us()
         item: Item = {
-            **_key(self._thread_pk(tenant, thread.id)),
-            "id": _s(thread.id),
-            "seq": _n(seq),
-            "resource_id": _s(thread.resource_id),
-            "title": _s(thread.title),
-            "metadata": _b(codec.encode(thread.metadata)),
-            "message_count": _n(0),
-            "ct": _n(now),
-            "ut": _n(now),
+            **key(self._thread_pk(tenant, thread.id)),
+            "id": s(thread.id),
+            "seq": n(seq),
+            "resource_id": s(thread.resource_id),
+            "title": s(thread.title),
+            "metadata": b(self._encode(thread.metadata, "thread.metadata")),
+            "message_count": n(0),
+            "ct": n(now),
+            "ut": n(now),
         }
-        pointer = {"id": _s(thread.id)}
-        failed = await self._transact(
+        pointer = {"id": s(thread.id)}
+        name = self.table.name
+        failed = await self.table.transact(
             [
                 {
                     "Put": {
-                        "TableName": self.table,
+                        "TableName": name,
                         "Item": item,
                         "ConditionExpression": "attribute_not_exists(#pk)",
                         "ExpressionAttributeNames": {"#pk": "pk"},
@@ -282,15 +206,15 @@ class DynamoMemoryStorage:
                 },
                 {
                     "Put": {
-                        "TableName": self.table,
-                        "Item": {**_key(self._list_pk(tenant, None), _seq_key(seq)), **pointer},
+                        "TableName": name,
+                        "Item": {**key(self._list_pk(tenant, None), seq_key(seq)), **pointer},
                     }
                 },
                 {
                     "Put": {
-                        "TableName": self.table,
+                        "TableName": name,
                         "Item": {
-                            **_key(self._list_pk(tenant, thread.resource_id), _seq_key(seq)),
+                            **key(self._list_pk(tenant, thread.resource_id), seq_key(seq)),
                             **pointer,
                         },
                     }
@@ -309,12 +233,12 @@ class DynamoMemoryStorage:
     ) -> list[tuple[int, Thread]]:
         if limit <= 0:
             return []
-        cond = None if before_seq is None else ("<", _seq_key(before_seq))
-        pointers = await self._query(
+        cond = None if before_seq is None else ("<", seq_key(before_seq))
+        pointers = await self.table.query(
             self._list_pk(tenant, resource_id), limit=limit, forward=False, sk_cond=cond
         )
-        keys = [_key(self._thread_pk(tenant, p["id"]["S"])) for p in pointers]
-        by_seq = {int(item["seq"]["N"]): item for item in await self._batch_get(keys)}
+        keys = [key(self._thread_pk(tenant, p["id"]["S"])) for p in pointers]
+        by_seq = {int(item["seq"]["N"]): item for item in await self.table.batch_get(keys)}
         rows = []
         for pointer in pointers:
             seq = int(pointer["sk"]["S"])
@@ -326,19 +250,19 @@ class DynamoMemoryStorage:
     async def update_thread(self, tenant: str, thread_id: str, update: ThreadUpdate) -> Thread:
         sets = ["#ut = :ut"]
         names = {"#ut": "ut", "#pk": "pk"}
-        values: dict[str, Any] = {":ut": _n(_now_us())}
+        values: dict[str, Any] = {":ut": n(now_us())}
         if update.title is not None:
             sets.append("#title = :title")
             names["#title"] = "title"
-            values[":title"] = _s(update.title)
+            values[":title"] = s(update.title)
         if update.metadata is not None:
             sets.append("#md = :md")
             names["#md"] = "metadata"
-            values[":md"] = _b(codec.encode(update.metadata))
+            values[":md"] = b(self._encode(update.metadata, "thread.metadata"))
         try:
-            answer = await self.client.update_item(
-                TableName=self.table,
-                Key=_key(self._thread_pk(tenant, thread_id)),
+            answer = await self.table.client.update_item(
+                TableName=self.table.name,
+                Key=key(self._thread_pk(tenant, thread_id)),
                 UpdateExpression="SET " + ", ".join(sets),
                 ConditionExpression="attribute_exists(#pk)",
                 ExpressionAttributeNames=names,
@@ -346,7 +270,7 @@ class DynamoMemoryStorage:
                 ReturnValues="ALL_NEW",
             )
         except Exception as exc:
-            if _error_code(exc) == "ConditionalCheckFailedException":
+            if error_code(exc) == "ConditionalCheckFailedException":
                 raise NotFound(f"thread {thread_id!r} not found") from exc
             raise
         return _thread(answer["Attributes"])
@@ -354,27 +278,34 @@ class DynamoMemoryStorage:
     async def delete_thread(self, tenant: str, thread_id: str) -> None:
         item = await self._thread_item(tenant, thread_id)
         seq = int(item["seq"]["N"])
-        failed = await self._transact(
+        name = self.table.name
+        failed = await self.table.transact(
             [
                 {
                     "Delete": {
-                        "TableName": self.table,
-                        "Key": _key(self._thread_pk(tenant, thread_id)),
+                        "TableName": name,
+                        "Key": key(self._thread_pk(tenant, thread_id)),
                         "ConditionExpression": "#seq = :seq",
                         "ExpressionAttributeNames": {"#seq": "seq"},
-                        "ExpressionAttributeValues": {":seq": _n(seq)},
+                        "ExpressionAttributeValues": {":seq": n(seq)},
                     }
                 },
                 {
                     "Delete": {
-                        "TableName": self.table,
-                        "Key": _key(self._list_pk(tenant, None), _seq_key(seq)),
+                        "TableName": name,
+                        "Key": key(self._list_pk(tenant, None), seq_key(seq)),
                     }
                 },
                 {
                     "Delete": {
-                        "TableName": self.table,
-                        "Key": _key(self._list_pk(tenant, item["resource_id"]["S"]), _seq_key(seq)),
+                        "TableName": name,
+                        "Key": key(self._list_pk(tenant, item["resource_id"]["S"]), seq_key(seq)),
+                    }
+                },
+                {
+                    "Delete": {
+                        "TableName": name,
+                        "Key": working_key(tenant, "thread", thread_id),
                     }
                 },
             ]
@@ -385,32 +316,27 @@ class DynamoMemoryStorage:
 
     async def _sweep(self, tenant: str, thread_seq: int) -> None:
         """Remove a dead incarnation's messages and the id records it still holds."""
-        pk = self._messages_pk(tenant, thread_seq)
+        pk = self.messages_pk(tenant, thread_seq)
         while True:
-            page = await self._query(pk, limit=100, forward=True)
+            page = await self.table.query(pk, limit=100, forward=True)
             if not page:
                 return
             await asyncio.gather(
                 *(self._release_id(tenant, m["id"]["S"], thread_seq) for m in page)
             )
-            requests = [{"DeleteRequest": {"Key": _key(pk, m["sk"]["S"])}} for m in page]
-            for i in range(0, len(requests), 25):
-                pending: dict[str, Any] = {self.table: requests[i : i + 25]}
-                while pending:
-                    answer = await self.client.batch_write_item(RequestItems=pending)
-                    pending = answer.get("UnprocessedItems") or {}
+            await self.table.batch_delete([key(pk, m["sk"]["S"]) for m in page])
 
     async def _release_id(self, tenant: str, message_id: str, thread_seq: int) -> None:
         try:
-            await self.client.delete_item(
-                TableName=self.table,
-                Key=_key(self._id_pk(tenant, message_id)),
+            await self.table.client.delete_item(
+                TableName=self.table.name,
+                Key=key(self.id_pk(tenant, message_id)),
                 ConditionExpression="#tseq = :tseq",
                 ExpressionAttributeNames={"#tseq": "tseq"},
-                ExpressionAttributeValues={":tseq": _n(thread_seq)},
+                ExpressionAttributeValues={":tseq": n(thread_seq)},
             )
         except Exception as exc:
-            if _error_code(exc) != "ConditionalCheckFailedException":
+            if error_code(exc) != "ConditionalCheckFailedException":
                 raise
 
     # -- messages -----------------------------------------------------------------------
@@ -441,21 +367,21 @@ class DynamoMemoryStorage:
             first.setdefault(message_id, index)
         holders = {
             item["pk"]["S"]: item
-            for item in await self._batch_get([_key(self._id_pk(tenant, i)) for i in first])
+            for item in await self.table.batch_get([key(self.id_pk(tenant, i)) for i in first])
         }
         kept: dict[str, Item] = {}  # ids this incarnation already holds -> their message keys
         stale: dict[str, int] = {}  # ids held by a dead incarnation -> its seq
         for message_id, index in first.items():
-            holder = holders.get(self._id_pk(tenant, message_id))
+            holder = holders.get(self.id_pk(tenant, message_id))
             if holder is None:
                 continue
             holder_tseq = int(holder["tseq"]["N"])
             if holder_tseq == tseq:
-                kept[message_id] = _key(self._messages_pk(tenant, tseq), holder["sk2"]["S"])
+                kept[message_id] = key(self.messages_pk(tenant, tseq), holder["sk2"]["S"])
                 continue
             other = holder["thread"]["S"]
             if other != thread_id:
-                alive = await self._get(_key(self._thread_pk(tenant, other)))
+                alive = await self.table.get(key(self._thread_pk(tenant, other)))
                 if alive is not None and int(alive["seq"]["N"]) == holder_tseq:
                     raise AlreadyExists(
                         f"messages[{index}].id {message_id!r} is already used in another thread"
@@ -464,99 +390,195 @@ class DynamoMemoryStorage:
         new = [i for i in first if i not in kept]
         stored: dict[str, Item] = {}
         if kept:
-            for found in await self._batch_get(list(kept.values())):
+            for found in await self.table.batch_get(list(kept.values())):
                 stored[found["id"]["S"]] = found
             if len(stored) < len(kept):
                 raise _Retry()  # swept meanwhile: the thread was deleted, re-check it
         if new:
-            last = await self._next_seqs(tenant, len(new))
-            now = _now_us()
-            pk = self._messages_pk(tenant, tseq)
-            writes: list[dict[str, Any]] = []
-            for offset, message_id in enumerate(new):
-                message = messages[first[message_id]]
-                sk = _seq_key(last - len(new) + 1 + offset)
-                item: Item = {
-                    **_key(pk, sk),
-                    "id": _s(message_id),
-                    "role": _s(message.role.value),
-                    "ct": _n(now),
-                    "body": _b(
-                        codec.encode(
-                            {
-                                "parts": [p.model_dump(mode="json") for p in message.parts],
-                                "metadata": message.metadata,
-                            }
-                        )
-                    ),
-                }
-                stored[message_id] = item
-                claim: dict[str, Any] = {
-                    "TableName": self.table,
-                    "Item": {
-                        **_key(self._id_pk(tenant, message_id)),
-                        "thread": _s(thread_id),
-                        "tseq": _n(tseq),
-                        "sk2": _s(sk),
+            await self._write_new(tenant, thread_id, thread, messages, first, new, stale, stored)
+        return _messages(thread_id, [stored[i] for i in ids])
+
+    async def _write_new(
+        self,
+        tenant: str,
+        thread_id: str,
+        thread: Item,
+        messages: list[NewMessage],
+        first: dict[str, int],
+        new: list[str],
+        stale: dict[str, int],
+        stored: dict[str, Item],
+    ) -> None:
+        """One transaction: the new messages, their id claims and the thread's count."""
+        tseq = int(thread["seq"]["N"])
+        last = await self._next_seqs(tenant, len(new))
+        now = now_us()
+        pk = self.messages_pk(tenant, tseq)
+        name = self.table.name
+        writes: list[dict[str, Any]] = []
+        for offset, message_id in enumerate(new):
+            message = messages[first[message_id]]
+            sk = seq_key(last - len(new) + 1 + offset)
+            body = {
+                "parts": [p.model_dump(mode="json") for p in message.parts],
+                "metadata": message.metadata,
+            }
+            item: Item = {
+                **key(pk, sk),
+                "id": s(message_id),
+                "role": s(message.role.value),
+                "ct": n(now),
+                "body": b(self._encode(body, f"messages[{first[message_id]}]")),
+            }
+            stored[message_id] = item
+            claim: dict[str, Any] = {
+                "TableName": name,
+                "Item": {
+                    **key(self.id_pk(tenant, message_id)),
+                    "thread": s(thread_id),
+                    "tseq": n(tseq),
+                    "sk2": s(sk),
+                },
+            }
+            if message_id in stale:
+                claim["ConditionExpression"] = "#tseq = :old"
+                claim["ExpressionAttributeNames"] = {"#tseq": "tseq"}
+                claim["ExpressionAttributeValues"] = {":old": n(stale[message_id])}
+            else:
+                claim["ConditionExpression"] = "attribute_not_exists(#pk)"
+                claim["ExpressionAttributeNames"] = {"#pk": "pk"}
+            writes.append({"Put": claim})
+            writes.append({"Put": {"TableName": name, "Item": item}})
+        writes.append(
+            {
+                "Update": {
+                    "TableName": name,
+                    "Key": key(self._thread_pk(tenant, thread_id)),
+                    "UpdateExpression": "ADD #mc :k SET #ut = :ut",
+                    "ConditionExpression": "#seq = :tseq AND #mc = :mc",
+                    "ExpressionAttributeNames": {
+                        "#mc": "message_count",
+                        "#ut": "ut",
+                        "#seq": "seq",
+                    },
+                    "ExpressionAttributeValues": {
+                        ":k": n(len(new)),
+                        ":ut": n(now),
+                        ":tseq": n(tseq),
+                        ":mc": thread["message_count"],
                     },
                 }
-                if message_id in stale:
-                    claim["ConditionExpression"] = "#tseq = :old"
-                    claim["ExpressionAttributeNames"] = {"#tseq": "tseq"}
-                    claim["ExpressionAttributeValues"] = {":old": _n(stale[message_id])}
-                else:
-                    claim["ConditionExpression"] = "attribute_not_exists(#pk)"
-                    claim["ExpressionAttributeNames"] = {"#pk": "pk"}
-                writes.append({"Put": claim})
-                writes.append({"Put": {"TableName": self.table, "Item": item}})
-            writes.append(
-                {
-                    "Update": {
-                        "TableName": self.table,
-                        "Key": _key(self._thread_pk(tenant, thread_id)),
-                        "UpdateExpression": "ADD #mc :k SET #ut = :ut",
-                        "ConditionExpression": "#seq = :tseq AND #mc = :mc",
-                        "ExpressionAttributeNames": {
-                            "#mc": "message_count",
-                            "#ut": "ut",
-                            "#seq": "seq",
-                        },
-                        "ExpressionAttributeValues": {
-                            ":k": _n(len(new)),
-                            ":ut": _n(now),
-                            ":tseq": _n(tseq),
-                            ":mc": thread["message_count"],
-                        },
-                    }
-                }
+            }
+        )
+        if await self.table.transact(writes) is not None:
+            raise _Retry()  # an id was claimed or the thread changed meanwhile
+
+    async def _thread_messages(
+        self, tenant: str, thread_id: str, query: Callable[[str], Awaitable[list[Item]]]
+    ) -> list[Item]:
+        """`query` run on the thread's message partition; NotFound without the thread.
+
+        The partition is named by the thread's incarnation, read from the thread item. Once
+        this process has read it, the thread and the partition are read together (one round
+        trip's latency, not two); a thread deleted and created again meanwhile is queried
+        again under its new incarnation."""
+        known = self._incarnations.get((tenant, thread_id))
+        if known is None:
+            thread, items = await self._thread_item(tenant, thread_id), None
+        else:
+            thread, items = await asyncio.gather(
+                self._thread_item(tenant, thread_id), query(self.messages_pk(tenant, known))
             )
-            if await self._transact(writes) is not None:
-                raise _Retry()  # an id was claimed or the thread changed meanwhile
-        return [_message(thread_id, stored[i]) for i in ids]
+        seq = int(thread["seq"]["N"])
+        self._incarnations[(tenant, thread_id)] = seq
+        self._incarnations.move_to_end((tenant, thread_id))
+        if len(self._incarnations) > _KNOWN_INCARNATIONS:
+            self._incarnations.popitem(last=False)
+        if items is None or seq != known:
+            items = await query(self.messages_pk(tenant, seq))
+        return items
 
     async def last_messages(self, tenant: str, thread_id: str, n: int) -> list[Message]:
-        thread = await self._thread_item(tenant, thread_id)
         if n <= 0:
+            await self._thread_item(tenant, thread_id)
             return []
-        pk = self._messages_pk(tenant, int(thread["seq"]["N"]))
-        items = await self._query(pk, limit=n, forward=False)
-        return [_message(thread_id, item) for item in reversed(items)]
+        items = await self._thread_messages(
+            tenant, thread_id, lambda pk: self.table.query(pk, limit=n, forward=False)
+        )
+        return _messages(thread_id, items[::-1])
 
     async def list_messages(
         self, tenant: str, thread_id: str, *, limit: int, after_seq: int | None
     ) -> list[tuple[int, Message]]:
-        thread = await self._thread_item(tenant, thread_id)
         if limit <= 0:
+            await self._thread_item(tenant, thread_id)
             return []
-        pk = self._messages_pk(tenant, int(thread["seq"]["N"]))
-        items = await self._query(
-            pk, limit=limit, forward=True, sk_cond=(">", _seq_key(after_seq or 0))
+        after = (">", seq_key(after_seq or 0))
+        items = await self._thread_messages(
+            tenant,
+            thread_id,
+            lambda pk: self.table.query(pk, limit=limit, forward=True, sk_cond=after),
         )
-        return [(int(item["sk"]["S"]), _message(thread_id, item)) for item in items]
+        seqs = [int(item["sk"]["S"]) for item in items]
+        return list(zip(seqs, _messages(thread_id, items), strict=True))
+
+    async def messages_around(
+        self, tenant: str, anchors: list[tuple[str, str]], *, before: int, after: int
+    ) -> dict[str, list[Message]]:
+        wanted = {message_id: thread_id for thread_id, message_id in anchors}
+        if not wanted:
+            return {}
+        claims = await self.table.batch_get([key(self.id_pk(tenant, m)) for m in wanted])
+        by_id = {c["pk"]["S"]: c for c in claims}
+        held = {}  # anchor -> its claim, when the claim names the anchor's thread
+        for message_id, thread_id in wanted.items():
+            claim = by_id.get(self.id_pk(tenant, message_id))
+            if claim is not None and claim["thread"]["S"] == thread_id:
+                held[message_id] = claim
+        threads = await self.table.batch_get(
+            [key(self._thread_pk(tenant, t)) for t in {c["thread"]["S"] for c in held.values()}]
+        )
+        alive = {t["id"]["S"]: int(t["seq"]["N"]) for t in threads}
+        live = {m: c for m, c in held.items() if alive.get(c["thread"]["S"]) == int(c["tseq"]["N"])}
+
+        async def window(message_id: str, claim: Item) -> tuple[str, list[Item]]:
+            pk, at = self.messages_pk(tenant, int(claim["tseq"]["N"])), claim["sk2"]["S"]
+            earlier, rest = await asyncio.gather(
+                self.table.query(pk, limit=before, forward=False, sk_cond=("<", at)),
+                self.table.query(pk, limit=after + 1, forward=True, sk_cond=(">=", at)),
+            )
+            if not rest or rest[0]["sk"]["S"] != at:
+                return message_id, []  # swept meanwhile
+            return message_id, [*reversed(earlier), *rest]
+
+        if before == 0 and after == 0:  # the messages alone: one batch read
+            items = await self.table.batch_get(
+                [
+                    key(self.messages_pk(tenant, int(c["tseq"]["N"])), c["sk2"]["S"])
+                    for c in live.values()
+                ]
+            )
+            found = [(item["id"]["S"], [item]) for item in items]
+        else:
+            found = list(await asyncio.gather(*(window(m, c) for m, c in live.items())))
+        return {m: _messages(wanted[m], items) for m, items in found if items}
+
+    # -- working memory: see loomwork.storage.dynamodb_working ---------------------------
+
+    async def get_working_memory(
+        self, tenant: str, scope: WorkingMemoryScope, owner: str
+    ) -> StoredWorkingMemory | None:
+        return await self.working.get(tenant, scope, owner)
+
+    async def put_working_memory(
+        self, tenant: str, scope: WorkingMemoryScope, owner: str, write: WorkingMemoryWrite
+    ) -> StoredWorkingMemory:
+        data = None if write.data is None else self._encode(write.data, "working_memory.data")
+        return await self.working.put(tenant, scope, owner, write, data)
 
     async def ping(self) -> bool:
         try:
-            await self.client.describe_table(TableName=self.table)
+            await self.table.describe()
         except Exception:
             return False
         return True

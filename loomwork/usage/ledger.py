@@ -40,7 +40,7 @@ class ModelCall(BaseModel):
 
 
 class UsageLedger:
-    """Model tokens in PostgreSQL (table `model_usage`, migration 0010)."""
+    """Model tokens in PostgreSQL (table `model_usage`, migration 0011)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db

@@ -69,6 +69,10 @@ class ValkeyServer(ChildServer):
                 str(self.data_dir),
                 "--appendonly",
                 "yes",
+                # At most a second of writes lost on a crash: enough for memory kept here
+                # (LOOMWORK_MEMORY_STORE=redis) and for run event logs.
+                "--appendfsync",
+                "everysec",
                 "--logfile",
                 str(self.log),
                 "--daemonize",

@@ -169,6 +169,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
                 resource_id=given.resource_id,
                 markdown=given.markdown,
                 data=struct_to_dict(given.data) if given.HasField("data") else None,
+                etag=given.etag,
             ),
         )
         return memory_pb2.UpdateWorkingMemoryResponse(

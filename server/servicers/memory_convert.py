@@ -34,6 +34,7 @@ def working_memory_to_proto(memory: models.WorkingMemory) -> memory_pb2.WorkingM
         thread_id=memory.thread_id,
         resource_id=memory.resource_id,
         markdown=memory.markdown,
+        etag=memory.etag,
     )
     if memory.data is not None:
         out.data.update(memory.data)

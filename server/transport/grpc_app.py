@@ -129,6 +129,7 @@ def build_grpc_app(
         db=runtime.db,
         redis=runtime.redis,
         temporal=runtime.temporal,
+        store_check=runtime.store.health_check if runtime.store is not None else None,
         interval=health_interval,
     )
     return GrpcApp(server=server, health=monitor, port=port)

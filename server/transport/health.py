@@ -1,10 +1,12 @@
-"""grpc.health.v1: SERVING only while Postgres, Redis and Temporal all answer."""
+"""grpc.health.v1: SERVING only while Postgres, Redis, Temporal (and a memory store of
+another kind, DynamoDB) all answer."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from grpc_health.v1 import health, health_pb2
 from redis.asyncio import Redis
@@ -28,6 +30,7 @@ class HealthMonitor:
         db: Database,
         redis: Redis,
         temporal: Client,
+        store_check: tuple[str, Callable[[], Awaitable[bool]]] | None = None,
         interval: float = 2.0,
     ) -> None:
         self.servicer = servicer
@@ -35,19 +38,28 @@ class HealthMonitor:
         self.db = db
         self.redis = redis
         self.temporal = temporal
+        self.store_check = store_check  # (name, probe) of a memory store not probed above
         self.interval = interval
         self.last_problems: list[str] | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def probe(self) -> list[str]:
         """Names and reasons of the dependencies that do not answer (empty when all do)."""
-        pg, rd, tp = await asyncio.gather(
-            check_postgres(self.db), check_redis(self.redis), temporal_reachable(self.temporal)
+        pg, rd, tp, store = await asyncio.gather(
+            check_postgres(self.db),
+            check_redis(self.redis),
+            temporal_reachable(self.temporal),
+            self._store_answers(),
         )
         problems = [f"{c.name}: {c.detail}" for c in (pg, rd) if not c.ok]
         if not tp:
             problems.append("temporal: not reachable")
+        if not store and self.store_check:
+            problems.append(f"{self.store_check[0]}: the memory store does not answer")
         return problems
+
+    async def _store_answers(self) -> bool:
+        return self.store_check is None or await self.store_check[1]()
 
     async def update(self) -> None:
         problems = await self.probe()

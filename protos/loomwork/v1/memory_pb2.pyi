@@ -179,20 +179,22 @@ class SearchMessagesResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ...) -> None: ...
 
 class WorkingMemory(_message.Message):
-    __slots__ = ("scope", "thread_id", "resource_id", "markdown", "data", "update_time")
+    __slots__ = ("scope", "thread_id", "resource_id", "markdown", "data", "update_time", "etag")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     MARKDOWN_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
     scope: MemoryScope
     thread_id: str
     resource_id: str
     markdown: str
     data: _struct_pb2.Struct
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, scope: _Optional[_Union[MemoryScope, str]] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., markdown: _Optional[str] = ..., data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    etag: str
+    def __init__(self, scope: _Optional[_Union[MemoryScope, str]] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., markdown: _Optional[str] = ..., data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ...) -> None: ...
 
 class GetWorkingMemoryRequest(_message.Message):
     __slots__ = ("scope", "thread_id", "resource_id")
