@@ -24,7 +24,7 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from activities.workflow_runs import START_OUTCOME_UNKNOWN
 from loomwork.agents.catalog import AgentCatalog
@@ -38,7 +38,6 @@ from loomwork.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    Unavailable,
     Violations,
 )
 from loomwork.ids import new_id
@@ -46,8 +45,9 @@ from loomwork.memory.settings import MemorySettings, merge
 from loomwork.messages import NewMessage, NewThread, Role
 from loomwork.telemetry import current_trace_id
 from loomwork.tools.client_tools import ClientTool, check_names_free
+from server.quotas import admit_run, refuse_run
 from server.runtime import Runtime
-from server.temporal import eagerly_started
+from server.temporal import eagerly_started, workflow_open
 from workflows.agent_run import AgentRunWorkflow
 from workflows.search_attributes import AGENT, RESOURCE, RUN, STATUS, TENANT, THREAD
 
@@ -121,6 +121,8 @@ class AgentRunStarter:
         workflow_id = agent_run_workflow_id(run_request.agent_name, tenant_id, run_request.run_id)
         if existing is not None and existing != workflow_id:
             raise AlreadyExists(f"client_run_id {run_request.run_id!r} is a run of another agent")
+        # A new run is admitted by the tenant's quotas first (a repeat joins its run).
+        slot = existing is None and await admit_run(runtime, tenant_id, workflow_id)
         if existing is None:
             # Announced as it is accepted: the caller sees run_started (with the run id) at
             # once, and the run's first activity goes straight to the model.
@@ -181,6 +183,7 @@ class AgentRunStarter:
             # After a timeout the start may have happened, and its log must stay.
             if existing is None and error.status not in START_OUTCOME_UNKNOWN:
                 await runtime.events.discard(key)
+                await refuse_run(runtime, tenant_id, workflow_id, slot)
             raise
         finally:
             if speculating:
@@ -194,13 +197,7 @@ class AgentRunStarter:
 
     async def _started(self, workflow_id: str) -> bool:
         """Whether Temporal has the run (it may have been recorded, then failed to start)."""
-        try:
-            await self.runtime.temporal.get_workflow_handle(workflow_id).describe()
-        except RPCError as error:
-            if error.status == RPCStatusCode.NOT_FOUND:
-                return False
-            raise Unavailable(f"Temporal: {error.message}") from error
-        return True
+        return await workflow_open(self.runtime.temporal, workflow_id) is not None
 
     async def _run_request(
         self,

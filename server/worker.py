@@ -134,6 +134,7 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
         oauth=oauth,
         mcp=mcp,
         max_agent_depth=settings.max_agent_depth,
+        usage=runtime.usage.ledger,
     )
     agents = AgentActivities(steps)
     workflow_events = WorkflowEvents(runtime.events)

@@ -76,6 +76,7 @@ from loomwork.tools.mcp_source import McpTools
 from loomwork.tools.registry import error_result
 from loomwork.tools.routes import earliest
 from loomwork.tools.tool_context import OAuthAccess
+from loomwork.usage.ledger import ModelCall, UsageLedger, step_call
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ class AgentSteps:
         oauth: OAuthAccess | None = None,
         mcp: McpTools | None = None,
         max_agent_depth: int = sub_agents.DEFAULT_MAX_DEPTH,
+        usage: UsageLedger | None = None,
     ) -> None:
         self.agents = agents
         self.tools = tools
@@ -180,6 +182,7 @@ class AgentSteps:
         self.oauth = oauth  # the tenant's OAuth connections, for tools (ctx.oauth)
         self.mcp = mcp  # the MCP servers' tools (`mcp:<server>/<tool>` names)
         self.max_agent_depth = max_agent_depth  # how deep sub-agent runs nest
+        self.usage = usage  # where each model step's tokens are recorded
 
     async def publish(self, request: AgentRunRequest, event: AgentEvent) -> int:
         """Append one event; its id (for a retried terminal event, or one said once per run
@@ -432,6 +435,19 @@ class AgentSteps:
             await deltas.cancel()
             await model.aclose()
         await self.publish(request, UsageEvent(step=step.step, usage=result.usage))
+        if self.usage is not None:  # once per step: a retry rewrites the same row
+            await self.usage.record(
+                ModelCall(
+                    tenant=request.tenant,
+                    run_id=request.run_id,
+                    call_key=step_call(step.step),
+                    run_kind="agent",
+                    agent_name=agent.name,
+                    model=step.plan_model,
+                    usage=result.usage,
+                    attempt=attempt,
+                )
+            )
         approval_required = [
             c.tool_call_id
             for c in result.tool_calls
