@@ -14,6 +14,8 @@ from activities.retry_notice import announce_retry
 from loomwork.agents.payloads import (
     FinishInput,
     FirstStep,
+    HandoffInput,
+    HandoffOutcome,
     PublishInput,
     StepInput,
     StepOutput,
@@ -93,6 +95,13 @@ class AgentActivities:
             return await heartbeating(
                 self.steps.mcp_tool_call(call, attempt=activity.info().attempt)
             )
+        except LoomworkError as error:
+            raise application_error(error) from error
+
+    @activity.defn(name="agent_handoff")
+    async def handoff(self, handoff: HandoffInput) -> HandoffOutcome:
+        try:
+            return await self.steps.handoff(handoff)
         except LoomworkError as error:
             raise application_error(error) from error
 

@@ -30,6 +30,8 @@ from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from timing import paired_us
+
 from loomwork.cache.versioned import VersionedCache
 from loomwork.messages import NewThread, Thread
 from loomwork.storage import codec
@@ -49,28 +51,6 @@ async def _median_us(fn: Callable[[], Awaitable[Any]], calls: int) -> float:
             await fn()
         rounds.append((time.perf_counter() - started) / (calls // 5) * 1e6)
     return statistics.median(rounds)
-
-
-async def _paired_us(
-    ours: Callable[[], Awaitable[Any]], base: Callable[[], Awaitable[Any]], calls: int
-) -> tuple[float, float, float]:
-    """Median µs per call of `ours` and `base`, and the median of their per-round ratios.
-
-    Rounds alternate between the two so drift in machine load hits both alike."""
-    for _ in range(min(200, calls)):
-        await ours()
-        await base()
-    per_round = max(1, calls // 20)
-    a: list[float] = []
-    b: list[float] = []
-    for _ in range(20):
-        for fn, out in ((ours, a), (base, b)):
-            started = time.perf_counter()
-            for _ in range(per_round):
-                await fn()
-            out.append((time.perf_counter() - started) / per_round * 1e6)
-    ratio = statistics.median(x / y for x, y in zip(a, b, strict=True))
-    return statistics.median(a), statistics.median(b), ratio
 
 
 async def run(database_url: str, redis_url: str, calls: int) -> None:
@@ -130,8 +110,8 @@ async def run(database_url: str, redis_url: str, calls: int) -> None:
         return await storage.get_thread("bench", "bench-thread")
 
     l1 = await _median_us(cached, calls)
-    l2, get, l2_ratio = await _paired_us(l2_hit, raw_get, calls)
-    ours, base, db_ratio = await _paired_us(adapter_read, raw_sql, calls)
+    l2, get, l2_ratio = await paired_us(l2_hit, raw_get, calls)
+    ours, base, db_ratio = await paired_us(adapter_read, raw_sql, calls)
     assert cache.stats.l2_hits >= calls, cache.stats
 
     print(f"read path layers, {calls} sequential calls each, 20 alternating rounds (medians)")

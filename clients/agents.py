@@ -293,7 +293,8 @@ class AgentsClient:
 
 class StreamedText:
     """An agent run's answer as it streams: feed it every event (`add`); a step that is
-    retried (`step_retrying`) drops the text it had streamed, as the event asks.
+    retried (`step_retrying`) drops the text it had streamed, as the event asks. The text of
+    the agents the run calls as tools (events with a `run_path`) is not part of it.
 
         text = StreamedText()
         async for event in client.agents.stream("assistant", "hi"):
@@ -305,6 +306,8 @@ class StreamedText:
         self._steps: dict[int, list[str]] = {}
 
     def add(self, event: agent_pb2.AgentRunEvent) -> None:
+        if event.run_path:
+            return
         kind = event.WhichOneof("event")
         if kind == "text_delta":
             self._steps.setdefault(event.step, []).append(event.text_delta.text)

@@ -7,12 +7,12 @@
             ...
 
 One client per service, each in its own module, over one channel: `client.memory`,
-`client.agents`, `client.workflows`, `client.rag`, `client.integrations`. Every call carries
-`authorization: Bearer <token>` and a deadline (`timeout` seconds, per client, overridable per
-call). Calls that fail with UNAVAILABLE are retried by gRPC itself (exponential backoff from the
-channel's service config), so a server that comes up a moment late is reached. Errors are the
-plain `grpc.aio.AioRpcError`; `error_details()` (`clients.errors`) extracts the field violations
-of an INVALID_ARGUMENT status.
+`client.agents`, `client.workflows`, `client.rag`, `client.integrations`, `client.usage`.
+Every call carries `authorization: Bearer <token>` and a deadline (`timeout` seconds, per
+client, overridable per call). Calls that fail with UNAVAILABLE are retried by gRPC itself
+(exponential backoff from the channel's service config), so a server that comes up a moment
+late is reached. Errors are the plain `grpc.aio.AioRpcError`; `error_details()`
+(`clients.errors`) extracts the field violations of an INVALID_ARGUMENT status.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from clients.integrations import IntegrationsClient
 from clients.memory import MemoryClient
 from clients.rag import RagClient
 from clients.transport import Transport
+from clients.usage import UsageClient
 from clients.workflows import WorkflowsClient
 
 __all__ = ["DEFAULT_ADDRESS", "DEFAULT_TIMEOUT", "RETRY_SERVICE_CONFIG", "LoomworkClient"]
@@ -95,6 +96,7 @@ class LoomworkClient:
         self.workflows = WorkflowsClient(self.transport)
         self.rag = RagClient(self.transport)
         self.integrations = IntegrationsClient(self.transport)
+        self.usage = UsageClient(self.transport)
 
     async def __aenter__(self) -> Self:
         return self

@@ -121,6 +121,15 @@ class Settings(BaseSettings):
     index_sweep_seconds: float = Field(default=30.0, gt=0, alias="LOOMWORK_INDEX_SWEEP_SECONDS")
     # Begin a run's first model call while Temporal starts the run (loomwork.agents.speculation).
     speculative_first_step: bool = Field(default=True, alias="LOOMWORK_SPECULATIVE_FIRST_STEP")
+    # How deep agents called as tools (`agent:<name>`) nest: a run a caller started is at depth
+    # 0, the sub-agent runs it starts at 1...; a call that would go deeper gets an error result.
+    max_agent_depth: int = Field(default=3, ge=0, le=16, alias="LOOMWORK_MAX_AGENT_DEPTH")
+    # What models cost per million tokens, a JSON object or the path of a JSON file:
+    # {"<model>": {"input": 0.15, "output": 0.6, "cached_input": 0.075}} (loomwork.usage.prices).
+    model_prices: str = Field(default="", alias="LOOMWORK_MODEL_PRICES")
+    # Per-tenant quotas checked as runs start, JSON: {"default": {"tokens_per_day": N,
+    # "concurrent_runs": N}, "<tenant>": {...}} (loomwork.usage.quotas).
+    quotas: str = Field(default="", alias="LOOMWORK_QUOTAS")
     embedding_model: str = Field(default="all-MiniLM-L6-v2", alias="LOOMWORK_EMBEDDING_MODEL")
     cache_enabled: bool = Field(default=True, alias="LOOMWORK_CACHE")
     # Where threads, messages and working memory live (vectors stay in pgvector whatever

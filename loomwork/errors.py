@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 
@@ -107,3 +108,25 @@ class Violations:
     def raise_if_any(self) -> None:
         if self.items:
             raise InvalidArgument(self.items)
+
+
+class QuotaExceeded(ResourceExhausted):
+    """A tenant's quota stops a run from starting: which quota, its limit, what is used, and
+    when it resets (None: when one of the runs under way ends)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        quota: str,
+        tenant: str,
+        limit: int,
+        used: int,
+        reset_time: datetime | None,
+    ) -> None:
+        super().__init__(message)
+        self.quota = quota
+        self.tenant = tenant
+        self.limit = limit
+        self.used = used
+        self.reset_time = reset_time

@@ -24,20 +24,20 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from activities.workflow_runs import START_OUTCOME_UNKNOWN
 from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.definitions import AgentDefinition
 from loomwork.agents.directory import RunDirectory
-from loomwork.agents.run_models import AgentRunRequest, RunOutcome
+from loomwork.agents.run_models import AgentRunRequest, RunOutcome, agent_run_workflow_id
 from loomwork.agents.steps import announce_run, effective_agent, event_log_key, tool_names
+from loomwork.agents.sub_agents import function_names
 from loomwork.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    Unavailable,
     Violations,
 )
 from loomwork.ids import new_id
@@ -45,9 +45,9 @@ from loomwork.memory.settings import MemorySettings, merge
 from loomwork.messages import NewMessage, NewThread, Role
 from loomwork.telemetry import current_trace_id
 from loomwork.tools.client_tools import ClientTool, check_names_free
-from loomwork.tools.mcp_names import function_names
+from server.quotas import admit_run, refuse_run
 from server.runtime import Runtime
-from server.temporal import eagerly_started
+from server.temporal import eagerly_started, workflow_open
 from workflows.agent_run import AgentRunWorkflow
 from workflows.search_attributes import AGENT, RESOURCE, RUN, STATUS, TENANT, THREAD
 
@@ -87,11 +87,6 @@ def session_thread_id(resource_id: str, session_key: str) -> str:
     return f"ses_{digest}"
 
 
-def agent_run_workflow_id(agent: str, tenant_id: str, run_id: str) -> str:
-    """The Temporal workflow id of an agent run."""
-    return f"agent/{agent}/{tenant_id}/{run_id}"
-
-
 class AgentRunStarter:
     """Resolves the thread of, announces and starts AgentRun executions: one run per client
     run id (a repeat joins the run, running or finished), searchable by tenant, agent, run,
@@ -126,6 +121,8 @@ class AgentRunStarter:
         workflow_id = agent_run_workflow_id(run_request.agent_name, tenant_id, run_request.run_id)
         if existing is not None and existing != workflow_id:
             raise AlreadyExists(f"client_run_id {run_request.run_id!r} is a run of another agent")
+        # A new run is admitted by the tenant's quotas first (a repeat joins its run).
+        slot = existing is None and await admit_run(runtime, tenant_id, workflow_id)
         if existing is None:
             # Announced as it is accepted: the caller sees run_started (with the run id) at
             # once, and the run's first activity goes straight to the model.
@@ -186,6 +183,7 @@ class AgentRunStarter:
             # After a timeout the start may have happened, and its log must stay.
             if existing is None and error.status not in START_OUTCOME_UNKNOWN:
                 await runtime.events.discard(key)
+                await refuse_run(runtime, tenant_id, workflow_id, slot)
             raise
         finally:
             if speculating:
@@ -199,13 +197,7 @@ class AgentRunStarter:
 
     async def _started(self, workflow_id: str) -> bool:
         """Whether Temporal has the run (it may have been recorded, then failed to start)."""
-        try:
-            await self.runtime.temporal.get_workflow_handle(workflow_id).describe()
-        except RPCError as error:
-            if error.status == RPCStatusCode.NOT_FOUND:
-                return False
-            raise Unavailable(f"Temporal: {error.message}") from error
-        return True
+        return await workflow_open(self.runtime.temporal, workflow_id) is not None
 
     async def _run_request(
         self,
@@ -247,8 +239,9 @@ class AgentRunStarter:
         )
         # The model must tell a client tool from the agent's own tools by name (an MCP tool
         # named only by `mcp:<server>/*` gives way to a client tool of its name).
-        own = tool_names(effective_agent(agent, run_request), run_request)
-        check_names_free(start.client_tools, function_names(own))
+        effective = effective_agent(agent, run_request)
+        own = tool_names(effective, run_request)
+        check_names_free(start.client_tools, function_names(own, effective.handoffs))
         return run_request, agent
 
     async def _resolve_thread(self, tenant_id: str, start: AgentRunStart) -> tuple[str, str]:

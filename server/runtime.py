@@ -39,6 +39,7 @@ from loomwork.storage.migrations import apply_migrations
 from loomwork.storage.selection import OpenedStore, open_memory_store, storage_codec
 from loomwork.streams.run_events import RunEventLog
 from loomwork.tools import ToolRegistry
+from loomwork.usage.system import UsageSystem
 from server.telemetry.process import Telemetry
 from server.temporal import connect_temporal
 from server.tls import temporal_tls
@@ -50,12 +51,18 @@ log = logging.getLogger(__name__)
 
 
 def rag_system(
-    settings: Settings, db: Database, events: RunEventLog, chat_models: SharedChatModels
+    settings: Settings,
+    db: Database,
+    events: RunEventLog,
+    chat_models: SharedChatModels,
+    usage: UsageSystem,
 ) -> RagSystem:
-    """RAG over the process's database, event log and chat models, as settings say."""
+    """RAG over the process's database, event log and chat models, as settings say; its
+    answers' model calls go to the usage ledger."""
     return RagSystem.build(
         db,
         events,
+        usage=usage.ledger,
         embedding_model=settings.embedding_model,
         chat_model=chat_models,
         default_chat_model=settings.chat_model,
@@ -77,6 +84,7 @@ class Runtime:
     agents: AgentRegistry
     tools: ToolRegistry
     chat_models: SharedChatModels
+    usage: UsageSystem
     cache: VersionedCache | None = None
     # The memory store as opened (LOOMWORK_MEMORY_STORE): its connections close with us.
     store: OpenedStore | None = None
@@ -123,8 +131,9 @@ class Runtime:
         # Settings that are wrong fail before connecting.
         operator_mcp_servers = parse_operator_servers(settings.mcp_servers)
         temporal_tls_config = temporal_tls(settings)
-        telemetry = Telemetry.install(settings)
         db = Database(settings.database_url)
+        usage = UsageSystem.build(db, prices=settings.model_prices, quotas=settings.quotas)
+        telemetry = Telemetry.install(settings)
         await db.open()
         telemetry.temporal.acquire()
         try:
@@ -204,6 +213,7 @@ class Runtime:
             agents,
             tools,
             chat_models,
+            usage,
             cache,
             store,
             integrations=Integrations.build(
@@ -215,7 +225,7 @@ class Runtime:
                 mcp_servers=operator_mcp_servers,
                 mcp_tools_ttl=timedelta(seconds=settings.mcp_tools_ttl),
             ),
-            rag=rag_system(settings, db, events, chat_models),
+            rag=rag_system(settings, db, events, chat_models, usage),
             demo=demo,
             telemetry=telemetry,
         )

@@ -76,6 +76,18 @@ async def pending_wait(handle: WorkflowHandle[Any, Any], run_id: str) -> tuple[s
     return description.task_queue, round((datetime.now(UTC) - started).total_seconds(), 1)
 
 
+async def workflow_open(client: Client, workflow_id: str) -> bool | None:
+    """Whether the workflow `workflow_id` is open (True) or closed (False); None when
+    Temporal has no such workflow. Unavailable when Temporal cannot say."""
+    try:
+        description = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise Unavailable(f"Temporal: {error.message}") from error
+    return description.status == WorkflowExecutionStatus.RUNNING
+
+
 def eagerly_started(handle: WorkflowHandle[Any, Any]) -> bool:
     """Whether the start that returned `handle` handed the run's first workflow task to a
     worker of this process (eager start). temporalio keeps this on the handle without a

@@ -128,9 +128,13 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
         runtime.events,
         runtime.chat_models,
         settings.chat_model,
-        speculation=runtime.speculation,
+        # First steps begun ahead of their activity: a run's by the service, a sub-run's by
+        # the step that calls it (LOOMWORK_SPECULATIVE_FIRST_STEP).
+        speculation=runtime.speculation if settings.speculative_first_step else None,
         oauth=oauth,
         mcp=mcp,
+        max_agent_depth=settings.max_agent_depth,
+        usage=runtime.usage.ledger,
     )
     agents = AgentActivities(steps)
     workflow_events = WorkflowEvents(runtime.events)
@@ -157,6 +161,7 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
             agents.model_step,
             agents.tool_call,
             agents.mcp_tool_call,
+            agents.handoff,
             agents.publish,
             agents.finish,
             *_rag_activities(runtime),

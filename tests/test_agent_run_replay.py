@@ -22,6 +22,9 @@ def test_histories_of_earlier_versions_are_kept() -> None:
         "agent_run_session7",
         "agent_run_session8_client_tools",
         "agent_run_session9_waits",  # an approval timeout (its timer), the memo of waits
+        # An agent called as a tool (a child workflow, its approval passed on), a handoff.
+        "agent_run_session9_sub_agents",
+        "agent_run_session9_sub_agents_sub_run",  # the sub-run: reports to its caller
     } <= RECORDED.keys()
 
 

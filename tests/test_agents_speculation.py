@@ -145,7 +145,7 @@ async def test_cancel_run_stops_a_first_step_no_activity_took_over_yet(
     still on the way) aborts the step's model call at once, not at the step's time to live."""
     from activities.agents import AgentActivities
     from loomwork.agents.directory import RunDirectory
-    from server.agent_runs import agent_run_workflow_id
+    from loomwork.agents.run_models import agent_run_workflow_id
     from workflows.agent_run import AgentRunWorkflow
 
     steps = runtime.agent_steps
@@ -349,3 +349,46 @@ async def test_a_draft_stops_when_its_run_ends_before_any_activity_took_it_over(
     ended = await steps.events.append(key, b'{"type": "run_finished"}', terminal=True)
     assert await _disconnected(model)  # within 4 s; its time to live is 10
     assert await steps.events.last_id(key) == ended
+
+
+async def test_a_sub_runs_first_step_begun_by_its_caller_is_taken_over_elsewhere(
+    model, runtime: Runtime, worker
+) -> None:
+    """A sub-agent run's first step, begun by the step that called it, drafts into the
+    top-level run's log under a draft of its own; its first activity, run in another
+    process, takes that draft over (the top-level run's own draft untouched) and marks the
+    restart with the sub-run's path."""
+    steps = runtime.agent_steps
+    assert steps is not None
+    model.set_script(
+        [
+            Turn(text="a draft that goes on and on", chunk_size=2, chunk_delay=0.1),
+            Turn(text="The answer."),
+        ]
+    )
+    top = agent_run_request("hi")
+    key = await _announced(steps, top)
+    sub = agent_run_request("ask").model_copy(
+        update={"parents": [top.run_id], "announced": False, "first_step_begun": True}
+    )
+    assert steps.speculate(sub)  # confirmed at once: the caller's recorded step starts it
+
+    async def drafted() -> bool:
+        return any(not kind.endswith("started") for kind in await _logged(steps, key))
+
+    await _until(drafted, "a draft delta of the sub-run in the top-level log")
+    elsewhere = copy.copy(steps)
+    elsewhere.speculation = None
+    first = await elsewhere.start_and_step(sub)
+    assert first.output.text == "The answer."
+    assert await _disconnected(model)  # the draft's next delta was refused: its call ended
+    with pytest.raises(DraftTaken):
+        await runtime.speculation.adopt(event_log_key(TENANT, sub.run_id))  # type: ignore[misc]
+    events = [decode_event(e.payload) for e in await steps.events.read(key, 1)]
+    assert {e.run_path for e in events} == {sub.run_path}
+    kinds = [e.delta if isinstance(e, TextDeltaEvent) else e.type for e in events]
+    assert kinds[0] == "run_started" and kinds.count("run_started") == 1
+    retry = kinds.index("step_retrying")
+    assert "a draft that goes on and on".startswith("".join(kinds[1:retry]))
+    assert "".join(kinds[retry + 1 : -2]) == "The answer."
+    assert not await steps.events.take_draft(key, "step:1")  # the top-level run's: no draft

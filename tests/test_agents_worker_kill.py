@@ -11,6 +11,8 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from loomwork.agents.run_models import AgentRunRequest, RunOutcome
 from loomwork.config import Settings
 from loomwork.demo.tools import NoteTool, SaveNoteArgs
 from loomwork.messages import NewMessage, Role, TextPart, ToolResultPart
-from loomwork.testing import ScriptedToolCall, Turn
+from loomwork.testing import ScriptedModelServer, ScriptedToolCall, Turn
 from loomwork.tools import Tool, ToolContext, ToolRegistry
 from server.runtime import Runtime
 from server.worker import build_worker
@@ -63,15 +65,12 @@ async def _written(runtime: Runtime, run_id: str, process: asyncio.subprocess.Pr
     raise AssertionError("the doomed worker never ran the tool")
 
 
-async def test_worker_killed_mid_tool_writes_once(runtime, settings, model_server):
-    queue = unique("kill-queue")
-    model_server.requests.clear()
-    model_server.set_script(
-        [
-            Turn(tool_calls=[ScriptedToolCall("save_note", {"title": "milk", "body": "buy 2"})]),
-            Turn(text="Saved once."),
-        ]
-    )
+@asynccontextmanager
+async def doomed_worker(
+    settings: Settings, model_server: ScriptedModelServer, queue: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """This module's worker as a process of its own polling `queue` (in demo mode, the
+    scripted model): its `save_note` writes the note, then hangs. Killed on exit if alive."""
     env = {
         **os.environ,
         "DATABASE_URL": settings.database_url or "",
@@ -84,44 +83,68 @@ async def test_worker_killed_mid_tool_writes_once(runtime, settings, model_serve
         "LOOMWORK_CHAT_MODEL": "scripted",
         "LOOMWORK_DEMO": "true",  # the `assistant` agent and its `save_note`
     }
-    doomed = await asyncio.create_subprocess_exec(
+    process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.test_agents_worker_kill", cwd=ROOT, env=env
     )
-    rescuer_task: asyncio.Task[None] | None = None
-    rescuer = None
     try:
-        run_id = unique("run")
-        handle = await runtime.temporal.start_workflow(
-            AgentRunWorkflow.run,
-            AgentRunRequest(
-                tenant="alpha",
-                run_id=run_id,
-                agent_name="assistant",
-                input_messages=[
-                    NewMessage(role=Role.USER, parts=[TextPart(text="note: buy 2 milk")])
-                ],
-            ),
-            id=f"agent/assistant/alpha/{run_id}",
-            task_queue=queue,
-        )
-        note_id = await _written(runtime, run_id, doomed)  # written, and the tool hangs
-        doomed.send_signal(signal.SIGKILL)
-        await doomed.wait()
-
-        # A second worker on the same queue picks the run up once the tool call times out.
-        rescuer = build_worker(
-            replace(runtime, settings=settings.model_copy(update={"task_queue": queue})),
-            identity="rescuer-worker",
-        )
-        rescuer_task = asyncio.create_task(rescuer.run())
-        outcome: RunOutcome = await asyncio.wait_for(handle.result(), 60)
+        yield process
     finally:
-        if doomed.returncode is None:
-            doomed.kill()
-            await doomed.wait()
-        if rescuer is not None and rescuer_task is not None:
-            await rescuer.shutdown()
-            await rescuer_task
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@asynccontextmanager
+async def rescuing(runtime: Runtime, settings: Settings, queue: str) -> AsyncIterator[None]:
+    """A worker of this process on `queue`: it picks up what a killed worker left."""
+    rescuer = build_worker(
+        replace(runtime, settings=settings.model_copy(update={"task_queue": queue})),
+        identity=unique("rescuer-worker"),
+    )
+    task = asyncio.create_task(rescuer.run())
+    try:
+        yield
+    finally:
+        await rescuer.shutdown()
+        await task
+
+
+async def kill(process: asyncio.subprocess.Process) -> None:
+    process.send_signal(signal.SIGKILL)
+    await process.wait()
+
+
+async def test_worker_killed_mid_tool_writes_once(runtime, settings, model_server):
+    queue = unique("kill-queue")
+    model_server.requests.clear()
+    model_server.set_script(
+        [
+            Turn(tool_calls=[ScriptedToolCall("save_note", {"title": "milk", "body": "buy 2"})]),
+            Turn(text="Saved once."),
+        ]
+    )
+    try:
+        async with doomed_worker(settings, model_server, queue) as doomed:
+            run_id = unique("run")
+            handle = await runtime.temporal.start_workflow(
+                AgentRunWorkflow.run,
+                AgentRunRequest(
+                    tenant="alpha",
+                    run_id=run_id,
+                    agent_name="assistant",
+                    input_messages=[
+                        NewMessage(role=Role.USER, parts=[TextPart(text="note: buy 2 milk")])
+                    ],
+                ),
+                id=f"agent/assistant/alpha/{run_id}",
+                task_queue=queue,
+            )
+            note_id = await _written(runtime, run_id, doomed)  # written, and the tool hangs
+            await kill(doomed)
+            # A second worker on the same queue picks the run up once the tool call times out.
+            async with rescuing(runtime, settings, queue):
+                outcome: RunOutcome = await asyncio.wait_for(handle.result(), 60)
+    finally:
         model_server.set_script(None)
 
     assert outcome.status == "succeeded" and outcome.text == "Saved once."

@@ -35,6 +35,7 @@ from protos.loomwork.v1 import (
     integration_pb2,
     memory_pb2,
     rag_pb2,
+    usage_pb2,
     workflow_pb2,
 )
 from tests.fuzz_seeds import Stubs, other_tenant_reads, seed_runs, seed_stored
@@ -73,7 +74,7 @@ def _all_methods() -> list[MethodDescriptor]:
     """The methods of the protos' services, known at collection time (the session's server
     serves them; `test_every_served_method_is_fuzzed` checks that against reflection).
     Those that delete or cancel come last, so that the others find the seeded data."""
-    files = (agent_pb2, integration_pb2, memory_pb2, rag_pb2, workflow_pb2)
+    files = (agent_pb2, integration_pb2, memory_pb2, rag_pb2, workflow_pb2, usage_pb2)
     methods = [
         method
         for module in files

@@ -104,6 +104,7 @@ async def test_health_not_serving_when_a_dependency_is_unreachable(
         agents=runtime.agents,
         tools=runtime.tools,
         chat_models=runtime.chat_models,
+        usage=runtime.usage,
     )
     app = build_grpc_app(broken, "127.0.0.1:0", health_interval=0.2)
     await app.start()

@@ -20,19 +20,19 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import ActivityError, CancelledError
 
+from workflows.failures import failure_cause, is_cancellation
 from workflows.rejections import check_call_ids
 from workflows.retries import (
     BOOKKEEPING,
     MODEL_CALL,
     MODEL_HEARTBEAT_TIMEOUT,
     OUTAGE_PATIENCE,
-    TOOL_HEARTBEAT_TIMEOUT,
-    temporal_retry_policy,
 )
 from workflows.search_attributes import STATUS
+from workflows.sub_agents import SUB_RUN_KINDS, SUB_RUN_WAITING, TOOL_RESULTS, SubRuns
+from workflows.tool_calls import run_tool_call
 from workflows.waits import MAX_LISTED_WAITS, WaitingMemo, wait_until
 
 with workflow.unsafe.imports_passed_through():
@@ -63,48 +63,31 @@ with workflow.unsafe.imports_passed_through():
         RunPhase,
         RunRecord,
         RunState,
+        SubRunWaiting,
         ToolResultsInput,
         Violation,
         WaitingOn,
     )
+    from loomwork.agents.sub_agents import handed_over
     from loomwork.llm.chat import ChatMessage, ChatUsage
     from loomwork.messages import ToolCallPart, ToolResultPart
     from loomwork.tools.client_tools import ClientToolResult
     from loomwork.tools.registry import error_result
-    from loomwork.tools.routes import DEFAULT_TOOL_TIMEOUT, ToolRoute
+    from loomwork.tools.routes import ToolRoute
 
 START_AND_STEP = "agent_start_and_step"
 MODEL_STEP = "agent_model_step"
-TOOL_CALL = "agent_tool_call"
-MCP_TOOL_CALL = "agent_mcp_tool_call"
 PUBLISH = "agent_publish"
 FINISH = "agent_finish"
 
 # Runs started before publish and finish became local activities replay the old commands.
 LOCAL_ACTIVITIES = "agent-run-local-activities"
-# Runs started before a tool call's last failure became an error result fail on it instead.
-TOOL_FAILURE_TO_MODEL = "agent-run-tool-failure-to-model"
-_QUICK = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=5)
-
-
-def _cause(error: BaseException) -> tuple[str, str]:
-    while isinstance(error, ActivityError) and error.cause is not None:
-        error = error.cause
-    if isinstance(error, ApplicationError):
-        return error.message, error.type or "ApplicationError"
-    return str(error), type(error).__name__
 
 
 def _is_client(output: StepOutput, call: ToolCallPart) -> bool:
     """A call of a client tool: the caller runs it, not a worker."""
     route = output.tool_routes.get(call.tool_call_id)
     return route is not None and route.kind == "client"
-
-
-def _is_cancellation(error: BaseException) -> bool:
-    return isinstance(error, asyncio.CancelledError | CancelledError) or (
-        isinstance(error, ActivityError) and isinstance(error.cause, CancelledError)
-    )
 
 
 @workflow.defn(name="AgentRun")
@@ -123,17 +106,18 @@ class AgentRunWorkflow:
         self._steps = 0
         self._record = RunRecord()
         self._waiting_memo = WaitingMemo()
+        self._subs = SubRuns()  # agents called as tools, handoffs (workflows/sub_agents.py)
         self._cancel_reason = ""  # CancelRun's reason, sent just before it cancels the run
 
     # -- messages
 
     def _undecided(self) -> list[PendingApproval]:
-        return [p for p in self._pending.values() if p.tool_call_id not in self._decisions]
+        own = [p for p in self._pending.values() if p.tool_call_id not in self._decisions]
+        return own + self._subs.approvals()
 
     def _unanswered(self) -> list[PendingToolCall]:
-        return [
-            c for c in self._client_calls.values() if c.tool_call_id not in self._client_results
-        ]
+        own = [c for c in self._client_calls.values() if c.tool_call_id not in self._client_results]
+        return own + self._subs.tool_calls()
 
     @workflow.query(name="state")
     def state(self) -> RunState:
@@ -154,26 +138,33 @@ class AgentRunWorkflow:
             tool_calls=[c.model_copy(update={"arguments": {}}) for c in calls],
         )
         self._waiting_memo.show(waiting.model_dump(mode="json") if approvals or calls else None)
+        self._subs.tell_caller(self._undecided(), self._unanswered())
 
     @workflow.update(name="resume_run")
     async def resume_run(self, resume: ResumeInput) -> RunState:
-        """Apply decisions on pending tool calls (all validated first, all or none)."""
+        """Apply decisions on pending tool calls (all validated first, all or none); those of
+        sub-agent runs' calls are passed on to them."""
         for decision in resume.decisions:
-            self._decisions[decision.tool_call_id] = decision
+            if decision.tool_call_id in self._pending:
+                self._decisions[decision.tool_call_id] = decision
+        passed = await self._subs.pass_on_decisions(resume.decisions)
         # Answer once the run moved on, or at once if other calls still wait for a decision.
         await workflow.wait_condition(
-            lambda: (
-                not self._awaiting_approvals or any(i not in self._decisions for i in self._pending)
-            )
+            lambda: self._decisions_taken() and self._subs.settled(passed)
         )
         return self.state()
+
+    def _decisions_taken(self) -> bool:
+        return not self._awaiting_approvals or any(i not in self._decisions for i in self._pending)
 
     @resume_run.validator
     def _validate_resume(self, resume: ResumeInput) -> None:
         check_call_ids(
             "decisions",
             [d.tool_call_id for d in resume.decisions],
-            lambda i: i in self._pending and i not in self._decisions,
+            lambda i: (
+                (i in self._pending and i not in self._decisions) or self._subs.awaits_decision(i)
+            ),
             what="decision",
             twice="is decided twice",
             not_waiting="is not waiting for approval (not a call of this run that needs"
@@ -182,25 +173,29 @@ class AgentRunWorkflow:
 
     @workflow.update(name="submit_tool_results")
     async def submit_tool_results(self, submitted: ToolResultsInput) -> RunState:
-        """Results of client tool calls the run waits on (all validated first, all or none)."""
+        """Results of client tool calls the run waits on (all validated first, all or none);
+        those of sub-agent runs' calls are passed on to them."""
         for result in submitted.results:
-            self._client_results[result.tool_call_id] = result
+            if result.tool_call_id in self._client_calls:
+                self._client_results[result.tool_call_id] = result
+        passed = await self._subs.pass_on_results(submitted.results)
         # Answer once the run moved on, or at once if other calls still wait.
-        await workflow.wait_condition(
-            lambda: (
-                self._phase != "waiting"
-                or self._awaiting_approvals
-                or any(i not in self._client_results for i in self._client_calls)
-            )
-        )
+        await workflow.wait_condition(lambda: self._results_taken() and self._subs.settled(passed))
         return self.state()
+
+    def _results_taken(self) -> bool:
+        waiting = any(i not in self._client_results for i in self._client_calls)
+        return self._phase != "waiting" or self._awaiting_approvals or waiting
 
     @submit_tool_results.validator
     def _validate_results(self, submitted: ToolResultsInput) -> None:
         check_call_ids(
             "results",
             [r.tool_call_id for r in submitted.results],
-            lambda i: i in self._client_calls and i not in self._client_results,
+            lambda i: (
+                (i in self._client_calls and i not in self._client_results)
+                or self._subs.awaits_result(i)
+            ),
             what="result",
             twice="is answered twice",
             not_waiting="is not waiting for a result (not a client tool call of this run,"
@@ -213,6 +208,23 @@ class AgentRunWorkflow:
         for decision in resume.decisions:
             if decision.tool_call_id in self._pending:
                 self._decisions.setdefault(decision.tool_call_id, decision)
+        if any(self._subs.awaits_decision(d.tool_call_id) for d in resume.decisions):
+            self._subs.in_background(self._subs.pass_on_decisions(resume.decisions))
+
+    @workflow.signal(name=TOOL_RESULTS)
+    async def tool_results(self, submitted: ToolResultsInput) -> None:
+        """Client tool results as a plain signal (how a calling run passes them on to its
+        sub-agent run); results that do not apply are ignored."""
+        for result in submitted.results:
+            if result.tool_call_id in self._client_calls:
+                self._client_results.setdefault(result.tool_call_id, result)
+        await self._subs.pass_on_results(submitted.results)
+
+    @workflow.signal(name=SUB_RUN_WAITING)
+    def sub_run_waiting(self, report: SubRunWaiting) -> None:
+        """What a sub-agent run of this one waits on now (see workflows/sub_agents.py)."""
+        if self._subs.update(report) and self._phase in ("running", "waiting"):
+            self._settle_phase()
 
     @workflow.signal(name="cancel_reason")
     def cancel_reason(self, reason: str) -> None:
@@ -233,6 +245,7 @@ class AgentRunWorkflow:
         self._record = RunRecord.accepted(
             request, create_time=workflow.info().start_time, start_time=workflow.now()
         )
+        self._subs.path = request.run_path
         # Started as PENDING unless the service handed it to its own worker (then RUNNING
         # from the start, and the first task goes straight to the model step).
         if workflow.info().typed_search_attributes.get(STATUS) != "RUNNING":
@@ -280,11 +293,7 @@ class AgentRunWorkflow:
                     )
                 unfinished = None
                 self._unpublished.clear()
-                usage = ChatUsage(
-                    prompt_tokens=usage.prompt_tokens + output.usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens + output.usage.completion_tokens,
-                    total_tokens=usage.total_tokens + output.usage.total_tokens,
-                )
+                usage = usage.plus(output.usage)
                 assistant = output.message()
                 conversation.append(assistant)
                 produced.append(assistant)
@@ -297,6 +306,10 @@ class AgentRunWorkflow:
                 tool_message = ChatMessage.tool(*results)
                 conversation.append(tool_message)
                 produced.append(tool_message)
+                usage = usage.plus(self._subs.take_usage())  # sub-agent runs' usage adds up
+                if (handoff := self._subs.take_handoff()) is not None:  # a new agent goes on
+                    plan, conversation = handed_over(plan, conversation, handoff)
+                    model = self._record.model = plan.model
                 unfinished = StepFinished(
                     time=workflow.now(),
                     step=step,
@@ -315,12 +328,12 @@ class AgentRunWorkflow:
                 outcome.object = answer
                 outcome.text = "" if answer is not None else text
         except (ActivityError, asyncio.CancelledError, CancelledError) as error:
-            if _is_cancellation(error):
+            if is_cancellation(error):
                 outcome = self._outcome(request, model, "canceled", "canceled", produced, usage)
                 outcome.error = self._cancel_reason or "canceled by CancelRun"
                 outcome.error_type = "Canceled"
             else:
-                message, error_type = _cause(error)
+                message, error_type = failure_cause(error)
                 outcome = self._outcome(request, model, "failed", "error", produced, usage)
                 outcome.error, outcome.error_type = message, error_type
         outcome.context = context
@@ -343,6 +356,7 @@ class AgentRunWorkflow:
             summary=f"save and finish ({outcome.status})",
         )
         workflow.upsert_search_attributes([STATUS.value_set(outcome.status.upper())])
+        await self._subs.caller_told()  # a sub-agent run: its caller knows it waits on nothing
         return finished
 
     def _outcome(
@@ -398,7 +412,8 @@ class AgentRunWorkflow:
     def _settle_phase(self) -> None:
         """Waiting while the step's approvals are undecided or a client tool call is the
         caller's, running otherwise; the STATUS search attribute follows."""
-        phase: RunPhase = "waiting" if self._awaiting_approvals or self._client_calls else "running"
+        waits = self._awaiting_approvals or self._client_calls or self._subs.waiting()
+        phase: RunPhase = "waiting" if waits else "running"
         if phase != self._phase:
             self._phase = phase
             workflow.upsert_search_attributes([STATUS.value_set(phase.upper())])
@@ -439,9 +454,11 @@ class AgentRunWorkflow:
             )
         decisions: dict[str, Decision] = {}
         if needs_approval or handed:
-            # Waiting (with every pending call known) before the first event says so.
+            # Waiting (with every pending call known) before the first event says so; a
+            # sub-agent run's caller too.
             self._awaiting_approvals = bool(needs_approval)
             self._settle_phase()
+            await self._subs.caller_told()
             for call in needs_approval:
                 approval = self._pending[call.tool_call_id]
                 await self._publish(request, ApprovalRequested(step=step, approval=approval))
@@ -499,11 +516,14 @@ class AgentRunWorkflow:
                 return self._tool_result(
                     request, step, error_result(call, f"{call.tool_name} did not run: {reason}")
                 )
-            if not _is_client(output, call):
-                return self._tool_call(tool_input(call))
             invalid = output.invalid_calls.get(call.tool_call_id)
-            if invalid is not None:  # back to the model, never to the caller
+            if invalid is not None:  # back to the model, never to the caller or an agent
                 return self._tool_result(request, step, error_result(call, invalid))
+            route = output.tool_routes.get(call.tool_call_id) or ToolRoute()
+            if route.kind in SUB_RUN_KINDS:
+                return self._sub_run_call(request, plan, step, call, route, alone)
+            if route.kind != "client":
+                return self._tool_call(tool_input(call))
             return self._client_call(request, step, call)
 
         return list(await asyncio.gather(*(run(c) for c in output.tool_calls)))
@@ -558,6 +578,26 @@ class AgentRunWorkflow:
         self._unpublished.append(ToolResultEvent(time=workflow.now(), step=step, result=result))
         return result
 
+    async def _sub_run_call(
+        self,
+        request: AgentRunRequest,
+        plan: RunPlan,
+        step: int,
+        call: ToolCallPart,
+        route: ToolRoute,
+        alone: bool,
+    ) -> ToolResultPart:
+        """A call of an agent as a tool, or a handoff (workflows/sub_agents.py); its result
+        goes out as a tool's does, with the next activity if it is the step's only call (a
+        handoff's step published its own)."""
+        result, published = await self._subs.call(request, plan.agent, step, call, route)
+        self._settle_phase()  # its sub-run waits on nothing any more
+        if not published and alone:
+            self._unpublished.append(ToolResultEvent(time=workflow.now(), step=step, result=result))
+        elif not published:
+            await self._tool_result(request, step, result)
+        return result
+
     async def _tool_result(
         self, request: AgentRunRequest, step: int, result: ToolResultPart
     ) -> ToolResultPart:
@@ -566,37 +606,8 @@ class AgentRunWorkflow:
         return result
 
     async def _tool_call(self, call: ToolInput) -> ToolResultPart:
-        """One tool call as its own activity, with its tool's timeout and retries; a call that
-        still fails after them is an error result the model reads, not a failed run."""
-        route = call.route or ToolRoute()
-        # Runs recorded before MCP tools have no "mcp" routes: they replay the same commands.
-        activity = MCP_TOOL_CALL if route.kind == "mcp" else TOOL_CALL
-        try:
-            result = await workflow.execute_activity(
-                activity,
-                call,
-                result_type=ToolResultPart,
-                start_to_close_timeout=route.timeout or DEFAULT_TOOL_TIMEOUT,
-                # The activity heartbeats while the tool runs: a worker that dies mid-call is
-                # noticed within seconds and the call moves on.
-                heartbeat_timeout=TOOL_HEARTBEAT_TIMEOUT,
-                retry_policy=temporal_retry_policy(route.retry) if route.retry else _QUICK,
-                summary=route.summary or f"tool {call.call.tool_name}",
-            )
-        except ActivityError as error:
-            # Older runs failed here; they replay that way.
-            if not workflow.patched(TOOL_FAILURE_TO_MODEL):
-                raise
-            message, _ = _cause(error)
-            result = ToolResultPart(
-                tool_call_id=call.call.tool_call_id,
-                tool_name=call.call.tool_name,
-                result=f"{call.call.tool_name} failed: {message or 'no attempt finished in time'}",
-                is_error=True,
-            )
-            published = False  # no activity published it: the next one does
-        else:
-            published = call.publish_result
+        """A worker's or an MCP server's tool call (workflows/tool_calls.py)."""
+        result, published = await run_tool_call(call)
         if not published:  # handed to the next activity: no command of its own
             self._unpublished.append(
                 ToolResultEvent(time=workflow.now(), step=call.step, result=result)

@@ -84,6 +84,8 @@ def describe_event(event: agent_pb2.AgentRunEvent) -> str | None:
         return f"[red]run failed[/] {escape(event.run_failed.reason)}: " + escape(
             event.run_failed.message
         )
+    if kind == "handoff":
+        return f"handed over to agent {escape(event.handoff.to_agent)}"
     if kind == "run_finished":
         return f"run finished {run_status(event.run_finished.status)}"
     return None
@@ -94,7 +96,7 @@ async def _follow(events: AsyncIterator[agent_pb2.AgentRunEvent]) -> None:
     out = stdout_console()
     in_text = False
     async for event in events:
-        if event.HasField("text_delta"):
+        if event.HasField("text_delta") and not event.run_path:
             out.print(escape(event.text_delta.text), end="")
             in_text = True
             continue
@@ -104,7 +106,8 @@ async def _follow(events: AsyncIterator[agent_pb2.AgentRunEvent]) -> None:
         if in_text:
             out.print()
             in_text = False
-        out.print(f"  #{event.event_id} {line}")
+        where = f"[dim]{escape(event.run_path)}[/] " if event.run_path else ""  # a sub-agent's
+        out.print(f"  #{event.event_id} {where}{line}")
 
 
 @agents_app.command("list")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import typer
 
-from clients.cli import agents, demo, mcp, messages, rag, threads, workflows
+from clients.cli import agents, demo, mcp, messages, rag, threads, usage, workflows
 
 __all__ = ["register"]
 
 
 def register(app: typer.Typer) -> None:
-    """Adds the client commands (threads, messages, agents, workflows, rag, mcp, demo) to
-    `app`."""
-    for group in (threads, messages, agents, workflows, rag, mcp, demo):
+    """Adds the client commands (threads, messages, agents, workflows, rag, mcp, usage, demo)
+    to `app`."""
+    for group in (threads, messages, agents, workflows, rag, mcp, usage, demo):
         group.register(app)

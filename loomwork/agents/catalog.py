@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
-from loomwork.agents.definitions import AgentDefinition, AgentRegistry, AgentSource
+from loomwork.agents.definitions import AGENT_NAME, AgentDefinition, AgentRegistry, AgentSource
 from loomwork.agents.store import AgentStore
+from loomwork.agents.sub_agents import called_agent, find_cycle, is_agent_tool, named_functions
 from loomwork.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from loomwork.memory.settings import invalid_argument_from
 from loomwork.paging import decode_text_token, encode_text_token
@@ -35,8 +37,12 @@ class AgentCatalog:
         self.tools = tools
         self.mcp = mcp
 
+    async def find(self, tenant: str, name: str) -> AgentDefinition | None:
+        """The agent the tenant sees by that name (code first), or None."""
+        return self.code.find(name) or await self.store.find(tenant, name)
+
     async def get(self, tenant: str, name: str) -> AgentDefinition:
-        agent = self.code.find(name) or await self.store.find(tenant, name)
+        agent = await self.find(tenant, name)
         if agent is None:
             raise NotFound(f"agent {name!r} not found")
         return agent
@@ -65,6 +71,14 @@ class AgentCatalog:
         token = encode_text_token(page[-1].name, scope) if len(found) > limit else ""
         return page, token
 
+    async def every(self, tenant: str) -> builtins.list[AgentDefinition]:
+        """Every agent the tenant sees, by name."""
+        agents, token = await self.list(tenant, page_size=MAX_PAGE)
+        while token:
+            more, token = await self.list(tenant, page_size=MAX_PAGE, page_token=token)
+            agents += more
+        return agents
+
     async def _validated(self, tenant: str, data: Mapping[str, Any]) -> AgentDefinition:
         try:
             agent = AgentDefinition.model_validate({**data, "source": "api"})
@@ -74,11 +88,48 @@ class AgentCatalog:
             field = f"agent.tool_names[{i}]"
             if is_mcp_name(name):
                 await self._check_mcp_name(tenant, name, field)
+            elif is_agent_tool(name):
+                if called_agent(name) != agent.name:  # itself: a cycle (below)
+                    await self._check_agent(tenant, called_agent(name), field)
             elif not self.tools.has(name):
                 raise InvalidArgument.field(
                     field, f"{name!r} is not a registered tool (see ListTools)"
                 )
+        for i, name in enumerate(agent.handoffs):
+            if name == agent.name:
+                raise InvalidArgument.field(f"agent.handoffs[{i}]", "an agent hands off to others")
+            await self._check_agent(tenant, name, f"agent.handoffs[{i}]")
+        await self._check_agents_called(tenant, agent)
         return agent
+
+    async def _check_agent(self, tenant: str, name: str, field: str) -> None:
+        """An agent called as a tool or handed off to must exist (an agent deleted later is
+        left out of its callers' runs)."""
+        if not AGENT_NAME.match(name):
+            raise InvalidArgument.field(field, f"{name!r} is not an agent name")
+        if await self.find(tenant, name) is None:
+            raise InvalidArgument.field(field, f"there is no agent {name!r} (see ListAgents)")
+
+    async def _check_agents_called(self, tenant: str, agent: AgentDefinition) -> None:
+        """The model tells tools, agents and handoffs apart by name; and no agent calls
+        itself as a tool, directly or through others (handoffs alone may go round)."""
+        seen: set[str] = set()
+        for function, field in named_functions(agent.tool_names, agent.handoffs):
+            if function in seen:
+                raise InvalidArgument.field(
+                    f"agent.{field}", f"the model would see two tools named {function!r}"
+                )
+            seen.add(function)
+
+        async def lookup(name: str) -> AgentDefinition | None:
+            return agent if name == agent.name else await self.find(tenant, name)
+
+        cycle = await find_cycle(agent, lookup)
+        if cycle is not None:
+            raise InvalidArgument.field(
+                f"agent.{cycle.field}",
+                "makes a cycle of agents calling each other as tools: " + " → ".join(cycle.path),
+            )
 
     async def _check_mcp_name(self, tenant: str, name: str, field: str) -> None:
         """`mcp:<server>/<tool>` or `mcp:<server>/*`; for a server the tenant may use, the

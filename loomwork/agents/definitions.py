@@ -15,6 +15,7 @@ from loomwork.tools.routes import MAX_APPROVAL_TIMEOUT
 
 AGENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 MAX_TOOLS = 128
+MAX_HANDOFFS = 32
 
 AgentSource = Literal["code", "api"]
 
@@ -37,6 +38,8 @@ class AgentDefinition(BaseModel):
     model: str = Field(default="", max_length=256)  # empty: the server's LOOMWORK_CHAT_MODEL
     model_settings: ModelSettings = Field(default_factory=ModelSettings)
     tool_names: list[str] = Field(default_factory=list, max_length=MAX_TOOLS)
+    # Agents this one may hand the run over to (the model sees a `transfer_to_<agent>` tool).
+    handoffs: list[str] = Field(default_factory=list, max_length=MAX_HANDOFFS)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     # When true a run reads memory but saves nothing (no messages, no working memory updates).
     memory_read_only: bool = False
@@ -65,6 +68,17 @@ class AgentDefinition(BaseModel):
         repeated = sorted({n for n in value if value.count(n) > 1})
         if repeated:
             raise ValueError(f"names a tool more than once: {', '.join(repeated)}")
+        return value
+
+    @field_validator("handoffs")
+    @classmethod
+    def _handoffs(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not AGENT_NAME.match(name):
+                raise ValueError(f"{name!r} is not an agent name")
+        repeated = sorted({n for n in value if value.count(n) > 1})
+        if repeated:
+            raise ValueError(f"names an agent more than once: {', '.join(repeated)}")
         return value
 
     @field_validator("output_schema")

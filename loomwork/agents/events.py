@@ -20,6 +20,9 @@ def _now() -> datetime:
 class _Event(BaseModel):
     time: datetime = Field(default_factory=_now)
     step: int = 0
+    # Published by a sub-agent run into its top-level run's log: the path of runs down to it
+    # (AgentRunRequest.run_path); '' for the top-level run's own events.
+    run_path: str = ""
 
 
 class RunStarted(_Event):
@@ -132,6 +135,17 @@ class ToolCallRequested(_Event):
     call: PendingToolCall
 
 
+class Handoff(_Event):
+    """The model handed the run to another agent (its `transfer_to_<agent>` tool call): the
+    next steps run as that agent, with its instructions, tools and model."""
+
+    type: Literal["handoff"] = "handoff"
+    from_agent: str
+    to_agent: str
+    tool_call_id: str
+    model: str
+
+
 class RunFinished(_Event):
     type: Literal["run_finished"] = "run_finished"
     outcome: RunOutcome
@@ -151,6 +165,7 @@ AgentEvent = Annotated[
     | ApprovalRequested
     | ApprovalResolved
     | ToolCallRequested
+    | Handoff
     | RunFinished,
     Field(discriminator="type"),
 ]
@@ -162,8 +177,17 @@ _EVENT = TypeAdapter(AgentEvent)
 def once_key(event: AgentEvent) -> str:
     """A name for what `event` says, for events that say it once per run (a step finished or
     retried, a tool call's result, an approval asked for or decided, a client tool call
-    handed over), so a retried activity that publishes it again adds no duplicate; '' for
-    the rest (a retried model call streams anew, after its step_retrying)."""
+    handed over, a handoff; a sub-agent run's start and end), so a retried activity that
+    publishes it again adds no duplicate; '' for the rest (a retried model call streams
+    anew, after its step_retrying). A sub-agent run's names start with its path: they share
+    one log."""
+    key = _once_key(event)
+    if event.run_path and isinstance(event, RunStarted | RunFinished):
+        key = event.type
+    return f"{event.run_path}|{key}" if event.run_path and key else key
+
+
+def _once_key(event: AgentEvent) -> str:
     if isinstance(event, StepFinished):
         return f"step_finished:{event.step}"
     if isinstance(event, StepRetrying):  # said by the failed attempt, or else by the next
@@ -176,6 +200,8 @@ def once_key(event: AgentEvent) -> str:
         return f"approval_resolved:{event.step}:{event.tool_call_id}"
     if isinstance(event, ToolCallRequested):
         return f"tool_call_requested:{event.step}:{event.call.tool_call_id}"
+    if isinstance(event, Handoff):
+        return f"handoff:{event.step}:{event.tool_call_id}"
     return ""
 
 

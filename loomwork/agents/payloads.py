@@ -10,7 +10,7 @@ from loomwork.agents.definitions import AgentDefinition
 from loomwork.agents.events import AgentEvent, StepFinished, ToolResultEvent
 from loomwork.agents.run_models import AgentRunRequest, ContextUsage, RunOutcome, Violation
 from loomwork.llm.chat import ChatMessage, ChatUsage
-from loomwork.messages import ToolCallPart
+from loomwork.messages import ToolCallPart, ToolResultPart
 from loomwork.tools.routes import ToolRoute
 
 
@@ -94,3 +94,22 @@ class FinishInput(BaseModel):
 class PublishInput(BaseModel):
     request: AgentRunRequest
     event: AgentEvent
+
+
+class HandoffInput(BaseModel):
+    """A handoff call: the run's agent (`agent`) hands the run to the call's route's agent."""
+
+    request: AgentRunRequest
+    agent: AgentDefinition
+    step: int
+    call: ToolCallPart
+    target: str
+
+
+class HandoffOutcome(BaseModel):
+    """The handoff call's result for the model and, unless the target could not be found,
+    the agent (call overrides applied) and model the next steps run as."""
+
+    result: ToolResultPart
+    agent: AgentDefinition | None = None
+    model: str = ""

@@ -13,6 +13,11 @@ from loomwork.messages import NewMessage
 from loomwork.tools.client_tools import ClientTool, ClientToolResult
 
 
+def agent_run_workflow_id(agent: str, tenant_id: str, run_id: str) -> str:
+    """The Temporal workflow id of an agent run."""
+    return f"agent/{agent}/{tenant_id}/{run_id}"
+
+
 class AgentRunRequest(BaseModel):
     """Everything a run needs to start; the workflow's input."""
 
@@ -41,6 +46,20 @@ class AgentRunRequest(BaseModel):
     client_tools: list[ClientTool] = Field(default_factory=list)
     # The OpenTelemetry trace of the call that started the run ("" when not traced).
     trace_id: str = ""
+    # A sub-agent run (an agent called as a tool): the runs above it, from the top-level run
+    # down to the one that called it; empty for a run a caller started.
+    parents: list[str] = Field(default_factory=list)
+
+    @property
+    def log_run_id(self) -> str:
+        """The run whose event log this run publishes to: the top-level run's."""
+        return self.parents[0] if self.parents else self.run_id
+
+    @property
+    def run_path(self) -> str:
+        """`<top-level run>/…/<this run>` for a sub-agent run, marking its events and waits in
+        the top-level run's log; '' for the top-level run itself."""
+        return "/".join([*self.parents, self.run_id]) if self.parents else ""
 
     def client_tool(self, name: str) -> ClientTool | None:
         return next((t for t in self.client_tools if t.name == name), None)
@@ -79,6 +98,7 @@ class PendingCall(BaseModel):
     step: int
     request_time: datetime
     expire_time: datetime | None = None
+    run_path: str = ""  # the sub-agent run that waits on it (AgentRunRequest.run_path)
 
 
 class PendingApproval(PendingCall):
@@ -97,6 +117,16 @@ class WaitingOn(BaseModel):
 
     approvals: list[PendingApproval] = Field(default_factory=list)
     tool_calls: list[PendingToolCall] = Field(default_factory=list)
+
+
+class SubRunWaiting(BaseModel):
+    """What a sub-agent run waits on (its own calls and its sub-runs'), as it tells the run
+    that called it whenever that changes: the caller's state lists them, and it passes on
+    the decisions and results it is given for them. `seq` orders the reports."""
+
+    workflow_id: str
+    seq: int
+    waiting: WaitingOn = Field(default_factory=WaitingOn)
 
 
 class Decision(BaseModel):

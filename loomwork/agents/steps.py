@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+from loomwork.agents import sub_agents
 from loomwork.agents.batching import DeltaBatcher
 from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.definitions import AgentDefinition
@@ -34,7 +35,15 @@ from loomwork.agents.events import (
 )
 from loomwork.agents.memory_tool import UPDATE_WORKING_MEMORY
 from loomwork.agents.output_schema import parse_final, partial_object
-from loomwork.agents.payloads import FirstStep, RunPlan, StepInput, StepOutput, ToolInput
+from loomwork.agents.payloads import (
+    FirstStep,
+    HandoffInput,
+    HandoffOutcome,
+    RunPlan,
+    StepInput,
+    StepOutput,
+    ToolInput,
+)
 from loomwork.agents.run_models import AgentRunRequest, ContextUsage, RunOutcome, Violation
 from loomwork.agents.speculation import (
     SpeculativeSteps,
@@ -42,6 +51,7 @@ from loomwork.agents.speculation import (
     until_adopted,
     until_confirmed,
 )
+from loomwork.agents.tool_offer import offered_tools
 from loomwork.errors import Unavailable
 from loomwork.json_schema import validate_object
 from loomwork.llm.chat import (
@@ -50,7 +60,6 @@ from loomwork.llm.chat import (
     TextDelta,
     ToolCallDelta,
     ToolCallDone,
-    ToolSpec,
     json_schema_format,
 )
 from loomwork.memory.context_assembly import assemble_context
@@ -64,12 +73,11 @@ from loomwork.messages import Message, NewMessage, Role, ToolResultPart
 from loomwork.retries import RetryNotice
 from loomwork.streams.run_events import RunEventLog
 from loomwork.tools import ToolContext, ToolRegistry
-from loomwork.tools.client_tools import ClientTool
-from loomwork.tools.mcp_names import is_mcp_name
-from loomwork.tools.mcp_source import McpToolInfo, McpTools
+from loomwork.tools.mcp_source import McpTools
 from loomwork.tools.registry import error_result
-from loomwork.tools.routes import ToolRoute, earliest
+from loomwork.tools.routes import earliest
 from loomwork.tools.tool_context import OAuthAccess
+from loomwork.usage.ledger import ModelCall, UsageLedger, step_call
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +117,7 @@ async def announce_run(
     already (a repeated call, a retried start). `patience`: how long to wait out Redis (0,
     one try: the service answers its caller UNAVAILABLE; None: a step's patience)."""
     started = RunStarted(
+        run_path=request.run_path,
         agent_name=agent.name,
         thread_id=request.thread_id,
         resource_id=request.resource_id,
@@ -118,8 +127,12 @@ async def announce_run(
         input_messages=request.identified_inputs(),
         trace_id=request.trace_id,
     )
-    key = event_log_key(request.tenant, request.run_id)
-    await events.publish(key, encode_event(started), only_as=1, patience=patience)
+    key = event_log_key(request.tenant, request.log_run_id)
+    # A sub-agent run's start goes into its top-level run's log, once.
+    first = 0 if request.parents else 1
+    await events.publish(
+        key, encode_event(started), only_as=first, once=once_key(started), patience=patience
+    )
 
 
 def tool_names(agent: AgentDefinition, request: AgentRunRequest) -> list[str]:
@@ -155,6 +168,8 @@ class AgentSteps:
         speculation: SpeculativeSteps[FirstStep] | None = None,
         oauth: OAuthAccess | None = None,
         mcp: McpTools | None = None,
+        max_agent_depth: int = sub_agents.DEFAULT_MAX_DEPTH,
+        usage: UsageLedger | None = None,
     ) -> None:
         self.agents = agents
         self.tools = tools
@@ -167,22 +182,28 @@ class AgentSteps:
         self.speculation = speculation
         self.oauth = oauth  # the tenant's OAuth connections, for tools (ctx.oauth)
         self.mcp = mcp  # the MCP servers' tools (`mcp:<server>/<tool>` names)
+        self.max_agent_depth = max_agent_depth  # how deep sub-agent runs nest
+        self.usage = usage  # where each model step's tokens are recorded
 
     async def publish(
         self, request: AgentRunRequest, event: AgentEvent, *, patience: float | None = None
     ) -> int:
         """Append one event; its id (for a retried terminal event, or one said once per run
-        (`once_key`): the one stored first). `patience`: how long to wait out Redis (None:
-        the event log's own)."""
-        key = event_log_key(request.tenant, request.run_id)
+        (`once_key`): the one stored first). A sub-agent run's go to its top-level run's log,
+        marked with its path; its end does not end that log. `patience`: how long to wait out
+        Redis (None: the event log's own)."""
+        key = event_log_key(request.tenant, request.log_run_id)
+        if request.parents:
+            event = event.model_copy(update={"run_path": request.run_path})
         if isinstance(event, TextDeltaEvent | ObjectPartialEvent):
             # A speculative step streams once its run exists, as a draft until its activity
             # owns it: an activity that runs the step itself takes the draft over first.
             await until_confirmed()
             if drafting():
-                return await self.events.publish(key, encode_event(event), draft=FIRST_STEP)
+                draft = FIRST_STEP + request.run_path  # a sub-run's: its own, in one log
+                return await self.events.publish(key, encode_event(event), draft=draft)
         await until_adopted()  # anything else waits until the step's activity owns it
-        terminal = isinstance(event, RunFinished)
+        terminal = isinstance(event, RunFinished) and not request.parents
         return await self.events.publish(
             key, encode_event(event), terminal=terminal, once=once_key(event), patience=patience
         )
@@ -302,7 +323,10 @@ class AgentSteps:
         if self.speculation is None:
             return False
         key = event_log_key(request.tenant, request.run_id)
-        return self.speculation.begin(key, lambda: self._start_and_step(request))
+        begun = self.speculation.begin(key, lambda: self._start_and_step(request))
+        if begun and request.parents:  # a sub-run: the caller's recorded step starts it
+            self.speculation.confirm(key)
+        return begun
 
     async def start_and_step(self, request: AgentRunRequest, attempt: int = 1) -> FirstStep:
         """`start`, then the first model step in the same activity: one Temporal round trip
@@ -319,9 +343,10 @@ class AgentSteps:
         # Begun by the service, but not taken over here: fence off the step's draft (it may
         # run in another process), and have readers discard what it streamed (a retry says
         # so itself, in model_step).
+        log_key, draft = event_log_key(request.tenant, request.log_run_id), FIRST_STEP
         if (
             request.first_step_begun
-            and await self.events.take_draft(key, FIRST_STEP)
+            and await self.events.take_draft(log_key, draft + request.run_path)
             and attempt == 1
         ):
             await self.publish(request, StepRetrying(step=1, attempt=1))
@@ -407,7 +432,8 @@ class AgentSteps:
                 await self.publish(request, ToolCallEvent(step=step.step, call=event.call))
 
         names = tool_names(agent, request)
-        specs, routes = await self._offered_tools(request.tenant, names, request.client_tools)
+        agents = self._agents_of(request.tenant)
+        specs, routes = await offered_tools(self.tools, self.mcp, agents, request, agent, names)
         model = self.chat_model(step.plan_model)
         settings = agent.model_settings
         announced = asyncio.ensure_future(announce())
@@ -428,6 +454,19 @@ class AgentSteps:
             await deltas.cancel()
             await model.aclose()
         await self.publish(request, UsageEvent(step=step.step, usage=result.usage))
+        if self.usage is not None:  # once per step: a retry rewrites the same row
+            await self.usage.record(
+                ModelCall(
+                    tenant=request.tenant,
+                    run_id=request.run_id,
+                    call_key=step_call(step.step),
+                    run_kind="agent",
+                    agent_name=agent.name,
+                    model=step.plan_model,
+                    usage=result.usage,
+                    attempt=attempt,
+                )
+            )
         approval_required = [
             c.tool_call_id
             for c in result.tool_calls
@@ -451,7 +490,9 @@ class AgentSteps:
             tool_routes=tool_routes,
         )
         self._invalid_client_calls(request, output)
+        output.invalid_calls.update(sub_agents.refused_calls(request, output, self.max_agent_depth))
         if output.tool_calls:
+            sub_agents.begin_sub_runs(request, output, self.speculate)  # their first steps, at once
             return output  # the step finishes once its tools ran
         if schema is not None:
             value, problems = parse_final(result.text)
@@ -466,41 +507,14 @@ class AgentSteps:
         await self.publish(request, self.step_finished(step.step, output))
         return output
 
-    async def _offered_tools(
-        self, tenant: str, names: list[str], client_tools: list[ClientTool]
-    ) -> tuple[list[ToolSpec], dict[str, ToolRoute]]:
-        """What the model is told of the run's tools: the worker's, then the MCP servers'
-        (from their cached lists), then the caller's client tools; and the routes of the MCP
-        and client ones, by function name. A client tool keeps its name: an MCP tool of the
-        same function name is left out (the worker's own were checked as the run started)."""
-        own = [n for n in names if not is_mcp_name(n)]
-        specs = self.tools.specs(own)
-        mcp_names = [n for n in names if is_mcp_name(n)]
-        offered: list[McpToolInfo] = []
-        if mcp_names and self.mcp is None:
-            log.warning("MCP tools are not available in this process: %s left out", mcp_names)
-        elif mcp_names and self.mcp is not None:
-            offered = await self.mcp.offer(tenant, mcp_names)
-        taken = {spec.name for spec in specs} | {tool.name for tool in client_tools}
-        for info in offered:
-            if info.ref.function_name in taken:
-                log.warning(
-                    "%s is left out: a tool is named %s", info.ref.tool_name, info.ref.function_name
-                )
-        offered = [i for i in offered if i.ref.function_name not in taken]
-        specs += [info.spec() for info in offered]
-        specs += [tool.spec() for tool in client_tools]
-        routes = {info.ref.function_name: info.route() for info in offered}
-        routes.update({tool.name: tool.route() for tool in client_tools})
-        return specs, routes
-
     @staticmethod
     def _invalid_client_calls(request: AgentRunRequest, output: StepOutput) -> None:
         """Record the calls of client tools whose arguments are not a JSON object or do not
         fit the declared schema: they go back to the model, never to the caller."""
         for call in output.tool_calls:
             client_tool = request.client_tool(call.tool_name)
-            if client_tool is None:
+            route = output.tool_routes.get(call.tool_call_id)
+            if client_tool is None or route is None or route.kind != "client":
                 continue
             argument_error = output.argument_errors.get(call.tool_call_id)
             invalid = (
@@ -510,6 +524,18 @@ class AgentSteps:
             )
             if invalid:
                 output.invalid_calls[call.tool_call_id] = invalid
+
+    def _agents_of(self, tenant: str) -> sub_agents.AgentLookup:
+        return lambda name: self.agents.find(tenant, name)
+
+    async def handoff(self, handoff: HandoffInput) -> HandoffOutcome:
+        """Hand the run to another agent (its definition with the call's overrides applied)."""
+
+        async def resolve(name: str) -> AgentDefinition | None:
+            found = await self.agents.find(handoff.request.tenant, name)
+            return effective_agent(found, handoff.request) if found is not None else None
+
+        return await sub_agents.hand_off(handoff, resolve, self.publish, self.default_model)
 
     @staticmethod
     def step_finished(step: int, output: StepOutput) -> StepFinished:

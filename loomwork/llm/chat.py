@@ -101,9 +101,22 @@ class ToolSpec(BaseModel):
 
 
 class ChatUsage(BaseModel):
+    """Tokens of one or more model calls as the model reported them; `cached_tokens` are
+    the part of `prompt_tokens` it served from its prompt cache."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_tokens: int = 0
+
+    def plus(self, other: ChatUsage) -> ChatUsage:
+        """The usage of both, added up."""
+        return ChatUsage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
+        )
 
 
 class ChatResult(BaseModel):
@@ -244,10 +257,12 @@ def _parse_arguments(raw: str) -> tuple[dict[str, Any], str | None]:
 def _usage(usage: Any) -> ChatUsage:
     if usage is None:
         return ChatUsage()
+    details = getattr(usage, "prompt_tokens_details", None)
     return ChatUsage(
         prompt_tokens=usage.prompt_tokens or 0,
         completion_tokens=usage.completion_tokens or 0,
         total_tokens=usage.total_tokens or 0,
+        cached_tokens=(getattr(details, "cached_tokens", None) or 0) if details else 0,
     )
 
 

@@ -20,6 +20,7 @@ from loomwork.rag.query import Retriever
 from loomwork.retries import ATTEMPT_LOST, ATTEMPT_LOST_MESSAGE, RetryNotice, retried_failure
 from loomwork.storage.database import Database
 from loomwork.streams.run_events import RunEventLog
+from loomwork.usage.ledger import ModelCall, UsageLedger
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +167,14 @@ class AnswerSteps:
         events: RunEventLog,
         chat_model: Callable[[str], ChatModel],
         default_model: str,
+        usage: UsageLedger | None = None,
     ) -> None:
         self.db = db
         self.retriever = retriever
         self.events = events
         self.chat_model = chat_model
         self.default_model = default_model
+        self.usage = usage  # where each model call's tokens are recorded
 
     # -- records
 
@@ -238,6 +241,24 @@ class AnswerSteps:
     def model_name(self, request: AnswerRequest) -> str:
         return request.model or self.default_model
 
+    async def _record(
+        self, request: AnswerRequest, call: str, model: str, usage: ChatUsage, attempt: int
+    ) -> None:
+        """The tokens of one of the answer's model calls, in the usage ledger (once per call,
+        whatever the retries)."""
+        if self.usage is not None:
+            await self.usage.record(
+                ModelCall(
+                    tenant=request.tenant,
+                    run_id=request.answer_id,
+                    call_key=call,
+                    run_kind="answer",
+                    model=model,
+                    usage=usage,
+                    attempt=attempt,
+                )
+            )
+
     async def retrieve(self, request: AnswerRequest) -> RetrievedContext:
         record = await self.get(request.tenant, request.answer_id)
         if record.status == "pending":
@@ -256,6 +277,9 @@ class AnswerSteps:
         results, usage = await self.retriever.search(
             request.tenant, request.index_name, request.query, request.retrieval
         )
+        if usage.prompt_tokens or usage.completion_tokens:  # the model reranked
+            reranker = request.retrieval.rerank.model or self.retriever.default_chat_model
+            await self._record(request, "rerank", reranker, usage, 1)
         assembled = assemble_rag_context(
             results, max_tokens=request.max_context_tokens, order=request.order
         )
@@ -314,11 +338,8 @@ class AnswerSteps:
             )
         finally:
             await model.aclose()
-        usage = ChatUsage(
-            prompt_tokens=result.usage.prompt_tokens + context.usage.prompt_tokens,
-            completion_tokens=result.usage.completion_tokens + context.usage.completion_tokens,
-            total_tokens=result.usage.total_tokens + context.usage.total_tokens,
-        )
+        await self._record(request, "answer", name, result.usage, attempt)
+        usage = result.usage.plus(context.usage)
         await self.publish(request, AnswerEvent(type="usage", usage=usage))
         return GeneratedAnswer(
             text=result.text,

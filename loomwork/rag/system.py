@@ -13,6 +13,7 @@ from loomwork.rag.query import Retriever
 from loomwork.rag.store import RagStore
 from loomwork.storage.database import Database
 from loomwork.streams.run_events import RunEventLog
+from loomwork.usage.ledger import UsageLedger
 
 
 @dataclass
@@ -34,6 +35,7 @@ class RagSystem:
         default_chat_model: str,
         base_url: str | None = None,
         api_key: str | None = None,
+        usage: UsageLedger | None = None,
     ) -> RagSystem:
         store = RagStore(db)
         embedders = Embedders(embedding_model, base_url=base_url, api_key=api_key)
@@ -43,5 +45,5 @@ class RagSystem:
             embedders=embedders,
             retriever=retriever,
             ingestion=IngestionSteps(db, store, embedders, events),
-            answers=AnswerSteps(db, retriever, events, chat_model, default_chat_model),
+            answers=AnswerSteps(db, retriever, events, chat_model, default_chat_model, usage=usage),
         )

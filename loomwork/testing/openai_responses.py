@@ -155,7 +155,7 @@ async def completion_chunks(chat: ChatRequest, turn: Turn, model: str) -> AsyncI
     created = int(time.time())
     answered_by = chat.model or model
 
-    def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
         payload: dict[str, Any] = {
             "id": completion_id,
             "object": "chat.completion.chunk",

@@ -29,17 +29,22 @@ class ScriptedToolCall:
 
 @dataclass(frozen=True)
 class Usage:
-    """Token counts of one answer, as the model reports them."""
+    """Token counts of one answer, as the model reports them; `cached_tokens`, the part of
+    the prompt served from the model's cache, goes out as `prompt_tokens_details`."""
 
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        return {
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
+        if self.cached_tokens:
+            out["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return out
 
 
 @dataclass(frozen=True)

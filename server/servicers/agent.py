@@ -22,7 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.run_lookup import RunLookup, visibility_literal
 from activities.workflow_runs import AGENT_RUN
 from loomwork.agents.catalog import AgentCatalog
-from loomwork.agents.definitions import AGENT_NAME
+from loomwork.agents.definitions import AGENT_NAME, AgentDefinition
 from loomwork.agents.directory import RunDirectory
 from loomwork.agents.events import (
     AgentEvent,
@@ -43,6 +43,7 @@ from loomwork.agents.run_models import (
 )
 from loomwork.agents.steps import event_log_key
 from loomwork.agents.store import AgentStore
+from loomwork.agents.sub_agents import AGENT_TOOL_PREFIX
 from loomwork.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -80,6 +81,7 @@ _UPDATABLE = (
     "output_schema",
     "metadata",
     "approval_timeout",
+    "handoffs",
 )
 # How long an Update may take before the service checks that a worker has taken the run.
 NOT_TAKEN_CHECK_AFTER = 1.0
@@ -209,20 +211,19 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if not 0 <= request.page_size <= 1000:
             raise InvalidArgument.field("page_size", "must be between 0 and 1000")
         after = decode_text_token(request.page_token, "tools")
-        # The worker's tools and the MCP servers' the tenant may use, by the names agents use.
-        tools: dict[str, Tool | McpToolInfo] = {t.name: t for t in self.runtime.tools.all()}
+        # The worker's tools, the MCP servers' the tenant may use and its agents, by the names
+        # agents use.
+        tools: dict[str, Tool | McpToolInfo | AgentDefinition] = {
+            t.name: t for t in self.runtime.tools.all()
+        }
         if self.catalog.mcp is not None:
             tools |= {t.ref.tool_name: t for t in await self.catalog.mcp.listed(tenant())}
+        tools |= {f"{AGENT_TOOL_PREFIX}{a.name}": a for a in await self.catalog.every(tenant())}
         rest = sorted(name for name in tools if name > after)
         page = rest[: request.page_size or 100]
         more = len(rest) > len(page)
         return agent_pb2.ListToolsResponse(
-            tools=[
-                agent_convert.tool_to_proto(tool)
-                if isinstance(tool := tools[name], Tool)
-                else agent_convert.mcp_tool_to_proto(tool)
-                for name in page
-            ],
+            tools=[agent_convert.any_tool_to_proto(tools[name]) for name in page],
             next_page_token=encode_text_token(page[-1], "tools") if more else "",
         )
 
@@ -254,7 +255,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             decode_event,
             closed=ClosedRunEnd(self._closed_end(handle, run_request.run_id)),
         ):
-            if isinstance(published, RunFinished):
+            if isinstance(published, RunFinished) and not published.run_path:
                 # The outcome as the workflow returns it, without waiting for it to close.
                 outcome = published.outcome
                 outcome.terminal_event_id = event_id
@@ -310,6 +311,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             # Nothing in Redis: not started yet, or ended long enough ago that its events
             # expired; then only its terminal event, rebuilt from the result with its id.
             description = await _describe(handle, run_id)
+            if description.parent_id:  # a sub-agent run: it publishes to its top-level run
+                top = (description.root_id or description.parent_id).split("/")[-1]
+                raise FailedPrecondition(
+                    f"run {run_id!r} is a sub-agent run: watch run {top!r}, whose stream has"
+                    " its events (marked with their run_path)"
+                )
             if description.status != WorkflowExecutionStatus.COMPLETED:
                 return None
             outcome = await handle.result()

@@ -12,6 +12,7 @@ from google.rpc import code_pb2
 from loomwork.agents import events
 from loomwork.agents import run_models as runs
 from loomwork.agents.definitions import AgentDefinition, AgentSource
+from loomwork.agents.sub_agents import AGENT_TOOL_PREFIX, agent_tool_spec
 from loomwork.errors import Violations
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id
 from loomwork.json_schema import check_object_schema
@@ -128,6 +129,7 @@ def agent_to_proto(agent: AgentDefinition) -> agent_pb2.Agent:
         instructions=agent.instructions,
         model=agent.model,
         tool_names=agent.tool_names,
+        handoffs=agent.handoffs,
         memory=memory_to_proto(agent.memory, agent.memory_read_only),
         max_steps=agent.max_steps,
         source=_SOURCES[agent.source],
@@ -161,6 +163,7 @@ def agent_data_from_proto(agent: agent_pb2.Agent) -> dict[str, Any]:
         "instructions": agent.instructions,
         "model": agent.model,
         "tool_names": list(agent.tool_names),
+        "handoffs": list(agent.handoffs),
     }
     settings = agent.model_settings
     data["model_settings"] = {
@@ -192,6 +195,25 @@ def mcp_tool_to_proto(tool: McpToolInfo) -> agent_pb2.Tool:
     """An MCP server's tool, named as agents name it (`mcp:<server>/<tool>`)."""
     out = agent_pb2.Tool(name=tool.ref.tool_name, description=tool.description)
     out.parameters_schema.update(tool.input_schema)
+    return out
+
+
+def any_tool_to_proto(tool: Tool | McpToolInfo | AgentDefinition) -> agent_pb2.Tool:
+    """A tool as ListTools lists it: the worker's, an MCP server's, or an agent."""
+    if isinstance(tool, Tool):
+        return tool_to_proto(tool)
+    if isinstance(tool, McpToolInfo):
+        return mcp_tool_to_proto(tool)
+    return agent_tool_to_proto(tool)
+
+
+def agent_tool_to_proto(agent: AgentDefinition) -> agent_pb2.Tool:
+    """An agent as other agents name it as a tool (`agent:<name>`)."""
+    spec = agent_tool_spec(agent)
+    out = agent_pb2.Tool(name=f"{AGENT_TOOL_PREFIX}{agent.name}", description=spec.description)
+    out.parameters_schema.update(spec.parameters)
+    if agent.output_schema is not None:
+        out.result_schema.update(agent.output_schema)
     return out
 
 
@@ -295,7 +317,10 @@ def run_to_proto(outcome: runs.RunOutcome, workflow_id: str) -> agent_pb2.AgentR
 
 def pending_to_proto(pending: runs.PendingApproval) -> agent_pb2.PendingApproval:
     out = agent_pb2.PendingApproval(
-        tool_call_id=pending.tool_call_id, tool_name=pending.tool_name, step=pending.step
+        tool_call_id=pending.tool_call_id,
+        tool_name=pending.tool_name,
+        step=pending.step,
+        run_path=pending.run_path,
     )
     out.arguments.update(pending.arguments)
     set_timestamp(out.request_time, pending.request_time)
@@ -352,7 +377,9 @@ def decisions_from_proto(
 def event_to_proto(
     run_id: str, event_id: int, event: events.AgentEvent, workflow_id: str
 ) -> agent_pb2.AgentRunEvent:
-    out = agent_pb2.AgentRunEvent(event_id=event_id, run_id=run_id, step=event.step)
+    out = agent_pb2.AgentRunEvent(
+        event_id=event_id, run_id=run_id, step=event.step, run_path=event.run_path
+    )
     set_timestamp(out.time, event.time)
     if isinstance(event, events.RunStarted):
         out.run_started.CopyFrom(
@@ -403,6 +430,7 @@ def event_to_proto(
             _chat_message(out.step_finished.messages.add(), said)
     elif isinstance(event, events.ApprovalRequested):
         out.approval_requested.CopyFrom(pending_to_proto(event.approval))
+        out.approval_requested.run_path = event.run_path
     elif isinstance(event, events.ApprovalResolved):
         resolved = out.approval_resolved
         resolved.tool_call_id = event.tool_call_id
@@ -413,6 +441,16 @@ def event_to_proto(
         resolved.arguments_edited = event.arguments_edited
     elif isinstance(event, events.ToolCallRequested):
         out.tool_call_requested.CopyFrom(pending_tool_call_to_proto(event.call))
+        out.tool_call_requested.run_path = event.run_path
+    elif isinstance(event, events.Handoff):
+        out.handoff.CopyFrom(
+            agent_pb2.AgentHandoff(
+                from_agent=event.from_agent,
+                to_agent=event.to_agent,
+                tool_call_id=event.tool_call_id,
+                model=event.model,
+            )
+        )
     elif isinstance(event, events.RunFinished):
         if event.outcome.status in ("succeeded", "canceled"):
             run = run_to_proto(event.outcome, workflow_id)

@@ -38,7 +38,10 @@ def client_tools_from_proto(
 
 def pending_tool_call_to_proto(call: PendingToolCall) -> agent_pb2.PendingToolCall:
     out = agent_pb2.PendingToolCall(
-        tool_call_id=call.tool_call_id, tool_name=call.tool_name, step=call.step
+        tool_call_id=call.tool_call_id,
+        tool_name=call.tool_name,
+        step=call.step,
+        run_path=call.run_path,
     )
     out.arguments.update(call.arguments)
     set_timestamp(out.request_time, call.request_time)

@@ -21,10 +21,11 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
+from activities.workflow_runs import START_OUTCOME_UNKNOWN
 from loomwork.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id, new_id
 from loomwork.paging import decode_page_token, encode_page_token
-from loomwork.rag.answer import AnswerEvent, AnswerRecord, answer_log_key
+from loomwork.rag.answer import AnswerEvent, AnswerRecord, AnswerRequest, answer_log_key
 from loomwork.rag.chunking import validate_chunking
 from loomwork.rag.ingestion import (
     TERMINAL,
@@ -41,6 +42,7 @@ from loomwork.rag.query import MAX_QUERY_CHARS, validate_retrieval
 from loomwork.rag.store import check_index_spec, validate_index_name
 from loomwork.rag.system import RagSystem
 from protos.loomwork.v1 import rag_pb2, rag_pb2_grpc
+from server.quotas import admit_run, refuse_run
 from server.runtime import Runtime, rag_system
 from server.servicers import rag_convert as convert
 from server.servicers.relay import relay_run_events
@@ -71,7 +73,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.rag: RagSystem = runtime.rag or rag_system(
-            runtime.settings, runtime.db, runtime.events, runtime.chat_models
+            runtime.settings, runtime.db, runtime.events, runtime.chat_models, runtime.usage
         )
 
     # -- indexes
@@ -486,6 +488,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
         )
         await self.rag.store.get_index(tenant_id, answer.index_name)
         workflow_id = answer_workflow_id(answer.index_name, tenant_id, answer.answer_id)
+        slot = await admit_run(self.runtime, tenant_id, workflow_id)  # the tenant's quotas
         record, created = await self.rag.answers.create(
             tenant_id,
             AnswerRecord(
@@ -500,23 +503,33 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
         # (still pending, same index): a repeat of a run under way joins it (USE_EXISTING).
         if created or (record.status == "pending" and record.workflow_id == workflow_id):
             with contextlib.suppress(WorkflowAlreadyStartedError):  # ended meanwhile
-                await self.runtime.temporal.start_workflow(
-                    RagAnswerWorkflow.run,
-                    answer,
-                    id=workflow_id,
-                    task_queue=self.runtime.settings.task_queue,
-                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                    search_attributes=TypedSearchAttributes(
-                        [
-                            SearchAttributePair(TENANT, tenant_id),
-                            SearchAttributePair(RUN, answer.answer_id),
-                        ]
-                    ),
-                    static_summary=f"answer from {answer.index_name}",
-                )
+                await self._start_answer(answer, workflow_id, tenant_id, slot)
         async for event in self._answer_events(tenant_id, record, 0):
             yield rag_pb2.AnswerResponse(event=event)
+
+    async def _start_answer(
+        self, answer: AnswerRequest, workflow_id: str, tenant_id: str, slot: bool
+    ) -> None:
+        try:
+            await self.runtime.temporal.start_workflow(
+                RagAnswerWorkflow.run,
+                answer,
+                id=workflow_id,
+                task_queue=self.runtime.settings.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(TENANT, tenant_id),
+                        SearchAttributePair(RUN, answer.answer_id),
+                    ]
+                ),
+                static_summary=f"answer from {answer.index_name}",
+            )
+        except RPCError as error:
+            if error.status not in START_OUTCOME_UNKNOWN:
+                await refuse_run(self.runtime, tenant_id, workflow_id, slot)
+            raise
 
     async def _answer_events(
         self, tenant_id: str, record: AnswerRecord, after: int

@@ -19,7 +19,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.run_lookup import RunLookup, visibility_literal
-from activities.workflow_runs import DSL_RUN, WorkflowRunStarter
+from activities.workflow_runs import DSL_RUN, START_OUTCOME_UNKNOWN, WorkflowRunStarter
 from loomwork.agents.directory import RunDirectory
 from loomwork.errors import (
     AlreadyExists,
@@ -52,6 +52,7 @@ from loomwork.paging import (
     encode_page_token,
 )
 from protos.loomwork.v1 import workflow_pb2, workflow_pb2_grpc
+from server.quotas import admit_run, refuse_run
 from server.runtime import Runtime
 from server.servicers import workflow_convert
 from server.servicers.relay import ClosedRunEnd, PendingNotice, relay_run_events
@@ -182,6 +183,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         workflow_id = temporal_workflow_id(definition.id, tenant_id, run_id)
         data = run_input.model_dump(mode="json")
         metadata = struct_to_dict(request.metadata)
+        slot = await admit_run(self.runtime, tenant_id, workflow_id)  # the tenant's quotas
         try:
             # Announced as it is accepted: a watcher sees run_started at once, and is told
             # if no worker takes the run (run_pending follows it).
@@ -194,6 +196,8 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                 summary=f"workflow {definition.id} v{definition.version}, run {run_id}",
             )
         except RPCError as error:
+            if error.status not in START_OUTCOME_UNKNOWN:
+                await refuse_run(self.runtime, tenant_id, workflow_id, slot)
             raise Unavailable(f"Temporal: {error.message}") from error
         self.runs.remember(tenant_id, run_id, workflow_id)
         if request.client_run_id:  # a repeat of the id, once Temporal dropped the run, is refused

@@ -19,12 +19,13 @@ from protos.loomwork.v1 import (
     integration_pb2,
     memory_pb2,
     rag_pb2,
+    usage_pb2,
     workflow_pb2,
 )
 
 SERVICES: tuple[ServiceDescriptor, ...] = tuple(
     service
-    for module in (memory_pb2, agent_pb2, rag_pb2, workflow_pb2, integration_pb2)
+    for module in (memory_pb2, agent_pb2, rag_pb2, workflow_pb2, integration_pb2, usage_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
 )
 # The role each access level needs; ACCESS_AUTHENTICATED needs none.

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import grpc
 import psycopg
 import pydantic
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,6 +27,7 @@ from loomwork.errors import (
     NotFound,
     OutOfRange,
     PermissionDenied,
+    QuotaExceeded,
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
@@ -90,10 +94,42 @@ def pydantic_violations(error: pydantic.ValidationError) -> list[FieldViolation]
     return violations
 
 
+def quota_details(error: QuotaExceeded) -> list[Message]:
+    """What a refused start carries beside its message: the quota (google.rpc.QuotaFailure),
+    its figures and reset time (ErrorInfo, reason QUOTA_EXCEEDED), and when to try again
+    (RetryInfo) when the quota resets at a time."""
+    metadata = {"quota": error.quota, "limit": str(error.limit), "used": str(error.used)}
+    details: list[Message] = [
+        error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=f"tenant:{error.tenant}", description=error.message
+                )
+            ]
+        )
+    ]
+    if error.reset_time is not None:
+        metadata["reset_time"] = error.reset_time.isoformat().replace("+00:00", "Z")
+        retry = error_details_pb2.RetryInfo()
+        wait = max(error.reset_time - datetime.now(UTC), timedelta(0))
+        retry.retry_delay.FromTimedelta(wait)
+        details.append(retry)
+    details.append(
+        error_details_pb2.ErrorInfo(reason="QUOTA_EXCEEDED", domain="loomwork", metadata=metadata)
+    )
+    return details
+
+
 def to_rpc_status(error: LoomworkError) -> grpc.Status:
-    """A grpc.Status carrying google.rpc.Status, with BadRequest details for bad input."""
+    """A grpc.Status carrying google.rpc.Status, with BadRequest details for bad input and
+    the quota's details for a refused start."""
     code = status_code_of(error)
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message)
+    if isinstance(error, QuotaExceeded):
+        for item in quota_details(error):
+            detail = any_pb2.Any()
+            detail.Pack(item)
+            status.details.append(detail)
     if isinstance(error, InvalidArgument):
         bad_request = error_details_pb2.BadRequest(
             field_violations=[

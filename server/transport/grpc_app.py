@@ -19,6 +19,8 @@ from protos.loomwork.v1 import (
     memory_pb2_grpc,
     rag_pb2,
     rag_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
     workflow_pb2,
     workflow_pb2_grpc,
 )
@@ -28,6 +30,7 @@ from server.servicers.agent import AgentServicer
 from server.servicers.integration import IntegrationServicer
 from server.servicers.memory import MemoryServicer
 from server.servicers.rag import RagServicer
+from server.servicers.usage import UsageServicer
 from server.servicers.workflow import WorkflowServicer
 from server.tls import grpc_server_credentials
 from server.transport.bearer import Authenticator
@@ -47,6 +50,7 @@ SERVICE_NAMES = [
     rag_pb2.DESCRIPTOR.services_by_name["RagService"].full_name,
     workflow_pb2.DESCRIPTOR.services_by_name["WorkflowService"].full_name,
     integration_pb2.DESCRIPTOR.services_by_name["IntegrationService"].full_name,
+    usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
 ]
 
 
@@ -108,6 +112,7 @@ def build_grpc_app(
     )
     workflow_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(runtime), server)
     rag_pb2_grpc.add_RagServiceServicer_to_server(RagServicer(runtime), server)
+    usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(runtime), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

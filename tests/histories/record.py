@@ -2,11 +2,15 @@
 
     .venv/bin/python tests/histories/record.py tests/histories/agent_run_<version>.json
     .venv/bin/python tests/histories/record.py --workflows tests/histories/dsl_run_<version>
+    .venv/bin/python tests/histories/record.py --sub-agents tests/histories/agent_run_<version>
 
 An agent run: one run through the gRPC API on a fresh embedded stack, of an agent made like
 `assistant` with an approval timeout of an hour: a tool call, a call that needs approval
 (approved by ResumeRun before its timeout), a call of a client tool (answered by
-SubmitToolResults), then the answer. `--workflows`: one DslRun of
+SubmitToolResults), then the answer. `--sub-agents`: a run whose agent calls another as a tool
+(whose call of `send_email` is approved through the top-level run) and then hands off to a
+third, written to `<prefix>.json` (the top-level run) and `<prefix>_sub_run.json` (the
+sub-agent run). `--workflows`: one DslRun of
 each example workflow through StartRun (linear, branching, and suspend → ResumeRun), written
 to `<prefix>_<workflow>.json`. Record them per released version of the workflow code and
 keep them all: the replay tests (`test_agent_run_replay.py`, `test_workflow_run_replay.py`)
@@ -43,6 +47,13 @@ SCRIPT = [
     Turn(tool_calls=[ScriptedToolCall("send_email", {"to": "ada@example.com"}, id="c_mail")]),
     Turn(tool_calls=[ScriptedToolCall("get_weather", {"city": "Paris"}, id="c_weather")]),
     Turn(text="Sent: 5. Sunny in Paris.", chunk_size=3),
+]
+SUB_AGENTS_SCRIPT = [  # the lead asks the mailer, which mails; the lead hands off to the closer
+    Turn(tool_calls=[ScriptedToolCall("mailer", {"prompt": "mail Ada"}, id="c_ask")]),
+    Turn(tool_calls=[ScriptedToolCall("send_email", {"to": "ada@example.com"}, id="c_mail")]),
+    Turn(text="Mailed.", chunk_size=3),
+    Turn(tool_calls=[ScriptedToolCall("transfer_to_closer", {}, id="c_hand")]),
+    Turn(text="Done: mailed.", chunk_size=3),
 ]
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 
@@ -104,6 +115,51 @@ async def record(settings: Settings) -> str:
     await app.stop(0)
     await runtime.close()
     return history
+
+
+async def record_sub_agents(settings: Settings) -> dict[str, str]:
+    """The histories of a run that calls an agent as a tool and hands off, and of its
+    sub-agent run, as JSON."""
+    runtime = await Runtime.open(settings)
+    await register_search_attributes(runtime.temporal, settings.temporal_namespace)
+    worker = build_worker(runtime)
+    app = build_grpc_app(runtime, "127.0.0.1:0")
+    await app.start()
+    async with worker, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        agents = agent_pb2_grpc.AgentServiceStub(channel)
+        for agent in (
+            agent_pb2.Agent(name="mailer", instructions="Mail.", tool_names=["send_email"]),
+            agent_pb2.Agent(name="closer", instructions="Close."),
+            agent_pb2.Agent(
+                name="lead", instructions="Lead.", tool_names=["agent:mailer"], handoffs=["closer"]
+            ),
+        ):
+            await agents.CreateAgent(agent_pb2.CreateAgentRequest(agent=agent), metadata=AUTH)
+        request = agent_pb2.StreamRequest(
+            agent_name="lead", prompt="mail Ada", client_run_id="team"
+        )
+        sub_run = ""
+        async for response in agents.Stream(request, metadata=AUTH):
+            event = response.event
+            if event.HasField("approval_requested"):
+                sub_run = event.run_path.split("/")[-1]
+                await agents.ResumeRun(
+                    agent_pb2.AgentServiceResumeRunRequest(
+                        run_id="team",
+                        decisions=[agent_pb2.ApprovalDecision(tool_call_id="c_mail", approve={})],
+                    ),
+                    metadata=AUTH,
+                )
+            if event.HasField("run_finished") and not event.run_path:
+                assert event.run_finished.status == run_pb2.RUN_STATUS_SUCCEEDED
+        histories = {}
+        for name, agent, run_id in (("", "lead", "team"), ("_sub_run", "mailer", sub_run)):
+            handle = runtime.temporal.get_workflow_handle(f"agent/{agent}/rec/{run_id}")
+            await handle.result()
+            histories[name] = (await handle.fetch_history()).to_json()
+    await app.stop(0)
+    await runtime.close()
+    return histories
 
 
 WORKFLOW_RUNS = {  # example workflow -> its input, and the resume data of its suspended step
@@ -172,11 +228,12 @@ async def record_workflows(settings: Settings) -> dict[str, str]:
 
 def main() -> None:
     workflows = sys.argv[1] == "--workflows"
+    sub_agents = sys.argv[1] == "--sub-agents"
     out = Path(sys.argv[-1]).resolve()
     with tempfile.TemporaryDirectory(prefix="loomwork-history-") as tmp:
         stack = EmbeddedStack(Path(tmp), temporal_ui=False)
         endpoints = stack.start()
-        model = ScriptedModelServer(SCRIPT)
+        model = ScriptedModelServer(SUB_AGENTS_SCRIPT if sub_agents else SCRIPT)
         model.start_in_thread()
         try:
             settings = Settings(
@@ -193,6 +250,11 @@ def main() -> None:
             if workflows:
                 for name, history in asyncio.run(record_workflows(settings)).items():
                     path = out.with_name(f"{out.name}_{name}.json")
+                    path.write_text(history)
+                    print(f"recorded {path}")
+            elif sub_agents:
+                for suffix, history in asyncio.run(record_sub_agents(settings)).items():
+                    path = out.with_name(f"{out.stem}{suffix}.json")
                     path.write_text(history)
                     print(f"recorded {path}")
             else:

@@ -62,7 +62,7 @@ AGENT_FINISH_REASON_CANCELED: AgentFinishReason
 AGENT_FINISH_REASON_ERROR: AgentFinishReason
 
 class Agent(_message.Message):
-    __slots__ = ("name", "description", "instructions", "model", "model_settings", "tool_names", "memory", "max_steps", "output_schema", "metadata", "source", "create_time", "update_time", "approval_timeout")
+    __slots__ = ("name", "description", "instructions", "model", "model_settings", "tool_names", "memory", "max_steps", "output_schema", "metadata", "source", "create_time", "update_time", "approval_timeout", "handoffs")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class Agent(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    HANDOFFS_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     instructions: str
@@ -91,7 +92,8 @@ class Agent(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
     approval_timeout: _duration_pb2.Duration
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., instructions: _Optional[str] = ..., model: _Optional[str] = ..., model_settings: _Optional[_Union[_run_pb2.ModelSettings, _Mapping]] = ..., tool_names: _Optional[_Iterable[str]] = ..., memory: _Optional[_Union[AgentMemorySettings, _Mapping]] = ..., max_steps: _Optional[int] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., source: _Optional[_Union[AgentSource, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., approval_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    handoffs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., instructions: _Optional[str] = ..., model: _Optional[str] = ..., model_settings: _Optional[_Union[_run_pb2.ModelSettings, _Mapping]] = ..., tool_names: _Optional[_Iterable[str]] = ..., memory: _Optional[_Union[AgentMemorySettings, _Mapping]] = ..., max_steps: _Optional[int] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., source: _Optional[_Union[AgentSource, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., approval_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., handoffs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AgentMemorySettings(_message.Message):
     __slots__ = ("last_messages", "semantic_recall", "working_memory", "max_context_tokens", "read_only")
@@ -412,20 +414,22 @@ class ContextUsage(_message.Message):
     def __init__(self, tokens_in_context: _Optional[int] = ..., messages_recalled: _Optional[int] = ..., messages_trimmed: _Optional[int] = ..., tokens_trimmed: _Optional[int] = ...) -> None: ...
 
 class PendingApproval(_message.Message):
-    __slots__ = ("tool_call_id", "tool_name", "arguments", "step", "request_time", "expire_time")
+    __slots__ = ("tool_call_id", "tool_name", "arguments", "step", "request_time", "expire_time", "run_path")
     TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     TOOL_NAME_FIELD_NUMBER: _ClassVar[int]
     ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     REQUEST_TIME_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    RUN_PATH_FIELD_NUMBER: _ClassVar[int]
     tool_call_id: str
     tool_name: str
     arguments: _struct_pb2.Struct
     step: int
     request_time: _timestamp_pb2.Timestamp
     expire_time: _timestamp_pb2.Timestamp
-    def __init__(self, tool_call_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., step: _Optional[int] = ..., request_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    run_path: str
+    def __init__(self, tool_call_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., step: _Optional[int] = ..., request_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_path: _Optional[str] = ...) -> None: ...
 
 class ApprovalDecision(_message.Message):
     __slots__ = ("tool_call_id", "approve", "reject")
@@ -466,11 +470,12 @@ class ApprovalResolved(_message.Message):
     def __init__(self, tool_call_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., approved: _Optional[bool] = ..., reason: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., arguments_edited: _Optional[bool] = ...) -> None: ...
 
 class AgentRunEvent(_message.Message):
-    __slots__ = ("event_id", "run_id", "time", "step", "run_started", "text_delta", "tool_call", "tool_result", "approval_requested", "approval_resolved", "object_partial", "object_final", "usage", "step_retrying", "step_finished", "run_finished", "run_failed", "run_pending", "tool_call_requested")
+    __slots__ = ("event_id", "run_id", "time", "step", "run_path", "run_started", "text_delta", "tool_call", "tool_result", "approval_requested", "approval_resolved", "object_partial", "object_final", "usage", "step_retrying", "step_finished", "run_finished", "run_failed", "run_pending", "tool_call_requested", "handoff")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    RUN_PATH_FIELD_NUMBER: _ClassVar[int]
     RUN_STARTED_FIELD_NUMBER: _ClassVar[int]
     TEXT_DELTA_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALL_FIELD_NUMBER: _ClassVar[int]
@@ -486,10 +491,12 @@ class AgentRunEvent(_message.Message):
     RUN_FAILED_FIELD_NUMBER: _ClassVar[int]
     RUN_PENDING_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    HANDOFF_FIELD_NUMBER: _ClassVar[int]
     event_id: int
     run_id: str
     time: _timestamp_pb2.Timestamp
     step: int
+    run_path: str
     run_started: AgentRunStarted
     text_delta: _run_pb2.TextDelta
     tool_call: _message_pb2.ToolCallPart
@@ -505,7 +512,20 @@ class AgentRunEvent(_message.Message):
     run_failed: _run_pb2.RunError
     run_pending: AgentRunPending
     tool_call_requested: PendingToolCall
-    def __init__(self, event_id: _Optional[int] = ..., run_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., run_started: _Optional[_Union[AgentRunStarted, _Mapping]] = ..., text_delta: _Optional[_Union[_run_pb2.TextDelta, _Mapping]] = ..., tool_call: _Optional[_Union[_message_pb2.ToolCallPart, _Mapping]] = ..., tool_result: _Optional[_Union[_message_pb2.ToolResultPart, _Mapping]] = ..., approval_requested: _Optional[_Union[PendingApproval, _Mapping]] = ..., approval_resolved: _Optional[_Union[ApprovalResolved, _Mapping]] = ..., object_partial: _Optional[_Union[ObjectPartial, _Mapping]] = ..., object_final: _Optional[_Union[ObjectFinal, _Mapping]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ..., step_retrying: _Optional[_Union[AgentStepRetrying, _Mapping]] = ..., step_finished: _Optional[_Union[AgentStepFinished, _Mapping]] = ..., run_finished: _Optional[_Union[AgentRunFinished, _Mapping]] = ..., run_failed: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., run_pending: _Optional[_Union[AgentRunPending, _Mapping]] = ..., tool_call_requested: _Optional[_Union[PendingToolCall, _Mapping]] = ...) -> None: ...
+    handoff: AgentHandoff
+    def __init__(self, event_id: _Optional[int] = ..., run_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., run_path: _Optional[str] = ..., run_started: _Optional[_Union[AgentRunStarted, _Mapping]] = ..., text_delta: _Optional[_Union[_run_pb2.TextDelta, _Mapping]] = ..., tool_call: _Optional[_Union[_message_pb2.ToolCallPart, _Mapping]] = ..., tool_result: _Optional[_Union[_message_pb2.ToolResultPart, _Mapping]] = ..., approval_requested: _Optional[_Union[PendingApproval, _Mapping]] = ..., approval_resolved: _Optional[_Union[ApprovalResolved, _Mapping]] = ..., object_partial: _Optional[_Union[ObjectPartial, _Mapping]] = ..., object_final: _Optional[_Union[ObjectFinal, _Mapping]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ..., step_retrying: _Optional[_Union[AgentStepRetrying, _Mapping]] = ..., step_finished: _Optional[_Union[AgentStepFinished, _Mapping]] = ..., run_finished: _Optional[_Union[AgentRunFinished, _Mapping]] = ..., run_failed: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., run_pending: _Optional[_Union[AgentRunPending, _Mapping]] = ..., tool_call_requested: _Optional[_Union[PendingToolCall, _Mapping]] = ..., handoff: _Optional[_Union[AgentHandoff, _Mapping]] = ...) -> None: ...
+
+class AgentHandoff(_message.Message):
+    __slots__ = ("from_agent", "to_agent", "tool_call_id", "model")
+    FROM_AGENT_FIELD_NUMBER: _ClassVar[int]
+    TO_AGENT_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    from_agent: str
+    to_agent: str
+    tool_call_id: str
+    model: str
+    def __init__(self, from_agent: _Optional[str] = ..., to_agent: _Optional[str] = ..., tool_call_id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class AgentRunPending(_message.Message):
     __slots__ = ("task_queue", "waited")
@@ -662,20 +682,22 @@ class ClientTool(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class PendingToolCall(_message.Message):
-    __slots__ = ("tool_call_id", "tool_name", "arguments", "step", "request_time", "expire_time")
+    __slots__ = ("tool_call_id", "tool_name", "arguments", "step", "request_time", "expire_time", "run_path")
     TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     TOOL_NAME_FIELD_NUMBER: _ClassVar[int]
     ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     REQUEST_TIME_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    RUN_PATH_FIELD_NUMBER: _ClassVar[int]
     tool_call_id: str
     tool_name: str
     arguments: _struct_pb2.Struct
     step: int
     request_time: _timestamp_pb2.Timestamp
     expire_time: _timestamp_pb2.Timestamp
-    def __init__(self, tool_call_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., step: _Optional[int] = ..., request_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    run_path: str
+    def __init__(self, tool_call_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., step: _Optional[int] = ..., request_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_path: _Optional[str] = ...) -> None: ...
 
 class ClientToolResult(_message.Message):
     __slots__ = ("tool_call_id", "result", "error")

@@ -181,9 +181,10 @@ class AgentServiceServicer:
 
     def ListTools(self, request, context):
         """Lists the tools agents may name in `tool_names`, ordered by name: those
-        registered in the worker, and the tools of the MCP servers the tenant may
+        registered in the worker, the tools of the MCP servers the tenant may
         use (IntegrationService.ListMcpServers) as last listed, named
-        `mcp:<server>/<tool>`.
+        `mcp:<server>/<tool>`, and the agents the tenant sees, as tools named
+        `agent:<name>` (called with a `prompt`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
