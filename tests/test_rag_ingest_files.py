@@ -101,7 +101,7 @@ async def test_folder_over_the_message_limit(
     good = kept - {"guide/broken.pdf"}
     assert len(good) == 37
     index = f"folder_{uuid.uuid4().hex[:8]}"
-    assert _cli(env, "rag", "create-index", index).exit_code == 0
+    assert (await asyncio.to_thread(_cli, env, "rag", "create-index", index)).exit_code == 0
     args = ["rag", "ingest", index, str(root), "--recursive"]
     for pattern in ("*.html", "*.md", "*.pdf", "*.txt", "guide/deeper/*.docx"):
         args += ["--glob", pattern]
@@ -160,6 +160,7 @@ async def test_python_client_ingests_a_docx_and_text_and_reports_progress(
                 tmp_path / "copy.txt",
                 tmp_path / "missing.pdf",
             ],
+            chunking=rag_pb2.ChunkingOptions(strategy=rag_pb2.CHUNKING_STRATEGY_MARKDOWN),
             on_progress=seen.append,
         )
         assert [(f.path.name, f.status, f.reason) for f in report.files] == [
