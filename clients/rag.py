@@ -332,7 +332,8 @@ _DOCUMENT_STATUS: dict[int, Any] = {
     rag_pb2.INGESTION_DOCUMENT_STATUS_CANCELED: "canceled",
 }
 # A batch refused for what one of its documents is (a bad field, too large) is sent again
-# one document per call, so that only that document fails.
+# one document per call, so that only that document fails; a document alone still too
+# large for the server's message limit is uploaded instead.
 _PER_DOCUMENT_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
@@ -430,6 +431,9 @@ class _FileSetIngestion:
                 self.index_name, documents, chunking=self.chunking, timeout=self.timeout
             )
         except grpc.aio.AioRpcError as err:
+            if len(members) == 1 and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                await self.send_upload(members[0])  # over a server's lower message limit
+                return
             if len(members) == 1 or err.code() not in _PER_DOCUMENT_CODES:
                 for path in members:
                     self.fail_rpc(path, err)
@@ -441,7 +445,10 @@ class _FileSetIngestion:
                         self.index_name, [document], chunking=self.chunking, timeout=self.timeout
                     )
                 except grpc.aio.AioRpcError as one_err:
-                    self.fail_rpc(path, one_err)
+                    if one_err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        await self.send_upload(path)  # over a server's lower message limit
+                    else:
+                        self.fail_rpc(path, one_err)
                 else:
                     self.follow(single, [path])
             self.emit()
