@@ -334,6 +334,8 @@ _DOCUMENT_STATUS: dict[int, Any] = {
 # A batch refused for what one of its documents is (a bad field, too large) is sent again
 # one document per call, so that only that document fails; a document alone still too
 # large for the server's message limit is uploaded instead.
+# Upload pieces when the server refuses 1 MiB ones (its message limit is 1 MiB or less).
+_SMALL_PIECE = 256 * 1024
 _PER_DOCUMENT_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
@@ -362,6 +364,7 @@ class _FileSetIngestion:
         self.first_with_digest: dict[str, Path] = {}
         self.ingestions: dict[str, rag_pb2.IngestionProgress] = {}
         self.watchers: list[asyncio.Task[None]] = []
+        self.sent_of: dict[Path, int] = {}  # bytes of each upload queued so far
         self.progress = IngestProgress()
 
     def start(self, files: list[Path], failed: list[FileOutcome], bytes_total: int) -> None:
@@ -455,7 +458,7 @@ class _FileSetIngestion:
             return
         self.follow(ingestion, members)
 
-    async def send_upload(self, path: Path) -> None:
+    async def send_upload(self, path: Path, piece_bytes: int = 1024 * 1024) -> None:
         try:
             digest = await asyncio.to_thread(file_sha256, path)
         except OSError as exc:
@@ -468,6 +471,7 @@ class _FileSetIngestion:
 
         def sent(n: int) -> None:
             self.progress.bytes_sent += n
+            self.sent_of[path] = self.sent_of.get(path, 0) + n
             self.emit()
 
         try:
@@ -477,12 +481,17 @@ class _FileSetIngestion:
                 rag_pb2.DocumentInput(file_name=path.name, source_uri=str(path)),
                 chunking=self.chunking,
                 sha256=digest,
+                piece_bytes=piece_bytes,
                 on_piece=sent,
                 timeout=self.timeout,
             )
         except OSError as exc:
             self.fail(path, "FILE_UNREADABLE", str(exc))
         except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and piece_bytes > _SMALL_PIECE:
+                self.progress.bytes_sent -= self.sent_of.pop(path, 0)
+                await self.send_upload(path, _SMALL_PIECE)  # a server taking 1 MiB messages
+                return
             self.fail_rpc(path, err)
         else:
             self.follow(ingestion, [path])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import re
 import uuid
@@ -21,6 +22,8 @@ from clients.cli import register
 from clients.rag_files import IngestProgress
 from loomwork.config import Settings
 from protos.loomwork.v1 import rag_pb2
+from server.runtime import Runtime
+from server.transport.grpc_app import build_grpc_app
 from tests.test_rag_extract import SHIPPED_PDF, built_docx
 
 app = typer.Typer()
@@ -178,3 +181,36 @@ async def test_python_client_ingests_a_docx_and_text_and_reports_progress(
         assert hits[0].citation.title == "Pump manual"
         table = await client.rag.query(index, "What is the flow of the P-20 pump model?")
         assert any("P-20 | 20 l/min | 8 m" in h.chunk.text for h in table)
+
+
+async def test_a_server_with_a_lower_message_limit(
+    runtime: Runtime, worker: None, token: str, tmp_path: Path
+) -> None:
+    """Against a server taking 1 MiB messages, the default 8 MiB batches are refused: the
+    files go one per call, and one over 1 MiB alone goes as an upload."""
+    small = dataclasses.replace(
+        runtime, settings=runtime.settings.model_copy(update={"max_message_bytes": 2**20})
+    )
+    app = build_grpc_app(small, "127.0.0.1:0", health_interval=0.3)
+    await app.start()
+    try:
+        asset = base64.b64encode(SHIPPED_PDF.read_bytes()).decode() * 3  # ~0.55 MB
+        paragraphs = _paragraphs()
+        for i in range(3):
+            (tmp_path / f"page-{i}.html").write_text(_page(i, f"Small {i}", [paragraphs[i]], asset))
+        (tmp_path / "large.html").write_text(_page(9, "Large", [paragraphs[5]], asset * 2))
+        assert (tmp_path / "large.html").stat().st_size > 2**20
+        async with LoomworkClient(f"127.0.0.1:{app.port}", token) as client:
+            index = f"limit_{uuid.uuid4().hex[:8]}"
+            await client.rag.create_index(index)
+            report = await client.rag.ingest_files(index, [tmp_path])
+            assert {f.path.name: f.status for f in report.files} == {
+                "large.html": "succeeded",
+                "page-0.html": "succeeded",
+                "page-1.html": "succeeded",
+                "page-2.html": "succeeded",
+            }
+            documents = await client.rag.list_documents(index)
+            assert sorted(d.title for d in documents) == ["Large", "Small 0", "Small 1", "Small 2"]
+    finally:
+        await app.stop(grace=1.0)
