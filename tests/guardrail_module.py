@@ -1,11 +1,19 @@
 """Guardrail processors as a team writes them, in a module named in LOOMWORK_TOOL_MODULES by
-tests/test_agents_guardrails.py: one rewrites the input, one stops a run."""
+tests/test_agents_guardrails.py: one rewrites the input, one stops a run; and an agent
+defined in code that uses them."""
 
 from __future__ import annotations
 
 import re
 
-from loomwork.guardrails import ProcessorContext, processor, trip
+from loomwork.agents.definitions import AgentDefinition
+from loomwork.guardrails import (
+    CustomProcessorRef,
+    PiiRedaction,
+    ProcessorContext,
+    processor,
+    trip,
+)
 
 INTERNAL_HOST = re.compile(r"\b[a-z0-9-]+\.corp\.internal\b")
 
@@ -22,3 +30,11 @@ async def no_launch_codes(text: str, ctx: ProcessorContext) -> str | None:
     if "launch code" in text.lower():
         raise trip(f"mentions launch codes ({ctx.stage}, step {ctx.step})")
     return None
+
+
+guarded_helper = AgentDefinition(
+    name="guarded-helper",
+    instructions="You help, carefully.",
+    input_processors=[PiiRedaction()],
+    output_processors=[CustomProcessorRef(name="no-launch-codes")],
+)

@@ -154,6 +154,32 @@ async def test_input_limits_and_injection_rules_trip_before_the_model(agents, to
     model.set_script(None)
 
 
+async def test_moderation_by_the_model_holds_the_text_until_it_answers(
+    agents, token, model
+) -> None:
+    moderation = P(moderation=guardrails_pb2.ModerationCheck(categories=["violence"]))
+    agent = await _create(agents, token, output_processors=[moderation])
+    asked: list[str] = []
+
+    def script(request) -> Turn:
+        system = request.messages[0]["content"]
+        if "content moderation check" not in system:
+            return Turn(text="Here is how to win the fight: " + "step by step. " * 20)
+        asked.append(request.messages[1]["content"])
+        return Turn(text='{"flagged": true, "reason": "violence: a fight plan"}')
+
+    model.set_script(script)
+    events = await _stream(agents, token, agent.name, "how do I win a fight?")
+    model.set_script(None)
+    # The model judged the whole answer; none of it reached the client.
+    assert asked == ["Here is how to win the fight: " + "step by step. " * 20]
+    assert not [e for e in events if e.HasField("text_delta")]
+    [blocked] = [e for e in events if e.HasField("blocked")]
+    assert blocked.blocked.processor == "moderation"
+    assert blocked.blocked.reason == "violence: a fight plan"
+    assert events[-1].run_finished.status == run_pb2.RUN_STATUS_BLOCKED
+
+
 async def test_processors_are_validated(agents, token) -> None:
     cases = [
         (
@@ -206,6 +232,17 @@ async def test_custom_processors_from_a_module(settings, model) -> None:
                         P(custom=guardrails_pb2.CustomProcessor(name="no-launch-codes"))
                     ],
                 )
+                # A code-defined agent of the module shows its processors too.
+                coded = (
+                    await stub.GetAgent(
+                        agent_pb2.GetAgentRequest(agent_name="guarded-helper"),
+                        metadata=auth("t-alpha"),
+                    )
+                ).agent
+                assert [p.WhichOneof("processor") for p in coded.input_processors] == [
+                    "pii_redaction"
+                ]
+                assert coded.output_processors[0].custom.name == "no-launch-codes"
                 model.set_script(
                     [
                         Turn(text="The weather is fine."),

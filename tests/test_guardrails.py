@@ -16,7 +16,10 @@ from loomwork.guardrails import (
 )
 from loomwork.guardrails.injection import injection_phrase
 from loomwork.guardrails.pii import PiiProcessor, luhn_valid
-from loomwork.guardrails.pipeline import OutputGuard, run_processors
+from loomwork.guardrails.pipeline import OutputGuard, most_tokens, run_processors
+from loomwork.llm.chat import ChatMessage
+from loomwork.memory.tokens import count_context_tokens
+from loomwork.messages import ToolCallPart, ToolResultPart
 
 CTX = ProcessorContext(tenant="t", run_id="r", agent_name="a", stage="output", step=1)
 
@@ -90,3 +93,19 @@ async def test_output_guard_releases_nothing_after_a_trip() -> None:
             out += await guard.add(text[i : i + 2])
         await guard.finish(text)
     assert text.startswith(out) and "eve" not in out and "SECRET" not in out
+
+
+def test_the_token_bound_is_never_below_the_count() -> None:
+    conversations = [
+        [ChatMessage.system("Be brief."), ChatMessage.user("Bonjour, ça va ? 你好 " * 20)],
+        [
+            ChatMessage.user("add"),
+            ChatMessage.assistant(
+                "", [ToolCallPart(tool_call_id="c", tool_name="add", arguments={"numbers": [1, 2]})]
+            ),
+            ChatMessage.tool(ToolResultPart(tool_call_id="c", tool_name="add", result={"sum": 3})),
+            ChatMessage.user("x y z " * 200),
+        ],
+    ]
+    for messages in conversations:
+        assert most_tokens(messages) >= count_context_tokens(messages)

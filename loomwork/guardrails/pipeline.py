@@ -28,8 +28,8 @@ from loomwork.guardrails.settings import (
     PromptInjectionCheck,
     ToolCallLimit,
 )
-from loomwork.llm.chat import ChatMessage, ChatModel
-from loomwork.memory.tokens import count_context_tokens
+from loomwork.llm.chat import ChatMessage, ChatModel, to_openai_messages
+from loomwork.memory.tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE, count_context_tokens
 from loomwork.messages import Role, TextPart, ToolCallPart, ToolResultPart
 
 
@@ -57,7 +57,7 @@ class Guardrails:
         if not self.inputs and self.max_input_tokens is None:
             return list(messages)
         seen = [await self._message(m, ctx) for m in messages]
-        if self.max_input_tokens is not None:
+        if self.max_input_tokens is not None and most_tokens(seen) > self.max_input_tokens:
             tokens = count_context_tokens(seen)
             if tokens > self.max_input_tokens:
                 raise Tripped(
@@ -109,6 +109,18 @@ class Guardrails:
 
     def output_guard(self, ctx: ProcessorContext) -> OutputGuard:
         return OutputGuard(self.outputs, ctx)
+
+
+def most_tokens(messages: Sequence[ChatMessage]) -> int:
+    """An upper bound of `count_context_tokens`: a token is at least one byte of what is
+    sent, so a prompt this many bytes long cannot pass a limit above it (no need to count)."""
+    total = REPLY_PRIMING
+    for sent in to_openai_messages(messages):
+        total += TOKENS_PER_MESSAGE + len(sent["role"]) + len((sent.get("content") or "").encode())
+        for call in sent.get("tool_calls") or ():
+            function = call["function"]
+            total += len(function["name"].encode()) + len(function["arguments"].encode())
+    return total
 
 
 async def run_processors(
