@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from google.protobuf import json_format
+from google.protobuf import field_mask_pb2, json_format
 
 from loomwork.testing import ScriptedToolCall, Turn
 from protos.loomwork.v1 import agent_pb2, guardrails_pb2, run_pb2
@@ -75,6 +75,20 @@ async def test_pii_is_redacted_before_the_model_sees_it(agents, token, model) ->
     )
     # The run's own record keeps what the caller sent.
     assert run.input_messages[0].parts[0].text.text == prompt
+
+    # UpdateAgent replaces the lists it names in its mask, and leaves the others.
+    limit = P(tool_call_limit=guardrails_pb2.ToolCallLimit(max_calls=3))
+    updated = (
+        await agents.UpdateAgent(
+            agent_pb2.UpdateAgentRequest(
+                agent=agent_pb2.Agent(name=agent.name, output_processors=[limit]),
+                update_mask=field_mask_pb2.FieldMask(paths=["output_processors"]),
+            ),
+            metadata=auth(token),
+        )
+    ).agent
+    assert list(updated.output_processors) == [limit]
+    assert list(updated.input_processors) == list(got.input_processors)
 
 
 async def test_an_output_processor_trips_mid_stream(agents, token, model) -> None:
