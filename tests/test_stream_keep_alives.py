@@ -8,9 +8,15 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import typer
+from typer.testing import CliRunner
+
+from clients import LoomworkClient
+from clients.cli import register
 from loomwork.config import Settings
 from loomwork.testing import Delay, Turn
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2, workflow_pb2, workflow_pb2_grpc
+from server.transport.grpc_app import build_grpc_app
 from tests.redis_proxy import redis_proxy
 from tests.support import another_server, auth, own_runtime
 from tests.workflow_support import (
@@ -242,3 +248,40 @@ async def test_a_stream_stays_open_and_says_unknown_while_temporal_cannot_be_rea
     assert CLOSED not in {e.keep_alive.liveness for _, e in alive}
     assert real[-1].HasField("run_finished")
     assert [e.event_id for e in real] == list(range(1, len(real) + 1))
+
+
+async def test_the_client_leaves_keep_alives_out_unless_asked_and_the_cli_says_still_running(
+    settings: Settings, worker: None, model, token
+) -> None:
+    async with own_runtime(
+        settings, stream_keepalive_seconds=KEEPALIVE, task_queue=settings.task_queue
+    ) as own:
+        app = build_grpc_app(own, "127.0.0.1:0", health_interval=0.3)
+        await app.start()
+        try:
+            address = f"127.0.0.1:{app.port}"
+            async with LoomworkClient(address, token) as client:
+                model.set_script([Delay(2.0, then=Turn(text="Plain."))])
+                plain = [e async for e in client.agents.stream("assistant", "quietly")]
+                assert not any(e.HasField("keep_alive") for e in plain)
+                assert [e.event_id for e in plain] == list(range(1, len(plain) + 1))
+
+                model.set_script([Delay(2.0, then=Turn(text="With signs of life."))])
+                asked = [
+                    e async for e in client.agents.stream("assistant", "quietly", keep_alives=True)
+                ]
+                real, alive = split(asked)
+                assert alive and {e.keep_alive.liveness for _, e in alive} == {OPEN}
+                assert [e.event_id for e in real] == list(range(1, len(real) + 1))
+
+            model.set_script([Delay(2.0, then=Turn(text="Watched."))])
+            cli = typer.Typer()
+            register(cli)
+            runner = CliRunner(env={"LOOMWORK_GRPC_ADDRESS": address, "LOOMWORK_TOKEN": token})
+            result = await asyncio.to_thread(
+                runner.invoke, cli, ["agents", "run", "assistant", "slowly"]
+            )
+            assert result.exit_code == 0, result.output
+            assert "still running" in result.stdout and "Watched." in result.stdout
+        finally:
+            await app.stop(grace=1.0)
