@@ -15,10 +15,19 @@ from clients import LoomworkClient
 from clients.cli import register
 from loomwork.config import Settings
 from loomwork.testing import Delay, Turn
-from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2, workflow_pb2, workflow_pb2_grpc
+from protos.loomwork.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    rag_pb2,
+    rag_pb2_grpc,
+    run_pb2,
+    workflow_pb2,
+    workflow_pb2_grpc,
+)
 from server.transport.grpc_app import build_grpc_app
+from tests.rag_support import ANIMALS, create_index, ingest
 from tests.redis_proxy import redis_proxy
-from tests.support import another_server, auth, own_runtime
+from tests.support import another_server, auth, own_runtime, unique
 from tests.workflow_support import (
     EXPENSE,
     as_struct,
@@ -139,6 +148,37 @@ async def test_watch_resumed_from_a_keep_alive_has_no_gap_and_no_duplicate(
         assert [e.event_id for e in whole] == list(range(1, len(whole) + 1))
         assert whole[-1].HasField("run_finished")
         assert "".join(e.text_delta.text for e in whole) == "After the reconnect."
+
+
+async def test_a_slow_answer_gets_keep_alives_saying_its_workflow_is_open(
+    settings: Settings, worker: None, rag, model, token
+) -> None:
+    index = await create_index(rag, token)
+    await ingest(rag, token, index, [rag_pb2.DocumentInput(document_id="a0", text=ANIMALS[0])])
+    async with (
+        own_runtime(
+            settings, stream_keepalive_seconds=KEEPALIVE, task_queue=settings.task_queue
+        ) as own,
+        another_server(own) as channel,
+    ):
+        answers = rag_pb2_grpc.RagServiceStub(channel)
+        model.set_script([Delay(2.5, then=Turn(text="Slowly [1]."))])
+        events = [
+            r.event
+            async for r in answers.Answer(
+                rag_pb2.AnswerRequest(
+                    index_name=index, query="Which animal?", client_answer_id=unique("ans")
+                ),
+                metadata=auth(token),
+                timeout=60,
+            )
+        ]
+    real, alive = split(events)
+    assert alive and {e.keep_alive.liveness for _, e in alive} == {OPEN}
+    assert_cursor_kept(alive)
+    assert [e.event_id for e in real] == list(range(1, len(real) + 1))
+    assert real[-1].HasField("finished")
+    assert "".join(e.text_delta.text for e in real) == "Slowly [1]."
 
 
 async def _events_until(
