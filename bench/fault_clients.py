@@ -40,6 +40,9 @@ CHANNEL_OPTIONS = [
 class Event(Protocol):
     event_id: int
 
+    @property
+    def keep_alive(self) -> run_pb2.StreamKeepAlive: ...
+
     def HasField(self, name: str) -> bool: ...
 
     def WhichOneof(self, name: str) -> str | None: ...
