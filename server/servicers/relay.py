@@ -232,18 +232,29 @@ async def relay_run_events(
                 notice_due = False
                 if cursor >= 1:  # after run_started, never in its place
                     await pending.publish(events, key, run_id, cursor)
-            alive_due = (
-                keep_alive is not None
-                and now >= max(last_event, last_alive) + keep_alive.every_seconds
+            # When the next keep-alive is due (None: the stream sends none).
+            alive_at = (
+                None
+                if keep_alive is None
+                else max(last_event, last_alive) + keep_alive.every_seconds
             )
             liveness: RunLiveness | None = None
             if closed is not None and (
-                alive_due or now >= max(last_event, last_check) + closed.every_seconds
+                (alive_at is not None and now >= alive_at)
+                or now >= max(last_event, last_check) + closed.every_seconds
             ):
-                wait = LIVENESS_TIMEOUT if alive_due else CLOSED_CHECK_TIMEOUT
+                # Never past the next keep-alive's time by more than its own wait: an answer
+                # Temporal is slow to give is UNKNOWN, and that keep-alive says so on time.
+                wait = CLOSED_CHECK_TIMEOUT
+                if alive_at is not None:
+                    wait = min(wait, max(alive_at - now, 0.0) + LIVENESS_TIMEOUT)
                 liveness = await closed.end_if_closed(events, key, wait)
                 last_check = loop.time()
-            if keep_alive is not None and alive_due:
+            if (
+                keep_alive is not None
+                and alive_at is not None
+                and loop.time() + _DUE_SLACK >= alive_at
+            ):
                 if liveness is None:
                     liveness = await keep_alive.liveness()
                 yield KeepAlive(cursor, liveness, datetime.now(UTC))
