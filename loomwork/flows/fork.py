@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from loomwork.errors import InvalidArgument
 from loomwork.flows.state import RunState
 
@@ -33,3 +35,10 @@ def reusable_outputs(original: RunState, from_step: str) -> dict[str, Any]:
         for s in original.steps[:index]
         if s.kind in REUSABLE_KINDS and s.status == "succeeded"
     }
+
+
+class Fork(BaseModel):
+    """What a forked run starts with besides its input."""
+
+    forked_from: str
+    reused: dict[str, Any]
