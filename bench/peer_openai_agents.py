@@ -56,9 +56,7 @@ class PeerOpenAIAgents:
             instructions=INSTRUCTIONS,
             model="scripted",
             tools=[
-                agents_workflow.activity_as_tool(
-                    add, start_to_close_timeout=timedelta(seconds=30)
-                )
+                agents_workflow.activity_as_tool(add, start_to_close_timeout=timedelta(seconds=30))
             ],
         )
         result = Runner.run_streamed(agent, prompt)

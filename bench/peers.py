@@ -53,9 +53,8 @@ from temporalio.client import Client
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loomwork.testing import ChatRequest, Delay, ScriptedModelServer, ScriptedToolCall, Turn
-from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
+from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from server.embedded import EmbeddedStack
-from server.embedded.stack import EmbeddedEndpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL_PROMPT = "add 2 and 3"
@@ -64,6 +63,15 @@ MODEL_DELAY = 0.02  # the scripted model's own time to its first chunk
 AUTH = (("authorization", "Bearer bench"),)
 PEER_MODULES = {"pydantic-ai": "peer_pydantic_ai", "openai-agents": "peer_openai_agents"}
 ALL_SYSTEMS = ["loomwork-up", "loomwork-split", "pydantic-ai", "openai-agents"]
+
+
+@dataclass(frozen=True)
+class Servers:
+    """The embedded stack's servers, every one started."""
+
+    database_url: str
+    redis_url: str
+    temporal_address: str
 
 
 # --- the scripted model --------------------------------------------------------------------
@@ -144,7 +152,8 @@ class Processes:
     def check(self) -> None:
         for child in self.children:
             if child.poll() is not None:
-                raise RuntimeError(f"{child.args} exited ({child.returncode}); see {self.log}")
+                tail = self.log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{child.args!r} exited ({child.returncode}):\n{tail}")
 
     def stop(self) -> None:
         for child in self.children:
@@ -160,9 +169,7 @@ class Processes:
 class Loomwork:
     """`loomwork up` (one process), or `loomwork server` + `loomwork worker` (`split`)."""
 
-    def __init__(
-        self, endpoints: EmbeddedEndpoints, model_url: str, home: Path, split: bool
-    ) -> None:
+    def __init__(self, endpoints: Servers, model_url: str, home: Path, split: bool) -> None:
         self.name = "loomwork-split" if split else "loomwork-up"
         self.split = split
         self.port = free_port()
@@ -171,7 +178,7 @@ class Loomwork:
             DATABASE_URL=endpoints.database_url,
             REDIS_URL=endpoints.redis_url,
             TEMPORAL_ADDRESS=endpoints.temporal_address,
-            LOOMWORK_HOME=str(home),
+            LOOMWORK_HOME=str(home / self.name),  # not the embedded stack's own home
             LOOMWORK_GRPC_ADDRESS=f"127.0.0.1:{self.port}",
             LOOMWORK_TOKENS="bench=bench:admin",
             LOOMWORK_SECRET_KEY="bench-secret-key-0123456789",
@@ -213,7 +220,7 @@ class Loomwork:
                 first = False
                 on_first_text()
             if event.HasField("run_finished"):
-                status = agent_pb2.RunStatus.Name(event.run_finished.status)
+                status = run_pb2.RunStatus.Name(event.run_finished.status)
             if event.HasField("run_failed"):
                 status = f"failed: {event.run_failed.message}"
         if status != "RUN_STATUS_SUCCEEDED" or first:
@@ -229,7 +236,7 @@ class Loomwork:
 class Peer:
     """A peer's worker in a process of its own (`--worker NAME`); this process its client."""
 
-    def __init__(self, name: str, endpoints: EmbeddedEndpoints, model_url: str, home: Path):
+    def __init__(self, name: str, endpoints: Servers, model_url: str, home: Path):
         self.name = name
         self.module: Any = importlib.import_module(PEER_MODULES[name])
         self.address = endpoints.temporal_address
@@ -300,7 +307,11 @@ async def timed_runs(system: System, prompt: str, runs: int) -> tuple[list[float
     for _ in range(runs):
         started = time.perf_counter()
         seen: list[float] = []
-        await system.run(prompt, lambda seen=seen: seen.append(time.perf_counter()))
+
+        def on_first_text(seen: list[float] = seen) -> None:
+            seen.append(time.perf_counter())
+
+        await system.run(prompt, on_first_text)
         whole.append((time.perf_counter() - started) * 1000)
         first.append((seen[0] - started) * 1000)
     return whole, first
@@ -336,9 +347,7 @@ async def measure(system: System, runs: int, model_ms: float) -> tuple[Figures, 
         load = f"{load} → {load_average()}"
     finally:
         await system.stop()
-    figures = Figures(
-        statistics.median(whole), statistics.median(first) - model_ms, r10, r50, load
-    )
+    figures = Figures(statistics.median(whole), statistics.median(first), r10, r50, load)
     return figures, workflow_id
 
 
@@ -364,24 +373,26 @@ def table(rows: dict[str, Figures], peers: list[str], model_ms: float) -> None:
         "rate_50": max((rows[p].rate_50 for p in peers), default=float("nan")),
     }
     print(
-        f"  {'system':15s} {'tool run p50':>14s} {'first token':>22s}"
-        f" {'runs/s @10':>16s} {'runs/s @50':>16s}   load (1/5/15 min, start → end)"
+        f"  {'system':15s} {'tool run p50':>15s} {'first token p50 (over model)':>32s}"
+        f" {'runs/s @10':>13s} {'runs/s @50':>13s}   load (1/5/15 min, start → end)"
     )
     for name, f in rows.items():
+        over = f.first_token_ms - model_ms
         print(
-            f"  {name:15s} {f.latency_ms:7.0f} ms {f.latency_ms / best['latency_ms']:4.2f}×"
-            f" {f.first_token_ms:+7.0f} ms over model {f.first_token_ms - best['first_token_ms']:+5.0f}"
-            f" {f.rate_10:7.1f} {f.rate_10 / best['rate_10']:4.2f}×"
-            f" {f.rate_50:7.1f} {f.rate_50 / best['rate_50']:4.2f}×   {f.load}"
+            f"  {name:15s} {f.latency_ms:6.0f} ms {f.latency_ms / best['latency_ms']:5.2f}×"
+            f" {f.first_token_ms:6.0f} ms ({over:+5.0f} ms) "
+            f"{f.first_token_ms / best['first_token_ms']:5.2f}×"
+            f" {f.rate_10:6.1f} {f.rate_10 / best['rate_10']:5.2f}×"
+            f" {f.rate_50:6.1f} {f.rate_50 / best['rate_50']:5.2f}×   {f.load}"
         )
     print(
-        f"  (× = over the best peer's; first token: ms over the model's own {model_ms:.0f} ms,"
-        " then ms over the best peer's)"
+        f"  (× = over the best peer's figure this round; the model's own first token: "
+        f"{model_ms:.0f} ms)"
     )
 
 
 async def bench(
-    endpoints: EmbeddedEndpoints, model_url: str, home: Path, names: list[str], args: Any
+    endpoints: Servers, model_url: str, home: Path, names: list[str], args: Any
 ) -> None:
     model_ms = await model_first_token(model_url, args.runs)
     systems: dict[str, Callable[[], System]] = {
@@ -421,7 +432,9 @@ def main() -> None:
         return asyncio.run(serve_worker(*args.worker))
     with tempfile.TemporaryDirectory(prefix="loomwork-bench-") as tmp:
         stack = EmbeddedStack(Path(tmp), temporal_ui=False)
-        endpoints = stack.start()
+        started = stack.start()
+        assert started.database_url and started.redis_url and started.temporal_address
+        endpoints = Servers(started.database_url, started.redis_url, started.temporal_address)
         model = subprocess.Popen(
             [sys.executable, __file__, "--serve-model"],
             stdin=subprocess.PIPE,
