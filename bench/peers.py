@@ -245,7 +245,14 @@ class Peer:
         self.module: Any = importlib.import_module(PEER_MODULES[name])
         self.address = endpoints.temporal_address
         self.queue = f"bench-{name}"
-        self.env = dict(os.environ, OPENAI_BASE_URL=model_url, OPENAI_API_KEY="x")
+        # No tracing export: the Agents SDK sends traces to OpenAI unless told not to (its docs,
+        # for other providers than OpenAI); here they would fail and retry in the background.
+        self.env = dict(
+            os.environ,
+            OPENAI_BASE_URL=model_url,
+            OPENAI_API_KEY="x",
+            OPENAI_AGENTS_DISABLE_TRACING="1",
+        )
         self.processes = Processes(home / f"{name}.log")
         self.client: Client | None = None
         self.stream_errors = 0
