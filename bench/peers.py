@@ -286,7 +286,8 @@ class Peer:
             # Under load a workflow task can trip the sandbox's deadlock detector (2 s); the
             # run goes on when Temporal retries the task, but a subscriber's poll fails.
             self.stream_errors += 1
-        await handle.result()
+        # A workflow task that keeps failing would hold the run forever: give up after 2 min.
+        await asyncio.wait_for(handle.result(), 120)
         return handle.id
 
     async def stop(self) -> None:
