@@ -237,8 +237,13 @@ class AgentRunWorkflow:
 
     @workflow.run
     async def run(self, request: AgentRunRequest) -> RunOutcome:
-        usage = ChatUsage()
-        produced: list[ChatMessage] = []
+        usage = ChatUsage()  # what this run paid: a fork's reused steps are not counted
+        # A fork's steps before its fork point, as recorded: the start of its output.
+        produced: list[ChatMessage] = (
+            [m for s in request.fork.reused for m in s.messages] if request.fork else []
+        )
+        first_step = request.first_step  # 1, or a fork's fork point
+        self._steps = first_step - 1
         outcome: RunOutcome
         model = ""
         context = ContextUsage()
@@ -254,6 +259,7 @@ class AgentRunWorkflow:
             workflow.upsert_search_attributes([STATUS.value_set("RUNNING")])
         try:
             # Loading the context and the first model call share one activity.
+            start = "(forked: the earlier steps reused)" if request.fork else "(loads the context)"
             first = await workflow.execute_activity(
                 START_AND_STEP,
                 request,
@@ -261,7 +267,7 @@ class AgentRunWorkflow:
                 start_to_close_timeout=timedelta(minutes=5),
                 heartbeat_timeout=MODEL_HEARTBEAT_TIMEOUT,
                 retry_policy=MODEL_CALL,
-                summary=f"model {request.model or request.agent_name}, step 1 (loads the context)",
+                summary=f"model {request.model or request.agent_name}, step {first_step} {start}",
             )
             plan = first.plan
             model, context = plan.model, plan.context
@@ -273,10 +279,10 @@ class AgentRunWorkflow:
             answer: dict[str, object] | None = None
             mismatch: list[Violation] = []
             blocked: Blocked | None = None
-            for step in range(1, plan.max_steps + 1):
+            for step in range(first_step, plan.max_steps + 1):
                 self._steps = step
                 output = first.output
-                if step > 1:
+                if step > first_step:
                     output = await workflow.execute_activity(
                         MODEL_STEP,
                         StepInput(

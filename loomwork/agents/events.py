@@ -111,6 +111,8 @@ class StepFinished(_Event):
     usage: ChatUsage
     # The step's messages: the assistant message, then its tool results (when it called tools).
     messages: list[ChatMessage] = Field(default_factory=list)
+    # A fork's step before its fork point, taken as the original recorded it (no usage).
+    reused: bool = False
 
 
 class ApprovalRequested(_Event):
