@@ -3,12 +3,16 @@ call, no tool call again), calls the model from there on, and leaves the origina
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 import grpc
 import pytest
+import typer
 from pydantic import BaseModel
+from typer.testing import CliRunner
 
+from clients.cli import register
 from loomwork.agents.definitions import AgentDefinition
 from loomwork.errors import NotFound
 from loomwork.testing import ScriptedToolCall, Turn
@@ -136,9 +140,11 @@ async def test_a_fork_calls_the_model_only_from_its_fork_point(
     assert finished == [(1, True), (2, True), (3, False)]
     reused_usage = [e.step_finished.usage.total_tokens for e in events if e.step_finished.reused]
     assert reused_usage == [0, 0]
-    # Its usage: only the one call it made (the same conversation costs what step 3 cost).
-    assert forked.output.usage.total_tokens == step_3_usage.total_tokens
-    assert forked.output.usage.total_tokens < original.output.usage.total_tokens
+    # Its usage: only the one call it made, whose input (the same conversation) cost what
+    # the original's step 3 input cost.
+    [own_usage] = [e.usage for e in events if e.HasField("usage")]
+    assert forked.output.usage == own_usage
+    assert own_usage.input_tokens == step_3_usage.input_tokens
 
     # The original is untouched.
     again = await _get(agents, token, original.id)
@@ -192,3 +198,54 @@ async def test_fork_errors_name_the_field(agents, token, other_token, model, cou
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert len(model.requests) == 0
     assert CALLS[key] == 2
+
+
+async def test_the_cli_forks_a_run_and_follows_it(
+    agents, token, grpc_address, model, counter_agent
+) -> None:
+    key = unique("k")
+    original = await _three_steps(agents, token, model, counter_agent, key)
+    model.set_script([Turn(text="Forked from the command line.")])
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner(
+        env={"LOOMWORK_GRPC_ADDRESS": grpc_address, "LOOMWORK_TOKEN": token, "COLUMNS": "200"}
+    )
+    forked = await asyncio.to_thread(
+        runner.invoke, app, ["agents", "fork", original.id, "3", "--follow"]
+    )
+    assert forked.exit_code == 0, forked.output
+    assert "2 steps reused" in forked.stdout
+    assert "step 1 reused from the forked run" in forked.stdout
+    assert "Forked from the command line." in forked.stdout
+    new_id = forked.stdout.split(" as run ")[1].split()[0]
+    shown = await asyncio.to_thread(runner.invoke, app, ["agents", "get", new_id])
+    assert shown.exit_code == 0, shown.output
+    assert f"forked from run {original.id} (2 steps reused)" in shown.stdout
+    assert CALLS[key] == 2
+
+
+async def test_a_fork_of_a_fork_reuses_what_its_original_reused(
+    agents, token, model, counter_agent
+) -> None:
+    key = unique("k")
+    original = await _three_steps(agents, token, model, counter_agent, key)
+    model.set_script([Turn(text="First fork.")])
+    first = await _fork(agents, token, original.id, 3)
+    await _events(agents, token, first.id)
+    model.requests.clear()
+    model.set_script([Turn(text="Second fork.")])
+    second = await _fork(agents, token, first.id, 3)
+    events = await _events(agents, token, second.id)
+    second = await _get(agents, token, second.id)
+    assert len(model.requests) == 1 and CALLS[key] == 2
+    assert second.forked_from == first.id and second.reused_steps == 2
+    assert second.output.text == "Second fork."
+    assert list(second.output.messages)[:4] == list(original.output.messages)[:4]
+    finished = [(e.step, e.step_finished.reused) for e in events if e.HasField("step_finished")]
+    assert finished == [(1, True), (2, True), (3, False)]
+    # Its step 2 was reused, not run: the run it came from is the one to fork there.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _fork(agents, token, first.id, 2)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert original.id in (caught.value.details() or "")
