@@ -18,6 +18,11 @@ returning ceiling, (xmax = 0) as first
 """
 
 
+#: How long a reservation waits for a pooled connection before it says PostgreSQL is
+#: unavailable (an append then tries again, as it does while Redis is unreachable).
+CONNECT_TIMEOUT = 5.0
+
+
 class EventIdCeilings:
     """Each run log's ceiling, one row per log: reserved under the row's lock, so reservations
     of one log run one at a time. PostgreSQL unreachable is `Unavailable` (an append waits
@@ -31,7 +36,7 @@ class EventIdCeilings:
 
     async def reserve(self, log: str, apply: Callable[[int, bool], Awaitable[None]]) -> None:
         try:
-            async with self.db.connection() as conn, conn.transaction():
+            async with self.db.connection(CONNECT_TIMEOUT) as conn, conn.transaction():
                 cur = await conn.execute(_RESERVE, (log, self.block))
                 row = await cur.fetchone()
                 assert row is not None
@@ -41,7 +46,7 @@ class EventIdCeilings:
 
     async def ceiling(self, log: str) -> int:
         try:
-            async with self.db.connection() as conn:
+            async with self.db.connection(CONNECT_TIMEOUT) as conn:
                 cur = await conn.execute(
                     "select ceiling from run_event_ceilings where log_key = %s", (log,)
                 )
@@ -52,7 +57,7 @@ class EventIdCeilings:
 
     async def forget(self, log: str) -> None:
         try:
-            async with self.db.connection() as conn:
+            async with self.db.connection(CONNECT_TIMEOUT) as conn:
                 await conn.execute("delete from run_event_ceilings where log_key = %s", (log,))
         except psycopg.OperationalError as exc:
             raise Unavailable(f"PostgreSQL: cannot drop the event ids of {log!r}: {exc}") from exc
