@@ -1,7 +1,8 @@
-"""Ingestions and answers outlive Redis: after FLUSHALL of the Valkey their server uses, they
-are found (from their PostgreSQL records), canceled, and watched to their terminal event,
-and a watcher resuming from its cursor sees ids strictly increasing, none twice (ids go on
-above a ceiling reserved in PostgreSQL).
+"""Runs outlive Redis losing everything: after FLUSHALL of the Valkey their server uses,
+ingestions and answers are found (from their PostgreSQL records), canceled, and watched to
+their terminal event, and a watcher of any run (an agent run too) resuming from its cursor
+sees ids strictly increasing, none twice, and misses none of the events the log still has
+(ids go on above a ceiling reserved in PostgreSQL).
 
 A server and a worker of their own use a Valkey of their own: the session's is untouched."""
 
@@ -17,7 +18,7 @@ import pytest
 
 from loomwork.config import Settings
 from loomwork.testing import ScriptedModelServer, Turn
-from protos.loomwork.v1 import rag_pb2, rag_pb2_grpc, run_pb2
+from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, rag_pb2, rag_pb2_grpc, run_pb2
 from server.embedded import EmbeddedStack
 from server.runtime import Runtime
 from tests.rag_support import ANIMALS, create_index, ingest
@@ -31,6 +32,7 @@ WAIT = 120.0  # generous upper bound for "this finishes", never a timing asserti
 class OwnRedisRag:
     runtime: Runtime
     rag: rag_pb2_grpc.RagServiceStub
+    agents: agent_pb2_grpc.AgentServiceStub
 
     async def flushall(self) -> None:
         """Redis loses everything: run logs, caches, directories."""
@@ -46,7 +48,11 @@ async def own(settings: Settings, runtime: Runtime, tmp_path: Path) -> AsyncIter
             worker = RunningWorker(rt)
             try:
                 async with another_server(rt) as channel:
-                    yield OwnRedisRag(rt, rag_pb2_grpc.RagServiceStub(channel))
+                    yield OwnRedisRag(
+                        rt,
+                        rag_pb2_grpc.RagServiceStub(channel),
+                        agent_pb2_grpc.AgentServiceStub(channel),
+                    )
             finally:
                 await worker.stop()
     finally:
@@ -242,3 +248,48 @@ async def test_an_ingestion_is_found_and_canceled_after_flushall(own: OwnRedisRa
     assert increasing([e.event_id for e in events])
     assert events[-1].HasField("finished")
     assert events[-1].finished.status == rag_pb2.INGESTION_STATUS_CANCELED
+
+
+async def _watch_run(
+    own: OwnRedisRag, token: str, run_id: str, after: int
+) -> list[agent_pb2.AgentRunEvent]:
+    stream = own.agents.WatchRun(
+        agent_pb2.AgentServiceWatchRunRequest(run_id=run_id, after_event_id=after),
+        metadata=auth(token),
+        timeout=WAIT,
+    )
+    return [r.event async for r in stream]
+
+
+async def test_an_agent_run_streamed_across_flushall_ends_with_no_id_twice(
+    own: OwnRedisRag, token, model: ScriptedModelServer
+) -> None:
+    model.set_script([Turn(text=ANSWER, chunk_size=8, chunk_delay=0.05)])
+    stream = own.agents.Stream(
+        agent_pb2.StreamRequest(agent_name="assistant", prompt="count"),
+        metadata=auth(token),
+        timeout=WAIT,
+    )
+    seen: list[agent_pb2.AgentRunEvent] = []
+    cursor = 0
+    async for response in stream:
+        seen.append(response.event)
+        if len([e for e in seen if e.HasField("text_delta")]) == 3 and not cursor:
+            cursor = response.event.event_id
+            await own.flushall()
+            got = await own.agents.GetRun(
+                agent_pb2.AgentServiceGetRunRequest(run_id=response.event.run_id),
+                metadata=auth(token),
+            )
+            assert got.run.status == run_pb2.RUN_STATUS_RUNNING  # lost mid-run
+    ids = [e.event_id for e in seen]
+    assert increasing(ids), ids
+    assert seen[-1].HasField("run_finished")
+    assert seen[-1].run_finished.output.text == ANSWER
+
+    run_id = seen[0].run_id
+    resumed = await _watch_run(own, token, run_id, cursor)
+    resumed_ids = [e.event_id for e in resumed]
+    assert resumed_ids[0] > cursor and increasing(resumed_ids), resumed_ids
+    assert resumed_ids[-1] == ids[-1]
+    assert resumed == await _watch_run(own, token, run_id, 0)
