@@ -30,7 +30,7 @@ from workflows.retries import (
     MODEL_HEARTBEAT_TIMEOUT,
     OUTAGE_PATIENCE,
 )
-from workflows.search_attributes import STATUS
+from workflows.search_attributes import RUN, STATUS
 from workflows.sub_agents import SUB_RUN_KINDS, SUB_RUN_WAITING, TOOL_RESULTS, SubRuns
 from workflows.tool_calls import run_tool_call
 from workflows.waits import MAX_LISTED_WAITS, WaitingMemo, wait_until
@@ -242,13 +242,21 @@ class AgentRunWorkflow:
         context = ContextUsage()
         unfinished: StepFinished | None = None  # a step with tool calls, not yet announced
         read_only = False
+        scheduled = not request.run_id
+        if scheduled:  # a schedule's runs start with run id "": it is their workflow id's end
+            run_id = workflow.info().workflow_id.rsplit("/", 1)[-1]
+            request = request.model_copy(update={"run_id": run_id})
         self._record = RunRecord.accepted(
             request, create_time=workflow.info().start_time, start_time=workflow.now()
         )
         self._subs.path = request.run_path
         # Started as PENDING unless the service handed it to its own worker (then RUNNING
         # from the start, and the first task goes straight to the model step).
-        if workflow.info().typed_search_attributes.get(STATUS) != "RUNNING":
+        if scheduled:  # found by its run id from now on
+            workflow.upsert_search_attributes(
+                [RUN.value_set(request.run_id), STATUS.value_set("RUNNING")]
+            )
+        elif workflow.info().typed_search_attributes.get(STATUS) != "RUNNING":
             workflow.upsert_search_attributes([STATUS.value_set("RUNNING")])
         try:
             # Loading the context and the first model call share one activity.

@@ -56,6 +56,7 @@ from loomwork.paging import (
     decode_text_token,
     encode_text_token,
 )
+from loomwork.schedules import SCHEDULE_ID_PATTERN, SCHEDULE_ID_RULE
 from loomwork.tools import Tool
 from loomwork.tools.mcp_source import McpToolInfo
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
@@ -581,6 +582,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         for i, status in enumerate(request.statuses):
             if status not in agent_convert.RUN_STATUS_NAMES:
                 violations.add(f"statuses[{i}]", "is not a run status")
+        if request.schedule_id and not SCHEDULE_ID_PATTERN.match(request.schedule_id):
+            violations.add("schedule_id", f"must be {SCHEDULE_ID_RULE}")
         violations.raise_if_any()
         clauses = [
             "WorkflowType = 'AgentRun'",
@@ -590,6 +593,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             ("LoomworkAgent", request.agent_name),
             ("LoomworkThread", request.thread_id),
             ("LoomworkResource", request.resource_id),
+            ("LoomworkSchedule", request.schedule_id),
         ):
             if value:
                 clauses.append(f"{attribute} = {visibility_literal(value)}")

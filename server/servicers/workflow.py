@@ -51,6 +51,7 @@ from loomwork.paging import (
     decode_page_token,
     encode_page_token,
 )
+from loomwork.schedules import check_schedule_id
 from protos.loomwork.v1 import workflow_pb2, workflow_pb2_grpc
 from server.quotas import admit_run, refuse_run
 from server.runtime import Runtime
@@ -59,6 +60,7 @@ from server.servicers.relay import ClosedRunEnd, PendingNotice, relay_run_events
 from server.servicers.run_listing import listed_workflow_run, status_clause, visibility_page
 from server.servicers.tenancy import tenant
 from server.servicers.well_known_convert import struct_to_dict
+from server.servicers.workflow_schedules import ScheduleRpcs
 from server.temporal import ABNORMAL_END, closure_error, not_taken, query_state, start_input
 from workflows.dsl_run import DslRunWorkflow
 from workflows.waits import WAITING_MEMO
@@ -93,8 +95,9 @@ def _validation_violations(prefix: str, error: ValidationError) -> list[FieldVio
     ]
 
 
-class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
+class WorkflowServicer(ScheduleRpcs, workflow_pb2_grpc.WorkflowServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
+        ScheduleRpcs.__init__(self, runtime)
         self.runtime = runtime
         self.registry = runtime.flows
         self.directory = RunDirectory(runtime.redis, prefix="loomwork:workflow-run")
@@ -252,6 +255,9 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             statuses.append(status_name.upper())
         if statuses:
             clauses.append(status_clause(set(statuses)))
+        if request.schedule_id:
+            check_schedule_id(request.schedule_id, "schedule_id")
+            clauses.append(f"LoomworkSchedule = {visibility_literal(request.schedule_id)}")
         executions, token = await visibility_page(
             self.runtime.temporal, " AND ".join(clauses), size, request.page_token
         )  # visibility lists newest first

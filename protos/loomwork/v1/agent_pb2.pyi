@@ -342,7 +342,7 @@ class StreamObjectResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[AgentRunEvent, _Mapping]] = ...) -> None: ...
 
 class AgentRun(_message.Message):
-    __slots__ = ("id", "agent_name", "thread_id", "resource_id", "status", "model", "input_messages", "output", "pending_approvals", "pending_tool_calls", "error", "metadata", "create_time", "start_time", "end_time", "last_event_id", "temporal_workflow_id", "temporal_run_id", "trace_id")
+    __slots__ = ("id", "agent_name", "thread_id", "resource_id", "status", "model", "input_messages", "output", "pending_approvals", "pending_tool_calls", "error", "metadata", "create_time", "start_time", "end_time", "last_event_id", "temporal_workflow_id", "temporal_run_id", "trace_id", "schedule_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
@@ -362,6 +362,7 @@ class AgentRun(_message.Message):
     TEMPORAL_WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     TEMPORAL_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     agent_name: str
     thread_id: str
@@ -381,7 +382,8 @@ class AgentRun(_message.Message):
     temporal_workflow_id: str
     temporal_run_id: str
     trace_id: str
-    def __init__(self, id: _Optional[str] = ..., agent_name: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., status: _Optional[_Union[_run_pb2.RunStatus, str]] = ..., model: _Optional[str] = ..., input_messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., output: _Optional[_Union[AgentRunOutput, _Mapping]] = ..., pending_approvals: _Optional[_Iterable[_Union[PendingApproval, _Mapping]]] = ..., pending_tool_calls: _Optional[_Iterable[_Union[PendingToolCall, _Mapping]]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[int] = ..., temporal_workflow_id: _Optional[str] = ..., temporal_run_id: _Optional[str] = ..., trace_id: _Optional[str] = ...) -> None: ...
+    schedule_id: str
+    def __init__(self, id: _Optional[str] = ..., agent_name: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., status: _Optional[_Union[_run_pb2.RunStatus, str]] = ..., model: _Optional[str] = ..., input_messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., output: _Optional[_Union[AgentRunOutput, _Mapping]] = ..., pending_approvals: _Optional[_Iterable[_Union[PendingApproval, _Mapping]]] = ..., pending_tool_calls: _Optional[_Iterable[_Union[PendingToolCall, _Mapping]]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[int] = ..., temporal_workflow_id: _Optional[str] = ..., temporal_run_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., schedule_id: _Optional[str] = ...) -> None: ...
 
 class AgentRunOutput(_message.Message):
     __slots__ = ("messages", "text", "object", "usage", "finish_reason", "steps", "context")
@@ -610,20 +612,22 @@ class AgentServiceGetRunResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[AgentRun, _Mapping]] = ...) -> None: ...
 
 class AgentServiceListRunsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "agent_name", "thread_id", "resource_id", "statuses")
+    __slots__ = ("page_size", "page_token", "agent_name", "thread_id", "resource_id", "statuses", "schedule_id")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     STATUSES_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     agent_name: str
     thread_id: str
     resource_id: str
     statuses: _containers.RepeatedScalarFieldContainer[_run_pb2.RunStatus]
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., agent_name: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[_run_pb2.RunStatus, str]]] = ...) -> None: ...
+    schedule_id: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., agent_name: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[_run_pb2.RunStatus, str]]] = ..., schedule_id: _Optional[str] = ...) -> None: ...
 
 class AgentServiceListRunsResponse(_message.Message):
     __slots__ = ("runs", "next_page_token")
