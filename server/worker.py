@@ -136,7 +136,7 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
         max_agent_depth=settings.max_agent_depth,
         usage=runtime.usage.ledger,
     )
-    agents = AgentActivities(steps)
+    agents = AgentActivities(steps, settings)
     workflow_events = WorkflowEvents(runtime.events)
     workflow_steps = WorkflowStepActivities(
         StepRunner(

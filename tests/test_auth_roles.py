@@ -94,7 +94,10 @@ async def test_a_caller_without_role_admin_cannot_configure(channel, token) -> N
             integration_pb2_grpc.IntegrationServiceStub(channel),
             integration_pb2,
         ),
-        "loomwork.v1.WorkflowService": (workflow_pb2_grpc.WorkflowServiceStub(channel), workflow_pb2),
+        "loomwork.v1.WorkflowService": (
+            workflow_pb2_grpc.WorkflowServiceStub(channel),
+            workflow_pb2,
+        ),
     }
     for service, names in ADMIN_ONLY.items():
         stub, module = stubs[service]

@@ -91,6 +91,7 @@ async def test_an_interval_schedule_fires_pauses_triggers_and_is_deleted(
     )
     assert done.output.fields["total"].number_value == pytest.approx(119.0)
     assert done.temporal_workflow_id == f"wf/order-pipeline/alpha/{runs[-1].id}"
+    assert done.schedule_id == schedule_id
 
     # Another tenant neither sees nor touches it.
     with pytest.raises(grpc.aio.AioRpcError) as hidden:
@@ -244,6 +245,7 @@ async def test_a_schedule_of_an_agent_starts_agent_runs_that_name_it(
         agent_pb2.AgentServiceGetRunRequest(run_id=run.id), metadata=auth(token)
     )
     assert got.run.status == run_pb2.RUN_STATUS_SUCCEEDED
+    assert got.run.schedule_id == schedule_id
     assert [m.last_user_text for m in model.requests] == ["Write the digest."]
     await workflows.DeleteSchedule(
         S.DeleteScheduleRequest(schedule_id=schedule_id), metadata=auth(token)

@@ -68,6 +68,7 @@ from server.servicers.run_listing import listed_agent_run, status_clause, visibi
 from server.servicers.tenancy import tenant
 from server.temporal import ABNORMAL_END, closure_error, not_taken, query_state, start_input
 from workflows.agent_run import AgentRunWorkflow
+from workflows.search_attributes import SCHEDULE
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ _UPDATABLE = (
     "metadata",
     "approval_timeout",
     "handoffs",
+    "fallback_models",
 )
 # How long an Update may take before the service checks that a worker has taken the run.
 NOT_TAKEN_CHECK_AFTER = 1.0
@@ -408,22 +410,23 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def _current(self, run_id: str) -> agent_pb2.AgentRun:
         handle, workflow_id, agent_name = await self._handle(run_id)
         description = await _describe(handle, run_id)
+        schedule_id = description.typed_search_attributes.get(SCHEDULE) or ""
         if description.status == WorkflowExecutionStatus.RUNNING:
             if not_taken(description):
                 state = await self._pending_state(handle, description)
             else:
                 state = await _state(handle, run_id)
             if state.status in ("pending", "running", "waiting"):
-                return await self._with_last_event(
-                    agent_convert.state_to_proto(run_id, agent_name, state, workflow_id)
-                )
+                run = agent_convert.state_to_proto(run_id, agent_name, state, workflow_id)
+                run.schedule_id = schedule_id
+                return await self._with_last_event(run)
         if description.status in ABNORMAL_END:
             outcome = await self._abnormal_outcome(handle, run_id, description)
         else:  # completed; or running, decided and only saving: the result is a moment away
             outcome = await handle.result()
-        return await self._with_last_event(
-            agent_convert.run_to_proto(outcome, workflow_id), outcome.terminal_event_id
-        )
+        run = agent_convert.run_to_proto(outcome, workflow_id)
+        run.schedule_id = schedule_id
+        return await self._with_last_event(run, outcome.terminal_event_id)
 
     async def _pending_state(
         self,

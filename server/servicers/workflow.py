@@ -63,6 +63,7 @@ from server.servicers.well_known_convert import struct_to_dict
 from server.servicers.workflow_schedules import ScheduleRpcs
 from server.temporal import ABNORMAL_END, closure_error, not_taken, query_state, start_input
 from workflows.dsl_run import DslRunWorkflow
+from workflows.search_attributes import SCHEDULE
 from workflows.waits import WAITING_MEMO
 
 log = logging.getLogger(__name__)
@@ -431,7 +432,9 @@ class WorkflowServicer(ScheduleRpcs, workflow_pb2_grpc.WorkflowServiceServicer):
             _merge_pending_attempts(state, description.raw_description.pending_activities)
         if ended_outside and state.status not in TERMINAL_RUN:
             _ended_outside(state, await _closure(handle), description.close_time)
-        return await self._to_proto(state, handle, run_id=description.run_id)
+        run = await self._to_proto(state, handle, run_id=description.run_id)
+        run.schedule_id = description.typed_search_attributes.get(SCHEDULE) or ""
+        return run
 
     async def _start_state(
         self,

@@ -62,7 +62,7 @@ AGENT_FINISH_REASON_CANCELED: AgentFinishReason
 AGENT_FINISH_REASON_ERROR: AgentFinishReason
 
 class Agent(_message.Message):
-    __slots__ = ("name", "description", "instructions", "model", "model_settings", "tool_names", "memory", "max_steps", "output_schema", "metadata", "source", "create_time", "update_time", "approval_timeout", "handoffs")
+    __slots__ = ("name", "description", "instructions", "model", "model_settings", "tool_names", "memory", "max_steps", "output_schema", "metadata", "source", "create_time", "update_time", "approval_timeout", "handoffs", "fallback_models")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,7 @@ class Agent(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     HANDOFFS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_MODELS_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     instructions: str
@@ -93,7 +94,8 @@ class Agent(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     approval_timeout: _duration_pb2.Duration
     handoffs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., instructions: _Optional[str] = ..., model: _Optional[str] = ..., model_settings: _Optional[_Union[_run_pb2.ModelSettings, _Mapping]] = ..., tool_names: _Optional[_Iterable[str]] = ..., memory: _Optional[_Union[AgentMemorySettings, _Mapping]] = ..., max_steps: _Optional[int] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., source: _Optional[_Union[AgentSource, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., approval_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., handoffs: _Optional[_Iterable[str]] = ...) -> None: ...
+    fallback_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., instructions: _Optional[str] = ..., model: _Optional[str] = ..., model_settings: _Optional[_Union[_run_pb2.ModelSettings, _Mapping]] = ..., tool_names: _Optional[_Iterable[str]] = ..., memory: _Optional[_Union[AgentMemorySettings, _Mapping]] = ..., max_steps: _Optional[int] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., source: _Optional[_Union[AgentSource, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., approval_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., handoffs: _Optional[_Iterable[str]] = ..., fallback_models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AgentMemorySettings(_message.Message):
     __slots__ = ("last_messages", "semantic_recall", "working_memory", "max_context_tokens", "read_only")
@@ -580,14 +582,16 @@ class AgentStepRetrying(_message.Message):
     def __init__(self, attempt: _Optional[int] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., backoff: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class AgentStepFinished(_message.Message):
-    __slots__ = ("finish_reason", "messages", "usage")
+    __slots__ = ("finish_reason", "messages", "usage", "model")
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     finish_reason: AgentFinishReason
     messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
     usage: _message_pb2.Usage
-    def __init__(self, finish_reason: _Optional[_Union[AgentFinishReason, str]] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ...) -> None: ...
+    model: str
+    def __init__(self, finish_reason: _Optional[_Union[AgentFinishReason, str]] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class AgentRunFinished(_message.Message):
     __slots__ = ("status", "output", "error")
