@@ -340,7 +340,7 @@ async def test_schedule_commands(env: dict[str, str]) -> None:
         )
     )
     assert created["id"] == schedule_id and created["paused"] is True
-    assert created["overlapPolicy"] == "SCHEDULE_OVERLAP_POLICY_BUFFER_ONE"
+    assert created["overlap_policy"] == "SCHEDULE_OVERLAP_POLICY_BUFFER_ONE"
     bad = _failed(
         await _cli(
             env,
