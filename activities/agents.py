@@ -10,7 +10,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeats import heartbeating
-from activities.retry_notice import announce_retry
+from activities.retry_notice import announce_fallback, announce_retry, next_attempt
 from loomwork.agents.payloads import (
     FinishInput,
     FirstStep,
@@ -63,7 +63,11 @@ async def model_call(
     except LoomworkError as error:
         last = bool(attempts) and activity.info().attempt >= attempts
         failure = application_error(error, last_attempt=last)
-        await announce_retry(failure, retrying)
+        fallback = error.fallback_model if isinstance(error, ModelError) else ""
+        if fallback and next_attempt(failure) is None:  # the step goes on with that model
+            await announce_fallback(failure, fallback, retrying)
+        else:
+            await announce_retry(failure, retrying)
         raise failure from error
     except Exception as error:
         await announce_retry(error, retrying)

@@ -81,6 +81,14 @@ async def test_a_first_step_falls_back_to_the_next_model_after_503s(
     assert [r.model for r in model.requests] == ["model-a"] * ATTEMPTS + ["model-b"]
     assert await _step_models(agents, token, run.id) == ["model-b"]
     assert await _usage_models(runtime, run.id) == {"step:1": "model-b"}
+    # The stream said so: two retries on model-a, then the fallback.
+    events = await collect_events(
+        agents.WatchRun(agent_pb2.AgentServiceWatchRunRequest(run_id=run.id), metadata=auth(token))
+    )
+    retries = [e.step_retrying for e in events if e.HasField("step_retrying")]
+    assert [r.attempt for r in retries] == [2, 3, 4]
+    assert "going on with model model-b" in retries[-1].error.message
+    assert "going on with" not in retries[0].error.message
 
 
 async def test_a_later_step_falls_back_and_the_run_keeps_the_model_that_answered(
