@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from google.protobuf.struct_pb2 import Struct
 from pydantic import ValidationError
 from temporalio.api.enums.v1 import WorkflowExecutionStatus as RawStatus
 from temporalio.client import (
@@ -90,6 +91,16 @@ def _page_size(value: int) -> int:
     return value or DEFAULT_PAGE_SIZE
 
 
+def _start_violations(client_run_id: str, data: Struct) -> Violations:
+    """What is wrong with a new run's id and input (StartRun, ForkRun)."""
+    violations = Violations()
+    if client_run_id and not is_valid_client_id(client_run_id):
+        violations.add("client_run_id", CLIENT_ID_RULE)
+    if data.ByteSize() > MAX_DATA_BYTES:
+        violations.add("input", "must be at most 2 MiB serialized")
+    return violations
+
+
 def _valid_input(definition: Workflow, given: dict[str, Any]) -> dict[str, Any]:
     """`given` as the workflow's input model makes it, or INVALID_ARGUMENT naming the fields."""
     try:
@@ -158,11 +169,7 @@ class WorkflowServicer(ScheduleRpcs, workflow_pb2_grpc.WorkflowServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> workflow_pb2.WorkflowServiceStartRunResponse:
         tenant_id = tenant()
-        violations = Violations()
-        if request.client_run_id and not is_valid_client_id(request.client_run_id):
-            violations.add("client_run_id", CLIENT_ID_RULE)
-        if request.input.ByteSize() > MAX_DATA_BYTES:
-            violations.add("input", "must be at most 2 MiB serialized")
+        violations = _start_violations(request.client_run_id, request.input)
         if request.metadata.ByteSize() > MAX_METADATA_BYTES:
             violations.add("metadata", "must be at most 16 KiB serialized")
         if WAITING_MEMO in request.metadata.fields:  # kept beside it in the run's memo
@@ -184,14 +191,7 @@ class WorkflowServicer(ScheduleRpcs, workflow_pb2_grpc.WorkflowServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> workflow_pb2.WorkflowServiceForkRunResponse:
         tenant_id = tenant()
-        violations = Violations()
-        if request.client_run_id and not is_valid_client_id(request.client_run_id):
-            violations.add("client_run_id", CLIENT_ID_RULE)
-        if request.input.ByteSize() > MAX_DATA_BYTES:
-            violations.add("input", "must be at most 2 MiB serialized")
-        if not request.from_step_id:
-            violations.add("from_step_id", "is required")
-        violations.raise_if_any()
+        _start_violations(request.client_run_id, request.input).raise_if_any()
         original = await self._state(
             self._handle(await self._require(tenant_id, request.run_id)), request.run_id
         )
