@@ -158,10 +158,19 @@ class WorkflowsClient:
         return response.run
 
     def watch_run(
-        self, run_id: str, *, after_event_id: int = 0, timeout: float | None = 300.0
+        self,
+        run_id: str,
+        *,
+        after_event_id: int = 0,
+        timeout: float | None = 300.0,
+        keep_alives: bool = False,
     ) -> AsyncIterator[workflow_pb2.WorkflowRunEvent]:
-        """The run's step events after `after_event_id`, then live until it ends."""
+        """The run's step events after `after_event_id`, then live until it ends.
+        `keep_alives=True` also yields the keep-alives of a quiet stream (`keep_alive` set;
+        not events of the run: they move no cursor)."""
         request = workflow_pb2.WorkflowServiceWatchRunRequest(
             run_id=run_id, after_event_id=after_event_id
         )
-        return self._transport.events(self._stub.WatchRun, request, timeout)
+        return self._transport.events(
+            self._stub.WatchRun, request, timeout, keep_alives=keep_alives
+        )

@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     pending_notice_seconds: float = Field(
         default=10.0, gt=0, alias="LOOMWORK_PENDING_NOTICE_SECONDS"
     )
+    # After this long with no event, a stream (Stream, WatchRun, Answer, WatchIngestion...)
+    # sends a keep-alive saying whether the run's workflow is still open, and again after
+    # each further quiet period: a watcher tells a dead stream from a slow model.
+    stream_keepalive_seconds: float = Field(
+        default=15.0, gt=0, alias="LOOMWORK_STREAM_KEEPALIVE_SECONDS"
+    )
     # How often each server starts the indexing (semantic recall) of stored messages whose
     # start failed (Temporal unreachable as they were stored), kept until then in Postgres.
     index_sweep_seconds: float = Field(default=30.0, gt=0, alias="LOOMWORK_INDEX_SWEEP_SECONDS")

@@ -63,9 +63,17 @@ from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
 from server.agent_runs import AgentRunStarter
 from server.runtime import Runtime
 from server.servicers import agent_convert, client_tools_convert
-from server.servicers.relay import ClosedRunEnd, PendingNotice, relay_run_events
+from server.servicers.keep_alive_convert import keep_alive_to_proto
+from server.servicers.relay import (
+    ClosedRunEnd,
+    KeepAlive,
+    KeepAlives,
+    PendingNotice,
+    relay_run_events,
+)
 from server.servicers.run_listing import listed_agent_run, status_clause, visibility_page
 from server.servicers.tenancy import tenant
+from server.servicers.well_known_convert import set_timestamp
 from server.temporal import ABNORMAL_END, closure_error, not_taken, query_state, start_input
 from workflows.agent_run import AgentRunWorkflow
 from workflows.search_attributes import SCHEDULE
@@ -254,7 +262,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.GenerateResponse:
         run_request, handle = await self._start(request)
         workflow_id = handle.id
-        async for event_id, published in relay_run_events(
+        async for item in relay_run_events(
             self.runtime.events,
             event_log_key(run_request.tenant, run_request.run_id),
             run_request.run_id,
@@ -262,6 +270,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             decode_event,
             closed=ClosedRunEnd(self._closed_end(handle, run_request.run_id)),
         ):
+            if isinstance(item, KeepAlive):  # none asked for: a unary call has no use for one
+                continue
+            event_id, published = item
             if isinstance(published, RunFinished) and not published.run_path:
                 # The outcome as the workflow returns it, without waiting for it to close.
                 outcome = published.outcome
@@ -334,7 +345,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             pending = PendingNotice(
                 handle, self.runtime.settings.pending_notice_seconds, _pending_event
             )
-        async for event_id, event in relay_run_events(
+        async for item in relay_run_events(
             self.runtime.events,
             event_log_key(tenant_id, run_id),
             run_id,
@@ -343,7 +354,16 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             expired_end=None if announced else expired_end,
             pending=pending,
             closed=ClosedRunEnd(self._closed_end(handle, run_id), at_start=not announced),
+            keep_alive=KeepAlives(self.runtime.settings.stream_keepalive_seconds),
         ):
+            if isinstance(item, KeepAlive):
+                alive = agent_pb2.AgentRunEvent(
+                    event_id=item.last_event_id, run_id=run_id, keep_alive=keep_alive_to_proto(item)
+                )
+                set_timestamp(alive.time, item.time)
+                yield alive
+                continue
+            event_id, event = item
             yield agent_convert.event_to_proto(run_id, event_id, event, workflow_id)
 
     def _closed_end(

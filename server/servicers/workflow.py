@@ -58,10 +58,17 @@ from protos.loomwork.v1 import workflow_pb2, workflow_pb2_grpc
 from server.quotas import admit_run, refuse_run
 from server.runtime import Runtime
 from server.servicers import workflow_convert
-from server.servicers.relay import ClosedRunEnd, PendingNotice, relay_run_events
+from server.servicers.keep_alive_convert import keep_alive_to_proto
+from server.servicers.relay import (
+    ClosedRunEnd,
+    KeepAlive,
+    KeepAlives,
+    PendingNotice,
+    relay_run_events,
+)
 from server.servicers.run_listing import listed_workflow_run, status_clause, visibility_page
 from server.servicers.tenancy import tenant
-from server.servicers.well_known_convert import struct_to_dict
+from server.servicers.well_known_convert import set_timestamp, struct_to_dict
 from server.servicers.workflow_schedules import ScheduleRpcs
 from server.temporal import ABNORMAL_END, closure_error, not_taken, query_state, start_input
 from workflows.dsl_run import DslRunWorkflow
@@ -409,7 +416,7 @@ class WorkflowServicer(ScheduleRpcs, workflow_pb2_grpc.WorkflowServiceServicer):
             state = await self._state(handle, run_id)
             return encode_event(terminal_event(state)) if state.status in TERMINAL_RUN else None
 
-        async for event_id, event in relay_run_events(
+        async for item in relay_run_events(
             self.runtime.events,
             event_log_key(tenant_id, run_id),
             run_id,
@@ -421,7 +428,16 @@ class WorkflowServicer(ScheduleRpcs, workflow_pb2_grpc.WorkflowServiceServicer):
                 handle, self.runtime.settings.pending_notice_seconds, _pending_event
             ),
             closed=ClosedRunEnd(closed_end, at_start=True),
+            keep_alive=KeepAlives(self.runtime.settings.stream_keepalive_seconds),
         ):
+            if isinstance(item, KeepAlive):
+                alive = workflow_pb2.WorkflowRunEvent(
+                    event_id=item.last_event_id, run_id=run_id, keep_alive=keep_alive_to_proto(item)
+                )
+                set_timestamp(alive.time, item.time)
+                yield workflow_pb2.WorkflowServiceWatchRunResponse(event=alive)
+                continue
+            event_id, event = item
             yield workflow_pb2.WorkflowServiceWatchRunResponse(
                 event=workflow_convert.event_to_proto(run_id, event_id, event)
             )

@@ -479,7 +479,7 @@ class ApprovalResolved(_message.Message):
     def __init__(self, tool_call_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., approved: _Optional[bool] = ..., reason: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., arguments_edited: _Optional[bool] = ...) -> None: ...
 
 class AgentRunEvent(_message.Message):
-    __slots__ = ("event_id", "run_id", "time", "step", "run_path", "run_started", "text_delta", "tool_call", "tool_result", "approval_requested", "approval_resolved", "object_partial", "object_final", "usage", "step_retrying", "step_finished", "run_finished", "run_failed", "run_pending", "tool_call_requested", "handoff", "blocked")
+    __slots__ = ("event_id", "run_id", "time", "step", "run_path", "run_started", "text_delta", "tool_call", "tool_result", "approval_requested", "approval_resolved", "object_partial", "object_final", "usage", "step_retrying", "step_finished", "run_finished", "run_failed", "run_pending", "tool_call_requested", "handoff", "blocked", "keep_alive")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -502,6 +502,7 @@ class AgentRunEvent(_message.Message):
     TOOL_CALL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     HANDOFF_FIELD_NUMBER: _ClassVar[int]
     BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    KEEP_ALIVE_FIELD_NUMBER: _ClassVar[int]
     event_id: int
     run_id: str
     time: _timestamp_pb2.Timestamp
@@ -524,7 +525,8 @@ class AgentRunEvent(_message.Message):
     tool_call_requested: PendingToolCall
     handoff: AgentHandoff
     blocked: _guardrails_pb2.AgentRunBlocked
-    def __init__(self, event_id: _Optional[int] = ..., run_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., run_path: _Optional[str] = ..., run_started: _Optional[_Union[AgentRunStarted, _Mapping]] = ..., text_delta: _Optional[_Union[_run_pb2.TextDelta, _Mapping]] = ..., tool_call: _Optional[_Union[_message_pb2.ToolCallPart, _Mapping]] = ..., tool_result: _Optional[_Union[_message_pb2.ToolResultPart, _Mapping]] = ..., approval_requested: _Optional[_Union[PendingApproval, _Mapping]] = ..., approval_resolved: _Optional[_Union[ApprovalResolved, _Mapping]] = ..., object_partial: _Optional[_Union[ObjectPartial, _Mapping]] = ..., object_final: _Optional[_Union[ObjectFinal, _Mapping]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ..., step_retrying: _Optional[_Union[AgentStepRetrying, _Mapping]] = ..., step_finished: _Optional[_Union[AgentStepFinished, _Mapping]] = ..., run_finished: _Optional[_Union[AgentRunFinished, _Mapping]] = ..., run_failed: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., run_pending: _Optional[_Union[AgentRunPending, _Mapping]] = ..., tool_call_requested: _Optional[_Union[PendingToolCall, _Mapping]] = ..., handoff: _Optional[_Union[AgentHandoff, _Mapping]] = ..., blocked: _Optional[_Union[_guardrails_pb2.AgentRunBlocked, _Mapping]] = ...) -> None: ...
+    keep_alive: _run_pb2.StreamKeepAlive
+    def __init__(self, event_id: _Optional[int] = ..., run_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., run_path: _Optional[str] = ..., run_started: _Optional[_Union[AgentRunStarted, _Mapping]] = ..., text_delta: _Optional[_Union[_run_pb2.TextDelta, _Mapping]] = ..., tool_call: _Optional[_Union[_message_pb2.ToolCallPart, _Mapping]] = ..., tool_result: _Optional[_Union[_message_pb2.ToolResultPart, _Mapping]] = ..., approval_requested: _Optional[_Union[PendingApproval, _Mapping]] = ..., approval_resolved: _Optional[_Union[ApprovalResolved, _Mapping]] = ..., object_partial: _Optional[_Union[ObjectPartial, _Mapping]] = ..., object_final: _Optional[_Union[ObjectFinal, _Mapping]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ..., step_retrying: _Optional[_Union[AgentStepRetrying, _Mapping]] = ..., step_finished: _Optional[_Union[AgentStepFinished, _Mapping]] = ..., run_finished: _Optional[_Union[AgentRunFinished, _Mapping]] = ..., run_failed: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., run_pending: _Optional[_Union[AgentRunPending, _Mapping]] = ..., tool_call_requested: _Optional[_Union[PendingToolCall, _Mapping]] = ..., handoff: _Optional[_Union[AgentHandoff, _Mapping]] = ..., blocked: _Optional[_Union[_guardrails_pb2.AgentRunBlocked, _Mapping]] = ..., keep_alive: _Optional[_Union[_run_pb2.StreamKeepAlive, _Mapping]] = ...) -> None: ...
 
 class AgentHandoff(_message.Message):
     __slots__ = ("from_agent", "to_agent", "tool_call_id", "model")

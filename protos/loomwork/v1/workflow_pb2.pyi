@@ -254,7 +254,7 @@ class WorkflowRun(_message.Message):
     def __init__(self, id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., workflow_version: _Optional[str] = ..., status: _Optional[_Union[WorkflowRunStatus, str]] = ..., input: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[WorkflowStepRun, _Mapping]]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[int] = ..., temporal_workflow_id: _Optional[str] = ..., temporal_run_id: _Optional[str] = ..., schedule_id: _Optional[str] = ..., forked_from: _Optional[str] = ...) -> None: ...
 
 class WorkflowRunEvent(_message.Message):
-    __slots__ = ("event_id", "run_id", "time", "run_started", "step_started", "step_succeeded", "step_failed", "step_suspended", "step_resumed", "step_retrying", "step_waiting", "step_skipped", "run_finished", "run_failed", "run_pending")
+    __slots__ = ("event_id", "run_id", "time", "run_started", "step_started", "step_succeeded", "step_failed", "step_suspended", "step_resumed", "step_retrying", "step_waiting", "step_skipped", "run_finished", "run_failed", "run_pending", "keep_alive")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -270,6 +270,7 @@ class WorkflowRunEvent(_message.Message):
     RUN_FINISHED_FIELD_NUMBER: _ClassVar[int]
     RUN_FAILED_FIELD_NUMBER: _ClassVar[int]
     RUN_PENDING_FIELD_NUMBER: _ClassVar[int]
+    KEEP_ALIVE_FIELD_NUMBER: _ClassVar[int]
     event_id: int
     run_id: str
     time: _timestamp_pb2.Timestamp
@@ -285,7 +286,8 @@ class WorkflowRunEvent(_message.Message):
     run_finished: WorkflowRunFinished
     run_failed: _run_pb2.RunError
     run_pending: WorkflowRunPending
-    def __init__(self, event_id: _Optional[int] = ..., run_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_started: _Optional[_Union[WorkflowRunStarted, _Mapping]] = ..., step_started: _Optional[_Union[WorkflowStepRun, _Mapping]] = ..., step_succeeded: _Optional[_Union[WorkflowStepRun, _Mapping]] = ..., step_failed: _Optional[_Union[WorkflowStepRun, _Mapping]] = ..., step_suspended: _Optional[_Union[WorkflowStepRun, _Mapping]] = ..., step_resumed: _Optional[_Union[WorkflowStepRun, _Mapping]] = ..., step_retrying: _Optional[_Union[WorkflowStepRun, _Mapping]] = ..., step_waiting: _Optional[_Union[WorkflowStepRun, _Mapping]] = ..., step_skipped: _Optional[_Union[WorkflowStepRun, _Mapping]] = ..., run_finished: _Optional[_Union[WorkflowRunFinished, _Mapping]] = ..., run_failed: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., run_pending: _Optional[_Union[WorkflowRunPending, _Mapping]] = ...) -> None: ...
+    keep_alive: _run_pb2.StreamKeepAlive
+    def __init__(self, event_id: _Optional[int] = ..., run_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_started: _Optional[_Union[WorkflowRunStarted, _Mapping]] = ..., step_started: _Optional[_Union[WorkflowStepRun, _Mapping]] = ..., step_succeeded: _Optional[_Union[WorkflowStepRun, _Mapping]] = ..., step_failed: _Optional[_Union[WorkflowStepRun, _Mapping]] = ..., step_suspended: _Optional[_Union[WorkflowStepRun, _Mapping]] = ..., step_resumed: _Optional[_Union[WorkflowStepRun, _Mapping]] = ..., step_retrying: _Optional[_Union[WorkflowStepRun, _Mapping]] = ..., step_waiting: _Optional[_Union[WorkflowStepRun, _Mapping]] = ..., step_skipped: _Optional[_Union[WorkflowStepRun, _Mapping]] = ..., run_finished: _Optional[_Union[WorkflowRunFinished, _Mapping]] = ..., run_failed: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., run_pending: _Optional[_Union[WorkflowRunPending, _Mapping]] = ..., keep_alive: _Optional[_Union[_run_pb2.StreamKeepAlive, _Mapping]] = ...) -> None: ...
 
 class WorkflowRunPending(_message.Message):
     __slots__ = ("task_queue", "waited")
