@@ -57,6 +57,9 @@ class AgentRunRequest(BaseModel):
     # The model as the service resolved it when accepting the call (named in the first
     # step's summary); the start activity resolves the agent, and so the model, itself.
     model: str = ""
+    # The model a first step that ran out of retries on the agent's model goes on with
+    # (loomwork.agents.model_fallback); "" for the agent's own.
+    fallback_model: str = ""
     # The starter published run_started already (the server does, as it accepts the run).
     announced: bool = False
     # The server began the first step as it started the run (loomwork.agents.speculation);

@@ -35,6 +35,7 @@ from loomwork.agents.events import (
 )
 from loomwork.agents.guarded_step import blocked_step, step_guardrails
 from loomwork.agents.memory_tool import UPDATE_WORKING_MEMORY
+from loomwork.agents.model_fallback import next_model
 from loomwork.agents.output_schema import parse_final, partial_object
 from loomwork.agents.payloads import (
     FirstStep,
@@ -66,6 +67,7 @@ from loomwork.llm.chat import (
     ToolCallDone,
     json_schema_format,
 )
+from loomwork.llm.errors import ModelError
 from loomwork.memory.context_assembly import assemble_context
 from loomwork.memory.models import RecallHit, RecallQuery, RecallScope
 from loomwork.memory.recall import MessageRecall
@@ -233,7 +235,8 @@ class AgentSteps:
         """Resolve the agent, save the input to the thread, assemble the context from memory:
         working memory, recalled messages and recent ones, trimmed to the token limit."""
         agent = effective_agent(await self.agents.get(request.tenant, request.agent_name), request)
-        model = agent.model or self.default_model
+        # A first step that fell back starts over on the next model (agents/model_fallback.py).
+        model = request.fallback_model or agent.model or self.default_model
         if not request.announced:  # started by a workflow, not the service
             await announce_run(self.events, request, agent, model, patience=None)
 
@@ -510,6 +513,10 @@ class AgentSteps:
                 blocked, event = blocked_step(step.step, tripped)
                 await self.publish(request, event)
                 return blocked
+        except ModelError as error:
+            if error.retryable:  # once its retries run out, the step goes on with this one
+                error.fallback_model = next_model(agent, step.plan_model, self.default_model)
+            raise
         finally:
             announced.cancel()  # the call failed first: a retry announces again (once)
             await deltas.cancel()
@@ -548,6 +555,7 @@ class AgentSteps:
             approval_required=approval_required,
             finish_reason=result.finish_reason,
             usage=result.usage,
+            model=step.plan_model,
             tool_routes=tool_routes,
         )
         self._invalid_client_calls(request, output)
@@ -603,7 +611,11 @@ class AgentSteps:
         """The end of a step that called no tools: its one message is the model's answer."""
         finish, usage = output.finish_reason, output.usage
         return StepFinished(
-            step=step, finish_reason=finish, usage=usage, messages=[output.message()]
+            step=step,
+            finish_reason=finish,
+            usage=usage,
+            model=output.model,
+            messages=[output.message()],
         )
 
     @staticmethod

@@ -57,6 +57,7 @@ from loomwork.paging import (
     decode_text_token,
     encode_text_token,
 )
+from loomwork.schedules import SCHEDULE_ID_PATTERN, SCHEDULE_ID_RULE
 from loomwork.tools import Tool
 from loomwork.tools.mcp_source import McpToolInfo
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
@@ -77,6 +78,7 @@ from server.servicers.tenancy import tenant
 from server.servicers.well_known_convert import set_timestamp
 from server.temporal import ABNORMAL_END, closure_error, not_taken, query_state, start_input
 from workflows.agent_run import AgentRunWorkflow
+from workflows.search_attributes import SCHEDULE
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,7 @@ _UPDATABLE = (
     "metadata",
     "approval_timeout",
     "handoffs",
+    "fallback_models",
     "input_processors",
     "output_processors",
 )
@@ -433,22 +436,23 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def _current(self, run_id: str) -> agent_pb2.AgentRun:
         handle, workflow_id, agent_name = await self._handle(run_id)
         description = await _describe(handle, run_id)
+        schedule_id = description.typed_search_attributes.get(SCHEDULE) or ""
         if description.status == WorkflowExecutionStatus.RUNNING:
             if not_taken(description):
                 state = await self._pending_state(handle, description)
             else:
                 state = await _state(handle, run_id)
             if state.status in ("pending", "running", "waiting"):
-                return await self._with_last_event(
-                    agent_convert.state_to_proto(run_id, agent_name, state, workflow_id)
-                )
+                run = agent_convert.state_to_proto(run_id, agent_name, state, workflow_id)
+                run.schedule_id = schedule_id
+                return await self._with_last_event(run)
         if description.status in ABNORMAL_END:
             outcome = await self._abnormal_outcome(handle, run_id, description)
         else:  # completed; or running, decided and only saving: the result is a moment away
             outcome = await handle.result()
-        return await self._with_last_event(
-            agent_convert.run_to_proto(outcome, workflow_id), outcome.terminal_event_id
-        )
+        run = agent_convert.run_to_proto(outcome, workflow_id)
+        run.schedule_id = schedule_id
+        return await self._with_last_event(run, outcome.terminal_event_id)
 
     async def _pending_state(
         self,
@@ -641,6 +645,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         for i, status in enumerate(request.statuses):
             if status not in agent_convert.RUN_STATUS_NAMES:
                 violations.add(f"statuses[{i}]", "is not a run status")
+        if request.schedule_id and not SCHEDULE_ID_PATTERN.match(request.schedule_id):
+            violations.add("schedule_id", f"must be {SCHEDULE_ID_RULE}")
         violations.raise_if_any()
         clauses = [
             "WorkflowType = 'AgentRun'",
@@ -650,6 +656,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             ("LoomworkAgent", request.agent_name),
             ("LoomworkThread", request.thread_id),
             ("LoomworkResource", request.resource_id),
+            ("LoomworkSchedule", request.schedule_id),
         ):
             if value:
                 clauses.append(f"{attribute} = {visibility_literal(value)}")

@@ -139,6 +139,7 @@ def agent_to_proto(agent: AgentDefinition) -> agent_pb2.Agent:
         model=agent.model,
         tool_names=agent.tool_names,
         handoffs=agent.handoffs,
+        fallback_models=agent.fallback_models,
         memory=memory_to_proto(agent.memory, agent.memory_read_only),
         max_steps=agent.max_steps,
         source=_SOURCES[agent.source],
@@ -175,6 +176,7 @@ def agent_data_from_proto(agent: agent_pb2.Agent) -> dict[str, Any]:
         "model": agent.model,
         "tool_names": list(agent.tool_names),
         "handoffs": list(agent.handoffs),
+        "fallback_models": list(agent.fallback_models),
     }
     settings = agent.model_settings
     data["model_settings"] = {
@@ -444,6 +446,7 @@ def event_to_proto(
         )
         out.step_finished.usage.CopyFrom(usage_to_proto(event.usage))
         out.step_finished.reused = event.reused
+        out.step_finished.model = event.model
         for said in event.messages:
             _chat_message(out.step_finished.messages.add(), said)
     elif isinstance(event, events.ApprovalRequested):
