@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
     redis_url: str | None = Field(default=None, alias="REDIS_URL")
+    # Redis connections of a process for the blocking reads of streams (each open Stream or
+    # WatchRun holds one while it waits for events), apart from the pool of short commands,
+    # which streams can then never exhaust. A stream beyond it fails as UNAVAILABLE.
+    redis_stream_connections: int = Field(
+        default=2000, ge=1, alias="LOOMWORK_REDIS_STREAM_CONNECTIONS"
+    )
     temporal_address: str | None = Field(default=None, alias="TEMPORAL_ADDRESS")
     temporal_namespace: str = Field(default="default", alias="TEMPORAL_NAMESPACE")
     # Temporal over TLS (Temporal Cloud, or a cluster with mTLS). Paths of PEM files: the

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -87,6 +88,18 @@ def session_thread_id(resource_id: str, session_key: str) -> str:
     return f"ses_{digest}"
 
 
+@dataclass
+class AcceptedRun:
+    """A run `AgentRunStarter.accept` took: announced if `new`, not started on Temporal yet."""
+
+    tenant_id: str
+    request: AgentRunRequest
+    workflow_id: str
+    new: bool  # False: a repeat of a client run id, joining its run
+    slot: bool  # a quota slot was taken for it (given back if Temporal refuses it)
+    named: bool  # the caller named it (client_run_id)
+
+
 class AgentRunStarter:
     """Resolves the thread of, announces and starts AgentRun executions: one run per client
     run id (a repeat joins the run, running or finished), searchable by tenant, agent, run,
@@ -103,7 +116,14 @@ class AgentRunStarter:
         """Start (or join) the run: the workflow's input and the run's handle (its id is the
         run's workflow id). `require_output_schema`: the call streams an object, so the run
         needs an output schema (the call's or the agent's)."""
-        runtime = self.runtime
+        accepted = await self.accept(tenant_id, start, require_output_schema=require_output_schema)
+        return accepted.request, await self.launch(accepted)
+
+    async def accept(
+        self, tenant_id: str, start: AgentRunStart, *, require_output_schema: bool = False
+    ) -> AcceptedRun:
+        """The run checked, admitted, recorded and (a new one) announced: its log opens with
+        run_started. Nothing is started on Temporal yet: `launch` does that."""
         existing = None
         if start.client_run_id:
             existing = await self.directory.workflow_id(tenant_id, start.client_run_id)
@@ -122,20 +142,38 @@ class AgentRunStarter:
         if existing is not None and existing != workflow_id:
             raise AlreadyExists(f"client_run_id {run_request.run_id!r} is a run of another agent")
         # A new run is admitted by the tenant's quotas first (a repeat joins its run).
-        slot = existing is None and await admit_run(runtime, tenant_id, workflow_id)
+        slot = existing is None and await admit_run(self.runtime, tenant_id, workflow_id)
         if existing is None:
             # Announced as it is accepted: the caller sees run_started (with the run id) at
             # once, and the run's first activity goes straight to the model.
             agent = effective_agent(agent, run_request)
-            model = agent.model or runtime.settings.chat_model
+            model = agent.model or self.runtime.settings.chat_model
             await asyncio.gather(
-                announce_run(runtime.events, run_request, agent, model),
+                announce_run(self.runtime.events, run_request, agent, model),
                 self.directory.record(tenant_id, run_request.run_id, workflow_id),
             )
             run_request.announced = True
             run_request.model = model
         else:
             await self.directory.record(tenant_id, run_request.run_id, workflow_id)
+        return AcceptedRun(
+            tenant_id,
+            run_request,
+            workflow_id,
+            new=existing is None,
+            slot=slot,
+            named=bool(start.client_run_id),
+        )
+
+    async def launch(self, accepted: AcceptedRun) -> WorkflowHandle[AgentRunWorkflow, RunOutcome]:
+        """Start the accepted run on Temporal (a repeat of a client run id joins its run);
+        refused, its log is discarded and its quota slot given back."""
+        runtime = self.runtime
+        tenant_id, run_request, workflow_id = (
+            accepted.tenant_id,
+            accepted.request,
+            accepted.workflow_id,
+        )
         pairs = [
             SearchAttributePair(TENANT, tenant_id),
             SearchAttributePair(AGENT, run_request.agent_name),
@@ -154,7 +192,7 @@ class AgentRunStarter:
         key = event_log_key(tenant_id, run_request.run_id)
         steps = runtime.agent_steps
         speculating = (
-            existing is None
+            accepted.new
             and steps is not None
             and runtime.settings.speculative_first_step
             and steps.speculate(run_request)
@@ -181,9 +219,9 @@ class AgentRunStarter:
         except RPCError as error:
             # Refused, so nothing started: leave no log behind (an active log has no TTL).
             # After a timeout the start may have happened, and its log must stay.
-            if existing is None and error.status not in START_OUTCOME_UNKNOWN:
+            if accepted.new and error.status not in START_OUTCOME_UNKNOWN:
                 await runtime.events.discard(key)
-                await refuse_run(runtime, tenant_id, workflow_id, slot)
+                await refuse_run(runtime, tenant_id, workflow_id, accepted.slot)
             raise
         finally:
             if speculating:
@@ -191,9 +229,9 @@ class AgentRunStarter:
                     runtime.speculation.confirm(key)
                 else:  # not started, or its first task went to the task queue: not ours
                     runtime.speculation.abandon(key, refused=started is False)
-        if start.client_run_id:  # a repeat of the id, once Temporal dropped the run, is refused
+        if accepted.named:  # a repeat of the id, once Temporal dropped the run, is refused
             await self.directory.mark_started(tenant_id, run_request.run_id)
-        return run_request, handle
+        return handle
 
     async def _started(self, workflow_id: str) -> bool:
         """Whether Temporal has the run (it may have been recorded, then failed to start)."""

@@ -142,6 +142,14 @@ class Runtime:
                 if applied:
                     log.info("applied migrations %s", applied)
             redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+            # Blocking reads (streams) on their own pool: open streams, each holding a
+            # connection while it waits, never starve the short commands of `redis`.
+            stream_redis = Redis.from_url(
+                settings.redis_url,
+                socket_timeout=5,
+                socket_connect_timeout=2,
+                max_connections=settings.redis_stream_connections,
+            )
             temporal = await connect_temporal(
                 settings.temporal_address,
                 settings.temporal_namespace,
@@ -178,7 +186,7 @@ class Runtime:
             await telemetry.temporal.release()
             await db.close()
             raise
-        events = RunEventLog(redis)
+        events = RunEventLog(redis, blocking_redis=stream_redis)
         chat_models = SharedChatModels(
             base_url=settings.openai_base_url,
             api_key=settings.openai_api_key,
@@ -251,6 +259,8 @@ class Runtime:
             await self.integrations.close()
         if self.store is not None:
             await self.store.close()
+        if self.events.blocking_redis is not self.redis:
+            await self.events.blocking_redis.aclose()
         await self.redis.aclose()
         await self.db.close()
         if self.telemetry is not None:

@@ -62,6 +62,7 @@ from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
 from server.agent_runs import AgentRunStarter
 from server.runtime import Runtime
 from server.servicers import agent_convert, client_tools_convert
+from server.servicers.launches import Launches, until_failed
 from server.servicers.relay import ClosedRunEnd, PendingNotice, relay_run_events
 from server.servicers.run_listing import listed_agent_run, status_clause, visibility_page
 from server.servicers.tenancy import tenant
@@ -130,6 +131,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         mcp = runtime.integrations.mcp if runtime.integrations is not None else None
         self.catalog = AgentCatalog(runtime.agents, AgentStore(runtime.db), runtime.tools, mcp)
         self.starter = AgentRunStarter(runtime, self.directory, self.catalog)
+        self.launches = Launches()
 
     # -- definitions
 
@@ -357,22 +359,40 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
         return terminal
 
+    async def _started_events(
+        self, request: agent_convert.RunRequest, *, require_output_schema: bool = False
+    ) -> AsyncIterator[agent_pb2.AgentRunEvent]:
+        """The events of the run this call starts (or joins). A new run streams from its
+        run_started on while Temporal starts it in the background (so the first event does
+        not wait for the start); a start that fails ends the stream with its status."""
+        tenant_id = tenant()
+        accepted = await self.starter.accept(
+            tenant_id,
+            agent_convert.run_start_from_proto(request),
+            require_output_schema=require_output_schema,
+        )
+        run_id, workflow_id = accepted.request.run_id, accepted.workflow_id
+        self.runs.remember(tenant_id, run_id, workflow_id)
+        events = self._events(tenant_id, run_id, 0, workflow_id, announced=accepted.new)
+        if not accepted.new:  # a repeat of a client run id: its run, once it is found
+            await self.starter.launch(accepted)
+            async for event in events:
+                yield event
+            return
+        launch = self.launches.start(self.starter.launch(accepted), f"start of run {run_id}")
+        async for event in until_failed(events, launch):
+            yield event
+
     async def Stream(
         self, request: agent_pb2.StreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.StreamResponse]:
-        run_request, handle = await self._start(request)
-        async for event in self._events(
-            run_request.tenant, run_request.run_id, 0, handle.id, announced=run_request.announced
-        ):
+        async for event in self._started_events(request):
             yield agent_pb2.StreamResponse(event=event)
 
     async def StreamObject(
         self, request: agent_pb2.StreamObjectRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.StreamObjectResponse]:
-        run_request, handle = await self._start(request, require_output_schema=True)
-        async for event in self._events(
-            run_request.tenant, run_request.run_id, 0, handle.id, announced=run_request.announced
-        ):
+        async for event in self._started_events(request, require_output_schema=True):
             if not event.HasField("text_delta"):
                 yield agent_pb2.StreamObjectResponse(event=event)
 
