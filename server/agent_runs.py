@@ -31,7 +31,13 @@ from activities.workflow_runs import START_OUTCOME_UNKNOWN
 from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.definitions import AgentDefinition
 from loomwork.agents.directory import RunDirectory
-from loomwork.agents.run_models import AgentRunRequest, RunOutcome, agent_run_workflow_id
+from loomwork.agents.events import RunFinished, encode_event
+from loomwork.agents.run_models import (
+    AgentRunRequest,
+    RunOutcome,
+    RunRecord,
+    agent_run_workflow_id,
+)
 from loomwork.agents.steps import announce_run, effective_agent, event_log_key, tool_names
 from loomwork.agents.sub_agents import function_names
 from loomwork.errors import (
@@ -39,6 +45,7 @@ from loomwork.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unavailable,
     Violations,
 )
 from loomwork.ids import new_id
@@ -133,7 +140,12 @@ class AgentRunStarter:
                         f"client_run_id {start.client_run_id!r} named a run that has ended"
                         " and is no longer kept by Temporal (its retention): give a new id"
                     )
-                existing = None  # recorded, but its start failed: this call starts it
+                # Recorded, but its start failed: this call starts it, on a fresh log
+                # (the refused start's ended with its run_failed).
+                key = event_log_key(tenant_id, start.client_run_id)
+                if await self.runtime.events.is_finished(key):
+                    await self.runtime.events.discard(key)
+                existing = None
         # A repeated client run id joins its run: no thread is resolved (or created) again.
         run_request, agent = await self._run_request(
             tenant_id, start, resolve=existing is None, require_output_schema=require_output_schema
@@ -219,10 +231,17 @@ class AgentRunStarter:
         except RPCError as error:
             # Refused, so nothing started: leave no log behind (an active log has no TTL).
             # After a timeout the start may have happened, and its log must stay.
+            refused = Unavailable(
+                f"Temporal did not start run {run_request.run_id!r}: {error.message}; try"
+                " again (a client_run_id makes the retry join the run if it did start)"
+            )
+            # Refused, so nothing started: the log ends with run_failed saying why (its
+            # streams end there; the ended log expires). After a timeout the start may
+            # have happened, and its log must stay open.
             if accepted.new and error.status not in START_OUTCOME_UNKNOWN:
-                await runtime.events.discard(key)
                 await refuse_run(runtime, tenant_id, workflow_id, accepted.slot)
-            raise
+                await self._end_refused(accepted, refused)
+            raise refused from error
         finally:
             if speculating:
                 if started:
@@ -232,6 +251,27 @@ class AgentRunStarter:
         if accepted.named:  # a repeat of the id, once Temporal dropped the run, is refused
             await self.directory.mark_started(tenant_id, run_request.run_id)
         return handle
+
+    async def _end_refused(self, accepted: AcceptedRun, error: Unavailable) -> None:
+        """End the log of a run Temporal refused to start with its run_failed."""
+        request = accepted.request
+        outcome = RunOutcome.model_validate(
+            {
+                **RunRecord.accepted(request).model_dump(),
+                "model": request.model,
+                "run_id": request.run_id,
+                "agent_name": request.agent_name,
+                "status": "failed",
+                "finish_reason": "error",
+                "error": error.message,
+                "error_type": type(error).__name__,
+                "end_time": datetime.now(UTC),
+            }
+        )
+        key = event_log_key(accepted.tenant_id, request.run_id)
+        await self.runtime.events.publish(
+            key, encode_event(RunFinished(outcome=outcome)), terminal=True, patience=0
+        )
 
     async def _started(self, workflow_id: str) -> bool:
         """Whether Temporal has the run (it may have been recorded, then failed to start)."""

@@ -62,7 +62,7 @@ from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
 from server.agent_runs import AgentRunStarter
 from server.runtime import Runtime
 from server.servicers import agent_convert, client_tools_convert
-from server.servicers.launches import Launches, until_failed
+from server.servicers.launches import Launches
 from server.servicers.relay import ClosedRunEnd, PendingNotice, relay_run_events
 from server.servicers.run_listing import listed_agent_run, status_clause, visibility_page
 from server.servicers.tenancy import tenant
@@ -364,7 +364,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> AsyncIterator[agent_pb2.AgentRunEvent]:
         """The events of the run this call starts (or joins). A new run streams from its
         run_started on while Temporal starts it in the background (so the first event does
-        not wait for the start); a start that fails ends the stream with its status."""
+        not wait for the start); a start Temporal refuses ends it with run_failed."""
         tenant_id = tenant()
         accepted = await self.starter.accept(
             tenant_id,
@@ -379,8 +379,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             async for event in events:
                 yield event
             return
-        launch = self.launches.start(self.starter.launch(accepted), f"start of run {run_id}")
-        async for event in until_failed(events, launch):
+        # A start Temporal refuses ends the run's log with run_failed, and so this stream.
+        self.launches.start(self.starter.launch(accepted), f"start of run {run_id}")
+        async for event in events:
             yield event
 
     async def Stream(

@@ -4,9 +4,8 @@ answers with run_started as the run is accepted, and Temporal starts it meanwhil
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -35,29 +34,3 @@ class Launches:
 
     def __len__(self) -> int:
         return len(self._tasks)
-
-
-async def until_failed(events: AsyncIterator[T], launch: asyncio.Task[Any]) -> AsyncIterator[T]:
-    """`events`, cut short by the error of `launch` if it fails (a run Temporal refused
-    publishes nothing after run_started: its caller hears why instead of waiting)."""
-    try:
-        while not launch.done():
-            following = asyncio.ensure_future(anext(events))
-            await asyncio.wait({following, launch}, return_when=asyncio.FIRST_COMPLETED)
-            if not following.done() and (launch.cancelled() or launch.exception() is not None):
-                following.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await following
-                launch.result()  # raises why the start failed
-            try:
-                item = await following
-            except StopAsyncIteration:
-                return
-            yield item
-        launch.result()
-        async for item in events:
-            yield item
-    finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
