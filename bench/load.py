@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import shutil
 import signal
@@ -30,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -41,6 +43,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from clients import StreamedText
 from loomwork.testing import ChatRequest, ScriptedModelServer, ScriptFunction, Turn
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
 from server.embedded import EmbeddedEndpoints, EmbeddedStack
@@ -96,10 +99,17 @@ def model_script(answer: str, token_delay: float) -> ScriptFunction:
     return turn
 
 
+def serve_model(answer: str, token_delay: float, port: int) -> None:
+    """The scripted model on `port`, until terminated (a process of its own)."""
+    server = ScriptedModelServer(model_script(answer, token_delay), port=port)
+    print(f"scripted model at {server.start_in_thread()}", flush=True)
+    threading.Event().wait()
+
+
 async def stream_once(stub: agent_pb2_grpc.AgentServiceStub, answer: str, prompt: str) -> Call:
     call = Call()
     started = time.perf_counter()
-    text: list[str] = []
+    text = StreamedText()  # as a reader rebuilds it (a retried step's text replaces its draft)
     finished = False
     try:
         async for response in stub.Stream(
@@ -109,18 +119,15 @@ async def stream_once(stub: agent_pb2_grpc.AgentServiceStub, answer: str, prompt
                 call.first = time.perf_counter() - started
                 if not response.event.HasField("run_started"):
                     call.error = f"first event {response.event.WhichOneof('event')}"
-            event = response.event
-            if event.HasField("text_delta"):
-                text.append(event.text_delta.text)
-            elif event.HasField("run_finished"):
-                finished = True
+            text.add(response.event)
+            finished = response.event.HasField("run_finished")
         call.end = time.perf_counter() - started
     except grpc.aio.AioRpcError as error:
         call.error = error.code().name
         return call
     if not finished:
         call.error = call.error or "no run_finished"
-    elif "".join(text) != answer:
+    elif str(text) != answer:
         call.error = call.error or "text differs"
     return call
 
@@ -128,20 +135,21 @@ async def stream_once(stub: agent_pb2_grpc.AgentServiceStub, answer: str, prompt
 class Stack:
     """The Loomwork processes of one arrangement, on their own logs and task queue."""
 
-    def __init__(self, roles: tuple[str, ...], env: dict[str, str], logs: Path) -> None:
+    def __init__(self, roles: tuple[str, ...], env: dict[str, str], logs: Path, code: Path) -> None:
         self.address = f"127.0.0.1:{pick_free_port(set())}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         env = dict(env)
         env.update(
+            PYTHONPATH=os.pathsep.join([str(code), str(BENCH)]),
             LOOMWORK_GRPC_ADDRESS=self.address,
-            LOOMWORK_HTTP_ADDRESS=f"127.0.0.1:{pick_free_port(set())}",
             LOOMWORK_TASK_QUEUE=f"bench-load-{uuid.uuid4().hex[:6]}",
         )
         for role in roles:
+            env["LOOMWORK_HTTP_ADDRESS"] = f"127.0.0.1:{pick_free_port(set())}"
             with (logs / f"{'-'.join(roles)}-{role}.log").open("ab") as log:
                 self.procs[role] = subprocess.Popen(
                     [sys.executable, "-m", "server.cli", role],
-                    cwd=ROOT,
+                    cwd=code,
                     env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -151,8 +159,7 @@ class Stack:
         health = health_pb2_grpc.HealthStub(channel)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if exited := [r for r, p in self.procs.items() if p.poll() is not None]:
-                raise SystemExit(f"{exited} exited; see the logs")
+            self.check_alive()
             try:
                 reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -161,6 +168,10 @@ class Stack:
                 pass
             await asyncio.sleep(0.3)
         raise SystemExit(f"nothing serves on {self.address}")
+
+    def check_alive(self) -> None:
+        if exited := [r for r, p in self.procs.items() if p.poll() is not None]:
+            raise SystemExit(f"{exited} exited; see the logs")
 
     def peak_rss_mb(self) -> dict[str, float]:
         peaks = {}
@@ -225,7 +236,7 @@ HEADER = (
 async def arrangement(
     name: str, env: dict[str, str], logs: Path, args: argparse.Namespace, answer: str
 ) -> None:
-    stack = Stack(ARRANGEMENTS[name], env, logs)
+    stack = Stack(ARRANGEMENTS[name], env, logs, args.code)
     channels = [
         grpc.aio.insecure_channel(stack.address, options=[("grpc.channel_id", i)])
         for i in range(CHANNELS)
@@ -233,12 +244,15 @@ async def arrangement(
     stubs = [agent_pb2_grpc.AgentServiceStub(c) for c in channels]
     try:
         await stack.ready(channels[0])
+        await asyncio.sleep(2)  # a worker that cannot start has exited by now
+        stack.check_alive()
         await phase("warm-up", stubs, answer, 5, parallel=False)
         base = await phase("baseline", stubs, answer, args.baseline, parallel=False)
         print(format_phase(name, base, None), flush=True)
         load_before = os.getloadavg()[0]
         loaded = await phase(f"{args.streams}x", stubs, answer, args.streams, parallel=True)
         print(format_phase(name, loaded, base), flush=True)
+        stack.check_alive()
         peaks = ", ".join(f"{r} {mb:.0f} MB" for r, mb in stack.peak_rss_mb().items())
         print(
             f"{'':<6} peak RSS: {peaks}; load average {load_before:.1f} before the "
@@ -264,7 +278,6 @@ def process_env(tmp: Path, ep: EmbeddedEndpoints, model: str) -> dict[str, str]:
         OPENAI_BASE_URL=model,
         OPENAI_API_KEY="x",
         LOOMWORK_CHAT_MODEL="scripted",
-        PYTHONPATH=os.pathsep.join([str(ROOT), str(BENCH)]),
         COLUMNS="200",
     )
     return env
@@ -279,6 +292,12 @@ def main() -> None:
     )
     parser.add_argument("--token-delay", type=float, default=0.02, help="seconds per chunk")
     parser.add_argument("--words", type=int, default=60, help="words in each answer")
+    parser.add_argument(
+        "--code",
+        type=Path,
+        default=ROOT,
+        help="the checkout whose Loomwork the processes run (default: this one)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the logs")
     args = parser.parse_args()
     answer = " ".join(f"word{i}" for i in range(args.words))
@@ -287,15 +306,25 @@ def main() -> None:
     logs.mkdir()
     stack = EmbeddedStack(tmp / "home", temporal_ui=False)
     endpoints = stack.start()
-    model = ScriptedModelServer(model_script(answer, args.token_delay))
-    env = process_env(tmp, endpoints, model.start_in_thread())
-    print(f"load average {os.getloadavg()[0]:.1f} at start; logs in {logs}", flush=True)
+    # The model in a process of its own: its streaming does not compete with the clients'.
+    port = pick_free_port(set())
+    model = multiprocessing.Process(
+        target=serve_model, args=(answer, args.token_delay, port), daemon=True
+    )
+    model.start()
+    env = process_env(tmp, endpoints, f"http://127.0.0.1:{port}/v1")
+    print(
+        f"Loomwork from {args.code}; load average {os.getloadavg()[0]:.1f} at start;"
+        f" logs in {logs}",
+        flush=True,
+    )
     print(HEADER, flush=True)
     try:
         for name in args.arrangements:
             asyncio.run(arrangement(name, env, logs, args, answer))
     finally:
-        model.stop_in_thread()
+        model.terminate()
+        model.join()
         stack.stop()
         shutil.rmtree(tmp / "home", ignore_errors=True)
     if not args.keep:
