@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     # Seconds a model request may wait on the model (to connect, or for its next bytes while
     # it streams); past it the call fails as a timeout and Temporal retries its step.
     model_timeout: float = Field(default=120.0, gt=0, alias="LOOMWORK_MODEL_TIMEOUT")
+    # Model calls a process makes at once (agent steps, answers); more wait for a slot. 0: no
+    # bound. Bounding them keeps a busy worker's loop free to accept calls (`loomwork up`).
+    model_concurrency: int = Field(default=0, ge=0, alias="LOOMWORK_MODEL_CONCURRENCY")
     # After this long with no worker taking a run it started, a Stream call says so (once).
     pending_notice_seconds: float = Field(
         default=10.0, gt=0, alias="LOOMWORK_PENDING_NOTICE_SECONDS"

@@ -191,6 +191,7 @@ class Runtime:
             base_url=settings.openai_base_url,
             api_key=settings.openai_api_key,
             timeout=settings.model_timeout,
+            max_calls=settings.model_concurrency,
         )
         working_memory = WorkingMemoryStore(storage)
         agents = AgentRegistry()
