@@ -67,6 +67,7 @@ class Call:
     first: float | None = None
     end: float | None = None
     error: str | None = None
+    run_id: str = ""
 
 
 @dataclass
@@ -117,6 +118,7 @@ async def stream_once(stub: agent_pb2_grpc.AgentServiceStub, answer: str, prompt
         ):
             if call.first is None:
                 call.first = time.perf_counter() - started
+                call.run_id = response.event.run_id
                 if not response.event.HasField("run_started"):
                     call.error = f"first event {response.event.WhichOneof('event')}"
             text.add(response.event)
@@ -252,6 +254,8 @@ async def arrangement(
         load_before = os.getloadavg()[0]
         loaded = await phase(f"{args.streams}x", stubs, answer, args.streams, parallel=True)
         print(format_phase(name, loaded, base), flush=True)
+        if wrong := [c.run_id for c in loaded.calls if c.error == "text differs"][:3]:
+            print(f"{'':<6} text differs in runs {', '.join(wrong)} (see the logs)", flush=True)
         stack.check_alive()
         peaks = ", ".join(f"{r} {mb:.0f} MB" for r, mb in stack.peak_rss_mb().items())
         print(
