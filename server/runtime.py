@@ -36,6 +36,7 @@ from loomwork.rag.tool import RAG_QUERY_TOOL, rag_query_tool
 from loomwork.storage.adapter import MemoryStorage
 from loomwork.storage.cached import CachedMemoryStorage
 from loomwork.storage.database import Database
+from loomwork.storage.event_ceilings import EventIdCeilings
 from loomwork.storage.migrations import apply_migrations
 from loomwork.storage.selection import OpenedStore, open_memory_store, storage_codec
 from loomwork.streams.run_events import RunEventLog
@@ -189,7 +190,8 @@ class Runtime:
             await telemetry.temporal.release()
             await db.close()
             raise
-        events = RunEventLog(redis, blocking_redis=stream_redis)
+        # Ids reserved in PostgreSQL: a log Redis lost goes on above the ids watchers saw.
+        events = RunEventLog(redis, blocking_redis=stream_redis, ceilings=EventIdCeilings(db))
         chat_models = SharedChatModels(
             base_url=settings.openai_base_url,
             api_key=settings.openai_api_key,
