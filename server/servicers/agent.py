@@ -66,6 +66,7 @@ from server.agent_runs import AgentRunStart, AgentRunStarter
 from server.runtime import Runtime
 from server.servicers import agent_convert, client_tools_convert, message_convert
 from server.servicers.keep_alive_convert import keep_alive_to_proto
+from server.servicers.launches import Launches
 from server.servicers.relay import (
     ClosedRunEnd,
     KeepAlive,
@@ -147,6 +148,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             runtime.agents, AgentStore(runtime.db), runtime.tools, mcp, runtime.processors
         )
         self.starter = AgentRunStarter(runtime, self.directory, self.catalog)
+        self.launches = Launches()
 
     # -- definitions
 
@@ -386,22 +388,41 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
         return terminal
 
+    async def _started_events(
+        self, request: agent_convert.RunRequest, *, require_output_schema: bool = False
+    ) -> AsyncIterator[agent_pb2.AgentRunEvent]:
+        """The events of the run this call starts (or joins). A new run streams from its
+        run_started on while Temporal starts it in the background (so the first event does
+        not wait for the start); a start Temporal refuses ends it with run_failed."""
+        tenant_id = tenant()
+        accepted = await self.starter.accept(
+            tenant_id,
+            agent_convert.run_start_from_proto(request),
+            require_output_schema=require_output_schema,
+        )
+        run_id, workflow_id = accepted.request.run_id, accepted.workflow_id
+        self.runs.remember(tenant_id, run_id, workflow_id)
+        events = self._events(tenant_id, run_id, 0, workflow_id, announced=accepted.new)
+        if not accepted.new:  # a repeat of a client run id: its run, once it is found
+            await self.starter.launch(accepted)
+            async for event in events:
+                yield event
+            return
+        # A start Temporal refuses ends the run's log with run_failed, and so this stream.
+        self.launches.start(self.starter.launch(accepted), f"start of run {run_id}")
+        async for event in events:
+            yield event
+
     async def Stream(
         self, request: agent_pb2.StreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.StreamResponse]:
-        run_request, handle = await self._start(request)
-        async for event in self._events(
-            run_request.tenant, run_request.run_id, 0, handle.id, announced=run_request.announced
-        ):
+        async for event in self._started_events(request):
             yield agent_pb2.StreamResponse(event=event)
 
     async def StreamObject(
         self, request: agent_pb2.StreamObjectRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.StreamObjectResponse]:
-        run_request, handle = await self._start(request, require_output_schema=True)
-        async for event in self._events(
-            run_request.tenant, run_request.run_id, 0, handle.id, announced=run_request.announced
-        ):
+        async for event in self._started_events(request, require_output_schema=True):
             if not event.HasField("text_delta"):
                 yield agent_pb2.StreamObjectResponse(event=event)
 
