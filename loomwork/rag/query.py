@@ -9,6 +9,7 @@ from typing import Any
 
 from loomwork.errors import FailedPrecondition, InvalidArgument, Violations
 from loomwork.llm.chat import ChatModel, ChatUsage
+from loomwork.rag.code_tokens import CODE_PREFIX, code_lexemes
 from loomwork.rag.embedders import Embedders
 from loomwork.rag.filters import CHUNK_FIELDS, compile_filter, validate_filter
 from loomwork.rag.models import (
@@ -21,7 +22,7 @@ from loomwork.rag.models import (
     ScoreDetails,
     SearchMode,
 )
-from loomwork.rag.rerank import llm_rerank, signal_rerank
+from loomwork.rag.rerank import keep_exact_matches, llm_rerank, signal_rerank
 from loomwork.rag.store import OPERATOR, RagStore, vector_literal
 from loomwork.storage.database import Database
 from loomwork.telemetry import TENANT, operation
@@ -29,6 +30,12 @@ from loomwork.telemetry import TENANT, operation
 __all__ = ["MAX_QUERY_CHARS", "Retriever", "validate_retrieval"]
 
 MAX_QUERY_CHARS = 8000
+#: How much more a code token's IDF counts than an English term's in the full-text rank
+#: (measured with bench/rag_eval.py; see bench/RESULTS.md).
+CODE_TERM_WEIGHT = 2.0
+LEXICAL_RANKING = "idf"
+BM25_K1 = 1.2
+BM25_B = 0.75
 _HNSW_STATE = "_loomwork_hnsw_settings"  # (ef_search, iterative_scan) a connection has
 _DOC_COLUMNS = (
     "coalesce(nullif(d.title, ''), nullif(d.file_name, ''), d.id) as doc_title,"
@@ -186,6 +193,7 @@ class Retriever:
         usage = ChatUsage()
         if reranking and results:
             await self._fill_vector_scores(index, vector, results)
+            first_stage = results
             if options.rerank.method is RerankMethod.SIGNALS:
                 results = signal_rerank(query, results, options.rerank)
             else:
@@ -196,6 +204,7 @@ class Retriever:
                     results, usage = await llm_rerank(model, query, results)
                 finally:
                     await model.aclose()
+            results = keep_exact_matches(query, first_stage, results, options.top_k)
         results = [r for r in results if r.score >= options.min_score]
         return results[: options.top_k], usage
 
@@ -269,44 +278,55 @@ class Retriever:
         self, index: Index, query: str, options: RetrievalOptions, limit: int
     ) -> list[dict[str, Any]]:
         """Chunks matching any query term, ranked by the IDF of the terms they contain
-        (rare terms such as error codes weigh most), then by `ts_rank_cd`."""
+        (rare terms such as error codes weigh most), then by `ts_rank_cd`. The terms are
+        the query's English lexemes and its code tokens (`code_tokens.py`: `pg_dump`,
+        `--clean`, `~/.pgpass` kept whole), the latter weighing CODE_TERM_WEIGHT times
+        their IDF."""
         config = index.text_search_config
         async with self.db.connection() as conn:
             cur = await conn.execute(
                 f"""
-                with terms as (
-                    select distinct unnest(tsvector_to_array(to_tsvector(%s::regconfig, %s))) as t
-                ), total as (
-                    select count(*) as n from rag_chunks where index_id = {int(index.id)}
-                )
-                select t, (
-                    select count(*) from rag_chunks c
-                    where c.index_id = {int(index.id)} and c.tsv @@ quote_literal(t)::tsquery
-                ) as df, (select n from total) as n
-                from terms
+                select tsvector_to_array(to_tsvector(%s::regconfig, %s)) as words,
+                    (select count(*) from rag_chunks where index_id = {int(index.id)}) as n
                 """,
                 (config, query),
             )
-            terms = await cur.fetchall()
+            row = await cur.fetchone()
+            assert row is not None
+            n = row["n"]
+            terms = list(dict.fromkeys([*row["words"], *code_lexemes(query, lowered=False)]))
             if not terms:
                 return []
+            cur = await conn.execute(
+                f"""
+                select q.i, (
+                    select count(*) from rag_chunks c
+                    where c.index_id = {int(index.id)} and c.tsv @@ q.lexeme::tsquery
+                ) as df
+                from unnest(%s::text[]) with ordinality as q(lexeme, i)
+                """,
+                ([_lexeme(t) for t in terms],),
+            )
+            df = {int(r["i"]) - 1: int(r["df"]) for r in await cur.fetchall()}
             weights = [
                 (
-                    row["t"],
-                    math.log(1 + (row["n"] - row["df"] + 0.5) / (row["df"] + 0.5)),
+                    term,
+                    math.log(1 + (n - df[i] + 0.5) / (df[i] + 0.5))
+                    * (CODE_TERM_WEIGHT if term.startswith(CODE_PREFIX) else 1.0),
                 )
-                for row in terms
-                if row["df"] > 0
+                for i, term in enumerate(terms)
+                if df.get(i, 0) > 0
             ]
             if not weights:
                 return []
+            if LEXICAL_RANKING == "bm25":
+                return await self._bm25_rows(conn, index, weights, options, limit)
             params: list[Any] = []
             idf_sql = " + ".join(
-                "(case when c.tsv @@ quote_literal(%s::text)::tsquery then %s else 0 end)"
-                for _ in weights
+                "(case when c.tsv @@ %s::tsquery then %s else 0 end)" for _ in weights
             )
             for term, weight in weights:
-                params.extend([term, weight])
+                params.extend([_lexeme(term), weight])
             params.append(" | ".join(_lexeme(term) for term, _ in weights))
             where = compile_filter(options.filter, CHUNK_FIELDS, params)
             cur = await conn.execute(
@@ -323,6 +343,53 @@ class Retriever:
                 params,
             )
             return list(await cur.fetchall())
+
+    async def _bm25_rows(
+        self,
+        conn: Any,
+        index: Index,
+        weights: list[tuple[str, float]],
+        options: RetrievalOptions,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """Chunks matching any term, ranked by BM25 (each term's weight times its saturated
+        frequency in the chunk, shorter chunks favoured)."""
+        params: list[Any] = [
+            " | ".join(_lexeme(term) for term, _ in weights),
+            [term for term, _ in weights],
+            [weight for _, weight in weights],
+        ]
+        where = compile_filter(options.filter, CHUNK_FIELDS, params)
+        k1, b = BM25_K1, BM25_B
+        cur = await conn.execute(
+            f"""
+            with avgdl as (
+                select greatest(avg(token_count), 1) as v from rag_chunks
+                where index_id = {int(index.id)}
+            )
+            select hits.*, {_DOC_COLUMNS} from (
+                select {_CHUNK_COLUMNS}, s.score as idf, ts_rank_cd(c.tsv, qq.q) as rank
+                from rag_chunks c cross join (select %s::tsquery as q) qq
+                cross join lateral (
+                    select coalesce(sum(w.weight * (u.tf * {k1 + 1})
+                        / (u.tf + {k1} * ({1 - b} + {b} * c.token_count / (select v from avgdl)))
+                    ), 0) as score
+                    from (
+                        select lexeme, coalesce(array_length(positions, 1), 1) as tf
+                        from unnest(c.tsv)
+                    ) u
+                    join unnest(%s::text[], %s::float8[]) as w(term, weight)
+                        on w.term = u.lexeme
+                ) s
+                where c.index_id = {int(index.id)} and c.tsv @@ qq.q and {where}
+            ) hits
+            join rag_documents d on d.index_id = {int(index.id)} and d.id = hits.document_id
+            order by idf desc, rank desc, hits.document_id, hits.position
+            limit {int(limit)}
+            """,
+            params,
+        )
+        return list(await cur.fetchall())
 
     async def _hybrid(
         self,
