@@ -186,9 +186,10 @@ class RerankMethod(StrEnum):
 
 
 class HybridOptions(BaseModel):
-    rrf_k: int = 60
-    vector_weight: float = 0.5
-    lexical_weight: float = 0.5
+    rrf_k: int = 0  # 0: the measured default (query.DEFAULT_RRF_K)
+    # both 0: the measured defaults (query.DEFAULT_VECTOR_WEIGHT, DEFAULT_LEXICAL_WEIGHT)
+    vector_weight: float = 0.0
+    lexical_weight: float = 0.0
     candidates: int = 0  # 0: max(4 * top_k, 40)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from loomwork.errors import FailedPrecondition, InvalidArgument, Violations
 from loomwork.llm.chat import ChatModel, ChatUsage
-from loomwork.rag.code_tokens import CODE_PREFIX, code_lexemes
+from loomwork.rag.code_tokens import code_lexemes
 from loomwork.rag.embedders import Embedders
 from loomwork.rag.filters import CHUNK_FIELDS, compile_filter, validate_filter
 from loomwork.rag.models import (
@@ -30,12 +30,17 @@ from loomwork.telemetry import TENANT, operation
 __all__ = ["MAX_QUERY_CHARS", "Retriever", "validate_retrieval"]
 
 MAX_QUERY_CHARS = 8000
-#: How much more a code token's IDF counts than an English term's in the full-text rank
-#: (measured with bench/rag_eval.py; see bench/RESULTS.md).
-CODE_TERM_WEIGHT = 2.0
-LEXICAL_RANKING = "idf"
+#: BM25's term-frequency saturation and length normalization (the usual values).
 BM25_K1 = 1.2
 BM25_B = 0.75
+#: Fusion defaults (HybridOptions left 0), measured with bench/rag_eval.py --sweep on the
+#: PostgreSQL docs set (42 questions, 944 chunks; bench/RESULTS.md): hybrid recall@1/@5
+#: 0.45/0.90 at vector 0.3, full text 0.7, k 10 (vector alone 0.38/0.79, full text alone
+#: 0.48/0.83); k 60 with 0.5/0.5, the textbook setting, gave 0.40/0.86. Full text weighs
+#: more because its misses are the vector's too, not the other way round.
+DEFAULT_VECTOR_WEIGHT = 0.3
+DEFAULT_LEXICAL_WEIGHT = 0.7
+DEFAULT_RRF_K = 10
 _HNSW_STATE = "_loomwork_hnsw_settings"  # (ef_search, iterative_scan) a connection has
 _DOC_COLUMNS = (
     "coalesce(nullif(d.title, ''), nullif(d.file_name, ''), d.id) as doc_title,"
@@ -56,9 +61,9 @@ def validate_retrieval(options: RetrievalOptions, prefix: str = "retrieval") -> 
     if not 0.0 <= options.min_score <= 1.0:
         problems.add(f"{prefix}.min_score", "must be between 0 and 1")
     hybrid = options.hybrid
-    rrf_k = hybrid.rrf_k or 60
+    rrf_k = hybrid.rrf_k or DEFAULT_RRF_K
     if not 1 <= rrf_k <= 1000:
-        problems.add(f"{prefix}.hybrid.rrf_k", "must be 1..1000 (0 means 60)")
+        problems.add(f"{prefix}.hybrid.rrf_k", f"must be 1..1000 (0 means {DEFAULT_RRF_K})")
     if hybrid.vector_weight < 0:
         problems.add(f"{prefix}.hybrid.vector_weight", "must be 0 or more")
     if hybrid.lexical_weight < 0:
@@ -77,7 +82,9 @@ def validate_retrieval(options: RetrievalOptions, prefix: str = "retrieval") -> 
     validate_filter(options.filter, CHUNK_FIELDS, f"{prefix}.filter")
     total = hybrid.vector_weight + hybrid.lexical_weight
     vw, lw = (
-        (0.5, 0.5) if total <= 0 else (hybrid.vector_weight / total, hybrid.lexical_weight / total)
+        (DEFAULT_VECTOR_WEIGHT, DEFAULT_LEXICAL_WEIGHT)
+        if total <= 0
+        else (hybrid.vector_weight / total, hybrid.lexical_weight / total)
     )
     return options.model_copy(
         update={
@@ -277,11 +284,11 @@ class Retriever:
     async def _lexical_rows(
         self, index: Index, query: str, options: RetrievalOptions, limit: int
     ) -> list[dict[str, Any]]:
-        """Chunks matching any query term, ranked by the IDF of the terms they contain
-        (rare terms such as error codes weigh most), then by `ts_rank_cd`. The terms are
-        the query's English lexemes and its code tokens (`code_tokens.py`: `pg_dump`,
-        `--clean`, `~/.pgpass` kept whole), the latter weighing CODE_TERM_WEIGHT times
-        their IDF."""
+        """Chunks matching any query term, ranked by BM25 (rare terms such as error codes
+        weigh most), then by `ts_rank_cd`. The terms are the query's English lexemes and
+        its code tokens (`code_tokens.py`: `pg_dump`, `--clean`, `~/.pgpass` kept whole).
+        BM25 measured better than the sum of the IDFs of the terms a chunk holds: full text
+        alone 0.48/0.83 against 0.36/0.81 recall@1/@5 (bench/RESULTS.md)."""
         config = index.text_search_config
         async with self.db.connection() as conn:
             cur = await conn.execute(
@@ -309,40 +316,13 @@ class Retriever:
             )
             df = {int(r["i"]) - 1: int(r["df"]) for r in await cur.fetchall()}
             weights = [
-                (
-                    term,
-                    math.log(1 + (n - df[i] + 0.5) / (df[i] + 0.5))
-                    * (CODE_TERM_WEIGHT if term.startswith(CODE_PREFIX) else 1.0),
-                )
+                (term, math.log(1 + (n - df[i] + 0.5) / (df[i] + 0.5)))
                 for i, term in enumerate(terms)
                 if df.get(i, 0) > 0
             ]
             if not weights:
                 return []
-            if LEXICAL_RANKING == "bm25":
-                return await self._bm25_rows(conn, index, weights, options, limit)
-            params: list[Any] = []
-            idf_sql = " + ".join(
-                "(case when c.tsv @@ %s::tsquery then %s else 0 end)" for _ in weights
-            )
-            for term, weight in weights:
-                params.extend([_lexeme(term), weight])
-            params.append(" | ".join(_lexeme(term) for term, _ in weights))
-            where = compile_filter(options.filter, CHUNK_FIELDS, params)
-            cur = await conn.execute(
-                f"""
-                select hits.*, {_DOC_COLUMNS} from (
-                    select {_CHUNK_COLUMNS}, {idf_sql} as idf, ts_rank_cd(c.tsv, qq.q) as rank
-                    from rag_chunks c cross join (select %s::tsquery as q) qq
-                    where c.index_id = {int(index.id)} and c.tsv @@ qq.q and {where}
-                ) hits
-                join rag_documents d on d.index_id = {int(index.id)} and d.id = hits.document_id
-                order by idf desc, rank desc, hits.document_id, hits.position
-                limit {int(limit)}
-                """,
-                params,
-            )
-            return list(await cur.fetchall())
+            return await self._bm25_rows(conn, index, weights, options, limit)
 
     async def _bm25_rows(
         self,
@@ -352,8 +332,8 @@ class Retriever:
         options: RetrievalOptions,
         limit: int,
     ) -> list[dict[str, Any]]:
-        """Chunks matching any term, ranked by BM25 (each term's weight times its saturated
-        frequency in the chunk, shorter chunks favoured)."""
+        """Chunks matching any of the weighted terms, by BM25: each term's IDF times its
+        saturated frequency in the chunk (a code token's is 1), shorter chunks favoured."""
         params: list[Any] = [
             " | ".join(_lexeme(term) for term, _ in weights),
             [term for term, _ in weights],
