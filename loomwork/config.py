@@ -112,9 +112,19 @@ class Settings(BaseSettings):
     # Seconds a model request may wait on the model (to connect, or for its next bytes while
     # it streams); past it the call fails as a timeout and Temporal retries its step.
     model_timeout: float = Field(default=120.0, gt=0, alias="LOOMWORK_MODEL_TIMEOUT")
+    # How many times an agent's step calls one model before it falls back to the agent's next
+    # model (`fallback_models`) or fails: 429s, 5xx and timeouts are retried with backoff
+    # (1 s, 2 s, 4 s, ... up to 30 s). At most 10, the workflows' own limit.
+    model_call_attempts: int = Field(default=10, ge=1, le=10, alias="LOOMWORK_MODEL_CALL_ATTEMPTS")
     # After this long with no worker taking a run it started, a Stream call says so (once).
     pending_notice_seconds: float = Field(
         default=10.0, gt=0, alias="LOOMWORK_PENDING_NOTICE_SECONDS"
+    )
+    # After this long with no event, a stream (Stream, WatchRun, Answer, WatchIngestion...)
+    # sends a keep-alive saying whether the run's workflow is still open, and again after
+    # each further quiet period: a watcher tells a dead stream from a slow model.
+    stream_keepalive_seconds: float = Field(
+        default=15.0, gt=0, alias="LOOMWORK_STREAM_KEEPALIVE_SECONDS"
     )
     # How often each server starts the indexing (semantic recall) of stored messages whose
     # start failed (Temporal unreachable as they were stored), kept until then in Postgres.

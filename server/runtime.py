@@ -24,6 +24,7 @@ from loomwork.flows.registry import (
     default_registry,
     import_workflow_modules,
 )
+from loomwork.guardrails import ProcessorRegistry
 from loomwork.integrations.components import Integrations
 from loomwork.integrations.mcp_tools import parse_operator_servers
 from loomwork.llm.shared import NO_MODEL_CONFIGURED, SharedChatModels
@@ -35,6 +36,7 @@ from loomwork.rag.tool import RAG_QUERY_TOOL, rag_query_tool
 from loomwork.storage.adapter import MemoryStorage
 from loomwork.storage.cached import CachedMemoryStorage
 from loomwork.storage.database import Database
+from loomwork.storage.event_ceilings import EventIdCeilings
 from loomwork.storage.migrations import apply_migrations
 from loomwork.storage.selection import OpenedStore, open_memory_store, storage_codec
 from loomwork.streams.run_events import RunEventLog
@@ -102,6 +104,8 @@ class Runtime:
     demo: DemoMode | None = None
     # Traces, metrics and the Temporal runtime of the process (server/telemetry/).
     telemetry: Telemetry | None = None
+    # Custom guardrail processors (`@processor` in LOOMWORK_TOOL_MODULES).
+    processors: ProcessorRegistry = field(default_factory=ProcessorRegistry)
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -178,7 +182,8 @@ class Runtime:
             await telemetry.temporal.release()
             await db.close()
             raise
-        events = RunEventLog(redis)
+        # Ids reserved in PostgreSQL: a log Redis lost goes on above the ids watchers saw.
+        events = RunEventLog(redis, ceilings=EventIdCeilings(db))
         chat_models = SharedChatModels(
             base_url=settings.openai_base_url,
             api_key=settings.openai_api_key,
@@ -194,12 +199,14 @@ class Runtime:
             tools.register(tool)
         for agent in application.agents:
             agents.register(agent)
+        processors = ProcessorRegistry(application.processors)
         if application.modules:
             log.info(
-                "tool modules %s: tools %s, agents %s",
+                "tool modules %s: tools %s, agents %s, processors %s",
                 ", ".join(application.modules),
                 ", ".join(t.name for t in application.tools) or "none",
                 ", ".join(a.name for a in application.agents) or "none",
+                ", ".join(p.name for p in application.processors) or "none",
             )
         return cls(
             settings,
@@ -228,6 +235,7 @@ class Runtime:
             rag=rag_system(settings, db, events, chat_models, usage),
             demo=demo,
             telemetry=telemetry,
+            processors=processors,
         )
 
     def __post_init__(self) -> None:

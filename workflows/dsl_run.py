@@ -37,7 +37,7 @@ from workflows.retries import (
     STEP_HEARTBEAT_TIMEOUT,
     temporal_retry_policy,
 )
-from workflows.search_attributes import STATUS
+from workflows.search_attributes import RUN, STATUS
 from workflows.waits import MAX_LISTED_WAITS, WaitingMemo, wait_until
 
 with workflow.unsafe.imports_passed_through():
@@ -124,11 +124,14 @@ class DslRunWorkflow:
         self._definition = default_registry.get(start.workflow_id, start.workflow_version)
         self._state = RunState(
             tenant=start.tenant,
-            run_id=start.run_id,
+            # A schedule's runs all start with run id "": each is the last part of the id
+            # Temporal gave its workflow (`wf/<workflow>/<tenant>/sch-<schedule>-<due time>`).
+            run_id=start.run_id or workflow.info().workflow_id.rsplit("/", 1)[-1],
             workflow_id=start.workflow_id,
             workflow_version=start.workflow_version,
             input=start.input,
             metadata=start.metadata,
+            forked_from=start.forked_from,
         )
         self._node_ids: dict[str, list[str]] = {}
         self._resumes: dict[str, dict[str, Any]] = {}
@@ -236,6 +239,8 @@ class DslRunWorkflow:
         state = self._state
         state.create_time = state.start_time = workflow.now()
         state.status = "running"
+        if not start.run_id:  # started by a schedule: found by its run id from now on
+            workflow.upsert_search_attributes([RUN.value_set(state.run_id)])
         self._set_status("running")
         run_started = RunStarted(
             workflow_id=start.workflow_id,
@@ -425,6 +430,8 @@ class DslRunWorkflow:
         suffix: str,
     ) -> dict[str, Any]:
         step_run = self._record(node, path, suffix, data)
+        if path in self._start.reused:
+            return await self._reuse(step_run, self._start.reused[path])
         resume_data: dict[str, Any] | None = None
         lead, self._lead_events = self._lead_events, []
         executions = 0
@@ -483,6 +490,20 @@ class DslRunWorkflow:
             step_run.resume_data = resume_data
             step_run.resume_time = workflow.now()
             await self._changed(StepEvent(type="step_resumed", step=step_run))
+
+    async def _reuse(self, step_run: StepRun, output: Any) -> dict[str, Any]:
+        """A fork's step before its fork point: the original run's recorded output, taken
+        as it was (no activity runs; the step says which run it came from)."""
+        lead, self._lead_events = self._lead_events, []
+        if lead:
+            await self._publish(*lead)
+        step_run.status = "succeeded"
+        step_run.output = output
+        step_run.attempts = 0
+        step_run.reused_from = self._start.forked_from
+        step_run.end_time = workflow.now()
+        await self._changed(StepEvent(type="step_succeeded", step=step_run))
+        return output or {}
 
     async def _suspend_timed_out(self, node: Step | ToolStep, step_run: StepRun) -> None:
         """No resume data within the step's suspend timeout: it resumes with the step's

@@ -12,6 +12,7 @@ from clients.cli.common import (
     FOLLOW_TIMEOUT,
     connection,
     connection_callback,
+    keep_alive_line,
     parse_json_object,
     parse_statuses,
     pending_notice,
@@ -86,6 +87,10 @@ def describe_event(event: agent_pb2.AgentRunEvent) -> str | None:
         )
     if kind == "handoff":
         return f"handed over to agent {escape(event.handoff.to_agent)}"
+    if kind == "blocked":
+        return f"[red]blocked[/] by {escape(event.blocked.processor)}: " + escape(
+            event.blocked.reason
+        )
     if kind == "run_finished":
         return f"run finished {run_status(event.run_finished.status)}"
     return None
@@ -100,14 +105,15 @@ async def _follow(events: AsyncIterator[agent_pb2.AgentRunEvent]) -> None:
             out.print(escape(event.text_delta.text), end="")
             in_text = True
             continue
-        line = describe_event(event)
+        alive = event.HasField("keep_alive")  # not an event: no id of its own
+        line = keep_alive_line(event.keep_alive) if alive else describe_event(event)
         if line is None:
             continue
         if in_text:
             out.print()
             in_text = False
         where = f"[dim]{escape(event.run_path)}[/] " if event.run_path else ""  # a sub-agent's
-        out.print(f"  #{event.event_id} {where}{line}")
+        out.print(f"  {line}" if alive else f"  #{event.event_id} {where}{line}")
 
 
 @agents_app.command("list")
@@ -151,6 +157,7 @@ def agents_run(
             resource_id=resource,
             client_run_id=run_id,
             timeout=FOLLOW_TIMEOUT,
+            keep_alives=True,
         )
         await _follow(stream)
 
@@ -166,7 +173,11 @@ def agents_watch(
     """Follow a run's events until it ends (reconnect with --after <last id>)."""
     run_with_client(
         connection(ctx),
-        lambda c: _follow(c.agents.watch_run(run_id, after_event_id=after, timeout=FOLLOW_TIMEOUT)),
+        lambda c: _follow(
+            c.agents.watch_run(
+                run_id, after_event_id=after, timeout=FOLLOW_TIMEOUT, keep_alives=True
+            )
+        ),
     )
 
 

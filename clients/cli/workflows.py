@@ -13,6 +13,7 @@ from clients.cli.common import (
     FOLLOW_TIMEOUT,
     connection,
     connection_callback,
+    keep_alive_line,
     parse_json_object,
     parse_statuses,
     pending_notice,
@@ -83,10 +84,13 @@ def _run_table(run: workflow_pb2.WorkflowRun) -> Table:
             detail = "waiting for: " + proto_inline(step.suspend_payload)
         elif step.HasField("error"):
             detail = f"{step.error.reason}: {step.error.message}"
+        status = _step_status(step.status)
+        if step.reused_from:
+            status += f" [dim](reused from {escape(step.reused_from)})[/]"
         table.add_row(
             escape(step.path),
             _kind(step.kind),
-            _step_status(step.status),
+            status,
             str(step.attempts or ""),
             escape(detail[:120]),
         )
@@ -96,12 +100,21 @@ def _run_table(run: workflow_pb2.WorkflowRun) -> Table:
 def _print_run(run: workflow_pb2.WorkflowRun) -> None:
     out = stdout_console()
     out.print(f"run [cyan]{escape(run.id)}[/] is {workflow_status(run.status)}")
+    if run.forked_from:
+        out.print(f"[dim]forked from run {escape(run.forked_from)}[/]")
     out.print(_run_table(run))
     if run.HasField("output"):
         out.print(f"output: {escape(proto_inline(run.output))}")
     if run.HasField("error"):
         out.print(f"[red]error[/] {escape(run.error.reason)}: {escape(run.error.message)}")
     out.print(f"[dim]Temporal workflow id: {escape(run.temporal_workflow_id)}[/]")
+
+
+def _event_line(event: workflow_pb2.WorkflowRunEvent) -> str:
+    """`#id` and the event, or a keep-alive's dim line (not an event: no id of its own)."""
+    if event.HasField("keep_alive"):
+        return keep_alive_line(event.keep_alive)
+    return f"#{event.event_id} {describe_event(event)}"
 
 
 def describe_event(event: workflow_pb2.WorkflowRunEvent) -> str:
@@ -181,8 +194,10 @@ def workflows_start(
         run = await client.workflows.start_run(workflow_id, payload, client_run_id=run_id)
         if watch and not as_json:
             stdout_console().print(f"started run [cyan]{escape(run.id)}[/]")
-            async for event in client.workflows.watch_run(run.id, timeout=FOLLOW_TIMEOUT):
-                stdout_console().print(f"  #{event.event_id} {describe_event(event)}")
+            async for event in client.workflows.watch_run(
+                run.id, timeout=FOLLOW_TIMEOUT, keep_alives=True
+            ):
+                stdout_console().print(f"  {_event_line(event)}")
             run = await client.workflows.get_run(run.id)
         return run
 
@@ -195,6 +210,30 @@ def workflows_start(
         stdout_console().print(
             f"started run [cyan]{escape(run.id)}[/]; follow it with "
             f"`loomwork workflows watch {run.id}`"
+        )
+
+
+@workflows_app.command("fork")
+def workflows_fork(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., help="The run to fork."),
+    from_step: str = typer.Argument(..., help="The fork point: a step id or a step path."),
+    data: str = typer.Option("", "--input", "-i", help="A new input (JSON object)."),
+    new_id: str = typer.Option("", "--id", help="Client-chosen id of the new run."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Start a new run from a run's step: the steps before it are reused, not run again."""
+    payload = parse_json_object(data, "--input") if data else None
+    run = run_with_client(
+        connection(ctx),
+        lambda c: c.workflows.fork_run(run_id, from_step, payload, client_run_id=new_id),
+    )
+    if as_json:
+        print_json(to_dict(run))
+    else:
+        stdout_console().print(
+            f"forked run [cyan]{escape(run_id)}[/] at {escape(from_step)} as run "
+            f"[cyan]{escape(run.id)}[/]; follow it with `loomwork workflows watch {run.id}`"
         )
 
 
@@ -219,6 +258,7 @@ def workflows_runs(
     status: list[str] = typer.Option(  # noqa: B008
         [], "--status", help="Only runs in this status (repeatable), e.g. suspended."
     ),
+    schedule_id: str = typer.Option("", "--schedule", help="Only runs this schedule started."),
     limit: int = typer.Option(20, "--limit", "-n", help="How many runs."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -227,7 +267,7 @@ def workflows_runs(
     response = run_with_client(
         connection(ctx),
         lambda c: c.workflows.list_runs(
-            workflow_id=workflow_id, statuses=statuses, page_size=limit
+            workflow_id=workflow_id, statuses=statuses, schedule_id=schedule_id, page_size=limit
         ),
     )
     print_items(
@@ -280,9 +320,9 @@ def workflows_watch(
 
     async def work(client: LoomworkClient) -> None:
         async for event in client.workflows.watch_run(
-            run_id, after_event_id=after, timeout=FOLLOW_TIMEOUT
+            run_id, after_event_id=after, timeout=FOLLOW_TIMEOUT, keep_alives=True
         ):
-            stdout_console().print(f"#{event.event_id} {describe_event(event)}")
+            stdout_console().print(_event_line(event))
 
     run_with_client(connection(ctx), work)
 

@@ -36,6 +36,9 @@ class AgentRunRequest(BaseModel):
     # The model as the service resolved it when accepting the call (named in the first
     # step's summary); the start activity resolves the agent, and so the model, itself.
     model: str = ""
+    # The model a first step that ran out of retries on the agent's model goes on with
+    # (loomwork.agents.model_fallback); "" for the agent's own.
+    fallback_model: str = ""
     # The starter published run_started already (the server does, as it accepts the run).
     announced: bool = False
     # The server began the first step as it started the run (loomwork.agents.speculation);
@@ -151,7 +154,7 @@ class ToolResultsInput(BaseModel):
 
 
 # "pending": accepted, no worker has taken it yet (the service says so; a workflow never does).
-RunPhase = Literal["pending", "running", "waiting", "succeeded", "failed", "canceled"]
+RunPhase = Literal["pending", "running", "waiting", "succeeded", "failed", "canceled", "blocked"]
 
 
 class RunRecord(BaseModel):
@@ -195,10 +198,20 @@ class RunState(RunRecord):
     steps: int = 0
 
 
-RunStatus = Literal["succeeded", "failed", "canceled"]
+# "blocked": a guardrail processor tripped (RunOutcome.blocked says which and why).
+RunStatus = Literal["succeeded", "failed", "canceled", "blocked"]
 
 
-FinishReason = Literal["stop", "max_steps", "error", "canceled"]
+FinishReason = Literal["stop", "max_steps", "error", "canceled", "content_filter"]
+
+
+class Blocked(BaseModel):
+    """A guardrail processor tripped: its name, why, and where (loomwork.guardrails)."""
+
+    processor: str
+    reason: str
+    stage: Literal["input", "output"]
+    step: int = 0
 
 
 class RunOutcome(RunRecord):
@@ -220,3 +233,4 @@ class RunOutcome(RunRecord):
     violations: list[Violation] = Field(default_factory=list)
     error_details: dict[str, Any] = Field(default_factory=dict)
     end_time: datetime | None = None
+    blocked: Blocked | None = None  # status "blocked": the processor that tripped

@@ -33,7 +33,9 @@ from loomwork.agents.events import (
     encode_event,
     once_key,
 )
+from loomwork.agents.guarded_step import blocked_step, step_guardrails
 from loomwork.agents.memory_tool import UPDATE_WORKING_MEMORY
+from loomwork.agents.model_fallback import next_model
 from loomwork.agents.output_schema import parse_final, partial_object
 from loomwork.agents.payloads import (
     FirstStep,
@@ -53,6 +55,8 @@ from loomwork.agents.speculation import (
 )
 from loomwork.agents.tool_offer import offered_tools
 from loomwork.errors import Unavailable
+from loomwork.guardrails.custom import ProcessorRegistry
+from loomwork.guardrails.processors import Tripped
 from loomwork.json_schema import validate_object
 from loomwork.llm.chat import (
     ChatMessage,
@@ -62,6 +66,7 @@ from loomwork.llm.chat import (
     ToolCallDone,
     json_schema_format,
 )
+from loomwork.llm.errors import ModelError
 from loomwork.memory.context_assembly import assemble_context
 from loomwork.memory.models import RecallHit, RecallQuery, RecallScope
 from loomwork.memory.recall import MessageRecall
@@ -170,6 +175,7 @@ class AgentSteps:
         mcp: McpTools | None = None,
         max_agent_depth: int = sub_agents.DEFAULT_MAX_DEPTH,
         usage: UsageLedger | None = None,
+        processors: ProcessorRegistry | None = None,
     ) -> None:
         self.agents = agents
         self.tools = tools
@@ -184,6 +190,7 @@ class AgentSteps:
         self.mcp = mcp  # the MCP servers' tools (`mcp:<server>/<tool>` names)
         self.max_agent_depth = max_agent_depth  # how deep sub-agent runs nest
         self.usage = usage  # where each model step's tokens are recorded
+        self.processors = processors  # custom guardrail processors (`@processor`)
 
     async def publish(
         self, request: AgentRunRequest, event: AgentEvent, *, patience: float | None = None
@@ -227,7 +234,8 @@ class AgentSteps:
         """Resolve the agent, save the input to the thread, assemble the context from memory:
         working memory, recalled messages and recent ones, trimmed to the token limit."""
         agent = effective_agent(await self.agents.get(request.tenant, request.agent_name), request)
-        model = agent.model or self.default_model
+        # A first step that fell back starts over on the next model (agents/model_fallback.py).
+        model = request.fallback_model or agent.model or self.default_model
         if not request.announced:  # started by a workflow, not the service
             await announce_run(self.events, request, agent, model, patience=None)
 
@@ -409,6 +417,18 @@ class AgentSteps:
         schema = agent.output_schema
         written: list[str] = []
         last_partial: dict[str, object] | None = None
+        # Guardrail processors (loomwork.guardrails): the input before the call, the text as
+        # it streams (held back by the guard's window), the answer and the tool calls.
+        rails, ctx = step_guardrails(
+            agent,
+            request,
+            step.step,
+            self.processors,
+            model=step.plan_model,
+            chat_model=self.chat_model,
+        )
+        guard = rails.output_guard(ctx)
+        calls = 0
 
         async def publish_text(text: str) -> None:
             await self.publish(request, TextDeltaEvent(step=step.step, delta=text))
@@ -416,18 +436,26 @@ class AgentSteps:
         deltas = DeltaBatcher(publish_text)
 
         async def on_event(event: TextDelta | ToolCallDelta | ToolCallDone) -> None:
-            nonlocal last_partial
+            nonlocal last_partial, calls
             await announced
             if isinstance(event, TextDelta):
                 if schema is None:
-                    await deltas.add(event.delta)
+                    released = await guard.add(event.delta)
+                    if released:
+                        await deltas.add(released)
                     return
                 written.append(event.delta)
+                if guard.active:  # a structured answer is checked whole, at its end
+                    return
                 partial = partial_object("".join(written))
                 if partial is not None and partial != last_partial:
                     last_partial = partial
                     await self.publish(request, ObjectPartialEvent(step=step.step, object=partial))
             elif isinstance(event, ToolCallDone):
+                calls += 1
+                rails.check_tool_calls(step.conversation, calls)
+                if schema is None and (released := await guard.settle()):
+                    await deltas.add(released)
                 await deltas.flush()
                 await self.publish(request, ToolCallEvent(step=step.step, call=event.call))
 
@@ -438,17 +466,34 @@ class AgentSteps:
         settings = agent.model_settings
         announced = asyncio.ensure_future(announce())
         try:
-            result = await model.stream(
-                step.conversation,
-                tools=specs,
-                response_format=json_schema_format(schema, name=agent.name) if schema else None,
-                temperature=settings.temperature,
-                top_p=settings.top_p,
-                max_tokens=settings.max_output_tokens,
-                on_event=on_event,
-            )
-            await announced
-            await deltas.flush()
+            try:
+                conversation = await rails.check_input(step.conversation, ctx)
+                result = await model.stream(
+                    conversation,
+                    tools=specs,
+                    response_format=json_schema_format(schema, name=agent.name) if schema else None,
+                    temperature=settings.temperature,
+                    top_p=settings.top_p,
+                    max_tokens=settings.max_output_tokens,
+                    on_event=on_event,
+                )
+                await announced
+                rest = await guard.finish(result.text)
+                if schema is None and rest:
+                    await deltas.add(rest)
+                if guard.final_text != result.text:  # rewritten: the answer as processed
+                    result = result.model_copy(update={"text": guard.final_text})
+                await deltas.flush()
+            except Tripped as tripped:  # nothing more of the step goes out
+                await announced
+                await deltas.flush()
+                blocked, event = blocked_step(step.step, tripped)
+                await self.publish(request, event)
+                return blocked
+        except ModelError as error:
+            if error.retryable:  # once its retries run out, the step goes on with this one
+                error.fallback_model = next_model(agent, step.plan_model, self.default_model)
+            raise
         finally:
             announced.cancel()  # the call failed first: a retry announces again (once)
             await deltas.cancel()
@@ -487,6 +532,7 @@ class AgentSteps:
             approval_required=approval_required,
             finish_reason=result.finish_reason,
             usage=result.usage,
+            model=step.plan_model,
             tool_routes=tool_routes,
         )
         self._invalid_client_calls(request, output)
@@ -542,7 +588,11 @@ class AgentSteps:
         """The end of a step that called no tools: its one message is the model's answer."""
         finish, usage = output.finish_reason, output.usage
         return StepFinished(
-            step=step, finish_reason=finish, usage=usage, messages=[output.message()]
+            step=step,
+            finish_reason=finish,
+            usage=usage,
+            model=output.model,
+            messages=[output.message()],
         )
 
     @staticmethod

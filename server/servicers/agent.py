@@ -56,17 +56,27 @@ from loomwork.paging import (
     decode_text_token,
     encode_text_token,
 )
+from loomwork.schedules import SCHEDULE_ID_PATTERN, SCHEDULE_ID_RULE
 from loomwork.tools import Tool
 from loomwork.tools.mcp_source import McpToolInfo
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
 from server.agent_runs import AgentRunStarter
 from server.runtime import Runtime
 from server.servicers import agent_convert, client_tools_convert
-from server.servicers.relay import ClosedRunEnd, PendingNotice, relay_run_events
+from server.servicers.keep_alive_convert import keep_alive_to_proto
+from server.servicers.relay import (
+    ClosedRunEnd,
+    KeepAlive,
+    KeepAlives,
+    PendingNotice,
+    relay_run_events,
+)
 from server.servicers.run_listing import listed_agent_run, status_clause, visibility_page
 from server.servicers.tenancy import tenant
+from server.servicers.well_known_convert import set_timestamp
 from server.temporal import ABNORMAL_END, closure_error, not_taken, query_state, start_input
 from workflows.agent_run import AgentRunWorkflow
+from workflows.search_attributes import SCHEDULE
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +92,9 @@ _UPDATABLE = (
     "metadata",
     "approval_timeout",
     "handoffs",
+    "fallback_models",
+    "input_processors",
+    "output_processors",
 )
 # How long an Update may take before the service checks that a worker has taken the run.
 NOT_TAKEN_CHECK_AFTER = 1.0
@@ -128,7 +141,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self.directory = RunDirectory(runtime.redis)
         self.runs = RunLookup(self.directory, runtime.temporal, AGENT_RUN)
         mcp = runtime.integrations.mcp if runtime.integrations is not None else None
-        self.catalog = AgentCatalog(runtime.agents, AgentStore(runtime.db), runtime.tools, mcp)
+        self.catalog = AgentCatalog(
+            runtime.agents, AgentStore(runtime.db), runtime.tools, mcp, runtime.processors
+        )
         self.starter = AgentRunStarter(runtime, self.directory, self.catalog)
 
     # -- definitions
@@ -247,7 +262,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.GenerateResponse:
         run_request, handle = await self._start(request)
         workflow_id = handle.id
-        async for event_id, published in relay_run_events(
+        async for item in relay_run_events(
             self.runtime.events,
             event_log_key(run_request.tenant, run_request.run_id),
             run_request.run_id,
@@ -255,6 +270,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             decode_event,
             closed=ClosedRunEnd(self._closed_end(handle, run_request.run_id)),
         ):
+            if isinstance(item, KeepAlive):  # none asked for: a unary call has no use for one
+                continue
+            event_id, published = item
             if isinstance(published, RunFinished) and not published.run_path:
                 # The outcome as the workflow returns it, without waiting for it to close.
                 outcome = published.outcome
@@ -327,7 +345,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             pending = PendingNotice(
                 handle, self.runtime.settings.pending_notice_seconds, _pending_event
             )
-        async for event_id, event in relay_run_events(
+        async for item in relay_run_events(
             self.runtime.events,
             event_log_key(tenant_id, run_id),
             run_id,
@@ -336,7 +354,16 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             expired_end=None if announced else expired_end,
             pending=pending,
             closed=ClosedRunEnd(self._closed_end(handle, run_id), at_start=not announced),
+            keep_alive=KeepAlives(self.runtime.settings.stream_keepalive_seconds),
         ):
+            if isinstance(item, KeepAlive):
+                alive = agent_pb2.AgentRunEvent(
+                    event_id=item.last_event_id, run_id=run_id, keep_alive=keep_alive_to_proto(item)
+                )
+                set_timestamp(alive.time, item.time)
+                yield alive
+                continue
+            event_id, event = item
             yield agent_convert.event_to_proto(run_id, event_id, event, workflow_id)
 
     def _closed_end(
@@ -407,22 +434,23 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def _current(self, run_id: str) -> agent_pb2.AgentRun:
         handle, workflow_id, agent_name = await self._handle(run_id)
         description = await _describe(handle, run_id)
+        schedule_id = description.typed_search_attributes.get(SCHEDULE) or ""
         if description.status == WorkflowExecutionStatus.RUNNING:
             if not_taken(description):
                 state = await self._pending_state(handle, description)
             else:
                 state = await _state(handle, run_id)
             if state.status in ("pending", "running", "waiting"):
-                return await self._with_last_event(
-                    agent_convert.state_to_proto(run_id, agent_name, state, workflow_id)
-                )
+                run = agent_convert.state_to_proto(run_id, agent_name, state, workflow_id)
+                run.schedule_id = schedule_id
+                return await self._with_last_event(run)
         if description.status in ABNORMAL_END:
             outcome = await self._abnormal_outcome(handle, run_id, description)
         else:  # completed; or running, decided and only saving: the result is a moment away
             outcome = await handle.result()
-        return await self._with_last_event(
-            agent_convert.run_to_proto(outcome, workflow_id), outcome.terminal_event_id
-        )
+        run = agent_convert.run_to_proto(outcome, workflow_id)
+        run.schedule_id = schedule_id
+        return await self._with_last_event(run, outcome.terminal_event_id)
 
     async def _pending_state(
         self,
@@ -581,6 +609,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         for i, status in enumerate(request.statuses):
             if status not in agent_convert.RUN_STATUS_NAMES:
                 violations.add(f"statuses[{i}]", "is not a run status")
+        if request.schedule_id and not SCHEDULE_ID_PATTERN.match(request.schedule_id):
+            violations.add("schedule_id", f"must be {SCHEDULE_ID_RULE}")
         violations.raise_if_any()
         clauses = [
             "WorkflowType = 'AgentRun'",
@@ -590,6 +620,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             ("LoomworkAgent", request.agent_name),
             ("LoomworkThread", request.thread_id),
             ("LoomworkResource", request.resource_id),
+            ("LoomworkSchedule", request.schedule_id),
         ):
             if value:
                 clauses.append(f"{attribute} = {visibility_literal(value)}")
