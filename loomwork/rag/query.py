@@ -348,7 +348,7 @@ class Retriever:
                 where index_id = {int(index.id)}
             )
             select hits.*, {_DOC_COLUMNS} from (
-                select {_CHUNK_COLUMNS}, s.score as idf, ts_rank_cd(c.tsv, qq.q) as rank
+                select {_CHUNK_COLUMNS}, s.score as bm25, ts_rank_cd(c.tsv, qq.q) as rank
                 from rag_chunks c cross join (select %s::tsquery as q) qq
                 cross join lateral (
                     select coalesce(sum(w.weight * (u.tf * {k1 + 1})
@@ -364,7 +364,7 @@ class Retriever:
                 where c.index_id = {int(index.id)} and c.tsv @@ qq.q and {where}
             ) hits
             join rag_documents d on d.index_id = {int(index.id)} and d.id = hits.document_id
-            order by idf desc, rank desc, hits.document_id, hits.position
+            order by bm25 desc, rank desc, hits.document_id, hits.position
             limit {int(limit)}
             """,
             params,
