@@ -85,7 +85,7 @@ class AgentActivities:
     @activity.defn(name="agent_start_and_step")
     async def start_and_step(self, request: AgentRunRequest) -> FirstStep:
         async def retrying(notice: RetryNotice) -> None:
-            await self.steps.retrying(request, 1, notice)
+            await self.steps.retrying(request, request.first_step, notice)
 
         work = self.steps.start_and_step(request, attempt=activity.info().attempt)
         return await model_call(work, retrying, self._model_attempts())

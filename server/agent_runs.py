@@ -30,7 +30,12 @@ from activities.workflow_runs import START_OUTCOME_UNKNOWN
 from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.definitions import AgentDefinition
 from loomwork.agents.directory import RunDirectory
-from loomwork.agents.run_models import AgentRunRequest, RunOutcome, agent_run_workflow_id
+from loomwork.agents.run_models import (
+    AgentFork,
+    AgentRunRequest,
+    RunOutcome,
+    agent_run_workflow_id,
+)
 from loomwork.agents.steps import announce_run, effective_agent, event_log_key, tool_names
 from loomwork.agents.sub_agents import function_names
 from loomwork.errors import (
@@ -79,6 +84,7 @@ class AgentRunStart(BaseModel):
     output_schema: dict[str, Any] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     client_tools: list[ClientTool] = Field(default_factory=list)  # each checked on its own
+    fork: AgentFork | None = None  # ForkRun: a fork of another run (on no thread)
 
 
 def session_thread_id(resource_id: str, session_key: str) -> str:
@@ -116,7 +122,10 @@ class AgentRunStarter:
                 existing = None  # recorded, but its start failed: this call starts it
         # A repeated client run id joins its run: no thread is resolved (or created) again.
         run_request, agent = await self._run_request(
-            tenant_id, start, resolve=existing is None, require_output_schema=require_output_schema
+            tenant_id,
+            start,
+            resolve=existing is None and start.fork is None,  # a fork runs on no thread
+            require_output_schema=require_output_schema,
         )
         workflow_id = agent_run_workflow_id(run_request.agent_name, tenant_id, run_request.run_id)
         if existing is not None and existing != workflow_id:
@@ -236,6 +245,7 @@ class AgentRunStarter:
             create_time=datetime.now(UTC),
             client_tools=start.client_tools,
             trace_id=current_trace_id(),
+            fork=start.fork,
         )
         # The model must tell a client tool from the agent's own tools by name (an MCP tool
         # named only by `mcp:<server>/*` gives way to a client tool of its name).

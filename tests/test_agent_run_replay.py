@@ -29,6 +29,8 @@ def test_histories_of_earlier_versions_are_kept() -> None:
         # start activity), and a run a schedule started (its run id from its workflow id).
         "agent_run_session10_fallback",
         "agent_run_session10_scheduled",
+        # A fork (ForkRun): its first step is the original's fourth, three steps reused.
+        "agent_run_session10_fork",
     } <= RECORDED.keys()
 
 

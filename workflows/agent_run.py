@@ -238,8 +238,13 @@ class AgentRunWorkflow:
 
     @workflow.run
     async def run(self, request: AgentRunRequest) -> RunOutcome:
-        usage = ChatUsage()
-        produced: list[ChatMessage] = []
+        usage = ChatUsage()  # what this run paid: a fork's reused steps are not counted
+        # A fork's steps before its fork point, as recorded: the start of its output.
+        produced: list[ChatMessage] = (
+            [m for s in request.fork.reused for m in s.messages] if request.fork else []
+        )
+        first_step = request.first_step  # 1, or a fork's fork point
+        self._steps = first_step - 1
         outcome: RunOutcome
         model = ""
         context = ContextUsage()
@@ -273,10 +278,10 @@ class AgentRunWorkflow:
             answer: dict[str, object] | None = None
             mismatch: list[Violation] = []
             blocked: Blocked | None = None
-            for step in range(1, plan.max_steps + 1):
+            for step in range(first_step, plan.max_steps + 1):
                 self._steps = step
                 output = first.output
-                if step > 1:
+                if step > first_step:
                     output = await self._model_step(
                         StepInput(
                             request=request,
@@ -380,8 +385,12 @@ class AgentRunWorkflow:
                     start_to_close_timeout=timedelta(minutes=5),
                     heartbeat_timeout=MODEL_HEARTBEAT_TIMEOUT,
                     retry_policy=MODEL_CALL,
-                    summary=f"model {attempt.model or attempt.agent_name}, step 1 "
-                    "(loads the context)",
+                    summary=f"model {attempt.model or attempt.agent_name}, step "
+                    + (
+                        f"{request.first_step} (forked: the earlier steps reused)"
+                        if request.fork
+                        else "1 (loads the context)"
+                    ),
                 )
             except ActivityError as error:
                 fallback = falls_back(error)

@@ -61,6 +61,7 @@ from loomwork.json_schema import validate_object
 from loomwork.llm.chat import (
     ChatMessage,
     ChatModel,
+    ChatUsage,
     TextDelta,
     ToolCallDelta,
     ToolCallDone,
@@ -248,6 +249,12 @@ class AgentSteps:
                 context=usage,
             )
 
+        if request.fork is not None:  # a fork: the original's conversation at the fork point
+            await self._reused_steps(request)
+            conversation = list(request.fork.conversation)
+            return plan(
+                conversation, ContextUsage(tokens_in_context=count_context_tokens(conversation))
+            )
         if not request.thread_id:  # stateless: no memory read or written
             conversation = [
                 ChatMessage.system(agent.instructions),
@@ -325,6 +332,22 @@ class AgentSteps:
         )
         return plan(conversation, usage)
 
+    async def _reused_steps(self, request: AgentRunRequest) -> None:
+        """A fork's steps before its fork point, published as the original recorded them
+        (marked reused, no usage: nothing was paid for them again); once each."""
+        assert request.fork is not None
+        for reused in request.fork.reused:
+            await self.publish(
+                request,
+                StepFinished(
+                    step=reused.step,
+                    finish_reason=reused.finish_reason,
+                    usage=ChatUsage(),
+                    messages=reused.messages,
+                    reused=True,
+                ),
+            )
+
     def speculate(self, request: AgentRunRequest) -> bool:
         """Begin the first step of a run that is being started, for its first activity to
         adopt (see loomwork.agents.speculation); False if nothing was begun."""
@@ -357,7 +380,7 @@ class AgentSteps:
             and await self.events.take_draft(log_key, draft + request.run_path)
             and attempt == 1
         ):
-            await self.publish(request, StepRetrying(step=1, attempt=1))
+            await self.publish(request, StepRetrying(step=request.first_step, attempt=1))
         return await self._start_and_step(request, attempt)
 
     async def _start_and_step(self, request: AgentRunRequest, attempt: int = 1) -> FirstStep:
@@ -367,7 +390,7 @@ class AgentSteps:
                 request=request,
                 agent=plan.agent,
                 plan_model=plan.model,
-                step=1,
+                step=request.first_step,
                 conversation=plan.conversation,
             ),
             attempt,

@@ -327,12 +327,16 @@ class RunEventLog:
     async def _may_continue(self, run_id: str, after_id: int) -> bool:
         """Whether a cursor above the log's last id is one a watcher may hold of a log Redis
         lost (at most the ids it gave out before): then its next events are waited for."""
-        if after_id <= await self._lost_below(run_id):
+        # One read: the first append after a loss sets `ceil`, `last` and `lost` at once,
+        # and may run between the caller's read of `last` and this one.
+        with redis_unavailable(f"the event log of run {run_id!r}"):
+            last, lost, ceil = await self.redis.hmget(
+                self.meta_key(run_id), ["last", "lost", "ceil"]
+            )
+        if after_id <= max(int(last or 0), int(lost or 0)):
             return True
         if self.ceilings is None:
             return False
-        with redis_unavailable(f"the event log of run {run_id!r}"):
-            ceil = await self.redis.hget(self.meta_key(run_id), "ceil")
         # A log with no ceiling in Redis but one in PostgreSQL was lost, not yet reopened.
         return not ceil and after_id <= await self.ceilings.ceiling(run_id)
 

@@ -33,6 +33,7 @@ from loomwork.agents.events import (
     decode_event,
     encode_event,
 )
+from loomwork.agents.fork import fork_of
 from loomwork.agents.run_models import (
     AgentRunRequest,
     ResumeInput,
@@ -60,9 +61,10 @@ from loomwork.schedules import SCHEDULE_ID_PATTERN, SCHEDULE_ID_RULE
 from loomwork.tools import Tool
 from loomwork.tools.mcp_source import McpToolInfo
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
-from server.agent_runs import AgentRunStarter
+from server.agent_fork import recorded_run
+from server.agent_runs import AgentRunStart, AgentRunStarter
 from server.runtime import Runtime
-from server.servicers import agent_convert, client_tools_convert
+from server.servicers import agent_convert, client_tools_convert, message_convert
 from server.servicers.keep_alive_convert import keep_alive_to_proto
 from server.servicers.relay import (
     ClosedRunEnd,
@@ -549,6 +551,40 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             unless_not_taken="no tool call waits for a result",
         )
         return agent_pb2.SubmitToolResultsResponse(run=updated)
+
+    async def ForkRun(
+        self, request: agent_pb2.AgentServiceForkRunRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.AgentServiceForkRunResponse:
+        if request.client_run_id and not is_valid_client_id(request.client_run_id):
+            raise InvalidArgument.field("client_run_id", f"must be {CLIENT_ID_RULE}")
+        edited = message_convert.new_messages_from_proto(request.edited_messages, "edited_messages")
+        handle, _, _ = await self._handle(request.run_id)
+        recorded = await recorded_run(handle, self.runtime.temporal.data_converter, request.run_id)
+        original = recorded.request
+        fork = fork_of(
+            request.run_id,
+            original.agent_name,
+            recorded.steps,
+            request.from_step,
+            edited,
+            inherited=original.fork.reused if original.fork else (),
+            inherited_from=original.fork.forked_from if original.fork else "",
+        )
+        run_request, handle = await self.starter.start(
+            tenant(),
+            AgentRunStart(
+                agent_name=original.agent_name,
+                messages=original.input_messages,
+                client_run_id=request.client_run_id,
+                max_steps=original.max_steps,
+                output_schema=original.output_schema,
+                metadata=original.metadata,
+                client_tools=original.client_tools,
+                fork=fork,
+            ),
+        )
+        self.runs.remember(run_request.tenant, run_request.run_id, handle.id)
+        return agent_pb2.AgentServiceForkRunResponse(run=await self._current(run_request.run_id))
 
     async def _started(self, run_id: str, nothing: str) -> _FoundRun:
         """The run, once a worker has taken it; FAILED_PRECONDITION saying `nothing` before."""

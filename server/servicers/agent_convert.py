@@ -296,6 +296,8 @@ def _fill_record(run: agent_pb2.AgentRun, record: runs.RunRecord) -> None:
     if record.start_time is not None:
         set_timestamp(run.start_time, record.start_time)
     run.trace_id = record.trace_id
+    run.forked_from = record.forked_from
+    run.reused_steps = record.reused_steps
 
 
 def run_to_proto(outcome: runs.RunOutcome, workflow_id: str) -> agent_pb2.AgentRun:
@@ -443,6 +445,7 @@ def event_to_proto(
             event.finish_reason, agent_pb2.AGENT_FINISH_REASON_UNSPECIFIED
         )
         out.step_finished.usage.CopyFrom(usage_to_proto(event.usage))
+        out.step_finished.reused = event.reused
         out.step_finished.model = event.model
         for said in event.messages:
             _chat_message(out.step_finished.messages.add(), said)

@@ -3,12 +3,14 @@
     .venv/bin/python tests/histories/record.py tests/histories/agent_run_<version>.json
     .venv/bin/python tests/histories/record.py --workflows tests/histories/dsl_run_<version>
     .venv/bin/python tests/histories/record.py --sub-agents tests/histories/agent_run_<version>
+    .venv/bin/python tests/histories/record.py --fork tests/histories/agent_run_<version>_fork.json
     .venv/bin/python tests/histories/record.py --fallback-and-schedules tests/histories/<version>
 
 An agent run: one run through the gRPC API on a fresh embedded stack, of an agent made like
 `assistant` with an approval timeout of an hour: a tool call, a call that needs approval
 (approved by ResumeRun before its timeout), a call of a client tool (answered by
-SubmitToolResults), then the answer. `--sub-agents`: a run whose agent calls another as a tool
+SubmitToolResults), then the answer; `--fork`: a fork of that run from its answer step
+(ForkRun). `--sub-agents`: a run whose agent calls another as a tool
 (whose call of `send_email` is approved through the top-level run) and then hands off to a
 third, written to `<prefix>.json` (the top-level run) and `<prefix>_sub_run.json` (the
 sub-agent run). `--fallback-and-schedules`: an agent run whose first step falls back from a
@@ -54,6 +56,7 @@ SCRIPT = [
     Turn(tool_calls=[ScriptedToolCall("send_email", {"to": "ada@example.com"}, id="c_mail")]),
     Turn(tool_calls=[ScriptedToolCall("get_weather", {"city": "Paris"}, id="c_weather")]),
     Turn(text="Sent: 5. Sunny in Paris.", chunk_size=3),
+    Turn(text="Forked: sunny.", chunk_size=3),  # `--fork`: the fork's one model call
 ]
 SUB_AGENTS_SCRIPT = [  # the lead asks the mailer, which mails; the lead hands off to the closer
     Turn(tool_calls=[ScriptedToolCall("mailer", {"prompt": "mail Ada"}, id="c_ask")]),
@@ -65,8 +68,9 @@ SUB_AGENTS_SCRIPT = [  # the lead asks the mailer, which mails; the lead hands o
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 
 
-async def record(settings: Settings) -> str:
-    """The run's history as JSON."""
+async def record(settings: Settings, *, fork: bool = False) -> str:
+    """The run's history as JSON; `fork`: the history of a fork of it from its last step
+    (ForkRun: its first three steps reused, the answer asked for again)."""
     runtime = await Runtime.open(settings)
     await register_search_attributes(runtime.temporal, settings.temporal_namespace)
     worker = build_worker(runtime)
@@ -117,7 +121,15 @@ async def record(settings: Settings) -> str:
         run = await agents.GetRun(
             agent_pb2.AgentServiceGetRunRequest(run_id="replay"), metadata=AUTH
         )
+        if fork:
+            run = await agents.ForkRun(
+                agent_pb2.AgentServiceForkRunRequest(
+                    run_id="replay", from_step=4, client_run_id="replay-fork"
+                ),
+                metadata=AUTH,
+            )
         handle = runtime.temporal.get_workflow_handle(run.run.temporal_workflow_id)
+        await handle.result()
         history = (await handle.fetch_history()).to_json()
     await app.stop(0)
     await runtime.close()
@@ -308,6 +320,7 @@ def main() -> None:
     workflows = sys.argv[1] == "--workflows"
     sub_agents = sys.argv[1] == "--sub-agents"
     fallback = sys.argv[1] == "--fallback-and-schedules"
+    fork = sys.argv[1] == "--fork"
     out = Path(sys.argv[-1]).resolve()
     with tempfile.TemporaryDirectory(prefix="loomwork-history-") as tmp:
         stack = EmbeddedStack(Path(tmp), temporal_ui=False)
@@ -345,7 +358,7 @@ def main() -> None:
                     path.write_text(history)
                     print(f"recorded {path}")
             else:
-                out.write_text(asyncio.run(record(settings)))
+                out.write_text(asyncio.run(record(settings, fork=fork)))
                 print(f"recorded {out}")
         finally:
             model.stop_in_thread()

@@ -349,7 +349,7 @@ class StreamObjectResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[AgentRunEvent, _Mapping]] = ...) -> None: ...
 
 class AgentRun(_message.Message):
-    __slots__ = ("id", "agent_name", "thread_id", "resource_id", "status", "model", "input_messages", "output", "pending_approvals", "pending_tool_calls", "error", "metadata", "create_time", "start_time", "end_time", "last_event_id", "temporal_workflow_id", "temporal_run_id", "trace_id", "schedule_id")
+    __slots__ = ("id", "agent_name", "thread_id", "resource_id", "status", "model", "input_messages", "output", "pending_approvals", "pending_tool_calls", "error", "metadata", "create_time", "start_time", "end_time", "last_event_id", "temporal_workflow_id", "temporal_run_id", "trace_id", "schedule_id", "forked_from", "reused_steps")
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
@@ -370,6 +370,8 @@ class AgentRun(_message.Message):
     TEMPORAL_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
+    FORKED_FROM_FIELD_NUMBER: _ClassVar[int]
+    REUSED_STEPS_FIELD_NUMBER: _ClassVar[int]
     id: str
     agent_name: str
     thread_id: str
@@ -390,7 +392,9 @@ class AgentRun(_message.Message):
     temporal_run_id: str
     trace_id: str
     schedule_id: str
-    def __init__(self, id: _Optional[str] = ..., agent_name: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., status: _Optional[_Union[_run_pb2.RunStatus, str]] = ..., model: _Optional[str] = ..., input_messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., output: _Optional[_Union[AgentRunOutput, _Mapping]] = ..., pending_approvals: _Optional[_Iterable[_Union[PendingApproval, _Mapping]]] = ..., pending_tool_calls: _Optional[_Iterable[_Union[PendingToolCall, _Mapping]]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[int] = ..., temporal_workflow_id: _Optional[str] = ..., temporal_run_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., schedule_id: _Optional[str] = ...) -> None: ...
+    forked_from: str
+    reused_steps: int
+    def __init__(self, id: _Optional[str] = ..., agent_name: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., status: _Optional[_Union[_run_pb2.RunStatus, str]] = ..., model: _Optional[str] = ..., input_messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., output: _Optional[_Union[AgentRunOutput, _Mapping]] = ..., pending_approvals: _Optional[_Iterable[_Union[PendingApproval, _Mapping]]] = ..., pending_tool_calls: _Optional[_Iterable[_Union[PendingToolCall, _Mapping]]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[int] = ..., temporal_workflow_id: _Optional[str] = ..., temporal_run_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., schedule_id: _Optional[str] = ..., forked_from: _Optional[str] = ..., reused_steps: _Optional[int] = ...) -> None: ...
 
 class AgentRunOutput(_message.Message):
     __slots__ = ("messages", "text", "object", "usage", "finish_reason", "steps", "context")
@@ -591,16 +595,18 @@ class AgentStepRetrying(_message.Message):
     def __init__(self, attempt: _Optional[int] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., backoff: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class AgentStepFinished(_message.Message):
-    __slots__ = ("finish_reason", "messages", "usage", "model")
+    __slots__ = ("finish_reason", "messages", "usage", "model", "reused")
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    REUSED_FIELD_NUMBER: _ClassVar[int]
     finish_reason: AgentFinishReason
     messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
     usage: _message_pb2.Usage
     model: str
-    def __init__(self, finish_reason: _Optional[_Union[AgentFinishReason, str]] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
+    reused: bool
+    def __init__(self, finish_reason: _Optional[_Union[AgentFinishReason, str]] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ..., reused: _Optional[bool] = ...) -> None: ...
 
 class AgentRunFinished(_message.Message):
     __slots__ = ("status", "output", "error")
@@ -741,6 +747,24 @@ class SubmitToolResultsResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[AgentRun, _Mapping]] = ...) -> None: ...
 
 class AgentServiceResumeRunResponse(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: AgentRun
+    def __init__(self, run: _Optional[_Union[AgentRun, _Mapping]] = ...) -> None: ...
+
+class AgentServiceForkRunRequest(_message.Message):
+    __slots__ = ("run_id", "from_step", "edited_messages", "client_run_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_STEP_FIELD_NUMBER: _ClassVar[int]
+    EDITED_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    from_step: int
+    edited_messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
+    client_run_id: str
+    def __init__(self, run_id: _Optional[str] = ..., from_step: _Optional[int] = ..., edited_messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., client_run_id: _Optional[str] = ...) -> None: ...
+
+class AgentServiceForkRunResponse(_message.Message):
     __slots__ = ("run",)
     RUN_FIELD_NUMBER: _ClassVar[int]
     run: AgentRun
