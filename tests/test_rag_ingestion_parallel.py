@@ -137,7 +137,7 @@ async def test_two_workers_one_killed_store_every_chunk_once(
             if {str(doomed.pid), str(survivor.pid)} <= busy:
                 break
             current = await system.ingestion.get("alpha", ingestion_id)
-            assert current.status == "running", "finished before both workers took part"
+            assert current.status in ("pending", "running"), "ended before both workers took part"
             await asyncio.sleep(0.05)
         else:
             raise AssertionError("the two workers never both ran activities")
@@ -169,12 +169,12 @@ async def test_small_threshold_continues_as_new_with_exact_counts(
     monkeypatch.setattr(runtime.settings, "ingest_parallelism", 3)
     index = await create_index(rag, token)
     texts = _texts(6, 50, "windmills")
-    expected = _expected_chunks(texts, 40)
+    expected = _expected_chunks(texts, 200)
     documents = [rag_pb2.DocumentInput(document_id=f"d{i}", text=t) for i, t in enumerate(texts)]
     documents.append(rag_pb2.DocumentInput(document_id="binary", data=bytes(range(256)) * 4))
     started = await rag.IngestDocuments(
         rag_pb2.IngestDocumentsRequest(
-            index_name=index, documents=documents, chunking=rag_pb2.ChunkingOptions(chunk_size=40)
+            index_name=index, documents=documents, chunking=rag_pb2.ChunkingOptions(chunk_size=200)
         ),
         metadata=auth(token),
     )
@@ -194,7 +194,7 @@ async def test_small_threshold_continues_as_new_with_exact_counts(
     histories = await _runs(
         runtime.temporal, workflow_id, await _first_run_id(runtime, workflow_id)
     )
-    # 7 preparations, 6 batches and 6 commits, 4 at most per run: 5 runs or more.
+    # 7 preparations, 6 commits and 6 batches or more, 4 at most per run: 5 runs or more.
     assert len(histories) >= 5
     for history in histories:
         scheduled = sum(

@@ -72,6 +72,10 @@ def _cause(error: BaseException) -> str:
 
 # The activities heartbeat every second: a worker that dies mid-batch is noticed within this.
 _HEARTBEAT = timedelta(seconds=10)
+# The parallel path's steps: a canceled step is waited for (nothing writes after `finish`).
+# They are never run eagerly by the worker running the workflow, which would take them all
+# (workflows/spread.py): every worker polling the queue gets its share.
+_WAIT = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
 
 
 @workflow.defn(name="RagIngestion")
@@ -150,7 +154,7 @@ class IngestionWorkflow:
                 start_to_close_timeout=timedelta(minutes=10),
                 heartbeat_timeout=_HEARTBEAT,
                 retry_policy=_RETRY,
-                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                cancellation_type=_WAIT,
                 summary=f"extract and chunk document {job.ordinal + 1}",
             )
             embedding = prepared.status == "embedding"
@@ -165,7 +169,7 @@ class IngestionWorkflow:
                 start_to_close_timeout=timedelta(minutes=5),
                 heartbeat_timeout=_HEARTBEAT,
                 retry_policy=_RETRY,
-                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                cancellation_type=_WAIT,
                 summary=f"embed chunks {job.start}..{job.end - 1} of document {job.ordinal + 1}",
             )
             plan.embedded(job.ordinal)
@@ -176,7 +180,7 @@ class IngestionWorkflow:
                 args=[request, job.ordinal],
                 start_to_close_timeout=timedelta(minutes=2),
                 retry_policy=_RETRY,
-                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                cancellation_type=_WAIT,
                 summary=f"store document {job.ordinal + 1}",
             )
             plan.committed(job.ordinal)
