@@ -62,17 +62,19 @@ def document_set(count: int) -> list[tuple[str, bytes]]:
     site = Path(sysconfig.get_paths()["purelib"])
     described = sorted(site.glob("*.dist-info/METADATA"), key=lambda p: -p.stat().st_size)
     sources = [ROOT / "README.md", *described[:15]]
-    texts = [(p.parent.name if p.name == "METADATA" else p.name, p.read_bytes()) for p in sources]
+    texts = [
+        (f"{p.parent.name}.md" if p.name == "METADATA" else p.name, p.read_bytes()) for p in sources
+    ]
     out = []
     for i in range(count):
         name, data = texts[i % len(texts)]
         # A different first line: each copy is its own document (never UNCHANGED).
-        out.append((f"{i}-{name}.md", f"Copy {i} of {name}\n\n".encode() + data))
+        out.append((f"{i}-{name}", f"Copy {i} of {name}\n\n".encode() + data))
     return out
 
 
 def chunk_texts(documents: list[tuple[str, bytes]], chunking: ChunkingOptions) -> list[str]:
-    texts = []
+    texts: list[str] = []
     for name, data in documents:
         extracted = extract(data, DocumentFormat.MARKDOWN, name)
         chunks = chunk_document(
@@ -152,6 +154,7 @@ async def ingest(
         for i, (name, _) in enumerate(documents)
     ]
     record = new_ingestion(TENANT, "bench", ingestion_id, sources, chunking)
+    assert runtime.rag is not None
     await runtime.rag.ingestion.create(record, [data for _, data in documents])
     t0 = time.perf_counter()
     handle = await runtime.temporal.start_workflow(
@@ -190,6 +193,7 @@ async def _runs(runtime: Runtime, handle: WorkflowHandle[Any, Any]) -> int:
 async def bench(settings: Settings, args: argparse.Namespace, log: Path) -> None:
     runtime = await Runtime.open(settings)
     await register_search_attributes(runtime.temporal, settings.temporal_namespace)
+    assert runtime.rag is not None
     await runtime.rag.store.create_index(
         TENANT, IndexSpec(name="bench", embedding_model="all-MiniLM-L6-v2", dimension=384)
     )
