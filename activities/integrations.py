@@ -19,6 +19,7 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.heartbeats import heartbeating
 from activities.run_lookup import RunLookup
 from activities.workflow_runs import AGENT_RUN, DSL_RUN, WorkflowRunStarter
 from loomwork.agents.directory import RunDirectory
@@ -250,6 +251,9 @@ class IntegrationActivities:
     @activity.defn(name="webhook_route")
     async def route(self, event: WebhookEvent) -> RouteOutcome:
         """Route by the source's current rules and record the outcome (once)."""
+        return await heartbeating(self._route(event))
+
+    async def _route(self, event: WebhookEvent) -> RouteOutcome:
         try:
             source = await self.sources.get(event.tenant, event.source_id)
         except NotFound as exc:

@@ -24,6 +24,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from loomwork.agents.directory import RunDirectory
 from loomwork.flows.definition import Workflow
 from loomwork.flows.execution import WorkflowEvents
+from loomwork.flows.fork import Fork
 from loomwork.flows.state import (
     DslRunInput,
     event_log_key,
@@ -63,6 +64,7 @@ class WorkflowRunStarter:
         *,
         summary: str,
         metadata: dict[str, Any] | None = None,
+        fork: Fork | None = None,
     ) -> WorkflowHandle[Any, Any] | None:
         """Start run `run_id` of `definition` on input `data` (validated already): the
         started (or joined) run's handle; None if a run of this id ran and ended before.
@@ -75,6 +77,8 @@ class WorkflowRunStarter:
             workflow_version=definition.version,
             input=data,
             metadata=metadata or {},
+            forked_from=fork.forked_from if fork else "",
+            reused=fork.reused if fork else {},
         )
         workflow_id = temporal_workflow_id(definition.id, tenant, run_id)
         start, _ = await asyncio.gather(

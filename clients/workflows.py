@@ -69,6 +69,28 @@ class WorkflowsClient:
         )
         return response.run
 
+    async def fork_run(
+        self,
+        run_id: str,
+        from_step_id: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        client_run_id: str = "",
+        timeout: float | None = None,
+    ) -> workflow_pb2.WorkflowRun:
+        """Start a new run that reuses the outputs of the steps `run_id` finished before
+        `from_step_id` and runs the rest anew; `data` replaces the input when given."""
+        request = workflow_pb2.WorkflowServiceForkRunRequest(
+            run_id=run_id,
+            from_step_id=from_step_id,
+            input=to_struct(data),
+            client_run_id=client_run_id,
+        )
+        response = await self._transport.call(
+            self._stub.ForkRun, request, workflow_pb2.WorkflowServiceForkRunResponse, timeout
+        )
+        return response.run
+
     async def get_run(
         self, run_id: str, *, timeout: float | None = None
     ) -> workflow_pb2.WorkflowRun:

@@ -24,6 +24,7 @@ from loomwork.flows.registry import (
     default_registry,
     import_workflow_modules,
 )
+from loomwork.guardrails import ProcessorRegistry
 from loomwork.integrations.components import Integrations
 from loomwork.integrations.mcp_tools import parse_operator_servers
 from loomwork.llm.shared import NO_MODEL_CONFIGURED, SharedChatModels
@@ -102,6 +103,8 @@ class Runtime:
     demo: DemoMode | None = None
     # Traces, metrics and the Temporal runtime of the process (server/telemetry/).
     telemetry: Telemetry | None = None
+    # Custom guardrail processors (`@processor` in LOOMWORK_TOOL_MODULES).
+    processors: ProcessorRegistry = field(default_factory=ProcessorRegistry)
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -194,12 +197,14 @@ class Runtime:
             tools.register(tool)
         for agent in application.agents:
             agents.register(agent)
+        processors = ProcessorRegistry(application.processors)
         if application.modules:
             log.info(
-                "tool modules %s: tools %s, agents %s",
+                "tool modules %s: tools %s, agents %s, processors %s",
                 ", ".join(application.modules),
                 ", ".join(t.name for t in application.tools) or "none",
                 ", ".join(a.name for a in application.agents) or "none",
+                ", ".join(p.name for p in application.processors) or "none",
             )
         return cls(
             settings,
@@ -228,6 +233,7 @@ class Runtime:
             rag=rag_system(settings, db, events, chat_models, usage),
             demo=demo,
             telemetry=telemetry,
+            processors=processors,
         )
 
     def __post_init__(self) -> None:

@@ -121,7 +121,9 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
     oauth = runtime.integrations.oauth if runtime.integrations is not None else None
     mcp = runtime.integrations.mcp if runtime.integrations is not None else None
     steps = AgentSteps(
-        AgentCatalog(runtime.agents, AgentStore(runtime.db), runtime.tools, mcp),
+        AgentCatalog(
+            runtime.agents, AgentStore(runtime.db), runtime.tools, mcp, runtime.processors
+        ),
         runtime.tools,
         runtime.memory,
         runtime.recall,
@@ -136,6 +138,7 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
         mcp=mcp,
         max_agent_depth=settings.max_agent_depth,
         usage=runtime.usage.ledger,
+        processors=runtime.processors,
     )
     agents = AgentActivities(steps)
     workflow_events = WorkflowEvents(runtime.events)

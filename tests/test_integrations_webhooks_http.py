@@ -97,6 +97,14 @@ async def test_replayed_delivery_is_409_and_routes_once(http, integrations, toke
     raw, headers = signed({"type": "ping"}, "d-1")
     assert (await http.post(source.path, content=raw, headers=headers)).status_code == 409
     assert [d.id for d in await list_deliveries(integrations, token, source.id)] == ["d-1"]
+    # Routing heartbeats: a worker killed mid-route is noticed in seconds, not minutes.
+    handle = runtime.temporal.get_workflow_handle(f"webhook/alpha/{source.id}/d-1")
+    scheduled = [
+        e.activity_task_scheduled_event_attributes
+        async for e in handle.fetch_history_events()
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    assert scheduled and all(s.heartbeat_timeout.ToSeconds() == 10 for s in scheduled)
 
 
 async def test_concurrent_duplicates_accept_exactly_one(http, integrations, token) -> None:

@@ -309,3 +309,29 @@ async def test_switching_embedding_model_on_existing_data_is_refused(runtime: Ru
     assert "all-MiniLM-L6-v2" in err.value.message
     assert "text-embedding-3-small" in err.value.message
     await runtime.recall.ensure_space()  # the configured model is still fine
+
+
+async def test_indexing_notices_a_dead_worker_in_seconds(
+    memory_stub, runtime: Runtime, token
+) -> None:
+    """The embedding activity heartbeats, so a worker killed mid-batch delays indexing by its
+    heartbeat timeout (seconds), not the activity's 2-minute timeout: the Temporal history
+    an operator reads shows the timeout on the scheduled activity."""
+    thread_id, _ = await _thread_with(memory_stub, token, unique("beats"), ["one", "two"])
+    scope = {"scope": memory_pb2.MEMORY_SCOPE_THREAD, "thread_id": thread_id}
+    await _wait_indexed(memory_stub, token, 2, query="anything", **scope)
+    found = [
+        w
+        async for w in runtime.temporal.list_workflows(
+            f"WorkflowId STARTS_WITH 'memory-index/{thread_id}/'"
+        )
+    ]
+    assert found, "the IndexMessages run is listed in Temporal"
+    history = await runtime.temporal.get_workflow_handle(found[0].id).fetch_history()
+    scheduled = [
+        e.activity_task_scheduled_event_attributes
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    assert [s.activity_type.name for s in scheduled] == ["embed_messages"]
+    assert scheduled[0].heartbeat_timeout.ToSeconds() == 10

@@ -51,7 +51,7 @@ async def test_rag_commands(
             "markdown",
         )
     ).output
-    assert "SUCCEEDED" in out and "notes.md" in out and "fruit.pdf" in out
+    assert "2 succeeded · 0 failed (2 files; ingestions: ing_" in out
     docs = json.loads((await _cli(env, "rag", "documents", index, "--json")).stdout)
     assert sorted(d["file_name"] for d in docs) == ["fruit.pdf", "notes.md"]
     hits = json.loads((await _cli(env, "rag", "query", index, "moon", "--json")).stdout)

@@ -3,7 +3,9 @@ HTML with navigation noise, nested Markdown, sniffing and per-document errors.""
 
 from __future__ import annotations
 
+import io
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -166,3 +168,52 @@ def test_sniffing() -> None:
     with pytest.raises(DocumentUnreadable) as bad:
         extract(b"\xff\xfe bad utf8", DocumentFormat.PLAIN_TEXT)
     assert bad.value.reason == "DOCUMENT_CORRUPT"
+
+
+def built_docx(*, title: str = "Field manual") -> bytes:
+    """A DOCX written by python-docx: a title, headings, paragraphs and a table, in order."""
+    import docx
+
+    document = docx.Document()
+    document.core_properties.title = title
+    document.add_heading("Pumps", level=1)
+    document.add_paragraph("Prime the pump before the first start.")
+    table = document.add_table(rows=2, cols=3)
+    rows = [("model", "flow", "head"), ("P-20", "20 l/min", "8 m")]
+    for row, values in zip(table.rows, rows, strict=True):
+        for cell, value in zip(row.cells, values, strict=True):
+            cell.text = value
+    document.add_heading("Seals", level=2)
+    document.add_paragraph("Replace the shaft seal every 4000 hours.")
+    document.add_heading("Valves", level=1)
+    document.add_paragraph("Close the inlet valve before opening the housing.")
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
+
+
+def test_docx_paragraphs_headings_and_tables_in_order() -> None:
+    doc = extract(built_docx(), DocumentFormat.UNSPECIFIED, "manual.docx")
+    assert doc.format is DocumentFormat.DOCX and doc.title == "Field manual"
+    assert [s.heading_path for s in doc.sections] == [
+        ["Pumps"],
+        ["Pumps", "Seals"],
+        ["Valves"],
+    ]
+    pumps = doc.sections[0].text
+    assert pumps.index("Prime the pump") < pumps.index("model | flow | head")
+    assert "P-20 | 20 l/min | 8 m" in pumps
+    assert doc.sections[1].text == "Seals\n\nReplace the shaft seal every 4000 hours.\n\n"
+
+
+def test_docx_sniffing_and_corrupt_docx() -> None:
+    assert sniff_format(built_docx()) is DocumentFormat.DOCX  # by content, no file name
+    with pytest.raises(DocumentUnreadable) as corrupt:
+        extract(b"PK\x03\x04 truncated archive", DocumentFormat.UNSPECIFIED, "report.docx")
+    assert corrupt.value.reason == "DOCUMENT_CORRUPT"
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as other:
+        other.writestr("photo.raw", bytes(range(256)))
+    with pytest.raises(DocumentUnreadable) as other_zip:
+        sniff_format(archive.getvalue(), "photos.zip")
+    assert other_zip.value.reason == "UNSUPPORTED_FORMAT"

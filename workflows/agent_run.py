@@ -23,6 +23,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, CancelledError
 
 from workflows.failures import failure_cause, is_cancellation
+from workflows.guardrails import blocked_outcome
 from workflows.rejections import check_call_ids
 from workflows.retries import (
     BOOKKEEPING,
@@ -54,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from loomwork.agents.run_models import (
         AgentRunRequest,
+        Blocked,
         ContextUsage,
         Decision,
         PendingApproval,
@@ -270,6 +272,7 @@ class AgentRunWorkflow:
             text = ""
             answer: dict[str, object] | None = None
             mismatch: list[Violation] = []
+            blocked: Blocked | None = None
             for step in range(1, plan.max_steps + 1):
                 self._steps = step
                 output = first.output
@@ -293,6 +296,9 @@ class AgentRunWorkflow:
                     )
                 unfinished = None
                 self._unpublished.clear()
+                if output.blocked is not None:  # a guardrail processor tripped: it ends here
+                    blocked = output.blocked
+                    break
                 usage = usage.plus(output.usage)
                 assistant = output.message()
                 conversation.append(assistant)
@@ -317,7 +323,12 @@ class AgentRunWorkflow:
                     usage=output.usage,
                     messages=[assistant, tool_message],
                 )
-            if mismatch:
+            if blocked is not None:
+                outcome = blocked_outcome(
+                    self._outcome(request, model, "blocked", "content_filter", produced, usage),
+                    blocked,
+                )
+            elif mismatch:
                 outcome = self._outcome(request, model, "failed", "error", produced, usage)
                 outcome.error = "the model's answer does not match the output schema"
                 outcome.error_type = "OutputSchemaMismatch"

@@ -129,6 +129,7 @@ class DslRunWorkflow:
             workflow_version=start.workflow_version,
             input=start.input,
             metadata=start.metadata,
+            forked_from=start.forked_from,
         )
         self._node_ids: dict[str, list[str]] = {}
         self._resumes: dict[str, dict[str, Any]] = {}
@@ -425,6 +426,8 @@ class DslRunWorkflow:
         suffix: str,
     ) -> dict[str, Any]:
         step_run = self._record(node, path, suffix, data)
+        if path in self._start.reused:
+            return await self._reuse(step_run, self._start.reused[path])
         resume_data: dict[str, Any] | None = None
         lead, self._lead_events = self._lead_events, []
         executions = 0
@@ -483,6 +486,20 @@ class DslRunWorkflow:
             step_run.resume_data = resume_data
             step_run.resume_time = workflow.now()
             await self._changed(StepEvent(type="step_resumed", step=step_run))
+
+    async def _reuse(self, step_run: StepRun, output: Any) -> dict[str, Any]:
+        """A fork's step before its fork point: the original run's recorded output, taken
+        as it was (no activity runs; the step says which run it came from)."""
+        lead, self._lead_events = self._lead_events, []
+        if lead:
+            await self._publish(*lead)
+        step_run.status = "succeeded"
+        step_run.output = output
+        step_run.attempts = 0
+        step_run.reused_from = self._start.forked_from
+        step_run.end_time = workflow.now()
+        await self._changed(StepEvent(type="step_succeeded", step=step_run))
+        return output or {}
 
     async def _suspend_timed_out(self, node: Step | ToolStep, step_run: StepRun) -> None:
         """No resume data within the step's suspend timeout: it resumes with the step's

@@ -8,6 +8,8 @@ from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
+from workflows.retries import BACKGROUND_HEARTBEAT_TIMEOUT
+
 with workflow.unsafe.imports_passed_through():
     from loomwork.memory.models import MessagesToIndex
 
@@ -25,6 +27,7 @@ class IndexMessagesWorkflow:
         indexed = await workflow.execute_activity(
             EMBED_MESSAGES,
             params,
+            heartbeat_timeout=BACKGROUND_HEARTBEAT_TIMEOUT,
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=RetryPolicy(
                 initial_interval=timedelta(seconds=1),

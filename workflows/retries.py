@@ -39,6 +39,10 @@ MODEL_CALL = RetryPolicy(
 #: after its whole timeout. A step function must not block its worker's event loop this long.
 STEP_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 
+#: The same for the background activities that route a webhook and index messages for
+#: recall: a worker killed mid-attempt delays them this long, not their whole timeout.
+BACKGROUND_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+
 #: An agent's tool call heartbeats every second too; a worker that dies mid-call is noticed
 #: this long after its last heartbeat (5 s proved short under heavy load: calls were retried
 #: while their first attempt still ran, kept to one effect only by the idempotency key).

@@ -11,6 +11,8 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
+from workflows.retries import BACKGROUND_HEARTBEAT_TIMEOUT
+
 with workflow.unsafe.imports_passed_through():
     from loomwork.integrations.routing import RouteOutcome, WebhookEvent
 
@@ -25,6 +27,7 @@ class WebhookDeliveryWorkflow:
             ROUTE_WEBHOOK,
             event,
             result_type=RouteOutcome,
+            heartbeat_timeout=BACKGROUND_HEARTBEAT_TIMEOUT,
             start_to_close_timeout=timedelta(minutes=5),
             schedule_to_close_timeout=timedelta(days=1),
             retry_policy=RetryPolicy(

@@ -86,6 +86,10 @@ def describe_event(event: agent_pb2.AgentRunEvent) -> str | None:
         )
     if kind == "handoff":
         return f"handed over to agent {escape(event.handoff.to_agent)}"
+    if kind == "blocked":
+        return f"[red]blocked[/] by {escape(event.blocked.processor)}: " + escape(
+            event.blocked.reason
+        )
     if kind == "run_finished":
         return f"run finished {run_status(event.run_finished.status)}"
     return None

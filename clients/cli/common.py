@@ -220,7 +220,7 @@ def short_time(ts: timestamp_pb2.Timestamp) -> str:
     return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-_STATUS_COLORS = {"SUCCEEDED": "green", "FAILED": "red", "CANCELED": "yellow"}
+_STATUS_COLORS = {"SUCCEEDED": "green", "FAILED": "red", "CANCELED": "yellow", "BLOCKED": "red"}
 
 
 def pending_notice(task_queue: str, waited: duration_pb2.Duration) -> str:

@@ -252,6 +252,14 @@ async def _demo_workflows(ctx: DemoContext) -> None:
     run = await client.workflows.start_run("order-pipeline", order)
     async for event in client.workflows.watch_run(run.id):
         ctx.ok(f"#{event.event_id} {describe_workflow_event(event)}")
+    ctx.note("ForkRun: the same order again from its `notify` step (earlier steps reused):")
+    fork = await client.workflows.fork_run(run.id, "notify")
+    async for _ in client.workflows.watch_run(fork.id):
+        pass
+    fork = await client.workflows.get_run(fork.id)
+    reused = [s.path for s in fork.steps if s.reused_from]
+    ran = [s.path for s in fork.steps if not s.reused_from]
+    ctx.ok(f"run {fork.id} is {workflow_status(fork.status)}: reused {reused}, ran {ran}")
     ctx.note("ticket-triage (branching): a billing ticket takes the billing path:")
     run = await client.workflows.start_run("ticket-triage", {"subject": "Wrong invoice"})
     async for event in client.workflows.watch_run(run.id):

@@ -16,13 +16,15 @@ from clients.cli.common import (
     print_json,
     run_with_client,
     status_markup,
+    stderr_console,
     stdout_console,
     to_dict,
 )
 from clients.client import LoomworkClient
+from clients.rag_files import FileStatus, IngestProgress, IngestReport
 from protos.loomwork.v1 import rag_pb2
 
-__all__ = ["ingestion_status", "rag_app", "register"]
+__all__ = ["ingestion_status", "print_ingest_report", "rag_app", "register"]
 
 rag_app = typer.Typer(
     name="rag",
@@ -30,8 +32,22 @@ rag_app = typer.Typer(
     no_args_is_help=True,
     callback=connection_callback,
 )
-INLINE_LIMIT = 4 * 1024 * 1024
-_FILES = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="Files to ingest.")
+# Deadline of each call that sends files (an 8 MiB batch or a long upload), at least.
+SEND_TIMEOUT = 600.0
+_PATHS = typer.Argument(..., help="Files and folders to ingest.")
+_GLOBS = typer.Option(
+    [],
+    "--glob",
+    help="Only files in the folders whose name or relative path matches (repeatable), "
+    "e.g. --glob '*.pdf' --glob 'guide/*.md'.",
+)
+_REPORT_STATUSES: tuple[FileStatus, ...] = (
+    "succeeded",
+    "unchanged",
+    "failed",
+    "canceled",
+    "pending",
+)
 _STRATEGIES = {
     "recursive": rag_pb2.CHUNKING_STRATEGY_RECURSIVE,
     "sentence": rag_pb2.CHUNKING_STRATEGY_SENTENCE,
@@ -96,75 +112,81 @@ def delete_index(ctx: typer.Context, name: str) -> None:
 def ingest(
     ctx: typer.Context,
     index: str,
-    files: list[Path] = _FILES,
+    paths: list[Path] = _PATHS,
+    recursive: bool = typer.Option(
+        False, "--recursive", "-r", help="Also ingest the files in subfolders of the folders."
+    ),
+    globs: list[str] = _GLOBS,
     strategy: str = typer.Option("recursive", help="recursive, sentence, token or markdown."),
     chunk_size: int = typer.Option(0, help="Characters (tokens for `token`); 0: default."),
-    wait: bool = typer.Option(True, help="Follow the ingestion with a progress bar."),
+    wait: bool = typer.Option(True, help="Follow the ingestions with a progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Ingest files (PDF, HTML, Markdown, text) into an index, showing progress."""
+    """Ingest files and folders of any size (PDF, DOCX, HTML, Markdown, text) into an index.
+
+    Large files are streamed, small ones sent in batches; one progress bar for the set, then
+    a summary. A file that fails fails alone; the exit code is 1 if any failed."""
     if strategy not in _STRATEGIES:
         raise typer.BadParameter(f"one of {', '.join(_STRATEGIES)}", param_hint="--strategy")
     chunking = rag_pb2.ChunkingOptions(strategy=_STRATEGIES[strategy], chunk_size=chunk_size)
+    conn = connection(ctx)
 
-    async def work(client: LoomworkClient) -> rag_pb2.Ingestion:
-        small = [f for f in files if f.stat().st_size <= INLINE_LIMIT]
-        large = [f for f in files if f.stat().st_size > INLINE_LIMIT]
-        started: list[rag_pb2.Ingestion] = []
-        if small:
-            documents = [
-                rag_pb2.DocumentInput(data=f.read_bytes(), file_name=f.name, source_uri=str(f))
-                for f in small
-            ]
-            started.append(await client.rag.ingest_documents(index, documents, chunking=chunking))
-        for f in large:
-            started.append(
-                await client.rag.upload_document(
-                    index,
-                    f.read_bytes(),
-                    rag_pb2.DocumentInput(file_name=f.name, source_uri=str(f)),
-                    chunking=chunking,
-                    timeout=600,
-                )
-            )
-        if not wait:
-            return started[-1]
-        final = started[-1]
+    async def work(client: LoomworkClient) -> IngestReport:
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn("files · {task.fields[chunks]}"),
             TimeElapsedColumn(),
-            console=stdout_console(),
-        ) as progress:
-            for ingestion in started:
-                task = progress.add_task(f"{ingestion.id} chunks", total=None)
-                async for event in client.rag.watch_ingestion(ingestion.id):
-                    p = event.progress
-                    progress.update(
-                        task,
-                        completed=p.chunks_done,
-                        total=max(p.chunks_total, 1),
-                        description=f"{ingestion.id} · documents {p.documents_done}"
-                        f"/{p.documents_total}",
-                    )
-                    if event.HasField("finished"):
-                        final = event.finished
-        return final
+            console=stderr_console(),
+            disable=as_json,
+        ) as bar:
+            task = bar.add_task("ingesting", total=None, chunks="")
 
-    final = run_with_client(connection(ctx), work)
-    out = stdout_console()
-    out.print(f"ingestion {escape(final.id)}: {ingestion_status(final.status)}")
-    for d in final.documents:
-        state = rag_pb2.IngestionDocumentStatus.Name(d.status).removeprefix(
-            "INGESTION_DOCUMENT_STATUS_"
-        )
-        reason = f" ({d.error.reason}: {escape(d.error.message)})" if d.error.reason else ""
-        out.print(
-            f"  {escape(d.document_id)} {escape(d.file_name)}: {state}, "
-            f"{d.chunks_total} chunks{reason}"
-        )
-    if final.status == rag_pb2.INGESTION_STATUS_FAILED:
+            def show(p: IngestProgress) -> None:
+                sent = f"sent {p.bytes_sent / 2**20:.1f}/{p.bytes_total / 2**20:.1f} MiB"
+                bar.update(
+                    task,
+                    total=p.files_total,
+                    completed=p.files_done + p.files_failed,
+                    chunks=f"{sent} · chunks {p.chunks_done}/{p.chunks_total}"
+                    + (f" · [red]{p.files_failed} failed[/]" if p.files_failed else ""),
+                )
+
+            return await client.rag.ingest_files(
+                index,
+                paths,
+                recursive=recursive,
+                globs=globs,
+                chunking=chunking,
+                wait=wait,
+                on_progress=show,
+                timeout=max(conn.timeout, SEND_TIMEOUT),
+            )
+
+    report = run_with_client(conn, work)
+    if as_json:
+        print_json(report.model_dump(mode="json"))
+    else:
+        print_ingest_report(report)
+    if not report.ok:
         raise typer.Exit(1)
+
+
+def print_ingest_report(report: IngestReport) -> None:
+    """The summary of an ingestion of files: counts, then each file that did not succeed."""
+    out = stdout_console()
+    counts = {s: len(report.with_status(s)) for s in _REPORT_STATUSES}
+    out.print(
+        " · ".join(f"{n} {s}" for s, n in counts.items() if n or s in ("succeeded", "failed"))
+        + f" ({len(report.files)} files; ingestions: {', '.join(report.ingestion_ids) or '-'})"
+    )
+    for f in report.files:
+        if f.status == "succeeded":
+            continue
+        detail = f": {f.reason} {f.message}".rstrip() if f.reason or f.message else ""
+        color = {"failed": "red", "canceled": "yellow"}.get(f.status, "default")
+        out.print(f"  [{color}]{f.status}[/] {escape(str(f.path))}{escape(detail)}")
 
 
 @rag_app.command("documents")

@@ -83,10 +83,13 @@ def _run_table(run: workflow_pb2.WorkflowRun) -> Table:
             detail = "waiting for: " + proto_inline(step.suspend_payload)
         elif step.HasField("error"):
             detail = f"{step.error.reason}: {step.error.message}"
+        status = _step_status(step.status)
+        if step.reused_from:
+            status += f" [dim](reused from {escape(step.reused_from)})[/]"
         table.add_row(
             escape(step.path),
             _kind(step.kind),
-            _step_status(step.status),
+            status,
             str(step.attempts or ""),
             escape(detail[:120]),
         )
@@ -96,6 +99,8 @@ def _run_table(run: workflow_pb2.WorkflowRun) -> Table:
 def _print_run(run: workflow_pb2.WorkflowRun) -> None:
     out = stdout_console()
     out.print(f"run [cyan]{escape(run.id)}[/] is {workflow_status(run.status)}")
+    if run.forked_from:
+        out.print(f"[dim]forked from run {escape(run.forked_from)}[/]")
     out.print(_run_table(run))
     if run.HasField("output"):
         out.print(f"output: {escape(proto_inline(run.output))}")
@@ -195,6 +200,30 @@ def workflows_start(
         stdout_console().print(
             f"started run [cyan]{escape(run.id)}[/]; follow it with "
             f"`loomwork workflows watch {run.id}`"
+        )
+
+
+@workflows_app.command("fork")
+def workflows_fork(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., help="The run to fork."),
+    from_step: str = typer.Argument(..., help="The fork point: a step id or a step path."),
+    data: str = typer.Option("", "--input", "-i", help="A new input (JSON object)."),
+    new_id: str = typer.Option("", "--id", help="Client-chosen id of the new run."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Start a new run from a run's step: the steps before it are reused, not run again."""
+    payload = parse_json_object(data, "--input") if data else None
+    run = run_with_client(
+        connection(ctx),
+        lambda c: c.workflows.fork_run(run_id, from_step, payload, client_run_id=new_id),
+    )
+    if as_json:
+        print_json(to_dict(run))
+    else:
+        stdout_console().print(
+            f"forked run [cyan]{escape(run_id)}[/] at {escape(from_step)} as run "
+            f"[cyan]{escape(run.id)}[/]; follow it with `loomwork workflows watch {run.id}`"
         )
 
 

@@ -12,6 +12,8 @@ from loomwork.agents.definitions import AGENT_NAME, AgentDefinition, AgentRegist
 from loomwork.agents.store import AgentStore
 from loomwork.agents.sub_agents import called_agent, find_cycle, is_agent_tool, named_functions
 from loomwork.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from loomwork.guardrails.custom import ProcessorRegistry
+from loomwork.guardrails.settings import CustomProcessorRef
 from loomwork.memory.settings import invalid_argument_from
 from loomwork.paging import decode_text_token, encode_text_token
 from loomwork.tools import ToolRegistry
@@ -31,11 +33,13 @@ class AgentCatalog:
         store: AgentStore,
         tools: ToolRegistry,
         mcp: McpTools | None = None,
+        processors: ProcessorRegistry | None = None,
     ) -> None:
         self.code = code
         self.store = store
         self.tools = tools
         self.mcp = mcp
+        self.processors = processors or ProcessorRegistry()  # custom guardrail processors
 
     async def find(self, tenant: str, name: str) -> AgentDefinition | None:
         """The agent the tenant sees by that name (code first), or None."""
@@ -100,7 +104,18 @@ class AgentCatalog:
                 raise InvalidArgument.field(f"agent.handoffs[{i}]", "an agent hands off to others")
             await self._check_agent(tenant, name, f"agent.handoffs[{i}]")
         await self._check_agents_called(tenant, agent)
+        self._check_processors(agent)
         return agent
+
+    def _check_processors(self, agent: AgentDefinition) -> None:
+        """A custom guardrail processor must be one the modules define."""
+        for stage in ("input_processors", "output_processors"):
+            for i, config in enumerate(getattr(agent, stage)):
+                if isinstance(config, CustomProcessorRef) and not self.processors.has(config.name):
+                    raise InvalidArgument.field(
+                        f"agent.{stage}[{i}].custom.name",
+                        f"{config.name!r} is not a registered processor (LOOMWORK_TOOL_MODULES)",
+                    )
 
     async def _check_agent(self, tenant: str, name: str, field: str) -> None:
         """An agent called as a tool or handed off to must exist (an agent deleted later is

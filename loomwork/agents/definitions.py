@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from loomwork.errors import InvalidArgument, NotFound
+from loomwork.guardrails.settings import MAX_PROCESSORS, ProcessorConfig, misplaced
 from loomwork.json_schema import check_object_schema
 from loomwork.memory.settings import MemorySettings
 from loomwork.tools.routes import MAX_APPROVAL_TIMEOUT
@@ -50,6 +51,12 @@ class AgentDefinition(BaseModel):
         default=None, gt=timedelta(0), le=MAX_APPROVAL_TIMEOUT
     )
     output_schema: dict[str, Any] | None = None
+    # Guardrail processors, in order: on the messages before the model sees them, and on
+    # what the model streams, answers and calls (loomwork.guardrails).
+    input_processors: list[ProcessorConfig] = Field(default_factory=list, max_length=MAX_PROCESSORS)
+    output_processors: list[ProcessorConfig] = Field(
+        default_factory=list, max_length=MAX_PROCESSORS
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
     source: AgentSource = "code"
     create_time: datetime | None = None
@@ -79,6 +86,22 @@ class AgentDefinition(BaseModel):
         repeated = sorted({n for n in value if value.count(n) > 1})
         if repeated:
             raise ValueError(f"names an agent more than once: {', '.join(repeated)}")
+        return value
+
+    @field_validator("input_processors")
+    @classmethod
+    def _inputs(cls, value: list[ProcessorConfig]) -> list[ProcessorConfig]:
+        problem = misplaced(value, "input")
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("output_processors")
+    @classmethod
+    def _outputs(cls, value: list[ProcessorConfig]) -> list[ProcessorConfig]:
+        problem = misplaced(value, "output")
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("output_schema")

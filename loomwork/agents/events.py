@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
-from loomwork.agents.run_models import PendingApproval, PendingToolCall, RunOutcome
+from loomwork.agents.run_models import Blocked, PendingApproval, PendingToolCall, RunOutcome
 from loomwork.llm.chat import ChatMessage, ChatUsage
 from loomwork.messages import NewMessage, ToolCallPart, ToolResultPart
 from loomwork.retries import ATTEMPT_LOST, ATTEMPT_LOST_MESSAGE, RetryNotice
@@ -146,6 +146,13 @@ class Handoff(_Event):
     model: str
 
 
+class RunBlocked(_Event):
+    """A guardrail processor tripped: the step stopped at once; the run ends blocked."""
+
+    type: Literal["blocked"] = "blocked"
+    blocked: Blocked
+
+
 class RunFinished(_Event):
     type: Literal["run_finished"] = "run_finished"
     outcome: RunOutcome
@@ -166,6 +173,7 @@ AgentEvent = Annotated[
     | ApprovalResolved
     | ToolCallRequested
     | Handoff
+    | RunBlocked
     | RunFinished,
     Field(discriminator="type"),
 ]
@@ -202,6 +210,8 @@ def _once_key(event: AgentEvent) -> str:
         return f"tool_call_requested:{event.step}:{event.call.tool_call_id}"
     if isinstance(event, Handoff):
         return f"handoff:{event.step}:{event.tool_call_id}"
+    if isinstance(event, RunBlocked):
+        return "blocked"
     return ""
 
 

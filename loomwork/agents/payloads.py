@@ -8,7 +8,13 @@ from pydantic import BaseModel, Field
 
 from loomwork.agents.definitions import AgentDefinition
 from loomwork.agents.events import AgentEvent, StepFinished, ToolResultEvent
-from loomwork.agents.run_models import AgentRunRequest, ContextUsage, RunOutcome, Violation
+from loomwork.agents.run_models import (
+    AgentRunRequest,
+    Blocked,
+    ContextUsage,
+    RunOutcome,
+    Violation,
+)
 from loomwork.llm.chat import ChatMessage, ChatUsage
 from loomwork.messages import ToolCallPart, ToolResultPart
 from loomwork.tools.routes import ToolRoute
@@ -55,6 +61,9 @@ class StepOutput(BaseModel):
     # Calls that go back to the model as an error result instead of running, by tool call
     # id: the result's text (a client tool's arguments that break its declared schema).
     invalid_calls: dict[str, str] = Field(default_factory=dict)
+    # A guardrail processor tripped in this step: the run ends blocked (nothing of the step
+    # goes on: no tool call runs, its text is not part of the run's output).
+    blocked: Blocked | None = None
 
     def message(self) -> ChatMessage:
         return ChatMessage.assistant(self.text, self.tool_calls)

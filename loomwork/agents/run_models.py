@@ -151,7 +151,7 @@ class ToolResultsInput(BaseModel):
 
 
 # "pending": accepted, no worker has taken it yet (the service says so; a workflow never does).
-RunPhase = Literal["pending", "running", "waiting", "succeeded", "failed", "canceled"]
+RunPhase = Literal["pending", "running", "waiting", "succeeded", "failed", "canceled", "blocked"]
 
 
 class RunRecord(BaseModel):
@@ -195,10 +195,20 @@ class RunState(RunRecord):
     steps: int = 0
 
 
-RunStatus = Literal["succeeded", "failed", "canceled"]
+# "blocked": a guardrail processor tripped (RunOutcome.blocked says which and why).
+RunStatus = Literal["succeeded", "failed", "canceled", "blocked"]
 
 
-FinishReason = Literal["stop", "max_steps", "error", "canceled"]
+FinishReason = Literal["stop", "max_steps", "error", "canceled", "content_filter"]
+
+
+class Blocked(BaseModel):
+    """A guardrail processor tripped: its name, why, and where (loomwork.guardrails)."""
+
+    processor: str
+    reason: str
+    stage: Literal["input", "output"]
+    step: int = 0
 
 
 class RunOutcome(RunRecord):
@@ -220,3 +230,4 @@ class RunOutcome(RunRecord):
     violations: list[Violation] = Field(default_factory=list)
     error_details: dict[str, Any] = Field(default_factory=dict)
     end_time: datetime | None = None
+    blocked: Blocked | None = None  # status "blocked": the processor that tripped

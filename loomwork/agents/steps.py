@@ -33,6 +33,7 @@ from loomwork.agents.events import (
     encode_event,
     once_key,
 )
+from loomwork.agents.guarded_step import blocked_step, step_guardrails
 from loomwork.agents.memory_tool import UPDATE_WORKING_MEMORY
 from loomwork.agents.output_schema import parse_final, partial_object
 from loomwork.agents.payloads import (
@@ -53,6 +54,8 @@ from loomwork.agents.speculation import (
 )
 from loomwork.agents.tool_offer import offered_tools
 from loomwork.errors import Unavailable
+from loomwork.guardrails.custom import ProcessorRegistry
+from loomwork.guardrails.processors import Tripped
 from loomwork.json_schema import validate_object
 from loomwork.llm.chat import (
     ChatMessage,
@@ -170,6 +173,7 @@ class AgentSteps:
         mcp: McpTools | None = None,
         max_agent_depth: int = sub_agents.DEFAULT_MAX_DEPTH,
         usage: UsageLedger | None = None,
+        processors: ProcessorRegistry | None = None,
     ) -> None:
         self.agents = agents
         self.tools = tools
@@ -184,6 +188,7 @@ class AgentSteps:
         self.mcp = mcp  # the MCP servers' tools (`mcp:<server>/<tool>` names)
         self.max_agent_depth = max_agent_depth  # how deep sub-agent runs nest
         self.usage = usage  # where each model step's tokens are recorded
+        self.processors = processors  # custom guardrail processors (`@processor`)
 
     async def publish(
         self, request: AgentRunRequest, event: AgentEvent, *, patience: float | None = None
@@ -409,6 +414,18 @@ class AgentSteps:
         schema = agent.output_schema
         written: list[str] = []
         last_partial: dict[str, object] | None = None
+        # Guardrail processors (loomwork.guardrails): the input before the call, the text as
+        # it streams (held back by the guard's window), the answer and the tool calls.
+        rails, ctx = step_guardrails(
+            agent,
+            request,
+            step.step,
+            self.processors,
+            model=step.plan_model,
+            chat_model=self.chat_model,
+        )
+        guard = rails.output_guard(ctx)
+        calls = 0
 
         async def publish_text(text: str) -> None:
             await self.publish(request, TextDeltaEvent(step=step.step, delta=text))
@@ -416,18 +433,26 @@ class AgentSteps:
         deltas = DeltaBatcher(publish_text)
 
         async def on_event(event: TextDelta | ToolCallDelta | ToolCallDone) -> None:
-            nonlocal last_partial
+            nonlocal last_partial, calls
             await announced
             if isinstance(event, TextDelta):
                 if schema is None:
-                    await deltas.add(event.delta)
+                    released = await guard.add(event.delta)
+                    if released:
+                        await deltas.add(released)
                     return
                 written.append(event.delta)
+                if guard.active:  # a structured answer is checked whole, at its end
+                    return
                 partial = partial_object("".join(written))
                 if partial is not None and partial != last_partial:
                     last_partial = partial
                     await self.publish(request, ObjectPartialEvent(step=step.step, object=partial))
             elif isinstance(event, ToolCallDone):
+                calls += 1
+                rails.check_tool_calls(step.conversation, calls)
+                if schema is None and (released := await guard.settle()):
+                    await deltas.add(released)
                 await deltas.flush()
                 await self.publish(request, ToolCallEvent(step=step.step, call=event.call))
 
@@ -438,17 +463,30 @@ class AgentSteps:
         settings = agent.model_settings
         announced = asyncio.ensure_future(announce())
         try:
-            result = await model.stream(
-                step.conversation,
-                tools=specs,
-                response_format=json_schema_format(schema, name=agent.name) if schema else None,
-                temperature=settings.temperature,
-                top_p=settings.top_p,
-                max_tokens=settings.max_output_tokens,
-                on_event=on_event,
-            )
-            await announced
-            await deltas.flush()
+            try:
+                conversation = await rails.check_input(step.conversation, ctx)
+                result = await model.stream(
+                    conversation,
+                    tools=specs,
+                    response_format=json_schema_format(schema, name=agent.name) if schema else None,
+                    temperature=settings.temperature,
+                    top_p=settings.top_p,
+                    max_tokens=settings.max_output_tokens,
+                    on_event=on_event,
+                )
+                await announced
+                rest = await guard.finish(result.text)
+                if schema is None and rest:
+                    await deltas.add(rest)
+                if guard.final_text != result.text:  # rewritten: the answer as processed
+                    result = result.model_copy(update={"text": guard.final_text})
+                await deltas.flush()
+            except Tripped as tripped:  # nothing more of the step goes out
+                await announced
+                await deltas.flush()
+                blocked, event = blocked_step(step.step, tripped)
+                await self.publish(request, event)
+                return blocked
         finally:
             announced.cancel()  # the call failed first: a retry announces again (once)
             await deltas.cancel()

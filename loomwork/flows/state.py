@@ -29,6 +29,10 @@ class DslRunInput(BaseModel):
     # The starter published run_started already (StartRun and webhook routes do, as they
     # accept the run: activities/workflow_runs.py); the workflow then does not.
     announced: bool = False
+    # A fork (ForkRun): the run it was forked from, and the recorded outputs of that run's
+    # steps before the fork point, by step path; those steps are not run again.
+    forked_from: str = ""
+    reused: dict[str, Any] = Field(default_factory=dict)
 
 
 class ResumeRequest(BaseModel):
@@ -85,6 +89,8 @@ class StepRun(BaseModel):
     wake_time: datetime | None = None
     # A suspended step with a suspend timeout: when it stops waiting for resume data.
     expire_time: datetime | None = None
+    # In a fork: the run whose recorded output this step reused (it did not run again).
+    reused_from: str = ""
 
 
 class RunState(BaseModel):
@@ -106,6 +112,8 @@ class RunState(BaseModel):
     # Id of the run's terminal event: WatchRun rebuilds that event with it once the run's
     # events have expired from Redis.
     terminal_event_id: int = 0
+    # A fork: the run it was forked from (ForkRun).
+    forked_from: str = ""
 
     def step(self, path: str) -> StepRun | None:
         for step_run in self.steps:

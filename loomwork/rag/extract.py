@@ -1,15 +1,19 @@
-"""Text extraction that keeps structure: PDF pages, HTML main text, Markdown headings.
+"""Text extraction that keeps structure: PDF pages, HTML main text, Markdown and DOCX headings.
 
 PDF goes through pypdfium2 (keeps the spaces between words, fast), HTML through
 selectolax (scripts, styles, navigation, headers and footers removed), Markdown
-through markdown-it-py (heading paths). A document that cannot be read raises
-`DocumentUnreadable` with a stable reason; the caller fails that document alone.
+through markdown-it-py (heading paths), DOCX through python-docx (paragraphs and
+tables in order, heading styles as heading paths). A document that cannot be read
+raises `DocumentUnreadable` with a stable reason; the caller fails that document alone.
 """
 
 from __future__ import annotations
 
+import io
 import re
+import zipfile
 from pathlib import PurePath
+from typing import Any
 
 from loomwork.rag.models import DocumentFormat, ExtractedDocument, Section
 
@@ -32,6 +36,7 @@ class DocumentUnreadable(Exception):
 
 _EXTENSIONS = {
     ".pdf": DocumentFormat.PDF,
+    ".docx": DocumentFormat.DOCX,
     ".html": DocumentFormat.HTML,
     ".htm": DocumentFormat.HTML,
     ".xhtml": DocumentFormat.HTML,
@@ -55,14 +60,16 @@ def sniff_format(data: bytes, file_name: str = "") -> DocumentFormat:
     if _HTML_START.match(head):
         return DocumentFormat.HTML
     by_extension = _EXTENSIONS.get(PurePath(file_name).suffix.lower()) if file_name else None
-    if by_extension is DocumentFormat.PDF:
-        return by_extension  # a .pdf without the magic: let the PDF reader say it is corrupt
+    if head.startswith(b"PK\x03\x04") and _is_docx(data):
+        return DocumentFormat.DOCX
+    if by_extension in (DocumentFormat.PDF, DocumentFormat.DOCX):
+        return by_extension  # a .pdf or .docx that is none: let its reader say it is corrupt
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DocumentUnreadable(
             "UNSUPPORTED_FORMAT",
-            "the content is not PDF, HTML, Markdown or UTF-8 text",
+            "the content is not PDF, DOCX, HTML, Markdown or UTF-8 text",
         ) from exc
     if by_extension is not None:
         return by_extension
@@ -77,6 +84,8 @@ def extract(data: bytes, fmt: DocumentFormat, file_name: str = "") -> ExtractedD
         fmt = sniff_format(data, file_name)
     if fmt is DocumentFormat.PDF:
         return _pdf(data)
+    if fmt is DocumentFormat.DOCX:
+        return _docx(data)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -140,6 +149,86 @@ def _pdf(data: bytes) -> ExtractedDocument:
         raise DocumentUnreadable("DOCUMENT_CORRUPT", f"the PDF cannot be read: {exc}") from exc
     finally:
         document.close()
+
+
+# ----------------------------------------------------------------------------- DOCX
+
+
+def _is_docx(data: bytes) -> bool:
+    """A ZIP archive holding a Word main document part."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return "word/document.xml" in archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
+_DOCX_HEADING = re.compile(r"^heading (\d)$")
+
+
+def _docx(data: bytes) -> ExtractedDocument:
+    import docx
+    from docx.table import Table
+
+    try:
+        document = docx.Document(io.BytesIO(data))
+    except Exception as exc:  # a ZIP or XML error of any kind: the file is not a readable DOCX
+        raise DocumentUnreadable(
+            "DOCUMENT_CORRUPT", f"the DOCX cannot be read: {exc or type(exc).__name__}"
+        ) from exc
+    title = (document.core_properties.title or "").strip()
+    sections: list[Section] = []
+    path: list[tuple[int, str]] = []
+    buffer: list[str] = []
+
+    def flush() -> None:
+        joined = re.sub(r"\n{3,}", "\n\n", "".join(buffer)).strip()
+        buffer.clear()
+        if joined:
+            sections.append(Section(text=joined + "\n\n", heading_path=[h for _, h in path]))
+
+    try:
+        for block in document.iter_inner_content():
+            if isinstance(block, Table):
+                buffer.append(_docx_table(block) + "\n\n")
+                continue
+            text = _normalize(block.text).strip()
+            style = (block.style.name if block.style is not None else "") or ""
+            level = 0 if style.lower() == "title" else None
+            match = _DOCX_HEADING.match(style.lower())
+            if match:
+                level = int(match.group(1))
+            if level is None or not text:
+                if text:
+                    buffer.append(text + "\n\n")
+                continue
+            flush()
+            while path and path[-1][0] >= level:
+                path.pop()
+            path.append((level, text))
+            if not title:
+                title = text
+            buffer.append(text + "\n\n")
+    except Exception as exc:  # malformed parts inside a valid archive
+        raise DocumentUnreadable("DOCUMENT_CORRUPT", f"the DOCX cannot be read: {exc}") from exc
+    flush()
+    return ExtractedDocument(format=DocumentFormat.DOCX, title=title, sections=sections)
+
+
+def _docx_table(table: Any) -> str:
+    """A table as text: one line per row, cells separated by ` | ` (merged cells once)."""
+    lines = []
+    for row in table.rows:
+        cells: list[str] = []
+        seen: set[int] = set()
+        for cell in row.cells:
+            if id(cell._tc) in seen:  # a merged cell is repeated once per grid column
+                continue
+            seen.add(id(cell._tc))
+            cells.append(" ".join(_normalize(cell.text).split()))
+        if any(cells):
+            lines.append(" | ".join(cells))
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- HTML

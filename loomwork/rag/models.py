@@ -21,6 +21,7 @@ class DocumentFormat(StrEnum):
     MARKDOWN = "markdown"
     HTML = "html"
     PDF = "pdf"
+    DOCX = "docx"
 
 
 class IndexSpec(BaseModel):

@@ -82,6 +82,8 @@ _UPDATABLE = (
     "metadata",
     "approval_timeout",
     "handoffs",
+    "input_processors",
+    "output_processors",
 )
 # How long an Update may take before the service checks that a worker has taken the run.
 NOT_TAKEN_CHECK_AFTER = 1.0
@@ -128,7 +130,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self.directory = RunDirectory(runtime.redis)
         self.runs = RunLookup(self.directory, runtime.temporal, AGENT_RUN)
         mcp = runtime.integrations.mcp if runtime.integrations is not None else None
-        self.catalog = AgentCatalog(runtime.agents, AgentStore(runtime.db), runtime.tools, mcp)
+        self.catalog = AgentCatalog(
+            runtime.agents, AgentStore(runtime.db), runtime.tools, mcp, runtime.processors
+        )
         self.starter = AgentRunStarter(runtime, self.directory, self.catalog)
 
     # -- definitions

@@ -29,6 +29,12 @@ from server.servicers.client_tools_convert import (
     client_tools_from_proto,
     pending_tool_call_to_proto,
 )
+from server.servicers.guardrails_convert import (
+    blocked_error,
+    blocked_to_proto,
+    processor_data_from_proto,
+    processor_to_proto,
+)
 from server.servicers.message_convert import ROLE_TO_PROTO, fill_part, usage_to_proto
 from server.servicers.well_known_convert import set_timestamp, struct_to_dict
 
@@ -44,6 +50,7 @@ _STATUS = {
     "succeeded": run_pb2.RUN_STATUS_SUCCEEDED,
     "failed": run_pb2.RUN_STATUS_FAILED,
     "canceled": run_pb2.RUN_STATUS_CANCELED,
+    "blocked": run_pb2.RUN_STATUS_BLOCKED,
 }
 # The LoomworkStatus search attribute's values, by the RunStatus they stand for.
 RUN_STATUS_NAMES = {
@@ -53,6 +60,7 @@ RUN_STATUS_NAMES = {
     run_pb2.RUN_STATUS_SUCCEEDED: "SUCCEEDED",
     run_pb2.RUN_STATUS_FAILED: "FAILED",
     run_pb2.RUN_STATUS_CANCELED: "CANCELED",
+    run_pb2.RUN_STATUS_BLOCKED: "BLOCKED",
 }
 RUN_STATUS_FROM_NAME = {name: value for value, name in RUN_STATUS_NAMES.items()}
 DEFAULT_WORKING_MEMORY_TEMPLATE = "# User\n- name:\n- preferences:\n- facts:\n"
@@ -62,6 +70,7 @@ _FINISH = {
     "stop": agent_pb2.AGENT_FINISH_REASON_STOP,
     "max_steps": agent_pb2.AGENT_FINISH_REASON_MAX_STEPS,
     "error": agent_pb2.AGENT_FINISH_REASON_ERROR,
+    "content_filter": agent_pb2.AGENT_FINISH_REASON_CONTENT_FILTER,
 }
 _STEP_FINISH = {
     "stop": agent_pb2.AGENT_FINISH_REASON_STOP,
@@ -151,6 +160,8 @@ def agent_to_proto(agent: AgentDefinition) -> agent_pb2.Agent:
         set_timestamp(out.update_time, agent.update_time)
     if agent.approval_timeout is not None:
         out.approval_timeout.FromTimedelta(agent.approval_timeout)
+    out.input_processors.extend(processor_to_proto(p) for p in agent.input_processors)
+    out.output_processors.extend(processor_to_proto(p) for p in agent.output_processors)
     return out
 
 
@@ -182,6 +193,8 @@ def agent_data_from_proto(agent: agent_pb2.Agent) -> dict[str, Any]:
         data["metadata"] = json_format.MessageToDict(agent.metadata)
     if agent.HasField("approval_timeout"):
         data["approval_timeout"] = agent.approval_timeout.ToTimedelta()
+    data["input_processors"] = [processor_data_from_proto(p) for p in agent.input_processors]
+    data["output_processors"] = [processor_data_from_proto(p) for p in agent.output_processors]
     return data
 
 
@@ -308,6 +321,8 @@ def run_to_proto(outcome: runs.RunOutcome, workflow_id: str) -> agent_pb2.AgentR
     output.context.tokens_trimmed = outcome.context.tokens_trimmed
     if outcome.status == "failed":
         run.error.CopyFrom(run_error(outcome))
+    elif outcome.status == "blocked" and outcome.blocked is not None:
+        run.error.CopyFrom(blocked_error(outcome.blocked))
     elif outcome.status == "canceled":
         run.error.CopyFrom(
             run_pb2.RunError(code=code_pb2.CANCELLED, reason="CANCELED", message=outcome.error)
@@ -451,12 +466,14 @@ def event_to_proto(
                 model=event.model,
             )
         )
+    elif isinstance(event, events.RunBlocked):
+        out.blocked.CopyFrom(blocked_to_proto(event.blocked))
     elif isinstance(event, events.RunFinished):
-        if event.outcome.status in ("succeeded", "canceled"):
+        if event.outcome.status in ("succeeded", "canceled", "blocked"):
             run = run_to_proto(event.outcome, workflow_id)
             out.run_finished.status = run.status
             out.run_finished.output.CopyFrom(run.output)
-            if run.HasField("error"):  # canceled: why
+            if run.HasField("error"):  # canceled or blocked: why
                 out.run_finished.error.CopyFrom(run.error)
         else:
             out.run_failed.CopyFrom(run_error(event.outcome))

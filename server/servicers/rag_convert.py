@@ -36,6 +36,7 @@ FORMAT_FROM = {
     rag_pb2.DOCUMENT_FORMAT_MARKDOWN: m.DocumentFormat.MARKDOWN,
     rag_pb2.DOCUMENT_FORMAT_HTML: m.DocumentFormat.HTML,
     rag_pb2.DOCUMENT_FORMAT_PDF: m.DocumentFormat.PDF,
+    rag_pb2.DOCUMENT_FORMAT_DOCX: m.DocumentFormat.DOCX,
 }
 FORMAT_TO = {v: k for k, v in FORMAT_FROM.items()}
 STRATEGY_FROM = {

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from google.protobuf.struct_pb2 import Struct
 from pydantic import ValidationError
 from temporalio.api.enums.v1 import WorkflowExecutionStatus as RawStatus
 from temporalio.client import (
@@ -31,6 +32,7 @@ from loomwork.errors import (
     Violations,
 )
 from loomwork.flows.definition import Workflow
+from loomwork.flows.fork import Fork, reusable_outputs
 from loomwork.flows.state import (
     TERMINAL_RUN,
     DslRunInput,
@@ -84,6 +86,27 @@ def _page_size(value: int) -> int:
     if value < 0 or value > MAX_PAGE_SIZE:
         raise InvalidArgument.field("page_size", f"must be 0..{MAX_PAGE_SIZE}")
     return value or DEFAULT_PAGE_SIZE
+
+
+def _start_violations(client_run_id: str, data: Struct) -> Violations:
+    """What is wrong with a new run's id and input (StartRun, ForkRun)."""
+    violations = Violations()
+    if client_run_id and not is_valid_client_id(client_run_id):
+        violations.add("client_run_id", CLIENT_ID_RULE)
+    if data.ByteSize() > MAX_DATA_BYTES:
+        violations.add("input", "must be at most 2 MiB serialized")
+    return violations
+
+
+def _valid_input(definition: Workflow, given: dict[str, Any]) -> dict[str, Any]:
+    """`given` as the workflow's input model makes it, or INVALID_ARGUMENT naming the fields."""
+    try:
+        return definition.input_model.model_validate(given).model_dump(mode="json")
+    except ValidationError as exc:
+        raise InvalidArgument(
+            _validation_violations("input", exc),
+            f"input does not match the input schema of {definition.id!r}",
+        ) from None
 
 
 def _validation_violations(prefix: str, error: ValidationError) -> list[FieldViolation]:
@@ -142,11 +165,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> workflow_pb2.WorkflowServiceStartRunResponse:
         tenant_id = tenant()
-        violations = Violations()
-        if request.client_run_id and not is_valid_client_id(request.client_run_id):
-            violations.add("client_run_id", CLIENT_ID_RULE)
-        if request.input.ByteSize() > MAX_DATA_BYTES:
-            violations.add("input", "must be at most 2 MiB serialized")
+        violations = _start_violations(request.client_run_id, request.input)
         if request.metadata.ByteSize() > MAX_METADATA_BYTES:
             violations.add("metadata", "must be at most 16 KiB serialized")
         if WAITING_MEMO in request.metadata.fields:  # kept beside it in the run's memo
@@ -155,15 +174,50 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             violations.add("workflow_id", "is required")
         violations.raise_if_any()
         definition = self._definition(request.workflow_id)
-        try:
-            run_input = definition.input_model.model_validate(struct_to_dict(request.input))
-        except ValidationError as exc:
-            raise InvalidArgument(
-                _validation_violations("input", exc),
-                f"input does not match the input schema of {definition.id!r}",
-            ) from None
-        run_id = request.client_run_id or new_id("wfr")
-        if request.client_run_id:
+        data = _valid_input(definition, struct_to_dict(request.input))
+        return workflow_pb2.WorkflowServiceStartRunResponse(
+            run=await self._start(
+                tenant_id, definition, data, struct_to_dict(request.metadata), request.client_run_id
+            )
+        )
+
+    async def ForkRun(
+        self,
+        request: workflow_pb2.WorkflowServiceForkRunRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> workflow_pb2.WorkflowServiceForkRunResponse:
+        tenant_id = tenant()
+        _start_violations(request.client_run_id, request.input).raise_if_any()
+        original = await self._state(
+            self._handle(await self._require(tenant_id, request.run_id)), request.run_id
+        )
+        reused = reusable_outputs(original, request.from_step_id)
+        definition = self._definition(original.workflow_id)
+        given = struct_to_dict(request.input) if request.HasField("input") else original.input
+        run = await self._start(
+            tenant_id,
+            definition,
+            _valid_input(definition, given),
+            original.metadata,
+            request.client_run_id,
+            fork=Fork(forked_from=original.run_id, reused=reused),
+        )
+        return workflow_pb2.WorkflowServiceForkRunResponse(run=run)
+
+    async def _start(
+        self,
+        tenant_id: str,
+        definition: Workflow,
+        data: dict[str, Any],
+        metadata: dict[str, Any],
+        client_run_id: str,
+        *,
+        fork: Fork | None = None,
+    ) -> workflow_pb2.WorkflowRun:
+        """Start a run of `definition` on valid input `data` (StartRun, ForkRun), or find
+        the run `client_run_id` names."""
+        run_id = client_run_id or new_id("wfr")
+        if client_run_id:
             existing = await self.runs.workflow_id(tenant_id, run_id)
             if existing is not None:
                 if existing.split("/")[1] != definition.id:
@@ -171,9 +225,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                         f"run {run_id!r} already exists for workflow {existing.split('/')[1]!r}"
                     )
                 with contextlib.suppress(NotFound):
-                    return workflow_pb2.WorkflowServiceStartRunResponse(
-                        run=await self._run(tenant_id, run_id, existing)
-                    )
+                    return await self._run(tenant_id, run_id, existing)
                 if await self.directory.was_started(tenant_id, run_id):
                     raise AlreadyExists(
                         f"client_run_id {run_id!r} named a run that has ended and is no longer"
@@ -181,8 +233,6 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                     )
                 # Recorded but never started (the first call's start failed): start it now.
         workflow_id = temporal_workflow_id(definition.id, tenant_id, run_id)
-        data = run_input.model_dump(mode="json")
-        metadata = struct_to_dict(request.metadata)
         slot = await admit_run(self.runtime, tenant_id, workflow_id)  # the tenant's quotas
         try:
             # Announced as it is accepted: a watcher sees run_started at once, and is told
@@ -193,6 +243,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                 definition,
                 data,
                 metadata=metadata,
+                fork=fork,
                 summary=f"workflow {definition.id} v{definition.version}, run {run_id}",
             )
         except RPCError as error:
@@ -200,12 +251,10 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                 await refuse_run(self.runtime, tenant_id, workflow_id, slot)
             raise Unavailable(f"Temporal: {error.message}") from error
         self.runs.remember(tenant_id, run_id, workflow_id)
-        if request.client_run_id:  # a repeat of the id, once Temporal dropped the run, is refused
+        if client_run_id:  # a repeat of the id, once Temporal dropped the run, is refused
             await self.directory.mark_started(tenant_id, run_id)
         if handle is None:  # it ran before: as it stands
-            return workflow_pb2.WorkflowServiceStartRunResponse(
-                run=await self._run(tenant_id, run_id, workflow_id)
-            )
+            return await self._run(tenant_id, run_id, workflow_id)
         state = RunState(
             tenant=tenant_id,
             run_id=run_id,
@@ -213,13 +262,10 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             workflow_version=definition.version,
             input=data,
             metadata=metadata,
+            forked_from=fork.forked_from if fork else "",
         )
-        return workflow_pb2.WorkflowServiceStartRunResponse(
-            run=workflow_convert.run_to_proto(
-                state,
-                temporal_workflow_id=workflow_id,
-                temporal_run_id=handle.result_run_id or "",
-            )
+        return workflow_convert.run_to_proto(
+            state, temporal_workflow_id=workflow_id, temporal_run_id=handle.result_run_id or ""
         )
 
     async def GetRun(
@@ -444,6 +490,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             input=start.input if start else {},
             metadata=start.metadata if start else {},
             create_time=description.start_time,
+            forked_from=start.forked_from if start else "",
         )
 
     async def _to_proto(

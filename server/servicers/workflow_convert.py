@@ -153,6 +153,7 @@ def step_run_to_proto(step: StepRun) -> workflow_pb2.WorkflowStepRun:
         kind=STEP_KIND[step.kind],  # type: ignore[arg-type]
         status=STEP_STATUS[step.status],  # type: ignore[arg-type]
         attempts=step.attempts,
+        reused_from=step.reused_from,
     )
     if step.input is not None:
         out.input.CopyFrom(_value(step.input))
@@ -194,6 +195,7 @@ def run_to_proto(
         last_event_id=last_event_id,
         temporal_workflow_id=temporal_workflow_id,
         temporal_run_id=temporal_run_id,
+        forked_from=state.forked_from,
     )
     if not summary:
         run.input.CopyFrom(dict_to_struct(state.input))

@@ -6,6 +6,7 @@ from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from . import access_pb2 as _access_pb2
+from . import guardrails_pb2 as _guardrails_pb2
 from . import memory_pb2 as _memory_pb2
 from . import message_pb2 as _message_pb2
 from . import run_pb2 as _run_pb2
@@ -62,7 +63,7 @@ AGENT_FINISH_REASON_CANCELED: AgentFinishReason
 AGENT_FINISH_REASON_ERROR: AgentFinishReason
 
 class Agent(_message.Message):
-    __slots__ = ("name", "description", "instructions", "model", "model_settings", "tool_names", "memory", "max_steps", "output_schema", "metadata", "source", "create_time", "update_time", "approval_timeout", "handoffs")
+    __slots__ = ("name", "description", "instructions", "model", "model_settings", "tool_names", "memory", "max_steps", "output_schema", "metadata", "source", "create_time", "update_time", "approval_timeout", "handoffs", "input_processors", "output_processors")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +79,8 @@ class Agent(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     HANDOFFS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_PROCESSORS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_PROCESSORS_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     instructions: str
@@ -93,7 +96,9 @@ class Agent(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     approval_timeout: _duration_pb2.Duration
     handoffs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., instructions: _Optional[str] = ..., model: _Optional[str] = ..., model_settings: _Optional[_Union[_run_pb2.ModelSettings, _Mapping]] = ..., tool_names: _Optional[_Iterable[str]] = ..., memory: _Optional[_Union[AgentMemorySettings, _Mapping]] = ..., max_steps: _Optional[int] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., source: _Optional[_Union[AgentSource, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., approval_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., handoffs: _Optional[_Iterable[str]] = ...) -> None: ...
+    input_processors: _containers.RepeatedCompositeFieldContainer[_guardrails_pb2.GuardrailProcessor]
+    output_processors: _containers.RepeatedCompositeFieldContainer[_guardrails_pb2.GuardrailProcessor]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., instructions: _Optional[str] = ..., model: _Optional[str] = ..., model_settings: _Optional[_Union[_run_pb2.ModelSettings, _Mapping]] = ..., tool_names: _Optional[_Iterable[str]] = ..., memory: _Optional[_Union[AgentMemorySettings, _Mapping]] = ..., max_steps: _Optional[int] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., source: _Optional[_Union[AgentSource, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., approval_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., handoffs: _Optional[_Iterable[str]] = ..., input_processors: _Optional[_Iterable[_Union[_guardrails_pb2.GuardrailProcessor, _Mapping]]] = ..., output_processors: _Optional[_Iterable[_Union[_guardrails_pb2.GuardrailProcessor, _Mapping]]] = ...) -> None: ...
 
 class AgentMemorySettings(_message.Message):
     __slots__ = ("last_messages", "semantic_recall", "working_memory", "max_context_tokens", "read_only")
@@ -470,7 +475,7 @@ class ApprovalResolved(_message.Message):
     def __init__(self, tool_call_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., approved: _Optional[bool] = ..., reason: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., arguments_edited: _Optional[bool] = ...) -> None: ...
 
 class AgentRunEvent(_message.Message):
-    __slots__ = ("event_id", "run_id", "time", "step", "run_path", "run_started", "text_delta", "tool_call", "tool_result", "approval_requested", "approval_resolved", "object_partial", "object_final", "usage", "step_retrying", "step_finished", "run_finished", "run_failed", "run_pending", "tool_call_requested", "handoff")
+    __slots__ = ("event_id", "run_id", "time", "step", "run_path", "run_started", "text_delta", "tool_call", "tool_result", "approval_requested", "approval_resolved", "object_partial", "object_final", "usage", "step_retrying", "step_finished", "run_finished", "run_failed", "run_pending", "tool_call_requested", "handoff", "blocked")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -492,6 +497,7 @@ class AgentRunEvent(_message.Message):
     RUN_PENDING_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     HANDOFF_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
     event_id: int
     run_id: str
     time: _timestamp_pb2.Timestamp
@@ -513,7 +519,8 @@ class AgentRunEvent(_message.Message):
     run_pending: AgentRunPending
     tool_call_requested: PendingToolCall
     handoff: AgentHandoff
-    def __init__(self, event_id: _Optional[int] = ..., run_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., run_path: _Optional[str] = ..., run_started: _Optional[_Union[AgentRunStarted, _Mapping]] = ..., text_delta: _Optional[_Union[_run_pb2.TextDelta, _Mapping]] = ..., tool_call: _Optional[_Union[_message_pb2.ToolCallPart, _Mapping]] = ..., tool_result: _Optional[_Union[_message_pb2.ToolResultPart, _Mapping]] = ..., approval_requested: _Optional[_Union[PendingApproval, _Mapping]] = ..., approval_resolved: _Optional[_Union[ApprovalResolved, _Mapping]] = ..., object_partial: _Optional[_Union[ObjectPartial, _Mapping]] = ..., object_final: _Optional[_Union[ObjectFinal, _Mapping]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ..., step_retrying: _Optional[_Union[AgentStepRetrying, _Mapping]] = ..., step_finished: _Optional[_Union[AgentStepFinished, _Mapping]] = ..., run_finished: _Optional[_Union[AgentRunFinished, _Mapping]] = ..., run_failed: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., run_pending: _Optional[_Union[AgentRunPending, _Mapping]] = ..., tool_call_requested: _Optional[_Union[PendingToolCall, _Mapping]] = ..., handoff: _Optional[_Union[AgentHandoff, _Mapping]] = ...) -> None: ...
+    blocked: _guardrails_pb2.AgentRunBlocked
+    def __init__(self, event_id: _Optional[int] = ..., run_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., run_path: _Optional[str] = ..., run_started: _Optional[_Union[AgentRunStarted, _Mapping]] = ..., text_delta: _Optional[_Union[_run_pb2.TextDelta, _Mapping]] = ..., tool_call: _Optional[_Union[_message_pb2.ToolCallPart, _Mapping]] = ..., tool_result: _Optional[_Union[_message_pb2.ToolResultPart, _Mapping]] = ..., approval_requested: _Optional[_Union[PendingApproval, _Mapping]] = ..., approval_resolved: _Optional[_Union[ApprovalResolved, _Mapping]] = ..., object_partial: _Optional[_Union[ObjectPartial, _Mapping]] = ..., object_final: _Optional[_Union[ObjectFinal, _Mapping]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ..., step_retrying: _Optional[_Union[AgentStepRetrying, _Mapping]] = ..., step_finished: _Optional[_Union[AgentStepFinished, _Mapping]] = ..., run_finished: _Optional[_Union[AgentRunFinished, _Mapping]] = ..., run_failed: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., run_pending: _Optional[_Union[AgentRunPending, _Mapping]] = ..., tool_call_requested: _Optional[_Union[PendingToolCall, _Mapping]] = ..., handoff: _Optional[_Union[AgentHandoff, _Mapping]] = ..., blocked: _Optional[_Union[_guardrails_pb2.AgentRunBlocked, _Mapping]] = ...) -> None: ...
 
 class AgentHandoff(_message.Message):
     __slots__ = ("from_agent", "to_agent", "tool_call_id", "model")

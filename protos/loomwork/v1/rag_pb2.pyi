@@ -30,6 +30,7 @@ class DocumentFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DOCUMENT_FORMAT_MARKDOWN: _ClassVar[DocumentFormat]
     DOCUMENT_FORMAT_HTML: _ClassVar[DocumentFormat]
     DOCUMENT_FORMAT_PDF: _ClassVar[DocumentFormat]
+    DOCUMENT_FORMAT_DOCX: _ClassVar[DocumentFormat]
 
 class ChunkingStrategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -94,6 +95,7 @@ DOCUMENT_FORMAT_PLAIN_TEXT: DocumentFormat
 DOCUMENT_FORMAT_MARKDOWN: DocumentFormat
 DOCUMENT_FORMAT_HTML: DocumentFormat
 DOCUMENT_FORMAT_PDF: DocumentFormat
+DOCUMENT_FORMAT_DOCX: DocumentFormat
 CHUNKING_STRATEGY_UNSPECIFIED: ChunkingStrategy
 CHUNKING_STRATEGY_RECURSIVE: ChunkingStrategy
 CHUNKING_STRATEGY_SENTENCE: ChunkingStrategy

@@ -17,6 +17,7 @@ class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_STATUS_SUCCEEDED: _ClassVar[RunStatus]
     RUN_STATUS_FAILED: _ClassVar[RunStatus]
     RUN_STATUS_CANCELED: _ClassVar[RunStatus]
+    RUN_STATUS_BLOCKED: _ClassVar[RunStatus]
 RUN_STATUS_UNSPECIFIED: RunStatus
 RUN_STATUS_PENDING: RunStatus
 RUN_STATUS_RUNNING: RunStatus
@@ -24,6 +25,7 @@ RUN_STATUS_WAITING: RunStatus
 RUN_STATUS_SUCCEEDED: RunStatus
 RUN_STATUS_FAILED: RunStatus
 RUN_STATUS_CANCELED: RunStatus
+RUN_STATUS_BLOCKED: RunStatus
 
 class RunError(_message.Message):
     __slots__ = ("code", "reason", "message", "violations", "details")

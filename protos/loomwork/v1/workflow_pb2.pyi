@@ -157,7 +157,7 @@ class StepRetryPolicy(_message.Message):
     def __init__(self, max_attempts: _Optional[int] = ..., initial_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., backoff_coefficient: _Optional[float] = ..., maximum_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., non_retryable_error_types: _Optional[_Iterable[str]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class WorkflowStepRun(_message.Message):
-    __slots__ = ("step_id", "path", "iteration", "kind", "status", "input", "output", "error", "attempts", "start_time", "end_time", "next_attempt_time", "suspend_payload", "resume_data", "suspend_time", "resume_time", "wake_time", "expire_time")
+    __slots__ = ("step_id", "path", "iteration", "kind", "status", "input", "output", "error", "attempts", "start_time", "end_time", "next_attempt_time", "suspend_payload", "resume_data", "suspend_time", "resume_time", "wake_time", "expire_time", "reused_from")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +176,7 @@ class WorkflowStepRun(_message.Message):
     RESUME_TIME_FIELD_NUMBER: _ClassVar[int]
     WAKE_TIME_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REUSED_FROM_FIELD_NUMBER: _ClassVar[int]
     step_id: str
     path: str
     iteration: int
@@ -194,10 +195,11 @@ class WorkflowStepRun(_message.Message):
     resume_time: _timestamp_pb2.Timestamp
     wake_time: _timestamp_pb2.Timestamp
     expire_time: _timestamp_pb2.Timestamp
-    def __init__(self, step_id: _Optional[str] = ..., path: _Optional[str] = ..., iteration: _Optional[int] = ..., kind: _Optional[_Union[WorkflowStepKind, str]] = ..., status: _Optional[_Union[WorkflowStepStatus, str]] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., output: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., attempts: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., suspend_payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resume_data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., suspend_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resume_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., wake_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    reused_from: str
+    def __init__(self, step_id: _Optional[str] = ..., path: _Optional[str] = ..., iteration: _Optional[int] = ..., kind: _Optional[_Union[WorkflowStepKind, str]] = ..., status: _Optional[_Union[WorkflowStepStatus, str]] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., output: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., attempts: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., suspend_payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resume_data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., suspend_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resume_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., wake_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reused_from: _Optional[str] = ...) -> None: ...
 
 class WorkflowRun(_message.Message):
-    __slots__ = ("id", "workflow_id", "workflow_version", "status", "input", "output", "error", "steps", "metadata", "create_time", "start_time", "end_time", "last_event_id", "temporal_workflow_id", "temporal_run_id")
+    __slots__ = ("id", "workflow_id", "workflow_version", "status", "input", "output", "error", "steps", "metadata", "create_time", "start_time", "end_time", "last_event_id", "temporal_workflow_id", "temporal_run_id", "forked_from")
     ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +215,7 @@ class WorkflowRun(_message.Message):
     LAST_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     TEMPORAL_WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     TEMPORAL_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    FORKED_FROM_FIELD_NUMBER: _ClassVar[int]
     id: str
     workflow_id: str
     workflow_version: str
@@ -228,7 +231,8 @@ class WorkflowRun(_message.Message):
     last_event_id: int
     temporal_workflow_id: str
     temporal_run_id: str
-    def __init__(self, id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., workflow_version: _Optional[str] = ..., status: _Optional[_Union[WorkflowRunStatus, str]] = ..., input: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[WorkflowStepRun, _Mapping]]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[int] = ..., temporal_workflow_id: _Optional[str] = ..., temporal_run_id: _Optional[str] = ...) -> None: ...
+    forked_from: str
+    def __init__(self, id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., workflow_version: _Optional[str] = ..., status: _Optional[_Union[WorkflowRunStatus, str]] = ..., input: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[WorkflowStepRun, _Mapping]]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[int] = ..., temporal_workflow_id: _Optional[str] = ..., temporal_run_id: _Optional[str] = ..., forked_from: _Optional[str] = ...) -> None: ...
 
 class WorkflowRunEvent(_message.Message):
     __slots__ = ("event_id", "run_id", "time", "run_started", "step_started", "step_succeeded", "step_failed", "step_suspended", "step_resumed", "step_retrying", "step_waiting", "step_skipped", "run_finished", "run_failed", "run_pending")
@@ -331,6 +335,24 @@ class WorkflowServiceStartRunRequest(_message.Message):
     def __init__(self, workflow_id: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., client_run_id: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class WorkflowServiceStartRunResponse(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: WorkflowRun
+    def __init__(self, run: _Optional[_Union[WorkflowRun, _Mapping]] = ...) -> None: ...
+
+class WorkflowServiceForkRunRequest(_message.Message):
+    __slots__ = ("run_id", "from_step_id", "input", "client_run_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    from_step_id: str
+    input: _struct_pb2.Struct
+    client_run_id: str
+    def __init__(self, run_id: _Optional[str] = ..., from_step_id: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., client_run_id: _Optional[str] = ...) -> None: ...
+
+class WorkflowServiceForkRunResponse(_message.Message):
     __slots__ = ("run",)
     RUN_FIELD_NUMBER: _ClassVar[int]
     run: WorkflowRun

@@ -83,6 +83,11 @@ class WorkflowServiceStub:
                 request_serializer=loomwork_dot_v1_dot_workflow__pb2.WorkflowServiceCancelRunRequest.SerializeToString,
                 response_deserializer=loomwork_dot_v1_dot_workflow__pb2.WorkflowServiceCancelRunResponse.FromString,
                 _registered_method=True)
+        self.ForkRun = channel.unary_unary(
+                '/loomwork.v1.WorkflowService/ForkRun',
+                request_serializer=loomwork_dot_v1_dot_workflow__pb2.WorkflowServiceForkRunRequest.SerializeToString,
+                response_deserializer=loomwork_dot_v1_dot_workflow__pb2.WorkflowServiceForkRunResponse.FromString,
+                _registered_method=True)
         self.WatchRun = channel.unary_stream(
                 '/loomwork.v1.WorkflowService/WatchRun',
                 request_serializer=loomwork_dot_v1_dot_workflow__pb2.WorkflowServiceWatchRunRequest.SerializeToString,
@@ -173,6 +178,19 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForkRun(self, request, context):
+        """Forks a run: starts a new run of the same workflow (its current version)
+        that reuses the recorded output of every function or tool step the
+        original run finished before it first started `from_step_id` (those steps
+        are not run again: no side effect repeats; each says `reused_from`), and
+        runs that step and everything after it anew. The original run is
+        untouched; it may still be running. INVALID_ARGUMENT naming
+        `from_step_id` when the run never started that step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchRun(self, request, context):
         """Streams a run's events after `after_event_id`, live until its terminal
         event. Works on any server replica. A run whose workflow ended from
@@ -219,6 +237,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.CancelRun,
                     request_deserializer=loomwork_dot_v1_dot_workflow__pb2.WorkflowServiceCancelRunRequest.FromString,
                     response_serializer=loomwork_dot_v1_dot_workflow__pb2.WorkflowServiceCancelRunResponse.SerializeToString,
+            ),
+            'ForkRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkRun,
+                    request_deserializer=loomwork_dot_v1_dot_workflow__pb2.WorkflowServiceForkRunRequest.FromString,
+                    response_serializer=loomwork_dot_v1_dot_workflow__pb2.WorkflowServiceForkRunResponse.SerializeToString,
             ),
             'WatchRun': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRun,
@@ -429,6 +452,33 @@ class WorkflowService:
             '/loomwork.v1.WorkflowService/CancelRun',
             loomwork_dot_v1_dot_workflow__pb2.WorkflowServiceCancelRunRequest.SerializeToString,
             loomwork_dot_v1_dot_workflow__pb2.WorkflowServiceCancelRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loomwork.v1.WorkflowService/ForkRun',
+            loomwork_dot_v1_dot_workflow__pb2.WorkflowServiceForkRunRequest.SerializeToString,
+            loomwork_dot_v1_dot_workflow__pb2.WorkflowServiceForkRunResponse.FromString,
             options,
             channel_credentials,
             insecure,
