@@ -213,9 +213,9 @@ async def bench(settings: Settings, args: argparse.Namespace, log: Path) -> None
             pool = Workers(settings, queue, log, workers)
             try:
                 await pool.polling(runtime)
-                # Warm up: each worker loads its model (the four smallest documents).
-                smallest = sorted(documents, key=lambda d: len(d[1]))[:4]
-                await ingest(runtime, queue, smallest, chunking, args.parallelism)
+                # Warm up: each worker loads its model (four one-line documents).
+                tiny = [(f"warm-{i}.md", f"Warm-up line {i}.".encode()) for i in range(4)]
+                await ingest(runtime, queue, tiny, chunking, args.parallelism)
                 for round_ in range(args.rounds):
                     raw = await raw_embedding(texts)
                     seconds, chunks, runs = await ingest(
