@@ -224,8 +224,8 @@ async def bench(settings: Settings, args: argparse.Namespace, log: Path) -> None
                     ours = chunks / seconds
                     print(
                         f"  {workers} worker(s), round {round_ + 1}: ingestion {chunks} chunks"
-                        f" in {seconds:.1f} s = {ours:.0f} chunks/s ({runs} runs);"
-                        f" raw embedding {raw:.0f} chunks/s = {ours / raw:.2f}x"
+                        f" in {seconds:.1f} s = {ours:.2f} chunks/s ({runs} runs);"
+                        f" raw embedding {raw:.2f} chunks/s = {ours / raw:.2f}x"
                         f"  load {os.getloadavg()[0]:.1f}"
                     )
             finally:
