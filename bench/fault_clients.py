@@ -40,6 +40,9 @@ CHANNEL_OPTIONS = [
 class Event(Protocol):
     event_id: int
 
+    @property
+    def keep_alive(self) -> run_pb2.StreamKeepAlive: ...
+
     def HasField(self, name: str) -> bool: ...
 
     def WhichOneof(self, name: str) -> str | None: ...
@@ -79,6 +82,7 @@ class Followed:
     gaps: int = 0
     stalls: int = 0  # streams cut by the client after `stall` seconds without an event
     codes: Counter[str] = field(default_factory=Counter)  # why streams ended early
+    keep_alives: Counter[str] = field(default_factory=Counter)  # by the liveness they said
     details: list[str] = field(default_factory=list)  # statuses other than UNAVAILABLE
     longest_silence: float = 0.0
     done_at: float | None = None
@@ -90,7 +94,12 @@ class Followed:
         return self.events[-1].event_id if self.events else 0
 
     def take(self, event: Event) -> bool:
-        """Record an event as it arrives; True when it is the terminal one."""
+        """Record an event as it arrives; True when it is the terminal one. A keep-alive (a
+        quiet stream's sign of life: no event of the run, its id the last one's) is counted
+        apart, by what it says of the run."""
+        if event.HasField("keep_alive"):
+            self.keep_alives[run_pb2.RunLiveness.Name(event.keep_alive.liveness)] += 1
+            return False
         now = time.monotonic()
         self.longest_silence = max(self.longest_silence, now - self.last_event_at)
         self.last_event_at = now

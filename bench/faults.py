@@ -173,6 +173,7 @@ class Row:
     reexecuted: int = 0
     longest_silence: float = 0.0
     codes: Counter[str] = field(default_factory=Counter)
+    keep_alives: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -323,6 +324,7 @@ class Bench:
             row.gaps += run.gaps
             row.stalls += run.stalls
             row.codes.update(run.codes)
+            row.keep_alives.update(run.keep_alives)
             row.longest_silence = max(row.longest_silence, run.longest_silence)
             row.problems += [f"{run.run_id}: {d}" for d in run.details]
         if row.stalls:
@@ -359,6 +361,11 @@ def format_row(row: Row) -> str:
     health = seconds(row.health_back) if row.went_down else "stayed"
     effects = f"{row.effects_missing}/{row.effects_repeated}"
     codes = ", ".join(f"{c} {n}" for c, n in row.codes.most_common()) or "-"
+    alive = ", ".join(
+        f"{name.removeprefix('RUN_LIVENESS_')} {n}" for name, n in row.keep_alives.most_common()
+    )
+    if alive:
+        codes += f"; keep-alives {alive}"
     return (
         f"{row.fault:<9} {row.agents_ok:>3}/{row.agents:<3} {row.flows_ok:>2}/{row.flows:<3} "
         f"{seconds(row.last_done):>9} {seconds(row.median_done):>7} {health:>8} "
@@ -373,7 +380,8 @@ from the kill until the last (median) run ended; health: seconds from the kill u
 server said SERVING again ("stayed": never NOT_SERVING); reconn: streams reopened; dup/gap:
 event ids seen twice / skipped; effects: runs whose side effect is missing / repeated; re-run:
 tool executions repeated under one idempotency key (at-least-once, the effect stays once);
-silence: longest a stream went without an event; statuses: why streams broke."""
+silence: longest a stream went without an event; statuses: why streams broke, then the
+keep-alives quiet streams got, by what they said of the run (OPEN, CLOSED, UNKNOWN)."""
 
 
 async def run_bench(args: argparse.Namespace, bench: Bench) -> list[Row]:

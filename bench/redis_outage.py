@@ -88,6 +88,8 @@ async def watch_to_end(
         request = agent_pb2.AgentServiceWatchRunRequest(run_id=run_id, after_event_id=after)
         try:
             async for response in agents.WatchRun(request, metadata=AUTH, timeout=60):
+                if response.event.HasField("keep_alive"):  # not an event of the run
+                    continue
                 events.append(response.event)
                 if response.event.HasField("run_finished") or response.event.HasField("run_failed"):
                     return events, time.monotonic()

@@ -81,11 +81,13 @@ class AgentsClient:
         client_run_id: str = "",
         client_tools: Sequence[agent_pb2.ClientTool] = (),
         timeout: float | None = 300.0,
+        keep_alives: bool = False,
     ) -> AsyncIterator[agent_pb2.AgentRunEvent]:
         """Run an agent and yield its events as they happen (text deltas, tool calls, …).
         If the stream breaks, `watch_run(run_id, after_event_id=last seen)` continues it.
         A `tool_call_requested` event is a call of one of `client_tools`: answer it with
-        `submit_tool_results`."""
+        `submit_tool_results`. `keep_alives=True` also yields the keep-alives of a quiet
+        stream (`keep_alive` set; not events of the run: they move no cursor)."""
         request = agent_pb2.StreamRequest(
             agent_name=agent_name,
             prompt=prompt,
@@ -94,7 +96,7 @@ class AgentsClient:
             client_run_id=client_run_id,
             client_tools=client_tools,
         )
-        return self._transport.events(self._stub.Stream, request, timeout)
+        return self._transport.events(self._stub.Stream, request, timeout, keep_alives=keep_alives)
 
     def stream_object(
         self,
@@ -107,9 +109,11 @@ class AgentsClient:
         client_run_id: str = "",
         client_tools: Sequence[agent_pb2.ClientTool] = (),
         timeout: float | None = 300.0,
+        keep_alives: bool = False,
     ) -> AsyncIterator[agent_pb2.AgentRunEvent]:
         """Run an agent for structured output: object_partial events, then object_final
-        (validated against `output_schema`, or the agent's own schema)."""
+        (validated against `output_schema`, or the agent's own schema); `keep_alives` as in
+        `stream`."""
         request = agent_pb2.StreamObjectRequest(
             agent_name=agent_name,
             prompt=prompt,
@@ -119,16 +123,50 @@ class AgentsClient:
             client_run_id=client_run_id,
             client_tools=client_tools,
         )
-        return self._transport.events(self._stub.StreamObject, request, timeout)
+        return self._transport.events(
+            self._stub.StreamObject, request, timeout, keep_alives=keep_alives
+        )
 
     def watch_run(
-        self, run_id: str, *, after_event_id: int = 0, timeout: float | None = 300.0
+        self,
+        run_id: str,
+        *,
+        after_event_id: int = 0,
+        timeout: float | None = 300.0,
+        keep_alives: bool = False,
     ) -> AsyncIterator[agent_pb2.AgentRunEvent]:
-        """The events of a run after `after_event_id`, then live until it ends."""
+        """The events of a run after `after_event_id`, then live until it ends;
+        `keep_alives` as in `stream`."""
         request = agent_pb2.AgentServiceWatchRunRequest(
             run_id=run_id, after_event_id=after_event_id
         )
-        return self._transport.events(self._stub.WatchRun, request, timeout)
+        return self._transport.events(
+            self._stub.WatchRun, request, timeout, keep_alives=keep_alives
+        )
+
+    async def fork_run(
+        self,
+        run_id: str,
+        from_step: int,
+        edited_messages: Iterable[Any] = (),
+        *,
+        client_run_id: str = "",
+        timeout: float | None = None,
+    ) -> agent_pb2.AgentRun:
+        """Start a new run that reuses the steps of `run_id` before `from_step` (their model
+        and tool calls are not made again) and calls the model anew from there;
+        `edited_messages` (message_pb2.Message) replace what the model sees after the system
+        message. Follow it with `watch_run`."""
+        request = agent_pb2.AgentServiceForkRunRequest(
+            run_id=run_id,
+            from_step=from_step,
+            edited_messages=list(edited_messages),
+            client_run_id=client_run_id,
+        )
+        response = await self._transport.call(
+            self._stub.ForkRun, request, agent_pb2.AgentServiceForkRunResponse, timeout
+        )
+        return response.run
 
     async def get_run(self, run_id: str, *, timeout: float | None = None) -> agent_pb2.AgentRun:
         """A run as it stands: status, pending approvals, output once finished."""

@@ -229,13 +229,16 @@ class RagClient:
         return response.ingestion
 
     def watch_ingestion(
-        self, ingestion_id: str, after_event_id: int = 0
+        self, ingestion_id: str, after_event_id: int = 0, *, keep_alives: bool = False
     ) -> AsyncIterator[rag_pb2.IngestionEvent]:
-        """The ingestion's progress events until its `finished` event (no deadline)."""
+        """The ingestion's progress events until its `finished` event (no deadline);
+        `keep_alives=True` also yields the keep-alives of a quiet stream (not events)."""
         request = rag_pb2.WatchIngestionRequest(
             ingestion_id=ingestion_id, after_event_id=after_event_id
         )
-        return self._transport.events(self._stub.WatchIngestion, request, None, no_deadline=True)
+        return self._transport.events(
+            self._stub.WatchIngestion, request, None, no_deadline=True, keep_alives=keep_alives
+        )
 
     async def cancel_ingestion(
         self, ingestion_id: str, *, timeout: float | None = None
@@ -303,9 +306,10 @@ class RagClient:
         *,
         model: str = "",
         client_answer_id: str = "",
+        keep_alives: bool = False,
     ) -> AsyncIterator[rag_pb2.AnswerEvent]:
         """Streams an answer's events (retrieval, text deltas, citations, finished; no
-        deadline)."""
+        deadline); `keep_alives=True` also yields the keep-alives of a quiet stream."""
         request = rag_pb2.AnswerRequest(
             index_name=index_name,
             query=query,
@@ -313,7 +317,9 @@ class RagClient:
             model=model,
             client_answer_id=client_answer_id,
         )
-        return self._transport.events(self._stub.Answer, request, None, no_deadline=True)
+        return self._transport.events(
+            self._stub.Answer, request, None, no_deadline=True, keep_alives=keep_alives
+        )
 
 
 def file_sha256(path: Path) -> str:

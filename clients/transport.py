@@ -77,16 +77,21 @@ class Transport:
         timeout: float | None,
         *,
         no_deadline: bool = False,
+        keep_alives: bool = False,
     ) -> AsyncIterator[Any]:
         """Calls a server-streaming stub method and yields the `event` of each response.
 
         `no_deadline=True`: the stream lasts as long as the work it follows, whatever the
-        client's default deadline."""
+        client's default deadline. Keep-alives (the `keep_alive` a quiet stream sends: not
+        events of the run, their `event_id` the last real one's) are left out unless
+        `keep_alives=True`."""
         options = self.call_options(timeout)
         if no_deadline:
             options["timeout"] = None
         async for response in method(request, **options):
-            yield response.event
+            event = response.event
+            if keep_alives or not event.HasField("keep_alive"):
+                yield event
 
 
 async def iter_pages(fetch: Callable[[str], Awaitable[PageT]]) -> AsyncIterator[PageT]:

@@ -108,14 +108,16 @@ class WorkflowsClient:
         *,
         workflow_id: str = "",
         statuses: Sequence[workflow_pb2.WorkflowRunStatus] = (),
+        schedule_id: str = "",
         page_size: int = 0,
         page_token: str = "",
         timeout: float | None = None,
     ) -> workflow_pb2.WorkflowServiceListRunsResponse:
-        """One page of runs, newest first, filtered by workflow and statuses."""
+        """One page of runs, newest first, filtered by workflow, statuses and schedule."""
         request = workflow_pb2.WorkflowServiceListRunsRequest(
             workflow_id=workflow_id,
             statuses=list(statuses),
+            schedule_id=schedule_id,
             page_size=page_size,
             page_token=page_token,
         )
@@ -156,10 +158,19 @@ class WorkflowsClient:
         return response.run
 
     def watch_run(
-        self, run_id: str, *, after_event_id: int = 0, timeout: float | None = 300.0
+        self,
+        run_id: str,
+        *,
+        after_event_id: int = 0,
+        timeout: float | None = 300.0,
+        keep_alives: bool = False,
     ) -> AsyncIterator[workflow_pb2.WorkflowRunEvent]:
-        """The run's step events after `after_event_id`, then live until it ends."""
+        """The run's step events after `after_event_id`, then live until it ends.
+        `keep_alives=True` also yields the keep-alives of a quiet stream (`keep_alive` set;
+        not events of the run: they move no cursor)."""
         request = workflow_pb2.WorkflowServiceWatchRunRequest(
             run_id=run_id, after_event_id=after_event_id
         )
-        return self._transport.events(self._stub.WatchRun, request, timeout)
+        return self._transport.events(
+            self._stub.WatchRun, request, timeout, keep_alives=keep_alives
+        )

@@ -28,6 +28,7 @@ from rich.table import Table
 
 from clients.client import DEFAULT_ADDRESS, LoomworkClient
 from clients.errors import error_details
+from protos.loomwork.v1 import run_pb2
 
 __all__ = [
     "ADDRESS_ENV",
@@ -42,6 +43,7 @@ __all__ = [
     "connection_callback",
     "iso_time",
     "json_inline",
+    "keep_alive_line",
     "parse_json_object",
     "parse_statuses",
     "pending_notice",
@@ -230,6 +232,15 @@ def pending_notice(task_queue: str, waited: duration_pb2.Duration) -> str:
         f"{waited.ToTimedelta().total_seconds():.0f} s (task queue "
         f"{escape(task_queue)}; start one with `loomwork worker`)"
     )
+
+
+def keep_alive_line(keep_alive: run_pb2.StreamKeepAlive) -> str:
+    """The dim line for a quiet stream's keep-alive (agent and workflow runs alike)."""
+    if keep_alive.liveness == run_pb2.RUN_LIVENESS_OPEN:
+        return "[dim]… still running[/]"
+    if keep_alive.liveness == run_pb2.RUN_LIVENESS_CLOSED:
+        return "[dim]… the run has ended; its last event follows[/]"
+    return "[dim]… stream alive; Temporal cannot say whether the run is running[/]"
 
 
 def status_markup(enum: Any, value: int, prefix: str, **colors: str) -> str:

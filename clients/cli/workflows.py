@@ -13,6 +13,7 @@ from clients.cli.common import (
     FOLLOW_TIMEOUT,
     connection,
     connection_callback,
+    keep_alive_line,
     parse_json_object,
     parse_statuses,
     pending_notice,
@@ -109,6 +110,13 @@ def _print_run(run: workflow_pb2.WorkflowRun) -> None:
     out.print(f"[dim]Temporal workflow id: {escape(run.temporal_workflow_id)}[/]")
 
 
+def _event_line(event: workflow_pb2.WorkflowRunEvent) -> str:
+    """`#id` and the event, or a keep-alive's dim line (not an event: no id of its own)."""
+    if event.HasField("keep_alive"):
+        return keep_alive_line(event.keep_alive)
+    return f"#{event.event_id} {describe_event(event)}"
+
+
 def describe_event(event: workflow_pb2.WorkflowRunEvent) -> str:
     """One line per run event, for humans."""
     kind = event.WhichOneof("event") or "?"
@@ -186,8 +194,10 @@ def workflows_start(
         run = await client.workflows.start_run(workflow_id, payload, client_run_id=run_id)
         if watch and not as_json:
             stdout_console().print(f"started run [cyan]{escape(run.id)}[/]")
-            async for event in client.workflows.watch_run(run.id, timeout=FOLLOW_TIMEOUT):
-                stdout_console().print(f"  #{event.event_id} {describe_event(event)}")
+            async for event in client.workflows.watch_run(
+                run.id, timeout=FOLLOW_TIMEOUT, keep_alives=True
+            ):
+                stdout_console().print(f"  {_event_line(event)}")
             run = await client.workflows.get_run(run.id)
         return run
 
@@ -248,6 +258,7 @@ def workflows_runs(
     status: list[str] = typer.Option(  # noqa: B008
         [], "--status", help="Only runs in this status (repeatable), e.g. suspended."
     ),
+    schedule_id: str = typer.Option("", "--schedule", help="Only runs this schedule started."),
     limit: int = typer.Option(20, "--limit", "-n", help="How many runs."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -256,7 +267,7 @@ def workflows_runs(
     response = run_with_client(
         connection(ctx),
         lambda c: c.workflows.list_runs(
-            workflow_id=workflow_id, statuses=statuses, page_size=limit
+            workflow_id=workflow_id, statuses=statuses, schedule_id=schedule_id, page_size=limit
         ),
     )
     print_items(
@@ -309,9 +320,9 @@ def workflows_watch(
 
     async def work(client: LoomworkClient) -> None:
         async for event in client.workflows.watch_run(
-            run_id, after_event_id=after, timeout=FOLLOW_TIMEOUT
+            run_id, after_event_id=after, timeout=FOLLOW_TIMEOUT, keep_alives=True
         ):
-            stdout_console().print(f"#{event.event_id} {describe_event(event)}")
+            stdout_console().print(_event_line(event))
 
     run_with_client(connection(ctx), work)
 

@@ -45,8 +45,10 @@ from protos.loomwork.v1 import rag_pb2, rag_pb2_grpc
 from server.quotas import admit_run, refuse_run
 from server.runtime import Runtime, rag_system
 from server.servicers import rag_convert as convert
-from server.servicers.relay import relay_run_events
+from server.servicers.keep_alive_convert import keep_alive_to_proto
+from server.servicers.relay import KeepAlive, KeepAlives, relay_run_events, workflow_liveness
 from server.servicers.tenancy import tenant
+from server.servicers.well_known_convert import set_timestamp
 from workflows.ingestion import IngestionWorkflow
 from workflows.rag_answer import RagAnswerWorkflow
 from workflows.search_attributes import RUN, STATUS, TENANT
@@ -382,14 +384,25 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
             )
             return record.terminal_event_id, finished
 
-        async for event_id, event in relay_run_events(
+        async for item in relay_run_events(
             self.runtime.events,
             ingestion_log_key(record.tenant, record.id),
             record.id,
             request.after_event_id,
             IngestionEvent.model_validate_json,
             expired_end=expired_end,
+            keep_alive=self._keep_alives(record.workflow_id),
         ):
+            if isinstance(item, KeepAlive):
+                alive = rag_pb2.IngestionEvent(
+                    event_id=item.last_event_id,
+                    ingestion_id=record.id,
+                    keep_alive=keep_alive_to_proto(item),
+                )
+                set_timestamp(alive.time, item.time)
+                yield rag_pb2.WatchIngestionResponse(event=alive)
+                continue
+            event_id, event = item
             yield rag_pb2.WatchIngestionResponse(
                 event=convert.ingestion_event_to_proto(record.id, event_id, event)
             )
@@ -549,15 +562,34 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
             payload.time = record.end_time or record.create_time
             return record.terminal_event_id, payload
 
-        async for event_id, event in relay_run_events(
+        async for item in relay_run_events(
             self.runtime.events,
             answer_log_key(tenant_id, record.id),
             record.id,
             after,
             AnswerEvent.model_validate_json,
             expired_end=expired_end,
+            keep_alive=self._keep_alives(record.workflow_id),
         ):
+            if isinstance(item, KeepAlive):
+                alive = rag_pb2.AnswerEvent(
+                    event_id=item.last_event_id,
+                    answer_id=record.id,
+                    keep_alive=keep_alive_to_proto(item),
+                )
+                set_timestamp(alive.time, item.time)
+                yield alive
+                continue
+            event_id, event = item
             yield convert.answer_event_to_proto(record.id, event_id, event)
+
+    def _keep_alives(self, workflow_id: str) -> KeepAlives:
+        """Keep-alives of an ingestion's or answer's stream, saying whether its workflow is
+        open (these streams have no closed-run check of their own)."""
+        return KeepAlives(
+            self.runtime.settings.stream_keepalive_seconds,
+            workflow_liveness(self.runtime.temporal, workflow_id) if workflow_id else None,
+        )
 
     async def _answer(self, answer_id: str) -> AnswerRecord:
         if not answer_id:

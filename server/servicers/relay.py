@@ -1,5 +1,6 @@
 """The one relay of a run's event log to a stream (agent runs, workflow runs, ingestions,
-answers): from an event id to the run's end, skipping kinds this server does not know."""
+answers): from an event id to the run's end, skipping kinds this server does not know, with
+keep-alives while the run is quiet."""
 
 from __future__ import annotations
 
@@ -8,16 +9,17 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from opentelemetry import metrics
 from pydantic import ValidationError
-from temporalio.client import WorkflowHandle
+from temporalio.client import Client, WorkflowHandle
 
 from loomwork.errors import LoomworkError
 from loomwork.streams import FollowIdle
 from loomwork.streams.run_events import RunEventLog
-from server.temporal import pending_wait
+from server.temporal import pending_wait, workflow_open
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,59 @@ class PendingNotice:
 # and how long it waits for the answer (a Temporal that does not answer: it asks again later).
 CLOSED_CHECK_SECONDS = 5.0
 CLOSED_CHECK_TIMEOUT = 15.0
+# How long a keep-alive waits for Temporal to say whether the run is open: past it the
+# keep-alive goes out saying UNKNOWN (a watcher hears from a stream whatever Temporal does).
+LIVENESS_TIMEOUT = 2.0
+
+
+class RunLiveness(StrEnum):
+    """Whether a run's workflow is open, as Temporal says; UNKNOWN when it cannot be asked."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """Not an event of the run: a quiet stream's sign of life. `last_event_id` is the last
+    event the stream sent (its cursor, which a keep-alive never moves)."""
+
+    last_event_id: int
+    liveness: RunLiveness
+    time: datetime
+
+
+@dataclass(frozen=True)
+class KeepAlives:
+    """Send a KeepAlive each time the stream has been quiet for `every_seconds`. Its
+    liveness comes from the relay's closed-run check when it has one (the same question to
+    Temporal, which then counts as that check), else from `workflow_open()` (True, False, or
+    None when Temporal does not know the workflow)."""
+
+    every_seconds: float
+    workflow_open: Callable[[], Awaitable[bool | None]] | None = None
+
+    async def liveness(self) -> RunLiveness:
+        if self.workflow_open is None:
+            return RunLiveness.UNKNOWN
+        try:
+            is_open = await asyncio.wait_for(self.workflow_open(), LIVENESS_TIMEOUT)
+        except (LoomworkError, TimeoutError) as error:
+            log.info("could not tell whether a streamed run is open: %s", error)
+            return RunLiveness.UNKNOWN
+        if is_open is None:
+            return RunLiveness.UNKNOWN
+        return RunLiveness.OPEN if is_open else RunLiveness.CLOSED
+
+
+def workflow_liveness(client: Client, workflow_id: str) -> Callable[[], Awaitable[bool | None]]:
+    """`KeepAlives.workflow_open` for a run known by its workflow id (ingestions, answers)."""
+
+    async def is_open() -> bool | None:
+        return await workflow_open(client, workflow_id)
+
+    return is_open
 
 
 @dataclass(frozen=True)
@@ -93,18 +148,27 @@ class ClosedRunEnd:
     every_seconds: float = CLOSED_CHECK_SECONDS
     at_start: bool = False
 
-    async def end_if_closed(self, events: RunEventLog, key: str) -> None:
-        """Publish the terminal event if the log has none and the workflow has closed. A
-        check Temporal cannot answer now is left for the next one: the stream goes on."""
+    async def end_if_closed(
+        self, events: RunEventLog, key: str, wait_seconds: float = CLOSED_CHECK_TIMEOUT
+    ) -> RunLiveness:
+        """Publish the terminal event if the log has none and the workflow has closed, and
+        say whether it has. A check Temporal cannot answer now (within `wait_seconds`) is
+        left for the next one: the stream goes on (UNKNOWN)."""
         if await events.is_finished(key):
-            return
+            return RunLiveness.CLOSED
         try:
-            payload = await asyncio.wait_for(self.terminal(), CLOSED_CHECK_TIMEOUT)
+            payload = await asyncio.wait_for(self.terminal(), wait_seconds)
         except (LoomworkError, TimeoutError) as error:
             log.info("run log %s: could not tell whether its run has closed: %s", key, error)
-            return
-        if payload is not None:
-            await events.publish(key, payload, terminal=True, patience=0)
+            return RunLiveness.UNKNOWN
+        if payload is None:
+            return RunLiveness.OPEN
+        await events.publish(key, payload, terminal=True, patience=0)
+        return RunLiveness.CLOSED
+
+
+# A timer counts as due this close to its time (a wait may end a hair early on the clock).
+_DUE_SLACK = 0.001
 
 
 async def relay_run_events(
@@ -117,13 +181,15 @@ async def relay_run_events(
     expired_end: Callable[[], Awaitable[tuple[int, T] | None]] | None = None,
     pending: PendingNotice | None = None,
     closed: ClosedRunEnd | None = None,
-) -> AsyncIterator[tuple[int, T]]:
+    keep_alive: KeepAlives | None = None,
+) -> AsyncIterator[tuple[int, T] | KeepAlive]:
     """The run's events after `after_event_id` as (event id, event), to its end.
 
     `expired_end`, asked when the log is empty: the run's terminal event with its original
     id if the run has ended (its events expired), else None (not started yet: follow the
     log). `pending`: publish run_pending once if the stream stays quiet (no worker took the
     run). `closed`: end the stream if the run's workflow closed without its terminal event.
+    `keep_alive`: a KeepAlive (never stored, moving no cursor) after each quiet period.
     No idle limit otherwise (a run may wait hours for an approval or a resume: the caller's
     deadline governs).
     """
@@ -135,16 +201,22 @@ async def relay_run_events(
             return
     if closed is not None and closed.at_start:
         await closed.end_if_closed(events, key)
+    loop = asyncio.get_running_loop()
     cursor = after_event_id
     notice_due = pending is not None
-    quiet = 0.0  # seconds since the last event (or the start), as far as idle periods tell
+    # When the stream last sent an event (or began), last asked about a closed run, and last
+    # sent a keep-alive: each timer runs from the later of its own last time and the event.
+    last_event = last_check = last_alive = loop.time()
     following_since = datetime.now(UTC)
     while True:
-        waits = [closed.every_seconds] if closed is not None else []
+        timers: list[float] = []
+        if closed is not None:
+            timers.append(max(last_event, last_check) + closed.every_seconds)
+        if keep_alive is not None:
+            timers.append(max(last_event, last_alive) + keep_alive.every_seconds)
         if pending is not None and notice_due:
-            waits.append(max(pending.after_seconds - quiet, 0.01))
-        idle = min(waits, default=None)
-        before = cursor
+            timers.append(last_event + pending.after_seconds)
+        idle = max(min(timers) - loop.time(), 0.01) if timers else None
         try:
             async for event in events.follow(key, cursor, idle_timeout=idle):
                 cursor = event.event_id
@@ -152,12 +224,38 @@ async def relay_run_events(
                 if decoded is not None:
                     record_relay_lag(decoded, following_since)
                     yield cursor, decoded
+                last_event = loop.time()
             return
         except FollowIdle:
-            quiet = (idle or 0.0) + (quiet if cursor == before else 0.0)
-            if pending is not None and notice_due and quiet >= pending.after_seconds:
+            now = loop.time() + _DUE_SLACK
+            if pending is not None and notice_due and now >= last_event + pending.after_seconds:
                 notice_due = False
                 if cursor >= 1:  # after run_started, never in its place
                     await pending.publish(events, key, run_id, cursor)
-            if closed is not None:
-                await closed.end_if_closed(events, key)
+            # When the next keep-alive is due (None: the stream sends none).
+            alive_at = (
+                None
+                if keep_alive is None
+                else max(last_event, last_alive) + keep_alive.every_seconds
+            )
+            liveness: RunLiveness | None = None
+            if closed is not None and (
+                (alive_at is not None and now >= alive_at)
+                or now >= max(last_event, last_check) + closed.every_seconds
+            ):
+                # Never past the next keep-alive's time by more than its own wait: an answer
+                # Temporal is slow to give is UNKNOWN, and that keep-alive says so on time.
+                wait = CLOSED_CHECK_TIMEOUT
+                if alive_at is not None:
+                    wait = min(wait, max(alive_at - now, 0.0) + LIVENESS_TIMEOUT)
+                liveness = await closed.end_if_closed(events, key, wait)
+                last_check = loop.time()
+            if (
+                keep_alive is not None
+                and alive_at is not None
+                and loop.time() + _DUE_SLACK >= alive_at
+            ):
+                if liveness is None:
+                    liveness = await keep_alive.liveness()
+                yield KeepAlive(cursor, liveness, datetime.now(UTC))
+                last_alive = loop.time()

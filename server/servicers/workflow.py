@@ -53,16 +53,26 @@ from loomwork.paging import (
     decode_page_token,
     encode_page_token,
 )
+from loomwork.schedules import check_schedule_id
 from protos.loomwork.v1 import workflow_pb2, workflow_pb2_grpc
 from server.quotas import admit_run, refuse_run
 from server.runtime import Runtime
 from server.servicers import workflow_convert
-from server.servicers.relay import ClosedRunEnd, PendingNotice, relay_run_events
+from server.servicers.keep_alive_convert import keep_alive_to_proto
+from server.servicers.relay import (
+    ClosedRunEnd,
+    KeepAlive,
+    KeepAlives,
+    PendingNotice,
+    relay_run_events,
+)
 from server.servicers.run_listing import listed_workflow_run, status_clause, visibility_page
 from server.servicers.tenancy import tenant
-from server.servicers.well_known_convert import struct_to_dict
+from server.servicers.well_known_convert import set_timestamp, struct_to_dict
+from server.servicers.workflow_schedules import ScheduleRpcs
 from server.temporal import ABNORMAL_END, closure_error, not_taken, query_state, start_input
 from workflows.dsl_run import DslRunWorkflow
+from workflows.search_attributes import SCHEDULE
 from workflows.waits import WAITING_MEMO
 
 log = logging.getLogger(__name__)
@@ -116,8 +126,9 @@ def _validation_violations(prefix: str, error: ValidationError) -> list[FieldVio
     ]
 
 
-class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
+class WorkflowServicer(ScheduleRpcs, workflow_pb2_grpc.WorkflowServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
+        ScheduleRpcs.__init__(self, runtime)
         self.runtime = runtime
         self.registry = runtime.flows
         self.directory = RunDirectory(runtime.redis, prefix="loomwork:workflow-run")
@@ -298,6 +309,9 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             statuses.append(status_name.upper())
         if statuses:
             clauses.append(status_clause(set(statuses)))
+        if request.schedule_id:
+            check_schedule_id(request.schedule_id, "schedule_id")
+            clauses.append(f"LoomworkSchedule = {visibility_literal(request.schedule_id)}")
         executions, token = await visibility_page(
             self.runtime.temporal, " AND ".join(clauses), size, request.page_token
         )  # visibility lists newest first
@@ -402,7 +416,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             state = await self._state(handle, run_id)
             return encode_event(terminal_event(state)) if state.status in TERMINAL_RUN else None
 
-        async for event_id, event in relay_run_events(
+        async for item in relay_run_events(
             self.runtime.events,
             event_log_key(tenant_id, run_id),
             run_id,
@@ -414,7 +428,16 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                 handle, self.runtime.settings.pending_notice_seconds, _pending_event
             ),
             closed=ClosedRunEnd(closed_end, at_start=True),
+            keep_alive=KeepAlives(self.runtime.settings.stream_keepalive_seconds),
         ):
+            if isinstance(item, KeepAlive):
+                alive = workflow_pb2.WorkflowRunEvent(
+                    event_id=item.last_event_id, run_id=run_id, keep_alive=keep_alive_to_proto(item)
+                )
+                set_timestamp(alive.time, item.time)
+                yield workflow_pb2.WorkflowServiceWatchRunResponse(event=alive)
+                continue
+            event_id, event = item
             yield workflow_pb2.WorkflowServiceWatchRunResponse(
                 event=workflow_convert.event_to_proto(run_id, event_id, event)
             )
@@ -471,7 +494,9 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             _merge_pending_attempts(state, description.raw_description.pending_activities)
         if ended_outside and state.status not in TERMINAL_RUN:
             _ended_outside(state, await _closure(handle), description.close_time)
-        return await self._to_proto(state, handle, run_id=description.run_id)
+        run = await self._to_proto(state, handle, run_id=description.run_id)
+        run.schedule_id = description.typed_search_attributes.get(SCHEDULE) or ""
+        return run
 
     async def _start_state(
         self,

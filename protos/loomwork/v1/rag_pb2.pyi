@@ -564,7 +564,7 @@ class Ingestion(_message.Message):
     def __init__(self, id: _Optional[str] = ..., index_name: _Optional[str] = ..., status: _Optional[_Union[IngestionStatus, str]] = ..., progress: _Optional[_Union[IngestionProgress, _Mapping]] = ..., documents: _Optional[_Iterable[_Union[IngestionDocument, _Mapping]]] = ..., chunking: _Optional[_Union[ChunkingOptions, _Mapping]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[int] = ..., temporal_workflow_id: _Optional[str] = ..., temporal_run_id: _Optional[str] = ...) -> None: ...
 
 class IngestionEvent(_message.Message):
-    __slots__ = ("event_id", "ingestion_id", "time", "progress", "progress_changed", "document", "finished")
+    __slots__ = ("event_id", "ingestion_id", "time", "progress", "progress_changed", "document", "finished", "keep_alive")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     INGESTION_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -572,6 +572,7 @@ class IngestionEvent(_message.Message):
     PROGRESS_CHANGED_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    KEEP_ALIVE_FIELD_NUMBER: _ClassVar[int]
     event_id: int
     ingestion_id: str
     time: _timestamp_pb2.Timestamp
@@ -579,7 +580,8 @@ class IngestionEvent(_message.Message):
     progress_changed: IngestionProgressChanged
     document: IngestionDocument
     finished: Ingestion
-    def __init__(self, event_id: _Optional[int] = ..., ingestion_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[IngestionProgress, _Mapping]] = ..., progress_changed: _Optional[_Union[IngestionProgressChanged, _Mapping]] = ..., document: _Optional[_Union[IngestionDocument, _Mapping]] = ..., finished: _Optional[_Union[Ingestion, _Mapping]] = ...) -> None: ...
+    keep_alive: _run_pb2.StreamKeepAlive
+    def __init__(self, event_id: _Optional[int] = ..., ingestion_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[IngestionProgress, _Mapping]] = ..., progress_changed: _Optional[_Union[IngestionProgressChanged, _Mapping]] = ..., document: _Optional[_Union[IngestionDocument, _Mapping]] = ..., finished: _Optional[_Union[Ingestion, _Mapping]] = ..., keep_alive: _Optional[_Union[_run_pb2.StreamKeepAlive, _Mapping]] = ...) -> None: ...
 
 class IngestionProgressChanged(_message.Message):
     __slots__ = ("document_id",)
@@ -780,7 +782,7 @@ class RagAnswer(_message.Message):
     def __init__(self, id: _Optional[str] = ..., index_name: _Optional[str] = ..., query: _Optional[str] = ..., status: _Optional[_Union[_run_pb2.RunStatus, str]] = ..., text: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., context: _Optional[_Iterable[_Union[ScoredChunk, _Mapping]]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[int] = ..., temporal_workflow_id: _Optional[str] = ..., temporal_run_id: _Optional[str] = ...) -> None: ...
 
 class AnswerEvent(_message.Message):
-    __slots__ = ("event_id", "answer_id", "time", "started", "retrieval", "text_delta", "citation", "usage", "retrying", "finished", "failed")
+    __slots__ = ("event_id", "answer_id", "time", "started", "retrieval", "text_delta", "citation", "usage", "retrying", "finished", "failed", "keep_alive")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ANSWER_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -792,6 +794,7 @@ class AnswerEvent(_message.Message):
     RETRYING_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
+    KEEP_ALIVE_FIELD_NUMBER: _ClassVar[int]
     event_id: int
     answer_id: str
     time: _timestamp_pb2.Timestamp
@@ -803,7 +806,8 @@ class AnswerEvent(_message.Message):
     retrying: AnswerRetrying
     finished: RagAnswer
     failed: _run_pb2.RunError
-    def __init__(self, event_id: _Optional[int] = ..., answer_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started: _Optional[_Union[AnswerStarted, _Mapping]] = ..., retrieval: _Optional[_Union[AnswerRetrieval, _Mapping]] = ..., text_delta: _Optional[_Union[_run_pb2.TextDelta, _Mapping]] = ..., citation: _Optional[_Union[Citation, _Mapping]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ..., retrying: _Optional[_Union[AnswerRetrying, _Mapping]] = ..., finished: _Optional[_Union[RagAnswer, _Mapping]] = ..., failed: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ...) -> None: ...
+    keep_alive: _run_pb2.StreamKeepAlive
+    def __init__(self, event_id: _Optional[int] = ..., answer_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started: _Optional[_Union[AnswerStarted, _Mapping]] = ..., retrieval: _Optional[_Union[AnswerRetrieval, _Mapping]] = ..., text_delta: _Optional[_Union[_run_pb2.TextDelta, _Mapping]] = ..., citation: _Optional[_Union[Citation, _Mapping]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ..., retrying: _Optional[_Union[AnswerRetrying, _Mapping]] = ..., finished: _Optional[_Union[RagAnswer, _Mapping]] = ..., failed: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., keep_alive: _Optional[_Union[_run_pb2.StreamKeepAlive, _Mapping]] = ...) -> None: ...
 
 class AnswerStarted(_message.Message):
     __slots__ = ("index_name", "query", "model")

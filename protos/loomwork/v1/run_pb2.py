@@ -23,23 +23,28 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15loomwork/v1/run.proto\x12\x0bloomwork.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xc9\x01\n\x08RunError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x33\n\nviolations\x18\x04 \x03(\x0b\x32\x1f.loomwork.v1.RunError.Violation\x12(\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a/\n\tViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x8d\x01\n\rModelSettings\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x1e\n\x11max_output_tokens\x18\x03 \x01(\x05H\x02\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x14\n\x12_max_output_tokens*\xd1\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_PENDING\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x16\n\x12RUN_STATUS_WAITING\x10\x03\x12\x18\n\x14RUN_STATUS_SUCCEEDED\x10\x04\x12\x15\n\x11RUN_STATUS_FAILED\x10\x05\x12\x17\n\x13RUN_STATUS_CANCELED\x10\x06\x12\x16\n\x12RUN_STATUS_BLOCKED\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15loomwork/v1/run.proto\x12\x0bloomwork.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x01\n\x08RunError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x33\n\nviolations\x18\x04 \x03(\x0b\x32\x1f.loomwork.v1.RunError.Violation\x12(\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a/\n\tViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x8d\x01\n\rModelSettings\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x1e\n\x11max_output_tokens\x18\x03 \x01(\x05H\x02\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x14\n\x12_max_output_tokens\"~\n\x0fStreamKeepAlive\x12\x15\n\rlast_event_id\x18\x01 \x01(\x03\x12*\n\x08liveness\x18\x02 \x01(\x0e\x32\x18.loomwork.v1.RunLiveness\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xd1\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_PENDING\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x16\n\x12RUN_STATUS_WAITING\x10\x03\x12\x18\n\x14RUN_STATUS_SUCCEEDED\x10\x04\x12\x15\n\x11RUN_STATUS_FAILED\x10\x05\x12\x17\n\x13RUN_STATUS_CANCELED\x10\x06\x12\x16\n\x12RUN_STATUS_BLOCKED\x10\x07*u\n\x0bRunLiveness\x12\x1c\n\x18RUN_LIVENESS_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_LIVENESS_OPEN\x10\x01\x12\x17\n\x13RUN_LIVENESS_CLOSED\x10\x02\x12\x18\n\x14RUN_LIVENESS_UNKNOWN\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loomwork.v1.run_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATUS']._serialized_start=444
-  _globals['_RUNSTATUS']._serialized_end=653
-  _globals['_RUNERROR']._serialized_start=69
-  _globals['_RUNERROR']._serialized_end=270
-  _globals['_RUNERROR_VIOLATION']._serialized_start=223
-  _globals['_RUNERROR_VIOLATION']._serialized_end=270
-  _globals['_TEXTDELTA']._serialized_start=272
-  _globals['_TEXTDELTA']._serialized_end=297
-  _globals['_MODELSETTINGS']._serialized_start=300
-  _globals['_MODELSETTINGS']._serialized_end=441
+  _globals['_RUNSTATUS']._serialized_start=605
+  _globals['_RUNSTATUS']._serialized_end=814
+  _globals['_RUNLIVENESS']._serialized_start=816
+  _globals['_RUNLIVENESS']._serialized_end=933
+  _globals['_RUNERROR']._serialized_start=102
+  _globals['_RUNERROR']._serialized_end=303
+  _globals['_RUNERROR_VIOLATION']._serialized_start=256
+  _globals['_RUNERROR_VIOLATION']._serialized_end=303
+  _globals['_TEXTDELTA']._serialized_start=305
+  _globals['_TEXTDELTA']._serialized_end=330
+  _globals['_MODELSETTINGS']._serialized_start=333
+  _globals['_MODELSETTINGS']._serialized_end=474
+  _globals['_STREAMKEEPALIVE']._serialized_start=476
+  _globals['_STREAMKEEPALIVE']._serialized_end=602
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,7 @@
+import datetime
+
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -18,6 +21,13 @@ class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_STATUS_FAILED: _ClassVar[RunStatus]
     RUN_STATUS_CANCELED: _ClassVar[RunStatus]
     RUN_STATUS_BLOCKED: _ClassVar[RunStatus]
+
+class RunLiveness(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_LIVENESS_UNSPECIFIED: _ClassVar[RunLiveness]
+    RUN_LIVENESS_OPEN: _ClassVar[RunLiveness]
+    RUN_LIVENESS_CLOSED: _ClassVar[RunLiveness]
+    RUN_LIVENESS_UNKNOWN: _ClassVar[RunLiveness]
 RUN_STATUS_UNSPECIFIED: RunStatus
 RUN_STATUS_PENDING: RunStatus
 RUN_STATUS_RUNNING: RunStatus
@@ -26,6 +36,10 @@ RUN_STATUS_SUCCEEDED: RunStatus
 RUN_STATUS_FAILED: RunStatus
 RUN_STATUS_CANCELED: RunStatus
 RUN_STATUS_BLOCKED: RunStatus
+RUN_LIVENESS_UNSPECIFIED: RunLiveness
+RUN_LIVENESS_OPEN: RunLiveness
+RUN_LIVENESS_CLOSED: RunLiveness
+RUN_LIVENESS_UNKNOWN: RunLiveness
 
 class RunError(_message.Message):
     __slots__ = ("code", "reason", "message", "violations", "details")
@@ -63,3 +77,13 @@ class ModelSettings(_message.Message):
     top_p: float
     max_output_tokens: int
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., max_output_tokens: _Optional[int] = ...) -> None: ...
+
+class StreamKeepAlive(_message.Message):
+    __slots__ = ("last_event_id", "liveness", "time")
+    LAST_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    LIVENESS_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    last_event_id: int
+    liveness: RunLiveness
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, last_event_id: _Optional[int] = ..., liveness: _Optional[_Union[RunLiveness, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
