@@ -55,6 +55,24 @@ def next_attempt(error: BaseException) -> RetryNotice | None:
     )
 
 
+async def announce_fallback(
+    error: ApplicationError, model: str, say: Callable[[RetryNotice], Awaitable[object]]
+) -> None:
+    """`say` that the step goes on with `model` (its model's last attempt failed with
+    `error`): readers drop what the attempt streamed, as for a retry. Best effort."""
+    info = activity.info()
+    notice = RetryNotice(
+        attempt=info.attempt + 1,
+        error_type=error.type or "ApplicationError",
+        message=f"{error.message}; going on with model {model}",
+        backoff=timedelta(0),
+    )
+    try:
+        await say(notice)
+    except Exception as problem:  # never in place of the attempt's own error
+        log.warning("could not announce the fallback to %s: %s", model, problem)
+
+
 async def announce_retry(
     error: BaseException, say: Callable[[RetryNotice], Awaitable[object]]
 ) -> None:

@@ -144,6 +144,30 @@ class AgentsClient:
             self._stub.WatchRun, request, timeout, keep_alives=keep_alives
         )
 
+    async def fork_run(
+        self,
+        run_id: str,
+        from_step: int,
+        edited_messages: Iterable[Any] = (),
+        *,
+        client_run_id: str = "",
+        timeout: float | None = None,
+    ) -> agent_pb2.AgentRun:
+        """Start a new run that reuses the steps of `run_id` before `from_step` (their model
+        and tool calls are not made again) and calls the model anew from there;
+        `edited_messages` (message_pb2.Message) replace what the model sees after the system
+        message. Follow it with `watch_run`."""
+        request = agent_pb2.AgentServiceForkRunRequest(
+            run_id=run_id,
+            from_step=from_step,
+            edited_messages=list(edited_messages),
+            client_run_id=client_run_id,
+        )
+        response = await self._transport.call(
+            self._stub.ForkRun, request, agent_pb2.AgentServiceForkRunResponse, timeout
+        )
+        return response.run
+
     async def get_run(self, run_id: str, *, timeout: float | None = None) -> agent_pb2.AgentRun:
         """A run as it stands: status, pending approvals, output once finished."""
         response = await self._transport.call(

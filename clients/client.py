@@ -7,7 +7,8 @@
             ...
 
 One client per service, each in its own module, over one channel: `client.memory`,
-`client.agents`, `client.workflows`, `client.rag`, `client.integrations`, `client.usage`.
+`client.agents`, `client.workflows`, `client.rag`, `client.integrations`, `client.usage`,
+`client.schedules`.
 Every call carries `authorization: Bearer <token>` and a deadline (`timeout` seconds, per
 client, overridable per call). Calls that fail with UNAVAILABLE are retried by gRPC itself
 (exponential backoff from the channel's service config), so a server that comes up a moment
@@ -28,6 +29,7 @@ from clients.agents import AgentsClient
 from clients.integrations import IntegrationsClient
 from clients.memory import MemoryClient
 from clients.rag import RagClient
+from clients.schedules import SchedulesClient
 from clients.transport import Transport
 from clients.usage import UsageClient
 from clients.workflows import WorkflowsClient
@@ -94,6 +96,7 @@ class LoomworkClient:
         self.memory = MemoryClient(self.transport)
         self.agents = AgentsClient(self.transport)
         self.workflows = WorkflowsClient(self.transport)
+        self.schedules = SchedulesClient(self.transport)
         self.rag = RagClient(self.transport)
         self.integrations = IntegrationsClient(self.transport)
         self.usage = UsageClient(self.transport)

@@ -108,14 +108,16 @@ class WorkflowsClient:
         *,
         workflow_id: str = "",
         statuses: Sequence[workflow_pb2.WorkflowRunStatus] = (),
+        schedule_id: str = "",
         page_size: int = 0,
         page_token: str = "",
         timeout: float | None = None,
     ) -> workflow_pb2.WorkflowServiceListRunsResponse:
-        """One page of runs, newest first, filtered by workflow and statuses."""
+        """One page of runs, newest first, filtered by workflow, statuses and schedule."""
         request = workflow_pb2.WorkflowServiceListRunsRequest(
             workflow_id=workflow_id,
             statuses=list(statuses),
+            schedule_id=schedule_id,
             page_size=page_size,
             page_token=page_token,
         )

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
     redis_url: str | None = Field(default=None, alias="REDIS_URL")
+    # Redis connections of a process for the blocking reads of streams (each open Stream or
+    # WatchRun holds one while it waits for events), apart from the pool of short commands,
+    # which streams can then never exhaust. A stream beyond it fails as UNAVAILABLE.
+    redis_stream_connections: int = Field(
+        default=2000, ge=1, alias="LOOMWORK_REDIS_STREAM_CONNECTIONS"
+    )
     temporal_address: str | None = Field(default=None, alias="TEMPORAL_ADDRESS")
     temporal_namespace: str = Field(default="default", alias="TEMPORAL_NAMESPACE")
     # Temporal over TLS (Temporal Cloud, or a cluster with mTLS). Paths of PEM files: the
@@ -112,6 +118,13 @@ class Settings(BaseSettings):
     # Seconds a model request may wait on the model (to connect, or for its next bytes while
     # it streams); past it the call fails as a timeout and Temporal retries its step.
     model_timeout: float = Field(default=120.0, gt=0, alias="LOOMWORK_MODEL_TIMEOUT")
+    # Model calls a process makes at once (agent steps, answers); more wait for a slot. 0: no
+    # bound. Bounding them keeps a busy worker's loop free to accept calls (`loomwork up`).
+    model_concurrency: int = Field(default=0, ge=0, alias="LOOMWORK_MODEL_CONCURRENCY")
+    # How many times an agent's step calls one model before it falls back to the agent's next
+    # model (`fallback_models`) or fails: 429s, 5xx and timeouts are retried with backoff
+    # (1 s, 2 s, 4 s, ... up to 30 s). At most 10, the workflows' own limit.
+    model_call_attempts: int = Field(default=10, ge=1, le=10, alias="LOOMWORK_MODEL_CALL_ATTEMPTS")
     # After this long with no worker taking a run it started, a Stream call says so (once).
     pending_notice_seconds: float = Field(
         default=10.0, gt=0, alias="LOOMWORK_PENDING_NOTICE_SECONDS"

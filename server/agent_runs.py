@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -30,7 +31,14 @@ from activities.workflow_runs import START_OUTCOME_UNKNOWN
 from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.definitions import AgentDefinition
 from loomwork.agents.directory import RunDirectory
-from loomwork.agents.run_models import AgentRunRequest, RunOutcome, agent_run_workflow_id
+from loomwork.agents.events import RunFinished, encode_event
+from loomwork.agents.run_models import (
+    AgentFork,
+    AgentRunRequest,
+    RunOutcome,
+    RunRecord,
+    agent_run_workflow_id,
+)
 from loomwork.agents.steps import announce_run, effective_agent, event_log_key, tool_names
 from loomwork.agents.sub_agents import function_names
 from loomwork.errors import (
@@ -38,6 +46,7 @@ from loomwork.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unavailable,
     Violations,
 )
 from loomwork.ids import new_id
@@ -79,12 +88,25 @@ class AgentRunStart(BaseModel):
     output_schema: dict[str, Any] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     client_tools: list[ClientTool] = Field(default_factory=list)  # each checked on its own
+    fork: AgentFork | None = None  # ForkRun: a fork of another run (on no thread)
 
 
 def session_thread_id(resource_id: str, session_key: str) -> str:
     """The one thread of a resource and session key: a stable id derived from both."""
     digest = hashlib.sha256(f"{resource_id}\x00{session_key}".encode()).hexdigest()[:32]
     return f"ses_{digest}"
+
+
+@dataclass
+class AcceptedRun:
+    """A run `AgentRunStarter.accept` took: announced if `new`, not started on Temporal yet."""
+
+    tenant_id: str
+    request: AgentRunRequest
+    workflow_id: str
+    new: bool  # False: a repeat of a client run id, joining its run
+    slot: bool  # a quota slot was taken for it (given back if Temporal refuses it)
+    named: bool  # the caller named it (client_run_id)
 
 
 class AgentRunStarter:
@@ -103,7 +125,14 @@ class AgentRunStarter:
         """Start (or join) the run: the workflow's input and the run's handle (its id is the
         run's workflow id). `require_output_schema`: the call streams an object, so the run
         needs an output schema (the call's or the agent's)."""
-        runtime = self.runtime
+        accepted = await self.accept(tenant_id, start, require_output_schema=require_output_schema)
+        return accepted.request, await self.launch(accepted)
+
+    async def accept(
+        self, tenant_id: str, start: AgentRunStart, *, require_output_schema: bool = False
+    ) -> AcceptedRun:
+        """The run checked, admitted, recorded and (a new one) announced: its log opens with
+        run_started. Nothing is started on Temporal yet: `launch` does that."""
         existing = None
         if start.client_run_id:
             existing = await self.directory.workflow_id(tenant_id, start.client_run_id)
@@ -113,29 +142,55 @@ class AgentRunStarter:
                         f"client_run_id {start.client_run_id!r} named a run that has ended"
                         " and is no longer kept by Temporal (its retention): give a new id"
                     )
-                existing = None  # recorded, but its start failed: this call starts it
+                # Recorded, but its start failed: this call starts it, on a fresh log
+                # (the refused start's ended with its run_failed).
+                key = event_log_key(tenant_id, start.client_run_id)
+                if await self.runtime.events.is_finished(key):
+                    await self.runtime.events.discard(key)
+                existing = None
         # A repeated client run id joins its run: no thread is resolved (or created) again.
         run_request, agent = await self._run_request(
-            tenant_id, start, resolve=existing is None, require_output_schema=require_output_schema
+            tenant_id,
+            start,
+            resolve=existing is None and start.fork is None,  # a fork runs on no thread
+            require_output_schema=require_output_schema,
         )
         workflow_id = agent_run_workflow_id(run_request.agent_name, tenant_id, run_request.run_id)
         if existing is not None and existing != workflow_id:
             raise AlreadyExists(f"client_run_id {run_request.run_id!r} is a run of another agent")
         # A new run is admitted by the tenant's quotas first (a repeat joins its run).
-        slot = existing is None and await admit_run(runtime, tenant_id, workflow_id)
+        slot = existing is None and await admit_run(self.runtime, tenant_id, workflow_id)
         if existing is None:
             # Announced as it is accepted: the caller sees run_started (with the run id) at
             # once, and the run's first activity goes straight to the model.
             agent = effective_agent(agent, run_request)
-            model = agent.model or runtime.settings.chat_model
+            model = agent.model or self.runtime.settings.chat_model
             await asyncio.gather(
-                announce_run(runtime.events, run_request, agent, model),
+                announce_run(self.runtime.events, run_request, agent, model),
                 self.directory.record(tenant_id, run_request.run_id, workflow_id),
             )
             run_request.announced = True
             run_request.model = model
         else:
             await self.directory.record(tenant_id, run_request.run_id, workflow_id)
+        return AcceptedRun(
+            tenant_id,
+            run_request,
+            workflow_id,
+            new=existing is None,
+            slot=slot,
+            named=bool(start.client_run_id),
+        )
+
+    async def launch(self, accepted: AcceptedRun) -> WorkflowHandle[AgentRunWorkflow, RunOutcome]:
+        """Start the accepted run on Temporal (a repeat of a client run id joins its run);
+        refused, its log is discarded and its quota slot given back."""
+        runtime = self.runtime
+        tenant_id, run_request, workflow_id = (
+            accepted.tenant_id,
+            accepted.request,
+            accepted.workflow_id,
+        )
         pairs = [
             SearchAttributePair(TENANT, tenant_id),
             SearchAttributePair(AGENT, run_request.agent_name),
@@ -154,7 +209,7 @@ class AgentRunStarter:
         key = event_log_key(tenant_id, run_request.run_id)
         steps = runtime.agent_steps
         speculating = (
-            existing is None
+            accepted.new
             and steps is not None
             and runtime.settings.speculative_first_step
             and steps.speculate(run_request)
@@ -181,19 +236,47 @@ class AgentRunStarter:
         except RPCError as error:
             # Refused, so nothing started: leave no log behind (an active log has no TTL).
             # After a timeout the start may have happened, and its log must stay.
-            if existing is None and error.status not in START_OUTCOME_UNKNOWN:
-                await runtime.events.discard(key)
-                await refuse_run(runtime, tenant_id, workflow_id, slot)
-            raise
+            refused = Unavailable(
+                f"Temporal did not start run {run_request.run_id!r}: {error.message}; try"
+                " again (a client_run_id makes the retry join the run if it did start)"
+            )
+            # Refused, so nothing started: the log ends with run_failed saying why (its
+            # streams end there; the ended log expires). After a timeout the start may
+            # have happened, and its log must stay open.
+            if accepted.new and error.status not in START_OUTCOME_UNKNOWN:
+                await refuse_run(runtime, tenant_id, workflow_id, accepted.slot)
+                await self._end_refused(accepted, refused)
+            raise refused from error
         finally:
             if speculating:
                 if started:
                     runtime.speculation.confirm(key)
                 else:  # not started, or its first task went to the task queue: not ours
                     runtime.speculation.abandon(key, refused=started is False)
-        if start.client_run_id:  # a repeat of the id, once Temporal dropped the run, is refused
+        if accepted.named:  # a repeat of the id, once Temporal dropped the run, is refused
             await self.directory.mark_started(tenant_id, run_request.run_id)
-        return run_request, handle
+        return handle
+
+    async def _end_refused(self, accepted: AcceptedRun, error: Unavailable) -> None:
+        """End the log of a run Temporal refused to start with its run_failed."""
+        request = accepted.request
+        outcome = RunOutcome.model_validate(
+            {
+                **RunRecord.accepted(request).model_dump(),
+                "model": request.model,
+                "run_id": request.run_id,
+                "agent_name": request.agent_name,
+                "status": "failed",
+                "finish_reason": "error",
+                "error": error.message,
+                "error_type": type(error).__name__,
+                "end_time": datetime.now(UTC),
+            }
+        )
+        key = event_log_key(accepted.tenant_id, request.run_id)
+        await self.runtime.events.publish(
+            key, encode_event(RunFinished(outcome=outcome)), terminal=True, patience=0
+        )
 
     async def _started(self, workflow_id: str) -> bool:
         """Whether Temporal has the run (it may have been recorded, then failed to start)."""
@@ -236,6 +319,7 @@ class AgentRunStarter:
             create_time=datetime.now(UTC),
             client_tools=start.client_tools,
             trace_id=current_trace_id(),
+            fork=start.fork,
         )
         # The model must tell a client tool from the agent's own tools by name (an MCP tool
         # named only by `mcp:<server>/*` gives way to a client tool of its name).

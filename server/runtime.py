@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from temporalio.client import Client
 
 from loomwork.agents.definitions import AgentRegistry
@@ -36,6 +36,7 @@ from loomwork.rag.tool import RAG_QUERY_TOOL, rag_query_tool
 from loomwork.storage.adapter import MemoryStorage
 from loomwork.storage.cached import CachedMemoryStorage
 from loomwork.storage.database import Database
+from loomwork.storage.event_ceilings import EventIdCeilings
 from loomwork.storage.migrations import apply_migrations
 from loomwork.storage.selection import OpenedStore, open_memory_store, storage_codec
 from loomwork.streams.run_events import RunEventLog
@@ -49,6 +50,11 @@ if TYPE_CHECKING:
     from loomwork.demo.mode import DemoMode
 
 log = logging.getLogger(__name__)
+
+# The pool of a process's short Redis commands, and how long a command waits for one of its
+# connections when all are busy (seconds) before it fails as unavailable.
+REDIS_CONNECTIONS = 100
+REDIS_CONNECTION_WAIT = 5.0
 
 
 def rag_system(
@@ -144,7 +150,25 @@ class Runtime:
                 applied = await apply_migrations(db)
                 if applied:
                     log.info("applied migrations %s", applied)
-            redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+            # Short commands: a burst of more than the pool holds (calls arriving at once on
+            # a busy loop) waits a moment for a connection instead of failing the call.
+            redis = Redis(
+                connection_pool=BlockingConnectionPool.from_url(
+                    settings.redis_url,
+                    max_connections=REDIS_CONNECTIONS,
+                    timeout=REDIS_CONNECTION_WAIT,
+                    socket_timeout=5,
+                    socket_connect_timeout=2,
+                )
+            )
+            # Blocking reads (streams) on their own pool: open streams, each holding a
+            # connection while it waits, never starve the short commands of `redis`.
+            stream_redis = Redis.from_url(
+                settings.redis_url,
+                socket_timeout=5,
+                socket_connect_timeout=2,
+                max_connections=settings.redis_stream_connections,
+            )
             temporal = await connect_temporal(
                 settings.temporal_address,
                 settings.temporal_namespace,
@@ -181,11 +205,13 @@ class Runtime:
             await telemetry.temporal.release()
             await db.close()
             raise
-        events = RunEventLog(redis)
+        # Ids reserved in PostgreSQL: a log Redis lost goes on above the ids watchers saw.
+        events = RunEventLog(redis, blocking_redis=stream_redis, ceilings=EventIdCeilings(db))
         chat_models = SharedChatModels(
             base_url=settings.openai_base_url,
             api_key=settings.openai_api_key,
             timeout=settings.model_timeout,
+            max_calls=settings.model_concurrency,
         )
         working_memory = WorkingMemoryStore(storage)
         agents = AgentRegistry()
@@ -257,6 +283,8 @@ class Runtime:
             await self.integrations.close()
         if self.store is not None:
             await self.store.close()
+        if self.events.blocking_redis is not self.redis:
+            await self.events.blocking_redis.aclose()
         await self.redis.aclose()
         await self.db.close()
         if self.telemetry is not None:

@@ -139,7 +139,7 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
         usage=runtime.usage.ledger,
         processors=runtime.processors,
     )
-    agents = AgentActivities(steps)
+    agents = AgentActivities(steps, settings)
     workflow_events = WorkflowEvents(runtime.events)
     workflow_steps = WorkflowStepActivities(
         StepRunner(

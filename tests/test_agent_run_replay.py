@@ -25,6 +25,12 @@ def test_histories_of_earlier_versions_are_kept() -> None:
         # An agent called as a tool (a child workflow, its approval passed on), a handoff.
         "agent_run_session9_sub_agents",
         "agent_run_session9_sub_agents_sub_run",  # the sub-run: reports to its caller
+        # A first step that fell back to the agent's next model (a patch marker, a second
+        # start activity), and a run a schedule started (its run id from its workflow id).
+        "agent_run_session10_fallback",
+        "agent_run_session10_scheduled",
+        # A fork (ForkRun): its first step is the original's fourth, three steps reused.
+        "agent_run_session10_fork",
     } <= RECORDED.keys()
 
 

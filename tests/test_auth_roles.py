@@ -23,6 +23,8 @@ from protos.loomwork.v1 import (
     integration_pb2,
     integration_pb2_grpc,
     run_pb2,
+    workflow_pb2,
+    workflow_pb2_grpc,
 )
 from server.servicers.tenancy import current_tenant
 from server.transport.access import RULES, Principal, current_principal
@@ -44,6 +46,7 @@ ADMIN_ONLY = {
         "CreateMcpServer",
         "DeleteMcpServer",
     },
+    "loomwork.v1.WorkflowService": {"CreateSchedule", "PauseSchedule", "DeleteSchedule"},
 }
 
 
@@ -90,6 +93,10 @@ async def test_a_caller_without_role_admin_cannot_configure(channel, token) -> N
         "loomwork.v1.IntegrationService": (
             integration_pb2_grpc.IntegrationServiceStub(channel),
             integration_pb2,
+        ),
+        "loomwork.v1.WorkflowService": (
+            workflow_pb2_grpc.WorkflowServiceStub(channel),
+            workflow_pb2,
         ),
     }
     for service, names in ADMIN_ONLY.items():

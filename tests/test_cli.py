@@ -310,6 +310,75 @@ async def test_workflow_commands(env: dict[str, str]) -> None:
     assert "SUCCEEDED" in shown and "paid by Linus" in shown
 
 
+async def test_schedule_commands(env: dict[str, str]) -> None:
+    schedule_id = _unique("cli-nightly")
+    order = json.dumps(
+        {
+            "customer": "Ada",
+            "country": "DE",
+            "lines": [{"sku": "x", "quantity": 1, "unit_price": 10}],
+        }
+    )
+    created = _json(
+        await _cli(
+            env,
+            "schedules",
+            "create",
+            schedule_id,
+            "--workflow",
+            "order-pipeline",
+            "--input",
+            order,
+            "--cron",
+            "0 2 * * *",
+            "--time-zone",
+            "Europe/Paris",
+            "--overlap",
+            "buffer-one",
+            "--paused",
+            "--json",
+        )
+    )
+    assert created["id"] == schedule_id and created["paused"] is True
+    assert created["overlap_policy"] == "SCHEDULE_OVERLAP_POLICY_BUFFER_ONE"
+    bad = _failed(
+        await _cli(
+            env,
+            "schedules",
+            "create",
+            _unique("bad"),
+            "--workflow",
+            "order-pipeline",
+            "--input",
+            order,
+            "--cron",
+            "0 2 * * *",
+            "--time-zone",
+            "Nowhere/City",
+        )
+    )
+    assert "INVALID_ARGUMENT" in bad and "schedule.time_zone" in bad
+    for _ in range(100):  # visibility catches up a moment later
+        listed = _ok(await _cli(env, "schedules", "list")).stdout
+        if schedule_id in listed:
+            break
+        await asyncio.sleep(0.1)
+    row = next(line for line in listed.splitlines() if schedule_id in line)
+    assert "workflow order-pipeline" in row and "paused" in row
+    assert "triggered" in _ok(await _cli(env, "schedules", "trigger", schedule_id)).stdout
+    for _ in range(100):
+        runs = _ok(await _cli(env, "workflows", "runs", "--schedule", schedule_id)).stdout
+        if f"sch-{schedule_id}-" in runs:
+            break
+        await asyncio.sleep(0.1)
+    assert f"sch-{schedule_id}-" in runs
+    unpaused = _ok(await _cli(env, "schedules", "pause", schedule_id, "--unpause")).stdout
+    assert "active" in unpaused
+    assert "deleted" in _ok(await _cli(env, "schedules", "delete", schedule_id)).stdout
+    gone = _failed(await _cli(env, "schedules", "get", schedule_id))
+    assert "NOT_FOUND" in gone
+
+
 async def test_agent_commands(
     env: dict[str, str], model_server: ScriptedModelServer, channel, token: str
 ) -> None:

@@ -23,6 +23,7 @@ from loomwork.llm.chat import (
     json_schema_format,
 )
 from loomwork.llm.errors import ModelError
+from loomwork.llm.shared import SharedChatModels
 from loomwork.messages import Message, Role, TextPart, ToolCallPart, ToolResultPart
 from loomwork.testing import (
     ChatRequest,
@@ -401,3 +402,31 @@ def test_usable_from_sync_code_in_a_thread() -> None:
             client.close()
     assert text == "from a thread"
     assert server.requests[0].last_user_text == "hi"
+
+
+async def test_shared_models_bound_the_calls_in_flight(server: ScriptedModelServer) -> None:
+    in_flight, most = 0, 0
+
+    async def slow_answer(request: ChatRequest) -> Turn:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.1)
+        in_flight -= 1
+        return Turn(text=f"answer to {request.last_user_text}")
+
+    server.set_script(slow_answer)
+    models = SharedChatModels(base_url=server.base_url, api_key="test-key", max_calls=2)
+    try:
+        results = await asyncio.gather(
+            *(
+                models("scripted").stream([ChatMessage.user(f"q{i}")])
+                if i % 2
+                else models("scripted").complete([ChatMessage.user(f"q{i}")])
+                for i in range(6)
+            )
+        )
+    finally:
+        await models.aclose()
+    assert [r.text for r in results] == [f"answer to q{i}" for i in range(6)]
+    assert most == 2

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from loomwork.errors import FailedPrecondition, InvalidArgument, Unavailable
+from loomwork.storage.event_ceilings import EventIdCeilings
 from loomwork.streams import (
     DraftTaken,
     EventsExpired,
@@ -33,9 +34,14 @@ async def redis(embedded: dict[str, str]) -> AsyncIterator[Redis]:
         await client.aclose()
 
 
-@pytest.fixture
-def log(redis: Redis) -> RunEventLog:
-    return RunEventLog(redis, prefix="test:run", retention_seconds=3600)
+@pytest.fixture(params=["plain", "durable ids"])
+def log(redis: Redis, request: pytest.FixtureRequest) -> RunEventLog:
+    """The log as tests alone use it, and as the server runs it (ids reserved in PostgreSQL:
+    every behaviour here holds the same)."""
+    ceilings = None
+    if request.param == "durable ids":
+        ceilings = EventIdCeilings(request.getfixturevalue("runtime").db)
+    return RunEventLog(redis, prefix="test:run", retention_seconds=3600, ceilings=ceilings)
 
 
 def new_run() -> str:

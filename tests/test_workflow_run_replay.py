@@ -23,6 +23,7 @@ def test_histories_of_earlier_versions_are_kept() -> None:
     for version in ("session6_f44c1a8", "session7", "session9"):
         for workflow in ("order-pipeline", "ticket-triage", "expense-approval"):
             assert f"dsl_run_{version}_{workflow}" in RECORDED
+    assert "dsl_run_session10_scheduled_order-pipeline" in RECORDED  # a schedule started it
 
 
 @pytest.mark.parametrize("name", sorted(RECORDED))

@@ -24,6 +24,7 @@ from temporalio.exceptions import ActivityError, CancelledError
 
 from workflows.failures import failure_cause, is_cancellation
 from workflows.guardrails import blocked_outcome
+from workflows.model_fallback import falls_back
 from workflows.rejections import check_call_ids
 from workflows.retries import (
     BOOKKEEPING,
@@ -31,7 +32,7 @@ from workflows.retries import (
     MODEL_HEARTBEAT_TIMEOUT,
     OUTAGE_PATIENCE,
 )
-from workflows.search_attributes import STATUS
+from workflows.search_attributes import RUN, STATUS
 from workflows.sub_agents import SUB_RUN_KINDS, SUB_RUN_WAITING, TOOL_RESULTS, SubRuns
 from workflows.tool_calls import run_tool_call
 from workflows.waits import MAX_LISTED_WAITS, WaitingMemo, wait_until
@@ -237,32 +238,36 @@ class AgentRunWorkflow:
 
     @workflow.run
     async def run(self, request: AgentRunRequest) -> RunOutcome:
-        usage = ChatUsage()
-        produced: list[ChatMessage] = []
+        usage = ChatUsage()  # what this run paid: a fork's reused steps are not counted
+        # A fork's steps before its fork point, as recorded: the start of its output.
+        produced: list[ChatMessage] = (
+            [m for s in request.fork.reused for m in s.messages] if request.fork else []
+        )
+        first_step = request.first_step  # 1, or a fork's fork point
+        self._steps = first_step - 1
         outcome: RunOutcome
         model = ""
         context = ContextUsage()
         unfinished: StepFinished | None = None  # a step with tool calls, not yet announced
         read_only = False
+        scheduled = not request.run_id
+        if scheduled:  # a schedule's runs start with run id "": it is their workflow id's end
+            run_id = workflow.info().workflow_id.rsplit("/", 1)[-1]
+            request = request.model_copy(update={"run_id": run_id})
         self._record = RunRecord.accepted(
             request, create_time=workflow.info().start_time, start_time=workflow.now()
         )
         self._subs.path = request.run_path
         # Started as PENDING unless the service handed it to its own worker (then RUNNING
         # from the start, and the first task goes straight to the model step).
-        if workflow.info().typed_search_attributes.get(STATUS) != "RUNNING":
+        if scheduled:  # found by its run id from now on
+            workflow.upsert_search_attributes(
+                [RUN.value_set(request.run_id), STATUS.value_set("RUNNING")]
+            )
+        elif workflow.info().typed_search_attributes.get(STATUS) != "RUNNING":
             workflow.upsert_search_attributes([STATUS.value_set("RUNNING")])
         try:
-            # Loading the context and the first model call share one activity.
-            first = await workflow.execute_activity(
-                START_AND_STEP,
-                request,
-                result_type=FirstStep,
-                start_to_close_timeout=timedelta(minutes=5),
-                heartbeat_timeout=MODEL_HEARTBEAT_TIMEOUT,
-                retry_policy=MODEL_CALL,
-                summary=f"model {request.model or request.agent_name}, step 1 (loads the context)",
-            )
+            first = await self._first_step(request)
             plan = first.plan
             model, context = plan.model, plan.context
             self._record.model = model
@@ -273,12 +278,11 @@ class AgentRunWorkflow:
             answer: dict[str, object] | None = None
             mismatch: list[Violation] = []
             blocked: Blocked | None = None
-            for step in range(1, plan.max_steps + 1):
+            for step in range(first_step, plan.max_steps + 1):
                 self._steps = step
                 output = first.output
-                if step > 1:
-                    output = await workflow.execute_activity(
-                        MODEL_STEP,
+                if step > first_step:
+                    output = await self._model_step(
                         StepInput(
                             request=request,
                             agent=plan.agent,
@@ -287,13 +291,10 @@ class AgentRunWorkflow:
                             conversation=conversation,
                             previous_step=unfinished,
                             tool_results=list(self._unpublished),
-                        ),
-                        result_type=StepOutput,
-                        start_to_close_timeout=timedelta(minutes=5),
-                        heartbeat_timeout=MODEL_HEARTBEAT_TIMEOUT,
-                        retry_policy=MODEL_CALL,
-                        summary=f"model {plan.model}, step {step}",
+                        )
                     )
+                if output.model and output.model != plan.model:  # it fell back: the run goes on
+                    plan.model = model = self._record.model = output.model  # with that model
                 unfinished = None
                 self._unpublished.clear()
                 if output.blocked is not None:  # a guardrail processor tripped: it ends here
@@ -321,6 +322,7 @@ class AgentRunWorkflow:
                     step=step,
                     finish_reason=output.finish_reason,
                     usage=output.usage,
+                    model=output.model,
                     messages=[assistant, tool_message],
                 )
             if blocked is not None:
@@ -369,6 +371,58 @@ class AgentRunWorkflow:
         workflow.upsert_search_attributes([STATUS.value_set(outcome.status.upper())])
         await self._subs.caller_told()  # a sub-agent run: its caller knows it waits on nothing
         return finished
+
+    async def _first_step(self, request: AgentRunRequest) -> FirstStep:
+        """Loading the context and the first model call (one activity); on the agent's next
+        model once a model ran out of retries (workflows/model_fallback.py)."""
+        attempt = request
+        while True:
+            try:
+                return await workflow.execute_activity(
+                    START_AND_STEP,
+                    attempt,
+                    result_type=FirstStep,
+                    start_to_close_timeout=timedelta(minutes=5),
+                    heartbeat_timeout=MODEL_HEARTBEAT_TIMEOUT,
+                    retry_policy=MODEL_CALL,
+                    summary=f"model {attempt.model or attempt.agent_name}, step "
+                    + (
+                        f"{request.first_step} (forked: the earlier steps reused)"
+                        if request.fork
+                        else "1 (loads the context)"
+                    ),
+                )
+            except ActivityError as error:
+                fallback = falls_back(error)
+                if not fallback:
+                    raise
+                attempt = request.model_copy(
+                    update={
+                        "fallback_model": fallback,
+                        "model": fallback,
+                        "first_step_begun": False,
+                    }
+                )
+
+    async def _model_step(self, step: StepInput) -> StepOutput:
+        """A model step after the first; on the agent's next model once a model ran out of
+        retries."""
+        while True:
+            try:
+                return await workflow.execute_activity(
+                    MODEL_STEP,
+                    step,
+                    result_type=StepOutput,
+                    start_to_close_timeout=timedelta(minutes=5),
+                    heartbeat_timeout=MODEL_HEARTBEAT_TIMEOUT,
+                    retry_policy=MODEL_CALL,
+                    summary=f"model {step.plan_model}, step {step.step}",
+                )
+            except ActivityError as error:
+                fallback = falls_back(error)
+                if not fallback:
+                    raise
+                step = step.model_copy(update={"plan_model": fallback})
 
     def _outcome(
         self,

@@ -37,7 +37,7 @@ from workflows.retries import (
     STEP_HEARTBEAT_TIMEOUT,
     temporal_retry_policy,
 )
-from workflows.search_attributes import STATUS
+from workflows.search_attributes import RUN, STATUS
 from workflows.waits import MAX_LISTED_WAITS, WaitingMemo, wait_until
 
 with workflow.unsafe.imports_passed_through():
@@ -124,7 +124,9 @@ class DslRunWorkflow:
         self._definition = default_registry.get(start.workflow_id, start.workflow_version)
         self._state = RunState(
             tenant=start.tenant,
-            run_id=start.run_id,
+            # A schedule's runs all start with run id "": each is the last part of the id
+            # Temporal gave its workflow (`wf/<workflow>/<tenant>/sch-<schedule>-<due time>`).
+            run_id=start.run_id or workflow.info().workflow_id.rsplit("/", 1)[-1],
             workflow_id=start.workflow_id,
             workflow_version=start.workflow_version,
             input=start.input,
@@ -237,6 +239,8 @@ class DslRunWorkflow:
         state = self._state
         state.create_time = state.start_time = workflow.now()
         state.status = "running"
+        if not start.run_id:  # started by a schedule: found by its run id from now on
+            workflow.upsert_search_attributes([RUN.value_set(state.run_id)])
         self._set_status("running")
         run_started = RunStarted(
             workflow_id=start.workflow_id,

@@ -12,5 +12,7 @@ WORKFLOW = SearchAttributeKey.for_keyword("LoomworkWorkflow")
 # Loomwork's terms (e.g. SUSPENDED, WAITING), which Temporal's own status cannot express.
 RUN = SearchAttributeKey.for_keyword("LoomworkRun")
 STATUS = SearchAttributeKey.for_keyword("LoomworkStatus")
+# The schedule (its id in the tenant) that started a run; also set on the schedule itself.
+SCHEDULE = SearchAttributeKey.for_keyword("LoomworkSchedule")
 
-ALL = (TENANT, AGENT, THREAD, RESOURCE, WORKFLOW, RUN, STATUS)
+ALL = (TENANT, AGENT, THREAD, RESOURCE, WORKFLOW, RUN, STATUS, SCHEDULE)

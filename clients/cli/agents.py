@@ -91,6 +91,9 @@ def describe_event(event: agent_pb2.AgentRunEvent) -> str | None:
         return f"[red]blocked[/] by {escape(event.blocked.processor)}: " + escape(
             event.blocked.reason
         )
+    if kind == "step_finished" and event.step_finished.reused:
+        said = len(event.step_finished.messages)
+        return f"[dim]step {event.step} reused from the forked run ({said} messages)[/]"
     if kind == "run_finished":
         return f"run finished {run_status(event.run_finished.status)}"
     return None
@@ -181,6 +184,34 @@ def agents_watch(
     )
 
 
+@agents_app.command("fork")
+def agents_fork(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., help="The run to fork."),
+    from_step: int = typer.Argument(..., help="The first step to call the model for again."),
+    new_id: str = typer.Option("", "--id", help="Client-chosen id of the new run."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Follow the new run's events."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Start a new run from a run's step: the steps before it are reused, not run again."""
+
+    async def work(client: LoomworkClient) -> agent_pb2.AgentRun:
+        run = await client.agents.fork_run(run_id, from_step, client_run_id=new_id)
+        if as_json:
+            print_json(to_dict(run))
+        else:
+            stdout_console().print(
+                f"forked run [cyan]{escape(run_id)}[/] at step {from_step} as run "
+                f"[cyan]{escape(run.id)}[/] ({run.reused_steps} steps reused)"
+                + ("" if follow else f"; follow it with `loomwork agents watch {run.id}`")
+            )
+        if follow:
+            await _follow(client.agents.watch_run(run.id, timeout=FOLLOW_TIMEOUT))
+        return run
+
+    run_with_client(connection(ctx), work)
+
+
 @agents_app.command("get")
 def agents_get(
     ctx: typer.Context,
@@ -196,6 +227,10 @@ def agents_get(
     out.print(
         f"run [cyan]{escape(run.id)}[/] of {escape(run.agent_name)} is {run_status(run.status)}"
     )
+    if run.forked_from:
+        out.print(
+            f"[dim]forked from run {escape(run.forked_from)} ({run.reused_steps} steps reused)[/]"
+        )
     for pending in run.pending_approvals:
         arguments = escape(proto_inline(pending.arguments))
         until = ""

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import typer
 
-from clients.cli import agents, demo, mcp, messages, rag, threads, usage, workflows
+from clients.cli import agents, demo, mcp, messages, rag, schedules, threads, usage, workflows
 
 __all__ = ["register"]
 
 
 def register(app: typer.Typer) -> None:
-    """Adds the client commands (threads, messages, agents, workflows, rag, mcp, usage, demo)
+    """Adds the client commands (threads, messages, agents, workflows, schedules, rag, mcp,
+    usage, demo)
     to `app`."""
-    for group in (threads, messages, agents, workflows, rag, mcp, usage, demo):
+    for group in (threads, messages, agents, workflows, schedules, rag, mcp, usage, demo):
         group.register(app)

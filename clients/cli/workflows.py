@@ -258,6 +258,7 @@ def workflows_runs(
     status: list[str] = typer.Option(  # noqa: B008
         [], "--status", help="Only runs in this status (repeatable), e.g. suspended."
     ),
+    schedule_id: str = typer.Option("", "--schedule", help="Only runs this schedule started."),
     limit: int = typer.Option(20, "--limit", "-n", help="How many runs."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -266,7 +267,7 @@ def workflows_runs(
     response = run_with_client(
         connection(ctx),
         lambda c: c.workflows.list_runs(
-            workflow_id=workflow_id, statuses=statuses, page_size=limit
+            workflow_id=workflow_id, statuses=statuses, schedule_id=schedule_id, page_size=limit
         ),
     )
     print_items(

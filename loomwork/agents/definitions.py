@@ -17,6 +17,7 @@ from loomwork.tools.routes import MAX_APPROVAL_TIMEOUT
 AGENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 MAX_TOOLS = 128
 MAX_HANDOFFS = 32
+MAX_FALLBACK_MODELS = 8
 
 AgentSource = Literal["code", "api"]
 
@@ -38,6 +39,9 @@ class AgentDefinition(BaseModel):
     instructions: str = Field(min_length=1, max_length=100_000)
     model: str = Field(default="", max_length=256)  # empty: the server's LOOMWORK_CHAT_MODEL
     model_settings: ModelSettings = Field(default_factory=ModelSettings)
+    # Models a step goes on with, in order, once its calls to the model before them ran out
+    # of retries on a retryable error (429, 5xx, timeout).
+    fallback_models: list[str] = Field(default_factory=list, max_length=MAX_FALLBACK_MODELS)
     tool_names: list[str] = Field(default_factory=list, max_length=MAX_TOOLS)
     # Agents this one may hand the run over to (the model sees a `transfer_to_<agent>` tool).
     handoffs: list[str] = Field(default_factory=list, max_length=MAX_HANDOFFS)
@@ -76,6 +80,23 @@ class AgentDefinition(BaseModel):
         if repeated:
             raise ValueError(f"names a tool more than once: {', '.join(repeated)}")
         return value
+
+    @field_validator("fallback_models")
+    @classmethod
+    def _fallback_models(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not name.strip() or len(name) > 256:
+                raise ValueError(f"{name!r} is not a model name (1..256 characters)")
+        repeated = sorted({n for n in value if value.count(n) > 1})
+        if repeated:
+            raise ValueError(f"names a model more than once: {', '.join(repeated)}")
+        return value
+
+    def models(self, default_model: str) -> list[str]:
+        """The models its steps call, in the order they fall back: its own (or the
+        server's default), then its fallback models."""
+        first = self.model or default_model
+        return [first, *(m for m in self.fallback_models if m != first)]
 
     @field_validator("handoffs")
     @classmethod

@@ -109,8 +109,11 @@ class StepFinished(_Event):
     type: Literal["step_finished"] = "step_finished"
     finish_reason: str
     usage: ChatUsage
+    model: str = ""  # the model that answered ("" in runs recorded before fallback models)
     # The step's messages: the assistant message, then its tool results (when it called tools).
     messages: list[ChatMessage] = Field(default_factory=list)
+    # A fork's step before its fork point, taken as the original recorded it (no usage).
+    reused: bool = False
 
 
 class ApprovalRequested(_Event):

@@ -53,6 +53,7 @@ class StepOutput(BaseModel):
     argument_errors: dict[str, str] = Field(default_factory=dict)
     finish_reason: str = ""
     usage: ChatUsage = Field(default_factory=ChatUsage)
+    model: str = ""  # the model that answered
     # Structured output (the agent has an output schema and the step answered).
     object: dict[str, Any] | None = None
     object_violations: list[Violation] = Field(default_factory=list)

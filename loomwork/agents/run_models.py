@@ -18,6 +18,27 @@ def agent_run_workflow_id(agent: str, tenant_id: str, run_id: str) -> str:
     return f"agent/{agent}/{tenant_id}/{run_id}"
 
 
+class ReusedStep(BaseModel):
+    """A step of the run a fork was made from, before the fork point: its messages are taken
+    as recorded (no model call, no tool call); what it cost is the original run's."""
+
+    step: int
+    finish_reason: str
+    messages: list[ChatMessage]  # the assistant message, then its tool results
+    usage: ChatUsage = Field(default_factory=ChatUsage)  # the original's (not counted again)
+
+
+class AgentFork(BaseModel):
+    """A run forked from another (AgentService.ForkRun): it starts at `from_step` with the
+    conversation the original's model saw there (or the caller's edit of it), on no thread."""
+
+    forked_from: str  # the original run's id
+    from_step: int  # the first step this run calls the model for
+    conversation: list[ChatMessage]  # what the model sees at `from_step`
+    reused: list[ReusedStep] = Field(default_factory=list)  # steps 1..from_step-1
+    edited: bool = False  # the caller replaced the conversation after the system message
+
+
 class AgentRunRequest(BaseModel):
     """Everything a run needs to start; the workflow's input."""
 
@@ -36,6 +57,9 @@ class AgentRunRequest(BaseModel):
     # The model as the service resolved it when accepting the call (named in the first
     # step's summary); the start activity resolves the agent, and so the model, itself.
     model: str = ""
+    # The model a first step that ran out of retries on the agent's model goes on with
+    # (loomwork.agents.model_fallback); "" for the agent's own.
+    fallback_model: str = ""
     # The starter published run_started already (the server does, as it accepts the run).
     announced: bool = False
     # The server began the first step as it started the run (loomwork.agents.speculation);
@@ -49,6 +73,13 @@ class AgentRunRequest(BaseModel):
     # A sub-agent run (an agent called as a tool): the runs above it, from the top-level run
     # down to the one that called it; empty for a run a caller started.
     parents: list[str] = Field(default_factory=list)
+    # A fork of another run (ForkRun): the steps before its fork point are reused.
+    fork: AgentFork | None = None
+
+    @property
+    def first_step(self) -> int:
+        """The number of the run's first model step: 1, or a fork's fork point."""
+        return self.fork.from_step if self.fork is not None else 1
 
     @property
     def log_run_id(self) -> str:
@@ -165,6 +196,8 @@ class RunRecord(BaseModel):
     create_time: datetime | None = None  # accepted
     start_time: datetime | None = None  # a worker started it
     trace_id: str = ""  # the trace of the call that started it ("" when not traced)
+    forked_from: str = ""  # ForkRun: the run this one was forked from
+    reused_steps: int = 0  # ForkRun: steps taken as recorded from `forked_from`
 
     @classmethod
     def accepted(
@@ -183,6 +216,8 @@ class RunRecord(BaseModel):
             create_time=request.create_time or create_time,
             start_time=start_time,
             trace_id=request.trace_id,
+            forked_from=request.fork.forked_from if request.fork else "",
+            reused_steps=len(request.fork.reused) if request.fork else 0,
         )
 
 

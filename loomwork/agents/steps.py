@@ -35,6 +35,7 @@ from loomwork.agents.events import (
 )
 from loomwork.agents.guarded_step import blocked_step, step_guardrails
 from loomwork.agents.memory_tool import UPDATE_WORKING_MEMORY
+from loomwork.agents.model_fallback import next_model
 from loomwork.agents.output_schema import parse_final, partial_object
 from loomwork.agents.payloads import (
     FirstStep,
@@ -60,11 +61,13 @@ from loomwork.json_schema import validate_object
 from loomwork.llm.chat import (
     ChatMessage,
     ChatModel,
+    ChatUsage,
     TextDelta,
     ToolCallDelta,
     ToolCallDone,
     json_schema_format,
 )
+from loomwork.llm.errors import ModelError
 from loomwork.memory.context_assembly import assemble_context
 from loomwork.memory.models import RecallHit, RecallQuery, RecallScope
 from loomwork.memory.recall import MessageRecall
@@ -232,7 +235,8 @@ class AgentSteps:
         """Resolve the agent, save the input to the thread, assemble the context from memory:
         working memory, recalled messages and recent ones, trimmed to the token limit."""
         agent = effective_agent(await self.agents.get(request.tenant, request.agent_name), request)
-        model = agent.model or self.default_model
+        # A first step that fell back starts over on the next model (agents/model_fallback.py).
+        model = request.fallback_model or agent.model or self.default_model
         if not request.announced:  # started by a workflow, not the service
             await announce_run(self.events, request, agent, model, patience=None)
 
@@ -245,6 +249,12 @@ class AgentSteps:
                 context=usage,
             )
 
+        if request.fork is not None:  # a fork: the original's conversation at the fork point
+            await self._reused_steps(request)
+            conversation = list(request.fork.conversation)
+            return plan(
+                conversation, ContextUsage(tokens_in_context=count_context_tokens(conversation))
+            )
         if not request.thread_id:  # stateless: no memory read or written
             conversation = [
                 ChatMessage.system(agent.instructions),
@@ -322,6 +332,22 @@ class AgentSteps:
         )
         return plan(conversation, usage)
 
+    async def _reused_steps(self, request: AgentRunRequest) -> None:
+        """A fork's steps before its fork point, published as the original recorded them
+        (marked reused, no usage: nothing was paid for them again); once each."""
+        assert request.fork is not None
+        for reused in request.fork.reused:
+            await self.publish(
+                request,
+                StepFinished(
+                    step=reused.step,
+                    finish_reason=reused.finish_reason,
+                    usage=ChatUsage(),
+                    messages=reused.messages,
+                    reused=True,
+                ),
+            )
+
     def speculate(self, request: AgentRunRequest) -> bool:
         """Begin the first step of a run that is being started, for its first activity to
         adopt (see loomwork.agents.speculation); False if nothing was begun."""
@@ -354,7 +380,7 @@ class AgentSteps:
             and await self.events.take_draft(log_key, draft + request.run_path)
             and attempt == 1
         ):
-            await self.publish(request, StepRetrying(step=1, attempt=1))
+            await self.publish(request, StepRetrying(step=request.first_step, attempt=1))
         return await self._start_and_step(request, attempt)
 
     async def _start_and_step(self, request: AgentRunRequest, attempt: int = 1) -> FirstStep:
@@ -364,7 +390,7 @@ class AgentSteps:
                 request=request,
                 agent=plan.agent,
                 plan_model=plan.model,
-                step=1,
+                step=request.first_step,
                 conversation=plan.conversation,
             ),
             attempt,
@@ -487,6 +513,10 @@ class AgentSteps:
                 blocked, event = blocked_step(step.step, tripped)
                 await self.publish(request, event)
                 return blocked
+        except ModelError as error:
+            if error.retryable:  # once its retries run out, the step goes on with this one
+                error.fallback_model = next_model(agent, step.plan_model, self.default_model)
+            raise
         finally:
             announced.cancel()  # the call failed first: a retry announces again (once)
             await deltas.cancel()
@@ -525,6 +555,7 @@ class AgentSteps:
             approval_required=approval_required,
             finish_reason=result.finish_reason,
             usage=result.usage,
+            model=step.plan_model,
             tool_routes=tool_routes,
         )
         self._invalid_client_calls(request, output)
@@ -580,7 +611,11 @@ class AgentSteps:
         """The end of a step that called no tools: its one message is the model's answer."""
         finish, usage = output.finish_reason, output.usage
         return StepFinished(
-            step=step, finish_reason=finish, usage=usage, messages=[output.message()]
+            step=step,
+            finish_reason=finish,
+            usage=usage,
+            model=output.model,
+            messages=[output.message()],
         )
 
     @staticmethod

@@ -10,11 +10,13 @@ Cancelling the task running `stream()` / `complete()` aborts the HTTP request.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Annotated, Any, Literal, cast
 
 import openai
@@ -288,8 +290,11 @@ class ChatModel:
         api_key: str | None = None,
         timeout: float = 120.0,
         client: openai.AsyncOpenAI | None = None,
+        slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.model = model
+        # Calls in flight at once, shared by the models of a process (None: no bound).
+        self.slots = slots
         self._owns_client = client is None
         self.client = client or openai.AsyncOpenAI(
             base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None,
@@ -375,10 +380,14 @@ class ChatModel:
         params = self._params(
             messages, tools, response_format, tool_choice, temperature, max_tokens, top_p
         )
-        with self._traced(params) as traced:
-            result = await self._complete(params)
-            _answered(traced, result)
+        async with self._slot():
+            with self._traced(params) as traced:
+                result = await self._complete(params)
+                _answered(traced, result)
         return result
+
+    def _slot(self) -> AbstractAsyncContextManager[object]:
+        return self.slots if self.slots is not None else contextlib.nullcontext()
 
     def _traced(self, params: dict[str, Any]) -> AbstractContextManager[ModelCall]:
         """The call's span and metrics (loomwork.telemetry.model_call)."""
@@ -442,9 +451,10 @@ class ChatModel:
         )
         params["stream"] = True
         params["stream_options"] = {"include_usage": True}
-        with self._traced(params) as traced:
-            result = await self._stream(params, on_event)
-            _answered(traced, result)
+        async with self._slot():
+            with self._traced(params) as traced:
+                result = await self._stream(params, on_event)
+                _answered(traced, result)
         return result
 
     async def _stream(self, params: dict[str, Any], on_event: OnEvent | None) -> ChatResult:

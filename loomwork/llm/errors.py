@@ -55,11 +55,15 @@ class ModelError(LoomworkError):
         self.status = status
         self.retry_after = retry_after
         self.code = code
+        # The model the step goes on with if this error ends its retries ("" when none is
+        # left, or it is not retryable): set by the agent's step, which knows its models.
+        self.fallback_model = ""
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             _rebuild,
             (type(self), self.message, self.retryable, self.status, self.retry_after, self.code),
+            {"fallback_model": self.fallback_model},
         )
 
     def __repr__(self) -> str:

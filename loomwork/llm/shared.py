@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import openai
 
 from loomwork.llm.chat import NO_KEY, ChatModel
@@ -23,11 +25,18 @@ class SharedChatModels:
     (not retryable) saying what to set, rather than calling OpenAI with no key."""
 
     def __init__(
-        self, *, base_url: str | None, api_key: str | None, timeout: float = 120.0
+        self,
+        *,
+        base_url: str | None,
+        api_key: str | None,
+        timeout: float = 120.0,
+        max_calls: int = 0,
     ) -> None:
         self.base_url = base_url
         self.api_key = api_key
         self.timeout = timeout
+        # At most `max_calls` model calls in flight at once (0: no bound); the rest wait.
+        self.slots = asyncio.Semaphore(max_calls) if max_calls > 0 else None
         self._client: openai.AsyncOpenAI | None = None
 
     def __call__(self, model: str) -> ChatModel:
@@ -42,7 +51,7 @@ class SharedChatModels:
                 timeout=self.timeout,
                 max_retries=0,
             )
-        return ChatModel(model, client=self._client)
+        return ChatModel(model, client=self._client, slots=self.slots)
 
     async def aclose(self) -> None:
         if self._client is not None:

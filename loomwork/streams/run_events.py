@@ -26,6 +26,13 @@ asking for trimmed events gets `EventsExpired` rather than a silent gap. Once
 a finished run's keys have expired the log looks like a run that never
 published (`last_id` 0): the service layer answers from the run record.
 
+With `ceilings` (durable id ceilings, `id_ceilings`), a log hands out ids only below a
+ceiling reserved in durable storage first (`ceil` in the meta hash; the append script
+answers -2 when the next id is above it): a log Redis lost goes on above the old ceiling,
+so ids stay unique and increasing for its watchers, and `lost` in the meta hash marks
+where the ids jump (readers accept that one gap; a cursor below the durable ceiling of a
+lost log is waited on, not out of range).
+
 Redis unreachable is `Unavailable` from every method. An append whose reply was lost
 (the connection broke after Redis ran it) can be sent again safely: each append carries a
 random token, and the script answers a token it stored among the run's latest appends
@@ -55,6 +62,7 @@ from loomwork.streams.errors import (
     OutOfRange,
     redis_unavailable,
 )
+from loomwork.streams.id_ceilings import RAISE_LUA, IdCeilings
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +88,9 @@ _FIRST_PAUSE, _LONGEST_PAUSE = 0.1, 2.0  # between tries of `publish`, doubling
 # and return -1; marks the draft `d:<name>` as drafted; a taken one is `taken...`),
 # ARGV[8] token (12 hex digits naming this append: sent again after a lost reply, it answers
 # the id the first one got; the latest RECENT_TOKENS appends are kept in `r`, newest first, as
-# 20-character records: the token, then the id in 8 hex digits).
+# 20-character records: the token, then the id in 8 hex digits),
+# ARGV[9] "1" when ids are bounded by the `ceil` of the meta hash (answers -2, writing
+# nothing, when the next id is above it: a ceiling is to be reserved first).
 _APPEND_LUA = """
 local recent = redis.call('HGET', KEYS[1], 'r') or ''
 local token = ARGV[8]
@@ -110,6 +120,9 @@ if finished then
   return redis.error_reply('LOOMWORK_RUN_FINISHED ' .. finished)
 end
 local n = tonumber(redis.call('HGET', KEYS[1], 'last') or '0') + 1
+if ARGV[9] == '1' and n > tonumber(redis.call('HGET', KEYS[1], 'ceil') or '0') then
+  return -2
+end
 local only_as = tonumber(ARGV[5])
 if only_as > 0 and n ~= only_as then
   return 0
@@ -175,7 +188,8 @@ class RunEventLog:
     for each XREAD BLOCK, so followers never stall other commands; give a
     separate client when many followers could exhaust the main pool. A wait is
     cut to below the client's `socket_timeout`, if it has one. `publish` keeps
-    trying for `write_patience` seconds while Redis is unreachable.
+    trying for `write_patience` seconds while Redis is unreachable. With `ceilings`, ids
+    outlive the loss of the log (see the module's docstring).
     """
 
     def __init__(
@@ -187,6 +201,7 @@ class RunEventLog:
         retention_seconds: int = 86400,
         max_events: int = 100_000,
         write_patience: float = WRITE_PATIENCE,
+        ceilings: IdCeilings | None = None,
     ) -> None:
         for client in (redis, blocking_redis):
             if client is not None and client.connection_pool.connection_kwargs.get(
@@ -205,7 +220,9 @@ class RunEventLog:
         self.retention_seconds = retention_seconds
         self.max_events = max_events
         self.write_patience = write_patience
+        self.ceilings = ceilings
         self._append_script = redis.register_script(_APPEND_LUA)
+        self._raise_script = redis.register_script(RAISE_LUA)
         self._take_draft_script = redis.register_script(_TAKE_DRAFT_LUA)
 
     # keys ---------------------------------------------------------------
@@ -252,21 +269,26 @@ class RunEventLog:
         token: str,
     ) -> int:
         """One try of `append`; the same `token` on a repeat answers the first try's id."""
+        args = [
+            payload,
+            "1" if terminal else "0",
+            self.retention_seconds,
+            self.max_events,
+            only_as,
+            once,
+            draft,
+            token,
+            "1" if self.ceilings is not None else "0",
+        ]
         try:
-            with redis_unavailable(f"the event log of run {run_id!r}"):
-                result = await self._append_script(
-                    keys=[self.meta_key(run_id), self.stream_key(run_id)],
-                    args=[
-                        payload,
-                        "1" if terminal else "0",
-                        self.retention_seconds,
-                        self.max_events,
-                        only_as,
-                        once,
-                        draft,
-                        token,
-                    ],
-                )
+            while True:
+                with redis_unavailable(f"the event log of run {run_id!r}"):
+                    result = await self._append_script(
+                        keys=[self.meta_key(run_id), self.stream_key(run_id)], args=args
+                    )
+                if result != -2:
+                    break
+                await self._reserve(run_id)
         except ResponseError as exc:
             if _FINISHED_ERROR in str(exc):
                 raise FailedPrecondition(
@@ -276,6 +298,52 @@ class RunEventLog:
         if result == -1:
             raise DraftTaken(run_id, draft)
         return int(result)
+
+    async def _reserve(self, run_id: str) -> None:
+        """Reserve the log's next block of ids durably, then let its Redis side use it."""
+        assert self.ceilings is not None
+        block = self.ceilings.block
+
+        async def apply(ceiling: int, first: bool) -> None:
+            with redis_unavailable(f"the event log of run {run_id!r}"):
+                raised = await self._raise_script(
+                    keys=[self.meta_key(run_id)], args=[ceiling, block, "1" if first else "0"]
+                )
+            if raised == 2:
+                log.warning(
+                    "run %s: its event log was lost; its ids go on above %d",
+                    run_id,
+                    ceiling - block,
+                )
+
+        await self.ceilings.reserve(run_id, apply)
+
+    async def _lost_below(self, run_id: str) -> int:
+        """The id up to which the log's events were lost (0: none were)."""
+        with redis_unavailable(f"the event log of run {run_id!r}"):
+            lost = await self.redis.hget(self.meta_key(run_id), "lost")
+        return int(lost or 0)
+
+    async def _may_continue(self, run_id: str, after_id: int) -> bool:
+        """Whether a cursor above the log's last id is one a watcher may hold of a log Redis
+        lost (at most the ids it gave out before): then its next events are waited for."""
+        # One read: the first append after a loss sets `ceil`, `last` and `lost` at once,
+        # and may run between the caller's read of `last` and this one.
+        with redis_unavailable(f"the event log of run {run_id!r}"):
+            last, lost, ceil = await self.redis.hmget(
+                self.meta_key(run_id), ["last", "lost", "ceil"]
+            )
+        if after_id <= max(int(last or 0), int(lost or 0)):
+            return True
+        if self.ceilings is None:
+            return False
+        # A log with no ceiling in Redis but one in PostgreSQL was lost, not yet reopened.
+        return not ceil and after_id <= await self.ceilings.ceiling(run_id)
+
+    async def _jumps_over_lost(self, run_id: str, cursor: int, event_id: int) -> bool:
+        """Whether `event_id` after `cursor` is the first event after the log was lost."""
+        lost = await self._lost_below(run_id)
+        return lost > 0 and cursor <= lost and event_id == lost + 1
 
     async def take_draft(self, run_id: str, draft: str) -> bool:
         """Take the draft `draft` of the run over: none of its events is appended from now
@@ -363,10 +431,13 @@ class RunEventLog:
             return result
 
     async def discard(self, run_id: str) -> None:
-        """Delete a run's log outright (a run that was announced but never started)."""
+        """Delete a run's log outright (a run that was announced but never started): a new
+        start of the run opens it again from id 1."""
         _check_run_id(run_id)
         with redis_unavailable(f"the event log of run {run_id!r}"):
             await self.redis.delete(self.meta_key(run_id), self.stream_key(run_id))
+        if self.ceilings is not None:
+            await self.ceilings.forget(run_id)
 
     # reading ------------------------------------------------------------
 
@@ -395,11 +466,12 @@ class RunEventLog:
             )
         events = [_event(entry_id, fields) for entry_id, fields in entries]
         if events:
-            if events[0].event_id != after_id + 1:
-                raise EventsExpired(run_id, after_id, events[0].event_id)
+            first = events[0].event_id
+            if first != after_id + 1 and not await self._jumps_over_lost(run_id, after_id, first):
+                raise EventsExpired(run_id, after_id, first)
             return events
         last, _ = await self._meta(run_id)
-        if after_id > last:
+        if after_id > last and not await self._may_continue(run_id, after_id):
             raise OutOfRange(run_id, after_id, last)
         return []
 
@@ -427,7 +499,7 @@ class RunEventLog:
             raise InvalidArgument.field("block_ms", "must be positive")
         if after_id > 0:  # from the start, nothing can be out of range or already over
             last, finished = await self._meta(run_id)
-            if after_id > last:
+            if after_id > last and not await self._may_continue(run_id, after_id):
                 raise OutOfRange(run_id, after_id, last)
             if finished is not None and after_id >= finished:
                 return
@@ -470,7 +542,9 @@ class RunEventLog:
                 continue
             for entry_id, fields in entries:
                 event = _event(entry_id, fields)
-                if event.event_id != cursor + 1:
+                if event.event_id != cursor + 1 and not await self._jumps_over_lost(
+                    run_id, cursor, event.event_id
+                ):
                     raise EventsExpired(run_id, cursor, event.event_id)
                 yield event
                 cursor = event.event_id

@@ -33,6 +33,7 @@ from loomwork.agents.events import (
     decode_event,
     encode_event,
 )
+from loomwork.agents.fork import fork_of
 from loomwork.agents.run_models import (
     AgentRunRequest,
     ResumeInput,
@@ -56,13 +57,16 @@ from loomwork.paging import (
     decode_text_token,
     encode_text_token,
 )
+from loomwork.schedules import SCHEDULE_ID_PATTERN, SCHEDULE_ID_RULE
 from loomwork.tools import Tool
 from loomwork.tools.mcp_source import McpToolInfo
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
-from server.agent_runs import AgentRunStarter
+from server.agent_fork import recorded_run
+from server.agent_runs import AgentRunStart, AgentRunStarter
 from server.runtime import Runtime
-from server.servicers import agent_convert, client_tools_convert
+from server.servicers import agent_convert, client_tools_convert, message_convert
 from server.servicers.keep_alive_convert import keep_alive_to_proto
+from server.servicers.launches import Launches
 from server.servicers.relay import (
     ClosedRunEnd,
     KeepAlive,
@@ -75,6 +79,7 @@ from server.servicers.tenancy import tenant
 from server.servicers.well_known_convert import set_timestamp
 from server.temporal import ABNORMAL_END, closure_error, not_taken, query_state, start_input
 from workflows.agent_run import AgentRunWorkflow
+from workflows.search_attributes import SCHEDULE
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +95,7 @@ _UPDATABLE = (
     "metadata",
     "approval_timeout",
     "handoffs",
+    "fallback_models",
     "input_processors",
     "output_processors",
 )
@@ -142,6 +148,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             runtime.agents, AgentStore(runtime.db), runtime.tools, mcp, runtime.processors
         )
         self.starter = AgentRunStarter(runtime, self.directory, self.catalog)
+        self.launches = Launches()
 
     # -- definitions
 
@@ -381,22 +388,41 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
         return terminal
 
+    async def _started_events(
+        self, request: agent_convert.RunRequest, *, require_output_schema: bool = False
+    ) -> AsyncIterator[agent_pb2.AgentRunEvent]:
+        """The events of the run this call starts (or joins). A new run streams from its
+        run_started on while Temporal starts it in the background (so the first event does
+        not wait for the start); a start Temporal refuses ends it with run_failed."""
+        tenant_id = tenant()
+        accepted = await self.starter.accept(
+            tenant_id,
+            agent_convert.run_start_from_proto(request),
+            require_output_schema=require_output_schema,
+        )
+        run_id, workflow_id = accepted.request.run_id, accepted.workflow_id
+        self.runs.remember(tenant_id, run_id, workflow_id)
+        events = self._events(tenant_id, run_id, 0, workflow_id, announced=accepted.new)
+        if not accepted.new:  # a repeat of a client run id: its run, once it is found
+            await self.starter.launch(accepted)
+            async for event in events:
+                yield event
+            return
+        # A start Temporal refuses ends the run's log with run_failed, and so this stream.
+        self.launches.start(self.starter.launch(accepted), f"start of run {run_id}")
+        async for event in events:
+            yield event
+
     async def Stream(
         self, request: agent_pb2.StreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.StreamResponse]:
-        run_request, handle = await self._start(request)
-        async for event in self._events(
-            run_request.tenant, run_request.run_id, 0, handle.id, announced=run_request.announced
-        ):
+        async for event in self._started_events(request):
             yield agent_pb2.StreamResponse(event=event)
 
     async def StreamObject(
         self, request: agent_pb2.StreamObjectRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.StreamObjectResponse]:
-        run_request, handle = await self._start(request, require_output_schema=True)
-        async for event in self._events(
-            run_request.tenant, run_request.run_id, 0, handle.id, announced=run_request.announced
-        ):
+        async for event in self._started_events(request, require_output_schema=True):
             if not event.HasField("text_delta"):
                 yield agent_pb2.StreamObjectResponse(event=event)
 
@@ -431,22 +457,23 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def _current(self, run_id: str) -> agent_pb2.AgentRun:
         handle, workflow_id, agent_name = await self._handle(run_id)
         description = await _describe(handle, run_id)
+        schedule_id = description.typed_search_attributes.get(SCHEDULE) or ""
         if description.status == WorkflowExecutionStatus.RUNNING:
             if not_taken(description):
                 state = await self._pending_state(handle, description)
             else:
                 state = await _state(handle, run_id)
             if state.status in ("pending", "running", "waiting"):
-                return await self._with_last_event(
-                    agent_convert.state_to_proto(run_id, agent_name, state, workflow_id)
-                )
+                run = agent_convert.state_to_proto(run_id, agent_name, state, workflow_id)
+                run.schedule_id = schedule_id
+                return await self._with_last_event(run)
         if description.status in ABNORMAL_END:
             outcome = await self._abnormal_outcome(handle, run_id, description)
         else:  # completed; or running, decided and only saving: the result is a moment away
             outcome = await handle.result()
-        return await self._with_last_event(
-            agent_convert.run_to_proto(outcome, workflow_id), outcome.terminal_event_id
-        )
+        run = agent_convert.run_to_proto(outcome, workflow_id)
+        run.schedule_id = schedule_id
+        return await self._with_last_event(run, outcome.terminal_event_id)
 
     async def _pending_state(
         self,
@@ -546,6 +573,40 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         )
         return agent_pb2.SubmitToolResultsResponse(run=updated)
 
+    async def ForkRun(
+        self, request: agent_pb2.AgentServiceForkRunRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.AgentServiceForkRunResponse:
+        if request.client_run_id and not is_valid_client_id(request.client_run_id):
+            raise InvalidArgument.field("client_run_id", f"must be {CLIENT_ID_RULE}")
+        edited = message_convert.new_messages_from_proto(request.edited_messages, "edited_messages")
+        handle, _, _ = await self._handle(request.run_id)
+        recorded = await recorded_run(handle, self.runtime.temporal.data_converter, request.run_id)
+        original = recorded.request
+        fork = fork_of(
+            request.run_id,
+            original.agent_name,
+            recorded.steps,
+            request.from_step,
+            edited,
+            inherited=original.fork.reused if original.fork else (),
+            inherited_from=original.fork.forked_from if original.fork else "",
+        )
+        run_request, handle = await self.starter.start(
+            tenant(),
+            AgentRunStart(
+                agent_name=original.agent_name,
+                messages=original.input_messages,
+                client_run_id=request.client_run_id,
+                max_steps=original.max_steps,
+                output_schema=original.output_schema,
+                metadata=original.metadata,
+                client_tools=original.client_tools,
+                fork=fork,
+            ),
+        )
+        self.runs.remember(run_request.tenant, run_request.run_id, handle.id)
+        return agent_pb2.AgentServiceForkRunResponse(run=await self._current(run_request.run_id))
+
     async def _started(self, run_id: str, nothing: str) -> _FoundRun:
         """The run, once a worker has taken it; FAILED_PRECONDITION saying `nothing` before."""
         handle, workflow_id, agent_name = await self._handle(run_id)
@@ -605,6 +666,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         for i, status in enumerate(request.statuses):
             if status not in agent_convert.RUN_STATUS_NAMES:
                 violations.add(f"statuses[{i}]", "is not a run status")
+        if request.schedule_id and not SCHEDULE_ID_PATTERN.match(request.schedule_id):
+            violations.add("schedule_id", f"must be {SCHEDULE_ID_RULE}")
         violations.raise_if_any()
         clauses = [
             "WorkflowType = 'AgentRun'",
@@ -614,6 +677,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             ("LoomworkAgent", request.agent_name),
             ("LoomworkThread", request.thread_id),
             ("LoomworkResource", request.resource_id),
+            ("LoomworkSchedule", request.schedule_id),
         ):
             if value:
                 clauses.append(f"{attribute} = {visibility_literal(value)}")

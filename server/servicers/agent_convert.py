@@ -139,6 +139,7 @@ def agent_to_proto(agent: AgentDefinition) -> agent_pb2.Agent:
         model=agent.model,
         tool_names=agent.tool_names,
         handoffs=agent.handoffs,
+        fallback_models=agent.fallback_models,
         memory=memory_to_proto(agent.memory, agent.memory_read_only),
         max_steps=agent.max_steps,
         source=_SOURCES[agent.source],
@@ -175,6 +176,7 @@ def agent_data_from_proto(agent: agent_pb2.Agent) -> dict[str, Any]:
         "model": agent.model,
         "tool_names": list(agent.tool_names),
         "handoffs": list(agent.handoffs),
+        "fallback_models": list(agent.fallback_models),
     }
     settings = agent.model_settings
     data["model_settings"] = {
@@ -294,6 +296,8 @@ def _fill_record(run: agent_pb2.AgentRun, record: runs.RunRecord) -> None:
     if record.start_time is not None:
         set_timestamp(run.start_time, record.start_time)
     run.trace_id = record.trace_id
+    run.forked_from = record.forked_from
+    run.reused_steps = record.reused_steps
 
 
 def run_to_proto(outcome: runs.RunOutcome, workflow_id: str) -> agent_pb2.AgentRun:
@@ -441,6 +445,8 @@ def event_to_proto(
             event.finish_reason, agent_pb2.AGENT_FINISH_REASON_UNSPECIFIED
         )
         out.step_finished.usage.CopyFrom(usage_to_proto(event.usage))
+        out.step_finished.reused = event.reused
+        out.step_finished.model = event.model
         for said in event.messages:
             _chat_message(out.step_finished.messages.add(), said)
     elif isinstance(event, events.ApprovalRequested):

@@ -58,14 +58,15 @@ def fill_message(target: message_pb2.Message, message: Message) -> None:
     set_timestamp(target.create_time, message.create_time)
 
 
-def new_messages_from_proto(messages: Any) -> list[NewMessage]:
-    """Request messages → domain; structural problems are reported together, by field."""
+def new_messages_from_proto(messages: Any, field: str = "messages") -> list[NewMessage]:
+    """Request messages → domain; structural problems are reported together, by field
+    (`field`: the request's name for the list)."""
     violations = Violations()
     out: list[NewMessage] = []
     for i, message in enumerate(messages):
         role = _ROLE_TO_DOMAIN.get(message.role)
         if role is None:
-            violations.add(f"messages[{i}].role", "must be one of system, user, assistant, tool")
+            violations.add(f"{field}[{i}].role", "must be one of system, user, assistant, tool")
         parts: list[TextPart | ToolCallPart | ToolResultPart] = []
         for j, part in enumerate(message.parts):
             kind = part.WhichOneof("kind")
@@ -93,7 +94,7 @@ def new_messages_from_proto(messages: Any) -> list[NewMessage]:
                 )
             else:
                 violations.add(
-                    f"messages[{i}].parts[{j}]", "must set one of text, tool_call, tool_result"
+                    f"{field}[{i}].parts[{j}]", "must set one of text, tool_call, tool_result"
                 )
         if role is not None:
             out.append(

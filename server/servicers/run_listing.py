@@ -20,7 +20,15 @@ from server.servicers import agent_convert, workflow_convert
 from server.servicers.client_tools_convert import pending_tool_call_to_proto
 from server.servicers.well_known_convert import set_timestamp
 from server.temporal import ABNORMAL_END
-from workflows.search_attributes import AGENT, RESOURCE, RUN, STATUS, THREAD, WORKFLOW
+from workflows.search_attributes import (
+    AGENT,
+    RESOURCE,
+    RUN,
+    SCHEDULE,
+    STATUS,
+    THREAD,
+    WORKFLOW,
+)
 from workflows.waits import WAITING_MEMO
 
 log = logging.getLogger(__name__)
@@ -106,6 +114,7 @@ async def listed_agent_run(execution: WorkflowExecution) -> agent_pb2.AgentRun:
         status=status,
         temporal_workflow_id=execution.id,
         temporal_run_id=execution.run_id,
+        schedule_id=attributes.get(SCHEDULE) or "",
     )
     _times(run, execution)
     if status == run_pb2.RUN_STATUS_WAITING:
@@ -141,7 +150,8 @@ async def listed_workflow_run(
     status = _workflow_status(execution)
     state = RunState(
         tenant=tenant,
-        run_id=attributes.get(RUN) or "",
+        # A schedule's run before its workflow has named it: the end of its workflow id.
+        run_id=attributes.get(RUN) or execution.id.rsplit("/", 1)[-1],
         workflow_id=attributes.get(WORKFLOW) or "",
         workflow_version="",
         status=status,
@@ -153,6 +163,7 @@ async def listed_workflow_run(
         temporal_run_id=execution.run_id,
         summary=True,
     )
+    run.schedule_id = attributes.get(SCHEDULE) or ""
     _times(run, execution)
     if status in ("suspended", "waiting"):
         steps: list[StepRun] | None = await _waits(execution, list[StepRun])

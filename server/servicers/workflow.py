@@ -53,6 +53,7 @@ from loomwork.paging import (
     decode_page_token,
     encode_page_token,
 )
+from loomwork.schedules import check_schedule_id
 from protos.loomwork.v1 import workflow_pb2, workflow_pb2_grpc
 from server.quotas import admit_run, refuse_run
 from server.runtime import Runtime
@@ -68,8 +69,10 @@ from server.servicers.relay import (
 from server.servicers.run_listing import listed_workflow_run, status_clause, visibility_page
 from server.servicers.tenancy import tenant
 from server.servicers.well_known_convert import set_timestamp, struct_to_dict
+from server.servicers.workflow_schedules import ScheduleRpcs
 from server.temporal import ABNORMAL_END, closure_error, not_taken, query_state, start_input
 from workflows.dsl_run import DslRunWorkflow
+from workflows.search_attributes import SCHEDULE
 from workflows.waits import WAITING_MEMO
 
 log = logging.getLogger(__name__)
@@ -123,8 +126,9 @@ def _validation_violations(prefix: str, error: ValidationError) -> list[FieldVio
     ]
 
 
-class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
+class WorkflowServicer(ScheduleRpcs, workflow_pb2_grpc.WorkflowServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
+        ScheduleRpcs.__init__(self, runtime)
         self.runtime = runtime
         self.registry = runtime.flows
         self.directory = RunDirectory(runtime.redis, prefix="loomwork:workflow-run")
@@ -305,6 +309,9 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             statuses.append(status_name.upper())
         if statuses:
             clauses.append(status_clause(set(statuses)))
+        if request.schedule_id:
+            check_schedule_id(request.schedule_id, "schedule_id")
+            clauses.append(f"LoomworkSchedule = {visibility_literal(request.schedule_id)}")
         executions, token = await visibility_page(
             self.runtime.temporal, " AND ".join(clauses), size, request.page_token
         )  # visibility lists newest first
@@ -487,7 +494,9 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             _merge_pending_attempts(state, description.raw_description.pending_activities)
         if ended_outside and state.status not in TERMINAL_RUN:
             _ended_outside(state, await _closure(handle), description.close_time)
-        return await self._to_proto(state, handle, run_id=description.run_id)
+        run = await self._to_proto(state, handle, run_id=description.run_id)
+        run.schedule_id = description.typed_search_attributes.get(SCHEDULE) or ""
+        return run
 
     async def _start_state(
         self,

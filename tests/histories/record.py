@@ -3,14 +3,21 @@
     .venv/bin/python tests/histories/record.py tests/histories/agent_run_<version>.json
     .venv/bin/python tests/histories/record.py --workflows tests/histories/dsl_run_<version>
     .venv/bin/python tests/histories/record.py --sub-agents tests/histories/agent_run_<version>
+    .venv/bin/python tests/histories/record.py --fork tests/histories/agent_run_<version>_fork.json
+    .venv/bin/python tests/histories/record.py --fallback-and-schedules tests/histories/<version>
 
 An agent run: one run through the gRPC API on a fresh embedded stack, of an agent made like
 `assistant` with an approval timeout of an hour: a tool call, a call that needs approval
 (approved by ResumeRun before its timeout), a call of a client tool (answered by
-SubmitToolResults), then the answer. `--sub-agents`: a run whose agent calls another as a tool
+SubmitToolResults), then the answer; `--fork`: a fork of that run from its answer step
+(ForkRun). `--sub-agents`: a run whose agent calls another as a tool
 (whose call of `send_email` is approved through the top-level run) and then hands off to a
 third, written to `<prefix>.json` (the top-level run) and `<prefix>_sub_run.json` (the
-sub-agent run). `--workflows`: one DslRun of
+sub-agent run). `--fallback-and-schedules`: an agent run whose first step falls back from a
+model answering 503 to the agent's next model (`agent_run_<version>_fallback.json`), and the
+runs a schedule starts when triggered, of the `assistant` agent
+(`agent_run_<version>_scheduled.json`) and of order-pipeline
+(`dsl_run_<version>_scheduled_order-pipeline.json`). `--workflows`: one DslRun of
 each example workflow through StartRun (linear, branching, and suspend → ResumeRun), written
 to `<prefix>_<workflow>.json`. Record them per released version of the workflow code and
 keep them all: the replay tests (`test_agent_run_replay.py`, `test_workflow_run_replay.py`)
@@ -27,13 +34,15 @@ import tempfile
 from pathlib import Path
 
 import grpc
+from temporalio.client import ScheduleActionExecutionStartWorkflow
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from google.protobuf import struct_pb2
 
 from loomwork.config import Settings
-from loomwork.testing import ScriptedModelServer, ScriptedToolCall, Turn
+from loomwork.testing import Failure, ScriptedModelServer, ScriptedToolCall, Turn
+from loomwork.testing.script import ChatRequest
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2, workflow_pb2, workflow_pb2_grpc
 from server.embedded import EmbeddedStack
 from server.runtime import Runtime
@@ -47,6 +56,7 @@ SCRIPT = [
     Turn(tool_calls=[ScriptedToolCall("send_email", {"to": "ada@example.com"}, id="c_mail")]),
     Turn(tool_calls=[ScriptedToolCall("get_weather", {"city": "Paris"}, id="c_weather")]),
     Turn(text="Sent: 5. Sunny in Paris.", chunk_size=3),
+    Turn(text="Forked: sunny.", chunk_size=3),  # `--fork`: the fork's one model call
 ]
 SUB_AGENTS_SCRIPT = [  # the lead asks the mailer, which mails; the lead hands off to the closer
     Turn(tool_calls=[ScriptedToolCall("mailer", {"prompt": "mail Ada"}, id="c_ask")]),
@@ -58,8 +68,9 @@ SUB_AGENTS_SCRIPT = [  # the lead asks the mailer, which mails; the lead hands o
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 
 
-async def record(settings: Settings) -> str:
-    """The run's history as JSON."""
+async def record(settings: Settings, *, fork: bool = False) -> str:
+    """The run's history as JSON; `fork`: the history of a fork of it from its last step
+    (ForkRun: its first three steps reused, the answer asked for again)."""
     runtime = await Runtime.open(settings)
     await register_search_attributes(runtime.temporal, settings.temporal_namespace)
     worker = build_worker(runtime)
@@ -110,7 +121,15 @@ async def record(settings: Settings) -> str:
         run = await agents.GetRun(
             agent_pb2.AgentServiceGetRunRequest(run_id="replay"), metadata=AUTH
         )
+        if fork:
+            run = await agents.ForkRun(
+                agent_pb2.AgentServiceForkRunRequest(
+                    run_id="replay", from_step=4, client_run_id="replay-fork"
+                ),
+                metadata=AUTH,
+            )
         handle = runtime.temporal.get_workflow_handle(run.run.temporal_workflow_id)
+        await handle.result()
         history = (await handle.fetch_history()).to_json()
     await app.stop(0)
     await runtime.close()
@@ -155,6 +174,77 @@ async def record_sub_agents(settings: Settings) -> dict[str, str]:
         histories = {}
         for name, agent, run_id in (("", "lead", "team"), ("_sub_run", "mailer", sub_run)):
             handle = runtime.temporal.get_workflow_handle(f"agent/{agent}/rec/{run_id}")
+            await handle.result()
+            histories[name] = (await handle.fetch_history()).to_json()
+    await app.stop(0)
+    await runtime.close()
+    return histories
+
+
+def _fallback_script(request: ChatRequest) -> Failure | Turn:
+    if request.model == "model-a":
+        return Failure(status=503, message="overloaded")
+    return Turn(text="Answered by B.", chunk_size=3)
+
+
+async def record_fallback_and_schedules(settings: Settings) -> dict[str, str]:
+    """Histories of an agent run that fell back to its next model, and of an agent run and a
+    DslRun started by schedules, as JSON by file name."""
+    runtime = await Runtime.open(settings)
+    await register_search_attributes(runtime.temporal, settings.temporal_namespace)
+    worker = build_worker(runtime)
+    app = build_grpc_app(runtime, "127.0.0.1:0")
+    await app.start()
+    histories = {}
+    async with worker, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        agents = agent_pb2_grpc.AgentServiceStub(channel)
+        workflows = workflow_pb2_grpc.WorkflowServiceStub(channel)
+        agent = agent_pb2.Agent(
+            name="fallback", instructions="Help.", model="model-a", fallback_models=["model-b"]
+        )
+        await agents.CreateAgent(agent_pb2.CreateAgentRequest(agent=agent), metadata=AUTH)
+        run = await agents.Generate(
+            agent_pb2.GenerateRequest(agent_name="fallback", prompt="hi", client_run_id="fb"),
+            metadata=AUTH,
+        )
+        assert run.run.status == run_pb2.RUN_STATUS_SUCCEEDED, run.run
+        handle = runtime.temporal.get_workflow_handle(run.run.temporal_workflow_id)
+        histories["agent_run_{}_fallback"] = (await handle.fetch_history()).to_json()
+        data, _ = WORKFLOW_RUNS["order-pipeline"]
+        for schedule in (
+            workflow_pb2.Schedule(
+                id="nightly",
+                cron="0 2 * * *",
+                workflow_run=workflow_pb2.ScheduledWorkflowRun(
+                    workflow_id="order-pipeline", input=_struct(data)
+                ),
+            ),
+            workflow_pb2.Schedule(
+                id="digest",
+                cron="0 8 * * *",
+                agent_run=workflow_pb2.ScheduledAgentRun(agent_name="assistant", prompt="hi"),
+            ),
+        ):
+            await workflows.CreateSchedule(
+                workflow_pb2.CreateScheduleRequest(schedule=schedule, paused=True), metadata=AUTH
+            )
+            await workflows.TriggerSchedule(
+                workflow_pb2.TriggerScheduleRequest(schedule_id=schedule.id), metadata=AUTH
+            )
+        for name, kind in (
+            ("dsl_run_{}_scheduled_order-pipeline", "nightly"),
+            ("agent_run_{}_scheduled", "digest"),
+        ):
+            temporal_id = f"loomwork/rec/{kind}"
+            schedule_handle = runtime.temporal.get_schedule_handle(temporal_id)
+            for _ in range(150):  # the trigger's run is listed a moment later
+                description = await schedule_handle.describe()
+                if description.info.recent_actions:
+                    break
+                await asyncio.sleep(0.2)
+            action = description.info.recent_actions[0].action
+            assert isinstance(action, ScheduleActionExecutionStartWorkflow)
+            handle = runtime.temporal.get_workflow_handle(action.workflow_id)
             await handle.result()
             histories[name] = (await handle.fetch_history()).to_json()
     await app.stop(0)
@@ -229,27 +319,37 @@ async def record_workflows(settings: Settings) -> dict[str, str]:
 def main() -> None:
     workflows = sys.argv[1] == "--workflows"
     sub_agents = sys.argv[1] == "--sub-agents"
+    fallback = sys.argv[1] == "--fallback-and-schedules"
+    fork = sys.argv[1] == "--fork"
     out = Path(sys.argv[-1]).resolve()
     with tempfile.TemporaryDirectory(prefix="loomwork-history-") as tmp:
         stack = EmbeddedStack(Path(tmp), temporal_ui=False)
         endpoints = stack.start()
-        model = ScriptedModelServer(SUB_AGENTS_SCRIPT if sub_agents else SCRIPT)
+        script = SUB_AGENTS_SCRIPT if sub_agents else SCRIPT
+        model = ScriptedModelServer(_fallback_script if fallback else script)
         model.start_in_thread()
         try:
             settings = Settings(
                 DATABASE_URL=endpoints.database_url,
                 REDIS_URL=endpoints.redis_url,
                 TEMPORAL_ADDRESS=endpoints.temporal_address,
-                LOOMWORK_TOKENS="rec=rec",
+                LOOMWORK_TOKENS="rec=rec:admin",  # it creates agents and schedules
                 LOOMWORK_HOME=Path(tmp),  # its dev secret key too, not the current directory's
                 OPENAI_BASE_URL=model.base_url,
                 OPENAI_API_KEY="x",
                 LOOMWORK_CHAT_MODEL="scripted",
                 LOOMWORK_DEMO=True,  # the `assistant` agent and the example workflows
+                LOOMWORK_MODEL_CALL_ATTEMPTS=2,  # a fallback after two 503s
             )
             if workflows:
                 for name, history in asyncio.run(record_workflows(settings)).items():
                     path = out.with_name(f"{out.name}_{name}.json")
+                    path.write_text(history)
+                    print(f"recorded {path}")
+            elif fallback:
+                version = out.name
+                for name, history in asyncio.run(record_fallback_and_schedules(settings)).items():
+                    path = out.with_name(f"{name.format(version)}.json")
                     path.write_text(history)
                     print(f"recorded {path}")
             elif sub_agents:
@@ -258,7 +358,7 @@ def main() -> None:
                     path.write_text(history)
                     print(f"recorded {path}")
             else:
-                out.write_text(asyncio.run(record(settings)))
+                out.write_text(asyncio.run(record(settings, fork=fork)))
                 print(f"recorded {out}")
         finally:
             model.stop_in_thread()

@@ -63,7 +63,7 @@ AGENT_FINISH_REASON_CANCELED: AgentFinishReason
 AGENT_FINISH_REASON_ERROR: AgentFinishReason
 
 class Agent(_message.Message):
-    __slots__ = ("name", "description", "instructions", "model", "model_settings", "tool_names", "memory", "max_steps", "output_schema", "metadata", "source", "create_time", "update_time", "approval_timeout", "handoffs", "input_processors", "output_processors")
+    __slots__ = ("name", "description", "instructions", "model", "model_settings", "tool_names", "memory", "max_steps", "output_schema", "metadata", "source", "create_time", "update_time", "approval_timeout", "handoffs", "fallback_models", "input_processors", "output_processors")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class Agent(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     HANDOFFS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_MODELS_FIELD_NUMBER: _ClassVar[int]
     INPUT_PROCESSORS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PROCESSORS_FIELD_NUMBER: _ClassVar[int]
     name: str
@@ -96,9 +97,10 @@ class Agent(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     approval_timeout: _duration_pb2.Duration
     handoffs: _containers.RepeatedScalarFieldContainer[str]
+    fallback_models: _containers.RepeatedScalarFieldContainer[str]
     input_processors: _containers.RepeatedCompositeFieldContainer[_guardrails_pb2.GuardrailProcessor]
     output_processors: _containers.RepeatedCompositeFieldContainer[_guardrails_pb2.GuardrailProcessor]
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., instructions: _Optional[str] = ..., model: _Optional[str] = ..., model_settings: _Optional[_Union[_run_pb2.ModelSettings, _Mapping]] = ..., tool_names: _Optional[_Iterable[str]] = ..., memory: _Optional[_Union[AgentMemorySettings, _Mapping]] = ..., max_steps: _Optional[int] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., source: _Optional[_Union[AgentSource, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., approval_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., handoffs: _Optional[_Iterable[str]] = ..., input_processors: _Optional[_Iterable[_Union[_guardrails_pb2.GuardrailProcessor, _Mapping]]] = ..., output_processors: _Optional[_Iterable[_Union[_guardrails_pb2.GuardrailProcessor, _Mapping]]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., instructions: _Optional[str] = ..., model: _Optional[str] = ..., model_settings: _Optional[_Union[_run_pb2.ModelSettings, _Mapping]] = ..., tool_names: _Optional[_Iterable[str]] = ..., memory: _Optional[_Union[AgentMemorySettings, _Mapping]] = ..., max_steps: _Optional[int] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., source: _Optional[_Union[AgentSource, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., approval_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., handoffs: _Optional[_Iterable[str]] = ..., fallback_models: _Optional[_Iterable[str]] = ..., input_processors: _Optional[_Iterable[_Union[_guardrails_pb2.GuardrailProcessor, _Mapping]]] = ..., output_processors: _Optional[_Iterable[_Union[_guardrails_pb2.GuardrailProcessor, _Mapping]]] = ...) -> None: ...
 
 class AgentMemorySettings(_message.Message):
     __slots__ = ("last_messages", "semantic_recall", "working_memory", "max_context_tokens", "read_only")
@@ -347,7 +349,7 @@ class StreamObjectResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[AgentRunEvent, _Mapping]] = ...) -> None: ...
 
 class AgentRun(_message.Message):
-    __slots__ = ("id", "agent_name", "thread_id", "resource_id", "status", "model", "input_messages", "output", "pending_approvals", "pending_tool_calls", "error", "metadata", "create_time", "start_time", "end_time", "last_event_id", "temporal_workflow_id", "temporal_run_id", "trace_id")
+    __slots__ = ("id", "agent_name", "thread_id", "resource_id", "status", "model", "input_messages", "output", "pending_approvals", "pending_tool_calls", "error", "metadata", "create_time", "start_time", "end_time", "last_event_id", "temporal_workflow_id", "temporal_run_id", "trace_id", "schedule_id", "forked_from", "reused_steps")
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
@@ -367,6 +369,9 @@ class AgentRun(_message.Message):
     TEMPORAL_WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     TEMPORAL_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
+    FORKED_FROM_FIELD_NUMBER: _ClassVar[int]
+    REUSED_STEPS_FIELD_NUMBER: _ClassVar[int]
     id: str
     agent_name: str
     thread_id: str
@@ -386,7 +391,10 @@ class AgentRun(_message.Message):
     temporal_workflow_id: str
     temporal_run_id: str
     trace_id: str
-    def __init__(self, id: _Optional[str] = ..., agent_name: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., status: _Optional[_Union[_run_pb2.RunStatus, str]] = ..., model: _Optional[str] = ..., input_messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., output: _Optional[_Union[AgentRunOutput, _Mapping]] = ..., pending_approvals: _Optional[_Iterable[_Union[PendingApproval, _Mapping]]] = ..., pending_tool_calls: _Optional[_Iterable[_Union[PendingToolCall, _Mapping]]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[int] = ..., temporal_workflow_id: _Optional[str] = ..., temporal_run_id: _Optional[str] = ..., trace_id: _Optional[str] = ...) -> None: ...
+    schedule_id: str
+    forked_from: str
+    reused_steps: int
+    def __init__(self, id: _Optional[str] = ..., agent_name: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., status: _Optional[_Union[_run_pb2.RunStatus, str]] = ..., model: _Optional[str] = ..., input_messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., output: _Optional[_Union[AgentRunOutput, _Mapping]] = ..., pending_approvals: _Optional[_Iterable[_Union[PendingApproval, _Mapping]]] = ..., pending_tool_calls: _Optional[_Iterable[_Union[PendingToolCall, _Mapping]]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[int] = ..., temporal_workflow_id: _Optional[str] = ..., temporal_run_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., schedule_id: _Optional[str] = ..., forked_from: _Optional[str] = ..., reused_steps: _Optional[int] = ...) -> None: ...
 
 class AgentRunOutput(_message.Message):
     __slots__ = ("messages", "text", "object", "usage", "finish_reason", "steps", "context")
@@ -587,14 +595,18 @@ class AgentStepRetrying(_message.Message):
     def __init__(self, attempt: _Optional[int] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., backoff: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class AgentStepFinished(_message.Message):
-    __slots__ = ("finish_reason", "messages", "usage")
+    __slots__ = ("finish_reason", "messages", "usage", "model", "reused")
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REUSED_FIELD_NUMBER: _ClassVar[int]
     finish_reason: AgentFinishReason
     messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
     usage: _message_pb2.Usage
-    def __init__(self, finish_reason: _Optional[_Union[AgentFinishReason, str]] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ...) -> None: ...
+    model: str
+    reused: bool
+    def __init__(self, finish_reason: _Optional[_Union[AgentFinishReason, str]] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., usage: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ..., reused: _Optional[bool] = ...) -> None: ...
 
 class AgentRunFinished(_message.Message):
     __slots__ = ("status", "output", "error")
@@ -619,20 +631,22 @@ class AgentServiceGetRunResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[AgentRun, _Mapping]] = ...) -> None: ...
 
 class AgentServiceListRunsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "agent_name", "thread_id", "resource_id", "statuses")
+    __slots__ = ("page_size", "page_token", "agent_name", "thread_id", "resource_id", "statuses", "schedule_id")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     STATUSES_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     agent_name: str
     thread_id: str
     resource_id: str
     statuses: _containers.RepeatedScalarFieldContainer[_run_pb2.RunStatus]
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., agent_name: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[_run_pb2.RunStatus, str]]] = ...) -> None: ...
+    schedule_id: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., agent_name: _Optional[str] = ..., thread_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[_run_pb2.RunStatus, str]]] = ..., schedule_id: _Optional[str] = ...) -> None: ...
 
 class AgentServiceListRunsResponse(_message.Message):
     __slots__ = ("runs", "next_page_token")
@@ -733,6 +747,24 @@ class SubmitToolResultsResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[AgentRun, _Mapping]] = ...) -> None: ...
 
 class AgentServiceResumeRunResponse(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: AgentRun
+    def __init__(self, run: _Optional[_Union[AgentRun, _Mapping]] = ...) -> None: ...
+
+class AgentServiceForkRunRequest(_message.Message):
+    __slots__ = ("run_id", "from_step", "edited_messages", "client_run_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_STEP_FIELD_NUMBER: _ClassVar[int]
+    EDITED_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    from_step: int
+    edited_messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
+    client_run_id: str
+    def __init__(self, run_id: _Optional[str] = ..., from_step: _Optional[int] = ..., edited_messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., client_run_id: _Optional[str] = ...) -> None: ...
+
+class AgentServiceForkRunResponse(_message.Message):
     __slots__ = ("run",)
     RUN_FIELD_NUMBER: _ClassVar[int]
     run: AgentRun

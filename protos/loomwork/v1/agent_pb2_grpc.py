@@ -121,6 +121,11 @@ class AgentServiceStub:
                 request_serializer=loomwork_dot_v1_dot_agent__pb2.SubmitToolResultsRequest.SerializeToString,
                 response_deserializer=loomwork_dot_v1_dot_agent__pb2.SubmitToolResultsResponse.FromString,
                 _registered_method=True)
+        self.ForkRun = channel.unary_unary(
+                '/loomwork.v1.AgentService/ForkRun',
+                request_serializer=loomwork_dot_v1_dot_agent__pb2.AgentServiceForkRunRequest.SerializeToString,
+                response_deserializer=loomwork_dot_v1_dot_agent__pb2.AgentServiceForkRunResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -298,6 +303,23 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForkRun(self, request, context):
+        """Forks a run: starts a new run of the same agent that takes the recorded
+        results of every step before `from_step` as they are (no model call and
+        no tool call is made again: they stand first in its output, and its
+        stream has their `step_finished` events marked `reused`), and calls the
+        model anew from `from_step`, on the conversation the original's model saw
+        there. The new run says `forked_from` and `reused_steps`; its usage counts
+        only what it paid. It runs on no thread (nothing read from or written to
+        the original's memory). The original run is untouched; it may still be
+        running. INVALID_ARGUMENT naming `from_step` when the run never started
+        that step; FAILED_PRECONDITION when that step ran as another agent (after
+        a handoff).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -375,6 +397,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.SubmitToolResults,
                     request_deserializer=loomwork_dot_v1_dot_agent__pb2.SubmitToolResultsRequest.FromString,
                     response_serializer=loomwork_dot_v1_dot_agent__pb2.SubmitToolResultsResponse.SerializeToString,
+            ),
+            'ForkRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkRun,
+                    request_deserializer=loomwork_dot_v1_dot_agent__pb2.AgentServiceForkRunRequest.FromString,
+                    response_serializer=loomwork_dot_v1_dot_agent__pb2.AgentServiceForkRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -794,6 +821,33 @@ class AgentService:
             '/loomwork.v1.AgentService/SubmitToolResults',
             loomwork_dot_v1_dot_agent__pb2.SubmitToolResultsRequest.SerializeToString,
             loomwork_dot_v1_dot_agent__pb2.SubmitToolResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loomwork.v1.AgentService/ForkRun',
+            loomwork_dot_v1_dot_agent__pb2.AgentServiceForkRunRequest.SerializeToString,
+            loomwork_dot_v1_dot_agent__pb2.AgentServiceForkRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

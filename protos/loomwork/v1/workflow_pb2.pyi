@@ -53,6 +53,16 @@ class WorkflowStepStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WORKFLOW_STEP_STATUS_WAITING: _ClassVar[WorkflowStepStatus]
     WORKFLOW_STEP_STATUS_SKIPPED: _ClassVar[WorkflowStepStatus]
     WORKFLOW_STEP_STATUS_CANCELED: _ClassVar[WorkflowStepStatus]
+
+class ScheduleOverlapPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCHEDULE_OVERLAP_POLICY_UNSPECIFIED: _ClassVar[ScheduleOverlapPolicy]
+    SCHEDULE_OVERLAP_POLICY_SKIP: _ClassVar[ScheduleOverlapPolicy]
+    SCHEDULE_OVERLAP_POLICY_BUFFER_ONE: _ClassVar[ScheduleOverlapPolicy]
+    SCHEDULE_OVERLAP_POLICY_BUFFER_ALL: _ClassVar[ScheduleOverlapPolicy]
+    SCHEDULE_OVERLAP_POLICY_CANCEL_OTHER: _ClassVar[ScheduleOverlapPolicy]
+    SCHEDULE_OVERLAP_POLICY_TERMINATE_OTHER: _ClassVar[ScheduleOverlapPolicy]
+    SCHEDULE_OVERLAP_POLICY_ALLOW_ALL: _ClassVar[ScheduleOverlapPolicy]
 WORKFLOW_STEP_KIND_UNSPECIFIED: WorkflowStepKind
 WORKFLOW_STEP_KIND_STEP: WorkflowStepKind
 WORKFLOW_STEP_KIND_AGENT: WorkflowStepKind
@@ -83,6 +93,13 @@ WORKFLOW_STEP_STATUS_SUSPENDED: WorkflowStepStatus
 WORKFLOW_STEP_STATUS_WAITING: WorkflowStepStatus
 WORKFLOW_STEP_STATUS_SKIPPED: WorkflowStepStatus
 WORKFLOW_STEP_STATUS_CANCELED: WorkflowStepStatus
+SCHEDULE_OVERLAP_POLICY_UNSPECIFIED: ScheduleOverlapPolicy
+SCHEDULE_OVERLAP_POLICY_SKIP: ScheduleOverlapPolicy
+SCHEDULE_OVERLAP_POLICY_BUFFER_ONE: ScheduleOverlapPolicy
+SCHEDULE_OVERLAP_POLICY_BUFFER_ALL: ScheduleOverlapPolicy
+SCHEDULE_OVERLAP_POLICY_CANCEL_OTHER: ScheduleOverlapPolicy
+SCHEDULE_OVERLAP_POLICY_TERMINATE_OTHER: ScheduleOverlapPolicy
+SCHEDULE_OVERLAP_POLICY_ALLOW_ALL: ScheduleOverlapPolicy
 
 class Workflow(_message.Message):
     __slots__ = ("id", "description", "version", "input_schema", "output_schema", "steps")
@@ -199,7 +216,7 @@ class WorkflowStepRun(_message.Message):
     def __init__(self, step_id: _Optional[str] = ..., path: _Optional[str] = ..., iteration: _Optional[int] = ..., kind: _Optional[_Union[WorkflowStepKind, str]] = ..., status: _Optional[_Union[WorkflowStepStatus, str]] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., output: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., attempts: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., suspend_payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resume_data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., suspend_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resume_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., wake_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reused_from: _Optional[str] = ...) -> None: ...
 
 class WorkflowRun(_message.Message):
-    __slots__ = ("id", "workflow_id", "workflow_version", "status", "input", "output", "error", "steps", "metadata", "create_time", "start_time", "end_time", "last_event_id", "temporal_workflow_id", "temporal_run_id", "forked_from")
+    __slots__ = ("id", "workflow_id", "workflow_version", "status", "input", "output", "error", "steps", "metadata", "create_time", "start_time", "end_time", "last_event_id", "temporal_workflow_id", "temporal_run_id", "schedule_id", "forked_from")
     ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +232,7 @@ class WorkflowRun(_message.Message):
     LAST_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     TEMPORAL_WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     TEMPORAL_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
     FORKED_FROM_FIELD_NUMBER: _ClassVar[int]
     id: str
     workflow_id: str
@@ -231,8 +249,9 @@ class WorkflowRun(_message.Message):
     last_event_id: int
     temporal_workflow_id: str
     temporal_run_id: str
+    schedule_id: str
     forked_from: str
-    def __init__(self, id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., workflow_version: _Optional[str] = ..., status: _Optional[_Union[WorkflowRunStatus, str]] = ..., input: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[WorkflowStepRun, _Mapping]]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[int] = ..., temporal_workflow_id: _Optional[str] = ..., temporal_run_id: _Optional[str] = ..., forked_from: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., workflow_version: _Optional[str] = ..., status: _Optional[_Union[WorkflowRunStatus, str]] = ..., input: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[_Union[_run_pb2.RunError, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[WorkflowStepRun, _Mapping]]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[int] = ..., temporal_workflow_id: _Optional[str] = ..., temporal_run_id: _Optional[str] = ..., schedule_id: _Optional[str] = ..., forked_from: _Optional[str] = ...) -> None: ...
 
 class WorkflowRunEvent(_message.Message):
     __slots__ = ("event_id", "run_id", "time", "run_started", "step_started", "step_succeeded", "step_failed", "step_suspended", "step_resumed", "step_retrying", "step_waiting", "step_skipped", "run_finished", "run_failed", "run_pending", "keep_alive")
@@ -373,16 +392,18 @@ class WorkflowServiceGetRunResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[WorkflowRun, _Mapping]] = ...) -> None: ...
 
 class WorkflowServiceListRunsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "workflow_id", "statuses")
+    __slots__ = ("page_size", "page_token", "workflow_id", "statuses", "schedule_id")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     STATUSES_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     workflow_id: str
     statuses: _containers.RepeatedScalarFieldContainer[WorkflowRunStatus]
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., workflow_id: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[WorkflowRunStatus, str]]] = ...) -> None: ...
+    schedule_id: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., workflow_id: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[WorkflowRunStatus, str]]] = ..., schedule_id: _Optional[str] = ...) -> None: ...
 
 class WorkflowServiceListRunsResponse(_message.Message):
     __slots__ = ("runs", "next_page_token")
@@ -437,3 +458,139 @@ class WorkflowServiceWatchRunResponse(_message.Message):
     EVENT_FIELD_NUMBER: _ClassVar[int]
     event: WorkflowRunEvent
     def __init__(self, event: _Optional[_Union[WorkflowRunEvent, _Mapping]] = ...) -> None: ...
+
+class ScheduledWorkflowRun(_message.Message):
+    __slots__ = ("workflow_id", "input", "metadata")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    input: _struct_pb2.Struct
+    metadata: _struct_pb2.Struct
+    def __init__(self, workflow_id: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class ScheduledAgentRun(_message.Message):
+    __slots__ = ("agent_name", "prompt", "thread_id")
+    AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    agent_name: str
+    prompt: str
+    thread_id: str
+    def __init__(self, agent_name: _Optional[str] = ..., prompt: _Optional[str] = ..., thread_id: _Optional[str] = ...) -> None: ...
+
+class Schedule(_message.Message):
+    __slots__ = ("id", "description", "cron", "interval", "time_zone", "overlap_policy", "catchup_window", "workflow_run", "agent_run", "paused", "note", "next_action_times", "recent_run_ids", "action_count", "create_time", "temporal_schedule_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    CRON_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_POLICY_FIELD_NUMBER: _ClassVar[int]
+    CATCHUP_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_RUN_FIELD_NUMBER: _ClassVar[int]
+    AGENT_RUN_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ACTION_TIMES_FIELD_NUMBER: _ClassVar[int]
+    RECENT_RUN_IDS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TEMPORAL_SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    description: str
+    cron: str
+    interval: _duration_pb2.Duration
+    time_zone: str
+    overlap_policy: ScheduleOverlapPolicy
+    catchup_window: _duration_pb2.Duration
+    workflow_run: ScheduledWorkflowRun
+    agent_run: ScheduledAgentRun
+    paused: bool
+    note: str
+    next_action_times: _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]
+    recent_run_ids: _containers.RepeatedScalarFieldContainer[str]
+    action_count: int
+    create_time: _timestamp_pb2.Timestamp
+    temporal_schedule_id: str
+    def __init__(self, id: _Optional[str] = ..., description: _Optional[str] = ..., cron: _Optional[str] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_zone: _Optional[str] = ..., overlap_policy: _Optional[_Union[ScheduleOverlapPolicy, str]] = ..., catchup_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., workflow_run: _Optional[_Union[ScheduledWorkflowRun, _Mapping]] = ..., agent_run: _Optional[_Union[ScheduledAgentRun, _Mapping]] = ..., paused: _Optional[bool] = ..., note: _Optional[str] = ..., next_action_times: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., recent_run_ids: _Optional[_Iterable[str]] = ..., action_count: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., temporal_schedule_id: _Optional[str] = ...) -> None: ...
+
+class CreateScheduleRequest(_message.Message):
+    __slots__ = ("schedule", "paused")
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    schedule: Schedule
+    paused: bool
+    def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ..., paused: _Optional[bool] = ...) -> None: ...
+
+class CreateScheduleResponse(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: Schedule
+    def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ...) -> None: ...
+
+class GetScheduleRequest(_message.Message):
+    __slots__ = ("schedule_id",)
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
+    schedule_id: str
+    def __init__(self, schedule_id: _Optional[str] = ...) -> None: ...
+
+class GetScheduleResponse(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: Schedule
+    def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ...) -> None: ...
+
+class ListSchedulesRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListSchedulesResponse(_message.Message):
+    __slots__ = ("schedules", "next_page_token")
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    schedules: _containers.RepeatedCompositeFieldContainer[Schedule]
+    next_page_token: str
+    def __init__(self, schedules: _Optional[_Iterable[_Union[Schedule, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class PauseScheduleRequest(_message.Message):
+    __slots__ = ("schedule_id", "paused", "note")
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    schedule_id: str
+    paused: bool
+    note: str
+    def __init__(self, schedule_id: _Optional[str] = ..., paused: _Optional[bool] = ..., note: _Optional[str] = ...) -> None: ...
+
+class PauseScheduleResponse(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: Schedule
+    def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ...) -> None: ...
+
+class TriggerScheduleRequest(_message.Message):
+    __slots__ = ("schedule_id", "overlap_policy")
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_POLICY_FIELD_NUMBER: _ClassVar[int]
+    schedule_id: str
+    overlap_policy: ScheduleOverlapPolicy
+    def __init__(self, schedule_id: _Optional[str] = ..., overlap_policy: _Optional[_Union[ScheduleOverlapPolicy, str]] = ...) -> None: ...
+
+class TriggerScheduleResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DeleteScheduleRequest(_message.Message):
+    __slots__ = ("schedule_id",)
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
+    schedule_id: str
+    def __init__(self, schedule_id: _Optional[str] = ...) -> None: ...
+
+class DeleteScheduleResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

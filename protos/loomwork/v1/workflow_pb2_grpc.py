@@ -93,6 +93,36 @@ class WorkflowServiceStub:
                 request_serializer=loomwork_dot_v1_dot_workflow__pb2.WorkflowServiceWatchRunRequest.SerializeToString,
                 response_deserializer=loomwork_dot_v1_dot_workflow__pb2.WorkflowServiceWatchRunResponse.FromString,
                 _registered_method=True)
+        self.CreateSchedule = channel.unary_unary(
+                '/loomwork.v1.WorkflowService/CreateSchedule',
+                request_serializer=loomwork_dot_v1_dot_workflow__pb2.CreateScheduleRequest.SerializeToString,
+                response_deserializer=loomwork_dot_v1_dot_workflow__pb2.CreateScheduleResponse.FromString,
+                _registered_method=True)
+        self.GetSchedule = channel.unary_unary(
+                '/loomwork.v1.WorkflowService/GetSchedule',
+                request_serializer=loomwork_dot_v1_dot_workflow__pb2.GetScheduleRequest.SerializeToString,
+                response_deserializer=loomwork_dot_v1_dot_workflow__pb2.GetScheduleResponse.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/loomwork.v1.WorkflowService/ListSchedules',
+                request_serializer=loomwork_dot_v1_dot_workflow__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=loomwork_dot_v1_dot_workflow__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/loomwork.v1.WorkflowService/PauseSchedule',
+                request_serializer=loomwork_dot_v1_dot_workflow__pb2.PauseScheduleRequest.SerializeToString,
+                response_deserializer=loomwork_dot_v1_dot_workflow__pb2.PauseScheduleResponse.FromString,
+                _registered_method=True)
+        self.TriggerSchedule = channel.unary_unary(
+                '/loomwork.v1.WorkflowService/TriggerSchedule',
+                request_serializer=loomwork_dot_v1_dot_workflow__pb2.TriggerScheduleRequest.SerializeToString,
+                response_deserializer=loomwork_dot_v1_dot_workflow__pb2.TriggerScheduleResponse.FromString,
+                _registered_method=True)
+        self.DeleteSchedule = channel.unary_unary(
+                '/loomwork.v1.WorkflowService/DeleteSchedule',
+                request_serializer=loomwork_dot_v1_dot_workflow__pb2.DeleteScheduleRequest.SerializeToString,
+                response_deserializer=loomwork_dot_v1_dot_workflow__pb2.DeleteScheduleResponse.FromString,
+                _registered_method=True)
 
 
 class WorkflowServiceServicer:
@@ -200,6 +230,56 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSchedule(self, request, context):
+        """Creates a schedule (a Temporal Schedule, `loomwork/<tenant>/<id>`): on a
+        cron expression or an interval, in a time zone, it starts a run of a
+        workflow or of an agent. Each run it starts carries the schedule's id
+        (ListRuns filters on it). A cron expression or time zone Temporal
+        cannot read is INVALID_ARGUMENT naming the field; the workflow's input
+        is validated against its schema as in StartRun; an id in use is
+        ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSchedule(self, request, context):
+        """Gets one schedule with its next action times and its recent runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """Lists the caller's schedules (Temporal visibility: a new schedule may
+        take a moment to appear).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSchedule(self, request, context):
+        """Pauses a schedule (it starts no run until unpaused) or unpauses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TriggerSchedule(self, request, context):
+        """Starts one run of the schedule now, paused or not (its overlap policy
+        applies unless the request overrides it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSchedule(self, request, context):
+        """Deletes a schedule; the runs it started are untouched.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -247,6 +327,36 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.WatchRun,
                     request_deserializer=loomwork_dot_v1_dot_workflow__pb2.WorkflowServiceWatchRunRequest.FromString,
                     response_serializer=loomwork_dot_v1_dot_workflow__pb2.WorkflowServiceWatchRunResponse.SerializeToString,
+            ),
+            'CreateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSchedule,
+                    request_deserializer=loomwork_dot_v1_dot_workflow__pb2.CreateScheduleRequest.FromString,
+                    response_serializer=loomwork_dot_v1_dot_workflow__pb2.CreateScheduleResponse.SerializeToString,
+            ),
+            'GetSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchedule,
+                    request_deserializer=loomwork_dot_v1_dot_workflow__pb2.GetScheduleRequest.FromString,
+                    response_serializer=loomwork_dot_v1_dot_workflow__pb2.GetScheduleResponse.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=loomwork_dot_v1_dot_workflow__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=loomwork_dot_v1_dot_workflow__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=loomwork_dot_v1_dot_workflow__pb2.PauseScheduleRequest.FromString,
+                    response_serializer=loomwork_dot_v1_dot_workflow__pb2.PauseScheduleResponse.SerializeToString,
+            ),
+            'TriggerSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.TriggerSchedule,
+                    request_deserializer=loomwork_dot_v1_dot_workflow__pb2.TriggerScheduleRequest.FromString,
+                    response_serializer=loomwork_dot_v1_dot_workflow__pb2.TriggerScheduleResponse.SerializeToString,
+            ),
+            'DeleteSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSchedule,
+                    request_deserializer=loomwork_dot_v1_dot_workflow__pb2.DeleteScheduleRequest.FromString,
+                    response_serializer=loomwork_dot_v1_dot_workflow__pb2.DeleteScheduleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -506,6 +616,168 @@ class WorkflowService:
             '/loomwork.v1.WorkflowService/WatchRun',
             loomwork_dot_v1_dot_workflow__pb2.WorkflowServiceWatchRunRequest.SerializeToString,
             loomwork_dot_v1_dot_workflow__pb2.WorkflowServiceWatchRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loomwork.v1.WorkflowService/CreateSchedule',
+            loomwork_dot_v1_dot_workflow__pb2.CreateScheduleRequest.SerializeToString,
+            loomwork_dot_v1_dot_workflow__pb2.CreateScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loomwork.v1.WorkflowService/GetSchedule',
+            loomwork_dot_v1_dot_workflow__pb2.GetScheduleRequest.SerializeToString,
+            loomwork_dot_v1_dot_workflow__pb2.GetScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loomwork.v1.WorkflowService/ListSchedules',
+            loomwork_dot_v1_dot_workflow__pb2.ListSchedulesRequest.SerializeToString,
+            loomwork_dot_v1_dot_workflow__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loomwork.v1.WorkflowService/PauseSchedule',
+            loomwork_dot_v1_dot_workflow__pb2.PauseScheduleRequest.SerializeToString,
+            loomwork_dot_v1_dot_workflow__pb2.PauseScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TriggerSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loomwork.v1.WorkflowService/TriggerSchedule',
+            loomwork_dot_v1_dot_workflow__pb2.TriggerScheduleRequest.SerializeToString,
+            loomwork_dot_v1_dot_workflow__pb2.TriggerScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loomwork.v1.WorkflowService/DeleteSchedule',
+            loomwork_dot_v1_dot_workflow__pb2.DeleteScheduleRequest.SerializeToString,
+            loomwork_dot_v1_dot_workflow__pb2.DeleteScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,339 @@
+"""Load: concurrent Stream calls of an agent run, time to the first event and to the end.
+
+    .venv/bin/python bench/load.py [--streams 200] [--baseline 20]
+        [--arrangements up split] [--token-delay 0.02] [--words 60]
+
+The stack: embedded PostgreSQL, Valkey and the Temporal dev server in one temporary home;
+the scripted model (this process) streams a `--words`-word answer in 8-character chunks
+`--token-delay` s apart (one model step per run, no tools). Two arrangements of Loomwork:
+
+- `up`: one `loomwork up` process (gRPC server and worker in one event loop), pointed at
+  the stack by DATABASE_URL, REDIS_URL and TEMPORAL_ADDRESS;
+- `split`: one `loomwork server` and one `loomwork worker` process.
+
+For each: a few warm-up calls, then the baseline, `--baseline` Stream calls one at a time
+(the same calls with nothing else in flight), then `--streams` Stream calls all at once.
+Printed per phase: p50 / p99 seconds from the call to its first event (`run_started`) and
+to its terminal event, errors (a status, or a stream that ended without `run_finished` or
+whose text differs), and the ratio of the loaded p50s to the baseline's. Then each
+process's peak RSS (VmHWM) and the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from clients import StreamedText
+from loomwork.testing import ChatRequest, ScriptedModelServer, ScriptFunction, Turn
+from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
+from server.embedded import EmbeddedEndpoints, EmbeddedStack
+from server.embedded.home import pick_free_port
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+AUTH = (("authorization", "Bearer bench"),)
+AGENT = "load-agent"
+ARRANGEMENTS = {"up": ("up",), "split": ("server", "worker")}
+# Settings a developer's shell may hold that would change what the processes do.
+UNSET = {"OPENAI_API_KEY", "OPENAI_BASE_URL", "LOOMWORK_CHAT_MODEL", "LOOMWORK_DEMO"}
+# Client channels the calls are spread over (as several callers would be).
+CHANNELS = 8
+
+
+@dataclass
+class Call:
+    """One Stream call as its client saw it (seconds from the call)."""
+
+    first: float | None = None
+    end: float | None = None
+    error: str | None = None
+    run_id: str = ""
+
+
+@dataclass
+class Phase:
+    name: str
+    calls: list[Call] = field(default_factory=list)
+    wall: float = 0.0
+
+    def firsts(self) -> list[float]:
+        return [c.first for c in self.calls if c.first is not None]
+
+    def ends(self) -> list[float]:
+        return [c.end for c in self.calls if c.end is not None and c.error is None]
+
+    def errors(self) -> Counter[str]:
+        return Counter(c.error for c in self.calls if c.error is not None)
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+
+
+def model_script(answer: str, token_delay: float) -> ScriptFunction:
+    def turn(request: ChatRequest) -> Turn:
+        return Turn(text=answer, chunk_size=8, chunk_delay=token_delay)
+
+    return turn
+
+
+def serve_model(answer: str, token_delay: float, port: int) -> None:
+    """The scripted model on `port`, until terminated (a process of its own)."""
+    server = ScriptedModelServer(model_script(answer, token_delay), port=port)
+    print(f"scripted model at {server.start_in_thread()}", flush=True)
+    threading.Event().wait()
+
+
+async def stream_once(stub: agent_pb2_grpc.AgentServiceStub, answer: str, prompt: str) -> Call:
+    call = Call()
+    started = time.perf_counter()
+    text = StreamedText()  # as a reader rebuilds it (a retried step's text replaces its draft)
+    finished = False
+    try:
+        async for response in stub.Stream(
+            agent_pb2.StreamRequest(agent_name=AGENT, prompt=prompt), metadata=AUTH, timeout=300
+        ):
+            if call.first is None:
+                call.first = time.perf_counter() - started
+                call.run_id = response.event.run_id
+                if not response.event.HasField("run_started"):
+                    call.error = f"first event {response.event.WhichOneof('event')}"
+            text.add(response.event)
+            finished = response.event.HasField("run_finished")
+        call.end = time.perf_counter() - started
+    except grpc.aio.AioRpcError as error:
+        call.error = error.code().name
+        return call
+    if not finished:
+        call.error = call.error or "no run_finished"
+    elif str(text) != answer:
+        call.error = call.error or "text differs"
+    return call
+
+
+class Stack:
+    """The Loomwork processes of one arrangement, on their own logs and task queue."""
+
+    def __init__(self, roles: tuple[str, ...], env: dict[str, str], logs: Path, code: Path) -> None:
+        self.address = f"127.0.0.1:{pick_free_port(set())}"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        env = dict(env)
+        env.update(
+            PYTHONPATH=os.pathsep.join([str(code), str(BENCH)]),
+            LOOMWORK_GRPC_ADDRESS=self.address,
+            LOOMWORK_TASK_QUEUE=f"bench-load-{uuid.uuid4().hex[:6]}",
+        )
+        for role in roles:
+            env["LOOMWORK_HTTP_ADDRESS"] = f"127.0.0.1:{pick_free_port(set())}"
+            with (logs / f"{'-'.join(roles)}-{role}.log").open("ab") as log:
+                self.procs[role] = subprocess.Popen(
+                    [sys.executable, "-m", "server.cli", role],
+                    cwd=code,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+
+    async def ready(self, channel: grpc.aio.Channel) -> None:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.3)
+        raise SystemExit(f"nothing serves on {self.address}")
+
+    def check_alive(self) -> None:
+        if exited := [r for r, p in self.procs.items() if p.poll() is not None]:
+            raise SystemExit(f"{exited} exited; see the logs")
+
+    def peak_rss_mb(self) -> dict[str, float]:
+        peaks = {}
+        for role, proc in self.procs.items():
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            kb = next(int(line.split()[1]) for line in status.splitlines() if "VmHWM" in line)
+            peaks[role] = kb / 1024
+        return peaks
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def phase(
+    name: str, stubs: list[agent_pb2_grpc.AgentServiceStub], answer: str, n: int, parallel: bool
+) -> Phase:
+    result = Phase(name)
+    started = time.perf_counter()
+    if parallel:
+        result.calls = list(
+            await asyncio.gather(
+                *(stream_once(stubs[i % len(stubs)], answer, f"q{i}") for i in range(n))
+            )
+        )
+    else:
+        for i in range(n):
+            result.calls.append(await stream_once(stubs[i % len(stubs)], answer, f"q{i}"))
+    result.wall = time.perf_counter() - started
+    return result
+
+
+def format_phase(arrangement: str, p: Phase, base: Phase | None) -> str:
+    firsts, ends = p.firsts(), p.ends()
+    errors = ", ".join(f"{k} {v}" for k, v in p.errors().items()) or "0"
+    ratio = ""
+    if base is not None and base.firsts() and firsts and ends and base.ends():
+        first_ratio = statistics.median(firsts) / statistics.median(base.firsts())
+        end_ratio = statistics.median(ends) / statistics.median(base.ends())
+        ratio = f"{first_ratio:>7.1f}x {end_ratio:>6.2f}x"
+    return (
+        f"{arrangement:<6} {p.name:<10} {len(p.calls):>5} "
+        f"{percentile(firsts, 50):>7.3f} {percentile(firsts, 99):>7.3f} "
+        f"{percentile(ends, 50):>7.3f} {percentile(ends, 99):>7.3f} {p.wall:>7.1f} "
+        f"{errors:>8} {ratio}"
+    )
+
+
+HEADER = (
+    f"{'arr.':<6} {'phase':<10} {'calls':>5} {'1st p50':>7} {'1st p99':>7} "
+    f"{'end p50':>7} {'end p99':>7} {'wall':>7} {'errors':>8} {'1st/base':>8} {'end/base':>7}"
+)
+
+
+async def arrangement(
+    name: str, env: dict[str, str], logs: Path, args: argparse.Namespace, answer: str
+) -> None:
+    stack = Stack(ARRANGEMENTS[name], env, logs, args.code)
+    channels = [
+        grpc.aio.insecure_channel(stack.address, options=[("grpc.channel_id", i)])
+        for i in range(CHANNELS)
+    ]
+    stubs = [agent_pb2_grpc.AgentServiceStub(c) for c in channels]
+    try:
+        await stack.ready(channels[0])
+        await asyncio.sleep(2)  # a worker that cannot start has exited by now
+        stack.check_alive()
+        await phase("warm-up", stubs, answer, 5, parallel=False)
+        base = await phase("baseline", stubs, answer, args.baseline, parallel=False)
+        print(format_phase(name, base, None), flush=True)
+        load_before = os.getloadavg()[0]
+        loaded = await phase(f"{args.streams}x", stubs, answer, args.streams, parallel=True)
+        print(format_phase(name, loaded, base), flush=True)
+        if wrong := [c.run_id for c in loaded.calls if c.error == "text differs"][:3]:
+            print(f"{'':<6} text differs in runs {', '.join(wrong)} (see the logs)", flush=True)
+        stack.check_alive()
+        peaks = ", ".join(f"{r} {mb:.0f} MB" for r, mb in stack.peak_rss_mb().items())
+        print(
+            f"{'':<6} peak RSS: {peaks}; load average {load_before:.1f} before the "
+            f"{args.streams}, {os.getloadavg()[0]:.1f} after",
+            flush=True,
+        )
+    finally:
+        for channel in channels:
+            await channel.close()
+        stack.stop()
+
+
+def process_env(tmp: Path, ep: EmbeddedEndpoints, model: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in UNSET}
+    env.update(
+        DATABASE_URL=ep.database_url or "",
+        REDIS_URL=ep.redis_url or "",
+        TEMPORAL_ADDRESS=ep.temporal_address or "",
+        LOOMWORK_HOME=str(tmp / "loomwork"),
+        LOOMWORK_SECRET_KEY="bench-load-secret-key",
+        LOOMWORK_TOKENS="bench=bench",
+        LOOMWORK_TOOL_MODULES="load_app",
+        OPENAI_BASE_URL=model,
+        OPENAI_API_KEY="x",
+        LOOMWORK_CHAT_MODEL="scripted",
+        COLUMNS="200",
+    )
+    return env
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--streams", type=int, default=200, help="concurrent Stream calls")
+    parser.add_argument("--baseline", type=int, default=20, help="calls one at a time")
+    parser.add_argument(
+        "--arrangements", nargs="+", choices=list(ARRANGEMENTS), default=["up", "split"]
+    )
+    parser.add_argument("--token-delay", type=float, default=0.02, help="seconds per chunk")
+    parser.add_argument("--words", type=int, default=60, help="words in each answer")
+    parser.add_argument(
+        "--code",
+        type=Path,
+        default=ROOT,
+        help="the checkout whose Loomwork the processes run (default: this one)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the logs")
+    args = parser.parse_args()
+    answer = " ".join(f"word{i}" for i in range(args.words))
+    tmp = Path(tempfile.mkdtemp(prefix="loomwork-load-"))
+    logs = tmp / "logs"
+    logs.mkdir()
+    stack = EmbeddedStack(tmp / "home", temporal_ui=False)
+    endpoints = stack.start()
+    # The model in a process of its own: its streaming does not compete with the clients'.
+    port = pick_free_port(set())
+    model = multiprocessing.Process(
+        target=serve_model, args=(answer, args.token_delay, port), daemon=True
+    )
+    model.start()
+    env = process_env(tmp, endpoints, f"http://127.0.0.1:{port}/v1")
+    print(
+        f"Loomwork from {args.code}; load average {os.getloadavg()[0]:.1f} at start;"
+        f" logs in {logs}",
+        flush=True,
+    )
+    print(HEADER, flush=True)
+    try:
+        for name in args.arrangements:
+            asyncio.run(arrangement(name, env, logs, args, answer))
+    finally:
+        model.terminate()
+        model.join()
+        stack.stop()
+        shutil.rmtree(tmp / "home", ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
