@@ -36,8 +36,9 @@ _LOCK_KEY = 0x52454341  # serializes space creation across starting processes
 #: A thread or resource of at most this many vectors is searched exactly (every vector's
 #: distance, read through the (tenant, scope) b-tree); a larger one through the HNSW index
 #: shared by all tenants. A scope is a small part of that index, and HNSW filters only
-#: the rows its scan visits: recall@10 stayed near 0.9 at any ef_search, and a scope of
-#: 0.2% took ~300 ms. Measured in bench/vector_scale.py.
+#: the rows its scan visits: at 50k-200k vectors recall@10 was 0.83-0.97 at ef_search
+#: 40-200, and a scope of 0.5% of the table took 65-300 ms; exact search of 10k rows took
+#: ~16 ms with recall 1 (bench/vector_scale.py, bench/RESULTS.md).
 EXACT_SCOPE_ROWS = 20_000
 #: The HNSW path's candidate list; its scans are iterative (`relaxed_order`: filtered
 #: scans keep going until enough rows of the scope passed).
