@@ -150,6 +150,14 @@ class Settings(BaseSettings):
     # "concurrent_runs": N}, "<tenant>": {...}} (loomwork.usage.quotas).
     quotas: str = Field(default="", alias="LOOMWORK_QUOTAS")
     embedding_model: str = Field(default="all-MiniLM-L6-v2", alias="LOOMWORK_EMBEDDING_MODEL")
+    # An ingestion's activities in flight at once (documents and embedding batches alike),
+    # spread over every worker polling the queue.
+    ingest_parallelism: int = Field(default=4, ge=1, le=256, alias="LOOMWORK_INGEST_PARALLELISM")
+    # An ingestion's run continues as new after starting this many activities (or sooner,
+    # when Temporal suggests it), so its history stays small.
+    ingest_continue_after: int = Field(
+        default=1000, ge=1, le=10000, alias="LOOMWORK_INGEST_CONTINUE_AFTER"
+    )
     cache_enabled: bool = Field(default=True, alias="LOOMWORK_CACHE")
     # Where threads, messages and working memory live (vectors stay in pgvector whatever
     # the store). A deployment keeps the store it started with (loomwork.storage.selection).

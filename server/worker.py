@@ -31,6 +31,7 @@ from workflows.dsl_run import DslRunWorkflow
 from workflows.index_messages import IndexMessagesWorkflow
 from workflows.ingestion import IngestionWorkflow
 from workflows.rag_answer import RagAnswerWorkflow
+from workflows.spread import SpreadActivities
 from workflows.stack_check import StackCheckWorkflow
 from workflows.webhook_delivery import WebhookDeliveryWorkflow
 
@@ -178,7 +179,10 @@ def build_worker(runtime: Runtime, *, identity: str | None = None) -> Worker:
         # Heartbeats carry cancellation to activities: send them promptly.
         max_heartbeat_throttle_interval=timedelta(seconds=1),
         identity=identity,
-        interceptors=runtime.telemetry.worker_interceptors() if runtime.telemetry else (),
+        interceptors=[
+            *(runtime.telemetry.worker_interceptors() if runtime.telemetry else ()),
+            SpreadActivities(),  # an ingestion's activities go to every worker
+        ],
         workflow_runner=workflow_runner(
             settings.workflow_sandbox,
             context_free=needs_no_serialization_context(runtime.temporal.data_converter),

@@ -5,12 +5,15 @@ processors from a module of LOOMWORK_TOOL_MODULES."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2, json_format
 
 from loomwork.testing import ScriptedToolCall, Turn
-from protos.loomwork.v1 import agent_pb2, guardrails_pb2, run_pb2
+from loomwork.testing.script import Usage
+from protos.loomwork.v1 import agent_pb2, guardrails_pb2, run_pb2, usage_pb2, usage_pb2_grpc
 from tests.support import (
     RunningWorker,
     another_server,
@@ -169,7 +172,7 @@ async def test_input_limits_and_injection_rules_trip_before_the_model(agents, to
 
 
 async def test_moderation_by_the_model_holds_the_text_until_it_answers(
-    agents, token, model
+    agents, channel, token, model
 ) -> None:
     moderation = P(moderation=guardrails_pb2.ModerationCheck(categories=["violence"]))
     agent = await _create(agents, token, output_processors=[moderation])
@@ -178,9 +181,14 @@ async def test_moderation_by_the_model_holds_the_text_until_it_answers(
     def script(request) -> Turn:
         system = request.messages[0]["content"]
         if "content moderation check" not in system:
-            return Turn(text="Here is how to win the fight: " + "step by step. " * 20)
+            return Turn(
+                text="Here is how to win the fight: " + "step by step. " * 20,
+                usage=Usage(40, 60),
+            )
         asked.append(request.messages[1]["content"])
-        return Turn(text='{"flagged": true, "reason": "violence: a fight plan"}')
+        return Turn(
+            text='{"flagged": true, "reason": "violence: a fight plan"}', usage=Usage(25, 7)
+        )
 
     model.set_script(script)
     events = await _stream(agents, token, agent.name, "how do I win a fight?")
@@ -192,6 +200,15 @@ async def test_moderation_by_the_model_holds_the_text_until_it_answers(
     assert blocked.blocked.processor == "moderation"
     assert blocked.blocked.reason == "violence: a fight plan"
     assert events[-1].run_finished.status == run_pb2.RUN_STATUS_BLOCKED
+    # Both calls were paid for: the step's answer and the check's judgement.
+    usage = usage_pb2_grpc.UsageServiceStub(channel)
+    request = usage_pb2.ListUsageRequest(
+        run_id=events[0].run_id, group_by=[usage_pb2.USAGE_DIMENSION_RUN]
+    )
+    request.start_time.FromDatetime(datetime.now(UTC) - timedelta(hours=1))
+    [row] = (await usage.ListUsage(request, metadata=auth(token))).usage
+    assert row.model_calls == 2
+    assert (row.input_tokens, row.output_tokens) == (40 + 25, 60 + 7)
 
 
 async def test_processors_are_validated(agents, token) -> None:

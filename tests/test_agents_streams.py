@@ -21,7 +21,8 @@ async def test_stream_sends_numbered_events_live_and_watch_resumes(
 ) -> None:
     # Chunks that arrive apart are published apart (ones that arrive together may be merged).
     model.set_script(
-        [Turn(text="Streaming is fun to watch, token by token.", chunk_size=5, chunk_delay=0.02)]
+        # 0.1 s apart: 20 ms gaps were merged on a loaded machine (3 deltas of 9 chunks).
+        [Turn(text="Streaming is fun to watch, token by token.", chunk_size=5, chunk_delay=0.1)]
     )
     events = []
     async for response in agents.Stream(

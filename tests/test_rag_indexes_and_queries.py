@@ -265,3 +265,84 @@ async def test_tenant_isolation(rag, token, other_token) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await call
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# Real text: option descriptions from the PostgreSQL 15 documentation (pg_dump and
+# pg_restore reference pages; PostgreSQL Licence, see bench/data/postgres-docs/LICENSE).
+PG_OPTIONS = {
+    "pg_dump-clean": "# pg_dump\n\n## Options\n\n`-c`\n`--clean`\n\nOutput commands to DROP all"
+    " the dumped database objects prior to outputting the commands for creating them. This"
+    " option is useful when the restore is to overwrite an existing database. If any of the"
+    " objects do not exist in the destination database, ignorable error messages will be"
+    " reported during restore, unless `--if-exists` is also specified.",
+    "pg_dump-create": "# pg_dump\n\n## Options\n\n`-C`\n`--create`\n\nBegin the output with a"
+    " command to create the database itself and reconnect to the created database. (With a"
+    " script of this form, it doesn't matter which database in the destination installation"
+    " you connect to before running the script.)",
+    "pg_dump-data-only": "# pg_dump\n\n## Options\n\n`-a`\n`--data-only`\n\nDump only the"
+    " data, not the schema (data definitions). Table data, large objects, and sequence values"
+    " are dumped.",
+    "pg_restore-clean": "# pg_restore\n\n## Options\n\n`-c`\n`--clean`\n\nBefore restoring"
+    " database objects, issue commands to DROP all the objects that will be restored. This"
+    " option is useful for overwriting an existing database.",
+    "pg_restore-create": "# pg_restore\n\n## Options\n\n`-C`\n`--create`\n\nCreate the"
+    " database before restoring into it. If `--clean` is also specified, drop and recreate"
+    " the target database before connecting to it.",
+    "pg_restore-data-only": "# pg_restore\n\n## Options\n\n`-a`\n`--data-only`\n\nRestore"
+    " only the data, not the schema (data definitions). Table data, large objects, and"
+    " sequence values are restored, if present in the archive.",
+    "pg_restore-jobs": "# pg_restore\n\n## Options\n\n`-j number-of-jobs`\n"
+    "`--jobs=number-of-jobs`\n\nRun the most time-consuming steps of pg_restore — those that"
+    " load data, create indexes, or create constraints — concurrently, using up to"
+    " number-of-jobs concurrent sessions.",
+    "vacuumdb-stages": "# vacuumdb\n\n## Options\n\n`--analyze-in-stages`\n\nOnly calculate"
+    " statistics for use by the optimizer (no vacuum), like `--analyze-only`. Run three"
+    " stages of analyze; the first stage uses the lowest possible statistics target to"
+    " produce usable statistics faster.",
+}
+
+
+async def test_hybrid_keeps_the_exact_command_full_text_finds(rag, token) -> None:
+    index = await create_index(rag, token)
+    await ingest(
+        rag,
+        token,
+        index,
+        [
+            rag_pb2.DocumentInput(
+                document_id=key, text=text, format=rag_pb2.DOCUMENT_FORMAT_MARKDOWN
+            )
+            for key, text in PG_OPTIONS.items()
+        ],
+    )
+    question = "What does pg_restore -C do?"
+
+    async def ranking(**retrieval: object) -> list[str]:
+        response = await rag.Query(
+            rag_pb2.QueryRequest(
+                index_name=index,
+                query=question,
+                retrieval=rag_pb2.RetrievalOptions(top_k=8, **retrieval),  # type: ignore[arg-type]
+            ),
+            metadata=auth(token),
+        )
+        return [r.chunk.document_id for r in response.results]
+
+    hybrid = rag_pb2.SEARCH_MODE_HYBRID
+    full_text = await ranking(
+        mode=hybrid, hybrid=rag_pb2.HybridOptions(vector_weight=0, lexical_weight=1)
+    )
+    vector = await ranking()
+    fused = await ranking(mode=hybrid)
+    print(f"full text {full_text}\nvector {vector}\nhybrid {fused}")
+    # Full text alone finds the passage holding the command and its option; meaning alone
+    # does not (the embedding model lowercases: -C and -c look the same to it).
+    assert full_text[0] == "pg_restore-create"
+    assert vector[0] != "pg_restore-create"
+    # Hybrid keeps it in the top 3 however meaning ranks the look-alike passages.
+    assert "pg_restore-create" in fused[:3]
+    # A reranker judging meaning does not push it out of the top 3 either.
+    reranked = await ranking(
+        mode=hybrid, rerank=rag_pb2.RerankOptions(method=rag_pb2.RERANK_METHOD_SIGNALS)
+    )
+    assert "pg_restore-create" in reranked[:3]

@@ -98,7 +98,8 @@ async def test_metrics_after_a_few_runs(
     assert delta("loomwork_event_relay_lag_seconds_count") > 0  # the Stream call's live events
     # The Temporal SDK's own worker metrics, by workflow type and task queue.
     queue = {"task_queue": "loomwork-test"}
-    assert delta("temporal_workflow_completed_total", workflow_type="AgentRun", **queue) == 2
+    # The SDK counts every AgentRun of the worker: a run an earlier test left may end now.
+    assert delta("temporal_workflow_completed_total", workflow_type="AgentRun", **queue) >= 2
     assert delta("temporal_activity_execution_latency_seconds_count", **queue) > 0
     assert metric_total(after, "temporal_worker_task_slots_available", **queue) > 0
     # No tenant label unless LOOMWORK_METRICS_TENANT_LABEL asks for one.

@@ -11,7 +11,7 @@ from loomwork.agents.payloads import StepOutput
 from loomwork.agents.run_models import AgentRunRequest, Blocked
 from loomwork.guardrails.custom import ProcessorRegistry
 from loomwork.guardrails.pipeline import Guardrails, build_guardrails
-from loomwork.guardrails.processors import ProcessorContext, Tripped
+from loomwork.guardrails.processors import ProcessorContext, Tripped, UsageSink
 from loomwork.llm.chat import ChatModel
 
 NO_GUARDRAILS = Guardrails()
@@ -25,6 +25,7 @@ def step_guardrails(
     *,
     model: str,
     chat_model: Callable[[str], ChatModel],
+    record_usage: UsageSink | None = None,
 ) -> tuple[Guardrails, ProcessorContext]:
     """The agent's processors for one step (model-based ones ask `model` unless they name
     their own), and the context they are called with."""
@@ -34,6 +35,7 @@ def step_guardrails(
         agent_name=agent.name,
         stage="input",
         step=step,
+        record_usage=record_usage,
     )
     if not agent.input_processors and not agent.output_processors:
         return NO_GUARDRAILS, ctx

@@ -61,6 +61,7 @@ from loomwork.json_schema import validate_object
 from loomwork.llm.chat import (
     ChatMessage,
     ChatModel,
+    ChatResult,
     ChatUsage,
     TextDelta,
     ToolCallDelta,
@@ -440,8 +441,28 @@ class AgentSteps:
         schema = agent.output_schema
         written: list[str] = []
         last_partial: dict[str, object] | None = None
+
         # Guardrail processors (loomwork.guardrails): the input before the call, the text as
         # it streams (held back by the guard's window), the answer and the tool calls.
+        async def record_usage(call_key: str, model: str, usage: ChatUsage) -> None:
+            if self.usage is not None:  # once per call: a retry rewrites the same row
+                await self.usage.record(
+                    ModelCall(
+                        tenant=request.tenant,
+                        run_id=request.run_id,
+                        call_key=call_key,
+                        run_kind="agent",
+                        agent_name=agent.name,
+                        model=model,
+                        usage=usage,
+                        attempt=attempt,
+                    )
+                )
+
+        async def guard_usage(name: str, model: str, usage: ChatUsage) -> None:
+            # A model-based check's call: a row of its own beside the step's.
+            await record_usage(f"{step_call(step.step)}:{name}", model, usage)
+
         rails, ctx = step_guardrails(
             agent,
             request,
@@ -449,6 +470,7 @@ class AgentSteps:
             self.processors,
             model=step.plan_model,
             chat_model=self.chat_model,
+            record_usage=guard_usage,
         )
         guard = rails.output_guard(ctx)
         calls = 0
@@ -488,10 +510,11 @@ class AgentSteps:
         model = self.chat_model(step.plan_model)
         settings = agent.model_settings
         announced = asyncio.ensure_future(announce())
+        answered: ChatResult | None = None  # the model's answer, once it is complete
         try:
             try:
                 conversation = await rails.check_input(step.conversation, ctx)
-                result = await model.stream(
+                result = answered = await model.stream(
                     conversation,
                     tools=specs,
                     response_format=json_schema_format(schema, name=agent.name) if schema else None,
@@ -510,6 +533,8 @@ class AgentSteps:
             except Tripped as tripped:  # nothing more of the step goes out
                 await announced
                 await deltas.flush()
+                if answered is not None:  # tripped by a check of the whole answer: it was paid
+                    await record_usage(step_call(step.step), step.plan_model, answered.usage)
                 blocked, event = blocked_step(step.step, tripped)
                 await self.publish(request, event)
                 return blocked
@@ -522,19 +547,7 @@ class AgentSteps:
             await deltas.cancel()
             await model.aclose()
         await self.publish(request, UsageEvent(step=step.step, usage=result.usage))
-        if self.usage is not None:  # once per step: a retry rewrites the same row
-            await self.usage.record(
-                ModelCall(
-                    tenant=request.tenant,
-                    run_id=request.run_id,
-                    call_key=step_call(step.step),
-                    run_kind="agent",
-                    agent_name=agent.name,
-                    model=step.plan_model,
-                    usage=result.usage,
-                    attempt=attempt,
-                )
-            )
+        await record_usage(step_call(step.step), step.plan_model, result.usage)
         approval_required = [
             c.tool_call_id
             for c in result.tool_calls

@@ -101,6 +101,10 @@ class LocalMiniLM:
         self._model_path = Path(model_path) if model_path else None
         self._tokenizer_path = Path(tokenizer_path) if tokenizer_path else None
         self._lock = threading.Lock()
+        # One model run at a time, whoever calls: a run already uses every core, and runs
+        # at once (an ingestion's parallel batches) only multiply the memory they take
+        # (four at once took a worker past 8 GB on batches of 256-token texts).
+        self._running = threading.Lock()
         self._session: Any = None
         self._tokenizer: Any = None
         self._wants_token_types = False
@@ -164,7 +168,8 @@ class LocalMiniLM:
         feeds = {"input_ids": input_ids, "attention_mask": mask}
         if self._wants_token_types:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
-        hidden: npt.NDArray[np.float32] = self._session.run(None, feeds)[0]
+        with self._running:
+            hidden: npt.NDArray[np.float32] = self._session.run(None, feeds)[0]
         weights = mask.astype(np.float32)
         summed = np.einsum("bsd,bs->bd", hidden, weights)
         pooled = summed / np.maximum(weights.sum(axis=1, keepdims=True), 1e-9)

@@ -82,7 +82,8 @@ class ModelCheck:
     ) -> ModelCheck:
         return cls("prompt_injection", INJECTION, config.model or default_model, chat_model)
 
-    async def judge(self, text: str) -> Judgement:
+    async def judge(self, text: str, ctx: ProcessorContext | None = None) -> Judgement:
+        """Ask the model; its tokens go to `ctx.record_usage` (the run's usage ledger)."""
         model = self._chat_model(self._model)
         try:
             result = await model.complete(
@@ -95,12 +96,14 @@ class ModelCheck:
             )
         finally:
             await model.aclose()
+        if ctx is not None and ctx.record_usage is not None:
+            await ctx.record_usage(f"{self.name}:{ctx.stage}", self._model, result.usage)
         return parse_judgement(result.text)
 
     async def process(self, text: str, ctx: ProcessorContext) -> str:
         if not text.strip():
             return text
-        judgement = await self.judge(text)
+        judgement = await self.judge(text, ctx)
         if judgement.flagged:
             raise Tripwire(judgement.reason or f"flagged by the {self.name} check")
         return text

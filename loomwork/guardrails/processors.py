@@ -3,10 +3,16 @@ trips (raises `Tripwire`), and the context it is called with."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from loomwork.llm.chat import ChatUsage
+
 Stage = Literal["input", "output"]
+
+#: Where a model-based check's tokens go: (call name, model, usage) → the run's usage ledger.
+UsageSink = Callable[[str, str, ChatUsage], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -20,6 +26,8 @@ class ProcessorContext:
     stage: Stage
     step: int
     final: bool = True
+    # Model-based checks report their calls' tokens here (None: nowhere).
+    record_usage: UsageSink | None = None
 
 
 class Tripwire(Exception):

@@ -170,14 +170,43 @@ def new_ingestion(
     return record
 
 
+INGEST_PARALLELISM = 4
+INGEST_CONTINUE_AFTER = 1000
+
+
+class OpenDocument(BaseModel):
+    """A prepared document whose chunks [0, embedded) are embedded, not yet committed."""
+
+    ordinal: int
+    chunk_count: int
+    embedded: int = 0
+
+
+class IngestionCursor(BaseModel):
+    """Where a run continued as new picks up: the work left and the counters so far."""
+
+    next_ordinal: int = 0
+    open_documents: list[OpenDocument] = Field(default_factory=list)
+    documents_done: int = 0
+    chunks_done: int = 0
+    continued: int = 0
+
+
 class IngestionRequest(BaseModel):
-    """The workflow's input: references only, the bytes stay in Postgres."""
+    """The workflow's input: references only, the bytes stay in Postgres.
+
+    `parallelism` bounds the activities in flight; a run continues as new once it has
+    started `continue_after` activities (or Temporal suggests it), carrying `cursor`.
+    """
 
     tenant: str
     ingestion_id: str
     index_name: str
     document_count: int
     batch_size: int = EMBED_BATCH
+    parallelism: int = Field(default=INGEST_PARALLELISM, ge=1)
+    continue_after: int = Field(default=INGEST_CONTINUE_AFTER, ge=1)
+    cursor: IngestionCursor | None = None
 
 
 class PreparedDocument(BaseModel):
@@ -308,8 +337,14 @@ class IngestionSteps:
         change: Any,
         event: Literal["progress", "document", "finished"],
         document_id: str = "",
+        *,
+        embedded_of: str = "",
     ) -> IngestionRecord:
-        """Apply `change(record)` under a row lock, save, publish one event."""
+        """Apply `change(record)` under a row lock, save, publish one event.
+
+        With `embedded_of`, `change` gets the number of that document's embedded staged
+        chunks, counted under the lock: batches that run at once each count after every
+        batch committed before them, so the last count saved is the exact one."""
         async with self.db.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "select record from rag_ingestions where tenant_id = %s and id = %s for update",
@@ -319,7 +354,17 @@ class IngestionSteps:
             if row is None:
                 raise NotFound(f"ingestion {ingestion_id!r} not found")
             record = IngestionRecord.model_validate(row["record"])
-            change(record)
+            if embedded_of:
+                cur = await conn.execute(
+                    "select count(*) as n from rag_staged_chunks where tenant_id = %s"
+                    " and ingestion_id = %s and document_id = %s and position >= 0"
+                    " and embedding is not null",
+                    (tenant, ingestion_id, embedded_of),
+                )
+                counted = await cur.fetchone()
+                change(record, int(counted["n"]) if counted else 0)
+            else:
+                change(record)
             record.recount()
             await conn.execute(
                 "update rag_ingestions set record = %s, status = %s"
@@ -509,35 +554,33 @@ class IngestionSteps:
         texts = [Chunk.model_validate(r["chunk"]).text for r in rows]
         embedder = await self.embedders.get(index.embedding_model, index.dimension)
         vectors = await embedder.embed(texts)
-        async with self.db.connection() as conn, conn.transaction():
-            async with conn.cursor() as cur:
-                await cur.executemany(
-                    "update rag_staged_chunks set embedding = %s::vector where tenant_id = %s"
-                    " and ingestion_id = %s and document_id = %s and position = %s",
-                    [
-                        (
-                            vector_literal(v),
-                            request.tenant,
-                            request.ingestion_id,
-                            document_id,
-                            r["position"],
-                        )
-                        for r, v in zip(rows, vectors, strict=True)
-                    ],
-                )
-            cur2 = await conn.execute(
-                "select count(*) as n from rag_staged_chunks where tenant_id = %s"
-                " and ingestion_id = %s and document_id = %s and position >= 0"
-                " and embedding is not null",
-                (request.tenant, request.ingestion_id, document_id),
+        async with self.db.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(
+                "update rag_staged_chunks set embedding = %s::vector where tenant_id = %s"
+                " and ingestion_id = %s and document_id = %s and position = %s",
+                [
+                    (
+                        vector_literal(v),
+                        request.tenant,
+                        request.ingestion_id,
+                        document_id,
+                        r["position"],
+                    )
+                    for r, v in zip(rows, vectors, strict=True)
+                ],
             )
-            done_row = await cur2.fetchone()
-        done = int(done_row["n"]) if done_row else 0
 
-        def change(rec: IngestionRecord) -> None:
-            rec.documents[ordinal].chunks_done = done
+        def change(rec: IngestionRecord, embedded: int) -> None:
+            rec.documents[ordinal].chunks_done = embedded
 
-        await self._update(request.tenant, request.ingestion_id, change, "progress", document_id)
+        await self._update(
+            request.tenant,
+            request.ingestion_id,
+            change,
+            "progress",
+            document_id,
+            embedded_of=document_id,
+        )
         return len(rows)
 
     async def commit(self, request: IngestionRequest, ordinal: int) -> None:

@@ -187,15 +187,16 @@ class RerankMethod(StrEnum):
 
 
 class HybridOptions(BaseModel):
-    rrf_k: int = 60
-    vector_weight: float = 0.5
-    lexical_weight: float = 0.5
+    rrf_k: int = 0  # 0: the measured default (query.DEFAULT_RRF_K)
+    # both 0: the measured defaults (query.DEFAULT_VECTOR_WEIGHT, DEFAULT_LEXICAL_WEIGHT)
+    vector_weight: float = 0.0
+    lexical_weight: float = 0.0
     candidates: int = 0  # 0: max(4 * top_k, 40)
 
 
 class RerankOptions(BaseModel):
     method: RerankMethod = RerankMethod.NONE
-    # all 0: semantic 0.5, lexical 0.3, position 0.2 (see rerank.signal_weights)
+    # all 0: semantic 0.2, lexical 0.2, position 0.6 (measured; see rerank.signal_weights)
     semantic_weight: float = 0.0
     lexical_weight: float = 0.0
     position_weight: float = 0.0

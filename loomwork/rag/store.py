@@ -17,6 +17,7 @@ from psycopg import errors as pg_errors
 
 from loomwork.errors import AlreadyExists, InvalidArgument, NotFound, Violations
 from loomwork.paging import decode_page_token, encode_page_token
+from loomwork.rag.code_tokens import code_lexemes
 from loomwork.rag.filters import DOCUMENT_FIELDS, compile_filter, validate_filter
 from loomwork.rag.models import (
     Chunk,
@@ -370,7 +371,7 @@ class RagStore:
                         end_page, heading_path, start_char, end_char, token_count, format,
                         metadata, embedding, tsv)
                     values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::vector,
-                        to_tsvector(%s::regconfig, %s))
+                        to_tsvector(%s::regconfig, %s) || array_to_tsvector(%s::text[]))
                     """,
                     [
                         (
@@ -390,6 +391,7 @@ class RagStore:
                             vector,
                             index.text_search_config,
                             " ".join([*c.heading_path, c.text]),
+                            code_lexemes(" ".join([*c.heading_path, c.text])),
                         )
                         for c, vector in zip(chunks, embeddings, strict=True)
                     ],

@@ -196,6 +196,8 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
                     ingestion_id=ingestion_id,
                     index_name=index_name,
                     document_count=len(stored.documents),
+                    parallelism=self.runtime.settings.ingest_parallelism,
+                    continue_after=self.runtime.settings.ingest_continue_after,
                 ),
                 id=workflow_id,
                 task_queue=self.runtime.settings.task_queue,

@@ -5,6 +5,7 @@
     .venv/bin/python tests/histories/record.py --sub-agents tests/histories/agent_run_<version>
     .venv/bin/python tests/histories/record.py --fork tests/histories/agent_run_<version>_fork.json
     .venv/bin/python tests/histories/record.py --fallback-and-schedules tests/histories/<version>
+    .venv/bin/python tests/histories/record.py --ingestion tests/histories/ingestion_<version>.json
 
 An agent run: one run through the gRPC API on a fresh embedded stack, of an agent made like
 `assistant` with an approval timeout of an hour: a tool call, a call that needs approval
@@ -17,10 +18,14 @@ sub-agent run). `--fallback-and-schedules`: an agent run whose first step falls 
 model answering 503 to the agent's next model (`agent_run_<version>_fallback.json`), and the
 runs a schedule starts when triggered, of the `assistant` agent
 (`agent_run_<version>_scheduled.json`) and of order-pipeline
-(`dsl_run_<version>_scheduled_order-pipeline.json`). `--workflows`: one DslRun of
+(`dsl_run_<version>_scheduled_order-pipeline.json`). `--ingestion`: one RagIngestion of three
+documents through IngestDocuments (one of several embedding batches, one small, one
+unreadable), its runs continuing as new every 4 activities: its first run to
+`<prefix>.json`, its last to `<prefix>_last_run.json`. `--workflows`: one DslRun of
 each example workflow through StartRun (linear, branching, and suspend → ResumeRun), written
 to `<prefix>_<workflow>.json`. Record them per released version of the workflow code and
-keep them all: the replay tests (`test_agent_run_replay.py`, `test_workflow_run_replay.py`)
+keep them all: the replay tests (`test_agent_run_replay.py`, `test_workflow_run_replay.py`,
+`test_ingestion_replay.py`)
 replay every recorded history against the current code, so a change that would break runs
 already under way fails there (guard such a change with `workflow.patched`). An older
 version is recorded by running this file (copied in) from a `git worktree` of that commit.
@@ -43,7 +48,15 @@ from google.protobuf import struct_pb2
 from loomwork.config import Settings
 from loomwork.testing import Failure, ScriptedModelServer, ScriptedToolCall, Turn
 from loomwork.testing.script import ChatRequest
-from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2, workflow_pb2, workflow_pb2_grpc
+from protos.loomwork.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    rag_pb2,
+    rag_pb2_grpc,
+    run_pb2,
+    workflow_pb2,
+    workflow_pb2_grpc,
+)
 from server.embedded import EmbeddedStack
 from server.runtime import Runtime
 from server.temporal import register_search_attributes
@@ -316,11 +329,56 @@ async def record_workflows(settings: Settings) -> dict[str, str]:
     return histories
 
 
+async def record_ingestion(settings: Settings) -> dict[str, str]:
+    """One finished ingestion of three documents: the histories of its first run (``) and,
+    where it continued as new, of its last run (`_last_run`), as JSON."""
+    runtime = await Runtime.open(settings)
+    await register_search_attributes(runtime.temporal, settings.temporal_namespace)
+    worker = build_worker(runtime)
+    app = build_grpc_app(runtime, "127.0.0.1:0")
+    await app.start()
+    async with worker, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        rag = rag_pb2_grpc.RagServiceStub(channel)
+        await rag.CreateIndex(
+            rag_pb2.CreateIndexRequest(index=rag_pb2.Index(name="replay")), metadata=AUTH
+        )
+        long = "\n\n".join(f"Paragraph {p} about looms and shuttles." for p in range(150))
+        started = await rag.IngestDocuments(
+            rag_pb2.IngestDocumentsRequest(
+                index_name="replay",
+                documents=[
+                    rag_pb2.DocumentInput(document_id="long", text=long),
+                    rag_pb2.DocumentInput(document_id="short", text="A loom weaves cloth."),
+                    rag_pb2.DocumentInput(document_id="bad", data=bytes(range(256)) * 4),
+                ],
+                chunking=rag_pb2.ChunkingOptions(chunk_size=60),
+                client_ingestion_id="replay",
+            ),
+            metadata=AUTH,
+        )
+        workflow_id = started.ingestion.temporal_workflow_id
+        last = runtime.temporal.get_workflow_handle(workflow_id)
+        await last.result()
+        last_history = await last.fetch_history()
+        attributes = last_history.events[0].workflow_execution_started_event_attributes
+        first = runtime.temporal.get_workflow_handle(
+            workflow_id, run_id=attributes.first_execution_run_id
+        )
+        first_history = await first.fetch_history()
+        histories = {"": first_history.to_json()}
+        if attributes.first_execution_run_id != last_history.run_id:
+            histories["_last_run"] = last_history.to_json()
+    await app.stop(0)
+    await runtime.close()
+    return histories
+
+
 def main() -> None:
     workflows = sys.argv[1] == "--workflows"
     sub_agents = sys.argv[1] == "--sub-agents"
     fallback = sys.argv[1] == "--fallback-and-schedules"
     fork = sys.argv[1] == "--fork"
+    ingestion = sys.argv[1] == "--ingestion"
     out = Path(sys.argv[-1]).resolve()
     with tempfile.TemporaryDirectory(prefix="loomwork-history-") as tmp:
         stack = EmbeddedStack(Path(tmp), temporal_ui=False)
@@ -340,6 +398,8 @@ def main() -> None:
                 LOOMWORK_CHAT_MODEL="scripted",
                 LOOMWORK_DEMO=True,  # the `assistant` agent and the example workflows
                 LOOMWORK_MODEL_CALL_ATTEMPTS=2,  # a fallback after two 503s
+                # Small ingestion runs, so one continues as new (older code ignores it).
+                LOOMWORK_INGEST_CONTINUE_AFTER=4,
             )
             if workflows:
                 for name, history in asyncio.run(record_workflows(settings)).items():
@@ -350,6 +410,11 @@ def main() -> None:
                 version = out.name
                 for name, history in asyncio.run(record_fallback_and_schedules(settings)).items():
                     path = out.with_name(f"{name.format(version)}.json")
+                    path.write_text(history)
+                    print(f"recorded {path}")
+            elif ingestion:
+                for suffix, history in asyncio.run(record_ingestion(settings)).items():
+                    path = out.with_name(f"{out.stem}{suffix}.json")
                     path.write_text(history)
                     print(f"recorded {path}")
             elif sub_agents:
