@@ -27,11 +27,48 @@ from loomwork.memory.models import RecallHit, RecallQuery, RecallScope
 from loomwork.messages import Message, TextPart, ToolCallPart, ToolResultPart
 from loomwork.storage.adapter import MemoryStorage
 from loomwork.storage.database import Database
+from loomwork.storage.hnsw import use_hnsw
 
 SPACE = "message_embeddings"
 MAX_TOP_K = 100
 MAX_MESSAGE_RANGE = 20
 _LOCK_KEY = 0x52454341  # serializes space creation across starting processes
+#: A thread or resource of at most this many vectors is searched exactly (every vector's
+#: distance, read through the (tenant, scope) b-tree); a larger one through the HNSW index
+#: shared by all tenants. A scope is a small part of that index, and HNSW filters only
+#: the rows its scan visits: at 50k-200k vectors recall@10 was 0.83-0.97 at ef_search
+#: 40-200, and a scope of 0.5% of the table took 65-300 ms; exact search of 10k rows took
+#: ~16 ms with recall 1 (bench/vector_scale.py, bench/RESULTS.md).
+EXACT_SCOPE_ROWS = 20_000
+#: The HNSW path's candidate list; its scans are iterative (`relaxed_order`: filtered
+#: scans keep going until enough rows of the scope passed).
+HNSW_EF_SEARCH = 200
+# Both branches are planned; the one-time filter on the scope's size runs one. `+ 0`
+# keeps the exact branch off the HNSW index (it cannot order by that expression).
+_SEARCH = """
+with scope as (
+    select count(*) as n from (
+        select 1 from {space} where tenant_id = %(t)s and {column} = %(owner)s
+        limit %(exact)s + 1
+    ) s
+), knn as (
+    (select message_id, thread_id, (embedding <=> %(v)s) + 0 as distance
+     from {space}
+     where tenant_id = %(t)s and {column} = %(owner)s
+       and (select n from scope) <= %(exact)s
+     order by 3 limit %(k)s)
+    union all
+    (select message_id, thread_id, embedding <=> %(v)s as distance
+     from {space}
+     where tenant_id = %(t)s and {column} = %(owner)s
+       and (select n from scope) > %(exact)s
+     order by embedding <=> %(v)s limit %(k)s)
+)
+select message_id, thread_id, score from (
+    select message_id, thread_id, greatest(0.0, least(1.0, 1 - distance)) as score
+    from knn
+) hits where score >= %(min)s
+"""
 
 
 def embedding_text(message: Message) -> str:
@@ -169,29 +206,19 @@ class MessageRecall:
         )
         async with self.db.connection() as conn:
             await self._use_vectors(conn)
-            async with conn.transaction():
-                # Filtered HNSW scans keep going until enough rows pass the filter (pgvector 0.8).
-                await conn.execute("set local hnsw.iterative_scan = relaxed_order")
-                cur = await conn.execute(
-                    f"""
-                    select message_id, thread_id, score from (
-                        select message_id, thread_id,
-                               greatest(0.0, least(1.0, 1 - (embedding <=> %(v)s))) as score
-                        from {SPACE}
-                        where tenant_id = %(t)s and {column} = %(owner)s
-                        order by embedding <=> %(v)s
-                        limit %(k)s
-                    ) knn where score >= %(min)s
-                    """,
-                    {
-                        "v": _vec(vector),
-                        "t": tenant,
-                        "owner": owner,
-                        "k": query.top_k,
-                        "min": query.min_score,
-                    },
-                )
-                rows = await cur.fetchall()
+            await use_hnsw(conn, HNSW_EF_SEARCH, "relaxed_order")
+            cur = await conn.execute(
+                _SEARCH.format(space=SPACE, column=column),
+                {
+                    "v": _vec(vector),
+                    "t": tenant,
+                    "owner": owner,
+                    "k": query.top_k,
+                    "min": query.min_score,
+                    "exact": EXACT_SCOPE_ROWS,
+                },
+            )
+            rows = await cur.fetchall()
         if not rows:
             if query.scope is RecallScope.THREAD:
                 await self.storage.get_thread(tenant, query.thread_id)  # NotFound if missing

@@ -25,6 +25,7 @@ from loomwork.rag.models import (
 from loomwork.rag.rerank import keep_exact_matches, llm_rerank, signal_rerank
 from loomwork.rag.store import OPERATOR, RagStore, vector_literal
 from loomwork.storage.database import Database
+from loomwork.storage.hnsw import use_hnsw
 from loomwork.telemetry import TENANT, operation
 
 __all__ = ["MAX_QUERY_CHARS", "Retriever", "validate_retrieval"]
@@ -41,7 +42,6 @@ BM25_B = 0.75
 DEFAULT_VECTOR_WEIGHT = 0.3
 DEFAULT_LEXICAL_WEIGHT = 0.7
 DEFAULT_RRF_K = 10
-_HNSW_STATE = "_loomwork_hnsw_settings"  # (ef_search, iterative_scan) a connection has
 _DOC_COLUMNS = (
     "coalesce(nullif(d.title, ''), nullif(d.file_name, ''), d.id) as doc_title,"
     " d.source_uri as doc_uri"
@@ -231,13 +231,7 @@ class Retriever:
         # recall. Both are session settings, set only when the pooled connection differs.
         wanted = (ef_search, "relaxed_order" if options.filter is not None else "off")
         async with self.db.connection() as conn:
-            if getattr(conn, _HNSW_STATE, None) != wanted:
-                await conn.execute(
-                    "select set_config('hnsw.ef_search', %s, false),"
-                    " set_config('hnsw.iterative_scan', %s, false)",
-                    (str(wanted[0]), wanted[1]),
-                )
-                setattr(conn, _HNSW_STATE, wanted)
+            await use_hnsw(conn, *wanted)
             cur = await conn.execute(
                 f"""
                 select hits.*, {_DOC_COLUMNS} from (
