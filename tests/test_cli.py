@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import uuid
 from pathlib import Path
@@ -240,6 +241,9 @@ async def test_demo_runs_to_completion(
     assert "run is WAITING: send_email" in output and "RUN_STATUS_WAITING" in output
     assert "email to ada@example.com is sent" in output
     assert "succeeded notify" in output and "confirmation for ord-" in output
+    flat = " ".join(output.split())  # long lines wrap at the console's width
+    assert "reused ['validate', 'process', 'store'], ran ['notify']" in flat  # ForkRun
+    assert re.search(r"ListRuns by schedule: ([2-9]|\d\d+) runs started by demo-orders-", flat)
     assert "skipped escalate" in output and "skipped general" in output
     assert "suspended approve waiting for:" in output and "paid by Linus" in output
     assert "best match temporal" in output  # hybrid search found the crash document

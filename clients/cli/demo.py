@@ -13,6 +13,7 @@ import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -280,6 +281,28 @@ async def _demo_workflows(ctx: DemoContext) -> None:
             ctx.ok("resumed by ResumeRun (a Temporal Update; a `resume` signal works too)")
 
 
+async def _demo_schedules(ctx: DemoContext) -> None:
+    """A Temporal Schedule starting the order pipeline every second; paused, then deleted."""
+    client = ctx.client
+    schedule_id = f"demo-orders-{secrets.token_hex(3)}"
+    order = {"customer": "Ada", "lines": [{"sku": "loom", "quantity": 1, "unit_price": 50.0}]}
+    await client.schedules.create(
+        schedule_id, workflow_id="order-pipeline", data=order, interval=timedelta(seconds=1)
+    )
+    ctx.ok(f"schedule {schedule_id}: order-pipeline every second")
+    runs: list[Any] = []
+    for _ in range(100):  # ListRuns is Temporal visibility: it catches up within moments
+        runs = list((await client.workflows.list_runs(schedule_id=schedule_id)).runs)
+        if len(runs) >= 2:
+            break
+        await asyncio.sleep(0.2)
+    ctx.ok(f"ListRuns by schedule: {len(runs)} runs started by {schedule_id}")
+    await client.schedules.pause(schedule_id)
+    ctx.ok("paused (PauseSchedule); TriggerSchedule would still start one at once")
+    await client.schedules.delete(schedule_id)
+    ctx.ok("deleted; the runs it started stay")
+
+
 _DEMO_DOCUMENTS = {
     "looms.md": "# Looms\n\nA loom weaves thread into cloth. The warp threads run lengthwise "
     "and the weft crosses them.\n\n## Care\n\nOil the shuttle race every spring.",
@@ -393,6 +416,7 @@ DEMO_SECTIONS: list[DemoSection] = [
     DemoSection("Agents: a durable run with a tool, streamed", _demo_agent),
     DemoSection("Agents: a tool call waits for approval", _demo_approval),
     DemoSection("Workflows: linear, branching, suspend/resume", _demo_workflows),
+    DemoSection("Workflows: a schedule", _demo_schedules),
     DemoSection("RAG: ingest, search, a cited answer", _demo_rag),
     DemoSection("Errors: bad input names the field", _demo_bad_input),
     DemoSection("Tenants: isolation", _demo_tenants),
