@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2, workflow_pb2, workflow_pb2_grpc
 from tests.processes import ROOT, code_agents, listed_tools, loomwork_processes
@@ -52,11 +53,11 @@ def _generate(channel: grpc.Channel, token: str, agent: str, prompt: str) -> age
 
 
 def _wait_logged(log: Path, text: str) -> str:
-    deadline = time.monotonic() + 30
-    while text not in log.read_text(errors="replace"):
-        assert time.monotonic() < deadline, f"{text!r} never logged:\n{log.read_text()}"
+    for _ in range(300):  # polled for up to ~30 s
+        if text in log.read_text(errors="replace"):
+            return log.read_text(errors="replace")
         time.sleep(0.1)
-    return log.read_text(errors="replace")
+    pytest.fail(f"{text!r} never logged:\n{log.read_text()}")
 
 
 async def test_the_test_session_runs_in_demo_mode(grpc_address: str, token: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
@@ -291,11 +290,11 @@ async def test_connection_refused_and_broken_stream_are_retryable(
 async def test_client_timeout_is_retryable(server: ScriptedModelServer) -> None:
     server.set_script([Delay(5, Turn(text="too late"))])
     async with ChatModel("m", base_url=server.base_url, api_key="k", timeout=0.3) as model:
-        started = time.monotonic()
         with pytest.raises(ModelError) as info:
             await model.stream([ChatMessage.user("hi")])
-        assert time.monotonic() - started < 2
     assert info.value.retryable and "timed out" in info.value.message
+    # The client gave up: the server's 5 s answer was never delivered.
+    assert not server.requests[-1].completed
 
 
 @pytest.mark.parametrize("where", ["before_headers", "mid_stream"])
@@ -315,11 +314,9 @@ async def test_cancellation_aborts_the_request_promptly(
     assert await eventually(lambda: bool(server.requests and (where == "before_headers" or events)))
     assert server.requests
     await asyncio.sleep(0.3)
-    started = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert time.monotonic() - started < 1.0
     request = server.requests[0]
     assert await eventually(lambda: request.disconnected, seconds=3)
     assert request.disconnected and not request.completed

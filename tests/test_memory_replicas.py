@@ -121,10 +121,9 @@ async def test_write_through_one_server_is_seen_through_the_other(
             and thread.message_count == 2
         )
 
-    took = await _within(bound, b_sees_writes)
+    await _within(bound, b_sees_writes)
     # B heard A's writes on the pub/sub channel; it did not just wait for its versions to expire.
     assert b_cache.stats.invalidations_received > heard_before
-    assert took < bound
 
     await a.DeleteThread(memory_pb2.DeleteThreadRequest(thread_id=thread_id), metadata=auth(token))
 
