@@ -242,6 +242,14 @@ async def test_demo_runs_to_completion(
     assert "email to ada@example.com is sent" in output
     assert "succeeded notify" in output and "confirmation for ord-" in output
     flat = " ".join(output.split())  # long lines wrap at the console's width
+    # Guardrails: the card number never reached the model; the injection ended the run.
+    assert "the model was given: (offline model) You said: My card is [REDACTED:card]" in flat
+    assert "blocked by prompt_injection" in flat and "run ended RUN_STATUS_BLOCKED" in flat
+    # ForkRun of the `add` run from step 2: step 1 and its tool call reused, not made again.
+    assert re.search(r"forked from run_\w+: steps \[1\] reused, 0 tool call", flat), flat
+    # A client tool: the run waited for the caller's answer, and the model read it.
+    assert "the run waits for the caller: caller_location({})" in flat
+    assert '"city": "Lisbon"' in flat and "The tool answered:" in flat
     assert "reused ['validate', 'process', 'store'], ran ['notify']" in flat  # ForkRun
     assert re.search(r"ListRuns by schedule: ([2-9]|\d\d+) runs started by demo-orders-", flat)
     assert "skipped escalate" in output and "skipped general" in output

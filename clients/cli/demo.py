@@ -1,7 +1,8 @@
 """`loomwork demo`: walks the main flows against a running stack, printing what happens.
 
 `run_demo` is also what `loomwork up --demo` runs once the stack is up. Each flow is a
-`DemoSection`; they share a `DemoContext` (the client, the console, what earlier sections made).
+`DemoSection`; they share a `DemoContext` (clients/cli/demo_context.py). The agents' newer
+controls (guardrails, forks, client tools) have their sections in clients/cli/demo_agents.py.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import contextlib
 import json
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -33,70 +32,18 @@ from clients.cli.common import (
     stdout_console,
     tls_credentials,
 )
+from clients.cli.demo_agents import AGENT_CONTROL_SECTIONS
+from clients.cli.demo_context import DEMO_AGENT, DemoContext, DemoSection, message_id
 from clients.cli.messages import message_table
 from clients.cli.rag import ingestion_status
 from clients.cli.threads import thread_details
 from clients.cli.workflows import describe_event as describe_workflow_event
 from clients.cli.workflows import workflow_status
 from clients.client import LoomworkClient
-from clients.errors import error_details
 from clients.messages import text_message, tool_call_message, tool_result_message
 from protos.loomwork.v1 import message_pb2, rag_pb2, run_pb2
 
 __all__ = ["DEMO_SECTIONS", "DemoContext", "DemoSection", "demo", "register", "run_demo"]
-
-# The agent a stack in demo mode serves (loomwork/demo/agents.py).
-DEMO_AGENT = "assistant"
-
-
-@dataclass
-class DemoContext:
-    """What the demo's sections share: the client, the console and what earlier sections made."""
-
-    client: LoomworkClient
-    console: Console
-    address: str
-    token: str
-    other_token: str | None = None
-    thread_id: str = ""
-    state: dict[str, Any] = field(default_factory=dict)
-
-    def ok(self, text: str) -> None:
-        self.console.print(f"  [green]✓[/] {text}")
-
-    def note(self, text: str) -> None:
-        self.console.print(f"  [dim]{text}[/]")
-
-    async def expect_error(
-        self, call: Awaitable[Any], code: grpc.StatusCode
-    ) -> grpc.aio.AioRpcError | None:
-        """Awaits a call that should fail with `code`; prints what came back either way."""
-        try:
-            await call
-        except grpc.aio.AioRpcError as err:
-            mark = "[green]✓[/]" if err.code() == code else "[red]✗[/]"
-            self.console.print(f"  {mark} {err.code().name}: {escape(err.details() or '')}")
-            for field_path, description in error_details(err):
-                self.console.print(
-                    f"      field [bold]{escape(field_path)}[/]: {escape(description)}"
-                )
-            return err
-        self.console.print(f"  [red]✗ expected {code.name}, but the call succeeded[/]")
-        return None
-
-
-@dataclass(frozen=True)
-class DemoSection:
-    """One titled step of the demo."""
-
-    title: str
-    run: Callable[[DemoContext], Awaitable[None]]
-
-
-def _mid(ctx: DemoContext, name: str) -> str:
-    # Message ids are unique per tenant: a random prefix per run keeps reruns from colliding.
-    prefix = ctx.state.setdefault("message_id_prefix", f"demo-{secrets.token_hex(3)}")
-    return f"{prefix}.{name}"
 
 
 async def _demo_threads_and_messages(ctx: DemoContext) -> None:
@@ -106,22 +53,26 @@ async def _demo_threads_and_messages(ctx: DemoContext) -> None:
     ctx.thread_id = thread.id
     ctx.ok(f"created thread [cyan]{escape(thread.id)}[/] for resource demo-user")
     messages = [
-        text_message("system", "You are a helpful weather assistant.", id=_mid(ctx, "system")),
-        text_message("user", "What's the weather in Paris?", id=_mid(ctx, "user-1")),
+        text_message(
+            "system", "You are a helpful weather assistant.", id=message_id(ctx, "system")
+        ),
+        text_message("user", "What's the weather in Paris?", id=message_id(ctx, "user-1")),
         tool_call_message(
             "call_1",
             "get_weather",
             {"city": "Paris"},
             text="Let me check.",
-            id=_mid(ctx, "assistant-1"),
+            id=message_id(ctx, "assistant-1"),
         ),
         tool_result_message(
             "call_1",
             {"temperature_c": 18, "sky": "clear"},
             tool_name="get_weather",
-            id=_mid(ctx, "tool-1"),
+            id=message_id(ctx, "tool-1"),
         ),
-        text_message("assistant", "It is 18 °C and clear in Paris.", id=_mid(ctx, "assistant-2")),
+        text_message(
+            "assistant", "It is 18 °C and clear in Paris.", id=message_id(ctx, "assistant-2")
+        ),
     ]
     stored = await ctx.client.memory.append_messages(thread.id, messages)
     ctx.ok(f"appended {len(stored)} messages (system, user, assistant tool call, tool, assistant)")
@@ -130,7 +81,7 @@ async def _demo_threads_and_messages(ctx: DemoContext) -> None:
 
 async def _demo_idempotency(ctx: DemoContext) -> None:
     before = (await ctx.client.memory.get_thread(ctx.thread_id)).message_count
-    again = text_message("user", "What's the weather in Paris?", id=_mid(ctx, "user-1"))
+    again = text_message("user", "What's the weather in Paris?", id=message_id(ctx, "user-1"))
     stored = await ctx.client.memory.append_messages(ctx.thread_id, [again])
     after = (await ctx.client.memory.get_thread(ctx.thread_id)).message_count
     if after == before:
@@ -200,6 +151,7 @@ async def _demo_agent(ctx: DemoContext) -> None:
             ctx.ok(f"#{event.event_id} answer streamed: {escape(str(text))}")
         elif kind == "run_failed":
             ctx.console.print(f"  [red]✗ run failed: {escape(event.run_failed.message)}[/]")
+    ctx.state["agent_run_id"] = run_id  # forked in "Agents: fork a run from a step"
     replay = [e.event_id async for e in ctx.client.agents.watch_run(run_id, after_event_id=2)]
     ctx.ok(
         f"run {escape(run_id)}: {last_event} numbered events; WatchRun after #2 replays "
@@ -415,6 +367,7 @@ DEMO_SECTIONS: list[DemoSection] = [
     DemoSection("Memory: updating a thread", _demo_update),
     DemoSection("Agents: a durable run with a tool, streamed", _demo_agent),
     DemoSection("Agents: a tool call waits for approval", _demo_approval),
+    *AGENT_CONTROL_SECTIONS,
     DemoSection("Workflows: linear, branching, suspend/resume", _demo_workflows),
     DemoSection("Workflows: a schedule", _demo_schedules),
     DemoSection("RAG: ingest, search, a cited answer", _demo_rag),

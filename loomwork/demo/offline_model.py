@@ -1,7 +1,8 @@
 """The offline model: a small rule-based script for the scripted model server, so demo mode
 works with no API key and no network. It is not a language model: it adds numbers with the
 `add` tool, counts words with `word_count`, asks for `send_email` when told to email
-someone, answers RAG questions from their first source, and otherwise echoes."""
+someone, calls a tool it is told to use ("use the X tool") with no arguments, answers RAG
+questions from their first source, and otherwise echoes."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from loomwork.testing import ChatRequest, ScriptedModelServer, ScriptedToolCall,
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
+_USE_TOOL = re.compile(r"\buse the ([A-Za-z0-9_-]{1,64}) tool\b", re.IGNORECASE)
 
 
 _FIRST_SOURCE = re.compile(r"\n\[1\] \([^\n]*\)\n(.+?)(?:\n\n\[\d+\] \(|\Z)", re.DOTALL)
@@ -62,6 +64,9 @@ def offline_turn(request: ChatRequest) -> Turn:
         body = prompt.split(":", 1)[1].strip() if ":" in prompt else prompt
         arguments = {"to": address.group(0), "subject": "A note from Loomwork", "body": body}
         return Turn(tool_calls=[ScriptedToolCall("send_email", arguments)])
+    named = _USE_TOOL.search(prompt)
+    if named and named.group(1) in request.tool_names:  # e.g. a client tool the caller runs
+        return Turn(tool_calls=[ScriptedToolCall(named.group(1), {})])
     numbers = [float(n) for n in _NUMBER.findall(prompt)]
     if "add" in request.tool_names and len(numbers) >= 2:
         return Turn(tool_calls=[ScriptedToolCall("add", {"numbers": numbers})])
