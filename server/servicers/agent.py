@@ -42,7 +42,7 @@ from loomwork.agents.run_models import (
     RunState,
     ToolResultsInput,
 )
-from loomwork.agents.steps import event_log_key
+from loomwork.agents.run_start import event_log_key
 from loomwork.agents.store import AgentStore
 from loomwork.agents.sub_agents import AGENT_TOOL_PREFIX
 from loomwork.errors import (
