@@ -129,7 +129,7 @@ async def test_finish_retried_after_its_status_was_saved_still_ends_the_log(
     before its terminal event was published (the worker gone, Redis refused): the retry
     publishes it, so the streams that follow the log end, and records its id."""
     from loomwork.rag.answer import AnswerRequest, answer_log_key
-    from loomwork.rag.ingestion import IngestionRequest, ingestion_log_key
+    from loomwork.rag.ingestion_models import IngestionRequest, ingestion_log_key
 
     index = await create_index(rag, token)
     done = await ingest(rag, token, index, [rag_pb2.DocumentInput(document_id="a1", text="x")])

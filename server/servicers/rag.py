@@ -27,7 +27,7 @@ from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id, new_id
 from loomwork.paging import decode_page_token, encode_page_token
 from loomwork.rag.answer import AnswerEvent, AnswerRecord, AnswerRequest, answer_log_key
 from loomwork.rag.chunking import validate_chunking
-from loomwork.rag.ingestion import (
+from loomwork.rag.ingestion_models import (
     TERMINAL,
     IngestionEvent,
     IngestionRecord,

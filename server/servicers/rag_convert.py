@@ -10,7 +10,7 @@ from google.protobuf import json_format, struct_pb2
 from loomwork.errors import InvalidArgument, Violations
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id
 from loomwork.rag import answer as answers
-from loomwork.rag import ingestion as ing
+from loomwork.rag import ingestion_models as ing
 from loomwork.rag import models as m
 from loomwork.rag.answer_context import ContextOrder
 from loomwork.rag.query import MAX_QUERY_CHARS, validate_retrieval
