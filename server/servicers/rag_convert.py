@@ -86,6 +86,13 @@ RUN_STATUS_TO = {
 }
 
 
+def page_size_from_proto(value: int, field: str = "page_size") -> int:
+    """A request's page size (0: 50); INVALID_ARGUMENT past 1000."""
+    if not 0 <= value <= 1000:
+        raise InvalidArgument.field(field, "must be 1..1000 (0 means 50)")
+    return value or 50
+
+
 def _value(value: struct_pb2.Value) -> Any:
     return json_format.MessageToDict(value)
 
