@@ -48,7 +48,7 @@ from loomwork.integrations.routing import (
     route_event,
 )
 from loomwork.integrations.sources import WebhookSourceStore
-from loomwork.rag.ingestion import (
+from loomwork.rag.ingestion_models import (
     IngestionRequest,
     SourceDocument,
     derived_document_id,

@@ -19,10 +19,10 @@ from loomwork.rag.answer import (
     GeneratedAnswer,
     RetrievedContext,
 )
-from loomwork.rag.ingestion import (
+from loomwork.rag.ingestion import IngestionSteps
+from loomwork.rag.ingestion_models import (
     IngestionRecord,
     IngestionRequest,
-    IngestionSteps,
     PreparedDocument,
 )
 from loomwork.retries import RetryNotice

@@ -46,7 +46,7 @@ from scripted_settings import scripted_settings
 from loomwork.agents.directory import RunDirectory
 from loomwork.agents.events import RunFinished, RunStarted, TextDeltaEvent, encode_event
 from loomwork.agents.run_models import RunOutcome
-from loomwork.agents.steps import event_log_key
+from loomwork.agents.run_start import event_log_key
 from loomwork.config import Settings
 from loomwork.llm.chat import ChatMessage, ChatModel, TextDelta, ToolCallDelta, ToolCallDone
 from loomwork.llm.shared import SharedChatModels

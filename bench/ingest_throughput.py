@@ -42,7 +42,7 @@ from loomwork.embeddings import shared_local_model
 from loomwork.integrations.secret_box import dev_secret
 from loomwork.rag.chunking import chunk_document
 from loomwork.rag.extract import extract
-from loomwork.rag.ingestion import (
+from loomwork.rag.ingestion_models import (
     IngestionRequest,
     SourceDocument,
     new_ingestion,

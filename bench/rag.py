@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loomwork.embeddings import shared_local_model
 from loomwork.rag.embedders import Embedders
-from loomwork.rag.ingestion import (
+from loomwork.rag.ingestion import IngestionSteps
+from loomwork.rag.ingestion_models import (
     IngestionDocumentState,
     IngestionRecord,
     IngestionRequest,
-    IngestionSteps,
     SourceDocument,
 )
 from loomwork.rag.models import ChunkingOptions, DocumentFormat, IndexSpec, RetrievalOptions

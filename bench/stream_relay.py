@@ -33,7 +33,7 @@ from scripted_settings import scripted_settings
 from loomwork.agents.directory import RunDirectory
 from loomwork.agents.events import RunFinished, RunStarted, TextDeltaEvent, encode_event
 from loomwork.agents.run_models import RunOutcome
-from loomwork.agents.steps import event_log_key
+from loomwork.agents.run_start import event_log_key
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
 from server.embedded import EmbeddedStack
 from server.runtime import Runtime

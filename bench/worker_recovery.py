@@ -39,7 +39,7 @@ from temporalio.client import Client
 
 from loomwork.agents.events import decode_event
 from loomwork.agents.run_models import AgentRunRequest, RunOutcome
-from loomwork.agents.steps import event_log_key
+from loomwork.agents.run_start import event_log_key
 from loomwork.config import Settings
 from loomwork.integrations.secret_box import dev_secret
 from loomwork.messages import NewMessage, Role, TextPart

@@ -39,7 +39,7 @@ from loomwork.agents.run_models import (
     RunRecord,
     agent_run_workflow_id,
 )
-from loomwork.agents.steps import announce_run, effective_agent, event_log_key, tool_names
+from loomwork.agents.run_start import announce_run, effective_agent, event_log_key, tool_names
 from loomwork.agents.sub_agents import function_names
 from loomwork.errors import (
     AlreadyExists,

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from loomwork.agents.events import ApprovalRequested, StepFinished, decode_event
 from loomwork.agents.payloads import ToolInput
 from loomwork.agents.run_models import AgentRunRequest, PendingApproval, RunOutcome
-from loomwork.agents.steps import event_log_key
+from loomwork.agents.run_start import event_log_key
 from loomwork.llm.chat import ChatUsage
 from loomwork.messages import ToolCallPart
 from server.runtime import Runtime

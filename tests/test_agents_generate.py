@@ -234,7 +234,7 @@ async def test_generate_skips_an_event_kind_this_server_does_not_know(
 ) -> None:
     """During a rolling upgrade a newer worker may publish a kind of event this server cannot
     read: Generate leaves it out, as streams do, and answers with the run."""
-    from loomwork.agents.steps import event_log_key
+    from loomwork.agents.run_start import event_log_key
 
     model.set_script([Delay(1.0, then=Turn(text="done"))])
     run_id = unique("newer")

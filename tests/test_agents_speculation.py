@@ -16,8 +16,9 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from loomwork.agents.events import StepRetrying, TextDeltaEvent, decode_event
 from loomwork.agents.payloads import FirstStep
 from loomwork.agents.run_models import AgentRunRequest
+from loomwork.agents.run_start import announce_run, event_log_key
 from loomwork.agents.speculation import SpeculativeSteps, until_adopted, until_confirmed
-from loomwork.agents.steps import AgentSteps, announce_run, event_log_key
+from loomwork.agents.steps import AgentSteps
 from loomwork.messages import NewThread
 from loomwork.streams import DraftTaken
 from loomwork.testing import Delay, Turn

@@ -95,7 +95,7 @@ async def test_step_finished_carries_the_steps_messages(agents, token, model) ->
 async def test_watch_after_events_expired_sends_the_terminal_event(
     agents, token, model, runtime
 ) -> None:
-    from loomwork.agents.steps import event_log_key
+    from loomwork.agents.run_start import event_log_key
 
     model.set_script([Turn(text="Short answer.")])
     run = (
@@ -137,7 +137,7 @@ async def test_watch_skips_an_event_kind_this_server_does_not_know(agents, token
     from loomwork.agents.directory import RunDirectory
     from loomwork.agents.events import RunFinished, RunStarted, encode_event
     from loomwork.agents.run_models import RunOutcome
-    from loomwork.agents.steps import event_log_key
+    from loomwork.agents.run_start import event_log_key
 
     run_id = f"run_future_{uuid.uuid4().hex[:8]}"
     key = event_log_key("alpha", run_id)

@@ -18,7 +18,7 @@ from loomwork.agents.events import (
     decode_event,
 )
 from loomwork.agents.run_models import AgentRunRequest, RunOutcome, agent_run_workflow_id
-from loomwork.agents.steps import event_log_key
+from loomwork.agents.run_start import event_log_key
 from loomwork.agents.store import AgentStore
 from loomwork.messages import NewMessage, Role, TextPart
 from loomwork.testing import ChatRequest, ScriptedToolCall, Turn

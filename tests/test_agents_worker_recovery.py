@@ -17,7 +17,7 @@ from temporalio.api.history.v1 import HistoryEvent
 from activities.heartbeats import HAND_BACK_RETRY
 from loomwork.agents.events import AgentEvent, StepRetrying, decode_event
 from loomwork.agents.run_models import AgentRunRequest, RunOutcome
-from loomwork.agents.steps import event_log_key
+from loomwork.agents.run_start import event_log_key
 from loomwork.messages import NewMessage, Role, TextPart
 from loomwork.retries import ATTEMPT_LOST, WORKER_SHUTDOWN
 from loomwork.testing import ChatRequest, ScriptedModelServer, Turn

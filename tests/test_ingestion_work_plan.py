@@ -3,7 +3,7 @@ open documents, and the cursor a continued run picks up from."""
 
 from __future__ import annotations
 
-from loomwork.rag.ingestion import IngestionCursor, IngestionRequest, OpenDocument
+from loomwork.rag.ingestion_models import IngestionCursor, IngestionRequest, OpenDocument
 from workflows.ingestion_work import Job, WorkPlan
 
 

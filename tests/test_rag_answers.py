@@ -99,7 +99,7 @@ async def test_answer_whose_first_start_failed_is_started_by_the_repeat(
     """The first call stored the answer, then failed to start its run: the repeat (same
     client_answer_id) starts it instead of following a log no run will ever write."""
     from loomwork.rag.answer import AnswerRecord
-    from server.servicers.rag import answer_workflow_id
+    from server.servicers.rag_answers import answer_workflow_id
 
     index = await create_index(rag, token)
     await ingest(rag, token, index, [rag_pb2.DocumentInput(document_id="a1", text=ANIMALS[1])])
@@ -129,7 +129,7 @@ async def test_finish_retried_after_its_status_was_saved_still_ends_the_log(
     before its terminal event was published (the worker gone, Redis refused): the retry
     publishes it, so the streams that follow the log end, and records its id."""
     from loomwork.rag.answer import AnswerRequest, answer_log_key
-    from loomwork.rag.ingestion import IngestionRequest, ingestion_log_key
+    from loomwork.rag.ingestion_models import IngestionRequest, ingestion_log_key
 
     index = await create_index(rag, token)
     done = await ingest(rag, token, index, [rag_pb2.DocumentInput(document_id="a1", text="x")])

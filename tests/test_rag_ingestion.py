@@ -9,7 +9,7 @@ import hashlib
 import grpc
 import pytest
 
-from loomwork.rag.ingestion import derived_document_id
+from loomwork.rag.ingestion_models import derived_document_id
 from protos.loomwork.v1 import rag_pb2
 from tests.rag_support import ANIMALS, GUIDE, create_index, ingest, wait_ingestion
 from tests.support import auth, field_violations, unique, worker_process
@@ -217,7 +217,7 @@ async def test_cancel_ingestion(rag, token) -> None:
 
 
 async def test_watch_after_events_expired_sends_the_finished_event(rag, token, runtime) -> None:
-    from loomwork.rag.ingestion import ingestion_log_key
+    from loomwork.rag.ingestion_models import ingestion_log_key
 
     index = await create_index(rag, token)
     response = await rag.IngestDocuments(
@@ -269,7 +269,7 @@ async def test_worker_killed_mid_ingestion_finishes_with_every_chunk_once(
     from temporalio.worker import Worker
 
     from activities.rag import RagActivities
-    from loomwork.rag.ingestion import (
+    from loomwork.rag.ingestion_models import (
         IngestionDocumentState,
         IngestionRecord,
         IngestionRequest,

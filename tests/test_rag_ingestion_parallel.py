@@ -14,7 +14,7 @@ from temporalio.client import Client
 
 from loomwork.rag.chunking import chunk_document
 from loomwork.rag.extract import extract
-from loomwork.rag.ingestion import (
+from loomwork.rag.ingestion_models import (
     IngestionDocumentState,
     IngestionRecord,
     IngestionRequest,

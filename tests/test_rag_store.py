@@ -12,7 +12,7 @@ from loomwork.errors import InvalidArgument, NotFound
 from loomwork.llm.chat import ChatUsage
 from loomwork.messages import ToolCallPart
 from loomwork.rag.answer_context import ContextOrder, assemble_rag_context
-from loomwork.rag.ingestion import (
+from loomwork.rag.ingestion_models import (
     IngestionDocumentState,
     IngestionRecord,
     IngestionRequest,

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from clients import LoomworkClient
 from clients.cli import register
 from loomwork.agents.payloads import StepInput
-from loomwork.agents.steps import effective_agent
+from loomwork.agents.run_start import effective_agent
 from loomwork.llm.chat import ChatMessage
 from loomwork.testing import ChatRequest, ScriptedModelServer, Turn, Usage
 from protos.loomwork.v1 import agent_pb2, rag_pb2, run_pb2, usage_pb2, usage_pb2_grpc

@@ -28,7 +28,7 @@ from workflows.retries import OUTAGE_PATIENCE, bookkeeping_retries
 from workflows.search_attributes import STATUS
 
 with workflow.unsafe.imports_passed_through():
-    from loomwork.rag.ingestion import (
+    from loomwork.rag.ingestion_models import (
         IngestionCursor,
         IngestionRecord,
         IngestionRequest,

@@ -14,7 +14,7 @@ from typing import Literal
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from loomwork.rag.ingestion import IngestionCursor, IngestionRequest, OpenDocument
+    from loomwork.rag.ingestion_models import IngestionCursor, IngestionRequest, OpenDocument
 
 
 @dataclass

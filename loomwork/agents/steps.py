@@ -9,10 +9,8 @@ that definition, with the call's overrides applied, for all its later steps.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 
 from loomwork.agents import sub_agents
 from loomwork.agents.batching import DeltaBatcher
@@ -23,7 +21,6 @@ from loomwork.agents.events import (
     ObjectFinalEvent,
     ObjectPartialEvent,
     RunFinished,
-    RunStarted,
     StepFinished,
     StepRetrying,
     TextDeltaEvent,
@@ -34,7 +31,6 @@ from loomwork.agents.events import (
     once_key,
 )
 from loomwork.agents.guarded_step import blocked_step, step_guardrails
-from loomwork.agents.memory_tool import UPDATE_WORKING_MEMORY
 from loomwork.agents.model_fallback import next_model
 from loomwork.agents.output_schema import parse_final, partial_object
 from loomwork.agents.payloads import (
@@ -47,14 +43,16 @@ from loomwork.agents.payloads import (
     ToolInput,
 )
 from loomwork.agents.run_models import AgentRunRequest, ContextUsage, RunOutcome, Violation
+from loomwork.agents.run_start import announce_run, effective_agent, event_log_key, tool_names
 from loomwork.agents.speculation import (
     SpeculativeSteps,
     drafting,
     until_adopted,
     until_confirmed,
 )
+from loomwork.agents.thread_context import thread_context
+from loomwork.agents.tool_calls import call_mcp_tool, call_worker_tool, invalid_client_calls
 from loomwork.agents.tool_offer import offered_tools
-from loomwork.errors import Unavailable
 from loomwork.guardrails.custom import ProcessorRegistry
 from loomwork.guardrails.processors import Tripped
 from loomwork.json_schema import validate_object
@@ -69,19 +67,15 @@ from loomwork.llm.chat import (
     json_schema_format,
 )
 from loomwork.llm.errors import ModelError
-from loomwork.memory.context_assembly import assemble_context
-from loomwork.memory.models import RecallHit, RecallQuery, RecallScope
 from loomwork.memory.recall import MessageRecall
-from loomwork.memory.settings import MemorySettings
 from loomwork.memory.threads import Memory
 from loomwork.memory.tokens import count_context_tokens
 from loomwork.memory.working import WorkingMemoryStore
-from loomwork.messages import Message, NewMessage, Role, ToolResultPart
+from loomwork.messages import NewMessage, Role, ToolResultPart
 from loomwork.retries import RetryNotice
 from loomwork.streams.run_events import RunEventLog
-from loomwork.tools import ToolContext, ToolRegistry
+from loomwork.tools import ToolRegistry
 from loomwork.tools.mcp_source import McpTools
-from loomwork.tools.registry import error_result
 from loomwork.tools.routes import earliest
 from loomwork.tools.tool_context import OAuthAccess
 from loomwork.usage.ledger import ModelCall, UsageLedger, step_call
@@ -90,75 +84,6 @@ log = logging.getLogger(__name__)
 
 
 FIRST_STEP = "step:1"  # the draft a speculative first step streams as
-
-
-def event_log_key(tenant: str, run_id: str) -> str:
-    """Runs are named per tenant: the same client run id in two tenants never meets."""
-    return f"{tenant}/{run_id}"
-
-
-def effective_agent(agent: AgentDefinition, request: AgentRunRequest) -> AgentDefinition:
-    """The agent as this run uses it: the call's overrides (memory, read-only, output schema,
-    step limit) applied over the stored or coded definition."""
-    update: dict[str, object] = {}
-    if request.memory is not None:
-        update["memory"] = request.memory
-    if request.memory_read_only is not None:
-        update["memory_read_only"] = request.memory_read_only
-    if request.output_schema is not None:
-        update["output_schema"] = request.output_schema
-    if request.max_steps:
-        update["max_steps"] = request.max_steps
-    return agent.model_copy(update=update)
-
-
-async def announce_run(
-    events: RunEventLog,
-    request: AgentRunRequest,
-    agent: AgentDefinition,
-    model: str,
-    *,
-    patience: float | None = 0.0,
-) -> None:
-    """Publish `run_started` as the run's first event; nothing when its log has events
-    already (a repeated call, a retried start). `patience`: how long to wait out Redis (0,
-    one try: the service answers its caller UNAVAILABLE; None: a step's patience)."""
-    started = RunStarted(
-        run_path=request.run_path,
-        agent_name=agent.name,
-        thread_id=request.thread_id,
-        resource_id=request.resource_id,
-        model=model,
-        max_steps=agent.max_steps,
-        structured_output=agent.output_schema is not None,
-        input_messages=request.identified_inputs(),
-        trace_id=request.trace_id,
-    )
-    key = event_log_key(request.tenant, request.log_run_id)
-    # A sub-agent run's start goes into its top-level run's log, once.
-    first = 0 if request.parents else 1
-    await events.publish(
-        key, encode_event(started), only_as=first, once=once_key(started), patience=patience
-    )
-
-
-def tool_names(agent: AgentDefinition, request: AgentRunRequest) -> list[str]:
-    """The agent's tools, plus the working memory tool when the run keeps working memory:
-    not read-only, and with a thread (or a resource, for resource-scoped memory) to keep it."""
-    names = list(agent.tool_names)
-    wm = agent.memory.working_memory
-    has_home = bool(request.thread_id) or (
-        wm is not None and wm.scope is RecallScope.RESOURCE and bool(request.resource_id)
-    )
-    keeps = wm is not None and not agent.memory_read_only and has_home
-    if keeps and UPDATE_WORKING_MEMORY not in names:
-        names.append(UPDATE_WORKING_MEMORY)
-    return names
-
-
-def not_an_object(argument_error: str) -> str:
-    """The error result of a call whose arguments are not a JSON object."""
-    return f"arguments are not a JSON object: {argument_error}"
 
 
 class AgentSteps:
@@ -265,71 +190,8 @@ class AgentSteps:
                 conversation, ContextUsage(tokens_in_context=count_context_tokens(conversation))
             )
 
-        settings = agent.memory
-        inputs = request.identified_inputs()
-        if agent.memory_read_only:
-            page = (
-                await self.memory.list_messages(
-                    request.tenant, request.thread_id, last_n=settings.last_messages
-                )
-                if settings.last_messages
-                else None
-            )
-            now = datetime.now(UTC)
-            stored = [
-                Message(
-                    id=m.id,
-                    thread_id=request.thread_id,
-                    role=m.role,
-                    parts=m.parts,
-                    create_time=now,
-                )
-                for m in inputs
-            ]
-            recent = [*(page.messages if page else []), *stored]
-        else:
-            await until_confirmed()  # a speculative step writes once its run exists
-            stored = await self.memory.append_messages(request.tenant, request.thread_id, inputs)
-            page = await self.memory.list_messages(
-                request.tenant, request.thread_id, last_n=max(settings.last_messages, len(stored))
-            )
-            recent = page.messages
-        recalled: list[RecallHit] = []
-        query = "\n".join(m.text for m in stored if m.role is Role.USER).strip()
-        if settings.semantic_recall is not None and query:
-            recall = settings.semantic_recall
-            by_resource = recall.scope is RecallScope.RESOURCE and bool(request.resource_id)
-            recalled = await self.recall.search(
-                request.tenant,
-                RecallQuery(
-                    query=query,
-                    scope=RecallScope.RESOURCE if by_resource else RecallScope.THREAD,
-                    thread_id=request.thread_id,
-                    resource_id=request.resource_id,
-                    top_k=recall.top_k,
-                    message_range=recall.message_range,
-                    min_score=recall.min_score,
-                ),
-            )
-        if not agent.memory_read_only:
-            # Indexed after the search, so the input does not recall itself.
-            await self.recall.index(request.tenant, request.thread_id, stored)
-        system, working = agent.instructions, None
-        if settings.working_memory is not None:
-            system, working = await self._working_memory(request, agent, settings)
-        context = assemble_context(
-            system=system,
-            working_memory=working,
-            recalled=recalled,
-            recent=recent,
-            token_limit=settings.context_token_limit,
-        )
-        conversation = [ChatMessage(role=m.role, parts=m.parts) for m in context.messages]
-        usage = ContextUsage(
-            tokens_in_context=context.tokens_in_context,
-            messages_recalled=context.messages_recalled,
-            messages_trimmed=context.messages_trimmed,
-            tokens_trimmed=context.tokens_trimmed,
+        conversation, usage = await thread_context(
+            self.memory, self.recall, self.working_memory, request, agent
         )
         return plan(conversation, usage)
 
@@ -397,32 +259,6 @@ class AgentSteps:
             attempt,
         )
         return FirstStep(plan=plan, output=output)
-
-    async def _working_memory(
-        self, request: AgentRunRequest, agent: AgentDefinition, settings: MemorySettings
-    ) -> tuple[str, str]:
-        wm = settings.working_memory
-        assert wm is not None
-        by_resource = wm.scope is RecallScope.RESOURCE and bool(request.resource_id)
-        current = await self.working_memory.get(
-            request.tenant,
-            RecallScope.RESOURCE if by_resource else RecallScope.THREAD,
-            thread_id=request.thread_id,
-            resource_id=request.resource_id,
-        )
-        if agent.memory_read_only:
-            how = "This is your working memory (read-only in this conversation)."
-            text = current.markdown or wm.template or json.dumps(current.data or {})
-        elif wm.template is not None:
-            text = current.markdown or wm.template
-            how = "Keep it current with the update_working_memory tool (send `markdown`)."
-        else:
-            text = json.dumps(current.data or {}, ensure_ascii=False)
-            how = (
-                "Keep it current with the update_working_memory tool (send `data` matching "
-                f"this JSON schema: {json.dumps(wm.json_schema)})."
-            )
-        return f"{agent.instructions}\n\n{how}", text
 
     async def model_step(self, step: StepInput, attempt: int = 1) -> StepOutput:
         """One model call, streamed: text deltas (or partial objects, for an agent with an
@@ -571,7 +407,7 @@ class AgentSteps:
             model=step.plan_model,
             tool_routes=tool_routes,
         )
-        self._invalid_client_calls(request, output)
+        invalid_client_calls(request, output)
         output.invalid_calls.update(sub_agents.refused_calls(request, output, self.max_agent_depth))
         if output.tool_calls:
             sub_agents.begin_sub_runs(request, output, self.speculate)  # their first steps, at once
@@ -588,24 +424,6 @@ class AgentSteps:
                 await self.publish(request, ObjectFinalEvent(step=step.step, object=value))
         await self.publish(request, self.step_finished(step.step, output))
         return output
-
-    @staticmethod
-    def _invalid_client_calls(request: AgentRunRequest, output: StepOutput) -> None:
-        """Record the calls of client tools whose arguments are not a JSON object or do not
-        fit the declared schema: they go back to the model, never to the caller."""
-        for call in output.tool_calls:
-            client_tool = request.client_tool(call.tool_name)
-            route = output.tool_routes.get(call.tool_call_id)
-            if client_tool is None or route is None or route.kind != "client":
-                continue
-            argument_error = output.argument_errors.get(call.tool_call_id)
-            invalid = (
-                not_an_object(argument_error)
-                if argument_error is not None
-                else client_tool.argument_problems(call)
-            )
-            if invalid:
-                output.invalid_calls[call.tool_call_id] = invalid
 
     def _agents_of(self, tenant: str) -> sub_agents.AgentLookup:
         return lambda name: self.agents.find(tenant, name)
@@ -631,76 +449,22 @@ class AgentSteps:
             messages=[output.message()],
         )
 
-    @staticmethod
-    def _refused(call: ToolInput) -> ToolResultPart | None:
-        """The error result of a call that does not run: rejected by a person, or with
-        arguments that are not a JSON object."""
-        if call.rejection is not None:
-            return error_result(
-                call.call, f"a person rejected this call: {call.rejection or 'no reason given'}"
-            )
-        if call.argument_error:
-            return error_result(call.call, not_an_object(call.argument_error))
-        return None
-
-    @staticmethod
-    def _last_attempt(call: ToolInput, attempt: int) -> bool:
-        retry = call.route.retry if call.route is not None else None
-        return retry is None or 0 < retry.max_attempts <= attempt
-
     async def tool_call(self, call: ToolInput, *, attempt: int = 1) -> ToolResultPart:
         """Run one tool call; every problem becomes an error result the model will read. A
         tool with a retry policy that raises is retried (ToolFailed) until its last attempt."""
-        request, agent = call.request, call.agent
-        result = self._refused(call)
-        if result is None:
-            wm = agent.memory.working_memory
-            context = ToolContext(
-                tenant=request.tenant,
-                run_id=request.run_id,
-                tool_call_id=call.call.tool_call_id,
-                thread_id=request.thread_id,
-                resource_id=request.resource_id,
-                memory_scope=wm.scope.value if wm is not None else "thread",
-                working_memory_schema=wm.json_schema if wm is not None else None,
-                metadata=request.metadata,
-                oauth_connections=self.oauth,
-            )
-            result = await self.tools.call(
-                call.call,
-                context,
-                allowed=tool_names(agent, request),
-                retry_failures=not self._last_attempt(call, attempt),
-            )
+        result = await call_worker_tool(self.tools, self.oauth, call, attempt)
         if call.publish_result:
-            await self.publish(request, ToolResultEvent(step=call.step, result=result))
+            await self.publish(call.request, ToolResultEvent(step=call.step, result=result))
         return result
 
     async def mcp_tool_call(self, call: ToolInput, *, attempt: int = 1) -> ToolResultPart:
         """Call an MCP server's tool (the call's route names it); every problem becomes an
         error result, except a server that cannot be reached, which raises Unavailable
         (retried) until the last attempt."""
-        result = self._refused(call) or await self._call_mcp(call, attempt)
+        result = await call_mcp_tool(self.mcp, call, attempt)
         if call.publish_result:
             await self.publish(call.request, ToolResultEvent(step=call.step, result=result))
         return result
-
-    async def _call_mcp(self, call: ToolInput, attempt: int) -> ToolResultPart:
-        ref = call.route.mcp if call.route is not None else None
-        if ref is None or self.mcp is None:
-            return error_result(call.call, "MCP tools are not available on this worker")
-        request = call.request
-        try:
-            return await self.mcp.call(
-                request.tenant,
-                ref,
-                call.call,
-                idempotency_key=f"{request.run_id}:{call.call.tool_call_id}",
-            )
-        except Unavailable as exc:
-            if not self._last_attempt(call, attempt):
-                raise
-            return error_result(call.call, exc.message)
 
     async def finish(
         self,

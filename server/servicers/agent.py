@@ -3,16 +3,11 @@ workflows, streamed live; runs are listed through Temporal visibility."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator
 
 import grpc
-from pydantic import BaseModel
 from temporalio.client import (
-    WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
@@ -21,8 +16,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.run_lookup import RunLookup, visibility_literal
 from activities.workflow_runs import AGENT_RUN
-from loomwork.agents.catalog import AgentCatalog
-from loomwork.agents.definitions import AGENT_NAME, AgentDefinition
+from loomwork.agents.definitions import AGENT_NAME
 from loomwork.agents.directory import RunDirectory
 from loomwork.agents.events import (
     AgentEvent,
@@ -38,13 +32,9 @@ from loomwork.agents.run_models import (
     AgentRunRequest,
     ResumeInput,
     RunOutcome,
-    RunRecord,
-    RunState,
     ToolResultsInput,
 )
-from loomwork.agents.steps import event_log_key
-from loomwork.agents.store import AgentStore
-from loomwork.agents.sub_agents import AGENT_TOOL_PREFIX
+from loomwork.agents.run_start import event_log_key
 from loomwork.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -53,18 +43,19 @@ from loomwork.errors import (
     Violations,
 )
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id
-from loomwork.paging import (
-    decode_text_token,
-    encode_text_token,
-)
 from loomwork.schedules import SCHEDULE_ID_PATTERN, SCHEDULE_ID_RULE
-from loomwork.tools import Tool
-from loomwork.tools.mcp_source import McpToolInfo
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc
 from server.agent_fork import recorded_run
 from server.agent_runs import AgentRunStart, AgentRunStarter
 from server.runtime import Runtime
 from server.servicers import agent_convert, client_tools_convert, message_convert
+from server.servicers.agent_definitions import AgentDefinitionRpcs
+from server.servicers.agent_run_handles import (
+    AgentRunHandles,
+    FoundRun,
+    describe_run,
+    run_state,
+)
 from server.servicers.keep_alive_convert import keep_alive_to_proto
 from server.servicers.launches import Launches
 from server.servicers.relay import (
@@ -77,176 +68,23 @@ from server.servicers.relay import (
 from server.servicers.run_listing import listed_agent_run, status_clause, visibility_page
 from server.servicers.tenancy import tenant
 from server.servicers.well_known_convert import set_timestamp
-from server.temporal import ABNORMAL_END, closure_error, not_taken, query_state, start_input
 from workflows.agent_run import AgentRunWorkflow
-from workflows.search_attributes import SCHEDULE
 
 log = logging.getLogger(__name__)
-
-_UPDATABLE = (
-    "description",
-    "instructions",
-    "model",
-    "model_settings",
-    "tool_names",
-    "memory",
-    "max_steps",
-    "output_schema",
-    "metadata",
-    "approval_timeout",
-    "handoffs",
-    "fallback_models",
-    "input_processors",
-    "output_processors",
-)
-# How long an Update may take before the service checks that a worker has taken the run.
-NOT_TAKEN_CHECK_AFTER = 1.0
-
-
-async def _describe(
-    handle: WorkflowHandle[AgentRunWorkflow, RunOutcome], run_id: str
-) -> WorkflowExecutionDescription:
-    try:
-        return await handle.describe()
-    except RPCError as error:
-        if error.status == RPCStatusCode.NOT_FOUND:  # recorded, not started (or expired)
-            raise NotFound(f"run {run_id!r} not found") from error
-        raise Unavailable(f"Temporal: {error.message}") from error
-
-
-async def _state(handle: WorkflowHandle[AgentRunWorkflow, RunOutcome], run_id: str) -> RunState:
-    return await query_state(handle, AgentRunWorkflow.state, run_id)
-
-
-@dataclass(frozen=True)
-class _FoundRun:
-    """A run of the caller's tenant, by its workflow."""
-
-    run_id: str
-    handle: WorkflowHandle[AgentRunWorkflow, RunOutcome]
-    workflow_id: str
-    agent_name: str
-
-
-def _not_started(run_id: str, nothing: str) -> FailedPrecondition:
-    return FailedPrecondition(
-        f"run {run_id!r} has not started yet (no worker has taken it): {nothing}"
-    )
 
 
 def _pending_event(task_queue: str, waited_seconds: float) -> bytes:
     return encode_event(RunPending(task_queue=task_queue, waited_seconds=waited_seconds))
 
 
-class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+class AgentServicer(AgentDefinitionRpcs, agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+        AgentDefinitionRpcs.__init__(self, runtime)  # self.runtime, self.catalog
         self.directory = RunDirectory(runtime.redis)
         self.runs = RunLookup(self.directory, runtime.temporal, AGENT_RUN)
-        mcp = runtime.integrations.mcp if runtime.integrations is not None else None
-        self.catalog = AgentCatalog(
-            runtime.agents, AgentStore(runtime.db), runtime.tools, mcp, runtime.processors
-        )
+        self.handles = AgentRunHandles(runtime, self.runs)
         self.starter = AgentRunStarter(runtime, self.directory, self.catalog)
         self.launches = Launches()
-
-    # -- definitions
-
-    async def CreateAgent(
-        self, request: agent_pb2.CreateAgentRequest, context: grpc.aio.ServicerContext
-    ) -> agent_pb2.CreateAgentResponse:
-        if not request.HasField("agent"):
-            raise InvalidArgument.field("agent", "is required")
-        created = await self.catalog.create(
-            tenant(), agent_convert.agent_data_from_proto(request.agent)
-        )
-        return agent_pb2.CreateAgentResponse(agent=agent_convert.agent_to_proto(created))
-
-    async def GetAgent(
-        self, request: agent_pb2.GetAgentRequest, context: grpc.aio.ServicerContext
-    ) -> agent_pb2.GetAgentResponse:
-        if not request.agent_name:
-            raise InvalidArgument.field("agent_name", "is required")
-        agent = await self.catalog.get(tenant(), request.agent_name)
-        return agent_pb2.GetAgentResponse(agent=agent_convert.agent_to_proto(agent))
-
-    async def ListAgents(
-        self, request: agent_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
-    ) -> agent_pb2.ListAgentsResponse:
-        if request.source not in agent_convert.SOURCE_FROM_PROTO:
-            raise InvalidArgument.field("source", "is not an AgentSource value")
-        agents, token = await self.catalog.list(
-            tenant(),
-            page_size=request.page_size,
-            page_token=request.page_token,
-            source=agent_convert.SOURCE_FROM_PROTO[request.source],
-        )
-        return agent_pb2.ListAgentsResponse(
-            agents=[agent_convert.agent_to_proto(a) for a in agents], next_page_token=token
-        )
-
-    async def UpdateAgent(
-        self, request: agent_pb2.UpdateAgentRequest, context: grpc.aio.ServicerContext
-    ) -> agent_pb2.UpdateAgentResponse:
-        if not request.agent.name:
-            raise InvalidArgument.field("agent.name", "is required")
-        paths = list(request.update_mask.paths)
-        for i, path in enumerate(paths):
-            if path.split(".")[0] not in _UPDATABLE:
-                raise InvalidArgument.field(
-                    f"update_mask.paths[{i}]", f"{path!r} is not an updatable field"
-                )
-        descriptor: Any = agent_pb2.Agent.DESCRIPTOR
-        if paths and not request.update_mask.IsValidForDescriptor(descriptor):
-            raise InvalidArgument.field("update_mask", "names a field that Agent does not have")
-        tenant_id = tenant()
-        current = await self.catalog.stored(tenant_id, request.agent.name)
-        merged = agent_convert.agent_to_proto(current)
-        mask = request.update_mask
-        if not paths:  # every updatable field that is set in `agent`
-            mask = type(request.update_mask)(
-                paths=[f.name for f, _ in request.agent.ListFields() if f.name in _UPDATABLE]
-            )
-        try:
-            mask.MergeMessage(
-                request.agent, merged, replace_message_field=True, replace_repeated_field=True
-            )
-        except ValueError as error:
-            raise InvalidArgument.field("update_mask", str(error)) from None
-        updated = await self.catalog.replace(tenant_id, agent_convert.agent_data_from_proto(merged))
-        return agent_pb2.UpdateAgentResponse(agent=agent_convert.agent_to_proto(updated))
-
-    async def DeleteAgent(
-        self, request: agent_pb2.DeleteAgentRequest, context: grpc.aio.ServicerContext
-    ) -> agent_pb2.DeleteAgentResponse:
-        if not request.agent_name:
-            raise InvalidArgument.field("agent_name", "is required")
-        await self.catalog.delete(tenant(), request.agent_name)
-        return agent_pb2.DeleteAgentResponse()
-
-    async def ListTools(
-        self, request: agent_pb2.ListToolsRequest, context: grpc.aio.ServicerContext
-    ) -> agent_pb2.ListToolsResponse:
-        if not 0 <= request.page_size <= 1000:
-            raise InvalidArgument.field("page_size", "must be between 0 and 1000")
-        after = decode_text_token(request.page_token, "tools")
-        # The worker's tools, the MCP servers' the tenant may use and its agents, by the names
-        # agents use.
-        tools: dict[str, Tool | McpToolInfo | AgentDefinition] = {
-            t.name: t for t in self.runtime.tools.all()
-        }
-        if self.catalog.mcp is not None:
-            tools |= {t.ref.tool_name: t for t in await self.catalog.mcp.listed(tenant())}
-        tools |= {f"{AGENT_TOOL_PREFIX}{a.name}": a for a in await self.catalog.every(tenant())}
-        rest = sorted(name for name in tools if name > after)
-        page = rest[: request.page_size or 100]
-        more = len(rest) > len(page)
-        return agent_pb2.ListToolsResponse(
-            tools=[agent_convert.any_tool_to_proto(tools[name]) for name in page],
-            next_page_token=encode_text_token(page[-1], "tools") if more else "",
-        )
-
-    # -- runs
 
     async def _start(
         self, request: agent_convert.RunRequest, *, require_output_schema: bool = False
@@ -272,7 +110,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             run_request.run_id,
             0,
             decode_event,
-            closed=ClosedRunEnd(self._closed_end(handle, run_request.run_id)),
+            closed=ClosedRunEnd(self.handles.closed_end(handle, run_request.run_id)),
         ):
             if isinstance(item, KeepAlive):  # none asked for: a unary call has no use for one
                 continue
@@ -287,32 +125,18 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             if isinstance(published, ApprovalRequested | ToolCallRequested):
                 # Stopped for a person or for the caller: answer with the run and what it
                 # waits on (its pending approvals and client tool calls).
-                waiting = await self._when_waiting(handle, run_request.run_id)
+                waiting = await self.handles.when_waiting(handle, run_request.run_id)
                 if waiting is not None:
                     return agent_pb2.GenerateResponse(run=waiting)
                 break
         try:
             outcome = await handle.result()
         except WorkflowFailureError:  # ended from outside meanwhile
-            return agent_pb2.GenerateResponse(run=await self._current(run_request.run_id))
+            return agent_pb2.GenerateResponse(run=await self.handles.current(run_request.run_id))
         run = agent_convert.run_to_proto(outcome, workflow_id)
         return agent_pb2.GenerateResponse(
-            run=await self._with_last_event(run, outcome.terminal_event_id)
+            run=await self.handles.with_last_event(run, outcome.terminal_event_id)
         )
-
-    async def _when_waiting(
-        self, handle: WorkflowHandle[AgentRunWorkflow, RunOutcome], run_id: str
-    ) -> agent_pb2.AgentRun | None:
-        """The run once its state says WAITING (every approval of the step recorded), or None
-        if it moved on meanwhile (decided at once: its result is what to answer)."""
-        for _ in range(100):
-            state = await _state(handle, run_id)
-            if state.status == "waiting":
-                return await self._current(run_id)
-            if state.status != "running":
-                return None
-            await asyncio.sleep(0.05)
-        return None
 
     async def _events(
         self,
@@ -332,7 +156,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         async def expired_end() -> tuple[int, AgentEvent] | None:
             # Nothing in Redis: not started yet, or ended long enough ago that its events
             # expired; then only its terminal event, rebuilt from the result with its id.
-            description = await _describe(handle, run_id)
+            description = await describe_run(handle, run_id)
             if description.parent_id:  # a sub-agent run: it publishes to its top-level run
                 top = (description.root_id or description.parent_id).split("/")[-1]
                 raise FailedPrecondition(
@@ -357,7 +181,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             decode_event,
             expired_end=None if announced else expired_end,
             pending=pending,
-            closed=ClosedRunEnd(self._closed_end(handle, run_id), at_start=not announced),
+            closed=ClosedRunEnd(self.handles.closed_end(handle, run_id), at_start=not announced),
             keep_alive=KeepAlives(self.runtime.settings.stream_keepalive_seconds),
         ):
             if isinstance(item, KeepAlive):
@@ -369,24 +193,6 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 continue
             event_id, event = item
             yield agent_convert.event_to_proto(run_id, event_id, event, workflow_id)
-
-    def _closed_end(
-        self, handle: WorkflowHandle[AgentRunWorkflow, RunOutcome], run_id: str
-    ) -> Callable[[], Awaitable[bytes | None]]:
-        """The run's terminal event once its workflow has closed (see ClosedRunEnd): FAILED
-        with its failure if it ended from outside, else its outcome (its log lost it)."""
-
-        async def terminal() -> bytes | None:
-            description = await _describe(handle, run_id)
-            if description.status in (None, WorkflowExecutionStatus.RUNNING):
-                return None
-            if description.status in ABNORMAL_END:
-                outcome = await self._abnormal_outcome(handle, run_id, description)
-            else:
-                outcome = await handle.result()
-            return encode_event(RunFinished(outcome=outcome))
-
-        return terminal
 
     async def _started_events(
         self, request: agent_convert.RunRequest, *, require_output_schema: bool = False
@@ -442,89 +248,16 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         ):
             yield agent_pb2.AgentServiceWatchRunResponse(event=event)
 
-    async def _handle(
-        self, run_id: str
-    ) -> tuple[WorkflowHandle[AgentRunWorkflow, RunOutcome], str, str]:
-        if not run_id:
-            raise InvalidArgument.field("run_id", "is required")
-        workflow_id = await self.runs.workflow_id(tenant(), run_id)
-        if workflow_id is None:
-            raise NotFound(f"run {run_id!r} not found")
-        handle = self.runtime.temporal.get_workflow_handle_for(AgentRunWorkflow.run, workflow_id)
-        agent_name = workflow_id.split("/")[1]
-        return handle, workflow_id, agent_name
-
-    async def _current(self, run_id: str) -> agent_pb2.AgentRun:
-        handle, workflow_id, agent_name = await self._handle(run_id)
-        description = await _describe(handle, run_id)
-        schedule_id = description.typed_search_attributes.get(SCHEDULE) or ""
-        if description.status == WorkflowExecutionStatus.RUNNING:
-            if not_taken(description):
-                state = await self._pending_state(handle, description)
-            else:
-                state = await _state(handle, run_id)
-            if state.status in ("pending", "running", "waiting"):
-                run = agent_convert.state_to_proto(run_id, agent_name, state, workflow_id)
-                run.schedule_id = schedule_id
-                return await self._with_last_event(run)
-        if description.status in ABNORMAL_END:
-            outcome = await self._abnormal_outcome(handle, run_id, description)
-        else:  # completed; or running, decided and only saving: the result is a moment away
-            outcome = await handle.result()
-        run = agent_convert.run_to_proto(outcome, workflow_id)
-        run.schedule_id = schedule_id
-        return await self._with_last_event(run, outcome.terminal_event_id)
-
-    async def _pending_state(
-        self,
-        handle: WorkflowHandle[AgentRunWorkflow, RunOutcome],
-        description: WorkflowExecutionDescription,
-    ) -> RunState:
-        """A run no worker has taken yet, from its start input (nothing to query)."""
-        request = await start_input(handle, self.runtime.temporal.data_converter, AgentRunRequest)
-        if request is None:
-            raise Unavailable(f"Temporal: workflow {handle.id!r} has no start input")
-        record = RunRecord.accepted(request, create_time=description.start_time)
-        return RunState(**dict(record), status="pending")
-
-    async def _abnormal_outcome(
-        self,
-        handle: WorkflowHandle[AgentRunWorkflow, RunOutcome],
-        run_id: str,
-        description: WorkflowExecutionDescription,
-    ) -> RunOutcome:
-        """A run whose workflow ended without its outcome (ABNORMAL_END): FAILED with the
-        workflow's failure as its error, and what the workflow knew of it (its start input
-        when no worker answers)."""
-        try:
-            state = await _state(handle, run_id)
-        except Unavailable:
-            state = await self._pending_state(handle, description)
-        error_type, message = await closure_error(handle)
-        return RunOutcome.model_validate(
-            {
-                **{name: getattr(state, name) for name in RunRecord.model_fields},
-                "run_id": run_id,
-                "agent_name": handle.id.split("/")[1],
-                "status": "failed",
-                "finish_reason": "error",
-                "steps": state.steps,
-                "error": message,
-                "error_type": error_type,
-                "end_time": description.close_time,
-            }
-        )
-
     async def GetRun(
         self, request: agent_pb2.AgentServiceGetRunRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.AgentServiceGetRunResponse:
-        return agent_pb2.AgentServiceGetRunResponse(run=await self._current(request.run_id))
+        return agent_pb2.AgentServiceGetRunResponse(run=await self.handles.current(request.run_id))
 
     async def CancelRun(
         self, request: agent_pb2.AgentServiceCancelRunRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.AgentServiceCancelRunResponse:
-        handle, _, _ = await self._handle(request.run_id)
-        description = await _describe(handle, request.run_id)
+        handle, _, _ = await self.handles.find(request.run_id)
+        description = await describe_run(handle, request.run_id)
         if description.status != WorkflowExecutionStatus.RUNNING:
             raise FailedPrecondition(f"run {request.run_id!r} has already ended")
         try:
@@ -538,7 +271,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         # A first step this process began and no activity took over yet stops now, with its
         # model call (else it would run until its time to live).
         self.runtime.speculation.abandon(event_log_key(tenant(), request.run_id))
-        return agent_pb2.AgentServiceCancelRunResponse(run=await self._current(request.run_id))
+        return agent_pb2.AgentServiceCancelRunResponse(
+            run=await self.handles.current(request.run_id)
+        )
 
     async def ResumeRun(
         self, request: agent_pb2.AgentServiceResumeRunRequest, context: grpc.aio.ServicerContext
@@ -546,8 +281,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         decisions = agent_convert.decisions_from_proto(request.decisions)
         if not decisions:
             raise InvalidArgument.field("decisions", "give at least one decision")
-        run = await self._started(request.run_id, "nothing waits for approval")
-        state = await _state(run.handle, request.run_id)
+        run = await self.handles.started(request.run_id, "nothing waits for approval")
+        state = await run_state(run.handle, request.run_id)
         pending = {p.tool_call_id: p for p in state.pending}
         for i, decision in enumerate(decisions):
             if decision.edited_arguments is not None and decision.tool_call_id in pending:
@@ -556,16 +291,16 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     decision.edited_arguments,
                     f"decisions[{i}].approve.edited_arguments",
                 )
-        updated = await self._update(run, "resume_run", ResumeInput(decisions=decisions))
+        updated = await self.handles.update(run, "resume_run", ResumeInput(decisions=decisions))
         return agent_pb2.AgentServiceResumeRunResponse(run=updated)
 
     async def SubmitToolResults(
         self, request: agent_pb2.SubmitToolResultsRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.SubmitToolResultsResponse:
         results = client_tools_convert.tool_results_from_proto(request.results)
-        handle, workflow_id, agent_name = await self._handle(request.run_id)
-        run = _FoundRun(request.run_id, handle, workflow_id, agent_name)
-        updated = await self._update(
+        handle, workflow_id, agent_name = await self.handles.find(request.run_id)
+        run = FoundRun(request.run_id, handle, workflow_id, agent_name)
+        updated = await self.handles.update(
             run,
             "submit_tool_results",
             ToolResultsInput(results=results),
@@ -579,7 +314,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if request.client_run_id and not is_valid_client_id(request.client_run_id):
             raise InvalidArgument.field("client_run_id", f"must be {CLIENT_ID_RULE}")
         edited = message_convert.new_messages_from_proto(request.edited_messages, "edited_messages")
-        handle, _, _ = await self._handle(request.run_id)
+        handle, _, _ = await self.handles.find(request.run_id)
         recorded = await recorded_run(handle, self.runtime.temporal.data_converter, request.run_id)
         original = recorded.request
         fork = fork_of(
@@ -605,49 +340,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             ),
         )
         self.runs.remember(run_request.tenant, run_request.run_id, handle.id)
-        return agent_pb2.AgentServiceForkRunResponse(run=await self._current(run_request.run_id))
-
-    async def _started(self, run_id: str, nothing: str) -> _FoundRun:
-        """The run, once a worker has taken it; FAILED_PRECONDITION saying `nothing` before."""
-        handle, workflow_id, agent_name = await self._handle(run_id)
-        if not_taken(await _describe(handle, run_id)):
-            raise _not_started(run_id, nothing)
-        return _FoundRun(run_id, handle, workflow_id, agent_name)
-
-    async def _update(
-        self, run: _FoundRun, name: str, payload: BaseModel, *, unless_not_taken: str = ""
-    ) -> agent_pb2.AgentRun:
-        """Send the run one of its Updates and answer with the run as the workflow returns
-        it. A rejected Update (WorkflowUpdateFailedError) is mapped where every error is.
-        `unless_not_taken`: FAILED_PRECONDITION saying so if no worker has taken the run
-        (an Update would wait for one), checked once the Update is slow to answer."""
-        update = asyncio.ensure_future(
-            run.handle.execute_update(name, payload, result_type=RunState)
+        return agent_pb2.AgentServiceForkRunResponse(
+            run=await self.handles.current(run_request.run_id)
         )
-        try:
-            if unless_not_taken:
-                # An Update waits for a worker to take the run: one that is slow to answer
-                # is checked (a describe is a round trip; most Updates are answered sooner).
-                done, _ = await asyncio.wait({update}, timeout=NOT_TAKEN_CHECK_AFTER)
-                if not done and not_taken(await _describe(run.handle, run.run_id)):
-                    raise _not_started(run.run_id, unless_not_taken)
-            state = await update
-        except RPCError as error:
-            if error.status == RPCStatusCode.NOT_FOUND:  # the workflow has closed
-                raise FailedPrecondition(f"run {run.run_id!r} has ended") from error
-            raise Unavailable(f"Temporal: {error.message}") from error
-        finally:
-            update.cancel()
-        proto = agent_convert.state_to_proto(run.run_id, run.agent_name, state, run.workflow_id)
-        return await self._with_last_event(proto)
-
-    async def _with_last_event(
-        self, run: agent_pb2.AgentRun, terminal_event_id: int = 0
-    ) -> agent_pb2.AgentRun:
-        """Fill `last_event_id` (kept by the result once the run's events have expired)."""
-        last = await self.runtime.events.last_id(event_log_key(tenant(), run.id))
-        run.last_event_id = max(last, terminal_event_id)
-        return run
 
     async def ListRuns(
         self, request: agent_pb2.AgentServiceListRunsRequest, context: grpc.aio.ServicerContext

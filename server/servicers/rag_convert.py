@@ -10,7 +10,7 @@ from google.protobuf import json_format, struct_pb2
 from loomwork.errors import InvalidArgument, Violations
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id
 from loomwork.rag import answer as answers
-from loomwork.rag import ingestion as ing
+from loomwork.rag import ingestion_models as ing
 from loomwork.rag import models as m
 from loomwork.rag.answer_context import ContextOrder
 from loomwork.rag.query import MAX_QUERY_CHARS, validate_retrieval
@@ -84,6 +84,13 @@ RUN_STATUS_TO = {
     "failed": run_pb2.RUN_STATUS_FAILED,
     "canceled": run_pb2.RUN_STATUS_CANCELED,
 }
+
+
+def page_size_from_proto(value: int, field: str = "page_size") -> int:
+    """A request's page size (0: 50); INVALID_ARGUMENT past 1000."""
+    if not 0 <= value <= 1000:
+        raise InvalidArgument.field(field, "must be 1..1000 (0 means 50)")
+    return value or 50
 
 
 def _value(value: struct_pb2.Value) -> Any:

@@ -136,6 +136,15 @@ def workflow_liveness(client: Client, workflow_id: str) -> Callable[[], Awaitabl
     return is_open
 
 
+def workflow_keep_alives(every_seconds: float, client: Client, workflow_id: str) -> KeepAlives:
+    """Keep-alives of a stream whose run is known by its workflow id (an ingestion's, an
+    answer's), saying whether that workflow is open (these streams have no closed-run check
+    of their own)."""
+    return KeepAlives(
+        every_seconds, workflow_liveness(client, workflow_id) if workflow_id else None
+    )
+
+
 @dataclass(frozen=True)
 class ClosedRunEnd:
     """How a stream ends whose run's workflow closed without publishing its terminal event
