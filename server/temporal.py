@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -128,6 +129,33 @@ async def closure_error(handle: WorkflowHandle[Any, Any]) -> tuple[str, str]:
     except RPCError as error:
         raise Unavailable(f"Temporal: {error.message}") from error
     return "Failed", "the run's workflow ended without its result"
+
+
+@dataclass(frozen=True)
+class WorkflowClosure:
+    """How a workflow closed: `canceled` (its cancellation was asked for), else `error`
+    says why it ended without finishing its work ("" when it completed)."""
+
+    canceled: bool
+    error: str
+
+
+async def how_it_closed(client: Client, workflow_id: str) -> WorkflowClosure | None:
+    """None while the workflow `workflow_id` runs, or while Temporal does not know it (its
+    start may be under way); else how it closed. Unavailable when Temporal cannot say."""
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        description = await handle.describe()
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise Unavailable(f"Temporal: {error.message}") from error
+    status = description.status
+    if status in (None, WorkflowExecutionStatus.RUNNING):
+        return None
+    if status in ABNORMAL_END:
+        return WorkflowClosure(canceled=False, error=(await closure_error(handle))[1])
+    return WorkflowClosure(canceled=status == WorkflowExecutionStatus.CANCELED, error="")
 
 
 # How long a read of a running workflow's state (a query) waits for a worker to answer.

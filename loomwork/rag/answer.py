@@ -147,6 +147,16 @@ class AnswerEvent(BaseModel):
     record: AnswerRecord | None = None
 
 
+def terminal_event(record: AnswerRecord) -> AnswerEvent:
+    """The terminal event (`failed`, else `finished`) of an answer that has ended."""
+    if record.status == "failed":
+        event = AnswerEvent(type="failed", error=record.error, record=record)
+    else:
+        event = AnswerEvent(type="finished", record=record)
+    event.time = record.end_time or record.create_time
+    return event
+
+
 class RetrievedContext(BaseModel):
     chunks: list[ScoredChunk]
     usage: ChatUsage = Field(default_factory=ChatUsage)
@@ -378,10 +388,6 @@ class AnswerSteps:
         return record
 
     async def _publish_terminal(self, request: AnswerRequest, record: AnswerRecord) -> None:
-        if record.status == "failed":
-            event = AnswerEvent(type="failed", error=record.error, record=record)
-        else:
-            event = AnswerEvent(type="finished", record=record)
-        record.terminal_event_id = await self.publish(request, event)
+        record.terminal_event_id = await self.publish(request, terminal_event(record))
         if record.terminal_event_id:
             await self._save(request.tenant, record)

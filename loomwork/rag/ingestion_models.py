@@ -119,6 +119,16 @@ class IngestionEvent(BaseModel):
     record: IngestionRecord | None = None
 
 
+def finished_event(record: IngestionRecord) -> IngestionEvent:
+    """The `finished` event of an ingestion that has ended, as its record says."""
+    return IngestionEvent(
+        type="finished",
+        time=record.end_time or record.create_time,
+        progress=record.progress,
+        record=record,
+    )
+
+
 def new_ingestion(
     tenant: str,
     index_name: str,

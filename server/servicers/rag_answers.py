@@ -21,16 +21,29 @@ from temporalio.service import RPCError
 from activities.workflow_runs import START_OUTCOME_UNKNOWN
 from loomwork.errors import FailedPrecondition, InvalidArgument, NotFound
 from loomwork.ids import new_id
-from loomwork.rag.answer import AnswerEvent, AnswerRecord, AnswerRequest, answer_log_key
+from loomwork.rag.answer import (
+    AnswerEvent,
+    AnswerRecord,
+    AnswerRequest,
+    answer_error,
+    answer_log_key,
+    terminal_event,
+)
 from loomwork.rag.system import RagSystem
 from protos.loomwork.v1 import rag_pb2
 from server.quotas import admit_run, refuse_run
 from server.runtime import Runtime
 from server.servicers import rag_convert as convert
 from server.servicers.keep_alive_convert import keep_alive_to_proto
-from server.servicers.relay import KeepAlive, relay_run_events, workflow_keep_alives
+from server.servicers.relay import (
+    ClosedRunEnd,
+    KeepAlive,
+    relay_run_events,
+    workflow_keep_alives,
+)
 from server.servicers.tenancy import tenant
 from server.servicers.well_known_convert import set_timestamp
+from server.temporal import how_it_closed
 from workflows.rag_answer import RagAnswerWorkflow
 from workflows.search_attributes import RUN, TENANT
 
@@ -100,20 +113,39 @@ class AnswerRpcs:
             raise
 
     async def _answer_events(
-        self, tenant_id: str, record: AnswerRecord, after: int
+        self, tenant_id: str, record: AnswerRecord, after: int, *, watching: bool = False
     ) -> AsyncIterator[rag_pb2.AnswerEvent]:
-        """The answer's events after `after`, to its end."""
+        """The answer's events after `after`, to its end. `watching`: the answer was not
+        started by this call, so its workflow may have closed already (asked at once)."""
 
         async def expired_end() -> tuple[int, AnswerEvent] | None:
             # Its events expired: only the terminal event, rebuilt with its original id.
             if not record.terminal_event_id:
                 return None
-            if record.status == "failed":
-                payload = AnswerEvent(type="failed", error=record.error, record=record)
-            else:
-                payload = AnswerEvent(type="finished", record=record)
-            payload.time = record.end_time or record.create_time
-            return record.terminal_event_id, payload
+            return record.terminal_event_id, terminal_event(record)
+
+        async def closed_end() -> bytes | None:
+            # Its workflow closed and its log has no terminal event: an operator terminated
+            # it, it timed out, or the log lost the event. The record is settled as the
+            # workflow would have (FAILED with the reason, or CANCELED); one already settled
+            # stays.
+            closure = await how_it_closed(self.runtime.temporal, record.workflow_id)
+            if closure is None:
+                return None
+            request = AnswerRequest(
+                tenant=tenant_id,
+                answer_id=record.id,
+                index_name=record.index_name,
+                query=record.query,
+            )
+            error = closure.error or "its workflow completed without finishing it"
+            settled = await self.rag.answers.finish(
+                request,
+                None,
+                "canceled" if closure.canceled else "failed",
+                None if closure.canceled else answer_error("WorkflowClosed", error),
+            )
+            return terminal_event(settled).model_dump_json().encode()
 
         async for item in relay_run_events(
             self.runtime.events,
@@ -122,6 +154,7 @@ class AnswerRpcs:
             after,
             AnswerEvent.model_validate_json,
             expired_end=expired_end,
+            closed=ClosedRunEnd(closed_end, at_start=watching) if record.workflow_id else None,
             keep_alive=workflow_keep_alives(
                 self.runtime.settings.stream_keepalive_seconds,
                 self.runtime.temporal,
@@ -159,7 +192,9 @@ class AnswerRpcs:
         if request.after_event_id < 0:
             raise InvalidArgument.field("after_event_id", "must be 0 or more")
         record = await self._answer(request.answer_id)
-        async for event in self._answer_events(tenant(), record, request.after_event_id):
+        async for event in self._answer_events(
+            tenant(), record, request.after_event_id, watching=True
+        ):
             yield rag_pb2.WatchAnswerResponse(event=event)
 
     async def CancelAnswer(

@@ -33,6 +33,7 @@ from loomwork.rag.ingestion_models import (
     IngestionRequest,
     SourceDocument,
     document_id_from_digest,
+    finished_event,
     ingestion_log_key,
     new_ingestion,
 )
@@ -43,9 +44,15 @@ from protos.loomwork.v1 import rag_pb2
 from server.runtime import Runtime
 from server.servicers import rag_convert as convert
 from server.servicers.keep_alive_convert import keep_alive_to_proto
-from server.servicers.relay import KeepAlive, relay_run_events, workflow_keep_alives
+from server.servicers.relay import (
+    ClosedRunEnd,
+    KeepAlive,
+    relay_run_events,
+    workflow_keep_alives,
+)
 from server.servicers.tenancy import tenant
 from server.servicers.well_known_convert import set_timestamp
+from server.temporal import how_it_closed
 from workflows.ingestion import IngestionWorkflow
 from workflows.search_attributes import RUN, STATUS, TENANT
 
@@ -321,13 +328,27 @@ class IngestionRpcs:
             # Its events expired: only the `finished` event, rebuilt with its original id.
             if record.status not in TERMINAL:
                 return None
-            finished = IngestionEvent(
-                type="finished",
-                time=record.end_time or record.create_time,
-                progress=record.progress,
-                record=record,
+            return record.terminal_event_id, finished_event(record)
+
+        async def closed_end() -> bytes | None:
+            # Its workflow closed and its log has no `finished`: an operator terminated it,
+            # it timed out, or the log lost the event. The record is settled as the workflow
+            # would have (FAILED with the reason, or CANCELED); one already settled stays.
+            closure = await how_it_closed(self.runtime.temporal, record.workflow_id)
+            if closure is None:
+                return None
+            request = IngestionRequest(
+                tenant=record.tenant,
+                ingestion_id=record.id,
+                index_name=record.index_name,
+                document_count=len(record.documents),
             )
-            return record.terminal_event_id, finished
+            settled = await self.rag.ingestion.finish(
+                request,
+                canceled=closure.canceled,
+                error=closure.error or "its workflow completed without finishing it",
+            )
+            return finished_event(settled).model_dump_json().encode()
 
         async for item in relay_run_events(
             self.runtime.events,
@@ -336,6 +357,7 @@ class IngestionRpcs:
             request.after_event_id,
             IngestionEvent.model_validate_json,
             expired_end=expired_end,
+            closed=ClosedRunEnd(closed_end, at_start=True) if record.workflow_id else None,
             keep_alive=workflow_keep_alives(
                 self.runtime.settings.stream_keepalive_seconds,
                 self.runtime.temporal,
