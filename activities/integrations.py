@@ -9,17 +9,11 @@ import re
 from pydantic import ValidationError
 from temporalio import activity
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.common import (
-    SearchAttributeKey,
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.heartbeats import heartbeating
+from activities.ingestion_start import IngestionStarter
 from activities.run_lookup import RunLookup
 from activities.workflow_runs import AGENT_RUN, DSL_RUN, WorkflowRunStarter
 from loomwork.agents.directory import RunDirectory
@@ -49,7 +43,6 @@ from loomwork.integrations.routing import (
 )
 from loomwork.integrations.sources import WebhookSourceStore
 from loomwork.rag.ingestion_models import (
-    IngestionRequest,
     SourceDocument,
     derived_document_id,
     new_ingestion,
@@ -89,8 +82,11 @@ class TemporalRouteTargets:
         rag: RagSystem | None = None,
         task_queue: str = "",
         events: RunEventLog,
+        ingestions: IngestionStarter | None = None,
     ) -> None:
         self.client = client
+        # LOOMWORK_INGEST_* as the worker's settings say (the defaults without them).
+        self.ingestions = ingestions or IngestionStarter(client, task_queue)
         self.directory = directory
         self.workflows = workflows
         self.rag = rag
@@ -209,32 +205,9 @@ class TemporalRouteTargets:
         )
         stored = await self.rag.ingestion.create(record, [data])
         try:
-            await self.client.start_workflow(
-                "RagIngestion",
-                IngestionRequest(
-                    tenant=tenant,
-                    ingestion_id=stored.id,
-                    index_name=stored.index_name,
-                    document_count=len(stored.documents),
-                ),
-                id=stored.workflow_id,
-                task_queue=self.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(SearchAttributeKey.for_keyword(name), value)
-                        for name, value in (
-                            ("LoomworkTenant", tenant),
-                            ("LoomworkRun", stored.id),
-                            ("LoomworkStatus", "PENDING"),
-                        )
-                    ]
-                ),
-                static_summary=f"ingest a webhook's document into {stored.index_name}",
+            await self.ingestions.start(
+                stored, f"ingest a webhook's document into {stored.index_name}"
             )
-        except WorkflowAlreadyStartedError:
-            pass  # a retried routing of the same delivery
         except RPCError as error:
             raise _temporal_error(error, f"ingestion {stored.id!r}") from error
         return f"ingesting document {document_id} into {stored.index_name}, ingestion {stored.id}"

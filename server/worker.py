@@ -16,6 +16,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.agents import AgentActivities
 from activities.diagnostics import DiagnosticsActivities
+from activities.ingestion_start import IngestionStarter
 from activities.integrations import IntegrationActivities, TemporalRouteTargets
 from activities.memory import MemoryActivities
 from activities.rag import RagActivities
@@ -200,6 +201,7 @@ def _integration_activities(runtime: Runtime) -> IntegrationActivities:
         rag=runtime.rag,
         task_queue=runtime.settings.task_queue,
         events=runtime.events,
+        ingestions=IngestionStarter.from_settings(runtime.temporal, runtime.settings),
     )
     return IntegrationActivities(integrations.sources, integrations.deliveries, targets)
 

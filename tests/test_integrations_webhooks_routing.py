@@ -11,9 +11,11 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
+from activities.ingestion_start import IngestionStarter
 from activities.integrations import TemporalRouteTargets
 from loomwork.agents.directory import RunDirectory
 from loomwork.integrations.routing import DocumentIngest, WorkflowStart, WorkflowStepResume
+from loomwork.rag.ingestion_models import IngestionRequest
 from loomwork.testing import ScriptedToolCall, Turn
 from protos.loomwork.v1 import (
     integration_pb2,
@@ -23,6 +25,7 @@ from protos.loomwork.v1 import (
     workflow_pb2,
     workflow_pb2_grpc,
 )
+from server.temporal import start_input
 from tests.support import (
     RunningWorker,
     another_server,
@@ -339,3 +342,47 @@ def _route_targets(runtime) -> TemporalRouteTargets:  # type: ignore[no-untyped-
         task_queue=runtime.settings.task_queue,
         events=runtime.events,
     )
+
+
+async def test_a_webhooks_ingestion_runs_with_the_workers_ingestion_settings(
+    channel, token, runtime
+) -> None:
+    rag = rag_pb2_grpc.RagServiceStub(channel)
+    index = unique("tuned").replace("-", "_")
+    await rag.CreateIndex(
+        rag_pb2.CreateIndexRequest(index=rag_pb2.Index(name=index)), metadata=auth(token)
+    )
+    # What server/worker.py builds, from settings a deployment tuned.
+    tuned = runtime.settings.model_copy(
+        update={"ingest_parallelism": 2, "ingest_continue_after": 7}
+    )
+    targets = TemporalRouteTargets(
+        runtime.temporal,
+        RunDirectory(runtime.redis),
+        rag=runtime.rag,
+        task_queue=runtime.settings.task_queue,
+        events=runtime.events,
+        ingestions=IngestionStarter.from_settings(runtime.temporal, tuned),
+    )
+    action = DocumentIngest(
+        collection_id=index,
+        document_id="kb-7",
+        text="Oil the loom's shuttle once a week.",
+        idempotency_key=unique("delivery"),
+    )
+    result = await targets.ingest_document("alpha", action)
+    ingestion_id = result.rsplit("ingestion ", 1)[1]
+    ingestion = (
+        await rag.GetIngestion(
+            rag_pb2.GetIngestionRequest(ingestion_id=ingestion_id), metadata=auth(token)
+        )
+    ).ingestion
+    handle = runtime.temporal.get_workflow_handle(ingestion.temporal_workflow_id)
+    started = await start_input(handle, runtime.temporal.data_converter, IngestionRequest)
+    assert started is not None
+    assert (started.parallelism, started.continue_after) == (2, 7)
+    await handle.result()
+    done = await rag.GetIngestion(
+        rag_pb2.GetIngestionRequest(ingestion_id=ingestion_id), metadata=auth(token)
+    )
+    assert done.ingestion.status == rag_pb2.INGESTION_STATUS_SUCCEEDED

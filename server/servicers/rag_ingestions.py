@@ -13,15 +13,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
-from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
+from activities.ingestion_start import IngestionStarter
 from loomwork.errors import FailedPrecondition, InvalidArgument, Violations
 from loomwork.ids import CLIENT_ID_RULE, is_valid_client_id, new_id
 from loomwork.paging import decode_page_token, encode_page_token
@@ -53,8 +47,6 @@ from server.servicers.relay import (
 from server.servicers.tenancy import tenant
 from server.servicers.well_known_convert import set_timestamp
 from server.temporal import how_it_closed
-from workflows.ingestion import IngestionWorkflow
-from workflows.search_attributes import RUN, STATUS, TENANT
 
 DOCUMENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_DOCUMENTS = 100
@@ -140,30 +132,8 @@ class IngestionRpcs:
         if stored.workflow_id != workflow_id:
             # The id names an ingestion into another index: return that one as it is.
             return await self._ingestion_proto(stored)
-        with contextlib.suppress(WorkflowAlreadyStartedError):
-            await self.runtime.temporal.start_workflow(
-                IngestionWorkflow.run,
-                IngestionRequest(
-                    tenant=tenant_id,
-                    ingestion_id=ingestion_id,
-                    index_name=index_name,
-                    document_count=len(stored.documents),
-                    parallelism=self.runtime.settings.ingest_parallelism,
-                    continue_after=self.runtime.settings.ingest_continue_after,
-                ),
-                id=workflow_id,
-                task_queue=self.runtime.settings.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(TENANT, tenant_id),
-                        SearchAttributePair(RUN, ingestion_id),
-                        SearchAttributePair(STATUS, "PENDING"),
-                    ]
-                ),
-                static_summary=f"ingest {len(stored.documents)} document(s) into {index_name}",
-            )
+        starter = IngestionStarter.from_settings(self.runtime.temporal, self.runtime.settings)
+        await starter.start(stored, f"ingest {len(stored.documents)} document(s) into {index_name}")
         return await self._ingestion_proto(await self.rag.ingestion.get(tenant_id, ingestion_id))
 
     async def _ingestion_proto(self, record: IngestionRecord) -> rag_pb2.Ingestion:
