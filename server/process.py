@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from loomwork.config import Settings
@@ -15,6 +15,7 @@ from server.telemetry.tracing import flush_spans
 from server.temporal import register_search_attributes
 from server.transport.bearer import Authenticator
 from server.transport.grpc_app import GrpcApp, build_grpc_app
+from server.transport.health import ExtraCheck
 from server.transport.http import HttpServer, build_probe_app, open_http_server
 from server.worker import build_worker
 
@@ -41,8 +42,10 @@ async def serve(
     register_attributes: bool = False,
     on_ready: Callable[[Running], Awaitable[None]] | None = None,
     stop: asyncio.Event | None = None,
+    health_checks: Sequence[ExtraCheck] = (),
 ) -> None:
-    """Open the runtime, start the requested pieces, run until SIGINT/SIGTERM or `stop`."""
+    """Open the runtime, start the requested pieces, run until SIGINT/SIGTERM or `stop`;
+    the gRPC server's health also probes `health_checks`."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -64,7 +67,9 @@ async def serve(
             log.info("worker polling task queue %s", settings.task_queue)
         address = None
         if grpc:
-            app = build_grpc_app(runtime, settings.grpc_address, auth=auth)
+            app = build_grpc_app(
+                runtime, settings.grpc_address, auth=auth, health_checks=health_checks
+            )
             await app.start()
             host = settings.grpc_address.rsplit(":", 1)[0]
             address = f"{host}:{app.port}"
