@@ -4,19 +4,23 @@
         [--arrangements up split] [--token-delay 0.02] [--words 60]
 
 The stack: embedded PostgreSQL, Valkey and the Temporal dev server in one temporary home;
-the scripted model (this process) streams a `--words`-word answer in 8-character chunks
-`--token-delay` s apart (one model step per run, no tools). Two arrangements of Loomwork:
+the scripted model (a process of its own) streams a `--words`-word answer in 8-character
+chunks `--token-delay` s apart (one model step per run, no tools). Two arrangements of
+Loomwork:
 
-- `up`: one `loomwork up` process (gRPC server and worker in one event loop), pointed at
-  the stack by DATABASE_URL, REDIS_URL and TEMPORAL_ADDRESS;
+- `up`: `loomwork up`, pointed at the stack by DATABASE_URL, REDIS_URL and TEMPORAL_ADDRESS:
+  its gRPC server, and its worker in a child process of its own (a checkout from before
+  session 11, given by `--code`, runs both in one process and one event loop);
 - `split`: one `loomwork server` and one `loomwork worker` process.
 
 For each: a few warm-up calls, then the baseline, `--baseline` Stream calls one at a time
 (the same calls with nothing else in flight), then `--streams` Stream calls all at once.
 Printed per phase: p50 / p99 seconds from the call to its first event (`run_started`) and
 to its terminal event, errors (a status, or a stream that ended without `run_finished` or
-whose text differs), and the ratio of the loaded p50s to the baseline's. Then each
-process's peak RSS (VmHWM) and the load average before and after.
+whose text differs), and the ratio of the loaded p50s to the baseline's; then whether the
+goal of issue #19 (first event p50 <= 0.5 s and p99 <= 2 s, no error) is met, each
+process's peak RSS (VmHWM) and the load average before and after. The first line names the
+code's commit and the machine's cores.
 """
 
 from __future__ import annotations
@@ -176,11 +180,13 @@ class Stack:
             raise SystemExit(f"{exited} exited; see the logs")
 
     def peak_rss_mb(self) -> dict[str, float]:
+        """Each process's peak RSS, `up`'s worker process too."""
         peaks = {}
         for role, proc in self.procs.items():
-            status = Path(f"/proc/{proc.pid}/status").read_text()
-            kb = next(int(line.split()[1]) for line in status.splitlines() if "VmHWM" in line)
-            peaks[role] = kb / 1024
+            peaks[role] = _peak_rss_mb(proc.pid)
+            for child in _children(proc.pid):
+                if b"up-worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    peaks[f"{role}'s worker"] = _peak_rss_mb(child)
         return peaks
 
     def stop(self) -> None:
@@ -193,6 +199,21 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if "VmHWM" in line) / 1024
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
 
 
 async def phase(
@@ -211,6 +232,21 @@ async def phase(
             result.calls.append(await stream_once(stubs[i % len(stubs)], answer, f"q{i}"))
     result.wall = time.perf_counter() - started
     return result
+
+
+# Issue #19, item 5: seconds to the first event under load, at p50 and p99.
+GOAL_P50, GOAL_P99 = 0.5, 2.0
+
+
+def goal_line(p: Phase) -> str:
+    firsts = p.firsts()
+    p50, p99 = percentile(firsts, 50), percentile(firsts, 99)
+    errors = sum(p.errors().values())
+    met = p50 <= GOAL_P50 and p99 <= GOAL_P99 and not errors and len(firsts) == len(p.calls)
+    return (
+        f"goal (first event p50 <= {GOAL_P50} s, p99 <= {GOAL_P99} s, no error): "
+        f"{'met' if met else 'NOT met'} (p50 {p50:.3f} s, p99 {p99:.3f} s, {errors} errors)"
+    )
 
 
 def format_phase(arrangement: str, p: Phase, base: Phase | None) -> str:
@@ -254,6 +290,7 @@ async def arrangement(
         load_before = os.getloadavg()[0]
         loaded = await phase(f"{args.streams}x", stubs, answer, args.streams, parallel=True)
         print(format_phase(name, loaded, base), flush=True)
+        print(f"{'':<6} {goal_line(loaded)}", flush=True)
         if wrong := [c.run_id for c in loaded.calls if c.error == "text differs"][:3]:
             print(f"{'':<6} text differs in runs {', '.join(wrong)} (see the logs)", flush=True)
         stack.check_alive()
@@ -267,6 +304,26 @@ async def arrangement(
         for channel in channels:
             await channel.close()
         stack.stop()
+
+
+def commit_of(code: Path) -> str:
+    """The checkout's commit (with `+changes` when its tree differs from it)."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(code), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(code), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "an unknown commit"
+    return commit + ("+changes" if dirty else "")
 
 
 def process_env(tmp: Path, ep: EmbeddedEndpoints, model: str) -> dict[str, str]:
@@ -318,8 +375,8 @@ def main() -> None:
     model.start()
     env = process_env(tmp, endpoints, f"http://127.0.0.1:{port}/v1")
     print(
-        f"Loomwork from {args.code}; load average {os.getloadavg()[0]:.1f} at start;"
-        f" logs in {logs}",
+        f"Loomwork from {args.code} at {commit_of(args.code)}; {os.cpu_count()} cores; load"
+        f" average {os.getloadavg()[0]:.1f} at start; logs in {logs}",
         flush=True,
     )
     print(HEADER, flush=True)
