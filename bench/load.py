@@ -15,12 +15,12 @@ Loomwork:
 
 For each: a few warm-up calls, then the baseline, `--baseline` Stream calls one at a time
 (the same calls with nothing else in flight), then `--streams` Stream calls all at once.
-Printed per phase: p50 / p99 seconds from the call to its first event (`run_started`) and
-to its terminal event, errors (a status, or a stream that ended without `run_finished` or
-whose text differs), and the ratio of the loaded p50s to the baseline's; then whether the
-goal of issue #19 (first event p50 <= 0.5 s and p99 <= 2 s, no error) is met, each
-process's peak RSS (VmHWM) and the load average before and after. The first line names the
-code's commit and the machine's cores.
+Printed per phase: p50 / p99 seconds from the call to its first event (`run_started`), to
+its first text delta (`txt`: the model's first chunk, relayed) and to its terminal event,
+errors (a status, or a stream that ended without `run_finished` or whose text differs), and
+the ratio of the loaded p50s to the baseline's; then whether the goal of issue #19 (first
+event p50 <= 0.5 s and p99 <= 2 s, no error) is met, each process's peak RSS (VmHWM) and
+the load average before and after. The first line names the code's commit and the cores.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ class Call:
     """One Stream call as its client saw it (seconds from the call)."""
 
     first: float | None = None
+    text: float | None = None  # to the first text delta
     end: float | None = None
     error: str | None = None
     run_id: str = ""
@@ -79,6 +80,9 @@ class Phase:
     name: str
     calls: list[Call] = field(default_factory=list)
     wall: float = 0.0
+
+    def texts(self) -> list[float]:
+        return [c.text for c in self.calls if c.text is not None]
 
     def firsts(self) -> list[float]:
         return [c.first for c in self.calls if c.first is not None]
@@ -125,6 +129,8 @@ async def stream_once(stub: agent_pb2_grpc.AgentServiceStub, answer: str, prompt
                 call.run_id = response.event.run_id
                 if not response.event.HasField("run_started"):
                     call.error = f"first event {response.event.WhichOneof('event')}"
+            if call.text is None and response.event.HasField("text_delta"):
+                call.text = time.perf_counter() - started
             text.add(response.event)
             finished = response.event.HasField("run_finished")
         call.end = time.perf_counter() - started
@@ -250,7 +256,7 @@ def goal_line(p: Phase) -> str:
 
 
 def format_phase(arrangement: str, p: Phase, base: Phase | None) -> str:
-    firsts, ends = p.firsts(), p.ends()
+    firsts, texts, ends = p.firsts(), p.texts(), p.ends()
     errors = ", ".join(f"{k} {v}" for k, v in p.errors().items()) or "0"
     ratio = ""
     if base is not None and base.firsts() and firsts and ends and base.ends():
@@ -260,6 +266,7 @@ def format_phase(arrangement: str, p: Phase, base: Phase | None) -> str:
     return (
         f"{arrangement:<6} {p.name:<10} {len(p.calls):>5} "
         f"{percentile(firsts, 50):>7.3f} {percentile(firsts, 99):>7.3f} "
+        f"{percentile(texts, 50):>7.3f} {percentile(texts, 99):>7.3f} "
         f"{percentile(ends, 50):>7.3f} {percentile(ends, 99):>7.3f} {p.wall:>7.1f} "
         f"{errors:>8} {ratio}"
     )
@@ -267,7 +274,8 @@ def format_phase(arrangement: str, p: Phase, base: Phase | None) -> str:
 
 HEADER = (
     f"{'arr.':<6} {'phase':<10} {'calls':>5} {'1st p50':>7} {'1st p99':>7} "
-    f"{'end p50':>7} {'end p99':>7} {'wall':>7} {'errors':>8} {'1st/base':>8} {'end/base':>7}"
+    f"{'txt p50':>7} {'txt p99':>7} {'end p50':>7} {'end p99':>7} {'wall':>7} {'errors':>8} "
+    f"{'1st/base':>8} {'end/base':>7}"
 )
 
 
