@@ -1,7 +1,7 @@
 """Load: concurrent Stream calls of an agent run, time to the first event and to the end.
 
     .venv/bin/python bench/load.py [--streams 200] [--baseline 20]
-        [--arrangements up split] [--token-delay 0.02] [--words 60]
+        [--arrangements up split] [--token-delay 0.02] [--words 60] [--rounds 1]
 
 The stack: embedded PostgreSQL, Valkey and the Temporal dev server in one temporary home;
 the scripted model (a process of its own) streams a `--words`-word answer in 8-character
@@ -14,7 +14,8 @@ Loomwork:
 - `split`: one `loomwork server` and one `loomwork worker` process.
 
 For each: a few warm-up calls, then the baseline, `--baseline` Stream calls one at a time
-(the same calls with nothing else in flight), then `--streams` Stream calls all at once.
+(the same calls with nothing else in flight), then `--streams` Stream calls all at once
+(`--rounds` times, one burst after the other).
 Printed per phase: p50 / p99 seconds from the call to its first event (`run_started`), to
 its first text delta (`txt`: the model's first chunk, relayed) and to its terminal event,
 errors (a status, or a stream that ended without `run_finished` or whose text differs), and
@@ -295,19 +296,21 @@ async def arrangement(
         await phase("warm-up", stubs, answer, 5, parallel=False)
         base = await phase("baseline", stubs, answer, args.baseline, parallel=False)
         print(format_phase(name, base, None), flush=True)
-        load_before = os.getloadavg()[0]
-        loaded = await phase(f"{args.streams}x", stubs, answer, args.streams, parallel=True)
-        print(format_phase(name, loaded, base), flush=True)
-        print(f"{'':<6} {goal_line(loaded)}", flush=True)
-        if wrong := [c.run_id for c in loaded.calls if c.error == "text differs"][:3]:
-            print(f"{'':<6} text differs in runs {', '.join(wrong)} (see the logs)", flush=True)
-        stack.check_alive()
-        peaks = ", ".join(f"{r} {mb:.0f} MB" for r, mb in stack.peak_rss_mb().items())
-        print(
-            f"{'':<6} peak RSS: {peaks}; load average {load_before:.1f} before the "
-            f"{args.streams}, {os.getloadavg()[0]:.1f} after",
-            flush=True,
-        )
+        for round_ in range(1, args.rounds + 1):
+            load_before = os.getloadavg()[0]
+            label = f"{args.streams}x" + (f" #{round_}" if args.rounds > 1 else "")
+            loaded = await phase(label, stubs, answer, args.streams, parallel=True)
+            print(format_phase(name, loaded, base), flush=True)
+            print(f"{'':<6} {goal_line(loaded)}", flush=True)
+            if wrong := [c.run_id for c in loaded.calls if c.error == "text differs"][:3]:
+                print(f"{'':<6} text differs in runs {', '.join(wrong)} (see the logs)", flush=True)
+            stack.check_alive()
+            peaks = ", ".join(f"{r} {mb:.0f} MB" for r, mb in stack.peak_rss_mb().items())
+            print(
+                f"{'':<6} peak RSS: {peaks}; load average {load_before:.1f} before the "
+                f"{args.streams}, {os.getloadavg()[0]:.1f} after",
+                flush=True,
+            )
     finally:
         for channel in channels:
             await channel.close()
@@ -361,6 +364,13 @@ def main() -> None:
     )
     parser.add_argument("--token-delay", type=float, default=0.02, help="seconds per chunk")
     parser.add_argument("--words", type=int, default=60, help="words in each answer")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="loaded phases one after the other (the first meets a process that has served "
+        "calls only one at a time: its connection pools small; later ones, pools grown)",
+    )
     parser.add_argument(
         "--code",
         type=Path,
