@@ -6,7 +6,7 @@ streams the first event took seconds (bench/RESULTS.md, "Load"). So `up` runs th
 a child (`loomwork up-worker`): started once the server is up, started again when it dies
 (after 0.5 s, doubling per death up to 30 s; logged), given up on after 8 failed starts in a
 row, and stopped after the server has drained. It logs where `up` logs (it inherits `up`'s
-stdout and stderr) and, when it dies, `up` sends it SIGTERM.
+stdout and stderr), and gets SIGTERM if `up` itself dies.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class WorkerProcess:
         self._ready_pid = 0
         self._lock = threading.RLock()
         self._watch: ServerWatch | None = None
+        self._stopping = threading.Event()  # a start under way gives up waiting
 
     @property
     def pid(self) -> int:
@@ -101,9 +102,9 @@ class WorkerProcess:
     def stop(self) -> None:
         """Stop watching, then stop the worker gracefully (SIGTERM: it finishes or hands back
         its activities), killing it if it hangs. Idempotent; clean if it died already."""
-        watch, self._watch = self._watch, None
-        if watch is not None:
-            watch.stop()
+        self._stopping.set()
+        if self._watch is not None:  # kept: `lost` still answers
+            self._watch.stop()
         with self._lock:
             proc, self.proc = self.proc, None
             if proc is not None:
@@ -149,6 +150,9 @@ class WorkerProcess:
         data = b""
         while b"\n" not in data:
             remaining = deadline - time.monotonic()
+            if self._stopping.is_set():
+                self._discard(proc)
+                raise WorkerStartFailed("stopped while the worker process was starting")
             if remaining <= 0:
                 self._discard(proc)
                 raise WorkerStartFailed(

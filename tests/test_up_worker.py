@@ -1,6 +1,7 @@
 """`loomwork up` runs its Temporal worker in a process of its own: runs (demo tools and all)
 complete there; a worker killed (SIGKILL) is started again, health says NOT_SERVING meanwhile
-and SERVING again by itself, and the next run completes; stopping `up` stops the worker."""
+and SERVING again by itself, and the next run completes; stopping `up` stops the worker; a
+worker that cannot start again is given up on, and `up` is told."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import time
 from pathlib import Path
 
 import grpc
+import httpx2
 
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, run_pb2
+from server.worker_process import WorkerProcess
 from tests.conftest import free_port
+from tests.processes import loomwork_environment
 from tests.support import wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,3 +111,32 @@ def test_up_restarts_its_killed_worker_process_and_runs_go_on(tmp_path: Path) ->
         proc.wait(90)
     assert proc.returncode == 0, log.read_text()
     assert worker and not _running(worker), "the worker outlived `loomwork up`"
+
+
+def test_a_worker_that_cannot_start_again_is_given_up_and_stop_is_clean(
+    embedded: dict[str, str], tmp_path: Path
+) -> None:
+    env = loomwork_environment(embedded, tmp_path, LOOMWORK_HTTP_ADDRESS="127.0.0.1:0")
+    lines: list[str] = []
+    lost: list[str] = []
+    worker = WorkerProcess(env, progress=lines.append, on_lost=lost.append)
+    worker.restart_delay, worker.restart_attempts = 0.2, 2
+    worker.start()
+    try:
+        first = worker.pid
+        assert worker.ready() and _running(first)
+        probe = httpx2.get(f"http://{worker.http_address}/healthz", timeout=10)
+        assert probe.status_code == 200
+        # From now on it meets a setting it refuses at start (and exits 1).
+        worker.env = {**env, "LOOMWORK_LOG_FORMAT": "neither-json-nor-console"}
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + WAIT
+        while not lost:
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.1)
+        assert lost[0].startswith("worker died and could not be started again (2 tries)"), lost
+        assert "worker died (killed by SIGKILL)" in "\n".join(lines)
+        assert worker.lost() and not worker.ready()
+    finally:
+        worker.stop()  # clean: raises nothing, with nothing left to stop
+    assert worker.lost(), "given up on, still after the stop"

@@ -1,6 +1,6 @@
-"""Keeping the embedded servers running: a server that dies is started again on its ports and
-data, with backoff, from one daemon thread; one that cannot be started again is given up on,
-and whoever runs the stack is told."""
+"""Keeping the embedded servers (and `loomwork up`'s worker process) running: a server that
+dies is started again on its ports and data, with backoff, from one daemon thread; one that
+cannot be started again is given up on, and whoever runs the stack is told."""
 
 from __future__ import annotations
 
