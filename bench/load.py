@@ -1,22 +1,27 @@
 """Load: concurrent Stream calls of an agent run, time to the first event and to the end.
 
     .venv/bin/python bench/load.py [--streams 200] [--baseline 20]
-        [--arrangements up split] [--token-delay 0.02] [--words 60]
+        [--arrangements up split] [--token-delay 0.02] [--words 60] [--rounds 1]
 
 The stack: embedded PostgreSQL, Valkey and the Temporal dev server in one temporary home;
-the scripted model (this process) streams a `--words`-word answer in 8-character chunks
-`--token-delay` s apart (one model step per run, no tools). Two arrangements of Loomwork:
+the scripted model (a process of its own) streams a `--words`-word answer in 8-character
+chunks `--token-delay` s apart (one model step per run, no tools). Two arrangements of
+Loomwork:
 
-- `up`: one `loomwork up` process (gRPC server and worker in one event loop), pointed at
-  the stack by DATABASE_URL, REDIS_URL and TEMPORAL_ADDRESS;
+- `up`: `loomwork up`, pointed at the stack by DATABASE_URL, REDIS_URL and TEMPORAL_ADDRESS:
+  its gRPC server, and its worker in a child process of its own (a checkout from before
+  session 11, given by `--code`, runs both in one process and one event loop);
 - `split`: one `loomwork server` and one `loomwork worker` process.
 
 For each: a few warm-up calls, then the baseline, `--baseline` Stream calls one at a time
-(the same calls with nothing else in flight), then `--streams` Stream calls all at once.
-Printed per phase: p50 / p99 seconds from the call to its first event (`run_started`) and
-to its terminal event, errors (a status, or a stream that ended without `run_finished` or
-whose text differs), and the ratio of the loaded p50s to the baseline's. Then each
-process's peak RSS (VmHWM) and the load average before and after.
+(the same calls with nothing else in flight), then `--streams` Stream calls all at once
+(`--rounds` times, one burst after the other).
+Printed per phase: p50 / p99 seconds from the call to its first event (`run_started`), to
+its first text delta (`txt`: the model's first chunk, relayed) and to its terminal event,
+errors (a status, or a stream that ended without `run_finished` or whose text differs), and
+the ratio of the loaded p50s to the baseline's; then whether the goal of issue #19 (first
+event p50 <= 0.5 s and p99 <= 2 s, no error) is met, each process's peak RSS (VmHWM) and
+the load average before and after. The first line names the code's commit and the cores.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class Call:
     """One Stream call as its client saw it (seconds from the call)."""
 
     first: float | None = None
+    text: float | None = None  # to the first text delta
     end: float | None = None
     error: str | None = None
     run_id: str = ""
@@ -75,6 +81,9 @@ class Phase:
     name: str
     calls: list[Call] = field(default_factory=list)
     wall: float = 0.0
+
+    def texts(self) -> list[float]:
+        return [c.text for c in self.calls if c.text is not None]
 
     def firsts(self) -> list[float]:
         return [c.first for c in self.calls if c.first is not None]
@@ -121,6 +130,8 @@ async def stream_once(stub: agent_pb2_grpc.AgentServiceStub, answer: str, prompt
                 call.run_id = response.event.run_id
                 if not response.event.HasField("run_started"):
                     call.error = f"first event {response.event.WhichOneof('event')}"
+            if call.text is None and response.event.HasField("text_delta"):
+                call.text = time.perf_counter() - started
             text.add(response.event)
             finished = response.event.HasField("run_finished")
         call.end = time.perf_counter() - started
@@ -176,11 +187,13 @@ class Stack:
             raise SystemExit(f"{exited} exited; see the logs")
 
     def peak_rss_mb(self) -> dict[str, float]:
+        """Each process's peak RSS, `up`'s worker process too."""
         peaks = {}
         for role, proc in self.procs.items():
-            status = Path(f"/proc/{proc.pid}/status").read_text()
-            kb = next(int(line.split()[1]) for line in status.splitlines() if "VmHWM" in line)
-            peaks[role] = kb / 1024
+            peaks[role] = _peak_rss_mb(proc.pid)
+            for child in _children(proc.pid):
+                if b"up-worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    peaks[f"{role}'s worker"] = _peak_rss_mb(child)
         return peaks
 
     def stop(self) -> None:
@@ -193,6 +206,21 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if "VmHWM" in line) / 1024
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
 
 
 async def phase(
@@ -213,8 +241,23 @@ async def phase(
     return result
 
 
+# Issue #19, item 5: seconds to the first event under load, at p50 and p99.
+GOAL_P50, GOAL_P99 = 0.5, 2.0
+
+
+def goal_line(p: Phase) -> str:
+    firsts = p.firsts()
+    p50, p99 = percentile(firsts, 50), percentile(firsts, 99)
+    errors = sum(p.errors().values())
+    met = p50 <= GOAL_P50 and p99 <= GOAL_P99 and not errors and len(firsts) == len(p.calls)
+    return (
+        f"goal (first event p50 <= {GOAL_P50} s, p99 <= {GOAL_P99} s, no error): "
+        f"{'met' if met else 'NOT met'} (p50 {p50:.3f} s, p99 {p99:.3f} s, {errors} errors)"
+    )
+
+
 def format_phase(arrangement: str, p: Phase, base: Phase | None) -> str:
-    firsts, ends = p.firsts(), p.ends()
+    firsts, texts, ends = p.firsts(), p.texts(), p.ends()
     errors = ", ".join(f"{k} {v}" for k, v in p.errors().items()) or "0"
     ratio = ""
     if base is not None and base.firsts() and firsts and ends and base.ends():
@@ -224,6 +267,7 @@ def format_phase(arrangement: str, p: Phase, base: Phase | None) -> str:
     return (
         f"{arrangement:<6} {p.name:<10} {len(p.calls):>5} "
         f"{percentile(firsts, 50):>7.3f} {percentile(firsts, 99):>7.3f} "
+        f"{percentile(texts, 50):>7.3f} {percentile(texts, 99):>7.3f} "
         f"{percentile(ends, 50):>7.3f} {percentile(ends, 99):>7.3f} {p.wall:>7.1f} "
         f"{errors:>8} {ratio}"
     )
@@ -231,7 +275,8 @@ def format_phase(arrangement: str, p: Phase, base: Phase | None) -> str:
 
 HEADER = (
     f"{'arr.':<6} {'phase':<10} {'calls':>5} {'1st p50':>7} {'1st p99':>7} "
-    f"{'end p50':>7} {'end p99':>7} {'wall':>7} {'errors':>8} {'1st/base':>8} {'end/base':>7}"
+    f"{'txt p50':>7} {'txt p99':>7} {'end p50':>7} {'end p99':>7} {'wall':>7} {'errors':>8} "
+    f"{'1st/base':>8} {'end/base':>7}"
 )
 
 
@@ -251,22 +296,45 @@ async def arrangement(
         await phase("warm-up", stubs, answer, 5, parallel=False)
         base = await phase("baseline", stubs, answer, args.baseline, parallel=False)
         print(format_phase(name, base, None), flush=True)
-        load_before = os.getloadavg()[0]
-        loaded = await phase(f"{args.streams}x", stubs, answer, args.streams, parallel=True)
-        print(format_phase(name, loaded, base), flush=True)
-        if wrong := [c.run_id for c in loaded.calls if c.error == "text differs"][:3]:
-            print(f"{'':<6} text differs in runs {', '.join(wrong)} (see the logs)", flush=True)
-        stack.check_alive()
-        peaks = ", ".join(f"{r} {mb:.0f} MB" for r, mb in stack.peak_rss_mb().items())
-        print(
-            f"{'':<6} peak RSS: {peaks}; load average {load_before:.1f} before the "
-            f"{args.streams}, {os.getloadavg()[0]:.1f} after",
-            flush=True,
-        )
+        for round_ in range(1, args.rounds + 1):
+            load_before = os.getloadavg()[0]
+            label = f"{args.streams}x" + (f" #{round_}" if args.rounds > 1 else "")
+            loaded = await phase(label, stubs, answer, args.streams, parallel=True)
+            print(format_phase(name, loaded, base), flush=True)
+            print(f"{'':<6} {goal_line(loaded)}", flush=True)
+            if wrong := [c.run_id for c in loaded.calls if c.error == "text differs"][:3]:
+                print(f"{'':<6} text differs in runs {', '.join(wrong)} (see the logs)", flush=True)
+            stack.check_alive()
+            peaks = ", ".join(f"{r} {mb:.0f} MB" for r, mb in stack.peak_rss_mb().items())
+            print(
+                f"{'':<6} peak RSS: {peaks}; load average {load_before:.1f} before the "
+                f"{args.streams}, {os.getloadavg()[0]:.1f} after",
+                flush=True,
+            )
     finally:
         for channel in channels:
             await channel.close()
         stack.stop()
+
+
+def commit_of(code: Path) -> str:
+    """The checkout's commit (with `+changes` when its tree differs from it)."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(code), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(code), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "an unknown commit"
+    return commit + ("+changes" if dirty else "")
 
 
 def process_env(tmp: Path, ep: EmbeddedEndpoints, model: str) -> dict[str, str]:
@@ -297,6 +365,13 @@ def main() -> None:
     parser.add_argument("--token-delay", type=float, default=0.02, help="seconds per chunk")
     parser.add_argument("--words", type=int, default=60, help="words in each answer")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="loaded phases one after the other (the first meets a process that has served "
+        "calls only one at a time: its connection pools small; later ones, pools grown)",
+    )
+    parser.add_argument(
         "--code",
         type=Path,
         default=ROOT,
@@ -318,8 +393,8 @@ def main() -> None:
     model.start()
     env = process_env(tmp, endpoints, f"http://127.0.0.1:{port}/v1")
     print(
-        f"Loomwork from {args.code}; load average {os.getloadavg()[0]:.1f} at start;"
-        f" logs in {logs}",
+        f"Loomwork from {args.code} at {commit_of(args.code)}; {os.cpu_count()} cores; load"
+        f" average {os.getloadavg()[0]:.1f} at start; logs in {logs}",
         flush=True,
     )
     print(HEADER, flush=True)

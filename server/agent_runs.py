@@ -31,7 +31,7 @@ from activities.workflow_runs import START_OUTCOME_UNKNOWN
 from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.definitions import AgentDefinition
 from loomwork.agents.directory import RunDirectory
-from loomwork.agents.events import RunFinished, encode_event
+from loomwork.agents.events import RunFinished, RunStarted, encode_event
 from loomwork.agents.run_models import (
     AgentFork,
     AgentRunRequest,
@@ -107,6 +107,8 @@ class AcceptedRun:
     new: bool  # False: a repeat of a client run id, joining its run
     slot: bool  # a quota slot was taken for it (given back if Temporal refuses it)
     named: bool  # the caller named it (client_run_id)
+    # The run_started this call published, with its id (a new run's), for the caller at once.
+    started: tuple[int, RunStarted] | None = None
 
 
 class AgentRunStarter:
@@ -160,13 +162,21 @@ class AgentRunStarter:
             raise AlreadyExists(f"client_run_id {run_request.run_id!r} is a run of another agent")
         # A new run is admitted by the tenant's quotas first (a repeat joins its run).
         slot = existing is None and await admit_run(self.runtime, tenant_id, workflow_id)
+        started = None
         if existing is None:
             # Announced as it is accepted: the caller sees run_started (with the run id) at
-            # once, and the run's first activity goes straight to the model.
+            # once, and the run's first activity goes straight to the model. A run id made
+            # here names a log nobody else knows yet.
             agent = effective_agent(agent, run_request)
             model = agent.model or self.runtime.settings.chat_model
-            await asyncio.gather(
-                announce_run(self.runtime.events, run_request, agent, model),
+            started, _ = await asyncio.gather(
+                announce_run(
+                    self.runtime.events,
+                    run_request,
+                    agent,
+                    model,
+                    new_log=not start.client_run_id,
+                ),
                 self.directory.record(tenant_id, run_request.run_id, workflow_id),
             )
             run_request.announced = True
@@ -180,6 +190,7 @@ class AgentRunStarter:
             new=existing is None,
             slot=slot,
             named=bool(start.client_run_id),
+            started=started if started is not None and started[0] > 0 else None,
         )
 
     async def launch(self, accepted: AcceptedRun) -> WorkflowHandle[AgentRunWorkflow, RunOutcome]:

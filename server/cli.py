@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
 import time
+from pathlib import Path
 
 import typer
 from pydantic import ValidationError
@@ -22,6 +24,7 @@ from server.process import Running, serve
 from server.runtime import Runtime
 from server.servicers.tenancy import current_tenant
 from server.telemetry.logs import configure_logging
+from server.worker_process import WorkerProcess, WorkerStartFailed
 
 app = typer.Typer(
     name="loomwork",
@@ -30,6 +33,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+log = logging.getLogger("loomwork.up")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -74,7 +78,8 @@ def up(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Start everything in the foreground: embedded servers not configured externally,
-    migrations, search attributes, the worker and the gRPC server. Ctrl-C stops all."""
+    migrations, search attributes, the gRPC server and the worker (a process of its own).
+    Ctrl-C stops all."""
     _setup_logging(verbose)
     settings = Settings()
     settings.demo = settings.demo or demo
@@ -107,8 +112,16 @@ def up(
     settings.redis_url = settings.redis_url or endpoints.redis_url
     settings.temporal_address = settings.temporal_address or endpoints.temporal_address
 
+    # The worker in a process of its own: accepting calls never waits behind its model streams.
+    worker = WorkerProcess(
+        _worker_environment(settings, home),
+        verbose=verbose,
+        progress=lambda line: log.info("%s", line),
+    )
+
     async def ready(running: Running) -> None:
         runtime = running.runtime
+        await asyncio.to_thread(worker.start)
         console.print()
         console.print(f"[bold green]Loomwork is up[/] in {time.perf_counter() - started:.1f}s")
         console.print(f"  gRPC          {running.grpc_address}   (reflection + health on)")
@@ -118,6 +131,11 @@ def up(
             console.print(f"  MCP           {http_url}/mcp   (bearer token)")
         if endpoints.temporal_ui_url:
             console.print(f"  Temporal UI   {endpoints.temporal_ui_url}")
+        worker_http = f"   (metrics at http://{worker.http_address}/metrics)"
+        console.print(
+            f"  worker        process {worker.pid}, task queue {settings.task_queue}"
+            f"{worker_http if worker.http_address else ''}"
+        )
         console.print(
             f"  Temporal      {settings.temporal_address}  namespace {settings.temporal_namespace}"
         )
@@ -170,25 +188,76 @@ def up(
                 loop.call_soon_threadsafe(stop.set)
 
         stack.on_server_lost = lost
+        worker.on_lost = lost
         if stack.lost:  # lost before the loop ran
             stop.set()
-        await serve(settings, register_attributes=True, on_ready=ready, stop=stop)
+        await serve(
+            settings,
+            worker=False,
+            register_attributes=True,
+            on_ready=ready,
+            stop=stop,
+            health_checks=[("worker", worker.health_problem)],
+        )
 
     try:
         asyncio.run(serve_while_servers_live())
     except LoomworkError as exc:
         _fail(exc.message)
+    except WorkerStartFailed as exc:
+        _fail(f"{exc} (its log is above)")
     except KeyboardInterrupt:
         pass
     finally:
+        # After the server drained its calls (their runs needed the worker), before the
+        # servers the worker uses.
+        worker.stop()
         console.print("stopping embedded servers…")
         stack.stop()
         console.print("stopped.")
+    if why := worker.lost():
+        _fail(f"the worker process died and could not be started again ({why}); see its log above")
     for name, why in stack.lost.items():
         _fail(
             f"{name} died and could not be started again ({why}); "
             f"see {home / 'logs' / (name + '.log')}"
         )
+
+
+def _worker_environment(settings: Settings, home: Path) -> dict[str, str]:
+    """The environment of `up`'s worker process: ours, with the servers, home and demo mode
+    `up` settled on, and a free port for its /healthz and /metrics."""
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=settings.database_url or "",
+        REDIS_URL=settings.redis_url or "",
+        TEMPORAL_ADDRESS=settings.temporal_address or "",
+        LOOMWORK_HOME=str(home),
+        LOOMWORK_DEMO="true" if settings.demo else "false",
+        LOOMWORK_HTTP_ADDRESS=f"{settings.http_address.rpartition(':')[0] or '127.0.0.1'}:0",
+    )
+    return env
+
+
+@app.command("up-worker", hidden=True)
+def up_worker(
+    ready_fd: int = typer.Option(..., "--ready-fd", help="Where to say it is ready."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """`loomwork up`'s worker process (started and restarted by `up`): the worker alone, on
+    the servers `up` gives it in its environment; writes its HTTP address to `--ready-fd`
+    once it polls."""
+    _setup_logging(verbose)
+    settings = Settings()
+
+    async def ready(running: Running) -> None:
+        with os.fdopen(ready_fd, "w") as pipe:
+            pipe.write(f"{running.http_address or ''}\n")
+
+    try:
+        asyncio.run(serve(settings, grpc=False, worker=True, on_ready=ready))
+    except LoomworkError as exc:
+        _fail(exc.message)
 
 
 def _model_line(runtime: Runtime) -> str:

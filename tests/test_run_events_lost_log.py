@@ -133,3 +133,39 @@ async def test_without_durable_ceilings_the_log_starts_again_from_one(runtime: R
         await log.append(run_id, b"e%d" % i)
     await lose(runtime.redis, log, run_id)
     assert await log.append(run_id, b"again") == 1
+
+
+async def test_runs_opened_at_once_reserve_their_first_ids_durably(runtime: Runtime) -> None:
+    """Runs accepted together (`new_log`: their ids made by the caller) each open their log
+    at id 1 with a ceiling of its own in PostgreSQL, so each one's ids outlive its loss."""
+    ceilings = EventIdCeilings(runtime.db, block=4)
+    log = RunEventLog(runtime.redis, prefix="test:lost", ceilings=ceilings)
+    runs = [new_run() for _ in range(40)]
+    opened = await asyncio.gather(
+        *(log.publish(run, b"run_started", only_as=1, patience=0, new_log=True) for run in runs)
+    )
+    assert opened == [1] * len(runs)
+    assert [await ceilings.ceiling(run) for run in runs] == [4] * len(runs)
+
+    lost, kept = runs[0], runs[1]
+    await lose(runtime.redis, log, lost)
+    assert await log.append(lost, b"after") == 5  # above the block reserved as it opened
+    # A log opened that way goes on through its blocks like any other.
+    assert [await log.append(kept, b"x") for _ in range(6)] == [2, 3, 4, 5, 6, 7]
+    assert await ceilings.ceiling(kept) == 8
+    assert [e.event_id for e in await log.read(kept, 0)] == list(range(1, 8))
+
+
+async def test_a_log_opened_as_new_that_had_ids_goes_on_above_them(runtime: Runtime) -> None:
+    # A caller wrong about `new_log` (the log had a ceiling, and Redis lost it) costs no id.
+    log, run_id = durable_log(runtime, block=4), new_run()
+    assert [await log.append(run_id, b"e") for _ in range(3)] == [1, 2, 3]
+    await lose(runtime.redis, log, run_id)
+    assert await log.publish(run_id, b"again", patience=0, new_log=True) == 5
+
+
+async def test_one_log_reserved_as_new_twice_at_once_gets_two_blocks(runtime: Runtime) -> None:
+    ceilings, run_id = EventIdCeilings(runtime.db, block=4), new_run()
+    reserved = await asyncio.gather(ceilings.reserve_new(run_id), ceilings.reserve_new(run_id))
+    assert sorted(reserved) == [(4, True), (8, False)]
+    assert await ceilings.ceiling(run_id) == 8

@@ -39,10 +39,13 @@ async def announce_run(
     model: str,
     *,
     patience: float | None = 0.0,
-) -> None:
+    new_log: bool = False,
+) -> tuple[int, RunStarted]:
     """Publish `run_started` as the run's first event; nothing when its log has events
     already (a repeated call, a retried start). `patience`: how long to wait out Redis (0,
-    one try: the service answers its caller UNAVAILABLE; None: a step's patience)."""
+    one try: the service answers its caller UNAVAILABLE; None: a step's patience);
+    `new_log`: the run's id was made by the caller, so nobody else knows its log yet
+    (`RunEventLog.publish`). Answers the event and its id (0: not published)."""
     started = RunStarted(
         run_path=request.run_path,
         agent_name=agent.name,
@@ -57,9 +60,15 @@ async def announce_run(
     key = event_log_key(request.tenant, request.log_run_id)
     # A sub-agent run's start goes into its top-level run's log, once.
     first = 0 if request.parents else 1
-    await events.publish(
-        key, encode_event(started), only_as=first, once=once_key(started), patience=patience
+    event_id = await events.publish(
+        key,
+        encode_event(started),
+        only_as=first,
+        once=once_key(started),
+        patience=patience,
+        new_log=new_log,
     )
+    return event_id, started
 
 
 def tool_names(agent: AgentDefinition, request: AgentRunRequest) -> list[str]:

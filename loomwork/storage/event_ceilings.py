@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import psycopg
@@ -15,6 +16,17 @@ insert into run_event_ceilings as c (log_key, ceiling) values (%s, %s)
 on conflict (log_key) do update
     set ceiling = c.ceiling + excluded.ceiling, updated_at = now()
 returning ceiling, (xmax = 0) as first
+"""
+
+# Many logs at once, in one statement (and one transaction, not waiting for the WAL flush:
+# `set_config(..., true)` lasts to the statement's commit, as `set local` would).
+_RESERVE_MANY = """
+with _ as (select set_config('synchronous_commit', 'off', true))
+insert into run_event_ceilings as c (log_key, ceiling)
+select log_key, %s from _, unnest(%s::text[]) as log_key
+on conflict (log_key) do update
+    set ceiling = c.ceiling + excluded.ceiling, updated_at = now()
+returning log_key, ceiling, (xmax = 0) as first
 """
 
 
@@ -33,6 +45,9 @@ class EventIdCeilings:
             raise ValueError("block must be positive")
         self.db = db
         self.block = block
+        # reserve_new's logs waiting for the next statement, and the task making them.
+        self._waiting: dict[str, asyncio.Future[tuple[int, bool]]] = {}
+        self._reserving: asyncio.Task[None] | None = None
 
     async def reserve(self, log: str, apply: Callable[[int, bool], Awaitable[None]]) -> None:
         try:
@@ -49,6 +64,44 @@ class EventIdCeilings:
                 await apply(int(row["ceiling"]), bool(row["first"]))
         except psycopg.OperationalError as exc:
             raise Unavailable(f"PostgreSQL: cannot reserve event ids of {log!r}: {exc}") from exc
+
+    async def reserve_new(self, log: str) -> tuple[int, bool]:
+        """Reserve with the other new logs waiting: one statement (one pooled connection, one
+        round trip) for all of them, while the one before it runs. A burst of runs accepted at
+        once (200 Stream calls) would otherwise queue for the pool's connections, a
+        transaction each, before any of them could send its first event."""
+        if (waiting := self._waiting.get(log)) is not None:  # reserved twice: one after the other
+            await asyncio.shield(waiting)
+            return await self.reserve_new(log)
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[log] = future
+        reserving = self._reserving
+        if reserving is None or reserving.done() or reserving.get_loop() is not future.get_loop():
+            self._reserving = asyncio.create_task(self._reserve_waiting(), name="id ceilings")
+        return await asyncio.shield(future)
+
+    async def _reserve_waiting(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, {}
+            try:
+                async with self.db.connection(CONNECT_TIMEOUT) as conn:
+                    cur = await conn.execute(_RESERVE_MANY, (self.block, list(batch)))
+                    rows = await cur.fetchall()
+            except psycopg.OperationalError as exc:
+                error = Unavailable(f"PostgreSQL: cannot reserve event ids: {exc}")
+                for future in batch.values():
+                    future.set_exception(error)
+                continue
+            except Exception as exc:  # never leave a caller waiting
+                for future in batch.values():
+                    future.set_exception(exc)
+                continue
+            except asyncio.CancelledError:
+                for future in batch.values():
+                    future.cancel()
+                raise
+            for row in rows:
+                batch[row["log_key"]].set_result((int(row["ceiling"]), bool(row["first"])))
 
     async def ceiling(self, log: str) -> int:
         try:

@@ -51,6 +51,12 @@ class IdCeilings(Protocol):
         undoes the reservation."""
         ...
 
+    async def reserve_new(self, log: str) -> tuple[int, bool]:
+        """Raise the ceiling of a log nobody else appends to yet (a run being accepted) by
+        `block`: the new ceiling, and whether the log had none before. Its Redis side is
+        then raised by its first append, so no order is kept between reservations."""
+        ...
+
     async def ceiling(self, log: str) -> int:
         """The log's durable ceiling: every id it ever gave out is at most this (0: none)."""
         ...

@@ -18,8 +18,13 @@ RECENT_TOKENS = 32
 # the id the first one got; the latest RECENT_TOKENS appends are kept in `r`, newest first, as
 # 20-character records: the token, then the id in 8 hex digits),
 # ARGV[9] "1" when ids are bounded by the `ceil` of the meta hash (answers -2, writing
-# nothing, when the next id is above it: a ceiling is to be reserved first).
+# nothing, when the next id is above it: a ceiling is to be reserved first),
+# ARGV[10] '' or a ceiling just reserved as the log's first (`reserve_new`): `ceil` is
+# raised to it first.
 APPEND_LUA = """
+if ARGV[10] ~= '' and tonumber(redis.call('HGET', KEYS[1], 'ceil') or '0') < tonumber(ARGV[10]) then
+  redis.call('HSET', KEYS[1], 'ceil', ARGV[10])
+end
 local recent = redis.call('HGET', KEYS[1], 'r') or ''
 local token = ARGV[8]
 local from = 1

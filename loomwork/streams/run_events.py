@@ -174,8 +174,10 @@ class RunEventLog:
         once: str,
         draft: str,
         token: str,
+        first_ceiling: int = 0,
     ) -> int:
-        """One try of `append`; the same `token` on a repeat answers the first try's id."""
+        """One try of `append`; the same `token` on a repeat answers the first try's id.
+        `first_ceiling`: the log's first ceiling, just reserved (`reserve_new`), to set."""
         args = [
             payload,
             "1" if terminal else "0",
@@ -186,6 +188,7 @@ class RunEventLog:
             draft,
             token,
             "1" if self.ceilings is not None else "0",
+            str(first_ceiling) if first_ceiling else "",
         ]
         try:
             while True:
@@ -209,21 +212,34 @@ class RunEventLog:
     async def _reserve(self, run_id: str) -> None:
         """Reserve the log's next block of ids durably, then let its Redis side use it."""
         assert self.ceilings is not None
-        block = self.ceilings.block
 
         async def apply(ceiling: int, first: bool) -> None:
-            with redis_unavailable(f"the event log of run {run_id!r}"):
-                raised = await self._raise_script(
-                    keys=[self.meta_key(run_id)], args=[ceiling, block, "1" if first else "0"]
-                )
-            if raised == 2:
-                log.warning(
-                    "run %s: its event log was lost; its ids go on above %d",
-                    run_id,
-                    ceiling - block,
-                )
+            await self._raise(run_id, ceiling, first)
 
         await self.ceilings.reserve(run_id, apply)
+
+    async def _reserve_new(self, run_id: str) -> int:
+        """Reserve a new log's first block of ids durably: its ceiling, for its first append
+        to set (0: the log had a ceiling already, now raised)."""
+        assert self.ceilings is not None
+        ceiling, first = await self.ceilings.reserve_new(run_id)
+        if first:
+            return ceiling
+        await self._raise(run_id, ceiling, first)
+        return 0
+
+    async def _raise(self, run_id: str, ceiling: int, first: bool) -> None:
+        """Let the log's Redis side use ids up to a `ceiling` reserved durably."""
+        assert self.ceilings is not None
+        block = self.ceilings.block
+        with redis_unavailable(f"the event log of run {run_id!r}"):
+            raised = await self._raise_script(
+                keys=[self.meta_key(run_id)], args=[ceiling, block, "1" if first else "0"]
+            )
+        if raised == 2:
+            log.warning(
+                "run %s: its event log was lost; its ids go on above %d", run_id, ceiling - block
+            )
 
     async def _lost_below(self, run_id: str) -> int:
         """The id up to which the log's events were lost (0: none were)."""
@@ -279,19 +295,30 @@ class RunEventLog:
         once: str = "",
         draft: str = "",
         patience: float | None = None,
+        new_log: bool = False,
     ) -> int:
         """`append` for the steps of a run, which Temporal may retry after they published:
         once the log has ended, a terminal event answers the id the log ended with (the one
         stored first) and any other event is dropped (0), but a draft's raises DraftTaken
         (the draft is over). While Redis is unreachable it tries again, backing off, for up
         to `patience` seconds (default `write_patience`; 0 for one try, as an RPC wants),
-        then raises Unavailable (the step is retried later)."""
+        then raises Unavailable (the step is retried later). `new_log`: the log is new and
+        nobody else appends to it yet (a run id made by the caller, not handed out): its
+        first ids are reserved with other new logs' (`reserve_new`), and this append sets
+        its ceiling, saving the append that would find none and the reservation's own
+        transaction."""
         _check_append(run_id, only_as)
         wait = self.write_patience if patience is None else patience
         token = _token()  # one append, however many tries
+        reserved: list[int] = []  # the first ceiling, once reserved (a new log's)
 
         async def append() -> int:
-            return await self._append(run_id, payload, terminal, only_as, once, draft, token)
+            if new_log and self.ceilings is not None and not reserved:
+                reserved.append(await self._reserve_new(run_id))
+            first_ceiling = reserved[0] if reserved else 0
+            return await self._append(
+                run_id, payload, terminal, only_as, once, draft, token, first_ceiling
+            )
 
         try:
             return await self._patiently(run_id, append, wait)

@@ -113,6 +113,11 @@ class _Spawner:
                 fut.set_result(proc)
 
 
+def spawn(args: list[str], **popen_kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start a child process in its own process group, sent SIGTERM when we die (Linux)."""
+    return _Spawner.popen(args, **popen_kwargs)
+
+
 # --------------------------------------------------------------------------------------------
 # Small helpers: installed packages, logs, environment, pids
 # --------------------------------------------------------------------------------------------
@@ -318,7 +323,7 @@ class ChildServer:
         """Start the server (not waiting for it), output appended to its log."""
         self.log_offset = log_size(self.log)
         with self.log.open("ab") as log:
-            self.proc = _Spawner.popen(
+            self.proc = spawn(
                 args,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -1,6 +1,6 @@
-"""Keeping the embedded servers running: a server that dies is started again on its ports and
-data, with backoff, from one daemon thread; one that cannot be started again is given up on,
-and whoever runs the stack is told."""
+"""Keeping the embedded servers (and `loomwork up`'s worker process) running: a server that
+dies is started again on its ports and data, with backoff, from one daemon thread; one that
+cannot be started again is given up on, and whoever runs the stack is told."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ class Supervised:
     why_stopped: Callable[[], str]
     #: Start it again on its ports and data, blocking until it answers; raises when it cannot.
     restart: Callable[[], None]
+    #: How the log says it came back ("restarted on its ports and data").
+    restarted: str = "restarted on its ports and data"
 
 
 @dataclass
@@ -136,7 +138,7 @@ class ServerWatch:
         health.failed_starts = 0
         health.down_since = None
         health.up_since = time.monotonic()
-        self.progress(f"{server.name} restarted on its ports and data ({down:.1f}s down)")
+        self.progress(f"{server.name} {server.restarted} ({down:.1f}s down)")
 
     def _failed(self, server: Supervised, health: _Health, exc: Exception) -> None:
         health.failed_starts += 1

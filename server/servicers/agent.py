@@ -146,12 +146,16 @@ class AgentServicer(AgentDefinitionRpcs, agent_pb2_grpc.AgentServiceServicer):
         workflow_id: str,
         *,
         announced: bool = False,
+        first: tuple[int, AgentEvent] | None = None,
     ) -> AsyncIterator[agent_pb2.AgentRunEvent]:
         """The run's events after `after_event_id`, to its end; `announced`: this call has
         just published the run's first event (its log is there), and tells its caller, once,
         if no worker takes the run (all down, or busy): else the stream would stay silent
-        after run_started."""
+        after run_started. `first`: that event with its id, sent as it is, not read back."""
         handle = self.runtime.temporal.get_workflow_handle_for(AgentRunWorkflow.run, workflow_id)
+        if first is not None:
+            after_event_id = first[0]
+            yield agent_convert.event_to_proto(run_id, *first, workflow_id)
 
         async def expired_end() -> tuple[int, AgentEvent] | None:
             # Nothing in Redis: not started yet, or ended long enough ago that its events
@@ -208,7 +212,9 @@ class AgentServicer(AgentDefinitionRpcs, agent_pb2_grpc.AgentServiceServicer):
         )
         run_id, workflow_id = accepted.request.run_id, accepted.workflow_id
         self.runs.remember(tenant_id, run_id, workflow_id)
-        events = self._events(tenant_id, run_id, 0, workflow_id, announced=accepted.new)
+        events = self._events(
+            tenant_id, run_id, 0, workflow_id, announced=accepted.new, first=accepted.started
+        )
         if not accepted.new:  # a repeat of a client run id: its run, once it is found
             await self.starter.launch(accepted)
             async for event in events:

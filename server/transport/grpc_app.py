@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -34,7 +35,7 @@ from server.servicers.usage import UsageServicer
 from server.servicers.workflow import WorkflowServicer
 from server.tls import grpc_server_credentials
 from server.transport.bearer import Authenticator
-from server.transport.health import HealthMonitor
+from server.transport.health import ExtraCheck, HealthMonitor
 from server.transport.interceptors import (
     AuthInterceptor,
     ErrorInterceptor,
@@ -82,9 +83,11 @@ def build_grpc_app(
     *,
     health_interval: float = 2.0,
     auth: Authenticator | None = None,
+    health_checks: Sequence[ExtraCheck] = (),
 ) -> GrpcApp:
     """A server bound to `address` (port 0 picks a free one), not yet started; over TLS when
-    LOOMWORK_TLS_CERT is set. `auth` authenticates callers (default: from the settings)."""
+    LOOMWORK_TLS_CERT is set. `auth` authenticates callers (default: from the settings);
+    `health_checks`: what else health probes besides the runtime's dependencies."""
     settings = runtime.settings
     credentials = grpc_server_credentials(settings)
     options = [
@@ -136,6 +139,7 @@ def build_grpc_app(
         redis=runtime.redis,
         temporal=runtime.temporal,
         store_check=runtime.store.health_check if runtime.store is not None else None,
+        checks=health_checks,
         interval=health_interval,
     )
     sweep = IndexingSweep(indexing, settings.index_sweep_seconds)

@@ -1,12 +1,13 @@
 """grpc.health.v1: SERVING only while Postgres, Redis, Temporal (and a memory store of
-another kind, DynamoDB) all answer."""
+another kind, DynamoDB; and whatever else the process is given to check, such as
+`loomwork up`'s worker process) all answer."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from grpc_health.v1 import health, health_pb2
 from redis.asyncio import Redis
@@ -17,6 +18,10 @@ from loomwork.storage.database import Database
 from server.temporal import temporal_reachable
 
 log = logging.getLogger(__name__)
+
+# Something else the process depends on: its name, and a probe saying what is wrong with it
+# (None: nothing is).
+ExtraCheck = tuple[str, Callable[[], Awaitable[str | None]]]
 
 
 class HealthMonitor:
@@ -31,6 +36,7 @@ class HealthMonitor:
         redis: Redis,
         temporal: Client,
         store_check: tuple[str, Callable[[], Awaitable[bool]]] | None = None,
+        checks: Sequence[ExtraCheck] = (),
         interval: float = 2.0,
     ) -> None:
         self.servicer = servicer
@@ -39,23 +45,29 @@ class HealthMonitor:
         self.redis = redis
         self.temporal = temporal
         self.store_check = store_check  # (name, probe) of a memory store not probed above
+        self.checks = list(checks)
         self.interval = interval
         self.last_problems: list[str] | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def probe(self) -> list[str]:
         """Names and reasons of the dependencies that do not answer (empty when all do)."""
-        pg, rd, tp, store = await asyncio.gather(
-            check_postgres(self.db),
-            check_redis(self.redis),
-            temporal_reachable(self.temporal),
-            self._store_answers(),
+        (pg, rd, tp, store), others = await asyncio.gather(
+            asyncio.gather(
+                check_postgres(self.db),
+                check_redis(self.redis),
+                temporal_reachable(self.temporal),
+                self._store_answers(),
+            ),
+            asyncio.gather(*(probe() for _, probe in self.checks)),
         )
         problems = [f"{c.name}: {c.detail}" for c in (pg, rd) if not c.ok]
         if not tp:
             problems.append("temporal: not reachable")
         if not store and self.store_check:
             problems.append(f"{self.store_check[0]}: the memory store does not answer")
+        named = zip((name for name, _ in self.checks), others, strict=True)
+        problems += [f"{name}: {problem}" for name, problem in named if problem]
         return problems
 
     async def _store_answers(self) -> bool:
