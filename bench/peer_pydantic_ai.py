@@ -20,9 +20,10 @@ from pydantic_ai.durable_exec.temporal import (
     PydanticAIPlugin,
     TemporalDurability,
 )
-from temporalio import workflow
+from temporalio import activity, workflow
 from temporalio.client import Client, WorkflowHandle
 from temporalio.plugin import SimplePlugin
+from tool_calls_log import record_call
 
 TOPIC = "agent-events"
 INSTRUCTIONS = (
@@ -41,6 +42,9 @@ def add(numbers: list[float]) -> AddResult:
     Args:
         numbers: The numbers to add
     """
+    # Counted by bench/peers_recovery.py: the integration runs a tool as an activity.
+    in_activity = activity.in_activity()
+    record_call((activity.info().workflow_id or "") if in_activity else "not an activity")
     return AddResult(sum=sum(numbers))
 
 
