@@ -79,6 +79,16 @@ def worker_plugins() -> list[SimplePlugin]:
     return [AgentPlugin(agent)]
 
 
+def prepare_worker() -> None:
+    """Before the worker polls: resolve the agent's model, importing its client (openai,
+    aiohttp). Left to the worker's first model activity, that import once ran beside the
+    sandbox's imports of a workflow task and left aiohttp half-imported in the process for
+    good (`module aiohttp has no attribute client_exceptions`, every retry; RESULTS.md)."""
+    from pydantic_ai.models import infer_model
+
+    infer_model(agent.model if isinstance(agent.model, str) else "openai-chat:scripted")
+
+
 WORKFLOWS: list[type] = [PeerPydanticAI]
 ACTIVITIES: list[Callable[..., Any]] = []  # AgentPlugin registers the agent's
 

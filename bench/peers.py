@@ -20,8 +20,8 @@ Columns, per system and round (one system at a time, the order reversed each rou
 - runs/s with 10 and with 50 in flight: 3× that many tool runs, that many at a time.
 Ratios: each system's figure over the best peer's (Pydantic AI or OpenAI Agents) of the same
 round. The fourth column, a worker SIGKILLed mid-stream, is bench/peers_recovery.py (it uses
-this script's model and peers' workers). Event counts of one tool run's Temporal history are printed per system: workflow
-tasks, activities, signals, events.
+this script's model and peers' workers). Event counts of one tool run's Temporal history are
+printed per system: workflow tasks, activities, signals, events.
 
 Starts embedded Postgres, Valkey and Temporal in a temporary home; the scripted model runs in
 a process of its own.
@@ -309,6 +309,7 @@ async def serve_worker(name: str, address: str, queue: str) -> None:
     from temporalio.worker import Worker
 
     module: Any = importlib.import_module(PEER_MODULES[name])
+    getattr(module, "prepare_worker", lambda: None)()
     client = await Client.connect(address, plugins=module.client_plugins())
     worker = Worker(
         client,

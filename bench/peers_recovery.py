@@ -239,8 +239,9 @@ class PeerSystem:
         self.workers.stop()
 
 
-async def one_run(system: System, tool_log: Path, kill: bool) -> float:
-    """Seconds from the SIGKILL (undisturbed: from the start) to the run's end."""
+async def one_run(system: System, tool_log: Path, kill: bool) -> float | None:
+    """Seconds from the SIGKILL (undisturbed: from the start) to the run's end; None if it
+    did not end within RUN_TIMEOUT."""
     streaming = asyncio.Event()
     started = time.monotonic()
     run = await system.begin(streaming.set)
@@ -254,7 +255,12 @@ async def one_run(system: System, tool_log: Path, kill: bool) -> float:
         system.workers.lose(await worker_of_pending_activity(run.handle), signal.SIGKILL)
         started = time.monotonic()
         system.last_kill = (run.handle, time.time())
-    await asyncio.wait_for(run.done, RUN_TIMEOUT)
+    try:
+        await asyncio.wait_for(run.done, RUN_TIMEOUT)
+    except TimeoutError:  # counted as lost; ended so that it holds no worker
+        print(f"  {system.name}: run {run.handle.id} did not end in {RUN_TIMEOUT:.0f} s")
+        await run.handle.terminate("the benchmark gave up on it")
+        return None
     ended = time.monotonic()
     if (n := calls(tool_log, run.tool_key)) != 1:
         raise RuntimeError(f"{system.name}: the tool ran {n} times in run {run.handle.id}")
@@ -267,6 +273,7 @@ async def one_run(system: System, tool_log: Path, kill: bool) -> float:
 class Figures:
     undisturbed: float
     killed: list[float]
+    lost: int  # runs that did not end within RUN_TIMEOUT
     load: str
     timeline: str
 
@@ -298,13 +305,20 @@ async def measure(system: System, tool_log: Path, runs: int) -> Figures:
         await system.start()
         await one_run(system, tool_log, kill=False)  # warm: the workers' first run
         load = load_average()
-        undisturbed, killed = [], []
+        undisturbed: list[float] = []
+        killed: list[float] = []
+        lost = 0
         for _ in range(runs):
-            undisturbed.append(await one_run(system, tool_log, kill=False))
-            killed.append(await one_run(system, tool_log, kill=True))
+            for kill, samples in ((False, undisturbed), (True, killed)):
+                seconds = await one_run(system, tool_log, kill=kill)
+                if seconds is None:
+                    lost += 1
+                else:
+                    samples.append(seconds)
             await system.workers.replace_lost(system.client, system.queue)
         load = f"{load} → {load_average()}"
-        return Figures(statistics.median(undisturbed), killed, load, await timeline(system))
+        median = statistics.median(undisturbed)
+        return Figures(median, killed, lost, load, await timeline(system))
     except BaseException:
         for path in (p for p in getattr(system, "logs", []) if p.exists()):
             print(f"--- {path}:\n{path.read_text(errors='replace')[-3000:]}", file=sys.stderr)
@@ -314,16 +328,19 @@ async def measure(system: System, tool_log: Path, runs: int) -> Figures:
 
 
 def table(rows: dict[str, Figures], peers: list[str]) -> None:
-    best = min((statistics.median(rows[p].killed) for p in peers), default=float("nan"))
+    def p50(f: Figures) -> float:  # a lost run counts as never ending
+        return statistics.median(f.killed + [float("inf")] * f.lost)
+
+    best = min((p50(rows[p]) for p in peers), default=float("nan"))
     print(
         f"  {'system':15s} {'SIGKILL → end p50':>18s} {'max':>7s} {'× best peer':>12s}"
         f" {'undisturbed':>12s}   samples (s); load (1/5/15 min, start → end)"
     )
     for name, f in rows.items():
-        p50 = statistics.median(f.killed)
-        samples = " ".join(f"{s:.1f}" for s in f.killed)
+        samples = " ".join(f"{s:.1f}" for s in f.killed) + (f", {f.lost} lost" if f.lost else "")
+        worst = max(f.killed, default=0.0) if not f.lost else float("inf")
         print(
-            f"  {name:15s} {p50:16.1f} s {max(f.killed):5.1f} s {p50 / best:11.2f}×"
+            f"  {name:15s} {p50(f):16.1f} s {worst:5.1f} s {p50(f) / best:11.2f}×"
             f" {f.undisturbed:10.1f} s   {samples}; {f.load}"
         )
 
@@ -351,7 +368,10 @@ async def bench(endpoints: Servers, model_url: str, home: Path, args: Any) -> No
             f"{args.runs} runs each, kill → the run's end"
         )
         table({n: rows[n] for n in names}, peers)
-    print("  (× = over the best peer's p50 this round; every run succeeded, its tool ran once)")
+    print(
+        "  (× = over the best peer's p50 this round; every run that ended succeeded, its tool"
+        f" run once; lost: not ended in {RUN_TIMEOUT:.0f} s)"
+    )
 
 
 def main() -> None:
