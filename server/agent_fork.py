@@ -16,7 +16,8 @@ from loomwork.agents.fork import RecordedStep
 from loomwork.agents.payloads import FirstStep, StepInput, StepOutput
 from loomwork.agents.run_models import AgentRunRequest
 from loomwork.errors import NotFound, Unavailable
-from workflows.agent_run import MODEL_STEP, START_AND_STEP
+from workflows.agent_run import MODEL_STEP
+from workflows.first_step import START_AND_STEP
 
 
 class RecordedRun(BaseModel):

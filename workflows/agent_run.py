@@ -23,6 +23,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, CancelledError
 
 from workflows.failures import failure_cause, is_cancellation
+from workflows.first_step import run_first_step
 from workflows.guardrails import blocked_outcome
 from workflows.model_fallback import falls_back
 from workflows.rejections import check_call_ids
@@ -47,7 +48,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from loomwork.agents.payloads import (
         FinishInput,
-        FirstStep,
         PublishInput,
         RunPlan,
         StepInput,
@@ -78,7 +78,6 @@ with workflow.unsafe.imports_passed_through():
     from loomwork.tools.registry import error_result
     from loomwork.tools.routes import ToolRoute
 
-START_AND_STEP = "agent_start_and_step"
 MODEL_STEP = "agent_model_step"
 PUBLISH = "agent_publish"
 FINISH = "agent_finish"
@@ -267,7 +266,7 @@ class AgentRunWorkflow:
         elif workflow.info().typed_search_attributes.get(STATUS) != "RUNNING":
             workflow.upsert_search_attributes([STATUS.value_set("RUNNING")])
         try:
-            first = await self._first_step(request)
+            first = await run_first_step(request)
             plan = first.plan
             model, context = plan.model, plan.context
             self._record.model = model
@@ -371,38 +370,6 @@ class AgentRunWorkflow:
         workflow.upsert_search_attributes([STATUS.value_set(outcome.status.upper())])
         await self._subs.caller_told()  # a sub-agent run: its caller knows it waits on nothing
         return finished
-
-    async def _first_step(self, request: AgentRunRequest) -> FirstStep:
-        """Loading the context and the first model call (one activity); on the agent's next
-        model once a model ran out of retries (workflows/model_fallback.py)."""
-        attempt = request
-        while True:
-            try:
-                return await workflow.execute_activity(
-                    START_AND_STEP,
-                    attempt,
-                    result_type=FirstStep,
-                    start_to_close_timeout=timedelta(minutes=5),
-                    heartbeat_timeout=MODEL_HEARTBEAT_TIMEOUT,
-                    retry_policy=MODEL_CALL,
-                    summary=f"model {attempt.model or attempt.agent_name}, step "
-                    + (
-                        f"{request.first_step} (forked: the earlier steps reused)"
-                        if request.fork
-                        else "1 (loads the context)"
-                    ),
-                )
-            except ActivityError as error:
-                fallback = falls_back(error)
-                if not fallback:
-                    raise
-                attempt = request.model_copy(
-                    update={
-                        "fallback_model": fallback,
-                        "model": fallback,
-                        "first_step_begun": False,
-                    }
-                )
 
     async def _model_step(self, step: StepInput) -> StepOutput:
         """A model step after the first; on the agent's next model once a model ran out of

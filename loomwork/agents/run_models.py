@@ -66,6 +66,10 @@ class AgentRunRequest(BaseModel):
     # the step's events may have gone out as a draft, which an activity running the step
     # itself takes over.
     first_step_begun: bool = False
+    # The task queue of the worker a server chose to begin the first step on (split
+    # deployments, loomwork.agents.first_step_routing): the first activity goes there; ""
+    # for the run's own task queue.
+    first_step_queue: str = ""
     # Tools the caller declared for this run and runs itself (SubmitToolResults answers them).
     client_tools: list[ClientTool] = Field(default_factory=list)
     # The OpenTelemetry trace of the call that started the run ("" when not traced).
