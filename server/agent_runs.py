@@ -53,7 +53,7 @@ from loomwork.errors import (
 from loomwork.ids import new_id
 from loomwork.memory.settings import MemorySettings, merge
 from loomwork.messages import NewMessage, NewThread, Role
-from loomwork.telemetry import current_trace_id
+from loomwork.telemetry import current_trace_id, trace_carrier
 from loomwork.tools.client_tools import ClientTool, check_names_free
 from server.quotas import admit_run, refuse_run
 from server.runtime import Runtime
@@ -277,7 +277,7 @@ class AgentRunStarter:
             return ""
         routed = request.model_copy(update={"first_step_queue": queue, "first_step_begun": True})
         if not await runtime.first_steps.tell(
-            queue, FirstStepNotice(op="begin", key=key, request=routed)
+            queue, FirstStepNotice(op="begin", key=key, request=routed, trace=trace_carrier())
         ):
             return ""
         request.first_step_queue, request.first_step_begun = queue, True

@@ -15,6 +15,7 @@ from temporalio.worker import Worker
 
 from activities.agents import AgentActivities
 from loomwork.agents.first_step_routing import FirstStepNotice
+from loomwork.telemetry import continuing
 from server.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,9 @@ class FirstStepWorker:
         steps, speculation = self.runtime.agent_steps, self.runtime.speculation
         assert steps is not None
         if notice.op == "begin" and notice.request is not None:
-            if not steps.speculate(notice.request):
+            with continuing(notice.trace):  # the step's spans: in the starting call's trace
+                begun = steps.speculate(notice.request)
+            if not begun:
                 log.info("first step of %s not begun (one is under way, or paused)", notice.key)
         elif notice.op == "confirm":
             speculation.confirm(notice.key)

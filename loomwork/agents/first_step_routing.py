@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -48,6 +48,9 @@ class FirstStepNotice(BaseModel):
     op: Literal["begin", "confirm", "abandon"]
     key: str
     request: AgentRunRequest | None = None  # with `begin`: the run's input, as started
+    # With `begin`: the trace of the call that starts the run (W3C headers), which the
+    # step's model call belongs to (it begins before the run's activity exists).
+    trace: dict[str, str] = Field(default_factory=dict)
 
 
 class FirstStepWorkers:
