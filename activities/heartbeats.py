@@ -25,7 +25,11 @@ HAND_BACK_RETRY = timedelta(seconds=1.5)
 
 
 async def heartbeating(
-    work: Coroutine[Any, Any, T], every: float = 1.0, *, hand_back: bool = False
+    work: Coroutine[Any, Any, T],
+    every: float = 1.0,
+    *,
+    hand_back: bool = False,
+    after_loss: bool = False,
 ) -> T:
     """Run `work`, heartbeating meanwhile: Temporal delivers a cancel (CancelRun) through
     heartbeats, and cancelling `work` aborts the in-flight model HTTP call; a worker that dies
@@ -37,11 +41,13 @@ async def heartbeating(
 
     The first heartbeat goes out shortly after the start (not before: the first model
     tokens should not wait on it), then one per `every` (the worker sends at most one a
-    second to the server either way). A retried attempt first unsticks its workflow from the
-    worker that ran it so far (`forget_sticky_worker`)."""
+    second to the server either way). A retried attempt (or one `after_loss` of a worker
+    otherwise) first unsticks its workflow from the worker that ran it so far
+    (`forget_sticky_worker`)."""
     task = asyncio.ensure_future(work)
     waits: set[asyncio.Future[Any]] = {task}
-    unstick = asyncio.ensure_future(forget_sticky_worker()) if activity.info().attempt > 1 else None
+    lost = after_loss or activity.info().attempt > 1
+    unstick = asyncio.ensure_future(forget_sticky_worker()) if lost else None
     shutdown: asyncio.Future[None] | None = None
     if hand_back:
         shutdown = asyncio.ensure_future(activity.wait_for_worker_shutdown())

@@ -7,9 +7,12 @@ run (loomwork.agents.first_step_routing)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from redis.asyncio import Redis
@@ -18,11 +21,18 @@ from temporalio.api.history.v1 import HistoryEvent
 
 from loomwork.agents.first_step_routing import FirstStepWorkers
 from loomwork.config import Settings
-from loomwork.testing import Turn
+from loomwork.testing import ChatRequest, ScriptedModelServer, Turn
 from protos.loomwork.v1 import agent_pb2, agent_pb2_grpc, memory_pb2, memory_pb2_grpc, run_pb2
 from server.first_step_worker import FirstStepWorker
 from server.runtime import Runtime
-from tests.support import RunningWorker, another_server, auth, own_runtime, unique
+from tests.support import (
+    RunningWorker,
+    another_server,
+    auth,
+    own_runtime,
+    unique,
+    worker_process,
+)
 
 
 @dataclass
@@ -141,6 +151,11 @@ async def test_a_chosen_worker_that_never_takes_the_first_step_costs_the_run_a_w
         assert events[-1].run_finished.status == run_pb2.RUN_STATUS_SUCCEEDED
         assert "".join(e.text_delta.text for e in events) == "Hello, Ada."
         assert len(model.requests) == 1
+        # The step is marked as started over (had the chosen worker streamed some of it
+        # before it was lost, a reader would discard that), then streams once.
+        kinds = [e.WhichOneof("event") for e in events]
+        assert kinds.count("step_retrying") == 1
+        assert kinds.index("step_retrying") < kinds.index("text_delta")
         history = await _history(split.server, events[0].run_id)
         assert _first_activities(history) == [silent, split.server.settings.task_queue]
         [timed_out] = [
@@ -168,3 +183,72 @@ async def test_with_no_worker_hearing_a_server_starts_its_runs_as_before(
         assert events[-1].run_finished.status == run_pb2.RUN_STATUS_SUCCEEDED
         history = await _history(split.server, events[0].run_id)
         assert _first_activities(history) == [split.server.settings.task_queue]
+
+
+SLOW = "slowly " * 200  # ~20 s as streamed below: the worker is lost long before its end
+
+
+def _slow_then_recovered(request: ChatRequest) -> Turn:
+    if request.index == 0:  # the first attempt streams slowly (requests are cleared first)
+        return Turn(text=SLOW, chunk_size=7, chunk_delay=0.1)
+    return Turn(text="Recovered.")
+
+
+async def test_a_chosen_worker_killed_mid_first_step_leaves_the_step_to_another(
+    settings: Settings,
+    runtime: Runtime,
+    embedded: Mapping[str, str],
+    model: ScriptedModelServer,
+    token: str,
+    tmp_path: Path,
+) -> None:
+    """`loomwork worker` processes: the server chose the first one, which took the step
+    over and streams it when it is killed (SIGKILL); the step leaves its queue for the run's
+    own, where the second worker runs it again. The stream says the step started over."""
+    queue, log = unique("split"), tmp_path / "workers.log"
+    model.set_script(_slow_then_recovered)
+    env = {
+        "OPENAI_BASE_URL": model.base_url,
+        "OPENAI_API_KEY": "test-key",
+        "LOOMWORK_CHAT_MODEL": "scripted",
+        "LOOMWORK_DEMO": "true",
+    }
+    first = worker_process(embedded, queue, log, **env)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        async with own_runtime(settings, task_queue=queue) as server:
+            workers = server.first_steps
+            for _ in range(600):  # the first worker lists itself
+                assert first.poll() is None, log.read_text()
+                if await workers.redis.zcard(workers.registry):
+                    break
+                await asyncio.sleep(0.05)
+            async with another_server(server) as channel:
+                agents = agent_pb2_grpc.AgentServiceStub(channel)
+                stream = agents.Stream(
+                    agent_pb2.StreamRequest(agent_name="assistant", prompt="go slowly"),
+                    metadata=auth(token),
+                    timeout=90,
+                )
+                events = []
+                async for response in stream:  # until the chosen worker streams the step
+                    events.append(response.event)
+                    if response.event.HasField("text_delta"):
+                        break
+                second = worker_process(embedded, queue, log, **env)
+                first.send_signal(signal.SIGKILL)
+                events += [response.event async for response in stream]
+            history = await _history(server, events[0].run_id)
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(process.wait, 30)
+    assert events[-1].run_finished.status == run_pb2.RUN_STATUS_SUCCEEDED, log.read_text()
+    kinds = [e.WhichOneof("event") for e in events]
+    retry = len(kinds) - 1 - kinds[::-1].index("step_retrying")
+    assert "text_delta" in kinds[:retry]  # the lost worker's text, then the mark
+    assert "".join(e.text_delta.text for e in events[retry:]) == "Recovered."
+    assert len(model.requests) == 2
+    chosen, own = _first_activities(history)
+    assert chosen.startswith(f"{queue}-first-step-") and own == queue

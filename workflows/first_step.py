@@ -48,7 +48,8 @@ async def run_first_step(request: AgentRunRequest) -> FirstStep:
             )
         except ActivityError as error:
             if chosen and _not_taken(error):  # the step's draft, if any, is taken over there
-                attempt = attempt.model_copy(update={"first_step_queue": ""})
+                rerouted = {"first_step_queue": "", "first_step_rerouted": True}
+                attempt = attempt.model_copy(update=rerouted)
                 continue
             fallback = falls_back(error)
             if not fallback:

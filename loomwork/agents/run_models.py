@@ -70,6 +70,10 @@ class AgentRunRequest(BaseModel):
     # deployments, loomwork.agents.first_step_routing): the first activity goes there; ""
     # for the run's own task queue.
     first_step_queue: str = ""
+    # That worker did not take the first activity in time, which went to the run's own queue
+    # instead: the step may have streamed there before its worker was lost, so the activity
+    # here marks it started over.
+    first_step_rerouted: bool = False
     # Tools the caller declared for this run and runs itself (SubmitToolResults answers them).
     client_tools: list[ClientTool] = Field(default_factory=list)
     # The OpenTelemetry trace of the call that started the run ("" when not traced).
