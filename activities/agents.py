@@ -53,13 +53,16 @@ async def model_call(
     work: Coroutine[Any, Any, T],
     retrying: Callable[[RetryNotice], Awaitable[object]],
     attempts: int = 0,
+    *,
+    after_loss: bool = False,
 ) -> T:
     """A step with a model call (an agent's, an answer's): heartbeating, handed back when the
     worker shuts down; a failure that Temporal will retry is announced first with
     `retrying` (what failed, and how long until the next attempt). `attempts`: the most a
-    model call is tried (LOOMWORK_MODEL_CALL_ATTEMPTS; 0: as the retry policy says)."""
+    model call is tried (LOOMWORK_MODEL_CALL_ATTEMPTS; 0: as the retry policy says).
+    `after_loss`: the step may follow a lost worker (see `heartbeating`)."""
     try:
-        return await heartbeating(work, hand_back=True)
+        return await heartbeating(work, hand_back=True, after_loss=after_loss)
     except LoomworkError as error:
         last = bool(attempts) and activity.info().attempt >= attempts
         failure = application_error(error, last_attempt=last)
@@ -88,7 +91,8 @@ class AgentActivities:
             await self.steps.retrying(request, request.first_step, notice)
 
         work = self.steps.start_and_step(request, attempt=activity.info().attempt)
-        return await model_call(work, retrying, self._model_attempts())
+        lost = request.first_step_rerouted  # its chosen worker may have died mid-step
+        return await model_call(work, retrying, self._model_attempts(), after_loss=lost)
 
     @activity.defn(name="agent_model_step")
     async def model_step(self, step: StepInput) -> StepOutput:

@@ -20,9 +20,10 @@ from pydantic_ai.durable_exec.temporal import (
     PydanticAIPlugin,
     TemporalDurability,
 )
-from temporalio import workflow
+from temporalio import activity, workflow
 from temporalio.client import Client, WorkflowHandle
 from temporalio.plugin import SimplePlugin
+from tool_calls_log import record_call
 
 TOPIC = "agent-events"
 INSTRUCTIONS = (
@@ -41,6 +42,9 @@ def add(numbers: list[float]) -> AddResult:
     Args:
         numbers: The numbers to add
     """
+    # Counted by bench/peers_recovery.py: the integration runs a tool as an activity.
+    in_activity = activity.in_activity()
+    record_call((activity.info().workflow_id or "") if in_activity else "not an activity")
     return AddResult(sum=sum(numbers))
 
 
@@ -73,6 +77,16 @@ def client_plugins() -> list[SimplePlugin]:
 
 def worker_plugins() -> list[SimplePlugin]:
     return [AgentPlugin(agent)]
+
+
+def prepare_worker() -> None:
+    """Before the worker polls: resolve the agent's model, importing its client (openai,
+    aiohttp). Left to the worker's first model activity, that import once ran beside the
+    sandbox's imports of a workflow task and left aiohttp half-imported in the process for
+    good (`module aiohttp has no attribute client_exceptions`, every retry; RESULTS.md)."""
+    from pydantic_ai.models import infer_model
+
+    infer_model(agent.model if isinstance(agent.model, str) else "openai-chat:scripted")
 
 
 WORKFLOWS: list[type] = [PeerPydanticAI]

@@ -19,9 +19,9 @@ Columns, per system and round (one system at a time, the order reversed each rou
   delta the client receives, over the model's own first delta (called directly, p50);
 - runs/s with 10 and with 50 in flight: 3× that many tool runs, that many at a time.
 Ratios: each system's figure over the best peer's (Pydantic AI or OpenAI Agents) of the same
-round. The worker-SIGKILL column is not measured here: bench/worker_recovery.py measures
-Loomwork's. Event counts of one tool run's Temporal history are printed per system: workflow
-tasks, activities, signals, events.
+round. The fourth column, a worker SIGKILLed mid-stream, is bench/peers_recovery.py (it uses
+this script's model and peers' workers). Event counts of one tool run's Temporal history are
+printed per system: workflow tasks, activities, signals, events.
 
 Starts embedded Postgres, Valkey and Temporal in a temporary home; the scripted model runs in
 a process of its own.
@@ -41,7 +41,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -60,6 +61,9 @@ from server.embedded import EmbeddedStack
 ROOT = Path(__file__).resolve().parent.parent
 TOOL_PROMPT = "add 2 and 3"
 TEXT_PROMPT = "hi"
+# bench/peers_recovery.py: the tool run whose answer streams for ~2 s (80 words, 30 ms apart)
+RECOVERY_PROMPT = "add 2 and 3, then say more"
+SLOW_ANSWER = " ".join(f"word{i}" for i in range(80))
 MODEL_DELAY = 0.02  # the scripted model's own time to its first chunk
 AUTH = (("authorization", "Bearer bench"),)
 PEER_MODULES = {"pydantic-ai": "peer_pydantic_ai", "openai-agents": "peer_openai_agents"}
@@ -79,10 +83,14 @@ class Servers:
 
 
 def script(request: ChatRequest) -> Delay:
-    """Tool prompt: call `add`, then answer once its result is back; else answer at once."""
+    """Tool prompts: call `add`, then answer once its result is back (slowly for the recovery
+    prompt); else answer at once."""
+    prompt = request.last_user_text
+    if request.tool_results and prompt == RECOVERY_PROMPT:
+        return Delay(MODEL_DELAY, Turn(text=SLOW_ANSWER, chunk_size=8, chunk_delay=0.03))
     if request.tool_results:
         return Delay(MODEL_DELAY, Turn(text="The sum is 5.", chunk_size=4))
-    if request.last_user_text == TOOL_PROMPT and "add" in request.tool_names:
+    if prompt in (TOOL_PROMPT, RECOVERY_PROMPT) and "add" in request.tool_names:
         call = ScriptedToolCall(name="add", arguments={"numbers": [2, 3]})
         return Delay(MODEL_DELAY, Turn(tool_calls=[call]))
     return Delay(MODEL_DELAY, Turn(text="Hello! How can I help you today?", chunk_size=4))
@@ -301,6 +309,7 @@ async def serve_worker(name: str, address: str, queue: str) -> None:
     from temporalio.worker import Worker
 
     module: Any = importlib.import_module(PEER_MODULES[name])
+    getattr(module, "prepare_worker", lambda: None)()
     client = await Client.connect(address, plugins=module.client_plugins())
     worker = Worker(
         client,
@@ -448,18 +457,10 @@ async def bench(
         print(f"  {name:15s} {histories[name]}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--systems", nargs="+", choices=ALL_SYSTEMS, default=ALL_SYSTEMS)
-    parser.add_argument("--serve-model", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve_model:
-        return serve_model()
-    if args.worker:
-        return asyncio.run(serve_worker(*args.worker))
+@contextmanager
+def servers_and_model() -> Iterator[tuple[Servers, str, Path]]:
+    """Embedded Postgres, Valkey and Temporal in a temporary home, the scripted model in a
+    process of its own: (the servers, the model's URL, the home)."""
     with tempfile.TemporaryDirectory(prefix="loomwork-bench-") as tmp:
         stack = EmbeddedStack(Path(tmp), temporal_ui=False)
         started = stack.start()
@@ -473,11 +474,26 @@ def main() -> None:
         )
         try:
             assert model.stdout is not None
-            model_url = model.stdout.readline().strip()
-            asyncio.run(bench(endpoints, model_url, Path(tmp), args.systems, args))
+            yield endpoints, model.stdout.readline().strip(), Path(tmp)
         finally:
             model.communicate()
             stack.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--systems", nargs="+", choices=ALL_SYSTEMS, default=ALL_SYSTEMS)
+    parser.add_argument("--serve-model", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_model:
+        return serve_model()
+    if args.worker:
+        return asyncio.run(serve_worker(*args.worker))
+    with servers_and_model() as (endpoints, model_url, home):
+        asyncio.run(bench(endpoints, model_url, home, args.systems, args))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import asyncio
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,11 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lost_workers import WorkerProcesses, worker_of_pending_activity
 from scripted_settings import scripted_settings
-from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client
 
 from loomwork.agents.events import decode_event
 from loomwork.agents.run_models import AgentRunRequest, RunOutcome
@@ -57,62 +53,22 @@ def answer(request: ChatRequest) -> Turn:
     return Turn(text=ANSWER, chunk_size=8, chunk_delay=0.03)  # ~2 s of streaming
 
 
-class Workers:
-    """`loomwork worker` processes, started again when one is lost."""
-
-    def __init__(self, settings: Settings, log: Path, count: int) -> None:
-        self.env = dict(
-            os.environ,
-            DATABASE_URL=settings.database_url or "",
-            REDIS_URL=settings.redis_url or "",
-            TEMPORAL_ADDRESS=settings.temporal_address or "",
-            LOOMWORK_HOME=str(settings.home),
-            OPENAI_BASE_URL=settings.openai_base_url or "",
-            OPENAI_API_KEY="x",
-            LOOMWORK_CHAT_MODEL="scripted",
-            LOOMWORK_DEMO="true",
-            # `loomwork worker` needs one: the key this process's runtime uses.
-            LOOMWORK_SECRET_KEY=settings.secret_key or dev_secret(settings.home),
-        )
-        self.log = log
-        self.processes = {p.pid: p for p in (self._start() for _ in range(count))}
-
-    def _start(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "worker"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-
-    def lose(self, pid: int, how: signal.Signals) -> None:
-        process = self.processes.pop(pid)
-        process.send_signal(how)
-
-    async def replace_lost(self, client: Client, task_queue: str) -> None:
-        """Start a worker for each one lost; return once every worker polls for activities."""
-        while len(self.processes) < 2:
-            process = self._start()
-            self.processes[process.pid] = process
-        request = DescribeTaskQueueRequest(
-            namespace=client.namespace,
-            task_queue=TaskQueue(name=task_queue),
-            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
-        )
-        for _ in range(600):
-            described = await client.workflow_service.describe_task_queue(request)
-            polling = {int(p.identity.split("@")[0]) for p in described.pollers}
-            if set(self.processes) <= polling:
-                return
-            await asyncio.sleep(0.1)
-        raise RuntimeError("the workers did not start polling")
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            process.send_signal(signal.SIGTERM)
-        for process in self.processes.values():
-            process.wait(30)
+def loomwork_workers(settings: Settings, log: Path, count: int) -> WorkerProcesses:
+    """`count` `loomwork worker` processes on the settings' servers and task queue."""
+    env = dict(
+        os.environ,
+        DATABASE_URL=settings.database_url or "",
+        REDIS_URL=settings.redis_url or "",
+        TEMPORAL_ADDRESS=settings.temporal_address or "",
+        LOOMWORK_HOME=str(settings.home),
+        OPENAI_BASE_URL=settings.openai_base_url or "",
+        OPENAI_API_KEY="x",
+        LOOMWORK_CHAT_MODEL="scripted",
+        LOOMWORK_DEMO="true",
+        # `loomwork worker` needs one: the key this process's runtime uses.
+        LOOMWORK_SECRET_KEY=settings.secret_key or dev_secret(settings.home),
+    )
+    return WorkerProcesses([sys.executable, "-m", "server.cli", "worker"], env, log, ROOT, count)
 
 
 async def streaming(runtime: Runtime, key: str) -> None:
@@ -125,7 +81,7 @@ async def streaming(runtime: Runtime, key: str) -> None:
     raise RuntimeError("the run never streamed")
 
 
-async def one_run(runtime: Runtime, workers: Workers, how: signal.Signals | None) -> float:
+async def one_run(runtime: Runtime, workers: WorkerProcesses, how: signal.Signals | None) -> float:
     """Seconds from the signal (or, undisturbed, from the start) to the run's end."""
     run_id = f"run_{uuid.uuid4().hex[:12]}"
     key = event_log_key("bench", run_id)
@@ -144,10 +100,7 @@ async def one_run(runtime: Runtime, workers: Workers, how: signal.Signals | None
     if how is not None:
         await streaming(runtime, key)
         await asyncio.sleep(0.3)
-        description = await handle.describe()
-        [pending] = description.raw_description.pending_activities
-        pid = int(pending.last_worker_identity.split("@")[0])
-        workers.lose(pid, how)
+        workers.lose(await worker_of_pending_activity(handle), how)
         started = time.monotonic()
     outcome: RunOutcome = await handle.result()
     ended = time.monotonic()
@@ -160,7 +113,7 @@ async def one_run(runtime: Runtime, workers: Workers, how: signal.Signals | None
 async def run(settings: Settings, log: Path, runs: int) -> None:
     runtime = await Runtime.open(settings)
     await register_search_attributes(runtime.temporal, settings.temporal_namespace)
-    workers = Workers(settings, log, 2)
+    workers = loomwork_workers(settings, log, 2)
     queue = settings.task_queue
     await workers.replace_lost(runtime.temporal, queue)
     samples: dict[str, list[float]] = {"undisturbed": [], "SIGKILL": [], "SIGTERM": []}

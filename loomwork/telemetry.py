@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from opentelemetry import metrics, trace
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import Span, SpanKind
 from opentelemetry.util.types import AttributeValue
 
@@ -75,6 +76,24 @@ def current_trace_id() -> str:
     """The id of the trace the caller runs in (32 hex digits), or "" when there is none."""
     context = trace.get_current_span().get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else ""
+
+
+def trace_carrier() -> dict[str, str]:
+    """The current trace context as W3C headers: for work another process begins on this
+    one's behalf (`continuing`)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+@contextmanager
+def continuing(carrier: dict[str, str]) -> Iterator[None]:
+    """Work begun in here belongs to the trace `carrier` names (`trace_carrier`'s)."""
+    token = otel_context.attach(propagate.extract(carrier))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 @dataclass

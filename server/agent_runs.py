@@ -32,6 +32,7 @@ from loomwork.agents.catalog import AgentCatalog
 from loomwork.agents.definitions import AgentDefinition
 from loomwork.agents.directory import RunDirectory
 from loomwork.agents.events import RunFinished, RunStarted, encode_event
+from loomwork.agents.first_step_routing import FirstStepNotice
 from loomwork.agents.run_models import (
     AgentFork,
     AgentRunRequest,
@@ -52,11 +53,11 @@ from loomwork.errors import (
 from loomwork.ids import new_id
 from loomwork.memory.settings import MemorySettings, merge
 from loomwork.messages import NewMessage, NewThread, Role
-from loomwork.telemetry import current_trace_id
+from loomwork.telemetry import current_trace_id, trace_carrier
 from loomwork.tools.client_tools import ClientTool, check_names_free
 from server.quotas import admit_run, refuse_run
 from server.runtime import Runtime
-from server.temporal import eagerly_started, workflow_open
+from server.temporal import eagerly_started, newly_started, workflow_open
 from workflows.agent_run import AgentRunWorkflow
 from workflows.search_attributes import AGENT, RESOURCE, RUN, STATUS, TENANT, THREAD
 
@@ -226,7 +227,10 @@ class AgentRunStarter:
             and steps.speculate(run_request)
         )
         run_request.first_step_begun = speculating
+        # No worker here (a `loomwork server`): a worker chosen for it begins the step.
+        chosen = await self._begin_elsewhere(accepted, key) if accepted.new else ""
         started: bool | None = None  # None: no new run; else whether it came here (eager)
+        created = False  # whether this start created the run
         try:
             # A client run id names one run: a repeat joins it, running or finished.
             handle = await runtime.temporal.start_workflow(
@@ -242,6 +246,7 @@ class AgentRunStarter:
                 static_summary=f"agent {run_request.agent_name}, run {run_request.run_id}",
             )
             started = eagerly_started(handle)
+            created = newly_started(handle)
         except WorkflowAlreadyStartedError:
             handle = runtime.temporal.get_workflow_handle_for(AgentRunWorkflow.run, workflow_id)
         except RPCError as error:
@@ -264,9 +269,30 @@ class AgentRunStarter:
                     runtime.speculation.confirm(key)
                 else:  # not started, or its first task went to the task queue: not ours
                     runtime.speculation.abandon(key, refused=started is False)
+            if chosen:  # confirmed: the step may write and draft; else it is cancelled
+                notice = FirstStepNotice(op="confirm" if created else "abandon", key=key)
+                await runtime.first_steps.tell(chosen, notice)
         if accepted.named:  # a repeat of the id, once Temporal dropped the run, is refused
             await self.directory.mark_started(tenant_id, run_request.run_id)
         return handle
+
+    async def _begin_elsewhere(self, accepted: AcceptedRun, key: str) -> str:
+        """With no worker in this process: tell a worker to begin the run's first step,
+        and name its first-step queue in the run's input (loomwork.agents.first_step_routing);
+        that queue, or "" when no worker is listed or heard."""
+        runtime, request = self.runtime, accepted.request
+        if runtime.agent_steps is not None or not runtime.settings.speculative_first_step:
+            return ""
+        queue = await runtime.first_steps.choose()
+        if queue is None:
+            return ""
+        routed = request.model_copy(update={"first_step_queue": queue, "first_step_begun": True})
+        if not await runtime.first_steps.tell(
+            queue, FirstStepNotice(op="begin", key=key, request=routed, trace=trace_carrier())
+        ):
+            return ""
+        request.first_step_queue, request.first_step_begun = queue, True
+        return queue
 
     async def _end_refused(self, accepted: AcceptedRun, error: Unavailable) -> None:
         """End the log of a run Temporal refused to start with its run_failed."""

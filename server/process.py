@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from loomwork.config import Settings
+from server.first_step_worker import FirstStepWorker
 from server.runtime import Runtime
 from server.telemetry.tracing import flush_spans
 from server.temporal import register_search_attributes
@@ -59,6 +60,8 @@ async def serve(
     http: HttpServer | None = None
     worker_task: asyncio.Task[None] | None = None
     temporal_worker = None
+    first_steps: FirstStepWorker | None = None
+    first_steps_task: asyncio.Task[None] | None = None
     try:
         if register_attributes:
             await register_search_attributes(runtime.temporal, settings.temporal_namespace)
@@ -66,6 +69,10 @@ async def serve(
             temporal_worker = build_worker(runtime)
             worker_task = asyncio.create_task(temporal_worker.run(), name="temporal-worker")
             log.info("worker polling task queue %s", settings.task_queue)
+            if settings.speculative_first_step:  # servers without a worker route to it
+                first_steps = FirstStepWorker(runtime)
+                first_steps_task = asyncio.create_task(first_steps.run(), name="first-steps")
+                log.info("first steps routed here on task queue %s", first_steps.queue)
         address = None
         if grpc:
             app = build_grpc_app(
@@ -113,6 +120,11 @@ async def serve(
             await http.stop()
         if app:
             await app.stop(grace=10.0)
+        if first_steps is not None and first_steps_task is not None:
+            with contextlib.suppress(Exception):
+                await first_steps.shutdown()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await first_steps_task
         if temporal_worker is not None and worker_task and not worker_task.done():
             with contextlib.suppress(Exception):
                 await temporal_worker.shutdown()

@@ -11,6 +11,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from temporalio.client import Client
 
 from loomwork.agents.definitions import AgentRegistry
+from loomwork.agents.first_step_routing import FirstStepWorkers
 from loomwork.agents.memory_tool import working_memory_tool
 from loomwork.agents.payloads import FirstStep
 from loomwork.agents.speculation import SpeculativeSteps
@@ -105,6 +106,8 @@ class Runtime:
     # once, for the run's first activity (in this process) to adopt.
     agent_steps: AgentSteps | None = None
     speculation: SpeculativeSteps[FirstStep] = field(default_factory=SpeculativeSteps)
+    # With no worker here: the workers that begin first steps for the runs started here.
+    first_steps: FirstStepWorkers = field(init=False)
     # Demo mode (Settings.demo): what it registered, and the offline model it runs if any.
     demo: DemoMode | None = None
     # Traces, metrics and the Temporal runtime of the process (server/telemetry/).
@@ -263,6 +266,7 @@ class Runtime:
         )
 
     def __post_init__(self) -> None:
+        self.first_steps = FirstStepWorkers(self.redis, self.settings.task_queue)
         if self.rag is not None and RAG_QUERY_TOOL not in {t.name for t in self.tools.all()}:
             self.tools.register(rag_query_tool(self.rag.retriever))
         # Workflow definitions are checked at start-up: whatever the application registered

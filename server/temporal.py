@@ -97,6 +97,16 @@ def eagerly_started(handle: WorkflowHandle[Any, Any]) -> bool:
     return bool(getattr(handle, "__temporal_eagerly_started", False))
 
 
+def newly_started(handle: WorkflowHandle[Any, Any]) -> bool:
+    """Whether the start that returned `handle` created the run (not joined one, as
+    USE_EXISTING does). temporalio keeps the start's response on the handle without a
+    public accessor (1.35); if that changes this answers False, and a worker chosen to
+    begin a run's first step is told to drop it (tests/test_agents_first_step_routing.py
+    notices)."""
+    response = getattr(handle, "_start_workflow_response", None)
+    return bool(getattr(response, "started", False))
+
+
 async def start_input(
     handle: WorkflowHandle[Any, Any], converter: DataConverter, input_type: type[T]
 ) -> T | None:

@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from temporalio.api.enums.v1 import EventType, TimeoutType
+from temporalio.api.enums.v1 import EventType, TaskQueueKind, TimeoutType
 from temporalio.api.history.v1 import HistoryEvent
 
 from activities.heartbeats import HAND_BACK_RETRY
@@ -141,6 +141,24 @@ async def test_a_worker_killed_mid_stream_is_replaced_after_its_heartbeat_timeou
     assert started.attempt == 2
     timeout = started.last_failure.timeout_failure_info
     assert timeout.timeout_type == TimeoutType.TIMEOUT_TYPE_HEARTBEAT
+    # The task after the step went to the task queue, not to the killed worker's sticky
+    # queue: no workflow task waited there for a worker that was gone.
+    completed = next(
+        i
+        for i, e in enumerate(history)
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+        and e.activity_task_completed_event_attributes.scheduled_event_id
+        == started.scheduled_event_id
+    )
+    after = next(
+        e
+        for e in history[completed:]
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED
+    )
+    queue = after.workflow_task_scheduled_event_attributes.task_queue
+    assert queue.kind == TaskQueueKind.TASK_QUEUE_KIND_NORMAL, queue
+    kinds = [e.event_type for e in history]
+    assert EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT not in kinds
 
 
 async def test_a_worker_stopped_mid_stream_hands_the_step_back_at_once(

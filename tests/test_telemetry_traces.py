@@ -180,7 +180,9 @@ def test_one_trace_from_the_rpc_through_the_run_to_the_model(
     assert rpc.attributes["rpc.grpc.status_code"] == 0 and rpc.service == "loomwork-test"
     ids = {s.span_id for s in spans}
     assert all(s.parent_span_id in ids for s in spans if s is not rpc)
-    # The model calls, under the run's activities, under its workflow, under the RPC.
+    # The model calls: the first one begun by the worker as the server started the run
+    # (before the run's first activity existed, which took it over), under the RPC; the
+    # second under its activity, under the workflow, under the RPC.
     chats = sorted(
         (s for s in spans if s.name == "chat scripted"),
         key=lambda s: s.attributes["gen_ai.usage.input_tokens"],
@@ -191,10 +193,16 @@ def test_one_trace_from_the_rpc_through_the_run_to_the_model(
         assert chat.attributes["gen_ai.request.model"] == "scripted"
         assert chat.attributes["gen_ai.usage.input_tokens"] == input_tokens
         assert chat.attributes["gen_ai.usage.output_tokens"] == output_tokens
-        parents = ancestors(chat, spans)
-        assert parents[0] in ("RunActivity:agent_start_and_step", "RunActivity:agent_model_step")
-        assert parents[1] == parents[0].replace("RunActivity", "StartActivity")  # the workflow's
-        assert parents[2:] == ["StartWorkflow:AgentRun", RPC_SPAN]
+    first, second = (ancestors(chat, spans) for chat in chats)
+    assert first == [RPC_SPAN]
+    assert second == [
+        "RunActivity:agent_model_step",
+        "StartActivity:agent_model_step",  # the workflow's
+        "StartWorkflow:AgentRun",
+        RPC_SPAN,
+    ]
+    [first_activity] = [s for s in spans if s.name == "RunActivity:agent_start_and_step"]
+    assert ancestors(first_activity, spans)[1:] == ["StartWorkflow:AgentRun", RPC_SPAN]
     [workflow] = [s for s in spans if s.name == "RunWorkflow:AgentRun"]
     assert ancestors(workflow, spans) == ["StartWorkflow:AgentRun", RPC_SPAN]
     [tool] = [s for s in spans if s.name == "execute_tool add"]

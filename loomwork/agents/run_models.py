@@ -66,6 +66,14 @@ class AgentRunRequest(BaseModel):
     # the step's events may have gone out as a draft, which an activity running the step
     # itself takes over.
     first_step_begun: bool = False
+    # The task queue of the worker a server chose to begin the first step on (split
+    # deployments, loomwork.agents.first_step_routing): the first activity goes there; ""
+    # for the run's own task queue.
+    first_step_queue: str = ""
+    # That worker did not take the first activity in time, which went to the run's own queue
+    # instead: the step may have streamed there before its worker was lost, so the activity
+    # here marks it started over.
+    first_step_rerouted: bool = False
     # Tools the caller declared for this run and runs itself (SubmitToolResults answers them).
     client_tools: list[ClientTool] = Field(default_factory=list)
     # The OpenTelemetry trace of the call that started the run ("" when not traced).

@@ -237,12 +237,13 @@ class AgentSteps:
         # Begun by the service, but not taken over here: fence off the step's draft (it may
         # run in another process), and have readers discard what it streamed (a retry says
         # so itself, in model_step).
+        # A step rerouted from the worker chosen for it may have streamed there before that
+        # worker was lost: readers discard it as well (loomwork.agents.first_step_routing).
         log_key, draft = event_log_key(request.tenant, request.log_run_id), FIRST_STEP
-        if (
-            request.first_step_begun
-            and await self.events.take_draft(log_key, draft + request.run_path)
-            and attempt == 1
-        ):
+        took_draft = request.first_step_begun and await self.events.take_draft(
+            log_key, draft + request.run_path
+        )
+        if attempt == 1 and (took_draft or request.first_step_rerouted):
             await self.publish(request, StepRetrying(step=request.first_step, attempt=1))
         return await self._start_and_step(request, attempt)
 
