@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import httpx2
 import pytest
+import redis
 
 from loomwork.testing import ScriptedModelServer, ScriptedToolCall, Turn
 from loomwork.testing.script import Usage
@@ -61,6 +62,13 @@ class TracedStack:
             assert self.worker.poll() is None, self.worker_log.read_text()
             assert time.monotonic() < deadline, self.worker_log.read_text()
             time.sleep(0.2)
+        # Polling, and listed for the first steps the server routes to workers (it lists
+        # itself a moment later: a run started before then begins its step the usual way).
+        listing = f"loomwork:first-step-workers:{self.environment['LOOMWORK_TASK_QUEUE']}"
+        with redis.Redis.from_url(self.environment["REDIS_URL"]) as client:
+            while not client.zrangebyscore(listing, time.time(), "+inf"):
+                assert time.monotonic() < deadline, self.worker_log.read_text()
+                time.sleep(0.05)
 
     def restart_worker(self) -> None:
         stop_loomwork("worker", self.worker, self.worker_log)
