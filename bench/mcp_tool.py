@@ -202,13 +202,16 @@ async def run(settings: Settings, mcp_url: str, runs: int) -> None:
     print(f"  bare activity round trip (no-op)          {p50['bare']:6.1f} ms")
     print(f"  bare activity making the call (McpClient)  {p50['bare_call']:6.1f} ms")
     print(f"  in a run: agent_mcp_tool_call             {p50['run']:6.1f} ms")
-    direct = min(p50["held"], p50["session"])  # the faster direct figure, to be strict
-    over = p50["run"] - direct
-    verdict = "met" if over <= p50["bare"] else "missed"
-    print(
-        f"  in a run over direct ({direct:.1f} ms) {over:+.1f} ms; goal ≤ one bare activity"
-        f" round trip (+{p50['bare']:.1f} ms): {verdict} by {abs(p50['bare'] - over):.1f} ms"
-    )
+    # The goal's baseline is the call made directly with the `mcp` client (the SDK's own
+    # session, held); Loomwork's McpClient makes it faster still, so it is shown too.
+    for name, direct in (("the mcp client", p50["held"]), ("McpClient, stricter", p50["session"])):
+        over = p50["run"] - direct
+        verdict = "met" if over <= p50["bare"] else "missed"
+        print(
+            f"  in a run over direct with {name} ({direct:.1f} ms) {over:+.1f} ms; goal ≤ one"
+            f" bare activity round trip (+{p50['bare']:.1f} ms): {verdict}"
+            f" by {abs(p50['bare'] - over):.1f} ms"
+        )
     print(
         f"  ratio in a run / bare activity making the same call: "
         f"{p50['run'] / p50['bare_call']:.2f}×"
