@@ -127,6 +127,46 @@ def test_html_main_text_without_noise_and_with_headings() -> None:
     assert paths == [["Install"], ["Install", "On Linux"], ["Install", "On macOS"]]
 
 
+# From the PostgreSQL 15 documentation (bench/data/postgres-docs/html/app-pgdump.html, PostgreSQL
+# Licence), trimmed: a note box inside one option's description, the next option after it.
+PG_DUMP_OPTIONS = """<!DOCTYPE html><html><head><title>pg_dump</title></head><body>
+<div class="refentry"><div class="refnamediv"><h2>pg_dump</h2><p>pg_dump — extract a
+PostgreSQL database into a script file or other archive file</p></div>
+<div class="refsect1" id="PG-DUMP-OPTIONS"><div class="titlepage"><h2>Options</h2></div><p>
+The following command-line options control the content and format of the output.</p>
+<div class="variablelist"><dl class="variablelist">
+<dt><span class="term"><code class="option">-e pattern</code></span></dt><dd><p>
+Dump only extensions matching pattern.</p><div class="note"><h3 class="title">Note</h3><p>
+When <code class="option">-e</code> is specified, pg_dump makes no attempt to dump any other
+database objects that the selected extension(s) might depend upon.</p></div></dd>
+<dt><span class="term"><code class="option">-E encoding</code></span></dt><dd><p>
+Create the dump in the specified character set encoding.</p></dd></dl></div></div>
+<div class="refsect1"><h2>Environment</h2><p>PGDATABASE</p></div></div></body></html>""".encode()
+
+
+def test_html_heading_ends_with_the_box_that_holds_it() -> None:
+    """A note box's heading labels the note, not the options after it; a heading wrapped
+    alone in a title div labels what follows the div."""
+    doc = extract(PG_DUMP_OPTIONS, DocumentFormat.UNSPECIFIED)
+    by_text = {
+        phrase: next(s.heading_path for s in doc.sections if phrase in " ".join(s.text.split()))
+        for phrase in (
+            "control the content and format",
+            "Dump only extensions",
+            "makes no attempt to dump",
+            "specified character set encoding",
+            "PGDATABASE",
+        )
+    }
+    assert by_text == {
+        "control the content and format": ["Options"],
+        "Dump only extensions": ["Options"],
+        "makes no attempt to dump": ["Options", "Note"],
+        "specified character set encoding": ["Options"],
+        "PGDATABASE": ["Environment"],
+    }
+
+
 MARKDOWN = """# Guide
 
 Intro text.

@@ -254,8 +254,10 @@ def _html(text: str) -> ExtractedDocument:
         node.decompose()
     root = tree.css_first("main") or tree.css_first("article") or tree.body or tree.root
     sections: list[Section] = []
-    path: list[tuple[int, str]] = []
+    # (level, heading, body characters seen when it was pushed)
+    path: list[tuple[int, str, int]] = []
     buffer: list[str] = []
+    body = [0]  # characters of non-heading text seen so far
 
     def flush() -> None:
         joined = re.sub(r"[ \t]*\n[ \t]*", "\n", "".join(buffer))
@@ -263,13 +265,15 @@ def _html(text: str) -> ExtractedDocument:
         joined = re.sub(r"\n{3,}", "\n\n", joined).strip()
         buffer.clear()
         if joined:
-            sections.append(Section(text=joined + "\n\n", heading_path=[h for _, h in path]))
+            sections.append(Section(text=joined + "\n\n", heading_path=[h for _, h, _ in path]))
 
     def walk(node: Node) -> None:
         for child in node.iter(include_text=True):
             tag = child.tag
             if tag == "-text":
-                buffer.append(re.sub(r"\s+", " ", child.text_content or ""))
+                text = re.sub(r"\s+", " ", child.text_content or "")
+                buffer.append(text)
+                body[0] += len(text.strip())
             elif tag in _HEADINGS:
                 flush()
                 level = _HEADINGS[tag]
@@ -277,7 +281,7 @@ def _html(text: str) -> ExtractedDocument:
                 while path and path[-1][0] >= level:
                     path.pop()
                 if heading:
-                    path.append((level, heading))
+                    path.append((level, heading, body[0]))
                     buffer.append(heading + "\n\n")
             elif tag in ("-comment",):
                 continue
@@ -285,9 +289,17 @@ def _html(text: str) -> ExtractedDocument:
                 block = tag in _BLOCKS
                 if block:
                     buffer.append("\n")
+                outer = list(path)
                 walk(child)
                 if block:
                     buffer.append("\n")
+                # A heading ends with the element that holds it and its text (a note box,
+                # a <section>): the path outside it comes back. One wrapped alone (a title
+                # div) goes on after it.
+                pushed = [seen for entry in path if entry not in outer for seen in entry[2:]]
+                if pushed and body[0] > min(pushed):
+                    flush()
+                    path[:] = outer
 
     if root is not None:
         walk(root)
