@@ -204,6 +204,9 @@ async def test_steps_wait_for_confirmation_and_adoption_and_pause_after_a_refusa
     assert task is not None and await task == "done"
     assert seen == ["writes", "publishes"]
     assert speculation.adopt("a") is None  # adopted once
+    # Nor begun again once adopted: a second call naming the run's client id, late to
+    # start it, must not ask the model again.
+    assert not speculation.begin("a", step)
     # Outside a step nothing waits.
     await asyncio.wait_for(until_adopted(), 1)
 

@@ -84,16 +84,26 @@ class SpeculativeSteps(Generic[T]):
         self.pause = pause
         self.refusals = refusals
         self._steps: dict[str, _Step[T]] = {}
+        # When each key's step was begun, kept `ttl` beyond that: a run's first step is
+        # begun once. (Two calls naming one client run id at once both start the run; the
+        # later one, once the first step was adopted and gone, would begin it again.)
+        self._begun: dict[str, float] = {}
         self._paused_until = 0.0
         self._refused = 0  # starts in a row that did not come to this process
         self.adopted = 0  # how many steps an activity took over (for tests and benchmarks)
 
     def begin(self, key: str, work: Callable[[], Coroutine[Any, Any, T]]) -> bool:
         """Begin `work` as the step of `key`; False (nothing begun) while paused or when the
-        key has a step already."""
+        key has (or had, within `ttl`) a step already."""
         loop = asyncio.get_running_loop()
-        if key in self._steps or loop.time() < self._paused_until:
+        now = loop.time()
+        if key in self._steps or now < self._paused_until:
             return False
+        for old in [k for k, at in self._begun.items() if at < now - self.ttl]:
+            del self._begun[old]
+        if key in self._begun:
+            return False
+        self._begun[key] = now
         step: _Step[T] = _Step(ttl=self.ttl)
         context = contextvars.copy_context()
         context.run(_current.set, step)
