@@ -1,6 +1,10 @@
 """Semantic recall and RAG Query at scale: p50 latency and recall@10 against exact search.
 
-    nice -n 10 .venv/bin/python bench/vector_scale.py --sizes 50000,100000,200000
+    nice -n 19 .venv/bin/python bench/vector_scale.py --sizes 250000,500000,1000000
+
+Loading and index builds run at the bench's niceness (the embedded Postgres it starts
+inherits it); the measurements at niceness 0 (`--measure-nice`; raising priority needs
+root, else they stay niced), so a shared machine's other work does not starve them.
 
 For each size N (ascending, each in fresh tables of one embedded Postgres):
 
@@ -14,6 +18,10 @@ For each size N (ascending, each in fresh tables of one embedded Postgres):
   HNSW's worst case and make no meaningful recall). Query vectors are fresh draws from
   the same mixture. All tenants share the mixture, so a tenant's rows are spread all
   over the graph: the case where a filter makes HNSW post-filtering lose rows.
+* The embedded Postgres runs with its memory settings sized to the machine
+  (server/embedded/postgres_settings.py; `--pg-settings` overrides). Before each group of
+  measurements its index is read into shared buffers (`pg_prewarm`): a service answering
+  steady traffic has it there.
 * Measured through the real code path: `MessageRecall.search` (resource scope of `big`
   and of `small`, thread scope of `big`; top_k 10, no neighbours) and `Retriever.search`
   (vector mode, top_k 10) of `big` and `small`, with an embedding provider that answers the
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -55,6 +64,7 @@ from loomwork.storage.database import Database
 from loomwork.storage.migrations import apply_migrations
 from loomwork.storage.postgres import PostgresMemoryStorage
 from server.embedded import EmbeddedStack
+from server.embedded.postgres_settings import parse_settings
 
 DIM = 384
 MODEL = "all-MiniLM-L6-v2"
@@ -82,6 +92,47 @@ def resource_of(thread: Any) -> Any:
 
 def load_avg() -> str:
     return "load {:.1f}/{:.1f}/{:.1f}".format(*os.getloadavg())
+
+
+class Priority:
+    """Niceness of the bench and of its Postgres (postmaster, every backend and worker)."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self.base = os.getpriority(os.PRIO_PROCESS, 0)
+
+    async def set(self, db: Database, nice: int) -> None:
+        async with db.connection() as conn:
+            cur = await conn.execute("select pid from pg_stat_activity")
+            pids = [int(r["pid"]) for r in await cur.fetchall()]
+        pids += [int((self.pgdata / "postmaster.pid").read_text().split()[0]), os.getpid()]
+        # Not root: raising priority is refused, and the measurement stays niced.
+        for pid in pids:
+            with contextlib.suppress(PermissionError, ProcessLookupError):
+                os.setpriority(os.PRIO_PROCESS, pid, nice)
+
+
+async def prewarm(db: Database, *relations: str) -> None:
+    """Read relations into shared buffers (as far as they fit)."""
+    async with db.connection() as conn:
+        for relation in relations:
+            await conn.execute("select pg_prewarm(%s::regclass)", (relation,))
+
+
+async def build(conn: Any, ddl: str) -> tuple[float, list[str]]:
+    """Run an index build; its seconds and pgvector's notices (a graph past memory)."""
+    notices: list[str] = []
+
+    def keep(diag: Any) -> None:
+        notices.append(str(diag.message_primary))
+
+    conn.add_notice_handler(keep)
+    t0 = time.perf_counter()
+    try:
+        await conn.execute(ddl)
+    finally:
+        conn.remove_notice_handler(keep)
+    return time.perf_counter() - t0, notices
 
 
 class Prepared:
@@ -177,21 +228,29 @@ async def load_memory(db: Database, c: Corpus) -> dict[str, Any]:
                 )
             ),
         )
-        t0 = time.perf_counter()
-        await conn.execute(
-            f"create index {SPACE}_hnsw on {SPACE} using hnsw (embedding vector_cosine_ops)"
+        seconds, notices = await build(
+            conn, f"create index {SPACE}_hnsw on {SPACE} using hnsw (embedding vector_cosine_ops)"
         )
-        build = time.perf_counter() - t0
-        await conn.execute(f"analyze {SPACE}")
-        cur = await conn.execute("select pg_relation_size(%s) as size", (f"{SPACE}_hnsw",))
+        await conn.execute(f"vacuum analyze {SPACE}")
+        cur = await conn.execute(
+            "select pg_relation_size(%s) as size, pg_table_size(%s) as heap",
+            (f"{SPACE}_hnsw", SPACE),
+        )
         row = await cur.fetchone()
         assert row is not None
-    return {"build_s": build, "index_bytes": int(row["size"]), "load": load_avg()}
+    return {
+        "build_s": seconds,
+        "index_bytes": int(row["size"]),
+        "heap_bytes": int(row["heap"]),
+        "notices": notices,
+        "load": load_avg(),
+    }
 
 
 async def load_rag(db: Database, store: RagStore, c: Corpus) -> dict[str, Any]:
-    build = 0.0
+    seconds = 0.0
     size = 0
+    notices: list[str] = []
     async with db.connection() as conn:
         await register_vector_async(conn)
         await conn.execute("truncate rag_chunks, rag_documents, rag_indexes cascade")
@@ -217,9 +276,19 @@ async def load_rag(db: Database, store: RagStore, c: Corpus) -> dict[str, Any]:
             documents = (len(rows) + 99) // 100
             await copy_rows(
                 conn,
-                "copy rag_documents (index_id, id, title, format, status)",
-                ["int8", "text", "text", "text", "text"],
-                ((index.id, f"d{d}", f"doc {d}", "plain_text", "ready") for d in range(documents)),
+                "copy rag_documents (index_id, id, title, format, status, chunk_count)",
+                ["int8", "text", "text", "text", "text", "int4"],
+                (
+                    (
+                        index.id,
+                        f"d{d}",
+                        f"doc {d}",
+                        "plain_text",
+                        "ready",
+                        min(100, len(rows) - 100 * d),
+                    )
+                    for d in range(documents)
+                ),
             )
             await copy_rows(
                 conn,
@@ -230,16 +299,25 @@ async def load_rag(db: Database, store: RagStore, c: Corpus) -> dict[str, Any]:
                     for o, v in zip(c.ordinal[rows].tolist(), c.vectors[rows], strict=True)
                 ),
             )
-            t0 = time.perf_counter()
-            await conn.execute(found["indexdef"])
-            build += time.perf_counter() - t0
+            took, said = await build(conn, found["indexdef"])
+            seconds += took
+            notices += said
             cur = await conn.execute("select pg_relation_size(%s) as size", (hnsw,))
             got = await cur.fetchone()
             assert got is not None
             size += int(got["size"])
         await conn.execute("alter table rag_chunks alter column tsv drop default")
-        await conn.execute("analyze rag_chunks")
-    return {"build_s": build, "index_bytes": size, "load": load_avg()}
+        await conn.execute("vacuum analyze rag_chunks")
+        cur = await conn.execute("select pg_table_size('rag_chunks') as heap")
+        heap = await cur.fetchone()
+        assert heap is not None
+    return {
+        "build_s": seconds,
+        "index_bytes": size,
+        "heap_bytes": int(heap["heap"]),
+        "notices": notices,
+        "load": load_avg(),
+    }
 
 
 async def timed(
@@ -311,6 +389,7 @@ async def measure(url: str, db: Database, c: Corpus, queries: int, ef: list[int]
     cases = [("big", RecallScope.RESOURCE, 0, False), ("big", RecallScope.RESOURCE, 0, True)]
     cases += [("small", RecallScope.RESOURCE, 0, False), ("big", RecallScope.THREAD, 0, False)]
     exact_rows = recall_module.EXACT_SCOPE_ROWS
+    await prewarm(db, f"{SPACE}_hnsw", f"{SPACE}_by_resource", f"{SPACE}_by_thread")
     for tenant, scope, owner, forced in cases:
         rows = c.rows(tenant)
         column = "resource_id" if scope is RecallScope.RESOURCE else "thread_id"
@@ -378,6 +457,7 @@ async def measure(url: str, db: Database, c: Corpus, queries: int, ef: list[int]
     # RAG: the tenant's index (its own partial HNSW), top 10.
     for tenant in MEASURED:
         index = await retriever.store.get_index(tenant, "kb")
+        await prewarm(db, f"rag_chunks_hnsw_{index.id}")
         rows = c.rows(tenant)
         sql = (
             f"select id from rag_chunks c where c.index_id = {index.id} order by"
@@ -407,64 +487,88 @@ async def measure(url: str, db: Database, c: Corpus, queries: int, ef: list[int]
     await bare_conn.close()
 
 
-async def run(url: str, sizes: list[int], queries: int, ef: list[int]) -> None:
+async def run(
+    url: str, pgdata: Path, sizes: list[int], queries: int, ef: list[int], nice: int
+) -> None:
     db = Database(url, max_size=4)
     await db.open()
     await apply_migrations(db)
     await MessageRecall(db, Prepared(), PostgresMemoryStorage(db)).ensure_space()
     async with db.connection() as conn:
+        await conn.execute("create extension if not exists pg_prewarm")
         cur = await conn.execute(
             "select current_setting('shared_buffers') sb, current_setting('work_mem') wm,"
             " current_setting('effective_cache_size') ecs,"
+            " current_setting('maintenance_work_mem') mwm,"
             " current_setting('max_parallel_maintenance_workers') pmw,"
             " (select extversion from pg_extension where extname = 'vector') pgv, version() v"
         )
         s = await cur.fetchone()
         assert s is not None
-        # The build runs in the pool's connections; give every session the build memory.
-        await conn.execute("alter system set maintenance_work_mem = '1GB'")
-        await conn.execute("select pg_reload_conf()")
     print(
         f"{s['v'].split(',')[0]}, pgvector {s['pgv']}; shared_buffers {s['sb']}, work_mem"
-        f" {s['wm']}, effective_cache_size {s['ecs']}, maintenance_work_mem 1GB,"
-        f" max_parallel_maintenance_workers {s['pmw']}",
+        f" {s['wm']}, effective_cache_size {s['ecs']}, maintenance_work_mem {s['mwm']},"
+        f" max_parallel_maintenance_workers {s['pmw']}; {os.cpu_count()} cores,"
+        f" {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB",
         flush=True,
     )
     store = RagStore(db)
+    priority = Priority(pgdata)
     for n in sizes:
         c = Corpus(n)
         print(f"N = {n} vectors per table (big {c.counts[0]}, small {c.counts[1]})", flush=True)
-        t0 = time.perf_counter()
-        m = await load_memory(db, c)
-        print(
-            f"  memory: loaded + indexed in {time.perf_counter() - t0:.0f}s; HNSW build"
-            f" {m['build_s']:.0f}s, {m['index_bytes'] / 2**20:.0f} MiB  [{m['load']}]",
-            flush=True,
-        )
-        t0 = time.perf_counter()
-        g = await load_rag(db, store, c)
-        print(
-            f"  rag: loaded + indexed in {time.perf_counter() - t0:.0f}s; 10 partial HNSW"
-            f" builds {g['build_s']:.0f}s, {g['index_bytes'] / 2**20:.0f} MiB  [{g['load']}]",
-            flush=True,
-        )
+        await priority.set(db, priority.base)
+        for name, load in (
+            ("memory", partial(load_memory, db, c)),
+            ("rag", partial(load_rag, db, store, c)),
+        ):
+            t0 = time.perf_counter()
+            r = await load()
+            what = "HNSW build" if name == "memory" else "10 partial HNSW builds"
+            print(
+                f"  {name}: loaded + indexed in {time.perf_counter() - t0:.0f}s; {what}"
+                f" {r['build_s']:.0f}s, index {r['index_bytes'] / 2**20:.0f} MiB, table"
+                f" {r['heap_bytes'] / 2**20:.0f} MiB  [{r['load']}]",
+                flush=True,
+            )
+            for notice in sorted(set(r["notices"])):
+                print(f"    build notice: {notice}", flush=True)
+        await priority.set(db, nice)
         await measure(url, db, c, queries, ef)
     await db.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="50000,100000,200000")
+    parser.add_argument("--sizes", default="250000,500000,1000000")
     parser.add_argument("--queries", type=int, default=100)
-    parser.add_argument("--ef", default="40", help="hnsw.ef_search values of the bare SQL")
+    parser.add_argument("--ef", default="200", help="hnsw.ef_search values of the bare SQL")
+    parser.add_argument(
+        "--pg-settings", default="", help="embedded Postgres settings, name=value,... (sized)"
+    )
+    parser.add_argument("--measure-nice", type=int, default=0, help="niceness of measurements")
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     ef = [int(x) for x in args.ef.split(",")]
     with tempfile.TemporaryDirectory(prefix="loomwork-bench-") as tmp:
-        stack = EmbeddedStack(Path(tmp), redis=False, temporal=False)
+        stack = EmbeddedStack(
+            Path(tmp),
+            redis=False,
+            temporal=False,
+            postgres_settings=parse_settings(args.pg_settings),
+        )
         endpoints = stack.start()
         try:
-            asyncio.run(run(endpoints.database_url or "", sizes, args.queries, ef))
+            asyncio.run(
+                run(
+                    endpoints.database_url or "",
+                    stack.pgdata,
+                    sizes,
+                    args.queries,
+                    ef,
+                    args.measure_nice,
+                )
+            )
         finally:
             stack.stop()
 

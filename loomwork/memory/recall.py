@@ -207,6 +207,9 @@ class MessageRecall:
         async with self.db.connection() as conn:
             await self._use_vectors(conn)
             await use_hnsw(conn, HNSW_EF_SEARCH, "relaxed_order")
+            # Never prepared: a prepared statement soon runs a generic plan, which does not
+            # know `k` and sorts the whole scope instead of scanning HNSW (2-3x slower at a
+            # 25k-row scope, bench/RESULTS.md); planned with the values it stays on HNSW.
             cur = await conn.execute(
                 _SEARCH.format(space=SPACE, column=column),
                 {
@@ -217,6 +220,7 @@ class MessageRecall:
                     "min": query.min_score,
                     "exact": EXACT_SCOPE_ROWS,
                 },
+                prepare=False,
             )
             rows = await cur.fetchall()
         if not rows:

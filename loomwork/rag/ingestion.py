@@ -422,7 +422,7 @@ class IngestionSteps:
         state, source = record.documents[ordinal], record.sources[ordinal]
         if state.status in TERMINAL_DOC:
             return PreparedDocument(status=state.status, chunk_count=state.chunks_total)
-        index = await self.store.get_index(request.tenant, request.index_name)
+        index = await self.store.get_index(request.tenant, request.index_name, counts=False)
         await self._set_doc(request, ordinal, status="extracting")
         async with self.db.connection() as conn:
             cur = await conn.execute(
@@ -542,7 +542,7 @@ class IngestionSteps:
     ) -> int:
         record = await self.get(request.tenant, request.ingestion_id)
         document_id = record.documents[ordinal].document_id
-        index = await self.store.get_index(request.tenant, request.index_name)
+        index = await self.store.get_index(request.tenant, request.index_name, counts=False)
         async with self.db.connection() as conn:
             cur = await conn.execute(
                 "select position, chunk from rag_staged_chunks where tenant_id = %s"
@@ -589,7 +589,7 @@ class IngestionSteps:
         state = record.documents[ordinal]
         if state.status in TERMINAL_DOC:
             return
-        index = await self.store.get_index(request.tenant, request.index_name)
+        index = await self.store.get_index(request.tenant, request.index_name, counts=False)
         async with self.db.connection() as conn:
             cur = await conn.execute(
                 "select position, chunk, embedding::text as embedding from rag_staged_chunks"
