@@ -1,6 +1,10 @@
 """Semantic recall and RAG Query at scale: p50 latency and recall@10 against exact search.
 
     nice -n 19 .venv/bin/python bench/vector_scale.py --sizes 250000,500000,1000000
+    nice -n 19 .venv/bin/python bench/vector_scale.py --sizes 1000000 --home /tmp/v1m --reuse
+
+(`--home` keeps the cluster; with `--reuse` a later run measures the N vectors it holds
+again, without loading; the vectors of a given N are the same in every run.)
 
 Loading and index builds run at the bench's niceness (the embedded Postgres it starts
 inherits it); the measurements at niceness 0 (`--measure-nice`; raising priority needs
@@ -74,11 +78,10 @@ RESOURCES = 5  # per tenant: r0 holds the even threads (half), r1..r4 the odd on
 TENANTS = ["big", "small"] + [f"other{i}" for i in range(8)]
 SHARES = [0.10, 0.01] + [0.89 / 8] * 8
 MEASURED = ("big", "small")  # tenants whose messages are stored and searched
-rng = np.random.default_rng(11)
-CENTERS = rng.standard_normal((1000, DIM)).astype(np.float32)
+CENTERS = np.random.default_rng(11).standard_normal((1000, DIM)).astype(np.float32)
 
 
-def draw(n: int) -> np.ndarray:
+def draw(n: int, rng: np.random.Generator) -> np.ndarray:
     v = CENTERS[rng.integers(0, len(CENTERS), n)] + 0.8 * rng.standard_normal((n, DIM)).astype(
         np.float32
     )
@@ -167,7 +170,8 @@ class Corpus:
         self.ordinal = np.concatenate([np.arange(c) for c in counts])  # row number in tenant
         self.thread = self.ordinal // THREAD
         self.resource = resource_of(self.thread)
-        self.vectors = draw(n)
+        self.vectors = draw(n, np.random.default_rng(n))  # the same for N in every run
+        self.n = n
         self.counts = counts
 
     def rows(self, tenant: str) -> np.ndarray:
@@ -380,7 +384,7 @@ async def measure(url: str, db: Database, c: Corpus, queries: int, ef: list[int]
     prepared = Prepared()
     recall = MessageRecall(db, prepared, PostgresMemoryStorage(db))
     retriever = Retriever(db, RagStore(db), PreparedEmbedders(prepared))
-    qs = draw(queries)
+    qs = draw(queries, np.random.default_rng(c.n + 1))
     bare_conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
     await register_vector_async(bare_conn)
 
@@ -388,7 +392,7 @@ async def measure(url: str, db: Database, c: Corpus, queries: int, ef: list[int]
     # (tenant, scope, owner number, whether to force the HNSW branch of the real code)
     cases = [("big", RecallScope.RESOURCE, 0, False), ("big", RecallScope.RESOURCE, 0, True)]
     cases += [("small", RecallScope.RESOURCE, 0, False), ("big", RecallScope.THREAD, 0, False)]
-    exact_rows = recall_module.EXACT_SCOPE_ROWS
+    exact_rows, ef_search = recall_module.EXACT_SCOPE_ROWS, recall_module.HNSW_EF_SEARCH
     await prewarm(db, f"{SPACE}_hnsw", f"{SPACE}_by_resource", f"{SPACE}_by_thread")
     for tenant, scope, owner, forced in cases:
         rows = c.rows(tenant)
@@ -432,6 +436,7 @@ async def measure(url: str, db: Database, c: Corpus, queries: int, ef: list[int]
         path = ("hnsw" if forced or len(mine) > exact_rows else "exact") + f": {ran}"
 
         for setting in ef:
+            recall_module.HNSW_EF_SEARCH = setting  # ours at the bare SQL's ef_search
             # The floor: session settings sent once, then one statement per query.
             await bare_conn.execute(
                 "select set_config('hnsw.iterative_scan', 'relaxed_order', false),"
@@ -454,6 +459,7 @@ async def measure(url: str, db: Database, c: Corpus, queries: int, ef: list[int]
             )
 
     recall_module.EXACT_SCOPE_ROWS = exact_rows
+    recall_module.HNSW_EF_SEARCH = ef_search
     # RAG: the tenant's index (its own partial HNSW), top 10.
     for tenant in MEASURED:
         index = await retriever.store.get_index(tenant, "kb")
@@ -487,9 +493,20 @@ async def measure(url: str, db: Database, c: Corpus, queries: int, ef: list[int]
     await bare_conn.close()
 
 
-async def run(
-    url: str, pgdata: Path, sizes: list[int], queries: int, ef: list[int], nice: int
-) -> None:
+async def loaded(db: Database, n: int) -> bool:
+    """Whether both tables hold the N vectors of a previous run, indexed."""
+    async with db.connection() as conn:
+        cur = await conn.execute(
+            f"select (select count(*) from {SPACE}) as m, (select count(*) from rag_chunks) as r,"
+            " (select count(*) from pg_indexes where indexname like 'rag_chunks_hnsw_%%') as i"
+        )
+        row = await cur.fetchone()
+    return row is not None and row["m"] == row["r"] == n and row["i"] == len(TENANTS)
+
+
+async def run(url: str, pgdata: Path, args: argparse.Namespace) -> None:
+    sizes = [int(x) for x in args.sizes.split(",")]
+    ef = [int(x) for x in args.ef.split(",")]
     db = Database(url, max_size=4)
     await db.open()
     await apply_migrations(db)
@@ -518,6 +535,11 @@ async def run(
         c = Corpus(n)
         print(f"N = {n} vectors per table (big {c.counts[0]}, small {c.counts[1]})", flush=True)
         await priority.set(db, priority.base)
+        if args.reuse and await loaded(db, n):
+            print("  loaded and indexed by a previous run: reused", flush=True)
+            await priority.set(db, args.measure_nice)
+            await measure(url, db, c, args.queries, ef)
+            continue
         for name, load in (
             ("memory", partial(load_memory, db, c)),
             ("rag", partial(load_rag, db, store, c)),
@@ -533,8 +555,8 @@ async def run(
             )
             for notice in sorted(set(r["notices"])):
                 print(f"    build notice: {notice}", flush=True)
-        await priority.set(db, nice)
-        await measure(url, db, c, queries, ef)
+        await priority.set(db, args.measure_nice)
+        await measure(url, db, c, args.queries, ef)
     await db.close()
 
 
@@ -547,28 +569,21 @@ def main() -> None:
         "--pg-settings", default="", help="embedded Postgres settings, name=value,... (sized)"
     )
     parser.add_argument("--measure-nice", type=int, default=0, help="niceness of measurements")
+    parser.add_argument("--home", help="keep the embedded Postgres here (default: a temp dir)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="measure what --home holds when it has N vectors"
+    )
     args = parser.parse_args()
-    sizes = [int(x) for x in args.sizes.split(",")]
-    ef = [int(x) for x in args.ef.split(",")]
     with tempfile.TemporaryDirectory(prefix="loomwork-bench-") as tmp:
         stack = EmbeddedStack(
-            Path(tmp),
+            Path(args.home or tmp),
             redis=False,
             temporal=False,
             postgres_settings=parse_settings(args.pg_settings),
         )
         endpoints = stack.start()
         try:
-            asyncio.run(
-                run(
-                    endpoints.database_url or "",
-                    stack.pgdata,
-                    sizes,
-                    args.queries,
-                    ef,
-                    args.measure_nice,
-                )
-            )
+            asyncio.run(run(endpoints.database_url or "", stack.pgdata, args))
         finally:
             stack.stop()
 
