@@ -30,8 +30,10 @@ For each size N (ascending, each in fresh tables of one embedded Postgres):
   and of `small`, thread scope of `big`; top_k 10, no neighbours) and `Retriever.search`
   (vector mode, top_k 10) of `big` and `small`, with an embedding provider that answers the
   prepared query vector. Baseline in the same run: the bare `order by ... limit 10` SQL
-  with the same filter and settings on its own connection. Recall@10 against numpy brute
-  force over the same filtered rows. Calls alternate ours / bare so load drift hits both.
+  with the same filter and settings on its own connection (each `--ef` value of
+  `hnsw.ef_search` is given to both: `HNSW_EF_SEARCH`, `Retriever.ef_search`). Recall@10
+  against numpy brute force over the same filtered rows. Calls alternate ours / bare so
+  load drift hits both.
 """
 
 from __future__ import annotations
