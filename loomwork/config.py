@@ -69,6 +69,10 @@ class Settings(BaseSettings):
         default=30.0, ge=0, alias="LOOMWORK_JWT_JWKS_MIN_REFRESH_SECONDS"
     )
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    # The embedded PostgreSQL's server settings, `name=value` pairs separated by commas
+    # (`shared_buffers=4GB,maintenance_work_mem=2GB`), over its memory settings sized to the
+    # machine (server/embedded/postgres_settings.py). Unused with DATABASE_URL.
+    postgres_settings: str = Field(default="", alias="LOOMWORK_POSTGRES_SETTINGS")
     redis_url: str | None = Field(default=None, alias="REDIS_URL")
     # Redis connections of a process for the blocking reads of streams (each open Stream or
     # WatchRun holds one while it waits for events), apart from the pool of short commands,

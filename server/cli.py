@@ -19,6 +19,7 @@ from loomwork.config import DEFAULT_TOKENS, Settings
 from loomwork.errors import LoomworkError
 from loomwork.integrations.secret_box import DEV_KEY_FILE
 from server.embedded import EmbeddedError, EmbeddedStack
+from server.embedded.postgres_settings import parse_settings
 from server.healthcheck import check_health
 from server.process import Running, serve
 from server.runtime import Runtime
@@ -96,15 +97,16 @@ def up(
             "Stop it, or set LOOMWORK_GRPC_ADDRESS=127.0.0.1:<port>."
         )
     home = settings.home.resolve()
-    stack = EmbeddedStack(
-        home,
-        postgres=not settings.database_url,
-        redis=not settings.redis_url,
-        temporal=not settings.temporal_address,
-        temporal_ui=ui,
-    )
     started = time.perf_counter()
     try:
+        stack = EmbeddedStack(
+            home,
+            postgres=not settings.database_url,
+            redis=not settings.redis_url,
+            temporal=not settings.temporal_address,
+            temporal_ui=ui,
+            postgres_settings=parse_settings(settings.postgres_settings),
+        )
         endpoints = stack.start()
     except EmbeddedError as exc:
         _fail(str(exc))

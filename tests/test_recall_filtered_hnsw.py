@@ -141,3 +141,19 @@ async def test_a_large_scope_gets_top_k_through_hnsw_whatever_the_connection_had
     async with db.connection() as conn:
         await conn.execute("reset enable_sort")
     assert after[f"{SPACE}_hnsw"] > before[f"{SPACE}_hnsw"]
+
+
+async def test_searches_are_planned_with_their_values_however_many(crowded) -> None:
+    """A statement psycopg has prepared (after 5 runs) soon gets a generic plan, which does
+    not know top_k and sorted a whole 25k-row scope instead of scanning HNSW (2-3x slower at
+    500k vectors, bench/RESULTS.md): the search is never prepared."""
+    db, ours = crowded
+    for query in _clustered(np.random.default_rng(11), 12):
+        assert await _search(db, query) == _nearest(ours, query)
+    async with db.connection() as conn:  # the one pooled connection all 12 used
+        cur = await conn.execute(
+            "select count(*) as n from pg_prepared_statements where statement like %s",
+            (f"%from {SPACE}%",),
+        )
+        row = await cur.fetchone()
+    assert row is not None and row["n"] == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -25,7 +27,7 @@ from workflows.stack_check import StackCheckInput, StackCheckResult, StackCheckW
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _start(home: Path, address: str, log: Path) -> subprocess.Popen[bytes]:
+def _start(home: Path, address: str, log: Path, **extra: str) -> subprocess.Popen[bytes]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -38,7 +40,7 @@ def _start(home: Path, address: str, log: Path) -> subprocess.Popen[bytes]:
             "LOOMWORK_SECRET_KEY",
         }
     }
-    env.update(LOOMWORK_HOME=str(home), LOOMWORK_GRPC_ADDRESS=address, COLUMNS="200")
+    env.update(LOOMWORK_HOME=str(home), LOOMWORK_GRPC_ADDRESS=address, COLUMNS="200", **extra)
     return subprocess.Popen(
         [sys.executable, "-m", "server.cli", "up", "--no-ui"],
         cwd=ROOT,
@@ -74,11 +76,15 @@ def _stop(proc: subprocess.Popen[bytes], log: Path) -> None:
 def test_up_serves_and_data_survives_a_restart(tmp_path: Path) -> None:
     home, log = tmp_path / "home", tmp_path / "up.log"
     address = f"127.0.0.1:{free_port()}"
-    proc = _start(home, address, log)
+    proc = _start(home, address, log, LOOMWORK_POSTGRES_SETTINGS="work_mem=24MB")
     try:
         _wait_up(proc, log)
         text = log.read_text()
         assert address in text and "dev → tenant default" in text
+        database = re.search(r"PostgreSQL\s+(postgresql://\S+)", text)
+        assert database is not None, text
+        with psycopg.connect(database[1]) as conn:  # the operator's setting reached it
+            assert conn.execute("show work_mem").fetchone() == ("24MB",)
         assert "dev-other → tenant other" in text  # a second tenant, for the demo's isolation
         # With no LOOMWORK_SECRET_KEY, `up` makes a development key under its home, and says so.
         key_line = next(line for line in text.splitlines() if "secret key   " in line)
@@ -151,6 +157,28 @@ def test_up_with_taken_grpc_port_fails_with_a_clear_message(tmp_path: Path) -> N
     assert result.returncode == 1
     assert "already in use" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_up_with_malformed_postgres_settings_says_how_to_write_them(tmp_path: Path) -> None:
+    env = dict(
+        os.environ,
+        LOOMWORK_HOME=str(tmp_path / "h"),
+        LOOMWORK_GRPC_ADDRESS=f"127.0.0.1:{free_port()}",
+        LOOMWORK_POSTGRES_SETTINGS="shared_buffers 2GB",
+    )
+    env.pop("DATABASE_URL", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "up", "--no-ui"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "LOOMWORK_POSTGRES_SETTINGS" in output and "name=value" in output, output
+    assert "Traceback" not in output
 
 
 def test_server_and_worker_processes_against_external_services(embedded, tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ class IngestionSteps(IngestionStore):
         state, source = record.documents[ordinal], record.sources[ordinal]
         if state.status in TERMINAL_DOC:
             return PreparedDocument(status=state.status, chunk_count=state.chunks_total)
-        index = await self.store.get_index(request.tenant, request.index_name)
+        index = await self.store.get_index(request.tenant, request.index_name, counts=False)
         await self._set_doc(request, ordinal, status="extracting")
         async with self.db.connection() as conn:
             cur = await conn.execute(
@@ -183,7 +183,7 @@ class IngestionSteps(IngestionStore):
     ) -> int:
         record = await self.get(request.tenant, request.ingestion_id)
         document_id = record.documents[ordinal].document_id
-        index = await self.store.get_index(request.tenant, request.index_name)
+        index = await self.store.get_index(request.tenant, request.index_name, counts=False)
         async with self.db.connection() as conn:
             cur = await conn.execute(
                 "select position, chunk from rag_staged_chunks where tenant_id = %s"
@@ -230,7 +230,7 @@ class IngestionSteps(IngestionStore):
         state = record.documents[ordinal]
         if state.status in TERMINAL_DOC:
             return
-        index = await self.store.get_index(request.tenant, request.index_name)
+        index = await self.store.get_index(request.tenant, request.index_name, counts=False)
         async with self.db.connection() as conn:
             cur = await conn.execute(
                 "select position, chunk, embedding::text as embedding from rag_staged_chunks"

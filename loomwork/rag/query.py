@@ -183,7 +183,7 @@ class Retriever:
         if len(query) > MAX_QUERY_CHARS:
             raise InvalidArgument.field("query", f"at most {MAX_QUERY_CHARS} characters")
         options = validate_retrieval(options)
-        index = await self.store.get_index(tenant, index_name)
+        index = await self.store.get_index(tenant, index_name, counts=False)
         embedder = await self.embedders.get(index.embedding_model, index.dimension)
         [vector] = await embedder.embed([query])
         if len(vector) != index.dimension:  # the endpoint ignored the dimension asked for
@@ -288,7 +288,8 @@ class Retriever:
             cur = await conn.execute(
                 f"""
                 select tsvector_to_array(to_tsvector(%s::regconfig, %s)) as words,
-                    (select count(*) from rag_chunks where index_id = {int(index.id)}) as n
+                    (select coalesce(sum(chunk_count), 0) from rag_documents
+                     where index_id = {int(index.id)}) as n
                 """,
                 (config, query),
             )

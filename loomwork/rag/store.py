@@ -44,10 +44,16 @@ OPERATOR = {Metric.COSINE: "<=>", Metric.L2: "<->", Metric.INNER_PRODUCT: "<#>"}
 _INDEX_COLUMNS = """
     i.id, i.tenant_id, i.name, i.description, i.embedding_model, i.dimension, i.metric,
     i.hnsw_m, i.hnsw_ef_construction, i.text_search_config, i.metadata, i.create_time,
-    i.update_time,
-    (select count(*) from rag_documents d where d.index_id = i.id) as document_count,
-    (select count(*) from rag_chunks c where c.index_id = i.id) as chunk_count
+    i.update_time
 """
+# The counters, from the documents (a document records how many chunks it committed with
+# them): the index's chunks are never counted, which took 35 ms at 50k chunks.
+_COUNT_COLUMNS = """
+    (select count(*) from rag_documents d where d.index_id = i.id) as document_count,
+    (select coalesce(sum(d.chunk_count), 0) from rag_documents d where d.index_id = i.id)
+        as chunk_count
+"""
+_NO_COUNT_COLUMNS = "0 as document_count, 0 as chunk_count"
 _DOC_COLUMNS = """
     id, title, file_name, source_uri, format, metadata, content_hash, size_bytes,
     page_count, chunk_count, status, error, ingestion_id, create_time, update_time
@@ -156,11 +162,14 @@ class RagStore:
             )
         return await self.get_index(tenant, spec.name)
 
-    async def get_index(self, tenant: str, name: str) -> Index:
+    async def get_index(self, tenant: str, name: str, *, counts: bool = True) -> Index:
+        """The tenant's index; `counts=False` leaves its counters 0, for the paths that use
+        only its settings (searches, ingestion batches): counting grows with the index."""
         validate_index_name(name)
+        counters = _COUNT_COLUMNS if counts else _NO_COUNT_COLUMNS
         async with self.db.connection() as conn:
             cur = await conn.execute(
-                f"select {_INDEX_COLUMNS} from rag_indexes i"
+                f"select {_INDEX_COLUMNS}, {counters} from rag_indexes i"
                 " where i.tenant_id = %s and i.name = %s",
                 (tenant, name),
             )
@@ -186,7 +195,7 @@ class RagStore:
         async with self.db.connection() as conn:
             cur = await conn.execute(
                 f"""
-                select {_INDEX_COLUMNS} from rag_indexes i
+                select {_INDEX_COLUMNS}, {_COUNT_COLUMNS} from rag_indexes i
                 where i.tenant_id = %s and i.name > %s order by i.name limit %s
                 """,
                 (tenant, after, page_size + 1),

@@ -14,12 +14,13 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from server.embedded.errors import EmbeddedError, PortInUse, not_installed
 from server.embedded.home import HOST, HomePorts
+from server.embedded.postgres_settings import CONF_NAME, server_settings, write_conf
 from server.embedded.supervision import (
     STOP_TIMEOUT,
     env_without,
@@ -150,9 +151,16 @@ class PostgresServer:
     ``loomwork`` database with the ``vector`` extension."""
 
     def __init__(
-        self, home: Path, logs_dir: Path, ports: HomePorts, progress: Callable[[str], None]
+        self,
+        home: Path,
+        logs_dir: Path,
+        ports: HomePorts,
+        progress: Callable[[str], None],
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         self.home = home
+        #: The operator's server settings, over those sized to the machine (postgres_settings).
+        self.settings = server_settings(settings)
         self.pgdata = home / "postgres"
         self.logs_dir = logs_dir
         self.log = logs_dir / "postgres.log"
@@ -353,6 +361,9 @@ class PostgresServer:
         if not reuse:
             self._remove_stale_lock()
             assert self._socket_dir is not None
+            write_conf(self.pgdata, self.settings)
+            if self._user is not None:
+                os.chown(self.pgdata / CONF_NAME, *self._user)
             opts = " ".join(
                 [
                     f"-h {HOST}",
@@ -390,7 +401,8 @@ class PostgresServer:
                 )
         self.running = True
         self._ensure_database(port, ready_timeout)
-        self.progress(f"postgres ready on {HOST}:{port} ({time.monotonic() - t0:.1f}s)")
+        memory = ", ".join(f"{k} {v}" for k, v in self.settings.items())
+        self.progress(f"postgres ready on {HOST}:{port} ({time.monotonic() - t0:.1f}s; {memory})")
 
     def _ensure_database(self, port: int, ready_timeout: float) -> None:
         import psycopg

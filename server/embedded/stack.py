@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -40,7 +40,8 @@ class EmbeddedStack:
     """Starts whatever of PostgreSQL, Valkey and the Temporal dev server is needed, under one
     home dir. With `supervise`, a server that dies is started again (`ServerWatch`: backoff,
     logged through `on_progress`); `on_server_lost(message)` is called, from the watch's
-    thread, for one that could not be started again."""
+    thread, for one that could not be started again. `postgres_settings` (name -> value) go
+    to PostgreSQL over the memory settings sized to the machine (`postgres_settings.py`)."""
 
     ready_timeout: float = READY_TIMEOUT
     #: Seconds before a server that died is started again (doubling per death, up to 30 s).
@@ -59,6 +60,7 @@ class EmbeddedStack:
         on_progress: Callable[[str], None] | None = None,
         supervise: bool = True,
         on_server_lost: Callable[[str], None] | None = None,
+        postgres_settings: Mapping[str, str] | None = None,
     ) -> None:
         self.home = Path(home).expanduser().absolute()
         self.want_postgres = postgres
@@ -83,7 +85,9 @@ class EmbeddedStack:
         self._atexit_registered = False
         self._owner_pid = os.getpid()
 
-        self._postgres = PostgresServer(self.home, self.logs_dir, self._ports, self._progress)
+        self._postgres = PostgresServer(
+            self.home, self.logs_dir, self._ports, self._progress, postgres_settings
+        )
         self._valkey = ValkeyServer(self.home, self.logs_dir, self._ports, self._progress)
         self._temporal = TemporalDevServer(
             self.home, self.logs_dir, self._ports, self._progress, ui=self.want_temporal_ui
