@@ -43,7 +43,6 @@ def _show(url: str, name: str) -> str:
     return str(row[0])
 
 
-@pytest.mark.skipif(not Path("/proc/meminfo").exists(), reason="reads Linux's /proc/meminfo")
 def test_memory_sized_to_the_machine(tmp_path: Path) -> None:
     # The documented defaults (README, "Configuration"): shared_buffers a quarter of memory
     # (128 MB to 4 GB), effective_cache_size half, maintenance_work_mem an eighth (64 MB to
