@@ -38,8 +38,8 @@ from server.servicers.keep_alive_convert import keep_alive_to_proto
 from server.servicers.relay import (
     ClosedRunEnd,
     KeepAlive,
+    KeepAlives,
     relay_run_events,
-    workflow_keep_alives,
 )
 from server.servicers.tenancy import tenant
 from server.servicers.well_known_convert import set_timestamp
@@ -155,11 +155,7 @@ class AnswerRpcs:
             AnswerEvent.model_validate_json,
             expired_end=expired_end,
             closed=ClosedRunEnd(closed_end, at_start=watching) if record.workflow_id else None,
-            keep_alive=workflow_keep_alives(
-                self.runtime.settings.stream_keepalive_seconds,
-                self.runtime.temporal,
-                record.workflow_id,
-            ),
+            keep_alive=KeepAlives(self.runtime.settings.stream_keepalive_seconds),
         ):
             if isinstance(item, KeepAlive):
                 alive = rag_pb2.AnswerEvent(

@@ -41,8 +41,8 @@ from server.servicers.keep_alive_convert import keep_alive_to_proto
 from server.servicers.relay import (
     ClosedRunEnd,
     KeepAlive,
+    KeepAlives,
     relay_run_events,
-    workflow_keep_alives,
 )
 from server.servicers.tenancy import tenant
 from server.servicers.well_known_convert import set_timestamp
@@ -328,11 +328,7 @@ class IngestionRpcs:
             IngestionEvent.model_validate_json,
             expired_end=expired_end,
             closed=ClosedRunEnd(closed_end, at_start=True) if record.workflow_id else None,
-            keep_alive=workflow_keep_alives(
-                self.runtime.settings.stream_keepalive_seconds,
-                self.runtime.temporal,
-                record.workflow_id,
-            ),
+            keep_alive=KeepAlives(self.runtime.settings.stream_keepalive_seconds),
         ):
             if isinstance(item, KeepAlive):
                 alive = rag_pb2.IngestionEvent(

@@ -14,12 +14,12 @@ from typing import Any, TypeVar
 
 from opentelemetry import metrics
 from pydantic import ValidationError
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import WorkflowHandle
 
 from loomwork.errors import LoomworkError
 from loomwork.streams import FollowIdle
 from loomwork.streams.run_events import RunEventLog
-from server.temporal import pending_wait, workflow_open
+from server.temporal import pending_wait
 
 log = logging.getLogger(__name__)
 
@@ -107,42 +107,10 @@ class KeepAlive:
 @dataclass(frozen=True)
 class KeepAlives:
     """Send a KeepAlive each time the stream has been quiet for `every_seconds`. Its
-    liveness comes from the relay's closed-run check when it has one (the same question to
-    Temporal, which then counts as that check), else from `workflow_open()` (True, False, or
-    None when Temporal does not know the workflow)."""
+    liveness comes from the relay's closed-run check (the same question to Temporal, which
+    then counts as that check); UNKNOWN for a stream that has none."""
 
     every_seconds: float
-    workflow_open: Callable[[], Awaitable[bool | None]] | None = None
-
-    async def liveness(self) -> RunLiveness:
-        if self.workflow_open is None:
-            return RunLiveness.UNKNOWN
-        try:
-            is_open = await asyncio.wait_for(self.workflow_open(), LIVENESS_TIMEOUT)
-        except (LoomworkError, TimeoutError) as error:
-            log.info("could not tell whether a streamed run is open: %s", error)
-            return RunLiveness.UNKNOWN
-        if is_open is None:
-            return RunLiveness.UNKNOWN
-        return RunLiveness.OPEN if is_open else RunLiveness.CLOSED
-
-
-def workflow_liveness(client: Client, workflow_id: str) -> Callable[[], Awaitable[bool | None]]:
-    """`KeepAlives.workflow_open` for a run known by its workflow id (ingestions, answers)."""
-
-    async def is_open() -> bool | None:
-        return await workflow_open(client, workflow_id)
-
-    return is_open
-
-
-def workflow_keep_alives(every_seconds: float, client: Client, workflow_id: str) -> KeepAlives:
-    """Keep-alives of a stream whose run is known by its workflow id (an ingestion's, an
-    answer's), saying whether that workflow is open (these streams have no closed-run check
-    of their own)."""
-    return KeepAlives(
-        every_seconds, workflow_liveness(client, workflow_id) if workflow_id else None
-    )
 
 
 @dataclass(frozen=True)
@@ -265,6 +233,6 @@ async def relay_run_events(
                 and loop.time() + _DUE_SLACK >= alive_at
             ):
                 if liveness is None:
-                    liveness = await keep_alive.liveness()
+                    liveness = RunLiveness.UNKNOWN
                 yield KeepAlive(cursor, liveness, datetime.now(UTC))
                 last_alive = loop.time()
