@@ -18,8 +18,9 @@ local embedding model (`--embedder none`: a fixed vector instead, the steps alon
 record's size is fixed by the number of documents from the start, so the first `--sample`
 documents of an ingestion of `--docs` cost per document what the rest would; the ingestion
 then finishes CANCELED. `--complete` adds a run of the new code over every document.
-Printed per run: wall time (start to `finish`), time per document, the WAL written
-(`pg_current_wal_lsn()` before and after) in total and per document, and the ratios old/new.
+Printed per run: wall time of the steps (start to the last commit), time per document, the
+WAL written (`pg_current_wal_lsn()` before and after) in total and per document, and the
+ratios old/new; then the same of `finish` (once per ingestion, over every document).
 """
 
 from __future__ import annotations
@@ -168,9 +169,12 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         await steps.start(request)
         await asyncio.gather(*(worker() for _ in range(args.parallelism)))
-        final = await steps.finish(request, canceled=processed < len(docs))
         seconds = time.perf_counter() - t0
         wal = await wal_since(db, lsn)
+        lsn, t0 = await wal_lsn(db), time.perf_counter()
+        final = await steps.finish(request, canceled=processed < len(docs))
+        finish_seconds = time.perf_counter() - t0
+        finish_wal = await wal_since(db, lsn)
         if final.progress.documents_done != processed:
             raise RuntimeError(f"{final.progress.documents_done} documents done of {processed}")
         return {
@@ -178,6 +182,8 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
             "processed": processed,
             "seconds": seconds,
             "wal_bytes": wal,
+            "finish_seconds": finish_seconds,
+            "finish_wal_bytes": finish_wal,
             "chunks": final.progress.chunks_done,
             "status": final.status,
         }
@@ -239,8 +245,9 @@ def line(label: str, r: dict[str, Any]) -> str:
     return (
         f"  {label:<4} {r['docs']:>6} docs, {r['processed']:>5} processed: {r['seconds']:7.1f} s,"
         f" {per_doc * 1000:7.1f} ms/doc, WAL {r['wal_bytes'] / 1e6:8.1f} MB"
-        f" = {r['wal_bytes'] / r['processed'] / 1e3:7.1f} kB/doc  ({r['status']},"
-        f" load {os.getloadavg()[0]:.1f})"
+        f" = {r['wal_bytes'] / r['processed'] / 1e3:7.1f} kB/doc;"
+        f" finish {r['finish_seconds']:5.2f} s, WAL {r['finish_wal_bytes'] / 1e6:5.1f} MB"
+        f" ({r['status']}, load {os.getloadavg()[0]:.1f})"
     )
 
 

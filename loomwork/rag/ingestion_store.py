@@ -241,6 +241,15 @@ class IngestionStore:
         self, conn: Connection, tenant: str, ingestion_id: str, change: IngestionProgress
     ) -> IngestionProgress:
         """Add `change` to the ingestion's counters; the counters after."""
+        if change == IngestionProgress():  # nothing to add: no lock on the ingestion's row
+            cur = await conn.execute(
+                f"select {_COUNTERS} from rag_ingestions where tenant_id = %s and id = %s",
+                (tenant, ingestion_id),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise NotFound(f"ingestion {ingestion_id!r} not found")
+            return _progress(row)
         cur = await conn.execute(
             f"""
             update rag_ingestions set documents_done = documents_done + %s,
