@@ -1,10 +1,11 @@
 """Durable ingestion, as steps over the domain: prepare (extract + chunk), embed a batch,
 commit a document, finish. Each step is one Temporal activity (activities/rag.py).
 
-State lives in Postgres (the ingestion record, the sources' bytes, staged chunks), so
-every step is idempotent: a retried or re-run step after a worker crash redoes its
-work without duplicating chunks, and progress counters are recomputed, not added to.
-Every change publishes an event to the ingestion's RunEventLog.
+State lives in Postgres (the ingestion's row and its documents' rows, the sources' bytes,
+staged chunks), so every step is idempotent: a retried or re-run step after a worker crash
+redoes its work without duplicating chunks. A batch counts the chunks it embedded itself
+(those still without an embedding), in the transaction that stores them: a batch run twice
+counts them once. Every change publishes an event to the ingestion's RunEventLog.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from loomwork.rag.extract import DocumentUnreadable, extract
 from loomwork.rag.ingestion_models import (
     TERMINAL,
     TERMINAL_DOC,
+    IngestionEvent,
+    IngestionProgress,
     IngestionRecord,
     IngestionRequest,
     PreparedDocument,
@@ -32,10 +35,6 @@ from loomwork.streams.run_events import RunEventLog
 from loomwork.telemetry import TENANT, operation
 
 log = logging.getLogger(__name__)
-
-
-def _keep(record: IngestionRecord) -> None:
-    """No change (a record re-published as it is)."""
 
 
 class IngestionSteps(IngestionStore):
@@ -55,14 +54,19 @@ class IngestionSteps(IngestionStore):
                 record.status = "running"
                 record.start_time = datetime.now(UTC)
 
-        await self._update(request.tenant, request.ingestion_id, change, "progress")
+        record = await self._change_record(request.tenant, request.ingestion_id, change)
+        await self._publish(
+            request.tenant,
+            request.ingestion_id,
+            IngestionEvent(type="progress", progress=record.progress),
+        )
 
     async def prepare(self, request: IngestionRequest, ordinal: int) -> PreparedDocument:
         """Extract and chunk one document into staged chunks (or find it unchanged/failed)."""
-        record = await self.get(request.tenant, request.ingestion_id)
-        state, source = record.documents[ordinal], record.sources[ordinal]
+        state, source = await self.document(request, ordinal)
         if state.status in TERMINAL_DOC:
             return PreparedDocument(status=state.status, chunk_count=state.chunks_total)
+        record = await self.get(request.tenant, request.ingestion_id, documents=False)
         index = await self.store.get_index(request.tenant, request.index_name, counts=False)
         await self._set_doc(request, ordinal, status="extracting")
         async with self.db.connection() as conn:
@@ -157,9 +161,14 @@ class IngestionSteps(IngestionStore):
                         )
                     ],
                 )
-        await self._set_doc(
-            request, ordinal, status="embedding", chunks_total=len(chunks), chunks_done=0
-        )
+            # With the staging: the chunks counted are those staged now, none embedded.
+            doc, progress = await self._write_doc(
+                conn,
+                request,
+                ordinal,
+                {"status": "embedding", "chunks_total": len(chunks), "chunks_done": 0},
+            )
+        await self._publish_doc(request, doc, progress)
         return PreparedDocument(status="embedding", chunk_count=len(chunks))
 
     async def embed_batch(
@@ -181,8 +190,8 @@ class IngestionSteps(IngestionStore):
     async def _embed_batch(
         self, request: IngestionRequest, ordinal: int, start: int, end: int
     ) -> int:
-        record = await self.get(request.tenant, request.ingestion_id)
-        document_id = record.documents[ordinal].document_id
+        state, _ = await self.document(request, ordinal)
+        document_id = state.document_id
         index = await self.store.get_index(request.tenant, request.index_name, counts=False)
         async with self.db.connection() as conn:
             cur = await conn.execute(
@@ -195,39 +204,44 @@ class IngestionSteps(IngestionStore):
         texts = [Chunk.model_validate(r["chunk"]).text for r in rows]
         embedder = await self.embedders.get(index.embedding_model, index.dimension)
         vectors = await embedder.embed(texts)
-        async with self.db.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            await cur.executemany(
-                "update rag_staged_chunks set embedding = %s::vector where tenant_id = %s"
-                " and ingestion_id = %s and document_id = %s and position = %s",
-                [
-                    (
-                        vector_literal(v),
-                        request.tenant,
-                        request.ingestion_id,
-                        document_id,
-                        r["position"],
-                    )
-                    for r, v in zip(rows, vectors, strict=True)
-                ],
+        async with self.db.connection() as conn, conn.transaction():
+            # Only chunks still without an embedding: a batch run twice (its first worker
+            # gone after committing, or still running) counts each chunk once.
+            cur = await conn.execute(
+                "update rag_staged_chunks s set embedding = v.embedding::vector"
+                " from unnest(%s::integer[], %s::text[]) as v(position, embedding)"
+                " where s.tenant_id = %s and s.ingestion_id = %s and s.document_id = %s"
+                " and s.position = v.position and s.embedding is null",
+                (
+                    [r["position"] for r in rows],
+                    [vector_literal(v) for v in vectors],
+                    request.tenant,
+                    request.ingestion_id,
+                    document_id,
+                ),
             )
-
-        def change(rec: IngestionRecord, embedded: int) -> None:
-            rec.documents[ordinal].chunks_done = embedded
-
-        await self._update(
+            embedded = max(cur.rowcount, 0)
+            await conn.execute(
+                "update rag_ingestion_documents set chunks_done = chunks_done + %s"
+                " where tenant_id = %s and ingestion_id = %s and ordinal = %s",
+                (embedded, request.tenant, request.ingestion_id, ordinal),
+            )
+            progress = await self._count(
+                conn,
+                request.tenant,
+                request.ingestion_id,
+                IngestionProgress(chunks_done=embedded),
+            )
+        await self._publish(
             request.tenant,
             request.ingestion_id,
-            change,
-            "progress",
-            document_id,
-            embedded_of=document_id,
+            IngestionEvent(type="progress", progress=progress, document_id=document_id),
         )
         return len(rows)
 
     async def commit(self, request: IngestionRequest, ordinal: int) -> None:
         """Move the document's embedded chunks into the index, replacing its old ones."""
-        record = await self.get(request.tenant, request.ingestion_id)
-        state = record.documents[ordinal]
+        state, _ = await self.document(request, ordinal)
         if state.status in TERMINAL_DOC:
             return
         index = await self.store.get_index(request.tenant, request.index_name, counts=False)
@@ -261,38 +275,18 @@ class IngestionSteps(IngestionStore):
         self, request: IngestionRequest, *, canceled: bool = False, error: str = ""
     ) -> IngestionRecord:
         """Settle the final status, drop the sources and staged chunks, publish `finished`."""
-
-        def change(record: IngestionRecord) -> None:
-            for doc in record.documents:
-                if doc.status not in TERMINAL_DOC:
-                    doc.status = "canceled" if canceled else "failed"
-                    if not canceled:
-                        doc.error = DocumentError(code=13, reason="INGESTION_FAILED", message=error)
-            failed = sum(d.status == "failed" for d in record.documents)
-            if canceled:
-                record.status = "canceled"
-            elif error:
-                record.status = "failed"
-                record.error = DocumentError(code=13, reason="INGESTION_FAILED", message=error)
-            elif failed == len(record.documents):
-                record.status = "failed"
-            elif failed:
-                record.status = "partially_succeeded"
-            else:
-                record.status = "succeeded"
-            record.end_time = datetime.now(UTC)
-
         current = await self.get(request.tenant, request.ingestion_id)
         if current.status in TERMINAL:
             if current.terminal_event_id:
                 return current
             # A retry after the status was saved but before `finished` was published (or
             # its id saved): publish it now, or take the id it was stored under.
-            return await self._update(request.tenant, request.ingestion_id, _keep, "finished")
+            return await self._publish_finished(current)
         async with self.db.connection() as conn, conn.transaction():
             for table in ("rag_sources", "rag_staged_chunks"):
                 await conn.execute(
                     f"delete from {table} where tenant_id = %s and ingestion_id = %s",
                     (request.tenant, request.ingestion_id),
                 )
-        return await self._update(request.tenant, request.ingestion_id, change, "finished")
+        settled = await self._settle(request, canceled=canceled, error=error)
+        return await self._publish_finished(settled)

@@ -1,6 +1,7 @@
 """An ingestion as data: its record (status, progress, each document's state) as Postgres
-keeps it and its event log carries it, the sources as given, the workflow's request and
-the cursor a run continued as new picks up, and the ids an ingestion goes by."""
+keeps it (the ingestion's row and one row per document) and its event log carries it, the
+sources as given, the workflow's request and the cursor a run continued as new picks up,
+and the ids an ingestion goes by."""
 
 from __future__ import annotations
 
@@ -78,15 +79,24 @@ class IngestionProgress(BaseModel):
     chunks_total: int = 0
     chunks_done: int = 0
 
+    def add(self, other: IngestionProgress, sign: int = 1) -> None:
+        """Add `other`'s counters (`sign` -1: take them away)."""
+        for name in IngestionProgress.model_fields:
+            setattr(self, name, getattr(self, name) + sign * getattr(other, name))
+
 
 class IngestionRecord(BaseModel):
+    """An ingestion. `documents` is empty where a reader asked for the ingestion alone
+    (listings); `sources` is what `IngestionStore.create` stores beside each document, never
+    read back nor serialized (events and workflow results stay small)."""
+
     id: str
     tenant: str
     index_name: str
     status: IngestionStatus = "pending"
     progress: IngestionProgress = Field(default_factory=IngestionProgress)
     documents: list[IngestionDocumentState] = Field(default_factory=list)
-    sources: list[SourceDocument] = Field(default_factory=list)
+    sources: list[SourceDocument] = Field(default_factory=list, exclude=True)
     chunking: ChunkingOptions = Field(default_factory=ChunkingOptions)
     error: DocumentError | None = None
     create_time: datetime = Field(default_factory=_now)
@@ -98,14 +108,20 @@ class IngestionRecord(BaseModel):
     terminal_event_id: int = 0
 
     def recount(self) -> None:
-        docs = self.documents
-        self.progress = IngestionProgress(
-            documents_total=len(docs),
-            documents_done=sum(d.status in ("succeeded", "unchanged") for d in docs),
-            documents_failed=sum(d.status == "failed" for d in docs),
-            chunks_total=sum(d.chunks_total for d in docs),
-            chunks_done=sum(d.chunks_done for d in docs),
-        )
+        """The counters, from `documents`."""
+        self.progress = IngestionProgress(documents_total=len(self.documents))
+        for doc in self.documents:
+            self.progress.add(counted(doc))
+
+
+def counted(doc: IngestionDocumentState) -> IngestionProgress:
+    """What one document adds to its ingestion's counters (all but `documents_total`)."""
+    return IngestionProgress(
+        documents_done=int(doc.status in ("succeeded", "unchanged")),
+        documents_failed=int(doc.status == "failed"),
+        chunks_total=doc.chunks_total,
+        chunks_done=doc.chunks_done,
+    )
 
 
 class IngestionEvent(BaseModel):
