@@ -11,7 +11,10 @@ asked with Query. A question is answered at k when one of the first k chunks con
 is vector search in the same run: the hybrid lines print their ratio to it. `--sweep`
 also measures hybrid recall for a grid of fusion weights and RRF constants (how the
 defaults were chosen). `--home DIR` keeps the embedded servers' data there, and a later
-run with the same DIR asks the questions without ingesting again.
+run with the same DIR asks the questions without ingesting again. `--dump-lexical FILE`
+writes each question's full-text ranking (the first 40 chunks, as hybrid search takes them
+before fusion) for `bench/vector_variants.py --lexical FILE`, which fuses it offline with
+another model's vectors.
 """
 
 from __future__ import annotations
@@ -135,7 +138,35 @@ MODES: dict[str, rag_pb2.RetrievalOptions] = {
 }
 
 
-async def run(settings: Settings, data: Path, sweep: bool, verbose: bool) -> None:
+async def dump_lexical(
+    rag: rag_pb2_grpc.RagServiceStub, questions: list[Question], path: Path
+) -> None:
+    """Per question, the chunks full-text search ranks first (document id, position), in
+    order: the lexical half of hybrid search's fusion (its 40 candidates at top_k 5)."""
+    options = rag_pb2.RetrievalOptions()
+    options.CopyFrom(MODES["full text"])
+    options.top_k = 40
+    ranked = []
+    for q in questions:
+        response = await rag.Query(
+            rag_pb2.QueryRequest(index_name=INDEX, query=str(q["q"]), retrieval=options),
+            metadata=AUTH,
+        )
+        ranked.append(
+            [
+                [r.chunk.document_id, r.chunk.position]
+                for r in sorted(response.results, key=lambda r: r.details.lexical_rank)
+                if r.details.lexical_rank
+            ]
+        )
+    text = json.dumps({"questions": [q["q"] for q in questions], "lexical": ranked})
+    await asyncio.to_thread(path.write_text, text)
+    print(f"  full-text rankings written to {path}")
+
+
+async def run(
+    settings: Settings, data: Path, sweep: bool, verbose: bool, lexical: Path | None = None
+) -> None:
     runtime = await Runtime.open(settings)
     await register_search_attributes(runtime.temporal, settings.temporal_namespace)
     worker = build_worker(runtime)
@@ -156,6 +187,8 @@ async def run(settings: Settings, data: Path, sweep: bool, verbose: bool) -> Non
                 if exc.code() is not grpc.StatusCode.ALREADY_EXISTS:
                     raise
                 print("  the index exists (--home): not ingested again")
+            if lexical is not None:
+                await dump_lexical(rag, questions, lexical)
             print(
                 f"  {len(questions)} questions ({len(exact)} hinge on an exact token);"
                 " recall@1 / recall@5 (exact-token questions, others)"
@@ -203,9 +236,10 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="also a grid of fusion settings")
     parser.add_argument("--verbose", action="store_true", help="list the questions missed")
     parser.add_argument("--home", type=Path, help="keep the servers' data here (and reuse it)")
+    parser.add_argument("--dump-lexical", type=Path, help="write the full-text rankings here")
     args = parser.parse_args()
     with bench_settings(args.home) as settings:
-        asyncio.run(run(settings, args.data, args.sweep, args.verbose))
+        asyncio.run(run(settings, args.data, args.sweep, args.verbose, args.dump_lexical))
 
 
 if __name__ == "__main__":
