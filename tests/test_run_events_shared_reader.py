@@ -181,3 +181,20 @@ async def _lost_and_back(proxy: RedisProxy) -> None:
         assert_complete(runs[0], await asyncio.wait_for(again, WAIT), 2, 2)
     finally:
         await client.aclose()
+
+
+async def test_a_follower_from_an_earlier_event_joining_mid_read_misses_nothing(
+    log: RunEventLog,
+) -> None:
+    """A follower from event 0 joins a run whose other follower (from event 1) the reader is
+    reading for, while events arrive: it still gets every event from 1 (the reader's read in
+    flight began above its cursor, so it is read for anew)."""
+    for _ in range(20):
+        run_id = new_run()
+        await publish(log, run_id, 1, 1)
+        ahead = asyncio.create_task(collect(log, run_id, 1))
+        await asyncio.sleep(0.05)  # the reader is blocked on the run from event 1
+        behind = asyncio.create_task(collect(log, run_id, 0))
+        await publish(log, run_id, 2, 6, end=6)
+        assert_complete(run_id, await asyncio.wait_for(ahead, WAIT), 2, 6)
+        assert_complete(run_id, await asyncio.wait_for(behind, WAIT), 1, 6)

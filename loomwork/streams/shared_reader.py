@@ -168,11 +168,13 @@ class SharedReader:
         late_replies = 0
         try:
             while self._followers:
-                streams: dict[Any, Any] = {}
+                # Each stream from the lowest cursor among its followers (those taking entries).
+                starts: dict[str, int] = {}
                 for key, group in self._followers.items():
                     reading = [f.cursor for f in group if not f.paused]
                     if reading:
-                        streams[key] = f"{min(reading)}-0"
+                        starts[key] = min(reading)
+                streams: dict[Any, Any] = {key: f"{start}-0" for key, start in starts.items()}
                 streams[self.wake_key] = self._wake_cursor
                 client = self._client()
                 self._reads += 1
@@ -193,7 +195,7 @@ class SharedReader:
                 finally:
                     self._reading = 0
                 late_replies = 0
-                self._deliver(response)
+                self._deliver(response, starts)
         except RedisConnectionError as error:
             self._fail(error, "the event log of {label}: Redis is unreachable (" + str(error) + ")")
         except Exception as error:
@@ -204,7 +206,10 @@ class SharedReader:
         finally:
             self._reading = 0
 
-    def _deliver(self, response: Any) -> None:
+    def _deliver(self, response: Any, starts: dict[str, int]) -> None:
+        """Hand each follower the entries after its cursor, of the streams read from at or
+        below it (one that came, or took entries again, after the read was sent with a
+        higher cursor would see a gap: the next read is for it)."""
         for key, entries in _streams_of(response):
             name = key.decode() if isinstance(key, bytes) else str(key)
             if not entries:
@@ -217,8 +222,9 @@ class SharedReader:
             if not group:
                 continue  # left while the read was in flight
             numbered = [(_entry_number(entry_id), fields) for entry_id, fields in entries]
+            start = starts.get(name)
             for follower in group:
-                if follower.paused:
+                if follower.paused or start is None or follower.cursor < start:
                     continue
                 new = [entry for entry in numbered if entry[0] > follower.cursor]
                 if not new:
