@@ -71,7 +71,7 @@ async def follow_all(redis_url: str, prefix: str, runs: int, ready: Path) -> dic
     await all_open.wait()
     await asyncio.sleep(0.05)  # the first reads sent
     opened_after = time.perf_counter() - wall0
-    ready.write_text("ready")
+    await asyncio.to_thread(ready.write_text, "ready")
     await asyncio.gather(*tasks)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     await redis.aclose()
@@ -109,10 +109,18 @@ def one_round(code: Path, redis_url: str, args: argparse.Namespace, n: int) -> d
     with tempfile.TemporaryDirectory() as tmp:
         ready, out = Path(tmp) / "ready", Path(tmp) / "out.json"
         env = {**os.environ, "PYTHONPATH": str(code)}
+        common = ["--redis", redis_url, "--prefix", prefix, "--runs", str(args.runs)]
         follower = subprocess.Popen(
-            [sys.executable, __file__, "--role", "follow", "--redis", redis_url]
-            + ["--prefix", prefix, "--runs", str(args.runs), "--out", str(out)]
-            + ["--ready", str(ready)],
+            [
+                sys.executable,
+                __file__,
+                "--role",
+                "follow",
+                *common,
+                *("--out", str(out)),
+                "--ready",
+                str(ready),
+            ],
             env=env,
             cwd=code,
         )
@@ -121,9 +129,17 @@ def one_round(code: Path, redis_url: str, args: argparse.Namespace, n: int) -> d
                 raise SystemExit("the follower process exited early")
             time.sleep(0.05)
         subprocess.run(
-            [sys.executable, __file__, "--role", "publish", "--redis", redis_url]
-            + ["--prefix", prefix, "--runs", str(args.runs), "--events", str(args.events)]
-            + ["--token-delay", str(args.token_delay)],
+            [
+                sys.executable,
+                __file__,
+                "--role",
+                "publish",
+                *common,
+                "--events",
+                str(args.events),
+                "--token-delay",
+                str(args.token_delay),
+            ],
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             cwd=ROOT,
             check=True,
