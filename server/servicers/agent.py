@@ -205,11 +205,12 @@ class AgentServicer(AgentDefinitionRpcs, agent_pb2_grpc.AgentServiceServicer):
         run_started on while Temporal starts it in the background (so the first event does
         not wait for the start); a start Temporal refuses ends it with run_failed."""
         tenant_id = tenant()
-        accepted = await self.starter.accept(
-            tenant_id,
-            agent_convert.run_start_from_proto(request),
-            require_output_schema=require_output_schema,
-        )
+        with self.launches.accepting():
+            accepted = await self.starter.accept(
+                tenant_id,
+                agent_convert.run_start_from_proto(request),
+                require_output_schema=require_output_schema,
+            )
         run_id, workflow_id = accepted.request.run_id, accepted.workflow_id
         self.runs.remember(tenant_id, run_id, workflow_id)
         events = self._events(
