@@ -47,3 +47,10 @@ async def test_a_start_cancelled_while_it_waits_never_begins() -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert log == []
+
+
+async def test_a_start_not_deferred_goes_while_others_are_accepted() -> None:
+    launches, log = Launches(defer_up_to=600.0), list[str]()
+    with launches.accepting():
+        task = launches.start(_started(log, "named run"), "start", defer=False)
+        assert await asyncio.wait_for(task, WAIT) == "named run"

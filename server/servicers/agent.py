@@ -222,7 +222,11 @@ class AgentServicer(AgentDefinitionRpcs, agent_pb2_grpc.AgentServiceServicer):
                 yield event
             return
         # A start Temporal refuses ends the run's log with run_failed, and so this stream.
-        self.launches.start(self.starter.launch(accepted), f"start of run {run_id}")
+        # A run named by its caller starts at once: a repeat of its id, accepted meanwhile,
+        # finds it started (else it would start the run a second time).
+        self.launches.start(
+            self.starter.launch(accepted), f"start of run {run_id}", defer=not accepted.named
+        )
         async for event in events:
             yield event
 

@@ -47,14 +47,18 @@ class Launches:
                 for waiter in deferred:
                     _settle(waiter)
 
-    def start(self, start: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
-        task = asyncio.create_task(self._after_accepts(start), name=name)
+    def start(
+        self, start: Coroutine[Any, Any, T], name: str, *, defer: bool = True
+    ) -> asyncio.Task[T]:
+        """Run `start` in the background; `defer`: after the accepts in flight (a start
+        another call may be waiting on, as a repeat of a client run id is, goes at once)."""
+        task = asyncio.create_task(self._after_accepts(start, defer), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
 
-    async def _after_accepts(self, start: Coroutine[Any, Any, T]) -> T:
-        if self._accepting and self.defer_up_to > 0:
+    async def _after_accepts(self, start: Coroutine[Any, Any, T], defer: bool) -> T:
+        if defer and self._accepting and self.defer_up_to > 0:
             loop = asyncio.get_running_loop()
             waiter = loop.create_future()
             self._deferred.append(waiter)
