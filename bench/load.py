@@ -21,7 +21,9 @@ its first text delta (`txt`: the model's first chunk, relayed) and to its termin
 errors (a status, or a stream that ended without `run_finished` or whose text differs), and
 the ratio of the loaded p50s to the baseline's; then whether the goal of issue #19 (first
 event p50 <= 0.5 s and p99 <= 2 s, no error) is met, each process's peak RSS (VmHWM) and
-the load average before and after. The first line names the code's commit and the cores.
+the load average before and after, and each process's CPU time (user + system) during the
+loaded phase (what the code costs, whatever else the machine runs). The first line names the
+code's commit and the cores.
 """
 
 from __future__ import annotations
@@ -196,6 +198,16 @@ class Stack:
                     peaks[f"{role}'s worker"] = _peak_rss_mb(child)
         return peaks
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """Each process's CPU time so far (user + system), `up`'s worker process too."""
+        used = {}
+        for role, proc in self.procs.items():
+            used[role] = _cpu_seconds(proc.pid)
+            for child in _children(proc.pid):
+                if b"up-worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    used[f"{role}'s worker"] = _cpu_seconds(child)
+        return used
+
     def stop(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
@@ -211,6 +223,11 @@ class Stack:
 def _peak_rss_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return next(int(line.split()[1]) for line in status.splitlines() if "VmHWM" in line) / 1024
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def _children(pid: int) -> list[int]:
@@ -299,7 +316,9 @@ async def arrangement(
         for round_ in range(1, args.rounds + 1):
             load_before = os.getloadavg()[0]
             label = f"{args.streams}x" + (f" #{round_}" if args.rounds > 1 else "")
+            cpu_before = stack.cpu_seconds()
             loaded = await phase(label, stubs, answer, args.streams, parallel=True)
+            cpu = {r: s - cpu_before.get(r, 0.0) for r, s in stack.cpu_seconds().items()}
             print(format_phase(name, loaded, base), flush=True)
             print(f"{'':<6} {goal_line(loaded)}", flush=True)
             if wrong := [c.run_id for c in loaded.calls if c.error == "text differs"][:3]:
@@ -311,6 +330,8 @@ async def arrangement(
                 f"{args.streams}, {os.getloadavg()[0]:.1f} after",
                 flush=True,
             )
+            used = ", ".join(f"{r} {s:.2f} s" for r, s in cpu.items())
+            print(f"{'':<6} CPU during the {args.streams}: {used}", flush=True)
     finally:
         for channel in channels:
             await channel.close()

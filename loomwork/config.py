@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.maint_notifications import MaintNotificationsConfig
 
 from loomwork.errors import FailedPrecondition
 
@@ -74,9 +75,10 @@ class Settings(BaseSettings):
     # machine (server/embedded/postgres_settings.py). Unused with DATABASE_URL.
     postgres_settings: str = Field(default="", alias="LOOMWORK_POSTGRES_SETTINGS")
     redis_url: str | None = Field(default=None, alias="REDIS_URL")
-    # Redis connections of a process for the blocking reads of streams (each open Stream or
-    # WatchRun holds one while it waits for events), apart from the pool of short commands,
-    # which streams can then never exhaust. A stream beyond it fails as UNAVAILABLE.
+    # Redis connections of a process for the blocking reads of streams, apart from the pool
+    # of short commands, which streams can then never exhaust. All the open Streams and
+    # WatchRuns of a process share one reader (loomwork/streams/shared_reader.py), which holds
+    # one of them at a time.
     redis_stream_connections: int = Field(
         default=2000, ge=1, alias="LOOMWORK_REDIS_STREAM_CONNECTIONS"
     )
@@ -226,6 +228,14 @@ class TokenGrant:
 
     tenant: str
     roles: frozenset[str] = frozenset()
+
+
+def redis_options() -> dict[str, Any]:
+    """Options for every Redis client Loomwork builds (`Redis.from_url(url, **redis_options(),
+    ...)`): no maintenance-notification handshake. redis-py 8 sends `CLIENT
+    MAINT_NOTIFICATIONS` on each new connection, which Valkey and open-source Redis refuse:
+    a round trip and an error reply per connection, for a feature of Redis Enterprise."""
+    return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
 def parse_tokens(spec: str) -> dict[str, TokenGrant]:

@@ -15,6 +15,7 @@ from temporalio.worker import Worker
 
 from activities.agents import AgentActivities
 from loomwork.agents.first_step_routing import FirstStepNotice
+from loomwork.config import redis_options
 from loomwork.telemetry import continuing
 from server.runtime import Runtime
 
@@ -48,7 +49,9 @@ class FirstStepWorker:
         runtime = self.runtime
         # The subscription waits for messages: a client of its own, with no socket timeout.
         assert runtime.settings.redis_url, "the runtime's settings name their Redis"
-        redis = Redis.from_url(runtime.settings.redis_url, socket_connect_timeout=2)
+        redis = Redis.from_url(
+            runtime.settings.redis_url, **redis_options(), socket_connect_timeout=2
+        )
         self._hearing = asyncio.create_task(
             runtime.first_steps.serve(self.queue, redis, self._follow)
         )

@@ -18,7 +18,7 @@ from loomwork.agents.speculation import SpeculativeSteps
 from loomwork.agents.steps import AgentSteps
 from loomwork.agents.tool_modules import load_tool_modules
 from loomwork.cache.versioned import VersionedCache
-from loomwork.config import Settings
+from loomwork.config import Settings, redis_options
 from loomwork.embeddings import embedding_provider, resolve_dimension
 from loomwork.flows.registry import (
     WorkflowRegistry,
@@ -162,12 +162,14 @@ class Runtime:
                     timeout=REDIS_CONNECTION_WAIT,
                     socket_timeout=5,
                     socket_connect_timeout=2,
+                    **redis_options(),
                 )
             )
             # Blocking reads (streams) on their own pool: open streams, each holding a
             # connection while it waits, never starve the short commands of `redis`.
             stream_redis = Redis.from_url(
                 settings.redis_url,
+                **redis_options(),
                 socket_timeout=5,
                 socket_connect_timeout=2,
                 max_connections=settings.redis_stream_connections,
@@ -193,7 +195,10 @@ class Runtime:
                 if settings.cache_enabled:
                     cache = VersionedCache(
                         Redis.from_url(
-                            settings.redis_url, socket_timeout=1, socket_connect_timeout=0.5
+                            settings.redis_url,
+                            **redis_options(),
+                            socket_timeout=1,
+                            socket_connect_timeout=0.5,
                         )
                     )
                     await cache.start()

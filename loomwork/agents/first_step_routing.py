@@ -18,7 +18,9 @@ goes to the shared task queue), and a first activity its chosen worker does not 
 time goes there too (workflows/agent_run.py).
 
 Workers list themselves in a sorted set (score: when the entry lapses) while they take
-first steps; notices go by pub/sub, one channel per worker.
+first steps; notices go by pub/sub, one channel per worker. The notices a server sends at
+one moment (runs started together) go to Redis in one pipeline: two per run otherwise cost
+two round trips each on the start path, beside the accept of the other calls.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class FirstStepWorkers:
         self._known: list[str] = []
         self._known_until = 0.0
         self._turn = 0
+        # Notices to send with the next pipeline: channel, message, and who waits to hear
+        # how many workers heard it.
+        self._outbox: list[tuple[str, str, asyncio.Future[int]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def channel(queue: str) -> str:
@@ -87,15 +93,41 @@ class FirstStepWorkers:
 
     async def tell(self, queue: str, notice: FirstStepNotice) -> bool:
         """Send `notice` to the worker of `queue`; False when no worker heard it (gone, or
-        Redis did not answer): that worker is not chosen again until it is listed anew."""
-        try:
-            heard = int(await self.redis.publish(self.channel(queue), notice.model_dump_json()))
-        except RedisError as error:
-            log.warning("could not tell first-step worker %s (Redis: %s)", queue, error)
-            heard = 0
+        Redis did not answer): that worker is not chosen again until it is listed anew.
+        Sent with the other notices told before the loop's next turn, in one pipeline."""
+        loop = asyncio.get_running_loop()
+        heard_by = loop.create_future()
+        self._outbox.append((self.channel(queue), notice.model_dump_json(), heard_by))
+        if len(self._outbox) == 1:
+            loop.call_soon(self._send_outbox)
+        heard = await heard_by
         if not heard and queue in self._known:
             self._known.remove(queue)
         return heard > 0
+
+    def _send_outbox(self) -> None:
+        batch, self._outbox = self._outbox, []
+        task = asyncio.get_running_loop().create_task(self._publish(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _publish(self, batch: list[tuple[str, str, asyncio.Future[int]]]) -> None:
+        replies: list[object] = []
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for channel, message, _ in batch:
+                    pipe.publish(channel, message)
+                replies = await pipe.execute(raise_on_error=False)
+        except RedisError as error:
+            replies = [error] * len(batch)
+        finally:  # cancelled too: nobody waits for ever
+            for i, (channel, _, heard_by) in enumerate(batch):
+                reply = replies[i] if i < len(replies) else 0
+                if isinstance(reply, Exception):
+                    log.warning("could not tell first-step worker %s (Redis: %s)", channel, reply)
+                    reply = 0
+                if not heard_by.done():  # its teller may have been cancelled meanwhile
+                    heard_by.set_result(int(reply))  # type: ignore[call-overload]
 
     async def serve(
         self, queue: str, redis: Redis, on_notice: Callable[[FirstStepNotice], None]

@@ -17,7 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from loomwork.config import Settings
+from loomwork.config import Settings, redis_options
 from loomwork.errors import FailedPrecondition
 from loomwork.storage.adapter import MemoryStorage
 from loomwork.storage.codec import StorageCodec
@@ -79,7 +79,9 @@ async def open_memory_store(settings: Settings, db: Database) -> OpenedStore:
 async def _open_redis(settings: Settings, codec: StorageCodec, stack: AsyncExitStack) -> Any:
     if not settings.redis_url:
         raise FailedPrecondition("LOOMWORK_MEMORY_STORE=redis needs REDIS_URL")
-    client = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+    client = Redis.from_url(
+        settings.redis_url, **redis_options(), socket_timeout=5, socket_connect_timeout=2
+    )
     stack.push_async_callback(client.aclose)
     try:
         config: dict[Any, Any] = await client.config_get("appendonly")

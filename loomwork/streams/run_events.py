@@ -52,7 +52,6 @@ from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from loomwork.errors import FailedPrecondition, InvalidArgument, Unavailable
 from loomwork.streams.errors import (
@@ -64,14 +63,19 @@ from loomwork.streams.errors import (
 )
 from loomwork.streams.id_ceilings import RAISE_LUA, IdCeilings
 from loomwork.streams.run_event_scripts import APPEND_LUA, TAKE_DRAFT_LUA
+from loomwork.streams.shared_reader import MAX_LATE_REPLIES, SharedReader
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 _FINISHED_ERROR = "LOOMWORK_RUN_FINISHED"
-# Blocking reads in a row whose reply came too late before a follower gives up.
-MAX_LATE_REPLIES = 3
+# The shared reader's wait per read (cut below the client's socket timeout) and the entries
+# it reads per stream at a time.
+FOLLOW_BLOCK_MS = 5000
+FOLLOW_COUNT = 500
+
+__all__ = ["MAX_LATE_REPLIES", "RunEvent", "RunEventLog"]
 
 #: How long `publish` keeps trying while Redis is unreachable (seconds).
 WRITE_PATIENCE = 20.0
@@ -90,11 +94,10 @@ class RunEvent:
 class RunEventLog:
     """Append, read and follow the numbered event logs of runs.
 
-    `redis` must return bytes (`decode_responses=False`, the default). Blocking
-    reads (`follow`) take a connection of `blocking_redis` (default: `redis`)
-    for each XREAD BLOCK, so followers never stall other commands; give a
-    separate client when many followers could exhaust the main pool. A wait is
-    cut to below the client's `socket_timeout`, if it has one. `publish` keeps
+    `redis` must return bytes (`decode_responses=False`, the default). Followers
+    (`follow`) share one blocking reader per event loop (`shared_reader`): one
+    connection of `blocking_redis` (default: `redis`) in one XREAD BLOCK for all of
+    them, its wait cut to below the client's `socket_timeout`, if it has one. `publish` keeps
     trying for `write_patience` seconds while Redis is unreachable. With `ceilings`, ids
     outlive the loss of the log (see the module's docstring).
     """
@@ -131,6 +134,8 @@ class RunEventLog:
         self._append_script = redis.register_script(APPEND_LUA)
         self._raise_script = redis.register_script(RAISE_LUA)
         self._take_draft_script = redis.register_script(TAKE_DRAFT_LUA)
+        self._reader: SharedReader | None = None
+        self._reader_loop: asyncio.AbstractEventLoop | None = None
 
     # keys ---------------------------------------------------------------
 
@@ -416,7 +421,6 @@ class RunEventLog:
         *,
         block_ms: int = 5000,
         idle_timeout: float | None = None,
-        count: int = 500,
     ) -> AsyncIterator[RunEvent]:
         """Every event with id > `after_id`, in order, then live ones, until the terminal one.
 
@@ -425,7 +429,8 @@ class RunEventLog:
         A run without events yet is waited for. With `idle_timeout` (seconds),
         going that long without an event raises `FollowIdle` (the log is not
         finished, so returning quietly would look like a complete stream);
-        `None` waits for ever. To resume, call again with the last id seen.
+        `None` waits for ever. To resume, call again with the last id seen. `block_ms`: how
+        long it waits for an event before it checks whether the log ended meanwhile.
         """
         _check_run_id(run_id)
         _check_after(after_id)
@@ -437,55 +442,54 @@ class RunEventLog:
                 raise OutOfRange(run_id, after_id, last)
             if finished is not None and after_id >= finished:
                 return
-        stream = self.stream_key(run_id)
-        block_cap = self._block_cap(block_ms)
+        reader = self._shared_reader()
         loop = asyncio.get_running_loop()
         cursor = after_id
         deadline = None if idle_timeout is None else loop.time() + idle_timeout
-        late_replies = 0
-        while True:
-            block = block_cap
-            if deadline is not None:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise FollowIdle(run_id, cursor, idle_timeout or 0.0)
-                block = max(1, min(block, int(remaining * 1000)))
-            try:
-                with redis_unavailable(f"the event log of run {run_id!r}"):
-                    response: Any = await self.blocking_redis.xread(
-                        {stream: f"{cursor}-0"}, count=count, block=block
-                    )
-            except Unavailable as error:
-                # The reply to a blocking read came after the socket gave up (a loop busy
-                # for longer than the margin left below socket_timeout): read again, from
-                # the same cursor; nothing is lost. Redis that stops answering is another
-                # matter: after a few in a row the caller hears UNAVAILABLE.
-                if not isinstance(error.__cause__, RedisTimeoutError):
-                    raise
-                late_replies += 1
-                if late_replies >= MAX_LATE_REPLIES:
-                    raise Unavailable(f"Redis: no reply to a read of {run_id!r}") from error
-                continue
-            late_replies = 0
-            entries = _stream_entries(response)
-            if not entries:
-                # Nothing new: a finished log whose events expired meanwhile ends here.
-                _, finished = await self._meta(run_id)
-                if finished is not None and cursor >= finished:
-                    return
-                continue
-            for entry_id, fields in entries:
-                event = _event(entry_id, fields)
-                if event.event_id != cursor + 1 and not await self._jumps_over_lost(
-                    run_id, cursor, event.event_id
-                ):
-                    raise EventsExpired(run_id, cursor, event.event_id)
-                yield event
-                cursor = event.event_id
-                if event.terminal:
-                    return
-            if idle_timeout is not None:
-                deadline = loop.time() + idle_timeout
+        follower = reader.follow(self.stream_key(run_id), cursor, f"run {run_id!r}")
+        try:
+            while True:
+                wait = block_ms / 1000
+                if deadline is not None:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise FollowIdle(run_id, cursor, idle_timeout or 0.0)
+                    wait = min(wait, remaining)
+                entries = await reader.next_entries(follower, wait)
+                if not entries:
+                    # Nothing new: a finished log whose events expired meanwhile ends here.
+                    _, finished = await self._meta(run_id)
+                    if finished is not None and cursor >= finished:
+                        return
+                    continue
+                for event_id, fields in entries:
+                    if event_id != cursor + 1 and not await self._jumps_over_lost(
+                        run_id, cursor, event_id
+                    ):
+                        raise EventsExpired(run_id, cursor, event_id)
+                    event = RunEvent(event_id, fields.get(b"p", b""), fields.get(b"t") == b"1")
+                    yield event
+                    cursor = event_id
+                    if event.terminal:
+                        return
+                if idle_timeout is not None:
+                    deadline = loop.time() + idle_timeout
+        finally:
+            reader.leave(follower)
+
+    def _shared_reader(self) -> SharedReader:
+        """This process's one reader of the followed logs (one per event loop)."""
+        loop = asyncio.get_running_loop()
+        if self._reader is None or self._reader_loop is not loop:
+            self._reader = SharedReader(
+                lambda: self.blocking_redis,
+                self.redis,
+                f"{self.prefix}:follow-wake:{os.urandom(8).hex()}",
+                block_ms=self._block_cap(FOLLOW_BLOCK_MS),
+                count=FOLLOW_COUNT,
+            )
+            self._reader_loop = loop
+        return self._reader
 
     # internals ----------------------------------------------------------
 
@@ -511,15 +515,6 @@ def _event(entry_id: Any, fields: dict[bytes, bytes]) -> RunEvent:
         payload=fields.get(b"p", b""),
         terminal=fields.get(b"t") == b"1",
     )
-
-
-def _stream_entries(response: Any) -> list[Any]:
-    """The entries of a one-stream XREAD reply (RESP2: a list, RESP3: a dict)."""
-    if not response:
-        return []
-    if isinstance(response, dict):
-        return list(next(iter(response.values()))[0])
-    return list(response[0][1])
 
 
 def _token() -> str:

@@ -205,11 +205,12 @@ class AgentServicer(AgentDefinitionRpcs, agent_pb2_grpc.AgentServiceServicer):
         run_started on while Temporal starts it in the background (so the first event does
         not wait for the start); a start Temporal refuses ends it with run_failed."""
         tenant_id = tenant()
-        accepted = await self.starter.accept(
-            tenant_id,
-            agent_convert.run_start_from_proto(request),
-            require_output_schema=require_output_schema,
-        )
+        with self.launches.accepting():
+            accepted = await self.starter.accept(
+                tenant_id,
+                agent_convert.run_start_from_proto(request),
+                require_output_schema=require_output_schema,
+            )
         run_id, workflow_id = accepted.request.run_id, accepted.workflow_id
         self.runs.remember(tenant_id, run_id, workflow_id)
         events = self._events(
@@ -221,7 +222,11 @@ class AgentServicer(AgentDefinitionRpcs, agent_pb2_grpc.AgentServiceServicer):
                 yield event
             return
         # A start Temporal refuses ends the run's log with run_failed, and so this stream.
-        self.launches.start(self.starter.launch(accepted), f"start of run {run_id}")
+        # A run named by its caller starts at once: a repeat of its id, accepted meanwhile,
+        # finds it started (else it would start the run a second time).
+        self.launches.start(
+            self.starter.launch(accepted), f"start of run {run_id}", defer=not accepted.named
+        )
         async for event in events:
             yield event
 
