@@ -50,6 +50,19 @@ def _progress(row: dict[str, Any]) -> IngestionProgress:
     return IngestionProgress.model_validate({k: row[k] for k in IngestionProgress.model_fields})
 
 
+async def _locked_record(conn: Connection, tenant: str, ingestion_id: str) -> IngestionRecord:
+    """The ingestion's own fields (documents not read), its row locked to the transaction."""
+    cur = await conn.execute(
+        f"select record, {_COUNTERS} from rag_ingestions"
+        " where tenant_id = %s and id = %s for update",
+        (tenant, ingestion_id),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise NotFound(f"ingestion {ingestion_id!r} not found")
+    return _record(row, [])
+
+
 def _record(row: dict[str, Any], documents: list[IngestionDocumentState]) -> IngestionRecord:
     fields = {k: v for k, v in row["record"].items() if k not in _NOT_IN_RECORD}
     return IngestionRecord.model_validate(
@@ -336,15 +349,7 @@ class IngestionStore:
         """Apply `change` to the ingestion's own fields under its row lock (documents not
         read); the record after."""
         async with self.db.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                f"select record, {_COUNTERS} from rag_ingestions"
-                " where tenant_id = %s and id = %s for update",
-                (tenant, ingestion_id),
-            )
-            row = await cur.fetchone()
-            if row is None:
-                raise NotFound(f"ingestion {ingestion_id!r} not found")
-            record = _record(row, [])
+            record = await _locked_record(conn, tenant, ingestion_id)
             change(record)
             await conn.execute(
                 "update rag_ingestions set record = %s, status = %s"
@@ -407,15 +412,7 @@ class IngestionStore:
                     record.status = "succeeded"
                 record.end_time = datetime.now(UTC)
 
-            cur = await conn.execute(
-                f"select record, {_COUNTERS} from rag_ingestions"
-                " where tenant_id = %s and id = %s for update",
-                (tenant, ingestion_id),
-            )
-            row = await cur.fetchone()
-            if row is None:
-                raise NotFound(f"ingestion {ingestion_id!r} not found")
-            record = _record(row, [])
+            record = await _locked_record(conn, tenant, ingestion_id)
             change(record)
             await conn.execute(
                 """
