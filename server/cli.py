@@ -8,8 +8,10 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -224,6 +226,7 @@ def up(
             f"{name} died and could not be started again ({why}); "
             f"see {home / 'logs' / (name + '.log')}"
         )
+    _exit_stopped()
 
 
 def _worker_environment(settings: Settings, home: Path) -> dict[str, str]:
@@ -260,6 +263,7 @@ def up_worker(
         asyncio.run(serve(settings, grpc=False, worker=True, on_ready=ready))
     except LoomworkError as exc:
         _fail(exc.message)
+    _exit_stopped()
 
 
 def _model_line(runtime: Runtime) -> str:
@@ -329,6 +333,19 @@ def _run_alone(role: str, verbose: bool) -> None:
         )
     except LoomworkError as exc:
         _fail(exc.message)
+    _exit_stopped()
+
+
+def _exit_stopped() -> NoReturn:
+    """End a process that stopped cleanly without the interpreter's finalization: the
+    Temporal SDK's native threads can outlive the event loop and abort a finalizing
+    interpreter ("PyGILState_Release: thread state must be current", temporalio/sdk-python
+    #300), turning a clean stop into SIGABRT. `serve` has closed everything and flushed
+    the spans by now; the logs and the console are flushed here."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @app.command()
