@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from loomwork.errors import Unavailable
 from loomwork.streams import RunEvent, RunEventLog
 from loomwork.streams import run_events as run_events_module
-from tests.redis_proxy import RedisProxy, redis_proxy
+from tests.redis_proxy import redis_proxy
 
 WAIT = 30.0  # generous upper bound for "this finishes", never a timing assertion
 BLOCKING_NAME = "test-shared-reader"
@@ -157,30 +157,26 @@ async def test_redis_lost_fails_every_follower_and_the_next_follow_reads_again(
     embedded: dict[str, str],
 ) -> None:
     async with redis_proxy(embedded["REDIS_URL"]) as proxy:
-        await _lost_and_back(proxy)
-
-
-async def _lost_and_back(proxy: RedisProxy) -> None:
-    client = Redis.from_url(proxy.url, socket_timeout=2, socket_connect_timeout=1)
-    try:
-        log = RunEventLog(client, prefix="test:shared", write_patience=0)
-        runs = [new_run() for _ in range(3)]
-        for run_id in runs:
-            await log.append(run_id, payload(run_id, 1))
-        followers = [asyncio.create_task(collect(log, run_id, 1)) for run_id in runs]
-        await asyncio.sleep(0.3)  # all waiting on the one reader
-        await proxy.down()
-        for run_id, follower in zip(runs, followers, strict=True):
-            with pytest.raises(Unavailable, match="Redis is unreachable") as raised:
-                await asyncio.wait_for(follower, WAIT)
-            assert run_id in raised.value.message
-        await proxy.up()
-        again = asyncio.create_task(collect(log, runs[0], 1))
-        await asyncio.sleep(0.2)
-        await log.append(runs[0], payload(runs[0], 2), terminal=True)
-        assert_complete(runs[0], await asyncio.wait_for(again, WAIT), 2, 2)
-    finally:
-        await client.aclose()
+        client = Redis.from_url(proxy.url, socket_timeout=2, socket_connect_timeout=1)
+        try:
+            log = RunEventLog(client, prefix="test:shared", write_patience=0)
+            runs = [new_run() for _ in range(3)]
+            for run_id in runs:
+                await log.append(run_id, payload(run_id, 1))
+            followers = [asyncio.create_task(collect(log, run_id, 1)) for run_id in runs]
+            await asyncio.sleep(0.3)  # all waiting on the one reader
+            await proxy.down()
+            for run_id, follower in zip(runs, followers, strict=True):
+                with pytest.raises(Unavailable, match="Redis is unreachable") as raised:
+                    await asyncio.wait_for(follower, WAIT)
+                assert run_id in raised.value.message
+            await proxy.up()
+            again = asyncio.create_task(collect(log, runs[0], 1))
+            await asyncio.sleep(0.2)
+            await log.append(runs[0], payload(runs[0], 2), terminal=True)
+            assert_complete(runs[0], await asyncio.wait_for(again, WAIT), 2, 2)
+        finally:
+            await client.aclose()
 
 
 async def test_a_follower_from_an_earlier_event_joining_mid_read_misses_nothing(
