@@ -42,6 +42,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,25 +189,23 @@ class Stack:
         if exited := [r for r, p in self.procs.items() if p.poll() is not None]:
             raise SystemExit(f"{exited} exited; see the logs")
 
-    def peak_rss_mb(self) -> dict[str, float]:
-        """Each process's peak RSS, `up`'s worker process too."""
-        peaks = {}
+    def _each_process(self, read: Callable[[int], float]) -> dict[str, float]:
+        """`read(pid)` of each process, `up`'s worker process too."""
+        out = {}
         for role, proc in self.procs.items():
-            peaks[role] = _peak_rss_mb(proc.pid)
+            out[role] = read(proc.pid)
             for child in _children(proc.pid):
                 if b"up-worker" in Path(f"/proc/{child}/cmdline").read_bytes():
-                    peaks[f"{role}'s worker"] = _peak_rss_mb(child)
-        return peaks
+                    out[f"{role}'s worker"] = read(child)
+        return out
+
+    def peak_rss_mb(self) -> dict[str, float]:
+        """Each process's peak RSS, `up`'s worker process too."""
+        return self._each_process(_peak_rss_mb)
 
     def cpu_seconds(self) -> dict[str, float]:
         """Each process's CPU time so far (user + system), `up`'s worker process too."""
-        used = {}
-        for role, proc in self.procs.items():
-            used[role] = _cpu_seconds(proc.pid)
-            for child in _children(proc.pid):
-                if b"up-worker" in Path(f"/proc/{child}/cmdline").read_bytes():
-                    used[f"{role}'s worker"] = _cpu_seconds(child)
-        return used
+        return self._each_process(_cpu_seconds)
 
     def stop(self) -> None:
         for proc in self.procs.values():
